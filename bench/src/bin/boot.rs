@@ -1,0 +1,189 @@
+//! Boot latency: raw `qemu-system-x86_64` against Corral's QEMU backend, same arguments, same
+//! run, alternating so that machine noise hits both alike.
+//!
+//! `cargo run --release -p corral-bench --bin boot -- [--runs 7] [--machine q35|microvm]`
+//!
+//! Prints medians of spawn→QMP greeting and spawn→guest boot marker for each, and the ratios
+//! backend/raw. The backend's "QMP-ready" is `start()` returning: monitor connected,
+//! console attached, vCPUs running.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use corral_bench::{flag, median, ms, ratio};
+use corral_contract::{Arch, Machine};
+use corral_hypervisor::{Hypervisor, StopMode};
+use corral_qemu::{QemuBackend, QemuBackendConfig};
+use corral_testkit::{BOOT_MARKER, TestVm};
+
+struct Sample {
+    qmp: Duration,
+    boot: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = flag("--runs", 7);
+    let machine: Machine = flag("--machine", Machine::Q35);
+    let builder = TestVm::builder(Arch::X86_64).machine(machine);
+
+    let mut raw = Vec::new();
+    let mut corral = Vec::new();
+    println!("boot benchmark: {runs} runs each, x86_64 {machine}, TCG where KVM is unusable");
+    for i in 0..runs {
+        // Alternate which goes first so drift over the run hits both alike.
+        if i % 2 == 0 {
+            raw.push(run_raw(&builder).await?);
+            corral.push(run_backend(&builder).await?);
+        } else {
+            corral.push(run_backend(&builder).await?);
+            raw.push(run_raw(&builder).await?);
+        }
+        eprintln!(
+            "  run {}: raw qmp {} boot {} | corral ready {} boot {}",
+            i + 1,
+            ms(raw[i].qmp),
+            ms(raw[i].boot),
+            ms(corral[i].qmp),
+            ms(corral[i].boot)
+        );
+    }
+    let med =
+        |s: &[Sample], f: fn(&Sample) -> Duration| median(&s.iter().map(f).collect::<Vec<_>>());
+    let (raw_qmp, raw_boot) = (med(&raw, |s| s.qmp), med(&raw, |s| s.boot));
+    let (c_qmp, c_boot) = (med(&corral, |s| s.qmp), med(&corral, |s| s.boot));
+    println!();
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "median", "raw qemu", "corral", "ratio"
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>8.3}",
+        "spawn -> QMP ready",
+        ms(raw_qmp),
+        ms(c_qmp),
+        ratio(c_qmp, raw_qmp)
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>8.3}",
+        "spawn -> guest boot marker",
+        ms(raw_boot),
+        ms(c_boot),
+        ratio(c_boot, raw_boot)
+    );
+    println!();
+    println!(
+        "backend overhead to QMP-ready: {} (target <= 20 ms)",
+        ms(c_qmp.saturating_sub(raw_qmp))
+    );
+    println!(
+        "boot-marker ratio: {:.3} (target <= 1.05)",
+        ratio(c_boot, raw_boot)
+    );
+    Ok(())
+}
+
+async fn run_backend(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<Sample> {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-b")
+        .tempdir_in("/tmp")?;
+    let uid = uuid_like();
+    let config = builder.config(dir.path(), &uid)?;
+    let backend = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
+    // Probe the emulator outside the timed region: a daemon does it once at start-up.
+    backend.emulator(config.arch).await?;
+    let t0 = Instant::now();
+    backend.start(&config).await?;
+    let qmp = t0.elapsed();
+    let console = backend.console(&uid)?;
+    let (scrollback, mut rx) = console.subscribe();
+    let mut seen = scrollback;
+    while !contains(&seen, BOOT_MARKER.as_bytes()) {
+        let chunk = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .context("boot timed out")??;
+        seen.extend_from_slice(&chunk);
+    }
+    let boot = t0.elapsed();
+    backend.stop(&uid, StopMode::Force).await?;
+    backend.cleanup(&uid).await?;
+    Ok(Sample { qmp, boot })
+}
+
+async fn run_raw(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<Sample> {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-b")
+        .tempdir_in("/tmp")?;
+    let uid = uuid_like();
+    let config = builder.config(dir.path(), &uid)?;
+    let backend = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
+    let (_, cmd) = backend.command_line(&config).await?;
+    let paths = backend.paths(&uid);
+    std::fs::create_dir_all(&paths.dir)?;
+    // The same arguments, minus -S: raw QEMU runs the guest straight away.
+    let args: Vec<_> = cmd.args().iter().filter(|a| *a != "-S").cloned().collect();
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let mut child = Command::new(cmd.binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let result = (|| {
+            let qmp = connect(&paths.qmp, t0)?;
+            let mut greeting = String::new();
+            BufReader::new(&qmp).read_line(&mut greeting)?;
+            let qmp_at = t0.elapsed();
+            let mut console = connect(&paths.console, t0)?;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !contains(&seen, BOOT_MARKER.as_bytes()) {
+                let n = console.read(&mut buf)?;
+                if n == 0 {
+                    bail!("raw QEMU closed its console before booting");
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            Ok(Sample {
+                qmp: qmp_at,
+                boot: t0.elapsed(),
+            })
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    })
+    .await?
+}
+
+fn connect(path: &Path, t0: Instant) -> anyhow::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
+                return Ok(s);
+            }
+            Err(_) if t0.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("b{:015x}", nanos & 0xfff_ffff_ffff_ffff)
+}

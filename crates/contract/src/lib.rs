@@ -1,0 +1,53 @@
+//! Corral's API contract: the resource types every other crate speaks, and their validation.
+//!
+//! Every object is a resource with the same shape — [`ObjectMeta`], a spec the user writes and
+//! a status controllers write — wrapped with its kind in [`Resource`] for manifests and API
+//! output. Input is strict: unknown fields are errors, values are checked while they are
+//! parsed, and every error names the field by its JSON path (`spec.memory: …`). This crate
+//! does no I/O.
+//!
+//! ```
+//! use corral_contract::{Boot, ByteSize, Machine, Resource, Vm, VmSpec};
+//!
+//! let manifest = r#"{
+//!     "kind": "Vm",
+//!     "metadata": {"name": "web-1", "labels": {"tier": "web"}},
+//!     "spec": {"memory": "1G", "boot": {"kernel": {"kernel": "/boot/vmlinuz"}}}
+//! }"#;
+//! let vm = serde_json::from_str::<Resource>(manifest)?.into_vm().expect("a Vm");
+//! assert_eq!(vm.spec.memory, ByteSize::from_gib(1));
+//! assert_eq!(vm.spec.machine(), Machine::Q35);
+//!
+//! let err = serde_json::from_str::<Resource>(&manifest.replace("1G", "1GB")).unwrap_err();
+//! assert!(err.to_string().starts_with("spec.memory: \"1GB\" uses the decimal unit GB"));
+//!
+//! let spec = VmSpec::builder(Boot::kernel("/boot/vmlinuz")).cpus(2).build()?;
+//! let json = serde_json::to_value(Resource::from(Vm::new("db-1".parse()?, spec)))?;
+//! assert_eq!(json["kind"], "Vm");
+//! assert_eq!(json["status"]["phase"], "Pending");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod choice;
+mod condition;
+mod de;
+mod error;
+mod meta;
+mod name;
+mod resource;
+mod size;
+mod vm;
+
+pub use choice::UnknownChoice;
+pub use condition::{Condition, set_condition};
+pub use error::ValidationError;
+pub use meta::ObjectMeta;
+pub use name::{NameError, ResourceName};
+pub use resource::{Kind, Object, Resource};
+pub use size::{ByteSize, ByteSizeError};
+pub use vm::{
+    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Power, RestartPolicy, Vm, VmSpec,
+    VmSpecBuilder, VmStatus,
+};

@@ -1,0 +1,118 @@
+use serde::{Deserialize, Serialize};
+
+use crate::choice::choice;
+use crate::{ObjectMeta, ValidationError, Vm};
+
+choice! {
+    /// The kind of a resource, as written in the `kind` field of a manifest.
+    pub enum Kind ("kind") {
+        /// A virtual machine: [`Vm`].
+        Vm => "Vm",
+    }
+}
+
+/// What every kind of resource has: metadata, a validated spec and a status.
+pub trait Object {
+    /// The kind, as written in manifests.
+    const KIND: Kind;
+
+    /// The resource's metadata.
+    fn metadata(&self) -> &ObjectMeta;
+
+    /// The resource's metadata, for the server to stamp uid, versions and times.
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+
+    /// Checks metadata and spec (deserialisation already does; this is for values built or
+    /// changed in Rust).
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+/// Any resource, with its kind: the form of manifests and of API output.
+///
+/// Serialises as `{"kind": "Vm", "metadata": …, "spec": …, "status": …}`; a manifest holding
+/// several resources parses as a list of these. `status` may be left out on input. When a
+/// user writes a resource, the server keeps its own status and ignores the one given (as
+/// Kubernetes does), so the output of a read can be applied again unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Resource {
+    /// A virtual machine.
+    Vm(Vm),
+}
+
+impl Resource {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Vm(_) => Vm::KIND,
+        }
+    }
+
+    /// Its metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Vm(vm) => vm.metadata(),
+        }
+    }
+
+    /// Its metadata, mutably.
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Vm(vm) => vm.metadata_mut(),
+        }
+    }
+
+    /// Checks metadata and spec.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Resource::Vm(vm) => vm.validate(),
+        }
+    }
+
+    /// The VM, if it is one.
+    pub fn as_vm(&self) -> Option<&Vm> {
+        match self {
+            Resource::Vm(vm) => Some(vm),
+        }
+    }
+
+    /// The VM, if it is one.
+    pub fn into_vm(self) -> Option<Vm> {
+        match self {
+            Resource::Vm(vm) => Some(vm),
+        }
+    }
+}
+
+impl From<Vm> for Resource {
+    fn from(vm: Vm) -> Self {
+        Resource::Vm(vm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_words() {
+        assert_eq!("Vm".parse::<Kind>().unwrap(), Kind::Vm);
+        let err = "vm".parse::<Kind>().unwrap_err();
+        assert_eq!(err.to_string(), r#""vm" is not a valid kind: use Vm"#);
+    }
+
+    #[test]
+    fn unknown_or_missing_kind_is_an_error() {
+        let err = serde_json::from_str::<Resource>(r#"{"kind": "Vol", "metadata": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `Vol`, expected `Vm`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<Resource>(r#"{"metadata": {"name": "a"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `kind`"), "{err}");
+    }
+}

@@ -1,0 +1,58 @@
+mod options;
+mod spec;
+mod status;
+
+pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
+pub use spec::{Boot, VmSpec, VmSpecBuilder};
+pub use status::{ExitInfo, Phase, VmStatus};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
+
+/// A virtual machine: a QEMU process that controllers keep matching [`VmSpec`].
+///
+/// This is the body of the resource without its `kind`; manifests and API output wrap it in
+/// [`Resource`](crate::Resource), which adds `"kind": "Vm"`. `status` may be left out on input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Name, labels and server-managed fields.
+    pub metadata: ObjectMeta,
+    /// What the user wants.
+    pub spec: VmSpec,
+    /// What controllers last observed.
+    #[serde(default)]
+    pub status: VmStatus,
+}
+
+impl Vm {
+    /// A VM named `name` with `spec`, and an empty status.
+    pub fn new(name: ResourceName, spec: VmSpec) -> Self {
+        Vm {
+            metadata: ObjectMeta::new(name),
+            spec,
+            status: VmStatus::default(),
+        }
+    }
+}
+
+impl Object for Vm {
+    const KIND: Kind = Kind::Vm;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        self.metadata.validate()?;
+        self.spec.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests;

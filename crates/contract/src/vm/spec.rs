@@ -1,0 +1,349 @@
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::de::field_paths;
+use crate::error::one_of;
+use crate::{Accel, Arch, ByteSize, DiskFormat, Machine, Power, RestartPolicy, ValidationError};
+
+/// What the user wants a VM to be. Valid by construction: deserialising and
+/// [`VmSpecBuilder::build`] both check it.
+///
+/// The fields are public for reading; code that changes them should call
+/// [`VmSpec::validate`] before handing the spec on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "VmSpecInput")]
+pub struct VmSpec {
+    /// Number of vCPUs, 1–256 (default 1).
+    pub cpus: u32,
+    /// Guest RAM, 16M–1T (default 512M).
+    pub memory: ByteSize,
+    /// Guest architecture (default x86_64).
+    pub arch: Arch,
+    /// Machine type; `None` means the architecture's default, see [`VmSpec::machine`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Accelerator (default auto).
+    pub accel: Accel,
+    /// What the guest boots.
+    pub boot: Boot,
+    /// Wanted power state (default running); starting a VM is setting this.
+    pub power: Power,
+    /// Back guest RAM with a shared file so that the host can read it live (default false).
+    pub introspection: bool,
+    /// What to do when the guest stops on its own (default never).
+    pub restart_policy: RestartPolicy,
+}
+
+/// What a VM boots.
+///
+/// In a manifest: `{"kernel": {"kernel": "/k/vmlinuz", "initrd": …, "cmdline": …}}` or
+/// `{"disk": {"path": "/img/disk.qcow2", "format": "qcow2"}}`. Paths are host paths and must be
+/// absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Boot {
+    /// Direct kernel boot: QEMU loads the kernel, no firmware or bootloader.
+    Kernel {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// An initial ramdisk.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line (at most 4096 bytes, one line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cmdline: Option<String>,
+    },
+    /// Firmware boots a disk image.
+    Disk {
+        /// The image file.
+        path: PathBuf,
+        /// Its format; when left out, it is decided from the file before boot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<DiskFormat>,
+    },
+}
+
+impl Boot {
+    /// Direct boot of `kernel`, without initrd or command line.
+    pub fn kernel(kernel: impl Into<PathBuf>) -> Self {
+        Boot::Kernel {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+        }
+    }
+
+    /// Firmware boot from the disk image at `path`, format decided later.
+    pub fn disk(path: impl Into<PathBuf>) -> Self {
+        Boot::Disk {
+            path: path.into(),
+            format: None,
+        }
+    }
+
+    /// Checks paths (absolute, no NUL) and the command line (≤ 4096 bytes, one line, no NUL).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                check_path("spec.boot.kernel.kernel", kernel)?;
+                if let Some(initrd) = initrd {
+                    check_path("spec.boot.kernel.initrd", initrd)?;
+                }
+                match cmdline {
+                    Some(cmdline) => check_cmdline(cmdline),
+                    None => Ok(()),
+                }
+            }
+            Boot::Disk { path, format: _ } => check_path("spec.boot.disk.path", path),
+        }
+    }
+}
+
+fn check_path(field: &str, path: &Path) -> Result<(), ValidationError> {
+    let message = if path.as_os_str().is_empty() {
+        "must not be empty: give an absolute path".to_owned()
+    } else if path.as_os_str().as_encoded_bytes().contains(&0) {
+        "must not contain a NUL byte".to_owned()
+    } else if !path.is_absolute() {
+        format!(
+            "must be an absolute path (got {:?})",
+            path.display().to_string()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ValidationError::new(field, message))
+}
+
+fn check_cmdline(cmdline: &str) -> Result<(), ValidationError> {
+    let message = if cmdline.len() > VmSpec::MAX_CMDLINE_BYTES {
+        format!(
+            "is {} bytes long: the limit is {}",
+            cmdline.len(),
+            VmSpec::MAX_CMDLINE_BYTES
+        )
+    } else if cmdline.contains(['\n', '\r']) {
+        "must be a single line: remove the line break".to_owned()
+    } else if cmdline.contains('\0') {
+        "must not contain a NUL byte".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(ValidationError::new("spec.boot.kernel.cmdline", message))
+}
+
+impl VmSpec {
+    /// The fewest vCPUs.
+    pub const MIN_CPUS: u32 = 1;
+    /// The most vCPUs.
+    pub const MAX_CPUS: u32 = 256;
+    /// vCPUs when the spec names none.
+    pub const DEFAULT_CPUS: u32 = 1;
+    /// The least guest RAM.
+    pub const MIN_MEMORY: ByteSize = ByteSize::from_mib(16);
+    /// The most guest RAM.
+    pub const MAX_MEMORY: ByteSize = ByteSize::from_tib(1);
+    /// Guest RAM when the spec names none.
+    pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
+    /// The longest kernel command line, in bytes.
+    pub const MAX_CMDLINE_BYTES: usize = 4096;
+
+    /// A builder starting from the defaults, booting `boot`.
+    ///
+    /// ```
+    /// use corral_contract::{Boot, ByteSize, Machine, VmSpec};
+    ///
+    /// let spec = VmSpec::builder(Boot::kernel("/boot/vmlinuz"))
+    ///     .cpus(2)
+    ///     .memory(ByteSize::from_gib(1))
+    ///     .machine(Machine::Microvm)
+    ///     .build()?;
+    /// assert_eq!(spec.machine(), Machine::Microvm);
+    /// assert!(VmSpec::builder(Boot::kernel("vmlinuz")).build().is_err());
+    /// # Ok::<(), corral_contract::ValidationError>(())
+    /// ```
+    pub fn builder(boot: Boot) -> VmSpecBuilder {
+        VmSpecBuilder {
+            spec: VmSpec {
+                cpus: Self::DEFAULT_CPUS,
+                memory: Self::DEFAULT_MEMORY,
+                arch: Arch::default(),
+                machine: None,
+                accel: Accel::default(),
+                boot,
+                power: Power::default(),
+                introspection: false,
+                restart_policy: RestartPolicy::default(),
+            },
+        }
+    }
+
+    /// The machine type in effect: the one named, else the architecture's default.
+    pub fn machine(&self) -> Machine {
+        self.machine.unwrap_or(Machine::default_for(self.arch))
+    }
+
+    /// Checks every field; the error names the first field that is not allowed.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(Self::MIN_CPUS..=Self::MAX_CPUS).contains(&self.cpus) {
+            return Err(ValidationError::new(
+                "spec.cpus",
+                format!(
+                    "must be between {} and {} (got {})",
+                    Self::MIN_CPUS,
+                    Self::MAX_CPUS,
+                    self.cpus
+                ),
+            ));
+        }
+        if !(Self::MIN_MEMORY..=Self::MAX_MEMORY).contains(&self.memory) {
+            return Err(ValidationError::new(
+                "spec.memory",
+                format!(
+                    "must be between {} and {} (got {})",
+                    Self::MIN_MEMORY,
+                    Self::MAX_MEMORY,
+                    self.memory
+                ),
+            ));
+        }
+        match self.machine {
+            Some(machine) if machine.arch() != self.arch => {
+                return Err(ValidationError::new(
+                    "spec.machine",
+                    format!(
+                        "{machine} is not available on {}: use {}",
+                        self.arch,
+                        one_of(self.arch.machines())
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        self.boot.validate()
+    }
+}
+
+/// Builds a [`VmSpec`] from the defaults; [`VmSpecBuilder::build`] validates it.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct VmSpecBuilder {
+    spec: VmSpec,
+}
+
+impl VmSpecBuilder {
+    /// Sets the number of vCPUs.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.spec.cpus = cpus;
+        self
+    }
+
+    /// Sets the guest RAM.
+    pub fn memory(mut self, memory: ByteSize) -> Self {
+        self.spec.memory = memory;
+        self
+    }
+
+    /// Sets the architecture.
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.spec.arch = arch;
+        self
+    }
+
+    /// Sets the machine type (default: the architecture's).
+    pub fn machine(mut self, machine: Machine) -> Self {
+        self.spec.machine = Some(machine);
+        self
+    }
+
+    /// Sets the accelerator.
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.spec.accel = accel;
+        self
+    }
+
+    /// Sets the wanted power state.
+    pub fn power(mut self, power: Power) -> Self {
+        self.spec.power = power;
+        self
+    }
+
+    /// Sets whether guest RAM is readable from the host.
+    pub fn introspection(mut self, introspection: bool) -> Self {
+        self.spec.introspection = introspection;
+        self
+    }
+
+    /// Sets the restart policy.
+    pub fn restart_policy(mut self, restart_policy: RestartPolicy) -> Self {
+        self.spec.restart_policy = restart_policy;
+        self
+    }
+
+    /// The spec, if valid.
+    pub fn build(self) -> Result<VmSpec, ValidationError> {
+        self.spec.validate()?;
+        Ok(self.spec)
+    }
+}
+
+/// A spec as written, before defaults and validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmSpecInput {
+    #[serde(default, deserialize_with = "de_cpus")]
+    cpus: Option<u32>,
+    #[serde(default, deserialize_with = "de_memory")]
+    memory: Option<ByteSize>,
+    #[serde(default, deserialize_with = "de_arch")]
+    arch: Option<Arch>,
+    #[serde(default, deserialize_with = "de_machine")]
+    machine: Option<Machine>,
+    #[serde(default, deserialize_with = "de_accel")]
+    accel: Option<Accel>,
+    #[serde(deserialize_with = "de_boot")]
+    boot: Boot,
+    #[serde(default, deserialize_with = "de_power")]
+    power: Option<Power>,
+    #[serde(default, deserialize_with = "de_introspection")]
+    introspection: Option<bool>,
+    #[serde(default, deserialize_with = "de_restart_policy")]
+    restart_policy: Option<RestartPolicy>,
+}
+
+field_paths! {
+    de_cpus => "spec.cpus",
+    de_memory => "spec.memory",
+    de_arch => "spec.arch",
+    de_machine => "spec.machine",
+    de_accel => "spec.accel",
+    de_boot => "spec.boot",
+    de_power => "spec.power",
+    de_introspection => "spec.introspection",
+    de_restart_policy => "spec.restart_policy",
+}
+
+impl TryFrom<VmSpecInput> for VmSpec {
+    type Error = ValidationError;
+
+    fn try_from(input: VmSpecInput) -> Result<Self, Self::Error> {
+        let spec = VmSpec {
+            cpus: input.cpus.unwrap_or(Self::DEFAULT_CPUS),
+            memory: input.memory.unwrap_or(Self::DEFAULT_MEMORY),
+            arch: input.arch.unwrap_or_default(),
+            machine: input.machine,
+            accel: input.accel.unwrap_or_default(),
+            boot: input.boot,
+            power: input.power.unwrap_or_default(),
+            introspection: input.introspection.unwrap_or_default(),
+            restart_policy: input.restart_policy.unwrap_or_default(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}

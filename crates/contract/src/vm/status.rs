@@ -1,0 +1,147 @@
+use serde::{Deserialize, Serialize};
+
+use crate::choice::choice;
+use crate::{Accel, Condition, set_condition};
+
+choice! {
+    /// Where a VM is in its life, as controllers last saw it.
+    #[derive(Default)]
+    pub enum Phase ("phase") {
+        /// Accepted, not acted on yet (the default).
+        #[default]
+        Pending => "Pending",
+        /// QEMU is being started.
+        Starting => "Starting",
+        /// The guest's vCPUs run.
+        Running => "Running",
+        /// QEMU runs with the vCPUs paused.
+        Paused => "Paused",
+        /// The guest is being shut down.
+        Stopping => "Stopping",
+        /// No QEMU process.
+        Stopped => "Stopped",
+        /// QEMU could not start or died unexpectedly; see `status.exit` and `status.message`.
+        Failed => "Failed",
+    }
+}
+
+/// What is true of a VM now. Written only by controllers.
+///
+/// Every field has a default, and unknown fields are accepted: status is output, and a reader
+/// must cope with a status written by a newer server. (Input types deny unknown fields.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmStatus {
+    /// Where the VM is in its life.
+    pub phase: Phase,
+    /// Observed aspects of its state, one per type.
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the spec this status reflects.
+    pub observed_generation: u64,
+    /// Host pid of the QEMU process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The accelerator in use (never `auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<Accel>,
+    /// When the current QEMU process started, in RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Milliseconds from process start to the guest's first sign of life.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_time_ms: Option<u64>,
+    /// How the last QEMU process ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// Version of the QEMU running the VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_version: Option<String>,
+    /// A sentence for people about the current state, e.g. why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl VmStatus {
+    /// The condition of type `type_`, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Adds or replaces a condition (see [`set_condition`]).
+    pub fn set_condition(&mut self, condition: Condition) {
+        set_condition(&mut self.conditions, condition);
+    }
+}
+
+/// How a QEMU process ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Signal number, if it was killed by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why, as a short phrase, e.g. `guest shut down` or `guest panicked`.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_pascal_case() {
+        let words: Vec<_> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "Pending", "Starting", "Running", "Paused", "Stopping", "Stopped", "Failed"
+            ]
+        );
+        assert_eq!(serde_json::to_value(Phase::Running).unwrap(), "Running");
+    }
+
+    #[test]
+    fn empty_status_is_pending() {
+        let status: VmStatus = serde_json::from_str("{}").unwrap();
+        assert_eq!(status, VmStatus::default());
+        assert_eq!(status.phase, Phase::Pending);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"phase": "Pending", "conditions": [], "observed_generation": 0})
+        );
+    }
+
+    #[test]
+    fn full_status_round_trips_and_tolerates_new_fields() {
+        let mut status = VmStatus {
+            phase: Phase::Failed,
+            observed_generation: 3,
+            pid: Some(4242),
+            accelerator: Some(Accel::Tcg),
+            started_at: Some("2025-01-02T03:04:05Z".into()),
+            boot_time_ms: Some(850),
+            exit: Some(ExitInfo {
+                code: None,
+                signal: Some(9),
+                reason: "killed".into(),
+            }),
+            qemu_version: Some("10.0.0".into()),
+            message: Some("QEMU was killed by signal 9".into()),
+            ..VmStatus::default()
+        };
+        status.set_condition(Condition::new("Ready", false, "QemuExited", "killed"));
+        let mut json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            serde_json::from_value::<VmStatus>(json.clone()).unwrap(),
+            status
+        );
+        json["from_the_future"] = true.into();
+        assert_eq!(serde_json::from_value::<VmStatus>(json).unwrap(), status);
+        assert!(!status.condition("Ready").unwrap().status);
+        assert!(status.condition("Paused").is_none());
+    }
+}

@@ -1,0 +1,117 @@
+use std::path::PathBuf;
+
+use corral_contract::{Accel, Arch, Boot, DiskFormat, Machine, Power, VmSpec};
+use serde::{Deserialize, Serialize};
+
+/// Everything a backend needs to launch one VM, resolved to host paths.
+///
+/// Controllers build it from the declared [`VmSpec`] (volume names resolved to files, networks to
+/// devices); the backend never reads the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// The VM's uid: names its runtime directory and never changes.
+    pub uid: String,
+    /// The VM's name, shown in process listings.
+    pub name: String,
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Machine type.
+    pub machine: Machine,
+    /// Accelerator asked for; `auto` is resolved by the backend.
+    pub accel: Accel,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// What the guest boots.
+    pub boot: BootSource,
+    /// Block devices, in order (`/dev/vda`, `/dev/vdb` …).
+    pub disks: Vec<DiskConfig>,
+    /// Back guest RAM with a shared file at this path (guest memory introspection).
+    pub memory_file: Option<PathBuf>,
+    /// Leave the vCPUs paused after start.
+    pub start_paused: bool,
+}
+
+/// What the guest boots from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootSource {
+    /// Direct kernel boot.
+    Kernel {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// An initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// The kernel command line.
+        cmdline: Option<String>,
+    },
+    /// Firmware boots the first disk in [`VmConfig::disks`].
+    Firmware,
+}
+
+/// One virtio block device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Attach read-only.
+    pub readonly: bool,
+    /// Serial number the guest sees.
+    pub serial: Option<String>,
+}
+
+/// Guesses a disk's format from its file name: `.raw`/`.img` are raw, everything else qcow2.
+pub fn format_from_extension(path: &std::path::Path) -> DiskFormat {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("raw" | "img") => DiskFormat::Raw,
+        _ => DiskFormat::Qcow2,
+    }
+}
+
+impl VmConfig {
+    /// Builds the launch description of a VM from its declared spec.
+    pub fn from_spec(uid: &str, name: &str, spec: &VmSpec) -> Self {
+        let (boot, disks) = match &spec.boot {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => (
+                BootSource::Kernel {
+                    kernel: kernel.clone(),
+                    initrd: initrd.clone(),
+                    cmdline: cmdline.clone(),
+                },
+                Vec::new(),
+            ),
+            Boot::Disk { path, format } => {
+                // Formats are always given to QEMU, never probed: probing a raw image that
+                // looks like qcow2 is a known escape.
+                let format = format.unwrap_or_else(|| format_from_extension(path));
+                let disk = DiskConfig {
+                    path: path.clone(),
+                    format,
+                    readonly: false,
+                    serial: None,
+                };
+                (BootSource::Firmware, vec![disk])
+            }
+        };
+        VmConfig {
+            uid: uid.to_owned(),
+            name: name.to_owned(),
+            arch: spec.arch,
+            machine: spec.machine(),
+            accel: spec.accel,
+            cpus: spec.cpus,
+            memory_bytes: spec.memory.as_u64(),
+            boot,
+            disks,
+            memory_file: None,
+            start_paused: spec.power == Power::Paused,
+        }
+    }
+}

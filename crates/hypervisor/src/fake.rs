@@ -1,0 +1,286 @@
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use corral_contract::Accel;
+use tokio::sync::broadcast;
+
+use crate::{
+    Console, Error, Exit, Hypervisor, StopMode, VmConfig, VmEvent, VmEventKind, VmInfo, VmState,
+};
+
+/// An in-memory hypervisor for controller unit tests and scale simulation.
+///
+/// It keeps the same rules as a real backend (one process per uid, state transitions, events)
+/// without starting anything. Tests can make a VM "crash" with [`FakeHypervisor::crash`].
+#[derive(Debug)]
+pub struct FakeHypervisor {
+    vms: Mutex<BTreeMap<String, FakeVm>>,
+    next_pid: AtomicU32,
+    events: broadcast::Sender<VmEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeVm {
+    pid: u32,
+    state: VmState,
+    console: Console,
+}
+
+impl Default for FakeHypervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeHypervisor {
+    /// An empty fake.
+    pub fn new() -> Self {
+        FakeHypervisor {
+            vms: Mutex::new(BTreeMap::new()),
+            next_pid: AtomicU32::new(1000),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Makes a running VM's "process" die as if killed by `signal`.
+    pub fn crash(&self, uid: &str, signal: i32) -> Result<(), Error> {
+        let exit = Exit {
+            code: None,
+            signal: Some(signal),
+            reason: "killed".into(),
+        };
+        self.transition(uid, VmState::Exited(exit.clone()))?;
+        self.emit(uid, VmEventKind::Exited(exit));
+        Ok(())
+    }
+
+    fn emit(&self, uid: &str, kind: VmEventKind) {
+        // Nobody listening is fine.
+        let _ = self.events.send(VmEvent {
+            uid: uid.to_owned(),
+            kind,
+        });
+    }
+
+    fn transition(&self, uid: &str, to: VmState) -> Result<(), Error> {
+        let mut vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        let vm = vms
+            .get_mut(uid)
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        vm.state = to;
+        Ok(())
+    }
+
+    fn require_live(&self, uid: &str, op: &'static str) -> Result<VmState, Error> {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        let vm = vms
+            .get(uid)
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let VmState::Exited(_) = vm.state {
+            return Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op,
+                state: "exited".into(),
+            });
+        }
+        Ok(vm.state.clone())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for FakeHypervisor {
+    async fn start(&self, config: &VmConfig) -> Result<VmInfo, Error> {
+        let mut vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(vm) = vms.get(&config.uid) {
+            if !matches!(vm.state, VmState::Exited(_)) {
+                return Err(Error::AlreadyRunning {
+                    uid: config.uid.clone(),
+                    pid: vm.pid,
+                });
+            }
+        }
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        let state = if config.start_paused {
+            VmState::Paused {
+                reason: "paused".into(),
+            }
+        } else {
+            VmState::Running
+        };
+        let (console, _input) = Console::new(64 << 10);
+        vms.insert(
+            config.uid.clone(),
+            FakeVm {
+                pid,
+                state,
+                console,
+            },
+        );
+        let accel = if config.accel == Accel::Auto {
+            Accel::Tcg
+        } else {
+            config.accel
+        };
+        Ok(VmInfo {
+            uid: config.uid.clone(),
+            pid,
+            accel,
+            emulator_version: "fake".into(),
+            adopted: false,
+        })
+    }
+
+    async fn adopt(&self, uid: &str) -> Result<VmInfo, Error> {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        let vm = vms
+            .get(uid)
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        Ok(VmInfo {
+            uid: uid.to_owned(),
+            pid: vm.pid,
+            accel: Accel::Tcg,
+            emulator_version: "fake".into(),
+            adopted: true,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    async fn state(&self, uid: &str) -> Result<VmState, Error> {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        vms.get(uid)
+            .map(|vm| vm.state.clone())
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))
+    }
+
+    async fn pause(&self, uid: &str) -> Result<(), Error> {
+        self.require_live(uid, "pause")?;
+        self.transition(
+            uid,
+            VmState::Paused {
+                reason: "paused".into(),
+            },
+        )?;
+        self.emit(uid, VmEventKind::Paused);
+        Ok(())
+    }
+
+    async fn resume(&self, uid: &str) -> Result<(), Error> {
+        self.require_live(uid, "resume")?;
+        self.transition(uid, VmState::Running)?;
+        self.emit(uid, VmEventKind::Resumed);
+        Ok(())
+    }
+
+    async fn reset(&self, uid: &str) -> Result<(), Error> {
+        self.require_live(uid, "reset")?;
+        self.emit(uid, VmEventKind::Reset);
+        Ok(())
+    }
+
+    async fn stop(&self, uid: &str, mode: StopMode) -> Result<Exit, Error> {
+        if let VmState::Exited(exit) = self.state(uid).await? {
+            return Ok(exit);
+        }
+        let reason = match mode {
+            StopMode::Graceful { .. } => "guest-shutdown",
+            StopMode::Force => "host-qmp-quit",
+        };
+        let exit = Exit {
+            code: Some(0),
+            signal: None,
+            reason: reason.into(),
+        };
+        self.transition(uid, VmState::Exited(exit.clone()))?;
+        self.emit(uid, VmEventKind::Exited(exit.clone()));
+        Ok(exit)
+    }
+
+    async fn cleanup(&self, uid: &str) -> Result<(), Error> {
+        let mut vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(vm) = vms.get(uid) {
+            if !matches!(vm.state, VmState::Exited(_)) {
+                return Err(Error::AlreadyRunning {
+                    uid: uid.to_owned(),
+                    pid: vm.pid,
+                });
+            }
+        }
+        vms.remove(uid);
+        Ok(())
+    }
+
+    fn console(&self, uid: &str) -> Result<Console, Error> {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        vms.get(uid)
+            .map(|vm| vm.console.clone())
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BootSource;
+    use corral_contract::{Arch, Machine};
+
+    fn config(uid: &str) -> VmConfig {
+        VmConfig {
+            uid: uid.into(),
+            name: "t".into(),
+            arch: Arch::X86_64,
+            machine: Machine::Q35,
+            accel: Accel::Auto,
+            cpus: 1,
+            memory_bytes: 256 << 20,
+            boot: BootSource::Kernel {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: None,
+            },
+            disks: vec![],
+            memory_file: None,
+            start_paused: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn never_starts_a_uid_twice() {
+        let hv = FakeHypervisor::new();
+        hv.start(&config("a")).await.unwrap();
+        assert!(matches!(
+            hv.start(&config("a")).await,
+            Err(Error::AlreadyRunning { .. })
+        ));
+        hv.stop("a", StopMode::Force).await.unwrap();
+        hv.start(&config("a")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn crash_is_reported_as_an_exit_event() {
+        let hv = FakeHypervisor::new();
+        let mut events = hv.subscribe();
+        hv.start(&config("a")).await.unwrap();
+        hv.crash("a", 9).unwrap();
+        let event = events.recv().await.unwrap();
+        assert!(matches!(event.kind, VmEventKind::Exited(ref e) if e.signal == Some(9)));
+        assert!(matches!(hv.state("a").await.unwrap(), VmState::Exited(_)));
+        assert!(hv.pause("a").await.is_err());
+        hv.cleanup("a").await.unwrap();
+        assert!(hv.list().await.unwrap().is_empty());
+    }
+}

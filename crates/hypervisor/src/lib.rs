@@ -1,0 +1,85 @@
+//! The narrow interface between Corral's controllers and whatever runs VMs.
+//!
+//! Controllers describe a VM as a [`VmConfig`] — a host-level, fully resolved launch description
+//! built from a [`corral_contract::VmSpec`] — and drive it through the [`Hypervisor`] trait:
+//! start, adopt after a restart, pause, resume, reset, stop, and watch for exits.
+//!
+//! Two implementations exist: the QEMU backend (`corral-qemu`), and [`FakeHypervisor`] here, for
+//! controller unit tests and scale simulation. End-to-end tests always use the real one.
+//!
+//! ```
+//! use corral_hypervisor::{FakeHypervisor, Hypervisor, StopMode, VmConfig, VmState};
+//! use corral_contract::{Boot, VmSpec};
+//!
+//! # tokio_test_block_on(async {
+//! let spec = VmSpec::builder(Boot::kernel("/boot/vmlinuz")).build().unwrap();
+//! let config = VmConfig::from_spec("0b1c", "web-1", &spec);
+//! let hv = FakeHypervisor::new();
+//! let info = hv.start(&config).await.unwrap();
+//! assert!(info.pid > 0);
+//! assert_eq!(hv.state("0b1c").await.unwrap(), VmState::Running);
+//! hv.stop("0b1c", StopMode::Force).await.unwrap();
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod config;
+mod console;
+mod error;
+mod fake;
+mod types;
+
+pub use config::{BootSource, DiskConfig, VmConfig, format_from_extension};
+pub use console::{Console, ConsoleInput};
+pub use corral_contract::DiskFormat;
+pub use error::Error;
+pub use fake::FakeHypervisor;
+pub use types::{Exit, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+/// What a controller needs from a hypervisor backend. Every method is keyed by the VM's uid.
+///
+/// Implementations must be safe to call concurrently for different VMs, must never start a
+/// second process for a uid that already runs, and must leave nothing behind when `start`
+/// fails.
+#[async_trait]
+pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
+    /// Launches the VM and returns once it runs (or is paused, when `config.start_paused`).
+    async fn start(&self, config: &VmConfig) -> Result<VmInfo, Error>;
+
+    /// Takes over a VM that a previous instance of the backend started and that is still
+    /// running, after verifying that it is what the runtime directory says it is.
+    async fn adopt(&self, uid: &str) -> Result<VmInfo, Error>;
+
+    /// The uids that have runtime state on this host (live or not), for adoption at start-up.
+    async fn list(&self) -> Result<Vec<String>, Error>;
+
+    /// What the VM is doing now, from the process and the monitor.
+    async fn state(&self, uid: &str) -> Result<VmState, Error>;
+
+    /// Pauses the guest's vCPUs.
+    async fn pause(&self, uid: &str) -> Result<(), Error>;
+
+    /// Resumes a paused guest.
+    async fn resume(&self, uid: &str) -> Result<(), Error>;
+
+    /// Hard-resets the guest, as the reset button would.
+    async fn reset(&self, uid: &str) -> Result<(), Error>;
+
+    /// Stops the VM and returns how its process ended.
+    async fn stop(&self, uid: &str, mode: StopMode) -> Result<Exit, Error>;
+
+    /// Removes every runtime file of a VM that no longer runs. Idempotent.
+    async fn cleanup(&self, uid: &str) -> Result<(), Error>;
+
+    /// The serial console of a VM this backend manages.
+    fn console(&self, uid: &str) -> Result<Console, Error>;
+
+    /// Events for every VM this backend manages (exits, pauses, resets …).
+    fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
+}

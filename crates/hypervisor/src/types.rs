@@ -1,0 +1,101 @@
+use std::time::Duration;
+
+use corral_contract::Accel;
+use serde::{Deserialize, Serialize};
+
+/// What a backend reports about a VM it started or adopted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM's uid.
+    pub uid: String,
+    /// Host pid of the process that runs it.
+    pub pid: u32,
+    /// The accelerator actually in use (never `auto`).
+    pub accel: Accel,
+    /// Version of the emulator, e.g. `7.2.22`.
+    pub emulator_version: String,
+    /// Whether the VM was taken over rather than started by this backend instance.
+    pub adopted: bool,
+}
+
+/// What a VM is doing now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// vCPUs run.
+    Running,
+    /// vCPUs are paused (by request, or by the emulator, e.g. on an I/O error).
+    Paused {
+        /// The emulator's reason, e.g. `paused`, `io-error`, `guest-panicked`.
+        reason: String,
+    },
+    /// The guest shut down and the process is on its way out.
+    ShuttingDown,
+    /// The process is gone.
+    Exited(Exit),
+}
+
+/// How a VM's process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Exit code, when it exited normally and the code is known.
+    pub code: Option<i32>,
+    /// Signal that killed it, when it was killed and that is known.
+    pub signal: Option<i32>,
+    /// Why, in words: the guest powered off, the host asked it to quit, killed by SIGKILL …
+    pub reason: String,
+}
+
+impl Exit {
+    /// Whether this exit looks like a failure (killed, crashed or non-zero), rather than a
+    /// guest power-off or a stop Corral asked for.
+    pub fn is_failure(&self) -> bool {
+        self.signal.is_some() || self.code.is_some_and(|c| c != 0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(f, "killed by signal {sig} ({})", self.reason),
+            (Some(code), None) => write!(f, "exited with code {code} ({})", self.reason),
+            (None, None) => write!(f, "exited ({})", self.reason),
+        }
+    }
+}
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// ACPI power button; after `timeout`, ask the emulator to quit; then kill it.
+    Graceful {
+        /// How long the guest gets to shut down.
+        timeout: Duration,
+    },
+    /// Quit at once (the guest gets no say); kill the process if that does not work.
+    Force,
+}
+
+/// Something that happened to a VM, as seen by its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEvent {
+    /// The VM's uid.
+    pub uid: String,
+    /// What happened.
+    pub kind: VmEventKind,
+}
+
+/// The kinds of [`VmEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEventKind {
+    /// vCPUs paused.
+    Paused,
+    /// vCPUs resumed.
+    Resumed,
+    /// The guest was reset (by itself or by request).
+    Reset,
+    /// The guest reported a panic.
+    GuestPanicked,
+    /// The process ended.
+    Exited(Exit),
+}

@@ -1,0 +1,558 @@
+//! [`QemuBackend`]: the [`Hypervisor`] that runs each VM as a `qemu-system-*` process.
+
+use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use corral_contract::{Accel, Arch};
+use corral_hypervisor::{
+    Console, Error, Exit, Hypervisor, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+};
+use corral_qmp::{Qmp, RunState};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+use tokio::sync::{OnceCell, broadcast};
+
+use crate::accel::{self, HostCaps};
+use crate::cmdline::QemuCommand;
+use crate::emulator::Emulator;
+use crate::layout::{VmPaths, check_uid};
+use crate::process;
+use crate::serial::{self, BoundedLog};
+use crate::vm::{VmRuntime, Watch};
+
+/// How a [`QemuBackend`] is set up.
+#[derive(Debug, Clone)]
+pub struct QemuBackendConfig {
+    /// Holds `vms/<uid>/` with each VM's sockets, pid file and logs. Keep it short: unix socket
+    /// paths must fit in 107 bytes.
+    pub run_dir: PathBuf,
+    /// Where to find `qemu-system-*`; `$PATH` when `None`.
+    pub emulator_dir: Option<PathBuf>,
+    /// Size at which the serial log rotates (at most twice this is kept).
+    pub serial_log_limit: u64,
+    /// Console output kept in memory for late subscribers.
+    pub scrollback: usize,
+    /// How long QEMU gets to bring its monitor up.
+    pub start_timeout: Duration,
+}
+
+impl QemuBackendConfig {
+    /// Defaults for a run directory.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        QemuBackendConfig {
+            run_dir: run_dir.into(),
+            emulator_dir: None,
+            serial_log_limit: 1 << 20,
+            scrollback: 256 << 10,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What is written beside a running VM, so that a later backend instance can check that the
+/// process it finds is the one that was started.
+#[derive(Debug, Serialize, Deserialize)]
+struct LaunchRecord {
+    argv: Vec<String>,
+    accel: Accel,
+    emulator_version: String,
+    config: VmConfig,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<VmRuntime>>>>;
+
+/// Runs VMs as QEMU processes. Processes outlive the backend; a new backend on the same run
+/// directory takes them over with [`Hypervisor::adopt`].
+#[derive(Debug)]
+pub struct QemuBackend {
+    config: QemuBackendConfig,
+    host: HostCaps,
+    emulators: [OnceCell<Emulator>; 2],
+    // One async lock per uid: operations on one VM are serialised, different VMs run freely.
+    slots: Mutex<HashMap<String, Slot>>,
+    events: broadcast::Sender<VmEvent>,
+}
+
+impl QemuBackend {
+    /// A backend on `config.run_dir`, created (mode 0700) when missing.
+    pub fn new(config: QemuBackendConfig) -> Result<Self, Error> {
+        let vms = config.run_dir.join("vms");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&vms)
+            .map_err(|e| Error::io(format!("creating run directory {}", vms.display()), e))?;
+        Ok(QemuBackend {
+            config,
+            host: HostCaps::probe(),
+            emulators: Default::default(),
+            slots: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+        })
+    }
+
+    /// The runtime files of VM `uid`.
+    pub fn paths(&self, uid: &str) -> VmPaths {
+        VmPaths::new(&self.config.run_dir, uid)
+    }
+
+    /// The host capabilities accelerator choice is made from.
+    pub fn host(&self) -> &HostCaps {
+        &self.host
+    }
+
+    /// The emulator for `arch`, probed on first use.
+    pub async fn emulator(&self, arch: Arch) -> Result<&Emulator, Error> {
+        let cell = &self.emulators[match arch {
+            Arch::X86_64 => 0,
+            Arch::Aarch64 => 1,
+        }];
+        cell.get_or_try_init(|| Emulator::probe(arch, self.config.emulator_dir.as_deref()))
+            .await
+    }
+
+    /// The accelerator and exact command line `start` would use, without starting anything.
+    pub async fn command_line(&self, config: &VmConfig) -> Result<(Accel, QemuCommand), Error> {
+        check_uid(&config.uid)?;
+        let paths = self.paths(&config.uid);
+        paths.check_socket_lengths()?;
+        let emulator = self.emulator(config.arch).await?;
+        let accel = accel::resolve(config.accel, config.arch, &self.host)?;
+        Ok((
+            accel,
+            crate::launch::command_line(config, accel, emulator, &paths)?,
+        ))
+    }
+
+    fn slot(&self, uid: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(uid.to_owned()).or_default().clone()
+    }
+
+    async fn runtime(&self, uid: &str) -> Result<Arc<VmRuntime>, Error> {
+        self.slot(uid)
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))
+    }
+
+    async fn live_runtime(&self, uid: &str, op: &'static str) -> Result<Arc<VmRuntime>, Error> {
+        let rt = self.runtime(uid).await?;
+        match rt.exited() {
+            Some(exit) => Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op,
+                state: format!("stopped ({exit})"),
+            }),
+            None => Ok(rt),
+        }
+    }
+
+    /// Refuses to touch a directory whose recorded process still runs.
+    fn check_not_running(&self, paths: &VmPaths, uid: &str) -> Result<(), Error> {
+        if let Ok(pid) = process::read_pid_file(&paths.pid) {
+            if process::is_alive(pid)
+                && recorded_argv(paths).is_some_and(|argv| argv_matches(pid, &argv))
+            {
+                return Err(Error::AlreadyRunning {
+                    uid: uid.to_owned(),
+                    pid,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(&self, config: &VmConfig, paths: &VmPaths) -> Result<VmRuntime, Error> {
+        let (accel, cmd) = self.command_line(config).await?;
+        let emulator = self.emulator(config.arch).await?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.dir)
+            .map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
+        paths.remove_runtime_files();
+        let record = LaunchRecord {
+            argv: cmd
+                .argv()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            accel,
+            emulator_version: emulator.version.clone(),
+            config: config.clone(),
+        };
+        write_atomically(
+            &paths.launch,
+            &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        )?;
+        let log = BoundedLog::open(paths.serial_log.clone(), self.config.serial_log_limit)
+            .map_err(|e| Error::io(format!("opening {}", paths.serial_log.display()), e))?;
+        tracing::debug!(uid = %config.uid, cmdline = %cmd.display(), "starting QEMU");
+
+        let mut child = process::spawn(&cmd, &paths.qemu_log)
+            .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))?;
+        let pid = child.id().unwrap_or_default();
+        let started = async {
+            let qmp = self.connect_monitor(&mut child, paths).await?;
+            let console = UnixStream::connect(&paths.console).await.map_err(|e| {
+                Error::io(
+                    format!("connecting to console {}", paths.console.display()),
+                    e,
+                )
+            })?;
+            Ok::<_, Error>((qmp, console))
+        }
+        .await;
+        let (qmp, console_stream) = match started {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = process::signal(pid, Signal::SIGKILL);
+                let _ = child.wait().await;
+                paths.remove_runtime_files();
+                return Err(e);
+            }
+        };
+        let info = VmInfo {
+            uid: config.uid.clone(),
+            pid,
+            accel,
+            emulator_version: emulator.version.clone(),
+            adopted: false,
+        };
+        let runtime = self.assemble(info, paths, qmp, console_stream, log, Watch::Child(child));
+        if !config.start_paused {
+            if let Err(e) = runtime.qmp.cont().await {
+                let _ = process::signal(pid, Signal::SIGKILL);
+                runtime.wait_exit(Duration::from_secs(5)).await;
+                return Err(monitor_error(&config.uid, e));
+            }
+        }
+        Ok(runtime)
+    }
+
+    /// Polls for the QMP socket while watching the child: a QEMU that dies during start-up is
+    /// reported with what it printed.
+    async fn connect_monitor(
+        &self,
+        child: &mut tokio::process::Child,
+        paths: &VmPaths,
+    ) -> Result<Qmp, Error> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| Error::io("waiting for QEMU", e))?
+            {
+                return Err(Error::StartFailed {
+                    exit: crate::vm::describe_exit(Some(status), None).to_string(),
+                    stderr: log_tail(&paths.qemu_log),
+                });
+            }
+            if paths.qmp.exists() {
+                match Qmp::connect(&paths.qmp).await {
+                    Ok(qmp) => return Ok(qmp),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(monitor_error("starting VM", e));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "QEMU's monitor socket".into(),
+                    secs: self.config.start_timeout.as_secs_f64(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn assemble(
+        &self,
+        info: VmInfo,
+        paths: &VmPaths,
+        qmp: Qmp,
+        console_stream: UnixStream,
+        log: BoundedLog,
+        watch: Watch,
+    ) -> VmRuntime {
+        let (console, input) = Console::new(self.config.scrollback);
+        let pump = tokio::spawn(serial::pump(console_stream, console.clone(), input, log));
+        VmRuntime::new(
+            info,
+            paths.clone(),
+            qmp,
+            console,
+            pump.abort_handle(),
+            watch,
+            self.events.clone(),
+        )
+    }
+
+    async fn adopt_locked(&self, uid: &str, paths: &VmPaths) -> Result<VmRuntime, Error> {
+        let reject = |reason: String| Error::AdoptRejected {
+            uid: uid.to_owned(),
+            reason,
+        };
+        let record: LaunchRecord = std::fs::read(&paths.launch)
+            .map_err(|e| {
+                reject(format!(
+                    "no launch record at {}: {e}",
+                    paths.launch.display()
+                ))
+            })
+            .and_then(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| reject(format!("launch record is unreadable: {e}")))
+            })?;
+        let pid = process::read_pid_file(&paths.pid).map_err(|e| reject(format!("no pid: {e}")))?;
+        if !process::is_alive(pid) {
+            return Err(reject(format!(
+                "its QEMU process (pid {pid}) is no longer running"
+            )));
+        }
+        if !argv_matches(pid, &record.argv) {
+            return Err(reject(format!(
+                "pid {pid} runs a different command line (pid reused?)"
+            )));
+        }
+        let qmp = Qmp::connect(&paths.qmp)
+            .await
+            .map_err(|e| reject(format!("QMP: {e}")))?;
+        qmp.query_status()
+            .await
+            .map_err(|e| reject(format!("QMP query-status: {e}")))?;
+        let console = UnixStream::connect(&paths.console)
+            .await
+            .map_err(|e| reject(format!("console {}: {e}", paths.console.display())))?;
+        let log = BoundedLog::open(paths.serial_log.clone(), self.config.serial_log_limit)
+            .map_err(|e| Error::io(format!("opening {}", paths.serial_log.display()), e))?;
+        let info = VmInfo {
+            uid: uid.to_owned(),
+            pid,
+            accel: record.accel,
+            emulator_version: record.emulator_version,
+            adopted: true,
+        };
+        Ok(self.assemble(info, paths, qmp, console, log, Watch::Adopted))
+    }
+}
+
+#[async_trait]
+impl Hypervisor for QemuBackend {
+    async fn start(&self, config: &VmConfig) -> Result<VmInfo, Error> {
+        check_uid(&config.uid)?;
+        let slot = self.slot(&config.uid);
+        let mut guard = slot.lock().await;
+        if let Some(rt) = guard.as_ref() {
+            if rt.exited().is_none() {
+                return Err(Error::AlreadyRunning {
+                    uid: config.uid.clone(),
+                    pid: rt.info.pid,
+                });
+            }
+        }
+        let paths = self.paths(&config.uid);
+        self.check_not_running(&paths, &config.uid)?;
+        let runtime = self.launch(config, &paths).await?;
+        let info = runtime.info.clone();
+        *guard = Some(Arc::new(runtime));
+        Ok(info)
+    }
+
+    async fn adopt(&self, uid: &str) -> Result<VmInfo, Error> {
+        check_uid(uid)?;
+        let slot = self.slot(uid);
+        let mut guard = slot.lock().await;
+        if let Some(rt) = guard.as_ref().filter(|rt| rt.exited().is_none()) {
+            return Ok(rt.info.clone());
+        }
+        let runtime = self.adopt_locked(uid, &self.paths(uid)).await?;
+        let info = runtime.info.clone();
+        *guard = Some(Arc::new(runtime));
+        Ok(info)
+    }
+
+    async fn list(&self) -> Result<Vec<String>, Error> {
+        let dir = self.config.run_dir.join("vms");
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let mut uids: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| check_uid(name).is_ok())
+            .collect();
+        uids.sort();
+        Ok(uids)
+    }
+
+    async fn state(&self, uid: &str) -> Result<VmState, Error> {
+        let rt = self.runtime(uid).await?;
+        if let Some(exit) = rt.exited() {
+            return Ok(VmState::Exited(exit));
+        }
+        match rt.qmp.query_status().await {
+            Ok(status) => Ok(match status.status {
+                RunState::Running => VmState::Running,
+                RunState::Shutdown => VmState::ShuttingDown,
+                other => VmState::Paused {
+                    reason: other.as_str().to_owned(),
+                },
+            }),
+            // The monitor went away: the process is ending, or has.
+            Err(e) => match rt.wait_exit(Duration::from_secs(2)).await {
+                Some(exit) => Ok(VmState::Exited(exit)),
+                None => Err(monitor_error(uid, e)),
+            },
+        }
+    }
+
+    async fn pause(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "pause").await?;
+        rt.qmp.stop().await.map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn resume(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "resume").await?;
+        rt.qmp.cont().await.map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn reset(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "reset").await?;
+        rt.qmp
+            .system_reset()
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn stop(&self, uid: &str, mode: StopMode) -> Result<Exit, Error> {
+        let slot = self.slot(uid);
+        let guard = slot.lock().await;
+        let rt = guard
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let Some(exit) = rt.exited() {
+            return Ok(exit);
+        }
+        if let StopMode::Graceful { timeout } = mode {
+            // A paused guest cannot see the power button.
+            if let Ok(status) = rt.qmp.query_status().await {
+                if !status.running && status.status != RunState::Shutdown {
+                    let _ = rt.qmp.cont().await;
+                }
+            }
+            match rt.qmp.system_powerdown().await {
+                Ok(()) => {
+                    if let Some(exit) = rt.wait_exit(timeout).await {
+                        return Ok(exit);
+                    }
+                    tracing::info!(%uid, "guest ignored the power button; quitting QEMU");
+                }
+                Err(e) => {
+                    tracing::warn!(%uid, error = %e, "system_powerdown failed; quitting QEMU")
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), rt.qmp.quit()).await;
+        if let Some(exit) = rt.wait_exit(Duration::from_secs(5)).await {
+            return Ok(exit);
+        }
+        tracing::warn!(%uid, pid = rt.info.pid, "QEMU did not quit; killing it");
+        process::signal(rt.info.pid, Signal::SIGKILL)
+            .map_err(|e| Error::io(format!("killing pid {}", rt.info.pid), e))?;
+        rt.wait_exit(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| Error::Timeout {
+                what: format!("pid {} to exit after SIGKILL", rt.info.pid),
+                secs: 10.0,
+            })
+    }
+
+    async fn cleanup(&self, uid: &str) -> Result<(), Error> {
+        check_uid(uid)?;
+        let slot = self.slot(uid);
+        let mut guard = slot.lock().await;
+        if let Some(rt) = guard.as_ref() {
+            if rt.exited().is_none() {
+                return Err(Error::AlreadyRunning {
+                    uid: uid.to_owned(),
+                    pid: rt.info.pid,
+                });
+            }
+        }
+        let paths = self.paths(uid);
+        self.check_not_running(&paths, uid)?;
+        *guard = None;
+        match std::fs::remove_dir_all(&paths.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", paths.dir.display()), e)),
+        }
+        drop(guard);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+        Ok(())
+    }
+
+    fn console(&self, uid: &str) -> Result<Console, Error> {
+        let slot = self.slot(uid);
+        let guard = slot.try_lock().map_err(|_| Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "attach a console",
+            state: "busy starting or stopping".into(),
+        })?;
+        guard
+            .as_ref()
+            .map(|rt| rt.console.clone())
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
+        self.events.subscribe()
+    }
+}
+
+fn monitor_error(uid: &str, e: corral_qmp::Error) -> Error {
+    Error::Monitor {
+        uid: uid.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn recorded_argv(paths: &VmPaths) -> Option<Vec<String>> {
+    let bytes = std::fs::read(&paths.launch).ok()?;
+    serde_json::from_slice::<LaunchRecord>(&bytes)
+        .ok()
+        .map(|r| r.argv)
+}
+
+fn argv_matches(pid: u32, recorded: &[String]) -> bool {
+    process::cmdline(pid)
+        .map(|argv| {
+            argv.iter().map(|a| a.to_string_lossy()).eq(recorded
+                .iter()
+                .map(|s| std::borrow::Cow::Borrowed(s.as_str())))
+        })
+        .unwrap_or(false)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}

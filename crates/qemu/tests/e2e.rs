@@ -1,0 +1,343 @@
+//! End-to-end tests of the QEMU backend: real QEMU processes booting the guest kit (TCG where
+//! KVM is unusable). Each test passes only on evidence from inside the guest. A missing QEMU or
+//! guest kit fails these tests; they never skip.
+
+use std::time::Duration;
+
+use corral_contract::{Accel, Arch, Machine};
+use corral_hypervisor::{DiskFormat, Error, Hypervisor, StopMode, VmEventKind, VmState};
+use corral_qemu::{HostCaps, QemuBackend, QemuBackendConfig, resolve_accel};
+use corral_testkit::{HEARTBEAT, TestVm};
+
+type Result = anyhow::Result<()>;
+
+fn expected_accel(arch: Arch) -> Accel {
+    resolve_accel(Accel::Auto, arch, &HostCaps::probe()).unwrap()
+}
+
+#[tokio::test]
+async fn q35_boots_a_kernel_and_reports_its_accelerator() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(
+        line.contains("arch=x86_64") && line.contains("root=initramfs"),
+        "{line}"
+    );
+    assert_eq!(vm.info().accel, expected_accel(Arch::X86_64));
+    assert_ne!(vm.info().accel, Accel::Auto);
+    assert_eq!(vm.backend().state(vm.uid()).await?, VmState::Running);
+    vm.send_line("echo hello-$((1+2))").await?;
+    vm.wait_for_line("hello-3").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn microvm_boots_a_kernel() -> Result {
+    let vm = TestVm::builder(Arch::X86_64)
+        .machine(Machine::Microvm)
+        .start()
+        .await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(line.contains("arch=x86_64"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn root_filesystem_on_a_qcow2_disk() -> Result {
+    let vm = TestVm::builder(Arch::X86_64)
+        .root_disk(DiskFormat::Qcow2)
+        .start()
+        .await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(line.contains("root=disk"), "{line}");
+    vm.send_line("cat /etc/corral-rootfs").await?;
+    vm.wait_for_line("corral-rootfs-ok").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn root_filesystem_on_a_raw_disk_on_microvm() -> Result {
+    let vm = TestVm::builder(Arch::X86_64)
+        .machine(Machine::Microvm)
+        .root_disk(DiskFormat::Raw)
+        .start()
+        .await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(line.contains("root=disk"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn firmware_boots_from_a_disk() -> Result {
+    let vm = TestVm::builder(Arch::X86_64)
+        .firmware_boot()
+        .start()
+        .await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(line.contains("arch=x86_64"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn aarch64_virt_boots() -> Result {
+    let vm = TestVm::builder(Arch::Aarch64).start().await?;
+    let line = vm.wait_for_boot().await?;
+    assert!(line.contains("arch=aarch64"), "{line}");
+    assert_eq!(
+        vm.info().accel,
+        Accel::Tcg,
+        "a cross-architecture guest runs on TCG"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pause_stops_the_heartbeat_and_resume_continues_it() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    vm.wait_for_line(&format!("{HEARTBEAT} 2")).await?;
+    let mut events = vm.backend().subscribe();
+
+    vm.backend().pause(vm.uid()).await?;
+    assert_eq!(
+        vm.backend().state(vm.uid()).await?,
+        VmState::Paused {
+            reason: "paused".into()
+        }
+    );
+    assert_eq!(events.recv().await?.kind, VmEventKind::Paused);
+    let frozen = vm.last_heartbeat();
+    let mark = vm.output().mark();
+    // Three heartbeat periods with no heartbeat: the guest is really stopped.
+    let silent = vm
+        .wait_for_line_since(mark, HEARTBEAT, Duration::from_secs(3))
+        .await;
+    assert!(silent.is_err(), "heartbeat while paused: {silent:?}");
+    assert_eq!(vm.last_heartbeat(), frozen);
+
+    vm.backend().resume(vm.uid()).await?;
+    assert_eq!(events.recv().await?.kind, VmEventKind::Resumed);
+    assert_eq!(vm.backend().state(vm.uid()).await?, VmState::Running);
+    let next = vm
+        .wait_for_line_since(mark, HEARTBEAT, Duration::from_secs(30))
+        .await?;
+    let n: u64 = next.split_whitespace().last().unwrap_or_default().parse()?;
+    assert!(Some(n) > frozen, "heartbeat {n} after {frozen:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn graceful_stop_powers_the_guest_off_through_acpi() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    let exit = vm
+        .backend()
+        .stop(
+            vm.uid(),
+            StopMode::Graceful {
+                timeout: Duration::from_secs(60),
+            },
+        )
+        .await?;
+    vm.wait_for_line("CORRAL_POWEROFF").await?;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    assert_eq!(exit.reason, "guest-shutdown", "{exit}");
+    assert!(!exit.is_failure());
+    assert!(!corral_qemu::is_alive(vm.pid()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_is_reported_as_killed() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    let mut events = vm.backend().subscribe();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.pid() as i32),
+        nix::sys::signal::SIGKILL,
+    )?;
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let VmEventKind::Exited(exit) = events.recv().await?.kind {
+                return anyhow::Ok(exit);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(event.signal, Some(9), "{event}");
+    assert!(event.is_failure());
+    match vm.backend().state(vm.uid()).await? {
+        VmState::Exited(exit) => assert_eq!(exit.reason, "killed by SIGKILL"),
+        other => panic!("expected Exited, got {other:?}"),
+    }
+    // Its sockets and pid file are gone; the serial log stays for post-mortems.
+    let paths = vm.backend().paths(vm.uid());
+    assert!(!paths.qmp.exists() && !paths.pid.exists() && paths.serial_log.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fresh_backend_adopts_a_running_vm_and_stops_it() -> Result {
+    let mut vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    let pid = vm.pid();
+    let info = vm.readopt().await?;
+    assert!(info.adopted);
+    assert_eq!(info.pid, pid, "adoption never starts a second QEMU");
+    assert_eq!(vm.backend().state(vm.uid()).await?, VmState::Running);
+    // The console works through the new backend.
+    vm.send_line("echo adopted-$((40+2))").await?;
+    vm.wait_for_line("adopted-42").await?;
+    let exit = vm
+        .backend()
+        .stop(
+            vm.uid(),
+            StopMode::Graceful {
+                timeout: Duration::from_secs(60),
+            },
+        )
+        .await?;
+    assert_eq!(exit.reason, "guest-shutdown", "{exit}");
+    assert!(!corral_qemu::is_alive(pid));
+    vm.backend().cleanup(vm.uid()).await?;
+    assert!(!vm.backend().paths(vm.uid()).dir.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn adopt_refuses_a_pid_that_runs_something_else() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    let paths = vm.backend().paths(vm.uid());
+    // A stale pid file pointing at an unrelated live process (pid reuse).
+    std::fs::write(&paths.pid, format!("{}\n", std::process::id()))?;
+    let fresh = QemuBackend::new(QemuBackendConfig::new(vm.run_dir()))?;
+    let err = fresh.adopt(vm.uid()).await.unwrap_err();
+    assert!(matches!(err, Error::AdoptRejected { .. }), "{err}");
+    assert!(err.to_string().contains("different command line"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn commas_and_equals_in_paths_and_cmdline_inject_nothing() -> Result {
+    let kit = corral_testkit::GuestKit::get(Arch::X86_64)?;
+    let dir = tempfile::tempdir()?;
+    let odd = dir.path().join("kit,readonly=on,x");
+    std::fs::create_dir(&odd)?;
+    std::fs::copy(kit.kernel(), odd.join("vm,linuz"))?;
+    std::fs::copy(kit.initrd(), odd.join("init,rd=1"))?;
+    let vm = TestVm::builder(Arch::X86_64)
+        .kernel(odd.join("vm,linuz"))
+        .initrd(odd.join("init,rd=1"))
+        .cmdline("corral.marker=a,b=c,,d")
+        .start()
+        .await?;
+    vm.wait_for_boot().await?;
+    let marker = vm.wait_for_line("CORRAL_MARKER").await?;
+    assert!(marker.ends_with("CORRAL_MARKER a,b=c,,d"), "{marker}");
+    let cmdline = vm.wait_for_line("CORRAL_CMDLINE").await?;
+    assert!(cmdline.contains("corral.marker=a,b=c,,d"), "{cmdline}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_reboots_the_guest() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    let mark = vm.output().mark();
+    vm.backend().reset(vm.uid()).await?;
+    vm.wait_for_line_since(mark, "CORRAL_BOOT_OK", Duration::from_secs(120))
+        .await?;
+    assert_eq!(vm.backend().state(vm.uid()).await?, VmState::Running);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_start_of_a_running_vm_is_refused() -> Result {
+    let vm = TestVm::builder(Arch::X86_64).start_paused().start().await?;
+    assert!(matches!(
+        vm.backend().state(vm.uid()).await?,
+        VmState::Paused { .. }
+    ));
+    let err = vm.backend().start(vm.config()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::AlreadyRunning { pid, .. } if pid == vm.pid()),
+        "{err}"
+    );
+    // Nor from another backend instance on the same run directory.
+    let other = QemuBackend::new(QemuBackendConfig::new(vm.run_dir()))?;
+    let err = other.start(vm.config()).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyRunning { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_qemu_that_fails_to_start_leaves_nothing_behind() -> Result {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-t")
+        .tempdir_in("/tmp")?;
+    // A raw file of zeros declared as qcow2: QEMU refuses it at start-up.
+    let bogus = dir.path().join("bogus.qcow2");
+    std::fs::write(&bogus, vec![0u8; 1 << 20])?;
+    let builder = TestVm::builder(Arch::X86_64);
+    let mut config = builder.config(dir.path(), "f00d0000-0000-4000-8000-000000000001")?;
+    config.disks.push(corral_hypervisor::DiskConfig {
+        path: bogus,
+        format: DiskFormat::Qcow2,
+        readonly: false,
+        serial: None,
+    });
+    let backend = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
+    let err = backend.start(&config).await.unwrap_err();
+    assert!(matches!(err, Error::StartFailed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("qcow2"),
+        "QEMU's own message reaches the user: {err}"
+    );
+    let paths = backend.paths(&config.uid);
+    assert!(
+        !paths.qmp.exists()
+            && !paths.console.exists()
+            && !paths.pid.exists()
+            && !paths.launch.exists()
+    );
+    backend.cleanup(&config.uid).await?;
+    assert!(!paths.dir.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_dir_too_long_for_sockets_is_refused_up_front() -> Result {
+    let base = tempfile::tempdir()?;
+    let long = base.path().join("r".repeat(90));
+    let backend = QemuBackend::new(QemuBackendConfig::new(&long))?;
+    let config = TestVm::builder(Arch::X86_64)
+        .config(base.path(), "f00d0000-0000-4000-8000-000000000002")?;
+    let err = backend.start(&config).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SocketPathTooLong { max: 107, .. }),
+        "{err}"
+    );
+    assert!(
+        !backend.paths(&config.uid).dir.exists(),
+        "nothing half-made"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_emulator_says_which_package_to_install() -> Result {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-t")
+        .tempdir_in("/tmp")?;
+    let mut backend_config = QemuBackendConfig::new(dir.path());
+    backend_config.emulator_dir = Some(dir.path().to_owned());
+    let backend = QemuBackend::new(backend_config)?;
+    let config =
+        TestVm::builder(Arch::X86_64).config(dir.path(), "f00d0000-0000-4000-8000-000000000003")?;
+    let err = backend.start(&config).await.unwrap_err();
+    assert!(
+        err.to_string().contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
+    Ok(())
+}

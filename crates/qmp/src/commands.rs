@@ -1,0 +1,86 @@
+//! Typed wrappers for the commands Corral uses.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::{Error, Memdev, ObjectProperty, Qmp, StatusInfo};
+
+impl Qmp {
+    /// `query-status`: whether the vCPUs run, and QEMU's run state.
+    pub async fn query_status(&self) -> Result<StatusInfo, Error> {
+        self.execute_typed("query-status", None).await
+    }
+
+    /// `stop`: pauses the vCPUs.
+    pub async fn stop(&self) -> Result<(), Error> {
+        self.execute("stop", None).await.map(drop)
+    }
+
+    /// `cont`: resumes the vCPUs (also starts a machine created with `-S`).
+    pub async fn cont(&self) -> Result<(), Error> {
+        self.execute("cont", None).await.map(drop)
+    }
+
+    /// `system_powerdown`: presses the ACPI power button; the guest decides what to do.
+    pub async fn system_powerdown(&self) -> Result<(), Error> {
+        self.execute("system_powerdown", None).await.map(drop)
+    }
+
+    /// `system_reset`: resets the machine.
+    pub async fn system_reset(&self) -> Result<(), Error> {
+        self.execute("system_reset", None).await.map(drop)
+    }
+
+    /// `quit`: makes QEMU exit.
+    ///
+    /// QEMU may close the socket before its reply reaches us, so the connection closing
+    /// while this command waits counts as success. If the connection was already closed
+    /// before the command was sent, this returns [`Error::Closed`].
+    pub async fn quit(&self) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        match self.execute("quit", None).await {
+            Ok(_) | Err(Error::Closed) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `query-memdev`: the memory backends.
+    pub async fn query_memdev(&self) -> Result<Vec<Memdev>, Error> {
+        self.execute_typed("query-memdev", None).await
+    }
+
+    /// `qom-list`: the properties of the QOM object at `path` (such as `/objects`).
+    pub async fn qom_list(&self, path: &str) -> Result<Vec<ObjectProperty>, Error> {
+        self.execute_typed("qom-list", Some(json!({ "path": path })))
+            .await
+    }
+
+    /// `qom-get`: one property of the QOM object at `path`.
+    pub async fn qom_get(&self, path: &str, property: &str) -> Result<Value, Error> {
+        self.execute(
+            "qom-get",
+            Some(json!({ "path": path, "property": property })),
+        )
+        .await
+    }
+
+    /// `human-monitor-command`: runs an HMP command line and returns its output.
+    pub async fn human_monitor_command(&self, command_line: &str) -> Result<String, Error> {
+        let args = json!({ "command-line": command_line });
+        self.execute_typed("human-monitor-command", Some(args))
+            .await
+    }
+
+    async fn execute_typed<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<T, Error> {
+        let value = self.execute(command, args).await?;
+        serde_json::from_value(value).map_err(|err| Error::Protocol {
+            reason: format!("unexpected reply to '{command}': {err}"),
+        })
+    }
+}

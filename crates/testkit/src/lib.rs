@@ -1,0 +1,26 @@
+//! Test harness: boots guest-kit VMs through the real QEMU backend, waits on evidence from
+//! inside the guest, and cleans up on drop — no orphan QEMU, no leftover files — even when the
+//! test panics.
+//!
+//! ```no_run
+//! use corral_contract::Arch;
+//! use corral_testkit::TestVm;
+//! # async fn smoke() -> Result<(), corral_testkit::Error> {
+//! let vm = TestVm::builder(Arch::X86_64).start().await?;
+//! let line = vm.wait_for_boot().await?;
+//! assert!(line.contains("arch=x86_64"));
+//! vm.send_line("echo hello-$((1+2))").await?;
+//! vm.wait_for_line("hello-3").await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod kit;
+mod output;
+mod vm;
+
+pub use error::Error;
+pub use kit::{GuestKit, workspace_root};
+pub use output::Output;
+pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
