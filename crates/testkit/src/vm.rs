@@ -111,6 +111,13 @@ impl TestVmBuilder {
             disks.push(private_copy(&source, dir)?.with_format(format));
             cmdline.push_str(" corral.root=/dev/vda");
         }
+        if self.machine == Some(Machine::Microvm) {
+            // microvm has no PIT or HPET to calibrate the TSC against; under TCG the kernel
+            // then hangs in about a third of boots unless told the frequency.
+            if let Some(khz) = host_tsc_khz() {
+                cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
         for extra in &self.cmdline_extra {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -183,6 +190,13 @@ impl WithFormat for PathBuf {
             serial: None,
         }
     }
+}
+
+/// The host CPU's clock in kHz, from /proc/cpuinfo.
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
 }
 
 fn private_copy(source: &Path, dir: &Path) -> Result<PathBuf, Error> {
