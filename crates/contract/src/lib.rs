@@ -6,6 +6,9 @@
 //! parsed, and every error names the field by its JSON path (`spec.memory: …`). This crate
 //! does no I/O.
 //!
+//! [`pb`] is the same contract as a gRPC API (`proto/corral/v1/corral.proto`): generated
+//! messages and service stubs, and conversions that validate through the types here.
+//!
 //! ```
 //! use corral_contract::{Boot, ByteSize, Machine, Resource, Vm, VmSpec};
 //!
@@ -36,6 +39,7 @@ mod de;
 mod error;
 mod meta;
 mod name;
+pub mod pb;
 mod resource;
 mod size;
 mod vm;

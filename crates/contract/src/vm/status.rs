@@ -56,6 +56,10 @@ pub struct VmStatus {
     /// Version of the QEMU running the VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qemu_version: Option<String>,
+    /// The restart request (the `corral.dev/restart-requested-at` annotation's value) a
+    /// controller has carried out, so each request restarts the VM once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarted_for: Option<String>,
     /// A sentence for people about the current state, e.g. why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -1,0 +1,13 @@
+//! Corral's controllers. They own the world: only they start processes, create files or talk
+//! to QEMU. Each is level-triggered — it reads the declared spec and the actual state and acts
+//! on the difference — idempotent, and safe to run again after a crash at any line.
+//!
+//! [`VmController`] drives VMs through a [`Hypervisor`](corral_hypervisor::Hypervisor): start,
+//! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
+#![deny(missing_docs)]
+
+mod queue;
+mod vm;
+
+pub use queue::WorkQueue;
+pub use vm::{ControllerConfig, ReconcileObserver, VmController};

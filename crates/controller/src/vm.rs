@@ -1,0 +1,626 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use corral_contract::{Condition, ExitInfo, Phase, Power, RestartPolicy, Vm, VmStatus};
+use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, VmInfo, VmState};
+use corral_service::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, ServiceError, VmService};
+use tokio::sync::watch;
+
+use crate::WorkQueue;
+
+/// How the VM controller behaves.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Reconciles running at once (different VMs; one VM is never reconciled twice at once).
+    pub workers: usize,
+    /// Every VM is reconciled at least this often, whatever the events say.
+    pub resync: Duration,
+    /// How long a guest gets to shut down on a graceful stop or delete.
+    pub stop_timeout: Duration,
+    /// First delay before a restart by policy; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest delay between restarts by policy.
+    pub backoff_max: Duration,
+    /// Where the RAM of introspectable VMs lives (`<dir>/corral-<uid>`).
+    pub shm_dir: PathBuf,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            workers: 4,
+            resync: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            shm_dir: PathBuf::from("/dev/shm"),
+        }
+    }
+}
+
+/// Told how long each reconcile took (for metrics).
+pub trait ReconcileObserver: Send + Sync + std::fmt::Debug {
+    /// One reconcile of one VM finished.
+    fn reconciled(&self, elapsed: Duration, ok: bool);
+}
+
+/// Makes VMs match their spec.
+#[derive(Debug)]
+pub struct VmController {
+    svc: VmService,
+    hv: Arc<dyn Hypervisor>,
+    config: ControllerConfig,
+    queue: WorkQueue,
+    // uid → name, so hypervisor events (keyed by uid) reach the right object.
+    names: Mutex<HashMap<String, String>>,
+    // name → (consecutive policy restarts, not before).
+    backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    observer: Option<Arc<dyn ReconcileObserver>>,
+}
+
+/// What a reconcile asks for next.
+type Requeue = Option<Duration>;
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn exit_info(exit: &Exit) -> ExitInfo {
+    ExitInfo {
+        code: exit.code,
+        signal: exit.signal,
+        reason: exit.reason.clone(),
+    }
+}
+
+impl VmController {
+    /// A controller over `svc`'s store and `hv`.
+    pub fn new(svc: VmService, hv: Arc<dyn Hypervisor>, config: ControllerConfig) -> Self {
+        VmController {
+            svc,
+            hv,
+            config,
+            queue: WorkQueue::new(),
+            names: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            observer: None,
+        }
+    }
+
+    /// Reports reconcile durations to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn ReconcileObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The work queue (to nudge a VM from outside).
+    pub fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    /// Runs until `shutdown` turns true: adopts what runs, removes orphans, then reconciles
+    /// on store changes, hypervisor events and a periodic resync. Returns once started work
+    /// has stopped; VMs keep running.
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ServiceError> {
+        let (vms, revision) = self.svc.list("").await?;
+        self.remove_orphans(&vms).await;
+        for vm in &vms {
+            self.remember(vm);
+            self.queue.add(vm.metadata.name.as_str());
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.config.workers.max(1) {
+            let this = self.clone();
+            tasks.spawn(async move {
+                while let Some(name) = this.queue.next().await {
+                    this.reconcile_logged(&name).await;
+                    this.queue.done(&name);
+                }
+            });
+        }
+        let this = self.clone();
+        tasks.spawn(async move { this.follow_store(revision).await });
+        let this = self.clone();
+        tasks.spawn(async move { this.follow_hypervisor().await });
+        let this = self.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(this.config.resync);
+            loop {
+                tick.tick().await;
+                if let Ok((vms, _)) = this.svc.list("").await {
+                    for vm in vms {
+                        this.queue.add(vm.metadata.name.as_str());
+                    }
+                }
+            }
+        });
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tasks.shutdown().await;
+        Ok(())
+    }
+
+    async fn follow_store(&self, mut revision: u64) {
+        loop {
+            let mut watch = match self.svc.watch(None, revision).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch VMs; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(event) = watch.recv().await {
+                match event {
+                    Ok(event) => {
+                        revision = event.revision;
+                        self.remember(&event.vm);
+                        self.queue.add(event.vm.metadata.name.as_str());
+                    }
+                    Err(e) => {
+                        // Compacted past us: list again and carry on from there.
+                        tracing::warn!(error = %e, "VM watch broke; relisting");
+                        if let Ok((vms, rev)) = self.svc.list("").await {
+                            vms.iter()
+                                .for_each(|vm| self.queue.add(vm.metadata.name.as_str()));
+                            revision = rev;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn follow_hypervisor(&self) {
+        let mut events = self.hv.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    let name = self
+                        .names
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&event.uid)
+                        .cloned();
+                    if let Some(name) = name {
+                        self.queue.add(&name);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let names: Vec<String> = self
+                        .names
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    names.iter().for_each(|n| self.queue.add(n));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn remember(&self, vm: &Vm) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            vm.metadata.uid.clone(),
+            vm.metadata.name.as_str().to_owned(),
+        );
+    }
+
+    /// Stops and removes every VM the hypervisor has that no object declares: a daemon never
+    /// leaves an orphan behind.
+    async fn remove_orphans(&self, vms: &[Vm]) {
+        let Ok(uids) = self.hv.list().await else {
+            return;
+        };
+        for uid in uids {
+            if vms.iter().any(|vm| vm.metadata.uid == uid) {
+                continue;
+            }
+            tracing::warn!(%uid, "no VM object for this QEMU; stopping it and removing its files");
+            if self.hv.adopt(&uid).await.is_ok() {
+                let _ = self.hv.stop(&uid, StopMode::Force).await;
+            }
+            if let Err(e) = self.hv.cleanup(&uid).await {
+                tracing::warn!(%uid, error = %e, "cannot remove orphan");
+            }
+        }
+    }
+
+    async fn reconcile_logged(&self, name: &str) {
+        let t0 = Instant::now();
+        let result = self.reconcile(name).await;
+        if let Some(observer) = &self.observer {
+            observer.reconciled(t0.elapsed(), result.is_ok());
+        }
+        match result {
+            Ok(Some(delay)) => self.queue.add_after(name, delay),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(vm = name, error = %e, "reconcile failed; retrying");
+                self.queue.add_after(name, Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Makes one VM match its spec. Idempotent.
+    pub async fn reconcile(&self, name: &str) -> Result<Requeue, ServiceError> {
+        let vm = match self.svc.get(name).await {
+            Ok(vm) => vm,
+            Err(ServiceError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.remember(&vm);
+        let uid = vm.metadata.uid.clone();
+        let actual = self.actual_state(&uid).await;
+
+        if vm.metadata.deleting {
+            return self.finish_delete(&vm, actual).await;
+        }
+
+        let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        let restart_pending = restart.is_some() && restart != vm.status.restarted_for;
+        let new_intent = vm.status.observed_generation < vm.metadata.generation;
+        let live = matches!(
+            actual,
+            Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
+        );
+
+        if vm.spec.power == Power::Stopped {
+            if live {
+                self.write_phase(name, Phase::Stopping, None).await?;
+                let exit = self.stop(&vm).await?;
+                return self.record_stopped(name, &vm, Some(exit), false).await;
+            }
+            let exit = match actual {
+                Some(VmState::Exited(exit)) => Some(exit),
+                _ => None,
+            };
+            return self.record_stopped(name, &vm, exit, false).await;
+        }
+
+        // Running or Paused is declared.
+        if live && restart_pending {
+            self.write_phase(name, Phase::Stopping, Some("restarting"))
+                .await?;
+            self.hv
+                .stop(
+                    &uid,
+                    StopMode::Graceful {
+                        timeout: self.config.stop_timeout,
+                    },
+                )
+                .await
+                .map_err(hv_failed)?;
+            return self.start(&vm, restart).await;
+        }
+        match actual {
+            None | Some(VmState::Exited(_)) => {
+                let exit = match &actual {
+                    Some(VmState::Exited(exit)) => Some(exit.clone()),
+                    _ => None,
+                };
+                let never_started = matches!(vm.status.phase, Phase::Pending | Phase::Starting);
+                if new_intent || restart_pending || never_started {
+                    self.backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(name);
+                    return self.start(&vm, restart).await;
+                }
+                let failed = exit.as_ref().is_none_or(Exit::is_failure);
+                let by_policy = match vm.spec.restart_policy {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => failed,
+                    RestartPolicy::Never => false,
+                };
+                if by_policy && vm.status.phase != Phase::Stopped {
+                    if let Some(wait) = self.backoff_wait(name) {
+                        return Ok(Some(wait));
+                    }
+                    tracing::info!(vm = name, policy = %vm.spec.restart_policy, "restarting by policy");
+                    return self.start(&vm, restart).await;
+                }
+                self.record_stopped(name, &vm, exit, failed).await
+            }
+            Some(VmState::ShuttingDown) => Ok(Some(Duration::from_millis(250))),
+            Some(VmState::Running) if vm.spec.power == Power::Paused => {
+                self.hv.pause(&uid).await.map_err(hv_failed)?;
+                self.record_live(name, &vm, Phase::Paused, None).await
+            }
+            Some(VmState::Paused { reason })
+                if vm.spec.power == Power::Running && reason == "paused" =>
+            {
+                self.hv.resume(&uid).await.map_err(hv_failed)?;
+                self.record_live(name, &vm, Phase::Running, None).await
+            }
+            Some(VmState::Paused { reason }) => {
+                let why = (reason != "paused").then(|| format!("QEMU paused the guest: {reason}"));
+                self.record_live(name, &vm, Phase::Paused, why).await
+            }
+            Some(VmState::Running) => self.record_live(name, &vm, Phase::Running, None).await,
+        }
+    }
+
+    /// The VM's state as the hypervisor sees it, re-adopting a VM a previous daemon started.
+    /// `None`: no process.
+    async fn actual_state(&self, uid: &str) -> Option<VmState> {
+        match self.hv.state(uid).await {
+            Ok(state) => return Some(state),
+            Err(HvError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(%uid, error = %e, "cannot read VM state");
+                return None;
+            }
+        }
+        let known = self
+            .hv
+            .list()
+            .await
+            .map(|uids| uids.iter().any(|u| u == uid))
+            .unwrap_or(false);
+        if !known {
+            return None;
+        }
+        match self.hv.adopt(uid).await {
+            Ok(info) => {
+                tracing::info!(%uid, pid = info.pid, "adopted running VM");
+                self.hv.state(uid).await.ok()
+            }
+            Err(e) => {
+                tracing::info!(%uid, reason = %e, "VM ended while the daemon was away");
+                let _ = self.hv.cleanup(uid).await;
+                Some(VmState::Exited(Exit {
+                    code: None,
+                    signal: None,
+                    reason: "QEMU ended while corrald was not running".into(),
+                }))
+            }
+        }
+    }
+
+    async fn stop(&self, vm: &Vm) -> Result<Exit, ServiceError> {
+        let force = vm
+            .metadata
+            .annotations
+            .get(ANNOTATION_STOP_MODE)
+            .is_some_and(|m| m == "force");
+        let mode = if force {
+            StopMode::Force
+        } else {
+            StopMode::Graceful {
+                timeout: self.config.stop_timeout,
+            }
+        };
+        self.hv
+            .stop(&vm.metadata.uid, mode)
+            .await
+            .map_err(hv_failed)
+    }
+
+    async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ServiceError> {
+        let name = vm.metadata.name.as_str();
+        self.write_phase(name, Phase::Starting, None).await?;
+        let mut config = VmConfig::from_spec(&vm.metadata.uid, name, &vm.spec);
+        if vm.spec.introspection {
+            config.memory_file = Some(
+                self.config
+                    .shm_dir
+                    .join(format!("corral-{}", vm.metadata.uid)),
+            );
+        }
+        let generation = vm.metadata.generation;
+        match self.hv.start(&config).await {
+            Ok(info) => {
+                let phase = if config.start_paused {
+                    Phase::Paused
+                } else {
+                    Phase::Running
+                };
+                self.svc
+                    .update_status(name, |_, st| {
+                        started(st, &info, phase, generation);
+                        st.restarted_for = restart.clone();
+                        true
+                    })
+                    .await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(vm = name, error = %message, "start failed");
+                self.svc
+                    .update_status(name, |_, st| {
+                        st.phase = Phase::Failed;
+                        st.pid = None;
+                        st.message = Some(message.clone());
+                        st.observed_generation = generation;
+                        st.restarted_for = restart.clone();
+                        st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
+                        true
+                    })
+                    .await?;
+                Ok(match vm.spec.restart_policy {
+                    RestartPolicy::Never => None,
+                    _ => self.backoff_wait(name).or(Some(self.config.backoff_base)),
+                })
+            }
+        }
+    }
+
+    /// How long until a policy restart is allowed; `None` when it is allowed now (and the next
+    /// one is pushed further out).
+    fn backoff_wait(&self, name: &str) -> Option<Duration> {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (count, not_before) = backoff.entry(name.to_owned()).or_insert((0, now));
+        if *not_before > now {
+            return Some(*not_before - now);
+        }
+        let delay = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << (*count).min(16))
+            .min(self.config.backoff_max);
+        *count += 1;
+        *not_before = now + delay;
+        None
+    }
+
+    async fn record_live(
+        &self,
+        name: &str,
+        vm: &Vm,
+        phase: Phase,
+        why: Option<String>,
+    ) -> Result<Requeue, ServiceError> {
+        let generation = vm.metadata.generation;
+        self.svc
+            .update_status(name, |_, st| {
+                let before = st.clone();
+                st.phase = phase;
+                st.observed_generation = generation;
+                st.message = why.clone();
+                let (ready, reason) = match phase {
+                    Phase::Running => (true, "Running"),
+                    _ => (false, "Paused"),
+                };
+                st.set_condition(Condition::new(
+                    "Ready",
+                    ready,
+                    reason,
+                    why.as_deref().unwrap_or(""),
+                ));
+                *st != before
+            })
+            .await?;
+        Ok(None)
+    }
+
+    async fn record_stopped(
+        &self,
+        name: &str,
+        vm: &Vm,
+        exit: Option<Exit>,
+        failed: bool,
+    ) -> Result<Requeue, ServiceError> {
+        let generation = vm.metadata.generation;
+        let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        self.svc
+            .update_status(name, |_, st| {
+                let before = st.clone();
+                st.phase = if failed {
+                    Phase::Failed
+                } else {
+                    Phase::Stopped
+                };
+                st.pid = None;
+                st.observed_generation = generation;
+                if let Some(exit) = &exit {
+                    st.exit = Some(exit_info(exit));
+                    st.message = Some(format!("QEMU {exit}"));
+                }
+                if vm.spec.power == Power::Stopped {
+                    st.restarted_for = restart.clone();
+                }
+                let reason = if failed { "Failed" } else { "Stopped" };
+                st.set_condition(Condition::new(
+                    "Ready",
+                    false,
+                    reason,
+                    st.message.as_deref().unwrap_or(""),
+                ));
+                *st != before
+            })
+            .await?;
+        Ok(None)
+    }
+
+    async fn write_phase(
+        &self,
+        name: &str,
+        phase: Phase,
+        message: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        self.svc
+            .update_status(name, |_, st| {
+                let changed = st.phase != phase;
+                st.phase = phase;
+                if let Some(m) = message {
+                    st.message = Some(m.to_owned());
+                }
+                changed
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn finish_delete(
+        &self,
+        vm: &Vm,
+        actual: Option<VmState>,
+    ) -> Result<Requeue, ServiceError> {
+        let uid = &vm.metadata.uid;
+        let name = vm.metadata.name.as_str();
+        if matches!(
+            actual,
+            Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
+        ) {
+            self.write_phase(name, Phase::Stopping, Some("deleting"))
+                .await?;
+            self.stop(vm).await?;
+        }
+        match self.hv.cleanup(uid).await {
+            Ok(()) | Err(HvError::NotFound(_)) => {}
+            Err(e) => return Err(hv_failed(e)),
+        }
+        let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
+        let current = self.svc.get(name).await?;
+        match self
+            .svc
+            .finalize_delete(name, current.metadata.resource_version)
+            .await
+        {
+            Ok(()) | Err(ServiceError::NotFound { .. }) => {}
+            Err(ServiceError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
+            Err(e) => return Err(e),
+        }
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        tracing::info!(vm = name, %uid, "deleted");
+        Ok(None)
+    }
+}
+
+fn started(st: &mut VmStatus, info: &VmInfo, phase: Phase, generation: u64) {
+    st.phase = phase;
+    st.pid = Some(info.pid);
+    st.accelerator = Some(info.accel);
+    st.qemu_version = Some(info.emulator_version.clone());
+    st.started_at = Some(now());
+    st.exit = None;
+    st.message = None;
+    st.observed_generation = generation;
+    let reason = if phase == Phase::Running {
+        "Running"
+    } else {
+        "Paused"
+    };
+    st.set_condition(Condition::new("Ready", phase == Phase::Running, reason, ""));
+}
+
+fn hv_failed(e: HvError) -> ServiceError {
+    ServiceError::FailedPrecondition(e.to_string())
+}

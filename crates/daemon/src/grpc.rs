@@ -1,0 +1,194 @@
+//! The gRPC transport: decode, call the service layer, encode. No VM logic here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use corral_contract::pb::{
+    self, system_service_server::SystemService, vm_service_server::VmService,
+};
+use corral_contract::{Power, Vm};
+use corral_service::{ServiceError, VmEventType};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::state::Daemon;
+
+/// `corral.v1.VmService` over the service layer.
+#[derive(Debug, Clone)]
+pub struct VmGrpc(pub Arc<Daemon>);
+
+/// `corral.v1.SystemService`.
+#[derive(Debug, Clone)]
+pub struct SystemGrpc(pub Arc<Daemon>);
+
+/// Maps a service error to the gRPC status a client can act on.
+pub fn status(err: ServiceError) -> Status {
+    match err {
+        ServiceError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        e @ ServiceError::NotFound { .. } => Status::not_found(e.to_string()),
+        e @ ServiceError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        e @ ServiceError::Conflict { .. } => Status::aborted(e.to_string()),
+        e @ ServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        e @ ServiceError::Store(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn vm_in(vm: Option<pb::Vm>) -> Result<Vm, Status> {
+    let vm = vm.ok_or_else(|| Status::invalid_argument("vm: required"))?;
+    Vm::try_from(vm).map_err(Status::from)
+}
+
+fn vm_out(result: Result<Vm, ServiceError>) -> Result<Response<pb::Vm>, Status> {
+    result
+        .map(|vm| Response::new(pb::Vm::from(&vm)))
+        .map_err(status)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl VmService for VmGrpc {
+    async fn create(&self, req: Request<pb::CreateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let vm = vm_in(req.into_inner().vm)?;
+        vm_out(self.0.vms.create(vm).await)
+    }
+
+    async fn get(&self, req: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        vm_out(self.0.vms.get(&req.into_inner().name).await)
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListVmsRequest>,
+    ) -> Result<Response<pb::ListVmsResponse>, Status> {
+        let (vms, revision) = self
+            .0
+            .vms
+            .list(&req.into_inner().label_selector)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListVmsResponse {
+            items: vms.iter().map(pb::Vm::from).collect(),
+            revision,
+        }))
+    }
+
+    async fn update(&self, req: Request<pb::UpdateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let vm = vm_in(req.into_inner().vm)?;
+        vm_out(self.0.vms.update(vm).await)
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let req = req.into_inner();
+        let version = (req.resource_version != 0).then_some(req.resource_version);
+        vm_out(self.0.vms.delete(&req.name, version).await)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchVmsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let name = (!req.name.is_empty()).then_some(req.name.as_str());
+        let mut watch = self
+            .0
+            .vms
+            .watch(name, req.after_revision)
+            .await
+            .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(event) = watch.recv().await {
+                let item = event.map_err(status).map(|e| pb::VmEvent {
+                    r#type: match e.event {
+                        VmEventType::Added => pb::EventType::Added,
+                        VmEventType::Modified => pb::EventType::Modified,
+                        VmEventType::Deleted => pb::EventType::Deleted,
+                    } as i32,
+                    revision: e.revision,
+                    vm: Some(pb::Vm::from(&e.vm)),
+                });
+                if tx.send(item).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn start(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        vm_out(
+            self.0
+                .vms
+                .set_power(&req.into_inner().name, Power::Running, false)
+                .await,
+        )
+    }
+
+    async fn stop(&self, req: Request<pb::StopVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let req = req.into_inner();
+        vm_out(
+            self.0
+                .vms
+                .set_power(&req.name, Power::Stopped, req.force)
+                .await,
+        )
+    }
+
+    async fn pause(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        vm_out(
+            self.0
+                .vms
+                .set_power(&req.into_inner().name, Power::Paused, false)
+                .await,
+        )
+    }
+
+    async fn resume(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        vm_out(
+            self.0
+                .vms
+                .set_power(&req.into_inner().name, Power::Running, false)
+                .await,
+        )
+    }
+
+    async fn restart(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        vm_out(self.0.vms.restart(&req.into_inner().name).await)
+    }
+
+    async fn console_log(
+        &self,
+        req: Request<pb::ConsoleLogRequest>,
+    ) -> Result<Response<pb::ConsoleLogResponse>, Status> {
+        let req = req.into_inner();
+        let data = self
+            .0
+            .console_log(&req.name, req.tail_bytes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ConsoleLogResponse { data }))
+    }
+}
+
+#[tonic::async_trait]
+impl SystemService for SystemGrpc {
+    async fn version(
+        &self,
+        _: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            git_commit: option_env!("CORRAL_GIT_COMMIT").map(str::to_owned),
+            store: format!(
+                "sqlite:{}",
+                self.0.config.data_dir.join("state.db").display()
+            ),
+            node: self.0.node.clone(),
+        }))
+    }
+}

@@ -1,0 +1,153 @@
+//! corrald: API (gRPC and REST on one listener), VM controller and node agent in one process,
+//! on the embedded SQLite store.
+//!
+//! Start-up: open the store, re-adopt the VMs that still run (the controller never starts a
+//! second QEMU for a VM and stops any QEMU no object declares), then serve. SIGTERM stops
+//! serving and leaves every VM running.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod config;
+mod grpc;
+mod metrics;
+mod openapi;
+mod rest;
+mod serve;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use corral_contract::pb::{
+    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+};
+use corral_controller::{ControllerConfig, VmController};
+use corral_qemu::{QemuBackend, QemuBackendConfig};
+use corral_service::VmService;
+use corral_store::SqliteStore;
+use tokio::sync::watch;
+
+pub use config::{Args, Config};
+pub use metrics::Metrics;
+pub use state::Daemon;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store = SqliteStore::open(config.data_dir.join("state.db"))
+        .await
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let backend = Arc::new(
+        QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
+            .context("preparing the run directory")?,
+    );
+    let vms = VmService::new(Arc::new(store));
+    let metrics = Arc::new(Metrics::new());
+    let controller = Arc::new(
+        VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())
+            .with_observer(metrics.clone()),
+    );
+    let node = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "local".into());
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        vms,
+        backend,
+        node,
+        metrics,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+
+    let app = router(daemon.clone())?;
+    let unix = serve::bind_unix(&config.socket)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
+    let mut servers = tokio::task::JoinSet::new();
+    let mut stop = stop_rx.clone();
+    let unix_app = app.clone();
+    servers.spawn(async move {
+        axum::serve(unix, unix_app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    if let Some(tcp) = &config.tcp {
+        let tokens = auth::Tokens::load(&tcp.token_file).map_err(anyhow::Error::msg)?;
+        let listener = serve::TlsListener::bind(tcp.listen, &tcp.tls_cert, &tcp.tls_key)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(addr = %tcp.listen, "serving TLS with bearer tokens");
+        let tcp_app = app.layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_token,
+        ));
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(listener, tcp_app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down; VMs keep running");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// gRPC (VM and system services, health, reflection) and REST on one router.
+fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(corral_contract::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let reporter = health_reporter.clone();
+    tokio::spawn(async move {
+        reporter
+            .set_serving::<VmServiceServer<grpc::VmGrpc>>()
+            .await;
+    });
+    let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
+        .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
+        .add_service(health)
+        .add_service(reflection);
+    Ok(grpc.into_axum_router().merge(rest::router(daemon)))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,48 @@
+use std::io::Read;
+
+use clap::Parser;
+use corral_daemon::config::{Command, LogFormat};
+use corral_daemon::{Args, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Some(Command::HashToken) = args.command {
+        let mut token = String::new();
+        if std::io::stdin().read_to_string(&mut token).is_err() || token.trim().is_empty() {
+            eprintln!(
+                "error: give the token on stdin, e.g. `head -c 32 /dev/urandom | base64 | tee token | corrald hash-token`"
+            );
+            return std::process::ExitCode::from(2);
+        }
+        println!("{}", corral_daemon::auth::hash_line(&token));
+        return std::process::ExitCode::SUCCESS;
+    }
+    let config = match Config::resolve(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    match corral_daemon::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Corral's one service layer. gRPC and REST handlers decode a request, call one function
+//! here, and encode the answer; no VM logic lives in a handler.
+//!
+//! Users write `spec`, labels and annotations; controllers write `status` (through
+//! [`VmService::update_status`]). Power changes — start, stop, pause, resume, restart — are
+//! spec changes, so they survive daemon restarts and reach every controller the same way.
+//! Every change that expresses a new intent bumps `metadata.generation`; a controller reports
+//! the generation it has acted on in `status.observed_generation`.
+#![deny(missing_docs)]
+
+mod error;
+mod vm;
+
+pub use error::ServiceError;
+pub use vm::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, VmEvent, VmEventType, VmService, VmWatch};
