@@ -46,7 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
             .context("preparing the run directory")?,
     );
-    let vms = VmService::new(Arc::new(store));
+    let vms = VmService::new(Arc::new(store)).with_host_path_check();
     let metrics = Arc::new(Metrics::new());
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())

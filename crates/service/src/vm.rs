@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use corral_contract::{Power, ValidationError, Vm, VmStatus};
+use corral_contract::{Boot, Power, ValidationError, Vm, VmSpec, VmStatus};
 use corral_store::{EventType, Object, Selector, Store, WatchStream};
 
 use crate::ServiceError;
@@ -21,6 +21,7 @@ const CAS_RETRIES: usize = 16;
 #[derive(Debug, Clone)]
 pub struct VmService {
     store: Arc<dyn Store>,
+    check_host_paths: bool,
 }
 
 /// What happened to a VM, as a watch reports it.
@@ -106,7 +107,44 @@ fn from_object(obj: Object) -> Result<Vm, ServiceError> {
 impl VmService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        VmService { store }
+        VmService {
+            store,
+            check_host_paths: false,
+        }
+    }
+
+    /// Refuses specs whose boot files do not exist on this host (for a daemon whose VMs run
+    /// where it runs), so a typo fails the request instead of the VM.
+    pub fn with_host_path_check(mut self) -> Self {
+        self.check_host_paths = true;
+        self
+    }
+
+    fn check_paths(&self, spec: &VmSpec) -> Result<(), ValidationError> {
+        if !self.check_host_paths {
+            return Ok(());
+        }
+        let file = |field: &str, path: &std::path::Path| match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => Err(ValidationError::new(
+                field,
+                format!("{} is not a file", path.display()),
+            )),
+            Err(e) => Err(ValidationError::new(
+                field,
+                format!("{}: {e}", path.display()),
+            )),
+        };
+        match &spec.boot {
+            Boot::Kernel { kernel, initrd, .. } => {
+                file("spec.boot.kernel.kernel", kernel)?;
+                if let Some(initrd) = initrd {
+                    file("spec.boot.kernel.initrd", initrd)?;
+                }
+                Ok(())
+            }
+            Boot::Disk { path, .. } => file("spec.boot.disk.path", path),
+        }
     }
 
     /// The store underneath (for controllers that share it).
@@ -119,6 +157,7 @@ impl VmService {
     pub async fn create(&self, mut vm: Vm) -> Result<Vm, ServiceError> {
         vm.metadata.validate()?;
         vm.spec.validate()?;
+        self.check_paths(&vm.spec)?;
         vm.metadata.uid = uuid::Uuid::new_v4().to_string();
         vm.metadata.generation = 1;
         vm.metadata.resource_version = 0;
@@ -169,6 +208,7 @@ impl VmService {
         vm.metadata.validate()?;
         vm.spec.validate()?;
         let expected = vm.metadata.resource_version;
+        let mut paths_checked = false;
         self.modify(vm.metadata.name.as_str(), expected, |current| {
             if current.metadata.deleting {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -177,6 +217,10 @@ impl VmService {
                 )));
             }
             let changed_spec = current.spec != vm.spec;
+            if changed_spec && !paths_checked {
+                self.check_paths(&vm.spec)?;
+                paths_checked = true;
+            }
             let changed = changed_spec
                 || current.metadata.labels != vm.metadata.labels
                 || current.metadata.annotations != vm.metadata.annotations;
@@ -349,6 +393,19 @@ mod tests {
     fn vm(name: &str) -> Vm {
         let spec = VmSpec::builder(Boot::kernel("/k/vmlinuz")).build().unwrap();
         Vm::new(name.parse().unwrap(), spec)
+    }
+
+    #[tokio::test]
+    async fn missing_boot_files_are_refused_naming_the_field() {
+        let (svc, _dir) = service().await;
+        let svc = svc.with_host_path_check();
+        let err = svc.create(vm("a")).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("spec.boot.kernel.kernel: /k/vmlinuz: No such file"),
+            "{err}"
+        );
+        assert!(svc.list("").await.unwrap().0.is_empty(), "nothing created");
     }
 
     #[tokio::test]

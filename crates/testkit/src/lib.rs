@@ -15,11 +15,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod daemon;
 mod error;
 mod kit;
 mod output;
 mod vm;
 
+pub use daemon::Corrald;
 pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
 pub use output::Output;

@@ -1,0 +1,291 @@
+//! corrald end to end: a real daemon, real QEMU guests (TCG here), driven through the typed
+//! gRPC client. Evidence comes from inside the guests' serial consoles.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use corral_client::{Client, ClientError, Endpoint, reached};
+use corral_contract::{Boot, ByteSize, Phase, RestartPolicy, Vm, VmSpec};
+use corral_testkit::{Corrald, GuestKit};
+
+type Result = anyhow::Result<()>;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn client(d: &Corrald) -> anyhow::Result<Client> {
+    Ok(Client::connect(Endpoint::Unix(d.socket())).await?)
+}
+
+fn vm(name: &str) -> Vm {
+    vm_with(name, |b| b)
+}
+
+fn vm_with(
+    name: &str,
+    f: impl FnOnce(corral_contract::VmSpecBuilder) -> corral_contract::VmSpecBuilder,
+) -> Vm {
+    let kit = GuestKit::get(corral_contract::Arch::X86_64).expect("guest kit");
+    let boot = Boot::Kernel {
+        kernel: kit.kernel(),
+        initrd: Some(kit.initrd()),
+        cmdline: Some(format!("console={} quiet panic=-1", kit.console())),
+    };
+    let spec = f(VmSpec::builder(boot).memory(ByteSize::from_mib(256)))
+        .build()
+        .expect("valid spec");
+    Vm::new(name.parse().expect("valid name"), spec)
+}
+
+async fn wait_phase(c: &Client, name: &str, phase: Phase) -> anyhow::Result<Vm> {
+    let vm = c
+        .wait_for(name, |vm| vm.is_some_and(|vm| reached(vm, phase)), WAIT)
+        .await?;
+    vm.ok_or_else(|| anyhow::anyhow!("{name} disappeared"))
+}
+
+/// Waits for a console line containing `needle`, printed after the first `skip` bytes.
+async fn wait_console(c: &Client, name: &str, needle: &str, skip: usize) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = c.console_log(name, 0).await?;
+        let text = String::from_utf8_lossy(&log[skip.min(log.len())..]).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(line.trim_end().to_owned());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no {needle:?} on {name}'s console; it shows:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm("life")).await?;
+    let running = wait_phase(&c, "life", Phase::Running).await?;
+    wait_console(&c, "life", "CORRAL_BOOT_OK", 0).await?;
+    assert_eq!(
+        running.status.accelerator.map(|a| a.to_string()).as_deref(),
+        Some("tcg")
+    );
+    let pid = running.status.pid.expect("a pid");
+
+    c.pause_vm("life").await?;
+    wait_phase(&c, "life", Phase::Paused).await?;
+    c.resume_vm("life").await?;
+    wait_phase(&c, "life", Phase::Running).await?;
+
+    let mark = c.console_log("life", 0).await?.len();
+    c.restart_vm("life").await?;
+    let restarted = c
+        .wait_for(
+            "life",
+            |vm| vm.is_some_and(|vm| reached(vm, Phase::Running) && vm.status.pid != Some(pid)),
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    assert_ne!(restarted.status.pid, Some(pid));
+    wait_console(&c, "life", "CORRAL_BOOT_OK", mark).await?;
+
+    c.stop_vm("life", false).await?;
+    let stopped = wait_phase(&c, "life", Phase::Stopped).await?;
+    assert_eq!(
+        stopped.status.exit.as_ref().map(|e| e.reason.as_str()),
+        Some("guest-shutdown")
+    );
+    wait_console(&c, "life", "CORRAL_POWEROFF", 0).await?;
+
+    c.start_vm("life").await?;
+    wait_phase(&c, "life", Phase::Running).await?;
+    c.delete_vm("life").await?;
+    c.wait_for("life", |vm| vm.is_none(), WAIT).await?;
+    assert!(d.qemu_pids().is_empty(), "no QEMU left");
+    assert!(
+        !d.run_dir().join("vms").join(&running.metadata.uid).exists(),
+        "no files left"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_memory_change_on_a_stopped_vm_takes_effect_at_next_start() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm("grow")).await?;
+    wait_phase(&c, "grow", Phase::Running).await?;
+    let before = wait_console(&c, "grow", "CORRAL_HARDWARE", 0).await?;
+    c.stop_vm("grow", true).await?;
+    wait_phase(&c, "grow", Phase::Stopped).await?;
+
+    let mut bigger = c.get_vm("grow").await?;
+    bigger.spec.memory = ByteSize::from_mib(512);
+    bigger.spec.cpus = 2;
+    c.update_vm(&bigger).await?;
+    let mark = c.console_log("grow", 0).await?.len();
+    c.start_vm("grow").await?;
+    wait_phase(&c, "grow", Phase::Running).await?;
+    let after = wait_console(&c, "grow", "CORRAL_HARDWARE", mark).await?;
+    let mem_kb = |line: &str| -> u64 {
+        line.split("mem_kb=")
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(after.contains("cpus=2"), "{after}");
+    assert!(
+        mem_kb(&after) > mem_kb(&before) + 200_000,
+        "{before} -> {after}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
+    let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    for name in ["k1", "k2", "k3"] {
+        c.create_vm(&vm(name)).await?;
+    }
+    let mut pids = BTreeSet::new();
+    for name in ["k1", "k2", "k3"] {
+        pids.insert(
+            wait_phase(&c, name, Phase::Running)
+                .await?
+                .status
+                .pid
+                .expect("pid"),
+        );
+    }
+    assert_eq!(d.qemu_pids().into_iter().collect::<BTreeSet<_>>(), pids);
+
+    d.restart()?;
+    let c = client(&d).await?;
+    // Give the controller a moment to re-adopt, then check nothing changed.
+    for name in ["k1", "k2", "k3"] {
+        let vm = wait_phase(&c, name, Phase::Running).await?;
+        assert!(
+            pids.contains(&vm.status.pid.expect("pid")),
+            "{name} kept its QEMU"
+        );
+    }
+    assert_eq!(
+        d.qemu_pids().into_iter().collect::<BTreeSet<_>>(),
+        pids,
+        "no extra QEMU"
+    );
+    assert!(d.log().contains("adopted running VM"), "{}", d.log());
+    // The adopted VMs are really under control: stop one through the new daemon.
+    c.stop_vm("k1", false).await?;
+    wait_phase(&c, "k1", Phase::Stopped).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_qemu_fails_with_policy_never_and_restarts_with_on_failure() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm("never")).await?;
+    c.create_vm(&vm_with("again", |b| {
+        b.restart_policy(RestartPolicy::OnFailure)
+    }))
+    .await?;
+    let never = wait_phase(&c, "never", Phase::Running).await?;
+    let again = wait_phase(&c, "again", Phase::Running).await?;
+    for vm in [&never, &again] {
+        let pid = vm.status.pid.expect("pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)?;
+    }
+    let failed = wait_phase(&c, "never", Phase::Failed).await?;
+    assert_eq!(failed.status.exit.as_ref().and_then(|e| e.signal), Some(9));
+    let restarted = c
+        .wait_for(
+            "again",
+            |vm| {
+                vm.is_some_and(|vm| {
+                    vm.status.phase == Phase::Running && vm.status.pid != again.status.pid
+                })
+            },
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    assert!(restarted.status.pid.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn twenty_concurrent_creates_all_land() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let mut vm = vm(&format!("many-{i}"));
+            vm.spec.power = corral_contract::Power::Stopped;
+            c.create_vm(&vm).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    assert_eq!(c.list_vms("").await?.len(), 20);
+    for i in 0..20 {
+        wait_phase(&c, &format!("many-{i}"), Phase::Stopped).await?;
+    }
+    assert!(d.qemu_pids().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_creates_nothing() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    let mut missing_kernel = vm("nokernel");
+    if let Boot::Kernel { kernel, .. } = &mut missing_kernel.spec.boot {
+        *kernel = "/nonexistent/vmlinuz".into();
+    }
+    let err = c.create_vm(&missing_kernel).await.unwrap_err();
+    assert!(matches!(err, ClientError::Invalid { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.boot.kernel.kernel: /nonexistent/vmlinuz"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 1);
+    assert!(c.list_vms("").await?.is_empty(), "nothing created");
+    assert!(matches!(
+        c.get_vm("nokernel").await,
+        Err(ClientError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn racing_writers_one_wins_the_other_gets_a_conflict() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    let mut stopped = vm("race");
+    stopped.spec.power = corral_contract::Power::Stopped;
+    c.create_vm(&stopped).await?;
+    // Once the controller has written its status, nobody else writes the VM.
+    let created = wait_phase(&c, "race", Phase::Stopped).await?;
+    let mut first = created.clone();
+    first.spec.cpus = 2;
+    let mut second = created.clone();
+    second.spec.cpus = 3;
+    let (a, b) = tokio::join!(c.update_vm(&first), c.update_vm(&second));
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(ClientError::Conflict { .. })))
+        .count();
+    assert_eq!(
+        (a.is_ok() as u8 + b.is_ok() as u8, conflicts),
+        (1, 1),
+        "{a:?} {b:?}"
+    );
+    Ok(())
+}
