@@ -1,0 +1,454 @@
+//! The command line: clap derive types, whose doc comments are the help text.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use corral_contract::{Accel, Arch, ByteSize, Machine, ResourceName, RestartPolicy, VmSpec};
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 ok; 1 failed (an invalid value, a request corrald refused, a VM that ended \
+Failed, a timeout); 2 usage error; 3 not found.";
+
+const CONNECTION: &str = "Connection";
+
+/// Run virtual machines on QEMU, declared and kept that way by corrald.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Where corrald is. Flags beat the environment variables; with neither, the local daemon's
+// default socket. The environment is read by `Endpoint::from_env_and_flags`, not by clap, so that a flag of
+// one kind (`--socket`) beats a variable of the other (`CORRAL_SERVER`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectionArgs {
+    /// corrald's unix socket [env: CORRAL_SOCKET] [default: /run/corral/corral.sock for root,
+    /// else $XDG_RUNTIME_DIR/corral/corral.sock]
+    #[arg(long, global = true, value_name = "PATH", help_heading = CONNECTION)]
+    pub socket: Option<PathBuf>,
+    /// corrald on TCP with TLS, https://HOST:PORT [env: CORRAL_SERVER]
+    #[arg(long, global = true, value_name = "URL", help_heading = CONNECTION)]
+    pub server: Option<String>,
+    /// Bearer token for --server [env: CORRAL_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN", help_heading = CONNECTION)]
+    pub token: Option<String>,
+    /// PEM file of the CA certificates to trust for --server, instead of the system's
+    /// [env: CORRAL_CA_FILE]
+    #[arg(long, global = true, value_name = "FILE", help_heading = CONNECTION)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, start, stop and delete virtual machines
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Create or update the resources of a manifest; unchanged ones are left alone
+    Apply(ManifestArgs),
+    /// Delete the resources of a manifest
+    Delete(ManifestArgs),
+    /// Print the client's version and, if it is reachable, corrald's
+    Version(VersionArgs),
+    /// Print a shell completion script, e.g. `corral completion bash > /etc/bash_completion.d/corral`
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM (and start it, unless --no-start)
+    Create(CreateArgs),
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show one VM
+    Get(GetArgs),
+    /// Start a VM (declare it running)
+    Start(ActionArgs),
+    /// Stop a VM: ask the guest to shut down, or kill it with --force
+    Stop(StopArgs),
+    /// Pause a VM's vCPUs
+    Pause(ActionArgs),
+    /// Resume a paused VM
+    Resume(ActionArgs),
+    /// Restart a VM in a new QEMU process
+    Restart(ActionArgs),
+    /// Delete a VM: stop it, remove its files, then the object
+    #[command(visible_alias = "rm")]
+    Delete(ActionArgs),
+    /// Print a VM's serial console log (--log)
+    Console(ConsoleArgs),
+}
+
+// `vm create`: the flags that make a VM's spec.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk"])))]
+pub struct CreateArgs {
+    /// The VM's name: 1-63 lowercase letters, digits and '-'
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Number of vCPUs, 1-256 [default: 1]
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<u32>,
+    /// Guest RAM in binary units, e.g. 512M or 2G [default: 512M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<ByteSize>,
+    /// Boot this kernel directly (relative paths are from the current directory)
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "kernel",
+        conflicts_with = "disk"
+    )]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel, e.g. "console=ttyS0"
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        conflicts_with = "disk",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Option<String>,
+    /// Boot this disk image with firmware instead of a kernel
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Machine type [default: q35 on x86_64, virt on aarch64]
+    #[arg(long, value_parser = choice(Machine::ALL, Machine::as_str))]
+    pub machine: Option<Machine>,
+    /// Guest architecture [default: x86_64]
+    #[arg(long, value_parser = choice(Arch::ALL, Arch::as_str))]
+    pub arch: Option<Arch>,
+    /// Accelerator [default: auto: kvm if usable, else tcg]
+    #[arg(long, value_parser = choice(Accel::ALL, Accel::as_str))]
+    pub accel: Option<Accel>,
+    /// What to do when the guest stops on its own [default: never]
+    #[arg(long = "restart", value_name = "POLICY",
+          value_parser = choice(RestartPolicy::ALL, RestartPolicy::as_str))]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Back guest RAM with a shared file so that the host can read it live
+    #[arg(long)]
+    pub introspection: bool,
+    /// Add a label, KEY=VALUE; repeat for more
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Create the VM stopped (spec.power = stopped)
+    #[arg(long)]
+    pub no_start: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+// `--wait` and `--timeout`, shared by the commands that change a VM.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait until the VM gets there (Running, Stopped, Paused, or gone for delete); fail if
+    /// it ends Failed
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits: seconds, or with a unit (90s, 2m)
+    #[arg(long, value_name = "S", default_value = "120", value_parser = parse_timeout,
+          requires = "wait")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only VMs with this label, KEY=VALUE; repeat to require several
+    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output format; json and yaml print {kind, metadata, spec, status}, as manifests
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t
+    )]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Columns for people
+    #[default]
+    Table,
+    /// JSON
+    Json,
+    /// YAML, one document per resource
+    Yaml,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ActionArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Kill QEMU at once instead of asking the guest to shut down
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Print the serial console log and exit (interactive attach is not available yet)
+    #[arg(long)]
+    pub log: bool,
+    /// Print at most this much of the log's end, e.g. 64K [default: all that is kept]
+    #[arg(long, value_name = "SIZE", requires = "log", value_parser = parse_size)]
+    pub tail: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManifestArgs {
+    /// The manifest: YAML documents separated by `---`, each {kind, metadata, spec}; `-` reads
+    /// standard input
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// Bash
+    Bash,
+    /// Zsh
+    Zsh,
+    /// Fish
+    Fish,
+}
+
+/// A parser for one of the contract's closed sets of words, listing them in help and
+/// completions.
+fn choice<T>(all: &'static [T], word: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Copy + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.iter().map(move |v| word(*v))).try_map(|s| s.parse::<T>())
+}
+
+pub fn parse_name(s: &str) -> Result<ResourceName, String> {
+    ResourceName::new(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_cpus(s: &str) -> Result<u32, String> {
+    let cpus: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of vCPUs: use a whole number"))?;
+    if !(VmSpec::MIN_CPUS..=VmSpec::MAX_CPUS).contains(&cpus) {
+        return Err(format!(
+            "must be between {} and {} (got {cpus})",
+            VmSpec::MIN_CPUS,
+            VmSpec::MAX_CPUS
+        ));
+    }
+    Ok(cpus)
+}
+
+pub fn parse_size(s: &str) -> Result<ByteSize, String> {
+    s.parse::<ByteSize>().map_err(|e| e.to_string())
+}
+
+pub fn parse_memory(s: &str) -> Result<ByteSize, String> {
+    let size = parse_size(s)?;
+    if !(VmSpec::MIN_MEMORY..=VmSpec::MAX_MEMORY).contains(&size) {
+        return Err(format!(
+            "must be between {} and {} (got {size})",
+            VmSpec::MIN_MEMORY,
+            VmSpec::MAX_MEMORY
+        ));
+    }
+    Ok(size)
+}
+
+/// `KEY=VALUE`; the key and value rules are checked with the rest of the metadata.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not a label: use KEY=VALUE, e.g. tier=web"
+        )),
+    }
+}
+
+/// Seconds (`30`, `1.5`) or a duration with units (`90s`, `2m`, `1h 30m`).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let parsed = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
+        Ok(_) => None,
+        Err(_) => humantime::parse_duration(s).ok(),
+    };
+    parsed.ok_or_else(|| format!("{s:?} is not a timeout: use seconds, e.g. 60, or 90s or 2m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("corral").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kernel_and_disk_exclude_each_other_and_one_is_required() {
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--disk", "d"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let err = parse(&["vm", "create", "a"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = parse(&["vm", "create", "a", "--disk", "d", "--initrd", "i"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let err = parse(&["vm", "create", "a", "--disk", "d", "--cmdline", "quiet"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert!(parse(&["vm", "create", "a", "--disk", "d.qcow2"]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_say_why() {
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--memory", "lots"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let text = err.to_string();
+        assert!(text.contains("'--memory <SIZE>'"), "{text}");
+        assert!(
+            text.contains(r#""lots" is not a size: use bytes or a number with K, M, G or T"#),
+            "{text}"
+        );
+
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--cpus", "0"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(
+            err.to_string()
+                .contains("'--cpus <N>': must be between 1 and 256 (got 0)")
+        );
+
+        let err = parse(&["vm", "create", "Bad_Name", "--kernel", "k"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(
+            err.to_string()
+                .contains(r#""Bad_Name" is not a valid name"#),
+            "{err}"
+        );
+
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--memory", "8M"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must be between 16M and 1T (got 8M)"),
+            "{err}"
+        );
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--memory", "1GB"]).unwrap_err();
+        assert!(err.to_string().contains("decimal unit GB"), "{err}");
+
+        let err = parse(&["vm", "create", "a", "--kernel", "k", "--machine", "pc"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("q35, microvm, virt"), "{err}");
+    }
+
+    #[test]
+    fn labels_are_key_value_pairs() {
+        assert_eq!(
+            parse_label("tier=web").unwrap(),
+            ("tier".into(), "web".into())
+        );
+        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(
+            parse_label("empty=").unwrap(),
+            ("empty".into(), String::new())
+        );
+        for bad in ["tier", "=web", ""] {
+            let err = parse_label(bad).unwrap_err();
+            assert!(err.contains("use KEY=VALUE"), "{err}");
+        }
+        let cli = parse(&[
+            "vm",
+            "list",
+            "-l",
+            "tier=web",
+            "--selector",
+            "env=prod",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::List(list)) = cli.command else {
+            panic!("not a list")
+        };
+        assert_eq!(list.selector.len(), 2);
+        assert_eq!(list.output.format, Format::Json);
+    }
+
+    #[test]
+    fn timeouts_take_seconds_or_units() {
+        assert_eq!(parse_timeout("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_timeout("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("-1").is_err());
+        let err = parse(&["vm", "start", "a", "--timeout", "5"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn connection_flags_are_global() {
+        let cli = parse(&["vm", "list", "--socket", "/tmp/c.sock"]).unwrap();
+        assert_eq!(cli.connection.socket, Some(PathBuf::from("/tmp/c.sock")));
+        let cli = parse(&["--server", "https://h:1", "--token", "t", "version"]).unwrap();
+        assert_eq!(cli.connection.server.as_deref(), Some("https://h:1"));
+    }
+}

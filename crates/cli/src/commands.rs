@@ -1,0 +1,451 @@
+//! What each command does, through the typed client.
+
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use clap::CommandFactory;
+use corral_client::{Client, ClientError, Endpoint};
+use corral_contract::{ObjectMeta, Resource, Vm};
+
+use crate::args::{
+    ActionArgs, Cli, Command, CompletionArgs, ConnectionArgs, Format, ManifestArgs, Shell,
+    VersionArgs, VmCommand, WaitArgs,
+};
+use crate::wait::{Goal, wait};
+use crate::{CliError, create, manifest, output};
+
+/// Annotations under this prefix are written by corrald (restart requests, stop mode): apply
+/// keeps them rather than undo them.
+const SYSTEM_ANNOTATIONS: &str = "corral.dev/";
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let connection = cli.connection;
+    match cli.command {
+        Command::Vm(command) => vm(&connection, command).await,
+        Command::Apply(args) => apply(&connection, &args).await,
+        Command::Delete(args) => delete(&connection, &args).await,
+        Command::Version(args) => version(&connection, &args).await,
+        Command::Completion(args) => completion(&args),
+    }
+}
+
+fn endpoint(connection: &ConnectionArgs) -> Result<Endpoint, CliError> {
+    Ok(Endpoint::from_env_and_flags(
+        connection.socket.clone(),
+        connection.server.clone(),
+        connection.token.clone(),
+        connection.ca_file.clone(),
+    )?)
+}
+
+async fn connect(connection: &ConnectionArgs) -> Result<Client, CliError> {
+    Ok(Client::connect(endpoint(connection)?).await?)
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliError> {
+    match command {
+        VmCommand::Create(args) => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| CliError::Failed(format!("cannot read the current directory: {e}")))?;
+            let vm = create::vm_from_flags(&args, &cwd)?;
+            let endpoint = endpoint(connection)?;
+            if endpoint.is_local() {
+                create::check_boot_files(&vm)?;
+            }
+            let client = Client::connect(endpoint).await?;
+            let created = client.create_vm(&vm).await?;
+            print(&format!("vm/{} created\n", created.metadata.name))?;
+            let goal = Goal::for_power(created.spec.power);
+            finish(&client, &created, goal, &args.wait).await
+        }
+        VmCommand::List(args) => {
+            let client = connect(connection).await?;
+            let selector: Vec<String> = args
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let vms = client.list_vms(&selector.join(",")).await?;
+            print(&output::vms(&vms, args.output.format, SystemTime::now())?)
+        }
+        VmCommand::Get(args) => {
+            let client = connect(connection).await?;
+            let vm = client.get_vm(args.name.as_str()).await?;
+            print(&output::vm(&vm, args.output.format, SystemTime::now())?)
+        }
+        VmCommand::Start(args) => {
+            action(connection, args, "starting", |c, n| Box::pin(c.start_vm(n))).await
+        }
+        VmCommand::Pause(args) => {
+            action(connection, args, "pausing", |c, n| Box::pin(c.pause_vm(n))).await
+        }
+        VmCommand::Resume(args) => {
+            action(connection, args, "resuming", |c, n| {
+                Box::pin(c.resume_vm(n))
+            })
+            .await
+        }
+        VmCommand::Stop(args) => {
+            let client = connect(connection).await?;
+            let vm = client.stop_vm(args.name.as_str(), args.force).await?;
+            print(&format!("vm/{} stopping\n", vm.metadata.name))?;
+            finish(&client, &vm, Goal::for_power(vm.spec.power), &args.wait).await
+        }
+        VmCommand::Restart(args) => {
+            let client = connect(connection).await?;
+            let vm = client.restart_vm(args.name.as_str()).await?;
+            print(&format!("vm/{} restarting\n", vm.metadata.name))?;
+            finish(&client, &vm, Goal::Restarted(vm.status.pid), &args.wait).await
+        }
+        VmCommand::Delete(args) => {
+            let client = connect(connection).await?;
+            let vm = client.delete_vm(args.name.as_str()).await?;
+            print(&format!("vm/{} deleting\n", vm.metadata.name))?;
+            finish(&client, &vm, Goal::Gone, &args.wait).await
+        }
+        VmCommand::Console(args) => {
+            if !args.log {
+                return Err(CliError::Usage(format!(
+                    "interactive console attach is not available yet: use `corral vm console {} \
+                     --log` to print the serial log",
+                    args.name
+                )));
+            }
+            let client = connect(connection).await?;
+            let tail = args.tail.map_or(0, |size| size.as_u64());
+            let log = client.console_log(args.name.as_str(), tail).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&log)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vm, ClientError>> + 'a>>;
+
+/// start, pause, resume: a power change, then perhaps a wait for the phase it leads to.
+async fn action(
+    connection: &ConnectionArgs,
+    args: ActionArgs,
+    doing: &str,
+    call: impl for<'a> FnOnce(&'a Client, &'a str) -> Call<'a>,
+) -> Result<(), CliError> {
+    let client = connect(connection).await?;
+    let vm = call(&client, args.name.as_str()).await?;
+    print(&format!("vm/{} {doing}\n", vm.metadata.name))?;
+    finish(&client, &vm, Goal::for_power(vm.spec.power), &args.wait).await
+}
+
+/// With `--wait`, waits for `goal` and says where the VM got.
+async fn finish(client: &Client, vm: &Vm, goal: Goal, args: &WaitArgs) -> Result<(), CliError> {
+    if !args.wait {
+        return Ok(());
+    }
+    let name = vm.metadata.name.as_str();
+    let last = wait(client, name, goal, args.timeout).await?;
+    let line = match last {
+        None => format!("vm/{name} deleted\n"),
+        Some(vm) => match vm.status.pid {
+            Some(pid) => format!("vm/{name} {} (pid {pid})\n", vm.status.phase),
+            None => format!("vm/{name} {}\n", vm.status.phase),
+        },
+    };
+    print(&line)
+}
+
+/// Reads a manifest from a file, or standard input for `-`, and parses all of it.
+fn read_manifest(args: &ManifestArgs) -> Result<Vec<Resource>, CliError> {
+    let (source, text) = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::Failed(format!("cannot read standard input: {e}")))?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let source = args.file.display().to_string();
+        let text = std::fs::read_to_string(&args.file)
+            .map_err(|e| CliError::Failed(format!("cannot read {source}: {e}")))?;
+        (source, text)
+    };
+    Ok(manifest::parse(&source, &text)?)
+}
+
+/// What applying one resource did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), CliError> {
+    let resources = read_manifest(args)?;
+    let endpoint = endpoint(connection)?;
+    if endpoint.is_local() {
+        for resource in &resources {
+            let Resource::Vm(vm) = resource;
+            create::check_boot_files(vm)
+                .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
+        }
+    }
+    let client = Client::connect(endpoint).await?;
+    let mut failures = Failures::default();
+    for resource in resources {
+        let Resource::Vm(vm) = resource;
+        let name = vm.metadata.name.clone();
+        match apply_vm(&client, vm).await {
+            Ok(applied) => {
+                let word = match applied {
+                    Applied::Created => "created",
+                    Applied::Configured => "configured",
+                    Applied::Unchanged => "unchanged",
+                };
+                print(&format!("vm/{name} {word}\n"))?;
+            }
+            Err(e) => failures.report(&format!("vm/{name}"), &e),
+        }
+    }
+    failures.into_result()
+}
+
+/// Creates the VM, or updates it when its spec, labels or annotations differ. Retries when
+/// another writer got in between.
+async fn apply_vm(client: &Client, desired: Vm) -> Result<Applied, ClientError> {
+    const ATTEMPTS: usize = 5;
+    let name = desired.metadata.name.as_str();
+    for _ in 0..ATTEMPTS {
+        let current = match client.get_vm(name).await {
+            Ok(current) => current,
+            Err(ClientError::NotFound { .. }) => {
+                let mut metadata = ObjectMeta::new(desired.metadata.name.clone());
+                metadata.labels = desired.metadata.labels.clone();
+                metadata.annotations = desired.metadata.annotations.clone();
+                let vm = Vm {
+                    metadata,
+                    spec: desired.spec.clone(),
+                    status: Default::default(),
+                };
+                match client.create_vm(&vm).await {
+                    Ok(_) => return Ok(Applied::Created),
+                    Err(ClientError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(next) = merge(&current, &desired) else {
+            return Ok(Applied::Unchanged);
+        };
+        if current.metadata.deleting {
+            return Err(ClientError::FailedPrecondition {
+                message: "it is being deleted: apply again once it is gone".into(),
+            });
+        }
+        match client.update_vm(&next).await {
+            Ok(_) => return Ok(Applied::Configured),
+            Err(ClientError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ClientError::Conflict {
+        message: format!("changed by others {ATTEMPTS} times while being applied; try again"),
+    })
+}
+
+/// `current` with the manifest's spec, labels and annotations (keeping corrald's own
+/// annotations), or `None` when that changes nothing.
+pub fn merge(current: &Vm, desired: &Vm) -> Option<Vm> {
+    let mut annotations = desired.metadata.annotations.clone();
+    for (key, value) in &current.metadata.annotations {
+        if key.starts_with(SYSTEM_ANNOTATIONS) && !annotations.contains_key(key) {
+            annotations.insert(key.clone(), value.clone());
+        }
+    }
+    let unchanged = current.spec == desired.spec
+        && current.metadata.labels == desired.metadata.labels
+        && current.metadata.annotations == annotations;
+    if unchanged {
+        return None;
+    }
+    let mut next = current.clone();
+    next.spec = desired.spec.clone();
+    next.metadata.labels = desired.metadata.labels.clone();
+    next.metadata.annotations = annotations;
+    Some(next)
+}
+
+async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), CliError> {
+    let resources = read_manifest(args)?;
+    let client = connect(connection).await?;
+    let mut failures = Failures::default();
+    for resource in resources {
+        let name = resource.metadata().name.clone();
+        match client.delete_vm(name.as_str()).await {
+            Ok(_) => print(&format!("vm/{name} deleting\n"))?,
+            Err(e) => failures.report(&format!("vm/{name}"), &e),
+        }
+    }
+    failures.into_result()
+}
+
+/// Errors of a command that goes on past them (one per manifest resource).
+#[derive(Debug, Default)]
+struct Failures {
+    code: Option<u8>,
+}
+
+impl Failures {
+    fn report(&mut self, what: &str, err: &ClientError) {
+        eprintln!("error: {what}: {err}");
+        let code = u8::try_from(err.exit_code()).unwrap_or(1);
+        // Any failure other than "not found" makes the whole command a failure (1).
+        self.code = Some(match self.code {
+            None => code,
+            Some(previous) if previous == code => code,
+            Some(_) => 1,
+        });
+    }
+
+    fn into_result(self) -> Result<(), CliError> {
+        match self.code {
+            None => Ok(()),
+            Some(code) => Err(CliError::Reported(code)),
+        }
+    }
+}
+
+async fn version(connection: &ConnectionArgs, args: &VersionArgs) -> Result<(), CliError> {
+    let client_version = env!("CARGO_PKG_VERSION");
+    let server = match connect(connection).await {
+        Ok(client) => client.version().await.map_err(CliError::from),
+        Err(e) => Err(e),
+    };
+    match args.output.format {
+        Format::Table => {
+            let mut text = format!("Client: corral {client_version}\n");
+            match &server {
+                Ok(v) => {
+                    let commit = v
+                        .git_commit
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default();
+                    text += &format!(
+                        "Server: corrald {}{commit}, store {}, node {}\n",
+                        v.version, v.store, v.node
+                    );
+                }
+                Err(e) => text += &format!("Server: not reachable: {e}\n"),
+            }
+            print(&text)
+        }
+        format => {
+            let server_json = match &server {
+                Ok(v) => serde_json::json!({
+                    "version": v.version, "git_commit": v.git_commit, "store": v.store, "node": v.node,
+                }),
+                Err(_) => serde_json::Value::Null,
+            };
+            let mut value = serde_json::json!({
+                "client": {"version": client_version},
+                "server": server_json,
+            });
+            if let Err(e) = &server {
+                value["server_error"] = e.to_string().into();
+            }
+            let text = match format {
+                Format::Yaml => output::yaml(&value),
+                _ => serde_json::to_string_pretty(&value)? + "\n",
+            };
+            print(&text)
+        }
+    }
+}
+
+fn completion(args: &CompletionArgs) -> Result<(), CliError> {
+    let shell = match args.shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut command, "corral", &mut out);
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_contract::{Boot, VmSpec};
+
+    fn vm(cpus: u32) -> Vm {
+        let spec = VmSpec::builder(Boot::kernel("/k"))
+            .cpus(cpus)
+            .build()
+            .unwrap();
+        Vm::new("a".parse().unwrap(), spec)
+    }
+
+    #[test]
+    fn apply_changes_only_what_the_manifest_says() {
+        let desired = vm(1);
+        let mut current = vm(1);
+        current.metadata.uid = "u".into();
+        current.metadata.resource_version = 9;
+        current
+            .metadata
+            .annotations
+            .insert("corral.dev/restart-requested-at".into(), "t".into());
+        assert!(
+            merge(&current, &desired).is_none(),
+            "corrald's annotations are kept"
+        );
+
+        let next = merge(&current, &vm(2)).unwrap();
+        assert_eq!(next.spec.cpus, 2);
+        assert_eq!(
+            next.metadata.resource_version, 9,
+            "update is a compare-and-swap"
+        );
+        assert_eq!(
+            next.metadata.annotations["corral.dev/restart-requested-at"],
+            "t"
+        );
+
+        let mut labelled = vm(1);
+        labelled.metadata.labels.insert("tier".into(), "web".into());
+        assert!(merge(&current, &labelled).is_some());
+        let mut noted = current.clone();
+        noted.metadata.annotations.insert("note".into(), "x".into());
+        let cleared = merge(&noted, &desired).unwrap();
+        assert!(!cleared.metadata.annotations.contains_key("note"));
+    }
+
+    #[test]
+    fn failures_keep_not_found_apart() {
+        let not_found = ClientError::NotFound {
+            message: "x".into(),
+        };
+        let other = ClientError::Other {
+            message: "y".into(),
+        };
+        let mut failures = Failures::default();
+        failures.report("vm/a", &not_found);
+        assert!(matches!(failures.into_result(), Err(CliError::Reported(3))));
+        let mut failures = Failures::default();
+        failures.report("vm/a", &not_found);
+        failures.report("vm/b", &other);
+        assert!(matches!(failures.into_result(), Err(CliError::Reported(1))));
+        assert!(Failures::default().into_result().is_ok());
+    }
+}
