@@ -289,3 +289,89 @@ async fn racing_writers_one_wins_the_other_gets_a_conflict() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_daemon_and_leaves_vms_running() -> Result {
+    let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm("stays")).await?;
+    let pid = wait_phase(&c, "stays", Phase::Running)
+        .await?
+        .status
+        .pid
+        .expect("pid");
+    let status = d.terminate()?;
+    assert!(
+        status.success(),
+        "corrald exits cleanly on SIGTERM: {status}"
+    );
+    assert!(!d.socket().exists(), "the API socket is removed");
+    assert_eq!(
+        d.qemu_pids(),
+        [pid],
+        "the VM keeps running without its daemon"
+    );
+    d.restart()?;
+    let c = client(&d).await?;
+    assert_eq!(
+        wait_phase(&c, "stays", Phase::Running).await?.status.pid,
+        Some(pid)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn grpc_health_and_reflection_answer_on_the_socket() -> Result {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let socket = d.socket();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    let mut health = HealthClient::new(channel.clone());
+    let reply = health
+        .check(HealthCheckRequest {
+            service: "corral.v1.VmService".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(reply.status(), ServingStatus::Serving);
+
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let reply = replies.next().await.expect("a reply")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        anyhow::bail!("unexpected reflection reply: {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "corral.v1.VmService"),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        "{names:?}"
+    );
+    Ok(())
+}
