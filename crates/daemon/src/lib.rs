@@ -134,8 +134,30 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
         .add_service(health)
         .add_service(reflection);
-    Ok(grpc.into_axum_router().merge(rest::router(daemon)))
+    // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
+    // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
+    // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
+    let grpc = grpc.into_axum_router();
+    Ok(
+        rest::router(daemon).fallback(move |request: axum::extract::Request| {
+            let grpc = grpc.clone();
+            async move {
+                use tower::ServiceExt;
+                let is_grpc = request
+                    .headers()
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                if is_grpc {
+                    grpc.oneshot(request).await.into_response()
+                } else {
+                    rest::not_found(request.method(), request.uri().path())
+                }
+            }
+        }),
+    )
 }
+
+use axum::response::IntoResponse;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

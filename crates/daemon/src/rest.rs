@@ -64,6 +64,16 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The answer to a path no route serves.
+pub fn not_found(method: &axum::http::Method, path: &str) -> Response {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no such endpoint: {method} {path}"),
+    )
+    .into_response()
+}
+
 fn resource(vm: Vm, status: StatusCode) -> Response {
     (status, axum::Json(Resource::from(vm))).into_response()
 }

@@ -56,7 +56,8 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
     /// running, after verifying that it is what the runtime directory says it is.
     async fn adopt(&self, uid: &str) -> Result<VmInfo, Error>;
 
-    /// The uids that have runtime state on this host (live or not), for adoption at start-up.
+    /// The uids of VMs launched on this host and not cleaned up since (running, or ended while
+    /// nobody watched), for adoption at start-up.
     async fn list(&self) -> Result<Vec<String>, Error>;
 
     /// What the VM is doing now, from the process and the monitor.

@@ -387,6 +387,9 @@ impl Hypervisor for QemuBackend {
         let mut uids: Vec<String> = entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|name| check_uid(name).is_ok())
+            // Only VMs that were launched and not cleaned up since; a directory holding just
+            // the logs of a VM that stopped or failed to start has nothing to adopt.
+            .filter(|name| self.paths(name).launch.exists())
             .collect();
         uids.sort();
         Ok(uids)
