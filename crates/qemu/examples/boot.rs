@@ -12,9 +12,16 @@ use corral_testkit::TestVm;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let arch: Arch = std::env::args().nth(1).as_deref().unwrap_or("x86_64").parse()?;
+    let arch: Arch = std::env::args()
+        .nth(1)
+        .as_deref()
+        .unwrap_or("x86_64")
+        .parse()?;
     let t0 = Instant::now();
-    let vm = TestVm::builder(arch).start().await.context("starting the VM")?;
+    let vm = TestVm::builder(arch)
+        .start()
+        .await
+        .context("starting the VM")?;
     let info = vm.info();
     println!(
         "started {} (uid {}) as pid {} with accelerator {} on QEMU {}",
@@ -25,13 +32,21 @@ async fn main() -> anyhow::Result<()> {
         info.emulator_version
     );
     let line = vm.wait_for_boot().await?;
-    println!("guest console after {:.2} s: {line}", t0.elapsed().as_secs_f64());
+    println!(
+        "guest console after {:.2} s: {line}",
+        t0.elapsed().as_secs_f64()
+    );
     vm.send_line("echo uname: $(uname -sr)").await?;
     println!("guest console: {}", vm.wait_for_line("uname: Linux").await?);
     println!("state: {:?}", vm.backend().state(vm.uid()).await?);
     let exit = vm
         .backend()
-        .stop(vm.uid(), StopMode::Graceful { timeout: Duration::from_secs(60) })
+        .stop(
+            vm.uid(),
+            StopMode::Graceful {
+                timeout: Duration::from_secs(60),
+            },
+        )
         .await?;
     println!("stopped: {exit}");
     Ok(())
