@@ -83,7 +83,7 @@ fn now() -> String {
 }
 
 fn to_object(vm: &Vm) -> Result<Object, ServiceError> {
-    let body = serde_json::to_value(vm)
+    let body = serde_json::to_string(vm)
         .map_err(|e| ServiceError::FailedPrecondition(format!("cannot encode VM: {e}")))?;
     let mut obj = Object::new(
         KIND,
@@ -97,7 +97,7 @@ fn to_object(vm: &Vm) -> Result<Object, ServiceError> {
 }
 
 fn from_object(obj: Object) -> Result<Vm, ServiceError> {
-    let mut vm: Vm = serde_json::from_value(obj.body).map_err(|e| {
+    let mut vm: Vm = serde_json::from_str(&obj.body).map_err(|e| {
         ServiceError::FailedPrecondition(format!("stored VM {:?} does not decode: {e}", obj.name))
     })?;
     vm.metadata.resource_version = obj.resource_version;

@@ -4,8 +4,8 @@
 //! The [`Store`] trait is what the service layer and the controllers use; [`SqliteStore`]
 //! implements it in one embedded SQLite file for single-host use. The store is
 //! schema-agnostic: an [`Object`] is a resource's `kind`, `name`, `uid` and `labels`
-//! (indexed) plus its whole body as JSON, so this crate does not depend on the contract
-//! crate.
+//! (indexed) plus its whole body as JSON text, stored and returned verbatim (never parsed),
+//! so this crate does not depend on the contract crate.
 //!
 //! Every write bumps one global revision and logs a [`WatchEvent`] at that revision in the
 //! same transaction. A reader lists objects with the revision of its snapshot, then watches
@@ -15,13 +15,13 @@
 //!
 //! ```
 //! use corral_store::{EventType, Object, SqliteStore, Store, StoreError};
-//! use serde_json::json;
+//! use serde_json::{Value, json};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = SqliteStore::open_in_memory().await?;
-//! let vm = Object::new("Vm", "web-1", "uid-1", json!({"spec": {"power": "running"}}))
-//!     .with_label("tier", "web");
+//! let body = json!({"spec": {"power": "running"}}).to_string();
+//! let vm = Object::new("Vm", "web-1", "uid-1", body).with_label("tier", "web");
 //! let vm = store.create(vm).await?;
 //!
 //! let (vms, revision) = store.list("Vm", &"tier=web".parse()?).await?;
@@ -30,14 +30,15 @@
 //!
 //! // Compare-and-swap: an update from a stale version fails.
 //! let mut stopped = vm.clone();
-//! stopped.body = json!({"spec": {"power": "stopped"}});
+//! stopped.body = json!({"spec": {"power": "stopped"}}).to_string();
 //! store.update(stopped.clone()).await?;
 //! let err = store.update(stopped).await.unwrap_err();
 //! assert!(matches!(err, StoreError::Conflict { .. }));
 //!
 //! let change = changes.recv().await.unwrap()?;
 //! assert_eq!(change.event, EventType::Modified);
-//! assert_eq!(change.object.body["spec"]["power"], "stopped");
+//! let body: Value = serde_json::from_str(&change.object.body)?;
+//! assert_eq!(body["spec"]["power"], "stopped");
 //! # Ok(())
 //! # }
 //! ```

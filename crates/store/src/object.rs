@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 /// One stored resource.
 ///
 /// The store is schema-agnostic: it indexes `kind`, `name` and `labels`, keeps `uid`, and
-/// stores `body` (the whole resource as the contract crate serialises it) without looking
-/// inside. It never rewrites `body`, so a `metadata.resource_version` inside it is whatever
+/// stores `body` (the whole resource as JSON text, as the contract crate serialises it)
+/// verbatim, without parsing or checking it: a read returns exactly the text that was
+/// written. It never rewrites `body`, so a `metadata.resource_version` inside it is whatever
 /// the caller put there; the authoritative version is [`Object::resource_version`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {
@@ -21,17 +22,18 @@ pub struct Object {
     /// The global revision of the object's last write. Set by the store: ignored by
     /// `create`, and the compare-and-swap precondition of `update`.
     pub resource_version: u64,
-    /// The whole resource.
-    pub body: serde_json::Value,
+    /// The whole resource as JSON text, stored and returned verbatim.
+    pub body: String,
 }
 
 impl Object {
-    /// An object with no labels and `resource_version` 0, ready to `create`.
+    /// An object with no labels and `resource_version` 0, ready to `create`. `body` is the
+    /// resource's JSON text.
     pub fn new(
         kind: impl Into<String>,
         name: impl Into<String>,
         uid: impl Into<String>,
-        body: serde_json::Value,
+        body: impl Into<String>,
     ) -> Self {
         Object {
             kind: kind.into(),
@@ -39,7 +41,7 @@ impl Object {
             uid: uid.into(),
             labels: BTreeMap::new(),
             resource_version: 0,
-            body,
+            body: body.into(),
         }
     }
 

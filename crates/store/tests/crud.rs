@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use common::vm;
 use corral_store::{Object, Selector, SqliteStore, Store, StoreError};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn crud_round_trip() -> Result<()> {
@@ -20,13 +20,16 @@ async fn crud_round_trip() -> Result<()> {
     assert_eq!(store.get("Vm", "a").await?, created);
 
     let mut changed = created.clone();
-    changed.body["spec"]["power"] = json!("stopped");
+    let mut body: Value = serde_json::from_str(&changed.body)?;
+    body["spec"]["power"] = json!("stopped");
+    changed.body = body.to_string();
     changed.labels.insert("gpu".into(), "yes".into());
     changed.uid = "ignored".into();
     let updated = store.update(changed).await?;
     assert_eq!(updated.resource_version, 2);
     assert_eq!(updated.uid, "uid-a", "update keeps the stored uid");
-    assert_eq!(updated.body["spec"]["power"], "stopped");
+    let body: Value = serde_json::from_str(&updated.body)?;
+    assert_eq!(body["spec"]["power"], "stopped");
     assert_eq!(store.get("Vm", "a").await?, updated);
 
     let deleted = store.delete("Vm", "a", None).await?;
@@ -43,6 +46,37 @@ async fn crud_round_trip() -> Result<()> {
 }
 
 #[tokio::test]
+async fn bodies_come_back_verbatim_from_every_read() -> Result<()> {
+    let store = SqliteStore::open_in_memory().await?;
+    let mut watch = store.watch(None, 0).await?;
+    // Key order, spacing, escapes and big numbers survive: the store never parses a body.
+    let text = r#"{ "z": 1,
+  "a": ["\u00e9", 1.50, 18446744073709551616] }"#;
+    let created = store.create(Object::new("Vm", "a", "u", text)).await?;
+    assert_eq!(created.body, text);
+    assert_eq!(store.get("Vm", "a").await?.body, text);
+    assert_eq!(
+        store.list("Vm", &Selector::everything()).await?.0[0].body,
+        text
+    );
+    let updated = store.update(created).await?;
+    assert_eq!(updated.body, text);
+    assert_eq!(store.delete("Vm", "a", None).await?.body, text);
+    for _ in 0..3 {
+        assert_eq!(common::next(&mut watch).await.object.body, text, "live");
+    }
+    let mut replay = store.watch(None, 0).await?;
+    for _ in 0..3 {
+        assert_eq!(
+            common::next(&mut replay).await.object.body,
+            text,
+            "replayed"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn create_twice_is_already_exists() -> Result<()> {
     let store = SqliteStore::open_in_memory().await?;
     store.create(vm("a")).await?;
@@ -53,7 +87,7 @@ async fn create_twice_is_already_exists() -> Result<()> {
     );
     assert!(err.to_string().contains("Vm \"a\" already exists"), "{err}");
     // The failed create left no trace: same name in another kind is fine, revision is 2.
-    let other = Object::new("Volume", "a", "uid-vol", json!({}));
+    let other = Object::new("Volume", "a", "uid-vol", json!({}).to_string());
     assert_eq!(store.create(other).await?.resource_version, 2);
     assert_eq!(store.revision().await?, 2);
     Ok(())
@@ -77,10 +111,14 @@ async fn missing_objects_are_not_found() -> Result<()> {
 async fn concurrent_updates_from_one_version_one_wins() -> Result<()> {
     let store = Arc::new(SqliteStore::open_in_memory().await?);
     let base = store.create(vm("a")).await?;
-    let mut first = base.clone();
-    first.body["spec"]["cpus"] = json!(4);
-    let mut second = base.clone();
-    second.body["spec"]["cpus"] = json!(8);
+    let with_cpus = |cpus: u32| -> Result<Object> {
+        let mut obj = base.clone();
+        let mut body: Value = serde_json::from_str(&obj.body)?;
+        body["spec"]["cpus"] = json!(cpus);
+        obj.body = body.to_string();
+        Ok(obj)
+    };
+    let (first, second) = (with_cpus(4)?, with_cpus(8)?);
     let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
     let (r1, r2) = tokio::join!(
         tokio::spawn(async move { s1.update(first).await }),
@@ -148,7 +186,9 @@ async fn list_filters_by_selector_and_sorts_by_name() -> Result<()> {
         store.create(obj).await?;
     }
     store
-        .create(Object::new("Volume", "web-vol", "u", json!({})).with_label("tier", "web"))
+        .create(
+            Object::new("Volume", "web-vol", "u", json!({}).to_string()).with_label("tier", "web"),
+        )
         .await?;
 
     let names = |selector: &'static str| {
@@ -198,7 +238,12 @@ async fn revisions_strictly_increase_across_kinds() -> Result<()> {
     for i in 0..5 {
         let kind = ["Vm", "Volume", "Image"][i % 3];
         let obj = store
-            .create(Object::new(kind, format!("o{i}"), "u", json!(i)))
+            .create(Object::new(
+                kind,
+                format!("o{i}"),
+                "u",
+                json!(i).to_string(),
+            ))
             .await?;
         seen.push(obj.resource_version);
         seen.push(store.update(obj).await?.resource_version);

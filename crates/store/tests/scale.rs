@@ -30,7 +30,7 @@ fn resource(i: usize) -> Object {
         },
         "status": {"phase": "Pending", "conditions": []},
     });
-    let mut obj = Object::new("Vm", name, uid, body)
+    let mut obj = Object::new("Vm", name, uid, body.to_string())
         .with_label("tier", "web")
         .with_label("shard", (i % 8).to_string());
     if i % 10 == 0 {
@@ -85,7 +85,7 @@ async fn ten_thousand_objects() -> Result<()> {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
                     for i in 0..OBJECTS / 8 {
-                        let obj = Object::new("Volume", format!("vol-{t}-{i}"), "u", json!({}));
+                        let obj = Object::new("Volume", format!("vol-{t}-{i}"), "u", "{}");
                         store.create(obj).await?;
                     }
                     anyhow::Ok(())

@@ -16,7 +16,7 @@ async fn watch_from_zero_replays_then_goes_live() -> Result<()> {
     let a = store.create(vm("a")).await?;
     store.update(a).await?;
     store
-        .create(Object::new("Volume", "v", "u", json!({})))
+        .create(Object::new("Volume", "v", "u", json!({}).to_string()))
         .await?;
     store.delete("Vm", "a", None).await?;
 
@@ -94,13 +94,13 @@ async fn watch_filters_by_kind() -> Result<()> {
     let store = SqliteStore::open_in_memory().await?;
     store.create(vm("a")).await?;
     store
-        .create(Object::new("Volume", "v1", "u", json!({})))
+        .create(Object::new("Volume", "v1", "u", json!({}).to_string()))
         .await?;
     let mut volumes = store.watch(Some("Volume"), 0).await?;
     let mut vms = store.watch(Some("Vm"), 0).await?;
     store.create(vm("b")).await?;
     store
-        .create(Object::new("Volume", "v2", "u", json!({})))
+        .create(Object::new("Volume", "v2", "u", json!({}).to_string()))
         .await?;
 
     let v1 = next(&mut volumes).await;
@@ -224,7 +224,12 @@ async fn slow_watcher_does_not_stall_writers_and_misses_nothing() -> Result<()> 
         store.update(obj).await?;
         if i % 10 == 0 {
             store
-                .create(Object::new("Volume", format!("vol-{i}"), "u", json!({})))
+                .create(Object::new(
+                    "Volume",
+                    format!("vol-{i}"),
+                    "u",
+                    json!({}).to_string(),
+                ))
                 .await?;
         }
     }

@@ -37,17 +37,6 @@ fn encode<T: serde::Serialize + ?Sized>(
     })
 }
 
-fn decode<'a, T: serde::Deserialize<'a>>(
-    text: &'a str,
-    kind: &str,
-    name: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
-        what: format!("{kind} {name:?}"),
-        source,
-    })
-}
-
 fn decode_labels(
     text: &str,
     kind: &str,
@@ -55,10 +44,12 @@ fn decode_labels(
 ) -> Result<BTreeMap<String, String>, StoreError> {
     // Most objects carry few or no labels: skip the parser for the common empty case.
     if text == "{}" {
-        Ok(BTreeMap::new())
-    } else {
-        decode(text, kind, name)
+        return Ok(BTreeMap::new());
     }
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: format!("{kind} {name:?}"),
+        source,
+    })
 }
 
 /// Borrows a TEXT column without copying it.
@@ -68,7 +59,8 @@ fn text<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<&'r str> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, e.into()))
 }
 
-/// Columns `uid, labels, resource_version, body` starting at `first`, decoded.
+/// Columns `uid, labels, resource_version, body` starting at `first`; the body is copied
+/// as it is stored.
 fn object_from_row(
     row: &Row<'_>,
     first: usize,
@@ -77,12 +69,11 @@ fn object_from_row(
 ) -> Result<Object, StoreError> {
     let read = db_err("read an object");
     let labels = decode_labels(text(row, first + 1).map_err(&read)?, &kind, &name)?;
-    let body = decode(text(row, first + 3).map_err(&read)?, &kind, &name)?;
     Ok(Object {
         uid: text(row, first).map_err(&read)?.to_owned(),
         labels,
         resource_version: row.get(first + 2).map_err(&read)?,
-        body,
+        body: text(row, first + 3).map_err(&read)?.to_owned(),
         kind,
         name,
     })
@@ -140,7 +131,6 @@ impl Db {
     pub(crate) fn create(&mut self, mut obj: Object) -> Result<Object, StoreError> {
         const OP: &str = "create an object";
         let labels = encode(&obj.labels, &obj.kind, &obj.name)?;
-        let body = encode(&obj.body, &obj.kind, &obj.name)?;
         let revision = self.revision + 1;
         let tx = self.begin(OP)?;
         let inserted = tx
@@ -149,7 +139,9 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind, name) DO NOTHING",
             )
             .and_then(|mut s| {
-                s.execute(params![obj.kind, obj.name, obj.uid, labels, revision, body])
+                s.execute(params![
+                    obj.kind, obj.name, obj.uid, labels, revision, obj.body
+                ])
             })
             .map_err(db_err(OP))?;
         if inserted == 0 {
@@ -158,17 +150,16 @@ impl Db {
                 name: obj.name,
             });
         }
-        let (kind, name, uid) = (&obj.kind, &obj.name, &obj.uid);
         log_event(
             &tx,
             revision,
             EventType::Added,
-            kind,
-            name,
-            uid,
+            &obj.kind,
+            &obj.name,
+            &obj.uid,
             &labels,
             revision,
-            &body,
+            &obj.body,
         )
         .and_then(|()| tx.commit())
         .map_err(db_err(OP))?;
@@ -195,13 +186,12 @@ impl Db {
         }
     }
 
-    /// Reads the matching objects with their bodies still JSON text: decoding them is
-    /// most of a list's cost, so [`decode_bodies`] does it after the lock is released.
+    /// The matching objects, sorted by name, and the revision of this snapshot.
     pub(crate) fn list(
         &mut self,
         kind: &str,
         selector: &Selector,
-    ) -> Result<(Vec<Undecoded>, u64), StoreError> {
+    ) -> Result<(Vec<Object>, u64), StoreError> {
         const OP: &str = "list objects";
         let mut stmt = self
             .conn
@@ -218,16 +208,13 @@ impl Db {
             if !selector.matches(&labels) {
                 continue;
             }
-            objects.push(Undecoded {
-                object: Object {
-                    kind: kind.to_owned(),
-                    name: name.to_owned(),
-                    uid: text(row, 1).map_err(db_err(OP))?.to_owned(),
-                    labels,
-                    resource_version: row.get(3).map_err(db_err(OP))?,
-                    body: serde_json::Value::Null,
-                },
-                body: Some(text(row, 4).map_err(db_err(OP))?.to_owned()),
+            objects.push(Object {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                uid: text(row, 1).map_err(db_err(OP))?.to_owned(),
+                labels,
+                resource_version: row.get(3).map_err(db_err(OP))?,
+                body: text(row, 4).map_err(db_err(OP))?.to_owned(),
             });
         }
         Ok((objects, self.revision))
@@ -236,7 +223,6 @@ impl Db {
     pub(crate) fn update(&mut self, mut obj: Object) -> Result<Object, StoreError> {
         const OP: &str = "update an object";
         let labels = encode(&obj.labels, &obj.kind, &obj.name)?;
-        let body = encode(&obj.body, &obj.kind, &obj.name)?;
         let revision = self.revision + 1;
         let expected = obj.resource_version;
         let tx = self.begin(OP)?;
@@ -247,7 +233,7 @@ impl Db {
             )
             .and_then(|mut s| {
                 s.query_row(
-                    params![labels, revision, body, obj.kind, obj.name, expected],
+                    params![labels, revision, obj.body, obj.kind, obj.name, expected],
                     |row| row.get(0),
                 )
                 .optional()
@@ -269,17 +255,16 @@ impl Db {
                 },
             );
         };
-        let (kind, name) = (&obj.kind, &obj.name);
         log_event(
             &tx,
             revision,
             EventType::Modified,
-            kind,
-            name,
+            &obj.kind,
+            &obj.name,
             &uid,
             &labels,
             revision,
-            &body,
+            &obj.body,
         )
         .and_then(|()| tx.commit())
         .map_err(db_err(OP))?;
@@ -347,7 +332,7 @@ impl Db {
             kind: kind.to_owned(),
             name: name.to_owned(),
             labels: decode_labels(&labels, kind, name)?,
-            body: decode(&body, kind, name)?,
+            body,
             uid,
             resource_version: actual,
         };
@@ -427,49 +412,4 @@ fn current_version(tx: &Transaction<'_>, kind: &str, name: &str) -> rusqlite::Re
     tx.prepare_cached("SELECT resource_version FROM objects WHERE kind = ?1 AND name = ?2")?
         .query_row([kind, name], |row| row.get(0))
         .optional()
-}
-
-/// An object whose body is still JSON text.
-pub(crate) struct Undecoded {
-    object: Object,
-    /// `None` once decoded into `object.body`.
-    body: Option<String>,
-}
-
-/// Decodes list bodies, spread over the machine's cores when there are many: parsing a
-/// `serde_json::Value` is allocation-bound, and a list of thousands is dominated by it.
-pub(crate) fn decode_bodies(mut rows: Vec<Undecoded>) -> Result<Vec<Object>, StoreError> {
-    const MIN_PER_THREAD: usize = 1024;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(rows.len() / MIN_PER_THREAD)
-        .max(1);
-    if threads > 1 {
-        let chunk = rows.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut chunks = rows.chunks_mut(chunk);
-            let mine = chunks.next();
-            for theirs in chunks {
-                // Should a thread not start or fail, the pass below decodes what it left.
-                let _ = std::thread::Builder::new()
-                    .name("corral-store-decode".into())
-                    .spawn_scoped(scope, || decode_in_place(theirs));
-            }
-            if let Some(mine) = mine {
-                let _ = decode_in_place(mine);
-            }
-        });
-    }
-    decode_in_place(&mut rows)?;
-    Ok(rows.into_iter().map(|row| row.object).collect())
-}
-
-fn decode_in_place(rows: &mut [Undecoded]) -> Result<(), StoreError> {
-    for row in rows {
-        if let Some(body) = row.body.take() {
-            let object = &mut row.object;
-            object.body = decode(&body, &object.kind, &object.name)?;
-        }
-    }
-    Ok(())
 }

@@ -192,11 +192,8 @@ impl Store for SqliteStore {
         selector: &Selector,
     ) -> Result<(Vec<Object>, u64), StoreError> {
         let (kind, selector) = (kind.to_owned(), selector.clone());
-        self.blocking(move |inner| {
-            let (rows, revision) = inner.lock().list(&kind, &selector)?;
-            Ok((db::decode_bodies(rows)?, revision))
-        })
-        .await
+        self.blocking(move |inner| inner.lock().list(&kind, &selector))
+            .await
     }
 
     async fn update(&self, obj: Object) -> Result<Object, StoreError> {

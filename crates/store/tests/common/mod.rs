@@ -12,7 +12,8 @@ pub fn vm(name: &str) -> Object {
         "Vm",
         name,
         format!("uid-{name}"),
-        json!({"metadata": {"name": name}, "spec": {"cpus": 2, "memory": "1GiB", "power": "running"}}),
+        json!({"metadata": {"name": name}, "spec": {"cpus": 2, "memory": "1GiB", "power": "running"}})
+            .to_string(),
     )
 }
 
