@@ -1,5 +1,7 @@
 //! Shared helpers for Corral's benchmark programs: timing statistics and table output.
 
+pub mod raw;
+
 use std::time::Duration;
 
 /// The median of `samples` (upper median for an even count); zero when empty.

@@ -7,13 +7,10 @@
 //! backend/raw. The backend's "QMP-ready" is `start()` returning: monitor connected,
 //! console attached, vCPUs running.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use corral_bench::raw::{self, contains, uuid_like};
 use corral_bench::{flag, median, ms, ratio};
 use corral_contract::{Arch, Machine};
 use corral_hypervisor::{Hypervisor, StopMode};
@@ -37,11 +34,11 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..runs {
         // Alternate which goes first so drift over the run hits both alike.
         if i % 2 == 0 {
-            raw.push(run_raw(&builder).await?);
+            raw.push(raw_sample(&builder).await?);
             corral.push(run_backend(&builder).await?);
         } else {
             corral.push(run_backend(&builder).await?);
-            raw.push(run_raw(&builder).await?);
+            raw.push(raw_sample(&builder).await?);
         }
         eprintln!(
             "  run {}: raw qmp {} boot {} | corral ready {} boot {}",
@@ -114,76 +111,10 @@ async fn run_backend(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<
     Ok(Sample { qmp, boot })
 }
 
-async fn run_raw(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<Sample> {
-    let dir = tempfile::Builder::new()
-        .prefix("corral-b")
-        .tempdir_in("/tmp")?;
-    let uid = uuid_like();
-    let config = builder.config(dir.path(), &uid)?;
-    let backend = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
-    let (_, cmd) = backend.command_line(&config).await?;
-    let paths = backend.paths(&uid);
-    std::fs::create_dir_all(&paths.dir)?;
-    // The same arguments, minus -S: raw QEMU runs the guest straight away.
-    let args: Vec<_> = cmd.args().iter().filter(|a| *a != "-S").cloned().collect();
-    tokio::task::spawn_blocking(move || {
-        let t0 = Instant::now();
-        let mut child = Command::new(cmd.binary())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let result = (|| {
-            let qmp = connect(&paths.qmp, t0)?;
-            let mut greeting = String::new();
-            BufReader::new(&qmp).read_line(&mut greeting)?;
-            let qmp_at = t0.elapsed();
-            let mut console = connect(&paths.console, t0)?;
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !contains(&seen, BOOT_MARKER.as_bytes()) {
-                let n = console.read(&mut buf)?;
-                if n == 0 {
-                    bail!("raw QEMU closed its console before booting");
-                }
-                seen.extend_from_slice(&buf[..n]);
-            }
-            Ok(Sample {
-                qmp: qmp_at,
-                boot: t0.elapsed(),
-            })
-        })();
-        let _ = child.kill();
-        let _ = child.wait();
-        result
+async fn raw_sample(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<Sample> {
+    let sample = raw::run(builder, true).await?;
+    Ok(Sample {
+        qmp: sample.qmp,
+        boot: sample.boot.unwrap_or_default(),
     })
-    .await?
-}
-
-fn connect(path: &Path, t0: Instant) -> anyhow::Result<UnixStream> {
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(120)))?;
-                return Ok(s);
-            }
-            Err(_) if t0.elapsed() < Duration::from_secs(30) => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("b{:015x}", nanos & 0xfff_ffff_ffff_ffff)
 }

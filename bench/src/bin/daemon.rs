@@ -32,9 +32,7 @@
 //! Corral through the gRPC client even when the CLI is there.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -42,12 +40,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use corral_bench::raw::{self, uuid_like};
 use corral_bench::{flag, median, ms, ratio};
 use corral_contract::Arch;
 use corral_contract::pb;
 use corral_contract::pb::vm_service_client::VmServiceClient;
 use corral_hypervisor::BootSource;
-use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_testkit::{TestVm, workspace_root};
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
@@ -392,7 +390,7 @@ async fn lifecycle_rounds(
         for who in order {
             match who {
                 Contender::Raw => {
-                    let qmp = run_raw(builder).await.context("raw QEMU")?;
+                    let qmp = raw::run(builder, false).await.context("raw QEMU")?.qmp;
                     line += &format!(" raw qmp {} |", ms(qmp));
                     if !warmup {
                         out.raw_qmp.push(qmp);
@@ -426,56 +424,6 @@ async fn lifecycle_rounds(
         eprintln!("{}", line.trim_end_matches(" |"));
     }
     Ok(out)
-}
-
-/// Raw QEMU with corrald's command line minus `-S`: spawn until the QMP greeting is read.
-async fn run_raw(builder: &corral_testkit::TestVmBuilder) -> anyhow::Result<Duration> {
-    let dir = tempfile::Builder::new().prefix("cbr").tempdir_in("/tmp")?;
-    let uid = uuid_like();
-    let config = builder.config(dir.path(), &uid)?;
-    let backend = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
-    let (_, cmd) = backend.command_line(&config).await?;
-    let paths = backend.paths(&uid);
-    std::fs::create_dir_all(&paths.dir)?;
-    let args: Vec<_> = cmd.args().iter().filter(|a| *a != "-S").cloned().collect();
-    tokio::task::spawn_blocking(move || {
-        let t0 = Instant::now();
-        let mut child = Command::new(cmd.binary())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let result = (|| {
-            let qmp = connect_unix(&paths.qmp, t0)?;
-            let mut greeting = String::new();
-            BufReader::new(&qmp).read_line(&mut greeting)?;
-            if !greeting.contains("QMP") {
-                bail!("no QMP greeting: {greeting:?}");
-            }
-            Ok(t0.elapsed())
-        })();
-        let _ = child.kill();
-        let _ = child.wait();
-        drop(dir);
-        result
-    })
-    .await?
-}
-
-fn connect_unix(path: &Path, t0: Instant) -> anyhow::Result<UnixStream> {
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(60)))?;
-                return Ok(s);
-            }
-            Err(_) if t0.elapsed() < Duration::from_secs(30) => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-        }
-    }
 }
 
 /// Corral: create and wait for Running (timed), force-stop and wait for Stopped (timed), then
@@ -1326,12 +1274,4 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("b{:015x}", nanos & 0xfff_ffff_ffff_ffff)
 }
