@@ -416,8 +416,10 @@ impl VmController {
             );
         }
         let generation = vm.metadata.generation;
+        let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
+                self.time_first_output(name, &info, t0);
                 let phase = if config.start_paused {
                     Phase::Paused
                 } else {
@@ -452,6 +454,35 @@ impl VmController {
                 })
             }
         }
+    }
+
+    /// Records in `status.boot_time_ms` how long after the start request the guest printed its
+    /// first byte on the serial console: its first sign of life.
+    fn time_first_output(&self, name: &str, info: &VmInfo, t0: Instant) {
+        let Ok(console) = self.hv.console(&info.uid) else {
+            return;
+        };
+        let (svc, name, pid) = (self.svc.clone(), name.to_owned(), info.pid);
+        tokio::spawn(async move {
+            let (scrollback, mut rx) = console.subscribe();
+            if scrollback.is_empty() {
+                let first = tokio::time::timeout(Duration::from_secs(300), rx.recv()).await;
+                if !matches!(first, Ok(Ok(_))) {
+                    return;
+                }
+            }
+            let ms = t0.elapsed().as_millis() as u64;
+            // Only for the same process: a restart meanwhile has its own measurement.
+            let _ = svc
+                .update_status(&name, |_, st| {
+                    let same = st.pid == Some(pid) && st.boot_time_ms.is_none();
+                    if same {
+                        st.boot_time_ms = Some(ms);
+                    }
+                    same
+                })
+                .await;
+        });
     }
 
     /// How long until a policy restart is allowed; `None` when it is allowed now (and the next
@@ -610,6 +641,7 @@ fn started(st: &mut VmStatus, info: &VmInfo, phase: Phase, generation: u64) {
     st.accelerator = Some(info.accel);
     st.qemu_version = Some(info.emulator_version.clone());
     st.started_at = Some(now());
+    st.boot_time_ms = None;
     st.exit = None;
     st.message = None;
     st.observed_generation = generation;
