@@ -16,7 +16,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
 fi
+# Doctests first, so that the run ends on nextest's summary of every other test.
+echo "==> doctests" >&2
+cargo test --workspace --doc --locked --quiet
 echo "==> tests" >&2
 cargo nextest run --workspace --locked --profile "${CORRAL_TEST_PROFILE:-ci}" "$@"
-echo "==> doctests" >&2
-cargo test --workspace --doc --locked
