@@ -17,8 +17,11 @@ pub struct ControllerConfig {
     pub workers: usize,
     /// Every VM is reconciled at least this often, whatever the events say.
     pub resync: Duration,
-    /// How long a guest gets to shut down on a graceful stop or delete.
+    /// How long a guest gets to shut down on a graceful stop.
     pub stop_timeout: Duration,
+    /// How long a guest gets to shut down when its VM is deleted (a guest that is still
+    /// booting may not react to the power button at all).
+    pub delete_timeout: Duration,
     /// First delay before a restart by policy; doubles per consecutive failure.
     pub backoff_base: Duration,
     /// Longest delay between restarts by policy.
@@ -33,6 +36,7 @@ impl Default for ControllerConfig {
             workers: 4,
             resync: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
+            delete_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             shm_dir: PathBuf::from("/dev/shm"),
@@ -275,7 +279,7 @@ impl VmController {
         if vm.spec.power == Power::Stopped {
             if live {
                 self.write_phase(name, Phase::Stopping, None).await?;
-                let exit = self.stop(&vm).await?;
+                let exit = self.stop(&vm, self.config.stop_timeout).await?;
                 return self.record_stopped(name, &vm, Some(exit), false).await;
             }
             let exit = match actual {
@@ -385,7 +389,7 @@ impl VmController {
         }
     }
 
-    async fn stop(&self, vm: &Vm) -> Result<Exit, ServiceError> {
+    async fn stop(&self, vm: &Vm, grace: Duration) -> Result<Exit, ServiceError> {
         let force = vm
             .metadata
             .annotations
@@ -394,9 +398,7 @@ impl VmController {
         let mode = if force {
             StopMode::Force
         } else {
-            StopMode::Graceful {
-                timeout: self.config.stop_timeout,
-            }
+            StopMode::Graceful { timeout: grace }
         };
         self.hv
             .stop(&vm.metadata.uid, mode)
@@ -605,7 +607,7 @@ impl VmController {
         ) {
             self.write_phase(name, Phase::Stopping, Some("deleting"))
                 .await?;
-            self.stop(vm).await?;
+            self.stop(vm, self.config.delete_timeout).await?;
         }
         match self.hv.cleanup(uid).await {
             Ok(()) | Err(HvError::NotFound(_)) => {}
