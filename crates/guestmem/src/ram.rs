@@ -1,0 +1,256 @@
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{Error, MemoryLayout};
+
+/// Page size used for torn-page detection.
+pub const PAGE_SIZE: usize = 4096;
+/// Bytes copied between the "before" and "after" checksums of a consistent snapshot, so a
+/// chunk is still in cache when it is hashed again.
+const CHUNK: usize = 64 * PAGE_SIZE;
+
+/// A read-only, shared mapping of a guest's RAM file, addressed by guest-physical address.
+///
+/// The guest keeps running while it is read: bytes returned may change at any moment, and
+/// a multi-byte read is not atomic with respect to the guest. Each handle maps exactly one
+/// file, so it can only ever reach the RAM of the VM that file belongs to.
+#[derive(Debug)]
+pub struct GuestRam {
+    path: PathBuf,
+    layout: MemoryLayout,
+    map: Mmap,
+}
+
+/// A snapshot taken while the guest ran, with the pages that changed during the copy.
+#[derive(Debug, Clone)]
+pub struct ConsistentSnapshot {
+    /// RAM in layout order (regions concatenated by guest-physical address).
+    pub data: Vec<u8>,
+    /// Guest-physical addresses of pages that were still changing after the last re-read:
+    /// their copy may mix old and new bytes.
+    pub torn_pages: Vec<u64>,
+    /// Page re-reads done to repair pages that changed during the copy.
+    pub reread_pages: u64,
+}
+
+impl GuestRam {
+    /// Maps the memory file at `path` read-only, with `layout` placing it in guest-physical
+    /// space.
+    pub fn open(path: impl AsRef<Path>, layout: MemoryLayout) -> Result<Self, Error> {
+        let path = path.as_ref().to_owned();
+        let file = File::open(&path).map_err(|source| match source.kind() {
+            ErrorKind::NotFound => Error::NotFound { path: path.clone() },
+            ErrorKind::PermissionDenied => Error::PermissionDenied { path: path.clone() },
+            _ => Error::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let needed = layout.file_len_needed();
+        if size < needed || needed == 0 {
+            return Err(Error::FileTooSmall { path, size, needed });
+        }
+        let len = usize::try_from(needed).map_err(|_| Error::FileTooSmall {
+            path: path.clone(),
+            size,
+            needed,
+        })?;
+        // SAFETY: the mapping is read-only and shared with QEMU, which may write any byte at
+        // any time; we only ever hand out `&[u8]` views and copy from them, never assume the
+        // bytes are stable, and document that to callers. The file is created by QEMU at the
+        // full RAM size and never truncated while it runs, and the length checked above lies
+        // within it, so no access faults.
+        let map =
+            unsafe { MmapOptions::new().len(len).map(&file) }.map_err(|source| Error::Mmap {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(GuestRam { path, layout, map })
+    }
+
+    /// The memory file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The guest-physical layout.
+    pub fn layout(&self) -> &MemoryLayout {
+        &self.layout
+    }
+
+    /// Total bytes of RAM (the size of a snapshot).
+    pub fn len(&self) -> u64 {
+        self.layout.total_len()
+    }
+
+    /// Whether the layout has no RAM at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `len` bytes at guest-physical `addr`, without copying. The range must lie inside one
+    /// RAM region.
+    pub fn read_physical(&self, addr: u64, len: u64) -> Result<&[u8], Error> {
+        let off = self.layout.translate(addr, len)? as usize;
+        Ok(&self.map[off..off + len as usize])
+    }
+
+    /// Each region's bytes with its guest-physical base, in address order.
+    pub fn regions(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.layout.regions().iter().map(|r| {
+            let off = r.file_offset as usize;
+            (r.guest_phys_base, &self.map[off..off + r.len as usize])
+        })
+    }
+
+    /// Guest-physical addresses of every occurrence of `pattern`, ascending. Matches
+    /// spanning two regions are not found (the regions are not adjacent in the guest).
+    pub fn find(&self, pattern: &[u8]) -> Vec<u64> {
+        if pattern.is_empty() {
+            return Vec::new();
+        }
+        let finder = memchr::memmem::Finder::new(pattern);
+        self.regions()
+            .flat_map(|(base, bytes)| finder.find_iter(bytes).map(move |i| base + i as u64))
+            .collect()
+    }
+
+    /// A copy of all RAM in layout order, taken while the guest runs (pages may be torn).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() as usize);
+        for (_, bytes) in self.regions() {
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// A copy of all RAM in layout order in which every page is checked: pages whose
+    /// checksum changed during the copy are re-read, each up to `max_rereads` times, until a
+    /// copy sits between two equal checksums; pages that never settle are reported.
+    pub fn snapshot_consistent(&self, max_rereads: u32) -> ConsistentSnapshot {
+        let mut data = Vec::with_capacity(self.len() as usize);
+        let mut changed = Vec::new(); // (guest-physical address, offset in `data`)
+        let mut before = Vec::with_capacity(CHUNK / PAGE_SIZE);
+        for (base, bytes) in self.regions() {
+            for (c, chunk) in bytes.chunks(CHUNK).enumerate() {
+                before.clear();
+                before.extend(chunk.chunks(PAGE_SIZE).map(xxh3_64));
+                let start = data.len();
+                data.extend_from_slice(chunk);
+                for (p, page) in chunk.chunks(PAGE_SIZE).enumerate() {
+                    if xxh3_64(page) != before[p] {
+                        let rel = c * CHUNK + p * PAGE_SIZE;
+                        changed.push((base + rel as u64, start + p * PAGE_SIZE));
+                    }
+                }
+            }
+        }
+        let mut reread_pages = 0;
+        let mut torn_pages = Vec::new();
+        for (gpa, at) in changed {
+            let len = PAGE_SIZE.min(data.len() - at);
+            let mut settled = false;
+            for _ in 0..max_rereads {
+                reread_pages += 1;
+                let src = self.read_physical(gpa, len as u64).unwrap_or_default();
+                let h = xxh3_64(src);
+                data[at..at + len].copy_from_slice(src);
+                if xxh3_64(src) == h {
+                    settled = true;
+                    break;
+                }
+            }
+            if !settled {
+                torn_pages.push(gpa);
+            }
+        }
+        ConsistentSnapshot {
+            data,
+            torn_pages,
+            reread_pages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::Region;
+
+    fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_find_and_snapshot_follow_the_layout() {
+        let mut bytes = vec![0u8; 4 * PAGE_SIZE];
+        bytes[100..105].copy_from_slice(b"hello");
+        bytes[3 * PAGE_SIZE + 7..3 * PAGE_SIZE + 12].copy_from_slice(b"hello");
+        let f = file_with(&bytes);
+        let layout = MemoryLayout::new(vec![
+            Region {
+                guest_phys_base: 0,
+                file_offset: 0,
+                len: 2 * PAGE_SIZE as u64,
+            },
+            Region {
+                guest_phys_base: 0x10_0000,
+                file_offset: 2 * PAGE_SIZE as u64,
+                len: 2 * PAGE_SIZE as u64,
+            },
+        ])
+        .unwrap();
+        let ram = GuestRam::open(f.path(), layout).unwrap();
+        let hits = ram.find(b"hello");
+        assert_eq!(hits, vec![100, 0x10_0000 + PAGE_SIZE as u64 + 7]);
+        for h in hits {
+            assert_eq!(ram.read_physical(h, 5).unwrap(), b"hello");
+        }
+        assert!(matches!(
+            ram.read_physical(PAGE_SIZE as u64, PAGE_SIZE as u64 + 1),
+            Err(Error::CrossesHole { .. })
+        ));
+        assert!(matches!(
+            ram.read_physical(0x10_2000, 1),
+            Err(Error::InvalidAddress { max: 0x10_2000, .. })
+        ));
+        assert_eq!(ram.snapshot(), bytes);
+        let c = ram.snapshot_consistent(3);
+        assert_eq!(c.data, bytes);
+        assert!(c.torn_pages.is_empty());
+        assert_eq!(c.reread_pages, 0);
+    }
+
+    #[test]
+    fn open_reports_typed_errors() {
+        assert!(matches!(
+            GuestRam::open("/nonexistent/corral", MemoryLayout::flat(4096)),
+            Err(Error::NotFound { .. })
+        ));
+        let f = file_with(&[0; 4096]);
+        assert!(matches!(
+            GuestRam::open(f.path(), MemoryLayout::flat(8192)),
+            Err(Error::FileTooSmall {
+                size: 4096,
+                needed: 8192,
+                ..
+            })
+        ));
+    }
+}
