@@ -1,6 +1,6 @@
 //! The raw-QEMU baseline: the backend's exact command line minus `-S`, spawned directly.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +15,9 @@ use corral_testkit::{BOOT_MARKER, TestVmBuilder};
 pub struct RawSample {
     /// Spawn → QMP greeting read.
     pub qmp: Duration,
+    /// Spawn → `qmp_capabilities` answered: the monitor takes commands. QEMU answers its first
+    /// command only once machine set-up is done, ~15 ms after the greeting here.
+    pub negotiated: Duration,
     /// Spawn → the guest's boot marker on the console (when asked for).
     pub boot: Option<Duration>,
 }
@@ -41,16 +44,25 @@ pub async fn run(builder: &TestVmBuilder, until_boot: bool) -> anyhow::Result<Ra
             .stderr(Stdio::null())
             .spawn()?;
         let result = (|| {
-            let qmp = connect(&paths.qmp, t0)?;
-            let mut greeting = String::new();
-            BufReader::new(&qmp).read_line(&mut greeting)?;
-            if !greeting.contains("QMP") {
-                bail!("no QMP greeting: {greeting:?}");
+            let mut qmp = connect(&paths.qmp, t0)?;
+            let mut reader = BufReader::new(qmp.try_clone()?);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            if !line.contains("QMP") {
+                bail!("no QMP greeting: {line:?}");
             }
             let qmp_at = t0.elapsed();
+            qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+            line.clear();
+            reader.read_line(&mut line)?;
+            if !line.contains("return") {
+                bail!("qmp_capabilities failed: {line:?}");
+            }
+            let negotiated = t0.elapsed();
             if !until_boot {
                 return Ok(RawSample {
                     qmp: qmp_at,
+                    negotiated,
                     boot: None,
                 });
             }
@@ -66,6 +78,7 @@ pub async fn run(builder: &TestVmBuilder, until_boot: bool) -> anyhow::Result<Ra
             }
             Ok(RawSample {
                 qmp: qmp_at,
+                negotiated,
                 boot: Some(t0.elapsed()),
             })
         })();
