@@ -1,0 +1,54 @@
+//! `terraform-provider-corral`: Corral's Terraform provider (source address
+//! `corral-vm/corral`), speaking Terraform Plugin Protocol 6 over go-plugin's gRPC transport.
+//!
+//! The layers, from the wire inwards:
+//!
+//! - [`plugin`] — what go-plugin expects of a plugin process: the magic cookie, the handshake
+//!   line on stdout, a unix socket with AutoMTLS ([`tls`]), the `plugin` health service,
+//!   `GRPCController.Shutdown` and `GRPCStdio`;
+//! - [`ProviderService`] — `tfplugin6.Provider`: decodes Terraform's MessagePack values
+//!   ([`value`]), routes each call to a resource or data source, encodes the answer;
+//! - [`schema`] and [`plan`] — each resource declares its attributes once (type, required,
+//!   default, replace-on-change, stable); plans, the schema Terraform reads and the matching
+//!   data source follow from that declaration;
+//! - resources ([`vm`]) — a schema, a mapping between attributes and the API's types, and
+//!   calls to corrald through `corral-client`, the same client as the `corral` CLI.
+//!
+//! Adding a kind is adding one module like [`vm`]: its schema, `to_state`/`from` mappings,
+//! and a [`Resource`] impl registered in [`provider`].
+//!
+//! Why not the `tf-provider` crate: its last release (0.2.2, July 2024) is built on tonic
+//! 0.12/prost 0.13 and needs `protoc` at build time, where this workspace uses tonic 0.14,
+//! prost 0.14 and `protox`; its AutoMTLS makes client certificates optional; and it expresses
+//! plans as per-resource code, where a declarative schema keeps each resource small. The
+//! protocol surface a provider needs is a dozen RPCs, written here over the published
+//! `tfplugin6` definitions.
+//!
+//! ```
+//! let provider = corral_terraform_provider::provider();
+//! assert!(format!("{provider:?}").contains("corral_vm"));
+//! ```
+
+#![deny(missing_docs)]
+
+mod config;
+pub mod diag;
+pub mod pb;
+pub mod plan;
+pub mod plugin;
+mod resource;
+pub mod schema;
+mod server;
+pub mod tls;
+pub mod value;
+pub mod vm;
+
+pub use resource::{Ctx, DataSource, Outcome, Resource};
+pub use server::ProviderService;
+
+/// The provider with every resource and data source Corral has.
+pub fn provider() -> ProviderService {
+    ProviderService::new()
+        .resource(vm::VmResource::default())
+        .data_source(vm::VmData::default())
+}

@@ -1,0 +1,478 @@
+//! `corral_vm`'s attributes, and the mapping between them and the API's `Vm`.
+//!
+//! The attributes mirror `VmSpec` with the boot source flattened (`kernel`/`initrd`/`cmdline`
+//! or `disk`/`disk_format`). A configuration becomes a `Vm` through the contract's own strict
+//! deserialiser, so Terraform validates exactly what `corral apply` does, and its errors —
+//! which name the API field (`spec.cpus: …`) — are put on the attribute that set it.
+
+use std::collections::BTreeMap;
+
+use corral_client::contract::{ByteSize, Phase, Power, Vm, VmSpec};
+use serde_json::json;
+
+use crate::diag::Diagnostic;
+use crate::schema::{Attr, Schema};
+use crate::value::Value;
+
+/// The resource's schema.
+pub fn resource_schema() -> Schema {
+    let s = |v: &str| Value::string(v);
+    Schema::new(
+        "A virtual machine run by corrald. Hardware changes (cpus, memory, boot, accel, \
+         introspection) are made in place: a running VM is restarted in a new QEMU process with \
+         the same uid. Only `name`, `arch` and `machine` replace it.",
+    )
+    .attr(Attr::string("id").computed().stable().describe("The VM's name."))
+    .attr(Attr::string("name").required().replace().describe(
+        "Unique name: 1-63 lowercase letters, digits and '-', starting and ending with a \
+         letter or digit. Changing it replaces the VM.",
+    ))
+    .attr(Attr::string_map("labels").describe(
+        "Key/value labels, for selection (`corral vm list -l tier=web`).",
+    ))
+    .attr(
+        Attr::number("cpus")
+            .default(Value::Number(f64::from(VmSpec::DEFAULT_CPUS)))
+            .describe("Number of vCPUs, 1-256 (default 1)."),
+    )
+    .attr(
+        Attr::string("memory")
+            .default(s(&VmSpec::DEFAULT_MEMORY.to_string()))
+            .describe("Guest RAM with a binary unit: `512M`, `2G` (16M-1T, default 512M)."),
+    )
+    .attr(
+        Attr::string("arch")
+            .default(s("x86_64"))
+            .replace()
+            .describe("Guest architecture: `x86_64` (default) or `aarch64`. Changing it replaces the VM."),
+    )
+    .attr(Attr::string("machine").optional_computed().replace().describe(
+        "Machine type: `q35` (x86_64 default), `microvm`, or `virt` (aarch64). Changing it \
+         replaces the VM.",
+    ))
+    .attr(
+        Attr::string("accel")
+            .default(s("auto"))
+            .describe("Accelerator: `auto` (default: KVM when usable, else TCG), `kvm`, `hvf` or `tcg`."),
+    )
+    .attr(Attr::string("kernel").describe(
+        "Absolute host path of a kernel to boot directly. Set `kernel` or `disk`.",
+    ))
+    .attr(Attr::string("initrd").describe("Absolute host path of an initial ramdisk (with `kernel`)."))
+    .attr(Attr::string("cmdline").describe("Kernel command line (with `kernel`), one line, at most 4096 bytes."))
+    .attr(Attr::string("disk").describe(
+        "Absolute host path of a disk image that firmware boots. Set `kernel` or `disk`.",
+    ))
+    .attr(Attr::string("disk_format").describe(
+        "Format of `disk`: `qcow2` or `raw`; unset, it is read from the file before boot.",
+    ))
+    .attr(Attr::string("power").default(s("running")).describe(
+        "Wanted power state: `running` (default), `stopped` or `paused`. A VM that stopped on \
+         its own reads as `stopped`, so the next apply starts it again.",
+    ))
+    .attr(
+        Attr::bool("introspection")
+            .default(Value::Bool(false))
+            .describe("Back guest RAM with a shared file so the host can read it live (default false)."),
+    )
+    .attr(Attr::string("restart_policy").default(s("never")).describe(
+        "What to do when the guest stops on its own: `never` (default), `on-failure` or `always`.",
+    ))
+    .attr(Attr::string("uid").computed().stable().describe("Assigned by corrald on creation; never changes."))
+    .attr(Attr::string("created_at").computed().stable().describe("When corrald created the VM (RFC 3339)."))
+    .attr(Attr::string("phase").computed().describe(
+        "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
+    ))
+    .attr(Attr::number("pid").computed().describe("Host pid of the QEMU process, while there is one."))
+    .attr(Attr::string("accelerator").computed().describe("The accelerator in use (never `auto`)."))
+    .attr(Attr::string("qemu_version").computed().describe("Version of the QEMU running the VM."))
+    .attr(Attr::string("started_at").computed().describe("When the current QEMU process started (RFC 3339)."))
+    .attr(Attr::string("message").computed().describe("Why the VM is where it is, e.g. why it failed."))
+    .block(
+        "timeouts",
+        Schema::new("How long to wait for corrald (Go durations: `30s`, `5m`).")
+            .attr(Attr::string("create").describe("For the VM to reach its power state after creation (default 5m)."))
+            .attr(Attr::string("update").describe("For the VM to reach its power state after a change (default 5m)."))
+            .attr(Attr::string("delete").describe("For QEMU to stop and the VM's files to go (default 2m).")),
+    )
+}
+
+/// The data source's schema: the same attributes, read only, found by `name`.
+pub fn data_schema() -> Schema {
+    resource_schema().read_only("A VM that exists in corrald, read by name.", &["name"])
+}
+
+/// Attributes that describe the VM's hardware: changing one on a running VM restarts it.
+pub const HARDWARE: &[&str] = &[
+    "cpus",
+    "memory",
+    "accel",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "disk",
+    "disk_format",
+    "introspection",
+];
+
+/// Computed attributes that only a start, stop or restart changes.
+pub const RUNTIME: &[&str] = &[
+    "phase",
+    "pid",
+    "accelerator",
+    "qemu_version",
+    "started_at",
+    "message",
+];
+
+/// The attribute that sets an API field (`spec.cpus` → `cpus`).
+pub fn attribute_for(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "metadata.name" => "name",
+        "metadata.labels" => "labels",
+        "spec.cpus" => "cpus",
+        "spec.memory" => "memory",
+        "spec.arch" => "arch",
+        "spec.machine" => "machine",
+        "spec.accel" => "accel",
+        "spec.boot" | "spec.boot.kernel" | "spec.boot.kernel.kernel" => "kernel",
+        "spec.boot.kernel.initrd" => "initrd",
+        "spec.boot.kernel.cmdline" => "cmdline",
+        "spec.boot.disk" | "spec.boot.disk.path" => "disk",
+        "spec.boot.disk.format" => "disk_format",
+        "spec.power" => "power",
+        "spec.introspection" => "introspection",
+        "spec.restart_policy" => "restart_policy",
+        _ => return None,
+    })
+}
+
+/// A diagnostic from a message of the form `spec.cpus: must be …` (the contract's
+/// `ValidationError`, locally or from corrald), on the attribute that set the field.
+pub fn field_error(message: &str) -> Diagnostic {
+    if let Some((field, detail)) = message.split_once(": ") {
+        if let Some(attr) = attribute_for(field) {
+            return Diagnostic::attr_error(
+                &[attr],
+                format!("Invalid {attr}"),
+                format!("{detail} ({field})"),
+            );
+        }
+    }
+    Diagnostic::error("Invalid VM", message)
+}
+
+/// The API's JSON for the VM a configuration declares. Unknown values are left out (the
+/// contract's defaults stand in), so a configuration can be checked before apply; errors on
+/// attributes that are unknown are then dropped by the caller.
+fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
+    let known = |name: &str| -> Option<serde_json::Value> {
+        match config.get(name) {
+            Value::String(s) => Some(json!(s)),
+            Value::Bool(b) => Some(json!(b)),
+            Value::Number(n) if n.fract() == 0.0 => Some(json!(*n as i64)),
+            Value::Number(n) => Some(json!(n)),
+            _ => None,
+        }
+    };
+    let set = |name: &str| !config.get(name).is_null();
+    let mut diags = Vec::new();
+    let boot = match (set("kernel"), set("disk")) {
+        (true, true) => {
+            diags.push(Diagnostic::attr_error(
+                &["disk"],
+                "Two boot sources",
+                "set kernel (direct kernel boot) or disk (firmware boots it), not both",
+            ));
+            json!(null)
+        }
+        (true, false) => {
+            if set("disk_format") {
+                diags.push(Diagnostic::attr_error(
+                    &["disk_format"],
+                    "disk_format without disk",
+                    "disk_format is the format of disk; remove it when booting a kernel",
+                ));
+            }
+            let mut kernel = serde_json::Map::new();
+            kernel.insert(
+                "kernel".into(),
+                known("kernel").unwrap_or(json!("/unknown-until-apply")),
+            );
+            for name in ["initrd", "cmdline"] {
+                if let Some(v) = known(name) {
+                    kernel.insert(name.into(), v);
+                }
+            }
+            json!({ "kernel": kernel })
+        }
+        (false, true) => {
+            for name in ["initrd", "cmdline"] {
+                if set(name) {
+                    diags.push(Diagnostic::attr_error(
+                        &[name],
+                        format!("{name} without kernel"),
+                        format!("{name} goes with kernel (direct kernel boot); a disk boots by its own bootloader"),
+                    ));
+                }
+            }
+            let mut disk = serde_json::Map::new();
+            disk.insert(
+                "path".into(),
+                known("disk").unwrap_or(json!("/unknown-until-apply")),
+            );
+            if let Some(v) = known("disk_format") {
+                disk.insert("format".into(), v);
+            }
+            json!({ "disk": disk })
+        }
+        (false, false) => {
+            diags.push(Diagnostic::error(
+                "No boot source",
+                "set kernel (a kernel to boot directly, with initrd and cmdline) or disk (a \
+                 disk image that firmware boots)",
+            ));
+            json!(null)
+        }
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let mut spec = serde_json::Map::new();
+    spec.insert("boot".into(), boot);
+    for (attr, field) in [
+        ("cpus", "cpus"),
+        ("memory", "memory"),
+        ("arch", "arch"),
+        ("machine", "machine"),
+        ("accel", "accel"),
+        ("power", "power"),
+        ("introspection", "introspection"),
+        ("restart_policy", "restart_policy"),
+    ] {
+        if let Some(v) = known(attr) {
+            spec.insert(field.into(), v);
+        }
+    }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(
+        "name".into(),
+        known("name").unwrap_or(json!("unknown-until-apply")),
+    );
+    if let Value::Map(labels) = config.get("labels") {
+        let labels: serde_json::Map<_, _> = labels
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), json!(v.as_str()?))))
+            .collect();
+        metadata.insert("labels".into(), json!(labels));
+    }
+    Ok(json!({ "metadata": metadata, "spec": spec }))
+}
+
+/// The VM a configuration or plan declares, validated by the contract.
+pub fn vm_from(config: &Value) -> Result<Vm, Vec<Diagnostic>> {
+    let manifest = manifest(config)?;
+    serde_json::from_value::<Vm>(manifest).map_err(|e| vec![field_error(&e.to_string())])
+}
+
+/// Checks a configuration whose values may be unknown.
+pub fn validate(config: &Value) -> Vec<Diagnostic> {
+    let mut diags = match vm_from(config) {
+        Ok(_) => Vec::new(),
+        Err(diags) => diags,
+    };
+    // An error about a value not known yet is a placeholder's error; apply checks it.
+    diags.retain(|d| d.path.first().is_none_or(|a| config.get(a) != &Value::Unknown));
+    if let Value::Map(timeouts) = config.get("timeouts") {
+        for (name, value) in timeouts {
+            if let Some(text) = value.as_str() {
+                if let Err(e) = humantime::parse_duration(text) {
+                    diags.push(Diagnostic::attr_error(
+                        &["timeouts", name],
+                        format!("Invalid {name} timeout"),
+                        format!("{text:?} is not a duration ({e}): use e.g. 30s, 5m or 1h"),
+                    ));
+                }
+            }
+        }
+    }
+    diags
+}
+
+/// The power state as Terraform should see it: the declared one, except that a VM declared
+/// running or paused which is down (it shut itself down, or failed) reads as `stopped`, so
+/// the plan shows that applying will start it.
+pub fn effective_power(vm: &Vm) -> Power {
+    let observed = vm.status.observed_generation >= vm.metadata.generation;
+    match vm.spec.power {
+        Power::Running | Power::Paused
+            if observed && matches!(vm.status.phase, Phase::Stopped | Phase::Failed) =>
+        {
+            Power::Stopped
+        }
+        power => power,
+    }
+}
+
+/// The state of `vm`, written the way `hint` (the planned or prior state) wrote equal values:
+/// memory `1024M` stays `1024M` when corrald says `1G`, empty labels stay `{}` or null.
+pub fn to_state(vm: &Vm, hint: &Value) -> Value {
+    let s = |v: &str| Value::string(v);
+    let opt = |v: Option<&str>| v.map_or(Value::Null, Value::string);
+    let spec = &vm.spec;
+    let mut state = Value::Map(BTreeMap::new());
+    state.set("id", s(vm.metadata.name.as_str()));
+    state.set("name", s(vm.metadata.name.as_str()));
+    let labels = if vm.metadata.labels.is_empty() && !matches!(hint.get("labels"), Value::Map(_))
+    {
+        Value::Null
+    } else {
+        Value::Map(
+            vm.metadata
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), s(v)))
+                .collect(),
+        )
+    };
+    state.set("labels", labels);
+    state.set("cpus", Value::Number(f64::from(spec.cpus)));
+    let memory = match hint.get("memory").as_str() {
+        Some(text) if text.parse::<ByteSize>().ok() == Some(spec.memory) => s(text),
+        _ => s(&spec.memory.to_string()),
+    };
+    state.set("memory", memory);
+    state.set("arch", s(spec.arch.as_str()));
+    state.set("machine", s(spec.machine().as_str()));
+    state.set("accel", s(spec.accel.as_str()));
+    let path = |p: &std::path::Path| Value::string(p.display().to_string());
+    for name in ["kernel", "initrd", "cmdline", "disk", "disk_format"] {
+        state.set(name, Value::Null);
+    }
+    match &spec.boot {
+        corral_client::contract::Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            state.set("kernel", path(kernel));
+            state.set("initrd", initrd.as_deref().map_or(Value::Null, path));
+            state.set("cmdline", opt(cmdline.as_deref()));
+        }
+        corral_client::contract::Boot::Disk { path: disk, format } => {
+            state.set("disk", path(disk));
+            state.set("disk_format", opt(format.map(|f| f.as_str())));
+        }
+    }
+    state.set("power", s(effective_power(vm).as_str()));
+    state.set("introspection", Value::Bool(spec.introspection));
+    state.set("restart_policy", s(spec.restart_policy.as_str()));
+    state.set("uid", s(&vm.metadata.uid));
+    state.set("created_at", opt(vm.metadata.created_at.as_deref()));
+    let status = &vm.status;
+    state.set("phase", s(status.phase.as_str()));
+    state.set(
+        "pid",
+        status.pid.map_or(Value::Null, |p| Value::Number(f64::from(p))),
+    );
+    state.set("accelerator", opt(status.accelerator.map(|a| a.as_str())));
+    state.set("qemu_version", opt(status.qemu_version.as_deref()));
+    state.set("started_at", opt(status.started_at.as_deref()));
+    state.set("message", opt(status.message.as_deref()));
+    state.set("timeouts", hint.get("timeouts").clone());
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, Value)]) -> Value {
+        let mut v = Value::Null;
+        v.set("name", Value::string("web-1"));
+        v.set("kernel", Value::string("/k/vmlinuz"));
+        for (k, val) in pairs {
+            v.set(k, val.clone());
+        }
+        v
+    }
+
+    #[test]
+    fn a_configuration_becomes_the_api_vm() {
+        let mut labels = Value::Null;
+        labels.set("tier", Value::string("web"));
+        let vm = vm_from(&config(&[
+            ("cpus", Value::Number(2.0)),
+            ("memory", Value::string("1G")),
+            ("labels", labels),
+            ("cmdline", Value::string("console=ttyS0")),
+        ]))
+        .unwrap();
+        assert_eq!(vm.metadata.name.as_str(), "web-1");
+        assert_eq!(vm.metadata.labels["tier"], "web");
+        assert_eq!(vm.spec.cpus, 2);
+        assert_eq!(vm.spec.memory, ByteSize::from_gib(1));
+        let state = to_state(&vm, &config(&[("memory", Value::string("1024M"))]));
+        assert_eq!(state.get("memory").as_str(), Some("1024M"));
+        assert_eq!(state.get("machine").as_str(), Some("q35"));
+        assert_eq!(state.get("cmdline").as_str(), Some("console=ttyS0"));
+        assert_eq!(state.get("disk"), &Value::Null);
+        assert_eq!(vm_from(&state).unwrap().spec, vm.spec);
+    }
+
+    #[test]
+    fn contract_errors_land_on_the_attribute() {
+        let diags = validate(&config(&[("cpus", Value::Number(0.0))]));
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].path, ["cpus"]);
+        assert_eq!(diags[0].summary, "Invalid cpus");
+        assert!(
+            diags[0].detail.starts_with("must be between 1 and 256 (got 0)"),
+            "{:?}",
+            diags[0]
+        );
+        let diags = validate(&config(&[("memory", Value::string("1GB"))]));
+        assert_eq!(diags[0].path, ["memory"]);
+        assert!(diags[0].detail.contains("decimal unit"), "{:?}", diags[0]);
+        let diags = validate(&config(&[("arch", Value::string("arm"))]));
+        assert_eq!(diags[0].path, ["arch"]);
+        assert!(diags[0].detail.contains("x86_64 or aarch64"), "{:?}", diags[0]);
+        let diags = validate(&config(&[("kernel", Value::string("vmlinuz"))]));
+        assert_eq!(diags[0].path, ["kernel"]);
+        let diags = validate(&config(&[("name", Value::string("Web_1"))]));
+        assert_eq!(diags[0].path, ["name"]);
+    }
+
+    #[test]
+    fn boot_sources_are_exclusive() {
+        let diags = validate(&config(&[("disk", Value::string("/d.qcow2"))]));
+        assert_eq!(diags[0].path, ["disk"]);
+        let mut none = config(&[]);
+        none.set("kernel", Value::Null);
+        assert_eq!(validate(&none)[0].summary, "No boot source");
+        let diags = validate(&config(&[("disk_format", Value::string("raw"))]));
+        assert_eq!(diags[0].path, ["disk_format"]);
+    }
+
+    #[test]
+    fn unknown_values_are_checked_at_apply() {
+        let diags = validate(&config(&[("kernel", Value::Unknown), ("cpus", Value::Unknown)]));
+        assert!(diags.is_empty(), "{diags:?}");
+    }
+
+    #[test]
+    fn bad_timeouts_are_named() {
+        let mut timeouts = Value::Null;
+        timeouts.set("create", Value::string("5 parsecs"));
+        let diags = validate(&config(&[("timeouts", timeouts)]));
+        assert_eq!(diags[0].path, ["timeouts", "create"]);
+    }
+
+    #[test]
+    fn server_messages_map_to_attributes() {
+        let d = field_error("spec.boot.kernel.kernel: /nope: No such file or directory");
+        assert_eq!(d.path, ["kernel"]);
+        let d = field_error("VM \"a\" is being deleted");
+        assert!(d.path.is_empty());
+    }
+}
