@@ -99,8 +99,9 @@ impl Terraform {
         assert_eq!(
             out.status.code(),
             Some(code),
-            "terraform {args:?} exited {:?}:\n{text}",
-            out.status
+            "terraform {args:?} exited {:?}:\n{text}\nmain.tf:\n{}",
+            out.status,
+            std::fs::read_to_string(self.dir.path().join("main.tf")).unwrap_or_default()
         );
         text
     }
@@ -268,10 +269,10 @@ fn apply_plan_update_drift_import_and_destroy() {
         "{drift}"
     );
     tf.apply();
-    let db = cli.vm("db");
-    assert_eq!(db["status"]["phase"], "Running");
+    let db_vm = cli.vm("db");
+    assert_eq!(db_vm["status"]["phase"], "Running");
     assert_eq!(
-        db["status"]["pid"], db_pid,
+        db_vm["status"]["pid"], db_pid,
         "resumed in the same QEMU, not restarted"
     );
     tf.plan(0);
