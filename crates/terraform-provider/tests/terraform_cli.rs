@@ -277,6 +277,27 @@ fn apply_plan_update_drift_import_and_destroy() {
     );
     tf.plan(0);
 
+    // Hardware of a VM declared stopped changes in place without a restart warning.
+    let db_uid = cli.vm("db")["metadata"]["uid"].clone();
+    let db = vm_block(
+        "db",
+        "db",
+        "  cpus    = 1\n  labels  = { tier = \"db\" }\n  power   = \"stopped\"\n",
+    );
+    tf.config(&format!(
+        "{}{db}{outputs}",
+        web("  labels  = { tier = \"frontend\" }\n  memory  = \"768M\"\n")
+    ));
+    let planned = tf.plan(2);
+    assert!(planned.contains("1 to change, 0 to destroy"), "{planned}");
+    assert!(!planned.contains("will restart"), "{planned}");
+    tf.apply();
+    let db_vm = cli.vm("db");
+    assert_eq!(db_vm["status"]["phase"], "Stopped");
+    assert_eq!(db_vm["spec"]["cpus"], 1);
+    assert_eq!(db_vm["metadata"]["uid"], db_uid);
+    tf.plan(0);
+
     // A VM made with the CLI, imported, plans nothing to do.
     let kit = kit();
     cli.ok(&[
@@ -381,6 +402,28 @@ fn invalid_configurations_get_the_providers_diagnostics() {
     assert!(
         words.contains("import it: terraform import <address of this resource> taken"),
         "{out}"
+    );
+}
+
+#[test]
+fn a_create_that_times_out_leaves_nothing_behind() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    tf.config(&vm_block(
+        "slow",
+        "slow",
+        "  timeouts {\n    create = \"1ms\"\n  }\n",
+    ));
+    let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
+    assert!(out.contains("timed out after"), "{out}");
+    assert!(cli.names().is_empty(), "{:?}", cli.names());
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+    // Nothing in the state either: the next plan creates it.
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("corral_vm.slow will be created"),
+        "{planned}"
     );
 }
 
