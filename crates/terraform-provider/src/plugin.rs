@@ -3,6 +3,7 @@
 //! provider's own (health, controller, stdio).
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -121,6 +122,9 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
             "creating a socket directory in {}",
             parent.display()
         )))?;
+    // Only this user may reach the socket; TLS then admits only Terraform.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("securing {}", dir.path().display())))?;
     let socket = dir.path().join("plugin.sock");
     let listener =
         UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
