@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -130,6 +131,7 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
         UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("plugin", tonic_health::ServingStatus::Serving)
@@ -142,7 +144,7 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(gp::grpc_controller_server::GrpcControllerServer::new(
-            Controller(shutdown_tx),
+            Controller(shutdown_tx.clone()),
         ))
         .add_service(gp::grpc_stdio_server::GrpcStdioServer::new(Stdio))
         .add_service(ProviderServer::new(provider));
@@ -162,6 +164,15 @@ pub async fn serve(provider: ProviderService) -> Result<(), PluginError> {
     tokio::spawn(async move {
         while sigint.recv().await.is_some() {
             tracing::info!("interrupt received; waiting for Terraform to stop the provider");
+        }
+    });
+    // SIGTERM ends the provider as Shutdown does, removing its socket directory.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io("handling SIGTERM"))?;
+    tokio::spawn(async move {
+        if sigterm.recv().await.is_some() {
+            tracing::info!("SIGTERM received; shutting down");
+            let _ = shutdown_tx.send(true);
         }
     });
 
@@ -267,7 +278,7 @@ impl AsyncWrite for Conn {
 
 /// `plugin.GRPCController`: Terraform's request to exit once it is done with the plugin.
 #[derive(Debug)]
-struct Controller(watch::Sender<bool>);
+struct Controller(Arc<watch::Sender<bool>>);
 
 #[tonic::async_trait]
 impl gp::grpc_controller_server::GrpcController for Controller {

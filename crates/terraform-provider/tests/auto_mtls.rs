@@ -26,6 +26,15 @@ impl Drop for Plugin {
     }
 }
 
+impl Plugin {
+    /// SIGTERM, as a service manager would stop it; returns its exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        self.child.wait().expect("waiting for the provider").code()
+    }
+}
+
 /// Starts the provider as Terraform does, with `client_pem` as its client certificate.
 fn start(client_pem: &str) -> Plugin {
     let mut child = Command::new(env!("CARGO_BIN_EXE_terraform-provider-corral"))
@@ -156,9 +165,9 @@ async fn only_the_client_certificate_terraform_passed_gets_in() {
     let terraform = identity();
     let plugin = start(&terraform.cert.pem());
     // The socket lives in a directory only this user can enter.
-    let dir = plugin.socket.parent().expect("a directory");
+    let dir = plugin.socket.parent().expect("a directory").to_owned();
     let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir).unwrap().permissions());
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "socket directory mode {mode:o}");
 
     let frame = talk(&plugin, Some(&terraform)).await.expect("admitted");
@@ -179,4 +188,9 @@ async fn only_the_client_certificate_terraform_passed_gets_in() {
 
     // Still serving Terraform after refusing others.
     assert!(talk(&plugin, Some(&terraform)).await.is_ok());
+
+    // Stopped, it exits cleanly and takes its socket directory with it.
+    let mut plugin = plugin;
+    assert_eq!(plugin.terminate(), Some(0));
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
