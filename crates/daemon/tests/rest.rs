@@ -1583,6 +1583,22 @@ async fn tcp_serves_with_tls_and_a_bearer_token_only() {
             .is_err()
     );
 
+    // A client that connects and never starts its handshake does not hold up anyone else: a
+    // real request is answered while the silent connection is still open (the server only
+    // drops it after its handshake timeout, so it must not have seen EOF yet).
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let health = tls_request(port, &ca, "GET", "/healthz", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+    let mut byte = [0u8; 1];
+    match silent.try_read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the silent connection was closed before others were served: {other:?}"),
+    }
+
     // The unix socket still needs no token.
     Api::of(&d).get("/v1/vms").await.expect(200);
 }
