@@ -138,8 +138,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
     // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
     let grpc = grpc.into_axum_router();
-    Ok(
-        rest::router(daemon).fallback(move |request: axum::extract::Request| {
+    Ok(rest::router(daemon)
+        .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {
                 use tower::ServiceExt;
@@ -153,8 +153,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
                     rest::not_found(request.method(), request.uri().path())
                 }
             }
-        }),
-    )
+        })
+        .layer(axum::middleware::map_response(rest::json_errors)))
 }
 
 use axum::response::IntoResponse;
