@@ -305,8 +305,7 @@ impl QemuBackend {
         let pump = tokio::spawn(serial::pump(console_stream, console.clone(), input, log));
         VmRuntime::new(
             info,
-            paths.clone(),
-            memory_file,
+            (paths.clone(), memory_file),
             qmp,
             console,
             pump.abort_handle(),

@@ -47,8 +47,8 @@ impl VmRuntime {
     /// Wires up the event and exit watchers. `console_task` is the serial pump, already running.
     pub fn new(
         info: VmInfo,
-        paths: VmPaths,
-        memory_file: Option<PathBuf>,
+        // The runtime directory, and the guest RAM file if there is one: both go when QEMU ends.
+        files: (VmPaths, Option<PathBuf>),
         qmp: Qmp,
         console: Console,
         console_task: AbortHandle,
@@ -65,7 +65,7 @@ impl VmRuntime {
         ));
         let exit_task = tokio::spawn(watch_exit(
             info.clone(),
-            (paths.clone(), memory_file),
+            files,
             qmp.clone(),
             watch,
             shutdown_reason,
