@@ -110,11 +110,15 @@ impl GuestRam {
             .query_status()
             .await
             .map_err(qmp_err("query-status".into()))?;
+        // Fault the whole buffer in before the guest stops, so the pause covers the copy
+        // alone (faulting in a fresh buffer costs several times the copy itself).
+        let mut data = Vec::new();
+        data.resize(self.len() as usize, 0u8);
         let start = Instant::now();
         if status.running {
             qmp.stop().await.map_err(qmp_err("stop".into()))?;
         }
-        let data = self.snapshot();
+        self.snapshot_into(&mut data);
         if status.running {
             qmp.cont().await.map_err(qmp_err("cont".into()))?;
         }

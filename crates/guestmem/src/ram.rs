@@ -128,11 +128,19 @@ impl GuestRam {
 
     /// A copy of all RAM in layout order, taken while the guest runs (pages may be torn).
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len() as usize);
+        let mut out = Vec::new();
+        self.snapshot_into(&mut out);
+        out
+    }
+
+    /// [`GuestRam::snapshot`] into `out` (cleared first), reusing its memory: repeated
+    /// snapshots then cost a copy each, without faulting in a fresh buffer every time.
+    pub fn snapshot_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(self.len() as usize);
         for (_, bytes) in self.regions() {
             out.extend_from_slice(bytes);
         }
-        out
     }
 
     /// A copy of all RAM in layout order in which every page is checked: pages whose
@@ -231,6 +239,9 @@ mod tests {
             Err(Error::InvalidAddress { max: 0x10_2000, .. })
         ));
         assert_eq!(ram.snapshot(), bytes);
+        let mut reused = vec![7u8; 3];
+        ram.snapshot_into(&mut reused);
+        assert_eq!(reused, bytes);
         let c = ram.snapshot_consistent(3);
         assert_eq!(c.data, bytes);
         assert!(c.torn_pages.is_empty());
