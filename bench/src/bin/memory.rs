@@ -192,10 +192,10 @@ async fn measure(guest: &Guest, ram: &GuestRam, runs: usize, seconds: f64) -> an
         torn
     );
     println!(
-        "  atomic snapshot guest pause              median {}  p99 {}  ({:.2}× memcpy)",
+        "  atomic snapshot guest pause              median {}  p99 {}  ({:.2}× memcpy into a reused buffer: stop + copy + cont)",
         ms(median(&pauses)),
         ms(percentile(&pauses, 99.0)),
-        ratio(median(&pauses), mc)
+        ratio(median(&pauses), mr)
     );
     println!(
         "  sustained full snapshots                 {snap_gbps:.2} GB/s  (memcpy {copy_gbps:.2} GB/s, {:.2}×)",
