@@ -134,11 +134,19 @@ async fn measure(guest: &Guest, ram: &GuestRam, runs: usize, seconds: f64) -> an
         reread += c.reread_pages;
     }
 
-    // Atomic: the guest's pause, through the backend's own monitor.
-    let qmp = guest.vm.backend().qmp(guest.vm.uid()).await?;
+    // Atomic: the guest's pause as corrald takes it (buffer faulted in first, then the
+    // backend's stop, copy, cont).
     let mut pauses = Vec::new();
     for _ in 0..runs.min(10) {
-        let (data, paused) = ram.snapshot_atomic(&qmp).await?;
+        let mut data = ram.snapshot_buffer();
+        let (data, paused) = guest
+            .vm
+            .backend()
+            .while_paused(guest.vm.uid(), move || {
+                ram.snapshot_into(&mut data);
+                data
+            })
+            .await?;
         black_box(data);
         pauses.push(paused);
     }

@@ -223,6 +223,28 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
     assert!(frames.iter().all(|f| f.len() == 64 * 64 * 3));
     assert!(frames.iter().any(|f| f.iter().any(|b| *b != 0)));
 
+    // Atomic on a running guest: paused for the copy only, running again afterwards.
+    let out = dir.path().join("running.bin");
+    let report = cli.json(&[
+        "vm",
+        "memory",
+        "dump",
+        "g",
+        "--out",
+        out.to_str().unwrap(),
+        "--mode",
+        "atomic",
+        "-o",
+        "json",
+    ]);
+    assert!(report["pause_us"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 256 << 20);
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(
+        cli.json(&["vm", "get", "g", "-o", "json"])["status"]["phase"],
+        "Running"
+    );
+
     // Paused: the dump is the RAM file's bytes, read here independently; nothing is torn.
     cli.ok(&["vm", "pause", "g", "--wait"]);
     for mode in ["consistent", "atomic"] {

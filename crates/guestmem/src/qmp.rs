@@ -105,17 +105,13 @@ pub async fn open_discovered(
 impl GuestRam {
     /// A copy of all RAM taken with the guest's vCPUs stopped (QMP `stop`, copy, `cont`),
     /// and how long the guest was paused. A guest that was already paused stays paused.
-    #[allow(clippy::slow_vector_initialization)] // on purpose: see `data` below
     pub async fn snapshot_atomic(&self, qmp: &Qmp) -> Result<(Vec<u8>, Duration), Error> {
         let status = qmp
             .query_status()
             .await
             .map_err(qmp_err("query-status".into()))?;
-        // Fault the whole buffer in before the guest stops, so the pause covers the copy
-        // alone (faulting in a fresh buffer costs several times the copy itself). `vec![0; n]`
-        // would not do: calloc maps zero pages lazily, which is exactly what to avoid here.
-        let mut data = Vec::new();
-        data.resize(self.len() as usize, 0u8);
+        // Faulted in before the guest stops, so the pause covers the copy alone.
+        let mut data = self.snapshot_buffer();
         let start = Instant::now();
         if status.running {
             qmp.stop().await.map_err(qmp_err("stop".into()))?;

@@ -133,6 +133,16 @@ impl GuestRam {
         out
     }
 
+    /// A buffer of [`GuestRam::len`] bytes with every page already faulted in, for
+    /// [`GuestRam::snapshot_into`] when the copy must be quick (the guest paused): faulting
+    /// in a fresh buffer costs several times the copy itself.
+    #[allow(clippy::slow_vector_initialization)] // `vec![0; n]` is calloc: lazy zero pages
+    pub fn snapshot_buffer(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.resize(self.len() as usize, 0u8);
+        out
+    }
+
     /// [`GuestRam::snapshot`] into `out` (cleared first), reusing its memory: repeated
     /// snapshots then cost a copy each, without faulting in a fresh buffer every time.
     pub fn snapshot_into(&self, out: &mut Vec<u8>) {

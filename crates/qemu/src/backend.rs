@@ -130,10 +130,52 @@ impl QemuBackend {
     }
 
     /// The monitor of running VM `uid`, shared with the backend (QEMU accepts one QMP client
-    /// per socket). For reading state such as guest memory discovery; commands that change the
-    /// VM's run state (`stop`/`cont`) must restore it before returning.
+    /// per socket). For queries such as guest memory discovery; to stop the guest for a
+    /// moment, use [`QemuBackend::while_paused`], which keeps the controller from resuming it
+    /// midway.
     pub async fn qmp(&self, uid: &str) -> Result<Qmp, Error> {
         Ok(self.live_runtime(uid, "use the monitor").await?.qmp.clone())
+    }
+
+    /// Runs `f` with VM `uid`'s vCPUs stopped (QMP `stop`, `f`, `cont`) and returns its result
+    /// with how long the guest was paused. Every other operation on the VM — a controller's
+    /// state query or resume included — waits until the guest runs again, so nothing resumes
+    /// it while `f` runs. A guest that was already paused stays paused.
+    pub async fn while_paused<T>(
+        &self,
+        uid: &str,
+        f: impl FnOnce() -> T,
+    ) -> Result<(T, Duration), Error> {
+        let slot = self.slot(uid);
+        let guard = slot.lock().await;
+        let rt = guard
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let Some(exit) = rt.exited() {
+            return Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op: "pause for a snapshot",
+                state: format!("stopped ({exit})"),
+            });
+        }
+        let status = rt
+            .qmp
+            .query_status()
+            .await
+            .map_err(|e| monitor_error(uid, e))?;
+        let start = Instant::now();
+        if status.running {
+            rt.qmp.stop().await.map_err(|e| monitor_error(uid, e))?;
+        }
+        // The copy runs here, on this thread, while the guest waits: handing it elsewhere
+        // would only lengthen the pause.
+        let value = tokio::task::block_in_place(f);
+        if status.running {
+            rt.qmp.cont().await.map_err(|e| monitor_error(uid, e))?;
+        }
+        let paused = start.elapsed();
+        drop(guard);
+        Ok((value, paused))
     }
 
     fn slot(&self, uid: &str) -> Slot {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use corral_contract::{Arch, Phase};
 use corral_guestmem::{GuestRam, HilbertStream, MemoryLayout, discover, discover_layout};
 use corral_qemu::QemuBackend;
-use corral_qmp::Qmp;
 use corral_service::{ServiceError, VmService};
 use tokio::sync::mpsc;
 
@@ -110,7 +109,6 @@ pub struct FrameStream {
 struct Opened {
     uid: String,
     ram: Arc<GuestRam>,
-    qmp: Qmp,
 }
 
 /// Reads the RAM of running VMs that were created with `spec.introspection: true`.
@@ -243,7 +241,6 @@ impl MemoryBridge {
         Ok(Opened {
             uid,
             ram: Arc::new(ram),
-            qmp,
         })
     }
 
@@ -334,13 +331,21 @@ impl MemoryBridge {
                 })
             }
             SnapshotMode::Atomic => {
-                // The copy runs on this worker thread while the guest is paused: handing it to
-                // another thread would only lengthen the pause.
-                let (data, paused) = opened
-                    .ram
-                    .snapshot_atomic(&opened.qmp)
+                // Not `GuestRam::snapshot_atomic`: the backend pauses the guest itself, so the
+                // controller, seeing the pause, cannot resume the guest halfway through the
+                // copy.
+                let mut data = opened.ram.snapshot_buffer();
+                let ram = opened.ram.clone();
+                let (data, paused) = self
+                    .backend
+                    .while_paused(&opened.uid, move || {
+                        ram.snapshot_into(&mut data);
+                        data
+                    })
                     .await
-                    .map_err(|e| bridge_error(name, e))?;
+                    .map_err(|e| {
+                        MemoryError::Unavailable(format!("vm {name}: cannot pause it: {e}"))
+                    })?;
                 Ok(Snapshot {
                     data,
                     regions,
