@@ -84,6 +84,9 @@ pub enum VmCommand {
     Delete(ActionArgs),
     /// Print a VM's serial console log (--log)
     Console(ConsoleArgs),
+    /// Read a running guest's RAM: read, find, dump, map (VMs created with --introspection)
+    #[command(subcommand)]
+    Memory(crate::memory::MemoryCommand),
 }
 
 // `vm create`: the flags that make a VM's spec.

@@ -42,7 +42,7 @@ async fn connect(connection: &ConnectionArgs) -> Result<Client, CliError> {
     Ok(Client::connect(endpoint(connection)?).await?)
 }
 
-fn print(text: &str) -> Result<(), CliError> {
+pub fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
@@ -110,6 +110,7 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             print(&format!("vm/{} deleting\n", vm.metadata.name))?;
             finish(&client, &vm, Goal::Gone, &args.wait).await
         }
+        VmCommand::Memory(command) => crate::memory::run(connect(connection).await?, command).await,
         VmCommand::Console(args) => {
             if !args.log {
                 return Err(CliError::Usage(format!(

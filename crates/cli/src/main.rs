@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod create;
 mod manifest;
+mod memory;
 mod output;
 mod wait;
 

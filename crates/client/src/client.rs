@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_contract::pb::memory_service_client::MemoryServiceClient;
 use corral_contract::pb::system_service_client::SystemServiceClient;
 use corral_contract::pb::vm_service_client::VmServiceClient;
 use corral_contract::{Vm, pb};
@@ -23,7 +24,7 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// How long a TCP connection and TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Transport = InterceptedService<Channel, Auth>;
+pub(crate) type Transport = InterceptedService<Channel, Auth>;
 
 /// A connection to corrald, speaking the contract's types.
 ///
@@ -32,6 +33,7 @@ type Transport = InterceptedService<Channel, Auth>;
 pub struct Client {
     vms: VmServiceClient<Transport>,
     system: SystemServiceClient<Transport>,
+    pub(crate) memory: MemoryServiceClient<Transport>,
     /// The socket path or URL, for error messages.
     endpoint: Arc<str>,
 }
@@ -51,7 +53,7 @@ pub struct ServerVersion {
 
 /// Adds `authorization: Bearer <token>` to every call when there is a token.
 #[derive(Clone)]
-struct Auth(Option<MetadataValue<Ascii>>);
+pub(crate) struct Auth(Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,6 +108,8 @@ impl Client {
             vms: VmServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            memory: MemoryServiceClient::new(transport.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             system: SystemServiceClient::new(transport),
             endpoint: name.into(),
         })
@@ -116,7 +120,7 @@ impl Client {
         &self.endpoint
     }
 
-    fn status(&self, status: tonic::Status) -> ClientError {
+    pub(crate) fn status(&self, status: tonic::Status) -> ClientError {
         ClientError::from_status(status, &self.endpoint)
     }
 

@@ -40,11 +40,13 @@
 mod client;
 mod endpoint;
 mod error;
+mod memory;
 mod watch;
 
 pub use client::{Client, ServerVersion};
 pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};
 pub use error::ClientError;
+pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};
 pub use watch::{EventType, VmEvent, VmWatch, is_observed, reached};
 
 /// The contract crate this client speaks, re-exported so that callers match its version.

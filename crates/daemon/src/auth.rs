@@ -1,22 +1,123 @@
-//! Bearer tokens for TCP clients. The token file holds only BLAKE3 hashes (`blake3:<hex>` per
-//! line), so reading it does not reveal a token.
+//! Who is calling, and what they may do.
+//!
+//! TCP clients present a bearer token. The token file holds only BLAKE3 hashes, one
+//! `blake3:<hex> [scopes=vms,memory]` per line, so reading it does not reveal a token. Scopes:
+//! `vms` (every VM operation) and `memory` (reading guest RAM, a privileged act of its own); a
+//! line without `scopes=` means `vms` only. Unix-socket clients are the socket's owner (mode
+//! 0600) and may do everything; they are identified by the peer's credentials (`SO_PEERCRED`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::net::UnixListener;
 
-/// Accepted token hashes.
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    /// Create, read, change and delete VMs.
+    pub vms: bool,
+    /// Read guest memory (read, find, snapshot, map, stream).
+    pub memory: bool,
+}
+
+impl Scopes {
+    /// What a token line without `scopes=` grants.
+    pub const DEFAULT: Scopes = Scopes {
+        vms: true,
+        memory: false,
+    };
+
+    /// Parses `vms,memory`.
+    pub fn parse(list: &str) -> Result<Scopes, String> {
+        let mut scopes = Scopes {
+            vms: false,
+            memory: false,
+        };
+        for scope in list.split(',').map(str::trim) {
+            match scope {
+                "vms" => scopes.vms = true,
+                "memory" => scopes.memory = true,
+                other => {
+                    return Err(format!(
+                        "unknown scope {other:?}; the scopes are `vms` and `memory`"
+                    ));
+                }
+            }
+        }
+        Ok(scopes)
+    }
+}
+
+impl std::fmt::Display for Scopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [(self.vms, "vms"), (self.memory, "memory")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The authenticated caller of a request, put in its extensions by the listener's middleware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A client on the unix socket (the socket's owner).
+    Unix {
+        /// The peer's user id.
+        uid: u32,
+        /// The peer's process id, when the kernel reports it.
+        pid: Option<i32>,
+    },
+    /// A TCP client with a bearer token.
+    Token {
+        /// The first 8 hex digits of the token's hash: names it in logs without revealing it.
+        id: String,
+        /// What the token grants.
+        scopes: Scopes,
+    },
+}
+
+impl Caller {
+    /// Whether the caller may read guest memory.
+    pub fn may_read_memory(&self) -> bool {
+        match self {
+            Caller::Unix { .. } => true,
+            Caller::Token { scopes, .. } => scopes.memory,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Unix {
+                uid,
+                pid: Some(pid),
+            } => write!(f, "unix:uid={uid},pid={pid}"),
+            Caller::Unix { uid, pid: None } => write!(f, "unix:uid={uid}"),
+            Caller::Token { id, .. } => write!(f, "token:{id}"),
+        }
+    }
+}
+
+/// Accepted token hashes and their scopes.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Arc<HashSet<[u8; 32]>>);
+pub struct Tokens(Arc<HashMap<[u8; 32], Scopes>>);
 
-/// The line to put in a token file for `token`.
-pub fn hash_line(token: &str) -> String {
-    format!("blake3:{}", blake3::hash(token.trim().as_bytes()).to_hex())
+/// The line to put in a token file for `token` with `scopes`.
+pub fn hash_line(token: &str, scopes: Scopes) -> String {
+    let hash = blake3::hash(token.trim().as_bytes()).to_hex();
+    if scopes == Scopes::DEFAULT {
+        format!("blake3:{hash}")
+    } else {
+        format!("blake3:{hash} scopes={scopes}")
+    }
 }
 
 impl Tokens {
@@ -24,23 +125,31 @@ impl Tokens {
     pub fn load(path: &Path) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("token file {}: {e}", path.display()))?;
-        let mut hashes = HashSet::new();
+        let mut hashes = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let hex = line.strip_prefix("blake3:").ok_or_else(|| {
-                format!(
-                    "token file {} line {}: expected `blake3:<hex>`; store hashes, not tokens \
-                     (make the line with `corrald hash-token`)",
-                    path.display(),
-                    i + 1
+            let at = |msg: String| format!("token file {} line {}: {msg}", path.display(), i + 1);
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            let hex = first.strip_prefix("blake3:").ok_or_else(|| {
+                at(
+                    "expected `blake3:<hex> [scopes=vms,memory]`; store hashes, not tokens \
+                    (make the line with `corrald hash-token`)"
+                        .into(),
                 )
             })?;
-            let hash = blake3::Hash::from_hex(hex)
-                .map_err(|e| format!("token file {} line {}: {e}", path.display(), i + 1))?;
-            hashes.insert(*hash.as_bytes());
+            let hash = blake3::Hash::from_hex(hex).map_err(|e| at(e.to_string()))?;
+            let mut scopes = Scopes::DEFAULT;
+            for word in words {
+                let list = word.strip_prefix("scopes=").ok_or_else(|| {
+                    at(format!("unexpected {word:?}; expected `scopes=vms,memory`"))
+                })?;
+                scopes = Scopes::parse(list).map_err(at)?;
+            }
+            hashes.insert(*hash.as_bytes(), scopes);
         }
         if hashes.is_empty() {
             return Err(format!("token file {} holds no token", path.display()));
@@ -48,40 +157,118 @@ impl Tokens {
         Ok(Tokens(Arc::new(hashes)))
     }
 
+    /// The caller `token` identifies, if it is accepted.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
+        // Hashing first makes the lookup independent of how much of a token matches.
+        let hash = blake3::hash(token.as_bytes());
+        self.0.get(hash.as_bytes()).map(|scopes| Caller::Token {
+            id: hash.to_hex()[..8].to_owned(),
+            scopes: *scopes,
+        })
+    }
+
     /// Whether `token` is accepted.
     pub fn accepts(&self, token: &str) -> bool {
-        // Hashing first makes the comparison independent of how much of a token matches.
-        self.0.contains(blake3::hash(token.as_bytes()).as_bytes())
+        self.caller(token).is_some()
     }
 }
 
-/// Middleware: refuses requests without an accepted `authorization: Bearer <token>` header.
-pub async fn require_token(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
-    let token = request
+/// Whether a request is for guest memory: those check the `memory` permission themselves (and
+/// audit a refusal); every other request needs the `vms` scope.
+fn is_memory_request(path: &str) -> bool {
+    path.starts_with("/corral.v1.MemoryService/")
+        || (path.starts_with("/v1/vms/")
+            && path.split('/').nth(4).is_some_and(|part| part == "memory"))
+}
+
+/// Middleware on the TCP listener: refuses requests without an accepted
+/// `authorization: Bearer <token>` header, and non-memory requests of tokens without the `vms`
+/// scope; records the caller for the handlers.
+pub async fn require_token(
+    State(tokens): State<Tokens>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(token) if tokens.accepts(token) => next.run(request).await,
-        _ => unauthenticated(&request),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| tokens.caller(token));
+    let Some(caller) = caller else {
+        return refuse(
+            &request,
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token",
+        );
+    };
+    if let Caller::Token { scopes, .. } = &caller {
+        if !scopes.vms && !is_memory_request(request.uri().path()) {
+            return refuse(
+                &request,
+                StatusCode::FORBIDDEN,
+                "this token lacks the `vms` scope (see `corrald hash-token --help`)",
+            );
+        }
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The credentials of a unix-socket peer, taken when the connection is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    uid: Option<u32>,
+    pid: Option<i32>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for PeerCred {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        PeerCred {
+            uid: cred.as_ref().map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
     }
 }
 
-fn unauthenticated(request: &Request) -> Response {
+/// Middleware on the unix socket: records the peer as the caller.
+pub async fn unix_caller(mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<PeerCred>>()
+        .map(|info| info.0);
+    if let Some(PeerCred {
+        uid: Some(uid),
+        pid,
+    }) = peer
+    {
+        request.extensions_mut().insert(Caller::Unix { uid, pid });
+    }
+    next.run(request).await
+}
+
+fn refuse(request: &Request, status: StatusCode, message: &str) -> Response {
     let grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let message = "missing or unknown bearer token";
     if grpc {
-        tonic::Status::unauthenticated(message).into_http::<axum::body::Body>()
+        let status = if status == StatusCode::FORBIDDEN {
+            tonic::Status::permission_denied(message)
+        } else {
+            tonic::Status::unauthenticated(message)
+        };
+        status.into_http::<axum::body::Body>()
     } else {
+        let code = if status == StatusCode::FORBIDDEN {
+            "PermissionDenied"
+        } else {
+            "Unauthenticated"
+        };
         (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(
-                serde_json::json!({"error": {"code": "Unauthenticated", "message": message}}),
-            ),
+            status,
+            axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
         )
             .into_response()
     }
@@ -95,15 +282,58 @@ mod tests {
     fn tokens_are_stored_hashed_and_plain_lines_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tokens");
-        std::fs::write(&file, format!("# ops\n{}\n", hash_line("s3cret"))).unwrap();
+        let all = Scopes {
+            vms: true,
+            memory: true,
+        };
+        std::fs::write(
+            &file,
+            format!(
+                "# ops\n{}\n{}\n",
+                hash_line("s3cret", Scopes::DEFAULT),
+                hash_line("peek", all)
+            ),
+        )
+        .unwrap();
         let tokens = Tokens::load(&file).unwrap();
         assert!(tokens.accepts("s3cret"));
         assert!(!tokens.accepts("s3cre"));
+        let Some(Caller::Token { id, scopes }) = tokens.caller("s3cret") else {
+            panic!("s3cret refused")
+        };
+        assert_eq!((id.len(), scopes), (8, Scopes::DEFAULT));
+        assert!(!tokens.caller("s3cret").unwrap().may_read_memory());
+        assert!(tokens.caller("peek").unwrap().may_read_memory());
+        assert!(hash_line("peek", all).ends_with(" scopes=vms,memory"));
+        std::fs::write(
+            &file,
+            format!("{} scopes=vms,disk\n", hash_line("x", Scopes::DEFAULT)),
+        )
+        .unwrap();
+        let err = Tokens::load(&file).unwrap_err();
+        assert!(err.contains("line 1") && err.contains("\"disk\""), "{err}");
         std::fs::write(&file, "s3cret\n").unwrap();
         assert!(
             Tokens::load(&file)
                 .unwrap_err()
                 .contains("store hashes, not tokens")
         );
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn memory_requests_are_recognised_by_path() {
+        for path in [
+            "/v1/vms/web-1/memory",
+            "/v1/vms/web-1/memory/find",
+            "/corral.v1.MemoryService/Read",
+        ] {
+            assert!(super::is_memory_request(path), "{path}");
+        }
+        for path in ["/v1/vms", "/v1/vms/memory", "/v1/vms/web-1/console/log"] {
+            assert!(!super::is_memory_request(path), "{path}");
+        }
     }
 }

@@ -57,7 +57,12 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
-    HashToken,
+    HashToken {
+        /// What the token may do besides VM operations: `memory` lets it read guest RAM
+        /// (`corrald hash-token --scope memory`). Repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory"])]
+        scopes: Vec<String>,
+    },
 }
 
 /// How logs are written.

@@ -6,9 +6,11 @@
 //! serving and leaves every VM running.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 mod grpc;
+pub mod memory;
 mod metrics;
 mod openapi;
 mod rest;
@@ -20,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+    memory_service_server::MemoryServiceServer, system_service_server::SystemServiceServer,
+    vm_service_server::VmServiceServer,
 };
 use corral_controller::{ControllerConfig, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
@@ -56,9 +59,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "local".into());
+    let audit = audit::AuditLog::open(&config.data_dir.join("audit.log"))
+        .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?;
+    let memory = memory::MemoryBridge::new(vms.clone(), backend.clone(), audit, "/dev/shm".into());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         vms,
+        memory,
         backend,
         node,
         metrics,
@@ -74,7 +81,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
     let mut servers = tokio::task::JoinSet::new();
     let mut stop = stop_rx.clone();
-    let unix_app = app.clone();
+    let unix_app = app
+        .clone()
+        .layer(axum::middleware::from_fn(auth::unix_caller))
+        .into_make_service_with_connect_info::<auth::PeerCred>();
     servers.spawn(async move {
         axum::serve(unix, unix_app)
             .with_graceful_shutdown(async move {
@@ -132,14 +142,18 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
     });
     let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
+        .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
+            daemon.clone(),
+        )))
         .add_service(health)
         .add_service(reflection);
     // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
     // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
     let grpc = grpc.into_axum_router();
-    Ok(
-        rest::router(daemon).fallback(move |request: axum::extract::Request| {
+    Ok(rest::router(daemon.clone())
+        .merge(memory::rest::router(daemon))
+        .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {
                 use tower::ServiceExt;
@@ -153,8 +167,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
                     rest::not_found(request.method(), request.uri().path())
                 }
             }
-        }),
-    )
+        })
+        .layer(axum::middleware::map_response(rest::json_errors)))
 }
 
 use axum::response::IntoResponse;

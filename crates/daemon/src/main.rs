@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Some(Command::HashToken) = args.command {
+    if let Some(Command::HashToken { scopes }) = &args.command {
         let mut token = String::new();
         if std::io::stdin().read_to_string(&mut token).is_err() || token.trim().is_empty() {
             eprintln!(
@@ -16,7 +16,11 @@ async fn main() -> std::process::ExitCode {
             );
             return std::process::ExitCode::from(2);
         }
-        println!("{}", corral_daemon::auth::hash_line(&token));
+        let scopes = corral_daemon::auth::Scopes {
+            vms: true,
+            memory: scopes.iter().any(|s| s == "memory"),
+        };
+        println!("{}", corral_daemon::auth::hash_line(&token, scopes));
         return std::process::ExitCode::SUCCESS;
     }
     let config = match Config::resolve(&args) {

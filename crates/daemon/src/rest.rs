@@ -64,6 +64,55 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The most of a rejection's body [`json_errors`] keeps as the message.
+const MAX_REJECTION: usize = 64 << 10;
+
+/// Middleware: gives the framework's own errors — a query string that does not decode, a body
+/// over the limit, a method a path does not take — the API's JSON error shape, so a client
+/// parses one format for every error. gRPC answers and JSON errors pass unchanged.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/json") || content_type.starts_with("application/grpc")
+    {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "InvalidArgument",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::UNAUTHORIZED => "Unauthenticated",
+        StatusCode::FORBIDDEN => "PermissionDenied",
+        _ if status.is_client_error() => "InvalidArgument",
+        _ => "Internal",
+    };
+    let (mut parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_REJECTION)
+        .await
+        .unwrap_or_default();
+    let message = match String::from_utf8_lossy(&body).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut json = ApiError(status, code, message).into_response();
+    // Keep what the framework said besides the body (`Allow` on a 405, for one).
+    for (name, value) in &parts.headers {
+        json.headers_mut().insert(name.clone(), value.clone());
+    }
+    json
+}
+
 /// The answer to a path no route serves.
 pub fn not_found(method: &axum::http::Method, path: &str) -> Response {
     ApiError(

@@ -38,10 +38,19 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// A TCP listener that completes the TLS handshake before handing a connection to the server.
+/// How many TLS handshakes may be in flight at once; more connections wait in the kernel's
+/// accept backlog.
+const MAX_HANDSHAKES: usize = 256;
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP listener that hands the server only connections whose TLS handshake completed.
+///
+/// Handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once, each bounded by
+/// [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never delays anyone else's accept.
 pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
 }
 
 impl TlsListener {
@@ -64,17 +73,58 @@ impl TlsListener {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("binding {addr}: {e}"))?;
-        Ok(TlsListener {
-            tcp,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        })
+        let addr = tcp
+            .local_addr()
+            .map_err(|e| format!("binding {addr}: {e}"))?;
+        let (tx, ready) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
+        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(Arc::new(config)), tx));
+        Ok(TlsListener { ready, addr })
+    }
+}
+
+/// Accepts TCP connections and completes their handshakes concurrently, until the listener
+/// is dropped.
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: tokio::sync::mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = tcp.accept() => accepted,
+            () = ready.closed() => return,
+        };
+        let (stream, addr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = ready.send((tls, addr)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        });
     }
 }
 
 impl std::fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListener")
-            .field("addr", &self.tcp.local_addr().ok())
+            .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
@@ -84,25 +134,14 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-            }
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept loop only ends once this receiver is gone.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }

@@ -16,6 +16,8 @@ pub struct Daemon {
     pub config: Config,
     /// The service layer.
     pub vms: VmService,
+    /// Guest memory: permission, audit and access.
+    pub memory: crate::memory::MemoryBridge,
     /// The QEMU backend (for serial logs and process figures).
     pub backend: Arc<QemuBackend>,
     /// This node's name.

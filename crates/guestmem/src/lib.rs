@@ -25,7 +25,7 @@ mod qmp;
 mod ram;
 
 pub use error::Error;
-pub use hilbert::{hilbert_d2xy, hilbert_frame, to_png};
+pub use hilbert::{HilbertStream, MAX_SAMPLES, hilbert_d2xy, hilbert_frame, to_png};
 pub use layout::{MemoryLayout, Region};
 pub use qmp::{RamBackend, discover, discover_layout, open_discovered};
 pub use ram::{ConsistentSnapshot, GuestRam, PAGE_SIZE};

@@ -110,11 +110,13 @@ impl GuestRam {
             .query_status()
             .await
             .map_err(qmp_err("query-status".into()))?;
+        // Faulted in before the guest stops, so the pause covers the copy alone.
+        let mut data = self.snapshot_buffer();
         let start = Instant::now();
         if status.running {
             qmp.stop().await.map_err(qmp_err("stop".into()))?;
         }
-        let data = self.snapshot();
+        self.snapshot_into(&mut data);
         if status.running {
             qmp.cont().await.map_err(qmp_err("cont".into()))?;
         }

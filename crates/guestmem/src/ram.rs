@@ -128,11 +128,29 @@ impl GuestRam {
 
     /// A copy of all RAM in layout order, taken while the guest runs (pages may be torn).
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len() as usize);
+        let mut out = Vec::new();
+        self.snapshot_into(&mut out);
+        out
+    }
+
+    /// A buffer of [`GuestRam::len`] bytes with every page already faulted in, for
+    /// [`GuestRam::snapshot_into`] when the copy must be quick (the guest paused): faulting
+    /// in a fresh buffer costs several times the copy itself.
+    #[allow(clippy::slow_vector_initialization)] // `vec![0; n]` is calloc: lazy zero pages
+    pub fn snapshot_buffer(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.resize(self.len() as usize, 0u8);
+        out
+    }
+
+    /// [`GuestRam::snapshot`] into `out` (cleared first), reusing its memory: repeated
+    /// snapshots then cost a copy each, without faulting in a fresh buffer every time.
+    pub fn snapshot_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(self.len() as usize);
         for (_, bytes) in self.regions() {
             out.extend_from_slice(bytes);
         }
-        out
     }
 
     /// A copy of all RAM in layout order in which every page is checked: pages whose
@@ -231,6 +249,9 @@ mod tests {
             Err(Error::InvalidAddress { max: 0x10_2000, .. })
         ));
         assert_eq!(ram.snapshot(), bytes);
+        let mut reused = vec![7u8; 3];
+        ram.snapshot_into(&mut reused);
+        assert_eq!(reused, bytes);
         let c = ram.snapshot_consistent(3);
         assert_eq!(c.data, bytes);
         assert!(c.torn_pages.is_empty());

@@ -178,3 +178,45 @@ async fn three_guests_each_see_only_their_own_ram() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aarch64_virt_ram_starts_at_one_gib() -> Result<()> {
+    const GIB: u64 = 1 << 30;
+    let marker = random_marker();
+    let vm = TestVm::builder(Arch::Aarch64)
+        .introspection()
+        .cmdline(format!("corral.marker={marker}"))
+        .start()
+        .await?;
+    vm.wait_for_line(&format!("CORRAL_MARKER {marker}")).await?;
+    let size = vm.config().memory_bytes;
+
+    // Discovery over the backend's own monitor finds the file and places it at 1 GiB, as the
+    // fixed rule does.
+    let qmp = vm.backend().qmp(vm.uid()).await?;
+    let ram = corral_guestmem::open_discovered(&qmp, |_| MemoryLayout::flat(0)).await?;
+    assert_eq!(ram.layout(), &MemoryLayout::aarch64_virt(size));
+    assert_eq!(Some(ram.path()), vm.config().memory_file.as_deref());
+
+    vm.backend().pause(vm.uid()).await?;
+    let hits = ram.find(marker.as_bytes());
+    ensure!(!hits.is_empty(), "marker {marker} not in aarch64 guest RAM");
+    for &hit in &hits {
+        assert!((GIB..GIB + size).contains(&hit), "{hit:#x} outside RAM");
+        assert_eq!(
+            ram.read_physical(hit, marker.len() as u64)?,
+            marker.as_bytes()
+        );
+    }
+    // Below 1 GiB is flash and devices, not RAM.
+    assert!(matches!(
+        ram.read_physical(0x1000, 16),
+        Err(Error::CrossesHole { addr: 0x1000, .. })
+    ));
+    assert!(matches!(
+        ram.read_physical(GIB + size - 8, 16),
+        Err(Error::InvalidAddress { .. })
+    ));
+    assert!(ram.snapshot() == std::fs::read(ram.path())?);
+    Ok(())
+}

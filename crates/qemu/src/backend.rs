@@ -129,6 +129,55 @@ impl QemuBackend {
         ))
     }
 
+    /// The monitor of running VM `uid`, shared with the backend (QEMU accepts one QMP client
+    /// per socket). For queries such as guest memory discovery; to stop the guest for a
+    /// moment, use [`QemuBackend::while_paused`], which keeps the controller from resuming it
+    /// midway.
+    pub async fn qmp(&self, uid: &str) -> Result<Qmp, Error> {
+        Ok(self.live_runtime(uid, "use the monitor").await?.qmp.clone())
+    }
+
+    /// Runs `f` with VM `uid`'s vCPUs stopped (QMP `stop`, `f`, `cont`) and returns its result
+    /// with how long the guest was paused. Every other operation on the VM — a controller's
+    /// state query or resume included — waits until the guest runs again, so nothing resumes
+    /// it while `f` runs. A guest that was already paused stays paused.
+    pub async fn while_paused<T>(
+        &self,
+        uid: &str,
+        f: impl FnOnce() -> T,
+    ) -> Result<(T, Duration), Error> {
+        let slot = self.slot(uid);
+        let guard = slot.lock().await;
+        let rt = guard
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let Some(exit) = rt.exited() {
+            return Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op: "pause for a snapshot",
+                state: format!("stopped ({exit})"),
+            });
+        }
+        let status = rt
+            .qmp
+            .query_status()
+            .await
+            .map_err(|e| monitor_error(uid, e))?;
+        let start = Instant::now();
+        if status.running {
+            rt.qmp.stop().await.map_err(|e| monitor_error(uid, e))?;
+        }
+        // The copy runs here, on this thread, while the guest waits: handing it elsewhere
+        // would only lengthen the pause.
+        let value = tokio::task::block_in_place(f);
+        if status.running {
+            rt.qmp.cont().await.map_err(|e| monitor_error(uid, e))?;
+        }
+        let paused = start.elapsed();
+        drop(guard);
+        Ok((value, paused))
+    }
+
     fn slot(&self, uid: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.entry(uid.to_owned()).or_default().clone()
@@ -196,8 +245,13 @@ impl QemuBackend {
             .map_err(|e| Error::io(format!("opening {}", paths.serial_log.display()), e))?;
         tracing::debug!(uid = %config.uid, cmdline = %cmd.display(), "starting QEMU");
 
-        let mut child = process::spawn(&cmd, &paths.qemu_log)
-            .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))?;
+        if let Some(path) = &config.memory_file {
+            create_memory_file(path)?;
+        }
+        let mut child = process::spawn(&cmd, &paths.qemu_log).map_err(|e| {
+            remove_memory_file(config.memory_file.as_deref());
+            Error::io(format!("starting {}", cmd.binary().display()), e)
+        })?;
         let pid = child.id().unwrap_or_default();
         let started = async {
             let qmp = self.connect_monitor(&mut child, paths).await?;
@@ -216,6 +270,7 @@ impl QemuBackend {
                 let _ = process::signal(pid, Signal::SIGKILL);
                 let _ = child.wait().await;
                 paths.remove_runtime_files();
+                remove_memory_file(config.memory_file.as_deref());
                 return Err(e);
             }
         };
@@ -226,7 +281,13 @@ impl QemuBackend {
             emulator_version: emulator.version.clone(),
             adopted: false,
         };
-        let runtime = self.assemble(info, paths, qmp, console_stream, log, Watch::Child(child));
+        let runtime = self.assemble(
+            info,
+            paths,
+            config.memory_file.clone(),
+            (qmp, console_stream, log),
+            Watch::Child(child),
+        );
         if !config.start_paused {
             if let Err(e) = runtime.qmp.cont().await {
                 let _ = process::signal(pid, Signal::SIGKILL);
@@ -278,16 +339,15 @@ impl QemuBackend {
         &self,
         info: VmInfo,
         paths: &VmPaths,
-        qmp: Qmp,
-        console_stream: UnixStream,
-        log: BoundedLog,
+        memory_file: Option<PathBuf>,
+        (qmp, console_stream, log): (Qmp, UnixStream, BoundedLog),
         watch: Watch,
     ) -> VmRuntime {
         let (console, input) = Console::new(self.config.scrollback);
         let pump = tokio::spawn(serial::pump(console_stream, console.clone(), input, log));
         VmRuntime::new(
             info,
-            paths.clone(),
+            (paths.clone(), memory_file),
             qmp,
             console,
             pump.abort_handle(),
@@ -341,7 +401,13 @@ impl QemuBackend {
             emulator_version: record.emulator_version,
             adopted: true,
         };
-        Ok(self.assemble(info, paths, qmp, console, log, Watch::Adopted))
+        Ok(self.assemble(
+            info,
+            paths,
+            record.config.memory_file,
+            (qmp, console, log),
+            Watch::Adopted,
+        ))
     }
 }
 
@@ -545,6 +611,36 @@ fn argv_matches(pid: u32, recorded: &[String]) -> bool {
                 .map(|s| std::borrow::Cow::Borrowed(s.as_str())))
         })
         .unwrap_or(false)
+}
+
+/// Creates the guest RAM file empty with mode 0600 before QEMU opens it: QEMU would create it
+/// 0644 (less the umask), readable by every local user. A stale file (from a VM that crashed
+/// with the host) is replaced, so no guest ever sees another run's memory.
+fn create_memory_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(path = %path.display(), "removed a stale guest RAM file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing stale {}", path.display()), e)),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::io(format!("creating guest RAM file {}", path.display()), e))
+}
+
+/// Removes a VM's guest RAM file (its memory is released once the last mapping goes).
+pub(crate) fn remove_memory_file(path: Option<&Path>) {
+    if let Some(path) = path {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "removing guest RAM file"),
+        }
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! One live VM as the backend holds it: its monitor, console, and the tasks that watch it.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +47,8 @@ impl VmRuntime {
     /// Wires up the event and exit watchers. `console_task` is the serial pump, already running.
     pub fn new(
         info: VmInfo,
-        paths: VmPaths,
+        // The runtime directory, and the guest RAM file if there is one: both go when QEMU ends.
+        files: (VmPaths, Option<PathBuf>),
         qmp: Qmp,
         console: Console,
         console_task: AbortHandle,
@@ -63,7 +65,7 @@ impl VmRuntime {
         ));
         let exit_task = tokio::spawn(watch_exit(
             info.clone(),
-            paths.clone(),
+            files,
             qmp.clone(),
             watch,
             shutdown_reason,
@@ -134,7 +136,7 @@ async fn forward_events(
 
 async fn watch_exit(
     info: VmInfo,
-    paths: VmPaths,
+    (paths, memory_file): (VmPaths, Option<PathBuf>),
     qmp: Qmp,
     watch: Watch,
     shutdown_reason: Arc<Mutex<Option<String>>>,
@@ -162,6 +164,8 @@ async fn watch_exit(
     // Files go before the exit is announced, so a start that follows the announcement never
     // has its fresh sockets removed under it.
     paths.remove_runtime_files();
+    // A stopped guest's RAM is of no use to anyone and holds host memory (tmpfs).
+    crate::backend::remove_memory_file(memory_file.as_deref());
     let _ = exit_tx.send(Some(exit.clone()));
     let _ = events.send(VmEvent {
         uid: info.uid,

@@ -278,8 +278,10 @@ async fn a_qemu_that_fails_to_start_leaves_nothing_behind() -> Result {
     // A raw file of zeros declared as qcow2: QEMU refuses it at start-up.
     let bogus = dir.path().join("bogus.qcow2");
     std::fs::write(&bogus, vec![0u8; 1 << 20])?;
-    let builder = TestVm::builder(Arch::X86_64);
-    let mut config = builder.config(dir.path(), "f00d0000-0000-4000-8000-000000000001")?;
+    let builder = TestVm::builder(Arch::X86_64).introspection();
+    let uid = uuid::Uuid::new_v4().to_string();
+    let mut config = builder.config(dir.path(), &uid)?;
+    let ram_file = config.memory_file.clone().expect("introspection");
     config.disks.push(corral_hypervisor::DiskConfig {
         path: bogus,
         format: DiskFormat::Qcow2,
@@ -300,6 +302,7 @@ async fn a_qemu_that_fails_to_start_leaves_nothing_behind() -> Result {
             && !paths.pid.exists()
             && !paths.launch.exists()
     );
+    assert!(!ram_file.exists(), "{} left behind", ram_file.display());
     backend.cleanup(&config.uid).await?;
     assert!(!paths.dir.exists());
     Ok(())
@@ -338,6 +341,44 @@ async fn a_missing_emulator_says_which_package_to_install() -> Result {
     assert!(
         err.to_string().contains("apt-get install qemu-system-x86"),
         "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn introspection_ram_is_a_private_file_gone_when_the_vm_stops() -> Result {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let marker = format!("cm-{}", uuid::Uuid::new_v4().simple());
+    // A stale file from an earlier run at the same path is replaced, never reused.
+    let vm = TestVm::builder(Arch::X86_64)
+        .introspection()
+        .cmdline(format!("corral.marker={marker}"))
+        .start()
+        .await?;
+    vm.wait_for_line(&format!("CORRAL_MARKER {marker}")).await?;
+    let path = vm.config().memory_file.clone().expect("introspection");
+    let meta = std::fs::metadata(&path)?;
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        path.display()
+    );
+    assert_eq!(meta.len(), vm.config().memory_bytes);
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    // The file really is the guest's RAM: the marker the guest keeps is in it.
+    let bytes = std::fs::read(&path)?;
+    assert!(
+        bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "marker not in {}",
+        path.display()
+    );
+    drop(bytes);
+    vm.backend().stop(vm.uid(), StopMode::Force).await?;
+    assert!(
+        !path.exists(),
+        "{} left after the VM stopped",
+        path.display()
     );
     Ok(())
 }

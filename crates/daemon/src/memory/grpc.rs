@@ -1,0 +1,146 @@
+//! `corral.v1.MemoryService` over [`MemoryBridge`](super::MemoryBridge). Decode, call, encode.
+
+use std::pin::Pin;
+
+use corral_contract::pb::{self, memory_service_server::MemoryService, snapshot_part::Part};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{CHUNK, MemoryError, SnapshotMode};
+use crate::auth::Caller;
+use crate::state::Shared;
+
+/// The gRPC face of guest memory.
+#[derive(Debug, Clone)]
+pub struct MemoryGrpc(pub Shared);
+
+/// Maps a memory error to the gRPC status a client can act on.
+fn status(err: MemoryError) -> Status {
+    match err {
+        MemoryError::Service(e) => crate::grpc::status(e),
+        e @ MemoryError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+        e @ MemoryError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        e @ MemoryError::Unavailable(_) => Status::failed_precondition(e.to_string()),
+        e @ MemoryError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Option<Caller> {
+    req.extensions().get::<Caller>().cloned()
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MemoryService for MemoryGrpc {
+    type ReadStream = Streamed<pb::MemoryChunk>;
+    type SnapshotStream = Streamed<pb::SnapshotPart>;
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadMemoryRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let chunks = self
+            .0
+            .memory
+            .read(who.as_ref(), &r.name, r.addr, r.len, None)
+            .await
+            .map_err(status)?;
+        let stream =
+            tokio_stream::iter(chunks.map(|(addr, data)| Ok(pb::MemoryChunk { addr, data })));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn find(
+        &self,
+        req: Request<pb::FindMemoryRequest>,
+    ) -> Result<Response<pb::FindMemoryResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let (addresses, truncated) = self
+            .0
+            .memory
+            .find(who.as_ref(), &r.name, r.pattern, r.limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::FindMemoryResponse {
+            addresses,
+            truncated,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotMemoryRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let mode = match pb::SnapshotMode::try_from(r.mode) {
+            Ok(pb::SnapshotMode::Atomic) => SnapshotMode::Atomic,
+            Ok(pb::SnapshotMode::Consistent | pb::SnapshotMode::Unspecified) => {
+                SnapshotMode::Consistent
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "mode: {} is not a snapshot mode; use CONSISTENT or ATOMIC",
+                    r.mode
+                )));
+            }
+        };
+        let snap = self
+            .0
+            .memory
+            .snapshot(who.as_ref(), &r.name, mode)
+            .await
+            .map_err(status)?;
+        let info = pb::SnapshotInfo {
+            total_bytes: snap.data.len() as u64,
+            regions: snap
+                .regions
+                .iter()
+                .map(|&(guest_phys_base, len)| pb::MemoryRegion {
+                    guest_phys_base,
+                    len,
+                })
+                .collect(),
+        };
+        let report = pb::SnapshotReport {
+            mode: match mode {
+                SnapshotMode::Consistent => pb::SnapshotMode::Consistent,
+                SnapshotMode::Atomic => pb::SnapshotMode::Atomic,
+            } as i32,
+            torn_pages: snap.torn_pages,
+            reread_pages: snap.reread_pages,
+            pause_micros: snap.paused.as_micros() as u64,
+            copy_micros: snap.copy.as_micros() as u64,
+        };
+        let data = snap.data;
+        let chunks = (0..data.len().div_ceil(CHUNK)).map(move |i| {
+            let end = ((i + 1) * CHUNK).min(data.len());
+            Part::Data(data[i * CHUNK..end].to_vec())
+        });
+        let parts = std::iter::once(Part::Info(info))
+            .chain(chunks)
+            .chain(std::iter::once(Part::Report(report)))
+            .map(|part| Ok(pb::SnapshotPart { part: Some(part) }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
+
+    async fn map(
+        &self,
+        req: Request<pb::MapMemoryRequest>,
+    ) -> Result<Response<pb::MapMemoryResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let png = self
+            .0
+            .memory
+            .map(who.as_ref(), &r.name, r.side)
+            .await
+            .map_err(status)?;
+        let side = if r.side == 0 { 512 } else { r.side };
+        Ok(Response::new(pb::MapMemoryResponse { png, side }))
+    }
+}

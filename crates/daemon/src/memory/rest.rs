@@ -1,0 +1,296 @@
+//! REST and WebSocket routes of guest memory under `/v1/vms/{name}/memory`. Decode, call
+//! [`MemoryBridge`](super::MemoryBridge), encode.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{FrameStream, MAX_REST_READ, MemoryError, SnapshotMode};
+use crate::auth::Caller;
+use crate::rest::ApiError;
+use crate::state::Shared;
+
+/// The memory routes.
+pub fn router(daemon: Shared) -> Router {
+    Router::new()
+        .route("/v1/vms/{name}/memory", get(read))
+        .route("/v1/vms/{name}/memory/find", get(find))
+        .route("/v1/vms/{name}/memory/snapshot", get(snapshot))
+        .route("/v1/vms/{name}/memory/map", get(map))
+        .route("/v1/vms/{name}/memory/stream", get(stream))
+        .with_state(daemon)
+}
+
+impl IntoResponse for MemoryError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            MemoryError::Service(_) => {
+                let MemoryError::Service(e) = self else {
+                    unreachable!()
+                };
+                return ApiError::from(e).into_response();
+            }
+            MemoryError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PermissionDenied"),
+            MemoryError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+            MemoryError::Unavailable(_) => (StatusCode::PRECONDITION_FAILED, "FailedPrecondition"),
+            MemoryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        };
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+type Result<T = Response> = std::result::Result<T, MemoryError>;
+type MaybeCaller = Option<Extension<Caller>>;
+
+fn caller(c: &MaybeCaller) -> Option<&Caller> {
+    c.as_ref().map(|Extension(c)| c)
+}
+
+/// Parses `0x1000` or `4096`.
+fn parse_u64(field: &str, text: &str) -> Result<u64> {
+    let t = text.trim().replace('_', "");
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| {
+        MemoryError::Invalid(format!(
+            "{field}: {text:?} is not a number; give decimal (4096) or hex (0x1000)"
+        ))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    addr: String,
+    len: String,
+}
+
+async fn read(
+    State(d): State<Shared>,
+    c: MaybeCaller,
+    Path(name): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result {
+    let addr = parse_u64("addr", &q.addr)?;
+    let len = parse_u64("len", &q.len)?;
+    let chunks = d
+        .memory
+        .read(caller(&c), &name, addr, len, Some(MAX_REST_READ))
+        .await?;
+    let body = Body::from_stream(tokio_stream::iter(
+        chunks.map(|(_, bytes)| Ok::<_, std::convert::Infallible>(bytes)),
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FindQuery {
+    pattern: Option<String>,
+    pattern_hex: Option<String>,
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn find(
+    State(d): State<Shared>,
+    c: MaybeCaller,
+    Path(name): Path<String>,
+    Query(q): Query<FindQuery>,
+) -> Result {
+    let pattern = match (q.pattern, q.pattern_hex) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(hex)) => decode_hex(&hex)?,
+        _ => {
+            return Err(MemoryError::Invalid(
+                "pattern: give exactly one of `pattern` (text) or `patternHex`".into(),
+            ));
+        }
+    };
+    let (addresses, truncated) = d.memory.find(caller(&c), &name, pattern, q.limit).await?;
+    Ok(axum::Json(json!({"addresses": addresses, "truncated": truncated})).into_response())
+}
+
+fn decode_hex(hex: &str) -> Result<Vec<u8>> {
+    let bad = || {
+        MemoryError::Invalid(format!(
+            "patternHex: {hex:?} is not an even run of hex digits"
+        ))
+    };
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotQuery {
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Parses a snapshot mode as the API spells it.
+pub fn parse_mode(mode: Option<&str>) -> Result<SnapshotMode> {
+    match mode.unwrap_or("consistent") {
+        "consistent" => Ok(SnapshotMode::Consistent),
+        "atomic" => Ok(SnapshotMode::Atomic),
+        other => Err(MemoryError::Invalid(format!(
+            "mode: {other:?} is not a snapshot mode; use `consistent` or `atomic`"
+        ))),
+    }
+}
+
+async fn snapshot(
+    State(d): State<Shared>,
+    c: MaybeCaller,
+    Path(name): Path<String>,
+    Query(q): Query<SnapshotQuery>,
+) -> Result {
+    let mode = parse_mode(q.mode.as_deref())?;
+    let snap = d.memory.snapshot(caller(&c), &name, mode).await?;
+    let regions: Vec<String> = snap
+        .regions
+        .iter()
+        .map(|(base, len)| format!("{base:#x}+{len:#x}"))
+        .collect();
+    let headers = [
+        (
+            header::CONTENT_TYPE.as_str(),
+            "application/octet-stream".to_owned(),
+        ),
+        ("x-corral-snapshot-mode", mode.as_str().to_owned()),
+        ("x-corral-regions", regions.join(",")),
+        ("x-corral-torn-pages", snap.torn_pages.len().to_string()),
+        ("x-corral-reread-pages", snap.reread_pages.to_string()),
+        ("x-corral-pause-us", snap.paused.as_micros().to_string()),
+        ("x-corral-copy-us", snap.copy.as_micros().to_string()),
+    ];
+    let mut response = Body::from(snap.data).into_response();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapQuery {
+    #[serde(default)]
+    side: u32,
+}
+
+async fn map(
+    State(d): State<Shared>,
+    c: MaybeCaller,
+    Path(name): Path<String>,
+    Query(q): Query<MapQuery>,
+) -> Result {
+    let png = d.memory.map(caller(&c), &name, q.side).await?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    #[serde(default)]
+    side: u32,
+    #[serde(default = "default_fps")]
+    fps: u32,
+}
+
+fn default_fps() -> u32 {
+    30
+}
+
+async fn stream(
+    State(d): State<Shared>,
+    c: MaybeCaller,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    ws: WebSocketUpgrade,
+) -> Result {
+    // Checked and audited before the upgrade, so a refusal is a plain HTTP error.
+    let stream = d.memory.stream(caller(&c), &name, q.side, q.fps).await?;
+    Ok(ws.on_upgrade(move |socket| pump(socket, stream)))
+}
+
+/// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame.
+async fn pump(mut socket: WebSocket, mut stream: FrameStream) {
+    let header = json!({"side": stream.side, "fps": stream.fps, "format": "rgb8"}).to_string();
+    if socket.send(Message::Text(header.into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            frame = stream.frames.recv() => match frame {
+                Some(frame) => {
+                    if socket.send(Message::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_hex_or_decimal_and_errors_name_the_field() {
+        assert_eq!(parse_u64("addr", "0x1000").unwrap(), 4096);
+        assert_eq!(parse_u64("addr", "4096").unwrap(), 4096);
+        assert_eq!(parse_u64("addr", "0x1_0000").unwrap(), 65536);
+        let err = parse_u64("len", "lots").unwrap_err().to_string();
+        assert!(err.starts_with("len: \"lots\""), "{err}");
+        assert_eq!(decode_hex("00ff").unwrap(), [0, 255]);
+        assert!(decode_hex("0").is_err() && decode_hex("zz").is_err());
+        assert!(
+            parse_mode(Some("later"))
+                .unwrap_err()
+                .to_string()
+                .contains("atomic")
+        );
+    }
+}
