@@ -227,7 +227,11 @@ impl StorageService {
     async fn remove_blob_if_unused(&self, digest: &Digest) {
         let text = digest.to_string();
         match self.images.list("").await {
-            Ok((images, _)) if !images.iter().any(|i| i.status.digest.as_deref() == Some(&text)) => {
+            Ok((images, _))
+                if !images
+                    .iter()
+                    .any(|i| i.status.digest.as_deref() == Some(&text)) =>
+            {
                 if let Err(e) = self.cas.remove(digest) {
                     tracing::warn!(%digest, error = %e, "cannot remove image bytes");
                 }
@@ -245,7 +249,9 @@ impl StorageService {
             .as_deref()
             .unwrap_or_default()
             .parse()
-            .map_err(|e: corral_storage::BadDigest| ServiceError::FailedPrecondition(e.to_string()))?;
+            .map_err(|e: corral_storage::BadDigest| {
+                ServiceError::FailedPrecondition(e.to_string())
+            })?;
         let cas = self.cas.clone();
         let result = blocking(move || Ok(cas.verify(&digest))).await?;
         let (ok, message) = match result {

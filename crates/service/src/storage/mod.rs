@@ -113,9 +113,9 @@ impl StorageService {
 
     /// The file of a blob.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ServiceError> {
-        let digest = digest
-            .parse()
-            .map_err(|e: corral_storage::BadDigest| ServiceError::FailedPrecondition(e.to_string()))?;
+        let digest = digest.parse().map_err(|e: corral_storage::BadDigest| {
+            ServiceError::FailedPrecondition(e.to_string())
+        })?;
         Ok(self.cas.path(&digest))
     }
 

@@ -1,6 +1,4 @@
-use corral_contract::{
-    ByteSize, StoragePhase, ValidationError, Volume, VolumeKind, VolumeStatus,
-};
+use corral_contract::{ByteSize, StoragePhase, ValidationError, Volume, VolumeKind, VolumeStatus};
 
 use super::StorageService;
 use crate::ServiceError;
