@@ -14,6 +14,8 @@ mod openapi;
 mod rest;
 mod serve;
 mod state;
+mod storage_grpc;
+mod storage_rest;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +24,9 @@ use anyhow::Context;
 use corral_contract::pb::{
     system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
 };
-use corral_controller::{ControllerConfig, VmController};
+use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
-use corral_service::VmService;
+use corral_service::{StorageConfig, StorageService, VmService};
 use corral_store::SqliteStore;
 use tokio::sync::watch;
 
@@ -46,12 +48,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
             .context("preparing the run directory")?,
     );
-    let vms = VmService::new(Arc::new(store)).with_host_path_check();
+    let store: Arc<dyn corral_store::Store> = Arc::new(store);
+    let vms = VmService::new(store.clone()).with_host_path_check();
+    let mut storage_config = StorageConfig::new(&config.data_dir);
+    storage_config.qemu_img = config.qemu_img.clone();
+    let storage = StorageService::new(store, storage_config)
+        .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
+    let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
+        .context("preparing the node key")?;
     let metrics = Arc::new(Metrics::new());
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())
-            .with_observer(metrics.clone()),
+            .with_observer(metrics.clone())
+            .with_storage(storage.clone()),
     );
+    let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
     let node = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -59,6 +70,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         vms,
+        storage,
+        node_key,
         backend,
         node,
         metrics,
@@ -66,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone())?;
     let unix = serve::bind_unix(&config.socket)
@@ -110,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), storage_task).await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }
@@ -131,15 +146,17 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
             .await;
     });
     let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
-        .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
+        .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())));
+    let grpc = storage_grpc::add_services(grpc, &daemon)
         .add_service(health)
         .add_service(reflection);
     // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
     // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
     let grpc = grpc.into_axum_router();
-    Ok(
-        rest::router(daemon).fallback(move |request: axum::extract::Request| {
+    Ok(rest::router(daemon.clone())
+        .merge(storage_rest::router(daemon))
+        .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {
                 use tower::ServiceExt;
@@ -153,8 +170,7 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
                     rest::not_found(request.method(), request.uri().path())
                 }
             }
-        }),
-    )
+        }))
 }
 
 use axum::response::IntoResponse;

@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
-use corral_service::{ServiceError, VmService};
+use corral_service::{ServiceError, StorageService, VmService};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -16,6 +16,10 @@ pub struct Daemon {
     pub config: Config,
     /// The service layer.
     pub vms: VmService,
+    /// Images, volumes and snapshots.
+    pub storage: StorageService,
+    /// The node's attestation key.
+    pub node_key: corral_storage::attest::NodeKey,
     /// The QEMU backend (for serial logs and process figures).
     pub backend: Arc<QemuBackend>,
     /// This node's name.

@@ -8,6 +8,7 @@
 //! leaves one that the next start sweeps. Volumes and snapshots are only declared here; the
 //! storage controller makes them.
 
+mod attest;
 mod image;
 mod snapshot;
 mod volume;
