@@ -40,6 +40,7 @@
 mod client;
 mod endpoint;
 mod error;
+mod storage;
 mod watch;
 
 pub use client::{Client, ServerVersion};
