@@ -9,6 +9,7 @@ mod commands;
 mod create;
 mod manifest;
 mod output;
+mod storage;
 mod wait;
 
 use std::process::ExitCode;
