@@ -91,7 +91,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// What the file is [default: detected, qcow2 or raw]; kernels and initrds must be declared
-    #[arg(long, value_parser = parse_image_format)]
+    #[arg(id = "image_format", long = "format", value_parser = parse_image_format)]
     pub format: Option<ImageFormat>,
     /// Add a label, KEY=VALUE; repeat for more
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
