@@ -362,7 +362,7 @@ fn volumes(items: &[Volume], format: Format, single: bool) -> Result<String, Cli
             [
                 v.metadata.name.to_string(),
                 v.spec.kind.to_string(),
-                v.spec.format().to_string(),
+                v.status.format.unwrap_or(v.spec.format()).to_string(),
                 opt(&v.status.size.map(ByteSize::new)),
                 opt(&v.spec.image),
                 phase,

@@ -136,9 +136,11 @@ impl StorageController {
     }
 
     fn volume_path(&self, volume: &Volume) -> PathBuf {
-        let ext = match volume.spec.format() {
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Raw => "raw",
+        // A weights volume keeps its image's format, whatever that is.
+        let ext = match (volume.spec.kind, volume.spec.format()) {
+            (VolumeKind::Weights, _) => "weights",
+            (_, DiskFormat::Qcow2) => "qcow2",
+            (_, DiskFormat::Raw) => "raw",
         };
         self.svc
             .config()

@@ -574,6 +574,14 @@ impl VmController {
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
         self.svc
             .update_status(name, |_, st| {
+                // A start this generation refused (a corrupted weights volume …) keeps its
+                // reason; the exit of an earlier process must not replace it.
+                let start_failed = st.phase == Phase::Failed
+                    && st.observed_generation == generation
+                    && st.conditions.iter().any(|c| c.reason == "StartFailed");
+                if start_failed {
+                    return false;
+                }
                 let before = st.clone();
                 st.phase = if failed {
                     Phase::Failed
