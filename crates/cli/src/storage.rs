@@ -484,7 +484,11 @@ pub async fn image(client: Client, command: ImageCommand) -> Result<(), CliError
         ImageCommand::Verify(args) => {
             let (image, ok) = client.verify_image(args.name.as_str()).await?;
             if args.output.format != Format::Table {
-                print(&images(std::slice::from_ref(&image), args.output.format, true)?)?;
+                print(&images(
+                    std::slice::from_ref(&image),
+                    args.output.format,
+                    true,
+                )?)?;
             }
             if ok {
                 if args.output.format == Format::Table {

@@ -37,7 +37,7 @@ pub struct VmSpec {
     pub restart_policy: RestartPolicy,
     /// Volumes attached as virtio-blk disks, in order after a boot volume (`/dev/vda`, …).
     /// Changed only while the VM is stopped.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub volumes: Vec<VolumeAttachment>,
 }
 
