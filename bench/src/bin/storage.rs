@@ -53,6 +53,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One timed way of copying the file.
+type Contender<'a> = Box<dyn Fn() -> anyhow::Result<Duration> + 'a>;
+
 fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / (1 << 20) as f64
 }
@@ -77,7 +80,7 @@ fn import_bench(dir: &Path, runs: usize, size_mib: u64) -> anyhow::Result<()> {
     );
     let (mut cp, mut cp_sync, mut import) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let mut round: Vec<(&str, Box<dyn Fn() -> anyhow::Result<Duration>>)> = vec![
+        let mut round: Vec<(&str, Contender)> = vec![
             (
                 "cp",
                 Box::new(|| {
