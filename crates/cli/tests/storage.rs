@@ -312,6 +312,20 @@ fn a_memory_snapshot_restore_resumes_the_guest_where_it_was() {
         cli.json(&["vm", "get", "mem"])["status"]["phase"],
         "Running"
     );
+
+    // Growing the attached volume while the guest runs: the guest sees the new size.
+    let size = cli.json(&["volume", "get", "root-1"])["status"]["size"]
+        .as_u64()
+        .unwrap();
+    let bigger = format!("{}M", (size >> 20) * 2);
+    cli.ok(&["volume", "resize", "root-1", &bigger, "--wait"]);
+    let log = cli.console_until("mem", "the new disk size", |l| {
+        l.contains("vda: detected capacity change")
+    });
+    let sectors = format!("to {}", (size * 2) / 512);
+    assert!(log.contains(&sectors), "{}", tail(&log));
+    let out = cli.run(&["volume", "resize", "root-1", "8M"]);
+    assert_eq!(out.status.code(), Some(1), "volumes never shrink");
 }
 
 #[test]
