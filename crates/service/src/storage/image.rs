@@ -27,6 +27,16 @@ impl ImportProgress {
     }
 }
 
+/// Runs a blocking file write without stalling other tasks on a multi-threaded runtime (the
+/// daemon's); on a current-thread runtime (tests) it just runs.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn import_failed(name: &str, e: impl std::fmt::Display) -> ServiceError {
     ServiceError::FailedPrecondition(format!("importing image {name:?}: {e}"))
 }
@@ -90,9 +100,8 @@ impl StorageService {
         let name = image.metadata.name.to_string();
         let mut writer = self.cas.writer().map_err(cas_error)?;
         while let Some(chunk) = chunks.next().await {
-            writer
-                .write_chunk(&chunk?)
-                .map_err(|e| import_failed(&name, e))?;
+            let chunk = chunk?;
+            off_the_runtime(|| writer.write_chunk(&chunk)).map_err(|e| import_failed(&name, e))?;
         }
         if let Some(expected) = size {
             if writer.size() != expected {
@@ -125,9 +134,7 @@ impl StorageService {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| import_failed(name, format!("fetching {url}: {e}")))?;
-            writer
-                .write_chunk(&chunk)
-                .map_err(|e| import_failed(name, e))?;
+            off_the_runtime(|| writer.write_chunk(&chunk)).map_err(|e| import_failed(name, e))?;
             progress.set(writer.size());
         }
         Ok(writer)
