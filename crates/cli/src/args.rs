@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use corral_contract::{Accel, Arch, ByteSize, Machine, ResourceName, RestartPolicy, VmSpec};
+use corral_contract::{
+    Accel, Arch, ByteSize, Machine, ResourceName, RestartPolicy, VmSpec, VolumeAttachment,
+};
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 ok; 1 failed (an invalid value, a request corrald refused, a VM that ended \
@@ -50,6 +52,18 @@ pub enum Command {
     /// Create, inspect, start, stop and delete virtual machines
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Import, verify and delete content-addressed images
+    #[command(subcommand)]
+    Image(crate::storage::ImageCommand),
+    /// Create, grow and delete volumes (disks and read-only weights)
+    #[command(subcommand)]
+    Volume(crate::storage::VolumeCommand),
+    /// Snapshot VMs (disk-only or with memory) and restore them
+    #[command(subcommand)]
+    Snapshot(crate::storage::SnapshotCommand),
+    /// Get and verify signed statements of what a VM runs
+    #[command(subcommand)]
+    Attestation(crate::storage::AttestationCommand),
     /// Create or update the resources of a manifest; unchanged ones are left alone
     Apply(ManifestArgs),
     /// Delete the resources of a manifest
@@ -91,7 +105,7 @@ pub enum VmCommand {
 
 // `vm create`: the flags that make a VM's spec.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume"])))]
 pub struct CreateArgs {
     /// The VM's name: 1-63 lowercase letters, digits and '-'
     #[arg(value_parser = parse_name)]
@@ -125,6 +139,13 @@ pub struct CreateArgs {
     /// Boot this disk image with firmware instead of a kernel
     #[arg(long, value_name = "PATH")]
     pub disk: Option<PathBuf>,
+    /// Boot this Volume with firmware (it becomes the first disk)
+    #[arg(long, value_name = "VOLUME", value_parser = parse_name, conflicts_with_all = ["disk", "kernel"])]
+    pub boot_volume: Option<ResourceName>,
+    /// Attach a Volume as a virtio-blk disk: NAME, NAME:ro, NAME:serial=ID or
+    /// NAME:ro:serial=ID; repeat for more, in order
+    #[arg(long = "volume", value_name = "NAME[:ro][:serial=ID]", value_parser = parse_attachment)]
+    pub volumes: Vec<VolumeAttachment>,
     /// Machine type [default: q35 on x86_64, virt on aarch64]
     #[arg(long, value_parser = choice(Machine::ALL, Machine::as_str))]
     pub machine: Option<Machine>,
@@ -313,6 +334,29 @@ pub fn parse_memory(s: &str) -> Result<ByteSize, String> {
         ));
     }
     Ok(size)
+}
+
+/// `NAME[:ro][:serial=ID]`.
+pub fn parse_attachment(s: &str) -> Result<VolumeAttachment, String> {
+    let mut parts = s.split(':');
+    let volume = parse_name(parts.next().unwrap_or_default())?;
+    let mut attachment = VolumeAttachment {
+        volume,
+        readonly: false,
+        serial: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "ro" => attachment.readonly = true,
+            Some(("serial", id)) => attachment.serial = Some(id.to_owned()),
+            _ => {
+                return Err(format!(
+                    "{part:?} is not an attachment option: use ro or serial=ID (e.g. data:ro:serial=d1)"
+                ));
+            }
+        }
+    }
+    Ok(attachment)
 }
 
 /// `KEY=VALUE`; the key and value rules are checked with the rest of the metadata.

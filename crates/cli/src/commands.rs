@@ -11,8 +11,9 @@ use crate::args::{
     ActionArgs, Cli, Command, CompletionArgs, ConnectionArgs, Format, ManifestArgs, Shell,
     VersionArgs, VmCommand, WaitArgs,
 };
+use crate::storage::AttestationCommand;
 use crate::wait::{Goal, wait};
-use crate::{CliError, create, manifest, output};
+use crate::{CliError, create, manifest, output, storage};
 
 /// Annotations under this prefix are written by corrald (restart requests, stop mode): apply
 /// keeps them rather than undo them.
@@ -22,6 +23,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let connection = cli.connection;
     match cli.command {
         Command::Vm(command) => vm(&connection, command).await,
+        Command::Image(command) => storage::image(connect(&connection).await?, command).await,
+        Command::Volume(command) => storage::volume(connect(&connection).await?, command).await,
+        Command::Snapshot(command) => storage::snapshot(connect(&connection).await?, command).await,
+        Command::Attestation(AttestationCommand::Verify(args)) => {
+            storage::attestation_verify(&args)
+        }
+        Command::Attestation(AttestationCommand::Get(args)) => {
+            storage::attestation_get(connect(&connection).await?, args).await
+        }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
@@ -192,7 +202,9 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
     let endpoint = endpoint(connection)?;
     if endpoint.is_local() {
         for resource in &resources {
-            let Resource::Vm(vm) = resource;
+            let Resource::Vm(vm) = resource else {
+                continue;
+            };
             create::check_boot_files(vm)
                 .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
         }
@@ -200,7 +212,18 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
     let client = Client::connect(endpoint).await?;
     let mut failures = Failures::default();
     for resource in resources {
-        let Resource::Vm(vm) = resource;
+        let Resource::Vm(vm) = resource else {
+            let what = format!(
+                "{}/{}",
+                resource.kind().as_str().to_lowercase(),
+                resource.metadata().name
+            );
+            match storage::apply(&client, resource).await {
+                Ok(word) => print(&format!("{what} {word}\n"))?,
+                Err(e) => failures.report(&what, &e),
+            }
+            continue;
+        };
         let name = vm.metadata.name.clone();
         match apply_vm(&client, vm).await {
             Ok(applied) => {
@@ -287,11 +310,23 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
     let resources = read_manifest(args)?;
     let client = connect(connection).await?;
     let mut failures = Failures::default();
+    // VMs first, so that the volumes and images they use can go after them.
+    let mut resources = resources;
+    resources.sort_by_key(|r| match r {
+        Resource::Vm(_) => 0,
+        Resource::Snapshot(_) => 1,
+        Resource::Volume(_) => 2,
+        Resource::Image(_) => 3,
+    });
     for resource in resources {
-        let name = resource.metadata().name.clone();
-        match client.delete_vm(name.as_str()).await {
-            Ok(_) => print(&format!("vm/{name} deleting\n"))?,
-            Err(e) => failures.report(&format!("vm/{name}"), &e),
+        let what = format!(
+            "{}/{}",
+            resource.kind().as_str().to_lowercase(),
+            resource.metadata().name
+        );
+        match storage::delete(&client, &resource).await {
+            Ok(()) => print(&format!("{what} deleting\n"))?,
+            Err(e) => failures.report(&what, &e),
         }
     }
     failures.into_result()

@@ -12,6 +12,12 @@ use crate::args::CreateArgs;
 /// flag and the spec field (`--machine: spec.machine: virt is not available on x86_64 …`).
 pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     let boot = match (&args.kernel, &args.disk) {
+        _ if args.boot_volume.is_some() => Boot::Volume {
+            volume: args
+                .boot_volume
+                .clone()
+                .unwrap_or_else(|| args.name.clone()),
+        },
         (Some(kernel), _) => Boot::Kernel {
             kernel: absolute(cwd, kernel),
             initrd: args.initrd.as_deref().map(|p| absolute(cwd, p)),
@@ -43,6 +49,9 @@ pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     if args.no_start {
         spec = spec.power(Power::Stopped);
     }
+    for attachment in &args.volumes {
+        spec = spec.volume(attachment.clone());
+    }
     let spec = spec.build().map_err(flag_error)?;
     let mut vm = Vm::new(args.name.clone(), spec);
     vm.metadata.labels.extend(args.labels.iter().cloned());
@@ -69,6 +78,7 @@ fn flag_error(err: ValidationError) -> CliError {
         "spec.boot.kernel.initrd" => "--initrd",
         "spec.boot.kernel.cmdline" => "--cmdline",
         "spec.boot.disk.path" => "--disk",
+        f if f.starts_with("spec.volumes") => "--volume",
         "metadata.labels" => "--label",
         "metadata.name" => "NAME",
         _ => return CliError::Failed(err.to_string()),
@@ -84,6 +94,7 @@ pub fn check_boot_files(vm: &Vm) -> Result<(), CliError> {
             .chain(initrd.as_deref().map(|p| ("--initrd", p)))
             .collect(),
         Boot::Disk { path, .. } => vec![("--disk", path.as_path())],
+        Boot::Volume { .. } => Vec::new(),
     };
     for (flag, path) in files {
         let problem = match std::fs::metadata(path) {

@@ -10,6 +10,7 @@ mod create;
 mod manifest;
 mod memory;
 mod output;
+mod storage;
 mod wait;
 
 use std::process::ExitCode;

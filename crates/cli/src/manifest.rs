@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use corral_contract::{Kind, Resource, Vm};
+use corral_contract::{Image, Kind, Resource, Snapshot, Vm, Volume};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -94,6 +94,11 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
     map.remove("status");
     match kind {
         Kind::Vm => deserialize::<Vm>(serde_json::Value::Object(map)).map(Resource::Vm),
+        Kind::Image => deserialize::<Image>(serde_json::Value::Object(map)).map(Resource::Image),
+        Kind::Volume => deserialize::<Volume>(serde_json::Value::Object(map)).map(Resource::Volume),
+        Kind::Snapshot => {
+            deserialize::<Snapshot>(serde_json::Value::Object(map)).map(Resource::Snapshot)
+        }
     }
 }
 
@@ -206,12 +211,13 @@ spec:
         );
         let err = parse(
             "-",
-            &TWO.replace("kind: Vm\nmetadata:\n", "kind: Volume\nmetadata:\n"),
+            &TWO.replace("kind: Vm\nmetadata:\n", "kind: Volumes\nmetadata:\n"),
         )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("kind: \"Volume\" is not a valid kind: use Vm"),
+            err.to_string().contains(
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume or Snapshot"
+            ),
             "{err}"
         );
         let err = parse("-", "metadata: {name: a}\nspec: {}\n")

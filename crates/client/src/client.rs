@@ -34,6 +34,8 @@ pub struct Client {
     vms: VmServiceClient<Transport>,
     system: SystemServiceClient<Transport>,
     pub(crate) memory: MemoryServiceClient<Transport>,
+    /// The connection, for the other services' clients (`storage.rs`).
+    pub(crate) transport: Transport,
     /// The socket path or URL, for error messages.
     endpoint: Arc<str>,
 }
@@ -110,7 +112,8 @@ impl Client {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             memory: MemoryServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            system: SystemServiceClient::new(transport),
+            system: SystemServiceClient::new(transport.clone()),
+            transport,
             endpoint: name.into(),
         })
     }

@@ -41,6 +41,7 @@ mod client;
 mod endpoint;
 mod error;
 mod memory;
+mod storage;
 mod watch;
 
 pub use client::{Client, ServerVersion};

@@ -42,6 +42,7 @@ mod name;
 pub mod pb;
 mod resource;
 mod size;
+mod storage;
 mod vm;
 
 pub use choice::UnknownChoice;
@@ -51,7 +52,11 @@ pub use meta::ObjectMeta;
 pub use name::{NameError, ResourceName};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
+pub use storage::{
+    Image, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot, SnapshotSpec,
+    SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus, is_digest,
+};
 pub use vm::{
     Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Power, RestartPolicy, Vm, VmSpec,
-    VmSpecBuilder, VmStatus,
+    VmSpecBuilder, VmStatus, VolumeAttachment,
 };

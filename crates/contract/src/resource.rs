@@ -1,13 +1,19 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{ObjectMeta, ValidationError, Vm};
+use crate::{Image, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
     pub enum Kind ("kind") {
         /// A virtual machine: [`Vm`].
         Vm => "Vm",
+        /// Content-addressed bytes: [`Image`].
+        Image => "Image",
+        /// A block device for VMs: [`Volume`].
+        Volume => "Volume",
+        /// A point-in-time state of a VM: [`Snapshot`].
+        Snapshot => "Snapshot",
     }
 }
 
@@ -38,6 +44,24 @@ pub trait Object {
 pub enum Resource {
     /// A virtual machine.
     Vm(Vm),
+    /// An image.
+    Image(Image),
+    /// A volume.
+    Volume(Volume),
+    /// A snapshot.
+    Snapshot(Snapshot),
+}
+
+/// `$r` bound to the inner object of any variant.
+macro_rules! each {
+    ($value:expr, $r:ident => $body:expr) => {
+        match $value {
+            Resource::Vm($r) => $body,
+            Resource::Image($r) => $body,
+            Resource::Volume($r) => $body,
+            Resource::Snapshot($r) => $body,
+        }
+    };
 }
 
 impl Resource {
@@ -45,34 +69,32 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Vm(_) => Vm::KIND,
+            Resource::Image(_) => Image::KIND,
+            Resource::Volume(_) => Volume::KIND,
+            Resource::Snapshot(_) => Snapshot::KIND,
         }
     }
 
     /// Its metadata.
     pub fn metadata(&self) -> &ObjectMeta {
-        match self {
-            Resource::Vm(vm) => vm.metadata(),
-        }
+        each!(self, r => r.metadata())
     }
 
     /// Its metadata, mutably.
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        match self {
-            Resource::Vm(vm) => vm.metadata_mut(),
-        }
+        each!(self, r => r.metadata_mut())
     }
 
     /// Checks metadata and spec.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        match self {
-            Resource::Vm(vm) => vm.validate(),
-        }
+        each!(self, r => r.validate())
     }
 
     /// The VM, if it is one.
     pub fn as_vm(&self) -> Option<&Vm> {
         match self {
             Resource::Vm(vm) => Some(vm),
+            _ => None,
         }
     }
 
@@ -80,15 +102,21 @@ impl Resource {
     pub fn into_vm(self) -> Option<Vm> {
         match self {
             Resource::Vm(vm) => Some(vm),
+            _ => None,
         }
     }
 }
 
-impl From<Vm> for Resource {
-    fn from(vm: Vm) -> Self {
-        Resource::Vm(vm)
-    }
+macro_rules! from_object {
+    ($($ty:ident),*) => {$(
+        impl From<$ty> for Resource {
+            fn from(r: $ty) -> Self {
+                Resource::$ty(r)
+            }
+        }
+    )*};
 }
+from_object!(Vm, Image, Volume, Snapshot);
 
 #[cfg(test)]
 mod tests {
@@ -98,7 +126,10 @@ mod tests {
     fn kind_words() {
         assert_eq!("Vm".parse::<Kind>().unwrap(), Kind::Vm);
         let err = "vm".parse::<Kind>().unwrap_err();
-        assert_eq!(err.to_string(), r#""vm" is not a valid kind: use Vm"#);
+        assert_eq!(
+            err.to_string(),
+            r#""vm" is not a valid kind: use Vm, Image, Volume or Snapshot"#
+        );
     }
 
     #[test]
@@ -107,7 +138,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unknown variant `Vol`, expected `Vm`"),
+            err.contains(
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`"
+            ),
             "{err}"
         );
         let err = serde_json::from_str::<Resource>(r#"{"metadata": {"name": "a"}}"#)

@@ -3,7 +3,7 @@ mod spec;
 mod status;
 
 pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
-pub use spec::{Boot, VmSpec, VmSpecBuilder};
+pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
 pub use status::{ExitInfo, Phase, VmStatus};
 
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,12 @@
 //! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
 #![deny(missing_docs)]
 
+mod disks;
 mod queue;
+mod storage;
 mod vm;
 
+pub use disks::{AttachedVolume, attached_volumes};
 pub use queue::WorkQueue;
+pub use storage::StorageController;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use corral_contract::{Condition, ExitInfo, Phase, Power, RestartPolicy, Vm, VmStatus};
 use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, VmInfo, VmState};
-use corral_service::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, ServiceError, VmService};
+use corral_service::{
+    ANNOTATION_RESTART, ANNOTATION_STOP_MODE, ServiceError, StorageService, VmService,
+};
 use tokio::sync::watch;
 
 use crate::WorkQueue;
@@ -62,6 +64,7 @@ pub struct VmController {
     // name → (consecutive policy restarts, not before).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
     observer: Option<Arc<dyn ReconcileObserver>>,
+    storage: Option<StorageService>,
 }
 
 /// What a reconcile asks for next.
@@ -90,7 +93,14 @@ impl VmController {
             names: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             observer: None,
+            storage: None,
         }
+    }
+
+    /// Resolves VMs' volumes through `storage` (without it, a VM with volumes fails to start).
+    pub fn with_storage(mut self, storage: StorageService) -> Self {
+        self.storage = Some(storage);
+        self
     }
 
     /// Reports reconcile durations to `observer`.
@@ -418,6 +428,15 @@ impl VmController {
             );
         }
         let generation = vm.metadata.generation;
+        if !crate::disks::attached_volumes(&vm.spec).is_empty() {
+            let resolved = match &self.storage {
+                Some(storage) => crate::disks::resolve(storage, &vm.spec, &mut config).await,
+                None => Err("this node has no storage configured for volumes".to_owned()),
+            };
+            if let Err(message) = resolved {
+                return self.start_failed(vm, message, restart).await;
+            }
+        }
         let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
@@ -436,26 +455,34 @@ impl VmController {
                     .await?;
                 Ok(None)
             }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(vm = name, error = %message, "start failed");
-                self.svc
-                    .update_status(name, |_, st| {
-                        st.phase = Phase::Failed;
-                        st.pid = None;
-                        st.message = Some(message.clone());
-                        st.observed_generation = generation;
-                        st.restarted_for = restart.clone();
-                        st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
-                        true
-                    })
-                    .await?;
-                Ok(match vm.spec.restart_policy {
-                    RestartPolicy::Never => None,
-                    _ => self.backoff_wait(name).or(Some(self.config.backoff_base)),
-                })
-            }
+            Err(e) => self.start_failed(vm, e.to_string(), restart).await,
         }
+    }
+
+    async fn start_failed(
+        &self,
+        vm: &Vm,
+        message: String,
+        restart: Option<String>,
+    ) -> Result<Requeue, ServiceError> {
+        let name = vm.metadata.name.as_str();
+        let generation = vm.metadata.generation;
+        tracing::warn!(vm = name, error = %message, "start failed");
+        self.svc
+            .update_status(name, |_, st| {
+                st.phase = Phase::Failed;
+                st.pid = None;
+                st.message = Some(message.clone());
+                st.observed_generation = generation;
+                st.restarted_for = restart.clone();
+                st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
+                true
+            })
+            .await?;
+        Ok(match vm.spec.restart_policy {
+            RestartPolicy::Never => None,
+            _ => self.backoff_wait(name).or(Some(self.config.backoff_base)),
+        })
     }
 
     /// Records in `status.boot_time_ms` how long after the start request the guest printed its
@@ -547,6 +574,14 @@ impl VmController {
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
         self.svc
             .update_status(name, |_, st| {
+                // A start this generation refused (a corrupted weights volume …) keeps its
+                // reason; the exit of an earlier process must not replace it.
+                let start_failed = st.phase == Phase::Failed
+                    && st.observed_generation == generation
+                    && st.conditions.iter().any(|c| c.reason == "StartFailed");
+                if start_failed {
+                    return false;
+                }
                 let before = st.clone();
                 st.phase = if failed {
                     Phase::Failed

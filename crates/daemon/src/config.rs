@@ -39,6 +39,10 @@ pub struct Args {
     /// (make lines with `corrald hash-token`)
     #[arg(long, env = "CORRAL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The qemu-img program for images and volumes: a path, or a name looked up in PATH
+    /// [default: qemu-img]
+    #[arg(long, env = "CORRAL_QEMU_IMG")]
+    pub qemu_img: Option<PathBuf>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -86,6 +90,7 @@ pub struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    qemu_img: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log: Option<String>,
 }
@@ -114,6 +119,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// TCP serving, if asked for.
     pub tcp: Option<TcpConfig>,
+    /// The qemu-img program.
+    pub qemu_img: PathBuf,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -184,6 +191,11 @@ impl Config {
             run_dir,
             socket,
             tcp,
+            qemu_img: args
+                .qemu_img
+                .clone()
+                .or(file.qemu_img)
+                .unwrap_or_else(|| PathBuf::from("qemu-img")),
             log_format: args
                 .log_format
                 .or(file.log_format)

@@ -16,6 +16,8 @@ mod openapi;
 mod rest;
 mod serve;
 mod state;
+mod storage_grpc;
+mod storage_rest;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +27,9 @@ use corral_contract::pb::{
     memory_service_server::MemoryServiceServer, system_service_server::SystemServiceServer,
     vm_service_server::VmServiceServer,
 };
-use corral_controller::{ControllerConfig, VmController};
+use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
-use corral_service::VmService;
+use corral_service::{StorageConfig, StorageService, VmService};
 use corral_store::SqliteStore;
 use tokio::sync::watch;
 
@@ -49,12 +51,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
             .context("preparing the run directory")?,
     );
-    let vms = VmService::new(Arc::new(store)).with_host_path_check();
+    let store: Arc<dyn corral_store::Store> = Arc::new(store);
+    let vms = VmService::new(store.clone()).with_host_path_check();
+    let mut storage_config = StorageConfig::new(&config.data_dir);
+    storage_config.qemu_img = config.qemu_img.clone();
+    let storage = StorageService::new(store, storage_config)
+        .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
+    let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
+        .context("preparing the node key")?;
     let metrics = Arc::new(Metrics::new());
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())
-            .with_observer(metrics.clone()),
+            .with_observer(metrics.clone())
+            .with_storage(storage.clone()),
     );
+    let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
     let node = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -66,6 +77,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         vms,
         memory,
+        storage,
+        node_key,
         backend,
         node,
         metrics,
@@ -73,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone())?;
     let unix = serve::bind_unix(&config.socket)
@@ -120,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), storage_task).await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }
@@ -144,7 +159,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
         .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
             daemon.clone(),
-        )))
+        )));
+    let grpc = storage_grpc::add_services(grpc, &daemon)
         .add_service(health)
         .add_service(reflection);
     // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
@@ -152,7 +168,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
     let grpc = grpc.into_axum_router();
     Ok(rest::router(daemon.clone())
-        .merge(memory::rest::router(daemon))
+        .merge(memory::rest::router(daemon.clone()))
+        .merge(storage_rest::router(daemon))
         .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {

@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
-use corral_service::{ServiceError, VmService};
+use corral_service::{ServiceError, StorageService, VmService};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -18,6 +18,10 @@ pub struct Daemon {
     pub vms: VmService,
     /// Guest memory: permission, audit and access.
     pub memory: crate::memory::MemoryBridge,
+    /// Images, volumes and snapshots.
+    pub storage: StorageService,
+    /// The node's attestation key.
+    pub node_key: corral_storage::attest::NodeKey,
     /// The QEMU backend (for serial logs and process figures).
     pub backend: Arc<QemuBackend>,
     /// This node's name.

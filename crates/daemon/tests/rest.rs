@@ -45,6 +45,22 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/vms/{name}/memory/snapshot"),
     ("GET", "/v1/vms/{name}/memory/map"),
     ("GET", "/v1/vms/{name}/memory/stream"),
+    ("GET", "/v1/vms/{name}/attestation"),
+    ("GET", "/v1/images"),
+    ("POST", "/v1/images"),
+    ("GET", "/v1/images/{name}"),
+    ("DELETE", "/v1/images/{name}"),
+    ("POST", "/v1/images/{name}/verify"),
+    ("GET", "/v1/volumes"),
+    ("POST", "/v1/volumes"),
+    ("GET", "/v1/volumes/{name}"),
+    ("PUT", "/v1/volumes/{name}"),
+    ("DELETE", "/v1/volumes/{name}"),
+    ("GET", "/v1/snapshots"),
+    ("POST", "/v1/snapshots"),
+    ("GET", "/v1/snapshots/{name}"),
+    ("DELETE", "/v1/snapshots/{name}"),
+    ("POST", "/v1/snapshots/{name}/restore"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
@@ -653,8 +669,8 @@ async fn invalid_input_is_refused_naming_the_field_and_creates_nothing() {
             "spec.boot.kernel.kernel: /nonexistent/vmlinuz",
         ),
         (
-            with("/kind", json!("Volume")),
-            "unknown variant `Volume`, expected `Vm`",
+            with("/kind", json!("Volumes")),
+            "unknown variant `Volumes`, expected one of `Vm`",
         ),
         (
             with("/metadata/labels", json!({"tier": "web tier"})),
@@ -1172,6 +1188,11 @@ fn full_vm(boot: Boot) -> Vm {
         .power(Power::Paused)
         .introspection(true)
         .restart_policy(RestartPolicy::OnFailure)
+        .volume(corral_contract::VolumeAttachment {
+            volume: "data".parse().unwrap(),
+            readonly: true,
+            serial: Some("d1".into()),
+        })
         .build()
         .unwrap();
     let mut vm = Vm::new("full".parse().unwrap(), spec);
@@ -1286,6 +1307,10 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
         assert_eq!(keys(&full), v.properties("Vm"));
         assert_eq!(keys(&full["metadata"]), v.properties("ObjectMeta"));
         assert_eq!(keys(&full["spec"]), v.properties("VmSpec"));
+        assert_eq!(
+            keys(&full["spec"]["volumes"][0]),
+            v.properties("VolumeAttachment")
+        );
         assert_eq!(keys(&full["status"]), v.properties("VmStatus"));
         assert_eq!(keys(&full["status"]["exit"]), v.properties("ExitInfo"));
         assert_eq!(
@@ -1693,4 +1718,90 @@ async fn memory_needs_the_memory_scope_and_refusals_are_audited() {
     let ops_hash = &ops.trim()["blake3:".len()..];
     assert_eq!(lines[0]["who"], format!("token:{}", &ops_hash[..8]));
     assert!(lines[1..].iter().all(|l| l["outcome"] == "error"));
+}
+
+#[tokio::test]
+async fn storage_routes_import_images_make_volumes_and_answer_in_the_documented_schema() {
+    let d = daemon();
+    let api = Api::of(&d);
+    let kernel = corral_testkit::GuestKit::get(corral_contract::Arch::X86_64)
+        .expect("guest kit")
+        .kernel();
+    let image = json!({
+        "kind": "Image",
+        "metadata": {"name": "k"},
+        "spec": {"source": {"path": kernel}, "format": "kernel"},
+    });
+    let created = api.post("/v1/images", &image).await.expect(201);
+    let digest = created["status"]["digest"].as_str().unwrap().to_owned();
+    assert!(digest.starts_with("blake3:"), "{created}");
+    assert_eq!(
+        api.get("/v1/images").await.expect(200)["items"][0]["status"]["digest"],
+        digest.as_str()
+    );
+    api.post("/v1/images", &image)
+        .await
+        .expect_error(409, "AlreadyExists");
+    let verified = api
+        .post("/v1/images/k/verify", &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(verified["ok"], true);
+
+    let volume = json!({"kind": "Volume", "metadata": {"name": "v"}, "spec": {"size": "16M"}});
+    api.post("/v1/volumes", &volume).await.expect(201);
+    let ready = eventually("the volume", || async {
+        let v = api.get("/v1/volumes/v").await.expect(200);
+        (v["status"]["phase"] == "Ready").then_some(v)
+    })
+    .await;
+    assert_eq!(ready["status"]["size"], 16 << 20);
+    let mut bigger = ready.clone();
+    bigger["spec"]["size"] = json!("32M");
+    api.put("/v1/volumes/v", &bigger).await.expect(200);
+    eventually("the resize", || async {
+        let v = api.get("/v1/volumes/v").await.expect(200);
+        (v["status"]["size"] == 32 << 20).then_some(())
+    })
+    .await;
+    let mut smaller = ready.clone();
+    smaller["metadata"]["resource_version"] = json!(0);
+    let message = api
+        .put("/v1/volumes/v", &smaller)
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(
+        message.starts_with("spec.size: volumes only grow"),
+        "{message}"
+    );
+    let bad = json!({"kind": "Volume", "metadata": {"name": "w"}, "spec": {}});
+    let message = api
+        .post("/v1/volumes", &bad)
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(
+        message.contains("spec.size: required for an empty volume"),
+        "{message}"
+    );
+
+    let snap = json!({"kind": "Snapshot", "metadata": {"name": "s"}, "spec": {"vm": "absent"}});
+    let message = api
+        .post("/v1/snapshots", &snap)
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(
+        message.starts_with("spec.vm: VM \"absent\" not found"),
+        "{message}"
+    );
+    assert_eq!(
+        api.get("/v1/snapshots?vm=absent").await.expect(200)["items"],
+        json!([])
+    );
+    api.get("/v1/vms/absent/attestation")
+        .await
+        .expect_error(404, "NotFound");
+
+    api.delete("/v1/volumes/v").await.expect(202);
+    api.delete("/v1/images/k").await.expect(200);
+    api.get("/v1/images/k").await.expect_error(404, "NotFound");
 }

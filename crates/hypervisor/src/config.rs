@@ -87,6 +87,8 @@ impl VmConfig {
                 },
                 Vec::new(),
             ),
+            // The controller resolves the volume and puts its disk first.
+            Boot::Volume { .. } => (BootSource::Firmware, Vec::new()),
             Boot::Disk { path, format } => {
                 // Formats are always given to QEMU, never probed: probing a raw image that
                 // looks like qcow2 is a known escape.

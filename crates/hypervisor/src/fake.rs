@@ -26,6 +26,7 @@ struct FakeVm {
     pid: u32,
     state: VmState,
     console: Console,
+    config: VmConfig,
 }
 
 impl Default for FakeHypervisor {
@@ -42,6 +43,12 @@ impl FakeHypervisor {
             next_pid: AtomicU32::new(1000),
             events: broadcast::channel(1024).0,
         }
+    }
+
+    /// The launch description a VM was last started with (what a real backend would run).
+    pub fn config(&self, uid: &str) -> Option<VmConfig> {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        vms.get(uid).map(|vm| vm.config.clone())
     }
 
     /// Makes a running VM's "process" die as if killed by `signal`.
@@ -116,6 +123,7 @@ impl Hypervisor for FakeHypervisor {
                 pid,
                 state,
                 console,
+                config: config.clone(),
             },
         );
         let accel = if config.accel == Accel::Auto {

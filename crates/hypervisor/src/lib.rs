@@ -83,4 +83,45 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
 
     /// Events for every VM this backend manages (exits, pauses, resets …).
     fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
+
+    /// Grows disk `disk` (its index in [`VmConfig::disks`]) of a running VM to `bytes`
+    /// through the emulator, which owns the file while the VM runs; the guest sees the new
+    /// size at once.
+    async fn resize_disk(&self, uid: &str, disk: usize, bytes: u64) -> Result<(), Error> {
+        let _ = (disk, bytes);
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "resize a disk",
+            state: "managed by a backend without online resize".into(),
+        })
+    }
+
+    /// Takes, loads or deletes the internal snapshot `tag` of a running VM's disks `disks`
+    /// (indices in [`VmConfig::disks`]); `Save` and `Load` also save or load RAM and device
+    /// state, kept in disk `disks[0]`.
+    async fn snapshot(
+        &self,
+        uid: &str,
+        op: SnapshotOp,
+        tag: &str,
+        disks: &[usize],
+    ) -> Result<(), Error> {
+        let _ = (op, tag, disks);
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "snapshot",
+            state: "managed by a backend without snapshots".into(),
+        })
+    }
+}
+
+/// What [`Hypervisor::snapshot`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOp {
+    /// Save disks, RAM and device state.
+    Save,
+    /// Put disks, RAM and device state back; the guest continues from there.
+    Load,
+    /// Remove the snapshot from the disks.
+    Delete,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, Hypervisor, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+    Console, Error, Exit, Hypervisor, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -586,6 +586,43 @@ impl Hypervisor for QemuBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
         self.events.subscribe()
+    }
+
+    async fn resize_disk(&self, uid: &str, disk: usize, bytes: u64) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "resize a disk").await?;
+        rt.qmp
+            .block_resize(&format!("disk{disk}"), bytes)
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn snapshot(
+        &self,
+        uid: &str,
+        op: SnapshotOp,
+        tag: &str,
+        disks: &[usize],
+    ) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "snapshot").await?;
+        let devices: Vec<String> = disks.iter().map(|i| format!("disk{i}")).collect();
+        let vmstate = devices.first().cloned();
+        let (job, verb) = match op {
+            SnapshotOp::Save => (corral_qmp::SnapshotJob::Save, "save"),
+            SnapshotOp::Load => (corral_qmp::SnapshotJob::Load, "load"),
+            SnapshotOp::Delete => (corral_qmp::SnapshotJob::Delete, "delete"),
+        };
+        // Saving RAM under TCG runs at memory speed; minutes covers guests of many GiB.
+        rt.qmp
+            .snapshot_job(
+                job,
+                &format!("corral-snapshot-{verb}"),
+                tag,
+                vmstate.as_deref(),
+                &devices,
+                Duration::from_secs(600),
+            )
+            .await
+            .map_err(|e| monitor_error(uid, e))
     }
 }
 

@@ -73,6 +73,68 @@ impl Qmp {
             .await
     }
 
+    /// `block_resize`: grows the block node `node_name` to `size` bytes while the guest runs.
+    pub async fn block_resize(&self, node_name: &str, size: u64) -> Result<(), Error> {
+        let args = json!({ "node-name": node_name, "size": size });
+        self.execute("block_resize", Some(args)).await.map(drop)
+    }
+
+    /// `snapshot-save`, `snapshot-load` or `snapshot-delete` (QEMU ≥ 6.0): runs the job
+    /// `job_id` on internal qcow2 snapshot `tag` of the block nodes `devices` (with the VM
+    /// state in node `vmstate` for save and load), waits for it to conclude and dismisses it.
+    /// A job that fails comes back as [`Error::Command`] with QEMU's message.
+    pub async fn snapshot_job(
+        &self,
+        op: SnapshotJob,
+        job_id: &str,
+        tag: &str,
+        vmstate: Option<&str>,
+        devices: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(), Error> {
+        let mut args = json!({ "job-id": job_id, "tag": tag, "devices": devices });
+        if let (Some(vmstate), SnapshotJob::Save | SnapshotJob::Load) = (vmstate, op) {
+            args["vmstate"] = json!(vmstate);
+        }
+        let command = match op {
+            SnapshotJob::Save => "snapshot-save",
+            SnapshotJob::Load => "snapshot-load",
+            SnapshotJob::Delete => "snapshot-delete",
+        };
+        self.execute(command, Some(args)).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let jobs: Vec<JobInfo> = self.execute_typed("query-jobs", None).await?;
+            let job = jobs.into_iter().find(|j| j.id == job_id);
+            match job {
+                Some(job) if job.status == "concluded" || job.status == "null" => {
+                    let _ = self
+                        .execute("job-dismiss", Some(json!({ "id": job_id })))
+                        .await;
+                    return match job.error {
+                        None => Ok(()),
+                        Some(desc) => Err(Error::Qmp {
+                            command: command.into(),
+                            class: "GenericError".into(),
+                            desc,
+                        }),
+                    };
+                }
+                None => return Ok(()),
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    let _ = self
+                        .execute("job-cancel", Some(json!({ "id": job_id })))
+                        .await;
+                    return Err(Error::Timeout {
+                        command: command.into(),
+                        after: timeout,
+                    });
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     async fn execute_typed<T: DeserializeOwned>(
         &self,
         command: &str,
@@ -83,4 +145,24 @@ impl Qmp {
             reason: format!("unexpected reply to '{command}': {err}"),
         })
     }
+}
+
+/// Which internal-snapshot job [`Qmp::snapshot_job`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotJob {
+    /// `snapshot-save`.
+    Save,
+    /// `snapshot-load`.
+    Load,
+    /// `snapshot-delete`.
+    Delete,
+}
+
+/// One entry of `query-jobs`.
+#[derive(Debug, serde::Deserialize)]
+struct JobInfo {
+    id: String,
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
 }

@@ -40,6 +40,7 @@ mod line;
 mod types;
 
 pub use client::Qmp;
+pub use commands::SnapshotJob;
 pub use config::QmpConfig;
 pub use error::{CloseReason, Error};
 pub use event::{Event, EventKind, Timestamp};

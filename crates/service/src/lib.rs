@@ -9,7 +9,11 @@
 #![deny(missing_docs)]
 
 mod error;
+mod objects;
+mod storage;
 mod vm;
 
 pub use error::ServiceError;
+pub use objects::Objects;
+pub use storage::{ANNOTATION_RESTORE, ImportProgress, StorageConfig, StorageService};
 pub use vm::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, VmEvent, VmEventType, VmService, VmWatch};

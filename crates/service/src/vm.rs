@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use corral_contract::{Boot, Power, ValidationError, Vm, VmSpec, VmStatus};
+use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec, VmStatus};
 use corral_store::{EventType, Object, Selector, Store, WatchStream};
 
 use crate::ServiceError;
@@ -144,7 +144,45 @@ impl VmService {
                 Ok(())
             }
             Boot::Disk { path, .. } => file("spec.boot.disk.path", path),
+            Boot::Volume { .. } => Ok(()),
         }
+    }
+
+    /// Every volume the spec names must exist (and not be on its way out).
+    async fn check_volumes(&self, spec: &VmSpec) -> Result<(), ServiceError> {
+        let boot = matches!(spec.boot, Boot::Volume { .. }) as usize;
+        for (i, name) in spec.volume_names().enumerate() {
+            let field = if i < boot {
+                "spec.boot.volume.volume".to_owned()
+            } else {
+                format!("spec.volumes[{}].volume", i - boot)
+            };
+            match self.store.get("Volume", name.as_str()).await {
+                Ok(obj)
+                    if serde_json::from_str::<corral_contract::Volume>(&obj.body)
+                        .is_ok_and(|v| v.metadata.deleting) =>
+                {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("volume {:?} is being deleted", name.as_str()),
+                    )
+                    .into());
+                }
+                Ok(_) => {}
+                Err(corral_store::StoreError::NotFound { .. }) => {
+                    return Err(ValidationError::new(
+                        field,
+                        format!(
+                            "volume {:?} not found: create it first (corral volume create)",
+                            name.as_str()
+                        ),
+                    )
+                    .into());
+                }
+                Err(e) => return Err(ServiceError::from_store("Volume", e)),
+            }
+        }
+        Ok(())
     }
 
     /// The store underneath (for controllers that share it).
@@ -158,6 +196,7 @@ impl VmService {
         vm.metadata.validate()?;
         vm.spec.validate()?;
         self.check_paths(&vm.spec)?;
+        self.check_volumes(&vm.spec).await?;
         vm.metadata.uid = uuid::Uuid::new_v4().to_string();
         vm.metadata.generation = 1;
         vm.metadata.resource_version = 0;
@@ -209,6 +248,7 @@ impl VmService {
         vm.spec.validate()?;
         let expected = vm.metadata.resource_version;
         let mut paths_checked = false;
+        self.check_volumes(&vm.spec).await?;
         self.modify(vm.metadata.name.as_str(), expected, |current| {
             if current.metadata.deleting {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -217,6 +257,21 @@ impl VmService {
                 )));
             }
             let changed_spec = current.spec != vm.spec;
+            let disks_changed =
+                current.spec.volumes != vm.spec.volumes || current.spec.boot != vm.spec.boot;
+            let live = current.status.pid.is_some()
+                || matches!(
+                    current.status.phase,
+                    Phase::Starting | Phase::Running | Phase::Paused | Phase::Stopping
+                );
+            if disks_changed && live {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "VM {:?} is {}: volumes and boot are changed only while it is stopped (corral vm stop {} --wait)",
+                    current.metadata.name.as_str(),
+                    current.status.phase,
+                    current.metadata.name.as_str()
+                )));
+            }
             if changed_spec && !paths_checked {
                 self.check_paths(&vm.spec)?;
                 paths_checked = true;

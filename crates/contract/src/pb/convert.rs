@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use crate::error::one_of;
 use crate::pb;
 use crate::{
-    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, Machine, ObjectMeta, Phase,
-    Power, ResourceName, RestartPolicy, ValidationError, Vm, VmSpec, VmStatus,
+    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine, ObjectMeta,
+    Phase, Power, ResourceName, RestartPolicy, StoragePhase, ValidationError, Vm, VmSpec, VmStatus,
+    VolumeKind,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.
-trait PbEnum: Copy + 'static {
+pub(super) trait PbEnum: Copy + 'static {
     type Pb: TryFrom<i32> + From<Self> + Into<i32>;
     /// What the value is, for messages (`architecture`), as in [`crate::UnknownChoice`].
     const WHAT: &'static str;
@@ -85,6 +86,21 @@ pb_enums! {
         Qcow2 <=> Qcow2,
         Raw <=> Raw,
     }
+    StoragePhase <=> StoragePhase ("phase") {
+        Pending <=> Pending,
+        Ready <=> Ready,
+        Failed <=> Failed,
+    }
+    ImageFormat <=> ImageFormat ("image format") {
+        Qcow2 <=> Qcow2,
+        Raw <=> Raw,
+        Kernel <=> Kernel,
+        Initrd <=> Initrd,
+    }
+    VolumeKind <=> VolumeKind ("volume kind") {
+        Disk <=> Disk,
+        Weights <=> Weights,
+    }
     Phase <=> Phase ("phase") {
         Pending <=> Pending,
         Starting <=> Starting,
@@ -97,17 +113,17 @@ pb_enums! {
 }
 
 /// The wire value of an optional enum field: `*_UNSPECIFIED` for `None`.
-fn enum_or_unspecified<T: PbEnum>(value: Option<T>) -> i32 {
+pub(super) fn enum_or_unspecified<T: PbEnum>(value: Option<T>) -> i32 {
     value.map_or(0, |v| T::Pb::from(v).into())
 }
 
-fn enum_value<T: PbEnum>(value: T) -> i32 {
+pub(super) fn enum_value<T: PbEnum>(value: T) -> i32 {
     T::Pb::from(value).into()
 }
 
 /// Reads an enum field of input: `None` for `*_UNSPECIFIED`, an error naming `field` for a
 /// number the schema does not define (a newer client's value, or garbage).
-fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationError> {
+pub(super) fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationError> {
     match T::Pb::try_from(value) {
         Ok(known) => Ok(T::from_pb(known)),
         Err(_) => {
@@ -119,26 +135,26 @@ fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationErr
 }
 
 /// Reads an enum field of output: anything unknown is "not set".
-fn decode_lenient<T: PbEnum>(value: i32) -> Option<T> {
+pub(super) fn decode_lenient<T: PbEnum>(value: i32) -> Option<T> {
     T::Pb::try_from(value).ok().and_then(T::from_pb)
 }
 
-fn required(field: &str) -> ValidationError {
+pub(super) fn required(field: &str) -> ValidationError {
     ValidationError::new(field, "required")
 }
 
 fn boot_required() -> ValidationError {
-    ValidationError::new("spec.boot", "required: set kernel or disk")
+    ValidationError::new("spec.boot", "required: set kernel, disk or volume")
 }
 
 /// proto3 strings cannot be absent: empty means "not set".
-fn non_empty(value: String) -> Option<String> {
+pub(super) fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
 // The API carries paths as UTF-8 strings, as the JSON form does (serde refuses a non-UTF-8
 // path). Only a spec built in Rust can hold one that is not; it is converted lossily.
-fn path_string(path: &Path) -> String {
+pub(super) fn path_string(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
@@ -226,6 +242,15 @@ impl From<&VmSpec> for pb::VmSpec {
             power: enum_value(spec.power),
             introspection: spec.introspection,
             restart_policy: enum_value(spec.restart_policy),
+            volumes: spec
+                .volumes
+                .iter()
+                .map(|a| pb::VolumeAttachment {
+                    volume: a.volume.to_string(),
+                    readonly: a.readonly,
+                    serial: a.serial.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -265,6 +290,15 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         if let Some(restart_policy) = restart_policy {
             builder = builder.restart_policy(restart_policy);
         }
+        for (i, a) in spec.volumes.into_iter().enumerate() {
+            let volume = ResourceName::new(a.volume)
+                .map_err(|e| ValidationError::new(format!("spec.volumes[{i}].volume"), e))?;
+            builder = builder.volume(crate::VolumeAttachment {
+                volume,
+                readonly: a.readonly,
+                serial: a.serial,
+            });
+        }
         builder.build()
     }
 }
@@ -284,6 +318,9 @@ impl From<&Boot> for pb::Boot {
             Boot::Disk { path, format } => pb::boot::Source::Disk(pb::DiskBoot {
                 path: path_string(path),
                 format: enum_or_unspecified(*format),
+            }),
+            Boot::Volume { volume } => pb::boot::Source::Volume(pb::VolumeBoot {
+                volume: volume.to_string(),
             }),
         };
         pb::Boot {
@@ -316,6 +353,10 @@ fn boot_from_pb(boot: pb::Boot) -> Result<Boot, ValidationError> {
         Some(pb::boot::Source::Disk(disk)) => Ok(Boot::Disk {
             path: PathBuf::from(disk.path),
             format: decode("spec.boot.disk.format", disk.format)?,
+        }),
+        Some(pb::boot::Source::Volume(v)) => Ok(Boot::Volume {
+            volume: ResourceName::new(v.volume)
+                .map_err(|e| ValidationError::new("spec.boot.volume.volume", e))?,
         }),
         None => Err(boot_required()),
     }

@@ -333,13 +333,16 @@ fn missing_parts_are_required() {
     spec_mut(&mut vm).boot = None;
     let err = rejected(vm);
     assert_eq!(err.field, "spec.boot");
-    assert_eq!(err.to_string(), "spec.boot: required: set kernel or disk");
+    assert_eq!(
+        err.to_string(),
+        "spec.boot: required: set kernel, disk or volume"
+    );
 
     let mut vm = minimal();
     spec_mut(&mut vm).boot = Some(pb::Boot { source: None });
     assert_eq!(
         rejected(vm).to_string(),
-        "spec.boot: required: set kernel or disk"
+        "spec.boot: required: set kernel, disk or volume"
     );
 
     let mut vm = minimal();

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::field_paths;
 use crate::error::one_of;
-use crate::{Accel, Arch, ByteSize, DiskFormat, Machine, Power, RestartPolicy, ValidationError};
+use crate::{
+    Accel, Arch, ByteSize, DiskFormat, Machine, Power, ResourceName, RestartPolicy, ValidationError,
+};
 
 /// What the user wants a VM to be. Valid by construction: deserialising and
 /// [`VmSpecBuilder::build`] both check it.
@@ -33,6 +35,30 @@ pub struct VmSpec {
     pub introspection: bool,
     /// What to do when the guest stops on its own (default never).
     pub restart_policy: RestartPolicy,
+    /// Volumes attached as virtio-blk disks, in order after a boot volume (`/dev/vda`, …).
+    /// Changed only while the VM is stopped.
+    #[serde(default)]
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// A volume attached to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAttachment {
+    /// The Volume's name.
+    pub volume: ResourceName,
+    /// Attach read-only (weights volumes always are).
+    #[serde(default)]
+    pub readonly: bool,
+    /// Serial number the guest sees (`/dev/disk/by-id/virtio-<serial>`): 1-20 letters,
+    /// digits, '-', '_' or '.'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+impl VolumeAttachment {
+    /// The longest serial virtio-blk carries.
+    pub const MAX_SERIAL: usize = 20;
 }
 
 /// What a VM boots.
@@ -61,6 +87,11 @@ pub enum Boot {
         /// Its format; when left out, it is decided from the file before boot.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<DiskFormat>,
+    },
+    /// Firmware boots a Volume: it becomes the first disk, before `spec.volumes`.
+    Volume {
+        /// The Volume's name.
+        volume: ResourceName,
     },
 }
 
@@ -100,6 +131,7 @@ impl Boot {
                 }
             }
             Boot::Disk { path, format: _ } => check_path("spec.boot.disk.path", path),
+            Boot::Volume { .. } => Ok(()),
         }
     }
 }
@@ -179,6 +211,7 @@ impl VmSpec {
                 power: Power::default(),
                 introspection: false,
                 restart_policy: RestartPolicy::default(),
+                volumes: Vec::new(),
             },
         }
     }
@@ -225,7 +258,50 @@ impl VmSpec {
             }
             _ => {}
         }
-        self.boot.validate()
+        self.boot.validate()?;
+        self.validate_volumes()
+    }
+
+    /// The names of every volume the VM uses, boot volume first.
+    pub fn volume_names(&self) -> impl Iterator<Item = &ResourceName> {
+        let boot = match &self.boot {
+            Boot::Volume { volume } => Some(volume),
+            _ => None,
+        };
+        boot.into_iter()
+            .chain(self.volumes.iter().map(|a| &a.volume))
+    }
+
+    fn validate_volumes(&self) -> Result<(), ValidationError> {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Boot::Volume { volume } = &self.boot {
+            seen.insert(volume);
+        }
+        for (i, a) in self.volumes.iter().enumerate() {
+            if !seen.insert(&a.volume) {
+                return Err(ValidationError::new(
+                    format!("spec.volumes[{i}].volume"),
+                    format!("volume {} is attached twice", a.volume),
+                ));
+            }
+            if let Some(serial) = &a.serial {
+                let ok = !serial.is_empty()
+                    && serial.len() <= VolumeAttachment::MAX_SERIAL
+                    && serial
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    return Err(ValidationError::new(
+                        format!("spec.volumes[{i}].serial"),
+                        format!(
+                            "{serial:?}: use 1-{} letters, digits, '-', '_' or '.'",
+                            VolumeAttachment::MAX_SERIAL
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +355,12 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Attaches a volume.
+    pub fn volume(mut self, attachment: VolumeAttachment) -> Self {
+        self.spec.volumes.push(attachment);
+        self
+    }
+
     /// Sets the restart policy.
     pub fn restart_policy(mut self, restart_policy: RestartPolicy) -> Self {
         self.spec.restart_policy = restart_policy;
@@ -314,6 +396,8 @@ struct VmSpecInput {
     introspection: Option<bool>,
     #[serde(default, deserialize_with = "de_restart_policy")]
     restart_policy: Option<RestartPolicy>,
+    #[serde(default, deserialize_with = "de_volumes")]
+    volumes: Vec<VolumeAttachment>,
 }
 
 field_paths! {
@@ -326,6 +410,7 @@ field_paths! {
     de_power => "spec.power",
     de_introspection => "spec.introspection",
     de_restart_policy => "spec.restart_policy",
+    de_volumes => "spec.volumes",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -342,6 +427,7 @@ impl TryFrom<VmSpecInput> for VmSpec {
             power: input.power.unwrap_or_default(),
             introspection: input.introspection.unwrap_or_default(),
             restart_policy: input.restart_policy.unwrap_or_default(),
+            volumes: input.volumes,
         };
         spec.validate()?;
         Ok(spec)

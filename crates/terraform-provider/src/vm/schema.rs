@@ -84,6 +84,10 @@ pub fn resource_schema() -> Schema {
     .attr(Attr::string("disk_format").describe(
         "Format of `disk`: `qcow2` or `raw`; unset, it is read from the file before boot.",
     ))
+    .attr(Attr::string("boot_volume").describe(
+        "Name of a corrald Volume that firmware boots (it becomes the first disk). Set exactly \
+         one of `kernel`, `disk` or `boot_volume`.",
+    ))
     .attr(Attr::string("power").default(s("running")).describe(
         "Wanted power state: `running` (default), `stopped` or `paused`. A VM that stopped on \
          its own reads as `stopped`, so the next apply starts it again.",
@@ -171,6 +175,7 @@ pub const HARDWARE: &[&str] = &[
     "cmdline",
     "disk",
     "disk_format",
+    "boot_volume",
     "introspection",
 ];
 
@@ -199,6 +204,7 @@ pub fn attribute_for(field: &str) -> Option<&'static str> {
         "spec.boot.kernel.cmdline" => "cmdline",
         "spec.boot.disk" | "spec.boot.disk.path" => "disk",
         "spec.boot.disk.format" => "disk_format",
+        "spec.boot.volume" | "spec.boot.volume.volume" => "boot_volume",
         "spec.power" => "power",
         "spec.introspection" => "introspection",
         "spec.restart_policy" => "restart_policy",
@@ -236,16 +242,37 @@ fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     };
     let set = |name: &str| !config.get(name).is_null();
     let mut diags = Vec::new();
+    let sources: Vec<&str> = ["kernel", "disk", "boot_volume"]
+        .into_iter()
+        .filter(|name| set(name))
+        .collect();
     let boot = match (set("kernel"), set("disk")) {
-        (true, true) => {
+        _ if sources.len() > 1 => {
             diags.push(Diagnostic::attr_error(
-                &["disk"],
+                &[sources[1]],
                 "Two boot sources",
-                "set kernel (direct kernel boot) or disk (firmware boots it), not both",
+                format!(
+                    "set one of kernel (direct kernel boot), disk or boot_volume (firmware boots \
+                     it), not {}",
+                    sources.join(" and ")
+                ),
             ));
             json!(null)
         }
-        (true, false) => {
+        _ if set("boot_volume") => {
+            for name in ["initrd", "cmdline", "disk_format"] {
+                if set(name) {
+                    diags.push(Diagnostic::attr_error(
+                        &[name],
+                        format!("{name} with boot_volume"),
+                        format!("{name} does not apply to a boot volume; remove it"),
+                    ));
+                }
+            }
+            let volume = known("boot_volume").unwrap_or(json!("unknown-until-apply"));
+            json!({ "volume": { "volume": volume } })
+        }
+        (true, _) => {
             if set("disk_format") {
                 diags.push(Diagnostic::attr_error(
                     &["disk_format"],
@@ -288,8 +315,8 @@ fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
         (false, false) => {
             diags.push(Diagnostic::error(
                 "No boot source",
-                "set kernel (a kernel to boot directly, with initrd and cmdline) or disk (a \
-                 disk image that firmware boots)",
+                "set kernel (a kernel to boot directly, with initrd and cmdline), disk (a \
+                 disk image that firmware boots) or boot_volume (a Volume that firmware boots)",
             ));
             json!(null)
         }
@@ -408,7 +435,14 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
     state.set("machine", s(spec.machine().as_str()));
     state.set("accel", s(spec.accel.as_str()));
     let path = |p: &std::path::Path| Value::string(p.display().to_string());
-    for name in ["kernel", "initrd", "cmdline", "disk", "disk_format"] {
+    for name in [
+        "kernel",
+        "initrd",
+        "cmdline",
+        "disk",
+        "disk_format",
+        "boot_volume",
+    ] {
         state.set(name, Value::Null);
     }
     match &spec.boot {
@@ -424,6 +458,9 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
         corral_client::contract::Boot::Disk { path: disk, format } => {
             state.set("disk", path(disk));
             state.set("disk_format", opt(format.map(|f| f.as_str())));
+        }
+        corral_client::contract::Boot::Volume { volume } => {
+            state.set("boot_volume", s(volume.as_str()));
         }
     }
     state.set("power", s(effective_power(vm).as_str()));
@@ -526,6 +563,17 @@ mod tests {
         assert_eq!(validate(&none)[0].summary, "No boot source");
         let diags = validate(&config(&[("disk_format", Value::string("raw"))]));
         assert_eq!(diags[0].path, ["disk_format"]);
+        let diags = validate(&config(&[("boot_volume", Value::string("root"))]));
+        assert_eq!(diags[0].path, ["boot_volume"], "{diags:?}");
+        assert!(
+            diags[0].detail.contains("kernel and boot_volume"),
+            "{diags:?}"
+        );
+        let mut volume = config(&[("boot_volume", Value::string("root"))]);
+        volume.set("kernel", Value::Null);
+        volume.set("cmdline", Value::Null);
+        volume.set("initrd", Value::Null);
+        assert_eq!(validate(&volume), vec![]);
     }
 
     #[test]

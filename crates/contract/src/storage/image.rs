@@ -1,0 +1,127 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{StoragePhase, storage_object};
+use crate::choice::choice;
+use crate::{ObjectMeta, ValidationError};
+
+choice! {
+    /// What an image holds.
+    pub enum ImageFormat ("image format") {
+        /// A qcow2 disk image.
+        Qcow2 => "qcow2",
+        /// A raw disk image.
+        Raw => "raw",
+        /// A kernel for direct boot.
+        Kernel => "kernel",
+        /// An initial ramdisk.
+        Initrd => "initrd",
+    }
+}
+
+impl ImageFormat {
+    /// Whether a disk image (qcow2 or raw), as opposed to boot files.
+    pub fn is_disk(self) -> bool {
+        matches!(self, ImageFormat::Qcow2 | ImageFormat::Raw)
+    }
+}
+
+/// Bytes stored once, by their BLAKE3 digest, under `images/blake3/<hex>` on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Name, labels and server-managed fields.
+    pub metadata: ObjectMeta,
+    /// Where the bytes come from.
+    pub spec: ImageSpec,
+    /// The stored bytes' digest, size and format.
+    #[serde(default)]
+    pub status: ImageStatus,
+}
+
+/// Where an image's bytes come from, and what they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The source.
+    pub source: ImageSource,
+    /// What the bytes are. Left out, `qemu-img info` decides between qcow2 and raw; kernels
+    /// and initrds must be declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+}
+
+/// Where an image's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ImageSource {
+    /// A file on the daemon's host (absolute path).
+    Path(PathBuf),
+    /// An `http://` or `https://` URL the daemon downloads.
+    Url(String),
+    /// Bytes a client streamed to the daemon (`corral image import FILE` from another host).
+    Upload {
+        /// The client-side file name, for people.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+    },
+}
+
+impl ImageSpec {
+    /// Checks the source: an absolute path, or an http(s) URL.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match &self.source {
+            ImageSource::Path(path) => {
+                if !path.is_absolute() || path.as_os_str().as_encoded_bytes().contains(&0) {
+                    return Err(ValidationError::new(
+                        "spec.source.path",
+                        format!(
+                            "must be an absolute path on the daemon's host (got {:?})",
+                            path.display().to_string()
+                        ),
+                    ));
+                }
+            }
+            ImageSource::Url(url) => {
+                let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+                if !scheme_ok || url.len() > 8192 || url.chars().any(char::is_whitespace) {
+                    return Err(ValidationError::new(
+                        "spec.source.url",
+                        format!("must be an http:// or https:// URL without spaces (got {url:?})"),
+                    ));
+                }
+            }
+            ImageSource::Upload { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// What is stored. Written by the server once the bytes are in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageStatus {
+    /// Whether the bytes are stored and match their digest.
+    pub phase: StoragePhase,
+    /// `blake3:<hex>` of the bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The format, declared or detected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+    /// For disk images, the size the guest sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_size: Option<u64>,
+    /// When the digest was last recomputed and matched, in RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+    /// A sentence for people, e.g. why verification failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+storage_object!(Image, ImageSpec, ImageStatus, Image);

@@ -1,0 +1,131 @@
+use serde::{Deserialize, Serialize};
+
+use super::{StoragePhase, storage_object};
+use crate::choice::choice;
+use crate::{ByteSize, DiskFormat, ObjectMeta, ResourceName, ValidationError};
+
+choice! {
+    /// What a volume is for.
+    #[derive(Default)]
+    pub enum VolumeKind ("volume kind") {
+        /// A VM's disk (the default).
+        #[default]
+        Disk => "disk",
+        /// Read-only data such as model weights: a full copy of an image, always attached
+        /// read-only, its digest checked before every VM start.
+        Weights => "weights",
+    }
+}
+
+/// A block device for VMs: `volumes/<uid>.<format>` on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Name, labels and server-managed fields.
+    pub metadata: ObjectMeta,
+    /// What the user wants.
+    pub spec: VolumeSpec,
+    /// What the controller made.
+    #[serde(default)]
+    pub status: VolumeStatus,
+}
+
+/// What a volume should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Disk or weights (default disk).
+    #[serde(default)]
+    pub kind: VolumeKind,
+    /// File format (default qcow2). A clone of an image is always a qcow2 backed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Size the guest sees. Required for an empty volume; for a clone, at least the image's
+    /// size (default: the image's). Growing it resizes the volume, online when attached to
+    /// a running VM; it never shrinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
+    /// Clone this Image (a disk image): a thin qcow2 on the read-only image for `disk`, a
+    /// full copy for `weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ResourceName>,
+}
+
+impl VolumeSpec {
+    /// The largest volume.
+    pub const MAX_SIZE: ByteSize = ByteSize::from_tib(64);
+
+    /// The format in effect.
+    pub fn format(&self) -> DiskFormat {
+        match (self.kind, self.image.is_some()) {
+            (VolumeKind::Disk, true) => DiskFormat::Qcow2,
+            _ => self.format.unwrap_or(DiskFormat::Qcow2),
+        }
+    }
+
+    /// Checks the combination of fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(size) = self.size {
+            if size.as_u64() == 0 || size > Self::MAX_SIZE || size.as_u64() % 512 != 0 {
+                return Err(ValidationError::new(
+                    "spec.size",
+                    format!(
+                        "must be a multiple of 512 bytes between 512 and {} (got {size})",
+                        Self::MAX_SIZE
+                    ),
+                ));
+            }
+        }
+        match (self.kind, &self.image, self.size) {
+            (VolumeKind::Disk, None, None) => Err(ValidationError::new(
+                "spec.size",
+                "required for an empty volume: give a size (e.g. 10G) or an image to clone",
+            )),
+            (VolumeKind::Disk, Some(_), _) if self.format == Some(DiskFormat::Raw) => {
+                Err(ValidationError::new(
+                    "spec.format",
+                    "a clone of an image is a qcow2 backed by it: leave format out or use qcow2",
+                ))
+            }
+            (VolumeKind::Weights, None, _) => Err(ValidationError::new(
+                "spec.image",
+                "required for a weights volume: name the Image holding the weights",
+            )),
+            (VolumeKind::Weights, Some(_), Some(_)) => Err(ValidationError::new(
+                "spec.size",
+                "a weights volume is an exact copy of its image: leave size out",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the controller made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VolumeStatus {
+    /// Whether the volume exists.
+    pub phase: StoragePhase,
+    /// The file on the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Its format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Size the guest sees now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// For a clone: the digest of the image it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// For a weights volume: the digest its bytes must have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The `metadata.generation` this status reflects.
+    pub observed_generation: u64,
+    /// A sentence for people, e.g. why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+storage_object!(Volume, VolumeSpec, VolumeStatus, Volume);

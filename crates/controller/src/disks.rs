@@ -1,0 +1,108 @@
+//! From a VM's declared volumes to the disks its QEMU gets.
+
+use corral_contract::{Boot, ResourceName, StoragePhase, VmSpec, VolumeKind};
+use corral_hypervisor::{DiskConfig, VmConfig};
+use corral_service::StorageService;
+
+/// One volume as attached: its index in [`VmConfig::disks`], name and whether read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedVolume {
+    /// Index in the VM's disk list (node `disk<i>` in QEMU).
+    pub index: usize,
+    /// The Volume's name.
+    pub volume: ResourceName,
+    /// Attached read-only as declared (weights volumes are read-only whatever this says).
+    pub readonly: bool,
+    /// Serial number.
+    pub serial: Option<String>,
+}
+
+/// The VM's volumes in disk order: a boot volume first, then `spec.volumes` (after the disk
+/// image of a `boot.disk`).
+pub fn attached_volumes(spec: &VmSpec) -> Vec<AttachedVolume> {
+    let mut out = Vec::new();
+    match &spec.boot {
+        Boot::Volume { volume } => out.push(AttachedVolume {
+            index: 0,
+            volume: volume.clone(),
+            readonly: false,
+            serial: None,
+        }),
+        Boot::Disk { .. } | Boot::Kernel { .. } => {}
+    }
+    let first = match &spec.boot {
+        Boot::Kernel { .. } => 0,
+        Boot::Disk { .. } | Boot::Volume { .. } => 1,
+    };
+    for (i, a) in spec.volumes.iter().enumerate() {
+        out.push(AttachedVolume {
+            index: first + i,
+            volume: a.volume.clone(),
+            readonly: a.readonly,
+            serial: a.serial.clone(),
+        });
+    }
+    out
+}
+
+/// Resolves the VM's volumes into `config.disks`, verifying weights volumes against their
+/// digest. The error is a sentence for the VM's status.
+pub async fn resolve(
+    storage: &StorageService,
+    spec: &VmSpec,
+    config: &mut VmConfig,
+) -> Result<(), String> {
+    for a in attached_volumes(spec) {
+        let name = a.volume.as_str();
+        let volume = storage
+            .volumes
+            .get(name)
+            .await
+            .map_err(|e| format!("volume {name:?}: {e}"))?;
+        if volume.metadata.deleting {
+            return Err(format!("volume {name:?} is being deleted"));
+        }
+        let (Some(path), Some(format), StoragePhase::Ready) = (
+            &volume.status.path,
+            volume.status.format,
+            volume.status.phase,
+        ) else {
+            return Err(format!(
+                "volume {name:?} is not ready ({}{})",
+                volume.status.phase,
+                volume
+                    .status
+                    .message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        };
+        let weights = volume.spec.kind == VolumeKind::Weights;
+        if weights {
+            let want = volume.status.digest.clone().unwrap_or_default();
+            let file = std::path::PathBuf::from(path);
+            let got = tokio::task::spawn_blocking(move || corral_storage::hash_file(&file))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("weights volume {name:?}: {e}"))?;
+            if got.0.to_string() != want {
+                return Err(format!(
+                    "weights volume {name:?} is corrupted: its bytes hash to {} but must be {want}; the VM was not started (recreate the volume from its image)",
+                    got.0
+                ));
+            }
+        }
+        let disk = DiskConfig {
+            path: path.into(),
+            format,
+            readonly: a.readonly || weights,
+            serial: a.serial.clone(),
+        };
+        if a.index > config.disks.len() {
+            return Err(format!("volume {name:?}: disk order is inconsistent"));
+        }
+        config.disks.insert(a.index, disk);
+    }
+    Ok(())
+}
