@@ -1,13 +1,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{ObjectMeta, ValidationError, Vm};
+use crate::{Network, ObjectMeta, ValidationError, Vm};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
     pub enum Kind ("kind") {
         /// A virtual machine: [`Vm`].
         Vm => "Vm",
+        /// A network VMs join: [`Network`].
+        Network => "Network",
     }
 }
 
@@ -38,6 +40,8 @@ pub trait Object {
 pub enum Resource {
     /// A virtual machine.
     Vm(Vm),
+    /// A network.
+    Network(Network),
 }
 
 impl Resource {
@@ -45,6 +49,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Vm(_) => Vm::KIND,
+            Resource::Network(_) => Network::KIND,
         }
     }
 
@@ -52,6 +57,7 @@ impl Resource {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Resource::Vm(vm) => vm.metadata(),
+            Resource::Network(net) => net.metadata(),
         }
     }
 
@@ -59,6 +65,7 @@ impl Resource {
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Resource::Vm(vm) => vm.metadata_mut(),
+            Resource::Network(net) => net.metadata_mut(),
         }
     }
 
@@ -66,6 +73,7 @@ impl Resource {
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
             Resource::Vm(vm) => vm.validate(),
+            Resource::Network(net) => net.validate(),
         }
     }
 
@@ -73,6 +81,7 @@ impl Resource {
     pub fn as_vm(&self) -> Option<&Vm> {
         match self {
             Resource::Vm(vm) => Some(vm),
+            _ => None,
         }
     }
 
@@ -80,7 +89,22 @@ impl Resource {
     pub fn into_vm(self) -> Option<Vm> {
         match self {
             Resource::Vm(vm) => Some(vm),
+            _ => None,
         }
+    }
+
+    /// The network, if it is one.
+    pub fn into_network(self) -> Option<Network> {
+        match self {
+            Resource::Network(net) => Some(net),
+            _ => None,
+        }
+    }
+}
+
+impl From<Network> for Resource {
+    fn from(net: Network) -> Self {
+        Resource::Network(net)
     }
 }
 
@@ -98,7 +122,10 @@ mod tests {
     fn kind_words() {
         assert_eq!("Vm".parse::<Kind>().unwrap(), Kind::Vm);
         let err = "vm".parse::<Kind>().unwrap_err();
-        assert_eq!(err.to_string(), r#""vm" is not a valid kind: use Vm"#);
+        assert_eq!(
+            err.to_string(),
+            r#""vm" is not a valid kind: use Vm or Network"#
+        );
     }
 
     #[test]
@@ -107,7 +134,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unknown variant `Vol`, expected `Vm`"),
+            err.contains("unknown variant `Vol`, expected `Vm` or `Network`"),
             "{err}"
         );
         let err = serde_json::from_str::<Resource>(r#"{"metadata": {"name": "a"}}"#)

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use crate::error::one_of;
 use crate::pb;
 use crate::{
-    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, Machine, ObjectMeta, Phase,
-    Power, ResourceName, RestartPolicy, ValidationError, Vm, VmSpec, VmStatus,
+    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, Machine, NetworkMode,
+    NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy, ValidationError,
+    Vm, VmSpec, VmStatus,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.
-trait PbEnum: Copy + 'static {
+pub(super) trait PbEnum: Copy + 'static {
     type Pb: TryFrom<i32> + From<Self> + Into<i32>;
     /// What the value is, for messages (`architecture`), as in [`crate::UnknownChoice`].
     const WHAT: &'static str;
@@ -85,6 +86,21 @@ pb_enums! {
         Qcow2 <=> Qcow2,
         Raw <=> Raw,
     }
+    NetworkMode <=> NetworkMode ("network mode") {
+        User <=> User,
+        Bridge <=> Bridge,
+        VmnetShared <=> VmnetShared,
+        VmnetBridged <=> VmnetBridged,
+    }
+    Protocol <=> Protocol ("protocol") {
+        Tcp <=> Tcp,
+        Udp <=> Udp,
+    }
+    NetworkPhase <=> NetworkPhase ("network phase") {
+        Pending <=> Pending,
+        Ready <=> Ready,
+        Failed <=> Failed,
+    }
     Phase <=> Phase ("phase") {
         Pending <=> Pending,
         Starting <=> Starting,
@@ -97,17 +113,17 @@ pb_enums! {
 }
 
 /// The wire value of an optional enum field: `*_UNSPECIFIED` for `None`.
-fn enum_or_unspecified<T: PbEnum>(value: Option<T>) -> i32 {
+pub(super) fn enum_or_unspecified<T: PbEnum>(value: Option<T>) -> i32 {
     value.map_or(0, |v| T::Pb::from(v).into())
 }
 
-fn enum_value<T: PbEnum>(value: T) -> i32 {
+pub(super) fn enum_value<T: PbEnum>(value: T) -> i32 {
     T::Pb::from(value).into()
 }
 
 /// Reads an enum field of input: `None` for `*_UNSPECIFIED`, an error naming `field` for a
 /// number the schema does not define (a newer client's value, or garbage).
-fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationError> {
+pub(super) fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationError> {
     match T::Pb::try_from(value) {
         Ok(known) => Ok(T::from_pb(known)),
         Err(_) => {
@@ -119,11 +135,11 @@ fn decode<T: PbEnum>(field: &str, value: i32) -> Result<Option<T>, ValidationErr
 }
 
 /// Reads an enum field of output: anything unknown is "not set".
-fn decode_lenient<T: PbEnum>(value: i32) -> Option<T> {
+pub(super) fn decode_lenient<T: PbEnum>(value: i32) -> Option<T> {
     T::Pb::try_from(value).ok().and_then(T::from_pb)
 }
 
-fn required(field: &str) -> ValidationError {
+pub(super) fn required(field: &str) -> ValidationError {
     ValidationError::new(field, "required")
 }
 
@@ -132,7 +148,7 @@ fn boot_required() -> ValidationError {
 }
 
 /// proto3 strings cannot be absent: empty means "not set".
-fn non_empty(value: String) -> Option<String> {
+pub(super) fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
@@ -226,6 +242,8 @@ impl From<&VmSpec> for pb::VmSpec {
             power: enum_value(spec.power),
             introspection: spec.introspection,
             restart_policy: enum_value(spec.restart_policy),
+            networks: spec.networks.iter().map(Into::into).collect(),
+            cloud_init: spec.cloud_init.as_ref().map(Into::into),
         }
     }
 }
@@ -243,7 +261,14 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         let restart_policy = decode::<RestartPolicy>("spec.restart_policy", spec.restart_policy)?;
         let boot = boot_from_pb(spec.boot.ok_or_else(boot_required)?)?;
 
+        let networks = super::network::attachments_from_pb(spec.networks)?;
         let mut builder = VmSpec::builder(boot).introspection(spec.introspection);
+        for attachment in networks {
+            builder = builder.network(attachment);
+        }
+        if let Some(cloud_init) = spec.cloud_init {
+            builder = builder.cloud_init(cloud_init.into());
+        }
         if let Some(cpus) = spec.cpus {
             builder = builder.cpus(cpus);
         }
@@ -335,6 +360,7 @@ impl From<&VmStatus> for pb::VmStatus {
             qemu_version: status.qemu_version.clone(),
             restarted_for: status.restarted_for.clone(),
             message: status.message.clone(),
+            networks: status.networks.iter().map(Into::into).collect(),
         }
     }
 }
@@ -355,6 +381,7 @@ impl From<pb::VmStatus> for VmStatus {
             qemu_version: status.qemu_version,
             restarted_for: status.restarted_for,
             message: status.message,
+            networks: status.networks.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod convert;
+mod network;
 
 // Generated code: documented from the .proto where it has comments; prost and tonic decide
 // its shape, so lints aimed at hand-written code do not apply.

@@ -4,7 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::field_paths;
 use crate::error::one_of;
-use crate::{Accel, Arch, ByteSize, DiskFormat, Machine, Power, RestartPolicy, ValidationError};
+use crate::network::attach::validate_attachments;
+use crate::{
+    Accel, Arch, ByteSize, CloudInit, DiskFormat, Machine, NetworkAttachment, Power, RestartPolicy,
+    ValidationError,
+};
 
 /// What the user wants a VM to be. Valid by construction: deserialising and
 /// [`VmSpecBuilder::build`] both check it.
@@ -33,6 +37,12 @@ pub struct VmSpec {
     pub introspection: bool,
     /// What to do when the guest stops on its own (default never).
     pub restart_policy: RestartPolicy,
+    /// Networks the VM joins, one NIC each, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+    /// A cloud-init NoCloud seed to attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
 }
 
 /// What a VM boots.
@@ -179,6 +189,8 @@ impl VmSpec {
                 power: Power::default(),
                 introspection: false,
                 restart_policy: RestartPolicy::default(),
+                networks: Vec::new(),
+                cloud_init: None,
             },
         }
     }
@@ -225,7 +237,12 @@ impl VmSpec {
             }
             _ => {}
         }
-        self.boot.validate()
+        self.boot.validate()?;
+        validate_attachments(&self.networks)?;
+        match &self.cloud_init {
+            Some(cloud_init) => cloud_init.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -285,6 +302,18 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Adds a network to join.
+    pub fn network(mut self, attachment: NetworkAttachment) -> Self {
+        self.spec.networks.push(attachment);
+        self
+    }
+
+    /// Sets the cloud-init seed.
+    pub fn cloud_init(mut self, cloud_init: CloudInit) -> Self {
+        self.spec.cloud_init = Some(cloud_init);
+        self
+    }
+
     /// The spec, if valid.
     pub fn build(self) -> Result<VmSpec, ValidationError> {
         self.spec.validate()?;
@@ -314,6 +343,10 @@ struct VmSpecInput {
     introspection: Option<bool>,
     #[serde(default, deserialize_with = "de_restart_policy")]
     restart_policy: Option<RestartPolicy>,
+    #[serde(default, deserialize_with = "de_networks")]
+    networks: Vec<NetworkAttachment>,
+    #[serde(default, deserialize_with = "de_cloud_init")]
+    cloud_init: Option<CloudInit>,
 }
 
 field_paths! {
@@ -326,6 +359,8 @@ field_paths! {
     de_power => "spec.power",
     de_introspection => "spec.introspection",
     de_restart_policy => "spec.restart_policy",
+    de_networks => "spec.networks",
+    de_cloud_init => "spec.cloud_init",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -342,6 +377,8 @@ impl TryFrom<VmSpecInput> for VmSpec {
             power: input.power.unwrap_or_default(),
             introspection: input.introspection.unwrap_or_default(),
             restart_policy: input.restart_policy.unwrap_or_default(),
+            networks: input.networks,
+            cloud_init: input.cloud_init,
         };
         spec.validate()?;
         Ok(spec)
