@@ -8,8 +8,12 @@
 //! the generation it has acted on in `status.observed_generation`.
 #![deny(missing_docs)]
 
+mod access;
 mod error;
+mod network;
 mod vm;
 
+pub use access::PortRange;
 pub use error::ServiceError;
+pub use network::{DEFAULT_NETWORK, NetworkService};
 pub use vm::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, VmEvent, VmEventType, VmService, VmWatch};
