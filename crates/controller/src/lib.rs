@@ -6,8 +6,10 @@
 //! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
 #![deny(missing_docs)]
 
+mod access;
 mod queue;
 mod vm;
 
+pub use access::{SSH_READY, ssh_banner};
 pub use queue::WorkQueue;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

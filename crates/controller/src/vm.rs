@@ -28,6 +28,10 @@ pub struct ControllerConfig {
     pub backoff_max: Duration,
     /// Where the RAM of introspectable VMs lives (`<dir>/corral-<uid>`).
     pub shm_dir: PathBuf,
+    /// Where cloud-init seed images are built (`<dir>/<uid>.iso`).
+    pub seed_dir: PathBuf,
+    /// How long after a start the SSH probe keeps trying.
+    pub ssh_probe_timeout: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -40,6 +44,8 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             shm_dir: PathBuf::from("/dev/shm"),
+            seed_dir: std::env::temp_dir().join("corral-seeds"),
+            ssh_probe_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -418,10 +424,33 @@ impl VmController {
             );
         }
         let generation = vm.metadata.generation;
+        let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
+            Ok(p) => p,
+            Err(message) => return self.start_failed(vm, restart, message).await,
+        };
+        config.nics = prepared.nics;
+        if let Some(seed) = prepared.seed {
+            config.disks.push(corral_hypervisor::DiskConfig {
+                path: seed,
+                format: corral_contract::DiskFormat::Raw,
+                readonly: true,
+                serial: Some("cidata".into()),
+            });
+        }
+        let networks = prepared.networks;
         let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
                 self.time_first_output(name, &info, t0);
+                if let Some(addr) = crate::access::ssh_endpoint(&networks) {
+                    crate::access::probe_ssh(
+                        self.svc.clone(),
+                        name.to_owned(),
+                        info.pid,
+                        addr,
+                        self.config.ssh_probe_timeout,
+                    );
+                }
                 let phase = if config.start_paused {
                     Phase::Paused
                 } else {
@@ -431,31 +460,48 @@ impl VmController {
                     .update_status(name, |_, st| {
                         started(st, &info, phase, generation);
                         st.restarted_for = restart.clone();
+                        st.networks = networks.clone();
+                        if st.networks.iter().any(|n| !n.forwards.is_empty()) {
+                            st.set_condition(Condition::new(
+                                crate::access::SSH_READY,
+                                false,
+                                "Waiting",
+                                "",
+                            ));
+                        }
                         true
                     })
                     .await?;
                 Ok(None)
             }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(vm = name, error = %message, "start failed");
-                self.svc
-                    .update_status(name, |_, st| {
-                        st.phase = Phase::Failed;
-                        st.pid = None;
-                        st.message = Some(message.clone());
-                        st.observed_generation = generation;
-                        st.restarted_for = restart.clone();
-                        st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
-                        true
-                    })
-                    .await?;
-                Ok(match vm.spec.restart_policy {
-                    RestartPolicy::Never => None,
-                    _ => self.backoff_wait(name).or(Some(self.config.backoff_base)),
-                })
-            }
+            Err(e) => self.start_failed(vm, restart, e.to_string()).await,
         }
+    }
+
+    async fn start_failed(
+        &self,
+        vm: &Vm,
+        restart: Option<String>,
+        message: String,
+    ) -> Result<Requeue, ServiceError> {
+        let name = vm.metadata.name.as_str();
+        let generation = vm.metadata.generation;
+        tracing::warn!(vm = name, error = %message, "start failed");
+        self.svc
+            .update_status(name, |_, st| {
+                st.phase = Phase::Failed;
+                st.pid = None;
+                st.message = Some(message.clone());
+                st.observed_generation = generation;
+                st.restarted_for = restart.clone();
+                st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
+                true
+            })
+            .await?;
+        Ok(match vm.spec.restart_policy {
+            RestartPolicy::Never => None,
+            _ => self.backoff_wait(name).or(Some(self.config.backoff_base)),
+        })
     }
 
     /// Records in `status.boot_time_ms` how long after the start request the guest printed its
@@ -554,6 +600,16 @@ impl VmController {
                     Phase::Stopped
                 };
                 st.pid = None;
+                st.networks.clear();
+                if let Some(c) = st
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.type_ == crate::access::SSH_READY)
+                {
+                    c.status = false;
+                    c.reason = "Stopped".into();
+                    c.message.clear();
+                }
                 st.observed_generation = generation;
                 if let Some(exit) = &exit {
                     st.exit = Some(exit_info(exit));
@@ -614,6 +670,7 @@ impl VmController {
             Err(e) => return Err(hv_failed(e)),
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
+        let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
         let current = self.svc.get(name).await?;
         match self
             .svc
