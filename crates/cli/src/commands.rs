@@ -22,6 +22,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let connection = cli.connection;
     match cli.command {
         Command::Vm(command) => vm(&connection, command).await,
+        Command::Network(command) => {
+            crate::access::network(&connect(&connection).await?, command).await
+        }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
@@ -54,7 +57,8 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         VmCommand::Create(args) => {
             let cwd = std::env::current_dir()
                 .map_err(|e| CliError::Failed(format!("cannot read the current directory: {e}")))?;
-            let vm = create::vm_from_flags(&args, &cwd)?;
+            let mut vm = create::vm_from_flags(&args, &cwd)?;
+            crate::access::apply_flags(&args.access, &mut vm)?;
             let endpoint = endpoint(connection)?;
             if endpoint.is_local() {
                 create::check_boot_files(&vm)?;
@@ -63,8 +67,18 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             let created = client.create_vm(&vm).await?;
             print(&format!("vm/{} created\n", created.metadata.name))?;
             let goal = Goal::for_power(created.spec.power);
-            finish(&client, &created, goal, &args.wait).await
+            finish(&client, &created, goal, &args.wait).await?;
+            if args.access.wait_ssh {
+                crate::access::wait_ssh(
+                    &client,
+                    created.metadata.name.as_str(),
+                    args.access.ssh_timeout,
+                )
+                .await?;
+            }
+            Ok(())
         }
+        VmCommand::Ssh(args) => crate::access::ssh(&connect(connection).await?, &args).await,
         VmCommand::List(args) => {
             let client = connect(connection).await?;
             let selector: Vec<String> = args
@@ -112,11 +126,14 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         }
         VmCommand::Console(args) => {
             if !args.log {
-                return Err(CliError::Usage(format!(
-                    "interactive console attach is not available yet: use `corral vm console {} \
-                     --log` to print the serial log",
-                    args.name
-                )));
+                let client = connect(connection).await?;
+                return crate::access::console(
+                    &client,
+                    args.name.as_str(),
+                    args.read_only,
+                    !args.no_scrollback,
+                )
+                .await;
             }
             let client = connect(connection).await?;
             let tail = args.tail.map_or(0, |size| size.as_u64());
@@ -190,16 +207,25 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
     let resources = read_manifest(args)?;
     let endpoint = endpoint(connection)?;
     if endpoint.is_local() {
-        for resource in &resources {
-            let Resource::Vm(vm) = resource;
+        for vm in resources.iter().filter_map(Resource::as_vm) {
             create::check_boot_files(vm)
                 .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
         }
     }
     let client = Client::connect(endpoint).await?;
     let mut failures = Failures::default();
-    for resource in resources {
-        let Resource::Vm(vm) = resource;
+    // Networks first: the VMs of the same manifest may join them.
+    let (networks, vms): (Vec<Resource>, Vec<Resource>) = resources
+        .into_iter()
+        .partition(|r| matches!(r, Resource::Network(_)));
+    for net in networks.into_iter().filter_map(Resource::into_network) {
+        let name = net.metadata.name.clone();
+        match crate::access::apply_network(&client, net).await {
+            Ok(word) => print(&format!("network/{name} {word}\n"))?,
+            Err(e) => failures.report(&format!("network/{name}"), &e),
+        }
+    }
+    for vm in vms.into_iter().filter_map(Resource::into_vm) {
         let name = vm.metadata.name.clone();
         match apply_vm(&client, vm).await {
             Ok(applied) => {
@@ -286,11 +312,22 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
     let resources = read_manifest(args)?;
     let client = connect(connection).await?;
     let mut failures = Failures::default();
-    for resource in resources {
+    // VMs first: a network cannot go while a VM joins it.
+    let (networks, vms): (Vec<Resource>, Vec<Resource>) = resources
+        .into_iter()
+        .partition(|r| matches!(r, Resource::Network(_)));
+    for resource in vms {
         let name = resource.metadata().name.clone();
         match client.delete_vm(name.as_str()).await {
             Ok(_) => print(&format!("vm/{name} deleting\n"))?,
             Err(e) => failures.report(&format!("vm/{name}"), &e),
+        }
+    }
+    for resource in networks {
+        let name = resource.metadata().name.clone();
+        match client.delete_network(name.as_str()).await {
+            Ok(_) => print(&format!("network/{name} deleted\n"))?,
+            Err(e) => failures.report(&format!("network/{name}"), &e),
         }
     }
     failures.into_result()

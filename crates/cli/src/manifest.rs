@@ -94,6 +94,8 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
     map.remove("status");
     match kind {
         Kind::Vm => deserialize::<Vm>(serde_json::Value::Object(map)).map(Resource::Vm),
+        Kind::Network => deserialize::<corral_contract::Network>(serde_json::Value::Object(map))
+            .map(Resource::Network),
     }
 }
 

@@ -23,7 +23,7 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// How long a TCP connection and TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Transport = InterceptedService<Channel, Auth>;
+pub(crate) type Transport = InterceptedService<Channel, Auth>;
 
 /// A connection to corrald, speaking the contract's types.
 ///
@@ -32,6 +32,8 @@ type Transport = InterceptedService<Channel, Auth>;
 pub struct Client {
     vms: VmServiceClient<Transport>,
     system: SystemServiceClient<Transport>,
+    /// The connection, for the service clients of other modules.
+    pub(crate) transport: Transport,
     /// The socket path or URL, for error messages.
     endpoint: Arc<str>,
 }
@@ -51,7 +53,7 @@ pub struct ServerVersion {
 
 /// Adds `authorization: Bearer <token>` to every call when there is a token.
 #[derive(Clone)]
-struct Auth(Option<MetadataValue<Ascii>>);
+pub(crate) struct Auth(Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,7 +108,8 @@ impl Client {
             vms: VmServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            system: SystemServiceClient::new(transport),
+            system: SystemServiceClient::new(transport.clone()),
+            transport,
             endpoint: name.into(),
         })
     }
@@ -116,7 +119,7 @@ impl Client {
         &self.endpoint
     }
 
-    fn status(&self, status: tonic::Status) -> ClientError {
+    pub(crate) fn status(&self, status: tonic::Status) -> ClientError {
         ClientError::from_status(status, &self.endpoint)
     }
 

@@ -37,6 +37,9 @@ pub trait Object {
 /// Kubernetes does), so the output of a read can be applied again unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
+// A resource is built once per request or manifest document, never stored in bulk, so the
+// size difference between kinds costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// A virtual machine.
     Vm(Vm),

@@ -6,6 +6,7 @@
 //! serving and leaves every VM running.
 #![deny(missing_docs)]
 
+mod access;
 pub mod auth;
 pub mod config;
 mod grpc;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
+    console_service_server::ConsoleServiceServer, network_service_server::NetworkServiceServer,
     system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
 };
 use corral_controller::{ControllerConfig, VmController};
@@ -46,10 +48,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
             .context("preparing the run directory")?,
     );
-    let vms = VmService::new(Arc::new(store)).with_host_path_check();
+    let store: Arc<dyn corral_store::Store> = Arc::new(store);
+    let vms = VmService::new(store.clone())
+        .with_host_path_check()
+        .with_port_range(config.port_range.clone());
+    let networks = corral_service::NetworkService::new(store);
+    networks
+        .ensure_default()
+        .await
+        .context("creating the default network")?;
+    let controller_config = ControllerConfig {
+        seed_dir: config.data_dir.join("seeds"),
+        ..ControllerConfig::default()
+    };
     let metrics = Arc::new(Metrics::new());
     let controller = Arc::new(
-        VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())
+        VmController::new(vms.clone(), backend.clone(), controller_config)
             .with_observer(metrics.clone()),
     );
     let node = nix::unistd::gethostname()
@@ -62,6 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend,
         node,
         metrics,
+        access: access::Access::new(networks),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -132,14 +147,21 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
     });
     let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
+        .add_service(NetworkServiceServer::new(access::NetworkGrpc(
+            daemon.clone(),
+        )))
+        .add_service(ConsoleServiceServer::new(access::ConsoleGrpc(
+            daemon.clone(),
+        )))
         .add_service(health)
         .add_service(reflection);
     // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
     // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
     let grpc = grpc.into_axum_router();
-    Ok(
-        rest::router(daemon).fallback(move |request: axum::extract::Request| {
+    Ok(rest::router(daemon.clone())
+        .merge(access::router(daemon))
+        .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {
                 use tower::ServiceExt;
@@ -153,8 +175,7 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
                     rest::not_found(request.method(), request.uri().path())
                 }
             }
-        }),
-    )
+        }))
 }
 
 use axum::response::IntoResponse;

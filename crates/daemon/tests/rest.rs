@@ -1196,6 +1196,17 @@ fn full_vm(boot: Boot) -> Vm {
         qemu_version: Some("10.0.0".into()),
         restarted_for: Some("2025-01-02T03:04:00Z".into()),
         message: Some("QEMU was killed by signal 9".into()),
+        networks: vec![corral_contract::NetworkAttachmentStatus {
+            network: "default".into(),
+            mode: Some(corral_contract::NetworkMode::User),
+            mac: Some("02:c0:00:00:00:01".parse().unwrap()),
+            forwards: vec![corral_contract::ForwardStatus {
+                guest_port: 22,
+                host_port: 20022,
+                protocol: corral_contract::Protocol::Tcp,
+                host_address: Some("127.0.0.1".parse().unwrap()),
+            }],
+        }],
     };
     vm
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use corral_contract::{
     Boot, Network, NetworkAttachment, NetworkSpec, PortForward, Protocol, Vm, VmSpec,
 };
-use corral_service::{NetworkService, PortRange, ServiceError, VmService};
+use corral_service::{NetworkService, ServiceError, VmService};
 use corral_store::SqliteStore;
 
 async fn services(range: &str) -> (VmService, NetworkService, tempfile::TempDir) {
