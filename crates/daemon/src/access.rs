@@ -303,9 +303,15 @@ async fn console_ws(
     State(d): State<Shared>,
     Path(name): Path<String>,
     Query(q): Query<WsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let session = open(&d, &name, q.write).await?;
+    let ws = ws.map_err(|e| {
+        ServiceError::Invalid(ValidationError::new(
+            "upgrade",
+            format!("this endpoint speaks WebSocket only: {e}"),
+        ))
+    })?;
     Ok(ws.on_upgrade(move |socket| ws_session(socket, session, q.scrollback)))
 }
 
