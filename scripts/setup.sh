@@ -20,6 +20,13 @@ need cpio cpio
 need mkfs.ext4 e2fsprogs
 [ -x /bin/busybox ] || missing+=(busybox-static)
 [ -e /usr/share/seabios/bios-256k.bin ] || missing+=(seabios)
+# Guest access: cloud-init seeds (genisoimage), their schema check in tests (cloud-init),
+# `corral vm ssh` (ssh, ssh-keygen), the guest kit's dropbear closure (readelf).
+need genisoimage genisoimage
+need cloud-init cloud-init
+need ssh openssh-client
+need ssh-keygen openssh-client
+need readelf binutils
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
