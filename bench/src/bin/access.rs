@@ -117,13 +117,31 @@ async fn main() -> anyhow::Result<()> {
             boot.push(b);
             ssh.push(s);
         }
-        eprintln!("round {i}: plain boot {}, access boot {}, SshReady {}", ms(p), ms(b), ms(s));
+        eprintln!(
+            "round {i}: plain boot {}, access boot {}, SshReady {}",
+            ms(p),
+            ms(b),
+            ms(s)
+        );
     }
-    let overhead: Vec<Duration> = ssh.iter().zip(&boot).map(|(s, b)| s.saturating_sub(*b)).collect();
+    let overhead: Vec<Duration> = ssh
+        .iter()
+        .zip(&boot)
+        .map(|(s, b)| s.saturating_sub(*b))
+        .collect();
     println!("access bench: {runs} runs, TCG, 256M, 1 vCPU, guest kit initramfs");
-    println!("create -> boot marker, no network        median {}", ms(median(&plain)));
-    println!("create -> boot marker, network + seed    median {}", ms(median(&boot)));
-    println!("create -> SshReady                       median {}", ms(median(&ssh)));
+    println!(
+        "create -> boot marker, no network        median {}",
+        ms(median(&plain))
+    );
+    println!(
+        "create -> boot marker, network + seed    median {}",
+        ms(median(&boot))
+    );
+    println!(
+        "create -> SshReady                       median {}",
+        ms(median(&ssh))
+    );
     println!(
         "SshReady / boot marker (same VM)         {:.2}x, overhead median {}",
         ratio(median(&ssh), median(&boot)),

@@ -29,7 +29,7 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
     let nets = NetworkService::new(svc.store().clone());
     let mut nics = Vec::new();
     let mut networks = Vec::new();
-    for att in &vm.spec.networks {
+    for (index, att) in vm.spec.networks.iter().enumerate() {
         let name = att.network.as_str();
         let net = nets
             .get(name)
@@ -71,6 +71,18 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
                 hostname: Some(vm.metadata.name.to_string()),
                 forwards: forwards.clone(),
             },
+            NetworkMode::Bridge => {
+                if !forwards.is_empty() {
+                    return Err(format!(
+                        "network {name:?}: port forwards are for user networks; reach a bridged guest at its own address"
+                    ));
+                }
+                let ifname = crate::bridge::tap_name(&vm.metadata.uid, index);
+                crate::bridge::ensure_tap(&net, &ifname)
+                    .await
+                    .map_err(|e| format!("network {name:?}: {e}"))?;
+                NetBackend::Tap { ifname }
+            }
             mode => {
                 return Err(format!(
                     "network {name:?}: mode {mode} is not available on this host"
@@ -106,6 +118,13 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
         networks,
         seed,
     })
+}
+
+/// Removes the TAP devices of a VM's bridge NICs.
+pub(crate) async fn release(vm: &Vm) {
+    for (index, _) in vm.spec.networks.iter().enumerate() {
+        crate::bridge::remove_tap(&crate::bridge::tap_name(&vm.metadata.uid, index)).await;
+    }
 }
 
 /// Where a VM's seed image lives.

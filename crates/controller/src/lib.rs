@@ -7,9 +7,11 @@
 #![deny(missing_docs)]
 
 mod access;
+mod bridge;
 mod queue;
 mod vm;
 
 pub use access::{SSH_READY, ssh_banner};
+pub use bridge::NetworkController;
 pub use queue::WorkQueue;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

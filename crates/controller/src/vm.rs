@@ -591,6 +591,9 @@ impl VmController {
     ) -> Result<Requeue, ServiceError> {
         let generation = vm.metadata.generation;
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        if !vm.status.networks.is_empty() {
+            crate::access::release(vm).await;
+        }
         self.svc
             .update_status(name, |_, st| {
                 let before = st.clone();
@@ -671,6 +674,7 @@ impl VmController {
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
         let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
+        crate::access::release(vm).await;
         let current = self.svc.get(name).await?;
         match self
             .svc

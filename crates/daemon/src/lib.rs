@@ -81,6 +81,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    let network_controller = corral_controller::NetworkController::new(
+        daemon.access.networks.clone(),
+        config.run_dir.join("networks"),
+    );
+    tokio::spawn(network_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone())?;
     let unix = serve::bind_unix(&config.socket)

@@ -100,6 +100,17 @@ pub(crate) async fn allocate(
         match store.get(NETWORK, att.network.as_str()).await {
             Ok(obj) => {
                 let net = network::from_object(obj)?;
+                if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
+                    return Err(ValidationError::new(
+                        format!("spec.networks[{i}].forwards"),
+                        format!(
+                            "network {:?} is a {} network: port forwards are for user networks; reach the guest at its own address",
+                            att.network.as_str(),
+                            net.spec.mode
+                        ),
+                    )
+                    .into());
+                }
                 if net.status.phase == NetworkPhase::Failed {
                     return Err(ValidationError::new(
                         field,

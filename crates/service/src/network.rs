@@ -52,7 +52,7 @@ fn initial_status(net: &mut Network) {
         NetworkMode::User => (NetworkPhase::Ready, None),
         NetworkMode::Bridge => (
             NetworkPhase::Pending,
-            Some("bridge networks are not set up by this corrald yet: use mode user"),
+            Some("waiting for the network controller to set up the bridge"),
         ),
         NetworkMode::VmnetShared | NetworkMode::VmnetBridged => (
             NetworkPhase::Pending,
@@ -124,6 +124,29 @@ impl NetworkService {
             .await
             .map_err(|e| ServiceError::from_store(KIND, e))?;
         objects.into_iter().map(from_object).collect()
+    }
+
+    /// Writes a network's status (controllers only).
+    pub async fn set_status(
+        &self,
+        name: &str,
+        phase: NetworkPhase,
+        message: Option<String>,
+    ) -> Result<Network, ServiceError> {
+        for _ in 0..16 {
+            let mut net = self.get(name).await?;
+            net.status.phase = phase;
+            net.status.message = message.clone();
+            net.status.observed_generation = net.metadata.generation;
+            match self.store.update(to_object(&net)?).await {
+                Ok(obj) => return from_object(obj),
+                Err(corral_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ServiceError::from_store(KIND, e)),
+            }
+        }
+        Err(ServiceError::FailedPrecondition(format!(
+            "network {name:?} kept changing while its status was written"
+        )))
     }
 
     /// Deletes a network that no VM joins; otherwise names the VMs that do.

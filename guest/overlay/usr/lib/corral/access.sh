@@ -22,7 +22,7 @@ start_network() {
 		_if=${_dev##*/}
 		[ "$_if" = lo ] && continue
 		ip link set "$_if" up
-		if udhcpc -i "$_if" -q -n -t 20 -T 1 -s /usr/lib/corral/udhcpc.sh >/dev/null 2>&1; then
+		if udhcpc -i "$_if" -q -n -t 10 -T 3 -s /usr/lib/corral/udhcpc.sh >/dev/null 2>&1; then
 			printf 'CORRAL_NET %s ip=%s\n' "$_if" "$(cat "/run/corral-ip-$_if")"
 		else
 			printf 'CORRAL_NET %s dhcp=failed\n' "$_if"
