@@ -27,6 +27,9 @@ need cloud-init cloud-init
 need ssh openssh-client
 need ssh-keygen openssh-client
 need readelf binutils
+# Bridge networks: DHCP/DNS and NAT.
+need dnsmasq dnsmasq-base
+need nft nftables
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
