@@ -359,11 +359,22 @@ fn port_conflicts_are_refused_naming_the_holder() {
         &args,
         "spec.networks[0].network: network \"nope\" not found",
     );
-    // The registry survives a daemon restart: the held port is still refused.
-    drop(busy);
     let list = cli.ok(&["network", "list"]);
     assert!(
         list.contains("default  user  10.0.2.0/24  10.0.2.2  10.0.2.3  Ready"),
         "{list}"
     );
+
+    // The registry survives a daemon restart: the held port is still refused.
+    d.restart().expect("corrald restarts");
+    let cli = Cli {
+        daemon: &d,
+        ssh_dir: keys.path(),
+    };
+    let mut args = base.to_vec();
+    args.insert(2, "fifth");
+    let forward = format!("8080:{port}");
+    args.extend(["--forward", forward.as_str()]);
+    cli.fails(&args, "is already forwarded to VM \"first\"");
+    drop(busy);
 }
