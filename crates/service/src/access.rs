@@ -95,6 +95,10 @@ pub(crate) async fn allocate(
     spec: &mut VmSpec,
     current: Option<&VmSpec>,
 ) -> Result<(), ServiceError> {
+    // Most VMs join no network: nothing to check or pick, and no scan of every VM.
+    if spec.networks.is_empty() {
+        return Ok(());
+    }
     for (i, att) in spec.networks.iter().enumerate() {
         let field = format!("spec.networks[{i}].network");
         match store.get(NETWORK, att.network.as_str()).await {

@@ -230,15 +230,20 @@ impl VmService {
         vm.metadata.validate()?;
         vm.spec.validate()?;
         let _claim = self.allocating.lock().await;
-        let current = self.get(vm.metadata.name.as_str()).await?;
-        access::allocate(
-            &*self.store,
-            &self.ports,
-            &current.metadata.uid,
-            &mut vm.spec,
-            Some(&current.spec),
-        )
-        .await?;
+        let current = match vm.spec.networks.is_empty() {
+            true => None,
+            false => Some(self.get(vm.metadata.name.as_str()).await?),
+        };
+        if let Some(current) = &current {
+            access::allocate(
+                &*self.store,
+                &self.ports,
+                &current.metadata.uid,
+                &mut vm.spec,
+                Some(&current.spec),
+            )
+            .await?;
+        }
         let expected = vm.metadata.resource_version;
         let mut paths_checked = false;
         self.modify(vm.metadata.name.as_str(), expected, |current| {
