@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p corral-bench --bin access -- [--runs 5]`
 //!
-//! A real corrald (release build, `target/release/corrald`; built first when missing) runs N
+//! A real corrald (release build, `target/release/corrald`, brought up to date first) runs N
 //! rounds. Each round creates two VMs from the guest kit, one after the other, and times from
 //! the create call:
 //!   plain:  a VM without networks, to its `CORRAL_BOOT_OK` console line (the baseline);
@@ -27,18 +27,16 @@ use corral_testkit::{Corrald, GuestKit, workspace_root};
 const OP_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn corrald() -> anyhow::Result<PathBuf> {
-    let path = workspace_root().join("target/release/corrald");
-    if !path.exists() {
-        let status = Command::new("cargo")
-            .args(["build", "--release", "-p", "corral-daemon"])
-            .current_dir(workspace_root())
-            .status()
-            .context("building corrald")?;
-        if !status.success() {
-            bail!("cargo build --release -p corral-daemon failed");
-        }
+    // Always asked for, so a stale binary is never measured (a no-op when up to date).
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "corral-daemon"])
+        .current_dir(workspace_root())
+        .status()
+        .context("building corrald")?;
+    if !status.success() {
+        bail!("cargo build --release -p corral-daemon failed");
     }
-    Ok(path)
+    Ok(workspace_root().join("target/release/corrald"))
 }
 
 fn spec(kit: &GuestKit, access: bool) -> anyhow::Result<VmSpec> {
