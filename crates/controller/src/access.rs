@@ -239,7 +239,10 @@ pub(crate) fn probe_ssh(
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if ssh_banner(addr, Duration::from_secs(3)).await {
+            // A short wait per attempt: before the guest has an address, QEMU's user stack
+            // holds the host connection open without an answer, and a long wait would only
+            // delay noticing the server once it is up.
+            if ssh_banner(addr, Duration::from_secs(1)).await {
                 let message = format!("ssh answers on {addr}");
                 let _ = svc
                     .update_status(&name, |_, st| {
