@@ -289,6 +289,9 @@ async fn apply_vm(client: &Client, desired: Vm) -> Result<Applied, ClientError> 
 /// `current` with the manifest's spec, labels and annotations (keeping corrald's own
 /// annotations), or `None` when that changes nothing.
 pub fn merge(current: &Vm, desired: &Vm) -> Option<Vm> {
+    // MACs and host ports left out of the manifest are the ones corrald picked.
+    let mut desired = desired.clone();
+    desired.spec.keep_allocations(&current.spec);
     let mut annotations = desired.metadata.annotations.clone();
     for (key, value) in &current.metadata.annotations {
         if key.starts_with(SYSTEM_ANNOTATIONS) && !annotations.contains_key(key) {

@@ -378,3 +378,56 @@ fn port_conflicts_are_refused_naming_the_holder() {
     cli.fails(&args, "is already forwarded to VM \"first\"");
     drop(busy);
 }
+
+#[test]
+fn a_manifest_declares_a_network_and_the_vms_on_it() {
+    let range = port_range();
+    let d = Corrald::start_with(corrald_binary(), &["--port-range", &range]).expect("corrald");
+    let keys = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        daemon: &d,
+        ssh_dir: keys.path(),
+    };
+    let k = GuestKit::get(Arch::X86_64).expect("guest kit");
+    let manifest = keys.path().join("lab.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kind: Vm\nmetadata: {{name: app}}\nspec:\n  power: stopped\n  boot: {{kernel: {{kernel: {}}}}}\n  \
+             networks: [{{network: lab, forwards: [{{guest_port: 80}}]}}]\n---\n\
+             kind: Network\nmetadata: {{name: lab}}\nspec: {{cidr: 10.5.0.0/24}}\n",
+            k.kernel().display()
+        ),
+    )
+    .unwrap();
+    let path = manifest.to_str().unwrap();
+    let first = cli.ok(&["apply", "-f", path]);
+    assert_eq!(first, "network/lab created\nvm/app created\n");
+    // The picked port and MAC are the VM's now; the same manifest changes nothing.
+    let again = cli.ok(&["apply", "-f", path]);
+    assert_eq!(again, "network/lab unchanged\nvm/app unchanged\n");
+    let vm = cli.json(&["vm", "get", "app", "-o", "json"]);
+    assert!(
+        vm["spec"]["networks"][0]["forwards"][0]["host_port"].is_u64(),
+        "{vm}"
+    );
+    let net = cli.json(&["network", "get", "lab", "-o", "json"]);
+    assert_eq!(net["status"]["phase"], "Ready");
+    assert_eq!(net["spec"]["cidr"], "10.5.0.0/24");
+    // VMs go first; the network goes in the same run when its VM is already gone (a stopped
+    // VM is removed at once), else the error names the VM and a later delete takes it.
+    let out = cli.run(&["delete", "-f", path]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.starts_with("vm/app deleting\n"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cli.run(&["vm", "get", "app"]).status.success() {
+        assert!(Instant::now() < deadline, "app was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if cli.run(&["network", "get", "lab"]).status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(stderr.contains("joined by VM \"app\""), "{stderr}");
+        cli.ok(&["network", "delete", "lab"]);
+    }
+    assert_eq!(cli.run(&["network", "get", "lab"]).status.code(), Some(3));
+}

@@ -145,23 +145,7 @@ pub(crate) async fn allocate(
 
     // Carry over what the stored spec already holds for the same network and forward.
     if let Some(current) = current {
-        for att in &mut spec.networks {
-            let Some(old) = current.networks.iter().find(|o| o.network == att.network) else {
-                continue;
-            };
-            if att.mac.is_none() {
-                att.mac = old.mac;
-            }
-            for fwd in &mut att.forwards {
-                if fwd.host_port.is_none() {
-                    fwd.host_port = old
-                        .forwards
-                        .iter()
-                        .find(|o| o.guest_port == fwd.guest_port && o.protocol == fwd.protocol)
-                        .and_then(|o| o.host_port);
-                }
-            }
-        }
+        spec.keep_allocations(current);
     }
     let held = |protocol: Protocol, port: u16| {
         current.is_some_and(|c| {

@@ -201,3 +201,28 @@ pub struct ForwardStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_address: Option<Ipv4Addr>,
 }
+
+impl crate::VmSpec {
+    /// Takes the MACs and host ports the server allocated in `current` (the stored spec) for
+    /// the same network and forward where this spec leaves them out: what a manifest without
+    /// them means. Explicit values are kept.
+    pub fn keep_allocations(&mut self, current: &crate::VmSpec) {
+        for att in &mut self.networks {
+            let Some(old) = current.networks.iter().find(|o| o.network == att.network) else {
+                continue;
+            };
+            if att.mac.is_none() {
+                att.mac = old.mac;
+            }
+            for fwd in &mut att.forwards {
+                if fwd.host_port.is_none() {
+                    fwd.host_port = old
+                        .forwards
+                        .iter()
+                        .find(|o| o.guest_port == fwd.guest_port && o.protocol == fwd.protocol)
+                        .and_then(|o| o.host_port);
+                }
+            }
+        }
+    }
+}
