@@ -31,7 +31,11 @@ COMMON_MODULES=(
 	virtio_mmio virtio_blk virtio_net virtio_console
 	crc16 mbcache jbd2 crc32c_generic libcrc32c ext4
 	button evdev
+	isofs
 )
+# dropbear (the guest's ssh server) and the shared libraries it links, from
+# Debian packages of the guest's architecture.
+SSH_PKGS=(dropbear-bin libc6 libcrypt1 libtomcrypt1 libtommath1 zlib1g libgmp10)
 X86_64_MODULES=(crc32c_intel)
 # QEMU virt's power button is a gpio-keys key on a PL061 GPIO (device tree).
 AARCH64_MODULES=(gpio_pl061 gpio_keys)
@@ -91,7 +95,7 @@ ensure_host_tools() {
 	local specs=(
 		"cmd:dpkg-deb:dpkg" "cmd:apt-get:apt" "cmd:cpio:cpio" "cmd:gzip:gzip"
 		"cmd:mkfs.ext4:e2fsprogs" "cmd:qemu-img:qemu-utils" "cmd:zstd:zstd"
-		"cmd:xz:xz-utils" "cmd:sha256sum:coreutils"
+		"cmd:xz:xz-utils" "cmd:sha256sum:coreutils" "cmd:readelf:binutils"
 	)
 	if [ "$need_boot" = 1 ]; then
 		specs+=(
@@ -139,8 +143,8 @@ candidate_version() { # PKG:ARCH
 # versions in $PKGS_FILE. apt-cache costs ~1.5 s here, so this only runs when
 # nothing is recorded yet or on --refresh.
 resolve_packages() {
-	local arch=$1 kpkg kver bbver host_arch
-	if [ -s "$PKGS_FILE" ] && [ "$REFRESH" = 0 ]; then return 0; fi
+	local arch=$1 kpkg kver bbver host_arch pkg ver
+	if [ -s "$PKGS_FILE" ] && [ "$REFRESH" = 0 ] && grep -q '^ssh-dropbear-bin ' "$PKGS_FILE"; then return 0; fi
 	log "$arch: resolving package versions"
 	ensure_foreign_arch "$DEB_ARCH"
 	kpkg=$(apt-cache depends "$KERNEL_META:$DEB_ARCH" 2>/dev/null |
@@ -158,6 +162,11 @@ resolve_packages() {
 	{
 		echo "kernel $kpkg $kver $DEB_ARCH"
 		echo "busybox busybox-static $bbver $DEB_ARCH"
+		for pkg in "${SSH_PKGS[@]}"; do
+			ver=$(candidate_version "$pkg:$DEB_ARCH")
+			[ -n "$ver" ] || die "cannot find a version of $pkg for $DEB_ARCH"
+			echo "ssh-$pkg $pkg $ver $DEB_ARCH"
+		done
 		# A foreign busybox cannot run here to list its applets; the host's
 		# build of the same package has the same applet set.
 		host_arch=$(dpkg --print-architecture)
@@ -181,7 +190,7 @@ deb_file() { # ROLE -> path of the cached .deb (apt escapes the epoch colon)
 
 fetch_debs() {
 	local role deb name ver arch
-	for role in kernel busybox hostbusybox; do
+	for role in kernel busybox hostbusybox $(ssh_roles); do
 		deb=$(deb_file "$role")
 		[ -n "$deb" ] && [ ! -s "$deb" ] || continue
 		name=$(pkg_field "$role" 2) ver=$(pkg_field "$role" 3) arch=$(pkg_field "$role" 4)
@@ -302,6 +311,54 @@ stage_modules() { # MODDIR KVER STAGING
 }
 
 # ------------------------------------------------------------------ staging
+
+ssh_roles() { local p; for p in "${SSH_PKGS[@]}"; do printf 'ssh-%s ' "$p"; done; }
+
+# dropbear, dropbearkey and the shared objects they need (their DT_NEEDED
+# closure and the dynamic loader), copied from the unpacked packages into the
+# same paths as on Debian.
+stage_ssh() { # STAGING
+	local st=$1 role tree roots=() lib need todo seen=" " interp f
+	for role in $(ssh_roles); do
+		tree=$ARCH_WORK/$role
+		unpack_deb "$(deb_file "$role")" "$tree"
+		roots+=("$tree")
+	done
+	tree=$ARCH_WORK/ssh-dropbear-bin
+	install -D -m 755 "$tree/usr/sbin/dropbear" "$st/usr/sbin/dropbear"
+	install -D -m 755 "$tree/usr/bin/dropbearkey" "$st/usr/bin/dropbearkey"
+	find_lib() { # SONAME -> relative path in a package tree
+		local r hit
+		for r in "${roots[@]}"; do
+			hit=$(cd "$r" && { find lib usr/lib -name "$1" 2>/dev/null || true; } | head -n1)
+			[ -n "$hit" ] && { echo "$r $hit"; return 0; }
+		done
+		return 1
+	}
+	interp=$(readelf -l "$st/usr/sbin/dropbear" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
+	[ -n "$interp" ] || die "dropbear has no ELF interpreter"
+	todo=$(readelf -d "$st/usr/sbin/dropbear" "$st/usr/bin/dropbearkey" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u)
+	todo="$todo $(basename "$interp")"
+	while [ -n "${todo// /}" ]; do
+		set -- $todo
+		lib=$1; shift; todo="$*"
+		case $seen in *" $lib "*) continue ;; esac
+		seen="$seen$lib "
+		read -r tree f < <(find_lib "$lib") || die "no package of (${SSH_PKGS[*]}) has $lib"
+		mkdir -p "$st/$(dirname "$f")"
+		cp -L "$tree/$f" "$st/$f"
+		for need in $(readelf -d "$st/$f" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+			todo="$todo $need"
+		done
+	done
+	# The loader's absolute path (/lib64/ld-linux-x86-64.so.2): a link to where it was copied.
+	if [ ! -e "$st$interp" ]; then
+		f=$(cd "$st" && { find lib usr/lib -name "$(basename "$interp")" 2>/dev/null || true; } | head -n1)
+		mkdir -p "$st$(dirname "$interp")"
+		ln -sf "/$f" "$st$interp"
+	fi
+	mkdir -p "$st/etc/dropbear"
+}
 
 # The part shared by the initramfs and the root disk: busybox with applet
 # links, the init and the config overlay.
@@ -464,10 +521,12 @@ build_arch() {
 	lister=$(busybox_lister "$ARCH_WORK")
 	stage_base "$ARCH_WORK/initramfs" "$ARCH_WORK/busybox/bin/busybox" "$lister"
 	stage_modules "$kdir/lib/modules/$kver" "$kver" "$ARCH_WORK/initramfs"
+	stage_ssh "$ARCH_WORK/initramfs"
 	build_initrd "$ARCH_WORK/initramfs" "$new/initrd.img"
 
 	log "$arch: building rootfs.raw/rootfs.qcow2 ($ROOTFS_SIZE ext4)"
 	stage_base "$ARCH_WORK/rootfs" "$ARCH_WORK/busybox/bin/busybox" "$lister"
+	stage_ssh "$ARCH_WORK/rootfs"
 	build_rootfs "$ARCH_WORK/rootfs" "$new/rootfs.raw" "$new/rootfs.qcow2"
 
 	if [ "$arch" = x86_64 ]; then

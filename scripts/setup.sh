@@ -23,6 +23,16 @@ need mkfs.ext4 e2fsprogs
 # A Python with venv, for Terraform below.
 command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null ||
   missing+=(python3-venv)
+# Guest access: cloud-init seeds (genisoimage), their schema check in tests (cloud-init),
+# `corral vm ssh` (ssh, ssh-keygen), the guest kit's dropbear closure (readelf).
+need genisoimage genisoimage
+need cloud-init cloud-init
+need ssh openssh-client
+need ssh-keygen openssh-client
+need readelf binutils
+# Bridge networks: DHCP/DNS and NAT.
+need dnsmasq dnsmasq-base
+need nft nftables
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

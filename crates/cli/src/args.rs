@@ -48,6 +48,8 @@ pub struct ConnectionArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create, inspect, start, stop and delete virtual machines
     #[command(subcommand)]
@@ -64,6 +66,9 @@ pub enum Command {
     /// Get and verify signed statements of what a VM runs
     #[command(subcommand)]
     Attestation(crate::storage::AttestationCommand),
+    /// Create, list and delete networks VMs join
+    #[command(subcommand)]
+    Network(crate::access::NetworkCommand),
     /// Create or update the resources of a manifest; unchanged ones are left alone
     Apply(ManifestArgs),
     /// Delete the resources of a manifest
@@ -75,6 +80,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
 pub enum VmCommand {
     /// Create a VM (and start it, unless --no-start)
     Create(CreateArgs),
@@ -96,11 +102,13 @@ pub enum VmCommand {
     /// Delete a VM: stop it, remove its files, then the object
     #[command(visible_alias = "rm")]
     Delete(ActionArgs),
-    /// Print a VM's serial console log (--log)
+    /// Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log
     Console(ConsoleArgs),
     /// Read a running guest's RAM: read, find, dump, map (VMs created with --introspection)
     #[command(subcommand)]
     Memory(crate::memory::MemoryCommand),
+    /// Log in to a VM with ssh (or run a command after --), through its forwarded port 22
+    Ssh(crate::access::SshArgs),
 }
 
 // `vm create`: the flags that make a VM's spec.
@@ -170,6 +178,8 @@ pub struct CreateArgs {
     pub no_start: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+    #[command(flatten, next_help_heading = "Guest access")]
+    pub access: crate::access::AccessArgs,
 }
 
 // `--wait` and `--timeout`, shared by the commands that change a VM.
@@ -253,9 +263,15 @@ pub struct ConsoleArgs {
     /// The VM's name
     #[arg(value_parser = parse_name)]
     pub name: ResourceName,
-    /// Print the serial console log and exit (interactive attach is not available yet)
+    /// Print the serial console log and exit instead of attaching
     #[arg(long)]
     pub log: bool,
+    /// Attach without typing (a VM's console has one writer at a time; readers are unlimited)
+    #[arg(long, conflicts_with = "log")]
+    pub read_only: bool,
+    /// Do not print what the guest printed before the attach
+    #[arg(long, conflicts_with = "log")]
+    pub no_scrollback: bool,
     /// Print at most this much of the log's end, e.g. 64K [default: all that is kept]
     #[arg(long, value_name = "SIZE", requires = "log", value_parser = parse_size)]
     pub tail: Option<ByteSize>,

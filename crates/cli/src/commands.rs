@@ -32,6 +32,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Attestation(AttestationCommand::Get(args)) => {
             storage::attestation_get(connect(&connection).await?, args).await
         }
+        Command::Network(command) => {
+            crate::access::network(&connect(&connection).await?, command).await
+        }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
@@ -64,7 +67,8 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         VmCommand::Create(args) => {
             let cwd = std::env::current_dir()
                 .map_err(|e| CliError::Failed(format!("cannot read the current directory: {e}")))?;
-            let vm = create::vm_from_flags(&args, &cwd)?;
+            let mut vm = create::vm_from_flags(&args, &cwd)?;
+            crate::access::apply_flags(&args.access, &mut vm)?;
             let endpoint = endpoint(connection)?;
             if endpoint.is_local() {
                 create::check_boot_files(&vm)?;
@@ -73,8 +77,18 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             let created = client.create_vm(&vm).await?;
             print(&format!("vm/{} created\n", created.metadata.name))?;
             let goal = Goal::for_power(created.spec.power);
-            finish(&client, &created, goal, &args.wait).await
+            finish(&client, &created, goal, &args.wait).await?;
+            if args.access.wait_ssh {
+                crate::access::wait_ssh(
+                    &client,
+                    created.metadata.name.as_str(),
+                    args.access.ssh_timeout,
+                )
+                .await?;
+            }
+            Ok(())
         }
+        VmCommand::Ssh(args) => crate::access::ssh(&connect(connection).await?, &args).await,
         VmCommand::List(args) => {
             let client = connect(connection).await?;
             let selector: Vec<String> = args
@@ -123,11 +137,14 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         VmCommand::Memory(command) => crate::memory::run(connect(connection).await?, command).await,
         VmCommand::Console(args) => {
             if !args.log {
-                return Err(CliError::Usage(format!(
-                    "interactive console attach is not available yet: use `corral vm console {} \
-                     --log` to print the serial log",
-                    args.name
-                )));
+                let client = connect(connection).await?;
+                return crate::access::console(
+                    &client,
+                    args.name.as_str(),
+                    args.read_only,
+                    !args.no_scrollback,
+                )
+                .await;
             }
             let client = connect(connection).await?;
             let tail = args.tail.map_or(0, |size| size.as_u64());
@@ -201,28 +218,45 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
     let resources = read_manifest(args)?;
     let endpoint = endpoint(connection)?;
     if endpoint.is_local() {
-        for resource in &resources {
-            let Resource::Vm(vm) = resource else {
-                continue;
-            };
+        for vm in resources.iter().filter_map(Resource::as_vm) {
             create::check_boot_files(vm)
                 .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
         }
     }
     let client = Client::connect(endpoint).await?;
     let mut failures = Failures::default();
+    // In dependency order: networks and images before the volumes and VMs that use them,
+    // snapshots of a VM after it.
+    let mut resources = resources;
+    resources.sort_by_key(|r| match r {
+        Resource::Network(_) => 0,
+        Resource::Image(_) => 1,
+        Resource::Volume(_) => 2,
+        Resource::Vm(_) => 3,
+        Resource::Snapshot(_) => 4,
+    });
     for resource in resources {
-        let Resource::Vm(vm) = resource else {
-            let what = format!(
-                "{}/{}",
-                resource.kind().as_str().to_lowercase(),
-                resource.metadata().name
-            );
-            match storage::apply(&client, resource).await {
-                Ok(word) => print(&format!("{what} {word}\n"))?,
-                Err(e) => failures.report(&what, &e),
+        let what = format!(
+            "{}/{}",
+            resource.kind().as_str().to_lowercase(),
+            resource.metadata().name
+        );
+        let vm = match resource {
+            Resource::Vm(vm) => vm,
+            Resource::Network(net) => {
+                match crate::access::apply_network(&client, net).await {
+                    Ok(word) => print(&format!("{what} {word}\n"))?,
+                    Err(e) => failures.report(&what, &e),
+                }
+                continue;
             }
-            continue;
+            storage => {
+                match storage::apply(&client, storage).await {
+                    Ok(word) => print(&format!("{what} {word}\n"))?,
+                    Err(e) => failures.report(&what, &e),
+                }
+                continue;
+            }
         };
         let name = vm.metadata.name.clone();
         match apply_vm(&client, vm).await {
@@ -287,6 +321,9 @@ async fn apply_vm(client: &Client, desired: Vm) -> Result<Applied, ClientError> 
 /// `current` with the manifest's spec, labels and annotations (keeping corrald's own
 /// annotations), or `None` when that changes nothing.
 pub fn merge(current: &Vm, desired: &Vm) -> Option<Vm> {
+    // MACs and host ports left out of the manifest are the ones corrald picked.
+    let mut desired = desired.clone();
+    desired.spec.keep_allocations(&current.spec);
     let mut annotations = desired.metadata.annotations.clone();
     for (key, value) in &current.metadata.annotations {
         if key.starts_with(SYSTEM_ANNOTATIONS) && !annotations.contains_key(key) {
@@ -310,13 +347,14 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
     let resources = read_manifest(args)?;
     let client = connect(connection).await?;
     let mut failures = Failures::default();
-    // VMs first, so that the volumes and images they use can go after them.
+    // The reverse: VMs before the snapshots, volumes, images and networks they use.
     let mut resources = resources;
     resources.sort_by_key(|r| match r {
         Resource::Vm(_) => 0,
         Resource::Snapshot(_) => 1,
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
+        Resource::Network(_) => 4,
     });
     for resource in resources {
         let what = format!(

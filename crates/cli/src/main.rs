@@ -4,6 +4,7 @@
 //! Failed, a timeout); 2 usage error; 3 not found. Errors print `error: <message>` on
 //! standard error.
 
+mod access;
 mod args;
 mod commands;
 mod create;

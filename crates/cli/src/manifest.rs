@@ -44,8 +44,13 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestErr
         };
         for (at, value) in items {
             let name = name_of(&value);
+            // `network/lab`, `vm/web-1`: the same words the apply output uses.
+            let kind = match value.get("kind").and_then(Value::as_str) {
+                Some("Network") => "network",
+                _ => "vm",
+            };
             let located = match &name {
-                Some(name) => format!("{at} (vm/{name})"),
+                Some(name) => format!("{at} ({kind}/{name})"),
                 None => at,
             };
             let resource = parse_resource(value).map_err(|m| error(located.clone(), m))?;
@@ -99,6 +104,8 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
         Kind::Snapshot => {
             deserialize::<Snapshot>(serde_json::Value::Object(map)).map(Resource::Snapshot)
         }
+        Kind::Network => deserialize::<corral_contract::Network>(serde_json::Value::Object(map))
+            .map(Resource::Network),
     }
 }
 
@@ -152,6 +159,41 @@ spec:
         assert_eq!(web.spec.memory, ByteSize::from_gib(1));
         let db = resources[1].as_vm().unwrap();
         assert_eq!(db.spec.power, Power::Stopped);
+    }
+
+    #[test]
+    fn networks_and_vms_that_join_them_share_a_manifest() {
+        let text = "\
+kind: Network
+metadata: {name: lab}
+spec: {mode: bridge, cidr: 10.5.0.0/24, mtu: 1400}
+---
+kind: Vm
+metadata: {name: web-1}
+spec:
+  boot: {kernel: {kernel: /k/vmlinuz}}
+  networks:
+  - network: lab
+  - network: default
+    forwards: [{guest_port: 22}, {guest_port: 53, protocol: udp, host_port: 5353}]
+  cloud_init: {user_data: \"#cloud-config\\nhostname: web-1\\n\"}
+";
+        let resources = parse("lab.yaml", text).unwrap();
+        let Resource::Network(net) = &resources[0] else {
+            panic!("not a network")
+        };
+        assert_eq!(net.spec.mtu, Some(1400));
+        let vm = resources[1].as_vm().unwrap();
+        assert_eq!(vm.spec.networks.len(), 2);
+        assert_eq!(vm.spec.networks[1].forwards[1].host_port, Some(5353));
+        assert!(vm.spec.cloud_init.is_some());
+        let err = parse("lab.yaml", &text.replace("10.5.0.0/24", "10.5.0.1/24"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("document 1 (network/lab): spec.cidr: \"10.5.0.1/24\" has host bits set"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -838,13 +838,13 @@ pub async fn apply(client: &Client, resource: Resource) -> Result<&'static str, 
             }
             Err(e) => Err(e),
         },
-        Resource::Vm(_) => Err(ClientError::Other {
-            message: "VMs are applied by the VM path".into(),
+        Resource::Vm(_) | Resource::Network(_) => Err(ClientError::Other {
+            message: "VMs and networks are applied by their own paths".into(),
         }),
     }
 }
 
-/// Deletes a storage resource named in a manifest.
+/// Deletes a resource named in a manifest.
 pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientError> {
     let name = resource.metadata().name.as_str();
     match resource {
@@ -852,5 +852,6 @@ pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientEr
         Resource::Volume(_) => client.delete_volume(name).await.map(drop),
         Resource::Snapshot(_) => client.delete_snapshot(name).await.map(drop),
         Resource::Vm(_) => client.delete_vm(name).await.map(drop),
+        Resource::Network(_) => client.delete_network(name).await.map(drop),
     }
 }

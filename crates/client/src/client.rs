@@ -34,7 +34,7 @@ pub struct Client {
     vms: VmServiceClient<Transport>,
     system: SystemServiceClient<Transport>,
     pub(crate) memory: MemoryServiceClient<Transport>,
-    /// The connection, for the other services' clients (`storage.rs`).
+    /// The connection, for the service clients of other modules.
     pub(crate) transport: Transport,
     /// The socket path or URL, for error messages.
     endpoint: Arc<str>,

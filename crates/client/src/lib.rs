@@ -37,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+mod access;
 mod client;
 mod endpoint;
 mod error;
@@ -44,6 +45,7 @@ mod memory;
 mod storage;
 mod watch;
 
+pub use access::ConsoleSession;
 pub use client::{Client, ServerVersion};
 pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};
 pub use error::ClientError;

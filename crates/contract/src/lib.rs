@@ -34,11 +34,13 @@
 #![deny(missing_docs)]
 
 mod choice;
+mod cloudinit;
 mod condition;
 mod de;
 mod error;
 mod meta;
 mod name;
+mod network;
 pub mod pb;
 mod resource;
 mod size;
@@ -46,10 +48,15 @@ mod storage;
 mod vm;
 
 pub use choice::UnknownChoice;
+pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};
 pub use error::ValidationError;
 pub use meta::ObjectMeta;
 pub use name::{NameError, ResourceName};
+pub use network::{
+    Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,
+    NetworkPhase, NetworkSpec, NetworkStatus, PortForward, Protocol,
+};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
 pub use storage::{

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Image, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
+use crate::{Image, Network, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
@@ -14,6 +14,8 @@ choice! {
         Volume => "Volume",
         /// A point-in-time state of a VM: [`Snapshot`].
         Snapshot => "Snapshot",
+        /// A network VMs join: [`Network`].
+        Network => "Network",
     }
 }
 
@@ -41,6 +43,9 @@ pub trait Object {
 /// Kubernetes does), so the output of a read can be applied again unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
+// A resource is built once per request or manifest document, never stored in bulk, so the
+// size difference between kinds costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// A virtual machine.
     Vm(Vm),
@@ -50,6 +55,8 @@ pub enum Resource {
     Volume(Volume),
     /// A snapshot.
     Snapshot(Snapshot),
+    /// A network.
+    Network(Network),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -60,6 +67,7 @@ macro_rules! each {
             Resource::Image($r) => $body,
             Resource::Volume($r) => $body,
             Resource::Snapshot($r) => $body,
+            Resource::Network($r) => $body,
         }
     };
 }
@@ -72,6 +80,7 @@ impl Resource {
             Resource::Image(_) => Image::KIND,
             Resource::Volume(_) => Volume::KIND,
             Resource::Snapshot(_) => Snapshot::KIND,
+            Resource::Network(_) => Network::KIND,
         }
     }
 
@@ -105,6 +114,20 @@ impl Resource {
             _ => None,
         }
     }
+
+    /// The network, if it is one.
+    pub fn into_network(self) -> Option<Network> {
+        match self {
+            Resource::Network(net) => Some(net),
+            _ => None,
+        }
+    }
+}
+
+impl From<Network> for Resource {
+    fn from(net: Network) -> Self {
+        Resource::Network(net)
+    }
 }
 
 macro_rules! from_object {
@@ -128,7 +151,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume or Snapshot"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot or Network"#
         );
     }
 
@@ -139,7 +162,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`"
             ),
             "{err}"
         );

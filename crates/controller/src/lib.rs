@@ -6,11 +6,15 @@
 //! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
 #![deny(missing_docs)]
 
+mod access;
+mod bridge;
 mod disks;
 mod queue;
 mod storage;
 mod vm;
 
+pub use access::{SSH_READY, ssh_banner};
+pub use bridge::NetworkController;
 pub use disks::{AttachedVolume, attached_volumes};
 pub use queue::WorkQueue;
 pub use storage::StorageController;

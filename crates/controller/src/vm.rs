@@ -30,6 +30,10 @@ pub struct ControllerConfig {
     pub backoff_max: Duration,
     /// Where the RAM of introspectable VMs lives (`<dir>/corral-<uid>`).
     pub shm_dir: PathBuf,
+    /// Where cloud-init seed images are built (`<dir>/<uid>.iso`).
+    pub seed_dir: PathBuf,
+    /// How long after a start the SSH probe keeps trying.
+    pub ssh_probe_timeout: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -42,6 +46,8 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             shm_dir: PathBuf::from("/dev/shm"),
+            seed_dir: std::env::temp_dir().join("corral-seeds"),
+            ssh_probe_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -437,10 +443,33 @@ impl VmController {
                 return self.start_failed(vm, message, restart).await;
             }
         }
+        let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
+            Ok(p) => p,
+            Err(message) => return self.start_failed(vm, message, restart).await,
+        };
+        config.nics = prepared.nics;
+        if let Some(seed) = prepared.seed {
+            config.disks.push(corral_hypervisor::DiskConfig {
+                path: seed,
+                format: corral_contract::DiskFormat::Raw,
+                readonly: true,
+                serial: Some("cidata".into()),
+            });
+        }
+        let networks = prepared.networks;
         let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
                 self.time_first_output(name, &info, t0);
+                if let Some(addr) = crate::access::ssh_endpoint(&networks) {
+                    crate::access::probe_ssh(
+                        self.svc.clone(),
+                        name.to_owned(),
+                        info.pid,
+                        addr,
+                        self.config.ssh_probe_timeout,
+                    );
+                }
                 let phase = if config.start_paused {
                     Phase::Paused
                 } else {
@@ -450,6 +479,15 @@ impl VmController {
                     .update_status(name, |_, st| {
                         started(st, &info, phase, generation);
                         st.restarted_for = restart.clone();
+                        st.networks = networks.clone();
+                        if st.networks.iter().any(|n| !n.forwards.is_empty()) {
+                            st.set_condition(Condition::new(
+                                crate::access::SSH_READY,
+                                false,
+                                "Waiting",
+                                "",
+                            ));
+                        }
                         true
                     })
                     .await?;
@@ -572,6 +610,9 @@ impl VmController {
     ) -> Result<Requeue, ServiceError> {
         let generation = vm.metadata.generation;
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        if !vm.status.networks.is_empty() {
+            crate::access::release(vm).await;
+        }
         self.svc
             .update_status(name, |_, st| {
                 // A start this generation refused (a corrupted weights volume …) keeps its
@@ -589,6 +630,16 @@ impl VmController {
                     Phase::Stopped
                 };
                 st.pid = None;
+                st.networks.clear();
+                if let Some(c) = st
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.type_ == crate::access::SSH_READY)
+                {
+                    c.status = false;
+                    c.reason = "Stopped".into();
+                    c.message.clear();
+                }
                 st.observed_generation = generation;
                 if let Some(exit) = &exit {
                     st.exit = Some(exit_info(exit));
@@ -649,6 +700,8 @@ impl VmController {
             Err(e) => return Err(hv_failed(e)),
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
+        let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
+        crate::access::release(vm).await;
         let current = self.svc.get(name).await?;
         match self
             .svc

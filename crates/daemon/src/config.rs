@@ -52,6 +52,10 @@ pub struct Args {
     /// Log filter, e.g. `info` or `corral=debug` (RUST_LOG syntax)
     #[arg(long, env = "CORRAL_LOG")]
     pub log: Option<String>,
+    /// Host ports that VM port forwards get when they name none, FIRST-LAST
+    /// [default: 20000-29999]
+    #[arg(long, env = "CORRAL_PORT_RANGE", value_name = "FIRST-LAST")]
+    pub port_range: Option<corral_service::PortRange>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -93,6 +97,7 @@ pub struct FileConfig {
     qemu_img: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log: Option<String>,
+    port_range: Option<String>,
 }
 
 /// TCP serving, all three pieces present.
@@ -125,6 +130,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+    /// Host ports for forwards that name none.
+    pub port_range: corral_service::PortRange,
 }
 
 /// A setting that makes no sense; the message says what to do.
@@ -186,7 +193,15 @@ impl Config {
                 })
             }
         };
+        let port_range = match (&args.port_range, &file.port_range) {
+            (Some(r), _) => r.clone(),
+            (None, Some(r)) => r
+                .parse()
+                .map_err(|e| ConfigError(format!("config file: port_range: {e}")))?,
+            (None, None) => corral_service::PortRange::default(),
+        };
         Ok(Config {
+            port_range,
             data_dir,
             run_dir,
             socket,

@@ -6,6 +6,7 @@
 //! serving and leaves every VM running.
 #![deny(missing_docs)]
 
+mod access;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    memory_service_server::MemoryServiceServer, system_service_server::SystemServiceServer,
+    console_service_server::ConsoleServiceServer, memory_service_server::MemoryServiceServer,
+    network_service_server::NetworkServiceServer, system_service_server::SystemServiceServer,
     vm_service_server::VmServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
@@ -52,16 +54,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("preparing the run directory")?,
     );
     let store: Arc<dyn corral_store::Store> = Arc::new(store);
-    let vms = VmService::new(store.clone()).with_host_path_check();
+    let vms = VmService::new(store.clone())
+        .with_host_path_check()
+        .with_port_range(config.port_range.clone());
+    let networks = corral_service::NetworkService::new(store.clone());
+    networks
+        .ensure_default()
+        .await
+        .context("creating the default network")?;
     let mut storage_config = StorageConfig::new(&config.data_dir);
     storage_config.qemu_img = config.qemu_img.clone();
     let storage = StorageService::new(store, storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
+    let controller_config = ControllerConfig {
+        seed_dir: config.data_dir.join("seeds"),
+        ..ControllerConfig::default()
+    };
     let metrics = Arc::new(Metrics::new());
     let controller = Arc::new(
-        VmController::new(vms.clone(), backend.clone(), ControllerConfig::default())
+        VmController::new(vms.clone(), backend.clone(), controller_config)
             .with_observer(metrics.clone())
             .with_storage(storage.clone()),
     );
@@ -82,11 +95,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend,
         node,
         metrics,
+        access: access::Access::new(networks),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
+    let network_controller = corral_controller::NetworkController::new(
+        daemon.access.networks.clone(),
+        config.run_dir.join("networks"),
+    );
+    tokio::spawn(network_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone())?;
     let unix = serve::bind_unix(&config.socket)
@@ -159,6 +178,12 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
         .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
             daemon.clone(),
+        )))
+        .add_service(NetworkServiceServer::new(access::NetworkGrpc(
+            daemon.clone(),
+        )))
+        .add_service(ConsoleServiceServer::new(access::ConsoleGrpc(
+            daemon.clone(),
         )));
     let grpc = storage_grpc::add_services(grpc, &daemon)
         .add_service(health)
@@ -169,7 +194,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
     let grpc = grpc.into_axum_router();
     Ok(rest::router(daemon.clone())
         .merge(memory::rest::router(daemon.clone()))
-        .merge(storage_rest::router(daemon))
+        .merge(storage_rest::router(daemon.clone()))
+        .merge(access::router(daemon))
         .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {

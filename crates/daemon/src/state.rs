@@ -28,6 +28,8 @@ pub struct Daemon {
     pub node: String,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Networks and console sessions.
+    pub access: crate::access::Access,
 }
 
 /// The most a console-log request returns at once.

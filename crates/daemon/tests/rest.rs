@@ -61,6 +61,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/snapshots/{name}"),
     ("DELETE", "/v1/snapshots/{name}"),
     ("POST", "/v1/snapshots/{name}/restore"),
+    ("GET", "/v1/vms/{name}/console/ws"),
+    ("GET", "/v1/networks"),
+    ("POST", "/v1/networks"),
+    ("GET", "/v1/networks/{name}"),
+    ("DELETE", "/v1/networks/{name}"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
@@ -1193,6 +1198,21 @@ fn full_vm(boot: Boot) -> Vm {
             readonly: true,
             serial: Some("d1".into()),
         })
+        .network(corral_contract::NetworkAttachment {
+            network: "default".parse().unwrap(),
+            mac: Some("02:c0:00:00:00:01".parse().unwrap()),
+            forwards: vec![corral_contract::PortForward {
+                guest_port: 22,
+                host_port: Some(20022),
+                protocol: corral_contract::Protocol::Tcp,
+                host_address: Some("127.0.0.1".parse().unwrap()),
+            }],
+        })
+        .cloud_init(corral_contract::CloudInit {
+            user_data: Some("#cloud-config\n".into()),
+            meta_data: Some("instance-id: x\n".into()),
+            network_config: Some("version: 2\n".into()),
+        })
         .build()
         .unwrap();
     let mut vm = Vm::new("full".parse().unwrap(), spec);
@@ -1223,6 +1243,17 @@ fn full_vm(boot: Boot) -> Vm {
         qemu_version: Some("10.0.0".into()),
         restarted_for: Some("2025-01-02T03:04:00Z".into()),
         message: Some("QEMU was killed by signal 9".into()),
+        networks: vec![corral_contract::NetworkAttachmentStatus {
+            network: "default".into(),
+            mode: Some(corral_contract::NetworkMode::User),
+            mac: Some("02:c0:00:00:00:01".parse().unwrap()),
+            forwards: vec![corral_contract::ForwardStatus {
+                guest_port: 22,
+                host_port: 20022,
+                protocol: corral_contract::Protocol::Tcp,
+                host_address: Some("127.0.0.1".parse().unwrap()),
+            }],
+        }],
     };
     vm
 }
@@ -1272,6 +1303,37 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
     assert_eq!(v.enum_words("DiskFormat"), words(DiskFormat::ALL));
     assert_eq!(v.enum_words("Phase"), words(Phase::ALL));
     assert_eq!(
+        v.enum_words("NetworkMode"),
+        words(corral_contract::NetworkMode::ALL)
+    );
+    assert_eq!(
+        v.enum_words("NetworkPhase"),
+        words(corral_contract::NetworkPhase::ALL)
+    );
+    assert_eq!(
+        v.enum_words("Protocol"),
+        words(corral_contract::Protocol::ALL)
+    );
+    let net: corral_contract::Network = serde_json::from_value(json!({
+        "metadata": {"name": "lan"},
+        "spec": {"mode": "bridge", "cidr": "10.9.0.0/24", "gateway": "10.9.0.1", "dns": "10.9.0.1",
+                 "mtu": 1400, "bridge": "crl-lan"},
+    }))
+    .unwrap();
+    let net = serde_json::to_value(Resource::from(net)).unwrap();
+    v.assert_valid("Network", &net);
+    assert_eq!(keys(&net), v.properties("Network"));
+    assert_eq!(keys(&net["spec"]), {
+        let mut k = v.properties("NetworkSpec");
+        k.remove("interface");
+        k
+    });
+    assert_eq!(keys(&net["status"]), {
+        let mut k = v.properties("NetworkStatus");
+        k.remove("message");
+        k
+    });
+    assert_eq!(
         v.enum_words("Phase"),
         [
             "Pending", "Starting", "Running", "Paused", "Stopping", "Stopped", "Failed"
@@ -1313,6 +1375,23 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
         );
         assert_eq!(keys(&full["status"]), v.properties("VmStatus"));
         assert_eq!(keys(&full["status"]["exit"]), v.properties("ExitInfo"));
+        assert_eq!(
+            keys(&full["spec"]["networks"][0]),
+            v.properties("NetworkAttachment")
+        );
+        assert_eq!(
+            keys(&full["spec"]["networks"][0]["forwards"][0]),
+            v.properties("PortForward")
+        );
+        assert_eq!(keys(&full["spec"]["cloud_init"]), v.properties("CloudInit"));
+        assert_eq!(
+            keys(&full["status"]["networks"][0]),
+            v.properties("NetworkAttachmentStatus")
+        );
+        assert_eq!(
+            keys(&full["status"]["networks"][0]["forwards"][0]),
+            v.properties("ForwardStatus")
+        );
         assert_eq!(
             keys(&full["status"]["conditions"][0]),
             v.properties("Condition")
@@ -1357,6 +1436,8 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
     rich["spec"]["machine"] = json!("microvm");
     rich["spec"]["restart_policy"] = json!("on-failure");
     rich["spec"]["memory"] = json!(100 << 20);
+    rich["spec"]["networks"] = json!([{"network": "default", "forwards": [{"guest_port": 22}]}]);
+    rich["spec"]["cloud_init"] = json!({"user_data": "#cloud-config\n"});
     v.assert_valid("Vm", &rich);
     let created = api.post("/v1/vms", &rich).await.expect(201);
     v.assert_valid("Vm", &created);

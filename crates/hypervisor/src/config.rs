@@ -31,6 +31,9 @@ pub struct VmConfig {
     pub memory_file: Option<PathBuf>,
     /// Leave the vCPUs paused after start.
     pub start_paused: bool,
+    /// Network interfaces, in order.
+    #[serde(default)]
+    pub nics: Vec<crate::NicConfig>,
 }
 
 /// What the guest boots from.
@@ -114,6 +117,7 @@ impl VmConfig {
             disks,
             memory_file: None,
             start_paused: spec.power == Power::Paused,
+            nics: Vec::new(),
         }
     }
 }

@@ -263,6 +263,7 @@ mod tests {
             disks: vec![],
             memory_file: None,
             start_paused: false,
+            nics: vec![],
         }
     }
 

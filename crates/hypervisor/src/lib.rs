@@ -30,6 +30,7 @@ mod config;
 mod console;
 mod error;
 mod fake;
+mod net;
 mod types;
 
 pub use config::{BootSource, DiskConfig, VmConfig, format_from_extension};
@@ -37,6 +38,7 @@ pub use console::{Console, ConsoleInput};
 pub use corral_contract::DiskFormat;
 pub use error::Error;
 pub use fake::FakeHypervisor;
+pub use net::{HostForward, NetBackend, NicConfig};
 pub use types::{Exit, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
 
 use async_trait::async_trait;

@@ -124,6 +124,8 @@ pub fn command_line(
         cmd.opts("-device", device);
     }
 
+    crate::net::add_nics(&mut cmd, config);
+
     let socket = |id: &str, path: &Path| {
         OptList::new("socket")
             .set("id", id)
@@ -225,6 +227,7 @@ mod tests {
             disks: vec![],
             memory_file: None,
             start_paused: false,
+            nics: vec![],
         }
     }
 

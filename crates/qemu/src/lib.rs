@@ -27,6 +27,7 @@
 //!     disks: vec![],
 //!     memory_file: None,
 //!     start_paused: false,
+//!     nics: vec![],
 //! };
 //! let info = backend.start(&config).await?;
 //! println!("pid {} on {}", info.pid, info.accel);
@@ -42,6 +43,7 @@ mod cmdline;
 mod emulator;
 mod launch;
 mod layout;
+mod net;
 mod process;
 mod serial;
 mod vm;

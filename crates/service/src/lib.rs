@@ -8,12 +8,16 @@
 //! the generation it has acted on in `status.observed_generation`.
 #![deny(missing_docs)]
 
+mod access;
 mod error;
+mod network;
 mod objects;
 mod storage;
 mod vm;
 
+pub use access::PortRange;
 pub use error::ServiceError;
+pub use network::{DEFAULT_NETWORK, NetworkService};
 pub use objects::Objects;
 pub use storage::{ANNOTATION_RESTORE, ImportProgress, StorageConfig, StorageService};
 pub use vm::{ANNOTATION_RESTART, ANNOTATION_STOP_MODE, VmEvent, VmEventType, VmService, VmWatch};

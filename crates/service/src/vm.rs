@@ -5,6 +5,7 @@ use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec, VmStatus}
 use corral_store::{EventType, Object, Selector, Store, WatchStream};
 
 use crate::ServiceError;
+use crate::access::{self, PortRange};
 
 const KIND: &str = "Vm";
 
@@ -22,6 +23,10 @@ const CAS_RETRIES: usize = 16;
 pub struct VmService {
     store: Arc<dyn Store>,
     check_host_paths: bool,
+    ports: PortRange,
+    // Held from reading who holds which port or MAC until the write that claims one, so two
+    // writers never pick the same.
+    allocating: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What happened to a VM, as a watch reports it.
@@ -110,7 +115,15 @@ impl VmService {
         VmService {
             store,
             check_host_paths: false,
+            ports: PortRange::default(),
+            allocating: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Picks host ports for forwards from `range` (default 20000-29999).
+    pub fn with_port_range(mut self, range: PortRange) -> Self {
+        self.ports = range;
+        self
     }
 
     /// Refuses specs whose boot files do not exist on this host (for a daemon whose VMs run
@@ -203,6 +216,15 @@ impl VmService {
         vm.metadata.created_at = Some(now());
         vm.metadata.deleting = false;
         vm.status = VmStatus::default();
+        let _claim = self.allocating.lock().await;
+        access::allocate(
+            &*self.store,
+            &self.ports,
+            &vm.metadata.uid,
+            &mut vm.spec,
+            None,
+        )
+        .await?;
         let stored = self
             .store
             .create(to_object(&vm)?)
@@ -243,9 +265,24 @@ impl VmService {
     /// write happens only if nobody changed the VM since (else [`ServiceError::Conflict`]);
     /// with 0 it applies to the current version. A changed spec bumps the generation; a
     /// running VM picks up hardware changes at its next start.
-    pub async fn update(&self, vm: Vm) -> Result<Vm, ServiceError> {
+    pub async fn update(&self, mut vm: Vm) -> Result<Vm, ServiceError> {
         vm.metadata.validate()?;
         vm.spec.validate()?;
+        let _claim = self.allocating.lock().await;
+        let current = match vm.spec.networks.is_empty() {
+            true => None,
+            false => Some(self.get(vm.metadata.name.as_str()).await?),
+        };
+        if let Some(current) = &current {
+            access::allocate(
+                &*self.store,
+                &self.ports,
+                &current.metadata.uid,
+                &mut vm.spec,
+                Some(&current.spec),
+            )
+            .await?;
+        }
         let expected = vm.metadata.resource_version;
         let mut paths_checked = false;
         self.check_volumes(&vm.spec).await?;

@@ -149,6 +149,7 @@ impl TestVmBuilder {
                 .introspection
                 .then(|| PathBuf::from(format!("/dev/shm/corral-{uid}"))),
             start_paused: self.start_paused,
+            nics: Vec::new(),
         })
     }
 

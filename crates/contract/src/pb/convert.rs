@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use crate::error::one_of;
 use crate::pb;
 use crate::{
-    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine, ObjectMeta,
-    Phase, Power, ResourceName, RestartPolicy, StoragePhase, ValidationError, Vm, VmSpec, VmStatus,
-    VolumeKind,
+    Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine,
+    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy,
+    StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.
@@ -100,6 +100,21 @@ pb_enums! {
     VolumeKind <=> VolumeKind ("volume kind") {
         Disk <=> Disk,
         Weights <=> Weights,
+    }
+    NetworkMode <=> NetworkMode ("network mode") {
+        User <=> User,
+        Bridge <=> Bridge,
+        VmnetShared <=> VmnetShared,
+        VmnetBridged <=> VmnetBridged,
+    }
+    Protocol <=> Protocol ("protocol") {
+        Tcp <=> Tcp,
+        Udp <=> Udp,
+    }
+    NetworkPhase <=> NetworkPhase ("network phase") {
+        Pending <=> Pending,
+        Ready <=> Ready,
+        Failed <=> Failed,
     }
     Phase <=> Phase ("phase") {
         Pending <=> Pending,
@@ -251,6 +266,8 @@ impl From<&VmSpec> for pb::VmSpec {
                     serial: a.serial.clone(),
                 })
                 .collect(),
+            networks: spec.networks.iter().map(Into::into).collect(),
+            cloud_init: spec.cloud_init.as_ref().map(Into::into),
         }
     }
 }
@@ -268,7 +285,14 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         let restart_policy = decode::<RestartPolicy>("spec.restart_policy", spec.restart_policy)?;
         let boot = boot_from_pb(spec.boot.ok_or_else(boot_required)?)?;
 
+        let networks = super::network::attachments_from_pb(spec.networks)?;
         let mut builder = VmSpec::builder(boot).introspection(spec.introspection);
+        for attachment in networks {
+            builder = builder.network(attachment);
+        }
+        if let Some(cloud_init) = spec.cloud_init {
+            builder = builder.cloud_init(cloud_init.into());
+        }
         if let Some(cpus) = spec.cpus {
             builder = builder.cpus(cpus);
         }
@@ -376,6 +400,7 @@ impl From<&VmStatus> for pb::VmStatus {
             qemu_version: status.qemu_version.clone(),
             restarted_for: status.restarted_for.clone(),
             message: status.message.clone(),
+            networks: status.networks.iter().map(Into::into).collect(),
         }
     }
 }
@@ -396,6 +421,7 @@ impl From<pb::VmStatus> for VmStatus {
             qemu_version: status.qemu_version,
             restarted_for: status.restarted_for,
             message: status.message,
+            networks: status.networks.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod convert;
+mod network;
 mod storage;
 
 // Generated code: documented from the .proto where it has comments; prost and tonic decide

@@ -4,8 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::field_paths;
 use crate::error::one_of;
+use crate::network::attach::validate_attachments;
 use crate::{
-    Accel, Arch, ByteSize, DiskFormat, Machine, Power, ResourceName, RestartPolicy, ValidationError,
+    Accel, Arch, ByteSize, CloudInit, DiskFormat, Machine, NetworkAttachment, Power, ResourceName,
+    RestartPolicy, ValidationError,
 };
 
 /// What the user wants a VM to be. Valid by construction: deserialising and
@@ -39,6 +41,12 @@ pub struct VmSpec {
     /// Changed only while the VM is stopped.
     #[serde(default)]
     pub volumes: Vec<VolumeAttachment>,
+    /// Networks the VM joins, one NIC each, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+    /// A cloud-init NoCloud seed to attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
 }
 
 /// A volume attached to a VM.
@@ -212,6 +220,8 @@ impl VmSpec {
                 introspection: false,
                 restart_policy: RestartPolicy::default(),
                 volumes: Vec::new(),
+                networks: Vec::new(),
+                cloud_init: None,
             },
         }
     }
@@ -259,7 +269,12 @@ impl VmSpec {
             _ => {}
         }
         self.boot.validate()?;
-        self.validate_volumes()
+        self.validate_volumes()?;
+        validate_attachments(&self.networks)?;
+        match &self.cloud_init {
+            Some(cloud_init) => cloud_init.validate(),
+            None => Ok(()),
+        }
     }
 
     /// The names of every volume the VM uses, boot volume first.
@@ -367,6 +382,18 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Adds a network to join.
+    pub fn network(mut self, attachment: NetworkAttachment) -> Self {
+        self.spec.networks.push(attachment);
+        self
+    }
+
+    /// Sets the cloud-init seed.
+    pub fn cloud_init(mut self, cloud_init: CloudInit) -> Self {
+        self.spec.cloud_init = Some(cloud_init);
+        self
+    }
+
     /// The spec, if valid.
     pub fn build(self) -> Result<VmSpec, ValidationError> {
         self.spec.validate()?;
@@ -398,6 +425,10 @@ struct VmSpecInput {
     restart_policy: Option<RestartPolicy>,
     #[serde(default, deserialize_with = "de_volumes")]
     volumes: Vec<VolumeAttachment>,
+    #[serde(default, deserialize_with = "de_networks")]
+    networks: Vec<NetworkAttachment>,
+    #[serde(default, deserialize_with = "de_cloud_init")]
+    cloud_init: Option<CloudInit>,
 }
 
 field_paths! {
@@ -411,6 +442,8 @@ field_paths! {
     de_introspection => "spec.introspection",
     de_restart_policy => "spec.restart_policy",
     de_volumes => "spec.volumes",
+    de_networks => "spec.networks",
+    de_cloud_init => "spec.cloud_init",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -428,6 +461,8 @@ impl TryFrom<VmSpecInput> for VmSpec {
             introspection: input.introspection.unwrap_or_default(),
             restart_policy: input.restart_policy.unwrap_or_default(),
             volumes: input.volumes,
+            networks: input.networks,
+            cloud_init: input.cloud_init,
         };
         spec.validate()?;
         Ok(spec)

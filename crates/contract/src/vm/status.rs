@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Accel, Condition, set_condition};
+use crate::{Accel, Condition, NetworkAttachmentStatus, set_condition};
 
 choice! {
     /// Where a VM is in its life, as controllers last saw it.
@@ -63,6 +63,9 @@ pub struct VmStatus {
     /// A sentence for people about the current state, e.g. why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The networks the running QEMU process has, with the host ports actually forwarded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentStatus>,
 }
 
 impl VmStatus {

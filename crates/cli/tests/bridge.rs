@@ -1,0 +1,322 @@
+//! Bridge networks end to end, inside a network namespace of the test's own: corrald makes the
+//! bridge, its dnsmasq and an nftables NAT table; two real guests get leases from that dnsmasq
+//! and ping each other (evidence on their consoles); deleting everything leaves no bridge, TAP,
+//! dnsmasq or nftables table behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_contract::Arch;
+use corral_testkit::{Corrald, GuestKit};
+
+fn corrald_binary() -> PathBuf {
+    let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
+    let corrald = corral.with_file_name("corrald");
+    assert!(
+        corrald.exists(),
+        "{} is missing: build corral-daemon first",
+        corrald.display()
+    );
+    corrald
+}
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("corral-t{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns(name)
+    }
+
+    /// Moves the calling thread into the namespace: every process it starts from now on runs
+    /// there.
+    fn enter(&self) {
+        let file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let ok = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Whatever still runs in it (a dnsmasq or QEMU left by a failed run) goes with it.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", "command -v \"$1\"", "sh", tool])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: run scripts/setup.sh (apt-get install {package})"
+    );
+}
+
+struct Cli<'a>(&'a Corrald);
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_corral"))
+            .env("CORRAL_SOCKET", self.0.socket())
+            .env_remove("CORRAL_SERVER")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running corral")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "corral {args:?}: {}\n--- corrald ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.0.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_log(&self, name: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let log = self.ok(&["vm", "console", name, "--log"]);
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from {name}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Types `line` on `name`'s console until `answer` comes back.
+    fn type_until(&self, name: &str, line: &str, answer: &str) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .env("CORRAL_SOCKET", self.0.socket())
+            .args(["vm", "console", name, "--no-scrollback"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut seen = Vec::new();
+        'outer: loop {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no {answer:?}; saw {seen:?}"
+            );
+            writeln!(stdin, "{line}").unwrap();
+            let until = Instant::now() + Duration::from_secs(8);
+            while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                if l.contains(answer) {
+                    break 'outer;
+                }
+                seen.push(l);
+            }
+        }
+        drop(stdin);
+        let _ = child.wait();
+    }
+}
+
+fn lease_ip(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("CORRAL_NET eth0 ip="))
+        .unwrap_or_else(|| panic!("no lease:\n{log}"))
+        .trim()
+        .to_owned()
+}
+
+fn leftovers(run_dir: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    // The thread's own namespace (sysfs shows the one it was mounted in).
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    for name in dev
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.trim())
+    {
+        if name.starts_with("crl-") || name.starts_with("ct") {
+            left.push(format!("link {name}"));
+        }
+    }
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    if tables.contains("corral_") {
+        left.push(format!("nftables: {tables}"));
+    }
+    if run_dir.join("networks/lan").exists() {
+        left.push("state dir".into());
+    }
+    left
+}
+
+#[test]
+fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
+    need("dnsmasq", "dnsmasq-base");
+    need("nft", "nftables");
+    let ns = Netns::new();
+    ns.enter();
+    let d = Corrald::start(corrald_binary()).expect("corrald");
+    let cli = Cli(&d);
+    cli.ok(&[
+        "network",
+        "create",
+        "lan",
+        "--mode",
+        "bridge",
+        "--cidr",
+        "10.77.0.0/24",
+        "--mtu",
+        "1400",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let net: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["network", "get", "lan", "-o", "json"])).unwrap();
+        if net["status"]["phase"] == "Ready" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "network not ready: {net}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let link = Command::new("ip")
+        .args(["-o", "link", "show", "dev", "crl-lan"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert!(link.contains("mtu 1400"), "{link}");
+    let dnsmasq_pid: i32 = std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.pid"))
+        .expect("dnsmasq pid file")
+        .trim()
+        .parse()
+        .unwrap();
+
+    let k = GuestKit::get(Arch::X86_64).expect("guest kit");
+    let (kernel, initrd) = (k.kernel(), k.initrd());
+    for name in ["a", "b"] {
+        cli.ok(&[
+            "vm",
+            "create",
+            name,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--memory",
+            "256M",
+            "--network",
+            "lan",
+            "--wait",
+        ]);
+    }
+    let dnsmasq_log = || {
+        std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.log")).unwrap_or_default()
+    };
+    let log_a = cli.wait_log("a", "CORRAL_NET eth0");
+    let log_b = cli.wait_log("b", "CORRAL_NET eth0");
+    assert!(
+        log_a.contains("CORRAL_NET eth0 ip=") && log_b.contains("CORRAL_NET eth0 ip="),
+        "a:\n{log_a}\nb:\n{log_b}\ndnsmasq:\n{}\ncorrald:\n{}",
+        dnsmasq_log(),
+        d.log()
+    );
+    let (ip_a, ip_b) = (lease_ip(&log_a), lease_ip(&log_b));
+    assert!(
+        ip_a.starts_with("10.77.0.") && ip_b.starts_with("10.77.0."),
+        "{ip_a} {ip_b}"
+    );
+    assert_ne!(ip_a, ip_b);
+    // The leases are dnsmasq's: its lease file has both guests' MACs.
+    let leases = std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.leases")).unwrap();
+    for name in ["a", "b"] {
+        let vm: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["vm", "get", name, "-o", "json"])).unwrap();
+        let mac = vm["spec"]["networks"][0]["mac"].as_str().unwrap();
+        assert!(leases.contains(mac), "{mac} not in {leases}");
+    }
+    // Each guest pings the other; the guest computes the answer, so the echo of the typed
+    // line cannot match it.
+    cli.type_until(
+        "a",
+        &format!("ping -c 2 -W 2 {ip_b} >/dev/null && echo PING-$((40+2))-OK"),
+        "PING-42-OK",
+    );
+    cli.type_until(
+        "b",
+        &format!("ping -c 2 -W 2 {ip_a} >/dev/null && echo PING-$((40+3))-OK"),
+        "PING-43-OK",
+    );
+
+    for name in ["a", "b"] {
+        cli.ok(&["vm", "delete", name, "--wait"]);
+    }
+    cli.ok(&["network", "delete", "lan"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = leftovers(&d.run_dir());
+        let dnsmasq_alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dnsmasq_pid), None)
+            .is_ok()
+            && std::fs::read(format!("/proc/{dnsmasq_pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"dnsmasq"));
+        if left.is_empty() && !dnsmasq_alive {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:?}, dnsmasq alive: {dnsmasq_alive}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

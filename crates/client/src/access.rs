@@ -1,0 +1,142 @@
+//! Networks and the interactive console.
+
+use corral_contract::pb::console_service_client::ConsoleServiceClient;
+use corral_contract::pb::network_service_client::NetworkServiceClient;
+use corral_contract::{Network, pb};
+use tokio::sync::mpsc;
+
+use crate::{Client, ClientError};
+
+/// An attached console: bytes the guest prints arrive on `output`; keystrokes go to `input`
+/// (only when attached for writing). Dropping both ends detaches.
+#[derive(Debug)]
+pub struct ConsoleSession {
+    /// Keystrokes for the guest.
+    pub input: mpsc::Sender<Vec<u8>>,
+    /// Guest output, raw; ends when the VM's process does or the server goes. An error ends it
+    /// too (e.g. typing on a read-only session).
+    pub output: mpsc::Receiver<Result<Vec<u8>, ClientError>>,
+}
+
+impl Client {
+    fn networks_client(&self) -> NetworkServiceClient<crate::client::Transport> {
+        NetworkServiceClient::new(self.transport.clone())
+    }
+
+    fn decode_network(&self, net: pb::Network) -> Result<Network, ClientError> {
+        Network::try_from(net).map_err(|e| ClientError::Other {
+            message: format!("the server sent a network that does not validate: {e}"),
+        })
+    }
+
+    /// Creates a network.
+    pub async fn create_network(&self, net: &Network) -> Result<Network, ClientError> {
+        let req = pb::CreateNetworkRequest {
+            network: Some(pb::Network::from(net)),
+        };
+        let net = self
+            .networks_client()
+            .create(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_network(net.into_inner())
+    }
+
+    /// One network.
+    pub async fn get_network(&self, name: &str) -> Result<Network, ClientError> {
+        let req = pb::GetNetworkRequest { name: name.into() };
+        let net = self
+            .networks_client()
+            .get(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_network(net.into_inner())
+    }
+
+    /// Networks matching a label selector (`""` for all).
+    pub async fn list_networks(&self, selector: &str) -> Result<Vec<Network>, ClientError> {
+        let req = pb::ListNetworksRequest {
+            label_selector: selector.into(),
+        };
+        let list = self
+            .networks_client()
+            .list(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        list.into_inner()
+            .items
+            .into_iter()
+            .map(|n| self.decode_network(n))
+            .collect()
+    }
+
+    /// Deletes a network no VM joins.
+    pub async fn delete_network(&self, name: &str) -> Result<Network, ClientError> {
+        let req = pb::DeleteNetworkRequest { name: name.into() };
+        let net = self
+            .networks_client()
+            .delete(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_network(net.into_inner())
+    }
+
+    /// Attaches to a VM's serial console; with `write`, as its one writer. `scrollback` sends
+    /// what the guest printed before first.
+    pub async fn attach_console(
+        &self,
+        name: &str,
+        write: bool,
+        scrollback: bool,
+    ) -> Result<ConsoleSession, ClientError> {
+        let (input_tx, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (req_tx, req_rx) = mpsc::channel::<pb::ConsoleRequest>(64);
+        let attach = pb::ConsoleRequest {
+            msg: Some(pb::console_request::Msg::Attach(pb::ConsoleAttach {
+                name: name.into(),
+                write,
+                scrollback,
+            })),
+        };
+        req_tx.send(attach).await.map_err(|_| ClientError::Other {
+            message: "console request stream closed".into(),
+        })?;
+        tokio::spawn(async move {
+            while let Some(data) = input_rx.recv().await {
+                let msg = pb::ConsoleRequest {
+                    msg: Some(pb::console_request::Msg::Input(data)),
+                };
+                if req_tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stream = ConsoleServiceClient::new(self.transport.clone())
+            .attach(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner();
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => {
+                        if out_tx.send(Ok(msg.output)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(s) => {
+                        let _ = out_tx.send(Err(this.status(s))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ConsoleSession {
+            input: input_tx,
+            output: out_rx,
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! What a VM needs from the host before QEMU starts — its NICs, resolved from the networks it
+//! joins, and its cloud-init seed — and the SSH readiness probe after.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_contract::{
+    CloudInit, Condition, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase,
+    Protocol, Vm,
+};
+use corral_hypervisor::{HostForward, NetBackend, NicConfig};
+use corral_service::{NetworkService, VmService};
+use tokio::io::AsyncReadExt;
+
+/// The condition the SSH probe sets.
+pub const SSH_READY: &str = "SshReady";
+
+/// NICs, their status as it will be once QEMU runs, and the seed image.
+pub(crate) struct Prepared {
+    pub nics: Vec<NicConfig>,
+    pub networks: Vec<NetworkAttachmentStatus>,
+    pub seed: Option<PathBuf>,
+}
+
+/// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`. The
+/// error is a sentence for `status.message`.
+pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result<Prepared, String> {
+    let nets = NetworkService::new(svc.store().clone());
+    let mut nics = Vec::new();
+    let mut networks = Vec::new();
+    for (index, att) in vm.spec.networks.iter().enumerate() {
+        let name = att.network.as_str();
+        let net = nets
+            .get(name)
+            .await
+            .map_err(|e| format!("network {name:?}: {e}"))?;
+        if net.status.phase != NetworkPhase::Ready {
+            return Err(format!(
+                "network {name:?} is not ready: {}",
+                net.status
+                    .message
+                    .unwrap_or_else(|| net.status.phase.to_string())
+            ));
+        }
+        // The service always fills these in on create; a spec without them was written
+        // around it.
+        let mac = att
+            .mac
+            .ok_or_else(|| format!("network {name:?}: no MAC address was allocated"))?;
+        let mut forwards = Vec::new();
+        for f in &att.forwards {
+            let host_port = f.host_port.ok_or_else(|| {
+                format!(
+                    "network {name:?}: no host port was allocated for guest port {}",
+                    f.guest_port
+                )
+            })?;
+            forwards.push(HostForward {
+                protocol: f.protocol,
+                host_address: f.host_address(),
+                host_port,
+                guest_port: f.guest_port,
+            });
+        }
+        let backend = match net.spec.mode {
+            NetworkMode::User => NetBackend::User {
+                cidr: net.spec.cidr,
+                gateway: net.spec.gateway(),
+                dns: net.spec.dns(),
+                hostname: Some(vm.metadata.name.to_string()),
+                forwards: forwards.clone(),
+            },
+            NetworkMode::Bridge => {
+                if !forwards.is_empty() {
+                    return Err(format!(
+                        "network {name:?}: port forwards are for user networks; reach a bridged guest at its own address"
+                    ));
+                }
+                let ifname = crate::bridge::tap_name(&vm.metadata.uid, index);
+                crate::bridge::ensure_tap(&net, &ifname)
+                    .await
+                    .map_err(|e| format!("network {name:?}: {e}"))?;
+                NetBackend::Tap { ifname }
+            }
+            mode => {
+                return Err(format!(
+                    "network {name:?}: mode {mode} is not available on this host"
+                ));
+            }
+        };
+        networks.push(NetworkAttachmentStatus {
+            network: name.to_owned(),
+            mode: Some(net.spec.mode),
+            mac: Some(mac),
+            forwards: forwards
+                .iter()
+                .map(|f| ForwardStatus {
+                    guest_port: f.guest_port,
+                    host_port: f.host_port,
+                    protocol: f.protocol,
+                    host_address: Some(f.host_address),
+                })
+                .collect(),
+        });
+        nics.push(NicConfig { mac, backend });
+    }
+    let seed = match &vm.spec.cloud_init {
+        Some(ci) => Some(
+            build_seed(seed_dir, &vm.metadata.uid, vm.metadata.name.as_str(), ci)
+                .await
+                .map_err(|e| format!("building the cloud-init seed: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        nics,
+        networks,
+        seed,
+    })
+}
+
+/// Removes the TAP devices of a VM's bridge NICs.
+pub(crate) async fn release(vm: &Vm) {
+    for (index, _) in vm.spec.networks.iter().enumerate() {
+        crate::bridge::remove_tap(&crate::bridge::tap_name(&vm.metadata.uid, index)).await;
+    }
+}
+
+/// Where a VM's seed image lives.
+pub(crate) fn seed_path(seed_dir: &Path, uid: &str) -> PathBuf {
+    seed_dir.join(format!("{uid}.iso"))
+}
+
+/// Writes the NoCloud documents and packs them into an ISO 9660 image labelled `cidata` with
+/// `genisoimage` (arguments as a vector, never a shell). Replaces an older seed atomically.
+pub(crate) async fn build_seed(
+    seed_dir: &Path,
+    uid: &str,
+    name: &str,
+    ci: &CloudInit,
+) -> std::io::Result<PathBuf> {
+    tokio::fs::create_dir_all(seed_dir).await?;
+    let work = tempfile_dir(seed_dir, uid)?;
+    let meta = ci
+        .meta_data
+        .clone()
+        .unwrap_or_else(|| format!("instance-id: {uid}\nlocal-hostname: {name}\n"));
+    let user = ci
+        .user_data
+        .clone()
+        .unwrap_or_else(|| "#cloud-config\n{}\n".to_owned());
+    let mut files = vec![("user-data", user), ("meta-data", meta)];
+    if let Some(net) = &ci.network_config {
+        files.push(("network-config", net.clone()));
+    }
+    let mut args: Vec<std::ffi::OsString> = ["-quiet", "-output"].iter().map(Into::into).collect();
+    let tmp = seed_dir.join(format!(".{uid}.iso.tmp"));
+    args.push(tmp.clone().into());
+    for a in ["-volid", "cidata", "-joliet", "-rock"] {
+        args.push(a.into());
+    }
+    for (file, body) in &files {
+        let path = work.join(file);
+        tokio::fs::write(&path, body).await?;
+        args.push(path.into());
+    }
+    let out = tokio::process::Command::new("genisoimage")
+        .args(&args)
+        .output()
+        .await;
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    let out = out.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("running genisoimage: {e} (install it: apt-get install genisoimage)"),
+        )
+    })?;
+    if !out.status.success() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(std::io::Error::other(format!(
+            "genisoimage failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let path = seed_path(seed_dir, uid);
+    tokio::fs::rename(&tmp, &path).await?;
+    Ok(path)
+}
+
+fn tempfile_dir(parent: &Path, uid: &str) -> std::io::Result<PathBuf> {
+    let dir = parent.join(format!(".{uid}.d"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The host address of the forward to guest port 22/tcp, if the VM has one.
+pub(crate) fn ssh_endpoint(networks: &[NetworkAttachmentStatus]) -> Option<SocketAddr> {
+    networks.iter().flat_map(|n| &n.forwards).find_map(|f| {
+        (f.protocol == Protocol::Tcp && f.guest_port == 22).then(|| {
+            let addr = match f.host_address {
+                Some(a) if !a.is_unspecified() => a,
+                _ => std::net::Ipv4Addr::LOCALHOST,
+            };
+            SocketAddr::from((addr, f.host_port))
+        })
+    })
+}
+
+/// Whether an SSH server answers at `addr`: it must send its `SSH-2.0` banner. (Connecting
+/// alone proves nothing: QEMU's user stack accepts on the host port before the guest listens.)
+pub async fn ssh_banner(addr: SocketAddr, wait: Duration) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 8 {
+            let n = stream.read(&mut buf[got..]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got += n;
+        }
+        Some(buf[..got].starts_with(b"SSH-2.0-"))
+    };
+    matches!(tokio::time::timeout(wait, attempt).await, Ok(Some(true)))
+}
+
+/// Probes until the guest's SSH server answers (then sets `SshReady`), the VM's process changes,
+/// or `timeout` passes.
+pub(crate) fn probe_ssh(
+    svc: VmService,
+    name: String,
+    pid: u32,
+    addr: SocketAddr,
+    timeout: Duration,
+) {
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            // A short wait per attempt: before the guest has an address, QEMU's user stack
+            // holds the host connection open without an answer, and a long wait would only
+            // delay noticing the server once it is up.
+            if ssh_banner(addr, Duration::from_secs(1)).await {
+                let message = format!("ssh answers on {addr}");
+                let _ = svc
+                    .update_status(&name, |_, st| {
+                        let same = st.pid == Some(pid);
+                        if same {
+                            st.set_condition(Condition::new(
+                                SSH_READY,
+                                true,
+                                "BannerSeen",
+                                &message,
+                            ));
+                        }
+                        same
+                    })
+                    .await;
+                return;
+            }
+            match svc.get(&name).await {
+                Ok(vm) if vm.status.pid == Some(pid) => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}

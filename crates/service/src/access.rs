@@ -1,0 +1,251 @@
+//! What the server fills into a VM's `spec.networks` once, on create: a MAC address per NIC
+//! and a host port per forward (the port registry). Both are then part of the spec, so they
+//! survive daemon restarts and stay the VM's for its whole life.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::ops::RangeInclusive;
+
+use corral_contract::{MacAddr, NetworkPhase, Protocol, ValidationError, Vm, VmSpec};
+use corral_store::{Selector, Store, StoreError};
+
+use crate::ServiceError;
+use crate::network::{self, KIND as NETWORK};
+
+/// Host ports forwards get when they name none: the daemon's configured range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange(20000..=29999)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a port range: write FIRST-LAST, e.g. 20000-29999");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a == 0 || a > b {
+            return Err(bad());
+        }
+        Ok(PortRange(a..=b))
+    }
+}
+
+/// Who holds what, across every other VM in the store.
+struct Taken {
+    ports: HashMap<(Protocol, u16), String>,
+    macs: HashMap<MacAddr, String>,
+}
+
+async fn taken(store: &dyn Store, except_uid: &str) -> Result<Taken, ServiceError> {
+    let (objects, _) = store
+        .list("Vm", &Selector::everything())
+        .await
+        .map_err(|e| ServiceError::from_store("Vm", e))?;
+    let mut taken = Taken {
+        ports: HashMap::new(),
+        macs: HashMap::new(),
+    };
+    for obj in objects {
+        let Ok(vm) = serde_json::from_str::<Vm>(&obj.body) else {
+            continue;
+        };
+        if vm.metadata.uid == except_uid {
+            continue;
+        }
+        let name = vm.metadata.name.to_string();
+        for net in &vm.spec.networks {
+            if let Some(mac) = net.mac {
+                taken.macs.insert(mac, name.clone());
+            }
+            for fwd in &net.forwards {
+                if let Some(port) = fwd.host_port {
+                    taken.ports.insert((fwd.protocol, port), name.clone());
+                }
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Whether this host lets us listen on `port` now (nobody else, Corral or not, holds it).
+fn bindable(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bool {
+    match protocol {
+        Protocol::Tcp => TcpListener::bind((addr, port)).is_ok(),
+        Protocol::Udp => UdpSocket::bind((addr, port)).is_ok(),
+    }
+}
+
+/// Checks that every network `spec` joins exists, keeps the MACs and host ports `current`
+/// (the stored spec, on update) already has, and fills in the missing ones: MACs derived from
+/// the VM's uid, ports from `range`. An explicit port another VM holds, or that something on
+/// the host already listens on, is an error naming the field and the holder.
+pub(crate) async fn allocate(
+    store: &dyn Store,
+    range: &PortRange,
+    uid: &str,
+    spec: &mut VmSpec,
+    current: Option<&VmSpec>,
+) -> Result<(), ServiceError> {
+    // Most VMs join no network: nothing to check or pick, and no scan of every VM.
+    if spec.networks.is_empty() {
+        return Ok(());
+    }
+    for (i, att) in spec.networks.iter().enumerate() {
+        let field = format!("spec.networks[{i}].network");
+        match store.get(NETWORK, att.network.as_str()).await {
+            Ok(obj) => {
+                let net = network::from_object(obj)?;
+                if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
+                    return Err(ValidationError::new(
+                        format!("spec.networks[{i}].forwards"),
+                        format!(
+                            "network {:?} is a {} network: port forwards are for user networks; reach the guest at its own address",
+                            att.network.as_str(),
+                            net.spec.mode
+                        ),
+                    )
+                    .into());
+                }
+                if net.status.phase == NetworkPhase::Failed {
+                    return Err(ValidationError::new(
+                        field,
+                        format!(
+                            "network {:?} failed: {}",
+                            att.network.as_str(),
+                            net.status.message.unwrap_or_default()
+                        ),
+                    )
+                    .into());
+                }
+            }
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "network {:?} not found: create it first (corral network create {})",
+                        att.network.as_str(),
+                        att.network.as_str()
+                    ),
+                )
+                .into());
+            }
+            Err(e) => return Err(ServiceError::from_store(NETWORK, e)),
+        }
+    }
+    let mut taken = taken(store, uid).await?;
+
+    // Carry over what the stored spec already holds for the same network and forward.
+    if let Some(current) = current {
+        spec.keep_allocations(current);
+    }
+    let held = |protocol: Protocol, port: u16| {
+        current.is_some_and(|c| {
+            c.networks
+                .iter()
+                .flat_map(|n| &n.forwards)
+                .any(|f| f.protocol == protocol && f.host_port == Some(port))
+        })
+    };
+
+    let seed = uuid_tail(uid);
+    for (i, att) in spec.networks.iter_mut().enumerate() {
+        match att.mac {
+            Some(mac) => {
+                if let Some(holder) = taken.macs.get(&mac) {
+                    return Err(ValidationError::new(
+                        format!("spec.networks[{i}].mac"),
+                        format!("{mac} is already used by VM {holder:?}"),
+                    )
+                    .into());
+                }
+            }
+            None => {
+                let mut n = u32::from_be_bytes(seed).wrapping_add(i as u32);
+                let mut mac = MacAddr::generated(n.to_be_bytes());
+                while taken.macs.contains_key(&mac) {
+                    n = n.wrapping_add(97);
+                    mac = MacAddr::generated(n.to_be_bytes());
+                }
+                att.mac = Some(mac);
+            }
+        }
+        taken.macs.insert(
+            att.mac.unwrap_or_else(|| MacAddr::generated(seed)),
+            String::new(),
+        );
+    }
+
+    // Explicit ports first, so that picked ones avoid them.
+    for (i, att) in spec.networks.iter().enumerate() {
+        for (j, fwd) in att.forwards.iter().enumerate() {
+            let Some(port) = fwd.host_port else { continue };
+            let field = format!("spec.networks[{i}].forwards[{j}].host_port");
+            if let Some(holder) = taken.ports.get(&(fwd.protocol, port)) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{port}/{} is already forwarded to VM {holder:?}: pick another port or leave it out", fwd.protocol),
+                )
+                .into());
+            }
+            if !held(fwd.protocol, port) && !bindable(fwd.protocol, fwd.host_address(), port) {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "{port}/{} is in use on this host ({}): pick another port or leave it out",
+                        fwd.protocol,
+                        fwd.host_address()
+                    ),
+                )
+                .into());
+            }
+            taken.ports.insert((fwd.protocol, port), String::new());
+        }
+    }
+    for (i, att) in spec.networks.iter_mut().enumerate() {
+        for (j, fwd) in att.forwards.iter_mut().enumerate() {
+            if fwd.host_port.is_some() {
+                continue;
+            }
+            let port = range
+                .0
+                .clone()
+                .find(|p| {
+                    !taken.ports.contains_key(&(fwd.protocol, *p))
+                        && bindable(fwd.protocol, fwd.host_address(), *p)
+                })
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        format!("spec.networks[{i}].forwards[{j}].host_port"),
+                        format!(
+                            "no free {} port left in {}-{}: free some or widen the daemon's --port-range",
+                            fwd.protocol,
+                            range.0.start(),
+                            range.0.end()
+                        ),
+                    )
+                })?;
+            fwd.host_port = Some(port);
+            taken.ports.insert((fwd.protocol, port), String::new());
+        }
+    }
+    Ok(())
+}
+
+/// Four bytes of the uid, so a VM's generated MACs are stable for its life and differ between
+/// VMs.
+fn uuid_tail(uid: &str) -> [u8; 4] {
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let folded = (hash >> 32) as u32 ^ hash as u32;
+    folded.to_be_bytes()
+}
