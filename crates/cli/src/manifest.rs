@@ -258,7 +258,7 @@ spec:
         .unwrap_err();
         assert!(
             err.to_string().contains(
-                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume or Snapshot"
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot or Network"
             ),
             "{err}"
         );
