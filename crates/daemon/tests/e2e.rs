@@ -163,7 +163,17 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
 
     d.restart()?;
     let c = client(&d).await?;
-    // Give the controller a moment to re-adopt, then check nothing changed.
+    // The stored status still says Running, so wait for the new daemon to say it re-adopted
+    // all three before checking that nothing changed.
+    let deadline = std::time::Instant::now() + WAIT;
+    while d.log().matches("adopted running VM").count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted daemon did not re-adopt the three VMs: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for name in ["k1", "k2", "k3"] {
         let vm = wait_phase(&c, name, Phase::Running).await?;
         assert!(
@@ -176,7 +186,6 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
         pids,
         "no extra QEMU"
     );
-    assert!(d.log().contains("adopted running VM"), "{}", d.log());
     // The adopted VMs are really under control: stop one through the new daemon.
     c.stop_vm("k1", false).await?;
     wait_phase(&c, "k1", Phase::Stopped).await?;

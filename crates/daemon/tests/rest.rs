@@ -585,13 +585,24 @@ async fn vm_lifecycle_create_read_list_update_power_delete() {
     api.delete(&format!("/v1/vms/web-1?resourceVersion={stale_version}"))
         .await
         .expect_error(409, "Conflict");
-    let deleting = api
-        .delete(&format!(
-            "/v1/vms/web-1?resourceVersion={}",
-            u64_at(&current, "/metadata/resource_version")
-        ))
-        .await
-        .expect(202);
+    // The current version is accepted; the controller may write status between our read and
+    // the delete, so a conflict means "read again", a bounded number of times.
+    let mut current = current;
+    let mut attempts = 0;
+    let deleting = loop {
+        let reply = api
+            .delete(&format!(
+                "/v1/vms/web-1?resourceVersion={}",
+                u64_at(&current, "/metadata/resource_version")
+            ))
+            .await;
+        attempts += 1;
+        if reply.status == 409 && attempts < 5 {
+            current = api.get("/v1/vms/web-1").await.expect(200);
+            continue;
+        }
+        break reply.expect(202);
+    };
     assert_eq!(deleting["metadata"]["deleting"], true);
     eventually("web-1 to be deleted", || async {
         let reply = api.get("/v1/vms/web-1").await;
