@@ -438,3 +438,182 @@ fn run_by_hand_the_binary_explains_itself() {
     assert!(stderr.contains("Terraform starts it"), "{stderr}");
     assert!(out.stdout.is_empty(), "no handshake line without Terraform");
 }
+
+/// Names of the objects of one kind the CLI lists (`image`, `volume`, `network`, …), but
+/// corrald's built-in `default` network.
+fn listed(cli: &Cli, kind: &str) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&[kind, "list", "-o", "json"])).expect("json");
+    let items = list.get("items").unwrap_or(&list);
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("corral {kind} list: not an array: {list}"))
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_owned())
+        .filter(|name| !(kind == "network" && name == "default"))
+        .collect()
+}
+
+#[test]
+fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    let kit = kit();
+    let disk = kit.boot_disk();
+    let image = format!(
+        "resource \"corral_image\" \"boot\" {{\n  name = \"bootdisk\"\n  path = \"{}\"\n}}\n\n\
+         data \"corral_image\" \"boot\" {{\n  name = corral_image.boot.name\n}}\n\n\
+         output \"image_digest\" {{\n  value = data.corral_image.boot.digest\n}}\n\n",
+        disk.display()
+    );
+    let volume = |extra: &str| {
+        format!(
+            "resource \"corral_volume\" \"root\" {{\n  name   = \"root-1\"\n  image  = \
+             corral_image.boot.name\n  labels = {{ role = \"boot\" }}\n{extra}}}\n\n\
+             output \"volume_uid\" {{\n  value = corral_volume.root.uid\n}}\n\n\
+             output \"volume_bytes\" {{\n  value = corral_volume.root.actual_size\n}}\n\n"
+        )
+    };
+    let vms = "resource \"corral_vm\" \"fw\" {\n  name        = \"fw\"\n  boot_volume = \
+               corral_volume.root.name\n  machine     = \"q35\"\n  memory      = \"256M\"\n}\n\n"
+        .to_owned()
+        + &vm_block("kern", "kern", "");
+    let network = |cidr: &str| {
+        format!(
+            "resource \"corral_network\" \"lan\" {{\n  name = \"lan\"\n  mode = \"user\"\n  \
+             cidr = \"{cidr}\"\n}}\n\n\
+             output \"lan_gateway\" {{\n  value = corral_network.lan.gateway\n}}\n\n"
+        )
+    };
+
+    // An image, a volume cloned from it, a VM firmware-booting the volume, a VM booting the
+    // kit's kernel, and a user-mode network.
+    let config = |vol: &str, net: &str, more: &str| {
+        tf.config(&format!(
+            "{image}{}{vms}{}{more}",
+            volume(vol),
+            network(net)
+        ))
+    };
+    config("", "10.5.0.0/24", "");
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 5 added"), "{applied}");
+    for name in ["fw", "kern"] {
+        assert_eq!(cli.vm(name)["status"]["phase"], "Running");
+        let boot = cli.console_line(name, "CORRAL_BOOT_OK", 0);
+        assert!(boot.contains("arch=x86_64"), "{boot}");
+    }
+    assert_eq!(cli.vm("fw")["spec"]["boot"]["volume"]["volume"], "root-1");
+    let digest = tf.output("image_digest");
+    assert!(digest.starts_with("blake3:"), "{digest}");
+    assert_eq!(tf.output("lan_gateway"), "10.5.0.2");
+    let volume_json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&cli.ok(&["volume", "get", name, "-o", "json"])).expect("json")
+    };
+    let uid = tf.output("volume_uid");
+    assert_eq!(volume_json("root-1")["metadata"]["uid"], uid.as_str());
+    assert_eq!(volume_json("root-1")["status"]["phase"], "Ready");
+    tf.plan(0);
+
+    // Growing the volume is an in-place update: same uid, a bigger disk.
+    let bytes: u64 = tf.output("volume_bytes").parse().expect("a size");
+    let bigger = (bytes >> 20) + 64;
+    config(&format!("  size   = \"{bigger}M\"\n"), "10.5.0.0/24", "");
+    let planned = tf.plan(2);
+    assert!(planned.contains("1 to change, 0 to destroy"), "{planned}");
+    let applied = tf.apply();
+    assert!(
+        applied.contains("0 added, 1 changed, 0 destroyed"),
+        "{applied}"
+    );
+    let vol = volume_json("root-1");
+    assert_eq!(vol["metadata"]["uid"], uid.as_str());
+    assert_eq!(vol["status"]["size"], bigger << 20, "{vol}");
+    assert_eq!(tf.output("volume_uid"), uid);
+    assert_eq!(cli.vm("fw")["status"]["phase"], "Running");
+    tf.plan(0);
+
+    // Shrinking is refused at plan time, on the size attribute.
+    config(
+        &format!("  size   = \"{}M\"\n", bigger - 32),
+        "10.5.0.0/24",
+        "",
+    );
+    let refused = tf.expect(&["plan", "-no-color"], 1);
+    assert!(refused.contains("Volumes only grow"), "{refused}");
+    assert!(refused.contains("corral_volume.root"), "{refused}");
+
+    // A network changes by replacement only (corrald has no update for networks).
+    let sized = format!("  size   = \"{bigger}M\"\n");
+    config(&sized, "10.6.0.0/24", "");
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("corral_network.lan must be replaced")
+            && planned.contains("forces replacement")
+            && planned.contains("1 to add, 0 to change, 1 to destroy"),
+        "{planned}"
+    );
+    tf.apply();
+    assert_eq!(tf.output("lan_gateway"), "10.6.0.2");
+    tf.plan(0);
+
+    // A snapshot with memory of the firmware-booted VM; create waits until it is taken.
+    let snapshot = |memory: bool| {
+        format!(
+            "resource \"corral_snapshot\" \"warm\" {{\n  name   = \"warm\"\n  vm     = \
+             corral_vm.fw.name\n  memory = {memory}\n}}\n\n"
+        )
+    };
+    config(&sized, "10.6.0.0/24", &snapshot(true));
+    let applied = tf.apply();
+    assert!(
+        applied.contains("1 added, 0 changed, 0 destroyed"),
+        "{applied}"
+    );
+    let snap: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["snapshot", "get", "warm", "-o", "json"])).expect("json");
+    assert_eq!(snap["status"]["phase"], "Ready", "{snap}");
+    tf.plan(0);
+    config(&sized, "10.6.0.0/24", &snapshot(false));
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("corral_snapshot.warm must be replaced"),
+        "{planned}"
+    );
+    config(&sized, "10.6.0.0/24", &snapshot(true));
+
+    // An image made with the CLI, imported: then nothing to do.
+    cli.ok(&[
+        "image",
+        "import",
+        "extra",
+        "--path",
+        &disk.display().to_string(),
+    ]);
+    let extra = format!(
+        "resource \"corral_image\" \"extra\" {{\n  name = \"extra\"\n  path = \"{}\"\n}}\n\n",
+        disk.display()
+    );
+    config(&sized, "10.6.0.0/24", &(snapshot(true) + &extra));
+    let imported = tf.expect(&["import", "-no-color", "corral_image.extra", "extra"], 0);
+    assert!(imported.contains("Import successful"), "{imported}");
+    tf.plan(0);
+
+    // Destroy: nothing left in corrald, no QEMU.
+    let destroyed = tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    assert!(destroyed.contains("Resources: 7 destroyed"), "{destroyed}");
+    for kind in ["vm", "volume", "image", "network", "snapshot"] {
+        assert!(
+            listed(&cli, kind).is_empty(),
+            "{kind}s left: {:?}",
+            listed(&cli, kind)
+        );
+    }
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+    let volumes = daemon.data_dir().join("volumes");
+    let left: Vec<_> = std::fs::read_dir(&volumes)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "volume files left: {left:?}");
+}
