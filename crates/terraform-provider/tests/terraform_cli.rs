@@ -617,3 +617,40 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
         .unwrap_or_default();
     assert!(left.is_empty(), "volume files left: {left:?}");
 }
+
+#[test]
+fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+
+    // Checked at plan time by the contract, shown on the line that set the value.
+    tf.config("resource \"corral_volume\" \"v\" {\n  name = \"v\"\n  size = \"1GB\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid size"), "{out}");
+    assert!(out.contains("decimal unit GB"), "{out}");
+    assert!(out.contains("size = \"1GB\""), "the line: {out}");
+
+    tf.config("resource \"corral_image\" \"i\" {\n  name = \"i\"\n  path = \"boot.qcow2\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid path"), "{out}");
+    assert!(out.contains("(spec.source.path)"), "{out}");
+
+    tf.config("resource \"corral_network\" \"n\" {\n  name = \"n\"\n  mode = \"nat\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid mode"), "{out}");
+    assert!(out.contains("mode = \"nat\""), "the line: {out}");
+
+    // Only corrald knows a host file is missing: its error reaches the attribute, and no
+    // image is left behind.
+    tf.config(
+        "resource \"corral_image\" \"i\" {\n  name = \"i\"\n  path = \"/nonexistent/boot.qcow2\"\n}\n",
+    );
+    let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
+    assert!(out.contains("/nonexistent/boot.qcow2"), "{out}");
+    assert!(
+        listed(&cli, "image").is_empty(),
+        "{:?}",
+        listed(&cli, "image")
+    );
+}
