@@ -600,9 +600,18 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
     assert!(imported.contains("Import successful"), "{imported}");
     tf.plan(0);
 
+    // A network made with the CLI, imported: its unset addresses read back as in effect.
+    cli.ok(&["network", "create", "ext", "--cidr", "10.7.0.0/24"]);
+    let ext =
+        "resource \"corral_network\" \"ext\" {\n  name = \"ext\"\n  cidr = \"10.7.0.0/24\"\n}\n\n";
+    config(&sized, "10.6.0.0/24", &(snapshot(true) + &extra + ext));
+    let imported = tf.expect(&["import", "-no-color", "corral_network.ext", "ext"], 0);
+    assert!(imported.contains("Import successful"), "{imported}");
+    tf.plan(0);
+
     // Destroy: nothing left in corrald, no QEMU.
     let destroyed = tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
-    assert!(destroyed.contains("Resources: 7 destroyed"), "{destroyed}");
+    assert!(destroyed.contains("Resources: 8 destroyed"), "{destroyed}");
     for kind in ["vm", "volume", "image", "network", "snapshot"] {
         assert!(
             listed(&cli, kind).is_empty(),
