@@ -247,11 +247,7 @@ pub fn validate<K: Kind>(config: &Value) -> Vec<Diagnostic> {
         Ok(_) => Vec::new(),
         Err(diags) => diags,
     };
-    diags.retain(|d| {
-        d.path
-            .first()
-            .is_none_or(|a| config.get(a) != &Value::Unknown)
-    });
+    diags.retain(|d| d.path.first().is_none_or(|a| !config.get(a).is_unknown()));
     if let Value::Map(timeouts) = config.get("timeouts") {
         for (name, value) in timeouts {
             if let Some(text) = value.as_str() {

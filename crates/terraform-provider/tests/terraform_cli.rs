@@ -663,3 +663,55 @@ fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
         listed(&cli, "image")
     );
 }
+
+#[test]
+fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    let kit = kit();
+    let config = |volumes: &str| {
+        tf.config(&format!(
+            "resource \"corral_image\" \"root\" {{\n  name = \"rootfs\"\n  path = \"{}\"\n}}\n\n\
+             resource \"corral_volume\" \"root\" {{\n  name  = \"root-2\"\n  image = corral_image.root.name\n}}\n\n\
+             resource \"corral_volume\" \"scratch\" {{\n  name = \"scratch\"\n  size = \"16M\"\n}}\n\n\
+             resource \"corral_vm\" \"app\" {{\n  name    = \"app\"\n  kernel  = \"{}\"\n  \
+             initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet corral.root=/dev/vda\"\n  \
+             volumes = [{volumes}]\n}}\n\n",
+            kit.rootfs_qcow2().display(),
+            kit.kernel().display(),
+            kit.initrd().display()
+        ))
+    };
+    config("corral_volume.root.name");
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 4 added"), "{applied}");
+    // The guest's init ran from the attached volume: the first disk is its root.
+    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 0);
+    assert!(boot.contains("root=disk"), "{boot}");
+    let uid = cli.vm("app")["metadata"]["uid"].clone();
+    tf.plan(0);
+
+    // A second volume: changed in place (stop, attach, start), same uid.
+    config("corral_volume.root.name, corral_volume.scratch.name");
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("0 to add, 1 to change, 0 to destroy"),
+        "{planned}"
+    );
+    let applied = tf.apply();
+    assert!(applied.contains("0 added, 1 changed"), "{applied}");
+    let vm = cli.vm("app");
+    assert_eq!(vm["metadata"]["uid"], uid);
+    assert_eq!(vm["status"]["phase"], "Running");
+    assert_eq!(vm["spec"]["volumes"][1]["volume"], "scratch", "{vm}");
+    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 1);
+    assert!(boot.contains("root=disk"), "{boot}");
+    tf.plan(0);
+
+    tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    for kind in ["vm", "volume", "image"] {
+        assert!(listed(&cli, kind).is_empty(), "{kind}s left");
+    }
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+}
