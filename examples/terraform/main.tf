@@ -1,4 +1,5 @@
-# Two VMs booting Corral's guest kit, managed by Terraform.
+# Corral's guest kit managed by Terraform: two VMs booting its kernel, and a third that
+# firmware-boots a volume cloned from the kit's BIOS-bootable disk image.
 # See README.md beside this file for how to run it.
 
 terraform {
@@ -53,6 +54,29 @@ resource "corral_vm" "worker" {
   }
 }
 
+# The kit's bootable disk, stored once by corrald (by its BLAKE3 digest).
+resource "corral_image" "boot" {
+  name = "kit-boot"
+  path = "${var.kit}/boot.qcow2"
+}
+
+# A thin qcow2 clone of the image: grow `size` and apply to resize it in place.
+resource "corral_volume" "root" {
+  name  = "disk-1-root"
+  image = corral_image.boot.name
+  labels = {
+    role = "boot"
+  }
+}
+
+# Firmware (SeaBIOS on q35) boots the volume: syslinux, then the kit's kernel.
+resource "corral_vm" "disk" {
+  name        = "disk-1"
+  machine     = "q35"
+  memory      = "256M"
+  boot_volume = corral_volume.root.name
+}
+
 # Reads a VM Terraform does not manage (here: the one above, once it exists).
 data "corral_vm" "web" {
   name = corral_vm.web.name
@@ -68,4 +92,12 @@ output "web_phase" {
 
 output "web_accelerator" {
   value = corral_vm.web.accelerator
+}
+
+output "image_digest" {
+  value = corral_image.boot.digest
+}
+
+output "root_volume_bytes" {
+  value = corral_volume.root.actual_size
 }

@@ -11,7 +11,8 @@
 //! - [`schema`] and [`plan`] — each resource declares its attributes once (type, required,
 //!   default, replace-on-change, stable); plans, the schema Terraform reads and the matching
 //!   data source follow from that declaration;
-//! - resources ([`vm`]) — a schema, a mapping between attributes and the API's types, and
+//! - resources ([`vm`], and [`image`], [`volume`], [`network`], [`snapshot`] through
+//!   [`stored`]) — a schema, a mapping between attributes and the API's types, and
 //!   calls to corrald through `corral-client`, the same client as the `corral` CLI.
 //!
 //! Adding a kind is adding one module like [`vm`]: its schema, `to_state`/`from` mappings,
@@ -33,15 +34,20 @@
 
 mod config;
 pub mod diag;
+pub mod image;
+pub mod network;
 pub mod pb;
 pub mod plan;
 pub mod plugin;
 mod resource;
 pub mod schema;
 mod server;
+pub mod snapshot;
+pub mod stored;
 pub mod tls;
 pub mod value;
 pub mod vm;
+pub mod volume;
 
 pub use resource::{Ctx, DataSource, Outcome, Resource};
 pub use server::ProviderService;
@@ -50,5 +56,10 @@ pub use server::ProviderService;
 pub fn provider() -> ProviderService {
     ProviderService::new()
         .resource(vm::VmResource::default())
+        .resource(image::ImageResource::default())
+        .resource(volume::VolumeResource::default())
+        .resource(network::NetworkResource::default())
+        .resource(snapshot::SnapshotResource::default())
         .data_source(vm::VmData::default())
+        .data_source(image::data_source())
 }

@@ -78,6 +78,11 @@ impl Attr {
         Attr::new(name, Type::Map(Box::new(Type::String)))
     }
 
+    /// A list of strings.
+    pub fn string_list(name: &'static str) -> Attr {
+        Attr::new(name, Type::List(Box::new(Type::String)))
+    }
+
     /// The user must set it.
     pub fn required(mut self) -> Attr {
         self.mode = Mode::Required;

@@ -18,6 +18,8 @@ pub enum Type {
     Bool,
     /// A map with string keys and values of one type.
     Map(Box<Type>),
+    /// An ordered list of values of one type.
+    List(Box<Type>),
     /// An object with named attributes of their own types.
     Object(BTreeMap<String, Type>),
 }
@@ -31,6 +33,7 @@ impl Type {
             Type::Number => json!("number"),
             Type::Bool => json!("bool"),
             Type::Map(element) => json!(["map", element.to_json()]),
+            Type::List(element) => json!(["list", element.to_json()]),
             Type::Object(attrs) => {
                 let attrs: serde_json::Map<_, _> = attrs
                     .iter()
@@ -58,6 +61,8 @@ pub enum Value {
     String(String),
     /// A map (`Type::Map`) or an object (`Type::Object`).
     Map(BTreeMap<String, Value>),
+    /// A list (`Type::List`).
+    List(Vec<Value>),
 }
 
 /// A value that does not fit its type.
@@ -129,6 +134,7 @@ impl Value {
         match self {
             Value::Unknown => true,
             Value::Map(m) => m.values().any(Value::is_unknown),
+            Value::List(l) => l.iter().any(Value::is_unknown),
             _ => false,
         }
     }
@@ -232,6 +238,13 @@ fn from_rmpv(raw: rmpv::Value, ty: &Type, path: &str) -> Result<Value, DecodeErr
             }
             Value::Map(map)
         }
+        (R::Array(items), Type::List(element)) => Value::List(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| from_rmpv(item, element, &join(path, &i.to_string())))
+                .collect::<Result<_, _>>()?,
+        ),
         (R::Map(entries), Type::Object(attrs)) => {
             let mut map: BTreeMap<String, Value> =
                 attrs.keys().map(|k| (k.clone(), Value::Null)).collect();
@@ -284,9 +297,12 @@ fn to_rmpv(value: &Value, ty: &Type) -> rmpv::Value {
                 .map(|(k, v)| (R::from(k.as_str()), to_rmpv(v, element)))
                 .collect(),
         ),
-        // A map where a scalar was declared: a bug in the provider; write it as a string so
-        // that Terraform's error names the attribute.
-        (Value::Map(_), _) => R::from(format!("{value:?}")),
+        (Value::List(items), Type::List(element)) => {
+            R::Array(items.iter().map(|v| to_rmpv(v, element)).collect())
+        }
+        // A map or list where a scalar was declared: a bug in the provider; write it as a
+        // string so that Terraform's error names the attribute.
+        (Value::Map(_) | Value::List(_), _) => R::from(format!("{value:?}")),
     }
 }
 
@@ -309,6 +325,13 @@ fn from_json(json: serde_json::Value, ty: &Type, path: &str) -> Result<Value, De
                     Ok((k, value))
                 })
                 .collect::<Result<_, DecodeError>>()?,
+        ),
+        (J::Array(items), Type::List(element)) => Value::List(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| from_json(item, element, &join(path, &i.to_string())))
+                .collect::<Result<_, _>>()?,
         ),
         (J::Object(mut entries), Type::Object(attrs)) => Value::Map(
             attrs
@@ -349,6 +372,19 @@ mod tests {
         assert_eq!(back.get("on"), &Value::Unknown);
         assert_eq!(back.get("labels"), &Value::Null);
         assert!(back.is_unknown());
+    }
+
+    #[test]
+    fn lists_round_trip_in_msgpack_and_json() {
+        let ty = Type::List(Box::new(Type::String));
+        let v = Value::List(vec![Value::string("a"), Value::Unknown]);
+        assert_eq!(Value::from_msgpack(&v.to_msgpack(&ty), &ty).unwrap(), v);
+        assert_eq!(ty.to_json().to_string(), r#"["list","string"]"#);
+        let json = serde_json::json!(["a", "b"]);
+        assert_eq!(
+            from_json(json, &ty, "").unwrap(),
+            Value::List(vec![Value::string("a"), Value::string("b")])
+        );
     }
 
     #[test]

@@ -438,3 +438,280 @@ fn run_by_hand_the_binary_explains_itself() {
     assert!(stderr.contains("Terraform starts it"), "{stderr}");
     assert!(out.stdout.is_empty(), "no handshake line without Terraform");
 }
+
+/// Names of the objects of one kind the CLI lists (`image`, `volume`, `network`, …), but
+/// corrald's built-in `default` network.
+fn listed(cli: &Cli, kind: &str) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&[kind, "list", "-o", "json"])).expect("json");
+    let items = list.get("items").unwrap_or(&list);
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("corral {kind} list: not an array: {list}"))
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_owned())
+        .filter(|name| !(kind == "network" && name == "default"))
+        .collect()
+}
+
+#[test]
+fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    let kit = kit();
+    let disk = kit.boot_disk();
+    let image = format!(
+        "resource \"corral_image\" \"boot\" {{\n  name = \"bootdisk\"\n  path = \"{}\"\n}}\n\n\
+         data \"corral_image\" \"boot\" {{\n  name = corral_image.boot.name\n}}\n\n\
+         output \"image_digest\" {{\n  value = data.corral_image.boot.digest\n}}\n\n",
+        disk.display()
+    );
+    let volume = |extra: &str| {
+        format!(
+            "resource \"corral_volume\" \"root\" {{\n  name   = \"root-1\"\n  image  = \
+             corral_image.boot.name\n  labels = {{ role = \"boot\" }}\n{extra}}}\n\n\
+             output \"volume_uid\" {{\n  value = corral_volume.root.uid\n}}\n\n\
+             output \"volume_bytes\" {{\n  value = corral_volume.root.actual_size\n}}\n\n"
+        )
+    };
+    let vms = "resource \"corral_vm\" \"fw\" {\n  name        = \"fw\"\n  boot_volume = \
+               corral_volume.root.name\n  machine     = \"q35\"\n  memory      = \"256M\"\n}\n\n"
+        .to_owned()
+        + &vm_block("kern", "kern", "");
+    let network = |cidr: &str| {
+        format!(
+            "resource \"corral_network\" \"lan\" {{\n  name = \"lan\"\n  mode = \"user\"\n  \
+             cidr = \"{cidr}\"\n}}\n\n\
+             output \"lan_gateway\" {{\n  value = corral_network.lan.gateway\n}}\n\n"
+        )
+    };
+
+    // An image, a volume cloned from it, a VM firmware-booting the volume, a VM booting the
+    // kit's kernel, and a user-mode network.
+    let config = |vol: &str, net: &str, more: &str| {
+        tf.config(&format!(
+            "{image}{}{vms}{}{more}",
+            volume(vol),
+            network(net)
+        ))
+    };
+    config("", "10.5.0.0/24", "");
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 5 added"), "{applied}");
+    for name in ["fw", "kern"] {
+        assert_eq!(cli.vm(name)["status"]["phase"], "Running");
+        let boot = cli.console_line(name, "CORRAL_BOOT_OK", 0);
+        assert!(boot.contains("arch=x86_64"), "{boot}");
+    }
+    assert_eq!(cli.vm("fw")["spec"]["boot"]["volume"]["volume"], "root-1");
+    let digest = tf.output("image_digest");
+    assert!(digest.starts_with("blake3:"), "{digest}");
+    assert_eq!(tf.output("lan_gateway"), "10.5.0.2");
+    let volume_json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&cli.ok(&["volume", "get", name, "-o", "json"])).expect("json")
+    };
+    let uid = tf.output("volume_uid");
+    assert_eq!(volume_json("root-1")["metadata"]["uid"], uid.as_str());
+    assert_eq!(volume_json("root-1")["status"]["phase"], "Ready");
+    tf.plan(0);
+
+    // Growing the volume is an in-place update: same uid, a bigger disk.
+    let bytes: u64 = tf.output("volume_bytes").parse().expect("a size");
+    let bigger = (bytes >> 20) + 64;
+    config(&format!("  size   = \"{bigger}M\"\n"), "10.5.0.0/24", "");
+    let planned = tf.plan(2);
+    assert!(planned.contains("1 to change, 0 to destroy"), "{planned}");
+    let applied = tf.apply();
+    assert!(
+        applied.contains("0 added, 1 changed, 0 destroyed"),
+        "{applied}"
+    );
+    let vol = volume_json("root-1");
+    assert_eq!(vol["metadata"]["uid"], uid.as_str());
+    assert_eq!(vol["status"]["size"], bigger << 20, "{vol}");
+    assert_eq!(tf.output("volume_uid"), uid);
+    assert_eq!(cli.vm("fw")["status"]["phase"], "Running");
+    tf.plan(0);
+
+    // Shrinking is refused at plan time, on the size attribute.
+    config(
+        &format!("  size   = \"{}M\"\n", bigger - 32),
+        "10.5.0.0/24",
+        "",
+    );
+    let refused = tf.expect(&["plan", "-no-color"], 1);
+    assert!(refused.contains("Volumes only grow"), "{refused}");
+    assert!(refused.contains("corral_volume.root"), "{refused}");
+
+    // A network changes by replacement only (corrald has no update for networks).
+    let sized = format!("  size   = \"{bigger}M\"\n");
+    config(&sized, "10.6.0.0/24", "");
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("corral_network.lan must be replaced")
+            && planned.contains("forces replacement")
+            && planned.contains("1 to add, 0 to change, 1 to destroy"),
+        "{planned}"
+    );
+    tf.apply();
+    assert_eq!(tf.output("lan_gateway"), "10.6.0.2");
+    tf.plan(0);
+
+    // A snapshot with memory of the firmware-booted VM; create waits until it is taken.
+    let snapshot = |memory: bool| {
+        format!(
+            "resource \"corral_snapshot\" \"warm\" {{\n  name   = \"warm\"\n  vm     = \
+             corral_vm.fw.name\n  memory = {memory}\n}}\n\n"
+        )
+    };
+    config(&sized, "10.6.0.0/24", &snapshot(true));
+    let applied = tf.apply();
+    assert!(
+        applied.contains("1 added, 0 changed, 0 destroyed"),
+        "{applied}"
+    );
+    let snap: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["snapshot", "get", "warm", "-o", "json"])).expect("json");
+    assert_eq!(snap["status"]["phase"], "Ready", "{snap}");
+    tf.plan(0);
+    config(&sized, "10.6.0.0/24", &snapshot(false));
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("corral_snapshot.warm must be replaced"),
+        "{planned}"
+    );
+    config(&sized, "10.6.0.0/24", &snapshot(true));
+
+    // An image made with the CLI, imported: then nothing to do.
+    cli.ok(&[
+        "image",
+        "import",
+        "extra",
+        "--path",
+        &disk.display().to_string(),
+    ]);
+    let extra = format!(
+        "resource \"corral_image\" \"extra\" {{\n  name = \"extra\"\n  path = \"{}\"\n}}\n\n",
+        disk.display()
+    );
+    config(&sized, "10.6.0.0/24", &(snapshot(true) + &extra));
+    let imported = tf.expect(&["import", "-no-color", "corral_image.extra", "extra"], 0);
+    assert!(imported.contains("Import successful"), "{imported}");
+    tf.plan(0);
+
+    // A network made with the CLI, imported: its unset addresses read back as in effect.
+    cli.ok(&["network", "create", "ext", "--cidr", "10.7.0.0/24"]);
+    let ext =
+        "resource \"corral_network\" \"ext\" {\n  name = \"ext\"\n  cidr = \"10.7.0.0/24\"\n}\n\n";
+    config(&sized, "10.6.0.0/24", &(snapshot(true) + &extra + ext));
+    let imported = tf.expect(&["import", "-no-color", "corral_network.ext", "ext"], 0);
+    assert!(imported.contains("Import successful"), "{imported}");
+    tf.plan(0);
+
+    // Destroy: nothing left in corrald, no QEMU.
+    let destroyed = tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    assert!(destroyed.contains("Resources: 8 destroyed"), "{destroyed}");
+    for kind in ["vm", "volume", "image", "network", "snapshot"] {
+        assert!(
+            listed(&cli, kind).is_empty(),
+            "{kind}s left: {:?}",
+            listed(&cli, kind)
+        );
+    }
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+    let volumes = daemon.data_dir().join("volumes");
+    let left: Vec<_> = std::fs::read_dir(&volumes)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "volume files left: {left:?}");
+}
+
+#[test]
+fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+
+    // Checked at plan time by the contract, shown on the line that set the value.
+    tf.config("resource \"corral_volume\" \"v\" {\n  name = \"v\"\n  size = \"1GB\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid size"), "{out}");
+    assert!(out.contains("decimal unit GB"), "{out}");
+    assert!(out.contains("size = \"1GB\""), "the line: {out}");
+
+    tf.config("resource \"corral_image\" \"i\" {\n  name = \"i\"\n  path = \"boot.qcow2\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid path"), "{out}");
+    assert!(out.contains("(spec.source.path)"), "{out}");
+
+    tf.config("resource \"corral_network\" \"n\" {\n  name = \"n\"\n  mode = \"nat\"\n}\n");
+    let out = tf.plan(1);
+    assert!(out.contains("Error: Invalid mode"), "{out}");
+    assert!(out.contains("mode = \"nat\""), "the line: {out}");
+
+    // Only corrald knows a host file is missing: its error reaches the attribute, and no
+    // image is left behind.
+    tf.config(
+        "resource \"corral_image\" \"i\" {\n  name = \"i\"\n  path = \"/nonexistent/boot.qcow2\"\n}\n",
+    );
+    let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
+    assert!(out.contains("/nonexistent/boot.qcow2"), "{out}");
+    assert!(
+        listed(&cli, "image").is_empty(),
+        "{:?}",
+        listed(&cli, "image")
+    );
+}
+
+#[test]
+fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
+    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
+    let cli = Cli { daemon: &daemon };
+    let tf = Terraform::new(&daemon);
+    let kit = kit();
+    let config = |volumes: &str| {
+        tf.config(&format!(
+            "resource \"corral_image\" \"root\" {{\n  name = \"rootfs\"\n  path = \"{}\"\n}}\n\n\
+             resource \"corral_volume\" \"root\" {{\n  name  = \"root-2\"\n  image = corral_image.root.name\n}}\n\n\
+             resource \"corral_volume\" \"scratch\" {{\n  name = \"scratch\"\n  size = \"16M\"\n}}\n\n\
+             resource \"corral_vm\" \"app\" {{\n  name    = \"app\"\n  kernel  = \"{}\"\n  \
+             initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet corral.root=/dev/vda\"\n  \
+             volumes = [{volumes}]\n}}\n\n",
+            kit.rootfs_qcow2().display(),
+            kit.kernel().display(),
+            kit.initrd().display()
+        ))
+    };
+    config("corral_volume.root.name");
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 4 added"), "{applied}");
+    // The guest's init ran from the attached volume: the first disk is its root.
+    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 0);
+    assert!(boot.contains("root=disk"), "{boot}");
+    let uid = cli.vm("app")["metadata"]["uid"].clone();
+    tf.plan(0);
+
+    // A second volume: changed in place (stop, attach, start), same uid.
+    config("corral_volume.root.name, corral_volume.scratch.name");
+    let planned = tf.plan(2);
+    assert!(
+        planned.contains("0 to add, 1 to change, 0 to destroy"),
+        "{planned}"
+    );
+    let applied = tf.apply();
+    assert!(applied.contains("0 added, 1 changed"), "{applied}");
+    let vm = cli.vm("app");
+    assert_eq!(vm["metadata"]["uid"], uid);
+    assert_eq!(vm["status"]["phase"], "Running");
+    assert_eq!(vm["spec"]["volumes"][1]["volume"], "scratch", "{vm}");
+    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 1);
+    assert!(boot.contains("root=disk"), "{boot}");
+    tf.plan(0);
+
+    tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    for kind in ["vm", "volume", "image"] {
+        assert!(listed(&cli, kind).is_empty(), "{kind}s left");
+    }
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+}

@@ -244,14 +244,42 @@ impl Resource for VmResource {
             next.spec.machine = None;
         }
         next.metadata.labels = wanted.metadata.labels.clone();
+        // Attachments keep what Terraform does not express (read-only, serial).
+        next.spec.volumes = wanted
+            .spec
+            .volumes
+            .iter()
+            .map(|w| {
+                current
+                    .spec
+                    .volumes
+                    .iter()
+                    .find(|c| c.volume == w.volume)
+                    .cloned()
+                    .unwrap_or_else(|| w.clone())
+            })
+            .collect();
         let mut old_hw = current.spec.clone();
         old_hw.power = next.spec.power;
         old_hw.restart_policy = next.spec.restart_policy;
         let hardware_changed = old_hw != next.spec;
-        let live = matches!(
+        let mut live = matches!(
             current.status.phase,
             Phase::Running | Phase::Paused | Phase::Starting
         );
+        // corrald changes a VM's disks only while it is stopped: stop it, change it, and the
+        // declared power state brings it back.
+        let disks_changed =
+            current.spec.volumes != next.spec.volumes || current.spec.boot != next.spec.boot;
+        if disks_changed && live {
+            let limit = timeout(planned, "update", UPDATE_TIMEOUT);
+            ctx.client.stop_vm(&name, false).await.map_err(failed)?;
+            wait_for_power(ctx, &name, Power::Stopped, limit).await?;
+            let stopped = ctx.client.get_vm(&name).await.map_err(failed)?;
+            next.metadata = stopped.metadata;
+            next.metadata.labels = wanted.metadata.labels.clone();
+            live = false;
+        }
         // Compare-and-swap on the version read: a concurrent change fails the update
         // instead of being overwritten.
         ctx.client.update_vm(&next).await.map_err(failed)?;

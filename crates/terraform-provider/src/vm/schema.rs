@@ -88,6 +88,10 @@ pub fn resource_schema() -> Schema {
         "Name of a corrald Volume that firmware boots (it becomes the first disk). Set exactly \
          one of `kernel`, `disk` or `boot_volume`.",
     ))
+    .attr(Attr::string_list("volumes").describe(
+        "Names of corrald Volumes attached read-write after the boot disk, in order. Changed in \
+         place: a running VM is stopped, changed and started again (same uid).",
+    ))
     .attr(Attr::string("power").default(s("running")).describe(
         "Wanted power state: `running` (default), `stopped` or `paused`. A VM that stopped on \
          its own reads as `stopped`, so the next apply starts it again.",
@@ -176,6 +180,7 @@ pub const HARDWARE: &[&str] = &[
     "disk",
     "disk_format",
     "boot_volume",
+    "volumes",
     "introspection",
 ];
 
@@ -205,6 +210,7 @@ pub fn attribute_for(field: &str) -> Option<&'static str> {
         "spec.boot.disk" | "spec.boot.disk.path" => "disk",
         "spec.boot.disk.format" => "disk_format",
         "spec.boot.volume" | "spec.boot.volume.volume" => "boot_volume",
+        f if f.starts_with("spec.volumes") => "volumes",
         "spec.power" => "power",
         "spec.introspection" => "introspection",
         "spec.restart_policy" => "restart_policy",
@@ -326,6 +332,17 @@ fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     }
     let mut spec = serde_json::Map::new();
     spec.insert("boot".into(), boot);
+    if let Value::List(names) = config.get("volumes") {
+        let attachments: Vec<serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let placeholder = format!("unknown-until-apply-{i}");
+                json!({ "volume": name.as_str().unwrap_or(&placeholder) })
+            })
+            .collect();
+        spec.insert("volumes".into(), json!(attachments));
+    }
     for (attr, field) in [
         ("cpus", "cpus"),
         ("memory", "memory"),
@@ -368,11 +385,7 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
         Err(diags) => diags,
     };
     // An error about a value not known yet is a placeholder's error; apply checks it.
-    diags.retain(|d| {
-        d.path
-            .first()
-            .is_none_or(|a| config.get(a) != &Value::Unknown)
-    });
+    diags.retain(|d| d.path.first().is_none_or(|a| !config.get(a).is_unknown()));
     if let Value::Map(timeouts) = config.get("timeouts") {
         for (name, value) in timeouts {
             if let Some(text) = value.as_str() {
@@ -463,6 +476,12 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
             state.set("boot_volume", s(volume.as_str()));
         }
     }
+    let volumes = if spec.volumes.is_empty() && !matches!(hint.get("volumes"), Value::List(_)) {
+        Value::Null
+    } else {
+        Value::List(spec.volumes.iter().map(|a| s(a.volume.as_str())).collect())
+    };
+    state.set("volumes", volumes);
     state.set("power", s(effective_power(vm).as_str()));
     state.set("introspection", Value::Bool(spec.introspection));
     state.set("restart_policy", s(spec.restart_policy.as_str()));
@@ -583,6 +602,31 @@ mod tests {
             ("cpus", Value::Unknown),
         ]));
         assert!(diags.is_empty(), "{diags:?}");
+    }
+
+    #[test]
+    fn volumes_are_read_write_attachments_in_order() {
+        let names = |v: &[Value]| Value::List(v.to_vec());
+        let vm = vm_from(&config(&[(
+            "volumes",
+            names(&[Value::string("root"), Value::string("data")]),
+        )]))
+        .unwrap();
+        let attached: Vec<_> = vm.spec.volumes.iter().map(|a| a.volume.as_str()).collect();
+        assert_eq!(attached, ["root", "data"]);
+        assert!(vm.spec.volumes.iter().all(|a| !a.readonly));
+        let state = to_state(&vm, &Value::Null);
+        assert_eq!(
+            state.get("volumes"),
+            &names(&[Value::string("root"), Value::string("data")])
+        );
+        let twice = names(&[Value::string("root"), Value::string("root")]);
+        assert_eq!(
+            validate(&config(&[("volumes", twice)]))[0].path,
+            ["volumes"]
+        );
+        let unknown = names(&[Value::Unknown, Value::Unknown]);
+        assert_eq!(validate(&config(&[("volumes", unknown)])), vec![]);
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! `corral_snapshot`: a point-in-time state of a VM's writable volumes (and optionally its
+//! RAM). corrald's SnapshotService has no update, so every argument — labels included —
+//! replaces the snapshot. Create waits until it is taken (Ready).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corral_client::contract::{Snapshot, StoragePhase};
+use corral_client::{Client, ClientError};
+use serde_json::json;
+
+use crate::diag::Diagnostic;
+use crate::schema::{Attr, Schema};
+use crate::stored::{self, Kind, Managed, Progress, known, labels_state, opt};
+use crate::value::Value;
+
+/// The `corral_snapshot` kind.
+#[derive(Debug)]
+pub struct SnapshotKind;
+
+/// The `corral_snapshot` resource.
+pub type SnapshotResource = Managed<SnapshotKind>;
+
+#[async_trait]
+impl Kind for SnapshotKind {
+    type Obj = Snapshot;
+    const TYPE: &'static str = "corral_snapshot";
+    const WHAT: &'static str = "snapshot";
+    const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn schema() -> Schema {
+        let schema = stored::base_schema(
+            "A point-in-time state of a VM's writable qcow2 volumes, and optionally its RAM \
+             (qcow2 internal snapshots). Changing any argument replaces the snapshot. Restore \
+             with `corral snapshot restore NAME`.",
+            "Unique name (lowercase letters, digits, '-'). Changing it replaces the snapshot.",
+        )
+        .attr(
+            Attr::string_map("labels")
+                .replace()
+                .describe("Key/value labels. Changing them replaces the snapshot."),
+        )
+        .attr(
+            Attr::string("vm")
+                .required()
+                .replace()
+                .describe("Name of the VM to snapshot. Changing it replaces the snapshot."),
+        )
+        .attr(
+            Attr::bool("memory")
+                .default(Value::Bool(false))
+                .replace()
+                .describe(
+                    "Also save RAM and device state (the VM must be running or paused). Without it \
+             (default) the snapshot is disk-only and the VM must be stopped.",
+                ),
+        );
+        let schema = stored::identity(schema, "When corrald created the snapshot (RFC 3339).")
+            .attr(
+                Attr::string("phase")
+                    .computed()
+                    .describe("Pending, Ready or Failed."),
+            )
+            .attr(
+                Attr::string("tag")
+                    .computed()
+                    .stable()
+                    .describe("The internal snapshot's tag in each volume."),
+            )
+            .attr(
+                Attr::string("taken_at")
+                    .computed()
+                    .stable()
+                    .describe("When it was taken (RFC 3339)."),
+            )
+            .attr(
+                Attr::string("message")
+                    .computed()
+                    .describe("Why the snapshot is where it is."),
+            );
+        stored::timeouts(schema, "For the snapshot to be taken (default 5m).", None)
+    }
+
+    fn attribute_for(field: &str) -> Option<&'static str> {
+        Some(match field {
+            "metadata.name" => "name",
+            "metadata.labels" => "labels",
+            "spec.vm" => "vm",
+            "spec.memory" => "memory",
+            _ => return None,
+        })
+    }
+
+    fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
+        let mut spec = serde_json::Map::new();
+        spec.insert(
+            "vm".into(),
+            known(config, "vm").unwrap_or(json!("unknown-until-apply")),
+        );
+        if let Some(memory) = known(config, "memory") {
+            spec.insert("memory".into(), memory);
+        }
+        Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
+    }
+
+    fn to_state(snap: &Snapshot, hint: &Value) -> Value {
+        let mut state = Value::Null;
+        let name = snap.metadata.name.as_str();
+        state.set("id", Value::string(name));
+        state.set("name", Value::string(name));
+        state.set("labels", labels_state(&snap.metadata.labels, hint));
+        state.set("vm", Value::string(snap.spec.vm.as_str()));
+        state.set("memory", Value::Bool(snap.spec.memory));
+        state.set("uid", Value::string(&snap.metadata.uid));
+        state.set("created_at", opt(snap.metadata.created_at.as_deref()));
+        let status = &snap.status;
+        state.set("phase", Value::string(status.phase.as_str()));
+        state.set("tag", opt(status.tag.as_deref()));
+        state.set("taken_at", opt(status.taken_at.as_deref()));
+        state.set("message", opt(status.message.as_deref()));
+        state.set("timeouts", hint.get("timeouts").clone());
+        state
+    }
+
+    fn progress(snap: &Snapshot) -> Progress {
+        match snap.status.phase {
+            StoragePhase::Ready => Progress::Ready,
+            StoragePhase::Pending => Progress::Pending,
+            StoragePhase::Failed => Progress::Failed(
+                snap.status
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into()),
+            ),
+        }
+    }
+
+    fn name(snap: &Snapshot) -> &str {
+        snap.metadata.name.as_str()
+    }
+
+    async fn create(client: &Client, snap: &Snapshot) -> Result<Snapshot, ClientError> {
+        client.create_snapshot(snap).await
+    }
+
+    async fn get(client: &Client, name: &str) -> Result<Snapshot, ClientError> {
+        client.get_snapshot(name).await
+    }
+
+    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
+        client.delete_snapshot(name).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::stored::{object_from, validate};
+
+    fn config(pairs: &[(&str, Value)]) -> Value {
+        let mut v = Value::Null;
+        v.set("name", Value::string("before-upgrade"));
+        v.set("vm", Value::string("web-1"));
+        for (k, val) in pairs {
+            v.set(k, val.clone());
+        }
+        v
+    }
+
+    #[test]
+    fn maps_both_ways_and_every_change_replaces() {
+        let snap = object_from::<SnapshotKind>(&config(&[("memory", Value::Bool(true))])).unwrap();
+        assert!(snap.spec.memory);
+        let state = SnapshotKind::to_state(&snap, &Value::Null);
+        assert_eq!(state.get("vm").as_str(), Some("web-1"));
+        let r = SnapshotResource::default();
+        let p = plan(&r, state.clone(), state, config(&[]));
+        assert_eq!(p.requires_replace, ["memory"]);
+    }
+
+    #[test]
+    fn errors_land_on_the_attribute() {
+        let d = validate::<SnapshotKind>(&config(&[("vm", Value::string("Web_1"))]));
+        assert_eq!(d[0].path, ["vm"], "{d:?}");
+        let d = validate::<SnapshotKind>(&config(&[("name", Value::string("A"))]));
+        assert_eq!(d[0].path, ["name"], "{d:?}");
+    }
+}
