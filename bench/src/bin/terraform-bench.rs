@@ -1,7 +1,7 @@
 //! Terraform benchmark: the real Terraform CLI driving `terraform-provider-corral` against a
 //! real corrald, with Terraform's own fixed cost measured in the same run as the baseline.
 //!
-//! `cargo run --release -p corral-bench --bin terraform -- [--runs 5] [--vms 10]`
+//! `cargo run --release -p corral-bench --bin terraform-bench -- [--runs 5] [--vms 10]`
 //!
 //! Prints the medians of:
 //! - `terraform apply` creating `--vms` VMs declared `power = "stopped"` (created and reported
