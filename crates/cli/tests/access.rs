@@ -3,23 +3,15 @@
 //! guest web server through a forwarded port, lines typed on its console and the answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
 use corral_testkit::{Corrald, GuestKit};
 
-fn corrald_binary() -> PathBuf {
-    let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    let corrald = corral.with_file_name("corrald");
-    assert!(
-        corrald.exists(),
-        "{} is missing: build the workspace (cargo build -p corral-daemon) before these tests",
-        corrald.display()
-    );
-    corrald
-}
+mod common;
+use common::corrald_binary;
 
 struct Cli<'a> {
     daemon: &'a Corrald,

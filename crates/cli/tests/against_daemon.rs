@@ -4,22 +4,13 @@
 //! corrald comes from the same target directory as `corral` (`cargo nextest run --workspace`
 //! builds both).
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use corral_contract::Arch;
 use corral_testkit::{Corrald, GuestKit};
 
-fn corrald_binary() -> PathBuf {
-    let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    let corrald = corral.with_file_name("corrald");
-    assert!(
-        corrald.exists(),
-        "{} is missing: build the workspace (cargo build -p corral-daemon) before these tests",
-        corrald.display()
-    );
-    corrald
-}
+mod common;
+use common::corrald_binary;
 
 struct Cli<'a> {
     daemon: &'a Corrald,

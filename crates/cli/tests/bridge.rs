@@ -4,23 +4,15 @@
 //! dnsmasq or nftables table behind.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
 use corral_testkit::{Corrald, GuestKit};
 
-fn corrald_binary() -> PathBuf {
-    let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    let corrald = corral.with_file_name("corrald");
-    assert!(
-        corrald.exists(),
-        "{} is missing: build corral-daemon first",
-        corrald.display()
-    );
-    corrald
-}
+mod common;
+use common::corrald_binary;
 
 /// A network namespace, deleted on drop.
 struct Netns(String);

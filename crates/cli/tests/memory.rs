@@ -9,15 +9,8 @@ use std::time::Duration;
 use corral_contract::Arch;
 use corral_testkit::{Corrald, GuestKit};
 
-fn corrald_binary() -> PathBuf {
-    let corrald = PathBuf::from(env!("CARGO_BIN_EXE_corral")).with_file_name("corrald");
-    assert!(
-        corrald.exists(),
-        "{} is missing: build it (cargo build -p corral-daemon) before these tests",
-        corrald.display()
-    );
-    corrald
-}
+mod common;
+use common::corrald_binary;
 
 /// `corral` on the daemon's unix socket, or on TCP with `tls` = (url, ca file, token).
 struct Cli<'a> {

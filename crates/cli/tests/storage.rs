@@ -10,16 +10,8 @@ use std::time::{Duration, Instant};
 use corral_contract::Arch;
 use corral_testkit::{Corrald, GuestKit};
 
-fn corrald_binary() -> PathBuf {
-    let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    let corrald = corral.with_file_name("corrald");
-    assert!(
-        corrald.exists(),
-        "{} is missing: build the workspace (cargo build -p corral-daemon) before these tests",
-        corrald.display()
-    );
-    corrald
-}
+mod common;
+use common::corrald_binary;
 
 const PATIENCE: Duration = Duration::from_secs(180);
 
