@@ -30,7 +30,8 @@ need cloud-init cloud-init
 need ssh openssh-client
 need ssh-keygen openssh-client
 need readelf binutils
-# Bridge networks: DHCP/DNS and NAT.
+# Bridge networks: links and namespaces, DHCP/DNS and NAT.
+need ip iproute2
 need dnsmasq dnsmasq-base
 need nft nftables
 
