@@ -1603,6 +1603,59 @@ fn tcp_without_tls_and_a_token_is_refused_at_start() {
 }
 
 /// A TLS client of `port` that trusts only `ca`.
+/// A self-signed certificate for `localhost` in a private directory, for corrald's TLS listener.
+struct TlsSetup {
+    keys: tempfile::TempDir,
+    ca: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TlsSetup {
+    fn new() -> TlsSetup {
+        let keys = tempfile::Builder::new()
+            .prefix("crl")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(keys.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            keys.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        TlsSetup {
+            ca: certified.cert.der().clone(),
+            keys,
+        }
+    }
+
+    /// Where the test writes its token hashes before [`TlsSetup::start`].
+    fn token_file(&self) -> std::path::PathBuf {
+        self.keys.path().join("tokens")
+    }
+
+    /// corrald on a free port with this certificate and token file.
+    fn start(&self) -> (Corrald, u16) {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let path = |name: &str| self.keys.path().join(name).to_str().unwrap().to_owned();
+        let d = Corrald::start_with(
+            CORRALD,
+            &[
+                "--listen",
+                &listen,
+                "--tls-cert",
+                &path("cert.pem"),
+                "--tls-key",
+                &path("key.pem"),
+                "--token-file",
+                &path("tokens"),
+            ],
+        )
+        .expect("corrald starts with TLS");
+        (d, port)
+    }
+}
+
 async fn tls_request(
     port: u16,
     ca: &rustls_pki_types::CertificateDer<'static>,
@@ -1633,41 +1686,18 @@ async fn tls_request(
 
 #[tokio::test]
 async fn tcp_serves_with_tls_and_a_bearer_token_only() {
-    let keys = tempfile::Builder::new()
-        .prefix("crl")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = keys.path().join("cert.pem");
-    let key_path = keys.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    let ca = certified.cert.der().clone();
+    let tls = TlsSetup::new();
+    let ca = tls.ca.clone();
 
     let token = "s3cret-t0ken";
     let (status, line, stderr) = run_corrald(&["hash-token"], format!("{token}\n").as_bytes());
     assert!(status.success(), "{stderr}");
     assert!(line.starts_with("blake3:"), "{line}");
     assert!(!line.contains(token));
-    let token_file = keys.path().join("tokens");
+    let token_file = tls.token_file();
     std::fs::write(&token_file, format!("# test\n{line}")).unwrap();
 
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = Corrald::start_with(
-        CORRALD,
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-    )
-    .expect("corrald starts with TLS");
+    let (d, port) = tls.start();
     let ok = eventually("the TLS listener", || async {
         tls_request(port, &ca, "GET", "/v1/vms", Some(token))
             .await
@@ -1728,16 +1758,8 @@ async fn tcp_serves_with_tls_and_a_bearer_token_only() {
 
 #[tokio::test]
 async fn memory_needs_the_memory_scope_and_refusals_are_audited() {
-    let keys = tempfile::Builder::new()
-        .prefix("crl")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = keys.path().join("cert.pem");
-    let key_path = keys.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    let ca = certified.cert.der().clone();
+    let tls = TlsSetup::new();
+    let ca = tls.ca.clone();
     let line = |token: &str, args: &[&str]| {
         let mut all = vec!["hash-token"];
         all.extend_from_slice(args);
@@ -1749,27 +1771,12 @@ async fn memory_needs_the_memory_scope_and_refusals_are_audited() {
     assert!(peek.trim_end().ends_with("scopes=vms,memory"), "{peek}");
     // A hand-written line: memory only, no VM operations.
     let only = format!("{} scopes=memory\n", line("only", &[]).trim_end());
-    let token_file = keys.path().join("tokens");
+    let token_file = tls.token_file();
     std::fs::write(&token_file, format!("{ops}{peek}{only}")).unwrap();
     let (status, _, stderr) = run_corrald(&["hash-token", "--scope", "disks"], b"x");
     assert!(!status.success() && stderr.contains("disks"), "{stderr}");
 
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = Corrald::start_with(
-        CORRALD,
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-    )
-    .expect("corrald starts with TLS");
+    let (d, port) = tls.start();
     eventually("the TLS listener", || async {
         tls_request(port, &ca, "GET", "/v1/vms", Some("ops"))
             .await
