@@ -203,11 +203,14 @@ impl QemuBackend {
         }
     }
 
-    /// Refuses to touch a directory whose recorded process still runs.
+    /// Refuses to touch a directory whose process still runs: the recorded one, or any live
+    /// process at the recorded pid that names the directory (a launch record that no longer
+    /// matches proves nothing dead, so its sockets and files stay).
     fn check_not_running(&self, paths: &VmPaths, uid: &str) -> Result<(), Error> {
         if let Ok(pid) = process::read_pid_file(&paths.pid) {
             if process::is_alive(pid)
-                && recorded_argv(paths).is_some_and(|argv| argv_matches(pid, &argv))
+                && (recorded_argv(paths).is_some_and(|argv| argv_matches(pid, &argv))
+                    || process::mentions(pid, &paths.dir))
             {
                 return Err(Error::AlreadyRunning {
                     uid: uid.to_owned(),
@@ -640,14 +643,15 @@ fn recorded_argv(paths: &VmPaths) -> Option<Vec<String>> {
         .map(|r| r.argv)
 }
 
+/// Whether `pid` runs exactly the recorded command line, byte for byte and empty arguments
+/// included (an argument that is not UTF-8 was recorded lossily and never matches).
 fn argv_matches(pid: u32, recorded: &[String]) -> bool {
-    process::cmdline(pid)
-        .map(|argv| {
-            argv.iter().map(|a| a.to_string_lossy()).eq(recorded
-                .iter()
-                .map(|s| std::borrow::Cow::Borrowed(s.as_str())))
-        })
-        .unwrap_or(false)
+    use std::os::unix::ffi::OsStrExt;
+    process::cmdline(pid).is_ok_and(|argv| {
+        argv.iter()
+            .map(|a| a.as_bytes())
+            .eq(recorded.iter().map(|s| s.as_bytes()))
+    })
 }
 
 /// Creates the guest RAM file empty with mode 0600 before QEMU opens it: QEMU would create it

@@ -73,14 +73,33 @@ pub fn signal(pid: u32, signal: Signal) -> std::io::Result<()> {
     }
 }
 
-/// The argv of a running process, from `/proc/<pid>/cmdline`.
+/// The argv of a running process, from `/proc/<pid>/cmdline`, exactly: empty arguments (such
+/// as `-append ""`) are kept, so it compares equal to the argv the process was started with.
 pub fn cmdline(pid: u32) -> std::io::Result<Vec<OsString>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
-    Ok(raw
-        .split(|&b| b == 0)
-        .filter(|arg| !arg.is_empty())
+    Ok(split_cmdline(&raw))
+}
+
+/// Splits `/proc/<pid>/cmdline`: every argument ends with a NUL, and an argument may be empty.
+fn split_cmdline(raw: &[u8]) -> Vec<OsString> {
+    // Only the terminator of the last argument is dropped; a zombie's file is empty.
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
         .map(|arg| OsString::from_vec(arg.to_vec()))
-        .collect())
+        .collect()
+}
+
+/// Whether the live process `pid` names `dir` in one of its arguments: a QEMU started for the
+/// VM whose runtime directory that is. A process that does may not be judged dead, whatever
+/// its launch record says.
+pub fn mentions(pid: u32, dir: &Path) -> bool {
+    let Some(dir) = dir.to_str() else {
+        return false;
+    };
+    cmdline(pid).is_ok_and(|argv| argv.iter().any(|arg| arg.to_string_lossy().contains(dir)))
 }
 
 /// Reads a pid file as QEMU writes it (decimal, newline).
@@ -105,6 +124,48 @@ mod tests {
         let argv = cmdline(me).unwrap();
         assert!(!argv.is_empty());
         assert!(!is_alive(u32::MAX));
+    }
+
+    #[test]
+    fn cmdline_keeps_empty_arguments() {
+        let split = |raw: &[u8]| -> Vec<String> {
+            split_cmdline(raw)
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            split(b"qemu\0-append\0\0-S\0"),
+            ["qemu", "-append", "", "-S"]
+        );
+        assert_eq!(split(b"qemu\0-append\0\0"), ["qemu", "-append", ""]);
+        assert_eq!(split(b""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_live_process_with_an_empty_argument_reads_back_exactly() {
+        // `read` is a builtin: the shell waits on its stdin without forking a child.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read x", "", "/run/corral-test/vms/x"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until the child has exec'd, /proc shows the test binary's argv.
+        let argv = (0..500)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                cmdline(child.id()).unwrap()
+            })
+            .find(|argv| argv.first().is_some_and(|a| a == "/bin/sh"))
+            .expect("the child execs /bin/sh");
+        assert_eq!(
+            argv,
+            ["/bin/sh", "-c", "read x", "", "/run/corral-test/vms/x"].map(OsString::from)
+        );
+        assert!(mentions(child.id(), Path::new("/run/corral-test/vms/x")));
+        assert!(!mentions(child.id(), Path::new("/run/corral-test/vms/y")));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[tokio::test]

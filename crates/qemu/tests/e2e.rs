@@ -382,3 +382,41 @@ async fn introspection_ram_is_a_private_file_gone_when_the_vm_stops() -> Result 
     );
     Ok(())
 }
+
+/// `-append ""` (a declared but empty kernel command line) is an empty argument in QEMU's argv;
+/// a fresh backend must still recognise the process as the one it launched, and must never
+/// clean up the directory of a live QEMU. The guest prints nothing without `console=`, so the
+/// evidence is QEMU's own run state through the adopted monitor, and its pid.
+#[tokio::test]
+async fn a_vm_with_an_empty_kernel_command_line_is_adopted_not_cleaned_up() -> Result {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-t")
+        .tempdir_in("/tmp")?;
+    let uid = uuid::Uuid::new_v4().to_string();
+    let mut config = TestVm::builder(Arch::X86_64).config(dir.path(), &uid)?;
+    if let corral_hypervisor::BootSource::Kernel { cmdline, .. } = &mut config.boot {
+        *cmdline = Some(String::new());
+    }
+    let first = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
+    let pid = first.start(&config).await?.pid;
+    drop(first);
+
+    let fresh = QemuBackend::new(QemuBackendConfig::new(dir.path()))?;
+    let cleanup = fresh.cleanup(&uid).await;
+    assert!(
+        matches!(cleanup, Err(Error::AlreadyRunning { .. })),
+        "cleanup of a live VM's directory must be refused: {cleanup:?}"
+    );
+    assert!(
+        fresh.paths(&uid).qmp.exists(),
+        "the live QEMU keeps its sockets"
+    );
+    let info = fresh.adopt(&uid).await?;
+    assert!(info.adopted);
+    assert_eq!(info.pid, pid, "adoption never starts a second QEMU");
+    assert_eq!(fresh.state(&uid).await?, VmState::Running);
+    fresh.stop(&uid, StopMode::Force).await?;
+    assert!(!corral_qemu::is_alive(pid));
+    fresh.cleanup(&uid).await?;
+    Ok(())
+}
