@@ -48,9 +48,15 @@ pub struct Exit {
 
 impl Exit {
     /// Whether this exit looks like a failure (killed, crashed or non-zero), rather than a
-    /// guest power-off or a stop Corral asked for.
+    /// guest power-off or a stop Corral asked for. An end nobody saw the cause of (neither a
+    /// code nor a signal known: an adopted QEMU that vanished without announcing a shutdown)
+    /// counts as a failure, so a restart policy treats adopted VMs like its own children.
     pub fn is_failure(&self) -> bool {
-        self.signal.is_some() || self.code.is_some_and(|c| c != 0)
+        match (self.code, self.signal) {
+            (_, Some(_)) => true,
+            (Some(code), None) => code != 0,
+            (None, None) => true,
+        }
     }
 }
 

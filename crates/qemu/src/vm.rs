@@ -66,7 +66,7 @@ impl VmRuntime {
         let exit_task = tokio::spawn(watch_exit(
             info.clone(),
             files,
-            qmp.clone(),
+            (qmp.clone(), qmp.subscribe()),
             watch,
             shutdown_reason,
             exit_tx,
@@ -137,7 +137,9 @@ async fn forward_events(
 async fn watch_exit(
     info: VmInfo,
     (paths, memory_file): (VmPaths, Option<PathBuf>),
-    qmp: Qmp,
+    // Its own subscription: the SHUTDOWN event is in it when the monitor closes, whether or
+    // not `forward_events` has got to it yet.
+    (qmp, mut qmp_events): (Qmp, broadcast::Receiver<corral_qmp::Event>),
     watch: Watch,
     shutdown_reason: Arc<Mutex<Option<String>>>,
     exit_tx: watch::Sender<Option<Exit>>,
@@ -155,10 +157,20 @@ async fn watch_exit(
         }
     };
     drop(qmp);
-    let reason = shutdown_reason
+    let mut reason = shutdown_reason
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    loop {
+        match qmp_events.try_recv() {
+            Ok(corral_qmp::Event {
+                kind: EventKind::Shutdown { reason: r, .. },
+                ..
+            }) => reason = Some(r),
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
     let exit = describe_exit(status, reason);
     tracing::info!(uid = %info.uid, pid = info.pid, %exit, "QEMU ended");
     // Files go before the exit is announced, so a start that follows the announcement never
@@ -182,8 +194,14 @@ pub fn describe_exit(
     match status {
         Some(status) => match (status.code(), status.signal()) {
             (_, Some(sig)) => {
-                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
-                Exit { code: None, signal: Some(sig), reason: format!("killed by {name}") }
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                Exit {
+                    code: None,
+                    signal: Some(sig),
+                    reason: format!("killed by {name}"),
+                }
             }
             (code, None) => Exit {
                 code,
@@ -191,12 +209,20 @@ pub fn describe_exit(
                 reason: shutdown_reason.unwrap_or_else(|| "exited".into()),
             },
         },
-        None => Exit {
-            code: None,
-            signal: None,
-            reason: shutdown_reason.unwrap_or_else(|| {
-                "ended without a shutdown event (killed or crashed while adopted; status unknown)".into()
-            }),
+        // Adopted: no wait status. QEMU announces every orderly end (guest power-off, host
+        // quit, reset with -no-reboot) with a SHUTDOWN event before it exits 0; a process that
+        // vanished without one was killed or crashed.
+        None => match shutdown_reason {
+            Some(reason) => Exit {
+                code: Some(0),
+                signal: None,
+                reason,
+            },
+            None => Exit {
+                code: None,
+                signal: None,
+                reason: "ended without a shutdown event: killed or crashed while adopted".into(),
+            },
         },
     }
 }

@@ -420,3 +420,51 @@ async fn a_vm_with_an_empty_kernel_command_line_is_adopted_not_cleaned_up() -> R
     fresh.cleanup(&uid).await?;
     Ok(())
 }
+
+async fn next_exit(
+    events: &mut tokio::sync::broadcast::Receiver<corral_hypervisor::VmEvent>,
+) -> anyhow::Result<corral_hypervisor::Exit> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let VmEventKind::Exited(exit) = events.recv().await?.kind {
+                return anyhow::Ok(exit);
+            }
+        }
+    })
+    .await?
+}
+
+/// An adopted QEMU is no child of ours, so there is no wait status: a kill must still be
+/// told from a clean power-off, or a restart policy would treat the two alike.
+#[tokio::test]
+async fn an_adopted_vm_that_is_killed_ends_as_a_failure() -> Result {
+    let mut vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    vm.readopt().await?;
+    vm.send_line("echo adopted-$((40+2))").await?;
+    vm.wait_for_line("adopted-42").await?;
+    let mut events = vm.backend().subscribe();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.pid() as i32),
+        nix::sys::signal::SIGKILL,
+    )?;
+    let exit = next_exit(&mut events).await?;
+    assert!(exit.is_failure(), "{exit}");
+    assert!(exit.reason.contains("without a shutdown event"), "{exit}");
+    Ok(())
+}
+
+/// The guest powering itself off is announced by QEMU (SHUTDOWN, reason guest-shutdown)
+/// before it exits: an adopted VM that does so ended cleanly.
+#[tokio::test]
+async fn an_adopted_vm_whose_guest_powers_off_ends_cleanly() -> Result {
+    let mut vm = TestVm::builder(Arch::X86_64).start().await?;
+    vm.wait_for_boot().await?;
+    vm.readopt().await?;
+    let mut events = vm.backend().subscribe();
+    vm.send_line("poweroff -f").await?;
+    let exit = next_exit(&mut events).await?;
+    assert!(!exit.is_failure(), "{exit}");
+    assert_eq!(exit.reason, "guest-shutdown", "{exit}");
+    Ok(())
+}
