@@ -355,7 +355,7 @@ impl VmController {
                 self.record_live(name, &vm, Phase::Paused, None).await
             }
             Some(VmState::Paused { reason })
-                if vm.spec.power == Power::Running && reason == "paused" =>
+                if vm.spec.power == Power::Running && resumable(&reason) =>
             {
                 self.hv.resume(&uid).await.map_err(hv_failed)?;
                 self.record_live(name, &vm, Phase::Running, None).await
@@ -745,4 +745,12 @@ fn started(st: &mut VmStatus, info: &VmInfo, phase: Phase, generation: u64) {
 
 fn hv_failed(e: HvError) -> ServiceError {
     ServiceError::FailedPrecondition(e.to_string())
+}
+
+/// Whether a guest QEMU holds in `reason` runs again on `cont`: paused by a user, never
+/// started (`prelaunch`: created paused, or corrald died between spawning QEMU and `cont`), or
+/// stopped by a debugger. Other reasons (I/O error, panic, suspend, migration) need more than
+/// `cont` and are reported instead.
+fn resumable(reason: &str) -> bool {
+    matches!(reason, "paused" | "prelaunch" | "debug")
 }

@@ -109,9 +109,10 @@ impl Hypervisor for FakeHypervisor {
             }
         }
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        // As QEMU started with -S and never continued reports it.
         let state = if config.start_paused {
             VmState::Paused {
-                reason: "paused".into(),
+                reason: "prelaunch".into(),
             }
         } else {
             VmState::Running

@@ -1,0 +1,150 @@
+//! Converge, always: what review found corrald giving up on, each shown from inside the guest.
+//! A real corrald and real QEMU guests (TCG here), driven through the typed gRPC client.
+
+use std::time::Duration;
+
+use corral_client::{Client, Endpoint, reached};
+use corral_contract::{Boot, ByteSize, Phase, Power, RestartPolicy, Vm, VmSpec, VmSpecBuilder};
+use corral_testkit::{Corrald, GuestKit};
+
+type Result = anyhow::Result<()>;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn client(d: &Corrald) -> anyhow::Result<Client> {
+    Ok(Client::connect(Endpoint::Unix(d.socket())).await?)
+}
+
+fn vm_with(name: &str, f: impl FnOnce(VmSpecBuilder) -> VmSpecBuilder) -> Vm {
+    let kit = GuestKit::get(corral_contract::Arch::X86_64).expect("guest kit");
+    let boot = Boot::Kernel {
+        kernel: kit.kernel(),
+        initrd: Some(kit.initrd()),
+        cmdline: Some(format!("console={} quiet panic=-1", kit.console())),
+    };
+    let spec = f(VmSpec::builder(boot).memory(ByteSize::from_mib(256)))
+        .build()
+        .expect("valid spec");
+    Vm::new(name.parse().expect("valid name"), spec)
+}
+
+async fn wait_phase(c: &Client, name: &str, phase: Phase) -> anyhow::Result<Vm> {
+    let vm = c
+        .wait_for(name, |vm| vm.is_some_and(|vm| reached(vm, phase)), WAIT)
+        .await?;
+    vm.ok_or_else(|| anyhow::anyhow!("{name} disappeared"))
+}
+
+/// The console text after the first `skip` bytes.
+async fn console_after(c: &Client, name: &str, skip: usize) -> anyhow::Result<String> {
+    let log = c.console_log(name, 0).await?;
+    Ok(String::from_utf8_lossy(&log[skip.min(log.len())..]).into_owned())
+}
+
+/// Waits for a console line containing `needle`, printed after the first `skip` bytes.
+async fn wait_console(c: &Client, name: &str, needle: &str, skip: usize) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = console_after(c, name, skip).await?;
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(line.trim_end().to_owned());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no {needle:?} on {name}'s console; it shows:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last heartbeat number the guest printed.
+async fn last_heartbeat(c: &Client, name: &str) -> anyhow::Result<Option<u64>> {
+    Ok(console_after(c, name, 0)
+        .await?
+        .lines()
+        .filter_map(|l| l.split("CORRAL_HEARTBEAT ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .last())
+}
+
+/// A VM created paused sits in QEMU's `prelaunch` state (started with -S, never continued);
+/// `resume` must run it. Before the fix the controller resumed only the reason `paused`.
+#[tokio::test]
+async fn a_vm_created_paused_runs_when_resumed() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm_with("held", |b| b.power(Power::Paused)))
+        .await?;
+    wait_phase(&c, "held", Phase::Paused).await?;
+    // Paused before its first instruction: the guest has printed nothing at all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = console_after(&c, "held", 0).await?;
+    assert!(
+        !before.contains("CORRAL_BOOT_OK"),
+        "a paused guest booted: {before}"
+    );
+    c.resume_vm("held").await?;
+    wait_phase(&c, "held", Phase::Running).await?;
+    wait_console(&c, "held", "CORRAL_BOOT_OK", 0).await?;
+    wait_console(&c, "held", "CORRAL_HEARTBEAT 2", 0).await?;
+    Ok(())
+}
+
+/// After a corrald restart the VMs are adopted, not children: a QEMU killed then must still
+/// count as a failure, so `on-failure` restarts it (a fresh boot inside the guest). Before the
+/// fix it ended Stopped, and every corrald upgrade silently turned crash recovery off.
+#[tokio::test]
+async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() -> Result {
+    let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm_with("phoenix", |b| {
+        b.restart_policy(RestartPolicy::OnFailure)
+    }))
+    .await?;
+    let first = wait_phase(&c, "phoenix", Phase::Running).await?;
+    let pid = first.status.pid.expect("pid");
+    wait_console(&c, "phoenix", "CORRAL_HEARTBEAT 2", 0).await?;
+
+    d.restart()?;
+    let c = client(&d).await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !d.log().contains("adopted running VM") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not re-adopted: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same boot goes on: its heartbeat keeps counting up, no second boot marker.
+    let beat = last_heartbeat(&c, "phoenix").await?.expect("heartbeats");
+    wait_console(&c, "phoenix", &format!("CORRAL_HEARTBEAT {}", beat + 2), 0).await?;
+    assert_eq!(
+        console_after(&c, "phoenix", 0)
+            .await?
+            .matches("CORRAL_BOOT_OK")
+            .count(),
+        1
+    );
+    assert_eq!(d.qemu_pids(), [pid]);
+
+    let mark = c.console_log("phoenix", 0).await?.len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )?;
+    let restarted = c
+        .wait_for(
+            "phoenix",
+            |vm| {
+                vm.is_some_and(|vm| {
+                    vm.status.phase == Phase::Running && vm.status.pid.is_some_and(|p| p != pid)
+                })
+            },
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    wait_console(&c, "phoenix", "CORRAL_BOOT_OK", mark).await?;
+    assert_eq!(d.qemu_pids(), [restarted.status.pid.expect("pid")]);
+    Ok(())
+}
