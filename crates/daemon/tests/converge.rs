@@ -61,9 +61,9 @@ async fn last_heartbeat(c: &Client, name: &str) -> anyhow::Result<Option<u64>> {
     Ok(console_after(c, name, 0)
         .await?
         .lines()
+        .rev()
         .filter_map(|l| l.split("CORRAL_HEARTBEAT ").nth(1))
-        .filter_map(|n| n.trim().parse().ok())
-        .last())
+        .find_map(|n| n.trim().parse().ok()))
 }
 
 /// A VM created paused sits in QEMU's `prelaunch` state (started with -S, never continued);
