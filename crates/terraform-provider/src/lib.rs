@@ -60,6 +60,6 @@ pub fn provider() -> ProviderService {
         .resource(volume::VolumeResource::default())
         .resource(network::NetworkResource::default())
         .resource(snapshot::SnapshotResource::default())
-        .data_source(vm::VmData::default())
+        .data_source(vm::data_source())
         .data_source(image::data_source())
 }
