@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Image, ImageSource, StoragePhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
@@ -165,17 +164,7 @@ impl Kind for ImageKind {
         }
     }
 
-    async fn create(client: &Client, image: &Image) -> Result<Image, ClientError> {
-        client.create_image(image).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Image, ClientError> {
-        client.get_image(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_image(name).await.map(drop)
-    }
+    stored::client_calls!(create_image, get_image, delete_image);
 }
 
 #[cfg(test)]

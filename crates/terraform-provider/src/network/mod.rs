@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Network, NetworkPhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
@@ -149,17 +148,7 @@ impl Kind for NetworkKind {
         }
     }
 
-    async fn create(client: &Client, net: &Network) -> Result<Network, ClientError> {
-        client.create_network(net).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Network, ClientError> {
-        client.get_network(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_network(name).await.map(drop)
-    }
+    stored::client_calls!(create_network, get_network, delete_network);
 }
 
 #[cfg(test)]

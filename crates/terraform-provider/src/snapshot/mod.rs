@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Snapshot, StoragePhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
@@ -121,17 +120,7 @@ impl Kind for SnapshotKind {
         }
     }
 
-    async fn create(client: &Client, snap: &Snapshot) -> Result<Snapshot, ClientError> {
-        client.create_snapshot(snap).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Snapshot, ClientError> {
-        client.get_snapshot(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_snapshot(name).await.map(drop)
-    }
+    stored::client_calls!(create_snapshot, get_snapshot, delete_snapshot);
 }
 
 #[cfg(test)]

@@ -91,12 +91,18 @@ pub trait Kind: Send + Sync + Sized + 'static {
         let _ = plan;
     }
 
-    /// Creates it.
-    async fn create(client: &Client, obj: &Self::Obj) -> Result<Self::Obj, ClientError>;
+    /// Creates it ([`client_calls!`] writes the three calls).
+    fn create(
+        client: &Client,
+        obj: &Self::Obj,
+    ) -> impl Future<Output = Result<Self::Obj, ClientError>> + Send;
     /// Reads it.
-    async fn get(client: &Client, name: &str) -> Result<Self::Obj, ClientError>;
+    fn get(
+        client: &Client,
+        name: &str,
+    ) -> impl Future<Output = Result<Self::Obj, ClientError>> + Send;
     /// Asks for its deletion.
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError>;
+    fn delete(client: &Client, name: &str) -> impl Future<Output = Result<(), ClientError>> + Send;
 
     /// Changes `current` in place to what `wanted` declares and returns what corrald stored;
     /// [`Managed`] then waits until it is where its spec asks. `step` reads, waits for
@@ -123,6 +129,34 @@ pub trait Kind: Send + Sync + Sized + 'static {
         wait::poll::<Self>(client, name, limit, done).await
     }
 }
+
+/// A kind's [`Kind::create`], [`Kind::get`] and [`Kind::delete`] as the `corral-client`
+/// methods named: `client_calls!(create_vm, get_vm, delete_vm);` inside `impl Kind`.
+macro_rules! client_calls {
+    ($create:ident, $get:ident, $delete:ident) => {
+        async fn create(
+            client: &corral_client::Client,
+            obj: &Self::Obj,
+        ) -> Result<Self::Obj, corral_client::ClientError> {
+            client.$create(obj).await
+        }
+
+        async fn get(
+            client: &corral_client::Client,
+            name: &str,
+        ) -> Result<Self::Obj, corral_client::ClientError> {
+            client.$get(name).await
+        }
+
+        async fn delete(
+            client: &corral_client::Client,
+            name: &str,
+        ) -> Result<(), corral_client::ClientError> {
+            client.$delete(name).await.map(drop)
+        }
+    };
+}
+pub(crate) use client_calls;
 
 /// A [`Kind`] as a Terraform resource.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use crate::diag::Diagnostic;
 use crate::plan::Plan;
 use crate::resource::Outcome;
 use crate::schema::Schema;
-use crate::stored::{Kind, Lookup, Managed, Progress, Step};
+use crate::stored::{self, Kind, Lookup, Managed, Progress, Step};
 use crate::value::Value;
 
 pub use schema::{attribute_for, effective_power};
@@ -115,17 +115,7 @@ impl Kind for VmKind {
         }
     }
 
-    async fn create(client: &Client, vm: &Vm) -> Result<Vm, ClientError> {
-        client.create_vm(vm).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Vm, ClientError> {
-        client.get_vm(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_vm(name).await.map(drop)
-    }
+    stored::client_calls!(create_vm, get_vm, delete_vm);
 
     /// Writes the new spec with compare-and-swap on the version read (a concurrent change
     /// fails the update instead of being overwritten), around it stopping a running VM whose
@@ -214,5 +204,96 @@ impl Kind for VmKind {
             Err(ClientError::Timeout { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::stored::{object_from, state_of};
+
+    fn config(pairs: &[(&str, Value)]) -> Value {
+        let base = [
+            ("name", Value::string("web-1")),
+            ("kernel", Value::string("/k/vmlinuz")),
+        ];
+        Value::object(&base).with(pairs)
+    }
+
+    /// The state of a VM that runs `config` as QEMU pid 42.
+    fn running(config: &Value) -> Value {
+        let mut vm = object_from::<VmKind>(config).unwrap();
+        vm.status.phase = Phase::Running;
+        vm.status.pid = Some(42);
+        state_of::<VmKind>(&vm, config)
+    }
+
+    #[test]
+    fn labels_alone_keep_the_running_qemu_known() {
+        let r = VmResource::default();
+        let prior = running(&config(&[]));
+        let labels = Value::object(&[("tier", Value::string("web"))]);
+        let p = plan(
+            &r,
+            prior.clone(),
+            prior.clone(),
+            config(&[("labels", labels)]),
+        );
+        assert_eq!(p.planned.get("pid"), &Value::Number(42.0));
+        assert_eq!(p.planned.get("phase").as_str(), Some("Running"));
+        assert!(p.diags.is_empty() && p.requires_replace.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn hardware_of_a_running_vm_warns_of_a_restart_unless_it_stops() {
+        let r = VmResource::default();
+        let prior = running(&config(&[]));
+        let bigger = config(&[("memory", Value::string("1G"))]);
+        let p = plan(&r, prior.clone(), prior.clone(), bigger);
+        assert_eq!(p.planned.get("pid"), &Value::Unknown);
+        assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
+        assert_eq!(p.diags[0].summary, "The VM will restart");
+        assert_eq!(p.diags[0].path, ["memory"]);
+        assert!(!p.diags[0].error);
+        let stopped = config(&[
+            ("memory", Value::string("1G")),
+            ("power", Value::string("stopped")),
+        ]);
+        let p = plan(&r, prior.clone(), prior, stopped);
+        assert!(p.diags.is_empty(), "{:?}", p.diags);
+    }
+
+    #[test]
+    fn an_unset_machine_plans_the_arch_default() {
+        let r = VmResource::default();
+        let p = plan(&r, Value::Null, config(&[]), config(&[]));
+        assert_eq!(p.planned.get("machine").as_str(), Some("q35"));
+        let arm = config(&[("arch", Value::string("aarch64"))]);
+        let p = plan(&r, Value::Null, arm.clone(), arm);
+        assert_eq!(p.planned.get("machine").as_str(), Some("virt"));
+    }
+
+    #[test]
+    fn progress_waits_for_the_declared_power_state() {
+        let mut vm = object_from::<VmKind>(&config(&[])).unwrap();
+        assert_eq!(VmKind::goal(&vm), "Running");
+        vm.status.phase = Phase::Starting;
+        assert_eq!(VmKind::progress(&vm), Progress::Pending);
+        vm.status.phase = Phase::Running;
+        assert_eq!(VmKind::progress(&vm), Progress::Ready);
+        vm.status.phase = Phase::Failed;
+        vm.status.message = Some("QEMU exited".into());
+        let Progress::Failed(why) = VmKind::progress(&vm) else {
+            panic!("a failed VM fails the wait")
+        };
+        assert!(why.contains("did not reach Running: QEMU exited"), "{why}");
+        vm.metadata.generation = 2;
+        vm.status.observed_generation = 1;
+        assert_eq!(
+            VmKind::progress(&vm),
+            Progress::Pending,
+            "a status from before the change says nothing"
+        );
     }
 }

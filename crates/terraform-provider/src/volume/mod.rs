@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{ByteSize, StoragePhase, Volume};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
@@ -180,17 +179,7 @@ impl Kind for VolumeKind {
         }
     }
 
-    async fn create(client: &Client, volume: &Volume) -> Result<Volume, ClientError> {
-        client.create_volume(volume).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Volume, ClientError> {
-        client.get_volume(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_volume(name).await.map(drop)
-    }
+    stored::client_calls!(create_volume, get_volume, delete_volume);
 
     async fn update(step: &Step<'_, Self>, current: Volume, wanted: Volume) -> Outcome<Volume> {
         let mut next = current;
