@@ -91,7 +91,7 @@ pub trait Kind: Send + Sync + Sized + 'static {
         let _ = plan;
     }
 
-    /// Creates it ([`client_calls!`] writes the three calls).
+    /// Creates it (`stored::client_calls!` writes the three calls).
     fn create(
         client: &Client,
         obj: &Self::Obj,
