@@ -9,14 +9,17 @@
 //! - [`ProviderService`] — `tfplugin6.Provider`: decodes Terraform's MessagePack values
 //!   ([`value`]), routes each call to a resource or data source, encodes the answer;
 //! - [`schema`] and [`plan`] — each resource declares its attributes once (type, required,
-//!   default, replace-on-change, stable); plans, the schema Terraform reads and the matching
-//!   data source follow from that declaration;
-//! - resources ([`vm`], and [`image`], [`volume`], [`network`], [`snapshot`] through
-//!   [`stored`]) — a schema, a mapping between attributes and the API's types, and
-//!   calls to corrald through `corral-client`, the same client as the `corral` CLI.
+//!   default, replace-on-change, stable, quiet); plans, the schema Terraform reads and the
+//!   matching data source follow from that declaration;
+//! - [`stored`] — the one generic resource path: [`stored::Managed`] creates, waits, reads,
+//!   updates, deletes and imports any [`stored::Kind`], and [`stored::Lookup`] reads it as a
+//!   data source, calling corrald through `corral-client`, the same client as the `corral` CLI;
+//! - the kinds ([`vm`], [`image`], [`volume`], [`network`], [`snapshot`]) — each only its
+//!   strategy: a schema, a mapping between attributes and the API's type, its client calls,
+//!   and hooks where it does more (a VM's power-aware update, its restart warning, its watch).
 //!
-//! Adding a kind is adding one module like [`vm`]: its schema, `to_state`/`from` mappings,
-//! and a [`Resource`] impl registered in [`provider`].
+//! Adding a kind is adding one module like [`volume`] with an `impl Kind`, registered in
+//! [`provider`] as `Managed::<NewKind>::default()`.
 //!
 //! Why not the `tf-provider` crate: its last release (0.2.2, July 2024) is built on tonic
 //! 0.12/prost 0.13 and needs `protoc` at build time, where this workspace uses tonic 0.14,
@@ -60,6 +63,6 @@ pub fn provider() -> ProviderService {
         .resource(volume::VolumeResource::default())
         .resource(network::NetworkResource::default())
         .resource(snapshot::SnapshotResource::default())
-        .data_source(vm::VmData::default())
+        .data_source(vm::data_source())
         .data_source(image::data_source())
 }

@@ -6,12 +6,13 @@
 //! - set by the user: the configuration's value;
 //! - optional with a default, left unset: the default;
 //! - optional and computed, left unset: the prior value (unknown on create);
-//! - computed: unknown on create; on update kept when [`Attr::stable`](crate::schema::Attr)
-//!   or when nothing the user sets changes, else unknown;
+//! - computed: unknown on create; on update kept when [`Attr::stable`](crate::schema::Attr),
+//!   or when nothing the user sets changes but [`quiet`](crate::schema::Attr::quiet)
+//!   attributes and `timeouts` (which only tell the provider how long to wait), else unknown;
 //! - marked `replace`: a change replaces the object.
 //!
-//! A resource then refines the plan ([`crate::Resource::refine_plan`]): e.g. a VM whose
-//! labels alone change keeps its pid.
+//! A resource then refines the plan ([`crate::Resource::refine_plan`]): e.g. a VM warns that
+//! a hardware change restarts it.
 
 use crate::diag::Diagnostic;
 use crate::resource::Resource;
@@ -103,7 +104,14 @@ pub fn plan<'a>(
         };
         plan.planned.set(attr.name, value);
     }
-    if !creating && plan.changes_other_than(&[]) {
+    let quiet: Vec<&str> = schema
+        .attrs
+        .iter()
+        .filter(|a| a.quiet)
+        .map(|a| a.name)
+        .chain(["timeouts"])
+        .collect();
+    if !creating && plan.changes_other_than(&quiet) {
         for attr in &schema.attrs {
             if attr.mode == Mode::Computed && !attr.stable {
                 plan.planned.set(attr.name, Value::Unknown);
@@ -164,23 +172,16 @@ mod tests {
                 .attr(Attr::string("name").required().replace())
                 .attr(Attr::number("cpus").default(Value::Number(1.0)))
                 .attr(Attr::string("machine").optional_computed().replace())
+                .attr(Attr::string_map("labels").quiet())
                 .attr(Attr::string("uid").computed().stable())
                 .attr(Attr::string("phase").computed()),
         )
     }
 
-    fn object(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
-    }
-
     #[test]
     fn create_fills_defaults_and_leaves_computed_unknown() {
         let t = thing();
-        let config = object(&[("name", Value::string("a"))]);
+        let config = Value::object(&[("name", Value::string("a"))]);
         let p = plan(&t, Value::Null, config.clone(), config);
         assert_eq!(p.planned.get("cpus"), &Value::Number(1.0));
         assert_eq!(p.planned.get("machine"), &Value::Unknown);
@@ -189,8 +190,9 @@ mod tests {
     }
 
     fn prior() -> Value {
-        object(&[
+        Value::object(&[
             ("name", Value::string("a")),
+            ("labels", Value::Null),
             ("cpus", Value::Number(1.0)),
             ("machine", Value::string("q35")),
             ("uid", Value::string("u-1")),
@@ -201,7 +203,7 @@ mod tests {
     #[test]
     fn nothing_to_do_plans_the_prior_state() {
         let t = thing();
-        let config = object(&[("name", Value::string("a"))]);
+        let config = Value::object(&[("name", Value::string("a"))]);
         let p = plan(&t, prior(), prior(), config);
         assert_eq!(p.planned, prior());
         assert!(p.requires_replace.is_empty());
@@ -210,7 +212,7 @@ mod tests {
     #[test]
     fn an_update_keeps_stable_values_and_forgets_the_rest() {
         let t = thing();
-        let config = object(&[("name", Value::string("a")), ("cpus", Value::Number(2.0))]);
+        let config = Value::object(&[("name", Value::string("a")), ("cpus", Value::Number(2.0))]);
         let p = plan(&t, prior(), prior(), config);
         assert_eq!(p.planned.get("cpus"), &Value::Number(2.0));
         assert_eq!(p.planned.get("machine"), &Value::string("q35"));
@@ -220,9 +222,20 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_change_keeps_every_computed_value() {
+        let t = thing();
+        let mut labels = Value::Null;
+        labels.set("tier", Value::string("web"));
+        let config = Value::object(&[("name", Value::string("a")), ("labels", labels.clone())]);
+        let p = plan(&t, prior(), prior(), config);
+        assert_eq!(p.planned.get("labels"), &labels);
+        assert_eq!(p.planned.get("phase"), &Value::string("Running"));
+    }
+
+    #[test]
     fn changing_a_replace_attribute_replaces() {
         let t = thing();
-        let config = object(&[("name", Value::string("b"))]);
+        let config = Value::object(&[("name", Value::string("b"))]);
         let p = plan(&t, prior(), prior(), config);
         assert_eq!(p.requires_replace, ["name"]);
     }

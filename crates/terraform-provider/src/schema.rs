@@ -40,6 +40,8 @@ pub struct Attr {
     pub replace: bool,
     /// A computed value that never changes once set (e.g. a uid): plans keep it.
     pub stable: bool,
+    /// Changing it in place leaves every computed value as it is (labels, a policy).
+    pub quiet: bool,
     /// The value planned when an optional attribute is left unset.
     pub default: Option<Value>,
 }
@@ -54,6 +56,7 @@ impl Attr {
             description: "",
             replace: false,
             stable: false,
+            quiet: false,
             default: None,
         }
     }
@@ -123,6 +126,13 @@ impl Attr {
     /// Computed once, then kept by every plan.
     pub fn stable(mut self) -> Attr {
         self.stable = true;
+        self
+    }
+
+    /// Changing it in place changes no computed value: plans of such changes alone keep them
+    /// all (a labels-only change keeps a VM's pid known).
+    pub fn quiet(mut self) -> Attr {
+        self.quiet = true;
         self
     }
 

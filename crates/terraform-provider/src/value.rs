@@ -148,6 +148,19 @@ impl Value {
         }
     }
 
+    /// An object with the attributes `pairs` (a later pair wins).
+    pub fn object(pairs: &[(&str, Value)]) -> Value {
+        Value::Null.with(pairs)
+    }
+
+    /// The same object with the attributes `pairs` set.
+    pub fn with(mut self, pairs: &[(&str, Value)]) -> Value {
+        for (name, value) in pairs {
+            self.set(name, value.clone());
+        }
+        self
+    }
+
     /// Sets attribute `name` of an object (a null becomes an empty object first).
     pub fn set(&mut self, name: &str, value: Value) {
         if !matches!(self, Value::Map(_)) {

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Image, ImageSource, StoragePhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::schema::{Attr, Schema};
-use crate::stored::{self, Kind, Lookup, Managed, Progress, known, labels_state, num, opt};
+use crate::stored::{self, Kind, Lookup, Managed, Progress, known, num, opt};
 use crate::value::Value;
 
 /// The `corral_image` kind.
@@ -139,12 +138,7 @@ impl Kind for ImageKind {
         Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
     }
 
-    fn to_state(image: &Image, hint: &Value) -> Value {
-        let mut state = Value::Null;
-        let name = image.metadata.name.as_str();
-        state.set("id", Value::string(name));
-        state.set("name", Value::string(name));
-        state.set("labels", labels_state(&image.metadata.labels, hint));
+    fn to_state(image: &Image, _: &Value, state: &mut Value) {
         let (path, url) = match &image.spec.source {
             ImageSource::Path(p) => (Value::string(p.display().to_string()), Value::Null),
             ImageSource::Url(u) => (Value::Null, Value::string(u)),
@@ -154,47 +148,23 @@ impl Kind for ImageKind {
         state.set("url", url);
         let format = image.spec.format.or(image.status.format);
         state.set("format", opt(format.map(|f| f.as_str())));
-        state.set("uid", Value::string(&image.metadata.uid));
-        state.set("created_at", opt(image.metadata.created_at.as_deref()));
         let status = &image.status;
         state.set("digest", opt(status.digest.as_deref()));
         state.set("size", num(status.size));
         state.set("virtual_size", num(status.virtual_size));
         state.set("phase", Value::string(status.phase.as_str()));
         state.set("message", opt(status.message.as_deref()));
-        state.set("timeouts", hint.get("timeouts").clone());
-        state
     }
 
     fn progress(image: &Image) -> Progress {
         match image.status.phase {
             StoragePhase::Ready => Progress::Ready,
             StoragePhase::Pending => Progress::Pending,
-            StoragePhase::Failed => Progress::Failed(
-                image
-                    .status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into()),
-            ),
+            StoragePhase::Failed => Progress::failed(image.status.message.as_deref()),
         }
     }
 
-    fn name(image: &Image) -> &str {
-        image.metadata.name.as_str()
-    }
-
-    async fn create(client: &Client, image: &Image) -> Result<Image, ClientError> {
-        client.create_image(image).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Image, ClientError> {
-        client.get_image(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_image(name).await.map(drop)
-    }
+    stored::client_calls!(create_image, get_image, delete_image);
 }
 
 #[cfg(test)]
@@ -203,12 +173,7 @@ mod tests {
     use crate::stored::{object_from, validate};
 
     fn config(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        v.set("name", Value::string("debian"));
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
+        Value::object(&[("name", Value::string("debian"))]).with(pairs)
     }
 
     #[test]
@@ -222,7 +187,7 @@ mod tests {
             image.spec.source,
             ImageSource::Path("/srv/boot.qcow2".into())
         );
-        let state = ImageKind::to_state(&image, &Value::Null);
+        let state = stored::state_of::<ImageKind>(&image, &Value::Null);
         assert_eq!(state.get("path").as_str(), Some("/srv/boot.qcow2"));
         assert_eq!(state.get("url"), &Value::Null);
         assert_eq!(state.get("format").as_str(), Some("qcow2"));

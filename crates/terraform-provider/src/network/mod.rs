@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Network, NetworkPhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::schema::{Attr, Schema};
-use crate::stored::{self, Kind, Managed, Progress, known, labels_state, opt};
+use crate::stored::{self, Kind, Managed, Progress, known, opt};
 use crate::value::Value;
 
 /// The `corral_network` kind.
@@ -124,12 +123,7 @@ impl Kind for NetworkKind {
         Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
     }
 
-    fn to_state(net: &Network, hint: &Value) -> Value {
-        let mut state = Value::Null;
-        let name = net.metadata.name.as_str();
-        state.set("id", Value::string(name));
-        state.set("name", Value::string(name));
-        state.set("labels", labels_state(&net.metadata.labels, hint));
+    fn to_state(net: &Network, _: &Value, state: &mut Value) {
         let spec = &net.spec;
         state.set("mode", Value::string(spec.mode.as_str()));
         state.set("cidr", Value::string(spec.cidr.to_string()));
@@ -142,42 +136,19 @@ impl Kind for NetworkKind {
         );
         state.set("bridge", opt(spec.bridge.as_deref()));
         state.set("interface", opt(spec.interface.as_deref()));
-        state.set("uid", Value::string(&net.metadata.uid));
-        state.set("created_at", opt(net.metadata.created_at.as_deref()));
         state.set("phase", Value::string(net.status.phase.as_str()));
         state.set("message", opt(net.status.message.as_deref()));
-        state.set("timeouts", hint.get("timeouts").clone());
-        state
     }
 
     fn progress(net: &Network) -> Progress {
         match net.status.phase {
             NetworkPhase::Ready => Progress::Ready,
             NetworkPhase::Pending => Progress::Pending,
-            NetworkPhase::Failed => Progress::Failed(
-                net.status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into()),
-            ),
+            NetworkPhase::Failed => Progress::failed(net.status.message.as_deref()),
         }
     }
 
-    fn name(net: &Network) -> &str {
-        net.metadata.name.as_str()
-    }
-
-    async fn create(client: &Client, net: &Network) -> Result<Network, ClientError> {
-        client.create_network(net).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Network, ClientError> {
-        client.get_network(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_network(name).await.map(drop)
-    }
+    stored::client_calls!(create_network, get_network, delete_network);
 }
 
 #[cfg(test)]
@@ -187,18 +158,13 @@ mod tests {
     use crate::stored::{object_from, validate};
 
     fn config(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        v.set("name", Value::string("lan"));
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
+        Value::object(&[("name", Value::string("lan"))]).with(pairs)
     }
 
     #[test]
     fn defaults_are_read_back_and_changes_replace() {
         let net = object_from::<NetworkKind>(&config(&[("mode", Value::string("user"))])).unwrap();
-        let state = NetworkKind::to_state(&net, &Value::Null);
+        let state = stored::state_of::<NetworkKind>(&net, &Value::Null);
         assert_eq!(state.get("cidr").as_str(), Some("10.0.2.0/24"));
         assert_eq!(state.get("gateway").as_str(), Some("10.0.2.2"));
         assert_eq!(state.get("dns").as_str(), Some("10.0.2.3"));

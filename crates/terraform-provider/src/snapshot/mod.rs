@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Snapshot, StoragePhase};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::schema::{Attr, Schema};
-use crate::stored::{self, Kind, Managed, Progress, known, labels_state, opt};
+use crate::stored::{self, Kind, Managed, Progress, known, opt};
 use crate::value::Value;
 
 /// The `corral_snapshot` kind.
@@ -103,53 +102,25 @@ impl Kind for SnapshotKind {
         Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
     }
 
-    fn to_state(snap: &Snapshot, hint: &Value) -> Value {
-        let mut state = Value::Null;
-        let name = snap.metadata.name.as_str();
-        state.set("id", Value::string(name));
-        state.set("name", Value::string(name));
-        state.set("labels", labels_state(&snap.metadata.labels, hint));
+    fn to_state(snap: &Snapshot, _: &Value, state: &mut Value) {
         state.set("vm", Value::string(snap.spec.vm.as_str()));
         state.set("memory", Value::Bool(snap.spec.memory));
-        state.set("uid", Value::string(&snap.metadata.uid));
-        state.set("created_at", opt(snap.metadata.created_at.as_deref()));
         let status = &snap.status;
         state.set("phase", Value::string(status.phase.as_str()));
         state.set("tag", opt(status.tag.as_deref()));
         state.set("taken_at", opt(status.taken_at.as_deref()));
         state.set("message", opt(status.message.as_deref()));
-        state.set("timeouts", hint.get("timeouts").clone());
-        state
     }
 
     fn progress(snap: &Snapshot) -> Progress {
         match snap.status.phase {
             StoragePhase::Ready => Progress::Ready,
             StoragePhase::Pending => Progress::Pending,
-            StoragePhase::Failed => Progress::Failed(
-                snap.status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into()),
-            ),
+            StoragePhase::Failed => Progress::failed(snap.status.message.as_deref()),
         }
     }
 
-    fn name(snap: &Snapshot) -> &str {
-        snap.metadata.name.as_str()
-    }
-
-    async fn create(client: &Client, snap: &Snapshot) -> Result<Snapshot, ClientError> {
-        client.create_snapshot(snap).await
-    }
-
-    async fn get(client: &Client, name: &str) -> Result<Snapshot, ClientError> {
-        client.get_snapshot(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_snapshot(name).await.map(drop)
-    }
+    stored::client_calls!(create_snapshot, get_snapshot, delete_snapshot);
 }
 
 #[cfg(test)]
@@ -159,20 +130,18 @@ mod tests {
     use crate::stored::{object_from, validate};
 
     fn config(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        v.set("name", Value::string("before-upgrade"));
-        v.set("vm", Value::string("web-1"));
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
+        Value::object(&[
+            ("name", Value::string("before-upgrade")),
+            ("vm", Value::string("web-1")),
+        ])
+        .with(pairs)
     }
 
     #[test]
     fn maps_both_ways_and_every_change_replaces() {
         let snap = object_from::<SnapshotKind>(&config(&[("memory", Value::Bool(true))])).unwrap();
         assert!(snap.spec.memory);
-        let state = SnapshotKind::to_state(&snap, &Value::Null);
+        let state = stored::state_of::<SnapshotKind>(&snap, &Value::Null);
         assert_eq!(state.get("vm").as_str(), Some("web-1"));
         let r = SnapshotResource::default();
         let p = plan(&r, state.clone(), state, config(&[]));

@@ -1,4 +1,6 @@
-//! `corral_vm`: the resource and the data source.
+//! `corral_vm`: the resource and the data source — one more [`Kind`] whose hooks add what a VM
+//! has that stored objects lack: a power state it waits for, an update that stops, restarts
+//! or re-powers a running VM, a plan that warns of a restart, and a watch to follow it.
 
 mod schema;
 
@@ -6,76 +8,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{Machine, Phase, Power, Vm};
-use corral_client::{ClientError, reached};
+use corral_client::{Client, ClientError, reached};
 
 use crate::diag::Diagnostic;
 use crate::plan::Plan;
-use crate::resource::{Ctx, DataSource, Outcome, Resource};
+use crate::resource::Outcome;
 use crate::schema::Schema;
+use crate::stored::{self, Kind, Lookup, Managed, Progress, Step};
 use crate::value::Value;
 
 pub use schema::{attribute_for, effective_power};
 
-const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
-const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
-const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The `corral_vm` kind.
+#[derive(Debug)]
+pub struct VmKind;
 
 /// The `corral_vm` resource.
-#[derive(Debug)]
-pub struct VmResource {
-    schema: Schema,
-}
-
-impl Default for VmResource {
-    fn default() -> Self {
-        VmResource {
-            schema: schema::resource_schema(),
-        }
-    }
-}
+pub type VmResource = Managed<VmKind>;
 
 /// The `corral_vm` data source.
-#[derive(Debug)]
-pub struct VmData {
-    schema: Schema,
-}
-
-impl Default for VmData {
-    fn default() -> Self {
-        VmData {
-            schema: schema::data_schema(),
-        }
-    }
-}
-
-/// A client error as a diagnostic; invalid input lands on the attribute that set it.
-fn client_error(summary: &str, err: ClientError) -> Vec<Diagnostic> {
-    match err {
-        ClientError::Invalid { message } => vec![schema::field_error(&message)],
-        other => vec![Diagnostic::error(summary, other.to_string())],
-    }
-}
-
-fn timeout(state: &Value, name: &str, default: Duration) -> Duration {
-    state
-        .get("timeouts")
-        .get(name)
-        .as_str()
-        .and_then(|t| humantime::parse_duration(t).ok())
-        .unwrap_or(default)
-}
-
-fn name_of(state: &Value) -> Outcome<String> {
-    state
-        .get("name")
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            vec![Diagnostic::error(
-                "VM without a name",
-                "the state has no name",
-            )]
-        })
+pub fn data_source() -> Lookup<VmKind> {
+    Lookup::new("A VM that exists in corrald, read by name.")
 }
 
 fn phase_for(power: Power) -> Phase {
@@ -86,73 +39,53 @@ fn phase_for(power: Power) -> Phase {
     }
 }
 
-/// Waits until the VM reaches the phase its declared power asks for; fails early when it
-/// fails or disappears, and when Terraform asks the provider to stop.
-async fn wait_for_power(ctx: &Ctx, name: &str, power: Power, limit: Duration) -> Outcome<Vm> {
-    let target = phase_for(power);
-    let wait = ctx.client.wait_for(
-        name,
-        |vm| vm.is_none_or(|vm| reached(vm, target) || reached(vm, Phase::Failed)),
-        limit,
-    );
-    let mut stop = ctx.stop.clone();
-    let waited = tokio::select! {
-        waited = wait => waited,
-        _ = stop.wait_for(|s| *s) => {
-            return Err(vec![Diagnostic::error(
-                "Interrupted",
-                format!("Terraform asked the provider to stop while waiting for VM {name:?} to be {target}"),
-            )]);
-        }
-    };
-    match waited {
-        Ok(Some(vm)) if vm.status.phase == target => Ok(vm),
-        Ok(Some(vm)) => Err(vec![Diagnostic::error(
-            format!("VM {name:?} failed"),
-            format!(
-                "it did not reach {target}: {}",
-                vm.status.message.as_deref().unwrap_or("no reason given")
-            ),
-        )]),
-        Ok(None) => Err(vec![Diagnostic::error(
-            format!("VM {name:?} disappeared"),
-            format!("it was deleted while waiting for it to be {target}"),
-        )]),
-        Err(e) => Err(client_error(&format!("Waiting for VM {name:?}"), e)),
+/// Whether `vm` reached `target` for its current spec, or failed on the way.
+fn toward(vm: &Vm, target: Phase) -> Progress {
+    if reached(vm, target) {
+        Progress::Ready
+    } else if reached(vm, Phase::Failed) {
+        Progress::Failed(format!(
+            "it did not reach {target}: {}",
+            vm.status.message.as_deref().unwrap_or("no reason given")
+        ))
+    } else {
+        Progress::Pending
     }
-}
-
-/// Deletes the VM and waits until QEMU is stopped and its files are gone.
-async fn delete_and_wait(ctx: &Ctx, name: &str, limit: Duration) -> Outcome<()> {
-    match ctx.client.delete_vm(name).await {
-        Ok(_) | Err(ClientError::NotFound { .. }) => {}
-        Err(e) => return Err(client_error(&format!("Deleting VM {name:?}"), e)),
-    }
-    ctx.client
-        .wait_for(name, |vm| vm.is_none(), limit)
-        .await
-        .map(drop)
-        .map_err(|e| client_error(&format!("Deleting VM {name:?}"), e))
 }
 
 #[async_trait]
-impl Resource for VmResource {
-    fn type_name(&self) -> &'static str {
-        "corral_vm"
+impl Kind for VmKind {
+    type Obj = Vm;
+    const TYPE: &'static str = "corral_vm";
+    const WHAT: &'static str = "VM";
+    const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn schema() -> Schema {
+        schema::resource_schema()
     }
 
-    fn schema(&self) -> &Schema {
-        &self.schema
+    fn attribute_for(field: &str) -> Option<&'static str> {
+        schema::attribute_for(field)
     }
 
-    fn validate(&self, config: &Value) -> Vec<Diagnostic> {
-        schema::validate(config)
+    fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
+        schema::manifest(config)
     }
 
-    fn refine_plan(&self, plan: &mut Plan) {
-        if plan.planned.is_null() {
-            return;
-        }
+    fn to_state(vm: &Vm, hint: &Value, state: &mut Value) {
+        schema::to_state(vm, hint, state);
+    }
+
+    /// A VM is there when it reached the phase its declared power asks for.
+    fn progress(vm: &Vm) -> Progress {
+        toward(vm, phase_for(vm.spec.power))
+    }
+
+    fn goal(vm: &Vm) -> String {
+        phase_for(vm.spec.power).to_string()
+    }
+
+    fn refine_plan(plan: &mut Plan) {
         // An unset machine is the architecture's default, known as soon as the arch is.
         if plan.config.get("machine").is_null() && (plan.creating() || plan.changes("arch")) {
             let machine = match plan.planned.get("arch").as_str().map(str::parse) {
@@ -164,15 +97,7 @@ impl Resource for VmResource {
         if plan.creating() {
             return;
         }
-        // Labels, restart policy and timeouts are metadata: the running QEMU stays as it is.
-        if !plan.changes_other_than(&["labels", "restart_policy", "timeouts"]) {
-            for name in schema::RUNTIME {
-                plan.keep(name);
-            }
-        }
-        let hardware: Vec<&str> = schema::HARDWARE
-            .iter()
-            .copied()
+        let hardware: Vec<&str> = schema::hardware()
             .filter(|name| plan.changes(name))
             .collect();
         let running = matches!(plan.prior.get("power").as_str(), Some("running" | "paused"));
@@ -190,52 +115,16 @@ impl Resource for VmResource {
         }
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value) -> Outcome<Value> {
-        let vm = schema::vm_from(planned)?;
-        let name = vm.metadata.name.as_str().to_owned();
-        let power = vm.spec.power;
-        match ctx.client.create_vm(&vm).await {
-            Ok(_) => {}
-            Err(ClientError::AlreadyExists { message }) => {
-                return Err(vec![Diagnostic::attr_error(
-                    &["name"],
-                    "VM exists",
-                    format!(
-                        "{message}: to manage it with Terraform, import it: terraform import \
-                         <address of this resource> {name}"
-                    ),
-                )]);
-            }
-            Err(e) => return Err(client_error(&format!("Creating VM {name:?}"), e)),
-        }
-        let limit = timeout(planned, "create", CREATE_TIMEOUT);
-        match wait_for_power(ctx, &name, power, limit).await {
-            Ok(vm) => Ok(schema::to_state(&vm, planned)),
-            Err(mut diags) => {
-                // Leave nothing half-made: a VM that did not come up is deleted.
-                let limit = timeout(planned, "delete", DELETE_TIMEOUT);
-                if let Err(more) = delete_and_wait(ctx, &name, limit).await {
-                    diags.extend(more);
-                }
-                Err(diags)
-            }
-        }
-    }
+    stored::client_calls!(create_vm, get_vm, delete_vm);
 
-    async fn read(&self, ctx: &Ctx, state: &Value) -> Outcome<Option<Value>> {
-        let name = name_of(state)?;
-        match ctx.client.get_vm(&name).await {
-            Ok(vm) => Ok(Some(schema::to_state(&vm, state))),
-            Err(ClientError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(client_error(&format!("Reading VM {name:?}"), e)),
-        }
-    }
-
-    async fn update(&self, ctx: &Ctx, prior: &Value, planned: &Value) -> Outcome<Value> {
-        let wanted = schema::vm_from(planned)?;
-        let name = wanted.metadata.name.as_str().to_owned();
-        let failed = |e| client_error(&format!("Updating VM {name:?}"), e);
-        let current = ctx.client.get_vm(&name).await.map_err(failed)?;
+    /// Writes the new spec with compare-and-swap on the version read (a concurrent change
+    /// fails the update instead of being overwritten), around it stopping a running VM whose
+    /// disks change, restarting one whose hardware changes, and asking again for a declared
+    /// power state it left on its own.
+    async fn update(step: &Step<'_, Self>, current: Vm, wanted: Vm) -> Outcome<Vm> {
+        let client = step.client();
+        let name = step.name();
+        let failed = |e| step.failed(e);
         let mut next = current.clone();
         next.spec = wanted.spec.clone();
         // The plan fills in the default machine; a VM that never named one keeps not naming
@@ -272,84 +161,139 @@ impl Resource for VmResource {
         let disks_changed =
             current.spec.volumes != next.spec.volumes || current.spec.boot != next.spec.boot;
         if disks_changed && live {
-            let limit = timeout(planned, "update", UPDATE_TIMEOUT);
-            ctx.client.stop_vm(&name, false).await.map_err(failed)?;
-            wait_for_power(ctx, &name, Power::Stopped, limit).await?;
-            let stopped = ctx.client.get_vm(&name).await.map_err(failed)?;
+            client.stop_vm(name, false).await.map_err(failed)?;
+            let stopped = step
+                .until(Phase::Stopped.as_str(), |vm| toward(vm, Phase::Stopped))
+                .await?;
             next.metadata = stopped.metadata;
             next.metadata.labels = wanted.metadata.labels.clone();
             live = false;
         }
-        // Compare-and-swap on the version read: a concurrent change fails the update
-        // instead of being overwritten.
-        ctx.client.update_vm(&next).await.map_err(failed)?;
+        let updated = client.update_vm(&next).await.map_err(failed)?;
 
         let power = next.spec.power;
-        let was = prior.get("power").as_str();
+        let was = step.prior().get("power").as_str();
         if power != Power::Stopped && hardware_changed && live {
-            ctx.client.restart_vm(&name).await.map_err(failed)?;
+            client.restart_vm(name).await.map_err(failed)?;
             if power == Power::Paused {
-                let limit = timeout(planned, "update", UPDATE_TIMEOUT);
-                wait_for_power(ctx, &name, Power::Running, limit).await?;
-                ctx.client.pause_vm(&name).await.map_err(failed)?;
+                step.until(Phase::Running.as_str(), |vm| toward(vm, Phase::Running))
+                    .await?;
+                client.pause_vm(name).await.map_err(failed)?;
             }
         } else if current.spec.power == power && was != Some(power.as_str()) {
             // Declared already, but not where it should be (it shut itself down): ask again.
             match power {
-                Power::Running => ctx.client.start_vm(&name).await.map(drop),
-                Power::Paused => ctx.client.pause_vm(&name).await.map(drop),
-                Power::Stopped => ctx.client.stop_vm(&name, false).await.map(drop),
+                Power::Running => client.start_vm(name).await.map(drop),
+                Power::Paused => client.pause_vm(name).await.map(drop),
+                Power::Stopped => client.stop_vm(name, false).await.map(drop),
             }
             .map_err(failed)?;
         }
-        let limit = timeout(planned, "update", UPDATE_TIMEOUT);
-        let vm = wait_for_power(ctx, &name, power, limit).await?;
-        Ok(schema::to_state(&vm, planned))
+        Ok(updated)
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value) -> Outcome<()> {
-        let name = name_of(prior)?;
-        delete_and_wait(ctx, &name, timeout(prior, "delete", DELETE_TIMEOUT)).await
-    }
-
-    async fn import(&self, ctx: &Ctx, id: &str) -> Outcome<Value> {
-        match ctx.client.get_vm(id).await {
-            Ok(vm) => Ok(schema::to_state(&vm, &Value::Null)),
-            Err(ClientError::NotFound { message }) => Err(vec![Diagnostic::error(
-                "Cannot import a VM that does not exist",
-                format!("{message}: the import ID is the VM's name (corral vm list)"),
-            )]),
-            Err(e) => Err(client_error(&format!("Importing VM {id:?}"), e)),
+    /// Follows the VM's watch: every change is seen, and a corrald restart is waited out.
+    async fn follow(
+        client: &Client,
+        name: &str,
+        limit: Duration,
+        done: &mut (dyn for<'o> FnMut(Option<&'o Vm>) -> bool + Send),
+    ) -> Result<bool, ClientError> {
+        match client.wait_for(name, done, limit).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Timeout { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
 
-#[async_trait]
-impl DataSource for VmData {
-    fn type_name(&self) -> &'static str {
-        "corral_vm"
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::stored::{object_from, state_of};
+
+    fn config(pairs: &[(&str, Value)]) -> Value {
+        let base = [
+            ("name", Value::string("web-1")),
+            ("kernel", Value::string("/k/vmlinuz")),
+        ];
+        Value::object(&base).with(pairs)
     }
 
-    fn schema(&self) -> &Schema {
-        &self.schema
+    /// The state of a VM that runs `config` as QEMU pid 42.
+    fn running(config: &Value) -> Value {
+        let mut vm = object_from::<VmKind>(config).unwrap();
+        vm.status.phase = Phase::Running;
+        vm.status.pid = Some(42);
+        state_of::<VmKind>(&vm, config)
     }
 
-    async fn read(&self, ctx: &Ctx, config: &Value) -> Outcome<Value> {
-        let name = name_of(config)?;
-        match ctx.client.get_vm(&name).await {
-            Ok(vm) => {
-                let mut state = schema::to_state(&vm, &Value::Null);
-                if let Value::Map(m) = &mut state {
-                    m.remove("timeouts");
-                }
-                Ok(state)
-            }
-            Err(ClientError::NotFound { message }) => Err(vec![Diagnostic::attr_error(
-                &["name"],
-                "No such VM",
-                message,
-            )]),
-            Err(e) => Err(client_error(&format!("Reading VM {name:?}"), e)),
-        }
+    #[test]
+    fn labels_alone_keep_the_running_qemu_known() {
+        let r = VmResource::default();
+        let prior = running(&config(&[]));
+        let labels = Value::object(&[("tier", Value::string("web"))]);
+        let p = plan(
+            &r,
+            prior.clone(),
+            prior.clone(),
+            config(&[("labels", labels)]),
+        );
+        assert_eq!(p.planned.get("pid"), &Value::Number(42.0));
+        assert_eq!(p.planned.get("phase").as_str(), Some("Running"));
+        assert!(p.diags.is_empty() && p.requires_replace.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn hardware_of_a_running_vm_warns_of_a_restart_unless_it_stops() {
+        let r = VmResource::default();
+        let prior = running(&config(&[]));
+        let bigger = config(&[("memory", Value::string("1G"))]);
+        let p = plan(&r, prior.clone(), prior.clone(), bigger);
+        assert_eq!(p.planned.get("pid"), &Value::Unknown);
+        assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
+        assert_eq!(p.diags[0].summary, "The VM will restart");
+        assert_eq!(p.diags[0].path, ["memory"]);
+        assert!(!p.diags[0].error);
+        let stopped = config(&[
+            ("memory", Value::string("1G")),
+            ("power", Value::string("stopped")),
+        ]);
+        let p = plan(&r, prior.clone(), prior, stopped);
+        assert!(p.diags.is_empty(), "{:?}", p.diags);
+    }
+
+    #[test]
+    fn an_unset_machine_plans_the_arch_default() {
+        let r = VmResource::default();
+        let p = plan(&r, Value::Null, config(&[]), config(&[]));
+        assert_eq!(p.planned.get("machine").as_str(), Some("q35"));
+        let arm = config(&[("arch", Value::string("aarch64"))]);
+        let p = plan(&r, Value::Null, arm.clone(), arm);
+        assert_eq!(p.planned.get("machine").as_str(), Some("virt"));
+    }
+
+    #[test]
+    fn progress_waits_for_the_declared_power_state() {
+        let mut vm = object_from::<VmKind>(&config(&[])).unwrap();
+        assert_eq!(VmKind::goal(&vm), "Running");
+        vm.status.phase = Phase::Starting;
+        assert_eq!(VmKind::progress(&vm), Progress::Pending);
+        vm.status.phase = Phase::Running;
+        assert_eq!(VmKind::progress(&vm), Progress::Ready);
+        vm.status.phase = Phase::Failed;
+        vm.status.message = Some("QEMU exited".into());
+        let Progress::Failed(why) = VmKind::progress(&vm) else {
+            panic!("a failed VM fails the wait")
+        };
+        assert!(why.contains("did not reach Running: QEMU exited"), "{why}");
+        vm.metadata.generation = 2;
+        vm.status.observed_generation = 1;
+        assert_eq!(
+            VmKind::progress(&vm),
+            Progress::Pending,
+            "a status from before the change says nothing"
+        );
     }
 }

@@ -2,38 +2,30 @@
 //!
 //! The attributes mirror `VmSpec` with the boot source flattened (`kernel`/`initrd`/`cmdline`
 //! or `disk`/`disk_format`). A configuration becomes a `Vm` through the contract's own strict
-//! deserialiser, so Terraform validates exactly what `corral apply` does, and its errors —
-//! which name the API field (`spec.cpus: …`) — are put on the attribute that set it.
+//! deserialiser ([`stored::object_from`]), and its errors — which name the API field
+//! (`spec.cpus: …`) — are put on the attribute that set it.
 
-use std::collections::BTreeMap;
-
-use corral_client::contract::{ByteSize, Phase, Power, Vm, VmSpec};
+use corral_client::contract::{Boot, ByteSize, Phase, Power, Vm, VmSpec};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::schema::{Attr, Schema};
+use crate::stored::{self, known, list_state, names, opt};
 use crate::value::Value;
 
 /// The resource's schema.
 pub fn resource_schema() -> Schema {
     let s = |v: &str| Value::string(v);
-    Schema::new(
+    let schema = stored::base_schema(
         "A virtual machine run by corrald. Hardware changes (cpus, memory, boot, accel, \
          introspection) are made in place: a running VM is restarted in a new QEMU process with \
          the same uid. Only `name`, `arch` and `machine` replace it.",
-    )
-    .attr(
-        Attr::string("id")
-            .computed()
-            .stable()
-            .describe("The VM's name."),
-    )
-    .attr(Attr::string("name").required().replace().describe(
         "Unique name: 1-63 lowercase letters, digits and '-', starting and ending with a \
          letter or digit. Changing it replaces the VM.",
-    ))
+    )
     .attr(
         Attr::string_map("labels")
+            .quiet()
             .describe("Key/value labels, for selection (`corral vm list -l tier=web`)."),
     )
     .attr(
@@ -103,96 +95,62 @@ pub fn resource_schema() -> Schema {
                 "Back guest RAM with a shared file so the host can read it live (default false).",
             ),
     )
-    .attr(Attr::string("restart_policy").default(s("never")).describe(
+    .attr(Attr::string("restart_policy").default(s("never")).quiet().describe(
         "What to do when the guest stops on its own: `never` (default), `on-failure` or `always`.",
-    ))
-    .attr(
-        Attr::string("uid")
-            .computed()
-            .stable()
-            .describe("Assigned by corrald on creation; never changes."),
-    )
-    .attr(
-        Attr::string("created_at")
-            .computed()
-            .stable()
-            .describe("When corrald created the VM (RFC 3339)."),
-    )
-    .attr(Attr::string("phase").computed().describe(
-        "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
-    ))
-    .attr(
-        Attr::number("pid")
-            .computed()
-            .describe("Host pid of the QEMU process, while there is one."),
-    )
-    .attr(
-        Attr::string("accelerator")
-            .computed()
-            .describe("The accelerator in use (never `auto`)."),
-    )
-    .attr(
-        Attr::string("qemu_version")
-            .computed()
-            .describe("Version of the QEMU running the VM."),
-    )
-    .attr(
-        Attr::string("started_at")
-            .computed()
-            .describe("When the current QEMU process started (RFC 3339)."),
-    )
-    .attr(
-        Attr::string("message")
-            .computed()
-            .describe("Why the VM is where it is, e.g. why it failed."),
-    )
-    .block(
-        "timeouts",
-        Schema::new("How long to wait for corrald (Go durations: `30s`, `5m`).")
-            .attr(
-                Attr::string("create")
-                    .describe("For the VM to reach its power state after creation (default 5m)."),
-            )
-            .attr(
-                Attr::string("update")
-                    .describe("For the VM to reach its power state after a change (default 5m)."),
-            )
-            .attr(
-                Attr::string("delete")
-                    .describe("For QEMU to stop and the VM's files to go (default 2m)."),
-            ),
+    ));
+    let schema = stored::identity(schema, "When corrald created the VM (RFC 3339).")
+        .attr(Attr::string("phase").computed().describe(
+            "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
+        ))
+        .attr(
+            Attr::number("pid")
+                .computed()
+                .describe("Host pid of the QEMU process, while there is one."),
+        )
+        .attr(
+            Attr::string("accelerator")
+                .computed()
+                .describe("The accelerator in use (never `auto`)."),
+        )
+        .attr(
+            Attr::string("qemu_version")
+                .computed()
+                .describe("Version of the QEMU running the VM."),
+        )
+        .attr(
+            Attr::string("started_at")
+                .computed()
+                .describe("When the current QEMU process started (RFC 3339)."),
+        )
+        .attr(
+            Attr::string("message")
+                .computed()
+                .describe("Why the VM is where it is, e.g. why it failed."),
+        );
+    stored::timeouts(
+        schema,
+        "For the VM to reach its power state after creation (default 5m).",
+        Some("For the VM to reach its power state after a change (default 5m)."),
     )
 }
 
-/// The data source's schema: the same attributes, read only, found by `name`.
-pub fn data_schema() -> Schema {
-    resource_schema().read_only("A VM that exists in corrald, read by name.", &["name"])
-}
-
-/// Attributes that describe the VM's hardware: changing one on a running VM restarts it.
-pub const HARDWARE: &[&str] = &[
-    "cpus",
-    "memory",
-    "accel",
+/// The attributes that say what the VM boots.
+const BOOT: [&str; 6] = [
     "kernel",
     "initrd",
     "cmdline",
     "disk",
     "disk_format",
     "boot_volume",
-    "volumes",
-    "introspection",
 ];
 
-/// Computed attributes that only a start, stop or restart changes.
-pub const RUNTIME: &[&str] = &[
-    "phase",
-    "pid",
-    "accelerator",
-    "qemu_version",
-    "started_at",
-    "message",
-];
+/// Attributes that describe the VM's hardware: changing one on a running VM restarts it.
+pub fn hardware() -> impl Iterator<Item = &'static str> {
+    ["cpus", "memory", "accel"]
+        .into_iter()
+        .chain(BOOT)
+        .chain(["volumes", "introspection"])
+}
 
 /// The attribute that sets an API field (`spec.cpus` → `cpus`).
 pub fn attribute_for(field: &str) -> Option<&'static str> {
@@ -218,34 +176,11 @@ pub fn attribute_for(field: &str) -> Option<&'static str> {
     })
 }
 
-/// A diagnostic from a message of the form `spec.cpus: must be …` (the contract's
-/// `ValidationError`, locally or from corrald), on the attribute that set the field.
-pub fn field_error(message: &str) -> Diagnostic {
-    if let Some((field, detail)) = message.split_once(": ") {
-        if let Some(attr) = attribute_for(field) {
-            return Diagnostic::attr_error(
-                &[attr],
-                format!("Invalid {attr}"),
-                format!("{detail} ({field})"),
-            );
-        }
-    }
-    Diagnostic::error("Invalid VM", message)
-}
-
 /// The API's JSON for the VM a configuration declares. Unknown values are left out (the
 /// contract's defaults stand in), so a configuration can be checked before apply; errors on
 /// attributes that are unknown are then dropped by the caller.
-fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
-    let known = |name: &str| -> Option<serde_json::Value> {
-        match config.get(name) {
-            Value::String(s) => Some(json!(s)),
-            Value::Bool(b) => Some(json!(b)),
-            Value::Number(n) if n.fract() == 0.0 => Some(json!(*n as i64)),
-            Value::Number(n) => Some(json!(n)),
-            _ => None,
-        }
-    };
+pub fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
+    let known = |name: &str| known(config, name);
     let set = |name: &str| !config.get(name).is_null();
     let mut diags = Vec::new();
     let sources: Vec<&str> = ["kernel", "disk", "boot_volume"]
@@ -332,74 +267,25 @@ fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     }
     let mut spec = serde_json::Map::new();
     spec.insert("boot".into(), boot);
-    if let Value::List(names) = config.get("volumes") {
-        let attachments: Vec<serde_json::Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let placeholder = format!("unknown-until-apply-{i}");
-                json!({ "volume": name.as_str().unwrap_or(&placeholder) })
-            })
-            .collect();
+    if let Some(volumes) = names(config, "volumes") {
+        let attachments: Vec<_> = volumes.iter().map(|v| json!({ "volume": v })).collect();
         spec.insert("volumes".into(), json!(attachments));
     }
-    for (attr, field) in [
-        ("cpus", "cpus"),
-        ("memory", "memory"),
-        ("arch", "arch"),
-        ("machine", "machine"),
-        ("accel", "accel"),
-        ("power", "power"),
-        ("introspection", "introspection"),
-        ("restart_policy", "restart_policy"),
+    for name in [
+        "cpus",
+        "memory",
+        "arch",
+        "machine",
+        "accel",
+        "power",
+        "introspection",
+        "restart_policy",
     ] {
-        if let Some(v) = known(attr) {
-            spec.insert(field.into(), v);
+        if let Some(v) = known(name) {
+            spec.insert(name.into(), v);
         }
     }
-    let mut metadata = serde_json::Map::new();
-    metadata.insert(
-        "name".into(),
-        known("name").unwrap_or(json!("unknown-until-apply")),
-    );
-    if let Value::Map(labels) = config.get("labels") {
-        let labels: serde_json::Map<_, _> = labels
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), json!(v.as_str()?))))
-            .collect();
-        metadata.insert("labels".into(), json!(labels));
-    }
-    Ok(json!({ "metadata": metadata, "spec": spec }))
-}
-
-/// The VM a configuration or plan declares, validated by the contract.
-pub fn vm_from(config: &Value) -> Result<Vm, Vec<Diagnostic>> {
-    let manifest = manifest(config)?;
-    serde_json::from_value::<Vm>(manifest).map_err(|e| vec![field_error(&e.to_string())])
-}
-
-/// Checks a configuration whose values may be unknown.
-pub fn validate(config: &Value) -> Vec<Diagnostic> {
-    let mut diags = match vm_from(config) {
-        Ok(_) => Vec::new(),
-        Err(diags) => diags,
-    };
-    // An error about a value not known yet is a placeholder's error; apply checks it.
-    diags.retain(|d| d.path.first().is_none_or(|a| !config.get(a).is_unknown()));
-    if let Value::Map(timeouts) = config.get("timeouts") {
-        for (name, value) in timeouts {
-            if let Some(text) = value.as_str() {
-                if let Err(e) = humantime::parse_duration(text) {
-                    diags.push(Diagnostic::attr_error(
-                        &["timeouts", name],
-                        format!("Invalid {name} timeout"),
-                        format!("{text:?} is not a duration ({e}): use e.g. 30s, 5m or 1h"),
-                    ));
-                }
-            }
-        }
-    }
-    diags
+    Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
 }
 
 /// The power state as Terraform should see it: the declared one, except that a VM declared
@@ -417,27 +303,11 @@ pub fn effective_power(vm: &Vm) -> Power {
     }
 }
 
-/// The state of `vm`, written the way `hint` (the planned or prior state) wrote equal values:
-/// memory `1024M` stays `1024M` when corrald says `1G`, empty labels stay `{}` or null.
-pub fn to_state(vm: &Vm, hint: &Value) -> Value {
+/// The VM's own attributes of `vm`, written the way `hint` (the planned or prior state) wrote
+/// equal values: memory `1024M` stays `1024M` when corrald says `1G`.
+pub fn to_state(vm: &Vm, hint: &Value, state: &mut Value) {
     let s = |v: &str| Value::string(v);
-    let opt = |v: Option<&str>| v.map_or(Value::Null, Value::string);
     let spec = &vm.spec;
-    let mut state = Value::Map(BTreeMap::new());
-    state.set("id", s(vm.metadata.name.as_str()));
-    state.set("name", s(vm.metadata.name.as_str()));
-    let labels = if vm.metadata.labels.is_empty() && !matches!(hint.get("labels"), Value::Map(_)) {
-        Value::Null
-    } else {
-        Value::Map(
-            vm.metadata
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), s(v)))
-                .collect(),
-        )
-    };
-    state.set("labels", labels);
     state.set("cpus", Value::Number(f64::from(spec.cpus)));
     let memory = match hint.get("memory").as_str() {
         Some(text) if text.parse::<ByteSize>().ok() == Some(spec.memory) => s(text),
@@ -448,18 +318,11 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
     state.set("machine", s(spec.machine().as_str()));
     state.set("accel", s(spec.accel.as_str()));
     let path = |p: &std::path::Path| Value::string(p.display().to_string());
-    for name in [
-        "kernel",
-        "initrd",
-        "cmdline",
-        "disk",
-        "disk_format",
-        "boot_volume",
-    ] {
+    for name in BOOT {
         state.set(name, Value::Null);
     }
     match &spec.boot {
-        corral_client::contract::Boot::Kernel {
+        Boot::Kernel {
             kernel,
             initrd,
             cmdline,
@@ -468,25 +331,19 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
             state.set("initrd", initrd.as_deref().map_or(Value::Null, path));
             state.set("cmdline", opt(cmdline.as_deref()));
         }
-        corral_client::contract::Boot::Disk { path: disk, format } => {
+        Boot::Disk { path: disk, format } => {
             state.set("disk", path(disk));
             state.set("disk_format", opt(format.map(|f| f.as_str())));
         }
-        corral_client::contract::Boot::Volume { volume } => {
+        Boot::Volume { volume } => {
             state.set("boot_volume", s(volume.as_str()));
         }
     }
-    let volumes = if spec.volumes.is_empty() && !matches!(hint.get("volumes"), Value::List(_)) {
-        Value::Null
-    } else {
-        Value::List(spec.volumes.iter().map(|a| s(a.volume.as_str())).collect())
-    };
-    state.set("volumes", volumes);
+    let volumes = spec.volumes.iter().map(|a| a.volume.as_str());
+    state.set("volumes", list_state(volumes, "volumes", hint));
     state.set("power", s(effective_power(vm).as_str()));
     state.set("introspection", Value::Bool(spec.introspection));
     state.set("restart_policy", s(spec.restart_policy.as_str()));
-    state.set("uid", s(&vm.metadata.uid));
-    state.set("created_at", opt(vm.metadata.created_at.as_deref()));
     let status = &vm.status;
     state.set("phase", s(status.phase.as_str()));
     state.set(
@@ -499,22 +356,28 @@ pub fn to_state(vm: &Vm, hint: &Value) -> Value {
     state.set("qemu_version", opt(status.qemu_version.as_deref()));
     state.set("started_at", opt(status.started_at.as_deref()));
     state.set("message", opt(status.message.as_deref()));
-    state.set("timeouts", hint.get("timeouts").clone());
-    state
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stored::{field_error, object_from, state_of, validate};
+    use crate::vm::VmKind;
+
+    fn vm_from(config: &Value) -> Result<Vm, Vec<Diagnostic>> {
+        object_from::<VmKind>(config)
+    }
+
+    fn state(vm: &Vm, hint: &Value) -> Value {
+        state_of::<VmKind>(vm, hint)
+    }
 
     fn config(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        v.set("name", Value::string("web-1"));
-        v.set("kernel", Value::string("/k/vmlinuz"));
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
+        Value::object(&[
+            ("name", Value::string("web-1")),
+            ("kernel", Value::string("/k/vmlinuz")),
+        ])
+        .with(pairs)
     }
 
     #[test]
@@ -532,7 +395,7 @@ mod tests {
         assert_eq!(vm.metadata.labels["tier"], "web");
         assert_eq!(vm.spec.cpus, 2);
         assert_eq!(vm.spec.memory, ByteSize::from_gib(1));
-        let state = to_state(&vm, &config(&[("memory", Value::string("1024M"))]));
+        let state = state(&vm, &config(&[("memory", Value::string("1024M"))]));
         assert_eq!(state.get("memory").as_str(), Some("1024M"));
         assert_eq!(state.get("machine").as_str(), Some("q35"));
         assert_eq!(state.get("cmdline").as_str(), Some("console=ttyS0"));
@@ -546,7 +409,7 @@ mod tests {
 
     #[test]
     fn contract_errors_land_on_the_attribute() {
-        let diags = validate(&config(&[("cpus", Value::Number(0.0))]));
+        let diags = validate::<VmKind>(&config(&[("cpus", Value::Number(0.0))]));
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert_eq!(diags[0].path, ["cpus"]);
         assert_eq!(diags[0].summary, "Invalid cpus");
@@ -557,32 +420,32 @@ mod tests {
             "{:?}",
             diags[0]
         );
-        let diags = validate(&config(&[("memory", Value::string("1GB"))]));
+        let diags = validate::<VmKind>(&config(&[("memory", Value::string("1GB"))]));
         assert_eq!(diags[0].path, ["memory"]);
         assert!(diags[0].detail.contains("decimal unit"), "{:?}", diags[0]);
-        let diags = validate(&config(&[("arch", Value::string("arm"))]));
+        let diags = validate::<VmKind>(&config(&[("arch", Value::string("arm"))]));
         assert_eq!(diags[0].path, ["arch"]);
         assert!(
             diags[0].detail.contains("x86_64 or aarch64"),
             "{:?}",
             diags[0]
         );
-        let diags = validate(&config(&[("kernel", Value::string("vmlinuz"))]));
+        let diags = validate::<VmKind>(&config(&[("kernel", Value::string("vmlinuz"))]));
         assert_eq!(diags[0].path, ["kernel"]);
-        let diags = validate(&config(&[("name", Value::string("Web_1"))]));
+        let diags = validate::<VmKind>(&config(&[("name", Value::string("Web_1"))]));
         assert_eq!(diags[0].path, ["name"]);
     }
 
     #[test]
     fn boot_sources_are_exclusive() {
-        let diags = validate(&config(&[("disk", Value::string("/d.qcow2"))]));
+        let diags = validate::<VmKind>(&config(&[("disk", Value::string("/d.qcow2"))]));
         assert_eq!(diags[0].path, ["disk"]);
         let mut none = config(&[]);
         none.set("kernel", Value::Null);
-        assert_eq!(validate(&none)[0].summary, "No boot source");
-        let diags = validate(&config(&[("disk_format", Value::string("raw"))]));
+        assert_eq!(validate::<VmKind>(&none)[0].summary, "No boot source");
+        let diags = validate::<VmKind>(&config(&[("disk_format", Value::string("raw"))]));
         assert_eq!(diags[0].path, ["disk_format"]);
-        let diags = validate(&config(&[("boot_volume", Value::string("root"))]));
+        let diags = validate::<VmKind>(&config(&[("boot_volume", Value::string("root"))]));
         assert_eq!(diags[0].path, ["boot_volume"], "{diags:?}");
         assert!(
             diags[0].detail.contains("kernel and boot_volume"),
@@ -592,12 +455,12 @@ mod tests {
         volume.set("kernel", Value::Null);
         volume.set("cmdline", Value::Null);
         volume.set("initrd", Value::Null);
-        assert_eq!(validate(&volume), vec![]);
+        assert_eq!(validate::<VmKind>(&volume), vec![]);
     }
 
     #[test]
     fn unknown_values_are_checked_at_apply() {
-        let diags = validate(&config(&[
+        let diags = validate::<VmKind>(&config(&[
             ("kernel", Value::Unknown),
             ("cpus", Value::Unknown),
         ]));
@@ -615,33 +478,33 @@ mod tests {
         let attached: Vec<_> = vm.spec.volumes.iter().map(|a| a.volume.as_str()).collect();
         assert_eq!(attached, ["root", "data"]);
         assert!(vm.spec.volumes.iter().all(|a| !a.readonly));
-        let state = to_state(&vm, &Value::Null);
+        let state = state(&vm, &Value::Null);
         assert_eq!(
             state.get("volumes"),
             &names(&[Value::string("root"), Value::string("data")])
         );
         let twice = names(&[Value::string("root"), Value::string("root")]);
         assert_eq!(
-            validate(&config(&[("volumes", twice)]))[0].path,
+            validate::<VmKind>(&config(&[("volumes", twice)]))[0].path,
             ["volumes"]
         );
         let unknown = names(&[Value::Unknown, Value::Unknown]);
-        assert_eq!(validate(&config(&[("volumes", unknown)])), vec![]);
+        assert_eq!(validate::<VmKind>(&config(&[("volumes", unknown)])), vec![]);
     }
 
     #[test]
     fn bad_timeouts_are_named() {
         let mut timeouts = Value::Null;
         timeouts.set("create", Value::string("5 parsecs"));
-        let diags = validate(&config(&[("timeouts", timeouts)]));
+        let diags = validate::<VmKind>(&config(&[("timeouts", timeouts)]));
         assert_eq!(diags[0].path, ["timeouts", "create"]);
     }
 
     #[test]
     fn server_messages_map_to_attributes() {
-        let d = field_error("spec.boot.kernel.kernel: /nope: No such file or directory");
+        let d = field_error::<VmKind>("spec.boot.kernel.kernel: /nope: No such file or directory");
         assert_eq!(d.path, ["kernel"]);
-        let d = field_error("VM \"a\" is being deleted");
+        let d = field_error::<VmKind>("VM \"a\" is being deleted");
         assert!(d.path.is_empty());
     }
 }

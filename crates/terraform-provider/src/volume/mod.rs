@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_client::contract::{ByteSize, StoragePhase, Volume};
-use corral_client::{Client, ClientError};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::plan::Plan;
+use crate::resource::Outcome;
 use crate::schema::{Attr, Schema};
-use crate::stored::{self, Kind, Managed, Progress, known, labels_state, num, opt};
+use crate::stored::{self, Kind, Managed, Progress, Step, known, num, opt};
 use crate::value::Value;
 
 /// The `corral_volume` kind.
@@ -41,7 +41,11 @@ impl Kind for VolumeKind {
              Changing `image`, `kind` or `format` replaces it.",
             "Unique name (lowercase letters, digits, '-'). Changing it replaces the volume.",
         )
-        .attr(Attr::string_map("labels").describe("Key/value labels; changed in place."))
+        .attr(
+            Attr::string_map("labels")
+                .quiet()
+                .describe("Key/value labels; changed in place."),
+        )
         .attr(Attr::string("kind").default(s("disk")).replace().describe(
             "`disk` (default) or `weights` (a read-only full copy of an image). Changing it \
              replaces the volume.",
@@ -127,12 +131,7 @@ impl Kind for VolumeKind {
         Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
     }
 
-    fn to_state(volume: &Volume, hint: &Value) -> Value {
-        let mut state = Value::Null;
-        let name = volume.metadata.name.as_str();
-        state.set("id", Value::string(name));
-        state.set("name", Value::string(name));
-        state.set("labels", labels_state(&volume.metadata.labels, hint));
+    fn to_state(volume: &Volume, hint: &Value, state: &mut Value) {
         let spec = &volume.spec;
         state.set("kind", Value::string(spec.kind.as_str()));
         state.set("format", Value::string(spec.format().as_str()));
@@ -145,35 +144,21 @@ impl Kind for VolumeKind {
             });
         state.set("size", opt(size.as_deref()));
         state.set("image", opt(spec.image.as_ref().map(|i| i.as_str())));
-        state.set("uid", Value::string(&volume.metadata.uid));
-        state.set("created_at", opt(volume.metadata.created_at.as_deref()));
         let status = &volume.status;
         state.set("phase", Value::string(status.phase.as_str()));
         state.set("actual_size", num(status.size));
         state.set("path", opt(status.path.as_deref()));
         state.set("image_digest", opt(status.image_digest.as_deref()));
         state.set("message", opt(status.message.as_deref()));
-        state.set("timeouts", hint.get("timeouts").clone());
-        state
     }
 
     fn progress(volume: &Volume) -> Progress {
         let observed = volume.status.observed_generation >= volume.metadata.generation;
         match volume.status.phase {
             StoragePhase::Ready if observed => Progress::Ready,
-            StoragePhase::Failed if observed => Progress::Failed(
-                volume
-                    .status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into()),
-            ),
+            StoragePhase::Failed if observed => Progress::failed(volume.status.message.as_deref()),
             _ => Progress::Pending,
         }
-    }
-
-    fn name(volume: &Volume) -> &str {
-        volume.metadata.name.as_str()
     }
 
     fn refine_plan(plan: &mut Plan) {
@@ -192,37 +177,20 @@ impl Kind for VolumeKind {
                 ));
             }
         }
-        // Only a resize changes what corrald reports; labels alone change nothing else.
-        if !plan.changes("size") {
-            for name in ["phase", "actual_size", "message"] {
-                plan.keep(name);
-            }
-        }
     }
 
-    async fn create(client: &Client, volume: &Volume) -> Result<Volume, ClientError> {
-        client.create_volume(volume).await
-    }
+    stored::client_calls!(create_volume, get_volume, delete_volume);
 
-    async fn get(client: &Client, name: &str) -> Result<Volume, ClientError> {
-        client.get_volume(name).await
-    }
-
-    async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
-        client.delete_volume(name).await.map(drop)
-    }
-
-    async fn update(
-        client: &Client,
-        current: Volume,
-        wanted: Volume,
-    ) -> Result<Volume, ClientError> {
+    async fn update(step: &Step<'_, Self>, current: Volume, wanted: Volume) -> Outcome<Volume> {
         let mut next = current;
         next.metadata.labels = wanted.metadata.labels;
         if wanted.spec.size.is_some() {
             next.spec.size = wanted.spec.size;
         }
-        client.update_volume(&next).await
+        step.client()
+            .update_volume(&next)
+            .await
+            .map_err(|e| step.failed(e))
     }
 }
 
@@ -234,12 +202,7 @@ mod tests {
     use crate::stored::{object_from, validate};
 
     fn config(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        v.set("name", Value::string("root"));
-        for (k, val) in pairs {
-            v.set(k, val.clone());
-        }
-        v
+        Value::object(&[("name", Value::string("root"))]).with(pairs)
     }
 
     #[test]
@@ -250,7 +213,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(vol.spec.size, Some(ByteSize::from_gib(2)));
-        let state = VolumeKind::to_state(&vol, &config(&[("size", Value::string("2048M"))]));
+        let state =
+            stored::state_of::<VolumeKind>(&vol, &config(&[("size", Value::string("2048M"))]));
         assert_eq!(state.get("size").as_str(), Some("2048M"));
         assert_eq!(state.get("format").as_str(), Some("qcow2"));
         assert_eq!(state.get("kind").as_str(), Some("disk"));
@@ -279,7 +243,7 @@ mod tests {
             ("size", Value::string("2G")),
         ]))
         .unwrap();
-        let mut state = VolumeKind::to_state(&vol, &Value::Null);
+        let mut state = stored::state_of::<VolumeKind>(&vol, &Value::Null);
         state.set("uid", Value::string("u-1"));
         state
     }
