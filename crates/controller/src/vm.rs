@@ -71,6 +71,9 @@ pub struct VmController {
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
     observer: Option<Arc<dyn ReconcileObserver>>,
     storage: Option<StorageService>,
+    // uid → what adoption found, until the VM's status says so: a corrald killed between
+    // spawning QEMU and writing its pid leaves a status without one.
+    adopted: Mutex<HashMap<String, VmInfo>>,
 }
 
 /// What a reconcile asks for next.
@@ -100,6 +103,7 @@ impl VmController {
             backoff: Mutex::new(HashMap::new()),
             observer: None,
             storage: None,
+            adopted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -391,6 +395,10 @@ impl VmController {
         match self.hv.adopt(uid).await {
             Ok(info) => {
                 tracing::info!(%uid, pid = info.pid, "adopted running VM");
+                self.adopted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(uid.to_owned(), info);
                 self.hv.state(uid).await.ok()
             }
             Err(e) => {
@@ -424,6 +432,7 @@ impl VmController {
 
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ServiceError> {
         let name = vm.metadata.name.as_str();
+        self.forget_adopted(&vm.metadata.uid);
         self.write_phase(name, Phase::Starting, None).await?;
         let mut config = VmConfig::from_spec(&vm.metadata.uid, name, &vm.spec);
         if vm.spec.introspection {
@@ -571,6 +580,13 @@ impl VmController {
         None
     }
 
+    fn forget_adopted(&self, uid: &str) {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
     async fn record_live(
         &self,
         name: &str,
@@ -579,9 +595,19 @@ impl VmController {
         why: Option<String>,
     ) -> Result<Requeue, ServiceError> {
         let generation = vm.metadata.generation;
+        let adopted = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vm.metadata.uid);
         self.svc
             .update_status(name, |_, st| {
                 let before = st.clone();
+                if let Some(info) = &adopted {
+                    if st.pid != Some(info.pid) {
+                        started(st, info, phase, generation);
+                    }
+                }
                 st.phase = phase;
                 st.observed_generation = generation;
                 st.message = why.clone();
@@ -609,6 +635,7 @@ impl VmController {
         failed: bool,
     ) -> Result<Requeue, ServiceError> {
         let generation = vm.metadata.generation;
+        self.forget_adopted(&vm.metadata.uid);
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
         if !vm.status.networks.is_empty() {
             crate::access::release(vm).await;

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,6 +19,9 @@ pub struct FakeHypervisor {
     vms: Mutex<BTreeMap<String, FakeVm>>,
     next_pid: AtomicU32,
     events: broadcast::Sender<VmEvent>,
+    // VMs that "run" but that this backend instance has not adopted yet (see
+    // [`FakeHypervisor::forget_all`]).
+    detached: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +45,16 @@ impl FakeHypervisor {
             vms: Mutex::new(BTreeMap::new()),
             next_pid: AtomicU32::new(1000),
             events: broadcast::channel(1024).0,
+            detached: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Behaves like a fresh backend after a daemon restart: every VM keeps "running", but
+    /// [`Hypervisor::state`] answers `NotFound` for it until it is adopted.
+    pub fn forget_all(&self) {
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut detached = self.detached.lock().unwrap_or_else(|e| e.into_inner());
+        detached.extend(vms.keys().cloned());
     }
 
     /// The launch description a VM was last started with (what a real backend would run).
@@ -142,6 +154,10 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn adopt(&self, uid: &str) -> Result<VmInfo, Error> {
+        self.detached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
         let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
         let vm = vms
             .get(uid)
@@ -166,6 +182,14 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn state(&self, uid: &str) -> Result<VmState, Error> {
+        if self
+            .detached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid)
+        {
+            return Err(Error::NotFound(uid.to_owned()));
+        }
         let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner());
         vms.get(uid)
             .map(|vm| vm.state.clone())

@@ -18,6 +18,8 @@ pub struct Corrald {
     child: Option<Child>,
     dir: TempDir,
     extra_args: Vec<String>,
+    // Whether the data directory is a tmpfs this value mounted.
+    tmpfs: bool,
 }
 
 impl Corrald {
@@ -28,16 +30,50 @@ impl Corrald {
 
     /// Like [`Corrald::start`], with extra flags.
     pub fn start_with(binary: impl Into<PathBuf>, args: &[&str]) -> Result<Corrald, Error> {
+        Self::launch(binary.into(), args, None)
+    }
+
+    /// Like [`Corrald::start_with`], with the data directory on a tmpfs of `size` (`256m`), so
+    /// that a test can fill the disk. Needs root (it mounts); unmounted on drop.
+    pub fn start_with_small_disk(
+        binary: impl Into<PathBuf>,
+        args: &[&str],
+        size: &str,
+    ) -> Result<Corrald, Error> {
+        Self::launch(binary.into(), args, Some(size))
+    }
+
+    fn launch(binary: PathBuf, args: &[&str], tmpfs: Option<&str>) -> Result<Corrald, Error> {
         let dir = tempfile::Builder::new()
             .prefix("corral-d")
             .tempdir_in("/tmp")
             .map_err(|e| Error::io("creating daemon directories", e))?;
         let mut daemon = Corrald {
-            binary: binary.into(),
+            binary,
             child: None,
             dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            tmpfs: false,
         };
+        if let Some(size) = tmpfs {
+            let data = daemon.data_dir();
+            std::fs::create_dir_all(&data)
+                .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("tmpfs")
+                .arg(&data)
+                .status()
+                .map_err(|e| Error::io("running mount", e))?;
+            if !status.success() {
+                return Err(Error::Kit(format!(
+                    "mounting a {size} tmpfs on {} failed ({status}): this needs root",
+                    data.display()
+                )));
+            }
+            daemon.tmpfs = true;
+        }
         daemon.spawn()?;
         Ok(daemon)
     }
@@ -178,6 +214,12 @@ impl Drop for Corrald {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
+        }
+        if self.tmpfs {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(self.data_dir())
+                .status();
         }
     }
 }
