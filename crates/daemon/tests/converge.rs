@@ -148,3 +148,42 @@ async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() ->
     assert_eq!(d.qemu_pids(), [restarted.status.pid.expect("pid")]);
     Ok(())
 }
+
+/// `always` restarts a VM whatever ended it — here the guest powering itself off, which
+/// `on-failure` would accept — and a stop the user asked for is left alone.
+#[tokio::test]
+async fn policy_always_restarts_a_guest_that_powers_off_but_not_a_user_stop() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    c.create_vm(&vm_with("evergreen", |b| {
+        b.restart_policy(RestartPolicy::Always)
+    }))
+    .await?;
+    let first = wait_phase(&c, "evergreen", Phase::Running).await?;
+    wait_console(&c, "evergreen", "CORRAL_BOOT_OK", 0).await?;
+    let mark = c.console_log("evergreen", 0).await?.len();
+    let console = c.attach_console("evergreen", true, false).await?;
+    console.input.send(b"poweroff\n".to_vec()).await?;
+    let again = c
+        .wait_for(
+            "evergreen",
+            |vm| {
+                vm.is_some_and(|vm| {
+                    vm.status.phase == Phase::Running && vm.status.pid != first.status.pid
+                })
+            },
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    wait_console(&c, "evergreen", "CORRAL_BOOT_OK", mark).await?;
+
+    c.stop_vm("evergreen", false).await?;
+    wait_phase(&c, "evergreen", Phase::Stopped).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = c.get_vm("evergreen").await?;
+    assert_eq!(stopped.status.phase, Phase::Stopped, "a user stop stays");
+    assert!(d.qemu_pids().is_empty());
+    assert_ne!(again.status.pid, first.status.pid);
+    Ok(())
+}

@@ -83,11 +83,7 @@ async fn aarch64_virt_boots() -> Result {
     let vm = TestVm::builder(Arch::Aarch64).start().await?;
     let line = vm.wait_for_boot().await?;
     assert!(line.contains("arch=aarch64"), "{line}");
-    assert_eq!(
-        vm.info().accel,
-        Accel::Tcg,
-        "a cross-architecture guest runs on TCG"
-    );
+    assert_eq!(vm.info().accel, expected_accel(Arch::Aarch64));
     Ok(())
 }
 
