@@ -86,7 +86,8 @@ promtool_bin="$root/target/tools/bin/promtool"
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$promtool_bin" ]; then
   log "extracting promtool from the Debian prometheus package into target/tools/bin"
   deb_dir=$(mktemp -d)
-  chmod 0755 "$deb_dir" # apt-get download fetches as the _apt user
+  # As root, apt fetches as the _apt user, which must be able to write there.
+  if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$deb_dir"; fi
   (cd "$deb_dir" && apt-get download -qq prometheus) || {
     as_root apt-get update -qq
     (cd "$deb_dir" && apt-get download -qq prometheus)
