@@ -69,6 +69,35 @@ if [ "$tf_version" != "Terraform v1.0.3" ]; then
   ln -sfn "$tf_real" "$tf_link"
 fi
 
+# The independent gRPC client of crates/daemon/tests/grpc_interop.rs: python grpcio with
+# reflection and health, and grpcio-tools, whose bundled protoc compiles the .proto files.
+grpc_venv="$root/target/tools/grpc-venv"
+grpc_pkgs=(grpcio==1.74.0 grpcio-tools==1.74.0 grpcio-reflection==1.74.0 grpcio-health-checking==1.74.0)
+if ! "$grpc_venv/bin/python" -c 'import grpc, grpc_tools, grpc_reflection, grpc_health' 2>/dev/null; then
+  log "installing python grpcio under target/tools/grpc-venv"
+  python3 -m venv "$grpc_venv"
+  "$grpc_venv/bin/pip" install -q --disable-pip-version-check "${grpc_pkgs[@]}"
+fi
+
+# promtool, which checks the /metrics exposition in crates/daemon/tests/metrics.rs. Debian
+# ships it only inside the prometheus server package; installing that would also enable a
+# Prometheus server on systemd machines, so only promtool is taken out of the .deb.
+promtool_bin="$root/target/tools/bin/promtool"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$promtool_bin" ]; then
+  log "extracting promtool from the Debian prometheus package into target/tools/bin"
+  deb_dir=$(mktemp -d)
+  # As root, apt fetches as the _apt user, which must be able to write there.
+  if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$deb_dir"; fi
+  (cd "$deb_dir" && apt-get download -qq prometheus) || {
+    as_root apt-get update -qq
+    (cd "$deb_dir" && apt-get download -qq prometheus)
+  }
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+  mkdir -p "$(dirname "$promtool_bin")"
+  install -m 0755 "$deb_dir/root/usr/bin/promtool" "$promtool_bin"
+  rm -rf "$deb_dir"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is missing: install Rust (1.85 or newer) with rustup, then run this again"
   exit 1

@@ -15,7 +15,8 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::net::UnixListener;
+
+use crate::serve::UnixSocket;
 
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,9 +223,9 @@ pub struct PeerCred {
     pid: Option<i32>,
 }
 
-impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for PeerCred {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
+impl Connected<axum::serve::IncomingStream<'_, UnixSocket>> for PeerCred {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixSocket>) -> Self {
+        let cred = stream.io().get_ref().peer_cred().ok();
         PeerCred {
             uid: cred.as_ref().map(|c| c.uid()),
             pid: cred.and_then(|c| c.pid()),

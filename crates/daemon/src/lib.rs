@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(network_controller.run(stop_rx.clone()));
 
-    let app = router(daemon.clone())?;
+    let app = router(daemon.clone()).await?;
     let unix = serve::bind_unix(&config.socket)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -161,19 +161,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 use std::os::unix::fs::DirBuilderExt;
 
 /// gRPC (VM and system services, health, reflection) and REST on one router.
-fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(corral_contract::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+async fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
+    // One list of descriptor sets feeds reflection (v1 and v1alpha, each listing the other)
+    // and health, so every service a client can discover also reports SERVING.
+    let descriptors = [
+        corral_contract::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let reflection = || {
+        descriptors.iter().fold(
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .context("building gRPC reflection")?;
-    let reporter = health_reporter.clone();
-    tokio::spawn(async move {
-        reporter
-            .set_serving::<VmServiceServer<grpc::VmGrpc>>()
+        .context("building gRPC reflection v1")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building gRPC reflection v1alpha")?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let services = grpc_service_names(&descriptors).context("reading the gRPC descriptors")?;
+    for service in services {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
-    });
+    }
     let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
         .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
         .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
@@ -187,7 +202,8 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
         )));
     let grpc = storage_grpc::add_services(grpc, &daemon)
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
     // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
     // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
@@ -215,6 +231,20 @@ fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
 }
 
 use axum::response::IntoResponse;
+
+/// The full names (`corral.v1.VmService` …) of the services in encoded descriptor sets.
+fn grpc_service_names(sets: &[&[u8]]) -> Result<Vec<String>, prost::DecodeError> {
+    use prost::Message;
+    let mut names = Vec::new();
+    for set in sets {
+        for file in prost_types::FileDescriptorSet::decode(*set)?.file {
+            for service in &file.service {
+                names.push(format!("{}.{}", file.package(), service.name()));
+            }
+        }
+    }
+    Ok(names)
+}
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -258,14 +258,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn metrics(State(d): State<Shared>) -> Response {
-    let text = d.metrics.render(&d).await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+async fn metrics(State(d): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let (content_type, text) = d.metrics.scrape(&d, headers.get(header::ACCEPT)).await;
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

@@ -1,5 +1,7 @@
 //! Listeners: the unix socket (mode 0600) and, when configured, TCP with TLS and tokens.
 
+mod authority;
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -16,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 
 /// Binds the API socket: its directory 0700, the socket 0600. A socket left by a dead daemon
 /// is replaced; one a live daemon answers on is not.
-pub async fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+pub async fn bind_unix(path: &Path) -> Result<UnixSocket, String> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -35,7 +37,29 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, String> {
         UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod 0600 {}: {e}", path.display()))?;
-    Ok(listener)
+    Ok(UnixSocket(listener))
+}
+
+/// The API socket: its connections reach the server through [`FixAuthority`], so gRPC
+/// clients that send the socket path as `:authority` are served (see `serve/authority.rs`).
+#[derive(Debug)]
+pub struct UnixSocket(UnixListener);
+
+/// An accepted unix-socket connection.
+pub type UnixConnection = authority::FixAuthority<tokio::net::UnixStream>;
+
+impl axum::serve::Listener for UnixSocket {
+    type Io = UnixConnection;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        (authority::FixAuthority::new(stream), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        axum::serve::Listener::local_addr(&self.0)
+    }
 }
 
 /// How many TLS handshakes may be in flight at once; more connections wait in the kernel's
