@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_contract::names::conditions::{SSH_READY, reasons};
 use corral_contract::{
     CloudInit, Condition, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase,
     Protocol, Vm,
@@ -12,9 +13,6 @@ use corral_contract::{
 use corral_hypervisor::{HostForward, NetBackend, NicConfig};
 use corral_service::{NetworkService, VmService};
 use tokio::io::AsyncReadExt;
-
-/// The condition the SSH probe sets.
-pub const SSH_READY: &str = "SshReady";
 
 /// NICs, their status as it will be once QEMU runs, and the seed image.
 pub(crate) struct Prepared {
@@ -251,7 +249,7 @@ pub(crate) fn probe_ssh(
                             st.set_condition(Condition::new(
                                 SSH_READY,
                                 true,
-                                "BannerSeen",
+                                reasons::BANNER_SEEN,
                                 &message,
                             ));
                         }

@@ -270,7 +270,7 @@ impl NetworkController {
 
     /// One pass over every network. Idempotent.
     pub async fn reconcile(&self) -> Result<(), String> {
-        let nets = self.nets.list("").await.map_err(|e| e.to_string())?;
+        let (nets, _) = self.nets.list("").await.map_err(|e| e.to_string())?;
         for net in nets.iter().filter(|n| n.spec.mode == NetworkMode::Bridge) {
             let name = net.metadata.name.as_str();
             let (phase, message) = match ensure(&self.dir, net).await {

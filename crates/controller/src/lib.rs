@@ -9,13 +9,15 @@
 mod access;
 mod bridge;
 mod disks;
+mod error;
 mod queue;
 mod storage;
 mod vm;
 
-pub use access::{SSH_READY, ssh_banner};
+pub use access::ssh_banner;
 pub use bridge::NetworkController;
 pub use disks::{AttachedVolume, attached_volumes};
+pub use error::ControllerError;
 pub use queue::WorkQueue;
 pub use storage::StorageController;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};
