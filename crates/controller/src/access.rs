@@ -11,7 +11,10 @@ use corral_contract::{
     Protocol, Vm,
 };
 use corral_hypervisor::{HostForward, NetBackend, NicConfig};
-use corral_service::{NetworkService, VmService};
+use corral_service::{NetworkService, ServiceError, VmService};
+
+use crate::ControllerError;
+use crate::error::NicProblem;
 use tokio::io::AsyncReadExt;
 
 /// NICs, their status as it will be once QEMU runs, and the seed image.
@@ -22,37 +25,43 @@ pub(crate) struct Prepared {
 }
 
 /// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`. The
-/// error is a sentence for `status.message`.
-pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result<Prepared, String> {
+/// error's message is a sentence for `status.message`.
+pub(crate) async fn prepare(
+    svc: &VmService,
+    seed_dir: &Path,
+    vm: &Vm,
+) -> Result<Prepared, ControllerError> {
     let nets = NetworkService::new(svc.store().clone());
     let mut nics = Vec::new();
     let mut networks = Vec::new();
     for (index, att) in vm.spec.networks.iter().enumerate() {
         let name = att.network.as_str();
-        let net = nets
-            .get(name)
-            .await
-            .map_err(|e| format!("network {name:?}: {e}"))?;
+        let net = nets.get(name).await?;
         if net.status.phase != NetworkPhase::Ready {
-            return Err(format!(
-                "network {name:?} is not ready: {}",
-                net.status
-                    .message
-                    .unwrap_or_else(|| net.status.phase.to_string())
-            ));
+            return Err(ServiceError::NotReady {
+                kind: "network",
+                name: name.to_owned(),
+                phase: net.status.phase.to_string(),
+                message: net.status.message,
+            }
+            .into());
         }
+        let nic = |problem| ControllerError::Nic {
+            network: name.to_owned(),
+            problem,
+        };
         // The service always fills these in on create; a spec without them was written
         // around it.
         let mac = att
             .mac
-            .ok_or_else(|| format!("network {name:?}: no MAC address was allocated"))?;
+            .ok_or_else(|| nic(NicProblem::NotAllocated("MAC address".into())))?;
         let mut forwards = Vec::new();
         for f in &att.forwards {
             let host_port = f.host_port.ok_or_else(|| {
-                format!(
-                    "network {name:?}: no host port was allocated for guest port {}",
+                nic(NicProblem::NotAllocated(format!(
+                    "host port for guest port {}",
                     f.guest_port
-                )
+                )))
             })?;
             forwards.push(HostForward {
                 protocol: f.protocol,
@@ -71,20 +80,16 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
             },
             NetworkMode::Bridge => {
                 if !forwards.is_empty() {
-                    return Err(format!(
-                        "network {name:?}: port forwards are for user networks; reach a bridged guest at its own address"
-                    ));
+                    return Err(nic(NicProblem::ForwardsOnBridge));
                 }
                 let ifname = crate::bridge::tap_name(&vm.metadata.uid, index);
                 crate::bridge::ensure_tap(&net, &ifname)
                     .await
-                    .map_err(|e| format!("network {name:?}: {e}"))?;
+                    .map_err(|e| nic(NicProblem::Tap(Box::new(e))))?;
                 NetBackend::Tap { ifname }
             }
             mode => {
-                return Err(format!(
-                    "network {name:?}: mode {mode} is not available on this host"
-                ));
+                return Err(nic(NicProblem::ModeUnavailable(mode)));
             }
         };
         networks.push(NetworkAttachmentStatus {
@@ -107,7 +112,7 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
         Some(ci) => Some(
             build_seed(seed_dir, &vm.metadata.uid, vm.metadata.name.as_str(), ci)
                 .await
-                .map_err(|e| format!("building the cloud-init seed: {e}"))?,
+                .map_err(ControllerError::Seed)?,
         ),
         None => None,
     };

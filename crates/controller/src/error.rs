@@ -68,12 +68,75 @@ pub enum ControllerError {
         /// What the step needs.
         need: &'static str,
     },
+    /// A VM's NIC cannot be set up on the network it joins.
+    #[error("network {network:?}: {problem}")]
+    Nic {
+        /// The network.
+        network: String,
+        /// What is wrong.
+        problem: NicProblem,
+    },
+    /// A VM's cloud-init seed could not be built.
+    #[error("building the cloud-init seed: {0}")]
+    Seed(#[source] std::io::Error),
+    /// A weights volume's bytes changed since it was made.
+    #[error(
+        "weights volume {volume:?} is corrupted: its bytes hash to {actual} but must be {expected}; the VM was not started (recreate the volume from its image)"
+    )]
+    WeightsCorrupt {
+        /// The volume.
+        volume: String,
+        /// What it must hash to.
+        expected: String,
+        /// What it hashes to.
+        actual: String,
+    },
+    /// The VM's volumes do not map to a consistent disk order.
+    #[error("volume {volume:?}: disk order is inconsistent")]
+    DiskOrder {
+        /// The volume.
+        volume: String,
+    },
+    /// The VM has volumes but this node runs no storage service.
+    #[error("this node has no storage configured for volumes")]
+    NoStorage,
     /// A blocking task ended abnormally.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Why a NIC cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NicProblem {
+    /// The service did not fill in what it allocates (the spec was written around it).
+    #[error("no {0} was allocated")]
+    NotAllocated(String),
+    /// Port forwards on a network that is not a user network.
+    #[error("port forwards are for user networks; reach a bridged guest at its own address")]
+    ForwardsOnBridge,
+    /// The network's mode does not exist on this host.
+    #[error("mode {0} is not available on this host")]
+    ModeUnavailable(corral_contract::NetworkMode),
+    /// Making the TAP device failed.
+    #[error(transparent)]
+    Tap(Box<ControllerError>),
+}
+
 impl ControllerError {
+    /// Adds what to do to a failed host command (which package to install …).
+    pub(crate) fn hint(self, hint: &'static str) -> Self {
+        match self {
+            ControllerError::Command {
+                command, stderr, ..
+            } => ControllerError::Command {
+                command,
+                stderr,
+                hint: Some(hint),
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(
         context: &'static str,
         path: impl Into<PathBuf>,

@@ -437,15 +437,15 @@ impl VmController {
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {
             let resolved = match &self.storage {
                 Some(storage) => crate::disks::resolve(storage, &vm.spec, &mut config).await,
-                None => Err("this node has no storage configured for volumes".to_owned()),
+                None => Err(ControllerError::NoStorage),
             };
-            if let Err(message) = resolved {
-                return self.start_failed(vm, message, restart).await;
+            if let Err(e) = resolved {
+                return self.start_failed(vm, e.to_string(), restart).await;
             }
         }
         let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
             Ok(p) => p,
-            Err(message) => return self.start_failed(vm, message, restart).await,
+            Err(e) => return self.start_failed(vm, e.to_string(), restart).await,
         };
         config.nics = prepared.nics;
         if let Some(seed) = prepared.seed {
