@@ -15,6 +15,7 @@ use corral_service::{NetworkService, ServiceError, VmService};
 
 use crate::ControllerError;
 use crate::error::NicProblem;
+use corral_service::Stored;
 use tokio::io::AsyncReadExt;
 
 /// NICs, their status as it will be once QEMU runs, and the seed image.
@@ -39,7 +40,7 @@ pub(crate) async fn prepare(
         let net = nets.get(name).await?;
         if net.status.phase != NetworkPhase::Ready {
             return Err(ServiceError::NotReady {
-                kind: "network",
+                kind: corral_contract::Network::NOUN,
                 name: name.to_owned(),
                 phase: net.status.phase.to_string(),
                 message: net.status.message,

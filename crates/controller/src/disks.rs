@@ -5,6 +5,7 @@ use corral_hypervisor::{DiskConfig, VmConfig};
 use corral_service::{ServiceError, StorageService};
 
 use crate::ControllerError;
+use corral_service::Stored;
 
 /// One volume as attached: its index in [`VmConfig::disks`], name and whether read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub async fn resolve(
         let volume = storage.volumes.get(name).await?;
         if volume.metadata.deleting {
             return Err(ServiceError::Deleting {
-                kind: "volume",
+                kind: corral_contract::Volume::NOUN,
                 name: name.to_owned(),
             }
             .into());
@@ -70,7 +71,7 @@ pub async fn resolve(
             volume.status.phase,
         ) else {
             return Err(ServiceError::NotReady {
-                kind: "volume",
+                kind: corral_contract::Volume::NOUN,
                 name: name.to_owned(),
                 phase: volume.status.phase.to_string(),
                 message: volume.status.message,

@@ -23,7 +23,7 @@
 //! with only the hooks it needs — references in [`Strategy::admit`] (read them with [`read`]
 //! and [`read_all`]), its starting status in [`Strategy::initial_status`], server allocations
 //! in [`Strategy::prepare`], fixed fields in [`Strategy::check_update`], users that block a
-//! delete in [`Strategy::check_delete`], and `FINALIZED` if a controller cleans up before the
+//! delete in [`Strategy::check_delete`] (with [`refuse_if_used`]), and `FINALIZED` if a controller cleans up before the
 //! object goes — then serve `Resources<YourKind>`. Verbs beyond CRUD go in an
 //! `impl Resources<YourKind>` block on top of [`Resources::modify`].
 //!
@@ -57,7 +57,7 @@ pub use allocate::{BadPortRange, PortRange};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
-pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all};
+pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
     ImageKind, ImportProgress, SnapshotKind, StorageConfig, StorageService, VolumeKind,
 };

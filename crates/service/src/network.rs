@@ -6,8 +6,8 @@ use corral_contract::{
 };
 use corral_store::Store;
 
+use crate::resources::{Resources, Strategy, read_all, refuse_if_used};
 use crate::ServiceError;
-use crate::resources::{Resources, Strategy, read_all};
 
 /// The network `corral vm create --ssh` joins when none is named; the daemon creates it.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -45,22 +45,12 @@ impl Strategy for NetworkKind {
 
     async fn check_delete(&self, store: &dyn Store, net: &Network) -> Result<(), ServiceError> {
         let name = net.metadata.name.as_str();
-        let users: Vec<String> = read_all::<Vm>(store)
-            .await?
-            .into_iter()
-            .filter(|vm| vm.spec.networks.iter().any(|a| a.network == name))
-            .map(|vm| vm.metadata.name.to_string())
-            .collect();
-        if users.is_empty() {
-            return Ok(());
-        }
-        Err(ServiceError::InUse {
-            kind: "Network",
-            name: name.to_owned(),
-            by_kind: "VM",
-            by: users,
-            remedy: "delete those VMs or remove the network from their spec first",
-        })
+        let vms = read_all::<Vm>(store).await?.into_iter();
+        refuse_if_used(
+            net,
+            vms.filter(|vm| vm.spec.networks.iter().any(|a| a.network == name)),
+            "delete those VMs or remove the network from their spec first",
+        )
     }
 }
 

@@ -24,6 +24,8 @@ pub trait Stored: Resource + Serialize + DeserializeOwned + Clone + Send + Sync 
     type Spec: PartialEq + Clone + Send + Sync;
     /// What controllers write.
     type Status: Default + Clone + Send + Sync;
+    /// The kind as a sentence names it (`VM`, `volume` …).
+    const NOUN: &'static str;
 
     /// The spec.
     fn spec(&self) -> &Self::Spec;
@@ -36,10 +38,11 @@ pub trait Stored: Resource + Serialize + DeserializeOwned + Clone + Send + Sync 
 }
 
 macro_rules! stored {
-    ($($t:ty => $spec:ty, $status:ty;)*) => {$(
+    ($($t:ty => $spec:ty, $status:ty, $noun:literal;)*) => {$(
         impl Stored for $t {
             type Spec = $spec;
             type Status = $status;
+            const NOUN: &'static str = $noun;
             fn spec(&self) -> &$spec { &self.spec }
             fn spec_mut(&mut self) -> &mut $spec { &mut self.spec }
             fn status(&self) -> &$status { &self.status }
@@ -49,11 +52,11 @@ macro_rules! stored {
 }
 
 stored! {
-    corral_contract::Vm => corral_contract::VmSpec, corral_contract::VmStatus;
-    corral_contract::Network => corral_contract::NetworkSpec, corral_contract::NetworkStatus;
-    corral_contract::Image => corral_contract::ImageSpec, corral_contract::ImageStatus;
-    corral_contract::Volume => corral_contract::VolumeSpec, corral_contract::VolumeStatus;
-    corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus;
+    corral_contract::Vm => corral_contract::VmSpec, corral_contract::VmStatus, "VM";
+    corral_contract::Network => corral_contract::NetworkSpec, corral_contract::NetworkStatus, "network";
+    corral_contract::Image => corral_contract::ImageSpec, corral_contract::ImageStatus, "image";
+    corral_contract::Volume => corral_contract::VolumeSpec, corral_contract::VolumeStatus, "volume";
+    corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a
@@ -130,7 +133,7 @@ pub trait Strategy: Send + Sync + 'static {
     ) -> Result<(), ServiceError> {
         let _ = (current, desired);
         Err(ServiceError::Immutable {
-            kind: kind::<Self::Object>(),
+            kind: <Self::Object as Stored>::NOUN,
             field: "spec",
         })
     }
@@ -257,6 +260,26 @@ pub async fn read_all<T: Stored>(store: &dyn Store) -> Result<Vec<T>, ServiceErr
         .await
         .map_err(|e| ServiceError::from_store(kind::<T>(), e))?;
     objects.into_iter().map(decode).collect()
+}
+
+/// For [`Strategy::check_delete`]: refuses to delete `obj` while any of `users` exist,
+/// naming them and what to do first.
+pub fn refuse_if_used<T: Stored, U: Stored>(
+    obj: &T,
+    users: impl Iterator<Item = U>,
+    remedy: &'static str,
+) -> Result<(), ServiceError> {
+    let by: Vec<String> = users.map(|u| u.metadata().name.to_string()).collect();
+    if by.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::InUse {
+        kind: T::NOUN,
+        name: obj.metadata().name.to_string(),
+        by_kind: U::NOUN,
+        by,
+        remedy,
+    })
 }
 
 impl<S: Strategy> Resources<S> {
@@ -499,7 +522,7 @@ impl<S: Strategy> Resources<S> {
             }
         }
         Err(ServiceError::ChangedTooOften {
-            kind: Self::kind(),
+            kind: S::Object::NOUN,
             name: name.to_owned(),
             attempts: CAS_RETRIES,
         })
@@ -523,7 +546,7 @@ impl<S: Strategy> Resources<S> {
 fn refuse_deleting<T: Stored>(obj: &T) -> Result<(), ServiceError> {
     if obj.metadata().deleting {
         return Err(ServiceError::Deleting {
-            kind: kind::<T>(),
+            kind: T::NOUN,
             name: obj.metadata().name.to_string(),
         });
     }

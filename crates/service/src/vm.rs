@@ -5,9 +5,9 @@ use corral_contract::names::annotations;
 use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec, Volume};
 use corral_store::Store;
 
-use crate::ServiceError;
 use crate::allocate::{self, PortRange};
 use crate::resources::{Resources, Strategy, now, read};
+use crate::{ServiceError, Stored};
 
 /// VMs: create, update, delete (marked for the VM controller to finalize), power verbs.
 pub type VmService = Resources<VmKind>;
@@ -126,7 +126,7 @@ impl Strategy for VmKind {
         if disks_changed && is_live(current) {
             let name = current.metadata.name.as_str();
             return Err(ServiceError::WrongState {
-                kind: "Vm",
+                kind: Vm::NOUN,
                 name: name.to_owned(),
                 state: current.status.phase.to_string(),
                 rule: format!(

@@ -1,15 +1,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use corral_contract::{Boot, VolumeKind};
+use corral_contract::{Boot, Volume, VolumeKind};
 use corral_storage::attest::{
     NodeKey, PREDICATE_TYPE, STATEMENT_TYPE, Statement, Subject, VmPredicate,
 };
 use corral_storage::hash_file;
 
 use super::{StorageService, blocking};
-use crate::ServiceError;
 use crate::resources::now;
+use crate::{ServiceError, Stored};
 
 fn subject(name: String, digest: &str) -> Subject {
     let hex = digest.strip_prefix("blake3:").unwrap_or(digest).to_owned();
@@ -55,7 +55,7 @@ impl StorageService {
                 (_, _, Some(path)) => files.push((format!("volume/{volume}"), path.into())),
                 _ => {
                     return Err(ServiceError::NotReady {
-                        kind: "volume",
+                        kind: Volume::NOUN,
                         name: volume.to_string(),
                         phase: v.status.phase.to_string(),
                         message: v.status.message.clone(),

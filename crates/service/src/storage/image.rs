@@ -10,8 +10,8 @@ use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
 use super::{StorageService, blocking};
+use crate::resources::{Strategy, now, read_all, refuse_if_used};
 use crate::ServiceError;
-use crate::resources::{Strategy, now, read_all};
 
 /// How images are admitted: an Image is created only once its bytes are in the image store
 /// (by [`StorageService::create_image`] or [`StorageService::upload_image`]); it cannot be
@@ -67,42 +67,28 @@ impl Strategy for ImageKind {
 
     async fn check_delete(&self, store: &dyn Store, image: &Image) -> Result<(), ServiceError> {
         let name = image.metadata.name.as_str();
-        let in_use = |by_kind, by: Vec<String>, remedy| ServiceError::InUse {
-            kind: "image",
-            name: name.to_owned(),
-            by_kind,
-            by,
-            remedy,
-        };
-        let volumes: Vec<String> = read_all::<Volume>(store)
-            .await?
-            .into_iter()
-            .filter(|v| v.spec.image.as_ref().is_some_and(|i| i.as_str() == name))
-            .map(|v| v.metadata.name.to_string())
-            .collect();
-        if !volumes.is_empty() {
-            return Err(in_use("volume", volumes, "delete the volume first"));
-        }
+        let volumes = read_all::<Volume>(store).await?.into_iter();
+        refuse_if_used(
+            image,
+            volumes.filter(|v| v.spec.image.as_ref().is_some_and(|i| i.as_str() == name)),
+            "delete the volume first",
+        )?;
         let Some(digest) = image.status.digest.as_deref() else {
             return Ok(());
         };
         let blob = self.cas.path(&digest.parse::<Digest>()?);
-        let vms: Vec<String> = read_all::<Vm>(store)
-            .await?
-            .into_iter()
-            .filter(|vm| match &vm.spec.boot {
+        let vms = read_all::<Vm>(store).await?.into_iter();
+        refuse_if_used(
+            image,
+            vms.filter(|vm| match &vm.spec.boot {
                 Boot::Kernel { kernel, initrd, .. } => {
                     *kernel == blob || initrd.as_ref() == Some(&blob)
                 }
                 Boot::Disk { path, .. } => *path == blob,
                 Boot::Volume { .. } => false,
-            })
-            .map(|vm| vm.metadata.name.to_string())
-            .collect();
-        if !vms.is_empty() {
-            return Err(in_use("VM", vms, "delete the VM or change its boot first"));
-        }
-        Ok(())
+            }),
+            "delete the VM or change its boot first",
+        )
     }
 
     async fn deleted(&self, store: &dyn Store, image: &Image) {
@@ -221,32 +207,20 @@ impl StorageService {
         mut writer: CasWriter,
         progress: ImportProgress,
     ) -> Result<CasWriter, ServiceError> {
+        let failed = |source| {
+            let url = url.to_owned();
+            ServiceError::import(name, Fetch { url, source })
+        };
         let response = self
             .http
             .get(url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| {
-                ServiceError::import(
-                    name,
-                    Fetch {
-                        url: url.to_owned(),
-                        source: e,
-                    },
-                )
-            })?;
+            .map_err(failed)?;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                ServiceError::import(
-                    name,
-                    Fetch {
-                        url: url.to_owned(),
-                        source: e,
-                    },
-                )
-            })?;
+            let chunk = chunk.map_err(failed)?;
             off_the_runtime(|| writer.write_chunk(&chunk))
                 .map_err(|e| ServiceError::import(name, e))?;
             progress.set(writer.size());

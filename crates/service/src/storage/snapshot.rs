@@ -3,8 +3,8 @@ use corral_contract::{Phase, Snapshot, StoragePhase, ValidationError, Vm};
 use corral_store::Store;
 
 use super::StorageService;
-use crate::ServiceError;
 use crate::resources::{Strategy, now, read};
+use crate::{ServiceError, Stored};
 
 /// How snapshots are admitted: the VM exists and has volumes; a memory snapshot needs it
 /// running or paused, a disk-only one needs it stopped. The storage controller takes the
@@ -35,7 +35,7 @@ impl Strategy for SnapshotKind {
         check_vm_state(snap, vm.status.phase, "take")?;
         if vm.spec.volume_names().next().is_none() {
             return Err(ServiceError::WrongState {
-                kind: "VM",
+                kind: Vm::NOUN,
                 name: snap.spec.vm.to_string(),
                 state: "without volumes".into(),
                 rule: "a snapshot lives in the VM's qcow2 volumes".into(),
@@ -66,7 +66,7 @@ impl StorageService {
         let snap = self.snapshots.get(name).await?;
         if snap.status.phase != StoragePhase::Ready {
             return Err(ServiceError::NotReady {
-                kind: "snapshot",
+                kind: Snapshot::NOUN,
                 name: name.to_owned(),
                 phase: snap.status.phase.to_string(),
                 message: None,
@@ -107,7 +107,7 @@ fn check_vm_state(snap: &Snapshot, phase: Phase, verb: &str) -> Result<(), Servi
         _ => return Ok(()),
     };
     Err(ServiceError::WrongState {
-        kind: "VM",
+        kind: Vm::NOUN,
         name: vm.to_owned(),
         state: phase.to_string(),
         rule,

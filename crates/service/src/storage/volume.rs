@@ -4,8 +4,8 @@ use corral_contract::{
 use corral_store::Store;
 
 use super::StorageService;
-use crate::ServiceError;
-use crate::resources::{Strategy, read, read_all};
+use crate::resources::{Strategy, read, read_all, refuse_if_used};
+use crate::{ServiceError, Stored};
 
 /// How volumes are admitted: the image a volume clones must be a Ready image that fits; only
 /// the size may change, and only grow; no delete while a VM uses it (the storage controller
@@ -35,7 +35,7 @@ impl Strategy for VolumeKind {
         };
         if image.status.phase != StoragePhase::Ready {
             return Err(ServiceError::NotReady {
-                kind: "image",
+                kind: Image::NOUN,
                 name: name.to_string(),
                 phase: image.status.phase.to_string(),
                 message: image.status.message,
@@ -77,7 +77,7 @@ impl Strategy for VolumeKind {
         ] {
             if !same {
                 return Err(ServiceError::Immutable {
-                    kind: "volume",
+                    kind: Volume::NOUN,
                     field,
                 });
             }
@@ -103,22 +103,12 @@ impl Strategy for VolumeKind {
 
     async fn check_delete(&self, store: &dyn Store, volume: &Volume) -> Result<(), ServiceError> {
         let name = volume.metadata.name.as_str();
-        let users: Vec<String> = read_all::<Vm>(store)
-            .await?
-            .into_iter()
-            .filter(|vm| vm.spec.volume_names().any(|v| v.as_str() == name))
-            .map(|vm| vm.metadata.name.to_string())
-            .collect();
-        if users.is_empty() {
-            return Ok(());
-        }
-        Err(ServiceError::InUse {
-            kind: "volume",
-            name: name.to_owned(),
-            by_kind: "VM",
-            by: users,
-            remedy: "detach it (VM stopped) or delete the VM first",
-        })
+        let vms = read_all::<Vm>(store).await?.into_iter();
+        refuse_if_used(
+            volume,
+            vms.filter(|vm| vm.spec.volume_names().any(|v| v.as_str() == name)),
+            "detach it (VM stopped) or delete the VM first",
+        )
     }
 }
 
