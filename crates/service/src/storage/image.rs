@@ -10,8 +10,8 @@ use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
 use super::{StorageService, blocking};
-use crate::resources::{Strategy, now, read_all, refuse_if_used};
 use crate::ServiceError;
+use crate::resources::{Strategy, now, read_all, refuse_if_used};
 
 /// How images are admitted: an Image is created only once its bytes are in the image store
 /// (by [`StorageService::create_image`] or [`StorageService::upload_image`]); it cannot be
