@@ -443,7 +443,7 @@ impl VmController {
                 return self.start_failed(vm, e.to_string(), restart).await;
             }
         }
-        let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
+        let prepared = match crate::prepare::prepare(&self.svc, &self.config.seed_dir, vm).await {
             Ok(p) => p,
             Err(e) => return self.start_failed(vm, e.to_string(), restart).await,
         };
@@ -461,8 +461,8 @@ impl VmController {
         match self.hv.start(&config).await {
             Ok(info) => {
                 self.time_first_output(name, &info, t0);
-                if let Some(addr) = crate::access::ssh_endpoint(&networks) {
-                    crate::access::probe_ssh(
+                if let Some(addr) = crate::ssh::ssh_endpoint(&networks) {
+                    crate::ssh::probe_ssh(
                         self.svc.clone(),
                         name.to_owned(),
                         info.pid,
@@ -620,7 +620,7 @@ impl VmController {
             .get(annotations::RESTART_REQUESTED_AT)
             .cloned();
         if !vm.status.networks.is_empty() {
-            crate::access::release(vm).await;
+            crate::prepare::release(vm).await;
         }
         self.svc
             .update_status(name, |_, st| {
@@ -713,8 +713,8 @@ impl VmController {
             Err(e) => return Err(e.into()),
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
-        let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
-        crate::access::release(vm).await;
+        let _ = std::fs::remove_file(crate::prepare::seed_path(&self.config.seed_dir, uid));
+        crate::prepare::release(vm).await;
         let current = self.svc.get(name).await?;
         match self
             .svc
