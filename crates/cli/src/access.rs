@@ -18,8 +18,7 @@ use crate::CliError;
 use crate::args::{OutputArgs, parse_name, parse_timeout};
 use crate::output;
 
-/// The condition corrald sets once the guest's SSH server answers.
-const SSH_READY: &str = "SshReady";
+use corral_contract::names::conditions::SSH_READY;
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {

@@ -17,7 +17,7 @@ use crate::{CliError, create, manifest, output, storage};
 
 /// Annotations under this prefix are written by corrald (restart requests, stop mode): apply
 /// keeps them rather than undo them.
-const SYSTEM_ANNOTATIONS: &str = "corral.dev/";
+const SYSTEM_ANNOTATIONS: &str = corral_contract::names::PREFIX;
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let connection = cli.connection;
@@ -476,10 +476,10 @@ mod tests {
         let mut current = vm(1);
         current.metadata.uid = "u".into();
         current.metadata.resource_version = 9;
-        current
-            .metadata
-            .annotations
-            .insert("corral.dev/restart-requested-at".into(), "t".into());
+        current.metadata.annotations.insert(
+            corral_contract::names::annotations::RESTART_REQUESTED_AT.into(),
+            "t".into(),
+        );
         assert!(
             merge(&current, &desired).is_none(),
             "corrald's annotations are kept"
@@ -492,7 +492,7 @@ mod tests {
             "update is a compare-and-swap"
         );
         assert_eq!(
-            next.metadata.annotations["corral.dev/restart-requested-at"],
+            next.metadata.annotations[corral_contract::names::annotations::RESTART_REQUESTED_AT],
             "t"
         );
 

@@ -696,7 +696,7 @@ pub async fn snapshot(client: Client, command: SnapshotCommand) -> Result<(), Cl
                 let asked = s
                     .metadata
                     .annotations
-                    .get(corral_service_restore_annotation())
+                    .get(corral_contract::names::annotations::RESTORE_REQUESTED_AT)
                     .cloned();
                 wait_for(
                     &format!("snapshot/{name}"),
@@ -736,11 +736,6 @@ pub async fn snapshot(client: Client, command: SnapshotCommand) -> Result<(), Cl
             Ok(())
         }
     }
-}
-
-/// The annotation a restore request sets (the server's `ANNOTATION_RESTORE`).
-fn corral_service_restore_annotation() -> &'static str {
-    "corral.dev/restore-requested-at"
 }
 
 pub async fn attestation_get(client: Client, args: AttestationGetArgs) -> Result<(), CliError> {

@@ -343,7 +343,7 @@ fn port_conflicts_are_refused_naming_the_holder() {
         .collect();
     assert_eq!(names, ["first"], "nothing half-made");
     // A network in use cannot go; an unknown one is named.
-    cli.fails(&["network", "delete", "default"], "joined by VM \"first\"");
+    cli.fails(&["network", "delete", "default"], "is used by VM \"first\"");
     let mut args = base.to_vec();
     args.insert(2, "fourth");
     args.extend(["--network", "nope"]);

@@ -40,6 +40,7 @@ mod de;
 mod error;
 mod meta;
 mod name;
+pub mod names;
 mod network;
 pub mod pb;
 mod resource;

@@ -14,6 +14,8 @@ use corral_service::NetworkService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::ControllerError;
+
 /// What was made on the host for one network, so it can be undone without the object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct HostState {
@@ -22,19 +24,22 @@ struct HostState {
 }
 
 /// Runs `program args…`, returning its stderr as the error.
-async fn run(program: &str, args: &[&str]) -> Result<(), String> {
+async fn run(program: &str, args: &[&str]) -> Result<(), ControllerError> {
+    let failed = |stderr: String| ControllerError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        stderr,
+        hint: None,
+    };
     let out = tokio::process::Command::new(program)
         .args(args)
         .output()
         .await
-        .map_err(|e| format!("running {program}: {e}"))?;
+        .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+        Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         ))
     }
 }
@@ -74,7 +79,7 @@ pub(crate) fn tap_name(uid: &str, index: usize) -> String {
 }
 
 /// Makes the TAP for a NIC and puts it on the bridge (idempotent).
-pub(crate) async fn ensure_tap(net: &Network, tap: &str) -> Result<(), String> {
+pub(crate) async fn ensure_tap(net: &Network, tap: &str) -> Result<(), ControllerError> {
     if !link_exists(tap) {
         run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
     }
@@ -110,18 +115,18 @@ fn pid_alive(pid_file: &Path) -> Option<i32> {
 }
 
 /// Sets up (or repairs) everything a bridge network needs.
-async fn ensure(dir: &Path, net: &Network) -> Result<(), String> {
+async fn ensure(dir: &Path, net: &Network) -> Result<(), ControllerError> {
     let name = net.metadata.name.as_str();
     let state_dir = dir.join(name);
-    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir).map_err(ControllerError::io("creating", &state_dir))?;
     let state = HostState {
         bridge: bridge_name(net),
         table: table_name(name),
     };
     // Written first, so that a crash half-way still leaves enough to tear it down.
     let state_file = state_dir.join("state.json");
-    let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
-    std::fs::write(&state_file, json).map_err(|e| format!("{}: {e}", state_file.display()))?;
+    let json = serde_json::to_string(&state).expect("two strings serialize");
+    std::fs::write(&state_file, json).map_err(ControllerError::io("writing", &state_file))?;
 
     let br = state.bridge.as_str();
     let cidr = net.spec.cidr;
@@ -176,7 +181,7 @@ async fn ensure(dir: &Path, net: &Network) -> Result<(), String> {
         // QEMU, it outlives corrald.
         run("dnsmasq", &refs)
             .await
-            .map_err(|e| format!("{e} (install it: apt-get install dnsmasq-base)"))?;
+            .map_err(|e| e.hint("install it: apt-get install dnsmasq-base"))?;
     }
 
     let rules = format!(
@@ -200,20 +205,22 @@ async fn ensure(dir: &Path, net: &Network) -> Result<(), String> {
             .is_err()
     {
         let _ = run("nft", &["delete", "table", "ip", &state.table]).await;
-        std::fs::write(&rules_file, &rules)
-            .map_err(|e| format!("{}: {e}", rules_file.display()))?;
+        std::fs::write(&rules_file, &rules).map_err(ControllerError::io("writing", &rules_file))?;
         run("nft", &["-f", &rules_file.to_string_lossy()])
             .await
-            .map_err(|e| format!("{e} (install it: apt-get install nftables)"))?;
+            .map_err(|e| e.hint("install it: apt-get install nftables"))?;
     }
     // Routing between the bridge and the host's uplink (NAT needs it).
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| format!("enabling IPv4 forwarding: {e}"))?;
+    let forwarding = "/proc/sys/net/ipv4/ip_forward";
+    std::fs::write(forwarding, "1").map_err(ControllerError::io(
+        "enabling IPv4 forwarding in",
+        forwarding,
+    ))?;
     Ok(())
 }
 
 /// Removes everything `ensure` made for the network whose state is in `state_dir`.
-async fn teardown(state_dir: &Path) -> Result<(), String> {
+async fn teardown(state_dir: &Path) -> Result<(), ControllerError> {
     let state: Option<HostState> = std::fs::read_to_string(state_dir.join("state.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
@@ -239,7 +246,7 @@ async fn teardown(state_dir: &Path) -> Result<(), String> {
             run("ip", &["link", "del", "dev", &state.bridge]).await?;
         }
     }
-    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))
+    std::fs::remove_dir_all(state_dir).map_err(ControllerError::io("removing", state_dir))
 }
 
 /// Keeps bridge networks set up on this host, and removes what belongs to deleted ones.
@@ -269,15 +276,15 @@ impl NetworkController {
     }
 
     /// One pass over every network. Idempotent.
-    pub async fn reconcile(&self) -> Result<(), String> {
-        let nets = self.nets.list("").await.map_err(|e| e.to_string())?;
+    pub async fn reconcile(&self) -> Result<(), ControllerError> {
+        let (nets, _) = self.nets.list("").await?;
         for net in nets.iter().filter(|n| n.spec.mode == NetworkMode::Bridge) {
             let name = net.metadata.name.as_str();
             let (phase, message) = match ensure(&self.dir, net).await {
                 Ok(()) => (NetworkPhase::Ready, None),
                 Err(e) => {
                     tracing::warn!(network = name, error = %e, "cannot set up bridge network");
-                    (NetworkPhase::Failed, Some(e))
+                    (NetworkPhase::Failed, Some(e.to_string()))
                 }
             };
             if net.status.phase != phase || net.status.message != message {

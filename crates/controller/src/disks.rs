@@ -2,7 +2,10 @@
 
 use corral_contract::{Boot, ResourceName, StoragePhase, VmSpec, VolumeKind};
 use corral_hypervisor::{DiskConfig, VmConfig};
-use corral_service::StorageService;
+use corral_service::{ServiceError, StorageService};
+
+use crate::ControllerError;
+use corral_service::Stored;
 
 /// One volume as attached: its index in [`VmConfig::disks`], name and whether read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,51 +49,47 @@ pub fn attached_volumes(spec: &VmSpec) -> Vec<AttachedVolume> {
 }
 
 /// Resolves the VM's volumes into `config.disks`, verifying weights volumes against their
-/// digest. The error is a sentence for the VM's status.
+/// digest. The error's message is a sentence for the VM's status.
 pub async fn resolve(
     storage: &StorageService,
     spec: &VmSpec,
     config: &mut VmConfig,
-) -> Result<(), String> {
+) -> Result<(), ControllerError> {
     for a in attached_volumes(spec) {
         let name = a.volume.as_str();
-        let volume = storage
-            .volumes
-            .get(name)
-            .await
-            .map_err(|e| format!("volume {name:?}: {e}"))?;
+        let volume = storage.volumes.get(name).await?;
         if volume.metadata.deleting {
-            return Err(format!("volume {name:?} is being deleted"));
+            return Err(ServiceError::Deleting {
+                kind: corral_contract::Volume::NOUN,
+                name: name.to_owned(),
+            }
+            .into());
         }
         let (Some(path), Some(format), StoragePhase::Ready) = (
             &volume.status.path,
             volume.status.format,
             volume.status.phase,
         ) else {
-            return Err(format!(
-                "volume {name:?} is not ready ({}{})",
-                volume.status.phase,
-                volume
-                    .status
-                    .message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ));
+            return Err(ServiceError::NotReady {
+                kind: corral_contract::Volume::NOUN,
+                name: name.to_owned(),
+                phase: volume.status.phase.to_string(),
+                message: volume.status.message,
+            }
+            .into());
         };
         let weights = volume.spec.kind == VolumeKind::Weights;
         if weights {
             let want = volume.status.digest.clone().unwrap_or_default();
             let file = std::path::PathBuf::from(path);
-            let got = tokio::task::spawn_blocking(move || corral_storage::hash_file(&file))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("weights volume {name:?}: {e}"))?;
+            let got =
+                tokio::task::spawn_blocking(move || corral_storage::hash_file(&file)).await??;
             if got.0.to_string() != want {
-                return Err(format!(
-                    "weights volume {name:?} is corrupted: its bytes hash to {} but must be {want}; the VM was not started (recreate the volume from its image)",
-                    got.0
-                ));
+                return Err(ControllerError::WeightsCorrupt {
+                    volume: name.to_owned(),
+                    expected: want,
+                    actual: got.0.to_string(),
+                });
             }
         }
         let disk = DiskConfig {
@@ -100,7 +99,9 @@ pub async fn resolve(
             serial: a.serial.clone(),
         };
         if a.index > config.disks.len() {
-            return Err(format!("volume {name:?}: disk order is inconsistent"));
+            return Err(ControllerError::DiskOrder {
+                volume: name.to_owned(),
+            });
         }
         config.disks.insert(a.index, disk);
     }

@@ -6,16 +6,19 @@
 //! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
 #![deny(missing_docs)]
 
-mod access;
 mod bridge;
 mod disks;
+mod error;
+mod prepare;
 mod queue;
+mod ssh;
 mod storage;
 mod vm;
 
-pub use access::{SSH_READY, ssh_banner};
 pub use bridge::NetworkController;
 pub use disks::{AttachedVolume, attached_volumes};
+pub use error::ControllerError;
 pub use queue::WorkQueue;
+pub use ssh::ssh_banner;
 pub use storage::StorageController;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

@@ -15,14 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_contract::{DiskFormat, Snapshot, StoragePhase, Vm, Volume, VolumeKind};
+use corral_contract::names::annotations;
+use corral_contract::{
+    DiskFormat, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
+};
 use corral_hypervisor::{Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
-use corral_service::{ANNOTATION_RESTORE, ServiceError, StorageService};
+use corral_service::{ServiceError, StorageService};
 use corral_storage::SnapshotOp;
 use tokio::sync::watch;
 
-use crate::WorkQueue;
 use crate::disks::attached_volumes;
+use crate::{ControllerError, WorkQueue};
 
 const VOLUME: &str = "Volume/";
 const SNAPSHOT: &str = "Snapshot/";
@@ -40,11 +43,9 @@ fn now() -> String {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
+    f: impl FnOnce() -> Result<T, ControllerError> + Send + 'static,
+) -> Result<T, ControllerError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 impl StorageController {
@@ -191,9 +192,9 @@ impl StorageController {
                                 v.status.digest = made.digest.clone();
                                 v.status.message = None;
                             }
-                            Err(message) => {
+                            Err(e) => {
                                 v.status.phase = StoragePhase::Failed;
-                                v.status.message = Some(message.clone());
+                                v.status.message = Some(e.to_string());
                             }
                         }
                         Ok(true)
@@ -233,22 +234,16 @@ impl StorageController {
         }
     }
 
-    async fn make_volume(&self, volume: &Volume, path: &Path) -> Result<Made, String> {
+    async fn make_volume(&self, volume: &Volume, path: &Path) -> Result<Made, ControllerError> {
         let part = part_path(path);
         let qemu_img = self.svc.qemu_img().clone();
         let spec = volume.spec.clone();
         let image = match &spec.image {
-            Some(name) => Some(
-                self.svc
-                    .images
-                    .get(name.as_str())
-                    .await
-                    .map_err(|e| format!("image {name}: {e}"))?,
-            ),
+            Some(name) => Some(self.svc.images.get(name.as_str()).await?),
             None => None,
         };
         let blob = match image.as_ref().and_then(|i| i.status.digest.as_deref()) {
-            Some(d) => Some(self.svc.blob_path(d).map_err(|e| e.to_string())?),
+            Some(d) => Some(self.svc.blob_path(d)?),
             None => None,
         };
         let (path, part2) = (path.to_path_buf(), part.clone());
@@ -264,14 +259,12 @@ impl StorageController {
             let made = match (spec.kind, &blob) {
                 (VolumeKind::Disk, Some(blob)) => {
                     let fmt = image_format.unwrap_or(DiskFormat::Raw);
-                    qemu_img
-                        .create(
-                            &part2,
-                            "qcow2",
-                            spec.size.map(|s| s.as_u64()),
-                            Some((blob, fmt.as_str())),
-                        )
-                        .map_err(|e| e.to_string())?;
+                    qemu_img.create(
+                        &part2,
+                        "qcow2",
+                        spec.size.map(|s| s.as_u64()),
+                        Some((blob, fmt.as_str())),
+                    )?;
                     Made {
                         format: DiskFormat::Qcow2,
                         size: 0,
@@ -282,10 +275,10 @@ impl StorageController {
                 (VolumeKind::Weights, Some(blob)) => {
                     let digest = copy_hashing(blob, &part2)?;
                     if Some(digest.to_string()) != image_digest {
-                        return Err(format!(
-                            "the image's stored bytes hash to {digest}, not {}: verify the image",
-                            image_digest.unwrap_or_default()
-                        ));
+                        return Err(ControllerError::DigestMismatch {
+                            expected: image_digest.unwrap_or_default(),
+                            actual: digest.to_string(),
+                        });
                     }
                     Made {
                         format: image_format.unwrap_or(DiskFormat::Raw),
@@ -296,13 +289,13 @@ impl StorageController {
                 }
                 (_, None) => {
                     let format = spec.format();
-                    let size = spec
-                        .size
-                        .map(|s| s.as_u64())
-                        .ok_or("spec.size is required")?;
-                    qemu_img
-                        .create(&part2, format.as_str(), Some(size), None)
-                        .map_err(|e| e.to_string())?;
+                    let size = spec.size.map(|s| s.as_u64()).ok_or_else(|| {
+                        ServiceError::from(ValidationError::new(
+                            "spec.size",
+                            "required for a volume without an image",
+                        ))
+                    })?;
+                    qemu_img.create(&part2, format.as_str(), Some(size), None)?;
                     Made {
                         format,
                         size: 0,
@@ -311,11 +304,9 @@ impl StorageController {
                     }
                 }
             };
-            let info = qemu_img
-                .info(&part2, Some(made.format.as_str()))
-                .map_err(|e| e.to_string())?;
+            let info = qemu_img.info(&part2, Some(made.format.as_str()))?;
             std::fs::rename(&part2, &path)
-                .map_err(|e| format!("moving {} into place: {e}", part2.display()))?;
+                .map_err(ControllerError::io("moving into place", &part2))?;
             Ok(Made {
                 size: info.virtual_size,
                 ..made
@@ -329,7 +320,7 @@ impl StorageController {
     }
 
     /// Grows a volume: through QEMU when a running VM has it attached, else with qemu-img.
-    async fn grow(&self, volume: &Volume, path: &Path, size: u64) -> Result<(), String> {
+    async fn grow(&self, volume: &Volume, path: &Path, size: u64) -> Result<(), ControllerError> {
         let name = volume.metadata.name.as_str();
         if let Some((vm, index)) = self.attached_to(name).await {
             if matches!(
@@ -337,21 +328,12 @@ impl StorageController {
                 Ok(VmState::Running | VmState::Paused { .. })
             ) {
                 tracing::info!(volume = name, vm = %vm.metadata.name, size, "growing online");
-                return self
-                    .hv
-                    .resize_disk(&vm.metadata.uid, index, size)
-                    .await
-                    .map_err(|e| e.to_string());
+                return Ok(self.hv.resize_disk(&vm.metadata.uid, index, size).await?);
             }
         }
         let qemu_img = self.svc.qemu_img().clone();
         let (path, format) = (path.to_path_buf(), volume.spec.format());
-        blocking(move || {
-            qemu_img
-                .resize(&path, format.as_str(), size)
-                .map_err(|e| e.to_string())
-        })
-        .await
+        blocking(move || Ok(qemu_img.resize(&path, format.as_str(), size)?)).await
     }
 
     /// The VM that has this volume attached, and its disk index.
@@ -374,15 +356,13 @@ impl StorageController {
     }
 
     /// The VM's writable qcow2 volumes (index, file), which hold its snapshots.
-    async fn snapshot_disks(&self, vm: &Vm) -> Result<Vec<(usize, String, PathBuf)>, String> {
+    async fn snapshot_disks(
+        &self,
+        vm: &Vm,
+    ) -> Result<Vec<(usize, String, PathBuf)>, ControllerError> {
         let mut out = Vec::new();
         for a in attached_volumes(&vm.spec) {
-            let volume = self
-                .svc
-                .volumes
-                .get(a.volume.as_str())
-                .await
-                .map_err(|e| e.to_string())?;
+            let volume = self.svc.volumes.get(a.volume.as_str()).await?;
             let writable = !a.readonly && volume.spec.kind == VolumeKind::Disk;
             if writable && volume.status.format == Some(DiskFormat::Qcow2) {
                 if let Some(path) = &volume.status.path {
@@ -391,10 +371,9 @@ impl StorageController {
             }
         }
         if out.is_empty() {
-            return Err(format!(
-                "VM {} has no writable qcow2 volume to hold a snapshot",
-                vm.metadata.name
-            ));
+            return Err(ControllerError::NoSnapshotDisk {
+                vm: vm.metadata.name.to_string(),
+            });
         }
         Ok(out)
     }
@@ -448,15 +427,19 @@ impl StorageController {
                         s.status.taken_at = Some(now());
                         s.status.message = None;
                     }
-                    Err(m) => {
+                    Err(e) => {
                         s.status.phase = StoragePhase::Failed;
-                        s.status.message = Some(m.clone());
+                        s.status.message = Some(e.to_string());
                     }
                 })
                 .await
             }
             StoragePhase::Ready => {
-                let asked = snap.metadata.annotations.get(ANNOTATION_RESTORE).cloned();
+                let asked = snap
+                    .metadata
+                    .annotations
+                    .get(annotations::RESTORE_REQUESTED_AT)
+                    .cloned();
                 if asked.is_none() || asked == snap.status.restored_for {
                     return Ok(());
                 }
@@ -496,21 +479,23 @@ impl StorageController {
         snap: &Snapshot,
         tag: &str,
         action: Action,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, ControllerError> {
         let disks = self.snapshot_disks(vm).await?;
         let names: Vec<String> = disks.iter().map(|(_, n, _)| n.clone()).collect();
         let live = self.vm_is_live(vm).await;
         let vm_name = vm.metadata.name.as_str();
         if action != Action::Delete {
-            if snap.spec.memory && !live {
-                return Err(format!(
-                    "VM {vm_name} is not running: a memory snapshot needs it running"
-                ));
-            }
-            if !snap.spec.memory && live {
-                return Err(format!(
-                    "VM {vm_name} is running: a disk-only snapshot needs it stopped"
-                ));
+            let (state, need) = match (snap.spec.memory, live) {
+                (true, false) => ("not running", "a memory snapshot needs it running"),
+                (false, true) => ("running", "a disk-only snapshot needs it stopped"),
+                _ => ("", ""),
+            };
+            if !state.is_empty() {
+                return Err(ControllerError::VmState {
+                    vm: vm_name.to_owned(),
+                    state,
+                    need,
+                });
             }
         }
         if live {
@@ -523,15 +508,11 @@ impl StorageController {
             let was_running = matches!(self.hv.state(&vm.metadata.uid).await, Ok(VmState::Running));
             self.hv
                 .snapshot(&vm.metadata.uid, op, tag, &indices)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             // Saving and loading stop the vCPUs; put the guest back as it was.
             if was_running && !matches!(self.hv.state(&vm.metadata.uid).await, Ok(VmState::Running))
             {
-                self.hv
-                    .resume(&vm.metadata.uid)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.hv.resume(&vm.metadata.uid).await?;
             }
             return Ok(names);
         }
@@ -555,7 +536,7 @@ impl StorageController {
                             let _ = qemu_img.snapshot(p, SnapshotOp::Delete, &tag);
                         }
                     }
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 done.push(path);
             }
@@ -587,25 +568,25 @@ fn part_path(path: &Path) -> PathBuf {
 }
 
 /// Copies `src` to `dst` (mode 0444) and returns the BLAKE3 digest of the bytes, in one pass.
-fn copy_hashing(src: &Path, dst: &Path) -> Result<corral_storage::Digest, String> {
+fn copy_hashing(src: &Path, dst: &Path) -> Result<corral_storage::Digest, ControllerError> {
     use std::io::{Read, Write};
-    let mut input = std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-    let mut out = std::fs::File::create(dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+    let mut input = std::fs::File::open(src).map_err(ControllerError::io("opening", src))?;
+    let mut out = std::fs::File::create(dst).map_err(ControllerError::io("creating", dst))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = input
             .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", src.display()))?;
+            .map_err(ControllerError::io("reading", src))?;
         if n == 0 {
             break;
         }
         out.write_all(&buf[..n])
-            .map_err(|e| format!("writing {}: {e}", dst.display()))?;
+            .map_err(ControllerError::io("writing", dst))?;
         hasher.update(&buf[..n]);
     }
     out.sync_all()
-        .map_err(|e| format!("writing {}: {e}", dst.display()))?;
+        .map_err(ControllerError::io("writing", dst))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o444));
     Ok(corral_storage::Digest(*hasher.finalize().as_bytes()))

@@ -3,14 +3,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use corral_contract::names::annotations;
+use corral_contract::names::conditions::{self, reasons};
 use corral_contract::{Condition, ExitInfo, Phase, Power, RestartPolicy, Vm, VmStatus};
 use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, VmInfo, VmState};
-use corral_service::{
-    ANNOTATION_RESTART, ANNOTATION_STOP_MODE, ServiceError, StorageService, VmService,
-};
+use corral_service::{ServiceError, StorageService, VmService};
 use tokio::sync::watch;
 
-use crate::WorkQueue;
+use crate::{ControllerError, WorkQueue};
 
 /// How the VM controller behaves.
 #[derive(Debug, Clone)]
@@ -182,8 +182,8 @@ impl VmController {
                 match event {
                     Ok(event) => {
                         revision = event.revision;
-                        self.remember(&event.vm);
-                        self.queue.add(event.vm.metadata.name.as_str());
+                        self.remember(&event.object);
+                        self.queue.add(event.object.metadata.name.as_str());
                     }
                     Err(e) => {
                         // Compacted past us: list again and carry on from there.
@@ -274,11 +274,11 @@ impl VmController {
     }
 
     /// Makes one VM match its spec. Idempotent.
-    pub async fn reconcile(&self, name: &str) -> Result<Requeue, ServiceError> {
+    pub async fn reconcile(&self, name: &str) -> Result<Requeue, ControllerError> {
         let vm = match self.svc.get(name).await {
             Ok(vm) => vm,
             Err(ServiceError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         self.remember(&vm);
         let uid = vm.metadata.uid.clone();
@@ -288,7 +288,11 @@ impl VmController {
             return self.finish_delete(&vm, actual).await;
         }
 
-        let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        let restart = vm
+            .metadata
+            .annotations
+            .get(annotations::RESTART_REQUESTED_AT)
+            .cloned();
         let restart_pending = restart.is_some() && restart != vm.status.restarted_for;
         let new_intent = vm.status.observed_generation < vm.metadata.generation;
         let live = matches!(
@@ -320,8 +324,7 @@ impl VmController {
                         timeout: self.config.stop_timeout,
                     },
                 )
-                .await
-                .map_err(hv_failed)?;
+                .await?;
             return self.start(&vm, restart).await;
         }
         match actual {
@@ -355,13 +358,13 @@ impl VmController {
             }
             Some(VmState::ShuttingDown) => Ok(Some(Duration::from_millis(250))),
             Some(VmState::Running) if vm.spec.power == Power::Paused => {
-                self.hv.pause(&uid).await.map_err(hv_failed)?;
+                self.hv.pause(&uid).await?;
                 self.record_live(name, &vm, Phase::Paused, None).await
             }
             Some(VmState::Paused { reason })
                 if vm.spec.power == Power::Running && resumable(&reason) =>
             {
-                self.hv.resume(&uid).await.map_err(hv_failed)?;
+                self.hv.resume(&uid).await?;
                 self.record_live(name, &vm, Phase::Running, None).await
             }
             Some(VmState::Paused { reason }) => {
@@ -413,24 +416,21 @@ impl VmController {
         }
     }
 
-    async fn stop(&self, vm: &Vm, grace: Duration) -> Result<Exit, ServiceError> {
+    async fn stop(&self, vm: &Vm, grace: Duration) -> Result<Exit, ControllerError> {
         let force = vm
             .metadata
             .annotations
-            .get(ANNOTATION_STOP_MODE)
-            .is_some_and(|m| m == "force");
+            .get(annotations::STOP_MODE)
+            .is_some_and(|m| m == annotations::STOP_MODE_FORCE);
         let mode = if force {
             StopMode::Force
         } else {
             StopMode::Graceful { timeout: grace }
         };
-        self.hv
-            .stop(&vm.metadata.uid, mode)
-            .await
-            .map_err(hv_failed)
+        Ok(self.hv.stop(&vm.metadata.uid, mode).await?)
     }
 
-    async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ServiceError> {
+    async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
         let name = vm.metadata.name.as_str();
         self.forget_adopted(&vm.metadata.uid);
         self.write_phase(name, Phase::Starting, None).await?;
@@ -446,15 +446,15 @@ impl VmController {
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {
             let resolved = match &self.storage {
                 Some(storage) => crate::disks::resolve(storage, &vm.spec, &mut config).await,
-                None => Err("this node has no storage configured for volumes".to_owned()),
+                None => Err(ControllerError::NoStorage),
             };
-            if let Err(message) = resolved {
-                return self.start_failed(vm, message, restart).await;
+            if let Err(e) = resolved {
+                return self.start_failed(vm, e.to_string(), restart).await;
             }
         }
-        let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
+        let prepared = match crate::prepare::prepare(&self.svc, &self.config.seed_dir, vm).await {
             Ok(p) => p,
-            Err(message) => return self.start_failed(vm, message, restart).await,
+            Err(e) => return self.start_failed(vm, e.to_string(), restart).await,
         };
         config.nics = prepared.nics;
         if let Some(seed) = prepared.seed {
@@ -470,8 +470,8 @@ impl VmController {
         match self.hv.start(&config).await {
             Ok(info) => {
                 self.time_first_output(name, &info, t0);
-                if let Some(addr) = crate::access::ssh_endpoint(&networks) {
-                    crate::access::probe_ssh(
+                if let Some(addr) = crate::ssh::ssh_endpoint(&networks) {
+                    crate::ssh::probe_ssh(
                         self.svc.clone(),
                         name.to_owned(),
                         info.pid,
@@ -491,9 +491,9 @@ impl VmController {
                         st.networks = networks.clone();
                         if st.networks.iter().any(|n| !n.forwards.is_empty()) {
                             st.set_condition(Condition::new(
-                                crate::access::SSH_READY,
+                                conditions::SSH_READY,
                                 false,
-                                "Waiting",
+                                reasons::WAITING,
                                 "",
                             ));
                         }
@@ -511,7 +511,7 @@ impl VmController {
         vm: &Vm,
         message: String,
         restart: Option<String>,
-    ) -> Result<Requeue, ServiceError> {
+    ) -> Result<Requeue, ControllerError> {
         let name = vm.metadata.name.as_str();
         let generation = vm.metadata.generation;
         tracing::warn!(vm = name, error = %message, "start failed");
@@ -522,7 +522,12 @@ impl VmController {
                 st.message = Some(message.clone());
                 st.observed_generation = generation;
                 st.restarted_for = restart.clone();
-                st.set_condition(Condition::new("Ready", false, "StartFailed", &message));
+                st.set_condition(Condition::new(
+                    conditions::READY,
+                    false,
+                    reasons::START_FAILED,
+                    &message,
+                ));
                 true
             })
             .await?;
@@ -593,7 +598,7 @@ impl VmController {
         vm: &Vm,
         phase: Phase,
         why: Option<String>,
-    ) -> Result<Requeue, ServiceError> {
+    ) -> Result<Requeue, ControllerError> {
         let generation = vm.metadata.generation;
         let adopted = self
             .adopted
@@ -612,11 +617,11 @@ impl VmController {
                 st.observed_generation = generation;
                 st.message = why.clone();
                 let (ready, reason) = match phase {
-                    Phase::Running => (true, "Running"),
-                    _ => (false, "Paused"),
+                    Phase::Running => (true, reasons::RUNNING),
+                    _ => (false, reasons::PAUSED),
                 };
                 st.set_condition(Condition::new(
-                    "Ready",
+                    conditions::READY,
                     ready,
                     reason,
                     why.as_deref().unwrap_or(""),
@@ -633,12 +638,16 @@ impl VmController {
         vm: &Vm,
         exit: Option<Exit>,
         failed: bool,
-    ) -> Result<Requeue, ServiceError> {
+    ) -> Result<Requeue, ControllerError> {
         let generation = vm.metadata.generation;
         self.forget_adopted(&vm.metadata.uid);
-        let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
+        let restart = vm
+            .metadata
+            .annotations
+            .get(annotations::RESTART_REQUESTED_AT)
+            .cloned();
         if !vm.status.networks.is_empty() {
-            crate::access::release(vm).await;
+            crate::prepare::release(vm).await;
         }
         self.svc
             .update_status(name, |_, st| {
@@ -646,7 +655,7 @@ impl VmController {
                 // reason; the exit of an earlier process must not replace it.
                 let start_failed = st.phase == Phase::Failed
                     && st.observed_generation == generation
-                    && st.conditions.iter().any(|c| c.reason == "StartFailed");
+                    && st.conditions.iter().any(|c| c.reason == reasons::START_FAILED);
                 if start_failed {
                     return false;
                 }
@@ -661,10 +670,10 @@ impl VmController {
                 if let Some(c) = st
                     .conditions
                     .iter_mut()
-                    .find(|c| c.type_ == crate::access::SSH_READY)
+                    .find(|c| c.type_ == conditions::SSH_READY)
                 {
                     c.status = false;
-                    c.reason = "Stopped".into();
+                    c.reason = reasons::STOPPED.into();
                     c.message.clear();
                 }
                 st.observed_generation = generation;
@@ -675,9 +684,13 @@ impl VmController {
                 if vm.spec.power == Power::Stopped {
                     st.restarted_for = restart.clone();
                 }
-                let reason = if failed { "Failed" } else { "Stopped" };
+                let reason = if failed {
+                    reasons::FAILED
+                } else {
+                    reasons::STOPPED
+                };
                 st.set_condition(Condition::new(
-                    "Ready",
+                    conditions::READY,
                     false,
                     reason,
                     st.message.as_deref().unwrap_or(""),
@@ -711,7 +724,7 @@ impl VmController {
         &self,
         vm: &Vm,
         actual: Option<VmState>,
-    ) -> Result<Requeue, ServiceError> {
+    ) -> Result<Requeue, ControllerError> {
         let uid = &vm.metadata.uid;
         let name = vm.metadata.name.as_str();
         if matches!(
@@ -724,11 +737,11 @@ impl VmController {
         }
         match self.hv.cleanup(uid).await {
             Ok(()) | Err(HvError::NotFound(_)) => {}
-            Err(e) => return Err(hv_failed(e)),
+            Err(e) => return Err(e.into()),
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
-        let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
-        crate::access::release(vm).await;
+        let _ = std::fs::remove_file(crate::prepare::seed_path(&self.config.seed_dir, uid));
+        crate::prepare::release(vm).await;
         let current = self.svc.get(name).await?;
         match self
             .svc
@@ -737,7 +750,7 @@ impl VmController {
         {
             Ok(()) | Err(ServiceError::NotFound { .. }) => {}
             Err(ServiceError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         self.names
             .lock()
@@ -763,15 +776,16 @@ fn started(st: &mut VmStatus, info: &VmInfo, phase: Phase, generation: u64) {
     st.message = None;
     st.observed_generation = generation;
     let reason = if phase == Phase::Running {
-        "Running"
+        reasons::RUNNING
     } else {
-        "Paused"
+        reasons::PAUSED
     };
-    st.set_condition(Condition::new("Ready", phase == Phase::Running, reason, ""));
-}
-
-fn hv_failed(e: HvError) -> ServiceError {
-    ServiceError::FailedPrecondition(e.to_string())
+    st.set_condition(Condition::new(
+        conditions::READY,
+        phase == Phase::Running,
+        reason,
+        "",
+    ));
 }
 
 /// Whether a guest QEMU holds in `reason` runs again on `cont`: paused by a user, never

@@ -73,18 +73,25 @@ async fn open(d: &Daemon, name: &str, write: bool) -> Result<Session, ServiceErr
     let console = match (vm.status.phase, d.backend.console(&uid)) {
         (Phase::Running | Phase::Paused | Phase::Starting, Ok(console)) => console,
         _ => {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "VM {name:?} is not running (phase {}): start it, or read its past output with `corral vm console {name} --log`",
-                vm.status.phase
-            )));
+            return Err(ServiceError::WrongState {
+                kind: "VM",
+                name: name.to_owned(),
+                state: format!("not running (phase {})", vm.status.phase),
+                rule: format!(
+                    "start it, or read its past output with `corral vm console {name} --log`"
+                ),
+            });
         }
     };
     let writer = if write {
         let mut writers = d.access.writers.lock().unwrap_or_else(|e| e.into_inner());
         if !writers.insert(uid.clone()) {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "VM {name:?}'s console already has a writer: attach read-only, or wait until it detaches"
-            )));
+            return Err(ServiceError::Busy {
+                kind: "VM",
+                name: name.to_owned(),
+                what: "console already has a writer",
+                remedy: "attach read-only, or wait until it detaches",
+            });
         }
         Some(WriterGuard {
             writers: d.access.writers.clone(),
@@ -139,7 +146,7 @@ impl network_service_server::NetworkService for NetworkGrpc {
             .await
             .map_err(status)?;
         Ok(GrpcResponse::new(pb::ListNetworksResponse {
-            items: nets.iter().map(pb::Network::from).collect(),
+            items: nets.0.iter().map(pb::Network::from).collect(),
         }))
     }
 
@@ -147,7 +154,13 @@ impl network_service_server::NetworkService for NetworkGrpc {
         &self,
         req: Request<pb::DeleteNetworkRequest>,
     ) -> Result<GrpcResponse<pb::Network>, Status> {
-        net_out(self.0.access.networks.delete(&req.into_inner().name).await)
+        net_out(
+            self.0
+                .access
+                .networks
+                .delete(&req.into_inner().name, None)
+                .await,
+        )
     }
 }
 
@@ -254,7 +267,7 @@ struct ListQuery {
 
 async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let nets = d.access.networks.list(&q.label_selector).await?;
-    let items: Vec<Resource> = nets.into_iter().map(Resource::from).collect();
+    let items: Vec<Resource> = nets.0.into_iter().map(Resource::from).collect();
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
@@ -279,7 +292,7 @@ async fn read(State(d): State<Shared>, Path(name): Path<String>) -> Result<Respo
 
 async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> Result<Response, ApiError> {
     Ok(net_resource(
-        d.access.networks.delete(&name).await?,
+        d.access.networks.delete(&name, None).await?,
         StatusCode::OK,
     ))
 }

@@ -7,7 +7,7 @@ use corral_contract::pb::{
     self, system_service_server::SystemService, vm_service_server::VmService,
 };
 use corral_contract::{Power, Vm};
-use corral_service::{ServiceError, VmEventType};
+use corral_service::{ErrorCode, EventType, ServiceError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -23,13 +23,15 @@ pub struct SystemGrpc(pub Arc<Daemon>);
 
 /// Maps a service error to the gRPC status a client can act on.
 pub fn status(err: ServiceError) -> Status {
-    match err {
-        ServiceError::Invalid(e) => Status::invalid_argument(e.to_string()),
-        e @ ServiceError::NotFound { .. } => Status::not_found(e.to_string()),
-        e @ ServiceError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        e @ ServiceError::Conflict { .. } => Status::aborted(e.to_string()),
-        e @ ServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-        e @ ServiceError::Store(_) => Status::unavailable(e.to_string()),
+    let message = err.to_string();
+    match err.code() {
+        ErrorCode::InvalidArgument => Status::invalid_argument(message),
+        ErrorCode::NotFound => Status::not_found(message),
+        ErrorCode::AlreadyExists => Status::already_exists(message),
+        ErrorCode::Aborted => Status::aborted(message),
+        ErrorCode::FailedPrecondition => Status::failed_precondition(message),
+        ErrorCode::Unavailable => Status::unavailable(message),
+        ErrorCode::Internal => Status::internal(message),
     }
 }
 
@@ -103,12 +105,12 @@ impl VmService for VmGrpc {
             while let Some(event) = watch.recv().await {
                 let item = event.map_err(status).map(|e| pb::VmEvent {
                     r#type: match e.event {
-                        VmEventType::Added => pb::EventType::Added,
-                        VmEventType::Modified => pb::EventType::Modified,
-                        VmEventType::Deleted => pb::EventType::Deleted,
+                        EventType::Added => pb::EventType::Added,
+                        EventType::Modified => pb::EventType::Modified,
+                        EventType::Deleted => pb::EventType::Deleted,
                     } as i32,
                     revision: e.revision,
-                    vm: Some(pb::Vm::from(&e.vm)),
+                    vm: Some(pb::Vm::from(&e.object)),
                 });
                 if tx.send(item).await.is_err() {
                     return; // the client went away

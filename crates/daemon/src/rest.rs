@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use corral_contract::{Power, Resource, Vm};
-use corral_service::ServiceError;
+use corral_service::{ErrorCode, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -38,15 +38,16 @@ pub struct ApiError(StatusCode, &'static str, String);
 
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
-        let (status, code) = match &err {
-            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-            ServiceError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
-            ServiceError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ServiceError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
-            ServiceError::FailedPrecondition(_) => {
+        let (status, code) = match err.code() {
+            ErrorCode::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+            ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "AlreadyExists"),
+            ErrorCode::Aborted => (StatusCode::CONFLICT, "Conflict"),
+            ErrorCode::FailedPrecondition => {
                 (StatusCode::PRECONDITION_FAILED, "FailedPrecondition")
             }
-            ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
         };
         ApiError(status, code, err.to_string())
     }

@@ -58,9 +58,13 @@ impl Daemon {
             Ok(data)
         })
         .await
-        .map_err(|e| ServiceError::FailedPrecondition(format!("reading the console log: {e}")))?
-        .map_err(|e| {
-            ServiceError::FailedPrecondition(format!("reading the console log of {name}: {e}"))
+        .map_err(|source| ServiceError::Task {
+            what: "reading the console log",
+            source,
+        })?
+        .map_err(|source| ServiceError::Io {
+            context: format!("reading the console log of {name}"),
+            source,
         })
     }
 }

@@ -83,7 +83,10 @@ impl ImageService for StorageGrpc {
         let rest = stream.map(|chunk| {
             chunk
                 .map(|c| c.data)
-                .map_err(|e| ServiceError::FailedPrecondition(format!("upload broke off: {e}")))
+                .map_err(|e| ServiceError::Interrupted {
+                    what: "upload",
+                    source: e.into(),
+                })
         });
         let chunks = head.chain(rest).filter(|c| {
             let keep = !matches!(c, Ok(data) if data.is_empty());

@@ -1,7 +1,34 @@
+//! Why a service call failed, and the one place that classifies each reason for transports.
+
 use corral_contract::ValidationError;
+use corral_storage::{BadDigest, CasError, QemuImgError};
 use corral_store::StoreError;
 
-/// Why a service call failed. Transports map each variant to their own status codes.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The class of a [`ServiceError`], independent of transport. The daemon maps each code to
+/// exactly one gRPC status code and one HTTP status; [`ServiceError::code`] is the only place
+/// that decides which code an error has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request itself is wrong (a field, a reference, a selector); resending it fails.
+    InvalidArgument,
+    /// The object asked for does not exist.
+    NotFound,
+    /// An object with that name exists.
+    AlreadyExists,
+    /// Someone else changed the object first; read it again and retry.
+    Aborted,
+    /// The request is fine but the objects it touches are not in a state that allows it.
+    FailedPrecondition,
+    /// The store or another dependency is not reachable now; retrying later may work.
+    Unavailable,
+    /// A fault of the server (a stored object that does not decode, a failed task).
+    Internal,
+}
+
+/// Why a service call failed. Each variant's message names the object, what is wrong and
+/// what to do; [`ServiceError::code`] classifies it for transports.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The request is invalid; the error names the field.
@@ -37,15 +64,190 @@ pub enum ServiceError {
         /// The version stored.
         actual: u64,
     },
-    /// The operation does not fit the object's state.
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// Other writers changed the object on every compare-and-swap attempt.
+    #[error("{kind} {name:?} changed {attempts} times while being updated; try again")]
+    ChangedTooOften {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// How many writes were tried.
+        attempts: usize,
+    },
+    /// A field that is fixed at creation was changed.
+    #[error("{field}: cannot change after creation: create another {kind}")]
+    Immutable {
+        /// The kind.
+        kind: &'static str,
+        /// The field's JSON path, e.g. `spec.kind`.
+        field: &'static str,
+    },
+    /// The object is marked for deletion and takes no new intent.
+    #[error("{kind} {name:?} is being deleted")]
+    Deleting {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The object is used by others and cannot be deleted.
+    #[error("{kind} {name:?} is used by {by_kind} {}: {remedy}", quoted(by))]
+    InUse {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The kind of the users.
+        by_kind: &'static str,
+        /// The names of the users.
+        by: Vec<String>,
+        /// What to do first.
+        remedy: &'static str,
+    },
+    /// An object this request needs has not become ready.
+    #[error("{kind} {name:?} is {phase}, not Ready{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    NotReady {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// Its phase now.
+        phase: String,
+        /// Why, as its status says.
+        message: Option<String>,
+    },
+    /// The object's state does not allow the operation now.
+    #[error("{kind} {name:?} is {state}: {rule}")]
+    WrongState {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The state it is in (a phase, or what it lacks).
+        state: String,
+        /// The rule it breaks, and what to do.
+        rule: String,
+    },
+    /// Something of the object that admits one user at a time has one.
+    #[error("{kind} {name:?}'s {what}: {remedy}")]
+    Busy {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What is taken, e.g. `console already has a writer`.
+        what: &'static str,
+        /// What to do.
+        remedy: &'static str,
+    },
+    /// Importing an image failed (reading, fetching, checking or storing its bytes).
+    #[error("importing image {name:?}: {source}")]
+    Import {
+        /// The image.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// The image store failed.
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    /// A digest recorded in a status is not one (the store was changed outside Corral).
+    #[error(transparent)]
+    BadDigest(#[from] BadDigest),
+    /// `qemu-img` failed or is missing.
+    #[error(transparent)]
+    QemuImg(#[from] QemuImgError),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored object or value does not read back (the store or a file was changed outside
+    /// Corral).
+    #[error("stored {kind} {name:?} is corrupt: {source}")]
+    Corrupt {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// Why it does not decode.
+        #[source]
+        source: BoxError,
+    },
+    /// An object could not be encoded for the store.
+    #[error("cannot encode {kind} {name:?}: {source}")]
+    Encode {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A background task of the service ended abnormally.
+    #[error("{what} failed: {source}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A stream of bytes the client sends ended with an error.
+    #[error("{what} broke off: {source}")]
+    Interrupted {
+        /// What was being received, e.g. `upload`.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
 }
 
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl ServiceError {
+    /// How transports classify this error: the one mapping from reason to code.
+    pub fn code(&self) -> ErrorCode {
+        use ServiceError as E;
+        match self {
+            E::Invalid(_) | E::Immutable { .. } => ErrorCode::InvalidArgument,
+            E::NotFound { .. } => ErrorCode::NotFound,
+            E::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            E::Conflict { .. } | E::ChangedTooOften { .. } => ErrorCode::Aborted,
+            E::Deleting { .. }
+            | E::InUse { .. }
+            | E::NotReady { .. }
+            | E::WrongState { .. }
+            | E::Busy { .. }
+            | E::Import { .. }
+            | E::Cas(_)
+            | E::QemuImg(_)
+            | E::Interrupted { .. } => ErrorCode::FailedPrecondition,
+            E::Store(_) => ErrorCode::Unavailable,
+            E::Io { .. }
+            | E::Corrupt { .. }
+            | E::BadDigest(_)
+            | E::Encode { .. }
+            | E::Task { .. } => ErrorCode::Internal,
+        }
+    }
+
     pub(crate) fn from_store(kind: &'static str, err: StoreError) -> Self {
         match err {
             StoreError::NotFound { name, .. } => ServiceError::NotFound { kind, name },
@@ -62,6 +264,13 @@ impl ServiceError {
                 actual,
             },
             other => ServiceError::Store(other),
+        }
+    }
+
+    pub(crate) fn import(name: &str, source: impl Into<BoxError>) -> Self {
+        ServiceError::Import {
+            name: name.to_owned(),
+            source: source.into(),
         }
     }
 }

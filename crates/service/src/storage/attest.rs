@@ -1,15 +1,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use corral_contract::{Boot, VolumeKind};
+use corral_contract::{Boot, Volume, VolumeKind};
 use corral_storage::attest::{
     NodeKey, PREDICATE_TYPE, STATEMENT_TYPE, Statement, Subject, VmPredicate,
 };
 use corral_storage::hash_file;
 
 use super::{StorageService, blocking};
-use crate::ServiceError;
-use crate::objects::now;
+use crate::resources::now;
+use crate::{ServiceError, Stored};
 
 fn subject(name: String, digest: &str) -> Subject {
     let hex = digest.strip_prefix("blake3:").unwrap_or(digest).to_owned();
@@ -54,9 +54,12 @@ impl StorageService {
                 }
                 (_, _, Some(path)) => files.push((format!("volume/{volume}"), path.into())),
                 _ => {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "volume {volume:?} is not ready"
-                    )));
+                    return Err(ServiceError::NotReady {
+                        kind: Volume::NOUN,
+                        name: volume.to_string(),
+                        phase: v.status.phase.to_string(),
+                        message: v.status.message.clone(),
+                    });
                 }
             }
         }
@@ -66,7 +69,7 @@ impl StorageService {
                 .map(|(name, path)| {
                     hash_file(&path)
                         .map(|(d, _)| (name, d.to_string()))
-                        .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))
+                        .map_err(ServiceError::from)
                 })
                 .collect::<Result<Vec<_>, _>>()
         })

@@ -3,14 +3,100 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use corral_contract::{
-    Boot, Image, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError,
+    Boot, Image, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError, Vm, Volume,
 };
-use corral_storage::{CasWriter, Digest, backing_outside};
+use corral_storage::{Cas, CasWriter, Digest, backing_outside};
+use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
-use super::{StorageService, blocking, cas_error, qemu_img_error};
+use super::{StorageService, blocking};
 use crate::ServiceError;
-use crate::objects::now;
+use crate::resources::{Strategy, now, read_all, refuse_if_used};
+
+/// How images are admitted: an Image is created only once its bytes are in the image store
+/// (by [`StorageService::create_image`] or [`StorageService::upload_image`]); it cannot be
+/// deleted while a volume or VM uses it, and its bytes go with the last image that has them.
+#[derive(Debug)]
+pub struct ImageKind {
+    cas: Cas,
+}
+
+impl ImageKind {
+    /// Images whose bytes are in `cas`.
+    pub fn new(cas: Cas) -> Self {
+        ImageKind { cas }
+    }
+
+    async fn remove_blob_if_unused(&self, store: &dyn Store, digest: &Digest) {
+        let text = digest.to_string();
+        match read_all::<Image>(store).await {
+            Ok(images)
+                if !images
+                    .iter()
+                    .any(|i| i.status.digest.as_deref() == Some(&text)) =>
+            {
+                if let Err(e) = self.cas.remove(digest) {
+                    tracing::warn!(%digest, error = %e, "cannot remove image bytes");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Strategy for ImageKind {
+    type Object = Image;
+
+    /// The status the import computed, once its bytes are known to be stored.
+    fn initial_status(&self, image: &Image) -> Result<ImageStatus, ServiceError> {
+        let stored = image
+            .status
+            .digest
+            .as_deref()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .is_some_and(|d| self.cas.path(&d).is_file());
+        if !stored {
+            return Err(ValidationError::new(
+                "spec.source",
+                "an image is created by importing its bytes (corral image import)",
+            )
+            .into());
+        }
+        Ok(image.status.clone())
+    }
+
+    async fn check_delete(&self, store: &dyn Store, image: &Image) -> Result<(), ServiceError> {
+        let name = image.metadata.name.as_str();
+        let volumes = read_all::<Volume>(store).await?.into_iter();
+        refuse_if_used(
+            image,
+            volumes.filter(|v| v.spec.image.as_ref().is_some_and(|i| i.as_str() == name)),
+            "delete the volume first",
+        )?;
+        let Some(digest) = image.status.digest.as_deref() else {
+            return Ok(());
+        };
+        let blob = self.cas.path(&digest.parse::<Digest>()?);
+        let vms = read_all::<Vm>(store).await?.into_iter();
+        refuse_if_used(
+            image,
+            vms.filter(|vm| match &vm.spec.boot {
+                Boot::Kernel { kernel, initrd, .. } => {
+                    *kernel == blob || initrd.as_ref() == Some(&blob)
+                }
+                Boot::Disk { path, .. } => *path == blob,
+                Boot::Volume { .. } => false,
+            }),
+            "delete the VM or change its boot first",
+        )
+    }
+
+    async fn deleted(&self, store: &dyn Store, image: &Image) {
+        if let Some(digest) = image.status.digest.as_deref().and_then(|d| d.parse().ok()) {
+            self.remove_blob_if_unused(store, &digest).await;
+        }
+    }
+}
 
 /// Bytes an import has taken in so far (shared with whoever reports progress).
 #[derive(Debug, Clone, Default)]
@@ -37,10 +123,6 @@ fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn import_failed(name: &str, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::FailedPrecondition(format!("importing image {name:?}: {e}"))
-}
-
 impl StorageService {
     /// Imports an image whose source is a path on this host or an http(s) URL, and returns it
     /// once its bytes are stored.
@@ -51,7 +133,7 @@ impl StorageService {
     ) -> Result<Image, ServiceError> {
         self.check_new_image(&image).await?;
         let name = image.metadata.name.to_string();
-        let writer = self.cas.writer().map_err(cas_error)?;
+        let writer = self.cas.writer()?;
         let writer = match image.spec.source.clone() {
             ImageSource::Path(path) => {
                 let n = name.clone();
@@ -64,7 +146,7 @@ impl StorageService {
                         ))
                     })?;
                     w.copy_from(file, &path.display().to_string(), |b| progress.set(b))
-                        .map_err(|e| import_failed(&n, e))?;
+                        .map_err(|e| ServiceError::import(&n, e))?;
                     Ok(w)
                 })
                 .await?
@@ -98,14 +180,15 @@ impl StorageService {
         }
         self.check_new_image(&image).await?;
         let name = image.metadata.name.to_string();
-        let mut writer = self.cas.writer().map_err(cas_error)?;
+        let mut writer = self.cas.writer()?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            off_the_runtime(|| writer.write_chunk(&chunk)).map_err(|e| import_failed(&name, e))?;
+            off_the_runtime(|| writer.write_chunk(&chunk))
+                .map_err(|e| ServiceError::import(&name, e))?;
         }
         if let Some(expected) = size {
             if writer.size() != expected {
-                return Err(import_failed(
+                return Err(ServiceError::import(
                     &name,
                     corral_storage::CasError::Truncated {
                         expected,
@@ -124,17 +207,22 @@ impl StorageService {
         mut writer: CasWriter,
         progress: ImportProgress,
     ) -> Result<CasWriter, ServiceError> {
+        let failed = |source| {
+            let url = url.to_owned();
+            ServiceError::import(name, Fetch { url, source })
+        };
         let response = self
             .http
             .get(url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| import_failed(name, format!("fetching {url}: {e}")))?;
+            .map_err(failed)?;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| import_failed(name, format!("fetching {url}: {e}")))?;
-            off_the_runtime(|| writer.write_chunk(&chunk)).map_err(|e| import_failed(name, e))?;
+            let chunk = chunk.map_err(failed)?;
+            off_the_runtime(|| writer.write_chunk(&chunk))
+                .map_err(|e| ServiceError::import(name, e))?;
             progress.set(writer.size());
         }
         Ok(writer)
@@ -153,7 +241,7 @@ impl StorageService {
         let declared_boot_file = image.spec.format.is_some_and(|f| !f.is_disk());
         if !declared_boot_file {
             let qemu_img = self.qemu_img.clone();
-            blocking(move || qemu_img.check().map_err(qemu_img_error)).await?;
+            blocking(move || Ok(qemu_img.check()?)).await?;
         }
         Ok(())
     }
@@ -171,14 +259,14 @@ impl StorageService {
         let n = name.clone();
         let (blob, format, virtual_size) = blocking(move || {
             let mut writer = writer;
-            writer.finish().map_err(|e| import_failed(&n, e))?;
+            writer.finish().map_err(|e| ServiceError::import(&n, e))?;
             let (format, virtual_size) = match declared {
                 Some(f) if !f.is_disk() => (f, None),
                 _ => {
                     let temp = writer.temp_path().to_path_buf();
                     let info = qemu_img
                         .info(&temp, declared.map(|f| f.as_str()))
-                        .map_err(|e| import_failed(&n, e))?;
+                        .map_err(|e| ServiceError::import(&n, e))?;
                     let format = match info.format.as_str() {
                         "qcow2" => ImageFormat::Qcow2,
                         "raw" => ImageFormat::Raw,
@@ -204,7 +292,7 @@ impl StorageService {
                     (format, Some(info.virtual_size))
                 }
             };
-            let blob = writer.commit().map_err(|e| import_failed(&n, e))?;
+            let blob = writer.commit().map_err(|e| ServiceError::import(&n, e))?;
             Ok((blob, format, virtual_size))
         })
         .await?;
@@ -224,41 +312,20 @@ impl StorageService {
             }
             Err(e) => {
                 if !blob.existed {
-                    self.remove_blob_if_unused(&blob.digest).await;
+                    self.images
+                        .strategy()
+                        .remove_blob_if_unused(&**self.images.store(), &blob.digest)
+                        .await;
                 }
                 Err(e)
             }
         }
     }
 
-    async fn remove_blob_if_unused(&self, digest: &Digest) {
-        let text = digest.to_string();
-        match self.images.list("").await {
-            Ok((images, _))
-                if !images
-                    .iter()
-                    .any(|i| i.status.digest.as_deref() == Some(&text)) =>
-            {
-                if let Err(e) = self.cas.remove(digest) {
-                    tracing::warn!(%digest, error = %e, "cannot remove image bytes");
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Recomputes an image's digest and records the outcome in its status.
     pub async fn verify_image(&self, name: &str) -> Result<(Image, bool), ServiceError> {
         let image = self.images.get(name).await?;
-        let digest: Digest = image
-            .status
-            .digest
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e: corral_storage::BadDigest| {
-                ServiceError::FailedPrecondition(e.to_string())
-            })?;
+        let digest: Digest = image.status.digest.as_deref().unwrap_or_default().parse()?;
         let cas = self.cas.clone();
         let result = blocking(move || Ok(cas.verify(&digest))).await?;
         let (ok, message) = match result {
@@ -289,45 +356,18 @@ impl StorageService {
         Ok((image, ok))
     }
 
-    /// Deletes an image; refused while a Volume or VM uses it. Its bytes go when no other
+    /// Deletes an image; refused while a volume or VM uses it. Its bytes go when no other
     /// image has them.
     pub async fn delete_image(&self, name: &str) -> Result<Image, ServiceError> {
-        let image = self.images.get(name).await?;
-        let (volumes, _) = self.volumes.list("").await?;
-        if let Some(v) = volumes
-            .iter()
-            .find(|v| v.spec.image.as_ref().is_some_and(|i| i.as_str() == name))
-        {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "image {name:?} is used by volume {:?}: delete the volume first",
-                v.metadata.name.as_str()
-            )));
-        }
-        if let Some(digest) = image.status.digest.as_deref() {
-            let blob = self.blob_path(digest)?;
-            let (vms, _) = self.vms.list("").await?;
-            for vm in &vms {
-                let uses = match &vm.spec.boot {
-                    Boot::Kernel { kernel, initrd, .. } => {
-                        *kernel == blob || initrd.as_ref() == Some(&blob)
-                    }
-                    Boot::Disk { path, .. } => *path == blob,
-                    Boot::Volume { .. } => false,
-                };
-                if uses {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "image {name:?} is used by VM {:?}: delete the VM or change its boot first",
-                        vm.metadata.name.as_str()
-                    )));
-                }
-            }
-        }
-        self.images
-            .remove(name, image.metadata.resource_version)
-            .await?;
-        if let Some(digest) = image.status.digest.as_deref().and_then(|d| d.parse().ok()) {
-            self.remove_blob_if_unused(&digest).await;
-        }
-        Ok(image)
+        self.images.delete(name, None).await
     }
+}
+
+/// Fetching an image's URL failed.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching {url}: {source}")]
+struct Fetch {
+    url: String,
+    #[source]
+    source: reqwest::Error,
 }

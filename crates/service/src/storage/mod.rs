@@ -7,6 +7,10 @@
 //! content-addressed, so it is idempotent; a failed import removes its temp file and a crash
 //! leaves one that the next start sweeps. Volumes and snapshots are only declared here; the
 //! storage controller makes them.
+//!
+//! Each kind is a strategy of the generic path ([`ImageKind`], [`VolumeKind`],
+//! [`SnapshotKind`]); [`StorageService`] adds the verbs that are more than CRUD (import,
+//! verify, resize, restore, attest).
 
 mod attest;
 mod image;
@@ -16,16 +20,15 @@ mod volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use corral_contract::{Image, Snapshot, Volume};
-use corral_storage::{Cas, CasError, QemuImg, QemuImgError};
+use corral_storage::{Cas, QemuImg};
 use corral_store::Store;
 
-use crate::{Objects, ServiceError, VmService};
+use crate::resources::Resources;
+use crate::{ServiceError, VmService};
 
-pub use image::ImportProgress;
-
-/// Annotation whose new value asks for a snapshot to be restored.
-pub const ANNOTATION_RESTORE: &str = "corral.dev/restore-requested-at";
+pub use image::{ImageKind, ImportProgress};
+pub use snapshot::SnapshotKind;
+pub use volume::VolumeKind;
 
 /// Where storage lives on this node, and the tools it uses.
 #[derive(Debug, Clone)]
@@ -54,12 +57,13 @@ impl StorageConfig {
 /// The storage operations every transport exposes, and what the storage controller reads.
 #[derive(Debug, Clone)]
 pub struct StorageService {
-    /// Image objects.
-    pub images: Objects<Image>,
+    /// Image objects (create them with [`StorageService::create_image`] or
+    /// [`StorageService::upload_image`], which store their bytes first).
+    pub images: Resources<ImageKind>,
     /// Volume objects.
-    pub volumes: Objects<Volume>,
+    pub volumes: Resources<VolumeKind>,
     /// Snapshot objects.
-    pub snapshots: Objects<Snapshot>,
+    pub snapshots: Resources<SnapshotKind>,
     vms: VmService,
     cas: Cas,
     qemu_img: QemuImg,
@@ -70,17 +74,15 @@ pub struct StorageService {
 impl StorageService {
     /// Opens the image store under `config.data_dir` (creating it) over `store`.
     pub fn new(store: Arc<dyn Store>, config: StorageConfig) -> Result<Self, ServiceError> {
-        let cas = Cas::open(config.data_dir.join("images")).map_err(cas_error)?;
-        std::fs::create_dir_all(config.volumes_dir()).map_err(|e| {
-            ServiceError::FailedPrecondition(format!(
-                "creating {}: {e}",
-                config.volumes_dir().display()
-            ))
+        let cas = Cas::open(config.data_dir.join("images"))?;
+        std::fs::create_dir_all(config.volumes_dir()).map_err(|source| ServiceError::Io {
+            context: format!("creating {}", config.volumes_dir().display()),
+            source,
         })?;
         Ok(StorageService {
-            images: Objects::new(store.clone()),
-            volumes: Objects::new(store.clone()),
-            snapshots: Objects::new(store.clone()),
+            images: Resources::with_strategy(store.clone(), ImageKind::new(cas.clone())),
+            volumes: Resources::new(store.clone()),
+            snapshots: Resources::new(store.clone()),
             vms: VmService::new(store),
             cas,
             qemu_img: QemuImg::new(&config.qemu_img),
@@ -112,11 +114,9 @@ impl StorageService {
         &self.vms
     }
 
-    /// The file of a blob.
+    /// The file of a blob, by the digest an image's status records.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ServiceError> {
-        let digest = digest.parse().map_err(|e: corral_storage::BadDigest| {
-            ServiceError::FailedPrecondition(e.to_string())
-        })?;
+        let digest = digest.parse::<corral_storage::Digest>()?;
         Ok(self.cas.path(&digest))
     }
 
@@ -126,18 +126,13 @@ impl StorageService {
     }
 }
 
-pub(crate) fn cas_error(e: CasError) -> ServiceError {
-    ServiceError::FailedPrecondition(e.to_string())
-}
-
-pub(crate) fn qemu_img_error(e: QemuImgError) -> ServiceError {
-    ServiceError::FailedPrecondition(e.to_string())
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ServiceError::FailedPrecondition(format!("storage task failed: {e}")))?
+        .map_err(|source| ServiceError::Task {
+            what: "storage task",
+            source,
+        })?
 }

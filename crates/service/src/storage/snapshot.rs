@@ -1,39 +1,54 @@
-use corral_contract::{Phase, Snapshot, SnapshotStatus, StoragePhase, ValidationError};
+use corral_contract::names::annotations;
+use corral_contract::{Phase, Snapshot, StoragePhase, ValidationError, Vm};
+use corral_store::Store;
 
-use super::{ANNOTATION_RESTORE, StorageService};
-use crate::ServiceError;
-use crate::objects::now;
+use super::StorageService;
+use crate::resources::{Strategy, now, read};
+use crate::{ServiceError, Stored};
 
-fn vm_is_live(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Starting | Phase::Running | Phase::Paused | Phase::Stopping
-    )
+/// How snapshots are admitted: the VM exists and has volumes; a memory snapshot needs it
+/// running or paused, a disk-only one needs it stopped. The storage controller takes the
+/// snapshot and finalizes its delete (the volumes, and their images, stay).
+#[derive(Debug, Default)]
+pub struct SnapshotKind;
+
+impl Strategy for SnapshotKind {
+    type Object = Snapshot;
+    const FINALIZED: bool = true;
+
+    async fn admit(
+        &self,
+        store: &dyn Store,
+        snap: &Snapshot,
+        current: Option<&Snapshot>,
+    ) -> Result<(), ServiceError> {
+        if current.is_some() {
+            return Ok(());
+        }
+        let Some(vm) = read::<Vm>(store, snap.spec.vm.as_str()).await? else {
+            return Err(ValidationError::new(
+                "spec.vm",
+                format!("VM {:?} not found", snap.spec.vm.as_str()),
+            )
+            .into());
+        };
+        check_vm_state(snap, vm.status.phase, "take")?;
+        if vm.spec.volume_names().next().is_none() {
+            return Err(ServiceError::WrongState {
+                kind: Vm::NOUN,
+                name: snap.spec.vm.to_string(),
+                state: "without volumes".into(),
+                rule: "a snapshot lives in the VM's qcow2 volumes".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl StorageService {
     /// Declares a snapshot of a VM; the storage controller takes it. A memory snapshot needs
     /// the VM running or paused, a disk-only one needs it stopped.
-    pub async fn create_snapshot(&self, mut snap: Snapshot) -> Result<Snapshot, ServiceError> {
-        snap.metadata.validate()?;
-        let vm = match self.vms.get(snap.spec.vm.as_str()).await {
-            Ok(vm) => vm,
-            Err(ServiceError::NotFound { .. }) => {
-                return Err(ServiceError::Invalid(ValidationError::new(
-                    "spec.vm",
-                    format!("VM {:?} not found", snap.spec.vm.as_str()),
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        check_vm_state(&snap, vm.status.phase, "take")?;
-        if vm.spec.volume_names().next().is_none() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "VM {:?} has no volumes: a snapshot lives in the VM's qcow2 volumes",
-                snap.spec.vm.as_str()
-            )));
-        }
-        snap.status = SnapshotStatus::default();
+    pub async fn create_snapshot(&self, snap: Snapshot) -> Result<Snapshot, ServiceError> {
         self.snapshots.create(snap).await
     }
 
@@ -50,23 +65,20 @@ impl StorageService {
     pub async fn restore_snapshot(&self, name: &str) -> Result<Snapshot, ServiceError> {
         let snap = self.snapshots.get(name).await?;
         if snap.status.phase != StoragePhase::Ready {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "snapshot {name:?} is {}, not Ready",
-                snap.status.phase
-            )));
+            return Err(ServiceError::NotReady {
+                kind: Snapshot::NOUN,
+                name: name.to_owned(),
+                phase: snap.status.phase.to_string(),
+                message: None,
+            });
         }
         let vm = self.vms.get(snap.spec.vm.as_str()).await?;
         check_vm_state(&snap, vm.status.phase, "restore")?;
         self.snapshots
-            .modify(name, 0, |s| {
-                if s.metadata.deleting {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "snapshot {name:?} is being deleted"
-                    )));
-                }
+            .modify_live(name, |s| {
                 s.metadata
                     .annotations
-                    .insert(ANNOTATION_RESTORE.into(), now());
+                    .insert(annotations::RESTORE_REQUESTED_AT.into(), now());
                 Ok(true)
             })
             .await
@@ -75,22 +87,29 @@ impl StorageService {
     /// Marks a snapshot for deletion; the controller removes it from the volumes (which, and
     /// their images, stay).
     pub async fn delete_snapshot(&self, name: &str) -> Result<Snapshot, ServiceError> {
-        self.snapshots.mark_deleting(name).await
+        self.snapshots.delete(name, None).await
     }
 }
 
 fn check_vm_state(snap: &Snapshot, phase: Phase, verb: &str) -> Result<(), ServiceError> {
-    let live = vm_is_live(phase);
+    let live = matches!(
+        phase,
+        Phase::Starting | Phase::Running | Phase::Paused | Phase::Stopping
+    );
     let vm = snap.spec.vm.as_str();
-    if snap.spec.memory && !live {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "VM {vm:?} is {phase}: a memory snapshot is taken and restored while it runs (start it, or {verb} a disk-only snapshot)"
-        )));
-    }
-    if !snap.spec.memory && live {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "VM {vm:?} is {phase}: a disk-only snapshot is taken and restored while it is stopped (corral vm stop {vm} --wait)"
-        )));
-    }
-    Ok(())
+    let rule = match (snap.spec.memory, live) {
+        (true, false) => format!(
+            "a memory snapshot is taken and restored while it runs (start it, or {verb} a disk-only snapshot)"
+        ),
+        (false, true) => format!(
+            "a disk-only snapshot is taken and restored while it is stopped (corral vm stop {vm} --wait)"
+        ),
+        _ => return Ok(()),
+    };
+    Err(ServiceError::WrongState {
+        kind: Vm::NOUN,
+        name: vm.to_owned(),
+        state: phase.to_string(),
+        rule,
+    })
 }

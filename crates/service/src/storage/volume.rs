@@ -1,144 +1,145 @@
-use corral_contract::{ByteSize, StoragePhase, ValidationError, Volume, VolumeKind, VolumeStatus};
+use corral_contract::{
+    ByteSize, Image, StoragePhase, ValidationError, Vm, Volume, VolumeKind as Kind,
+};
+use corral_store::Store;
 
 use super::StorageService;
-use crate::ServiceError;
+use crate::resources::{Strategy, read, read_all, refuse_if_used};
+use crate::{ServiceError, Stored};
+
+/// How volumes are admitted: the image a volume clones must be a Ready image that fits; only
+/// the size may change, and only grow; no delete while a VM uses it (the storage controller
+/// finalizes the delete by removing the file).
+#[derive(Debug, Default)]
+pub struct VolumeKind;
+
+impl Strategy for VolumeKind {
+    type Object = Volume;
+    const FINALIZED: bool = true;
+
+    async fn admit(
+        &self,
+        store: &dyn Store,
+        volume: &Volume,
+        current: Option<&Volume>,
+    ) -> Result<(), ServiceError> {
+        let Some(name) = volume.spec.image.as_ref().filter(|_| current.is_none()) else {
+            return Ok(());
+        };
+        let Some(image) = read::<Image>(store, name.as_str()).await? else {
+            return Err(ValidationError::new(
+                "spec.image",
+                format!("image {:?} not found: import it first", name.as_str()),
+            )
+            .into());
+        };
+        if image.status.phase != StoragePhase::Ready {
+            return Err(ServiceError::NotReady {
+                kind: Image::NOUN,
+                name: name.to_string(),
+                phase: image.status.phase.to_string(),
+                message: image.status.message,
+            });
+        }
+        let is_disk = image.status.format.is_some_and(|f| f.is_disk());
+        if volume.spec.kind == Kind::Disk && !is_disk {
+            return Err(ValidationError::new(
+                "spec.image",
+                format!(
+                    "image {:?} is not a disk image (qcow2 or raw): a disk volume cannot clone it",
+                    name.as_str()
+                ),
+            )
+            .into());
+        }
+        if let (Some(size), Some(virt)) = (volume.spec.size, image.status.virtual_size) {
+            if size.as_u64() < virt {
+                return Err(ValidationError::new(
+                    "spec.size",
+                    format!(
+                        "{size} is smaller than image {:?} ({}): leave size out or give at least that",
+                        name.as_str(),
+                        ByteSize::new(virt)
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_update(&self, current: &Volume, desired: &Volume) -> Result<(), ServiceError> {
+        let (old, new) = (&current.spec, &desired.spec);
+        for (field, same) in [
+            ("spec.kind", old.kind == new.kind),
+            ("spec.format", old.format() == new.format()),
+            ("spec.image", old.image == new.image),
+        ] {
+            if !same {
+                return Err(ServiceError::Immutable {
+                    kind: Volume::NOUN,
+                    field,
+                });
+            }
+        }
+        let now = current.status.size.or(old.size.map(ByteSize::as_u64));
+        if let (Some(now), Some(want)) = (now, new.size) {
+            if want.as_u64() < now {
+                return Err(ValidationError::new(
+                    "spec.size",
+                    format!(
+                        "volumes only grow: {want} is smaller than the current {}",
+                        ByteSize::new(now)
+                    ),
+                )
+                .into());
+            }
+        }
+        if old.size.is_some() && new.size.is_none() {
+            return Err(ValidationError::new("spec.size", "cannot be removed once set").into());
+        }
+        Ok(())
+    }
+
+    async fn check_delete(&self, store: &dyn Store, volume: &Volume) -> Result<(), ServiceError> {
+        let name = volume.metadata.name.as_str();
+        let vms = read_all::<Vm>(store).await?.into_iter();
+        refuse_if_used(
+            volume,
+            vms.filter(|vm| vm.spec.volume_names().any(|v| v.as_str() == name)),
+            "detach it (VM stopped) or delete the VM first",
+        )
+    }
+}
 
 impl StorageService {
     /// Declares a volume; the storage controller makes its file.
-    pub async fn create_volume(&self, mut volume: Volume) -> Result<Volume, ServiceError> {
-        volume.metadata.validate()?;
-        volume.spec.validate()?;
-        if let Some(name) = &volume.spec.image {
-            let image = match self.images.get(name.as_str()).await {
-                Ok(image) => image,
-                Err(ServiceError::NotFound { .. }) => {
-                    return Err(ServiceError::Invalid(ValidationError::new(
-                        "spec.image",
-                        format!("image {:?} not found: import it first", name.as_str()),
-                    )));
-                }
-                Err(e) => return Err(e),
-            };
-            if image.status.phase != StoragePhase::Ready {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "image {:?} is not ready: {}",
-                    name.as_str(),
-                    image.status.message.unwrap_or_default()
-                )));
-            }
-            let is_disk = image.status.format.is_some_and(|f| f.is_disk());
-            if volume.spec.kind == VolumeKind::Disk && !is_disk {
-                return Err(ServiceError::Invalid(ValidationError::new(
-                    "spec.image",
-                    format!(
-                        "image {:?} is not a disk image (qcow2 or raw): a disk volume cannot clone it",
-                        name.as_str()
-                    ),
-                )));
-            }
-            if let (Some(size), Some(virt)) = (volume.spec.size, image.status.virtual_size) {
-                if size.as_u64() < virt {
-                    return Err(ServiceError::Invalid(ValidationError::new(
-                        "spec.size",
-                        format!(
-                            "{size} is smaller than image {:?} ({}): leave size out or give at least that",
-                            name.as_str(),
-                            ByteSize::new(virt)
-                        ),
-                    )));
-                }
-            }
-        }
-        volume.status = VolumeStatus::default();
+    pub async fn create_volume(&self, volume: Volume) -> Result<Volume, ServiceError> {
         self.volumes.create(volume).await
     }
 
     /// Replaces labels, annotations and spec. Only the size may change, and only grow.
     pub async fn update_volume(&self, volume: Volume) -> Result<Volume, ServiceError> {
-        volume.metadata.validate()?;
-        volume.spec.validate()?;
-        let expected = volume.metadata.resource_version;
-        self.volumes
-            .modify(volume.metadata.name.as_str(), expected, |current| {
-                if current.metadata.deleting {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "volume {:?} is being deleted",
-                        current.metadata.name.as_str()
-                    )));
-                }
-                let (old, new) = (&current.spec, &volume.spec);
-                for (field, same) in [
-                    ("spec.kind", old.kind == new.kind),
-                    ("spec.format", old.format() == new.format()),
-                    ("spec.image", old.image == new.image),
-                ] {
-                    if !same {
-                        return Err(ServiceError::Invalid(ValidationError::new(
-                            field,
-                            "cannot change after creation: create another volume",
-                        )));
-                    }
-                }
-                let now = current.status.size.or(old.size.map(ByteSize::as_u64));
-                if let (Some(now), Some(want)) = (now, new.size) {
-                    if want.as_u64() < now {
-                        return Err(ServiceError::Invalid(ValidationError::new(
-                            "spec.size",
-                            format!(
-                                "volumes only grow: {want} is smaller than the current {}",
-                                ByteSize::new(now)
-                            ),
-                        )));
-                    }
-                }
-                if old.size.is_some() && new.size.is_none() {
-                    return Err(ServiceError::Invalid(ValidationError::new(
-                        "spec.size",
-                        "cannot be removed once set",
-                    )));
-                }
-                let spec_changed = *old != *new;
-                let changed = spec_changed
-                    || current.metadata.labels != volume.metadata.labels
-                    || current.metadata.annotations != volume.metadata.annotations;
-                current.spec = new.clone();
-                current.metadata.labels = volume.metadata.labels.clone();
-                current.metadata.annotations = volume.metadata.annotations.clone();
-                if spec_changed {
-                    current.metadata.generation += 1;
-                }
-                Ok(changed)
-            })
-            .await
+        self.volumes.update(volume).await
     }
 
     /// Grows a volume to `size` (online when it is attached to a running VM).
     pub async fn resize_volume(&self, name: &str, size: ByteSize) -> Result<Volume, ServiceError> {
         let mut volume = self.volumes.get(name).await?;
-        if volume.spec.kind == VolumeKind::Weights {
-            return Err(ServiceError::Invalid(ValidationError::new(
+        if volume.spec.kind == Kind::Weights {
+            return Err(ValidationError::new(
                 "spec.size",
                 "a weights volume is an exact copy of its image and cannot be resized",
-            )));
+            )
+            .into());
         }
         volume.spec.size = Some(size);
         volume.metadata.resource_version = 0;
-        self.update_volume(volume).await
+        self.volumes.update(volume).await
     }
 
     /// Marks a volume for deletion; refused while a VM uses it.
     pub async fn delete_volume(&self, name: &str) -> Result<Volume, ServiceError> {
-        self.volumes.get(name).await?;
-        let (vms, _) = self.vms.list("").await?;
-        if let Some(vm) = vms
-            .iter()
-            .find(|vm| vm.spec.volume_names().any(|v| v.as_str() == name))
-        {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "volume {name:?} is used by VM {:?}: detach it (VM stopped) or delete the VM first",
-                vm.metadata.name.as_str()
-            )));
-        }
-        self.volumes.mark_deleting(name).await
+        self.volumes.delete(name, None).await
     }
 }

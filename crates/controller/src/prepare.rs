@@ -1,20 +1,16 @@
-//! What a VM needs from the host before QEMU starts — its NICs, resolved from the networks it
-//! joins, and its cloud-init seed — and the SSH readiness probe after.
+//! What a VM needs from the host before QEMU starts: its NICs, resolved from the networks it
+//! joins, and its cloud-init seed; and their removal after.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use corral_contract::{
-    CloudInit, Condition, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase,
-    Protocol, Vm,
+    CloudInit, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase, Vm,
 };
 use corral_hypervisor::{HostForward, NetBackend, NicConfig};
-use corral_service::{NetworkService, VmService};
-use tokio::io::AsyncReadExt;
+use corral_service::{NetworkService, ServiceError, Stored, VmService};
 
-/// The condition the SSH probe sets.
-pub const SSH_READY: &str = "SshReady";
+use crate::ControllerError;
+use crate::error::NicProblem;
 
 /// NICs, their status as it will be once QEMU runs, and the seed image.
 pub(crate) struct Prepared {
@@ -24,37 +20,43 @@ pub(crate) struct Prepared {
 }
 
 /// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`. The
-/// error is a sentence for `status.message`.
-pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result<Prepared, String> {
+/// error's message is a sentence for `status.message`.
+pub(crate) async fn prepare(
+    svc: &VmService,
+    seed_dir: &Path,
+    vm: &Vm,
+) -> Result<Prepared, ControllerError> {
     let nets = NetworkService::new(svc.store().clone());
     let mut nics = Vec::new();
     let mut networks = Vec::new();
     for (index, att) in vm.spec.networks.iter().enumerate() {
         let name = att.network.as_str();
-        let net = nets
-            .get(name)
-            .await
-            .map_err(|e| format!("network {name:?}: {e}"))?;
+        let net = nets.get(name).await?;
         if net.status.phase != NetworkPhase::Ready {
-            return Err(format!(
-                "network {name:?} is not ready: {}",
-                net.status
-                    .message
-                    .unwrap_or_else(|| net.status.phase.to_string())
-            ));
+            return Err(ServiceError::NotReady {
+                kind: corral_contract::Network::NOUN,
+                name: name.to_owned(),
+                phase: net.status.phase.to_string(),
+                message: net.status.message,
+            }
+            .into());
         }
+        let nic = |problem| ControllerError::Nic {
+            network: name.to_owned(),
+            problem,
+        };
         // The service always fills these in on create; a spec without them was written
         // around it.
         let mac = att
             .mac
-            .ok_or_else(|| format!("network {name:?}: no MAC address was allocated"))?;
+            .ok_or_else(|| nic(NicProblem::NotAllocated("MAC address".into())))?;
         let mut forwards = Vec::new();
         for f in &att.forwards {
             let host_port = f.host_port.ok_or_else(|| {
-                format!(
-                    "network {name:?}: no host port was allocated for guest port {}",
+                nic(NicProblem::NotAllocated(format!(
+                    "host port for guest port {}",
                     f.guest_port
-                )
+                )))
             })?;
             forwards.push(HostForward {
                 protocol: f.protocol,
@@ -73,20 +75,16 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
             },
             NetworkMode::Bridge => {
                 if !forwards.is_empty() {
-                    return Err(format!(
-                        "network {name:?}: port forwards are for user networks; reach a bridged guest at its own address"
-                    ));
+                    return Err(nic(NicProblem::ForwardsOnBridge));
                 }
                 let ifname = crate::bridge::tap_name(&vm.metadata.uid, index);
                 crate::bridge::ensure_tap(&net, &ifname)
                     .await
-                    .map_err(|e| format!("network {name:?}: {e}"))?;
+                    .map_err(|e| nic(NicProblem::Tap(Box::new(e))))?;
                 NetBackend::Tap { ifname }
             }
             mode => {
-                return Err(format!(
-                    "network {name:?}: mode {mode} is not available on this host"
-                ));
+                return Err(nic(NicProblem::ModeUnavailable(mode)));
             }
         };
         networks.push(NetworkAttachmentStatus {
@@ -109,7 +107,7 @@ pub(crate) async fn prepare(svc: &VmService, seed_dir: &Path, vm: &Vm) -> Result
         Some(ci) => Some(
             build_seed(seed_dir, &vm.metadata.uid, vm.metadata.name.as_str(), ci)
                 .await
-                .map_err(|e| format!("building the cloud-init seed: {e}"))?,
+                .map_err(ControllerError::Seed)?,
         ),
         None => None,
     };
@@ -193,78 +191,4 @@ fn tempfile_dir(parent: &Path, uid: &str) -> std::io::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir)?;
     Ok(dir)
-}
-
-/// The host address of the forward to guest port 22/tcp, if the VM has one.
-pub(crate) fn ssh_endpoint(networks: &[NetworkAttachmentStatus]) -> Option<SocketAddr> {
-    networks.iter().flat_map(|n| &n.forwards).find_map(|f| {
-        (f.protocol == Protocol::Tcp && f.guest_port == 22).then(|| {
-            let addr = match f.host_address {
-                Some(a) if !a.is_unspecified() => a,
-                _ => std::net::Ipv4Addr::LOCALHOST,
-            };
-            SocketAddr::from((addr, f.host_port))
-        })
-    })
-}
-
-/// Whether an SSH server answers at `addr`: it must send its `SSH-2.0` banner. (Connecting
-/// alone proves nothing: QEMU's user stack accepts on the host port before the guest listens.)
-pub async fn ssh_banner(addr: SocketAddr, wait: Duration) -> bool {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got < 8 {
-            let n = stream.read(&mut buf[got..]).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            got += n;
-        }
-        Some(buf[..got].starts_with(b"SSH-2.0-"))
-    };
-    matches!(tokio::time::timeout(wait, attempt).await, Ok(Some(true)))
-}
-
-/// Probes until the guest's SSH server answers (then sets `SshReady`), the VM's process changes,
-/// or `timeout` passes.
-pub(crate) fn probe_ssh(
-    svc: VmService,
-    name: String,
-    pid: u32,
-    addr: SocketAddr,
-    timeout: Duration,
-) {
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            // A short wait per attempt: before the guest has an address, QEMU's user stack
-            // holds the host connection open without an answer, and a long wait would only
-            // delay noticing the server once it is up.
-            if ssh_banner(addr, Duration::from_secs(1)).await {
-                let message = format!("ssh answers on {addr}");
-                let _ = svc
-                    .update_status(&name, |_, st| {
-                        let same = st.pid == Some(pid);
-                        if same {
-                            st.set_condition(Condition::new(
-                                SSH_READY,
-                                true,
-                                "BannerSeen",
-                                &message,
-                            ));
-                        }
-                        same
-                    })
-                    .await;
-                return;
-            }
-            match svc.get(&name).await {
-                Ok(vm) if vm.status.pid == Some(pid) => {}
-                _ => return,
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    });
 }

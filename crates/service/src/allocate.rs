@@ -1,16 +1,16 @@
-//! What the server fills into a VM's `spec.networks` once, on create: a MAC address per NIC
-//! and a host port per forward (the port registry). Both are then part of the spec, so they
-//! survive daemon restarts and stay the VM's for its whole life.
+//! Server allocations on a VM: what the server fills into its `spec.networks` once, on
+//! create — a MAC address per NIC and a host port per forward (the port registry). Both are
+//! then part of the spec, so they survive daemon restarts and stay the VM's for its whole life.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::ops::RangeInclusive;
 
-use corral_contract::{MacAddr, NetworkPhase, Protocol, ValidationError, Vm, VmSpec};
-use corral_store::{Selector, Store, StoreError};
+use corral_contract::{MacAddr, Network, NetworkPhase, Protocol, ValidationError, Vm, VmSpec};
+use corral_store::Store;
 
 use crate::ServiceError;
-use crate::network::{self, KIND as NETWORK};
+use crate::resources::{read, read_all};
 
 /// Host ports forwards get when they name none: the daemon's configured range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +22,16 @@ impl Default for PortRange {
     }
 }
 
+/// A `--port-range` that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a port range: write FIRST-LAST, e.g. 20000-29999")]
+pub struct BadPortRange(pub String);
+
 impl std::str::FromStr for PortRange {
-    type Err = String;
+    type Err = BadPortRange;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a port range: write FIRST-LAST, e.g. 20000-29999");
+        let bad = || BadPortRange(s.to_owned());
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let (a, b): (u16, u16) = (
             a.trim().parse().map_err(|_| bad())?,
@@ -46,18 +51,11 @@ struct Taken {
 }
 
 async fn taken(store: &dyn Store, except_uid: &str) -> Result<Taken, ServiceError> {
-    let (objects, _) = store
-        .list("Vm", &Selector::everything())
-        .await
-        .map_err(|e| ServiceError::from_store("Vm", e))?;
     let mut taken = Taken {
         ports: HashMap::new(),
         macs: HashMap::new(),
     };
-    for obj in objects {
-        let Ok(vm) = serde_json::from_str::<Vm>(&obj.body) else {
-            continue;
-        };
+    for vm in read_all::<Vm>(store).await? {
         if vm.metadata.uid == except_uid {
             continue;
         }
@@ -101,44 +99,38 @@ pub(crate) async fn allocate(
     }
     for (i, att) in spec.networks.iter().enumerate() {
         let field = format!("spec.networks[{i}].network");
-        match store.get(NETWORK, att.network.as_str()).await {
-            Ok(obj) => {
-                let net = network::from_object(obj)?;
-                if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
-                    return Err(ValidationError::new(
-                        format!("spec.networks[{i}].forwards"),
-                        format!(
-                            "network {:?} is a {} network: port forwards are for user networks; reach the guest at its own address",
-                            att.network.as_str(),
-                            net.spec.mode
-                        ),
-                    )
-                    .into());
-                }
-                if net.status.phase == NetworkPhase::Failed {
-                    return Err(ValidationError::new(
-                        field,
-                        format!(
-                            "network {:?} failed: {}",
-                            att.network.as_str(),
-                            net.status.message.unwrap_or_default()
-                        ),
-                    )
-                    .into());
-                }
-            }
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ValidationError::new(
-                    field,
-                    format!(
-                        "network {:?} not found: create it first (corral network create {})",
-                        att.network.as_str(),
-                        att.network.as_str()
-                    ),
-                )
-                .into());
-            }
-            Err(e) => return Err(ServiceError::from_store(NETWORK, e)),
+        let Some(net) = read::<Network>(store, att.network.as_str()).await? else {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "network {:?} not found: create it first (corral network create {})",
+                    att.network.as_str(),
+                    att.network.as_str()
+                ),
+            )
+            .into());
+        };
+        if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
+            return Err(ValidationError::new(
+                format!("spec.networks[{i}].forwards"),
+                format!(
+                    "network {:?} is a {} network: port forwards are for user networks; reach the guest at its own address",
+                    att.network.as_str(),
+                    net.spec.mode
+                ),
+            )
+            .into());
+        }
+        if net.status.phase == NetworkPhase::Failed {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "network {:?} failed: {}",
+                    att.network.as_str(),
+                    net.status.message.unwrap_or_default()
+                ),
+            )
+            .into());
         }
     }
     let mut taken = taken(store, uid).await?;

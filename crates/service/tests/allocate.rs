@@ -158,7 +158,11 @@ async fn networks_must_exist_and_cannot_go_while_joined() {
         .await
         .unwrap();
     vms.create(v).await.unwrap();
-    let err = nets.delete("lan").await.unwrap_err().to_string();
-    assert!(err.contains("joined by VM \"a\""), "{err}");
-    assert_eq!(nets.list("").await.unwrap().len(), 2);
+    let err = nets.delete("lan", None).await.unwrap_err();
+    assert!(
+        matches!(&err, ServiceError::InUse { by, .. } if by == &["a"]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is used by VM \"a\""), "{err}");
+    assert_eq!(nets.list("").await.unwrap().0.len(), 2);
 }

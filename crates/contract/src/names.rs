@@ -1,0 +1,45 @@
+//! Names that are part of the API: annotation keys users and controllers write, condition
+//! types and reasons clients match on, and the prefix Corral reserves for its own keys. Every
+//! crate uses these constants; no other crate spells the strings.
+
+/// The prefix of every annotation and label key Corral itself sets.
+pub const PREFIX: &str = "corral.dev/";
+
+/// Annotation keys Corral reads or writes on objects.
+pub mod annotations {
+    /// On a VM: a new value (a time) asks for a restart with the current spec.
+    pub const RESTART_REQUESTED_AT: &str = "corral.dev/restart-requested-at";
+    /// On a VM whose `spec.power` is `stopped`: [`STOP_MODE_FORCE`] stops it without waiting
+    /// for the guest to shut down.
+    pub const STOP_MODE: &str = "corral.dev/stop-mode";
+    /// The value of [`STOP_MODE`] that asks for a forced stop.
+    pub const STOP_MODE_FORCE: &str = "force";
+    /// On a snapshot: a new value (a time) asks for its VM to be put back to it.
+    pub const RESTORE_REQUESTED_AT: &str = "corral.dev/restore-requested-at";
+}
+
+/// Condition types and the reasons controllers give, as in `status.conditions`.
+pub mod conditions {
+    /// The VM runs as declared.
+    pub const READY: &str = "Ready";
+    /// The guest's SSH server answered with its banner through the VM's forward.
+    pub const SSH_READY: &str = "SshReady";
+
+    /// Reasons of the [`READY`] and [`SSH_READY`] conditions.
+    pub mod reasons {
+        /// The guest runs.
+        pub const RUNNING: &str = "Running";
+        /// The guest is paused.
+        pub const PAUSED: &str = "Paused";
+        /// QEMU is not running, as declared.
+        pub const STOPPED: &str = "Stopped";
+        /// QEMU ended in a way the restart policy does not restart.
+        pub const FAILED: &str = "Failed";
+        /// QEMU could not be started.
+        pub const START_FAILED: &str = "StartFailed";
+        /// A condition is not known yet.
+        pub const WAITING: &str = "Waiting";
+        /// The guest's SSH banner was seen.
+        pub const BANNER_SEEN: &str = "BannerSeen";
+    }
+}

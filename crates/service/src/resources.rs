@@ -1,0 +1,554 @@
+//! The one generic path every kind goes through: typed create / get / list / update / delete /
+//! watch over the store, with server-stamped identity, compare-and-swap retries and the
+//! admission steps of a [`Strategy`] (after Kubernetes' generic registry store and its
+//! `RESTCreateStrategy`).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use corral_contract::{Object as Resource, ValidationError};
+use corral_store::{EventType, Object, Selector, Store, WatchStream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ServiceError;
+
+/// How many times a read-modify-write retries on a conflict before giving up.
+const CAS_RETRIES: usize = 16;
+
+/// A contract type the generic path stores: metadata, a spec users write, a status
+/// controllers write.
+pub trait Stored: Resource + Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// What users write.
+    type Spec: PartialEq + Clone + Send + Sync;
+    /// What controllers write.
+    type Status: Default + Clone + Send + Sync;
+    /// The kind as a sentence names it (`VM`, `volume` …).
+    const NOUN: &'static str;
+
+    /// The spec.
+    fn spec(&self) -> &Self::Spec;
+    /// The spec, to replace on update.
+    fn spec_mut(&mut self) -> &mut Self::Spec;
+    /// The status.
+    fn status(&self) -> &Self::Status;
+    /// The status, for controllers.
+    fn status_mut(&mut self) -> &mut Self::Status;
+}
+
+macro_rules! stored {
+    ($($t:ty => $spec:ty, $status:ty, $noun:literal;)*) => {$(
+        impl Stored for $t {
+            type Spec = $spec;
+            type Status = $status;
+            const NOUN: &'static str = $noun;
+            fn spec(&self) -> &$spec { &self.spec }
+            fn spec_mut(&mut self) -> &mut $spec { &mut self.spec }
+            fn status(&self) -> &$status { &self.status }
+            fn status_mut(&mut self) -> &mut $status { &mut self.status }
+        }
+    )*};
+}
+
+stored! {
+    corral_contract::Vm => corral_contract::VmSpec, corral_contract::VmStatus, "VM";
+    corral_contract::Network => corral_contract::NetworkSpec, corral_contract::NetworkStatus, "network";
+    corral_contract::Image => corral_contract::ImageSpec, corral_contract::ImageStatus, "image";
+    corral_contract::Volume => corral_contract::VolumeSpec, corral_contract::VolumeStatus, "volume";
+    corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
+}
+
+/// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a
+/// default, so a kind overrides only what it needs. The generic path calls them in this order:
+///
+/// - create: `validate` (the contract's own checks) → [`admit`](Strategy::admit) →
+///   identity stamped → [`initial_status`](Strategy::initial_status) →
+///   [`prepare`](Strategy::prepare) → write;
+/// - update: `validate` → [`admit`](Strategy::admit) (with the stored object) →
+///   [`prepare`](Strategy::prepare) → compare-and-swap loop: refuse if deleting,
+///   [`check_update`](Strategy::check_update) when the spec changed, copy spec, labels and
+///   annotations, bump `generation` when the spec changed;
+/// - delete: [`check_delete`](Strategy::check_delete) → mark `deleting` if
+///   [`FINALIZED`](Strategy::FINALIZED), else remove and call
+///   [`deleted`](Strategy::deleted).
+///
+/// Hooks that read other kinds use [`read`] and [`read_all`] on the store they are given;
+/// `prepare` and the write run under [`allocation_lock`](Strategy::allocation_lock).
+pub trait Strategy: Send + Sync + 'static {
+    /// The contract type.
+    type Object: Stored;
+
+    /// Whether delete only marks the object (`metadata.deleting`) for a controller that
+    /// removes what it made and then the object ([`Resources::remove`]); otherwise delete
+    /// removes it at once.
+    const FINALIZED: bool = false;
+
+    /// Admission after the object's own validation: references exist and are usable, host
+    /// checks. `current` is the stored object on update, `None` on create. Read-only.
+    fn admit(
+        &self,
+        store: &dyn Store,
+        obj: &Self::Object,
+        current: Option<&Self::Object>,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send {
+        let _ = (store, obj, current);
+        async { Ok(()) }
+    }
+
+    /// The status a new object starts with; a status in the request is ignored. Default: the
+    /// empty status, for a controller to fill.
+    fn initial_status(
+        &self,
+        obj: &Self::Object,
+    ) -> Result<<Self::Object as Stored>::Status, ServiceError> {
+        let _ = obj;
+        Ok(Default::default())
+    }
+
+    /// A lock held from [`prepare`](Strategy::prepare) until the write, so two writers never
+    /// allocate the same thing.
+    fn allocation_lock(&self) -> Option<&tokio::sync::Mutex<()>> {
+        None
+    }
+
+    /// Server allocations (MACs, ports …) on a new object (`current` `None`; uid stamped) or
+    /// on an update (`current` the stored object, whose allocations are kept).
+    fn prepare(
+        &self,
+        store: &dyn Store,
+        obj: &mut Self::Object,
+        current: Option<&Self::Object>,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send {
+        let _ = (store, obj, current);
+        async { Ok(()) }
+    }
+
+    /// Whether the spec may change from `current` to `desired` (called only when it differs;
+    /// every spec change bumps `generation`). Default: the spec is fixed at creation.
+    fn check_update(
+        &self,
+        current: &Self::Object,
+        desired: &Self::Object,
+    ) -> Result<(), ServiceError> {
+        let _ = (current, desired);
+        Err(ServiceError::Immutable {
+            kind: <Self::Object as Stored>::NOUN,
+            field: "spec",
+        })
+    }
+
+    /// Refuses to delete an object others still use.
+    fn check_delete(
+        &self,
+        store: &dyn Store,
+        obj: &Self::Object,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send {
+        let _ = (store, obj);
+        async { Ok(()) }
+    }
+
+    /// Cleans up after an object that is not [`FINALIZED`](Strategy::FINALIZED) was removed.
+    fn deleted(&self, store: &dyn Store, obj: &Self::Object) -> impl Future<Output = ()> + Send {
+        let _ = (store, obj);
+        async {}
+    }
+}
+
+/// The objects of one kind in a store, through the kind's strategy `S`.
+#[derive(Debug)]
+pub struct Resources<S> {
+    store: Arc<dyn Store>,
+    strategy: Arc<S>,
+}
+
+impl<S> Clone for Resources<S> {
+    fn clone(&self) -> Self {
+        Resources {
+            store: self.store.clone(),
+            strategy: self.strategy.clone(),
+        }
+    }
+}
+
+/// A change seen by [`Resources::watch`].
+#[derive(Debug, Clone)]
+pub struct Event<T> {
+    /// What happened.
+    pub event: EventType,
+    /// The store revision of the change; resume a watch after it.
+    pub revision: u64,
+    /// The object after the change (its last state, for a deletion).
+    pub object: T,
+}
+
+/// A stream of [`Event`]s of one kind, optionally for one name.
+#[derive(Debug)]
+pub struct Watch<T> {
+    inner: WatchStream,
+    name: Option<String>,
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T: Stored> Watch<T> {
+    /// The next event; `None` when the stream ended.
+    pub async fn recv(&mut self) -> Option<Result<Event<T>, ServiceError>> {
+        loop {
+            let event = match self.inner.recv().await? {
+                Ok(event) => event,
+                Err(e) => return Some(Err(ServiceError::Store(e))),
+            };
+            if self.name.as_deref().is_some_and(|n| n != event.object.name) {
+                continue;
+            }
+            return Some(decode(event.object).map(|object| Event {
+                event: event.event,
+                revision: event.revision,
+                object,
+            }));
+        }
+    }
+}
+
+/// The current time as the API writes it (RFC 3339, milliseconds).
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The kind's name as the store and messages spell it.
+pub(crate) fn kind<T: Stored>() -> &'static str {
+    T::KIND.as_str()
+}
+
+fn encode<T: Stored>(obj: &T) -> Result<Object, ServiceError> {
+    let meta = obj.metadata();
+    let body = serde_json::to_string(obj).map_err(|source| ServiceError::Encode {
+        kind: kind::<T>(),
+        name: meta.name.to_string(),
+        source,
+    })?;
+    let mut o = Object::new(kind::<T>(), meta.name.as_str(), meta.uid.clone(), body);
+    o.labels = meta.labels.clone();
+    o.resource_version = meta.resource_version;
+    Ok(o)
+}
+
+fn decode<T: Stored>(obj: Object) -> Result<T, ServiceError> {
+    let mut t: T = serde_json::from_str(&obj.body).map_err(|e| ServiceError::Corrupt {
+        kind: kind::<T>(),
+        name: obj.name.clone(),
+        source: e.into(),
+    })?;
+    t.metadata_mut().resource_version = obj.resource_version;
+    Ok(t)
+}
+
+/// One object of kind `T` by name, `None` if there is none: for strategies that check
+/// references.
+pub async fn read<T: Stored>(store: &dyn Store, name: &str) -> Result<Option<T>, ServiceError> {
+    match store.get(kind::<T>(), name).await {
+        Ok(obj) => decode(obj).map(Some),
+        Err(corral_store::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(ServiceError::from_store(kind::<T>(), e)),
+    }
+}
+
+/// Every object of kind `T`: for strategies that look for users of an object.
+pub async fn read_all<T: Stored>(store: &dyn Store) -> Result<Vec<T>, ServiceError> {
+    let (objects, _) = store
+        .list(kind::<T>(), &Selector::everything())
+        .await
+        .map_err(|e| ServiceError::from_store(kind::<T>(), e))?;
+    objects.into_iter().map(decode).collect()
+}
+
+/// For [`Strategy::check_delete`]: refuses to delete `obj` while any of `users` exist,
+/// naming them and what to do first.
+pub fn refuse_if_used<T: Stored, U: Stored>(
+    obj: &T,
+    users: impl Iterator<Item = U>,
+    remedy: &'static str,
+) -> Result<(), ServiceError> {
+    let by: Vec<String> = users.map(|u| u.metadata().name.to_string()).collect();
+    if by.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::InUse {
+        kind: T::NOUN,
+        name: obj.metadata().name.to_string(),
+        by_kind: U::NOUN,
+        by,
+        remedy,
+    })
+}
+
+impl<S: Strategy> Resources<S> {
+    /// The objects of `S`'s kind in `store`, with the strategy's default settings.
+    pub fn new(store: Arc<dyn Store>) -> Self
+    where
+        S: Default,
+    {
+        Self::with_strategy(store, S::default())
+    }
+
+    /// The objects of `S`'s kind in `store`, admitted by `strategy`.
+    pub fn with_strategy(store: Arc<dyn Store>, strategy: S) -> Self {
+        Resources {
+            store,
+            strategy: Arc::new(strategy),
+        }
+    }
+
+    /// The store underneath (for controllers that share it).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The kind's strategy.
+    pub fn strategy(&self) -> &S {
+        &self.strategy
+    }
+
+    fn kind() -> &'static str {
+        kind::<S::Object>()
+    }
+
+    fn store_error(e: corral_store::StoreError) -> ServiceError {
+        ServiceError::from_store(Self::kind(), e)
+    }
+
+    async fn lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.strategy.allocation_lock() {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
+    }
+
+    /// Creates an object. The server assigns uid, generation 1 and creation time; a status in
+    /// the request is replaced by the strategy's initial status.
+    pub async fn create(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
+        obj.validate()?;
+        self.strategy.admit(&*self.store, &obj, None).await?;
+        let meta = obj.metadata_mut();
+        meta.uid = uuid::Uuid::new_v4().to_string();
+        meta.generation = 1;
+        meta.resource_version = 0;
+        meta.created_at = Some(now());
+        meta.deleting = false;
+        *obj.status_mut() = self.strategy.initial_status(&obj)?;
+        let _claim = self.lock().await;
+        self.strategy.prepare(&*self.store, &mut obj, None).await?;
+        let stored = self
+            .store
+            .create(encode(&obj)?)
+            .await
+            .map_err(Self::store_error)?;
+        decode(stored)
+    }
+
+    /// One object by name.
+    pub async fn get(&self, name: &str) -> Result<S::Object, ServiceError> {
+        let obj = self
+            .store
+            .get(Self::kind(), name)
+            .await
+            .map_err(Self::store_error)?;
+        decode(obj)
+    }
+
+    /// Whether an object by that name exists.
+    pub async fn exists(&self, name: &str) -> Result<bool, ServiceError> {
+        Ok(read::<S::Object>(&*self.store, name).await?.is_some())
+    }
+
+    /// Objects matching a label selector (`""` for all), sorted by name, and the store
+    /// revision of that snapshot (watch after it to follow changes).
+    pub async fn list(&self, selector: &str) -> Result<(Vec<S::Object>, u64), ServiceError> {
+        let selector: Selector = selector
+            .parse()
+            .map_err(|e| ValidationError::new("label_selector", e))?;
+        let (objects, revision) = self
+            .store
+            .list(Self::kind(), &selector)
+            .await
+            .map_err(Self::store_error)?;
+        let items = objects.into_iter().map(decode).collect::<Result<_, _>>()?;
+        Ok((items, revision))
+    }
+
+    /// Replaces an object's spec, labels and annotations. With `metadata.resource_version`
+    /// set, the write happens only if nobody changed the object since (else
+    /// [`ServiceError::Conflict`]); with 0 it applies to the current version. A changed spec
+    /// bumps the generation. Status is never taken from the request.
+    pub async fn update(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
+        obj.validate()?;
+        let name = obj.metadata().name.to_string();
+        let current = self.get(&name).await?;
+        self.strategy
+            .admit(&*self.store, &obj, Some(&current))
+            .await?;
+        let _claim = self.lock().await;
+        self.strategy
+            .prepare(&*self.store, &mut obj, Some(&current))
+            .await?;
+        let expected = obj.metadata().resource_version;
+        self.modify(&name, expected, |current| {
+            refuse_deleting(current)?;
+            let spec_changed = current.spec() != obj.spec();
+            if spec_changed {
+                self.strategy.check_update(current, &obj)?;
+            }
+            let (old, new) = (current.metadata(), obj.metadata());
+            let changed =
+                spec_changed || old.labels != new.labels || old.annotations != new.annotations;
+            *current.spec_mut() = obj.spec().clone();
+            let meta = current.metadata_mut();
+            meta.labels = obj.metadata().labels.clone();
+            meta.annotations = obj.metadata().annotations.clone();
+            if spec_changed {
+                meta.generation += 1;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Deletes an object others do not use (the strategy says who does). A
+    /// [`FINALIZED`](Strategy::FINALIZED) kind is only marked `deleting`: its controller
+    /// removes what it made, then the object; watch for the deletion to know when that is
+    /// done. With `resource_version`, only if nobody changed the object since.
+    pub async fn delete(
+        &self,
+        name: &str,
+        resource_version: Option<u64>,
+    ) -> Result<S::Object, ServiceError> {
+        let obj = self.get(name).await?;
+        if !obj.metadata().deleting {
+            self.strategy.check_delete(&*self.store, &obj).await?;
+        }
+        if S::FINALIZED {
+            return self
+                .modify(name, resource_version.unwrap_or(0), |obj| {
+                    let meta = obj.metadata_mut();
+                    let first = !meta.deleting;
+                    meta.deleting = true;
+                    Ok(first)
+                })
+                .await;
+        }
+        let version = resource_version.unwrap_or(obj.metadata().resource_version);
+        let removed = self
+            .store
+            .delete(Self::kind(), name, Some(version))
+            .await
+            .map_err(Self::store_error)?;
+        let removed = decode(removed)?;
+        self.strategy.deleted(&*self.store, &removed).await;
+        Ok(removed)
+    }
+
+    /// Removes an object for good, if it is still at `resource_version`. For controllers of
+    /// [`FINALIZED`](Strategy::FINALIZED) kinds, once nothing of the object is left.
+    pub async fn remove(&self, name: &str, resource_version: u64) -> Result<(), ServiceError> {
+        self.store
+            .delete(Self::kind(), name, Some(resource_version))
+            .await
+            .map(drop)
+            .map_err(Self::store_error)
+    }
+
+    /// Follows changes after store revision `after` (0: from the oldest kept), of one object
+    /// (`name`, if not empty) or all.
+    pub async fn watch(
+        &self,
+        name: Option<&str>,
+        after: u64,
+    ) -> Result<Watch<S::Object>, ServiceError> {
+        let inner = self
+            .store
+            .watch(Some(Self::kind()), after)
+            .await
+            .map_err(Self::store_error)?;
+        Ok(Watch {
+            inner,
+            name: name.filter(|n| !n.is_empty()).map(str::to_owned),
+            _kind: PhantomData,
+        })
+    }
+
+    /// Writes an object's status (controllers only): `f` edits it and says whether anything
+    /// changed. Retries on conflicts with other writers of spec or status.
+    pub async fn update_status(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&S::Object, &mut <S::Object as Stored>::Status) -> bool,
+    ) -> Result<S::Object, ServiceError> {
+        self.modify(name, 0, |obj| {
+            let mut status = obj.status().clone();
+            let changed = f(obj, &mut status);
+            *obj.status_mut() = status;
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Read-modify-write with compare-and-swap, for kind-specific verbs. `expected` 0 retries
+    /// on conflicts; otherwise a conflict is the caller's. `f` returns whether it changed
+    /// anything (nothing is written if not).
+    pub async fn modify(
+        &self,
+        name: &str,
+        expected: u64,
+        mut f: impl FnMut(&mut S::Object) -> Result<bool, ServiceError>,
+    ) -> Result<S::Object, ServiceError> {
+        for _ in 0..CAS_RETRIES {
+            let mut obj = self.get(name).await?;
+            let actual = obj.metadata().resource_version;
+            if expected != 0 && actual != expected {
+                return Err(ServiceError::Conflict {
+                    kind: Self::kind(),
+                    name: name.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            if !f(&mut obj)? {
+                return Ok(obj);
+            }
+            match self.store.update(encode(&obj)?).await {
+                Ok(stored) => return decode(stored),
+                Err(corral_store::StoreError::Conflict { .. }) if expected == 0 => continue,
+                Err(e) => return Err(Self::store_error(e)),
+            }
+        }
+        Err(ServiceError::ChangedTooOften {
+            kind: S::Object::NOUN,
+            name: name.to_owned(),
+            attempts: CAS_RETRIES,
+        })
+    }
+
+    /// Like [`modify`](Resources::modify) with retries, refusing objects marked for deletion:
+    /// for verbs that express a new intent (start, restart, restore …).
+    pub async fn modify_live(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut S::Object) -> Result<bool, ServiceError>,
+    ) -> Result<S::Object, ServiceError> {
+        self.modify(name, 0, |obj| {
+            refuse_deleting(obj)?;
+            f(obj)
+        })
+        .await
+    }
+}
+
+fn refuse_deleting<T: Stored>(obj: &T) -> Result<(), ServiceError> {
+    if obj.metadata().deleting {
+        return Err(ServiceError::Deleting {
+            kind: T::NOUN,
+            name: obj.metadata().name.to_string(),
+        });
+    }
+    Ok(())
+}
