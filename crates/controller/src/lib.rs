@@ -10,6 +10,7 @@ mod access;
 mod bridge;
 mod disks;
 mod queue;
+mod restart;
 mod storage;
 mod vm;
 
