@@ -15,12 +15,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cli;
 mod daemon;
 mod error;
 mod kit;
 mod output;
 mod vm;
 
+pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::Corrald;
 pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
