@@ -140,6 +140,12 @@ impl<'a> Cli<'a> {
         stderr
     }
 
+    /// `corral KIND get NAME -o json`.
+    #[track_caller]
+    pub fn get(&self, kind: &str, name: &str) -> serde_json::Value {
+        self.json(&[kind, "get", name, "-o", "json"])
+    }
+
     /// The names `corral vm list -o json` shows.
     #[track_caller]
     pub fn vm_names(&self) -> Vec<String> {
@@ -208,7 +214,7 @@ impl<'a> Cli<'a> {
     pub fn wait_phase(&self, kind: &str, name: &str, phase: &str) -> serde_json::Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let object = self.json(&[kind, "get", name, "-o", "json"]);
+            let object = self.get(kind, name);
             if object["status"]["phase"] == phase {
                 return object;
             }
