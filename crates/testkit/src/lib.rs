@@ -18,7 +18,11 @@
 mod cli;
 mod daemon;
 mod error;
+/// An HTTP client of corrald's REST API and a TLS corrald to use it on.
+pub mod http;
 mod kit;
+/// Answers and values checked against an OpenAPI document.
+pub mod openapi;
 mod output;
 mod vm;
 
