@@ -27,7 +27,7 @@ mod output;
 mod vm;
 
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
-pub use daemon::Corrald;
+pub use daemon::{Corrald, CorraldBuilder, release_build};
 pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
 pub use output::Output;
