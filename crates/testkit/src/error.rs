@@ -6,6 +6,9 @@ pub enum Error {
     /// The guest kit is missing and could not be built.
     #[error("guest kit: {0}")]
     Kit(String),
+    /// What a test waited for through the daemon did not happen.
+    #[error("waiting for {0}")]
+    Wait(String),
     /// A cargo build the harness asked for failed.
     #[error("build: {0}")]
     Build(String),

@@ -25,6 +25,7 @@ mod kit;
 pub mod openapi;
 mod output;
 mod vm;
+mod vms;
 
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::{Corrald, CorraldBuilder, release_build};
@@ -32,3 +33,4 @@ pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
+pub use vms::{VM_PATIENCE, kit_vm, wait_console, wait_phase};
