@@ -2,6 +2,17 @@
 //! inside the guest, and cleans up on drop — no orphan QEMU, no leftover files — even when the
 //! test panics.
 //!
+//! What the end-to-end tests of every crate share lives here, once:
+//!
+//! - [`TestVm`]: a guest-kit VM on the QEMU backend alone, with console waits.
+//! - [`Corrald`]: a real daemon on private directories ([`Corrald::builder`] for flags and a
+//!   benchmark's quiet run; [`release_build`] for release binaries).
+//! - [`Cli`]: the `corral` CLI on one daemon (socket, or TLS and a token) with asserting
+//!   runners and console, phase and deletion waits; [`Console`] for an attached console.
+//! - [`kit_vm`], [`wait_phase`], [`wait_console`]: the same through the typed gRPC client.
+//! - [`http`]: a REST client (HTTP/1.1 or HTTP/2, socket or TLS) and a TLS corrald;
+//!   [`openapi`]: answers checked against an OpenAPI document.
+//!
 //! ```no_run
 //! use corral_contract::Arch;
 //! use corral_testkit::TestVm;
