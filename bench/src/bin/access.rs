@@ -15,28 +15,18 @@
 //! whatever the figures, non-zero only if something broke.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use corral_bench::{flag, median, ms, ratio};
 use corral_client::{Client, Endpoint};
 use corral_contract::{Arch, Boot, CloudInit, NetworkAttachment, Vm, VmSpec};
-use corral_testkit::{Corrald, GuestKit, workspace_root};
+use corral_testkit::{Corrald, GuestKit, release_build};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn corrald() -> anyhow::Result<PathBuf> {
-    // Always asked for, so a stale binary is never measured (a no-op when up to date).
-    let status = Command::new("cargo")
-        .args(["build", "--release", "-p", "corral-daemon"])
-        .current_dir(workspace_root())
-        .status()
-        .context("building corrald")?;
-    if !status.success() {
-        bail!("cargo build --release -p corral-daemon failed");
-    }
-    Ok(workspace_root().join("target/release/corrald"))
+    Ok(release_build(&["corral-daemon"])?.join("corrald"))
 }
 
 fn spec(kit: &GuestKit, access: bool) -> anyhow::Result<VmSpec> {

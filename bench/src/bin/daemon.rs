@@ -42,20 +42,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use corral_bench::raw::{self, uuid_like};
 use corral_bench::{flag, median, ms, ratio};
+use corral_client::Endpoint;
 use corral_contract::Arch;
 use corral_contract::pb;
 use corral_contract::pb::vm_service_client::VmServiceClient;
 use corral_hypervisor::BootSource;
-use corral_testkit::{TestVm, workspace_root};
-use hyper_util::rt::TokioIo;
+use corral_testkit::{Corrald, TestVm, release_build, workspace_root};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tonic::transport::{Channel, Uri};
 
-type Client = VmServiceClient<Channel>;
+type Client = VmServiceClient<corral_client::Transport>;
 
 /// Guest RAM for every VM in (a) and (b), MiB.
 const MEMORY_MIB: u64 = 256;
+/// How long corrald gets to exit on SIGTERM before it is killed.
+const DAEMON_GRACE: Duration = Duration::from_secs(10);
 /// How long one VM operation may take before the bench gives up.
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -125,8 +126,7 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     // ---- (a) and (b): one corrald for every run, one libvirt. ----
-    let daemon = Daemon::start(&bins.corrald).await?;
-    let client = daemon.client().await?;
+    let (mut daemon, client) = start_corrald(&bins.corrald).await?;
     let libvirt = if skip_libvirt {
         println!("libvirt: skipped (--skip-libvirt)");
         None
@@ -160,7 +160,7 @@ async fn bench() -> anyhow::Result<()> {
         .await
         .map(|r| r.into_inner().items.len())
         .unwrap_or(0);
-    daemon.stop();
+    daemon.stop(DAEMON_GRACE);
     if leftover > 0 {
         eprintln!("warning: {leftover} VMs were left in the (a)/(b) corrald");
     }
@@ -184,135 +184,54 @@ struct Binaries {
 impl Binaries {
     /// Builds corrald and the CLI in release mode (a no-op when they are up to date).
     fn build() -> anyhow::Result<Binaries> {
-        let root = workspace_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let build = |package: &str| -> bool {
-            eprintln!("building {package} (release)…");
-            Command::new(&cargo)
-                .args(["build", "--release", "--quiet", "-p", package])
-                .current_dir(&root)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let corrald = target.join("release/corrald");
-        if !build("corral-daemon") {
-            if !corrald.exists() {
-                bail!("cannot build corrald (cargo build --release -p corral-daemon)");
+        eprintln!("building corral-daemon (release)…");
+        let corrald = match release_build(&["corral-daemon"]) {
+            Ok(dir) => dir.join("corrald"),
+            Err(e) => {
+                let stale = release_dir().join("corrald");
+                if !stale.exists() {
+                    bail!("cannot build corrald: {e}");
+                }
+                eprintln!("warning: {e}; using the existing {}", stale.display());
+                stale
             }
-            eprintln!(
-                "warning: corrald did not build; using the existing {}",
-                corrald.display()
-            );
-        }
-        let cli = target.join("release/corral");
-        let cli = (build("corral-cli") && cli.exists()).then_some(cli);
+        };
+        eprintln!("building corral-cli (release)…");
+        let cli = release_build(&["corral-cli"])
+            .ok()
+            .map(|dir| dir.join("corral"))
+            .filter(|cli| cli.exists());
         Ok(Binaries { corrald, cli })
     }
+}
+
+/// Where `cargo build --release` puts binaries.
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release")
 }
 
 // ------------------------------------------------------------------------------------------
 // corrald
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts corrald on a fresh data and run directory under /tmp (short socket paths) and
-    /// waits until its gRPC API answers.
-    async fn start(bin: &Path) -> anyhow::Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("cbd").tempdir_in("/tmp")?;
-        let data = dir.path().join("d");
-        let run = dir.path().join("r");
-        let log = std::fs::File::create(dir.path().join("corrald.log"))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .arg("--run-dir")
-            .arg(&run)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Only the flags configure it: no CORRAL_* from the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CORRAL_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut daemon = Daemon {
-            child,
-            socket: run.join("corral.sock"),
-            dir,
-        };
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = daemon.child.try_wait()? {
-                bail!(
-                    "corrald exited ({status}) at start-up; its log:\n{}",
-                    daemon.log_tail()
-                );
-            }
-            if daemon.socket.exists()
-                && let Ok(client) = connect(&daemon.socket).await
-                && client
-                    .clone()
-                    .list(pb::ListVmsRequest::default())
-                    .await
-                    .is_ok()
-            {
-                return Ok(daemon);
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "corrald did not answer within 30 s; its log:\n{}",
-                    daemon.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn client(&self) -> anyhow::Result<Client> {
-        connect(&self.socket).await
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("corrald.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
-    fn stop(mut self) {
-        stop_child(&mut self.child, Duration::from_secs(10));
-    }
-}
-
-/// A gRPC client on corrald's unix socket.
-async fn connect(socket: &Path) -> anyhow::Result<Client> {
-    let path = socket.to_owned();
-    // The URI is required but unused: every connection goes to the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await?;
-    Ok(VmServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+/// corrald as users run it (release build, default log level) on fresh directories, and a
+/// gRPC client once its API answers.
+async fn start_corrald(bin: &Path) -> anyhow::Result<(Corrald, Client)> {
+    let daemon = Corrald::builder(bin)
+        .quiet()
+        .start()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let client = corral_client::Client::connect(Endpoint::Unix(daemon.socket()))
+        .await?
+        .vm_service();
+    client
+        .clone()
+        .list(pb::ListVmsRequest::default())
+        .await
+        .with_context(|| format!("corrald's first List; its log:\n{}", daemon.log()))?;
+    Ok((daemon, client))
 }
 
 fn stop_child(child: &mut Child, grace: Duration) {
@@ -359,7 +278,7 @@ async fn lifecycle_rounds(
     runs: usize,
     builder: &corral_testkit::TestVmBuilder,
     bins: &Binaries,
-    daemon: &Daemon,
+    daemon: &Corrald,
     client: &Client,
     guest: &Guest,
     libvirt: Option<&Libvirt>,
@@ -430,7 +349,7 @@ async fn lifecycle_rounds(
 /// delete and wait until the VM is gone (not timed).
 async fn run_corral(
     bins: &Binaries,
-    daemon: &Daemon,
+    daemon: &Corrald,
     client: &Client,
     guest: &Guest,
     name: &str,
@@ -440,7 +359,7 @@ async fn run_corral(
             Some(cli) => {
                 let corral = || {
                     let mut cmd = Command::new(cli);
-                    cmd.arg("--socket").arg(&daemon.socket);
+                    cmd.arg("--socket").arg(daemon.socket());
                     cmd
                 };
                 let mut create = corral();
@@ -985,20 +904,20 @@ async fn objects_bench(
         "(c) {objects} VMs with power stopped through gRPC, {concurrency} requests in flight, \
          fresh corrald"
     );
-    let daemon = Daemon::start(corrald).await?;
-    let result = objects_inner(&daemon, guest, objects, concurrency).await;
-    daemon.stop();
+    let (mut daemon, client) = start_corrald(corrald).await?;
+    let result = objects_inner(&daemon, &client, guest, objects, concurrency).await;
+    daemon.stop(DAEMON_GRACE);
     result
 }
 
 async fn objects_inner(
-    daemon: &Daemon,
+    daemon: &Corrald,
+    client: &Client,
     guest: &Guest,
     objects: usize,
     concurrency: usize,
 ) -> anyhow::Result<Scale> {
-    let client = daemon.client().await?;
-    let rss_idle_kib = proc_status_kib(daemon.pid(), "VmRSS");
+    let rss_idle_kib = proc_status_kib(daemon.pid().unwrap_or_default(), "VmRSS");
     let spec = vm_spec(guest, pb::Power::Stopped);
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
@@ -1088,8 +1007,8 @@ async fn objects_inner(
         listed,
         lists,
         rss_idle_kib,
-        rss_kib: proc_status_kib(daemon.pid(), "VmRSS"),
-        hwm_kib: proc_status_kib(daemon.pid(), "VmHWM"),
+        rss_kib: proc_status_kib(daemon.pid().unwrap_or_default(), "VmRSS"),
+        hwm_kib: proc_status_kib(daemon.pid().unwrap_or_default(), "VmHWM"),
     })
 }
 

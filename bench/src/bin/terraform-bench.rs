@@ -22,26 +22,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use corral_bench::{flag, median, ms, ratio};
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit, workspace_root};
+use corral_testkit::{Corrald, GuestKit, release_build, workspace_root};
 
 fn main() -> anyhow::Result<()> {
     let runs: usize = flag("--runs", 5);
     let vms: usize = flag("--vms", 10);
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building corrald and terraform-provider-corral (release)…");
-    let built = Command::new(&cargo)
-        .args(["build", "--release", "--quiet"])
-        .args(["-p", "corral-daemon", "-p", "corral-terraform-provider"])
-        .current_dir(&root)
-        .status()?;
-    if !built.success() {
-        bail!("cargo build --release -p corral-daemon -p corral-terraform-provider failed");
-    }
-    let release = target.join("release");
+    let release = release_build(&["corral-daemon", "corral-terraform-provider"])?;
     let terraform = std::env::var_os("CORRAL_TERRAFORM")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/tools/bin/terraform"));

@@ -74,7 +74,10 @@ impl World {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
         let wrapper = wrapper.to_string_lossy().into_owned();
-        let corrald = Corrald::start_with_small_disk(corrald, &["--qemu-img", &wrapper], disk)?;
+        let corrald = Corrald::builder(corrald)
+            .args(&["--qemu-img", &wrapper])
+            .small_disk(disk)
+            .start()?;
         let client = Client::connect(Endpoint::Unix(corrald.socket())).await?;
         Ok(World {
             corrald,

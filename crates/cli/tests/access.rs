@@ -2,82 +2,16 @@
 //! Evidence comes from inside the guest: its kernel version over ssh, a file served by a
 //! guest web server through a forwarded port, lines typed on its console and the answer.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit};
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
-mod common;
-use common::corrald_binary;
-
-struct Cli<'a> {
-    daemon: &'a Corrald,
-    ssh_dir: &'a Path,
-}
-
-impl Cli<'_> {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
-        cmd.env("CORRAL_SOCKET", self.daemon.socket())
-            .env("CORRAL_SSH_DIR", self.ssh_dir)
-            .env_remove("CORRAL_SERVER");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running corral")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {args:?} failed: {}\n--- corrald log ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.daemon.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], stderr_has: &str) {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "corral {args:?}: {stderr}");
-        assert!(
-            stderr.contains(stderr_has),
-            "corral {args:?}: expected {stderr_has:?} in: {stderr}"
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).expect("json output")
-    }
-
-    fn log(&self, name: &str) -> String {
-        self.ok(&["vm", "console", name, "--log"])
-    }
-
-    fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let log = self.log(name);
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on the console of {name}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
+/// `corral` on `d`, keeping its managed ssh keys in `ssh_dir`.
+fn corral<'a>(d: &'a Corrald, ssh_dir: &std::path::Path) -> Cli<'a> {
+    Cli::new(env!("CARGO_BIN_EXE_corral"), d).env("CORRAL_SSH_DIR", ssh_dir)
 }
 
 /// A port range nothing listens on now, 40 wide, different per test process.
@@ -108,12 +42,10 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
     let range = port_range();
-    let d = Corrald::start_with(corrald_binary(), &["--port-range", &range]).expect("corrald");
+    let d = Corrald::start_with(workspace_binary("corrald"), &["--port-range", &range])
+        .expect("corrald");
     let keys = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        daemon: &d,
-        ssh_dir: &keys.path().join("managed"),
-    };
+    let cli = corral(&d, &keys.path().join("managed"));
     // A second key, for a user of its own.
     let extra = keys.path().join("alice");
     let made = Command::new("ssh-keygen")
@@ -123,32 +55,26 @@ fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
         .expect("ssh-keygen (apt-get install openssh-client)");
     assert!(made.success());
     let k = GuestKit::get(Arch::X86_64).expect("guest kit");
-    let (kernel, initrd) = (k.kernel(), k.initrd());
-    let out = cli.ok(&[
-        "vm",
-        "create",
-        "web",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        "console=ttyS0 quiet",
-        "--memory",
-        "256M",
-        "--forward",
-        "8080",
-        "--ssh-key",
-        extra.with_extension("pub").to_str().unwrap(),
-        "--user",
-        "alice",
-        "--wait",
-        "--wait-ssh",
-    ]);
+    let mut create = kit_vm_args(&k, "web", "console=ttyS0 quiet");
+    let key = extra.with_extension("pub");
+    create.extend(
+        [
+            "--forward",
+            "8080",
+            "--ssh-key",
+            key.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--wait",
+            "--wait-ssh",
+        ]
+        .map(String::from),
+    );
+    let out = cli.ok(&create);
     assert!(out.contains("vm/web ssh ready"), "{out}");
 
     // The seed arrived: the guest applied hostname, both keys and the user.
-    let log = cli.wait_log("web", "CORRAL_CLOUDINIT");
+    let log = cli.wait_console("web", "CORRAL_CLOUDINIT");
     assert!(
         log.contains("CORRAL_CLOUDINIT hostname=web keys=4 users=alice"),
         "{log}"
@@ -215,46 +141,17 @@ fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
     assert!(body.contains("served-by-web"), "{body}");
 
     // The console, attached in pipe mode: a command typed, its output read.
-    let mut attached = cli
-        .command()
-        .args(["vm", "console", "web", "--no-scrollback"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("corral vm console");
-    let mut stdin = attached.stdin.take().unwrap();
-    let stdout = attached.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let mut attached = cli.attach("web");
     // The guest computes the answer, so the typed line itself cannot match it.
     let token = format!("{}", std::process::id());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    'typed: while Instant::now() < deadline {
-        writeln!(stdin, "echo hi-$((6*7))-{token}").unwrap();
-        stdin.flush().unwrap();
-        let until = Instant::now() + Duration::from_secs(3);
-        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            if line.contains(&format!("hi-42-{token}")) {
-                break 'typed;
-            }
-            seen.push(line);
-        }
-    }
-    assert!(
-        Instant::now() < deadline,
-        "no answer on the console; saw {seen:?}"
+    attached.type_until(
+        &format!("echo hi-$((6*7))-{token}"),
+        &format!("hi-42-{token}"),
+        Duration::from_secs(3),
+        Duration::from_secs(60),
     );
     // One writer at a time; readers are welcome.
-    cli.fails(&["vm", "console", "web"], "already has a writer");
+    cli.fails(&["vm", "console", "web"], 1, "already has a writer");
     let mut reader = cli
         .command()
         .args(["vm", "console", "web", "--read-only"])
@@ -269,8 +166,7 @@ fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
         String::from_utf8_lossy(&read.stdout).contains("CORRAL_BOOT_OK"),
         "the scrollback comes first"
     );
-    drop(stdin);
-    let status = attached.wait().unwrap();
+    let status = attached.close();
     assert!(status.success());
 
     // Deleting the VM frees its ports and removes its seed.
@@ -288,12 +184,10 @@ fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
 #[test]
 fn port_conflicts_are_refused_naming_the_holder() {
     let range = port_range();
-    let mut d = Corrald::start_with(corrald_binary(), &["--port-range", &range]).expect("corrald");
+    let mut d = Corrald::start_with(workspace_binary("corrald"), &["--port-range", &range])
+        .expect("corrald");
     let keys = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        daemon: &d,
-        ssh_dir: keys.path(),
-    };
+    let cli = corral(&d, keys.path());
     let k = GuestKit::get(Arch::X86_64).expect("guest kit");
     let kernel = k.kernel();
     let base = [
@@ -316,6 +210,7 @@ fn port_conflicts_are_refused_naming_the_holder() {
             base[0], base[1], "second", base[2], base[3], base[4], "--forward",
             &format!("8080:{port}"),
         ],
+        1,
         &format!("spec.networks[0].forwards[0].host_port: {port}/tcp is already forwarded to VM \"first\""),
     );
     // A port some other program holds.
@@ -332,23 +227,22 @@ fn port_conflicts_are_refused_naming_the_holder() {
             "--forward",
             &format!("22:{busy_port}"),
         ],
+        1,
         "is in use on this host",
     );
-    let names: Vec<String> = cli
-        .json(&["vm", "list", "-o", "json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["first"], "nothing half-made");
+    assert_eq!(cli.vm_names(), ["first"], "nothing half-made");
     // A network in use cannot go; an unknown one is named.
-    cli.fails(&["network", "delete", "default"], "is used by VM \"first\"");
+    cli.fails(
+        &["network", "delete", "default"],
+        1,
+        "is used by VM \"first\"",
+    );
     let mut args = base.to_vec();
     args.insert(2, "fourth");
     args.extend(["--network", "nope"]);
     cli.fails(
         &args,
+        1,
         "spec.networks[0].network: network \"nope\" not found",
     );
     let list = cli.ok(&["network", "list"]);
@@ -359,27 +253,22 @@ fn port_conflicts_are_refused_naming_the_holder() {
 
     // The registry survives a daemon restart: the held port is still refused.
     d.restart().expect("corrald restarts");
-    let cli = Cli {
-        daemon: &d,
-        ssh_dir: keys.path(),
-    };
+    let cli = corral(&d, keys.path());
     let mut args = base.to_vec();
     args.insert(2, "fifth");
     let forward = format!("8080:{port}");
     args.extend(["--forward", forward.as_str()]);
-    cli.fails(&args, "is already forwarded to VM \"first\"");
+    cli.fails(&args, 1, "is already forwarded to VM \"first\"");
     drop(busy);
 }
 
 #[test]
 fn a_manifest_declares_a_network_and_the_vms_on_it() {
     let range = port_range();
-    let d = Corrald::start_with(corrald_binary(), &["--port-range", &range]).expect("corrald");
+    let d = Corrald::start_with(workspace_binary("corrald"), &["--port-range", &range])
+        .expect("corrald");
     let keys = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        daemon: &d,
-        ssh_dir: keys.path(),
-    };
+    let cli = corral(&d, keys.path());
     let k = GuestKit::get(Arch::X86_64).expect("guest kit");
     let manifest = keys.path().join("lab.yaml");
     std::fs::write(
@@ -411,11 +300,7 @@ fn a_manifest_declares_a_network_and_the_vms_on_it() {
     let out = cli.run(&["delete", "-f", path]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout.starts_with("vm/app deleting\n"), "{stdout}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cli.run(&["vm", "get", "app"]).status.success() {
-        assert!(Instant::now() < deadline, "app was not deleted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cli.wait_gone("vm", "app");
     if cli.run(&["network", "get", "lab"]).status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(stderr.contains("joined by VM \"app\""), "{stderr}");

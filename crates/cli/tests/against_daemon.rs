@@ -4,62 +4,13 @@
 //! corrald comes from the same target directory as `corral` (`cargo nextest run --workspace`
 //! builds both).
 
-use std::process::{Command, Output};
-
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit};
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
-mod common;
-use common::corrald_binary;
+const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
-struct Cli<'a> {
-    daemon: &'a Corrald,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_corral"))
-            .env("CORRAL_SOCKET", self.daemon.socket())
-            .env_remove("CORRAL_SERVER")
-            .args(args)
-            .output()
-            .expect("running corral")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], code: i32, stderr_has: &str) {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "corral {args:?}: {stderr}");
-        assert!(
-            stderr.contains(stderr_has),
-            "corral {args:?}: expected {stderr_has:?} in: {stderr}"
-        );
-    }
-
-    fn names(&self) -> Vec<String> {
-        let json: serde_json::Value =
-            serde_json::from_str(&self.ok(&["vm", "list", "-o", "json"])).expect("json");
-        json.as_array()
-            .expect("an array")
-            .iter()
-            .map(|vm| {
-                vm["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect()
-    }
+fn corrald() -> Corrald {
+    Corrald::start(workspace_binary("corrald")).expect("corrald")
 }
 
 fn kit() -> GuestKit {
@@ -68,63 +19,33 @@ fn kit() -> GuestKit {
 
 #[test]
 fn create_wait_boots_a_guest_and_get_prints_the_api_schema() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = Cli::new(CORRAL, &d);
     let k = kit();
-    let (kernel, initrd) = (k.kernel(), k.initrd());
-    cli.ok(&[
-        "vm",
-        "create",
-        "web-1",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        "console=ttyS0 quiet",
-        "--memory",
-        "256M",
-        "--label",
-        "tier=web",
-        "--wait",
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["vm", "get", "web-1", "-o", "json"])).unwrap();
+    let mut create = kit_vm_args(&k, "web-1", "console=ttyS0 quiet");
+    create.extend(["--label", "tier=web", "--wait"].map(String::from));
+    cli.ok(&create);
+    let json = cli.json(&["vm", "get", "web-1", "-o", "json"]);
     assert_eq!(json["kind"], "Vm");
     assert_eq!(json["status"]["phase"], "Running");
     assert_eq!(json["metadata"]["labels"]["tier"], "web");
-    assert_eq!(cli.names(), ["web-1"]);
+    assert_eq!(cli.vm_names(), ["web-1"]);
     assert!(
         cli.ok(&["vm", "list", "-l", "tier=db", "-o", "json"])
             .trim()
             == "[]"
     );
     // Evidence from inside the guest, through the CLI.
-    let mut booted = false;
-    for _ in 0..240 {
-        if cli
-            .ok(&["vm", "console", "web-1", "--log"])
-            .contains("CORRAL_BOOT_OK")
-        {
-            booted = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    assert!(
-        booted,
-        "no boot marker: {}",
-        cli.ok(&["vm", "console", "web-1", "--log"])
-    );
+    cli.wait_console("web-1", "CORRAL_BOOT_OK");
     cli.ok(&["vm", "delete", "web-1", "--wait"]);
-    assert!(cli.names().is_empty());
+    assert!(cli.vm_names().is_empty());
     assert!(d.qemu_pids().is_empty());
 }
 
 #[test]
 fn applying_the_same_manifest_twice_changes_and_restarts_nothing() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = Cli::new(CORRAL, &d);
     let k = kit();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("vms.yaml");
@@ -142,18 +63,8 @@ fn applying_the_same_manifest_twice_changes_and_restarts_nothing() {
         first.contains("vm/app created") && first.contains("vm/spare created"),
         "{first}"
     );
-    let get = || -> serde_json::Value {
-        serde_json::from_str(&cli.ok(&["vm", "get", "app", "-o", "json"])).unwrap()
-    };
-    let mut before = get();
-    for _ in 0..400 {
-        if before["status"]["phase"] == "Running" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        before = get();
-    }
-    assert_eq!(before["status"]["phase"], "Running");
+    let get = || cli.json(&["vm", "get", "app", "-o", "json"]);
+    let before = cli.wait_phase("vm", "app", "Running");
     let second = cli.ok(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(
         second.contains("vm/app unchanged") && second.contains("vm/spare unchanged"),
@@ -174,8 +85,8 @@ fn applying_the_same_manifest_twice_changes_and_restarts_nothing() {
 
 #[test]
 fn bad_input_exits_1_names_the_field_and_creates_nothing() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = Cli::new(CORRAL, &d);
     let kernel = kit().kernel();
     let kernel = kernel.to_str().unwrap();
     cli.fails(&["vm", "create", "Bad_Name", "--kernel", kernel], 1, "name");
@@ -202,6 +113,6 @@ fn bad_input_exits_1_names_the_field_and_creates_nothing() {
         1,
         "unknown field `cpu`",
     );
-    assert!(cli.names().is_empty(), "nothing was created");
+    assert!(cli.vm_names().is_empty(), "nothing was created");
     cli.fails(&["vm", "get", "nope"], 3, "not found");
 }

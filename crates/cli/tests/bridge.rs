@@ -3,16 +3,12 @@
 //! and ping each other (evidence on their consoles); deleting everything leaves no bridge, TAP,
 //! dnsmasq or nftables table behind.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit};
-
-mod common;
-use common::corrald_binary;
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -73,83 +69,16 @@ fn need(tool: &str, package: &str) {
     );
 }
 
-struct Cli<'a>(&'a Corrald);
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_corral"))
-            .env("CORRAL_SOCKET", self.0.socket())
-            .env_remove("CORRAL_SERVER")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running corral")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {args:?}: {}\n--- corrald ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.0.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_log(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let log = self.ok(&["vm", "console", name, "--log"]);
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} from {name}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Types `line` on `name`'s console until `answer` comes back.
-    fn type_until(&self, name: &str, line: &str, answer: &str) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
-            .env("CORRAL_SOCKET", self.0.socket())
-            .args(["vm", "console", name, "--no-scrollback"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut seen = Vec::new();
-        'outer: loop {
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no {answer:?}; saw {seen:?}"
-            );
-            writeln!(stdin, "{line}").unwrap();
-            let until = Instant::now() + Duration::from_secs(8);
-            while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                if l.contains(answer) {
-                    break 'outer;
-                }
-                seen.push(l);
-            }
-        }
-        drop(stdin);
-        let _ = child.wait();
-    }
+/// Types `line` on `name`'s console until `answer` comes back.
+fn type_until(cli: &Cli, name: &str, line: &str, answer: &str) {
+    let mut console = cli.attach(name);
+    console.type_until(
+        line,
+        answer,
+        Duration::from_secs(8),
+        Duration::from_secs(90),
+    );
+    let _ = console.close();
 }
 
 fn lease_ip(log: &str) -> String {
@@ -193,8 +122,8 @@ fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
     need("nft", "nftables");
     let ns = Netns::new();
     ns.enter();
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli(&d);
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
     cli.ok(&[
         "network",
         "create",
@@ -206,20 +135,7 @@ fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
         "--mtu",
         "1400",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let net: serde_json::Value =
-            serde_json::from_str(&cli.ok(&["network", "get", "lan", "-o", "json"])).unwrap();
-        if net["status"]["phase"] == "Ready" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "network not ready: {net}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cli.wait_phase("network", "lan", "Ready");
     let link = Command::new("ip")
         .args(["-o", "link", "show", "dev", "crl-lan"])
         .output()
@@ -233,30 +149,16 @@ fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
         .unwrap();
 
     let k = GuestKit::get(Arch::X86_64).expect("guest kit");
-    let (kernel, initrd) = (k.kernel(), k.initrd());
     for name in ["a", "b"] {
-        cli.ok(&[
-            "vm",
-            "create",
-            name,
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 quiet",
-            "--memory",
-            "256M",
-            "--network",
-            "lan",
-            "--wait",
-        ]);
+        let mut create = kit_vm_args(&k, name, "console=ttyS0 quiet");
+        create.extend(["--network", "lan", "--wait"].map(String::from));
+        cli.ok(&create);
     }
     let dnsmasq_log = || {
         std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.log")).unwrap_or_default()
     };
-    let log_a = cli.wait_log("a", "CORRAL_NET eth0");
-    let log_b = cli.wait_log("b", "CORRAL_NET eth0");
+    let log_a = cli.wait_console("a", "CORRAL_NET eth0");
+    let log_b = cli.wait_console("b", "CORRAL_NET eth0");
     assert!(
         log_a.contains("CORRAL_NET eth0 ip=") && log_b.contains("CORRAL_NET eth0 ip="),
         "a:\n{log_a}\nb:\n{log_b}\ndnsmasq:\n{}\ncorrald:\n{}",
@@ -272,19 +174,20 @@ fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
     // The leases are dnsmasq's: its lease file has both guests' MACs.
     let leases = std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.leases")).unwrap();
     for name in ["a", "b"] {
-        let vm: serde_json::Value =
-            serde_json::from_str(&cli.ok(&["vm", "get", name, "-o", "json"])).unwrap();
+        let vm = cli.json(&["vm", "get", name, "-o", "json"]);
         let mac = vm["spec"]["networks"][0]["mac"].as_str().unwrap();
         assert!(leases.contains(mac), "{mac} not in {leases}");
     }
     // Each guest pings the other; the guest computes the answer, so the echo of the typed
     // line cannot match it.
-    cli.type_until(
+    type_until(
+        &cli,
         "a",
         &format!("ping -c 2 -W 2 {ip_b} >/dev/null && echo PING-$((40+2))-OK"),
         "PING-42-OK",
     );
-    cli.type_until(
+    type_until(
+        &cli,
         "b",
         &format!("ping -c 2 -W 2 {ip_a} >/dev/null && echo PING-$((40+3))-OK"),
         "PING-43-OK",

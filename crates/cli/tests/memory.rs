@@ -3,66 +3,12 @@
 //! RAM byte for byte, map it, stream it, refuse what it must, and audit every act.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Command;
 
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit};
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
-mod common;
-use common::corrald_binary;
-
-/// `corral` on the daemon's unix socket, or on TCP with `tls` = (url, ca file, token).
-struct Cli<'a> {
-    daemon: &'a Corrald,
-    tls: Option<(String, PathBuf, String)>,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
-        cmd.env_remove("CORRAL_SERVER").env_remove("CORRAL_TOKEN");
-        match &self.tls {
-            None => {
-                cmd.env("CORRAL_SOCKET", self.daemon.socket());
-            }
-            Some((url, ca, token)) => {
-                cmd.env_remove("CORRAL_SOCKET")
-                    .args(["--server", url, "--token", token, "--ca-file"])
-                    .arg(ca);
-            }
-        }
-        cmd.args(args).output().expect("running corral")
-    }
-
-    fn ok(&self, args: &[&str]) -> Vec<u8> {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    fn text(&self, args: &[&str]) -> String {
-        String::from_utf8(self.ok(args)).expect("UTF-8 output")
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_slice(&self.ok(args)).expect("JSON output")
-    }
-
-    fn fails(&self, args: &[&str], code: i32, stderr_has: &str) {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "corral {args:?}: {stderr}");
-        assert!(
-            stderr.contains(stderr_has),
-            "corral {args:?}: expected {stderr_has:?} in: {stderr}"
-        );
-    }
-}
+const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 fn random_marker() -> String {
     let nanos = std::time::SystemTime::now()
@@ -76,35 +22,16 @@ fn random_marker() -> String {
 /// print `marker`; returns the VM's uid.
 fn boot(cli: &Cli, name: &str, marker: &str, introspection: bool) -> String {
     let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
-    let (kernel, initrd) = (kit.kernel(), kit.initrd());
     let cmdline = format!("console=ttyS0 quiet corral.marker={marker}");
-    let mut args = vec![
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "256M",
-        "--wait",
-    ];
+    let mut args = kit_vm_args(&kit, name, &cmdline);
+    args.push("--wait".into());
     if introspection {
-        args.push("--introspection");
+        args.push("--introspection".into());
     }
     cli.ok(&args);
-    let want = format!("CORRAL_MARKER {marker}");
-    for _ in 0..480 {
-        if cli.text(&["vm", "console", name, "--log"]).contains(&want) {
-            let vm = cli.json(&["vm", "get", name, "-o", "json"]);
-            return vm["metadata"]["uid"].as_str().unwrap().to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("{name} never printed {want}");
+    cli.wait_console(name, &format!("CORRAL_MARKER {marker}"));
+    let vm = cli.json(&["vm", "get", name, "-o", "json"]);
+    vm["metadata"]["uid"].as_str().unwrap().to_owned()
 }
 
 fn audit_lines(d: &Corrald) -> Vec<serde_json::Value> {
@@ -145,11 +72,8 @@ fn find(cli: &Cli, name: &str, marker: &str) -> Vec<u64> {
 
 #[test]
 fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli {
-        daemon: &d,
-        tls: None,
-    };
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(CORRAL, &d);
     let marker = random_marker();
     let uid = boot(&cli, "g", &marker, true);
     let ram_file = PathBuf::from(format!("/dev/shm/corral-{uid}"));
@@ -157,18 +81,18 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
     // find → read: some hit reads back the marker (the guest may move transient copies).
     let hits = find(&cli, "g", &marker);
     assert!(!hits.is_empty(), "marker {marker} not found");
-    let table = cli.text(&["vm", "memory", "find", "g", "--pattern", &marker]);
+    let table = cli.ok(&["vm", "memory", "find", "g", "--pattern", &marker]);
     assert_eq!(table.lines().count(), hits.len());
     assert!(table.lines().all(|l| l.starts_with("0x")), "{table}");
     let len = marker.len().to_string();
     let read_back = hits.iter().any(|hit| {
         let addr = format!("{hit:#x}");
-        cli.ok(&[
+        cli.ok_bytes(&[
             "vm", "memory", "read", "g", "--addr", &addr, "--len", &len, "-o", "raw",
         ]) == marker.as_bytes()
     });
     assert!(read_back, "no hit of {hits:?} reads back {marker}");
-    let hex = cli.text(&["vm", "memory", "read", "g", "--addr", "0", "--len", "32"]);
+    let hex = cli.ok(&["vm", "memory", "read", "g", "--addr", "0", "--len", "32"]);
     assert!(hex.starts_with("0000000000000000  "), "{hex}");
     assert_eq!(hex.lines().count(), 2);
 
@@ -396,7 +320,7 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
     std::fs::write(&ca, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let hash = |token: &str, scope: &[&str]| {
-        let mut child = Command::new(corrald_binary())
+        let mut child = Command::new(workspace_binary("corrald"))
             .arg("hash-token")
             .args(scope)
             .stdin(std::process::Stdio::piped())
@@ -428,7 +352,7 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let d = Corrald::start_with(
-        corrald_binary(),
+        workspace_binary("corrald"),
         &[
             "--listen",
             &listen,
@@ -441,24 +365,15 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
         ],
     )
     .expect("corrald with TLS");
-    let local = Cli {
-        daemon: &d,
-        tls: None,
-    };
+    let local = Cli::new(CORRAL, &d);
     let marker = random_marker();
     boot(&local, "g", &marker, true);
     let url = format!("https://localhost:{port}");
-    let ops = Cli {
-        daemon: &d,
-        tls: Some((url.clone(), ca.clone(), "ops-token".into())),
-    };
-    let spy = Cli {
-        daemon: &d,
-        tls: Some((url, ca, "peek-token".into())),
-    };
+    let ops = Cli::new(CORRAL, &d).tls(&url, &ca, "ops-token");
+    let spy = Cli::new(CORRAL, &d).tls(&url, &ca, "peek-token");
 
     // The plain token manages VMs but reads no memory; the refusal is audited.
-    assert!(ops.text(&["vm", "list"]).contains("Running"));
+    assert!(ops.ok(&["vm", "list"]).contains("Running"));
     let before = audit_lines(&d).len();
     ops.fails(
         &[
@@ -493,7 +408,7 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
     // The memory token reads, and is audited under its own id.
     let hits = find(&spy, "g", &marker);
     assert!(!hits.is_empty());
-    spy.ok(&[
+    spy.ok_bytes(&[
         "vm", "memory", "read", "g", "--addr", "0x1000", "--len", "4096", "-o", "raw",
     ]);
     let audit = audit_lines(&d);

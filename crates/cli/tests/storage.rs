@@ -4,87 +4,17 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit};
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, tail, workspace_binary};
 
-mod common;
-use common::corrald_binary;
-
-const PATIENCE: Duration = Duration::from_secs(180);
-
-struct Cli<'a> {
-    daemon: &'a Corrald,
+fn cli(d: &Corrald) -> Cli<'_> {
+    Cli::new(env!("CARGO_BIN_EXE_corral"), d)
 }
 
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_corral"))
-            .env("CORRAL_SOCKET", self.daemon.socket())
-            .env_remove("CORRAL_SERVER")
-            .args(args)
-            .output()
-            .expect("running corral")
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {args:?} failed: {}\n--- corrald log ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.daemon.log())
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    #[track_caller]
-    fn fails(&self, args: &[&str], stderr_has: &str) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "corral {args:?}: {stderr}");
-        assert!(
-            stderr.contains(stderr_has),
-            "corral {args:?}: expected {stderr_has:?} in: {stderr}"
-        );
-        stderr
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).expect("JSON output")
-    }
-
-    fn console(&self, vm: &str) -> String {
-        self.ok(&["vm", "console", vm, "--log"])
-    }
-
-    /// Waits until the console log of `vm` satisfies `done`, and returns it.
-    #[track_caller]
-    fn console_until(&self, vm: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let log = self.console(vm);
-            if done(&log) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{vm}: no {what} on the console:\n{}",
-                tail(&log)
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-fn tail(text: &str) -> String {
-    let start = text.len().saturating_sub(4000);
-    text.get(start..).unwrap_or(text).to_owned()
+fn corrald() -> Corrald {
+    Corrald::start(workspace_binary("corrald")).expect("corrald")
 }
 
 fn kit() -> GuestKit {
@@ -109,43 +39,29 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A VM booting the kit's kernel with its root on its first volume.
-fn create_disk_vm(cli: &Cli, name: &str, volumes: &[&str], extra_cmdline: &str, start: bool) {
-    let k = kit();
-    let (kernel, initrd) = (k.kernel(), k.initrd());
+fn create_disk_vm(cli: &Cli<'_>, name: &str, volumes: &[&str], extra_cmdline: &str, start: bool) {
     let cmdline = format!("console=ttyS0 corral.root=/dev/vda {extra_cmdline}");
-    let mut args = vec![
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        s(&kernel),
-        "--initrd",
-        s(&initrd),
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "256M",
-    ];
+    let mut args = kit_vm_args(&kit(), name, &cmdline);
     for v in volumes {
-        args.extend(["--volume", v]);
+        args.extend(["--volume", v].map(String::from));
     }
-    args.push(if start { "--wait" } else { "--no-start" });
+    args.push(if start { "--wait" } else { "--no-start" }.into());
     cli.ok(&args);
 }
 
 #[test]
 fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemon_restart() {
-    let mut d = Corrald::start(corrald_binary()).expect("corrald");
+    let mut d = corrald();
     let k = kit();
     {
-        let cli = Cli { daemon: &d };
+        let cli = cli(&d);
         // Upload from the CLI (streamed over gRPC), then clone thin.
         let out = cli.ok(&["image", "import", "root", s(&k.rootfs_qcow2())]);
         assert!(out.contains("image/root imported: qcow2"), "{out}");
         cli.ok(&[
             "volume", "create", "root-1", "--image", "root", "--size", "96M", "--wait",
         ]);
-        let vol = cli.json(&["volume", "get", "root-1"]);
+        let vol = cli.json(&["volume", "get", "root-1", "-o", "json"]);
         assert_eq!(vol["status"]["phase"], "Ready");
         let path = vol["status"]["path"].as_str().unwrap().to_owned();
         let info = Command::new("qemu-img")
@@ -154,7 +70,7 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
             .unwrap();
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         let blob = d.data_dir().join("images/blake3").join(
-            cli.json(&["image", "get", "root"])["status"]["digest"]
+            cli.json(&["image", "get", "root", "-o", "json"])["status"]["digest"]
                 .as_str()
                 .unwrap()
                 .strip_prefix("blake3:")
@@ -167,7 +83,7 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
         );
 
         create_disk_vm(&cli, "db", &["root-1"], "corral.diskcount=1", true);
-        let log = cli.console_until("db", "first count", |l| {
+        let log = cli.wait_console_until("db", "first count", |l| {
             !numbers(l, "CORRAL_DISKCOUNT").is_empty()
         });
         assert_eq!(numbers(&log, "CORRAL_DISKCOUNT"), [0], "a fresh clone");
@@ -176,7 +92,7 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
         // Attach and detach only while stopped: running refuses it (checked below).
         cli.ok(&["snapshot", "create", "first", "--vm", "db", "--wait"]);
         cli.ok(&["vm", "start", "db", "--wait"]);
-        cli.console_until("db", "second count", |l| {
+        cli.wait_console_until("db", "second count", |l| {
             numbers(l, "CORRAL_DISKCOUNT").len() >= 2
         });
         let out = cli.run(&["snapshot", "create", "live", "--vm", "db"]);
@@ -190,15 +106,15 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
 
     // The snapshot survives a daemon crash and restart.
     d.restart().expect("corrald again");
-    let cli = Cli { daemon: &d };
-    let snaps = cli.json(&["snapshot", "list", "--vm", "db"]);
+    let cli = cli(&d);
+    let snaps = cli.json(&["snapshot", "list", "--vm", "db", "-o", "json"]);
     assert_eq!(snaps[0]["metadata"]["name"], "first");
     assert_eq!(snaps[0]["status"]["phase"], "Ready");
     assert_eq!(snaps[0]["status"]["volumes"][0], "root-1");
 
     cli.ok(&["snapshot", "restore", "first", "--wait"]);
     cli.ok(&["vm", "start", "db", "--wait"]);
-    let log = cli.console_until("db", "third count", |l| {
+    let log = cli.wait_console_until("db", "third count", |l| {
         numbers(l, "CORRAL_DISKCOUNT").len() >= 3
     });
     assert_eq!(
@@ -211,12 +127,12 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
     cli.ok(&["vm", "stop", "db", "--wait"]);
     cli.ok(&["snapshot", "delete", "first", "--wait"]);
     assert_eq!(
-        cli.json(&["volume", "get", "root-1"])["status"]["phase"],
+        cli.json(&["volume", "get", "root-1", "-o", "json"])["status"]["phase"],
         "Ready"
     );
     assert!(cli.ok(&["image", "verify", "root"]).contains("ok"));
     cli.ok(&["vm", "start", "db", "--wait"]);
-    let log = cli.console_until("db", "fourth count", |l| {
+    let log = cli.wait_console_until("db", "fourth count", |l| {
         numbers(l, "CORRAL_DISKCOUNT").len() >= 4
     });
     assert_eq!(numbers(&log, "CORRAL_DISKCOUNT")[3], 2);
@@ -227,8 +143,8 @@ fn a_cloned_volume_boots_and_a_disk_snapshot_brings_its_state_back_after_a_daemo
 
 #[test]
 fn firmware_boots_a_volume_cloned_from_an_imported_disk_image() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = cli(&d);
     let k = kit();
     cli.ok(&["image", "import", "bootdisk", "--path", s(&k.boot_disk())]);
     cli.ok(&[
@@ -244,9 +160,9 @@ fn firmware_boots_a_volume_cloned_from_an_imported_disk_image() {
         "256M",
         "--wait",
     ]);
-    cli.console_until("fw", "boot marker", |l| l.contains("CORRAL_BOOT_OK"));
+    cli.wait_console_until("fw", "boot marker", |l| l.contains("CORRAL_BOOT_OK"));
     // Boot disks change only while the VM is stopped.
-    let vm = cli.json(&["vm", "get", "fw"]);
+    let vm = cli.json(&["vm", "get", "fw", "-o", "json"]);
     let mut changed = vm.clone();
     cli.ok(&["volume", "create", "data", "--size", "16M", "--wait"]);
     changed["spec"]["volumes"] = serde_json::json!([{"volume": "data"}]);
@@ -255,37 +171,38 @@ fn firmware_boots_a_volume_cloned_from_an_imported_disk_image() {
     std::fs::write(&manifest, changed.to_string()).unwrap();
     cli.fails(
         &["apply", "-f", s(&manifest)],
+        1,
         "volumes and boot are changed only while it is stopped",
     );
     cli.ok(&["vm", "stop", "fw", "--force", "--wait"]);
     let out = cli.ok(&["apply", "-f", s(&manifest)]);
     assert!(out.contains("vm/fw configured"), "{out}");
-    cli.fails(&["volume", "delete", "data"], "is used by VM \"fw\"");
+    cli.fails(&["volume", "delete", "data"], 1, "is used by VM \"fw\"");
 }
 
 #[test]
 fn a_memory_snapshot_restore_resumes_the_guest_where_it_was() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = cli(&d);
     let k = kit();
     cli.ok(&["image", "import", "root", "--path", s(&k.rootfs_qcow2())]);
     cli.ok(&["volume", "create", "root-1", "--image", "root", "--wait"]);
     create_disk_vm(&cli, "mem", &["root-1"], "", true);
     let beats = |l: &str| numbers(l, "CORRAL_HEARTBEAT");
-    let before = cli.console_until("mem", "two heartbeats", |l| beats(l).len() >= 2);
+    let before = cli.wait_console_until("mem", "two heartbeats", |l| beats(l).len() >= 2);
     let low = *beats(&before).last().unwrap();
     cli.ok(&[
         "snapshot", "create", "warm", "--vm", "mem", "--memory", "--wait",
     ]);
-    let at_snapshot = cli.console("mem");
+    let at_snapshot = cli.console_log("mem");
     let high = *beats(&at_snapshot).last().unwrap();
     // Let the guest run well past the snapshot.
-    let later = cli.console_until("mem", "more heartbeats", |l| {
+    let later = cli.wait_console_until("mem", "more heartbeats", |l| {
         beats(l).last().is_some_and(|n| *n >= high + 4)
     });
     let last_before_restore = *beats(&later).last().unwrap();
     cli.ok(&["snapshot", "restore", "warm", "--wait"]);
-    let after = cli.console_until("mem", "a heartbeat after the restore", |l| {
+    let after = cli.wait_console_until("mem", "a heartbeat after the restore", |l| {
         beats(l).len() > beats(&later).len() + 1
     });
     let resumed = beats(&after)[beats(&later).len()..].to_vec();
@@ -301,17 +218,17 @@ fn a_memory_snapshot_restore_resumes_the_guest_where_it_was() {
         "and keeps counting: {resumed:?}"
     );
     assert_eq!(
-        cli.json(&["vm", "get", "mem"])["status"]["phase"],
+        cli.json(&["vm", "get", "mem", "-o", "json"])["status"]["phase"],
         "Running"
     );
 
     // Growing the attached volume while the guest runs: the guest sees the new size.
-    let size = cli.json(&["volume", "get", "root-1"])["status"]["size"]
+    let size = cli.json(&["volume", "get", "root-1", "-o", "json"])["status"]["size"]
         .as_u64()
         .unwrap();
     let bigger = format!("{}M", (size >> 20) * 2);
     cli.ok(&["volume", "resize", "root-1", &bigger, "--wait"]);
-    let log = cli.console_until("mem", "the new disk size", |l| {
+    let log = cli.wait_console_until("mem", "the new disk size", |l| {
         l.contains("vda: detected capacity change")
     });
     let sectors = format!("to {}", (size * 2) / 512);
@@ -322,8 +239,8 @@ fn a_memory_snapshot_restore_resumes_the_guest_where_it_was() {
 
 #[test]
 fn a_corrupted_weights_volume_blocks_the_start_with_a_clear_error() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = cli(&d);
     let k = kit();
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("model.bin");
@@ -338,10 +255,10 @@ fn a_corrupted_weights_volume_blocks_the_start_with_a_clear_error() {
     cli.ok(&[
         "volume", "create", "w", "--image", "model", "--kind", "weights", "--wait",
     ]);
-    let vol = cli.json(&["volume", "get", "w"]);
+    let vol = cli.json(&["volume", "get", "w", "-o", "json"]);
     assert_eq!(
         vol["status"]["digest"],
-        cli.json(&["image", "get", "model"])["status"]["digest"]
+        cli.json(&["image", "get", "model", "-o", "json"])["status"]["digest"]
     );
     let path = PathBuf::from(vol["status"]["path"].as_str().unwrap());
 
@@ -362,7 +279,7 @@ fn a_corrupted_weights_volume_blocks_the_start_with_a_clear_error() {
         "w:serial=weights",
         "--wait",
     ]);
-    let log = cli.console_until("infer", "the weights disk", |l| {
+    let log = cli.wait_console_until("infer", "the weights disk", |l| {
         l.contains("CORRAL_BOOT_OK")
     });
     assert!(
@@ -390,9 +307,10 @@ fn a_corrupted_weights_volume_blocks_the_start_with_a_clear_error() {
 
     cli.fails(
         &["vm", "start", "infer", "--wait"],
+        1,
         "weights volume \"w\" is corrupted",
     );
-    let vm = cli.json(&["vm", "get", "infer"]);
+    let vm = cli.json(&["vm", "get", "infer", "-o", "json"]);
     assert_eq!(vm["status"]["phase"], "Failed");
     assert!(
         vm["status"]["message"]
@@ -436,8 +354,8 @@ fn http_server(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
 
 #[test]
 fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = cli(&d);
     let k = kit();
     let blobs = d.data_dir().join("images/blake3");
 
@@ -447,11 +365,11 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
     let (url, server) = http_server(std::fs::read(k.rootfs_qcow2()).unwrap());
     cli.ok(&["image", "import", "c", "--url", &url]);
     let bad_url = url.replace("disk.qcow2", "missing.qcow2");
-    cli.fails(&["image", "import", "gone", "--url", &bad_url], "404");
+    cli.fails(&["image", "import", "gone", "--url", &bad_url], 1, "404");
     server.join().unwrap();
     let digests: Vec<serde_json::Value> = ["a", "b", "c"]
         .iter()
-        .map(|n| cli.json(&["image", "get", n])["status"]["digest"].clone())
+        .map(|n| cli.json(&["image", "get", n, "-o", "json"])["status"]["digest"].clone())
         .collect();
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     let expected = format!(
@@ -461,7 +379,7 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
     assert_eq!(digests[0], expected.as_str());
     assert_eq!(files_in(&blobs).len(), 1, "stored once");
     assert_eq!(
-        cli.json(&["image", "get", "a"])["status"]["format"],
+        cli.json(&["image", "get", "a", "-o", "json"])["status"]["format"],
         "qcow2"
     );
 
@@ -487,6 +405,7 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
     assert!(made.success());
     cli.fails(
         &["image", "import", "evil", s(&evil)],
+        1,
         "outside the image store: refused",
     );
     assert_eq!(files_in(&blobs).len(), 1);
@@ -494,7 +413,7 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
 
     // In use by a volume: delete refused; the last image with the digest takes the bytes.
     cli.ok(&["volume", "create", "v", "--image", "a", "--wait"]);
-    cli.fails(&["image", "delete", "a"], "is used by volume \"v\"");
+    cli.fails(&["image", "delete", "a"], 1, "is used by volume \"v\"");
     cli.ok(&["image", "delete", "b"]);
     cli.ok(&["image", "delete", "c"]);
     assert_eq!(files_in(&blobs).len(), 1, "image a still needs the bytes");
@@ -512,7 +431,7 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
         "--format",
         "kernel",
     ]);
-    let digest = cli.json(&["image", "get", "k"])["status"]["digest"]
+    let digest = cli.json(&["image", "get", "k", "-o", "json"])["status"]["digest"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -526,17 +445,17 @@ fn images_dedupe_import_from_urls_refuse_escapes_and_stay_while_in_use() {
         .unwrap()
         .write_all(b"x")
         .unwrap();
-    cli.fails(&["image", "verify", "k"], "no longer match");
+    cli.fails(&["image", "verify", "k"], 1, "no longer match");
     assert_eq!(
-        cli.json(&["image", "get", "k"])["status"]["phase"],
+        cli.json(&["image", "get", "k", "-o", "json"])["status"]["phase"],
         "Failed"
     );
 }
 
 #[test]
 fn an_attestation_verifies_offline_and_any_changed_byte_fails() {
-    let d = Corrald::start(corrald_binary()).expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = corrald();
+    let cli = cli(&d);
     let k = kit();
     let key = d.data_dir().join("keys/node.key");
     let mode =
@@ -593,7 +512,7 @@ fn an_attestation_verifies_offline_and_any_changed_byte_fails() {
             .unwrap()
             .starts_with(char::is_numeric)
     );
-    let image_digest = cli.json(&["image", "get", "root"])["status"]["digest"]
+    let image_digest = cli.json(&["image", "get", "root", "-o", "json"])["status"]["digest"]
         .as_str()
         .unwrap()
         .strip_prefix("blake3:")
@@ -627,15 +546,24 @@ fn an_attestation_verifies_offline_and_any_changed_byte_fails() {
 
 #[test]
 fn missing_qemu_img_fails_clearly_and_creates_nothing() {
-    let d = Corrald::start_with(corrald_binary(), &["--qemu-img", "/nonexistent/qemu-img"])
-        .expect("corrald");
-    let cli = Cli { daemon: &d };
+    let d = Corrald::start_with(
+        workspace_binary("corrald"),
+        &["--qemu-img", "/nonexistent/qemu-img"],
+    )
+    .expect("corrald");
+    let cli = cli(&d);
     let k = kit();
     cli.fails(
         &["image", "import", "root", s(&k.rootfs_qcow2())],
+        1,
         "qemu-img not found (/nonexistent/qemu-img): install the Debian package qemu-utils",
     );
-    assert!(cli.json(&["image", "list"]).as_array().unwrap().is_empty());
+    assert!(
+        cli.json(&["image", "list", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert!(files_in(&d.data_dir().join("images/blake3")).is_empty());
     assert!(files_in(&d.data_dir().join("images/tmp")).is_empty());
     // A declared kernel needs no qemu-img.
@@ -653,7 +581,7 @@ fn missing_qemu_img_fails_clearly_and_creates_nothing() {
     let out = cli.run(&["volume", "create", "e2", "--size", "16M", "--wait"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("qemu-img not found"));
-    let vol = cli.json(&["volume", "get", "e"]);
+    let vol = cli.json(&["volume", "get", "e", "-o", "json"]);
     assert_eq!(vol["status"]["phase"], "Failed", "{vol}");
     assert!(files_in(&d.data_dir().join("volumes")).is_empty());
 }
@@ -692,25 +620,32 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
-    let mut d = Corrald::start(corrald_binary()).expect("corrald");
+    let mut d = corrald();
     d.terminate().expect("stopping corrald");
     let images = d.data_dir().join("images");
     std::fs::remove_dir_all(&images).unwrap();
     let _full = Tmpfs::mount(&images, "8M");
     d.restart().expect("corrald on a small image store");
-    let cli = Cli { daemon: &d };
+    let cli = cli(&d);
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.raw");
     std::fs::write(&big, vec![0xa5; 16 << 20]).unwrap();
     cli.fails(
         &["image", "import", "big", s(&big)],
+        1,
         "No space left on device",
     );
     cli.fails(
         &["image", "import", "big2", "--path", s(&big)],
+        1,
         "No space left on device",
     );
-    assert!(cli.json(&["image", "list"]).as_array().unwrap().is_empty());
+    assert!(
+        cli.json(&["image", "list", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert!(files_in(&images.join("blake3")).is_empty());
     assert!(
         files_in(&images.join("tmp")).is_empty(),

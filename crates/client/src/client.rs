@@ -24,7 +24,8 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// How long a TCP connection and TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) type Transport = InterceptedService<Channel, Auth>;
+/// The connection under every service client: the channel with the token added to each call.
+pub type Transport = InterceptedService<Channel, Auth>;
 
 /// A connection to corrald, speaking the contract's types.
 ///
@@ -54,8 +55,9 @@ pub struct ServerVersion {
 }
 
 /// Adds `authorization: Bearer <token>` to every call when there is a token.
+/// Adds the bearer token, if any, to every call.
 #[derive(Clone)]
-pub(crate) struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth(Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,6 +118,12 @@ impl Client {
             transport,
             endpoint: name.into(),
         })
+    }
+
+    /// The generated gRPC client of the VM service on this connection, for callers that
+    /// measure the wire itself (the benchmarks); everyone else uses the typed methods.
+    pub fn vm_service(&self) -> VmServiceClient<Transport> {
+        self.vms.clone()
     }
 
     /// The socket path or URL this client talks to.

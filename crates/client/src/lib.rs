@@ -46,7 +46,7 @@ mod storage;
 mod watch;
 
 pub use access::ConsoleSession;
-pub use client::{Client, ServerVersion};
+pub use client::{Auth, Client, ServerVersion, Transport};
 pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};
 pub use error::ClientError;
 pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};

@@ -11,6 +11,7 @@ mod disks;
 mod error;
 mod prepare;
 mod queue;
+mod restart;
 mod ssh;
 mod storage;
 mod vm;

@@ -10,6 +10,7 @@ use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, 
 use corral_service::{ServiceError, StorageService, VmService};
 use tokio::sync::watch;
 
+use crate::restart::{self, Decision};
 use crate::{ControllerError, WorkQueue};
 
 /// How the VM controller behaves.
@@ -300,17 +301,10 @@ impl VmController {
             Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
         );
 
-        if vm.spec.power == Power::Stopped {
-            if live {
-                self.write_phase(name, Phase::Stopping, None).await?;
-                let exit = self.stop(&vm, self.config.stop_timeout).await?;
-                return self.record_stopped(name, &vm, Some(exit), false).await;
-            }
-            let exit = match actual {
-                Some(VmState::Exited(exit)) => Some(exit),
-                _ => None,
-            };
-            return self.record_stopped(name, &vm, exit, false).await;
+        if vm.spec.power == Power::Stopped && live {
+            self.write_phase(name, Phase::Stopping, None).await?;
+            let exit = self.stop(&vm, self.config.stop_timeout).await?;
+            return self.record_stopped(name, &vm, Some(exit), false).await;
         }
 
         // Running or Paused is declared.
@@ -333,28 +327,39 @@ impl VmController {
                     Some(VmState::Exited(exit)) => Some(exit.clone()),
                     _ => None,
                 };
-                let never_started = matches!(vm.status.phase, Phase::Pending | Phase::Starting);
-                if new_intent || restart_pending || never_started {
-                    self.backoff
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(name);
-                    return self.start(&vm, restart).await;
-                }
-                let failed = exit.as_ref().is_none_or(Exit::is_failure);
-                let by_policy = match vm.spec.restart_policy {
-                    RestartPolicy::Always => true,
-                    RestartPolicy::OnFailure => failed,
-                    RestartPolicy::Never => false,
-                };
-                if by_policy && vm.status.phase != Phase::Stopped {
-                    if let Some(wait) = self.backoff_wait(name) {
-                        return Ok(Some(wait));
+                let (attempts, hold) = self.backoff_state(name);
+                let decision = restart::decide(&restart::Situation {
+                    power: vm.spec.power,
+                    phase: vm.status.phase,
+                    policy: vm.spec.restart_policy,
+                    ended: restart::Ended::of(exit.as_ref()),
+                    new_intent,
+                    restart_pending,
+                    attempts,
+                    hold,
+                    backoff_base: self.config.backoff_base,
+                    backoff_max: self.config.backoff_max,
+                });
+                match decision {
+                    Decision::Start => {
+                        self.backoff
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(name);
+                        self.start(&vm, restart).await
                     }
-                    tracing::info!(vm = name, policy = %vm.spec.restart_policy, "restarting by policy");
-                    return self.start(&vm, restart).await;
+                    Decision::Restart { after, .. } if !after.is_zero() => Ok(Some(after)),
+                    Decision::Restart { next_hold, .. } => {
+                        self.backoff
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name.to_owned(), (attempts + 1, Instant::now() + next_hold));
+                        tracing::info!(vm = name, policy = %vm.spec.restart_policy, "restarting by policy");
+                        self.start(&vm, restart).await
+                    }
+                    Decision::StayStopped => self.record_stopped(name, &vm, exit, false).await,
+                    Decision::MarkFailed => self.record_stopped(name, &vm, exit, true).await,
                 }
-                self.record_stopped(name, &vm, exit, failed).await
             }
             Some(VmState::ShuttingDown) => Ok(Some(Duration::from_millis(250))),
             Some(VmState::Running) if vm.spec.power == Power::Paused => {
@@ -566,6 +571,16 @@ impl VmController {
         });
     }
 
+    /// Policy restarts of `name` in a row so far, and how long until the next is allowed.
+    fn backoff_state(&self, name: &str) -> (u32, Duration) {
+        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        backoff
+            .get(name)
+            .map_or((0, Duration::ZERO), |(count, not_before)| {
+                (*count, not_before.saturating_duration_since(Instant::now()))
+            })
+    }
+
     /// How long until a policy restart is allowed; `None` when it is allowed now (and the next
     /// one is pushed further out).
     fn backoff_wait(&self, name: &str) -> Option<Duration> {
@@ -575,11 +590,7 @@ impl VmController {
         if *not_before > now {
             return Some(*not_before - now);
         }
-        let delay = self
-            .config
-            .backoff_base
-            .saturating_mul(1 << (*count).min(16))
-            .min(self.config.backoff_max);
+        let delay = restart::backoff(self.config.backoff_base, self.config.backoff_max, *count);
         *count += 1;
         *not_before = now + delay;
         None
@@ -655,7 +666,10 @@ impl VmController {
                 // reason; the exit of an earlier process must not replace it.
                 let start_failed = st.phase == Phase::Failed
                     && st.observed_generation == generation
-                    && st.conditions.iter().any(|c| c.reason == reasons::START_FAILED);
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.reason == reasons::START_FAILED);
                 if start_failed {
                     return false;
                 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use corral_client::{Client, Endpoint};
-use corral_contract::{Arch, Boot, ByteSize, Phase, Vm, VmSpec};
-use corral_testkit::{Corrald, GuestKit};
+use corral_contract::Phase;
+use corral_testkit::{Corrald, kit_vm, wait_phase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -62,27 +62,8 @@ async fn next_frame(s: &mut UnixStream) -> Vec<u8> {
 async fn websocket_console_types_and_reads_one_writer_many_readers() {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald")).expect("corrald");
     let client = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
-    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
-    let spec = VmSpec::builder(Boot::Kernel {
-        kernel: kit.kernel(),
-        initrd: Some(kit.initrd()),
-        cmdline: Some("console=ttyS0 quiet".into()),
-    })
-    .memory(ByteSize::from_mib(256))
-    .build()
-    .unwrap();
-    client
-        .create_vm(&Vm::new("ws".parse().unwrap(), spec))
-        .await
-        .unwrap();
-    client
-        .wait_for(
-            "ws",
-            |vm| vm.is_some_and(|v| v.status.phase == Phase::Running),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    client.create_vm(&kit_vm("ws", |b| b)).await.unwrap();
+    wait_phase(&client, &d, "ws", Phase::Running).await.unwrap();
 
     let (mut writer, status, _) = upgrade(&d, "/v1/vms/ws/console/ws?write=true").await;
     assert!(status.contains(" 101 "), "{status}");

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use corral_client::{Client, ClientError, Endpoint, reached};
-use corral_contract::{Boot, ByteSize, Phase, RestartPolicy, Vm, VmSpec};
-use corral_testkit::{Corrald, GuestKit};
+use corral_contract::{Boot, ByteSize, Phase, RestartPolicy};
+use corral_testkit::{Corrald, kit_vm, wait_console, wait_phase};
 
 type Result = anyhow::Result<()>;
 
@@ -16,56 +16,13 @@ async fn client(d: &Corrald) -> anyhow::Result<Client> {
     Ok(Client::connect(Endpoint::Unix(d.socket())).await?)
 }
 
-fn vm(name: &str) -> Vm {
-    vm_with(name, |b| b)
-}
-
-fn vm_with(
-    name: &str,
-    f: impl FnOnce(corral_contract::VmSpecBuilder) -> corral_contract::VmSpecBuilder,
-) -> Vm {
-    let kit = GuestKit::get(corral_contract::Arch::X86_64).expect("guest kit");
-    let boot = Boot::Kernel {
-        kernel: kit.kernel(),
-        initrd: Some(kit.initrd()),
-        cmdline: Some(format!("console={} quiet panic=-1", kit.console())),
-    };
-    let spec = f(VmSpec::builder(boot).memory(ByteSize::from_mib(256)))
-        .build()
-        .expect("valid spec");
-    Vm::new(name.parse().expect("valid name"), spec)
-}
-
-async fn wait_phase(c: &Client, name: &str, phase: Phase) -> anyhow::Result<Vm> {
-    let vm = c
-        .wait_for(name, |vm| vm.is_some_and(|vm| reached(vm, phase)), WAIT)
-        .await?;
-    vm.ok_or_else(|| anyhow::anyhow!("{name} disappeared"))
-}
-
-/// Waits for a console line containing `needle`, printed after the first `skip` bytes.
-async fn wait_console(c: &Client, name: &str, needle: &str, skip: usize) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let log = c.console_log(name, 0).await?;
-        let text = String::from_utf8_lossy(&log[skip.min(log.len())..]).into_owned();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return Ok(line.trim_end().to_owned());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("no {needle:?} on {name}'s console; it shows:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm("life")).await?;
-    let running = wait_phase(&c, "life", Phase::Running).await?;
-    wait_console(&c, "life", "CORRAL_BOOT_OK", 0).await?;
+    c.create_vm(&kit_vm("life", |b| b)).await?;
+    let running = wait_phase(&c, &d, "life", Phase::Running).await?;
+    wait_console(&c, &d, "life", "CORRAL_BOOT_OK", 0).await?;
     // What `auto` resolves to on this host (TCG here, KVM where it works), never a constant.
     let expected = corral_qemu::resolve_accel(
         corral_contract::Accel::Auto,
@@ -76,9 +33,9 @@ async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
     let pid = running.status.pid.expect("a pid");
 
     c.pause_vm("life").await?;
-    wait_phase(&c, "life", Phase::Paused).await?;
+    wait_phase(&c, &d, "life", Phase::Paused).await?;
     c.resume_vm("life").await?;
-    wait_phase(&c, "life", Phase::Running).await?;
+    wait_phase(&c, &d, "life", Phase::Running).await?;
 
     let mark = c.console_log("life", 0).await?.len();
     c.restart_vm("life").await?;
@@ -91,18 +48,18 @@ async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
         .await?
         .expect("still there");
     assert_ne!(restarted.status.pid, Some(pid));
-    wait_console(&c, "life", "CORRAL_BOOT_OK", mark).await?;
+    wait_console(&c, &d, "life", "CORRAL_BOOT_OK", mark).await?;
 
     c.stop_vm("life", false).await?;
-    let stopped = wait_phase(&c, "life", Phase::Stopped).await?;
+    let stopped = wait_phase(&c, &d, "life", Phase::Stopped).await?;
     assert_eq!(
         stopped.status.exit.as_ref().map(|e| e.reason.as_str()),
         Some("guest-shutdown")
     );
-    wait_console(&c, "life", "CORRAL_POWEROFF", 0).await?;
+    wait_console(&c, &d, "life", "CORRAL_POWEROFF", 0).await?;
 
     c.start_vm("life").await?;
-    wait_phase(&c, "life", Phase::Running).await?;
+    wait_phase(&c, &d, "life", Phase::Running).await?;
     c.delete_vm("life").await?;
     c.wait_for("life", |vm| vm.is_none(), WAIT).await?;
     assert!(d.qemu_pids().is_empty(), "no QEMU left");
@@ -117,11 +74,11 @@ async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
 async fn a_memory_change_on_a_stopped_vm_takes_effect_at_next_start() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm("grow")).await?;
-    wait_phase(&c, "grow", Phase::Running).await?;
-    let before = wait_console(&c, "grow", "CORRAL_HARDWARE", 0).await?;
+    c.create_vm(&kit_vm("grow", |b| b)).await?;
+    wait_phase(&c, &d, "grow", Phase::Running).await?;
+    let before = wait_console(&c, &d, "grow", "CORRAL_HARDWARE", 0).await?;
     c.stop_vm("grow", true).await?;
-    wait_phase(&c, "grow", Phase::Stopped).await?;
+    wait_phase(&c, &d, "grow", Phase::Stopped).await?;
 
     let mut bigger = c.get_vm("grow").await?;
     bigger.spec.memory = ByteSize::from_mib(512);
@@ -129,8 +86,8 @@ async fn a_memory_change_on_a_stopped_vm_takes_effect_at_next_start() -> Result 
     c.update_vm(&bigger).await?;
     let mark = c.console_log("grow", 0).await?.len();
     c.start_vm("grow").await?;
-    wait_phase(&c, "grow", Phase::Running).await?;
-    let after = wait_console(&c, "grow", "CORRAL_HARDWARE", mark).await?;
+    wait_phase(&c, &d, "grow", Phase::Running).await?;
+    let after = wait_console(&c, &d, "grow", "CORRAL_HARDWARE", mark).await?;
     let mem_kb = |line: &str| -> u64 {
         line.split("mem_kb=")
             .nth(1)
@@ -150,12 +107,12 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
     let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
     for name in ["k1", "k2", "k3"] {
-        c.create_vm(&vm(name)).await?;
+        c.create_vm(&kit_vm(name, |b| b)).await?;
     }
     let mut pids = BTreeSet::new();
     for name in ["k1", "k2", "k3"] {
         pids.insert(
-            wait_phase(&c, name, Phase::Running)
+            wait_phase(&c, &d, name, Phase::Running)
                 .await?
                 .status
                 .pid
@@ -178,7 +135,7 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for name in ["k1", "k2", "k3"] {
-        let vm = wait_phase(&c, name, Phase::Running).await?;
+        let vm = wait_phase(&c, &d, name, Phase::Running).await?;
         assert!(
             pids.contains(&vm.status.pid.expect("pid")),
             "{name} kept its QEMU"
@@ -191,7 +148,7 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
     );
     // The adopted VMs are really under control: stop one through the new daemon.
     c.stop_vm("k1", false).await?;
-    wait_phase(&c, "k1", Phase::Stopped).await?;
+    wait_phase(&c, &d, "k1", Phase::Stopped).await?;
     Ok(())
 }
 
@@ -199,18 +156,18 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
 async fn a_killed_qemu_fails_with_policy_never_and_restarts_with_on_failure() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm("never")).await?;
-    c.create_vm(&vm_with("again", |b| {
+    c.create_vm(&kit_vm("never", |b| b)).await?;
+    c.create_vm(&kit_vm("again", |b| {
         b.restart_policy(RestartPolicy::OnFailure)
     }))
     .await?;
-    let never = wait_phase(&c, "never", Phase::Running).await?;
-    let again = wait_phase(&c, "again", Phase::Running).await?;
+    let never = wait_phase(&c, &d, "never", Phase::Running).await?;
+    let again = wait_phase(&c, &d, "again", Phase::Running).await?;
     for vm in [&never, &again] {
         let pid = vm.status.pid.expect("pid") as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)?;
     }
-    let failed = wait_phase(&c, "never", Phase::Failed).await?;
+    let failed = wait_phase(&c, &d, "never", Phase::Failed).await?;
     assert_eq!(failed.status.exit.as_ref().and_then(|e| e.signal), Some(9));
     let restarted = c
         .wait_for(
@@ -236,7 +193,7 @@ async fn twenty_concurrent_creates_all_land() -> Result {
     for i in 0..20 {
         let c = c.clone();
         tasks.spawn(async move {
-            let mut vm = vm(&format!("many-{i}"));
+            let mut vm = kit_vm(&format!("many-{i}"), |b| b);
             vm.spec.power = corral_contract::Power::Stopped;
             c.create_vm(&vm).await
         });
@@ -246,7 +203,7 @@ async fn twenty_concurrent_creates_all_land() -> Result {
     }
     assert_eq!(c.list_vms("").await?.len(), 20);
     for i in 0..20 {
-        wait_phase(&c, &format!("many-{i}"), Phase::Stopped).await?;
+        wait_phase(&c, &d, &format!("many-{i}"), Phase::Stopped).await?;
     }
     assert!(d.qemu_pids().is_empty());
     Ok(())
@@ -256,7 +213,7 @@ async fn twenty_concurrent_creates_all_land() -> Result {
 async fn bad_input_names_the_field_and_creates_nothing() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    let mut missing_kernel = vm("nokernel");
+    let mut missing_kernel = kit_vm("nokernel", |b| b);
     if let Boot::Kernel { kernel, .. } = &mut missing_kernel.spec.boot {
         *kernel = "/nonexistent/vmlinuz".into();
     }
@@ -280,11 +237,11 @@ async fn bad_input_names_the_field_and_creates_nothing() -> Result {
 async fn racing_writers_one_wins_the_other_gets_a_conflict() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    let mut stopped = vm("race");
+    let mut stopped = kit_vm("race", |b| b);
     stopped.spec.power = corral_contract::Power::Stopped;
     c.create_vm(&stopped).await?;
     // Once the controller has written its status, nobody else writes the VM.
-    let created = wait_phase(&c, "race", Phase::Stopped).await?;
+    let created = wait_phase(&c, &d, "race", Phase::Stopped).await?;
     let mut first = created.clone();
     first.spec.cpus = 2;
     let mut second = created.clone();
@@ -306,8 +263,8 @@ async fn racing_writers_one_wins_the_other_gets_a_conflict() -> Result {
 async fn sigterm_stops_the_daemon_and_leaves_vms_running() -> Result {
     let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm("stays")).await?;
-    let pid = wait_phase(&c, "stays", Phase::Running)
+    c.create_vm(&kit_vm("stays", |b| b)).await?;
+    let pid = wait_phase(&c, &d, "stays", Phase::Running)
         .await?
         .status
         .pid
@@ -326,7 +283,10 @@ async fn sigterm_stops_the_daemon_and_leaves_vms_running() -> Result {
     d.restart()?;
     let c = client(&d).await?;
     assert_eq!(
-        wait_phase(&c, "stays", Phase::Running).await?.status.pid,
+        wait_phase(&c, &d, "stays", Phase::Running)
+            .await?
+            .status
+            .pid,
         Some(pid)
     );
     Ok(())

@@ -8,21 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
-use corral_testkit::{Corrald, GuestKit, workspace_root};
-
-fn sibling_binary(name: &str) -> PathBuf {
-    let provider = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-corral"));
-    let path = provider.with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p corral-daemon -p corral-cli)",
-        path.display()
-    );
-    path
-}
+use corral_testkit::{Cli, Corrald, GuestKit, workspace_binary, workspace_root};
 
 /// The Terraform binary: `CORRAL_TERRAFORM`, else the one scripts/setup.sh installs.
 fn terraform_binary() -> PathBuf {
@@ -120,61 +108,8 @@ impl Terraform {
     }
 }
 
-struct Cli<'a> {
-    daemon: &'a Corrald,
-}
-
-impl Cli<'_> {
-    fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new(sibling_binary("corral"))
-            .env("CORRAL_SOCKET", self.daemon.socket())
-            .env_remove("CORRAL_SERVER")
-            .args(args)
-            .output()
-            .expect("running corral");
-        assert!(
-            out.status.success(),
-            "corral {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn vm(&self, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["vm", "get", name, "-o", "json"])).expect("json")
-    }
-
-    fn names(&self) -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&self.ok(&["vm", "list", "-o", "json"])).expect("json");
-        list.as_array()
-            .expect("an array")
-            .iter()
-            .map(|vm| vm["metadata"]["name"].as_str().unwrap_or("").to_owned())
-            .collect()
-    }
-
-    /// Waits until the guest's console log has a line starting with `prefix` after `after`
-    /// earlier such lines; returns that line.
-    fn console_line(&self, name: &str, prefix: &str, after: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let log = self.ok(&["vm", "console", name, "--log"]);
-            let lines: Vec<&str> = log
-                .lines()
-                .map(|l| l.trim_end_matches('\r'))
-                .filter(|l| l.starts_with(prefix))
-                .collect();
-            if let Some(line) = lines.get(after) {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no {prefix} line #{after} on the console:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
+fn start() -> Corrald {
+    Corrald::start(workspace_binary("corrald")).expect("corrald")
 }
 
 fn kit() -> GuestKit {
@@ -201,8 +136,8 @@ fn mem_kb(hardware_line: &str) -> u64 {
 
 #[test]
 fn apply_plan_update_drift_import_and_destroy() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     let outputs = "output \"web_uid\" {\n  value = corral_vm.web.uid\n}\n\n\
                    data \"corral_vm\" \"web\" {\n  name = corral_vm.web.name\n}\n\n\
@@ -218,18 +153,18 @@ fn apply_plan_update_drift_import_and_destroy() {
     let applied = tf.apply();
     assert!(applied.contains("Resources: 2 added"), "{applied}");
     for name in ["web", "db"] {
-        assert_eq!(cli.vm(name)["status"]["phase"], "Running");
-        let boot = cli.console_line(name, "CORRAL_BOOT_OK", 0);
+        assert_eq!(cli.get("vm", name)["status"]["phase"], "Running");
+        let boot = cli.wait_console_line(name, "CORRAL_BOOT_OK", 0);
         assert!(boot.contains("arch=x86_64"), "{boot}");
     }
-    let db_hw = cli.console_line("db", "CORRAL_HARDWARE", 0);
+    let db_hw = cli.wait_console_line("db", "CORRAL_HARDWARE", 0);
     assert!(db_hw.contains("cpus=2"), "{db_hw}");
-    let web_hw = cli.console_line("web", "CORRAL_HARDWARE", 0);
+    let web_hw = cli.wait_console_line("web", "CORRAL_HARDWARE", 0);
     assert!(mem_kb(&web_hw) < 600_000, "{web_hw}");
     let uid = tf.output("web_uid");
-    assert_eq!(uid, cli.vm("web")["metadata"]["uid"]);
+    assert_eq!(uid, cli.get("vm", "web")["metadata"]["uid"]);
     assert_eq!(tf.output("web_phase_read"), "Running");
-    let pid = cli.vm("web")["status"]["pid"].clone();
+    let pid = cli.get("vm", "web")["status"]["pid"].clone();
 
     // Nothing to do.
     tf.plan(0);
@@ -247,7 +182,7 @@ fn apply_plan_update_drift_import_and_destroy() {
         applied.contains("0 added, 1 changed, 0 destroyed"),
         "{applied}"
     );
-    let vm = cli.vm("web");
+    let vm = cli.get("vm", "web");
     assert_eq!(vm["metadata"]["uid"], uid.as_str());
     assert_eq!(tf.output("web_uid"), uid);
     assert_eq!(vm["metadata"]["labels"]["tier"], "frontend");
@@ -256,12 +191,12 @@ fn apply_plan_update_drift_import_and_destroy() {
         vm["status"]["pid"], pid,
         "a new QEMU process runs the new memory"
     );
-    let web_hw = cli.console_line("web", "CORRAL_HARDWARE", 1);
+    let web_hw = cli.wait_console_line("web", "CORRAL_HARDWARE", 1);
     assert!(mem_kb(&web_hw) > 600_000, "the guest sees 768M: {web_hw}");
     tf.plan(0);
 
     // Changed out of band with the CLI: the plan shows the drift and applying undoes it.
-    let db_pid = cli.vm("db")["status"]["pid"].clone();
+    let db_pid = cli.get("vm", "db")["status"]["pid"].clone();
     cli.ok(&["vm", "pause", "db", "--wait"]);
     let drift = tf.plan(2);
     assert!(
@@ -269,7 +204,7 @@ fn apply_plan_update_drift_import_and_destroy() {
         "{drift}"
     );
     tf.apply();
-    let db_vm = cli.vm("db");
+    let db_vm = cli.get("vm", "db");
     assert_eq!(db_vm["status"]["phase"], "Running");
     assert_eq!(
         db_vm["status"]["pid"], db_pid,
@@ -278,7 +213,7 @@ fn apply_plan_update_drift_import_and_destroy() {
     tf.plan(0);
 
     // Hardware of a VM declared stopped changes in place without a restart warning.
-    let db_uid = cli.vm("db")["metadata"]["uid"].clone();
+    let db_uid = cli.get("vm", "db")["metadata"]["uid"].clone();
     let db = vm_block(
         "db",
         "db",
@@ -292,7 +227,7 @@ fn apply_plan_update_drift_import_and_destroy() {
     assert!(planned.contains("1 to change, 0 to destroy"), "{planned}");
     assert!(!planned.contains("will restart"), "{planned}");
     tf.apply();
-    let db_vm = cli.vm("db");
+    let db_vm = cli.get("vm", "db");
     assert_eq!(db_vm["status"]["phase"], "Stopped");
     assert_eq!(db_vm["spec"]["cpus"], 1);
     assert_eq!(db_vm["metadata"]["uid"], db_uid);
@@ -336,7 +271,7 @@ fn apply_plan_update_drift_import_and_destroy() {
     // Destroy leaves no QEMU and no files.
     let destroyed = tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
     assert!(destroyed.contains("Resources: 2 destroyed"), "{destroyed}");
-    assert!(cli.names().is_empty(), "{:?}", cli.names());
+    assert!(cli.vm_names().is_empty(), "{:?}", cli.vm_names());
     assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
     let left: Vec<_> = std::fs::read_dir(daemon.run_dir().join("vms"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -346,8 +281,8 @@ fn apply_plan_update_drift_import_and_destroy() {
 
 #[test]
 fn invalid_configurations_get_the_providers_diagnostics() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
 
     // Checked while planning by the contract's own validation, on the line that set it.
@@ -385,7 +320,7 @@ fn invalid_configurations_get_the_providers_diagnostics() {
     assert!(out.contains("Error: Invalid kernel"), "{out}");
     assert!(out.contains("/nonexistent/vmlinuz"), "{out}");
     assert!(out.contains("(spec.boot.kernel.kernel)"), "{out}");
-    assert!(cli.names().is_empty(), "{:?}", cli.names());
+    assert!(cli.vm_names().is_empty(), "{:?}", cli.vm_names());
 
     // Creating a VM that exists says how to import it.
     cli.ok(&[
@@ -407,8 +342,8 @@ fn invalid_configurations_get_the_providers_diagnostics() {
 
 #[test]
 fn a_create_that_times_out_leaves_nothing_behind() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     tf.config(&vm_block(
         "slow",
@@ -417,7 +352,7 @@ fn a_create_that_times_out_leaves_nothing_behind() {
     ));
     let out = tf.expect(&["apply", "-auto-approve", "-no-color"], 1);
     assert!(out.contains("timed out after"), "{out}");
-    assert!(cli.names().is_empty(), "{:?}", cli.names());
+    assert!(cli.vm_names().is_empty(), "{:?}", cli.vm_names());
     assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
     // Nothing in the state either: the next plan creates it.
     let planned = tf.plan(2);
@@ -441,9 +376,8 @@ fn run_by_hand_the_binary_explains_itself() {
 
 /// Names of the objects of one kind the CLI lists (`image`, `volume`, `network`, …), but
 /// corrald's built-in `default` network.
-fn listed(cli: &Cli, kind: &str) -> Vec<String> {
-    let list: serde_json::Value =
-        serde_json::from_str(&cli.ok(&[kind, "list", "-o", "json"])).expect("json");
+fn listed(cli: &Cli<'_>, kind: &str) -> Vec<String> {
+    let list = cli.json(&[kind, "list", "-o", "json"]);
     let items = list.get("items").unwrap_or(&list);
     items
         .as_array()
@@ -456,8 +390,8 @@ fn listed(cli: &Cli, kind: &str) -> Vec<String> {
 
 #[test]
 fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     let kit = kit();
     let disk = kit.boot_disk();
@@ -500,17 +434,18 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
     let applied = tf.apply();
     assert!(applied.contains("Resources: 5 added"), "{applied}");
     for name in ["fw", "kern"] {
-        assert_eq!(cli.vm(name)["status"]["phase"], "Running");
-        let boot = cli.console_line(name, "CORRAL_BOOT_OK", 0);
+        assert_eq!(cli.get("vm", name)["status"]["phase"], "Running");
+        let boot = cli.wait_console_line(name, "CORRAL_BOOT_OK", 0);
         assert!(boot.contains("arch=x86_64"), "{boot}");
     }
-    assert_eq!(cli.vm("fw")["spec"]["boot"]["volume"]["volume"], "root-1");
+    assert_eq!(
+        cli.get("vm", "fw")["spec"]["boot"]["volume"]["volume"],
+        "root-1"
+    );
     let digest = tf.output("image_digest");
     assert!(digest.starts_with("blake3:"), "{digest}");
     assert_eq!(tf.output("lan_gateway"), "10.5.0.2");
-    let volume_json = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&cli.ok(&["volume", "get", name, "-o", "json"])).expect("json")
-    };
+    let volume_json = |name: &str| cli.get("volume", name);
     let uid = tf.output("volume_uid");
     assert_eq!(volume_json("root-1")["metadata"]["uid"], uid.as_str());
     assert_eq!(volume_json("root-1")["status"]["phase"], "Ready");
@@ -531,7 +466,7 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
     assert_eq!(vol["metadata"]["uid"], uid.as_str());
     assert_eq!(vol["status"]["size"], bigger << 20, "{vol}");
     assert_eq!(tf.output("volume_uid"), uid);
-    assert_eq!(cli.vm("fw")["status"]["phase"], "Running");
+    assert_eq!(cli.get("vm", "fw")["status"]["phase"], "Running");
     tf.plan(0);
 
     // Shrinking is refused at plan time, on the size attribute.
@@ -571,8 +506,7 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
         applied.contains("1 added, 0 changed, 0 destroyed"),
         "{applied}"
     );
-    let snap: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["snapshot", "get", "warm", "-o", "json"])).expect("json");
+    let snap = cli.get("snapshot", "warm");
     assert_eq!(snap["status"]["phase"], "Ready", "{snap}");
     tf.plan(0);
     config(&sized, "10.6.0.0/24", &snapshot(false));
@@ -629,8 +563,8 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
 
 #[test]
 fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
 
     // Checked at plan time by the contract, shown on the line that set the value.
@@ -666,8 +600,8 @@ fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
 
 #[test]
 fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
-    let daemon = Corrald::start(sibling_binary("corrald")).expect("corrald");
-    let cli = Cli { daemon: &daemon };
+    let daemon = start();
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     let kit = kit();
     let config = |volumes: &str| {
@@ -687,9 +621,9 @@ fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
     let applied = tf.apply();
     assert!(applied.contains("Resources: 4 added"), "{applied}");
     // The guest's init ran from the attached volume: the first disk is its root.
-    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 0);
+    let boot = cli.wait_console_line("app", "CORRAL_BOOT_OK", 0);
     assert!(boot.contains("root=disk"), "{boot}");
-    let uid = cli.vm("app")["metadata"]["uid"].clone();
+    let uid = cli.get("vm", "app")["metadata"]["uid"].clone();
     tf.plan(0);
 
     // A second volume: changed in place (stop, attach, start), same uid.
@@ -701,11 +635,11 @@ fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
     );
     let applied = tf.apply();
     assert!(applied.contains("0 added, 1 changed"), "{applied}");
-    let vm = cli.vm("app");
+    let vm = cli.get("vm", "app");
     assert_eq!(vm["metadata"]["uid"], uid);
     assert_eq!(vm["status"]["phase"], "Running");
     assert_eq!(vm["spec"]["volumes"][1]["volume"], "scratch", "{vm}");
-    let boot = cli.console_line("app", "CORRAL_BOOT_OK", 1);
+    let boot = cli.wait_console_line("app", "CORRAL_BOOT_OK", 1);
     assert!(boot.contains("root=disk"), "{boot}");
     tf.plan(0);
 

@@ -18,64 +18,104 @@ pub struct Corrald {
     child: Option<Child>,
     dir: TempDir,
     extra_args: Vec<String>,
+    log_filter: Option<String>,
     // Whether the data directory is a tmpfs this value mounted.
     tmpfs: bool,
 }
 
-impl Corrald {
-    /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_corrald")`) and waits until its socket answers.
-    pub fn start(binary: impl Into<PathBuf>) -> Result<Corrald, Error> {
-        Self::start_with(binary, &[])
+/// How to start a [`Corrald`]: [`Corrald::builder`].
+#[derive(Debug, Clone)]
+pub struct CorraldBuilder {
+    binary: PathBuf,
+    args: Vec<String>,
+    log_filter: Option<String>,
+    small_disk: Option<String>,
+}
+
+impl CorraldBuilder {
+    /// Extra flags.
+    pub fn args(mut self, args: &[&str]) -> CorraldBuilder {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
     }
 
-    /// Like [`Corrald::start`], with extra flags.
-    pub fn start_with(binary: impl Into<PathBuf>, args: &[&str]) -> Result<Corrald, Error> {
-        Self::launch(binary.into(), args, None)
+    /// Logs at corrald's default level and takes no `CORRAL_*` variable from the caller's
+    /// environment (a benchmark measures the daemon as users run it), instead of debug logs.
+    pub fn quiet(mut self) -> CorraldBuilder {
+        self.log_filter = None;
+        self
     }
 
-    /// Like [`Corrald::start_with`], with the data directory on a tmpfs of `size` (`256m`), so
-    /// that a test can fill the disk. Needs root (it mounts); unmounted on drop.
-    pub fn start_with_small_disk(
-        binary: impl Into<PathBuf>,
-        args: &[&str],
-        size: &str,
-    ) -> Result<Corrald, Error> {
-        Self::launch(binary.into(), args, Some(size))
+    /// Puts the data directory on a tmpfs of `size` (`256m`), so that a test can fill the
+    /// disk. Needs root (it mounts); unmounted on drop.
+    pub fn small_disk(mut self, size: &str) -> CorraldBuilder {
+        self.small_disk = Some(size.to_owned());
+        self
     }
 
-    fn launch(binary: PathBuf, args: &[&str], tmpfs: Option<&str>) -> Result<Corrald, Error> {
+    /// Starts it on fresh private directories and waits until its socket answers.
+    pub fn start(self) -> Result<Corrald, Error> {
         let dir = tempfile::Builder::new()
             .prefix("corral-d")
             .tempdir_in("/tmp")
             .map_err(|e| Error::io("creating daemon directories", e))?;
         let mut daemon = Corrald {
-            binary,
+            binary: self.binary,
             child: None,
             dir,
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_args: self.args,
+            log_filter: self.log_filter,
             tmpfs: false,
         };
-        if let Some(size) = tmpfs {
-            let data = daemon.data_dir();
-            std::fs::create_dir_all(&data)
-                .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
-            let status = Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={size},mode=0700"))
-                .arg("tmpfs")
-                .arg(&data)
-                .status()
-                .map_err(|e| Error::io("running mount", e))?;
-            if !status.success() {
-                return Err(Error::Kit(format!(
-                    "mounting a {size} tmpfs on {} failed ({status}): this needs root",
-                    data.display()
-                )));
-            }
-            daemon.tmpfs = true;
+        if let Some(size) = &self.small_disk {
+            daemon.mount_tmpfs(size)?;
         }
         daemon.spawn()?;
         Ok(daemon)
+    }
+}
+
+impl Corrald {
+    /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_corrald")`) and waits until its socket answers.
+    pub fn start(binary: impl Into<PathBuf>) -> Result<Corrald, Error> {
+        Self::builder(binary).start()
+    }
+
+    /// Like [`Corrald::start`], with extra flags.
+    pub fn start_with(binary: impl Into<PathBuf>, args: &[&str]) -> Result<Corrald, Error> {
+        Self::builder(binary).args(args).start()
+    }
+
+    /// A corrald to configure before [`CorraldBuilder::start`]; it logs at debug level unless
+    /// made [`CorraldBuilder::quiet`].
+    pub fn builder(binary: impl Into<PathBuf>) -> CorraldBuilder {
+        CorraldBuilder {
+            binary: binary.into(),
+            args: Vec::new(),
+            log_filter: Some("info,corral=debug".into()),
+            small_disk: None,
+        }
+    }
+
+    fn mount_tmpfs(&mut self, size: &str) -> Result<(), Error> {
+        let data = self.data_dir();
+        std::fs::create_dir_all(&data)
+            .map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0700"))
+            .arg("tmpfs")
+            .arg(&data)
+            .status()
+            .map_err(|e| Error::io("running mount", e))?;
+        if !status.success() {
+            return Err(Error::Kit(format!(
+                "mounting a {size} tmpfs on {} failed ({status}): this needs root",
+                data.display()
+            )));
+        }
+        self.tmpfs = true;
+        Ok(())
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
@@ -87,13 +127,25 @@ impl Corrald {
         let err = log
             .try_clone()
             .map_err(|e| Error::io("opening the daemon log", e))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        match &self.log_filter {
+            Some(filter) => {
+                command.env("CORRAL_LOG", filter);
+            }
+            None => {
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with("CORRAL_") {
+                        command.env_remove(key);
+                    }
+                }
+            }
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--run-dir")
             .arg(self.run_dir())
             .args(&self.extra_args)
-            .env("CORRAL_LOG", "info,corral=debug")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -168,6 +220,23 @@ impl Corrald {
             .map_err(|e| Error::io("waiting for corrald", e))
     }
 
+    /// Stops the daemon with SIGTERM, and with SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Starts the daemon again on the same directories.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.kill_9();
@@ -176,11 +245,12 @@ impl Corrald {
 
     /// Pids of the QEMU processes under this daemon's run directory that are alive.
     pub fn qemu_pids(&self) -> Vec<u32> {
-        qemu_pids(&self.run_dir())
+        qemu_pids_under(&self.run_dir())
     }
 }
 
-fn qemu_pids(run_dir: &Path) -> Vec<u32> {
+/// Pids of the live QEMU processes whose pid files are under `run_dir/vms`.
+pub fn qemu_pids_under(run_dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(run_dir.join("vms")) else {
         return Vec::new();
     };
@@ -197,7 +267,7 @@ fn qemu_pids(run_dir: &Path) -> Vec<u32> {
 impl Drop for Corrald {
     fn drop(&mut self) {
         self.kill_9();
-        for pid in qemu_pids(&self.run_dir()) {
+        for pid in qemu_pids_under(&self.run_dir()) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         if let Ok(entries) = std::fs::read_dir("/dev/shm") {
@@ -222,4 +292,31 @@ impl Drop for Corrald {
                 .status();
         }
     }
+}
+
+/// Builds `packages` in release mode (a no-op when up to date; always asked for, so a stale
+/// binary is never measured) and returns the directory the binaries are in,
+/// `$CARGO_TARGET_DIR/release` or `target/release`.
+pub fn release_build(packages: &[&str]) -> Result<PathBuf, Error> {
+    let root = crate::workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release", "--quiet"]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let status = command
+        .current_dir(&root)
+        .status()
+        .map_err(|e| Error::io("running cargo build --release", e))?;
+    if !status.success() {
+        return Err(Error::Build(format!(
+            "cargo build --release -p {} failed ({status})",
+            packages.join(" -p ")
+        )));
+    }
+    Ok(target.join("release"))
 }

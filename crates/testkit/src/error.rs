@@ -6,6 +6,12 @@ pub enum Error {
     /// The guest kit is missing and could not be built.
     #[error("guest kit: {0}")]
     Kit(String),
+    /// What a test waited for through the daemon did not happen.
+    #[error("waiting for {0}")]
+    Wait(String),
+    /// A cargo build the harness asked for failed.
+    #[error("build: {0}")]
+    Build(String),
     /// The backend refused or failed.
     #[error(transparent)]
     Hypervisor(#[from] corral_hypervisor::Error),

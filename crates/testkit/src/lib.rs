@@ -2,6 +2,17 @@
 //! inside the guest, and cleans up on drop — no orphan QEMU, no leftover files — even when the
 //! test panics.
 //!
+//! What the end-to-end tests of every crate share lives here, once:
+//!
+//! - [`TestVm`]: a guest-kit VM on the QEMU backend alone, with console waits.
+//! - [`Corrald`]: a real daemon on private directories ([`Corrald::builder`] for flags and a
+//!   benchmark's quiet run; [`release_build`] for release binaries).
+//! - [`Cli`]: the `corral` CLI on one daemon (socket, or TLS and a token) with asserting
+//!   runners and console, phase and deletion waits; [`Console`] for an attached console.
+//! - [`kit_vm`], [`wait_phase`], [`wait_console`]: the same through the typed gRPC client.
+//! - [`http`]: a REST client (HTTP/1.1 or HTTP/2, socket or TLS) and a TLS corrald;
+//!   [`openapi`]: answers checked against an OpenAPI document.
+//!
 //! ```no_run
 //! use corral_contract::Arch;
 //! use corral_testkit::TestVm;
@@ -15,14 +26,22 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cli;
 mod daemon;
 mod error;
+/// An HTTP client of corrald's REST API and a TLS corrald to use it on.
+pub mod http;
 mod kit;
+/// Answers and values checked against an OpenAPI document.
+pub mod openapi;
 mod output;
 mod vm;
+mod vms;
 
-pub use daemon::Corrald;
+pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
+pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
 pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
+pub use vms::{VM_PATIENCE, kit_vm, wait_console, wait_phase};
