@@ -16,7 +16,8 @@ pub(crate) enum Ended {
     Code(i32),
     /// A signal killed it.
     Signal(i32),
-    /// A VM a previous daemon started ended while corrald was away: no code, no signal.
+    /// Neither code nor signal is known: an adopted QEMU that vanished without announcing a
+    /// shutdown, or one that ended while corrald was away.
     AdoptedUnknown,
 }
 
@@ -37,8 +38,9 @@ impl Ended {
         match self {
             Ended::NoProcess | Ended::Signal(_) => true,
             Ended::Code(c) => c != 0,
-            // Today an unknown end of an adopted VM is not a failure (issue 12 revisits this).
-            Ended::AdoptedUnknown => false,
+            // Orderly ends are announced (QEMU's SHUTDOWN event, exit 0); an end nobody saw
+            // the cause of is a kill or a crash, as for a child of ours.
+            Ended::AdoptedUnknown => true,
         }
     }
 }
@@ -175,15 +177,15 @@ mod tests {
     fn a_running_vm_whose_process_ended_by_power_policy_and_exit() {
         use Power::{Paused, Running, Stopped};
         use RestartPolicy::{Always, Never, OnFailure};
-        // Columns: exit 0, exit 1, SIGKILL, an adopted VM that ended while corrald was away
-        // (no code, no signal), no process at all.
+        // Columns: exit 0, exit 1, SIGKILL, an adopted VM that ended with neither code nor
+        // signal known (judged a failure, as a child's kill is), no process at all.
         #[rustfmt::skip]
         let table = [
-            (Running, Never,     [Stay, Fail, Fail, Stay, Fail]),
-            (Running, OnFailure, [Stay, R,    R,    Stay, R   ]),
+            (Running, Never,     [Stay, Fail, Fail, Fail, Fail]),
+            (Running, OnFailure, [Stay, R,    R,    R,    R   ]),
             (Running, Always,    [R,    R,    R,    R,    R   ]),
-            (Paused,  Never,     [Stay, Fail, Fail, Stay, Fail]),
-            (Paused,  OnFailure, [Stay, R,    R,    Stay, R   ]),
+            (Paused,  Never,     [Stay, Fail, Fail, Fail, Fail]),
+            (Paused,  OnFailure, [Stay, R,    R,    R,    R   ]),
             (Paused,  Always,    [R,    R,    R,    R,    R   ]),
             (Stopped, Never,     [Stay, Stay, Stay, Stay, Stay]),
             (Stopped, OnFailure, [Stay, Stay, Stay, Stay, Stay]),
