@@ -147,13 +147,20 @@ async fn talk(
         .connect(name, stream)
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    tls.flush().await.map_err(|e| e.to_string())?;
+    // Under TLS 1.3 the server judges the client certificate after the client's handshake is
+    // done, so a refused client may see its write fail (broken pipe) before it reads the
+    // server's alert: read anyway, and report the alert when there is one.
+    let wrote = async {
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        tls.flush().await
+    }
+    .await;
     let mut buf = vec![0u8; 9];
-    tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    Ok(buf)
+    let read = tls.read_exact(&mut buf).await;
+    match (wrote, read) {
+        (_, Err(e)) | (Err(e), Ok(_)) => Err(e.to_string()),
+        (Ok(()), Ok(_)) => Ok(buf),
+    }
 }
 
 fn identity() -> rcgen::CertifiedKey<rcgen::KeyPair> {

@@ -368,3 +368,36 @@ pub fn keys(value: &Value) -> BTreeSet<String> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_undocumented_status_or_body_is_refused_on_routes_only() {
+        let schema = json!({"type": "object", "required": ["a"]});
+        let doc = json!({"paths": {"/v1/x/{name}": {"get": {"responses": {
+            "200": {"content": {"application/json": {"schema": schema}}}
+        }}}}});
+        let d = Document::new(doc, &[("GET", "/v1/x/{name}")]);
+        assert_eq!(d.template_of("GET", "/v1/x/y?z=1"), Some("/v1/x/{name}"));
+        d.conforms("GET", "/v1/x/y", &reply(200, r#"{"a": 1}"#));
+        let refused = |status, body: &'static str| {
+            std::panic::catch_unwind(|| d.conforms("GET", "/v1/x/y", &reply(status, body))).is_err()
+        };
+        assert!(refused(404, r#"{"a": 1}"#), "an undocumented status");
+        assert!(refused(200, "{}"), "a body against the schema");
+        // Not a route of the server: nothing to check.
+        d.conforms("GET", "/v2/other", &reply(404, "{}"));
+    }
+}
