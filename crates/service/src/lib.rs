@@ -9,14 +9,24 @@
 #![deny(missing_docs)]
 
 mod access;
+mod audit;
+mod console;
 mod error;
+mod memory;
 mod network;
 mod objects;
 mod storage;
 mod vm;
 
 pub use access::PortRange;
+pub use audit::{AuditEntry, AuditLog};
+pub use console::{ConsoleService, ConsoleSession};
 pub use error::ServiceError;
+pub use memory::CHUNK as MEMORY_CHUNK;
+pub use memory::{
+    ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
+    SnapshotMode,
+};
 pub use network::{DEFAULT_NETWORK, NetworkService};
 pub use objects::Objects;
 pub use storage::{ANNOTATION_RESTORE, ImportProgress, StorageConfig, StorageService};

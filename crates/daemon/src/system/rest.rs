@@ -1,0 +1,58 @@
+//! `/healthz`, `/metrics` and `/openapi.json`.
+
+use axum::extract::State;
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::new(
+            Method::GET,
+            "/healthz",
+            Permission::Open,
+            "getHealth",
+            health,
+        ),
+        Route::new(
+            Method::GET,
+            "/metrics",
+            Permission::Read,
+            "getMetrics",
+            metrics,
+        ),
+        Route::new(
+            Method::GET,
+            "/openapi.json",
+            Permission::Open,
+            "getOpenApi",
+            openapi,
+        ),
+    ]
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn metrics(State(d): State<Shared>) -> Response {
+    let text = d.metrics.render(&d).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
