@@ -6,16 +6,17 @@
 //! stop, pause, resume, restart by policy, re-adoption after a daemon restart, deletion.
 #![deny(missing_docs)]
 
-mod access;
 mod bridge;
 mod disks;
+mod guest_setup;
 mod queue;
+mod ssh;
 mod storage;
 mod vm;
 
-pub use access::{SSH_READY, ssh_banner};
 pub use bridge::NetworkController;
 pub use disks::{AttachedVolume, attached_volumes};
 pub use queue::WorkQueue;
+pub use ssh::{SSH_READY, ssh_banner};
 pub use storage::StorageController;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

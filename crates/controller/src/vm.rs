@@ -443,7 +443,8 @@ impl VmController {
                 return self.start_failed(vm, message, restart).await;
             }
         }
-        let prepared = match crate::access::prepare(&self.svc, &self.config.seed_dir, vm).await {
+        let prepared = match crate::guest_setup::prepare(&self.svc, &self.config.seed_dir, vm).await
+        {
             Ok(p) => p,
             Err(message) => return self.start_failed(vm, message, restart).await,
         };
@@ -461,8 +462,8 @@ impl VmController {
         match self.hv.start(&config).await {
             Ok(info) => {
                 self.time_first_output(name, &info, t0);
-                if let Some(addr) = crate::access::ssh_endpoint(&networks) {
-                    crate::access::probe_ssh(
+                if let Some(addr) = crate::ssh::ssh_endpoint(&networks) {
+                    crate::ssh::probe_ssh(
                         self.svc.clone(),
                         name.to_owned(),
                         info.pid,
@@ -482,7 +483,7 @@ impl VmController {
                         st.networks = networks.clone();
                         if st.networks.iter().any(|n| !n.forwards.is_empty()) {
                             st.set_condition(Condition::new(
-                                crate::access::SSH_READY,
+                                crate::ssh::SSH_READY,
                                 false,
                                 "Waiting",
                                 "",
@@ -611,7 +612,7 @@ impl VmController {
         let generation = vm.metadata.generation;
         let restart = vm.metadata.annotations.get(ANNOTATION_RESTART).cloned();
         if !vm.status.networks.is_empty() {
-            crate::access::release(vm).await;
+            crate::guest_setup::release(vm).await;
         }
         self.svc
             .update_status(name, |_, st| {
@@ -634,7 +635,7 @@ impl VmController {
                 if let Some(c) = st
                     .conditions
                     .iter_mut()
-                    .find(|c| c.type_ == crate::access::SSH_READY)
+                    .find(|c| c.type_ == crate::ssh::SSH_READY)
                 {
                     c.status = false;
                     c.reason = "Stopped".into();
@@ -700,8 +701,8 @@ impl VmController {
             Err(e) => return Err(hv_failed(e)),
         }
         let _ = std::fs::remove_file(self.config.shm_dir.join(format!("corral-{uid}")));
-        let _ = std::fs::remove_file(crate::access::seed_path(&self.config.seed_dir, uid));
-        crate::access::release(vm).await;
+        let _ = std::fs::remove_file(crate::guest_setup::seed_path(&self.config.seed_dir, uid));
+        crate::guest_setup::release(vm).await;
         let current = self.svc.get(name).await?;
         match self
             .svc

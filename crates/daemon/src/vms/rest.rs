@@ -6,8 +6,8 @@ use axum::http::{Method, StatusCode};
 use corral_contract::{Power, Resource};
 use serde::Deserialize;
 
-use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::{ListQuery, many, name_mismatch, one, wrong_kind};
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -51,11 +51,11 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-fn vm(body: &[u8]) -> Result<corral_contract::Vm, crate::api::error::ApiError> {
-    match resource(body)? {
-        Resource::Vm(vm) => Ok(vm),
-        _ => Err(wrong_kind("Vm")),
-    }
+fn vm(body: &[u8]) -> Result<corral_contract::Vm, ApiError> {
+    // A VM's validation errors already name their field (`spec.cpus: …`).
+    let resource: Resource =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    resource.into_vm().ok_or_else(|| wrong_kind("Vm"))
 }
 
 async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
