@@ -68,7 +68,7 @@ pub enum Command {
     Attestation(crate::storage::AttestationCommand),
     /// Create, list and delete networks VMs join
     #[command(subcommand)]
-    Network(crate::access::NetworkCommand),
+    Network(crate::network::NetworkCommand),
     /// Create or update the resources of a manifest; unchanged ones are left alone
     Apply(ManifestArgs),
     /// Delete the resources of a manifest
@@ -108,7 +108,7 @@ pub enum VmCommand {
     #[command(subcommand)]
     Memory(crate::memory::MemoryCommand),
     /// Log in to a VM with ssh (or run a command after --), through its forwarded port 22
-    Ssh(crate::access::SshArgs),
+    Ssh(crate::ssh::SshArgs),
 }
 
 // `vm create`: the flags that make a VM's spec.
@@ -179,7 +179,7 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten, next_help_heading = "Guest access")]
-    pub access: crate::access::AccessArgs,
+    pub network: crate::network::NetworkArgs,
 }
 
 // `--wait` and `--timeout`, shared by the commands that change a VM.

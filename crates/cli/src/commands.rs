@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             storage::attestation_get(connect(&connection).await?, args).await
         }
         Command::Network(command) => {
-            crate::access::network(&connect(&connection).await?, command).await
+            crate::network::network(&connect(&connection).await?, command).await
         }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
@@ -68,7 +68,7 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             let cwd = std::env::current_dir()
                 .map_err(|e| CliError::Failed(format!("cannot read the current directory: {e}")))?;
             let mut vm = create::vm_from_flags(&args, &cwd)?;
-            crate::access::apply_flags(&args.access, &mut vm)?;
+            crate::network::apply_flags(&args.network, &mut vm)?;
             let endpoint = endpoint(connection)?;
             if endpoint.is_local() {
                 create::check_boot_files(&vm)?;
@@ -78,17 +78,17 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             print(&format!("vm/{} created\n", created.metadata.name))?;
             let goal = Goal::for_power(created.spec.power);
             finish(&client, &created, goal, &args.wait).await?;
-            if args.access.wait_ssh {
-                crate::access::wait_ssh(
+            if args.network.wait_ssh {
+                crate::ssh::wait_ssh(
                     &client,
                     created.metadata.name.as_str(),
-                    args.access.ssh_timeout,
+                    args.network.ssh_timeout,
                 )
                 .await?;
             }
             Ok(())
         }
-        VmCommand::Ssh(args) => crate::access::ssh(&connect(connection).await?, &args).await,
+        VmCommand::Ssh(args) => crate::ssh::ssh(&connect(connection).await?, &args).await,
         VmCommand::List(args) => {
             let client = connect(connection).await?;
             let selector: Vec<String> = args
@@ -138,7 +138,7 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         VmCommand::Console(args) => {
             if !args.log {
                 let client = connect(connection).await?;
-                return crate::access::console(
+                return crate::console::console(
                     &client,
                     args.name.as_str(),
                     args.read_only,
@@ -244,7 +244,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         let vm = match resource {
             Resource::Vm(vm) => vm,
             Resource::Network(net) => {
-                match crate::access::apply_network(&client, net).await {
+                match crate::network::apply_network(&client, net).await {
                     Ok(word) => print(&format!("{what} {word}\n"))?,
                     Err(e) => failures.report(&what, &e),
                 }

@@ -4,13 +4,15 @@
 //! Failed, a timeout); 2 usage error; 3 not found. Errors print `error: <message>` on
 //! standard error.
 
-mod access;
 mod args;
 mod commands;
+mod console;
 mod create;
 mod manifest;
 mod memory;
+mod network;
 mod output;
+mod ssh;
 mod storage;
 mod wait;
 

@@ -37,16 +37,17 @@
 
 #![deny(missing_docs)]
 
-mod access;
 mod client;
+mod console;
 mod endpoint;
 mod error;
 mod memory;
+mod network;
 mod storage;
 mod watch;
 
-pub use access::ConsoleSession;
 pub use client::{Auth, Client, ServerVersion, Transport};
+pub use console::ConsoleSession;
 pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};
 pub use error::ClientError;
 pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};

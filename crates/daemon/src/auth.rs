@@ -14,9 +14,12 @@ use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::serve::UnixSocket;
+
+use crate::api::Permission;
+use crate::api::error::{is_grpc, refusal};
 
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +88,27 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Whether the caller may read guest memory.
-    pub fn may_read_memory(&self) -> bool {
-        match self {
-            Caller::Unix { .. } => true,
-            Caller::Token { scopes, .. } => scopes.memory,
+    /// Whether the caller holds `permission`: a unix-socket peer holds every one; a token
+    /// reads and writes with the `vms` scope and reads guest memory with `memory`.
+    pub fn may(&self, permission: Permission) -> bool {
+        match (self, permission) {
+            (_, Permission::Open) | (Caller::Unix { .. }, _) => true,
+            (Caller::Token { scopes, .. }, Permission::Read | Permission::Write) => scopes.vms,
+            (Caller::Token { scopes, .. }, Permission::Memory) => scopes.memory,
+        }
+    }
+
+    /// Why the caller is refused `permission`, and what to do about it.
+    pub fn refusal(&self, permission: Permission) -> String {
+        match permission {
+            Permission::Memory => format!(
+                "{self} may not read guest memory: reading a VM's RAM needs the `memory` scope \
+                 (make the token's line with `corrald hash-token --scope memory`)"
+            ),
+            _ => format!(
+                "this token lacks the `vms` scope, which {permission} operations need \
+                 (see `corrald hash-token --help`)"
+            ),
         }
     }
 }
@@ -174,17 +193,9 @@ impl Tokens {
     }
 }
 
-/// Whether a request is for guest memory: those check the `memory` permission themselves (and
-/// audit a refusal); every other request needs the `vms` scope.
-fn is_memory_request(path: &str) -> bool {
-    path.starts_with("/corral.v1.MemoryService/")
-        || (path.starts_with("/v1/vms/")
-            && path.split('/').nth(4).is_some_and(|part| part == "memory"))
-}
-
 /// Middleware on the TCP listener: refuses requests without an accepted
-/// `authorization: Bearer <token>` header, and non-memory requests of tokens without the `vms`
-/// scope; records the caller for the handlers.
+/// `authorization: Bearer <token>` header and records the caller; what the caller may do is
+/// decided by the API's authorization layer.
 pub async fn require_token(
     State(tokens): State<Tokens>,
     mut request: Request,
@@ -197,21 +208,12 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|token| tokens.caller(token));
     let Some(caller) = caller else {
-        return refuse(
-            &request,
+        return refusal(
+            is_grpc(request.headers()),
             StatusCode::UNAUTHORIZED,
             "missing or unknown bearer token",
         );
     };
-    if let Caller::Token { scopes, .. } = &caller {
-        if !scopes.vms && !is_memory_request(request.uri().path()) {
-            return refuse(
-                &request,
-                StatusCode::FORBIDDEN,
-                "this token lacks the `vms` scope (see `corrald hash-token --help`)",
-            );
-        }
-    }
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -249,32 +251,6 @@ pub async fn unix_caller(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-fn refuse(request: &Request, status: StatusCode, message: &str) -> Response {
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
-        let status = if status == StatusCode::FORBIDDEN {
-            tonic::Status::permission_denied(message)
-        } else {
-            tonic::Status::unauthenticated(message)
-        };
-        status.into_http::<axum::body::Body>()
-    } else {
-        let code = if status == StatusCode::FORBIDDEN {
-            "PermissionDenied"
-        } else {
-            "Unauthenticated"
-        };
-        (
-            status,
-            axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,8 +279,9 @@ mod tests {
             panic!("s3cret refused")
         };
         assert_eq!((id.len(), scopes), (8, Scopes::DEFAULT));
-        assert!(!tokens.caller("s3cret").unwrap().may_read_memory());
-        assert!(tokens.caller("peek").unwrap().may_read_memory());
+        let s3cret = tokens.caller("s3cret").unwrap();
+        assert!(s3cret.may(Permission::Write) && !s3cret.may(Permission::Memory));
+        assert!(tokens.caller("peek").unwrap().may(Permission::Memory));
         assert!(hash_line("peek", all).ends_with(" scopes=vms,memory"));
         std::fs::write(
             &file,
@@ -319,22 +296,5 @@ mod tests {
                 .unwrap_err()
                 .contains("store hashes, not tokens")
         );
-    }
-}
-
-#[cfg(test)]
-mod path_tests {
-    #[test]
-    fn memory_requests_are_recognised_by_path() {
-        for path in [
-            "/v1/vms/web-1/memory",
-            "/v1/vms/web-1/memory/find",
-            "/corral.v1.MemoryService/Read",
-        ] {
-            assert!(super::is_memory_request(path), "{path}");
-        }
-        for path in ["/v1/vms", "/v1/vms/memory", "/v1/vms/web-1/console/log"] {
-            assert!(!super::is_memory_request(path), "{path}");
-        }
     }
 }

@@ -6,32 +6,40 @@
 //! serving and leaves every VM running.
 #![deny(missing_docs)]
 
-mod access;
-pub mod audit;
+pub mod api;
+mod attestations;
 pub mod auth;
 pub mod config;
-mod grpc;
-pub mod memory;
+mod console;
+mod images;
+mod memory;
 mod metrics;
+mod networks;
 mod openapi;
-mod rest;
 mod serve;
+mod snapshots;
 mod state;
-mod storage_grpc;
-mod storage_rest;
+mod system;
+mod vms;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    console_service_server::ConsoleServiceServer, memory_service_server::MemoryServiceServer,
-    network_service_server::NetworkServiceServer, system_service_server::SystemServiceServer,
-    vm_service_server::VmServiceServer,
+    attestation_service_server::AttestationServiceServer,
+    console_service_server::ConsoleServiceServer, image_service_server::ImageServiceServer,
+    memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
+    snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
+    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
-use corral_service::{StorageConfig, StorageService, VmService};
+use corral_service::{
+    AuditLog, ConsoleService, MemoryService, NetworkService, StorageConfig, StorageService,
+    VmService,
+};
 use corral_store::SqliteStore;
 use tokio::sync::watch;
 
@@ -57,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let vms = VmService::new(store.clone())
         .with_host_path_check()
         .with_port_range(config.port_range.clone());
-    let networks = corral_service::NetworkService::new(store.clone());
+    let networks = NetworkService::new(store.clone());
     networks
         .ensure_default()
         .await
@@ -83,26 +91,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "local".into());
-    let audit = audit::AuditLog::open(&config.data_dir.join("audit.log"))
+    let audit = AuditLog::open(&config.data_dir.join("audit.log"))
         .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?;
-    let memory = memory::MemoryBridge::new(vms.clone(), backend.clone(), audit, "/dev/shm".into());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
+        memory: MemoryService::new(vms.clone(), backend.clone(), audit),
+        consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
-        memory,
+        networks,
         storage,
         node_key,
         backend,
         node,
         metrics,
-        access: access::Access::new(networks),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
     let network_controller = corral_controller::NetworkController::new(
-        daemon.access.networks.clone(),
+        daemon.networks.clone(),
         config.run_dir.join("networks"),
     );
     tokio::spawn(network_controller.run(stop_rx.clone()));
@@ -160,8 +168,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-/// gRPC (VM and system services, health, reflection) and REST on one router.
+/// REST and gRPC on one router, behind the one authorization layer.
 async fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
+    let grpc = grpc_routes(&daemon).await?.into_axum_router();
+    Ok(api::rest_router(daemon, grpc))
+}
+
+/// Every gRPC service: Corral's, health and reflection. Each method's permission is declared
+/// beside its service (`METHODS` in each concept's `grpc.rs`).
+async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Routes> {
     // One list of descriptor sets feeds reflection (v1 and v1alpha, each listing the other)
     // and health, so every service a client can discover also reports SERVING.
     let descriptors = [
@@ -189,48 +204,36 @@ async fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let grpc = tonic::service::Routes::new(VmServiceServer::new(grpc::VmGrpc(daemon.clone())))
-        .add_service(SystemServiceServer::new(grpc::SystemGrpc(daemon.clone())))
-        .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
-            daemon.clone(),
-        )))
-        .add_service(NetworkServiceServer::new(access::NetworkGrpc(
-            daemon.clone(),
-        )))
-        .add_service(ConsoleServiceServer::new(access::ConsoleGrpc(
-            daemon.clone(),
-        )));
-    let grpc = storage_grpc::add_services(grpc, &daemon)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    // gRPC paths (`/corral.v1.VmService/Create` …) never collide with REST ones; anything no
-    // REST route takes goes to gRPC only when it is a gRPC request, so a mistyped REST path
-    // is a JSON 404 rather than a gRPC "unimplemented" with HTTP 200.
-    let grpc = grpc.into_axum_router();
-    Ok(rest::router(daemon.clone())
-        .merge(memory::rest::router(daemon.clone()))
-        .merge(storage_rest::router(daemon.clone()))
-        .merge(access::router(daemon))
-        .fallback(move |request: axum::extract::Request| {
-            let grpc = grpc.clone();
-            async move {
-                use tower::ServiceExt;
-                let is_grpc = request
-                    .headers()
-                    .get(axum::http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                if is_grpc {
-                    grpc.oneshot(request).await.into_response()
-                } else {
-                    rest::not_found(request.method(), request.uri().path())
-                }
-            }
-        })
-        .layer(axum::middleware::map_response(rest::json_errors)))
+    let d = daemon;
+    Ok(
+        tonic::service::Routes::new(VmServiceServer::new(vms::grpc::VmGrpc(d.clone())))
+            .add_service(SystemServiceServer::new(system::grpc::SystemGrpc(
+                d.clone(),
+            )))
+            .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
+                d.clone(),
+            )))
+            .add_service(NetworkServiceServer::new(networks::grpc::NetworkGrpc(
+                d.clone(),
+            )))
+            .add_service(ConsoleServiceServer::new(console::grpc::ConsoleGrpc(
+                d.clone(),
+            )))
+            .add_service(ImageServiceServer::new(images::grpc::ImageGrpc(d.clone())))
+            .add_service(VolumeServiceServer::new(volumes::grpc::VolumeGrpc(
+                d.clone(),
+            )))
+            .add_service(SnapshotServiceServer::new(snapshots::grpc::SnapshotGrpc(
+                d.clone(),
+            )))
+            .add_service(AttestationServiceServer::new(
+                attestations::grpc::AttestationGrpc(d.clone()),
+            ))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha),
+    )
 }
-
-use axum::response::IntoResponse;
 
 /// The full names (`corral.v1.VmService` …) of the services in encoded descriptor sets.
 fn grpc_service_names(sets: &[&[u8]]) -> Result<Vec<String>, prost::DecodeError> {

@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use corral_contract::Accel;
@@ -263,6 +264,29 @@ impl Hypervisor for FakeHypervisor {
     fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
         self.events.subscribe()
     }
+
+    // `guest_ram` stays unsupported: the fake has no guest whose RAM could be shared.
+
+    async fn run_paused<'a>(
+        &'a self,
+        uid: &'a str,
+        work: Box<dyn FnOnce() + Send + 'a>,
+    ) -> Result<Duration, Error> {
+        self.require_live(uid, "pause for a copy")?;
+        let start = Instant::now();
+        work();
+        Ok(start.elapsed())
+    }
+
+    async fn console_log(&self, uid: &str, max: u64) -> Result<Vec<u8>, Error> {
+        // What the fake keeps of a console is its scrollback.
+        let (mut log, _) = self.console(uid)?.subscribe();
+        let excess = log
+            .len()
+            .saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
+        log.drain(..excess);
+        Ok(log)
+    }
 }
 
 #[cfg(test)]
@@ -316,5 +340,18 @@ mod tests {
         assert!(hv.pause("a").await.is_err());
         hv.cleanup("a").await.unwrap();
         assert!(hv.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn node_local_access_is_served_or_refused_by_name() {
+        let hv = FakeHypervisor::new();
+        hv.start(&config("a")).await.unwrap();
+        hv.console("a").unwrap().publish(b"boot ok\n");
+        assert_eq!(hv.console_log("a", 3).await.unwrap(), b"ok\n");
+        let mut ran = false;
+        hv.run_paused("a", Box::new(|| ran = true)).await.unwrap();
+        assert!(ran);
+        let err = hv.guest_ram("a").await.unwrap_err().to_string();
+        assert!(err.contains("without shared guest RAM"), "{err}");
     }
 }

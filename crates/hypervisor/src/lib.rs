@@ -30,6 +30,7 @@ mod config;
 mod console;
 mod error;
 mod fake;
+mod memory;
 mod net;
 mod types;
 
@@ -38,8 +39,11 @@ pub use console::{Console, ConsoleInput};
 pub use corral_contract::DiskFormat;
 pub use error::Error;
 pub use fake::FakeHypervisor;
+pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
 pub use types::{Exit, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -113,6 +117,44 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
             uid: uid.to_owned(),
             op: "snapshot",
             state: "managed by a backend without snapshots".into(),
+        })
+    }
+
+    /// Where running VM `uid`'s RAM is shared with the host and how its guest-physical
+    /// addresses map into that file (discovered from the emulator, for VMs launched with a
+    /// [`VmConfig::memory_file`]). Serves guest-memory reads on the node that runs the VM.
+    async fn guest_ram(&self, uid: &str) -> Result<GuestRamMap, Error> {
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "share its RAM",
+            state: "managed by a backend without shared guest RAM".into(),
+        })
+    }
+
+    /// Runs `work` with VM `uid`'s vCPUs stopped and returns how long the guest was paused.
+    /// Nothing resumes the guest before `work` returns — a controller's resume waits — so a
+    /// copy made by `work` is atomic. A guest that was already paused stays paused.
+    async fn run_paused<'a>(
+        &'a self,
+        uid: &'a str,
+        work: Box<dyn FnOnce() + Send + 'a>,
+    ) -> Result<Duration, Error> {
+        let _ = work;
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "pause for a copy",
+            state: "managed by a backend without pause-for-copy".into(),
+        })
+    }
+
+    /// The last `max` bytes of VM `uid`'s serial output as kept on this node (also after the
+    /// VM stopped); empty when it never printed.
+    async fn console_log(&self, uid: &str, max: u64) -> Result<Vec<u8>, Error> {
+        let _ = max;
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "read its console log",
+            state: "managed by a backend without a console log".into(),
         })
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, Hypervisor, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+    Console, Error, Exit, GuestRamMap, Hypervisor, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo,
+    VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -57,11 +58,11 @@ impl QemuBackendConfig {
 /// What is written beside a running VM, so that a later backend instance can check that the
 /// process it finds is the one that was started.
 #[derive(Debug, Serialize, Deserialize)]
-struct LaunchRecord {
+pub(crate) struct LaunchRecord {
     argv: Vec<String>,
     accel: Accel,
     emulator_version: String,
-    config: VmConfig,
+    pub(crate) config: VmConfig,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<VmRuntime>>>>;
@@ -191,7 +192,11 @@ impl QemuBackend {
             .ok_or_else(|| Error::NotFound(uid.to_owned()))
     }
 
-    async fn live_runtime(&self, uid: &str, op: &'static str) -> Result<Arc<VmRuntime>, Error> {
+    pub(crate) async fn live_runtime(
+        &self,
+        uid: &str,
+        op: &'static str,
+    ) -> Result<Arc<VmRuntime>, Error> {
         let rt = self.runtime(uid).await?;
         match rt.exited() {
             Some(exit) => Err(Error::InvalidState {
@@ -589,6 +594,23 @@ impl Hypervisor for QemuBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
         self.events.subscribe()
+    }
+
+    async fn guest_ram(&self, uid: &str) -> Result<GuestRamMap, Error> {
+        self.shared_ram(uid).await
+    }
+
+    async fn run_paused<'a>(
+        &'a self,
+        uid: &'a str,
+        work: Box<dyn FnOnce() + Send + 'a>,
+    ) -> Result<Duration, Error> {
+        let ((), paused) = self.while_paused(uid, work).await?;
+        Ok(paused)
+    }
+
+    async fn console_log(&self, uid: &str, max: u64) -> Result<Vec<u8>, Error> {
+        self.serial_tail(uid, max).await
     }
 
     async fn resize_disk(&self, uid: &str, disk: usize, bytes: u64) -> Result<(), Error> {

@@ -208,6 +208,17 @@ pub enum ServiceError {
         #[source]
         source: BoxError,
     },
+    /// The hypervisor refused or failed an operation on an object's VM.
+    #[error("{kind} {name:?}: {source}")]
+    Hypervisor {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What the hypervisor said.
+        #[source]
+        source: corral_hypervisor::Error,
+    },
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
@@ -238,7 +249,8 @@ impl ServiceError {
             | E::Import { .. }
             | E::Cas(_)
             | E::QemuImg(_)
-            | E::Interrupted { .. } => ErrorCode::FailedPrecondition,
+            | E::Interrupted { .. }
+            | E::Hypervisor { .. } => ErrorCode::FailedPrecondition,
             E::Store(_) => ErrorCode::Unavailable,
             E::Io { .. }
             | E::Corrupt { .. }

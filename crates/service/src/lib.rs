@@ -47,15 +47,25 @@
 #![deny(missing_docs)]
 
 mod allocate;
+mod audit;
+mod console;
 mod error;
+mod memory;
 mod network;
 mod resources;
 mod storage;
 mod vm;
 
 pub use allocate::{BadPortRange, PortRange};
+pub use audit::{AuditEntry, AuditLog};
+pub use console::{ConsoleService, ConsoleSession};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
+pub use memory::CHUNK as MEMORY_CHUNK;
+pub use memory::{
+    ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
+    SnapshotMode,
+};
 pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{

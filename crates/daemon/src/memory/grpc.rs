@@ -1,32 +1,52 @@
-//! `corral.v1.MemoryService` over [`MemoryBridge`](super::MemoryBridge). Decode, call, encode.
+//! `corral.v1.MemoryService`: decode, call the memory service, encode.
 
 use std::pin::Pin;
 
 use corral_contract::pb::{self, memory_service_server::MemoryService, snapshot_part::Part};
+use corral_service::{MEMORY_CHUNK as CHUNK, MemoryAccess, MemoryOp, SnapshotMode};
+use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{CHUNK, MemoryError, SnapshotMode};
+use crate::api::GrpcMethod;
+use crate::api::error::memory_status as status;
 use crate::auth::Caller;
 use crate::state::Shared;
+
+/// Every method needs the `memory` permission; a refusal is audited with what the request
+/// asked for.
+pub const METHODS: &[GrpcMethod] = &[
+    GrpcMethod::memory("/corral.v1.MemoryService/Read", |body| {
+        let r = pb::ReadMemoryRequest::decode(body).unwrap_or_default();
+        access(MemoryOp::Read, r.name, Some((r.addr, r.len)))
+    }),
+    GrpcMethod::memory("/corral.v1.MemoryService/Find", |body| {
+        let r = pb::FindMemoryRequest::decode(body).unwrap_or_default();
+        access(MemoryOp::Find, r.name, None)
+    }),
+    GrpcMethod::memory("/corral.v1.MemoryService/Snapshot", |body| {
+        let r = pb::SnapshotMemoryRequest::decode(body).unwrap_or_default();
+        access(MemoryOp::Snapshot, r.name, None)
+    }),
+    GrpcMethod::memory("/corral.v1.MemoryService/Map", |body| {
+        let r = pb::MapMemoryRequest::decode(body).unwrap_or_default();
+        access(MemoryOp::Map, r.name, None)
+    }),
+];
+
+fn access(op: MemoryOp, vm: String, range: Option<(u64, u64)>) -> MemoryAccess {
+    MemoryAccess { op, vm, range }
+}
 
 /// The gRPC face of guest memory.
 #[derive(Debug, Clone)]
 pub struct MemoryGrpc(pub Shared);
 
-/// Maps a memory error to the gRPC status a client can act on.
-fn status(err: MemoryError) -> Status {
-    match err {
-        MemoryError::Service(e) => crate::grpc::status(e),
-        e @ MemoryError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
-        e @ MemoryError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        e @ MemoryError::Unavailable(_) => Status::failed_precondition(e.to_string()),
-        e @ MemoryError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
-
-fn caller<T>(req: &Request<T>) -> Option<Caller> {
-    req.extensions().get::<Caller>().cloned()
+/// The caller as the audit log names it (the authorization layer has let it through).
+fn who<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<Caller>()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string)
 }
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -40,12 +60,12 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::ReadMemoryRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let who = caller(&req);
+        let who = who(&req);
         let r = req.into_inner();
         let chunks = self
             .0
             .memory
-            .read(who.as_ref(), &r.name, r.addr, r.len, None)
+            .read(&who, &r.name, r.addr, r.len, None)
             .await
             .map_err(status)?;
         let stream =
@@ -57,12 +77,12 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::FindMemoryRequest>,
     ) -> Result<Response<pb::FindMemoryResponse>, Status> {
-        let who = caller(&req);
+        let who = who(&req);
         let r = req.into_inner();
         let (addresses, truncated) = self
             .0
             .memory
-            .find(who.as_ref(), &r.name, r.pattern, r.limit)
+            .find(&who, &r.name, r.pattern, r.limit)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::FindMemoryResponse {
@@ -75,7 +95,7 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::SnapshotMemoryRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let who = caller(&req);
+        let who = who(&req);
         let r = req.into_inner();
         let mode = match pb::SnapshotMode::try_from(r.mode) {
             Ok(pb::SnapshotMode::Atomic) => SnapshotMode::Atomic,
@@ -92,7 +112,7 @@ impl MemoryService for MemoryGrpc {
         let snap = self
             .0
             .memory
-            .snapshot(who.as_ref(), &r.name, mode)
+            .snapshot(&who, &r.name, mode)
             .await
             .map_err(status)?;
         let info = pb::SnapshotInfo {
@@ -132,12 +152,12 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::MapMemoryRequest>,
     ) -> Result<Response<pb::MapMemoryResponse>, Status> {
-        let who = caller(&req);
+        let who = who(&req);
         let r = req.into_inner();
         let png = self
             .0
             .memory
-            .map(who.as_ref(), &r.name, r.side)
+            .map(&who, &r.name, r.side)
             .await
             .map_err(status)?;
         let side = if r.side == 0 { 512 } else { r.side };

@@ -1,73 +1,68 @@
-//! REST and WebSocket routes of guest memory under `/v1/vms/{name}/memory`. Decode, call
-//! [`MemoryBridge`](super::MemoryBridge), encode.
+//! REST and WebSocket routes of guest memory under `/v1/vms/{name}/memory`. Decode, call the
+//! memory service, encode.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use corral_service::{FrameStream, MemoryError, MemoryOp, SnapshotMode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{FrameStream, MAX_REST_READ, MemoryError, SnapshotMode};
+use crate::api::Route;
+use crate::api::error::ApiError;
 use crate::auth::Caller;
-use crate::rest::ApiError;
 use crate::state::Shared;
 
-/// The memory routes.
-pub fn router(daemon: Shared) -> Router {
-    Router::new()
-        .route("/v1/vms/{name}/memory", get(read))
-        .route("/v1/vms/{name}/memory/find", get(find))
-        .route("/v1/vms/{name}/memory/snapshot", get(snapshot))
-        .route("/v1/vms/{name}/memory/map", get(map))
-        .route("/v1/vms/{name}/memory/stream", get(stream))
-        .with_state(daemon)
+/// The most bytes one REST read returns; larger ranges go through gRPC's stream or a snapshot.
+pub const MAX_REST_READ: u64 = 64 << 20;
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::memory(
+            "/v1/vms/{name}/memory",
+            "readVmMemory",
+            MemoryOp::Read,
+            read,
+        ),
+        Route::memory(
+            "/v1/vms/{name}/memory/find",
+            "findVmMemory",
+            MemoryOp::Find,
+            find,
+        ),
+        Route::memory(
+            "/v1/vms/{name}/memory/snapshot",
+            "snapshotVmMemory",
+            MemoryOp::Snapshot,
+            snapshot,
+        ),
+        Route::memory(
+            "/v1/vms/{name}/memory/map",
+            "mapVmMemory",
+            MemoryOp::Map,
+            map,
+        ),
+        Route::memory(
+            "/v1/vms/{name}/memory/stream",
+            "streamVmMemory",
+            MemoryOp::Stream,
+            stream,
+        ),
+    ]
 }
 
-impl IntoResponse for MemoryError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            MemoryError::Service(_) => {
-                let MemoryError::Service(e) = self else {
-                    unreachable!()
-                };
-                return ApiError::from(e).into_response();
-            }
-            MemoryError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PermissionDenied"),
-            MemoryError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-            MemoryError::Unavailable(_) => (StatusCode::PRECONDITION_FAILED, "FailedPrecondition"),
-            MemoryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
-        };
-        (
-            status,
-            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
-    }
-}
+type Result<T = Response> = std::result::Result<T, ApiError>;
 
-type Result<T = Response> = std::result::Result<T, MemoryError>;
-type MaybeCaller = Option<Extension<Caller>>;
-
-fn caller(c: &MaybeCaller) -> Option<&Caller> {
-    c.as_ref().map(|Extension(c)| c)
+/// The caller as the audit log names it (the authorization layer has let it through).
+fn who(caller: &Extension<Caller>) -> String {
+    caller.0.to_string()
 }
 
 /// Parses `0x1000` or `4096`.
 fn parse_u64(field: &str, text: &str) -> Result<u64> {
-    let t = text.trim().replace('_', "");
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => t.parse(),
-    };
-    parsed.map_err(|_| {
-        MemoryError::Invalid(format!(
-            "{field}: {text:?} is not a number; give decimal (4096) or hex (0x1000)"
-        ))
-    })
+    crate::api::json::parse_u64(field, text).map_err(ApiError::invalid)
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,7 +74,7 @@ struct ReadQuery {
 
 async fn read(
     State(d): State<Shared>,
-    c: MaybeCaller,
+    c: Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> Result {
@@ -87,7 +82,7 @@ async fn read(
     let len = parse_u64("len", &q.len)?;
     let chunks = d
         .memory
-        .read(caller(&c), &name, addr, len, Some(MAX_REST_READ))
+        .read(&who(&c), &name, addr, len, Some(MAX_REST_READ))
         .await?;
     let body = Body::from_stream(tokio_stream::iter(
         chunks.map(|(_, bytes)| Ok::<_, std::convert::Infallible>(bytes)),
@@ -113,7 +108,7 @@ struct FindQuery {
 
 async fn find(
     State(d): State<Shared>,
-    c: MaybeCaller,
+    c: Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<FindQuery>,
 ) -> Result {
@@ -121,18 +116,22 @@ async fn find(
         (Some(text), None) => text.into_bytes(),
         (None, Some(hex)) => decode_hex(&hex)?,
         _ => {
-            return Err(MemoryError::Invalid(
+            return Err(invalid(
                 "pattern: give exactly one of `pattern` (text) or `patternHex`".into(),
             ));
         }
     };
-    let (addresses, truncated) = d.memory.find(caller(&c), &name, pattern, q.limit).await?;
+    let (addresses, truncated) = d.memory.find(&who(&c), &name, pattern, q.limit).await?;
     Ok(axum::Json(json!({"addresses": addresses, "truncated": truncated})).into_response())
+}
+
+fn invalid(message: String) -> ApiError {
+    MemoryError::Invalid(message).into()
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>> {
     let bad = || {
-        MemoryError::Invalid(format!(
+        invalid(format!(
             "patternHex: {hex:?} is not an even run of hex digits"
         ))
     };
@@ -161,7 +160,7 @@ pub fn parse_mode(mode: Option<&str>) -> Result<SnapshotMode> {
     match mode.unwrap_or("consistent") {
         "consistent" => Ok(SnapshotMode::Consistent),
         "atomic" => Ok(SnapshotMode::Atomic),
-        other => Err(MemoryError::Invalid(format!(
+        other => Err(invalid(format!(
             "mode: {other:?} is not a snapshot mode; use `consistent` or `atomic`"
         ))),
     }
@@ -169,12 +168,12 @@ pub fn parse_mode(mode: Option<&str>) -> Result<SnapshotMode> {
 
 async fn snapshot(
     State(d): State<Shared>,
-    c: MaybeCaller,
+    c: Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<SnapshotQuery>,
 ) -> Result {
     let mode = parse_mode(q.mode.as_deref())?;
-    let snap = d.memory.snapshot(caller(&c), &name, mode).await?;
+    let snap = d.memory.snapshot(&who(&c), &name, mode).await?;
     let regions: Vec<String> = snap
         .regions
         .iter()
@@ -213,11 +212,11 @@ struct MapQuery {
 
 async fn map(
     State(d): State<Shared>,
-    c: MaybeCaller,
+    c: Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<MapQuery>,
 ) -> Result {
-    let png = d.memory.map(caller(&c), &name, q.side).await?;
+    let png = d.memory.map(&who(&c), &name, q.side).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
@@ -236,13 +235,13 @@ fn default_fps() -> u32 {
 
 async fn stream(
     State(d): State<Shared>,
-    c: MaybeCaller,
+    c: Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result {
     // Checked and audited before the upgrade, so a refusal is a plain HTTP error.
-    let stream = d.memory.stream(caller(&c), &name, q.side, q.fps).await?;
+    let stream = d.memory.stream(&who(&c), &name, q.side, q.fps).await?;
     Ok(ws.on_upgrade(move |socket| pump(socket, stream)))
 }
 
@@ -282,15 +281,10 @@ mod tests {
         assert_eq!(parse_u64("addr", "0x1000").unwrap(), 4096);
         assert_eq!(parse_u64("addr", "4096").unwrap(), 4096);
         assert_eq!(parse_u64("addr", "0x1_0000").unwrap(), 65536);
-        let err = parse_u64("len", "lots").unwrap_err().to_string();
+        let err = crate::api::json::parse_u64("len", "lots").unwrap_err();
         assert!(err.starts_with("len: \"lots\""), "{err}");
         assert_eq!(decode_hex("00ff").unwrap(), [0, 255]);
         assert!(decode_hex("0").is_err() && decode_hex("zz").is_err());
-        assert!(
-            parse_mode(Some("later"))
-                .unwrap_err()
-                .to_string()
-                .contains("atomic")
-        );
+        assert!(format!("{:?}", parse_mode(Some("later")).unwrap_err()).contains("atomic"));
     }
 }

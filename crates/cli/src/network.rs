@@ -1,9 +1,7 @@
-//! Guest access from the command line: `network …`, the network and cloud-init flags of
-//! `vm create`, `vm ssh` and the interactive `vm console`.
+//! Networks from the command line: `network …`, applying a manifest's networks, and the
+//! network, port-forward and SSH/cloud-init flags of `vm create`.
 
-use std::io::{IsTerminal, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +16,7 @@ use crate::CliError;
 use crate::args::{OutputArgs, parse_name, parse_timeout};
 use crate::output;
 
-use corral_contract::names::conditions::SSH_READY;
+use crate::ssh::managed_key;
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
@@ -79,9 +77,9 @@ pub struct NetworkGetArgs {
     pub output: OutputArgs,
 }
 
-/// The guest-access flags of `vm create`.
+/// The network, port-forward, SSH and cloud-init flags of `vm create`.
 #[derive(Debug, Clone, Default, Args)]
-pub struct AccessArgs {
+pub struct NetworkArgs {
     /// Join this network (one NIC each; repeat for more); `--forward`, `--ssh` and
     /// `--wait-ssh` use the first, or `default` when none is named
     #[arg(long = "network", value_name = "NAME", value_parser = parse_name)]
@@ -113,22 +111,6 @@ pub struct AccessArgs {
     pub ssh_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct SshArgs {
-    /// The VM's name
-    #[arg(value_parser = parse_name)]
-    pub name: ResourceName,
-    /// Log in as this user [default: root]
-    #[arg(short = 'l', long, value_name = "USER", default_value = "root")]
-    pub user: String,
-    /// Private key to use [default: the key corral manages]
-    #[arg(short = 'i', long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// A command to run instead of a login shell, after `--`
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
-
 /// `GUEST`, `GUEST:HOST`, each optionally followed by `/tcp` or `/udp`.
 pub fn parse_forward(s: &str) -> Result<PortForward, String> {
     let (ports, protocol) = match s.rsplit_once('/') {
@@ -156,7 +138,7 @@ pub fn parse_forward(s: &str) -> Result<PortForward, String> {
 }
 
 /// Adds what the access flags ask for to a VM built from the other flags.
-pub fn apply_flags(args: &AccessArgs, vm: &mut Vm) -> Result<(), CliError> {
+pub fn apply_flags(args: &NetworkArgs, vm: &mut Vm) -> Result<(), CliError> {
     let want_ssh = args.ssh || args.wait_ssh || !args.ssh_keys.is_empty() || args.user.is_some();
     let mut names = args.networks.clone();
     if names.is_empty() && (want_ssh || !args.forwards.is_empty()) {
@@ -207,258 +189,6 @@ pub fn apply_flags(args: &AccessArgs, vm: &mut Vm) -> Result<(), CliError> {
     vm.spec
         .validate()
         .map_err(|e| CliError::Failed(e.to_string()))
-}
-
-/// The directory of the key corral manages: `$CORRAL_SSH_DIR`, else
-/// `$XDG_DATA_HOME/corral/ssh` (`~/.local/share/corral/ssh`).
-fn key_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CORRAL_SSH_DIR") {
-        return PathBuf::from(dir);
-    }
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("corral/ssh")
-}
-
-/// The key corral manages for this user: its private key file (mode 0600) and public key line.
-/// Made with `ssh-keygen -t ed25519` on first use, under a lock so that concurrent first uses
-/// agree on one key.
-pub fn managed_key() -> Result<(PathBuf, String), CliError> {
-    let dir = key_dir();
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        CliError::Failed(format!("{what} {}: {e}", dir.display()))
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| fail("creating", &e))?;
-    let lock = std::fs::File::create(dir.join(".lock")).map_err(|e| fail("locking", &e))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| fail("locking", &e))?;
-    let key = dir.join("id_ed25519");
-    let public = dir.join("id_ed25519.pub");
-    if !key.exists() || !public.exists() {
-        let _ = std::fs::remove_file(&key);
-        let _ = std::fs::remove_file(&public);
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "corral", "-f"])
-            .arg(&key)
-            .output()
-            .map_err(|e| {
-                CliError::Failed(format!(
-                    "running ssh-keygen: {e} (install it: apt-get install openssh-client)"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(CliError::Failed(format!(
-                "ssh-keygen failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-    }
-    let line = std::fs::read_to_string(&public).map_err(|e| fail("reading the key in", &e))?;
-    Ok((key, line.trim().to_owned()))
-}
-
-/// `--wait-ssh`: waits until the VM's `SshReady` condition holds.
-pub async fn wait_ssh(client: &Client, name: &str, timeout: Duration) -> Result<(), CliError> {
-    let mut failed = None;
-    let result = client
-        .wait_for(
-            name,
-            |vm| match vm {
-                Some(vm) if vm.status.phase == corral_contract::Phase::Failed => {
-                    failed = vm.status.message.clone();
-                    true
-                }
-                Some(vm) => vm.status.condition(SSH_READY).is_some_and(|c| c.status),
-                None => true,
-            },
-            timeout,
-        )
-        .await;
-    match (result, failed) {
-        (_, Some(why)) => Err(CliError::Failed(format!("vm/{name} failed: {why}"))),
-        (Ok(Some(_)), None) => {
-            println!("vm/{name} ssh ready");
-            Ok(())
-        }
-        (Ok(None), None) => Err(CliError::Failed(format!(
-            "vm/{name} was deleted while waiting for ssh"
-        ))),
-        (Err(ClientError::Timeout { .. }), None) => Err(CliError::Failed(format!(
-            "vm/{name}: ssh did not answer within {}s; see `corral vm console {name} --log`",
-            timeout.as_secs()
-        ))),
-        (Err(e), None) => Err(e.into()),
-    }
-}
-
-/// `vm ssh`: runs the system's `ssh` on the forwarded port of guest port 22, replacing this
-/// process so the terminal and exit code are ssh's.
-pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
-    let name = args.name.as_str();
-    let vm = client.get_vm(name).await?;
-    let forward = vm
-        .status
-        .networks
-        .iter()
-        .flat_map(|n| &n.forwards)
-        .find(|f| f.guest_port == 22 && f.protocol == Protocol::Tcp)
-        .ok_or_else(|| {
-            let why = if vm
-                .spec
-                .networks
-                .iter()
-                .flat_map(|n| &n.forwards)
-                .any(|f| f.guest_port == 22)
-            {
-                format!("vm/{name} is {}: start it first", vm.status.phase)
-            } else {
-                format!("vm/{name} forwards no port to guest port 22: create it with --ssh")
-            };
-            CliError::Failed(why)
-        })?;
-    let host = match forward.host_address {
-        Some(a) if !a.is_unspecified() => a,
-        _ => Ipv4Addr::LOCALHOST,
-    };
-    let identity = match &args.identity {
-        Some(path) => path.clone(),
-        None => managed_key()?.0,
-    };
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.arg("-i")
-        .arg(&identity)
-        .args(["-p", &forward.host_port.to_string()])
-        // The guest makes a new host key at every boot, so there is nothing stable to pin.
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg(format!("{}@{host}", args.user));
-    if !args.command.is_empty() {
-        cmd.arg("--").args(&args.command);
-    }
-    let err = cmd.exec();
-    Err(CliError::Failed(format!(
-        "running ssh: {err} (install it: apt-get install openssh-client)"
-    )))
-}
-
-/// Ctrl-], as virsh uses it to detach.
-const DETACH: u8 = 0x1d;
-
-/// `vm console NAME`: attaches in raw mode on a terminal (Ctrl-] detaches); with stdin not a
-/// terminal, sends what it reads and prints output until a second after stdin ends.
-pub async fn console(
-    client: &Client,
-    name: &str,
-    read_only: bool,
-    scrollback: bool,
-) -> Result<(), CliError> {
-    let mut session = client.attach_console(name, !read_only, scrollback).await?;
-    let tty = std::io::stdin().is_terminal();
-    let _raw = if tty { Some(RawMode::enable()?) } else { None };
-    if tty {
-        eprint!("Connected to vm/{name}; escape character is ^]\r\n");
-    }
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
-    // Blocking reads of stdin on their own thread: a terminal cannot be read asynchronously
-    // without taking it over.
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = stdin_tx.blocking_send(None);
-                    return;
-                }
-                Ok(n) => {
-                    if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let mut out = std::io::stdout();
-    let mut linger: Option<tokio::time::Instant> = None;
-    loop {
-        let deadline = linger
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
-        tokio::select! {
-            data = session.output.recv() => match data {
-                Some(Ok(bytes)) => {
-                    out.write_all(&bytes)?;
-                    out.flush()?;
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {
-                    if tty { eprint!("\r\nvm/{name}: console closed\r\n"); }
-                    return Ok(());
-                }
-            },
-            input = stdin_rx.recv(), if linger.is_none() => match input {
-                Some(Some(bytes)) => {
-                    if tty && bytes.contains(&DETACH) {
-                        let before: Vec<u8> = bytes.iter().copied().take_while(|b| *b != DETACH).collect();
-                        if !before.is_empty() && !read_only {
-                            let _ = session.input.send(before).await;
-                        }
-                        eprint!("\r\n");
-                        return Ok(());
-                    }
-                    if read_only {
-                        continue;
-                    }
-                    if session.input.send(bytes).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                _ => {
-                    if tty {
-                        return Ok(());
-                    }
-                    linger = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
-            },
-            _ = tokio::time::sleep_until(deadline), if linger.is_some() => return Ok(()),
-        }
-    }
-}
-
-/// The terminal in raw mode until dropped.
-struct RawMode(nix::sys::termios::Termios);
-
-impl RawMode {
-    fn enable() -> Result<RawMode, CliError> {
-        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin)
-            .map_err(|e| CliError::Failed(format!("reading the terminal's settings: {e}")))?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw)
-            .map_err(|e| CliError::Failed(format!("setting the terminal to raw mode: {e}")))?;
-        Ok(RawMode(saved))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.0,
-        );
-    }
 }
 
 /// `network …`.

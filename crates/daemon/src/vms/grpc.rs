@@ -1,39 +1,37 @@
-//! The gRPC transport: decode, call the service layer, encode. No VM logic here.
+//! `corral.v1.VmService`: decode, call the VM service, encode.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use corral_contract::pb::{
-    self, system_service_server::SystemService, vm_service_server::VmService,
-};
+use corral_contract::pb::{self, vm_service_server::VmService};
 use corral_contract::{Power, Vm};
-use corral_service::{ErrorCode, EventType, ServiceError};
+use corral_service::{EventType, ServiceError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::error::status;
+use crate::api::{GrpcMethod, Permission};
 use crate::state::Daemon;
+
+/// What each method needs.
+pub const METHODS: &[GrpcMethod] = &[
+    GrpcMethod::new("/corral.v1.VmService/Create", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Get", Permission::Read),
+    GrpcMethod::new("/corral.v1.VmService/List", Permission::Read),
+    GrpcMethod::new("/corral.v1.VmService/Update", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Delete", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Watch", Permission::Read),
+    GrpcMethod::new("/corral.v1.VmService/Start", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Stop", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Pause", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Resume", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Restart", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/ConsoleLog", Permission::Read),
+];
 
 /// `corral.v1.VmService` over the service layer.
 #[derive(Debug, Clone)]
 pub struct VmGrpc(pub Arc<Daemon>);
-
-/// `corral.v1.SystemService`.
-#[derive(Debug, Clone)]
-pub struct SystemGrpc(pub Arc<Daemon>);
-
-/// Maps a service error to the gRPC status a client can act on.
-pub fn status(err: ServiceError) -> Status {
-    let message = err.to_string();
-    match err.code() {
-        ErrorCode::InvalidArgument => Status::invalid_argument(message),
-        ErrorCode::NotFound => Status::not_found(message),
-        ErrorCode::AlreadyExists => Status::already_exists(message),
-        ErrorCode::Aborted => Status::aborted(message),
-        ErrorCode::FailedPrecondition => Status::failed_precondition(message),
-        ErrorCode::Unavailable => Status::unavailable(message),
-        ErrorCode::Internal => Status::internal(message),
-    }
-}
 
 fn vm_in(vm: Option<pb::Vm>) -> Result<Vm, Status> {
     let vm = vm.ok_or_else(|| Status::invalid_argument("vm: required"))?;
@@ -170,27 +168,10 @@ impl VmService for VmGrpc {
         let req = req.into_inner();
         let data = self
             .0
-            .console_log(&req.name, req.tail_bytes)
+            .consoles
+            .log(&req.name, req.tail_bytes)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ConsoleLogResponse { data }))
-    }
-}
-
-#[tonic::async_trait]
-impl SystemService for SystemGrpc {
-    async fn version(
-        &self,
-        _: Request<pb::VersionRequest>,
-    ) -> Result<Response<pb::VersionResponse>, Status> {
-        Ok(Response::new(pb::VersionResponse {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            git_commit: option_env!("CORRAL_GIT_COMMIT").map(str::to_owned),
-            store: format!(
-                "sqlite:{}",
-                self.0.config.data_dir.join("state.db").display()
-            ),
-            node: self.0.node.clone(),
-        }))
     }
 }

@@ -1,0 +1,173 @@
+//! `vm ssh`, `--wait-ssh`, and the SSH key corral manages for its user.
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use corral_client::{Client, ClientError};
+use corral_contract::{Protocol, ResourceName};
+
+use crate::CliError;
+use crate::args::parse_name;
+
+use corral_contract::names::conditions::SSH_READY;
+
+#[derive(Debug, Clone, Args)]
+pub struct SshArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Log in as this user [default: root]
+    #[arg(short = 'l', long, value_name = "USER", default_value = "root")]
+    pub user: String,
+    /// Private key to use [default: the key corral manages]
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// A command to run instead of a login shell, after `--`
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// The directory of the key corral manages: `$CORRAL_SSH_DIR`, else
+/// `$XDG_DATA_HOME/corral/ssh` (`~/.local/share/corral/ssh`).
+fn key_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CORRAL_SSH_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("corral/ssh")
+}
+
+/// The key corral manages for this user: its private key file (mode 0600) and public key line.
+/// Made with `ssh-keygen -t ed25519` on first use, under a lock so that concurrent first uses
+/// agree on one key.
+pub fn managed_key() -> Result<(PathBuf, String), CliError> {
+    let dir = key_dir();
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        CliError::Failed(format!("{what} {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| fail("creating", &e))?;
+    let lock = std::fs::File::create(dir.join(".lock")).map_err(|e| fail("locking", &e))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| fail("locking", &e))?;
+    let key = dir.join("id_ed25519");
+    let public = dir.join("id_ed25519.pub");
+    if !key.exists() || !public.exists() {
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(&public);
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "corral", "-f"])
+            .arg(&key)
+            .output()
+            .map_err(|e| {
+                CliError::Failed(format!(
+                    "running ssh-keygen: {e} (install it: apt-get install openssh-client)"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(CliError::Failed(format!(
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    let line = std::fs::read_to_string(&public).map_err(|e| fail("reading the key in", &e))?;
+    Ok((key, line.trim().to_owned()))
+}
+
+/// `--wait-ssh`: waits until the VM's `SshReady` condition holds.
+pub async fn wait_ssh(client: &Client, name: &str, timeout: Duration) -> Result<(), CliError> {
+    let mut failed = None;
+    let result = client
+        .wait_for(
+            name,
+            |vm| match vm {
+                Some(vm) if vm.status.phase == corral_contract::Phase::Failed => {
+                    failed = vm.status.message.clone();
+                    true
+                }
+                Some(vm) => vm.status.condition(SSH_READY).is_some_and(|c| c.status),
+                None => true,
+            },
+            timeout,
+        )
+        .await;
+    match (result, failed) {
+        (_, Some(why)) => Err(CliError::Failed(format!("vm/{name} failed: {why}"))),
+        (Ok(Some(_)), None) => {
+            println!("vm/{name} ssh ready");
+            Ok(())
+        }
+        (Ok(None), None) => Err(CliError::Failed(format!(
+            "vm/{name} was deleted while waiting for ssh"
+        ))),
+        (Err(ClientError::Timeout { .. }), None) => Err(CliError::Failed(format!(
+            "vm/{name}: ssh did not answer within {}s; see `corral vm console {name} --log`",
+            timeout.as_secs()
+        ))),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// `vm ssh`: runs the system's `ssh` on the forwarded port of guest port 22, replacing this
+/// process so the terminal and exit code are ssh's.
+pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
+    let name = args.name.as_str();
+    let vm = client.get_vm(name).await?;
+    let forward = vm
+        .status
+        .networks
+        .iter()
+        .flat_map(|n| &n.forwards)
+        .find(|f| f.guest_port == 22 && f.protocol == Protocol::Tcp)
+        .ok_or_else(|| {
+            let why = if vm
+                .spec
+                .networks
+                .iter()
+                .flat_map(|n| &n.forwards)
+                .any(|f| f.guest_port == 22)
+            {
+                format!("vm/{name} is {}: start it first", vm.status.phase)
+            } else {
+                format!("vm/{name} forwards no port to guest port 22: create it with --ssh")
+            };
+            CliError::Failed(why)
+        })?;
+    let host = match forward.host_address {
+        Some(a) if !a.is_unspecified() => a,
+        _ => Ipv4Addr::LOCALHOST,
+    };
+    let identity = match &args.identity {
+        Some(path) => path.clone(),
+        None => managed_key()?.0,
+    };
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.arg("-i")
+        .arg(&identity)
+        .args(["-p", &forward.host_port.to_string()])
+        // The guest makes a new host key at every boot, so there is nothing stable to pin.
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(format!("{}@{host}", args.user));
+    if !args.command.is_empty() {
+        cmd.arg("--").args(&args.command);
+    }
+    let err = cmd.exec();
+    Err(CliError::Failed(format!(
+        "running ssh: {err} (install it: apt-get install openssh-client)"
+    )))
+}

@@ -1,0 +1,12 @@
+//! What every API concept shares: the route and method tables with each entry's permission,
+//! the one authorization layer that enforces them for REST and gRPC alike, the mapping of
+//! errors to HTTP statuses and gRPC codes, and the JSON body and answer helpers.
+
+pub mod error;
+pub(crate) mod json;
+mod permission;
+mod routes;
+
+pub use permission::Permission;
+pub use routes::{GrpcMethod, RouteInfo, grpc_methods, routes};
+pub(crate) use routes::{Route, rest_router};

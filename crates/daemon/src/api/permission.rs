@@ -1,0 +1,195 @@
+//! The one authorization layer: every REST route and gRPC method declares a [`Permission`]
+//! where it is registered (see [`super::routes`]); [`authorize`] looks the request's entry up
+//! and checks the caller the listener identified, before any handler runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::RequestExt;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use corral_service::{MemoryAccess, MemoryOp};
+
+use super::error::{is_grpc, refusal};
+use super::json::parse_u64;
+use super::routes::{GrpcMethod, Route};
+use crate::auth::Caller;
+use crate::state::Shared;
+
+/// What a caller must be allowed to do for a route or method.
+///
+/// Today a unix-socket peer may do everything and a token may what its scopes say (`vms`:
+/// [`Read`](Permission::Read) and [`Write`](Permission::Write); `memory`:
+/// [`Memory`](Permission::Memory)). Roles map onto the same variants: a viewer reads, an
+/// operator reads and writes, an admin does everything, and the `memory` grant adds
+/// [`Memory`](Permission::Memory) — per project once objects carry one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// Any caller the listener let in: health checks, the API description.
+    Open,
+    /// Read objects: VMs, images, volumes, snapshots, networks, logs, metrics.
+    Read,
+    /// Create, change and delete objects; power actions; typing on a console.
+    Write,
+    /// Read guest memory — a privileged act of its own; refusals are audited.
+    Memory,
+}
+
+impl Permission {
+    /// `open`, `read`, `write`, `memory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Open => "open",
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the layer knows of one entry.
+#[derive(Clone, Copy)]
+struct Rule {
+    permission: Permission,
+    audit: Audit,
+}
+
+/// How a refused memory request is described in the audit log.
+#[derive(Clone, Copy)]
+enum Audit {
+    None,
+    /// A REST route: the VM from the `{name}` path parameter, the range from `addr`/`len`.
+    Rest(MemoryOp),
+    /// A gRPC method: the decoded request message says.
+    Grpc(fn(&[u8]) -> MemoryAccess),
+}
+
+/// The tables [`authorize`] enforces, and the daemon it audits through.
+#[derive(Clone)]
+pub struct Authorizer {
+    rest: Arc<HashMap<(Method, &'static str), Rule>>,
+    grpc: Arc<HashMap<&'static str, Rule>>,
+    daemon: Shared,
+}
+
+impl Authorizer {
+    /// From the route table and the gRPC method table.
+    pub(crate) fn new(daemon: Shared, routes: &[Route], methods: &[GrpcMethod]) -> Self {
+        let rest = routes
+            .iter()
+            .map(|r| {
+                let audit = r.audit.map_or(Audit::None, Audit::Rest);
+                let rule = Rule {
+                    permission: r.info.permission,
+                    audit,
+                };
+                ((r.info.method.clone(), r.info.path), rule)
+            })
+            .collect();
+        let grpc = methods
+            .iter()
+            .map(|m| {
+                let audit = m.audit.map_or(Audit::None, Audit::Grpc);
+                let rule = Rule {
+                    permission: m.permission,
+                    audit,
+                };
+                (m.path, rule)
+            })
+            .collect();
+        Authorizer {
+            rest: Arc::new(rest),
+            grpc: Arc::new(grpc),
+            daemon,
+        }
+    }
+
+    fn rule(&self, request: &Request) -> Option<Rule> {
+        if let Some(path) = request.extensions().get::<MatchedPath>() {
+            let find = |method: &Method| self.rest.get(&(method.clone(), path.as_str())).copied();
+            // `GET` routes answer `HEAD` too.
+            return find(request.method()).or_else(|| {
+                (request.method() == Method::HEAD)
+                    .then(|| find(&Method::GET))
+                    .flatten()
+            });
+        }
+        if is_grpc(request.headers()) {
+            return self.grpc.get(request.uri().path()).copied();
+        }
+        None
+    }
+}
+
+/// The most of a refused gRPC request read to describe it in the audit log.
+const MAX_AUDITED_BODY: usize = 64 << 10;
+
+/// Middleware on the merged router: lets a request through only when its caller holds the
+/// permission its route or method declares. Requests no entry matches reach no handler (the
+/// router answers 404 or 405, tonic `UNIMPLEMENTED`), so they pass.
+pub async fn authorize(State(auth): State<Authorizer>, request: Request, next: Next) -> Response {
+    let Some(rule) = auth.rule(&request) else {
+        return next.run(request).await;
+    };
+    if rule.permission == Permission::Open {
+        return next.run(request).await;
+    }
+    let grpc = is_grpc(request.headers());
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return refusal(
+            grpc,
+            StatusCode::UNAUTHORIZED,
+            "the caller could not be identified",
+        );
+    };
+    if caller.may(rule.permission) {
+        return next.run(request).await;
+    }
+    let message = caller.refusal(rule.permission);
+    if let Some(access) = describe(rule.audit, request).await {
+        auth.daemon
+            .memory
+            .refused(&caller.to_string(), &access, &message);
+    }
+    refusal(grpc, StatusCode::FORBIDDEN, &message)
+}
+
+/// What a refused memory request asked for, read from its path and query or gRPC message.
+async fn describe(audit: Audit, mut request: Request) -> Option<MemoryAccess> {
+    match audit {
+        Audit::None => None,
+        Audit::Rest(op) => {
+            let Path(params) = request
+                .extract_parts::<Path<HashMap<String, String>>>()
+                .await
+                .ok()?;
+            let query = request
+                .extract_parts::<Query<HashMap<String, String>>>()
+                .await
+                .map(|Query(q)| q)
+                .unwrap_or_default();
+            let number = |field| query.get(field).and_then(|v| parse_u64(field, v).ok());
+            let range = number("addr").zip(number("len"));
+            Some(MemoryAccess {
+                op,
+                vm: params.get("name").cloned().unwrap_or_default(),
+                range,
+            })
+        }
+        Audit::Grpc(decode) => {
+            let body = axum::body::to_bytes(request.into_body(), MAX_AUDITED_BODY)
+                .await
+                .unwrap_or_default();
+            // One length-prefixed message: a compression flag byte, a 4-byte length, the bytes.
+            Some(decode(body.get(5..).unwrap_or_default()))
+        }
+    }
+}

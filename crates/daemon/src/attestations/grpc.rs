@@ -1,0 +1,37 @@
+//! `corral.v1.AttestationService`: a VM's attestation, signed by the node key.
+
+use corral_contract::pb::{self, attestation_service_server::AttestationService};
+use tonic::{Request, Response, Status};
+
+use crate::api::error::status;
+use crate::api::{GrpcMethod, Permission};
+use crate::state::Shared;
+
+/// What each method needs.
+pub const METHODS: &[GrpcMethod] = &[GrpcMethod::new(
+    "/corral.v1.AttestationService/Get",
+    Permission::Read,
+)];
+
+/// `corral.v1.AttestationService` over the storage service.
+#[derive(Debug, Clone)]
+pub struct AttestationGrpc(pub Shared);
+
+#[tonic::async_trait]
+impl AttestationService for AttestationGrpc {
+    async fn get(
+        &self,
+        req: Request<pb::GetAttestationRequest>,
+    ) -> Result<Response<pb::Attestation>, Status> {
+        let d = &self.0;
+        let envelope = d
+            .storage
+            .attest(&req.into_inner().vm, &d.node_key, &d.node)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Attestation {
+            envelope,
+            public_key_pem: d.node_key.public_pem(),
+        }))
+    }
+}

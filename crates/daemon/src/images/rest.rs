@@ -1,0 +1,68 @@
+//! `/v1/images`: decode, call the storage service, encode.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use corral_contract::Resource;
+use corral_service::ImportProgress;
+use serde_json::json;
+
+use crate::api::error::ApiResult;
+use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    use Permission::{Read, Write};
+    vec![
+        Route::new(Method::GET, "/v1/images", Read, "listImages", list),
+        Route::new(Method::POST, "/v1/images", Write, "createImage", create),
+        Route::new(Method::GET, "/v1/images/{name}", Read, "getImage", read),
+        Route::new(
+            Method::DELETE,
+            "/v1/images/{name}",
+            Write,
+            "deleteImage",
+            delete,
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/images/{name}/verify",
+            Write,
+            "verifyImage",
+            verify,
+        ),
+    ]
+}
+
+async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+    Ok(many(
+        d.storage.images.list(&q.label_selector).await?.0,
+        None,
+    ))
+}
+
+async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+    let Resource::Image(image) = resource(&body)? else {
+        return Err(wrong_kind("Image"));
+    };
+    let image = d
+        .storage
+        .create_image(image, ImportProgress::default())
+        .await?;
+    Ok(one(image, StatusCode::CREATED))
+}
+
+async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.storage.images.get(&name).await?, StatusCode::OK))
+}
+
+async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.storage.delete_image(&name).await?, StatusCode::OK))
+}
+
+async fn verify(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let (image, ok) = d.storage.verify_image(&name).await?;
+    Ok(axum::Json(json!({ "ok": ok, "image": Resource::from(image) })).into_response())
+}

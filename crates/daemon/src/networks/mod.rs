@@ -1,0 +1,4 @@
+//! Networks VMs attach to.
+
+pub mod grpc;
+pub mod rest;

@@ -1,0 +1,46 @@
+//! `/v1/networks`: decode, call the network service, encode.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use corral_contract::Resource;
+
+use crate::api::error::ApiResult;
+use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    use Permission::{Read, Write};
+    vec![
+        Route::new(Method::GET, "/v1/networks", Read, "listNetworks", list),
+        Route::new(Method::POST, "/v1/networks", Write, "createNetwork", create),
+        Route::new(Method::GET, "/v1/networks/{name}", Read, "getNetwork", read),
+        Route::new(
+            Method::DELETE,
+            "/v1/networks/{name}",
+            Write,
+            "deleteNetwork",
+            delete,
+        ),
+    ]
+}
+
+async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+    Ok(many(d.networks.list(&q.label_selector).await?.0, None))
+}
+
+async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+    let Resource::Network(net) = resource(&body)? else {
+        return Err(wrong_kind("Network"));
+    };
+    Ok(one(d.networks.create(net).await?, StatusCode::CREATED))
+}
+
+async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.networks.get(&name).await?, StatusCode::OK))
+}
+
+async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.networks.delete(&name, None).await?, StatusCode::OK))
+}

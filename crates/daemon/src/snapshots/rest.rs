@@ -1,0 +1,80 @@
+//! `/v1/snapshots`: decode, call the storage service, encode.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use corral_contract::Resource;
+use serde::Deserialize;
+
+use crate::api::error::ApiResult;
+use crate::api::json::{many, one, resource, wrong_kind};
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    use Permission::{Read, Write};
+    vec![
+        Route::new(Method::GET, "/v1/snapshots", Read, "listSnapshots", list),
+        Route::new(
+            Method::POST,
+            "/v1/snapshots",
+            Write,
+            "createSnapshot",
+            create,
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/snapshots/{name}",
+            Read,
+            "getSnapshot",
+            read,
+        ),
+        Route::new(
+            Method::DELETE,
+            "/v1/snapshots/{name}",
+            Write,
+            "deleteSnapshot",
+            delete,
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/snapshots/{name}/restore",
+            Write,
+            "restoreSnapshot",
+            restore,
+        ),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotQuery {
+    #[serde(default)]
+    vm: Option<String>,
+}
+
+async fn list(State(d): State<Shared>, Query(q): Query<SnapshotQuery>) -> ApiResult {
+    Ok(many(d.storage.list_snapshots(q.vm.as_deref()).await?, None))
+}
+
+async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+    let Resource::Snapshot(snap) = resource(&body)? else {
+        return Err(wrong_kind("Snapshot"));
+    };
+    let snap = d.storage.create_snapshot(snap).await?;
+    Ok(one(snap, StatusCode::CREATED))
+}
+
+async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.storage.snapshots.get(&name).await?, StatusCode::OK))
+}
+
+async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let snap = d.storage.delete_snapshot(&name).await?;
+    Ok(one(snap, StatusCode::ACCEPTED))
+}
+
+async fn restore(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let snap = d.storage.restore_snapshot(&name).await?;
+    Ok(one(snap, StatusCode::ACCEPTED))
+}

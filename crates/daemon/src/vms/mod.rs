@@ -1,0 +1,4 @@
+//! Virtual machines: CRUD, watch and power actions.
+
+pub mod grpc;
+pub mod rest;

@@ -1,0 +1,130 @@
+//! `/v1/vms`: decode, call the VM service, encode.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use corral_contract::{Power, Resource};
+use serde::Deserialize;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::{ListQuery, many, name_mismatch, one, wrong_kind};
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    use Permission::{Read, Write};
+    vec![
+        Route::new(Method::GET, "/v1/vms", Read, "listVms", list),
+        Route::new(Method::POST, "/v1/vms", Write, "createVm", create),
+        Route::new(Method::GET, "/v1/vms/{name}", Read, "getVm", read),
+        Route::new(Method::PUT, "/v1/vms/{name}", Write, "updateVm", update),
+        Route::new(Method::DELETE, "/v1/vms/{name}", Write, "deleteVm", delete),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/start",
+            Write,
+            "startVm",
+            start,
+        ),
+        Route::new(Method::POST, "/v1/vms/{name}/stop", Write, "stopVm", stop),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/pause",
+            Write,
+            "pauseVm",
+            pause,
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/resume",
+            Write,
+            "resumeVm",
+            resume,
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/restart",
+            Write,
+            "restartVm",
+            restart,
+        ),
+    ]
+}
+
+fn vm(body: &[u8]) -> Result<corral_contract::Vm, ApiError> {
+    // A VM's validation errors already name their field (`spec.cpus: …`).
+    let resource: Resource =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    resource.into_vm().ok_or_else(|| wrong_kind("Vm"))
+}
+
+async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+    let (vms, revision) = d.vms.list(&q.label_selector).await?;
+    Ok(many(vms, Some(revision)))
+}
+
+async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+    Ok(one(d.vms.create(vm(&body)?).await?, StatusCode::CREATED))
+}
+
+async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.vms.get(&name).await?, StatusCode::OK))
+}
+
+async fn update(State(d): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let vm = vm(&body)?;
+    if vm.metadata.name.as_str() != name {
+        return Err(name_mismatch(vm.metadata.name.as_str(), &name));
+    }
+    Ok(one(d.vms.update(vm).await?, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DeleteQuery {
+    resource_version: Option<u64>,
+}
+
+async fn delete(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult {
+    let vm = d.vms.delete(&name, q.resource_version).await?;
+    Ok(one(vm, StatusCode::ACCEPTED))
+}
+
+async fn start(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let vm = d.vms.set_power(&name, Power::Running, false).await?;
+    Ok(one(vm, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stop(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult {
+    let vm = d.vms.set_power(&name, Power::Stopped, q.force).await?;
+    Ok(one(vm, StatusCode::OK))
+}
+
+async fn pause(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let vm = d.vms.set_power(&name, Power::Paused, false).await?;
+    Ok(one(vm, StatusCode::OK))
+}
+
+async fn resume(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let vm = d.vms.set_power(&name, Power::Running, false).await?;
+    Ok(one(vm, StatusCode::OK))
+}
+
+async fn restart(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.vms.restart(&name).await?, StatusCode::OK))
+}

@@ -1,0 +1,68 @@
+//! `/v1/volumes`: decode, call the storage service, encode.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use corral_contract::Resource;
+
+use crate::api::error::ApiResult;
+use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
+use crate::api::{Permission, Route};
+use crate::state::Shared;
+
+pub(crate) fn routes() -> Vec<Route> {
+    use Permission::{Read, Write};
+    vec![
+        Route::new(Method::GET, "/v1/volumes", Read, "listVolumes", list),
+        Route::new(Method::POST, "/v1/volumes", Write, "createVolume", create),
+        Route::new(Method::GET, "/v1/volumes/{name}", Read, "getVolume", read),
+        Route::new(
+            Method::PUT,
+            "/v1/volumes/{name}",
+            Write,
+            "updateVolume",
+            update,
+        ),
+        Route::new(
+            Method::DELETE,
+            "/v1/volumes/{name}",
+            Write,
+            "deleteVolume",
+            delete,
+        ),
+    ]
+}
+
+async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+    Ok(many(
+        d.storage.volumes.list(&q.label_selector).await?.0,
+        None,
+    ))
+}
+
+async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+    let Resource::Volume(volume) = resource(&body)? else {
+        return Err(wrong_kind("Volume"));
+    };
+    let volume = d.storage.create_volume(volume).await?;
+    Ok(one(volume, StatusCode::CREATED))
+}
+
+async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.storage.volumes.get(&name).await?, StatusCode::OK))
+}
+
+async fn update(State(d): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let Resource::Volume(volume) = resource(&body)? else {
+        return Err(wrong_kind("Volume"));
+    };
+    if volume.metadata.name.as_str() != name {
+        return Err(name_mismatch(volume.metadata.name.as_str(), &name));
+    }
+    Ok(one(d.storage.update_volume(volume).await?, StatusCode::OK))
+}
+
+async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let volume = d.storage.delete_volume(&name).await?;
+    Ok(one(volume, StatusCode::ACCEPTED))
+}

@@ -1,0 +1,148 @@
+//! Serial consoles: attaching to a running VM's console — many readers, at most one writer per
+//! VM — and reading what it printed, through the node's [`Hypervisor`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use corral_contract::{Phase, Vm};
+use corral_hypervisor::{Console, Hypervisor};
+use tokio::sync::broadcast;
+
+use crate::{ServiceError, Stored, VmService};
+
+/// The most a console-log request returns at once.
+pub const MAX_CONSOLE_LOG: u64 = 4 << 20;
+
+/// Consoles of the VMs a node runs, and who holds each one's write side.
+#[derive(Debug, Clone)]
+pub struct ConsoleService {
+    vms: VmService,
+    hypervisor: Arc<dyn Hypervisor>,
+    writers: Arc<Mutex<HashSet<String>>>,
+}
+
+/// An attached console; the write side, when granted, is released on drop.
+#[derive(Debug)]
+pub struct ConsoleSession {
+    name: String,
+    console: Console,
+    writer: Option<WriterGuard>,
+}
+
+#[derive(Debug)]
+struct WriterGuard {
+    writers: Arc<Mutex<HashSet<String>>>,
+    uid: String,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.uid);
+    }
+}
+
+impl ConsoleService {
+    /// Consoles of the VMs `hypervisor` runs.
+    pub fn new(vms: VmService, hypervisor: Arc<dyn Hypervisor>) -> Self {
+        ConsoleService {
+            vms,
+            hypervisor,
+            writers: Arc::default(),
+        }
+    }
+
+    /// Attaches to VM `name`'s console, with its write side when `write` (refused while
+    /// another session holds it).
+    pub async fn attach(&self, name: &str, write: bool) -> Result<ConsoleSession, ServiceError> {
+        let vm = self.vms.get(name).await?;
+        let uid = vm.metadata.uid.clone();
+        let console = match (vm.status.phase, self.hypervisor.console(&uid)) {
+            (Phase::Running | Phase::Paused | Phase::Starting, Ok(console)) => console,
+            _ => {
+                return Err(ServiceError::WrongState {
+                    kind: Vm::NOUN,
+                    name: name.to_owned(),
+                    state: format!("not running (phase {})", vm.status.phase),
+                    rule: format!(
+                        "start it, or read its past output with `corral vm console {name} --log`"
+                    ),
+                });
+            }
+        };
+        let writer = if write {
+            let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+            if !writers.insert(uid.clone()) {
+                return Err(ServiceError::Busy {
+                    kind: Vm::NOUN,
+                    name: name.to_owned(),
+                    what: "console already has a writer",
+                    remedy: "attach read-only, or wait until it detaches",
+                });
+            }
+            Some(WriterGuard {
+                writers: self.writers.clone(),
+                uid,
+            })
+        } else {
+            None
+        };
+        Ok(ConsoleSession {
+            name: name.to_owned(),
+            console,
+            writer,
+        })
+    }
+
+    /// The end of VM `name`'s serial output: `tail` bytes, or as much as is kept for 0 — at
+    /// most [`MAX_CONSOLE_LOG`].
+    pub async fn log(&self, name: &str, tail: u64) -> Result<Vec<u8>, ServiceError> {
+        let vm = self.vms.get(name).await?;
+        let max = if tail == 0 {
+            MAX_CONSOLE_LOG
+        } else {
+            tail.min(MAX_CONSOLE_LOG)
+        };
+        self.hypervisor
+            .console_log(&vm.metadata.uid, max)
+            .await
+            .map_err(|source| ServiceError::Hypervisor {
+                kind: Vm::NOUN,
+                name: name.to_owned(),
+                source,
+            })
+    }
+}
+
+impl ConsoleSession {
+    /// Whether this session holds the write side.
+    pub fn can_write(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// The scrollback so far and a receiver for everything printed after it.
+    pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<Arc<[u8]>>) {
+        self.console.subscribe()
+    }
+
+    /// Types `data` on the guest's console; refused on a read-only session.
+    pub async fn write(&self, data: &[u8]) -> Result<(), ServiceError> {
+        if !self.can_write() {
+            return Err(ServiceError::WrongState {
+                kind: Vm::NOUN,
+                name: self.name.clone(),
+                state: "attached read-only".into(),
+                rule: "attach with write to type".into(),
+            });
+        }
+        self.console
+            .write(data)
+            .await
+            .map_err(|source| ServiceError::Interrupted {
+                what: "console input",
+                source: Box::new(source),
+            })
+    }
+}

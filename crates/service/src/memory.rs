@@ -1,0 +1,500 @@
+//! Guest memory: opens a running VM's RAM through the node's [`Hypervisor`], reads, searches,
+//! copies and renders it, and audits every act. Who may do it is decided before a call gets
+//! here (the API's authorization layer), which records its refusals with
+//! [`MemoryService::refused`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_contract::Phase;
+use corral_guestmem::{GuestRam, HilbertStream, MemoryLayout, Region};
+use corral_hypervisor::Hypervisor;
+use tokio::sync::mpsc;
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::{ServiceError, VmService};
+
+/// Bytes per chunk of a streamed read or snapshot.
+pub const CHUNK: usize = 1 << 20;
+/// Longest pattern `find` accepts.
+pub const MAX_PATTERN: usize = 4096;
+/// Addresses `find` returns unless asked for fewer.
+pub const DEFAULT_FIND_LIMIT: u32 = 1000;
+/// Page re-reads a consistent snapshot allows per changed page.
+const MAX_REREADS: u32 = 8;
+/// Bytes sampled per cell of a map (a PNG asked for once).
+const MAP_SAMPLES: u32 = 64;
+/// Bytes sampled per cell of a live frame (the fewest that still tell random data apart).
+const STREAM_SAMPLES: u32 = 8;
+/// Cells a live frame re-samples; the others keep their colour from earlier frames. At the
+/// default 128×128 a cell is fresh 3.75 times a second at 60 fps, and three VMs streamed at
+/// 60 fps cost about 4 % of a core (`bench/src/bin/memory.rs`).
+const STREAM_CELLS_PER_FRAME: u32 = 1024;
+
+/// Why a memory request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// From the service layer (not found, store trouble).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The request is malformed (field named in the message).
+    #[error("{0}")]
+    Invalid(String),
+    /// The VM exists but its RAM cannot be read now (not introspectable, not running).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Reading RAM failed on a VM that should be readable.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An act on guest memory, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryOp {
+    /// Read a range.
+    Read,
+    /// Search for a pattern.
+    Find,
+    /// Copy all RAM.
+    Snapshot,
+    /// Render a Hilbert map.
+    Map,
+    /// Stream live Hilbert frames.
+    Stream,
+}
+
+impl MemoryOp {
+    /// `memory.read`, `memory.find` …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryOp::Read => "memory.read",
+            MemoryOp::Find => "memory.find",
+            MemoryOp::Snapshot => "memory.snapshot",
+            MemoryOp::Map => "memory.map",
+            MemoryOp::Stream => "memory.stream",
+        }
+    }
+}
+
+/// What a refused memory request asked for, as far as it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryAccess {
+    /// The act.
+    pub op: MemoryOp,
+    /// The VM's name (empty when the request did not say).
+    pub vm: String,
+    /// `(guest-physical address, length)` of a read.
+    pub range: Option<(u64, u64)>,
+}
+
+/// How to copy all of a guest's RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// While the guest runs, re-reading pages that changed during the copy.
+    Consistent,
+    /// With the guest's vCPUs paused for the copy.
+    Atomic,
+}
+
+impl SnapshotMode {
+    /// `consistent` or `atomic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMode::Consistent => "consistent",
+            SnapshotMode::Atomic => "atomic",
+        }
+    }
+}
+
+/// A copy of all guest RAM and how it was taken.
+#[derive(Debug)]
+pub struct MemorySnapshot {
+    /// RAM in layout order.
+    pub data: Vec<u8>,
+    /// `(guest-physical base, len)` of each stretch of `data`, in order.
+    pub regions: Vec<(u64, u64)>,
+    /// How it was taken.
+    pub mode: SnapshotMode,
+    /// Pages that may mix old and new bytes (consistent mode).
+    pub torn_pages: Vec<u64>,
+    /// Pages re-read because they changed during the copy (consistent mode).
+    pub reread_pages: u64,
+    /// How long the guest was paused (atomic mode).
+    pub paused: Duration,
+    /// How long the copy took.
+    pub copy: Duration,
+}
+
+/// A live Hilbert view: RGB frames (`side`×`side`, 3 bytes a pixel, rows top down).
+#[derive(Debug)]
+pub struct FrameStream {
+    /// Width and height in pixels.
+    pub side: u32,
+    /// Frames per second asked for.
+    pub fps: u32,
+    /// The frames; ends when the VM stops or the receiver is dropped.
+    pub frames: mpsc::Receiver<Vec<u8>>,
+}
+
+/// A VM's RAM opened for one request.
+struct Opened {
+    uid: String,
+    ram: Arc<GuestRam>,
+}
+
+/// Reads the RAM of running VMs that were created with `spec.introspection: true`, on the
+/// node whose [`Hypervisor`] runs them.
+#[derive(Debug)]
+pub struct MemoryService {
+    vms: VmService,
+    hypervisor: Arc<dyn Hypervisor>,
+    audit: AuditLog,
+}
+
+impl MemoryService {
+    /// Guest memory of the VMs `hypervisor` runs, auditing to `audit`.
+    pub fn new(vms: VmService, hypervisor: Arc<dyn Hypervisor>, audit: AuditLog) -> Self {
+        MemoryService {
+            vms,
+            hypervisor,
+            audit,
+        }
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Records that `who` was refused `access` because of `reason`.
+    pub fn refused(&self, who: &str, access: &MemoryAccess, reason: &str) {
+        self.audit.record(&AuditEntry {
+            who: who.to_owned(),
+            vm: &access.vm,
+            vm_uid: None,
+            op: access.op.as_str(),
+            addr: access.range.map(|r| r.0),
+            len: access.range.map(|r| r.1),
+            outcome: "denied",
+            reason: Some(reason.to_owned()),
+        });
+    }
+
+    /// Opens VM `name`'s RAM for `who` and checks `range` against it; writes the one audit
+    /// line of the request, whatever the outcome.
+    async fn open(
+        &self,
+        who: &str,
+        name: &str,
+        op: MemoryOp,
+        range: Option<(u64, u64)>,
+    ) -> Result<Opened, MemoryError> {
+        let entry = |uid: Option<&str>, outcome, reason| {
+            self.audit.record(&AuditEntry {
+                who: who.to_owned(),
+                vm: name,
+                vm_uid: uid,
+                op: op.as_str(),
+                addr: range.map(|r| r.0),
+                len: range.map(|r| r.1),
+                outcome,
+                reason,
+            })
+        };
+        let vm = match self.vms.get(name).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                entry(None, "error", Some(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let uid = vm.metadata.uid.clone();
+        let opened = self.open_vm(name, &vm, range).await;
+        match &opened {
+            Ok(_) => entry(Some(&uid), "ok", None),
+            Err(e) => entry(Some(&uid), "error", Some(e.to_string())),
+        }
+        opened
+    }
+
+    async fn open_vm(
+        &self,
+        name: &str,
+        vm: &corral_contract::Vm,
+        range: Option<(u64, u64)>,
+    ) -> Result<Opened, MemoryError> {
+        if !vm.spec.introspection {
+            return Err(MemoryError::Unavailable(format!(
+                "vm {name} was not created with spec.introspection: true; guest memory cannot \
+                 be read"
+            )));
+        }
+        let phase = vm.status.phase;
+        if !matches!(phase, Phase::Running | Phase::Paused) {
+            return Err(MemoryError::Unavailable(format!(
+                "vm {name} is {phase}; guest memory can be read only while it runs or is paused"
+            )));
+        }
+        let uid = vm.metadata.uid.clone();
+        let map = self.hypervisor.guest_ram(&uid).await.map_err(|e| {
+            MemoryError::Unavailable(format!(
+                "vm {name}: its memory cannot be read on this node: {e} (was spec.introspection \
+                 turned on after it started? then restart it)"
+            ))
+        })?;
+        let regions = map
+            .regions
+            .iter()
+            .map(|r| Region {
+                guest_phys_base: r.guest_phys_base,
+                file_offset: r.file_offset,
+                len: r.len,
+            })
+            .collect();
+        let ram = MemoryLayout::new(regions)
+            .and_then(|layout| GuestRam::open(&map.path, layout))
+            .map_err(|e| ram_error(name, e))?;
+        if let Some((addr, len)) = range {
+            if len == 0 {
+                return Err(MemoryError::Invalid("len: must be at least 1".into()));
+            }
+            ram.read_physical(addr, len)
+                .map_err(|e| MemoryError::Invalid(format!("addr/len: {e}")))?;
+        }
+        Ok(Opened {
+            uid,
+            ram: Arc::new(ram),
+        })
+    }
+
+    /// `len` bytes at guest-physical `addr` of VM `name`, as chunks of at most [`CHUNK`]
+    /// bytes copied one at a time as the consumer asks. `max_len` bounds one request.
+    pub async fn read(
+        &self,
+        who: &str,
+        name: &str,
+        addr: u64,
+        len: u64,
+        max_len: Option<u64>,
+    ) -> Result<ChunkReader, MemoryError> {
+        if let Some(max) = max_len.filter(|max| len > *max) {
+            return Err(MemoryError::Invalid(format!(
+                "len: {len} bytes is more than one read returns ({max}); use `corral vm memory \
+                 dump` (a snapshot) or the gRPC MemoryService.Read stream for large ranges"
+            )));
+        }
+        let opened = self
+            .open(who, name, MemoryOp::Read, Some((addr, len)))
+            .await?;
+        Ok(ChunkReader {
+            ram: opened.ram,
+            next: addr,
+            end: addr + len,
+        })
+    }
+
+    /// Guest-physical addresses of `pattern` in VM `name`'s RAM (at most `limit`, 0 for
+    /// [`DEFAULT_FIND_LIMIT`]), and whether there were more.
+    pub async fn find(
+        &self,
+        who: &str,
+        name: &str,
+        pattern: Vec<u8>,
+        limit: u32,
+    ) -> Result<(Vec<u64>, bool), MemoryError> {
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN {
+            return Err(MemoryError::Invalid(format!(
+                "pattern: must be 1 to {MAX_PATTERN} bytes (got {})",
+                pattern.len()
+            )));
+        }
+        let limit = if limit == 0 {
+            DEFAULT_FIND_LIMIT
+        } else {
+            limit
+        } as usize;
+        let opened = self.open(who, name, MemoryOp::Find, None).await?;
+        blocking(move || {
+            let mut hits = opened.ram.find(&pattern);
+            let truncated = hits.len() > limit;
+            hits.truncate(limit);
+            (hits, truncated)
+        })
+        .await
+    }
+
+    /// A copy of all of VM `name`'s RAM.
+    pub async fn snapshot(
+        &self,
+        who: &str,
+        name: &str,
+        mode: SnapshotMode,
+    ) -> Result<MemorySnapshot, MemoryError> {
+        let opened = self.open(who, name, MemoryOp::Snapshot, None).await?;
+        let regions = opened
+            .ram
+            .layout()
+            .regions()
+            .iter()
+            .map(|r| (r.guest_phys_base, r.len))
+            .collect();
+        let t0 = Instant::now();
+        match mode {
+            SnapshotMode::Consistent => {
+                let ram = opened.ram.clone();
+                let snap = blocking(move || ram.snapshot_consistent(MAX_REREADS)).await?;
+                Ok(MemorySnapshot {
+                    data: snap.data,
+                    regions,
+                    mode,
+                    torn_pages: snap.torn_pages,
+                    reread_pages: snap.reread_pages,
+                    paused: Duration::ZERO,
+                    copy: t0.elapsed(),
+                })
+            }
+            SnapshotMode::Atomic => {
+                // The hypervisor pauses the guest itself, so a controller seeing the pause
+                // cannot resume the guest halfway through the copy.
+                let mut data = opened.ram.snapshot_buffer();
+                let ram = &opened.ram;
+                let paused = self
+                    .hypervisor
+                    .run_paused(&opened.uid, Box::new(|| ram.snapshot_into(&mut data)))
+                    .await
+                    .map_err(|e| {
+                        MemoryError::Unavailable(format!("vm {name}: cannot pause it: {e}"))
+                    })?;
+                Ok(MemorySnapshot {
+                    data,
+                    regions,
+                    mode,
+                    torn_pages: Vec::new(),
+                    reread_pages: 0,
+                    paused,
+                    copy: t0.elapsed(),
+                })
+            }
+        }
+    }
+
+    /// A Hilbert map of VM `name`'s RAM as PNG, `side` pixels square (0 for 512).
+    pub async fn map(&self, who: &str, name: &str, side: u32) -> Result<Vec<u8>, MemoryError> {
+        let side = check_side(side, 512)?;
+        let opened = self.open(who, name, MemoryOp::Map, None).await?;
+        blocking(move || {
+            let frame = corral_guestmem::hilbert_frame(&opened.ram, side, MAP_SAMPLES);
+            corral_guestmem::to_png(&frame, side)
+        })
+        .await?
+        .map_err(|e| ram_error(name, e))
+    }
+
+    /// Live Hilbert frames of VM `name`'s RAM, `fps` a second (1 to 60), until the VM stops
+    /// or the receiver goes. Each frame re-samples a band of cells in turn (see
+    /// [`HilbertStream`]), so a frame's cost does not grow with `side`.
+    pub async fn stream(
+        &self,
+        who: &str,
+        name: &str,
+        side: u32,
+        fps: u32,
+    ) -> Result<FrameStream, MemoryError> {
+        let side = check_side(side, 128)?;
+        if !(1..=60).contains(&fps) {
+            return Err(MemoryError::Invalid(format!(
+                "fps: must be 1 to 60 (got {fps})"
+            )));
+        }
+        let opened = self.open(who, name, MemoryOp::Stream, None).await?;
+        let (tx, frames) = mpsc::channel(1);
+        let hypervisor = self.hypervisor.clone();
+        let stripes = (side * side / STREAM_CELLS_PER_FRAME).max(1);
+        let mut view = HilbertStream::new(side, STREAM_SAMPLES, stripes);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / fps);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut checked = Instant::now();
+            loop {
+                tick.tick().await;
+                if checked.elapsed() >= Duration::from_secs(1) {
+                    // The mapping outlives the VM (the file is unlinked, not unmapped):
+                    // stop rather than show a frozen picture.
+                    let state = hypervisor.state(&opened.uid).await;
+                    if !matches!(state, Ok(s) if !matches!(s, corral_hypervisor::VmState::Exited(_)))
+                    {
+                        return;
+                    }
+                    checked = Instant::now();
+                }
+                let ram = opened.ram.clone();
+                let Ok((v, frame)) = tokio::task::spawn_blocking(move || {
+                    let frame = view.next_frame(&ram).to_vec();
+                    (view, frame)
+                })
+                .await
+                else {
+                    return;
+                };
+                view = v;
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(FrameStream { side, fps, frames })
+    }
+}
+
+/// A range of guest RAM handed out chunk by chunk, each copied when asked for.
+#[derive(Debug)]
+pub struct ChunkReader {
+    ram: Arc<GuestRam>,
+    next: u64,
+    end: u64,
+}
+
+impl Iterator for ChunkReader {
+    /// Guest-physical address and bytes.
+    type Item = (u64, Vec<u8>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let len = (self.end - self.next).min(CHUNK as u64);
+        let addr = self.next;
+        self.next += len;
+        // The whole range was checked when the reader was made.
+        let bytes = self.ram.read_physical(addr, len).ok()?.to_vec();
+        Some((addr, bytes))
+    }
+}
+
+fn check_side(side: u32, default: u32) -> Result<u32, MemoryError> {
+    match side {
+        0 => Ok(default),
+        16..=2048 if side.is_power_of_two() => Ok(side),
+        _ => Err(MemoryError::Invalid(format!(
+            "side: must be a power of two from 16 to 2048 (got {side})"
+        ))),
+    }
+}
+
+fn ram_error(name: &str, e: corral_guestmem::Error) -> MemoryError {
+    let mut message = format!("guest memory of vm {name}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    MemoryError::Internal(message)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, MemoryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MemoryError::Internal(format!("guest memory task failed: {e}")))
+}
