@@ -231,11 +231,11 @@ fn port_conflicts_are_refused_naming_the_holder() {
         "is in use on this host",
     );
     assert_eq!(cli.vm_names(), ["first"], "nothing half-made");
-    // A network in use cannot go; an unknown one is named.
+    // The default network never goes (`--ssh` joins it); an unknown one is named.
     cli.fails(
         &["network", "delete", "default"],
         1,
-        "is used by VM \"first\"",
+        "it cannot be deleted: `corral vm create --ssh` joins it",
     );
     let mut args = base.to_vec();
     args.insert(2, "fourth");

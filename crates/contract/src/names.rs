@@ -37,8 +37,11 @@ pub mod conditions {
         pub const FAILED: &str = "Failed";
         /// QEMU could not be started.
         pub const START_FAILED: &str = "StartFailed";
-        /// A condition is not known yet.
+        /// Waiting: for a condition not known yet, or for dependencies that are missing or not
+        /// Ready (the message names each).
         pub const WAITING: &str = "Waiting";
+        /// A dependency failed; the message carries its own.
+        pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
         /// The guest's SSH banner was seen.
         pub const BANNER_SEEN: &str = "BannerSeen";
     }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod bridge;
+mod deps;
 mod disks;
 mod error;
 mod prepare;

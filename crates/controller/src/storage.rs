@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use corral_contract::names::annotations;
 use corral_contract::{
-    DiskFormat, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
+    DiskFormat, Kind, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
 };
 use corral_hypervisor::{Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
 use corral_service::{ServiceError, StorageService};
 use corral_storage::SnapshotOp;
 use tokio::sync::watch;
 
+use crate::deps::{self, DependencyIndex, Readiness};
 use crate::disks::attached_volumes;
 use crate::{ControllerError, WorkQueue};
 
@@ -36,6 +37,8 @@ pub struct StorageController {
     svc: StorageService,
     hv: Arc<dyn Hypervisor>,
     queue: WorkQueue,
+    // Image → the volumes cloned from it, from the volumes this controller has seen.
+    deps: DependencyIndex,
 }
 
 fn now() -> String {
@@ -55,6 +58,7 @@ impl StorageController {
             svc,
             hv,
             queue: WorkQueue::new(),
+            deps: DependencyIndex::default(),
         }
     }
 
@@ -114,6 +118,11 @@ impl StorageController {
                     event = watch.recv() => match event {
                         Some(Ok(event)) => match event.object.kind.as_str() {
                             "Volume" => self.queue.add(&format!("{VOLUME}{}", event.object.name)),
+                            "Image" => {
+                                for volume in self.deps.dependents(Kind::Image, &event.object.name) {
+                                    self.queue.add(&format!("{VOLUME}{volume}"));
+                                }
+                            }
                             "Snapshot" => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
                             _ => {}
                         },
@@ -152,9 +161,13 @@ impl StorageController {
     async fn reconcile_volume(&self, name: &str) -> Result<(), ServiceError> {
         let volume = match self.svc.volumes.get(name).await {
             Ok(v) => v,
-            Err(ServiceError::NotFound { .. }) => return Ok(()),
+            Err(ServiceError::NotFound { .. }) => {
+                self.deps.forget(name);
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
+        self.deps.set(name, deps::of_volume(&volume));
         let path = self.volume_path(&volume);
         if volume.metadata.deleting {
             let _ = std::fs::remove_file(&path);
@@ -177,6 +190,24 @@ impl StorageController {
         let generation = volume.metadata.generation;
         match volume.status.phase {
             StoragePhase::Pending => {
+                // The image it clones must be Ready first: until then it waits, saying why,
+                // and is requeued when the image changes.
+                let readiness =
+                    deps::check(&**self.svc.vms().store(), &deps::of_volume(&volume)).await?;
+                if readiness != Readiness::Ready {
+                    let message = readiness.message().to_owned();
+                    if volume.status.message.as_deref() != Some(message.as_str()) {
+                        self.svc
+                            .volumes
+                            .modify(name, 0, |v| {
+                                v.status.observed_generation = generation;
+                                v.status.message = Some(message.clone());
+                                Ok(true)
+                            })
+                            .await?;
+                    }
+                    return Ok(());
+                }
                 let outcome = self.make_volume(&volume, &path).await;
                 self.svc
                     .volumes

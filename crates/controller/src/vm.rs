@@ -5,11 +5,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use corral_contract::names::annotations;
 use corral_contract::names::conditions::{self, reasons};
-use corral_contract::{Condition, ExitInfo, Phase, Power, RestartPolicy, Vm, VmStatus};
+use corral_contract::{Condition, ExitInfo, Kind, Phase, Power, RestartPolicy, Vm, VmStatus};
 use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, VmInfo, VmState};
 use corral_service::{ServiceError, StorageService, VmService};
 use tokio::sync::watch;
 
+use crate::deps::{self, DependencyIndex, Readiness};
 use crate::restart::{self, Decision};
 use crate::{ControllerError, WorkQueue};
 
@@ -75,6 +76,8 @@ pub struct VmController {
     // uid → what adoption found, until the VM's status says so: a corrald killed between
     // spawning QEMU and writing its pid leaves a status without one.
     adopted: Mutex<HashMap<String, VmInfo>>,
+    // Volume/Network → the VMs that need it, from the VMs this controller has seen.
+    deps: DependencyIndex,
 }
 
 /// What a reconcile asks for next.
@@ -105,6 +108,7 @@ impl VmController {
             observer: None,
             storage: None,
             adopted: Mutex::new(HashMap::new()),
+            deps: DependencyIndex::default(),
         }
     }
 
@@ -152,6 +156,8 @@ impl VmController {
         tasks.spawn(async move { this.follow_store(revision).await });
         let this = self.clone();
         tasks.spawn(async move { this.follow_hypervisor().await });
+        let this = self.clone();
+        tasks.spawn(async move { this.follow_dependencies(revision).await });
         let this = self.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(this.config.resync);
@@ -201,6 +207,40 @@ impl VmController {
         }
     }
 
+    /// Requeues the VMs that need a volume or network when it changes (created, Ready,
+    /// failed, deleted), found through the dependency index.
+    async fn follow_dependencies(&self, mut revision: u64) {
+        let store = self.svc.store().clone();
+        loop {
+            let mut watch = match store.watch(None, revision).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch VM dependencies; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(Ok(event)) = watch.recv().await {
+                revision = event.revision;
+                let kind = match event.object.kind.as_str() {
+                    "Volume" => Kind::Volume,
+                    "Network" => Kind::Network,
+                    _ => continue,
+                };
+                for vm in self.deps.dependents(kind, &event.object.name) {
+                    self.queue.add(&vm);
+                }
+            }
+            // Compacted past us or the store went away: every VM is looked at again.
+            if let Ok((vms, rev)) = self.svc.list("").await {
+                revision = rev;
+                for vm in vms {
+                    self.queue.add(vm.metadata.name.as_str());
+                }
+            }
+        }
+    }
+
     async fn follow_hypervisor(&self) {
         let mut events = self.hv.subscribe();
         loop {
@@ -232,6 +272,7 @@ impl VmController {
     }
 
     fn remember(&self, vm: &Vm) {
+        self.deps.set(vm.metadata.name.as_str(), deps::vm_deps(vm));
         self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(
             vm.metadata.uid.clone(),
             vm.metadata.name.as_str().to_owned(),
@@ -438,6 +479,10 @@ impl VmController {
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
         let name = vm.metadata.name.as_str();
         self.forget_adopted(&vm.metadata.uid);
+        let readiness = deps::check(&**self.svc.store(), &deps::vm_deps(vm)).await?;
+        if readiness != Readiness::Ready {
+            return self.record_waiting(vm, &readiness).await;
+        }
         self.write_phase(name, Phase::Starting, None).await?;
         let mut config = VmConfig::from_spec(&vm.metadata.uid, name, &vm.spec);
         if vm.spec.introspection {
@@ -594,6 +639,29 @@ impl VmController {
         *count += 1;
         *not_before = now + delay;
         None
+    }
+
+    /// A VM whose volumes or networks are missing or not Ready waits in Pending, saying which
+    /// (it is requeued when one of them changes); it never fails for "not yet".
+    async fn record_waiting(
+        &self,
+        vm: &Vm,
+        readiness: &Readiness,
+    ) -> Result<Requeue, ControllerError> {
+        let generation = vm.metadata.generation;
+        let (reason, message) = (readiness.reason(), readiness.message().to_owned());
+        self.svc
+            .update_status(vm.metadata.name.as_str(), |_, st| {
+                let before = st.clone();
+                st.phase = Phase::Pending;
+                st.pid = None;
+                st.message = Some(message.clone());
+                st.observed_generation = generation;
+                st.set_condition(Condition::new(conditions::READY, false, reason, &message));
+                *st != before
+            })
+            .await?;
+        Ok(None)
     }
 
     fn forget_adopted(&self, uid: &str) {
@@ -774,6 +842,7 @@ impl VmController {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        self.deps.forget(name);
         tracing::info!(vm = name, %uid, "deleted");
         Ok(None)
     }

@@ -187,3 +187,68 @@ async fn policy_always_restarts_a_guest_that_powers_off_but_not_a_user_stop() ->
     assert_ne!(again.status.pid, first.status.pid);
     Ok(())
 }
+
+/// Dependencies wait, in any order: a VM booting a volume that does not exist yet is
+/// accepted and waits in Pending naming it; the volume, created before its image exists,
+/// waits for the image; once the image is imported everything converges and the guest boots
+/// from the volume. Before, the VM was refused (or ended Failed for ever).
+#[tokio::test]
+async fn a_vm_waits_for_its_volume_which_waits_for_its_image() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    let kit = GuestKit::get(corral_contract::Arch::X86_64)?;
+    let vm: Vm = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "patient"},
+        "spec": {"memory": "256M", "boot": {"volume": {"volume": "root"}}},
+    }))?;
+    c.create_vm(&vm).await?;
+    let waiting = c
+        .wait_for(
+            "patient",
+            |vm| {
+                vm.is_some_and(|vm| {
+                    vm.status
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("volume/root is missing"))
+                })
+            },
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    assert_eq!(waiting.status.phase, Phase::Pending);
+    let ready = waiting
+        .status
+        .condition("Ready")
+        .expect("a Ready condition");
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "Waiting"));
+
+    let volume: corral_contract::Volume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "root"},
+        "spec": {"image": "disk"},
+    }))?;
+    c.create_volume(&volume).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = c.get_volume("root").await?;
+        if v.status.message.as_deref() == Some("Waiting: image/disk is missing") {
+            assert_eq!(v.status.phase, corral_contract::StoragePhase::Pending);
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the volume does not say it waits for its image: {:?}",
+            v.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let image: corral_contract::Image = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "disk"},
+        "spec": {"source": {"path": kit.boot_disk()}},
+    }))?;
+    c.create_image(&image).await?;
+    wait_phase(&c, "patient", Phase::Running).await?;
+    wait_console(&c, "patient", "CORRAL_BOOT_OK", 0).await?;
+    Ok(())
+}

@@ -45,6 +45,14 @@ impl Strategy for NetworkKind {
 
     async fn check_delete(&self, store: &dyn Store, net: &Network) -> Result<(), ServiceError> {
         let name = net.metadata.name.as_str();
+        if name == DEFAULT_NETWORK {
+            return Err(ServiceError::WrongState {
+                kind: <Network as crate::Stored>::NOUN,
+                name: name.to_owned(),
+                state: "the host's default network".into(),
+                rule: "it cannot be deleted: `corral vm create --ssh` joins it".into(),
+            });
+        }
         let vms = read_all::<Vm>(store).await?.into_iter();
         refuse_if_used(
             net,

@@ -2,11 +2,11 @@
 //! ports allocated once, disks changed only while stopped) and the power verbs.
 
 use corral_contract::names::annotations;
-use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec, Volume};
+use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec};
 use corral_store::Store;
 
 use crate::allocate::{self, PortRange};
-use crate::resources::{Resources, Strategy, now, read};
+use crate::resources::{Resources, Strategy, now};
 use crate::{ServiceError, Stored};
 
 /// VMs: create, update, delete (marked for the VM controller to finalize), power verbs.
@@ -53,26 +53,6 @@ impl VmKind {
 }
 
 /// Every volume the spec names must exist (and not be on its way out).
-async fn check_volumes(store: &dyn Store, spec: &VmSpec) -> Result<(), ServiceError> {
-    let boot = matches!(spec.boot, Boot::Volume { .. }) as usize;
-    for (i, name) in spec.volume_names().enumerate() {
-        let field = if i < boot {
-            "spec.boot.volume.volume".to_owned()
-        } else {
-            format!("spec.volumes[{}].volume", i - boot)
-        };
-        let problem = match read::<Volume>(store, name.as_str()).await? {
-            Some(v) if v.metadata.deleting => "is being deleted",
-            Some(_) => continue,
-            None => "not found: create it first (corral volume create)",
-        };
-        return Err(
-            ValidationError::new(field, format!("volume {:?} {problem}", name.as_str())).into(),
-        );
-    }
-    Ok(())
-}
-
 fn is_live(vm: &Vm) -> bool {
     vm.status.pid.is_some()
         || matches!(
@@ -91,10 +71,13 @@ impl Strategy for VmKind {
         vm: &Vm,
         current: Option<&Vm>,
     ) -> Result<(), ServiceError> {
+        // Volumes and networks it names need not exist yet: the VM waits in Pending until
+        // they are Ready (its controller says which it waits for).
+        let _ = store;
         if current.is_none_or(|c| c.spec != vm.spec) {
             self.check_paths(&vm.spec)?;
         }
-        check_volumes(store, &vm.spec).await
+        Ok(())
     }
 
     fn allocation_lock(&self) -> Option<&tokio::sync::Mutex<()>> {

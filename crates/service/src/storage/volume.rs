@@ -26,20 +26,13 @@ impl Strategy for VolumeKind {
         let Some(name) = volume.spec.image.as_ref().filter(|_| current.is_none()) else {
             return Ok(());
         };
+        // An image that is missing or not Ready yet is waited for (the storage controller
+        // makes the volume once it is); one that is Ready is checked now.
         let Some(image) = read::<Image>(store, name.as_str()).await? else {
-            return Err(ValidationError::new(
-                "spec.image",
-                format!("image {:?} not found: import it first", name.as_str()),
-            )
-            .into());
+            return Ok(());
         };
         if image.status.phase != StoragePhase::Ready {
-            return Err(ServiceError::NotReady {
-                kind: Image::NOUN,
-                name: name.to_string(),
-                phase: image.status.phase.to_string(),
-                message: image.status.message,
-            });
+            return Ok(());
         }
         let is_disk = image.status.format.is_some_and(|f| f.is_disk());
         if volume.spec.kind == Kind::Disk && !is_disk {
