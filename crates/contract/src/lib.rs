@@ -43,6 +43,7 @@ mod name;
 mod network;
 pub mod pb;
 mod resource;
+pub mod schema;
 mod size;
 mod storage;
 mod vm;

@@ -60,6 +60,70 @@ pub enum Resource {
 }
 
 /// `$r` bound to the inner object of any variant.
+// Written out: a derived `allOf` of the kind's object and `{"kind"}` could match nothing, since
+// each kind's object allows no property it does not name.
+impl utoipa::PartialSchema for Resource {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema;
+        use utoipa::openapi::schema::{OneOfBuilder, Ref};
+        fn kind<M: ToSchema, S: ToSchema>(kind: Kind) -> utoipa::openapi::schema::ObjectBuilder {
+            let status = Ref::from_schema_name(S::name());
+            crate::schema::object([
+                (
+                    "kind",
+                    crate::schema::string()
+                        .enum_values(Some([kind.as_str()]))
+                        .into(),
+                    true,
+                ),
+                (
+                    "metadata",
+                    Ref::from_schema_name(ObjectMeta::name()).into(),
+                    true,
+                ),
+                ("spec", Ref::from_schema_name(M::name()).into(), true),
+                ("status", status.into(), false),
+            ])
+        }
+        OneOfBuilder::new()
+            .item(kind::<crate::VmSpec, crate::VmStatus>(Kind::Vm))
+            .item(kind::<crate::ImageSpec, crate::ImageStatus>(Kind::Image))
+            .item(kind::<crate::VolumeSpec, crate::VolumeStatus>(Kind::Volume))
+            .item(kind::<crate::SnapshotSpec, crate::SnapshotStatus>(
+                Kind::Snapshot,
+            ))
+            .item(kind::<crate::NetworkSpec, crate::NetworkStatus>(
+                Kind::Network,
+            ))
+            .description(Some("Any resource, with its kind"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Resource {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        fn add<T: utoipa::ToSchema>(
+            out: &mut Vec<(
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+            )>,
+        ) {
+            out.push((T::name().into_owned(), T::schema()));
+            T::schemas(out);
+        }
+        add::<Vm>(schemas);
+        add::<Image>(schemas);
+        add::<Volume>(schemas);
+        add::<Snapshot>(schemas);
+        add::<Network>(schemas);
+    }
+}
+
 macro_rules! each {
     ($value:expr, $r:ident => $body:expr) => {
         match $value {

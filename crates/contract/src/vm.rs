@@ -14,7 +14,7 @@ use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
 ///
 /// This is the body of the resource without its `kind`; manifests and API output wrap it in
 /// [`Resource`](crate::Resource), which adds `"kind": "Vm"`. `status` may be left out on input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Name, labels and server-managed fields.
@@ -23,6 +23,7 @@ pub struct Vm {
     pub spec: VmSpec,
     /// What controllers last observed.
     #[serde(default)]
+    #[schema(read_only)]
     pub status: VmStatus,
 }
 

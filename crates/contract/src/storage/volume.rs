@@ -18,7 +18,7 @@ choice! {
 }
 
 /// A block device for VMs: `volumes/<uid>.<format>` on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// Name, labels and server-managed fields.
@@ -27,11 +27,12 @@ pub struct Volume {
     pub spec: VolumeSpec,
     /// What the controller made.
     #[serde(default)]
+    #[schema(read_only)]
     pub status: VolumeStatus,
 }
 
 /// What a volume should be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// Disk or weights (default disk).
@@ -44,11 +45,17 @@ pub struct VolumeSpec {
     /// size (default: the image's). Growing it resizes the volume, online when attached to
     /// a running VM; it never shrinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = size_schema, required = false)]
     pub size: Option<ByteSize>,
     /// Clone this Image (a disk image): a thin qcow2 on the read-only image for `disk`, a
     /// full copy for `weights`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ResourceName>,
+}
+
+fn size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let max = VolumeSpec::MAX_SIZE.as_u64();
+    crate::schema::or_null(crate::schema::byte_size(512, max, Some(512)))
 }
 
 impl VolumeSpec {
@@ -101,7 +108,7 @@ impl VolumeSpec {
 }
 
 /// What the controller made.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct VolumeStatus {
     /// Whether the volume exists.

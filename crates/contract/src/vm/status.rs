@@ -29,7 +29,7 @@ choice! {
 ///
 /// Every field has a default, and unknown fields are accepted: status is output, and a reader
 /// must cope with a status written by a newer server. (Input types deny unknown fields.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct VmStatus {
     /// Where the VM is in its life.
@@ -81,7 +81,7 @@ impl VmStatus {
 }
 
 /// How a QEMU process ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ExitInfo {
     /// Exit code, if it exited.
