@@ -51,6 +51,7 @@ mod vm;
 pub use choice::UnknownChoice;
 pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};
+pub use de::{Strict, from_json};
 pub use error::ValidationError;
 pub use meta::ObjectMeta;
 pub use name::{NameError, ResourceName};

@@ -50,7 +50,8 @@ choice! {
 
 /// A network that VMs join: `{"kind": "Network", "metadata": {"name": "lan"}, "spec": {"mode":
 /// "user", "cidr": "10.0.2.0/24"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Name, labels and server-managed fields.

@@ -124,6 +124,36 @@ impl utoipa::ToSchema for Resource {
     }
 }
 
+/// `Deserialize` for a kind's object through [`Strict`](crate::Strict): whatever deserializer
+/// reads it (JSON, YAML, serde's buffered content for [`Resource`]), no struct inside is taken
+/// from an array.
+macro_rules! strict_object {
+    ($($ty:ident($spec:ty, $status:ty)),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    metadata: ObjectMeta,
+                    spec: $spec,
+                    #[serde(default)]
+                    status: $status,
+                }
+                let Body { metadata, spec, status } = Body::deserialize(crate::Strict::new(d))?;
+                Ok($ty { metadata, spec, status })
+            }
+        }
+    )*};
+}
+
+strict_object!(
+    Vm(crate::VmSpec, crate::VmStatus),
+    Network(crate::NetworkSpec, crate::NetworkStatus),
+    Image(crate::ImageSpec, crate::ImageStatus),
+    Volume(crate::VolumeSpec, crate::VolumeStatus),
+    Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
+);
+
 macro_rules! each {
     ($value:expr, $r:ident => $body:expr) => {
         match $value {

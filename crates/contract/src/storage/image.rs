@@ -28,7 +28,8 @@ impl ImageFormat {
 }
 
 /// Bytes stored once, by their BLAKE3 digest, under `images/blake3/<hex>` on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Name, labels and server-managed fields.

@@ -5,7 +5,8 @@ use crate::{ObjectMeta, ResourceName, ValidationError};
 
 /// A point-in-time state of a VM's writable qcow2 volumes, and optionally its RAM and device
 /// state, kept inside those volumes (qcow2 internal snapshots).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Name, labels and server-managed fields.

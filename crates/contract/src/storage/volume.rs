@@ -18,7 +18,8 @@ choice! {
 }
 
 /// A block device for VMs: `volumes/<uid>.<format>` on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// Name, labels and server-managed fields.
