@@ -35,10 +35,12 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     /// Changes on every write; an update carrying an older one is refused.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::counter)]
     pub resource_version: u64,
     /// Incremented by the server on every change to the spec (compare with
     /// `status.observed_generation`).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::counter)]
     pub generation: u64,
     /// When the server created the resource, in RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]

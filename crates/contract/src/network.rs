@@ -50,8 +50,8 @@ choice! {
 
 /// A network that VMs join: `{"kind": "Network", "metadata": {"name": "lan"}, "spec": {"mode":
 /// "user", "cidr": "10.0.2.0/24"}}`.
-// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Name, labels and server-managed fields.
@@ -60,7 +60,6 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// What the server last observed.
     #[serde(default)]
-    #[schema(read_only)]
     pub status: NetworkStatus,
 }
 

@@ -60,41 +60,14 @@ pub enum Resource {
 }
 
 /// `$r` bound to the inner object of any variant.
-// Written out: a derived `allOf` of the kind's object and `{"kind"}` could match nothing, since
-// each kind's object allows no property it does not name.
 impl utoipa::PartialSchema for Resource {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::ToSchema;
         use utoipa::openapi::schema::{OneOfBuilder, Ref};
-        fn kind<M: ToSchema, S: ToSchema>(kind: Kind) -> utoipa::openapi::schema::ObjectBuilder {
-            let status = Ref::from_schema_name(S::name());
-            crate::schema::object([
-                (
-                    "kind",
-                    crate::schema::string()
-                        .enum_values(Some([kind.as_str()]))
-                        .into(),
-                    true,
-                ),
-                (
-                    "metadata",
-                    Ref::from_schema_name(ObjectMeta::name()).into(),
-                    true,
-                ),
-                ("spec", Ref::from_schema_name(M::name()).into(), true),
-                ("status", status.into(), false),
-            ])
-        }
-        OneOfBuilder::new()
-            .item(kind::<crate::VmSpec, crate::VmStatus>(Kind::Vm))
-            .item(kind::<crate::ImageSpec, crate::ImageStatus>(Kind::Image))
-            .item(kind::<crate::VolumeSpec, crate::VolumeStatus>(Kind::Volume))
-            .item(kind::<crate::SnapshotSpec, crate::SnapshotStatus>(
-                Kind::Snapshot,
-            ))
-            .item(kind::<crate::NetworkSpec, crate::NetworkStatus>(
-                Kind::Network,
-            ))
+        Kind::ALL
+            .iter()
+            .fold(OneOfBuilder::new(), |one_of, k| {
+                one_of.item(Ref::from_schema_name(k.as_str()))
+            })
             .description(Some("Any resource, with its kind"))
             .into()
     }
@@ -107,26 +80,17 @@ impl utoipa::ToSchema for Resource {
             utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
         )>,
     ) {
-        fn add<T: utoipa::ToSchema>(
-            out: &mut Vec<(
-                String,
-                utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-            )>,
-        ) {
-            out.push((T::name().into_owned(), T::schema()));
-            T::schemas(out);
-        }
-        add::<Vm>(schemas);
-        add::<Image>(schemas);
-        add::<Volume>(schemas);
-        add::<Snapshot>(schemas);
-        add::<Network>(schemas);
+        crate::schema::add::<Vm>(schemas);
+        crate::schema::add::<Image>(schemas);
+        crate::schema::add::<Volume>(schemas);
+        crate::schema::add::<Snapshot>(schemas);
+        crate::schema::add::<Network>(schemas);
     }
 }
 
 /// `Deserialize` for a kind's object through [`Strict`](crate::Strict): whatever deserializer
 /// reads it (JSON, YAML, serde's buffered content for [`Resource`]), no struct inside is taken
-/// from an array.
+/// from an array. Its schema is the object as the API reads and writes it, with `kind`.
 macro_rules! strict_object {
     ($($ty:ident($spec:ty, $status:ty)),* $(,)?) => {$(
         impl<'de> Deserialize<'de> for $ty {
@@ -141,6 +105,22 @@ macro_rules! strict_object {
                 }
                 let Body { metadata, spec, status } = Body::deserialize(crate::Strict::new(d))?;
                 Ok($ty { metadata, spec, status })
+            }
+        }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::schema::kind_object::<$spec, $status>(Kind::$ty)
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn schemas(
+                schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+            ) {
+                crate::schema::add::<ObjectMeta>(schemas);
+                crate::schema::add::<$spec>(schemas);
+                crate::schema::add::<$status>(schemas);
             }
         }
     )*};

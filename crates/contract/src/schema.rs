@@ -27,10 +27,21 @@ pub(crate) fn string() -> ObjectBuilder {
 }
 
 pub(crate) fn integer(min: u64, max: u64) -> ObjectBuilder {
+    // As integers: an f64 bound would round u64::MAX up, past what the parser takes.
     ObjectBuilder::new()
         .schema_type(Type::Integer)
-        .minimum(Some(min as f64))
-        .maximum(Some(max as f64))
+        .minimum(Some(uint(min)))
+        .maximum(Some(uint(max)))
+}
+
+/// A bound as an exact JSON integer.
+pub fn uint(n: u64) -> utoipa::Number {
+    utoipa::Number::UInt(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The schema of a resource name (see [`crate::ResourceName`]), for path and query parameters.
+pub fn name_schema() -> RefOr<Schema> {
+    name().into()
 }
 
 /// A resource name (see [`crate::ResourceName`]).
@@ -139,12 +150,11 @@ pub(crate) fn mac() -> ObjectBuilder {
 
 /// A byte size between `min` and `max` bytes: a JSON integer, or a string with a binary unit.
 ///
-/// With `units_only`, a string must have a unit of at least K: used where the size must be a
-/// multiple of 512 bytes, which a pattern cannot say of a bare number of bytes.
+/// `multiple_of` is stated for the integer form (`multipleOf`); a pattern cannot state it.
 pub(crate) fn byte_size(min: u64, max: u64, multiple_of: Option<u64>) -> RefOr<Schema> {
     let mut number = integer(min, max);
     if let Some(m) = multiple_of {
-        number = number.multiple_of(Some(m as f64));
+        number = number.multiple_of(Some(uint(m)));
     }
     let units: [(u32, &str); 5] = [
         (0, "B?"),
@@ -154,22 +164,26 @@ pub(crate) fn byte_size(min: u64, max: u64, multiple_of: Option<u64>) -> RefOr<S
         (40, "(T|t|Ti|TiB)"),
     ];
     let mut forms = Vec::new();
+    // A pattern cannot say "a multiple of 512" of a number of bytes: bare numbers in a string
+    // are described by their range only, and the description says the rest.
     for (shift, unit) in units {
         let scale = 1u64 << shift;
-        if multiple_of.is_some_and(|m| scale % m != 0) {
-            continue;
-        }
         let lo = min.div_ceil(scale);
         let hi = max / scale;
         if lo <= hi {
             forms.push(format!("0*({}){unit}", uint_range(lo, hi)));
         }
     }
+    let what = match multiple_of {
+        Some(m) => format!(
+            "A size with a binary unit: K, M, G or T (1024-based), e.g. 512M or 2G; a multiple \
+             of {m} bytes"
+        ),
+        None => "A size with a binary unit: K, M, G or T (1024-based), e.g. 512M or 2G".to_owned(),
+    };
     let text = string()
         .pattern(Some(format!("^({})$", forms.join("|"))))
-        .description(Some(
-            "A size with a binary unit: K, M, G or T (1024-based), e.g. 512M or 2G",
-        ));
+        .description(Some(what));
     OneOfBuilder::new()
         .item(number)
         .item(text)
@@ -207,6 +221,11 @@ pub(crate) fn listen_ipv4_or_null() -> RefOr<Schema> {
     )
 }
 
+/// A u64 counter the server keeps (resource_version, generation).
+pub(crate) fn counter() -> RefOr<Schema> {
+    integer(0, u64::MAX).into()
+}
+
 /// An optional port.
 pub(crate) fn port_or_null() -> RefOr<Schema> {
     or_null(port())
@@ -225,11 +244,6 @@ pub(crate) fn mac_or_null() -> RefOr<Schema> {
 /// Every named schema of the contract, dependencies included, for an OpenAPI document's
 /// `components.schemas`.
 pub fn components() -> Vec<(String, RefOr<Schema>)> {
-    use utoipa::ToSchema;
-    fn add<T: ToSchema>(out: &mut Vec<(String, RefOr<Schema>)>) {
-        out.push((T::name().into_owned(), T::schema()));
-        T::schemas(out);
-    }
     let mut out = Vec::new();
     add::<crate::Vm>(&mut out);
     add::<crate::Network>(&mut out);
@@ -243,8 +257,47 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     out
 }
 
-/// A regular expression matching the decimal integers `lo..=hi` (no leading zeros).
-pub(crate) fn uint_range(lo: u64, hi: u64) -> String {
+/// Adds `T`'s schema and those it refers to.
+pub(crate) fn add<T: utoipa::ToSchema>(out: &mut Vec<(String, RefOr<Schema>)>) {
+    out.push((T::name().into_owned(), T::schema()));
+    T::schemas(out);
+}
+
+/// A kind's object as the API reads and writes it: `kind`, `metadata`, `spec` and a read-only
+/// `status` (accepted on input so that a read can be written back, and ignored).
+pub(crate) fn kind_object<S: utoipa::ToSchema, T: utoipa::ToSchema>(
+    kind: crate::Kind,
+) -> RefOr<Schema> {
+    use utoipa::ToSchema;
+    use utoipa::openapi::schema::Ref;
+    // utoipa has no `readOnly` beside a `$ref`; OpenAPI 3.1 allows it, as an extension here.
+    let read_only = [("readOnly".to_owned(), serde_json::Value::Bool(true))];
+    let status = utoipa::openapi::schema::AllOfBuilder::new()
+        .item(Ref::from_schema_name(T::name()))
+        .extensions(Some(read_only.into_iter().collect()));
+    object([
+        (
+            "kind",
+            string().enum_values(Some([kind.as_str()])).into(),
+            true,
+        ),
+        (
+            "metadata",
+            Ref::from_schema_name(crate::ObjectMeta::name()).into(),
+            true,
+        ),
+        ("spec", Ref::from_schema_name(S::name()).into(), true),
+        ("status", status.into(), false),
+    ])
+    .description(Some(format!(
+        "A {kind}: what the user wants (spec) and what controllers observed (status, read-only)"
+    )))
+    .into()
+}
+
+/// A regular expression matching the decimal integers `lo..=hi` (no leading zeros), for
+/// patterns of numbers written as text.
+pub fn uint_range(lo: u64, hi: u64) -> String {
     assert!(lo <= hi, "empty range {lo}..={hi}");
     let mut parts = Vec::new();
     let mut start = lo;

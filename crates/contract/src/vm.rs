@@ -14,8 +14,8 @@ use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
 ///
 /// This is the body of the resource without its `kind`; manifests and API output wrap it in
 /// [`Resource`](crate::Resource), which adds `"kind": "Vm"`. `status` may be left out on input.
-// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Name, labels and server-managed fields.
@@ -24,7 +24,6 @@ pub struct Vm {
     pub spec: VmSpec,
     /// What controllers last observed.
     #[serde(default)]
-    #[schema(read_only)]
     pub status: VmStatus,
 }
 

@@ -28,8 +28,8 @@ impl ImageFormat {
 }
 
 /// Bytes stored once, by their BLAKE3 digest, under `images/blake3/<hex>` on the node.
-// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Name, labels and server-managed fields.
@@ -38,7 +38,6 @@ pub struct Image {
     pub spec: ImageSpec,
     /// The stored bytes' digest, size and format.
     #[serde(default)]
-    #[schema(read_only)]
     pub status: ImageStatus,
 }
 
@@ -90,7 +89,10 @@ impl ImageSpec {
             }
             ImageSource::Url(url) => {
                 // URLs are ASCII (RFC 3986): visible characters only, so no spaces either.
-                let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                let scheme_ok = rest.is_some_and(|rest| !rest.is_empty());
                 let visible = url.bytes().all(|b| b.is_ascii_graphic());
                 if !scheme_ok || url.len() > Self::MAX_URL || !visible {
                     return Err(ValidationError::new(
@@ -135,9 +137,8 @@ impl utoipa::PartialSchema for ImageSource {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use crate::schema::{object, or_null, string};
         let url = string()
-            .min_length(Some(8))
             .max_length(Some(ImageSpec::MAX_URL))
-            .pattern(Some("^https?://[!-~]*$"));
+            .pattern(Some("^https?://[!-~]+$"));
         let upload = object([("filename", or_null(string()), false)]);
         utoipa::openapi::schema::OneOfBuilder::new()
             .item(object([("path", crate::schema::absolute_path(), true)]))

@@ -5,8 +5,8 @@ use crate::{ObjectMeta, ResourceName, ValidationError};
 
 /// A point-in-time state of a VM's writable qcow2 volumes, and optionally its RAM and device
 /// state, kept inside those volumes (qcow2 internal snapshots).
-// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Name, labels and server-managed fields.
@@ -15,7 +15,6 @@ pub struct Snapshot {
     pub spec: SnapshotSpec,
     /// What was taken.
     #[serde(default)]
-    #[schema(read_only)]
     pub status: SnapshotStatus,
 }
 

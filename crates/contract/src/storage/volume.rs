@@ -18,8 +18,8 @@ choice! {
 }
 
 /// A block device for VMs: `volumes/<uid>.<format>` on the node.
-// Deserialize: `strict_object!` in resource.rs, so that no part is read from an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// Name, labels and server-managed fields.
@@ -28,12 +28,11 @@ pub struct Volume {
     pub spec: VolumeSpec,
     /// What the controller made.
     #[serde(default)]
-    #[schema(read_only)]
     pub status: VolumeStatus,
 }
 
 /// What a volume should be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// Disk or weights (default disk).
@@ -46,7 +45,6 @@ pub struct VolumeSpec {
     /// size (default: the image's). Growing it resizes the volume, online when attached to
     /// a running VM; it never shrinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = size_schema, required = false)]
     pub size: Option<ByteSize>,
     /// Clone this Image (a disk image): a thin qcow2 on the read-only image for `disk`, a
     /// full copy for `weights`.
@@ -56,8 +54,51 @@ pub struct VolumeSpec {
 
 fn size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     let max = VolumeSpec::MAX_SIZE.as_u64();
-    crate::schema::or_null(crate::schema::byte_size(512, max, Some(512)))
+    crate::schema::byte_size(512, max, Some(512))
 }
+
+// Written out: which of kind, size, image and format go together is a `oneOf` the derive
+// cannot say.
+impl utoipa::PartialSchema for VolumeSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::schema::{name, object, or_null, string};
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let kind = |k: VolumeKind| string().enum_values(Some([k.as_str()]));
+        let base = object([
+            ("kind", VolumeKind::schema(), false),
+            ("format", or_null(DiskFormat::schema()), false),
+            ("size", or_null(size_schema()), false),
+            ("image", or_null(name()), false),
+        ])
+        .description(Some("What a volume should be"));
+        let empty = ObjectBuilder::new()
+            .description(Some("An empty disk: size, no image"))
+            .property("kind", kind(VolumeKind::Disk))
+            .property("image", null())
+            .property("size", size_schema())
+            .required("size");
+        let clone = ObjectBuilder::new()
+            .description(Some("A disk cloned from an image: a qcow2 backed by it"))
+            .property("kind", kind(VolumeKind::Disk))
+            .property("image", name())
+            .required("image")
+            .property("format", or_null(string().enum_values(Some(["qcow2"]))));
+        let weights = ObjectBuilder::new()
+            .description(Some("A read-only copy of an image, no size"))
+            .property("kind", kind(VolumeKind::Weights))
+            .required("kind")
+            .property("image", name())
+            .required("image")
+            .property("size", null());
+        AllOfBuilder::new()
+            .item(base)
+            .item(OneOfBuilder::new().item(empty).item(clone).item(weights))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for VolumeSpec {}
 
 impl VolumeSpec {
     /// The largest volume.
