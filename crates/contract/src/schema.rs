@@ -19,6 +19,8 @@ pub(crate) const ABSOLUTE_PATH_PATTERN: &str = "^/[^\\x00]*$";
 const LABEL_KEY_PATTERN: &str = "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 /// A label value: empty, or a label name.
 const LABEL_VALUE_PATTERN: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+/// What Rust's `str::trim` removes (`char::is_whitespace`), for values the parser trims.
+pub const TRIMMED: &str = "[\\u0009-\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*";
 /// One octet of a dotted IPv4 address, as Rust's parser takes it (no leading zeros).
 const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
 
@@ -171,7 +173,13 @@ pub(crate) fn byte_size(min: u64, max: u64, multiple_of: Option<u64>) -> RefOr<S
         let lo = min.div_ceil(scale);
         let hi = max / scale;
         if lo <= hi {
-            forms.push(format!("0*({}){unit}", uint_range(lo, hi)));
+            // A fraction (1.5G) is taken when it comes to whole bytes, which a pattern cannot
+            // say; the pattern allows any, and the range is that of the whole part.
+            let fraction = if shift == 0 { "" } else { "(\\.[0-9]+)?" };
+            forms.push(format!(
+                "0*({}){fraction}{TRIMMED}{unit}",
+                uint_range(lo, hi)
+            ));
         }
     }
     let what = match multiple_of {
@@ -182,7 +190,7 @@ pub(crate) fn byte_size(min: u64, max: u64, multiple_of: Option<u64>) -> RefOr<S
         None => "A size with a binary unit: K, M, G or T (1024-based), e.g. 512M or 2G".to_owned(),
     };
     let text = string()
-        .pattern(Some(format!("^({})$", forms.join("|"))))
+        .pattern(Some(format!("^{TRIMMED}({}){TRIMMED}$", forms.join("|"))))
         .description(Some(what));
     OneOfBuilder::new()
         .item(number)
@@ -270,12 +278,12 @@ pub(crate) fn kind_object<S: utoipa::ToSchema, T: utoipa::ToSchema>(
 ) -> RefOr<Schema> {
     use utoipa::ToSchema;
     use utoipa::openapi::schema::Ref;
-    // utoipa has no `readOnly` beside a `$ref`; OpenAPI 3.1 allows it, as an extension here.
+    // utoipa has no `readOnly` beside a `$ref`: a one-item oneOf carries it, as an extension.
     let read_only = [("readOnly".to_owned(), serde_json::Value::Bool(true))];
-    let status = utoipa::openapi::schema::AllOfBuilder::new()
+    let status = OneOfBuilder::new()
         .item(Ref::from_schema_name(T::name()))
         .extensions(Some(read_only.into_iter().collect()));
-    object([
+    let object = object([
         (
             "kind",
             string().enum_values(Some([kind.as_str()])).into(),
@@ -291,8 +299,27 @@ pub(crate) fn kind_object<S: utoipa::ToSchema, T: utoipa::ToSchema>(
     ])
     .description(Some(format!(
         "A {kind}: what the user wants (spec) and what controllers observed (status, read-only)"
-    )))
-    .into()
+    )));
+    // `example` (one manifest) rather than 3.1's `examples`, which clients read less widely.
+    #[allow(deprecated)]
+    let object = object.example(example(kind));
+    object.into()
+}
+
+/// A manifest the API accepts, for the kinds that have one.
+fn example(kind: crate::Kind) -> Option<serde_json::Value> {
+    match kind {
+        crate::Kind::Vm => Some(serde_json::json!({
+            "kind": "Vm",
+            "metadata": {"name": "web-1", "labels": {"tier": "web"}},
+            "spec": {
+                "cpus": 2,
+                "memory": "1G",
+                "boot": {"kernel": {"kernel": "/var/lib/corral/vmlinuz", "cmdline": "console=ttyS0"}}
+            }
+        })),
+        _ => None,
+    }
 }
 
 /// A regular expression matching the decimal integers `lo..=hi` (no leading zeros), for

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use corral_contract::schema::{components, uint};
+use corral_contract::schema::{TRIMMED, components, uint};
 use serde_json::json;
 use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
@@ -182,10 +182,17 @@ pub fn build() -> OpenApi {
         .schema("ErrorCode", error_code_schema())
         .schema("VerifyResult", verify_result_schema())
         .schema("DsseEnvelope", dsse_schema())
-        .security_scheme(
-            "bearerAuth",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        .security_scheme("bearerAuth", {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.description = Some(
+                "Applies on TCP only: every request to a --listen address needs Authorization: \
+                 Bearer <token>, with a token whose hash is in the daemon's token file (made with \
+                 corrald hash-token); without one the answer is 401. The unix socket needs no \
+                 token (its mode, 0600, is the access control)."
+                    .to_owned(),
+            );
+            SecurityScheme::Http(http)
+        });
     for kind in ["Vm", "Image", "Volume", "Snapshot", "Network"] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -344,7 +351,7 @@ fn bad_body() -> Response {
 
 /// A label selector as the store parses it: comma-separated requirements, each trimmed.
 fn selector_pattern() -> String {
-    let (key, value, s) = ("[-A-Za-z0-9._/]+", "[-A-Za-z0-9._]*", "[ \\t]*");
+    let (key, value, s) = ("[-A-Za-z0-9._/]+", "[-A-Za-z0-9._]*", TRIMMED);
     let term = format!("{s}(!?{s}{key}|{key}{s}(!=|==|=){s}{value}){s}");
     format!("^({s}|{term}(,{term})*)$")
 }

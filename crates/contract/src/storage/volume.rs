@@ -62,38 +62,45 @@ fn size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
 impl utoipa::PartialSchema for VolumeSpec {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use crate::schema::{name, object, or_null, string};
-        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Type};
-        let null = || ObjectBuilder::new().schema_type(Type::Null);
-        let kind = |k: VolumeKind| string().enum_values(Some([k.as_str()]));
-        let base = object([
-            ("kind", VolumeKind::schema(), false),
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let null =
+            || -> utoipa::openapi::RefOr<_> { ObjectBuilder::new().schema_type(Type::Null).into() };
+        let disk = || {
+            string()
+                .enum_values(Some([VolumeKind::Disk.as_str()]))
+                .into()
+        };
+        let weights = string().enum_values(Some([VolumeKind::Weights.as_str()]));
+        let empty = object([
+            ("kind", disk(), false),
             ("format", or_null(DiskFormat::schema()), false),
-            ("size", or_null(size_schema()), false),
-            ("image", or_null(name()), false),
+            ("size", size_schema(), true),
+            ("image", null(), false),
         ])
-        .description(Some("What a volume should be"));
-        let empty = ObjectBuilder::new()
-            .description(Some("An empty disk: size, no image"))
-            .property("kind", kind(VolumeKind::Disk))
-            .property("image", null())
-            .property("size", size_schema())
-            .required("size");
-        let clone = ObjectBuilder::new()
-            .description(Some("A disk cloned from an image: a qcow2 backed by it"))
-            .property("kind", kind(VolumeKind::Disk))
-            .property("image", name())
-            .required("image")
-            .property("format", or_null(string().enum_values(Some(["qcow2"]))));
-        let weights = ObjectBuilder::new()
-            .description(Some("A read-only copy of an image, no size"))
-            .property("kind", kind(VolumeKind::Weights))
-            .required("kind")
-            .property("image", name())
-            .required("image")
-            .property("size", null());
-        AllOfBuilder::new()
-            .item(base)
-            .item(OneOfBuilder::new().item(empty).item(clone).item(weights))
+        .description(Some("An empty disk: a size, no image"));
+        let clone = object([
+            ("kind", disk(), false),
+            (
+                "format",
+                or_null(string().enum_values(Some(["qcow2"]))),
+                false,
+            ),
+            ("size", or_null(size_schema()), false),
+            ("image", name().into(), true),
+        ])
+        .description(Some("A disk cloned from an image: a qcow2 backed by it"));
+        let copy = object([
+            ("kind", weights.into(), true),
+            ("format", or_null(DiskFormat::schema()), false),
+            ("size", null(), false),
+            ("image", name().into(), true),
+        ])
+        .description(Some("Weights: a read-only copy of an image, no size"));
+        OneOfBuilder::new()
+            .item(empty)
+            .item(clone)
+            .item(copy)
+            .description(Some("What a volume should be"))
             .into()
     }
 }

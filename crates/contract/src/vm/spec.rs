@@ -116,24 +116,13 @@ pub enum Boot {
 // each of them with `deny_unknown_fields`.
 impl utoipa::PartialSchema for Boot {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use crate::schema::{absolute_path, absolute_path_or_null, object, or_null, string};
-        let cmdline = string()
-            .max_length(Some(VmSpec::MAX_CMDLINE_BYTES))
-            .pattern(Some(CMDLINE_PATTERN))
-            .description(Some("The kernel command line: one line of printable ASCII"));
-        let kernel = object([
-            ("kernel", absolute_path(), true),
-            ("initrd", absolute_path_or_null(), false),
-            ("cmdline", or_null(cmdline), false),
-        ]);
-        let disk = object([
-            ("path", absolute_path(), true),
-            ("format", or_null(DiskFormat::schema()), false),
-        ]);
+        use crate::schema::object;
+        use utoipa::openapi::schema::Ref;
         let volume = object([("volume", crate::schema::name().into(), true)]);
+        let named = |name: &str| Ref::from_schema_name(name).into();
         utoipa::openapi::schema::OneOfBuilder::new()
-            .item(object([("kernel", kernel.into(), true)]))
-            .item(object([("disk", disk.into(), true)]))
+            .item(object([("kernel", named("KernelBoot"), true)]))
+            .item(object([("disk", named("DiskBoot"), true)]))
             .item(object([("volume", volume.into(), true)]))
             .description(Some(
                 "Exactly one of: kernel (direct kernel boot), disk (firmware boots an image \
@@ -143,7 +132,39 @@ impl utoipa::PartialSchema for Boot {
     }
 }
 
-impl utoipa::ToSchema for Boot {}
+impl utoipa::ToSchema for Boot {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use crate::schema::{absolute_path, absolute_path_or_null, object, or_null, string};
+        let cmdline = string()
+            .max_length(Some(VmSpec::MAX_CMDLINE_BYTES))
+            .pattern(Some(CMDLINE_PATTERN))
+            .description(Some("The kernel command line: one line of printable ASCII"));
+        let kernel = object([
+            ("kernel", absolute_path(), true),
+            ("initrd", absolute_path_or_null(), false),
+            ("cmdline", or_null(cmdline), false),
+        ])
+        .description(Some(
+            "Direct kernel boot: QEMU loads the kernel, no firmware",
+        ));
+        let disk = object([
+            ("path", absolute_path(), true),
+            (
+                "format",
+                or_null(<DiskFormat as utoipa::PartialSchema>::schema()),
+                false,
+            ),
+        ])
+        .description(Some("Firmware boots a disk image file"));
+        schemas.push(("KernelBoot".to_owned(), kernel.into()));
+        schemas.push(("DiskBoot".to_owned(), disk.into()));
+    }
+}
 
 /// A kernel command line: one line of printable ASCII (and tabs).
 const CMDLINE_PATTERN: &str = "^[ -~\t]*$";

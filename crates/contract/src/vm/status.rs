@@ -33,10 +33,13 @@ choice! {
 #[serde(default)]
 pub struct VmStatus {
     /// Where the VM is in its life.
+    #[schema(required = true)]
     pub phase: Phase,
     /// Observed aspects of its state, one per type.
+    #[schema(required = true)]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` of the spec this status reflects.
+    #[schema(required = true)]
     pub observed_generation: u64,
     /// Host pid of the QEMU process.
     #[serde(skip_serializing_if = "Option::is_none")]
