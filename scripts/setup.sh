@@ -98,6 +98,16 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$promtool_bin" ]; then
   rm -rf "$deb_dir"
 fi
 
+# Schemathesis for the REST contract test (crates/daemon/tests/schemathesis.rs), in its own venv
+# under target/tools, where the test looks for it.
+st_version=4.32.5
+st_venv="$root/target/tools/schemathesis-venv"
+if [ "$("$st_venv/bin/st" --version 2>/dev/null)" != "st, version $st_version" ]; then
+  log "installing schemathesis $st_version under target/tools"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$st_version"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is missing: install Rust (1.85 or newer) with rustup, then run this again"
   exit 1

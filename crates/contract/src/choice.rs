@@ -22,7 +22,8 @@ pub(crate) fn pad(f: &mut fmt::Formatter<'_>, word: &str) -> fmt::Result {
 }
 
 /// Defines a fieldless enum whose variants each have one string form, with `as_str`, `ALL`,
-/// `Display`, `FromStr` (error: [`UnknownChoice`]) and serde as that string.
+/// `Display`, `FromStr` (error: [`UnknownChoice`]), serde as that string and an OpenAPI schema
+/// listing the words (`enum`).
 macro_rules! choice {
     (
         $(#[$meta:meta])*
@@ -74,6 +75,14 @@ macro_rules! choice {
                 serializer.serialize_str(self.as_str())
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::schema::string().enum_values(Some([$($word,)+])).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -7,22 +7,28 @@ use crate::ValidationError;
 /// The documents of a cloud-init NoCloud seed. Corral writes them, as given, into an ISO 9660
 /// image labelled `cidata` that the guest sees as a read-only disk. A `meta_data` left out
 /// becomes `instance-id: <uid>` and `local-hostname: <name>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInit {
     /// The `user-data` document: `#cloud-config` YAML, or a script starting with `#!`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 65536,
+        pattern = "^(#cloud-config[ \t\r]*(\n[^\\x00]*)?|#![^\\x00]*|#include[ \t\r]*(\n[^\\x00]*)?|#cloud-boothook[^\\x00]*)$"
+    )]
     pub user_data: Option<String>,
     /// The `meta-data` document (YAML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536, pattern = "^[^\\x00]*$")]
     pub meta_data: Option<String>,
     /// The `network-config` document (netplan v2 or v1 YAML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536, pattern = "^[^\\x00]*$")]
     pub network_config: Option<String>,
 }
 
 impl CloudInit {
-    /// The largest document, in bytes.
+    /// The largest document, in characters.
     pub const MAX_DOCUMENT: usize = 64 << 10;
 
     /// `#cloud-config` user-data that authorises `keys` for root and, when given, creates `user`
@@ -79,12 +85,13 @@ impl CloudInit {
         ];
         for (field, doc) in docs {
             let Some(doc) = doc else { continue };
-            if doc.len() > Self::MAX_DOCUMENT {
+            // Counted in characters, as JSON Schema's maxLength counts them.
+            let chars = doc.chars().count();
+            if chars > Self::MAX_DOCUMENT {
                 return Err(ValidationError::new(
                     field,
                     format!(
-                        "is {} bytes long: the limit is {}",
-                        doc.len(),
+                        "is {chars} characters long: the limit is {}",
                         Self::MAX_DOCUMENT
                     ),
                 ));

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// `status` is a plain boolean: Corral has no "unknown" conditions, a controller that cannot
 /// tell leaves the condition out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Condition {
     /// What the condition is about, in PascalCase, e.g. `Ready` or `Booted`.
     #[serde(rename = "type")]

@@ -16,7 +16,7 @@ const VALUE_RULE: &str =
 /// A user's manifest needs only `name`; the server sets `uid`, `resource_version`,
 /// `generation`, `created_at` and `deleting`, which are accepted on input (so that the output of
 /// a read can be written back) but not taken from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectMeta {
     /// Unique among resources of the same kind.
@@ -27,16 +27,20 @@ pub struct ObjectMeta {
     pub uid: String,
     /// Identifying key/value pairs, for selection (`tier=web`).
     #[serde(default, deserialize_with = "de_labels")]
+    #[schema(schema_with = crate::schema::labels)]
     pub labels: BTreeMap<String, String>,
     /// Free-form key/value notes for tools; keys follow the label key rules.
     #[serde(default, deserialize_with = "de_annotations")]
+    #[schema(schema_with = crate::schema::annotations)]
     pub annotations: BTreeMap<String, String>,
     /// Changes on every write; an update carrying an older one is refused.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::counter)]
     pub resource_version: u64,
     /// Incremented by the server on every change to the spec (compare with
     /// `status.observed_generation`).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::counter)]
     pub generation: u64,
     /// When the server created the resource, in RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]

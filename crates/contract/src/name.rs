@@ -74,6 +74,14 @@ impl ResourceName {
     }
 }
 
+impl utoipa::PartialSchema for ResourceName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::name().into()
+    }
+}
+
+impl utoipa::ToSchema for ResourceName {}
+
 impl TryFrom<String> for ResourceName {
     type Error = NameError;
 

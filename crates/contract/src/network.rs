@@ -50,7 +50,8 @@ choice! {
 
 /// A network that VMs join: `{"kind": "Network", "metadata": {"name": "lan"}, "spec": {"mode":
 /// "user", "cidr": "10.0.2.0/24"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Name, labels and server-managed fields.
@@ -95,27 +96,34 @@ impl Object for Network {
 /// Unset addresses take the mode's defaults, as QEMU's user stack has them: gateway `.2`, DNS
 /// `.3` of the CIDR for `user`; gateway (the bridge's own address) `.1` and DNS `.1` for
 /// `bridge`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "NetworkSpecInput")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "NetworkSpecInput", deny_unknown_fields)]
 pub struct NetworkSpec {
     /// How the network reaches guests (default user).
+    #[schema(nullable, required = false)]
     pub mode: NetworkMode,
     /// The guests' subnet (default 10.0.2.0/24).
+    #[schema(schema_with = cidr_schema, required = false)]
     pub cidr: Cidr,
     /// The guests' default gateway.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ipv4_or_null, required = false)]
     pub gateway: Option<Ipv4Addr>,
     /// The DNS server guests are given.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ipv4_or_null, required = false)]
     pub dns: Option<Ipv4Addr>,
     /// MTU of the bridge and its TAPs (bridge mode only), 576–9000.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = mtu_schema, required = false)]
     pub mtu: Option<u32>,
     /// Name of the Linux bridge (bridge mode; default `crl-<name>`, at most 15 bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ifname_or_null, required = false)]
     pub bridge: Option<String>,
     /// Host interface to bridge onto (vmnet-bridged only, required there), e.g. `en0`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ifname_or_null, required = false)]
     pub interface: Option<String>,
 }
 
@@ -210,6 +218,14 @@ impl NetworkSpec {
 }
 
 /// A Linux interface name: 1–15 bytes of letters, digits, `-`, `_` and `.`.
+fn cidr_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    crate::schema::or_null(crate::schema::cidr(29))
+}
+
+fn mtu_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    crate::schema::or_null(crate::schema::integer(576, 9000))
+}
+
 fn check_ifname(field: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 15
@@ -292,7 +308,7 @@ choice! {
 }
 
 /// What is true of a network now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct NetworkStatus {
     /// Whether VMs can join it.

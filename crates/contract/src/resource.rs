@@ -60,6 +60,80 @@ pub enum Resource {
 }
 
 /// `$r` bound to the inner object of any variant.
+impl utoipa::PartialSchema for Resource {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{OneOfBuilder, Ref};
+        Kind::ALL
+            .iter()
+            .fold(OneOfBuilder::new(), |one_of, k| {
+                one_of.item(Ref::from_schema_name(k.as_str()))
+            })
+            .description(Some("Any resource, with its kind"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Resource {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        crate::schema::add::<Vm>(schemas);
+        crate::schema::add::<Image>(schemas);
+        crate::schema::add::<Volume>(schemas);
+        crate::schema::add::<Snapshot>(schemas);
+        crate::schema::add::<Network>(schemas);
+    }
+}
+
+/// `Deserialize` for a kind's object through [`Strict`](crate::Strict): whatever deserializer
+/// reads it (JSON, YAML, serde's buffered content for [`Resource`]), no struct inside is taken
+/// from an array. Its schema is the object as the API reads and writes it, with `kind`.
+macro_rules! strict_object {
+    ($($ty:ident($spec:ty, $status:ty)),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    metadata: ObjectMeta,
+                    spec: $spec,
+                    #[serde(default)]
+                    status: $status,
+                }
+                let Body { metadata, spec, status } = Body::deserialize(crate::Strict::new(d))?;
+                Ok($ty { metadata, spec, status })
+            }
+        }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::schema::kind_object::<$spec, $status>(Kind::$ty)
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn schemas(
+                schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+            ) {
+                crate::schema::add::<ObjectMeta>(schemas);
+                crate::schema::add::<$spec>(schemas);
+                crate::schema::add::<$status>(schemas);
+            }
+        }
+    )*};
+}
+
+strict_object!(
+    Vm(crate::VmSpec, crate::VmStatus),
+    Network(crate::NetworkSpec, crate::NetworkStatus),
+    Image(crate::ImageSpec, crate::ImageStatus),
+    Volume(crate::VolumeSpec, crate::VolumeStatus),
+    Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
+);
+
 macro_rules! each {
     ($value:expr, $r:ident => $body:expr) => {
         match $value {

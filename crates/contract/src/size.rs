@@ -249,6 +249,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+impl utoipa::PartialSchema for ByteSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::byte_size(0, u64::MAX, None)
+    }
+}
+
+impl utoipa::ToSchema for ByteSize {}
+
 struct ByteSizeVisitor;
 
 impl Visitor<'_> for ByteSizeVisitor {

@@ -6,7 +6,7 @@ pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
 pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
 pub use status::{ExitInfo, Phase, VmStatus};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
 
@@ -14,7 +14,8 @@ use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
 ///
 /// This is the body of the resource without its `kind`; manifests and API output wrap it in
 /// [`Resource`](crate::Resource), which adds `"kind": "Vm"`. `status` may be left out on input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Name, labels and server-managed fields.

@@ -1,4 +1,1049 @@
-//! The committed OpenAPI document of the REST API, served at `/openapi.json`.
+//! The OpenAPI 3.1 document of the REST API, served at `/openapi.json`, built at run time.
+//!
+//! Schemas come from the contract crate (`corral_contract::schema::components`, derived from
+//! the types the parser uses); each operation is described here, keyed by its operation id, with
+//! the parameters, bodies and answers its handler has. Nothing is written by hand in JSON.
 
-/// OpenAPI 3.1 description of `/v1`.
-pub const DOCUMENT: &str = include_str!("../openapi.json");
+use std::sync::OnceLock;
+
+use corral_contract::schema::{TRIMMED, components, uint};
+use serde_json::json;
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, Ref, Schema, Type,
+};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, RefOr,
+    Required,
+};
+
+/// The most bytes one REST memory read returns (64 MiB).
+const MAX_READ: u64 = crate::memory::rest::MAX_REST_READ;
+/// The most bytes of console log one request returns (4 MiB).
+const MAX_LOG: u64 = 4 << 20;
+
+/// An operation id, its method and path, and what builds its description.
+pub type Described = (&'static str, HttpMethod, &'static str, fn() -> Operation);
+
+/// Every REST operation: its id, method and path, and how it is described. After the daemon's
+/// route table carries the ids, the document is built by walking that table instead.
+pub const OPERATIONS: &[Described] = {
+    use HttpMethod::{Delete, Get, Post, Put};
+    &[
+        ("listVms", Get, "/v1/vms", || {
+            list("Vm", "VMs, sorted by name")
+        }),
+        ("createVm", Post, "/v1/vms", || create("Vm")),
+        ("getVm", Get, "/v1/vms/{name}", || get("Vm")),
+        ("updateVm", Put, "/v1/vms/{name}", || update("Vm")),
+        ("deleteVm", Delete, "/v1/vms/{name}", delete_vm),
+        ("startVm", Post, "/v1/vms/{name}/start", || {
+            power("Start the VM")
+        }),
+        ("stopVm", Post, "/v1/vms/{name}/stop", stop_vm),
+        ("pauseVm", Post, "/v1/vms/{name}/pause", || {
+            power("Pause the VM's vCPUs")
+        }),
+        ("resumeVm", Post, "/v1/vms/{name}/resume", || {
+            power("Resume a paused VM")
+        }),
+        ("restartVm", Post, "/v1/vms/{name}/restart", || {
+            power("Restart the VM")
+        }),
+        (
+            "getVmConsoleLog",
+            Get,
+            "/v1/vms/{name}/console/log",
+            console_log,
+        ),
+        (
+            "attachVmConsole",
+            Get,
+            "/v1/vms/{name}/console/ws",
+            console_ws,
+        ),
+        (
+            "getVmAttestation",
+            Get,
+            "/v1/vms/{name}/attestation",
+            attestation,
+        ),
+        ("readVmMemory", Get, "/v1/vms/{name}/memory", read_memory),
+        (
+            "findVmMemory",
+            Get,
+            "/v1/vms/{name}/memory/find",
+            find_memory,
+        ),
+        (
+            "snapshotVmMemory",
+            Get,
+            "/v1/vms/{name}/memory/snapshot",
+            snapshot_memory,
+        ),
+        ("mapVmMemory", Get, "/v1/vms/{name}/memory/map", map_memory),
+        (
+            "streamVmMemory",
+            Get,
+            "/v1/vms/{name}/memory/stream",
+            stream_memory,
+        ),
+        ("listImages", Get, "/v1/images", || {
+            list("Image", "Images, sorted by name")
+        }),
+        ("createImage", Post, "/v1/images", || create("Image")),
+        ("getImage", Get, "/v1/images/{name}", || get("Image")),
+        ("deleteImage", Delete, "/v1/images/{name}", || {
+            delete("Image", "200")
+        }),
+        (
+            "verifyImage",
+            Post,
+            "/v1/images/{name}/verify",
+            verify_image,
+        ),
+        ("listVolumes", Get, "/v1/volumes", || {
+            list("Volume", "Volumes, sorted by name")
+        }),
+        ("createVolume", Post, "/v1/volumes", || create("Volume")),
+        ("getVolume", Get, "/v1/volumes/{name}", || get("Volume")),
+        ("updateVolume", Put, "/v1/volumes/{name}", || {
+            update("Volume")
+        }),
+        ("deleteVolume", Delete, "/v1/volumes/{name}", || {
+            delete("Volume", "202")
+        }),
+        ("listSnapshots", Get, "/v1/snapshots", list_snapshots),
+        ("createSnapshot", Post, "/v1/snapshots", || {
+            create("Snapshot")
+        }),
+        ("getSnapshot", Get, "/v1/snapshots/{name}", || {
+            get("Snapshot")
+        }),
+        ("deleteSnapshot", Delete, "/v1/snapshots/{name}", || {
+            delete("Snapshot", "202")
+        }),
+        (
+            "restoreSnapshot",
+            Post,
+            "/v1/snapshots/{name}/restore",
+            restore_snapshot,
+        ),
+        ("listNetworks", Get, "/v1/networks", || {
+            list("Network", "Networks, sorted by name")
+        }),
+        ("createNetwork", Post, "/v1/networks", || create("Network")),
+        ("getNetwork", Get, "/v1/networks/{name}", || get("Network")),
+        ("deleteNetwork", Delete, "/v1/networks/{name}", || {
+            delete("Network", "200")
+        }),
+        ("getOpenApi", Get, "/openapi.json", openapi),
+        ("getMetrics", Get, "/metrics", metrics),
+        ("getHealth", Get, "/healthz", health),
+    ]
+};
+
+/// The description of the operation `id`, if the API has it.
+pub fn operation(id: &str) -> Option<Operation> {
+    OPERATIONS
+        .iter()
+        .find(|(op, ..)| *op == id)
+        .map(|(id, _, _, build)| {
+            let mut op = build();
+            op.operation_id = Some((*id).to_owned());
+            op
+        })
+}
+
+/// The document, as JSON text (built once).
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        serde_json::to_string_pretty(&build()).expect("the OpenAPI document serialises")
+    })
+}
+
+/// The document.
+pub fn build() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for (id, method, path, _) in OPERATIONS {
+        let op = operation(id).expect("listed");
+        paths = paths.path(*path, PathItem::new(method.clone(), op));
+    }
+    let mut schemas = ComponentsBuilder::new()
+        .schemas_from_iter(components())
+        .schema("Error", error_schema())
+        .schema("ErrorCode", error_code_schema())
+        .schema("VerifyResult", verify_result_schema())
+        .schema("DsseEnvelope", dsse_schema())
+        .security_scheme("bearerAuth", {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.description = Some(
+                "Applies on TCP only: every request to a --listen address needs Authorization: \
+                 Bearer <token>, with a token whose hash is in the daemon's token file (made with \
+                 corrald hash-token); without one the answer is 401. The unix socket needs no \
+                 token (its mode, 0600, is the access control)."
+                    .to_owned(),
+            );
+            SecurityScheme::Http(http)
+        });
+    for kind in ["Vm", "Image", "Volume", "Snapshot", "Network"] {
+        let mut items = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "items",
+                ArrayBuilder::new().items(Ref::from_schema_name(kind)),
+            )
+            .required("items")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+        if kind == "Vm" {
+            items = items
+                .property("revision", integer(0, None))
+                .required("revision");
+        }
+        schemas = schemas.schema(format!("{kind}List"), items);
+    }
+    let tcp = ServerBuilder::new()
+        .url("https://{host}:{port}")
+        .description(Some(
+            "TCP with TLS (corrald --listen ADDR --tls-cert --tls-key --token-file): every \
+             request needs Authorization: Bearer <token>. The unix socket (http://localhost \
+             over $XDG_RUNTIME_DIR/corral/corral.sock) needs none.",
+        ))
+        .parameter(
+            "host",
+            ServerVariableBuilder::new().default_value("localhost"),
+        )
+        .parameter("port", ServerVariableBuilder::new().default_value("7443"))
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Corral API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "corrald's REST API. Every resource is {kind, metadata, spec, status}; \
+                     errors are {\"error\": {\"code\", \"message\"}}. Generated from the code \
+                     that serves it.",
+                )),
+        )
+        .servers(Some([tcp]))
+        .security(Some([
+            SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
+            SecurityRequirement::default(),
+        ]))
+        .paths(paths)
+        .components(Some(schemas.build()))
+        .build()
+}
+
+// --- building blocks -------------------------------------------------------------------------
+
+fn reference(name: &str) -> RefOr<Schema> {
+    Ref::from_schema_name(name).into()
+}
+
+fn integer(min: u64, max: Option<u64>) -> ObjectBuilder {
+    let max = max.unwrap_or(u64::MAX);
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(uint(min)))
+        .maximum(Some(uint(max)))
+}
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+fn boolean() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::Boolean)
+}
+
+fn op(summary: &str) -> OperationBuilder {
+    OperationBuilder::new().summary(Some(summary))
+}
+
+fn name_param() -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name("name")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some("The resource's name (metadata.name)"))
+        .schema(Some(corral_contract::schema::name_schema()))
+        .build()
+}
+
+fn query(
+    name: &str,
+    schema: impl Into<RefOr<Schema>>,
+    required: bool,
+    description: &str,
+) -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(if required {
+            Required::True
+        } else {
+            Required::False
+        })
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+fn json_response(description: &str, schema: RefOr<Schema>) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(schema)).build(),
+        )
+        .build()
+}
+
+fn raw_response(description: &str, media: &str, schema: ObjectBuilder) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(media, ContentBuilder::new().schema(Some(schema)).build())
+        .build()
+}
+
+fn error(description: &str) -> Response {
+    json_response(description, reference("Error"))
+}
+
+/// The answers every operation can give: no or a wrong token, a failing store.
+fn common(op: OperationBuilder) -> OperationBuilder {
+    op.response(
+        "401",
+        error("TCP only: no Authorization: Bearer <token> header, or a token the daemon does not accept"),
+    )
+    .response("403", error("The token lacks the scope this operation needs"))
+    .response("503", error("The store failed"))
+}
+
+fn body(kind: &str) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .required(Some(Required::True))
+        .description(Some(format!(
+            "The {kind} as JSON (at most 2 MiB); status is ignored"
+        )))
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(reference(kind))).build(),
+        )
+        .build()
+}
+
+fn bad_body() -> Response {
+    error(
+        "The body is not a valid resource of this kind (InvalidArgument); the message names the \
+         field, e.g. spec: expected an object, got an array",
+    )
+}
+
+/// A label selector as the store parses it: comma-separated requirements, each trimmed.
+fn selector_pattern() -> String {
+    let (key, value, s) = ("[-A-Za-z0-9._/]+", "[-A-Za-z0-9._]*", TRIMMED);
+    let term = format!("{s}(!?{s}{key}|{key}{s}(!=|==|=){s}{value}){s}");
+    format!("^({s}|{term}(,{term})*)$")
+}
+
+fn label_selector() -> utoipa::openapi::path::Parameter {
+    query(
+        "labelSelector",
+        string().pattern(Some(selector_pattern())),
+        false,
+        "Comma-separated label requirements that all must hold: key=value (or key==value), \
+         key!=value, key (set) and !key (not set), e.g. tier=web,!spot. A selector that does not \
+         parse is answered with 400.",
+    )
+}
+
+// --- operations --------------------------------------------------------------------------------
+
+fn list(kind: &str, summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(label_selector())
+        .response(
+            "200",
+            json_response(summary, reference(&format!("{kind}List"))),
+        )
+        .response(
+            "400",
+            error("The label selector or query string does not parse"),
+        )
+        .build()
+}
+
+fn create(kind: &str) -> Operation {
+    common(op(&format!("Create a {kind}")))
+        .request_body(Some(body(kind)))
+        .response("201", json_response("Created", reference(kind)))
+        .response("400", bad_body())
+        .response("404", error("A resource the spec names does not exist"))
+        .response("409", error("A resource of this kind and name exists"))
+        .response(
+            "412",
+            error("The spec does not fit what exists (FailedPrecondition)"),
+        )
+        .response("413", error("The body is larger than 2 MiB"))
+        .response("415", error("The body is not declared as application/json"))
+        .build()
+}
+
+fn get(kind: &str) -> Operation {
+    common(op(&format!("Read a {kind}")))
+        .parameter(name_param())
+        .response("200", json_response("Found", reference(kind)))
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No resource of this kind and name"))
+        .build()
+}
+
+fn update(kind: &str) -> Operation {
+    common(op(&format!(
+        "Replace a {kind}'s spec and labels (optimistic: metadata.resource_version must match \
+         when set)"
+    )))
+    .parameter(name_param())
+    .request_body(Some(body(kind)))
+    .response("200", json_response("Updated", reference(kind)))
+    .response("400", bad_body())
+    .response(
+        "404",
+        error("No resource of this kind and name, or one its spec names"),
+    )
+    .response(
+        "409",
+        error("It changed since the given resource_version: read and retry"),
+    )
+    .response(
+        "412",
+        error("The change does not fit the resource's state (FailedPrecondition)"),
+    )
+    .response("413", error("The body is larger than 2 MiB"))
+    .response("415", error("The body is not declared as application/json"))
+    .build()
+}
+
+fn delete(kind: &str, ok: &str) -> Operation {
+    common(op(&format!("Delete a {kind}")))
+        .parameter(name_param())
+        .response(
+            ok,
+            json_response("Deleted, or deletion started", reference(kind)),
+        )
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No resource of this kind and name"))
+        .response("409", error("Other resources still use it"))
+        .response(
+            "412",
+            error("It cannot be deleted in its state (FailedPrecondition)"),
+        )
+        .build()
+}
+
+fn delete_vm() -> Operation {
+    let mut op = delete("Vm", "202");
+    op.parameters.get_or_insert_with(Vec::new).push(query(
+        "resourceVersion",
+        integer(0, None),
+        false,
+        "Delete only if the stored VM has this metadata.resource_version (else 409); absent or 0 \
+         deletes whatever is stored.",
+    ));
+    op
+}
+
+fn power(summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(name_param())
+        .response(
+            "200",
+            json_response("The VM with its new wanted power state", reference("Vm")),
+        )
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No VM of that name"))
+        .response("409", error("The VM kept changing: retry"))
+        .response(
+            "412",
+            error("The VM's state does not allow it (FailedPrecondition)"),
+        )
+        .build()
+}
+
+fn stop_vm() -> Operation {
+    let mut op = power("Stop the VM");
+    op.parameters.get_or_insert_with(Vec::new).push(query(
+        "force",
+        boolean(),
+        false,
+        "Quit QEMU at once instead of asking the guest to shut down",
+    ));
+    op
+}
+
+fn console_log() -> Operation {
+    common(op("The VM's serial console output, as kept by the daemon"))
+        .parameter(name_param())
+        .parameter(query(
+            "tail",
+            integer(0, None),
+            false,
+            &format!(
+                "At most this many bytes from the end; 0 (the default) for all that is kept. \
+                 At most {MAX_LOG} bytes are kept and returned."
+            ),
+        ))
+        .response(
+            "200",
+            raw_response(
+                "The log's bytes",
+                "application/octet-stream",
+                string().content_media_type("application/octet-stream"),
+            ),
+        )
+        .response("400", error("The name or query string does not parse"))
+        .response("404", error("No VM of that name"))
+        .build()
+}
+
+fn console_ws() -> Operation {
+    common(op(
+        "Attach to the VM's serial console over WebSocket: binary messages carry console bytes \
+         both ways (one writer at a time)",
+    ))
+    .parameter(name_param())
+    .parameter(query(
+        "write",
+        boolean(),
+        false,
+        "Take the single writer's place",
+    ))
+    .parameter(query(
+        "scrollback",
+        boolean(),
+        false,
+        "Send what the console printed before attaching first (default true)",
+    ))
+    .response(
+        "101",
+        ResponseBuilder::new()
+            .description("Switched to WebSocket")
+            .build(),
+    )
+    .response(
+        "400",
+        error("Not a WebSocket upgrade, or the query string does not parse"),
+    )
+    .response("404", error("No VM of that name"))
+    .response(
+        "409",
+        error("Another client holds the console's writer place"),
+    )
+    .response("412", error("The VM is not running (FailedPrecondition)"))
+    .build()
+}
+
+fn attestation() -> Operation {
+    common(op(
+        "A signed in-toto statement of what the VM runs (DSSE envelope)",
+    ))
+    .parameter(name_param())
+    .response(
+        "200",
+        ResponseBuilder::new()
+            .description("The envelope")
+            .content(
+                "application/vnd.dsse.envelope.v1+json",
+                ContentBuilder::new()
+                    .schema(Some(reference("DsseEnvelope")))
+                    .build(),
+            )
+            .build(),
+    )
+    .response("400", error("The name is not a valid name"))
+    .response("404", error("No VM of that name"))
+    .response("412", error("The VM is not running (FailedPrecondition)"))
+    .build()
+}
+
+/// The answers of every guest-memory route besides its success.
+fn memory(op: OperationBuilder) -> OperationBuilder {
+    common(op)
+        .parameter(name_param())
+        .response(
+            "400",
+            error("A query value that is not allowed; the message names the parameter"),
+        )
+        .response("404", error("No VM of that name"))
+        .response(
+            "412",
+            error(
+                "The VM's RAM cannot be read now: it was not created with spec.introspection, \
+                 or it is not running or paused",
+            ),
+        )
+        .response(
+            "500",
+            error("The memory bridge failed on a VM that should be readable"),
+        )
+}
+
+/// A number as the memory routes take it: decimal, or hex with `0x`.
+fn number(max: Option<u64>) -> ObjectBuilder {
+    let pattern = match max {
+        Some(max) => format!(
+            "^(0*({})|0[xX]0*({}))$",
+            corral_contract::schema::uint_range(1, max),
+            hex_up_to(max)
+        ),
+        None => "^([0-9]{1,19}|0[xX][0-9a-fA-F]{1,16})$".to_owned(),
+    };
+    string().pattern(Some(pattern))
+}
+
+/// A pattern for hex numbers 1..=max (without `0x`), where max is a power of two.
+fn hex_up_to(max: u64) -> String {
+    assert!(max.is_power_of_two() && max >= 16);
+    let digits = (max.trailing_zeros() / 4) as usize;
+    let lead = 1u64 << (max.trailing_zeros() % 4);
+    let mut forms = vec![format!("[1-9a-fA-F][0-9a-fA-F]{{0,{}}}", digits - 1)];
+    if lead > 2 {
+        forms.push(format!("[1-{}][0-9a-fA-F]{{{digits}}}", lead - 1));
+    } else if lead == 2 {
+        forms.push(format!("1[0-9a-fA-F]{{{digits}}}"));
+    }
+    forms.push(format!("{lead}{}", "0".repeat(digits)));
+    forms.join("|")
+}
+
+fn read_memory() -> Operation {
+    memory(op("Read guest-physical memory"))
+        .parameter(query(
+            "addr",
+            number(None),
+            true,
+            "Guest-physical address, decimal or 0x hex",
+        ))
+        .parameter(query(
+            "len",
+            number(Some(MAX_READ)),
+            true,
+            &format!("Bytes to read, 1 to {MAX_READ} (64 MiB), decimal or 0x hex"),
+        ))
+        .response(
+            "200",
+            raw_response(
+                "The bytes",
+                "application/octet-stream",
+                string().content_media_type("application/octet-stream"),
+            ),
+        )
+        .build()
+}
+
+fn find_memory() -> Operation {
+    let addresses = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("addresses", ArrayBuilder::new().items(integer(0, None)))
+        .property("truncated", boolean())
+        .required("addresses")
+        .required("truncated")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+    memory(op("Find a byte pattern in guest RAM"))
+        .parameter(query(
+            "pattern",
+            string().min_length(Some(1)).max_length(Some(1024)),
+            false,
+            "Text to find (UTF-8). Give this or patternHex.",
+        ))
+        .parameter(query(
+            "patternHex",
+            string().pattern(Some("^([0-9a-fA-F]{2}){1,4096}$")),
+            false,
+            "Bytes to find, as hex digit pairs. Give this or pattern.",
+        ))
+        .parameter(query(
+            "limit",
+            integer(0, Some(u32::MAX.into())),
+            false,
+            "The most addresses to return; 0 (the default) for 1000",
+        ))
+        .response(
+            "200",
+            json_response("Addresses of the pattern, ascending", addresses.into()),
+        )
+        .build()
+}
+
+fn snapshot_memory() -> Operation {
+    memory(op("Copy all of guest RAM"))
+        .parameter(query(
+            "mode",
+            string().enum_values(Some(["consistent", "atomic"])),
+            false,
+            "consistent (default): copied while the guest runs, changed pages re-read; atomic: \
+             vCPUs paused for the copy",
+        ))
+        .response(
+            "200",
+            raw_response(
+                "Guest RAM",
+                "application/octet-stream",
+                string().content_media_type("application/octet-stream"),
+            ),
+        )
+        .build()
+}
+
+fn side() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .enum_values(Some([0, 16, 32, 64, 128, 256, 512, 1024, 2048]))
+}
+
+fn map_memory() -> Operation {
+    memory(op("A PNG map of guest RAM, one pixel per block"))
+        .parameter(query(
+            "side",
+            side(),
+            false,
+            "Width and height in pixels, a power of two from 16 to 2048; 0 (default) for 512",
+        ))
+        .response(
+            "200",
+            raw_response(
+                "The map",
+                "image/png",
+                string().content_media_type("image/png"),
+            ),
+        )
+        .build()
+}
+
+fn stream_memory() -> Operation {
+    memory(op(
+        "A live map of guest RAM over WebSocket: a JSON header, then one RGB frame per message",
+    ))
+    .parameter(query(
+        "side",
+        side(),
+        false,
+        "Width and height in pixels, a power of two from 16 to 2048; 0 (default) for 128",
+    ))
+    .parameter(query(
+        "fps",
+        integer(1, Some(60)),
+        false,
+        "Frames per second, 1 to 60 (default 30)",
+    ))
+    .response(
+        "101",
+        ResponseBuilder::new()
+            .description("Switched to WebSocket")
+            .build(),
+    )
+    .build()
+}
+
+fn verify_image() -> Operation {
+    common(op("Re-hash an image's bytes and compare with its digest"))
+        .parameter(name_param())
+        .response(
+            "200",
+            json_response("The result", reference("VerifyResult")),
+        )
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No image of that name"))
+        .response("412", error("The image is not ready (FailedPrecondition)"))
+        .build()
+}
+
+fn list_snapshots() -> Operation {
+    common(op("Snapshots, sorted by name"))
+        .parameter(query("vm", string(), false, "Only this VM's snapshots"))
+        .response("200", json_response("Snapshots", reference("SnapshotList")))
+        .response("400", error("The query string does not parse"))
+        .build()
+}
+
+fn restore_snapshot() -> Operation {
+    common(op("Restore a snapshot into its (stopped) VM"))
+        .parameter(name_param())
+        .response(
+            "202",
+            json_response("Restore started", reference("Snapshot")),
+        )
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No snapshot of that name, or its VM is gone"))
+        .response("409", error("The VM or snapshot kept changing: retry"))
+        .response(
+            "412",
+            error("The VM is running or the snapshot is not ready"),
+        )
+        .build()
+}
+
+fn openapi() -> Operation {
+    op("This document")
+        .response(
+            "200",
+            json_response(
+                "The OpenAPI 3.1 document",
+                ObjectBuilder::new().schema_type(Type::Object).into(),
+            ),
+        )
+        .response("401", error("TCP only: no or a wrong bearer token"))
+        .build()
+}
+
+fn metrics() -> Operation {
+    op("Prometheus metrics")
+        .response(
+            "200",
+            raw_response(
+                "OpenMetrics text",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                string(),
+            ),
+        )
+        .response("401", error("TCP only: no or a wrong bearer token"))
+        .build()
+}
+
+fn health() -> Operation {
+    op("Liveness")
+        .response(
+            "200",
+            raw_response(
+                "Alive",
+                "text/plain; charset=utf-8",
+                string().enum_values(Some(["ok\n"])),
+            ),
+        )
+        .response("401", error("TCP only: no or a wrong bearer token"))
+        .build()
+}
+
+// --- schemas the daemon adds ------------------------------------------------------------------
+
+fn error_code_schema() -> ObjectBuilder {
+    string().enum_values(Some([
+        "InvalidArgument",
+        "Unauthenticated",
+        "PermissionDenied",
+        "NotFound",
+        "MethodNotAllowed",
+        "AlreadyExists",
+        "Conflict",
+        "FailedPrecondition",
+        "PayloadTooLarge",
+        "UnsupportedMediaType",
+        "Internal",
+        "Unavailable",
+    ]))
+}
+
+fn error_schema() -> ObjectBuilder {
+    let inner = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("code", reference("ErrorCode"))
+        .property(
+            "message",
+            string().description(Some(
+                "For people. An InvalidArgument message starts with the JSON path of the field \
+                 where it is known (spec.memory: …).",
+            )),
+        )
+        .required("code")
+        .required("message")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Why a request failed"))
+        .property("error", inner)
+        .required("error")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        .examples([json!({"error": {"code": "NotFound", "message": "Vm \"web-1\" not found"}})])
+}
+
+fn verify_result_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("ok", boolean())
+        .property("image", reference("Image"))
+        .required("ok")
+        .required("image")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+fn dsse_schema() -> ObjectBuilder {
+    let signature = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("keyid", string())
+        .property("sig", string())
+        .required("keyid")
+        .required("sig");
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "A DSSE envelope whose payload is an in-toto Statement v1 (base64), signed with the \
+             node's Ed25519 key",
+        ))
+        .property("payload", string())
+        .property(
+            "payloadType",
+            string().enum_values(Some(["application/vnd.in-toto+json"])),
+        )
+        .property("signatures", ArrayBuilder::new().items(signature))
+        .required("payload")
+        .required("payloadType")
+        .required("signatures")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The document and the router cannot drift: every route of the route table (what the
+    /// router is built from, with its permission) is documented under the same operation id,
+    /// method and path, and nothing else is.
+    #[test]
+    fn the_document_describes_exactly_the_route_table() {
+        let table: BTreeSet<(String, String, String)> = crate::api::routes()
+            .into_iter()
+            .filter(|r| r.method != axum::http::Method::HEAD)
+            .map(|r| {
+                (
+                    r.operation_id.to_owned(),
+                    r.method.as_str().to_lowercase(),
+                    r.path.to_owned(),
+                )
+            })
+            .collect();
+        let documented: BTreeSet<(String, String, String)> = OPERATIONS
+            .iter()
+            .map(|(id, m, p, _)| {
+                let method = serde_json::to_value(m).unwrap();
+                (
+                    (*id).to_owned(),
+                    method.as_str().unwrap().to_lowercase(),
+                    (*p).to_owned(),
+                )
+            })
+            .collect();
+        let missing: Vec<_> = table.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&table).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "routes without a description: {missing:?}; descriptions without a route: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn ids_and_routes_are_unique_and_every_reference_resolves() {
+        let ids: BTreeSet<_> = OPERATIONS.iter().map(|(id, ..)| *id).collect();
+        assert_eq!(ids.len(), OPERATIONS.len(), "an operation id is used twice");
+        let routes: BTreeSet<_> = OPERATIONS
+            .iter()
+            .map(|(_, m, p, _)| (serde_json::to_string(m).unwrap(), *p))
+            .collect();
+        assert_eq!(routes.len(), OPERATIONS.len(), "a route is described twice");
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|item| item.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            OPERATIONS.len(),
+            "every operation is in the document"
+        );
+        let text = document();
+        for (at, _) in text.match_indices("\"$ref\": \"#/components/schemas/") {
+            let rest = &text[at + "\"$ref\": \"#/components/schemas/".len()..];
+            let name = &rest[..rest.find('"').unwrap()];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{name} is referred to but missing"
+            );
+        }
+        for (id, _, path, _) in OPERATIONS {
+            let op = operation(id).unwrap();
+            assert_eq!(op.operation_id.as_deref(), Some(*id));
+            let params = op.parameters.unwrap_or_default();
+            let has_name = params.iter().any(|p| p.name == "name");
+            assert_eq!(has_name, path.contains("{name}"), "{id}: path parameter");
+        }
+    }
+
+    /// `openapi.json` is the generated document, committed for readers and for clients built
+    /// from it; `CORRAL_WRITE_OPENAPI=1 cargo test -p corral-daemon openapi` rewrites it.
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let generated = format!("{}\n", document());
+        if std::env::var_os("CORRAL_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is not the generated document: run CORRAL_WRITE_OPENAPI=1 cargo test -p \
+             corral-daemon openapi"
+        );
+    }
+
+    #[test]
+    fn memory_reads_are_capped_as_the_handler_caps_them() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        let params = &doc["paths"]["/v1/vms/{name}/memory"]["get"]["parameters"];
+        let len = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "len")
+            .unwrap();
+        let pattern = regex::Regex::new(len["schema"]["pattern"].as_str().unwrap()).unwrap();
+        for ok in [
+            "1",
+            "4096",
+            "67108864",
+            "0x4000000",
+            "0x3ffffff",
+            "0x1",
+            "0X10",
+            "007",
+        ] {
+            assert!(pattern.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "0",
+            "67108865",
+            "0x4000001",
+            "0x0",
+            "0x",
+            "",
+            "1e3",
+            "-1",
+            "0x10000000",
+        ] {
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
+    }
+}

@@ -157,6 +157,8 @@ pub const ASSERTIONS: &[&str] = &[
     "oneOf",
     "minimum",
     "maximum",
+    "multipleOf",
+    "maxItems",
     "minLength",
     "maxLength",
     "pattern",
@@ -248,6 +250,11 @@ impl Validator<'_> {
                     fail(errors, format!("{n} > {max}"));
                 }
             }
+            if let Some(m) = schema.get("multipleOf").and_then(Value::as_u64) {
+                if value.as_u64().is_none_or(|v| v % m != 0) {
+                    fail(errors, format!("{value} is not a multiple of {m}"));
+                }
+            }
         }
         if let Some(s) = value.as_str() {
             let len = s.chars().count() as u64;
@@ -281,6 +288,11 @@ impl Validator<'_> {
             }
         }
         if let Some(items) = value.as_array() {
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
+                if items.len() as u64 > max {
+                    fail(errors, format!("{} items, more than {max}", items.len()));
+                }
+            }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
                     self.check(item_schema, item, &format!("{at}[{i}]"), errors);

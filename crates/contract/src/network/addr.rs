@@ -79,6 +79,13 @@ impl FromStr for Cidr {
             || format!("{s:?} is not an IPv4 subnet: write it as ADDRESS/PREFIX, e.g. 10.0.2.0/24");
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        // Plain decimal only: `u8::from_str` would also take "+24" and "024".
+        let plain = !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        if !plain {
+            return Err(bad());
+        }
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         if !(1..=32).contains(&prefix) {
             return Err(format!("{s:?}: the prefix must be between 1 and 32"));
@@ -93,6 +100,14 @@ impl FromStr for Cidr {
         Ok(cidr)
     }
 }
+
+impl utoipa::PartialSchema for Cidr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::cidr(32).into()
+    }
+}
+
+impl utoipa::ToSchema for Cidr {}
 
 impl TryFrom<String> for Cidr {
     type Error = String;
@@ -152,7 +167,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for octet in &mut octets {
             let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
+            // Two hex digits: `from_str_radix` would also take "+f".
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             *octet = u8::from_str_radix(part, 16).map_err(|_| bad())?;
@@ -168,6 +184,14 @@ impl FromStr for MacAddr {
         Ok(MacAddr(octets))
     }
 }
+
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::mac().into()
+    }
+}
+
+impl utoipa::ToSchema for MacAddr {}
 
 impl TryFrom<String> for MacAddr {
     type Error = String;

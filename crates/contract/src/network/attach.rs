@@ -12,13 +12,14 @@ use crate::{ResourceName, ValidationError};
 /// `mac` and each forward's `host_port` may be left out: the server then picks them once, on
 /// create, and writes them into the spec, so they stay the same for the VM's whole life (as
 /// Kubernetes allocates a Service's node ports).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkAttachment {
     /// The [`Network`](super::Network) to join.
     pub network: ResourceName,
     /// The guest NIC's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::mac_or_null, required = false)]
     pub mac: Option<MacAddr>,
     /// Host ports forwarded to guest ports (user networks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -51,19 +52,22 @@ impl NetworkAttachment {
 }
 
 /// A host port forwarded to a guest port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
     /// The port in the guest, 1-65535.
+    #[schema(schema_with = crate::schema::port)]
     pub guest_port: u16,
     /// The port on the host, 1-65535; picked from the server's range when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::port_or_null, required = false)]
     pub host_port: Option<u16>,
     /// tcp (default) or udp.
     #[serde(default)]
     pub protocol: Protocol,
     /// The host address to listen on (default 127.0.0.1: only this host can connect).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::listen_ipv4_or_null, required = false)]
     pub host_address: Option<Ipv4Addr>,
 }
 
@@ -172,7 +176,7 @@ pub(crate) fn validate_attachments(networks: &[NetworkAttachment]) -> Result<(),
 }
 
 /// A VM's place on a network as it is now (`status.networks[]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct NetworkAttachmentStatus {
     /// The network's name.
@@ -188,7 +192,7 @@ pub struct NetworkAttachmentStatus {
 }
 
 /// A forward in effect.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ForwardStatus {
     /// The guest port.
@@ -199,6 +203,7 @@ pub struct ForwardStatus {
     pub protocol: Protocol,
     /// The host address it listens on.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::ipv4_or_null)]
     pub host_address: Option<Ipv4Addr>,
 }
 

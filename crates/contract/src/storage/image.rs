@@ -28,7 +28,8 @@ impl ImageFormat {
 }
 
 /// Bytes stored once, by their BLAKE3 digest, under `images/blake3/<hex>` on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Name, labels and server-managed fields.
@@ -41,7 +42,7 @@ pub struct Image {
 }
 
 /// Where an image's bytes come from, and what they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
     /// The source.
@@ -69,6 +70,9 @@ pub enum ImageSource {
 }
 
 impl ImageSpec {
+    /// The longest source URL, in bytes.
+    pub const MAX_URL: usize = 8192;
+
     /// Checks the source: an absolute path, or an http(s) URL.
     pub fn validate(&self) -> Result<(), ValidationError> {
         match &self.source {
@@ -84,8 +88,13 @@ impl ImageSpec {
                 }
             }
             ImageSource::Url(url) => {
-                let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-                if !scheme_ok || url.len() > 8192 || url.chars().any(char::is_whitespace) {
+                // URLs are ASCII (RFC 3986): visible characters only, so no spaces either.
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                let scheme_ok = rest.is_some_and(|rest| !rest.is_empty());
+                let visible = url.bytes().all(|b| b.is_ascii_graphic());
+                if !scheme_ok || url.len() > Self::MAX_URL || !visible {
                     return Err(ValidationError::new(
                         "spec.source.url",
                         format!("must be an http:// or https:// URL without spaces (got {url:?})"),
@@ -99,7 +108,7 @@ impl ImageSpec {
 }
 
 /// What is stored. Written by the server once the bytes are in place.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ImageStatus {
     /// Whether the bytes are stored and match their digest.
@@ -123,5 +132,26 @@ pub struct ImageStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+impl utoipa::PartialSchema for ImageSource {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::schema::{object, or_null, string};
+        let url = string()
+            .max_length(Some(ImageSpec::MAX_URL))
+            .pattern(Some("^https?://[!-~]+$"));
+        let upload = object([("filename", or_null(string()), false)]);
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(object([("path", crate::schema::absolute_path(), true)]))
+            .item(object([("url", url.into(), true)]))
+            .item(object([("upload", upload.into(), true)]))
+            .description(Some(
+                "Exactly one of: path (a file on the daemon's host), url (http or https), \
+                 upload (bytes a client streams)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ImageSource {}
 
 storage_object!(Image, ImageSpec, ImageStatus, Image);

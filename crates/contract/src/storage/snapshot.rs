@@ -5,7 +5,8 @@ use crate::{ObjectMeta, ResourceName, ValidationError};
 
 /// A point-in-time state of a VM's writable qcow2 volumes, and optionally its RAM and device
 /// state, kept inside those volumes (qcow2 internal snapshots).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Name, labels and server-managed fields.
@@ -18,7 +19,7 @@ pub struct Snapshot {
 }
 
 /// What to snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSpec {
     /// The VM.
@@ -38,7 +39,7 @@ impl SnapshotSpec {
 }
 
 /// What was taken.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct SnapshotStatus {
     /// Whether the snapshot exists.

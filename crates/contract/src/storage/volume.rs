@@ -18,7 +18,8 @@ choice! {
 }
 
 /// A block device for VMs: `volumes/<uid>.<format>` on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Deserialize and the schema (with `kind`, as on the wire): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// Name, labels and server-managed fields.
@@ -50,6 +51,61 @@ pub struct VolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ResourceName>,
 }
+
+fn size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let max = VolumeSpec::MAX_SIZE.as_u64();
+    crate::schema::byte_size(512, max, Some(512))
+}
+
+// Written out: which of kind, size, image and format go together is a `oneOf` the derive
+// cannot say.
+impl utoipa::PartialSchema for VolumeSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::schema::{name, object, or_null, string};
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let null =
+            || -> utoipa::openapi::RefOr<_> { ObjectBuilder::new().schema_type(Type::Null).into() };
+        let disk = || {
+            string()
+                .enum_values(Some([VolumeKind::Disk.as_str()]))
+                .into()
+        };
+        let weights = string().enum_values(Some([VolumeKind::Weights.as_str()]));
+        let empty = object([
+            ("kind", disk(), false),
+            ("format", or_null(DiskFormat::schema()), false),
+            ("size", size_schema(), true),
+            ("image", null(), false),
+        ])
+        .description(Some("An empty disk: a size, no image"));
+        let clone = object([
+            ("kind", disk(), false),
+            (
+                "format",
+                or_null(string().enum_values(Some(["qcow2"]))),
+                false,
+            ),
+            ("size", or_null(size_schema()), false),
+            ("image", name().into(), true),
+        ])
+        .description(Some("A disk cloned from an image: a qcow2 backed by it"));
+        let copy = object([
+            ("kind", weights.into(), true),
+            ("format", or_null(DiskFormat::schema()), false),
+            ("size", null(), false),
+            ("image", name().into(), true),
+        ])
+        .description(Some("Weights: a read-only copy of an image, no size"));
+        OneOfBuilder::new()
+            .item(empty)
+            .item(clone)
+            .item(copy)
+            .description(Some("What a volume should be"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for VolumeSpec {}
 
 impl VolumeSpec {
     /// The largest volume.
@@ -101,7 +157,7 @@ impl VolumeSpec {
 }
 
 /// What the controller made.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct VolumeStatus {
     /// Whether the volume exists.

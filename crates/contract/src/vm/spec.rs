@@ -15,27 +15,34 @@ use crate::{
 ///
 /// The fields are public for reading; code that changes them should call
 /// [`VmSpec::validate`] before handing the spec on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "VmSpecInput")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "VmSpecInput", deny_unknown_fields)]
 pub struct VmSpec {
     /// Number of vCPUs, 1–256 (default 1).
+    #[schema(schema_with = cpus_schema, required = false)]
     pub cpus: u32,
     /// Guest RAM, 16M–1T (default 512M).
+    #[schema(schema_with = memory_schema, required = false)]
     pub memory: ByteSize,
     /// Guest architecture (default x86_64).
+    #[schema(nullable, required = false)]
     pub arch: Arch,
     /// Machine type; `None` means the architecture's default, see [`VmSpec::machine`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
     /// Accelerator (default auto).
+    #[schema(nullable, required = false)]
     pub accel: Accel,
     /// What the guest boots.
     pub boot: Boot,
     /// Wanted power state (default running); starting a VM is setting this.
+    #[schema(nullable, required = false)]
     pub power: Power,
     /// Back guest RAM with a shared file so that the host can read it live (default false).
+    #[schema(nullable, required = false)]
     pub introspection: bool,
     /// What to do when the guest stops on its own (default never).
+    #[schema(nullable, required = false)]
     pub restart_policy: RestartPolicy,
     /// Volumes attached as virtio-blk disks, in order after a boot volume (`/dev/vda`, …).
     /// Changed only while the VM is stopped.
@@ -43,6 +50,7 @@ pub struct VmSpec {
     pub volumes: Vec<VolumeAttachment>,
     /// Networks the VM joins, one NIC each, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
     pub networks: Vec<NetworkAttachment>,
     /// A cloud-init NoCloud seed to attach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +58,7 @@ pub struct VmSpec {
 }
 
 /// A volume attached to a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeAttachment {
     /// The Volume's name.
@@ -61,6 +69,7 @@ pub struct VolumeAttachment {
     /// Serial number the guest sees (`/dev/disk/by-id/virtio-<serial>`): 1-20 letters,
     /// digits, '-', '_' or '.'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 20, pattern = "^[-A-Za-z0-9_.]{1,20}$")]
     pub serial: Option<String>,
 }
 
@@ -103,6 +112,63 @@ pub enum Boot {
     },
 }
 
+// Written out rather than derived: utoipa leaves the variants' objects open, and serde reads
+// each of them with `deny_unknown_fields`.
+impl utoipa::PartialSchema for Boot {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::schema::object;
+        use utoipa::openapi::schema::Ref;
+        let volume = object([("volume", crate::schema::name().into(), true)]);
+        let named = |name: &str| Ref::from_schema_name(name).into();
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(object([("kernel", named("KernelBoot"), true)]))
+            .item(object([("disk", named("DiskBoot"), true)]))
+            .item(object([("volume", volume.into(), true)]))
+            .description(Some(
+                "Exactly one of: kernel (direct kernel boot), disk (firmware boots an image \
+                 file), volume (firmware boots a Volume)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Boot {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use crate::schema::{absolute_path, absolute_path_or_null, object, or_null, string};
+        let cmdline = string()
+            .max_length(Some(VmSpec::MAX_CMDLINE_BYTES))
+            .pattern(Some(CMDLINE_PATTERN))
+            .description(Some("The kernel command line: one line of printable ASCII"));
+        let kernel = object([
+            ("kernel", absolute_path(), true),
+            ("initrd", absolute_path_or_null(), false),
+            ("cmdline", or_null(cmdline), false),
+        ])
+        .description(Some(
+            "Direct kernel boot: QEMU loads the kernel, no firmware",
+        ));
+        let disk = object([
+            ("path", absolute_path(), true),
+            (
+                "format",
+                or_null(<DiskFormat as utoipa::PartialSchema>::schema()),
+                false,
+            ),
+        ])
+        .description(Some("Firmware boots a disk image file"));
+        schemas.push(("KernelBoot".to_owned(), kernel.into()));
+        schemas.push(("DiskBoot".to_owned(), disk.into()));
+    }
+}
+
+/// A kernel command line: one line of printable ASCII (and tabs).
+const CMDLINE_PATTERN: &str = "^[ -~\t]*$";
+
 impl Boot {
     /// Direct boot of `kernel`, without initrd or command line.
     pub fn kernel(kernel: impl Into<PathBuf>) -> Self {
@@ -121,7 +187,8 @@ impl Boot {
         }
     }
 
-    /// Checks paths (absolute, no NUL) and the command line (≤ 4096 bytes, one line, no NUL).
+    /// Checks paths (absolute, no NUL) and the command line (≤ 4096 bytes, one line of printable
+    /// ASCII).
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
             Boot::Kernel {
@@ -169,8 +236,13 @@ fn check_cmdline(cmdline: &str) -> Result<(), ValidationError> {
         )
     } else if cmdline.contains(['\n', '\r']) {
         "must be a single line: remove the line break".to_owned()
-    } else if cmdline.contains('\0') {
-        "must not contain a NUL byte".to_owned()
+    } else if let Some(c) = cmdline
+        .chars()
+        .find(|&c| c != '\t' && !(' '..='~').contains(&c))
+    {
+        // Kernels read the command line as bytes in a fixed buffer; ASCII keeps bytes and
+        // characters the same, so the limit means the same to every client.
+        format!("must be printable ASCII: remove {c:?}")
     } else {
         return Ok(());
     };
@@ -399,6 +471,16 @@ impl VmSpecBuilder {
         self.spec.validate()?;
         Ok(self.spec)
     }
+}
+
+fn cpus_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let (min, max) = (VmSpec::MIN_CPUS, VmSpec::MAX_CPUS);
+    crate::schema::or_null(crate::schema::integer(min.into(), max.into()))
+}
+
+fn memory_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let (min, max) = (VmSpec::MIN_MEMORY.as_u64(), VmSpec::MAX_MEMORY.as_u64());
+    crate::schema::or_null(crate::schema::byte_size(min, max, None))
 }
 
 /// A spec as written, before defaults and validation.

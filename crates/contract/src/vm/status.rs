@@ -29,14 +29,17 @@ choice! {
 ///
 /// Every field has a default, and unknown fields are accepted: status is output, and a reader
 /// must cope with a status written by a newer server. (Input types deny unknown fields.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct VmStatus {
     /// Where the VM is in its life.
+    #[schema(required = true)]
     pub phase: Phase,
     /// Observed aspects of its state, one per type.
+    #[schema(required = true)]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` of the spec this status reflects.
+    #[schema(required = true)]
     pub observed_generation: u64,
     /// Host pid of the QEMU process.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,7 +84,7 @@ impl VmStatus {
 }
 
 /// How a QEMU process ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ExitInfo {
     /// Exit code, if it exited.

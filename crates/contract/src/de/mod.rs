@@ -3,6 +3,10 @@
 //! serde reports a wrong type as `invalid type: string "two", expected u32`, without saying
 //! where. Fields read through [`at`] get their JSON path in front: `spec.cpus: invalid type: …`.
 
+mod strict;
+
+pub use strict::{Strict, from_json};
+
 use serde::de::{Deserialize, Deserializer, Error};
 
 /// Deserialises a `T`, prefixing any error with the field's JSON path.
@@ -13,7 +17,15 @@ where
 {
     T::deserialize(deserializer).map_err(|e| {
         let message = e.to_string();
-        D::Error::custom(format_args!("{path}: {}", without_position(&message)))
+        let message = without_position(&message);
+        // An error from deeper down (e.g. [`Strict`]'s) may already start with this path.
+        let named = message
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with([':', '.', '[']));
+        match named {
+            true => D::Error::custom(message),
+            false => D::Error::custom(format_args!("{path}: {message}")),
+        }
     })
 }
 
