@@ -478,13 +478,3 @@ mod tests {
         );
     }
 }
-
-#[cfg(test)]
-mod dump {
-    #[test]
-    #[ignore]
-    fn dump() {
-        let map: std::collections::BTreeMap<_, _> = super::components().into_iter().collect();
-        println!("{}", serde_json::to_string_pretty(&map).unwrap());
-    }
-}
