@@ -522,7 +522,7 @@ async fn grpc_delete(client: &Client, name: &str) -> anyhow::Result<()> {
     match c
         .delete(pb::DeleteVmRequest {
             name: name.to_owned(),
-            resource_version: 0,
+            ..Default::default()
         })
         .await
     {

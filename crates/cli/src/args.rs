@@ -101,7 +101,7 @@ pub enum VmCommand {
     Restart(ActionArgs),
     /// Delete a VM: stop it, remove its files, then the object
     #[command(visible_alias = "rm")]
-    Delete(ActionArgs),
+    Delete(DeleteArgs),
     /// Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log
     Console(ConsoleArgs),
     /// Read a running guest's RAM: read, find, dump, map (VMs created with --introspection)
@@ -244,6 +244,32 @@ pub struct ActionArgs {
     pub name: ResourceName,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Do not wait for the guest to shut down: QEMU is told to quit at once
+    #[arg(long, conflicts_with = "grace")]
+    pub force: bool,
+    /// How long the guest gets to shut down before QEMU is told to quit, e.g. 30s, 2m
+    /// (at most 1h) [default: corrald's, 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    pub grace: Option<u32>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// A grace period in whole seconds, from `30s`, `2m` or `1h`.
+fn parse_grace(text: &str) -> Result<u32, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 30s, 2m): {e}"))?;
+    u32::try_from(duration.as_secs())
+        .ok()
+        .filter(|s| *s <= 3600)
+        .ok_or_else(|| format!("{text:?} is longer than the 1h allowed"))
 }
 
 #[derive(Debug, Clone, Args)]

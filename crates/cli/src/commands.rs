@@ -130,7 +130,8 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
         }
         VmCommand::Delete(args) => {
             let client = connect(connection).await?;
-            let vm = client.delete_vm(args.name.as_str()).await?;
+            let grace = if args.force { Some(0) } else { args.grace };
+            let vm = client.delete_vm_with(args.name.as_str(), grace).await?;
             print(&format!("vm/{} deleting\n", vm.metadata.name))?;
             finish(&client, &vm, Goal::Gone, &args.wait).await
         }

@@ -199,9 +199,22 @@ impl Client {
     /// Marks a VM for deletion and returns it; it is gone once its QEMU is stopped and its
     /// files removed (see [`Client::wait_for`]).
     pub async fn delete_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.delete_vm_with(name, None).await
+    }
+
+    /// [`Client::delete_vm`] with how long the guest gets to shut down: `Some(0)` skips the
+    /// graceful stop (for a guest that ignores the power button), `None` is the daemon's
+    /// default.
+    pub async fn delete_vm_with(
+        &self,
+        name: &str,
+        grace_seconds: Option<u32>,
+    ) -> Result<Vm, ClientError> {
         let request = pb::DeleteVmRequest {
             name: name.into(),
             resource_version: 0,
+            grace_seconds,
+            force: grace_seconds == Some(0),
         };
         self.vm_reply(self.vms.clone().delete(request).await)
     }

@@ -14,6 +14,9 @@ pub mod annotations {
     pub const STOP_MODE: &str = "corral.dev/stop-mode";
     /// The value of [`STOP_MODE`] that asks for a forced stop.
     pub const STOP_MODE_FORCE: &str = "force";
+    /// On a VM being deleted: how long its guest gets to shut down before QEMU is told to
+    /// quit, in whole seconds (`0`: no graceful stop at all). Set by `delete --grace/--force`.
+    pub const DELETE_GRACE_SECONDS: &str = "corral.dev/delete-grace-seconds";
     /// On a snapshot: a new value (a time) asks for its VM to be put back to it.
     pub const RESTORE_REQUESTED_AT: &str = "corral.dev/restore-requested-at";
 }

@@ -815,7 +815,19 @@ impl VmController {
         ) {
             self.write_phase(name, Phase::Stopping, Some("deleting"))
                 .await?;
-            self.stop(vm, self.config.delete_timeout).await?;
+            // `delete --grace/--force` says how long the guest gets; 0 skips the graceful
+            // stop, so a guest that ignores the power button holds nothing up.
+            let grace = vm
+                .metadata
+                .annotations
+                .get(annotations::DELETE_GRACE_SECONDS)
+                .and_then(|s| s.parse::<u64>().ok())
+                .map_or(self.config.delete_timeout, Duration::from_secs);
+            if grace.is_zero() {
+                self.hv.stop(uid, StopMode::Force).await?;
+            } else {
+                self.stop(vm, grace).await?;
+            }
         }
         match self.hv.cleanup(uid).await {
             Ok(()) | Err(HvError::NotFound(_)) => {}

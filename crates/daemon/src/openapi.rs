@@ -460,6 +460,20 @@ fn delete_vm() -> Operation {
         "Delete only if the stored VM has this metadata.resource_version (else 409); absent or 0 \
          deletes whatever is stored.",
     ));
+    let params = op.parameters.get_or_insert_with(Vec::new);
+    params.push(query(
+        "force",
+        boolean(),
+        false,
+        "Skip the graceful stop: QEMU is told to quit at once.",
+    ));
+    params.push(query(
+        "grace",
+        integer(0, Some(3600)),
+        false,
+        "Seconds the guest gets to shut down before QEMU is told to quit (default: the \
+         daemon's); 0 is the same as force.",
+    ));
     op
 }
 

@@ -252,3 +252,45 @@ async fn a_vm_waits_for_its_volume_which_waits_for_its_image() -> Result {
     wait_console(&c, "patient", "CORRAL_BOOT_OK", 0).await?;
     Ok(())
 }
+
+/// A guest that ignores the power button (booted with `acpi=off`) held a delete for the
+/// whole graceful timeout. `delete --force` skips the graceful stop; `--grace` bounds it. The
+/// bounds below are the point of the feature: corrald's default grace is 10 s.
+#[tokio::test]
+async fn delete_force_and_grace_do_not_wait_on_a_guest_that_ignores_acpi() -> Result {
+    let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
+    let c = client(&d).await?;
+    let kit = GuestKit::get(corral_contract::Arch::X86_64)?;
+    for name in ["deaf-force", "deaf-grace"] {
+        let vm: Vm = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"memory": "256M", "boot": {"kernel": {
+                "kernel": kit.kernel(),
+                "initrd": kit.initrd(),
+                "cmdline": format!("console={} quiet panic=-1 acpi=off", kit.console()),
+            }}},
+        }))?;
+        c.create_vm(&vm).await?;
+    }
+    for name in ["deaf-force", "deaf-grace"] {
+        wait_phase(&c, name, Phase::Running).await?;
+        wait_console(&c, name, "CORRAL_BOOT_OK", 0).await?;
+    }
+    let t0 = std::time::Instant::now();
+    c.delete_vm_with("deaf-force", Some(0)).await?;
+    c.wait_for("deaf-force", |vm| vm.is_none(), WAIT).await?;
+    let forced = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    c.delete_vm_with("deaf-grace", Some(2)).await?;
+    c.wait_for("deaf-grace", |vm| vm.is_none(), WAIT).await?;
+    let graced = t1.elapsed();
+    assert!(forced < Duration::from_secs(8), "--force took {forced:?}");
+    // The guest really ignored the power button: the full 2 s passed before QEMU was told
+    // to quit, and no more.
+    assert!(
+        graced >= Duration::from_secs(2) && graced < Duration::from_secs(8),
+        "--grace 2 took {graced:?}"
+    );
+    assert!(d.qemu_pids().is_empty());
+    Ok(())
+}

@@ -121,7 +121,41 @@ impl Strategy for VmKind {
     }
 }
 
+/// The longest grace period a delete may ask for.
+pub const MAX_DELETE_GRACE_SECONDS: u32 = 3600;
+
 impl Resources<VmKind> {
+    /// Marks a VM for deletion like [`Resources::delete`], with how long its guest gets to
+    /// shut down first: `Some(0)` skips the graceful stop (a guest that ignores the power
+    /// button holds nothing up), `None` leaves the daemon's default.
+    pub async fn delete_with_grace(
+        &self,
+        name: &str,
+        resource_version: Option<u64>,
+        grace_seconds: Option<u32>,
+    ) -> Result<Vm, ServiceError> {
+        let Some(grace) = grace_seconds else {
+            return self.delete(name, resource_version).await;
+        };
+        if grace > MAX_DELETE_GRACE_SECONDS {
+            return Err(ValidationError::new(
+                "grace",
+                format!("{grace} s is more than the {MAX_DELETE_GRACE_SECONDS} s allowed"),
+            )
+            .into());
+        }
+        self.modify(name, resource_version.unwrap_or(0), |vm| {
+            let value = grace.to_string();
+            let before = vm
+                .metadata
+                .annotations
+                .insert(annotations::DELETE_GRACE_SECONDS.into(), value.clone());
+            Ok(before.as_deref() != Some(value.as_str()))
+        })
+        .await?;
+        self.delete(name, None).await
+    }
+
     /// Picks host ports for forwards from `range` (default 20000-29999).
     pub fn with_port_range(self, range: PortRange) -> Self {
         let kind = VmKind {

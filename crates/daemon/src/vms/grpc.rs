@@ -81,7 +81,17 @@ impl VmService for VmGrpc {
     async fn delete(&self, req: Request<pb::DeleteVmRequest>) -> Result<Response<pb::Vm>, Status> {
         let req = req.into_inner();
         let version = (req.resource_version != 0).then_some(req.resource_version);
-        vm_out(self.0.vms.delete(&req.name, version).await)
+        let grace = if req.force {
+            Some(0)
+        } else {
+            req.grace_seconds
+        };
+        vm_out(
+            self.0
+                .vms
+                .delete_with_grace(&req.name, version, grace)
+                .await,
+        )
     }
 
     type WatchStream = WatchStream;

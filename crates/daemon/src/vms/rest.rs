@@ -83,6 +83,11 @@ async fn update(State(d): State<Shared>, Path(name): Path<String>, body: Bytes) 
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DeleteQuery {
     resource_version: Option<u64>,
+    /// Skip the graceful stop.
+    #[serde(default)]
+    force: bool,
+    /// Seconds the guest gets to shut down.
+    grace: Option<u32>,
 }
 
 async fn delete(
@@ -90,7 +95,11 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult {
-    let vm = d.vms.delete(&name, q.resource_version).await?;
+    let grace = if q.force { Some(0) } else { q.grace };
+    let vm = d
+        .vms
+        .delete_with_grace(&name, q.resource_version, grace)
+        .await?;
     Ok(one(vm, StatusCode::ACCEPTED))
 }
 
