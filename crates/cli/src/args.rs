@@ -309,6 +309,14 @@ pub struct ManifestArgs {
     /// standard input
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: PathBuf,
+    /// (apply) Wait until every resource is where it was declared — VMs in their power
+    /// state, the rest Ready — printing each change; fail naming each that failed or timed out
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits: seconds, or with a unit (90s, 5m)
+    #[arg(long, value_name = "S", default_value = "300", value_parser = parse_timeout,
+          requires = "wait")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

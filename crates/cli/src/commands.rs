@@ -226,6 +226,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
     }
     let client = Client::connect(endpoint).await?;
     let mut failures = Failures::default();
+    let mut applied = Vec::new();
     // In dependency order: networks and images before the volumes and VMs that use them,
     // snapshots of a VM after it.
     let mut resources = resources;
@@ -242,18 +243,29 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
             resource.kind().as_str().to_lowercase(),
             resource.metadata().name
         );
+        let target = crate::converge::Target {
+            kind: resource.kind(),
+            name: resource.metadata().name.to_string(),
+            power: resource.as_vm().map(|vm| vm.spec.power),
+        };
         let vm = match resource {
             Resource::Vm(vm) => vm,
             Resource::Network(net) => {
                 match crate::network::apply_network(&client, net).await {
-                    Ok(word) => print(&format!("{what} {word}\n"))?,
+                    Ok(word) => {
+                        print(&format!("{what} {word}\n"))?;
+                        applied.push(target);
+                    }
                     Err(e) => failures.report(&what, &e),
                 }
                 continue;
             }
             storage => {
                 match storage::apply(&client, storage).await {
-                    Ok(word) => print(&format!("{what} {word}\n"))?,
+                    Ok(word) => {
+                        print(&format!("{what} {word}\n"))?;
+                        applied.push(target);
+                    }
                     Err(e) => failures.report(&what, &e),
                 }
                 continue;
@@ -261,16 +273,22 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         };
         let name = vm.metadata.name.clone();
         match apply_vm(&client, vm).await {
-            Ok(applied) => {
-                let word = match applied {
+            Ok(done) => {
+                let word = match done {
                     Applied::Created => "created",
                     Applied::Configured => "configured",
                     Applied::Unchanged => "unchanged",
                 };
                 print(&format!("vm/{name} {word}\n"))?;
+                applied.push(target);
             }
             Err(e) => failures.report(&format!("vm/{name}"), &e),
         }
+    }
+    if args.wait && !applied.is_empty() {
+        let waited = crate::converge::wait_all(&client, applied, args.timeout).await;
+        failures.into_result()?;
+        return waited;
     }
     failures.into_result()
 }

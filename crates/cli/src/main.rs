@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod console;
+mod converge;
 mod create;
 mod manifest;
 mod memory;

@@ -1,0 +1,70 @@
+//! `corral apply -f --wait` converges whatever the order of the manifest's documents: a VM
+//! listed before the volume it boots, listed before the image the volume clones. Evidence
+//! comes from inside the guest (its boot marker, the guest having booted from the volume).
+
+use corral_contract::Arch;
+use corral_testkit::{Cli, Corrald, GuestKit, workspace_binary};
+
+const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+
+#[test]
+fn apply_wait_converges_a_vm_its_volume_and_image_in_any_order() {
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(CORRAL, &d);
+    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("stack.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kind: Vm\nmetadata: {{name: app}}\nspec:\n  memory: 256M\n  boot: {{volume: {{volume: root}}}}\n---\n\
+             kind: Volume\nmetadata: {{name: root}}\nspec: {{image: disk}}\n---\n\
+             kind: Image\nmetadata: {{name: disk}}\nspec: {{source: {{path: {}}}}}\n",
+            kit.boot_disk().display()
+        ),
+    )
+    .unwrap();
+    let out = cli.ok(&[
+        "apply",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "4m",
+    ]);
+    for line in ["image/disk: Ready", "volume/root: Ready", "vm/app: Running"] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    cli.wait_console("app", "CORRAL_BOOT_OK");
+    // Applying again changes nothing and is already there.
+    let again = cli.ok(&["apply", "-f", manifest.to_str().unwrap(), "--wait"]);
+    assert!(again.contains("vm/app unchanged"), "{again}");
+}
+
+#[test]
+fn apply_wait_names_what_did_not_get_there() {
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(CORRAL, &d);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("lonely.yaml");
+    std::fs::write(
+        &manifest,
+        "kind: Vm\nmetadata: {name: lonely}\nspec:\n  memory: 256M\n  boot: {volume: {volume: nowhere}}\n",
+    )
+    .unwrap();
+    cli.fails(
+        &[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "3s",
+        ],
+        1,
+        "vm/lonely did not get there within 3s: Pending (Waiting: volume/nowhere is missing)",
+    );
+    // It still waits, and would go on as soon as the volume came.
+    let vm = cli.json(&["vm", "get", "lonely", "-o", "json"]);
+    assert_eq!(vm["status"]["phase"], "Pending", "{vm}");
+}
