@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use corral_client::{Client, Endpoint, reached};
-use corral_contract::{Boot, ByteSize, Phase, Power, RestartPolicy, Vm, VmSpec, VmSpecBuilder};
-use corral_testkit::{Corrald, GuestKit};
+use corral_client::{Client, Endpoint};
+use corral_contract::{Phase, Power, RestartPolicy, Vm};
+use corral_testkit::{Corrald, GuestKit, boots, kit_vm, last_heartbeat};
 
 type Result = anyhow::Result<()>;
 
@@ -15,55 +15,10 @@ async fn client(d: &Corrald) -> anyhow::Result<Client> {
     Ok(Client::connect(Endpoint::Unix(d.socket())).await?)
 }
 
-fn vm_with(name: &str, f: impl FnOnce(VmSpecBuilder) -> VmSpecBuilder) -> Vm {
-    let kit = GuestKit::get(corral_contract::Arch::X86_64).expect("guest kit");
-    let boot = Boot::Kernel {
-        kernel: kit.kernel(),
-        initrd: Some(kit.initrd()),
-        cmdline: Some(format!("console={} quiet panic=-1", kit.console())),
-    };
-    let spec = f(VmSpec::builder(boot).memory(ByteSize::from_mib(256)))
-        .build()
-        .expect("valid spec");
-    Vm::new(name.parse().expect("valid name"), spec)
-}
-
-async fn wait_phase(c: &Client, name: &str, phase: Phase) -> anyhow::Result<Vm> {
-    let vm = c
-        .wait_for(name, |vm| vm.is_some_and(|vm| reached(vm, phase)), WAIT)
-        .await?;
-    vm.ok_or_else(|| anyhow::anyhow!("{name} disappeared"))
-}
-
 /// The console text after the first `skip` bytes.
 async fn console_after(c: &Client, name: &str, skip: usize) -> anyhow::Result<String> {
     let log = c.console_log(name, 0).await?;
     Ok(String::from_utf8_lossy(&log[skip.min(log.len())..]).into_owned())
-}
-
-/// Waits for a console line containing `needle`, printed after the first `skip` bytes.
-async fn wait_console(c: &Client, name: &str, needle: &str, skip: usize) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = console_after(c, name, skip).await?;
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return Ok(line.trim_end().to_owned());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("no {needle:?} on {name}'s console; it shows:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The last heartbeat number the guest printed.
-async fn last_heartbeat(c: &Client, name: &str) -> anyhow::Result<Option<u64>> {
-    Ok(console_after(c, name, 0)
-        .await?
-        .lines()
-        .rev()
-        .filter_map(|l| l.split("CORRAL_HEARTBEAT ").nth(1))
-        .find_map(|n| n.trim().parse().ok()))
 }
 
 /// A VM created paused sits in QEMU's `prelaunch` state (started with -S, never continued);
@@ -72,9 +27,9 @@ async fn last_heartbeat(c: &Client, name: &str) -> anyhow::Result<Option<u64>> {
 async fn a_vm_created_paused_runs_when_resumed() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm_with("held", |b| b.power(Power::Paused)))
+    c.create_vm(&kit_vm("held", |b| b.power(Power::Paused)))
         .await?;
-    wait_phase(&c, "held", Phase::Paused).await?;
+    corral_testkit::wait_phase(&c, &d, "held", Phase::Paused).await?;
     // Paused before its first instruction: the guest has printed nothing at all.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = console_after(&c, "held", 0).await?;
@@ -83,9 +38,9 @@ async fn a_vm_created_paused_runs_when_resumed() -> Result {
         "a paused guest booted: {before}"
     );
     c.resume_vm("held").await?;
-    wait_phase(&c, "held", Phase::Running).await?;
-    wait_console(&c, "held", "CORRAL_BOOT_OK", 0).await?;
-    wait_console(&c, "held", "CORRAL_HEARTBEAT 2", 0).await?;
+    corral_testkit::wait_phase(&c, &d, "held", Phase::Running).await?;
+    corral_testkit::wait_console(&c, &d, "held", "CORRAL_BOOT_OK", 0).await?;
+    corral_testkit::wait_console(&c, &d, "held", "CORRAL_HEARTBEAT 2", 0).await?;
     Ok(())
 }
 
@@ -96,13 +51,13 @@ async fn a_vm_created_paused_runs_when_resumed() -> Result {
 async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() -> Result {
     let mut d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm_with("phoenix", |b| {
+    c.create_vm(&kit_vm("phoenix", |b| {
         b.restart_policy(RestartPolicy::OnFailure)
     }))
     .await?;
-    let first = wait_phase(&c, "phoenix", Phase::Running).await?;
+    let first = corral_testkit::wait_phase(&c, &d, "phoenix", Phase::Running).await?;
     let pid = first.status.pid.expect("pid");
-    wait_console(&c, "phoenix", "CORRAL_HEARTBEAT 2", 0).await?;
+    corral_testkit::wait_console(&c, &d, "phoenix", "CORRAL_HEARTBEAT 2", 0).await?;
 
     d.restart()?;
     let c = client(&d).await?;
@@ -117,14 +72,15 @@ async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() ->
     }
     // The same boot goes on: its heartbeat keeps counting up, no second boot marker.
     let beat = last_heartbeat(&c, "phoenix").await?.expect("heartbeats");
-    wait_console(&c, "phoenix", &format!("CORRAL_HEARTBEAT {}", beat + 2), 0).await?;
-    assert_eq!(
-        console_after(&c, "phoenix", 0)
-            .await?
-            .matches("CORRAL_BOOT_OK")
-            .count(),
-        1
-    );
+    corral_testkit::wait_console(
+        &c,
+        &d,
+        "phoenix",
+        &format!("CORRAL_HEARTBEAT {}", beat + 2),
+        0,
+    )
+    .await?;
+    assert_eq!(boots(&c, "phoenix").await?, 1);
     assert_eq!(d.qemu_pids(), [pid]);
 
     let mark = c.console_log("phoenix", 0).await?.len();
@@ -144,7 +100,7 @@ async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() ->
         )
         .await?
         .expect("still there");
-    wait_console(&c, "phoenix", "CORRAL_BOOT_OK", mark).await?;
+    corral_testkit::wait_console(&c, &d, "phoenix", "CORRAL_BOOT_OK", mark).await?;
     assert_eq!(d.qemu_pids(), [restarted.status.pid.expect("pid")]);
     Ok(())
 }
@@ -155,12 +111,12 @@ async fn an_adopted_vm_killed_after_a_daemon_restart_is_restarted_by_policy() ->
 async fn policy_always_restarts_a_guest_that_powers_off_but_not_a_user_stop() -> Result {
     let d = Corrald::start(env!("CARGO_BIN_EXE_corrald"))?;
     let c = client(&d).await?;
-    c.create_vm(&vm_with("evergreen", |b| {
+    c.create_vm(&kit_vm("evergreen", |b| {
         b.restart_policy(RestartPolicy::Always)
     }))
     .await?;
-    let first = wait_phase(&c, "evergreen", Phase::Running).await?;
-    wait_console(&c, "evergreen", "CORRAL_BOOT_OK", 0).await?;
+    let first = corral_testkit::wait_phase(&c, &d, "evergreen", Phase::Running).await?;
+    corral_testkit::wait_console(&c, &d, "evergreen", "CORRAL_BOOT_OK", 0).await?;
     let mark = c.console_log("evergreen", 0).await?.len();
     let console = c.attach_console("evergreen", true, false).await?;
     console.input.send(b"poweroff\n".to_vec()).await?;
@@ -176,10 +132,10 @@ async fn policy_always_restarts_a_guest_that_powers_off_but_not_a_user_stop() ->
         )
         .await?
         .expect("still there");
-    wait_console(&c, "evergreen", "CORRAL_BOOT_OK", mark).await?;
+    corral_testkit::wait_console(&c, &d, "evergreen", "CORRAL_BOOT_OK", mark).await?;
 
     c.stop_vm("evergreen", false).await?;
-    wait_phase(&c, "evergreen", Phase::Stopped).await?;
+    corral_testkit::wait_phase(&c, &d, "evergreen", Phase::Stopped).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped = c.get_vm("evergreen").await?;
     assert_eq!(stopped.status.phase, Phase::Stopped, "a user stop stays");
@@ -248,8 +204,8 @@ async fn a_vm_waits_for_its_volume_which_waits_for_its_image() -> Result {
         "spec": {"source": {"path": kit.boot_disk()}},
     }))?;
     c.create_image(&image).await?;
-    wait_phase(&c, "patient", Phase::Running).await?;
-    wait_console(&c, "patient", "CORRAL_BOOT_OK", 0).await?;
+    corral_testkit::wait_phase(&c, &d, "patient", Phase::Running).await?;
+    corral_testkit::wait_console(&c, &d, "patient", "CORRAL_BOOT_OK", 0).await?;
     Ok(())
 }
 
@@ -273,8 +229,8 @@ async fn delete_force_and_grace_do_not_wait_on_a_guest_that_ignores_acpi() -> Re
         c.create_vm(&vm).await?;
     }
     for name in ["deaf-force", "deaf-grace"] {
-        wait_phase(&c, name, Phase::Running).await?;
-        wait_console(&c, name, "CORRAL_BOOT_OK", 0).await?;
+        corral_testkit::wait_phase(&c, &d, name, Phase::Running).await?;
+        corral_testkit::wait_console(&c, &d, name, "CORRAL_BOOT_OK", 0).await?;
     }
     let t0 = std::time::Instant::now();
     c.delete_vm_with("deaf-force", Some(0)).await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_client::{Client, ClientError, Endpoint, reached};
 use corral_contract::{Boot, ByteSize, Phase, RestartPolicy};
-use corral_testkit::{Corrald, kit_vm, wait_console, wait_phase};
+use corral_testkit::{Corrald, boots, kit_vm, last_heartbeat, wait_console, wait_phase};
 
 type Result = anyhow::Result<()>;
 
@@ -32,10 +32,21 @@ async fn create_boots_and_the_lifecycle_follows_the_spec() -> Result {
     assert_eq!(running.status.accelerator, Some(expected));
     let pid = running.status.pid.expect("a pid");
 
+    // Inside the guest: the heartbeat stops while paused and goes on after, same boot.
+    wait_console(&c, &d, "life", "CORRAL_HEARTBEAT 2", 0).await?;
     c.pause_vm("life").await?;
     wait_phase(&c, &d, "life", Phase::Paused).await?;
+    let held = last_heartbeat(&c, "life").await?.expect("heartbeats");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        last_heartbeat(&c, "life").await?,
+        Some(held),
+        "a paused guest's heartbeat stops"
+    );
     c.resume_vm("life").await?;
     wait_phase(&c, &d, "life", Phase::Running).await?;
+    wait_console(&c, &d, "life", &format!("CORRAL_HEARTBEAT {}", held + 2), 0).await?;
+    assert_eq!(boots(&c, "life").await?, 1, "resume is not a reboot");
 
     let mark = c.console_log("life", 0).await?.len();
     c.restart_vm("life").await?;
@@ -120,6 +131,11 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
         );
     }
     assert_eq!(d.qemu_pids().into_iter().collect::<BTreeSet<_>>(), pids);
+    let mut beats = Vec::new();
+    for name in ["k1", "k2", "k3"] {
+        wait_console(&c, &d, name, "CORRAL_HEARTBEAT 1", 0).await?;
+        beats.push(last_heartbeat(&c, name).await?.expect("heartbeats"));
+    }
 
     d.restart()?;
     let c = client(&d).await?;
@@ -146,6 +162,11 @@ async fn kill_9_of_the_daemon_loses_nothing_and_duplicates_nothing() -> Result {
         pids,
         "no extra QEMU"
     );
+    // Inside each guest: the same boot goes on (its heartbeat counts up; one boot marker).
+    for (name, beat) in ["k1", "k2", "k3"].into_iter().zip(beats) {
+        wait_console(&c, &d, name, &format!("CORRAL_HEARTBEAT {}", beat + 2), 0).await?;
+        assert_eq!(boots(&c, name).await?, 1, "{name} was not rebooted");
+    }
     // The adopted VMs are really under control: stop one through the new daemon.
     c.stop_vm("k1", false).await?;
     wait_phase(&c, &d, "k1", Phase::Stopped).await?;
@@ -163,6 +184,9 @@ async fn a_killed_qemu_fails_with_policy_never_and_restarts_with_on_failure() ->
     .await?;
     let never = wait_phase(&c, &d, "never", Phase::Running).await?;
     let again = wait_phase(&c, &d, "again", Phase::Running).await?;
+    for name in ["never", "again"] {
+        wait_console(&c, &d, name, "CORRAL_BOOT_OK", 0).await?;
+    }
     for vm in [&never, &again] {
         let pid = vm.status.pid.expect("pid") as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)?;
@@ -182,6 +206,16 @@ async fn a_killed_qemu_fails_with_policy_never_and_restarts_with_on_failure() ->
         .await?
         .expect("still there");
     assert!(restarted.status.pid.is_some());
+    // Inside the guests: `again` booted a second time; `never` did not.
+    let deadline = std::time::Instant::now() + WAIT;
+    while boots(&c, "again").await? < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "again did not boot again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(boots(&c, "never").await?, 1);
     Ok(())
 }
 
@@ -269,6 +303,7 @@ async fn sigterm_stops_the_daemon_and_leaves_vms_running() -> Result {
         .status
         .pid
         .expect("pid");
+    wait_console(&c, &d, "stays", "CORRAL_HEARTBEAT 1", 0).await?;
     let status = d.terminate()?;
     assert!(
         status.success(),
@@ -289,6 +324,17 @@ async fn sigterm_stops_the_daemon_and_leaves_vms_running() -> Result {
             .pid,
         Some(pid)
     );
+    // Inside the guest: it ran on while corrald was away, the same boot.
+    let beat = last_heartbeat(&c, "stays").await?.expect("heartbeats");
+    wait_console(
+        &c,
+        &d,
+        "stays",
+        &format!("CORRAL_HEARTBEAT {}", beat + 1),
+        0,
+    )
+    .await?;
+    assert_eq!(boots(&c, "stays").await?, 1);
     Ok(())
 }
 

@@ -44,4 +44,4 @@ pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
-pub use vms::{VM_PATIENCE, kit_vm, wait_console, wait_phase};
+pub use vms::{VM_PATIENCE, boots, kit_vm, last_heartbeat, wait_console, wait_phase};

@@ -73,6 +73,31 @@ pub async fn wait_console(
     }
 }
 
+/// The number of the last `CORRAL_HEARTBEAT n` VM `name` printed (the guest kit prints one a
+/// second from boot): the same boot goes on while it grows, a new boot starts again at 1.
+pub async fn last_heartbeat(client: &Client, name: &str) -> Result<Option<u64>, Error> {
+    let log = client
+        .console_log(name, 0)
+        .await
+        .map_err(|e| Error::Wait(format!("{name}'s console log: {e}")))?;
+    Ok(String::from_utf8_lossy(&log)
+        .lines()
+        .rev()
+        .filter_map(|l| l.split("CORRAL_HEARTBEAT ").nth(1))
+        .find_map(|n| n.trim().parse().ok()))
+}
+
+/// How many times VM `name` printed its boot marker since its console log began.
+pub async fn boots(client: &Client, name: &str) -> Result<usize, Error> {
+    let log = client
+        .console_log(name, 0)
+        .await
+        .map_err(|e| Error::Wait(format!("{name}'s console log: {e}")))?;
+    Ok(String::from_utf8_lossy(&log)
+        .matches(crate::BOOT_MARKER)
+        .count())
+}
+
 fn log_of(daemon: &Corrald) -> String {
     format!("\n--- corrald log (end) ---\n{}", tail(&daemon.log()))
 }
