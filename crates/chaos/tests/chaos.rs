@@ -9,7 +9,7 @@ fn three_hundred_operations_with_faults_converge() {
     let seed = std::env::var("CORRAL_CHAOS_SEED").unwrap_or_else(|_| "20261204".into());
     let out_dir = corral_testkit::workspace_root().join("target/chaos");
     let status = Command::new(env!("CARGO_BIN_EXE_corral-chaos"))
-        .args(["--seed", &seed, "--ops", "300", "--shrink-minutes", "3"])
+        .args(["--seed", &seed, "--ops", "300", "--shrink-minutes", "2"])
         .arg("--out")
         .arg(&out_dir)
         .status()
