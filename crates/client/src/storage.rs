@@ -40,28 +40,24 @@ impl Client {
         SnapshotServiceClient::new(self.transport.clone()).max_decoding_message_size(64 << 20)
     }
 
-    fn image_reply(
+    /// One object from a reply, or the error the call or decoding gave.
+    fn one<P, T: TryFrom<P, Error = corral_contract::ValidationError>>(
         &self,
-        reply: Result<tonic::Response<pb::Image>, tonic::Status>,
-    ) -> Result<Image, ClientError> {
-        decode("an image", reply.map_err(|s| self.status(s))?.into_inner())
+        what: &str,
+        reply: Result<tonic::Response<P>, tonic::Status>,
+    ) -> Result<T, ClientError> {
+        decode(what, reply.map_err(|s| self.status(s))?.into_inner())
     }
 
-    fn volume_reply(
+    /// Every object of a list reply (`items` takes them out of the message).
+    fn many<L, P, T: TryFrom<P, Error = corral_contract::ValidationError>>(
         &self,
-        reply: Result<tonic::Response<pb::Volume>, tonic::Status>,
-    ) -> Result<Volume, ClientError> {
-        decode("a volume", reply.map_err(|s| self.status(s))?.into_inner())
-    }
-
-    fn snapshot_reply(
-        &self,
-        reply: Result<tonic::Response<pb::Snapshot>, tonic::Status>,
-    ) -> Result<Snapshot, ClientError> {
-        decode(
-            "a snapshot",
-            reply.map_err(|s| self.status(s))?.into_inner(),
-        )
+        what: &str,
+        reply: Result<tonic::Response<L>, tonic::Status>,
+        items: impl FnOnce(L) -> Vec<P>,
+    ) -> Result<Vec<T>, ClientError> {
+        let list = reply.map_err(|s| self.status(s))?.into_inner();
+        items(list).into_iter().map(|p| decode(what, p)).collect()
     }
 
     /// Imports an image whose source is a path on the daemon's host or a URL; returns once
@@ -70,7 +66,7 @@ impl Client {
         let request = pb::CreateImageRequest {
             image: Some(image.into()),
         };
-        self.image_reply(self.images().create(request).await)
+        self.one("an image", self.images().create(request).await)
     }
 
     /// Streams the file at `path` to the daemon as image `image` (whose source is an upload);
@@ -123,13 +119,13 @@ impl Client {
         if let Ok(Err(message)) = reader.await {
             return Err(ClientError::Config { message });
         }
-        self.image_reply(reply)
+        self.one("an image", reply)
     }
 
     /// Reads one image.
     pub async fn get_image(&self, name: &str) -> Result<Image, ClientError> {
         let request = pb::ImageNameRequest { name: name.into() };
-        self.image_reply(self.images().get(request).await)
+        self.one("an image", self.images().get(request).await)
     }
 
     /// Lists images whose labels match `selector`.
@@ -137,17 +133,8 @@ impl Client {
         let request = pb::ListImagesRequest {
             label_selector: selector.into(),
         };
-        let reply = self
-            .images()
-            .list(request)
-            .await
-            .map_err(|s| self.status(s))?;
-        reply
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|i| decode("an image", i))
-            .collect()
+        let reply = self.images().list(request).await;
+        self.many("an image", reply, |l| l.items)
     }
 
     /// Recomputes an image's digest; returns the image and whether its bytes still match.
@@ -168,7 +155,7 @@ impl Client {
     /// Deletes an image (refused while a volume or VM uses it).
     pub async fn delete_image(&self, name: &str) -> Result<Image, ClientError> {
         let request = pb::ImageNameRequest { name: name.into() };
-        self.image_reply(self.images().delete(request).await)
+        self.one("an image", self.images().delete(request).await)
     }
 
     /// Declares a volume.
@@ -176,7 +163,7 @@ impl Client {
         let request = pb::VolumeRequest {
             volume: Some(volume.into()),
         };
-        self.volume_reply(self.volumes().create(request).await)
+        self.one("a volume", self.volumes().create(request).await)
     }
 
     /// Replaces a volume's labels and spec (only its size may grow).
@@ -184,13 +171,13 @@ impl Client {
         let request = pb::VolumeRequest {
             volume: Some(volume.into()),
         };
-        self.volume_reply(self.volumes().update(request).await)
+        self.one("a volume", self.volumes().update(request).await)
     }
 
     /// Reads one volume.
     pub async fn get_volume(&self, name: &str) -> Result<Volume, ClientError> {
         let request = pb::VolumeNameRequest { name: name.into() };
-        self.volume_reply(self.volumes().get(request).await)
+        self.one("a volume", self.volumes().get(request).await)
     }
 
     /// Lists volumes whose labels match `selector`.
@@ -198,17 +185,8 @@ impl Client {
         let request = pb::ListVolumesRequest {
             label_selector: selector.into(),
         };
-        let reply = self
-            .volumes()
-            .list(request)
-            .await
-            .map_err(|s| self.status(s))?;
-        reply
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|v| decode("a volume", v))
-            .collect()
+        let reply = self.volumes().list(request).await;
+        self.many("a volume", reply, |l| l.items)
     }
 
     /// Grows a volume.
@@ -217,13 +195,13 @@ impl Client {
             name: name.into(),
             size_bytes: size.as_u64(),
         };
-        self.volume_reply(self.volumes().resize(request).await)
+        self.one("a volume", self.volumes().resize(request).await)
     }
 
     /// Marks a volume for deletion (refused while a VM uses it).
     pub async fn delete_volume(&self, name: &str) -> Result<Volume, ClientError> {
         let request = pb::VolumeNameRequest { name: name.into() };
-        self.volume_reply(self.volumes().delete(request).await)
+        self.one("a volume", self.volumes().delete(request).await)
     }
 
     /// Declares a snapshot.
@@ -231,13 +209,13 @@ impl Client {
         let request = pb::CreateSnapshotRequest {
             snapshot: Some(snapshot.into()),
         };
-        self.snapshot_reply(self.snapshots().create(request).await)
+        self.one("a snapshot", self.snapshots().create(request).await)
     }
 
     /// Reads one snapshot.
     pub async fn get_snapshot(&self, name: &str) -> Result<Snapshot, ClientError> {
         let request = pb::SnapshotNameRequest { name: name.into() };
-        self.snapshot_reply(self.snapshots().get(request).await)
+        self.one("a snapshot", self.snapshots().get(request).await)
     }
 
     /// Lists snapshots, all or one VM's.
@@ -245,29 +223,20 @@ impl Client {
         let request = pb::ListSnapshotsRequest {
             vm: vm.unwrap_or_default().into(),
         };
-        let reply = self
-            .snapshots()
-            .list(request)
-            .await
-            .map_err(|s| self.status(s))?;
-        reply
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|s| decode("a snapshot", s))
-            .collect()
+        let reply = self.snapshots().list(request).await;
+        self.many("a snapshot", reply, |l| l.items)
     }
 
     /// Asks for a VM to be put back to a snapshot.
     pub async fn restore_snapshot(&self, name: &str) -> Result<Snapshot, ClientError> {
         let request = pb::SnapshotNameRequest { name: name.into() };
-        self.snapshot_reply(self.snapshots().restore(request).await)
+        self.one("a snapshot", self.snapshots().restore(request).await)
     }
 
     /// Marks a snapshot for deletion.
     pub async fn delete_snapshot(&self, name: &str) -> Result<Snapshot, ClientError> {
         let request = pb::SnapshotNameRequest { name: name.into() };
-        self.snapshot_reply(self.snapshots().delete(request).await)
+        self.one("a snapshot", self.snapshots().delete(request).await)
     }
 
     /// A signed attestation of what VM `vm` runs: the DSSE envelope's bytes and the node's
