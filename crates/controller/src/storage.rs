@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use corral_contract::names::annotations;
 use corral_contract::{
-    DiskFormat, Kind, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
+    DiskFormat, Kind, Phase, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
 };
 use corral_hypervisor::{Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
 use corral_service::{ServiceError, StorageService};
@@ -39,6 +39,23 @@ pub struct StorageController {
     queue: WorkQueue,
     // Image → the volumes cloned from it, from the volumes this controller has seen.
     deps: DependencyIndex,
+    // VM → the snapshots of it, so that a snapshot waiting for its VM goes on when it is there.
+    snapshot_deps: DependencyIndex,
+    // When each failed volume is tried again, and how many times it has failed in a row.
+    retries: std::sync::Mutex<std::collections::HashMap<String, Retry>>,
+}
+
+/// The backoff of a volume whose making failed: 2 s, doubling to at most 5 minutes.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    failures: u32,
+    at: std::time::Instant,
+}
+
+impl Retry {
+    fn delay(failures: u32) -> Duration {
+        Duration::from_secs(2u64.saturating_pow(failures.min(9)).min(300))
+    }
 }
 
 fn now() -> String {
@@ -59,6 +76,8 @@ impl StorageController {
             hv,
             queue: WorkQueue::new(),
             deps: DependencyIndex::default(),
+            snapshot_deps: DependencyIndex::default(),
+            retries: Default::default(),
         }
     }
 
@@ -124,6 +143,11 @@ impl StorageController {
                                 }
                             }
                             "Snapshot" => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
+                            "Vm" => {
+                                for snap in self.snapshot_deps.dependents(Kind::Vm, &event.object.name) {
+                                    self.queue.add(&format!("{SNAPSHOT}{snap}"));
+                                }
+                            }
                             _ => {}
                         },
                         _ => break,
@@ -163,6 +187,7 @@ impl StorageController {
             Ok(v) => v,
             Err(ServiceError::NotFound { .. }) => {
                 self.deps.forget(name);
+                self.retries_mut().remove(name);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -209,6 +234,18 @@ impl StorageController {
                     return Ok(());
                 }
                 let outcome = self.make_volume(&volume, &path).await;
+                let retry_in = match &outcome {
+                    Ok(_) => {
+                        self.retries_mut().remove(name);
+                        None
+                    }
+                    Err(e) => {
+                        let delay = self.backoff(name);
+                        tracing::warn!(volume = name, error = %e, ?delay, "making the volume failed; will retry");
+                        self.queue.add_after(&format!("{VOLUME}{name}"), delay);
+                        Some(delay)
+                    }
+                };
                 self.svc
                     .volumes
                     .modify(name, 0, |v| {
@@ -225,7 +262,10 @@ impl StorageController {
                             }
                             Err(e) => {
                                 v.status.phase = StoragePhase::Failed;
-                                v.status.message = Some(e.to_string());
+                                v.status.message = Some(format!(
+                                    "{e} (retrying in {})",
+                                    humantime::format_duration(retry_in.unwrap_or_default())
+                                ));
                             }
                         }
                         Ok(true)
@@ -261,8 +301,55 @@ impl StorageController {
                     .await?;
                 Ok(())
             }
-            StoragePhase::Failed => Ok(()),
+            StoragePhase::Failed => {
+                // Tried again with backoff (a full disk or a failing qemu-img passes), and at
+                // once when its spec changed.
+                let due = {
+                    let retries = self.retries_mut();
+                    match retries.get(name) {
+                        Some(r) => r.at,
+                        // Failed before this daemon started: try again now.
+                        None => std::time::Instant::now(),
+                    }
+                };
+                let now = std::time::Instant::now();
+                if due > now && volume.status.observed_generation == generation {
+                    self.queue.add_after(&format!("{VOLUME}{name}"), due - now);
+                    return Ok(());
+                }
+                tracing::info!(volume = name, "trying again to make the volume");
+                self.svc
+                    .volumes
+                    .modify(name, 0, |v| {
+                        if v.status.phase != StoragePhase::Failed {
+                            return Ok(false);
+                        }
+                        v.status.phase = StoragePhase::Pending;
+                        Ok(true)
+                    })
+                    .await?;
+                Ok(())
+            }
         }
+    }
+
+    fn retries_mut(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Retry>> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one more failure of `name` and says how long until it is tried again.
+    fn backoff(&self, name: &str) -> Duration {
+        let mut retries = self.retries_mut();
+        let failures = retries.get(name).map_or(0, |r| r.failures) + 1;
+        let delay = Retry::delay(failures);
+        retries.insert(
+            name.to_owned(),
+            Retry {
+                failures,
+                at: std::time::Instant::now() + delay,
+            },
+        );
+        delay
     }
 
     async fn make_volume(&self, volume: &Volume, path: &Path) -> Result<Made, ControllerError> {
@@ -412,9 +499,14 @@ impl StorageController {
     async fn reconcile_snapshot(&self, name: &str) -> Result<(), ServiceError> {
         let snap = match self.svc.snapshots.get(name).await {
             Ok(s) => s,
-            Err(ServiceError::NotFound { .. }) => return Ok(()),
+            Err(ServiceError::NotFound { .. }) => {
+                self.snapshot_deps.forget(name);
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
+        self.snapshot_deps
+            .set(name, vec![(Kind::Vm, snap.spec.vm.as_str().to_owned())]);
         let vm = match self.svc.vms().get(snap.spec.vm.as_str()).await {
             Ok(vm) => Some(vm),
             Err(ServiceError::NotFound { .. }) => None,
@@ -437,17 +529,18 @@ impl StorageController {
             };
         }
         let Some(vm) = vm else {
+            // Not there yet (or gone): a snapshot still to take waits for it.
             if snap.status.phase == StoragePhase::Pending {
-                self.record(name, |s| {
-                    s.status.phase = StoragePhase::Failed;
-                    s.status.message = Some(format!("VM {} not found", s.spec.vm));
-                })
-                .await?;
+                self.wait(&snap, format!("Waiting: vm/{} is missing", snap.spec.vm))
+                    .await?;
             }
             return Ok(());
         };
         match snap.status.phase {
             StoragePhase::Pending => {
+                if let Some(why) = self.not_yet(&vm, &snap).await {
+                    return self.wait(&snap, why).await;
+                }
                 let tag = format!("corral-{}", snap.metadata.uid);
                 let outcome = self.apply(&vm, &snap, &tag, Action::Take).await;
                 self.record(name, |s| match &outcome {
@@ -490,6 +583,45 @@ impl StorageController {
             }
             StoragePhase::Failed => Ok(()),
         }
+    }
+
+    /// Why a snapshot cannot be taken yet: the VM has not reached the state it is taken in
+    /// (running or paused for a memory snapshot, stopped for a disk-only one).
+    async fn not_yet(&self, vm: &Vm, snap: &Snapshot) -> Option<String> {
+        let vm_name = vm.metadata.name.as_str();
+        if vm.metadata.deleting {
+            return Some(format!("Waiting: vm/{vm_name} is being deleted"));
+        }
+        let live = self.vm_is_live(vm).await;
+        let settled = !matches!(
+            vm.status.phase,
+            Phase::Pending | Phase::Starting | Phase::Stopping
+        );
+        match (snap.spec.memory, live) {
+            (true, true) if settled => None,
+            (false, false) if settled => None,
+            (true, _) => Some(format!(
+                "Waiting: vm/{vm_name} is {}; a memory snapshot is taken while it runs",
+                vm.status.phase
+            )),
+            (false, _) => Some(format!(
+                "Waiting: vm/{vm_name} is {}; a disk-only snapshot is taken while it is stopped",
+                vm.status.phase
+            )),
+        }
+    }
+
+    /// Keeps a snapshot Pending, saying what it waits for (written only when it changes).
+    async fn wait(&self, snap: &Snapshot, why: String) -> Result<(), ServiceError> {
+        if snap.status.message.as_deref() == Some(why.as_str()) {
+            return Ok(());
+        }
+        self.record(snap.metadata.name.as_str(), |s| {
+            if s.status.phase == StoragePhase::Pending {
+                s.status.message = Some(why.clone());
+            }
+        })
+        .await
     }
 
     async fn record(&self, name: &str, f: impl Fn(&mut Snapshot)) -> Result<(), ServiceError> {

@@ -250,3 +250,79 @@ async fn delete_force_and_grace_do_not_wait_on_a_guest_that_ignores_acpi() -> Re
     assert!(d.qemu_pids().is_empty());
     Ok(())
 }
+
+/// A volume whose making failed (here `qemu-img` failing, as on a full disk) was `Failed` for
+/// good, and so was every VM on it. Now it is tried again with backoff, the VM says which
+/// dependency failed and why, and both go on by themselves once `qemu-img` works again.
+#[tokio::test]
+async fn a_failed_volume_is_made_again_and_its_vm_recovers_by_itself() -> Result {
+    let work = tempfile::tempdir()?;
+    let flag = work.path().join("broken");
+    std::fs::write(&flag, b"")?;
+    let wrapper = work.path().join("qemu-img");
+    let real = ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("qemu-img is installed by scripts/setup.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in create) [ -e '{}' ] && {{ echo 'qemu-img: injected failure' >&2; exit 1; }};; esac\nexec {real} \"$@\"\n",
+            flag.display()
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let d = Corrald::start_with(
+        env!("CARGO_BIN_EXE_corrald"),
+        &["--qemu-img", wrapper.to_str().unwrap()],
+    )?;
+    let c = client(&d).await?;
+    let kit = GuestKit::get(corral_contract::Arch::X86_64)?;
+    let image: corral_contract::Image = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "disk"},
+        "spec": {"source": {"path": kit.boot_disk()}},
+    }))?;
+    c.create_image(&image).await?;
+    let volume: corral_contract::Volume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "root"},
+        "spec": {"image": "disk"},
+    }))?;
+    c.create_volume(&volume).await?;
+    let vm: Vm = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sturdy"},
+        "spec": {"memory": "256M", "boot": {"volume": {"volume": "root"}}},
+    }))?;
+    c.create_vm(&vm).await?;
+    let failed = c
+        .wait_for(
+            "sturdy",
+            |vm| {
+                vm.and_then(|vm| vm.status.condition("Ready"))
+                    .is_some_and(|r| r.reason == "DependencyFailed")
+            },
+            WAIT,
+        )
+        .await?
+        .expect("still there");
+    let ready = failed.status.condition("Ready").expect("Ready condition");
+    assert!(
+        ready.message.contains("volume/root failed") && ready.message.contains("injected failure"),
+        "{ready:?}"
+    );
+    let v = c.get_volume("root").await?;
+    let message = v.status.message.clone().unwrap_or_default();
+    assert!(message.contains("retrying in"), "{:?}", v.status);
+
+    // qemu-img works again: the volume is made on its next try, and the VM boots from it.
+    std::fs::remove_file(&flag)?;
+    corral_testkit::wait_phase(&c, &d, "sturdy", Phase::Running).await?;
+    corral_testkit::wait_console(&c, &d, "sturdy", "CORRAL_BOOT_OK", 0).await?;
+    assert_eq!(
+        c.get_volume("root").await?.status.phase,
+        corral_contract::StoragePhase::Ready
+    );
+    Ok(())
+}

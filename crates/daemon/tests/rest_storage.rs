@@ -71,19 +71,26 @@ async fn storage_routes_import_images_make_volumes_and_answer_in_the_documented_
         "{message}"
     );
 
+    // A snapshot of a VM that is not there yet waits for it, saying so.
     let snap = json!({"kind": "Snapshot", "metadata": {"name": "s"}, "spec": {"vm": "absent"}});
-    let message = api
-        .post("/v1/snapshots", &snap)
-        .await
-        .expect_error(400, "InvalidArgument");
-    assert!(
-        message.starts_with("spec.vm: VM \"absent\" not found"),
-        "{message}"
+    api.post("/v1/snapshots", &snap).await.expect(201);
+    let waiting = loop {
+        let s = api.get("/v1/snapshots/s").await.expect(200);
+        if s["status"]["message"].is_string() {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(waiting["status"]["phase"], "Pending", "{waiting}");
+    assert_eq!(
+        waiting["status"]["message"], "Waiting: vm/absent is missing",
+        "{waiting}"
     );
     assert_eq!(
-        api.get("/v1/snapshots?vm=absent").await.expect(200)["items"],
-        json!([])
+        api.get("/v1/snapshots?vm=absent").await.expect(200)["items"][0]["metadata"]["name"],
+        "s"
     );
+    api.delete("/v1/snapshots/s").await.expect(202);
     api.get("/v1/vms/absent/attestation")
         .await
         .expect_error(404, "NotFound");

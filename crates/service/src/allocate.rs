@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::ops::RangeInclusive;
 
-use corral_contract::{MacAddr, Network, NetworkPhase, Protocol, ValidationError, Vm, VmSpec};
+use corral_contract::{MacAddr, Network, Protocol, ValidationError, Vm, VmSpec};
 use corral_store::Store;
 
 use crate::ServiceError;
@@ -82,7 +82,7 @@ fn bindable(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bool {
     }
 }
 
-/// Checks that every network `spec` joins exists, keeps the MACs and host ports `current`
+/// Checks what can be checked of the networks `spec` joins (those that exist), keeps the MACs and host ports `current`
 /// (the stored spec, on update) already has, and fills in the missing ones: MACs derived from
 /// the VM's uid, ports from `range`. An explicit port another VM holds, or that something on
 /// the host already listens on, is an error naming the field and the holder.
@@ -97,18 +97,12 @@ pub(crate) async fn allocate(
     if spec.networks.is_empty() {
         return Ok(());
     }
+    // A network that is missing or failed is not an error here: the VM waits for it (its
+    // controller says so in a condition) and starts once it is Ready. What can be known now
+    // is checked now: forwards on a network that is not a user network.
     for (i, att) in spec.networks.iter().enumerate() {
-        let field = format!("spec.networks[{i}].network");
         let Some(net) = read::<Network>(store, att.network.as_str()).await? else {
-            return Err(ValidationError::new(
-                field,
-                format!(
-                    "network {:?} not found: create it first (corral network create {})",
-                    att.network.as_str(),
-                    att.network.as_str()
-                ),
-            )
-            .into());
+            continue;
         };
         if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
             return Err(ValidationError::new(
@@ -117,17 +111,6 @@ pub(crate) async fn allocate(
                     "network {:?} is a {} network: port forwards are for user networks; reach the guest at its own address",
                     att.network.as_str(),
                     net.spec.mode
-                ),
-            )
-            .into());
-        }
-        if net.status.phase == NetworkPhase::Failed {
-            return Err(ValidationError::new(
-                field,
-                format!(
-                    "network {:?} failed: {}",
-                    att.network.as_str(),
-                    net.status.message.unwrap_or_default()
                 ),
             )
             .into());

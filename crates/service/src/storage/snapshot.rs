@@ -1,14 +1,16 @@
 use corral_contract::names::annotations;
-use corral_contract::{Phase, Snapshot, StoragePhase, ValidationError, Vm};
+use corral_contract::{Phase, Power, Snapshot, StoragePhase, Vm};
 use corral_store::Store;
 
 use super::StorageService;
 use crate::resources::{Strategy, now, read};
 use crate::{ServiceError, Stored};
 
-/// How snapshots are admitted: the VM exists and has volumes; a memory snapshot needs it
-/// running or paused, a disk-only one needs it stopped. The storage controller takes the
-/// snapshot and finalizes its delete (the volumes, and their images, stay).
+/// How snapshots are admitted: a VM that exists must have volumes, and its declared power
+/// must not contradict the snapshot (memory: running or paused; disk-only: stopped). A VM
+/// that does not exist yet, or has not reached its declared state, is waited for: the storage
+/// controller takes the snapshot once the VM is there, and finalizes its delete (the volumes,
+/// and their images, stay).
 #[derive(Debug, Default)]
 pub struct SnapshotKind;
 
@@ -26,13 +28,8 @@ impl Strategy for SnapshotKind {
             return Ok(());
         }
         let Some(vm) = read::<Vm>(store, snap.spec.vm.as_str()).await? else {
-            return Err(ValidationError::new(
-                "spec.vm",
-                format!("VM {:?} not found", snap.spec.vm.as_str()),
-            )
-            .into());
+            return Ok(());
         };
-        check_vm_state(snap, vm.status.phase, "take")?;
         if vm.spec.volume_names().next().is_none() {
             return Err(ServiceError::WrongState {
                 kind: Vm::NOUN,
@@ -40,6 +37,10 @@ impl Strategy for SnapshotKind {
                 state: "without volumes".into(),
                 rule: "a snapshot lives in the VM's qcow2 volumes".into(),
             });
+        }
+        let declared_live = vm.spec.power != Power::Stopped;
+        if declared_live != snap.spec.memory {
+            return Err(wrong_state(snap, &vm.spec.power.to_string(), "take"));
         }
         Ok(())
     }
@@ -96,20 +97,28 @@ fn check_vm_state(snap: &Snapshot, phase: Phase, verb: &str) -> Result<(), Servi
         phase,
         Phase::Starting | Phase::Running | Phase::Paused | Phase::Stopping
     );
+    if live == snap.spec.memory {
+        return Ok(());
+    }
+    Err(wrong_state(snap, &phase.to_string(), verb))
+}
+
+/// The VM is `state`, which the snapshot cannot be taken or restored in.
+fn wrong_state(snap: &Snapshot, state: &str, verb: &str) -> ServiceError {
     let vm = snap.spec.vm.as_str();
-    let rule = match (snap.spec.memory, live) {
-        (true, false) => format!(
+    let rule = if snap.spec.memory {
+        format!(
             "a memory snapshot is taken and restored while it runs (start it, or {verb} a disk-only snapshot)"
-        ),
-        (false, true) => format!(
+        )
+    } else {
+        format!(
             "a disk-only snapshot is taken and restored while it is stopped (corral vm stop {vm} --wait)"
-        ),
-        _ => return Ok(()),
+        )
     };
-    Err(ServiceError::WrongState {
+    ServiceError::WrongState {
         kind: Vm::NOUN,
         name: vm.to_owned(),
-        state: phase.to_string(),
+        state: state.to_owned(),
         rule,
-    })
+    }
 }
