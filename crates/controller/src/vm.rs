@@ -76,6 +76,11 @@ pub struct VmController {
     // uid → what adoption found, until the VM's status says so: a corrald killed between
     // spawning QEMU and writing its pid leaves a status without one.
     adopted: Mutex<HashMap<String, VmInfo>>,
+    // How the last process of each VM QEMU held stopped for good (guest panic, emulation
+    // error, watchdog) ended: ended by the controller, it counts as the failure it was.
+    crashed: Mutex<HashMap<String, Exit>>,
+    // uid → when a guest stopped on a failed write is next resumed to try again.
+    io_retries: Mutex<HashMap<String, Instant>>,
     // Volume/Network → the VMs that need it, from the VMs this controller has seen.
     deps: DependencyIndex,
 }
@@ -108,6 +113,8 @@ impl VmController {
             observer: None,
             storage: None,
             adopted: Mutex::new(HashMap::new()),
+            crashed: Mutex::new(HashMap::new()),
+            io_retries: Mutex::new(HashMap::new()),
             deps: DependencyIndex::default(),
         }
     }
@@ -325,6 +332,7 @@ impl VmController {
         self.remember(&vm);
         let uid = vm.metadata.uid.clone();
         let actual = self.actual_state(&uid).await;
+        let actual = self.end_if_crashed(name, &uid, actual).await?;
 
         if vm.metadata.deleting {
             return self.finish_delete(&vm, actual).await;
@@ -407,18 +415,83 @@ impl VmController {
                 self.hv.pause(&uid).await?;
                 self.record_live(name, &vm, Phase::Paused, None).await
             }
-            Some(VmState::Paused { reason })
-                if vm.spec.power == Power::Running && resumable(&reason) =>
-            {
-                self.hv.resume(&uid).await?;
+            Some(VmState::Paused { reason }) => match (Held::of(&reason), vm.spec.power) {
+                (Held::Resumable, Power::Running) => {
+                    self.hv.resume(&uid).await?;
+                    self.record_live(name, &vm, Phase::Running, None).await
+                }
+                (Held::Resumable, _) => self.record_live(name, &vm, Phase::Paused, None).await,
+                // QEMU is in the middle of something (a snapshot, a migration): look again soon.
+                (Held::Busy, _) => Ok(Some(Duration::from_millis(500))),
+                // A write failed (ENOSPC, a lost device): QEMU retries it on `cont`. Try now
+                // and then, as the space may come back; until then it says why.
+                (Held::IoError, Power::Running) => {
+                    let now = Instant::now();
+                    let due = {
+                        let mut retries = self.io_retries.lock().unwrap_or_else(|e| e.into_inner());
+                        let at = *retries.entry(uid.clone()).or_insert(now + IO_ERROR_RETRY);
+                        if at <= now {
+                            retries.insert(uid.clone(), now + IO_ERROR_RETRY);
+                        }
+                        at
+                    };
+                    if due <= now {
+                        tracing::info!(vm = name, "resuming a guest stopped on a failed write");
+                        let _ = self.hv.resume(&uid).await;
+                        return Ok(Some(Duration::from_secs(1)));
+                    }
+                    let why = format!(
+                        "QEMU paused the guest: {reason} (a disk write failed; resuming it is tried every {}s)",
+                        IO_ERROR_RETRY.as_secs()
+                    );
+                    self.record_live(name, &vm, Phase::Paused, Some(why))
+                        .await?;
+                    Ok(Some(due - now))
+                }
+                (Held::IoError | Held::Report | Held::Crashed, _) => {
+                    let why = format!("QEMU paused the guest: {reason}");
+                    self.record_live(name, &vm, Phase::Paused, Some(why)).await
+                }
+            },
+            Some(VmState::Running) => {
+                self.io_retries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&uid);
                 self.record_live(name, &vm, Phase::Running, None).await
             }
-            Some(VmState::Paused { reason }) => {
-                let why = (reason != "paused").then(|| format!("QEMU paused the guest: {reason}"));
-                self.record_live(name, &vm, Phase::Paused, why).await
-            }
-            Some(VmState::Running) => self.record_live(name, &vm, Phase::Running, None).await,
         }
+    }
+
+    /// Ends a process QEMU holds stopped for good (see [`Held::Crashed`]) and reports it as
+    /// the failed exit it is, then and on every later look until the VM starts again.
+    async fn end_if_crashed(
+        &self,
+        name: &str,
+        uid: &str,
+        actual: Option<VmState>,
+    ) -> Result<Option<VmState>, ControllerError> {
+        match actual {
+            Some(VmState::Paused { reason }) if Held::of(&reason) == Held::Crashed => {
+                tracing::warn!(vm = name, %reason, "QEMU stopped the guest for good; ending it");
+                self.hv.stop(uid, StopMode::Force).await?;
+                let exit = Exit {
+                    code: None,
+                    signal: None,
+                    reason: format!("QEMU stopped the guest: {reason}"),
+                };
+                self.crashed_mut().insert(uid.to_owned(), exit.clone());
+                Ok(Some(VmState::Exited(exit)))
+            }
+            Some(VmState::Exited(exit)) => Ok(Some(VmState::Exited(
+                self.crashed_mut().get(uid).cloned().unwrap_or(exit),
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn crashed_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Exit>> {
+        self.crashed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The VM's state as the hypervisor sees it, re-adopting a VM a previous daemon started.
@@ -479,6 +552,7 @@ impl VmController {
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
         let name = vm.metadata.name.as_str();
         self.forget_adopted(&vm.metadata.uid);
+        self.crashed_mut().remove(vm.metadata.uid.as_str());
         let readiness = deps::check(&**self.svc.store(), &deps::vm_deps(vm)).await?;
         if readiness != Readiness::Ready {
             return self.record_waiting(vm, &readiness).await;
@@ -883,10 +957,35 @@ fn started(st: &mut VmStatus, info: &VmInfo, phase: Phase, generation: u64) {
     ));
 }
 
-/// Whether a guest QEMU holds in `reason` runs again on `cont`: paused by a user, never
-/// started (`prelaunch`: created paused, or corrald died between spawning QEMU and `cont`), or
-/// stopped by a debugger. Other reasons (I/O error, panic, suspend, migration) need more than
-/// `cont` and are reported instead.
-fn resumable(reason: &str) -> bool {
-    matches!(reason, "paused" | "prelaunch" | "debug")
+/// How often a guest QEMU stopped on a failed write is resumed to try the write again.
+const IO_ERROR_RETRY: Duration = Duration::from_secs(30);
+
+/// What the controller does about a guest QEMU holds stopped, by QEMU's run state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Runs again on `cont`: paused by a user, never started (`prelaunch`: created paused, or
+    /// corrald died between spawning QEMU and `cont`), or stopped by a debugger.
+    Resumable,
+    /// Stopped for good: a guest panic, an emulation error, a watchdog firing. The process is
+    /// ended and the end counts as a failure, so the restart policy applies.
+    Crashed,
+    /// A disk write failed; QEMU retries it on `cont`.
+    IoError,
+    /// A passing state: saving or loading a snapshot, migrating.
+    Busy,
+    /// Anything else (suspended by the guest, after an outgoing migration, a state newer
+    /// than this code): reported, left alone.
+    Report,
+}
+
+impl Held {
+    fn of(reason: &str) -> Held {
+        match reason {
+            "paused" | "prelaunch" | "debug" => Held::Resumable,
+            "guest-panicked" | "internal-error" | "watchdog" => Held::Crashed,
+            "io-error" => Held::IoError,
+            "save-vm" | "restore-vm" | "finish-migrate" | "inmigrate" | "colo" => Held::Busy,
+            _ => Held::Report,
+        }
+    }
 }

@@ -116,6 +116,66 @@ async fn a_crash_fails_with_policy_never_and_restarts_with_on_failure() {
     assert_ne!(again.status.pid, onfail.status.pid, "a new process");
 }
 
+/// Every run state QEMU can hold a guest in is handled: a panic, an emulation error or a
+/// watchdog end the process as the failure it is (the restart policy applies, and a Failed
+/// VM stays Failed); a failed write is reported and retried; a user's pause or a `-S` start
+/// resumes.
+#[tokio::test]
+async fn qemu_run_states_are_each_handled() {
+    let f = fixture().await;
+    for (name, policy) in [
+        ("never", RestartPolicy::Never),
+        ("onfail", RestartPolicy::OnFailure),
+        ("disk", RestartPolicy::Never),
+        ("held", RestartPolicy::Never),
+    ] {
+        f.svc.create(vm(name, policy)).await.unwrap();
+    }
+    let never = f.settle("never").await;
+    let onfail = f.settle("onfail").await;
+    let disk = f.settle("disk").await;
+    let held = f.settle("held").await;
+
+    f.hv.hold(&never.metadata.uid, "guest-panicked").unwrap();
+    let failed = f.settle("never").await;
+    assert_eq!(failed.status.phase, Phase::Failed, "{:?}", failed.status);
+    let exit = failed.status.exit.clone().expect("the exit is recorded");
+    assert!(exit.reason.contains("guest-panicked"), "{exit:?}");
+    assert!(matches!(
+        f.hv.state(&never.metadata.uid).await.unwrap(),
+        VmState::Exited(_)
+    ));
+    // Later looks do not turn the failure into a clean stop.
+    assert_eq!(f.settle("never").await.status.phase, Phase::Failed);
+
+    f.hv.hold(&onfail.metadata.uid, "internal-error").unwrap();
+    let again = f.settle("onfail").await;
+    assert_eq!(again.status.phase, Phase::Running);
+    assert_ne!(again.status.pid, onfail.status.pid, "a new process");
+
+    f.hv.hold(&disk.metadata.uid, "io-error").unwrap();
+    let retry = f.ctl.reconcile("disk").await.unwrap();
+    assert!(retry.is_some(), "looked at again to resume it");
+    let paused = f.svc.get("disk").await.unwrap();
+    assert_eq!(paused.status.phase, Phase::Paused);
+    assert!(
+        paused
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("io-error") && m.contains("a disk write failed")),
+        "{:?}",
+        paused.status
+    );
+
+    f.hv.hold(&held.metadata.uid, "prelaunch").unwrap();
+    assert_eq!(f.settle("held").await.status.phase, Phase::Running);
+    f.hv.hold(&held.metadata.uid, "suspended").unwrap();
+    let suspended = f.settle("held").await;
+    assert_eq!(suspended.status.phase, Phase::Paused);
+    assert_eq!(suspended.status.pid, held.status.pid, "left alone");
+}
+
 #[tokio::test]
 async fn restart_runs_a_new_process_once_per_request() {
     let f = fixture().await;

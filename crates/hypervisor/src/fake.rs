@@ -76,6 +76,19 @@ impl FakeHypervisor {
         Ok(())
     }
 
+    /// Makes QEMU hold a running VM's vCPUs in run state `reason` (`guest-panicked`,
+    /// `io-error`, `watchdog`, …), as it does on its own.
+    pub fn hold(&self, uid: &str, reason: &str) -> Result<(), Error> {
+        self.transition(
+            uid,
+            VmState::Paused {
+                reason: reason.to_owned(),
+            },
+        )?;
+        self.emit(uid, VmEventKind::Paused);
+        Ok(())
+    }
+
     fn emit(&self, uid: &str, kind: VmEventKind) {
         // Nobody listening is fine.
         let _ = self.events.send(VmEvent {
