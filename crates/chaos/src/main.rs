@@ -224,6 +224,41 @@ async fn once(
     })
 }
 
+/// Why an operation was refused, in a few words: most are the workload asking for what the
+/// state does not allow (a random plan deletes what it later starts) or corrald being down
+/// (killed by a fault); anything else is worth reading.
+fn error_class(outcome: &str) -> &'static str {
+    let o = outcome.to_ascii_lowercase();
+    if o.contains("timed out") {
+        "timed out"
+    } else if o.contains("transport")
+        || o.contains("connect")
+        || o.contains("unavailable")
+        || o.contains("broken pipe")
+        || o.contains("connection")
+        || o.contains("no such file or directory (os error 2)")
+    {
+        "corrald down"
+    } else if o.contains("not found") || o.contains("is missing") {
+        "not found"
+    } else if o.contains("already exists") {
+        "already exists"
+    } else if o.contains("is used by") || o.contains("in use") {
+        "in use"
+    } else if o.contains("being deleted")
+        || o.contains("only while")
+        || o.contains(" while ")
+        || o.contains(" is without ")
+        || o.contains("not ready")
+        || o.contains("is not running")
+        || o.contains("state")
+    {
+        "not in that state"
+    } else {
+        "other"
+    }
+}
+
 fn summarize(
     trace: &[world::Record],
     seen: &check::Seen,
@@ -234,12 +269,19 @@ fn summarize(
 ) -> String {
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
     let (mut ops, mut refused) = (0, 0);
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut others: Vec<&str> = Vec::new();
     for record in trace {
         match &record.step {
             Step::Op(_) => {
                 ops += 1;
                 if record.outcome != "ok" {
                     refused += 1;
+                    let class = error_class(&record.outcome);
+                    *why.entry(class).or_default() += 1;
+                    if class == "other" && others.len() < 3 {
+                        others.push(&record.outcome);
+                    }
                 }
             }
             Step::Fault(f) => {
@@ -261,8 +303,14 @@ fn summarize(
         *m.entry(vm.status.phase.to_string()).or_default() += 1;
         m
     });
+    let why = why
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let others: String = others.iter().map(|o| format!("\n  other: {o}")).collect();
     let mut text = format!(
-        "operations: {ops} ({refused} answered with an error)\nfaults: {}\n\
+        "operations: {ops} ({refused} answered with an error: {why}){others}\nfaults: {}\n\
          storm {:.0} s, settle {:.0} s\nfinal: {} VMs {phases:?}, {} images, {} volumes, {} snapshots\n\
          watch: {} resumes, {} relists; most QEMUs for one VM at a sampled instant: {max_qemus}\n",
         faults
