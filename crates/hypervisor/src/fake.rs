@@ -313,6 +313,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             nics: vec![],
+            files: Default::default(),
         }
     }
 
