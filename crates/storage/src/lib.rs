@@ -29,7 +29,7 @@ mod content;
 mod host_file;
 mod qemu_img;
 
-pub use cas::{BadDigest, Blob, Cas, CasError, CasWriter, Digest, hash_file};
+pub use cas::{BadDigest, Blob, Cas, CasError, CasWriter, Digest, hash_file, hash_reader};
 pub use content::{ContentError, Inspected, inspect_boot_file, inspect_disk, is_qcow2};
 pub use host_file::{HostAccess, HostFile, HostPathError, HostPaths};
 pub use qemu_img::{
