@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .private(&data_dir)
         .private(&config.run_dir)
+        .private_files(config.tcp.iter().flat_map(|t| [&t.tls_key, &t.token_file]))
         .store_blobs(data_dir.join("images/blake3"));
     let vms = VmService::new(store.clone())
         .with_host_paths(host_paths.clone())

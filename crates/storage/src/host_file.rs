@@ -141,6 +141,13 @@ impl HostPaths {
         self
     }
 
+    /// Refuses these files (a TLS key, a token file) to every caller.
+    pub fn private_files<P: AsRef<Path>>(self, files: impl IntoIterator<Item = P>) -> Self {
+        files
+            .into_iter()
+            .fold(self, |rules, file| rules.private(file.as_ref()))
+    }
+
     /// The image store's blob directory, whose files anyone may name.
     pub fn store_blobs(mut self, dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
