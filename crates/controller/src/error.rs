@@ -44,6 +44,15 @@ pub enum ControllerError {
         /// What to do, e.g. which package to install.
         hint: Option<&'static str>,
     },
+    /// A host file the VM's spec names may not be opened (any more).
+    #[error("{field}: {source}")]
+    HostFile {
+        /// The spec field that names it.
+        field: &'static str,
+        /// Why it was refused.
+        #[source]
+        source: corral_storage::HostPathError,
+    },
     /// A weights volume's copy does not hash to its image's digest.
     #[error("the image's stored bytes hash to {actual}, not {expected}: verify the image")]
     DigestMismatch {

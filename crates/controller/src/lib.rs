@@ -10,6 +10,7 @@ mod bridge;
 mod deps;
 mod disks;
 mod error;
+mod host_files;
 mod prepare;
 mod queue;
 mod restart;

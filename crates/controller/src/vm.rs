@@ -36,6 +36,9 @@ pub struct ControllerConfig {
     pub seed_dir: PathBuf,
     /// How long after a start the SSH probe keeps trying.
     pub ssh_probe_timeout: Duration,
+    /// The rules for host files a spec names, applied again when a VM starts; `None` hands
+    /// paths to the hypervisor as they are (for the fake hypervisor in tests).
+    pub host_paths: Option<corral_storage::HostPaths>,
 }
 
 impl Default for ControllerConfig {
@@ -50,6 +53,7 @@ impl Default for ControllerConfig {
             shm_dir: PathBuf::from("/dev/shm"),
             seed_dir: std::env::temp_dir().join("corral-seeds"),
             ssh_probe_timeout: Duration::from_secs(600),
+            host_paths: None,
         }
     }
 }
@@ -565,6 +569,11 @@ impl VmController {
                     .shm_dir
                     .join(format!("corral-{}", vm.metadata.uid)),
             );
+        }
+        if let Some(rules) = &self.config.host_paths {
+            if let Err(e) = crate::host_files::open(rules, &vm.spec, &mut config) {
+                return self.start_failed(vm, e.to_string(), restart).await;
+            }
         }
         let generation = vm.metadata.generation;
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {

@@ -9,6 +9,7 @@ use corral_contract::{
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_hypervisor::FakeHypervisor;
+use corral_service::HostAccess;
 use corral_service::{ImportProgress, StorageConfig, StorageService};
 use corral_store::{SqliteStore, Store};
 
@@ -133,7 +134,7 @@ async fn a_vm_gets_its_volumes_and_a_stopped_vm_takes_a_disk_snapshot() {
         },
     );
     f.storage
-        .create_image(image, ImportProgress::default())
+        .create_image(image, ImportProgress::default(), HostAccess::Admin)
         .await
         .unwrap();
     let weights = VolumeSpec {

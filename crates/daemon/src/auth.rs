@@ -2,8 +2,9 @@
 //!
 //! TCP clients present a bearer token. The token file holds only BLAKE3 hashes, one
 //! `blake3:<hex> [scopes=vms,memory]` per line, so reading it does not reveal a token. Scopes:
-//! `vms` (every VM operation) and `memory` (reading guest RAM, a privileged act of its own); a
-//! line without `scopes=` means `vms` only. Unix-socket clients are the socket's owner (mode
+//! `vms` (every VM operation), `memory` (reading guest RAM, a privileged act of its own) and
+//! `admin` (naming host files outside the allowed directories); a line without `scopes=` means
+//! `vms` only. Unix-socket clients are the socket's owner (mode
 //! 0600) and may do everything; they are identified by the peer's credentials (`SO_PEERCRED`).
 
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct Scopes {
     pub vms: bool,
     /// Read guest memory (read, find, snapshot, map, stream).
     pub memory: bool,
+    /// Host resources: host files outside the allowed directories.
+    pub admin: bool,
 }
 
 impl Scopes {
@@ -35,21 +38,24 @@ impl Scopes {
     pub const DEFAULT: Scopes = Scopes {
         vms: true,
         memory: false,
+        admin: false,
     };
 
-    /// Parses `vms,memory`.
+    /// Parses `vms,memory,admin`.
     pub fn parse(list: &str) -> Result<Scopes, String> {
         let mut scopes = Scopes {
             vms: false,
             memory: false,
+            admin: false,
         };
         for scope in list.split(',').map(str::trim) {
             match scope {
                 "vms" => scopes.vms = true,
                 "memory" => scopes.memory = true,
+                "admin" => scopes.admin = true,
                 other => {
                     return Err(format!(
-                        "unknown scope {other:?}; the scopes are `vms` and `memory`"
+                        "unknown scope {other:?}; the scopes are `vms`, `memory` and `admin`"
                     ));
                 }
             }
@@ -60,10 +66,14 @@ impl Scopes {
 
 impl std::fmt::Display for Scopes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.vms, "vms"), (self.memory, "memory")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = [
+            (self.vms, "vms"),
+            (self.memory, "memory"),
+            (self.admin, "admin"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         f.write_str(&names.join(","))
     }
 }
@@ -98,6 +108,25 @@ impl Caller {
         }
     }
 
+    /// Whether the caller is an admin, who may name any host file: a unix-socket peer (every
+    /// peer may do everything, as the socket is its owner's), or a token with the `admin`
+    /// scope. The one place this is decided.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Unix { .. } => true,
+            Caller::Token { scopes, .. } => scopes.admin,
+        }
+    }
+
+    /// What the caller may do with host files, for the service calls that take them.
+    pub fn host_access(&self) -> corral_service::HostAccess {
+        if self.is_admin() {
+            corral_service::HostAccess::Admin
+        } else {
+            corral_service::HostAccess::Confined
+        }
+    }
+
     /// Why the caller is refused `permission`, and what to do about it.
     pub fn refusal(&self, permission: Permission) -> String {
         match permission {
@@ -124,6 +153,12 @@ impl std::fmt::Display for Caller {
             Caller::Token { id, .. } => write!(f, "token:{id}"),
         }
     }
+}
+
+/// What a request's caller may do with host files; a request without a recorded caller is
+/// confined.
+pub fn host_access(caller: Option<&Caller>) -> corral_service::HostAccess {
+    caller.map_or(corral_service::HostAccess::Confined, Caller::host_access)
 }
 
 /// Accepted token hashes and their scopes.
@@ -262,6 +297,7 @@ mod tests {
         let all = Scopes {
             vms: true,
             memory: true,
+            admin: false,
         };
         std::fs::write(
             &file,
@@ -282,6 +318,11 @@ mod tests {
         let s3cret = tokens.caller("s3cret").unwrap();
         assert!(s3cret.may(Permission::Write) && !s3cret.may(Permission::Memory));
         assert!(tokens.caller("peek").unwrap().may(Permission::Memory));
+        assert!(!tokens.caller("peek").unwrap().is_admin());
+        let admin = Scopes::parse("vms,admin").unwrap();
+        assert!(admin.admin && admin.vms && !admin.memory);
+        assert!(hash_line("root", admin).ends_with(" scopes=vms,admin"));
+        assert!(Caller::Unix { uid: 0, pid: None }.is_admin());
         assert!(hash_line("peek", all).ends_with(" scopes=vms,memory"));
         std::fs::write(
             &file,

@@ -43,6 +43,31 @@ pub struct Args {
     /// [default: qemu-img]
     #[arg(long, env = "CORRAL_QEMU_IMG")]
     pub qemu_img: Option<PathBuf>,
+    /// Lets every caller name host files below DIR (image source paths, boot kernel, initrd
+    /// and disk); they are opened beneath it, never through a symlink. Repeat for more.
+    /// Without it only admins name host files.
+    #[arg(
+        long = "host-path-allow",
+        env = "CORRAL_HOST_PATH_ALLOW",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub host_path_allow: Vec<PathBuf>,
+    /// Lets URL imports reach this range even though it is loopback, private, link-local …
+    /// (refused by default, for every caller). Repeat for more.
+    #[arg(
+        long = "import-allow-net",
+        env = "CORRAL_IMPORT_ALLOW_NET",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub import_allow_net: Vec<ipnet::IpNet>,
+    /// The proxy URL imports go through (the *_PROXY variables are ignored)
+    #[arg(long, env = "CORRAL_IMPORT_PROXY", value_name = "URL")]
+    pub import_proxy: Option<String>,
+    /// The most bytes one image import (URL or host path) may bring in [default: 50G]
+    #[arg(long, env = "CORRAL_IMPORT_MAX_SIZE", value_name = "SIZE")]
+    pub import_max_size: Option<corral_contract::ByteSize>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -67,8 +92,9 @@ pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
     HashToken {
         /// What the token may do besides VM operations: `memory` lets it read guest RAM
-        /// (`corrald hash-token --scope memory`). Repeat or separate with commas.
-        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory"])]
+        /// (`corrald hash-token --scope memory`), `admin` name any host file. Repeat or
+        /// separate with commas.
+        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
     },
 }
@@ -98,6 +124,12 @@ pub struct FileConfig {
     log_format: Option<LogFormat>,
     log: Option<String>,
     port_range: Option<String>,
+    #[serde(default)]
+    host_path_allow: Vec<PathBuf>,
+    #[serde(default)]
+    import_allow_net: Vec<ipnet::IpNet>,
+    import_proxy: Option<String>,
+    import_max_size: Option<String>,
 }
 
 /// TCP serving, all three pieces present.
@@ -132,6 +164,10 @@ pub struct Config {
     pub log: String,
     /// Host ports for forwards that name none.
     pub port_range: corral_service::PortRange,
+    /// Directories below which every caller may name host files.
+    pub host_path_allow: Vec<PathBuf>,
+    /// How URL imports may reach out, and how large an import may be.
+    pub import: corral_service::ImportPolicy,
 }
 
 /// A setting that makes no sense; the message says what to do.
@@ -200,7 +236,39 @@ impl Config {
                 .map_err(|e| ConfigError(format!("config file: port_range: {e}")))?,
             (None, None) => corral_service::PortRange::default(),
         };
+        let host_path_allow = if args.host_path_allow.is_empty() {
+            file.host_path_allow
+        } else {
+            args.host_path_allow.clone()
+        };
+        if let Some(dir) = host_path_allow.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError(format!(
+                "--host-path-allow {}: give an absolute directory",
+                dir.display()
+            )));
+        }
+        let mut import = corral_service::ImportPolicy {
+            allow_nets: if args.import_allow_net.is_empty() {
+                file.import_allow_net
+            } else {
+                args.import_allow_net.clone()
+            },
+            proxy: args.import_proxy.clone().or(file.import_proxy),
+            ..Default::default()
+        };
+        match (&args.import_max_size, &file.import_max_size) {
+            (Some(size), _) => import.max_size = size.as_u64(),
+            (None, Some(text)) => {
+                import.max_size = text
+                    .parse::<corral_contract::ByteSize>()
+                    .map_err(|e| ConfigError(format!("config file: import_max_size: {e}")))?
+                    .as_u64();
+            }
+            (None, None) => {}
+        }
         Ok(Config {
+            host_path_allow,
+            import,
             port_range,
             data_dir,
             run_dir,
@@ -299,6 +367,28 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(cfg.run_dir, PathBuf::from("/run/file"));
         assert_eq!(cfg.socket, PathBuf::from("/run/file/corral.sock"));
+    }
+
+    #[test]
+    fn host_and_import_settings_are_read_and_checked() {
+        let cfg = Config::resolve(&args(&[
+            "--host-path-allow",
+            "/srv/images",
+            "--import-allow-net",
+            "127.0.0.0/8",
+            "--import-allow-net",
+            "fd00::/8",
+            "--import-max-size",
+            "1G",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.host_path_allow, [PathBuf::from("/srv/images")]);
+        assert_eq!(cfg.import.allow_nets.len(), 2);
+        assert_eq!(cfg.import.max_size, 1 << 30);
+        assert!(cfg.import.proxy.is_none());
+        let err = Config::resolve(&args(&["--host-path-allow", "images"])).unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        assert!(Args::try_parse_from(["corrald", "--import-allow-net", "localhost"]).is_err());
     }
 
     #[test]

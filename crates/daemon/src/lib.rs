@@ -62,8 +62,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("preparing the run directory")?,
     );
     let store: Arc<dyn corral_store::Store> = Arc::new(store);
+    // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let host_paths = config
+        .host_path_allow
+        .iter()
+        .fold(corral_service::HostPaths::new(), |rules, dir| {
+            rules.allow(dir)
+        })
+        .private(&data_dir)
+        .private(&config.run_dir)
+        .private_files(config.tcp.iter().flat_map(|t| [&t.tls_key, &t.token_file]))
+        .store_blobs(data_dir.join("images/blake3"));
     let vms = VmService::new(store.clone())
-        .with_host_path_check()
+        .with_host_paths(host_paths.clone())
         .with_port_range(config.port_range.clone());
     let networks = NetworkService::new(store.clone());
     networks
@@ -72,12 +85,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("creating the default network")?;
     let mut storage_config = StorageConfig::new(&config.data_dir);
     storage_config.qemu_img = config.qemu_img.clone();
+    storage_config.host_paths = host_paths.clone();
+    storage_config.import = config.import.clone();
     let storage = StorageService::new(store, storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let controller_config = ControllerConfig {
         seed_dir: config.data_dir.join("seeds"),
+        host_paths: Some(host_paths),
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());

@@ -141,6 +141,9 @@ fn python_grpcio_reflects_checks_health_and_manages_vms_over_unix_and_tls() {
             &setup.path("key.pem"),
             "--token-file",
             &setup.path("tokens"),
+            // The token is not an admin: the kernel it names must be below an allowed dir.
+            "--host-path-allow",
+            setup.dir.path().to_str().unwrap(),
         ],
     )
     .expect("corrald starts with TLS");

@@ -1,4 +1,6 @@
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use corral_contract::{Accel, Arch, Boot, DiskFormat, Machine, Power, VmSpec};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,36 @@ pub struct VmConfig {
     /// Network interfaces, in order.
     #[serde(default)]
     pub nics: Vec<crate::NicConfig>,
+    /// Host files the controller opened and checked for this launch; `/dev/fd/N` paths in
+    /// `boot` and `disks` name them, so QEMU reads the very file that was checked. Not part of
+    /// a launch record.
+    #[serde(skip)]
+    pub files: PassedFiles,
+}
+
+/// Open files handed to QEMU by descriptor (see [`VmConfig::files`]).
+#[derive(Debug, Clone, Default)]
+pub struct PassedFiles(Vec<Arc<OwnedFd>>);
+
+impl PartialEq for PassedFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw_fds() == other.raw_fds()
+    }
+}
+
+impl PassedFiles {
+    /// Keeps `file` open for the launch and returns the path QEMU opens it by.
+    pub fn pass(&mut self, file: impl Into<OwnedFd>) -> PathBuf {
+        let fd: OwnedFd = file.into();
+        let path = PathBuf::from(format!("/dev/fd/{}", fd.as_raw_fd()));
+        self.0.push(Arc::new(fd));
+        path
+    }
+
+    /// The descriptors QEMU must inherit.
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.0.iter().map(|fd| fd.as_raw_fd()).collect()
+    }
 }
 
 /// What the guest boots from.
@@ -96,10 +128,12 @@ impl VmConfig {
                 // Formats are always given to QEMU, never probed: probing a raw image that
                 // looks like qcow2 is a known escape.
                 let format = format.unwrap_or_else(|| format_from_extension(path));
+                // A host file given by path is never written: it may be an image-store blob
+                // or a file other VMs boot too.
                 let disk = DiskConfig {
                     path: path.clone(),
                     format,
-                    readonly: false,
+                    readonly: true,
                     serial: None,
                 };
                 (BootSource::Firmware, vec![disk])
@@ -118,6 +152,7 @@ impl VmConfig {
             memory_file: None,
             start_paused: spec.power == Power::Paused,
             nics: Vec::new(),
+            files: PassedFiles::default(),
         }
     }
 }

@@ -326,6 +326,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             nics: vec![],
+            files: Default::default(),
         }
     }
 

@@ -65,6 +65,7 @@ impl OptList {
 pub struct QemuCommand {
     binary: PathBuf,
     args: Vec<OsString>,
+    inherit: Vec<std::os::fd::RawFd>,
 }
 
 impl QemuCommand {
@@ -73,6 +74,7 @@ impl QemuCommand {
         QemuCommand {
             binary: binary.into(),
             args: Vec::new(),
+            inherit: Vec::new(),
         }
     }
 
@@ -95,6 +97,18 @@ impl QemuCommand {
         self.args.push(flag.into());
         self.args.push(list.into_os_string());
         self
+    }
+
+    /// Lets the process inherit these open descriptors (named as `/dev/fd/N` in arguments);
+    /// every other descriptor of ours stays closed to it.
+    pub fn inherit(&mut self, fds: &[std::os::fd::RawFd]) -> &mut Self {
+        self.inherit.extend_from_slice(fds);
+        self
+    }
+
+    /// The descriptors the process inherits.
+    pub fn inherited(&self) -> &[std::os::fd::RawFd] {
+        &self.inherit
     }
 
     /// The emulator binary.

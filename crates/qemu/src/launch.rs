@@ -21,6 +21,7 @@ pub fn command_line(
     let firmware_boot = matches!(config.boot, BootSource::Firmware);
     let bios = emu.firmware(config.arch, config.machine, firmware_boot)?;
     let mut cmd = QemuCommand::new(&emu.binary);
+    cmd.inherit(&config.files.raw_fds());
 
     // process= becomes the thread name (15 bytes), so `ps` and `top` show which VM it is.
     let process: String = format!("corral-{}", config.name).chars().take(15).collect();
@@ -228,6 +229,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             nics: vec![],
+            files: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@
 //!     memory_file: None,
 //!     start_paused: false,
 //!     nics: vec![],
+//!     files: Default::default(),
 //! };
 //! let info = backend.start(&config).await?;
 //! println!("pid {} on {}", info.pid, info.accel);

@@ -94,6 +94,7 @@ mod tests {
                 mac: "02:c0:00:00:00:01".parse().unwrap(),
                 backend,
             }],
+            files: Default::default(),
         }
     }
 

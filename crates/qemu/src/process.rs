@@ -26,13 +26,24 @@ pub fn spawn(cmd: &QemuCommand, log: &Path) -> std::io::Result<tokio::process::C
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
-    // is async-signal-safe; it touches no memory shared with the parent.
+    let inherit = cmd.inherited().to_vec();
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) and
+    // fcntl(2), which are async-signal-safe; it reads a vector allocated before the fork and
+    // allocates nothing.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            for &fd in &inherit {
+                // The descriptor is open in the parent (the caller holds it through the
+                // spawn), so it is open in this copy of its table.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     tokio::process::Command::from(command)

@@ -59,6 +59,7 @@ mod vm;
 pub use allocate::{BadPortRange, PortRange};
 pub use audit::{AuditEntry, AuditLog};
 pub use console::{ConsoleService, ConsoleSession};
+pub use corral_storage::{HostAccess, HostPaths};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use memory::CHUNK as MEMORY_CHUNK;
@@ -69,6 +70,7 @@ pub use memory::{
 pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
-    ImageKind, ImportProgress, SnapshotKind, StorageConfig, StorageService, VolumeKind,
+    BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,
+    StorageService, VolumeKind,
 };
 pub use vm::{VmKind, VmService};

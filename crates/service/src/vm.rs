@@ -2,7 +2,9 @@
 //! ports allocated once, disks changed only while stopped) and the power verbs.
 
 use corral_contract::names::annotations;
-use corral_contract::{Boot, Phase, Power, ValidationError, Vm, VmSpec};
+use corral_contract::{Boot, DiskFormat, Phase, Power, ValidationError, Vm, VmSpec};
+use corral_hypervisor::format_from_extension;
+use corral_storage::{HostAccess, HostPaths};
 use corral_store::Store;
 
 use crate::allocate::{self, PortRange};
@@ -15,7 +17,7 @@ pub type VmService = Resources<VmKind>;
 /// How VMs are admitted.
 #[derive(Debug, Default)]
 pub struct VmKind {
-    check_host_paths: bool,
+    host_paths: Option<HostPaths>,
     ports: PortRange,
     // Held from reading who holds which port or MAC until the write that claims one, so two
     // writers never pick the same.
@@ -23,20 +25,18 @@ pub struct VmKind {
 }
 
 impl VmKind {
-    fn check_paths(&self, spec: &VmSpec) -> Result<(), ValidationError> {
-        if !self.check_host_paths {
+    /// Refuses boot files that a caller with `access` may not name (or that do not exist);
+    /// the error names the field. A disk given by a confined caller must be raw: a qcow2
+    /// header can name further host files (backing or data file) that QEMU would open.
+    fn check_paths(&self, spec: &VmSpec, access: HostAccess) -> Result<(), ValidationError> {
+        let Some(rules) = &self.host_paths else {
             return Ok(());
-        }
-        let file = |field: &str, path: &std::path::Path| match std::fs::metadata(path) {
-            Ok(meta) if meta.is_file() => Ok(()),
-            Ok(_) => Err(ValidationError::new(
-                field,
-                format!("{} is not a file", path.display()),
-            )),
-            Err(e) => Err(ValidationError::new(
-                field,
-                format!("{}: {e}", path.display()),
-            )),
+        };
+        let file = |field: &str, path: &std::path::Path| {
+            rules
+                .open(path, access)
+                .map(drop)
+                .map_err(|e| ValidationError::new(field, e.to_string()))
         };
         match &spec.boot {
             Boot::Kernel { kernel, initrd, .. } => {
@@ -46,7 +46,22 @@ impl VmKind {
                 }
                 Ok(())
             }
-            Boot::Disk { path, .. } => file("spec.boot.disk.path", path),
+            Boot::Disk { path, format } => {
+                file("spec.boot.disk.path", path)?;
+                let format = format.unwrap_or_else(|| format_from_extension(path));
+                let confined = access == HostAccess::Confined || rules.is_confined(path);
+                if confined && format != DiskFormat::Raw {
+                    return Err(ValidationError::new(
+                        "spec.boot.disk.format",
+                        format!(
+                            "{format}: a disk given by path must be raw unless an admin names it \
+                             outside the allowed directories (a qcow2 header can name other host \
+                             files); import it as an image and boot a volume made from it"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
             Boot::Volume { .. } => Ok(()),
         }
     }
@@ -72,11 +87,9 @@ impl Strategy for VmKind {
         current: Option<&Vm>,
     ) -> Result<(), ServiceError> {
         // Volumes and networks it names need not exist yet: the VM waits in Pending until
-        // they are Ready (its controller says which it waits for).
-        let _ = store;
-        if current.is_none_or(|c| c.spec != vm.spec) {
-            self.check_paths(&vm.spec)?;
-        }
+        // they are Ready (its controller says which it waits for). Host files are checked
+        // for the caller by `create_as` / `update_as`.
+        let _ = (store, vm, current);
         Ok(())
     }
 
@@ -125,6 +138,25 @@ impl Strategy for VmKind {
 pub const MAX_DELETE_GRACE_SECONDS: u32 = 3600;
 
 impl Resources<VmKind> {
+    /// Creates a VM for a caller with `access` to host files: the files its boot names must be
+    /// ones that caller may name. (Plain [`Resources::create`] trusts its caller.)
+    pub async fn create_as(&self, vm: Vm, access: HostAccess) -> Result<Vm, ServiceError> {
+        corral_contract::Object::validate(&vm)?;
+        self.strategy().check_paths(&vm.spec, access)?;
+        self.create(vm).await
+    }
+
+    /// Updates a VM for a caller with `access` to host files; a boot that changes is checked
+    /// like on [`create_as`](Self::create_as).
+    pub async fn update_as(&self, vm: Vm, access: HostAccess) -> Result<Vm, ServiceError> {
+        corral_contract::Object::validate(&vm)?;
+        let current = self.get(vm.metadata.name.as_str()).await?;
+        if current.spec.boot != vm.spec.boot {
+            self.strategy().check_paths(&vm.spec, access)?;
+        }
+        self.update(vm).await
+    }
+
     /// Marks a VM for deletion like [`Resources::delete`], with how long its guest gets to
     /// shut down first: `Some(0)` skips the graceful stop (a guest that ignores the power
     /// button holds nothing up), `None` leaves the daemon's default.
@@ -159,18 +191,19 @@ impl Resources<VmKind> {
     /// Picks host ports for forwards from `range` (default 20000-29999).
     pub fn with_port_range(self, range: PortRange) -> Self {
         let kind = VmKind {
-            check_host_paths: self.strategy().check_host_paths,
+            host_paths: self.strategy().host_paths.clone(),
             ports: range,
             allocating: Default::default(),
         };
         Resources::with_strategy(self.store().clone(), kind)
     }
 
-    /// Refuses specs whose boot files do not exist on this host (for a daemon whose VMs run
-    /// where it runs), so a typo fails the request instead of the VM.
-    pub fn with_host_path_check(self) -> Self {
+    /// Checks the boot files of specs written through [`create_as`](Self::create_as) and
+    /// [`update_as`](Self::update_as) under `rules` (for a daemon whose VMs run where it runs),
+    /// so a typo or a file the caller may not name fails the request instead of the VM.
+    pub fn with_host_paths(self, rules: HostPaths) -> Self {
         let kind = VmKind {
-            check_host_paths: true,
+            host_paths: Some(rules),
             ports: self.strategy().ports.clone(),
             allocating: Default::default(),
         };
@@ -254,11 +287,20 @@ mod tests {
     #[tokio::test]
     async fn missing_boot_files_are_refused_naming_the_field() {
         let (svc, _dir) = service().await;
-        let svc = svc.with_host_path_check();
-        let err = svc.create(vm("a")).await.unwrap_err();
+        let svc = svc.with_host_paths(HostPaths::new());
+        let err = svc.create_as(vm("a"), HostAccess::Admin).await.unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("spec.boot.kernel.kernel: /k/vmlinuz: No such file"),
+            "{err}"
+        );
+        let err = svc
+            .create_as(vm("a"), HostAccess::Confined)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only an admin may name host files outside the allowed directories"),
             "{err}"
         );
         assert!(svc.list("").await.unwrap().0.is_empty(), "nothing created");

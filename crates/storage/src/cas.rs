@@ -300,16 +300,21 @@ impl Drop for CasWriter {
 
 /// The BLAKE3 digest and size of a file.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), CasError> {
-    let mut file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    let file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    hash_reader(file).map_err(io_err(format!("reading {}", path.display())))
+}
+
+/// The BLAKE3 digest and size of everything `src` yields (an already opened file).
+pub fn hash_reader(mut src: impl Read) -> io::Result<(Digest, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+            Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
         size += n as u64;

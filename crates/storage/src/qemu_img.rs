@@ -69,6 +69,29 @@ pub struct ImageInfo {
     /// Internal snapshots (qcow2).
     #[serde(default)]
     pub snapshots: Vec<SnapshotInfo>,
+    /// What only this format has (qcow2: an external data file …).
+    #[serde(default)]
+    pub format_specific: Option<FormatSpecific>,
+}
+
+/// `format-specific` in `qemu-img info --output=json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FormatSpecific {
+    /// The format it describes.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its fields.
+    #[serde(default)]
+    pub data: FormatSpecificData,
+}
+
+/// The fields of [`FormatSpecific`] that Corral reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FormatSpecificData {
+    /// A qcow2 image's external data file: where its guest data really lives.
+    #[serde(default)]
+    pub data_file: Option<String>,
 }
 
 /// One internal snapshot of a qcow2 image.
@@ -113,14 +136,15 @@ impl QemuImg {
             .map(drop)
     }
 
-    /// Reads an image's header. With `format`, the format is not probed.
+    /// Reads an image's header (never its backing file). With `format`, the format is not
+    /// probed. The image may be hostile: qemu-img runs with [`INFO_LIMITS`].
     pub fn info(&self, path: &Path, format: Option<&str>) -> Result<ImageInfo, QemuImgError> {
         let mut args = vec!["info".into(), "--output=json".into(), "-U".into()];
         if let Some(f) = format {
             args.extend(["-f".into(), f.into()]);
         }
         args.push(path.into());
-        let out = self.run("info", path, &args)?;
+        let out = self.run_limited("info", path, &args, Some(INFO_LIMITS))?;
         serde_json::from_slice(&out).map_err(|e| QemuImgError::BadOutput {
             subcommand: "info",
             reason: e.to_string(),
@@ -189,20 +213,36 @@ impl QemuImg {
         path: &Path,
         args: &[std::ffi::OsString],
     ) -> Result<Vec<u8>, QemuImgError> {
+        self.run_limited(subcommand, path, args, None)
+    }
+
+    fn run_limited(
+        &self,
+        subcommand: &'static str,
+        path: &Path,
+        args: &[std::ffi::OsString],
+        limits: Option<Limits>,
+    ) -> Result<Vec<u8>, QemuImgError> {
         let binary = self.binary.display().to_string();
-        let out = Command::new(&self.binary)
-            .args(args)
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => QemuImgError::Missing {
-                    binary: binary.clone(),
-                },
-                _ => QemuImgError::Spawn {
-                    binary: binary.clone(),
-                    source,
-                },
-            })?;
+        let mut command = Command::new(&self.binary);
+        command.args(args).env("LC_ALL", "C");
+        if let Some(limits) = limits {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it touches no shared memory.
+            unsafe {
+                command.pre_exec(move || limits.apply());
+            }
+        }
+        let out = command.output().map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => QemuImgError::Missing {
+                binary: binary.clone(),
+            },
+            _ => QemuImgError::Spawn {
+                binary: binary.clone(),
+                source,
+            },
+        })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             let stderr = stderr
@@ -216,6 +256,35 @@ impl QemuImg {
             });
         }
         Ok(out.stdout)
+    }
+}
+
+/// Resource limits for a qemu-img that parses an untrusted image (as QEMU's security notes
+/// advise): a crafted header cannot make it take the host's memory or spin for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Address space, bytes (`RLIMIT_AS`).
+    pub address_space: u64,
+    /// CPU time, seconds (`RLIMIT_CPU`).
+    pub cpu_seconds: u64,
+}
+
+/// The limits `qemu-img info` runs under: 1 GiB of address space, 30 s of CPU.
+pub const INFO_LIMITS: Limits = Limits {
+    address_space: 1 << 30,
+    cpu_seconds: 30,
+};
+
+impl Limits {
+    fn apply(&self) -> std::io::Result<()> {
+        use rustix::process::{Resource, Rlimit, setrlimit};
+        let limit = |n| Rlimit {
+            current: Some(n),
+            maximum: Some(n),
+        };
+        setrlimit(Resource::As, limit(self.address_space))?;
+        setrlimit(Resource::Cpu, limit(self.cpu_seconds))?;
+        Ok(())
     }
 }
 
@@ -268,6 +337,25 @@ mod tests {
         assert_eq!(img.info(&top, None).unwrap().snapshots[0].name, "s1");
         img.snapshot(&top, SnapshotOp::Delete, "s1").unwrap();
         assert!(img.info(&top, None).unwrap().snapshots.is_empty());
+    }
+
+    #[test]
+    fn info_runs_under_its_limits() {
+        // A qemu-img whose address space is too small to start fails instead of running.
+        let dir = tempfile::tempdir().unwrap();
+        let img = QemuImg::default();
+        let path = dir.path().join("a.raw");
+        img.create(&path, "raw", Some(1 << 20), None).unwrap();
+        let tiny = Limits {
+            address_space: 1 << 20,
+            cpu_seconds: 30,
+        };
+        let args = ["info".into(), path.clone().into_os_string()];
+        assert!(img.run_limited("info", &path, &args, Some(tiny)).is_err());
+        assert!(
+            img.run_limited("info", &path, &args, Some(INFO_LIMITS))
+                .is_ok()
+        );
     }
 
     #[test]

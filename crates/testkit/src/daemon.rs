@@ -39,6 +39,18 @@ impl CorraldBuilder {
         self
     }
 
+    /// Lets URL imports reach `cidr` (`127.0.0.0/8` for an HTTP server the test runs): by
+    /// default corrald refuses loopback, private and link-local addresses.
+    pub fn import_allow_net(self, cidr: &str) -> CorraldBuilder {
+        self.args(&["--import-allow-net", cidr])
+    }
+
+    /// Lets every caller (tokens without the `admin` scope too) name host files below `dir`.
+    pub fn host_path_allow(self, dir: &Path) -> CorraldBuilder {
+        let dir = dir.to_str().expect("a UTF-8 path").to_owned();
+        self.args(&["--host-path-allow", &dir])
+    }
+
     /// Logs at corrald's default level and takes no `CORRAL_*` variable from the caller's
     /// environment (a benchmark measures the daemon as users run it), instead of debug logs.
     pub fn quiet(mut self) -> CorraldBuilder {

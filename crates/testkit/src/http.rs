@@ -409,6 +409,11 @@ impl TlsSetup {
 
     /// `binary` (corrald) on a free port with this certificate and token file, and the port.
     pub fn start(&self, binary: impl Into<PathBuf>) -> (Corrald, u16) {
+        self.start_with(binary, &[])
+    }
+
+    /// Like [`TlsSetup::start`], with extra flags.
+    pub fn start_with(&self, binary: impl Into<PathBuf>, extra: &[&str]) -> (Corrald, u16) {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let path = |name: &str| {
@@ -419,9 +424,8 @@ impl TlsSetup {
                 .expect("a UTF-8 path")
                 .to_owned()
         };
-        let d = Corrald::start_with(
-            binary,
-            &[
+        let d = Corrald::builder(binary)
+            .args(&[
                 "--listen",
                 &listen,
                 "--tls-cert",
@@ -430,9 +434,10 @@ impl TlsSetup {
                 &path("key.pem"),
                 "--token-file",
                 &path("tokens"),
-            ],
-        )
-        .expect("corrald starts with TLS");
+            ])
+            .args(extra)
+            .start()
+            .expect("corrald starts with TLS");
         (d, port)
     }
 }

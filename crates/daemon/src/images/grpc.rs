@@ -35,11 +35,12 @@ impl ImageService for ImageGrpc {
         &self,
         req: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
+        let access = crate::auth::host_access(req.extensions().get());
         let image = Image::try_from(required(req.into_inner().image, "image")?)?;
         image_out(
             self.0
                 .storage
-                .create_image(image, ImportProgress::default())
+                .create_image(image, ImportProgress::default(), access)
                 .await,
         )
     }

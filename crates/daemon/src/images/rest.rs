@@ -1,5 +1,6 @@
 //! `/v1/images`: decode, call the storage service, encode.
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -11,6 +12,7 @@ use serde_json::json;
 use crate::api::error::ApiResult;
 use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
+use crate::auth::{Caller, host_access};
 use crate::state::Shared;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -43,13 +45,21 @@ async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult 
     ))
 }
 
-async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+async fn create(
+    State(d): State<Shared>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> ApiResult {
     let Resource::Image(image) = resource(&body)? else {
         return Err(wrong_kind("Image"));
     };
     let image = d
         .storage
-        .create_image(image, ImportProgress::default())
+        .create_image(
+            image,
+            ImportProgress::default(),
+            host_access(caller.as_deref()),
+        )
         .await?;
     Ok(one(image, StatusCode::CREATED))
 }

@@ -49,8 +49,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send
 #[tonic::async_trait]
 impl VmService for VmGrpc {
     async fn create(&self, req: Request<pb::CreateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let access = crate::auth::host_access(req.extensions().get());
         let vm = vm_in(req.into_inner().vm)?;
-        vm_out(self.0.vms.create(vm).await)
+        vm_out(self.0.vms.create_as(vm, access).await)
     }
 
     async fn get(&self, req: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
@@ -74,8 +75,9 @@ impl VmService for VmGrpc {
     }
 
     async fn update(&self, req: Request<pb::UpdateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let access = crate::auth::host_access(req.extensions().get());
         let vm = vm_in(req.into_inner().vm)?;
-        vm_out(self.0.vms.update(vm).await)
+        vm_out(self.0.vms.update_as(vm, access).await)
     }
 
     async fn delete(&self, req: Request<pb::DeleteVmRequest>) -> Result<Response<pb::Vm>, Status> {

@@ -1,5 +1,6 @@
 //! `/v1/vms`: decode, call the VM service, encode.
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -9,6 +10,7 @@ use serde::Deserialize;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::{ListQuery, many, name_mismatch, one, wrong_kind};
 use crate::api::{Permission, Route};
+use crate::auth::{Caller, host_access};
 use crate::state::Shared;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -63,20 +65,34 @@ async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult 
     Ok(many(vms, Some(revision)))
 }
 
-async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
-    Ok(one(d.vms.create(vm(&body)?).await?, StatusCode::CREATED))
+async fn create(
+    State(d): State<Shared>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> ApiResult {
+    let access = host_access(caller.as_deref());
+    Ok(one(
+        d.vms.create_as(vm(&body)?, access).await?,
+        StatusCode::CREATED,
+    ))
 }
 
 async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
     Ok(one(d.vms.get(&name).await?, StatusCode::OK))
 }
 
-async fn update(State(d): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn update(
+    State(d): State<Shared>,
+    caller: Option<Extension<Caller>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let vm = vm(&body)?;
     if vm.metadata.name.as_str() != name {
         return Err(name_mismatch(vm.metadata.name.as_str(), &name));
     }
-    Ok(one(d.vms.update(vm).await?, StatusCode::OK))
+    let access = host_access(caller.as_deref());
+    Ok(one(d.vms.update_as(vm, access).await?, StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize)]

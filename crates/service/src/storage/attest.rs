@@ -1,11 +1,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use corral_contract::{Boot, Volume, VolumeKind};
+use corral_contract::{Boot, ValidationError, Volume, VolumeKind};
 use corral_storage::attest::{
     NodeKey, PREDICATE_TYPE, STATEMENT_TYPE, Statement, Subject, VmPredicate,
 };
-use corral_storage::hash_file;
+use corral_storage::{HostAccess, hash_file, hash_reader};
 
 use super::{StorageService, blocking};
 use crate::resources::now;
@@ -32,15 +32,16 @@ impl StorageService {
     ) -> Result<Vec<u8>, ServiceError> {
         let vm = self.vms.get(name).await?;
         let mut files: Vec<(String, PathBuf)> = Vec::new();
+        let mut host_files: Vec<(String, PathBuf)> = Vec::new();
         let mut subjects = Vec::new();
         match &vm.spec.boot {
             Boot::Kernel { kernel, initrd, .. } => {
-                files.push(("kernel".into(), kernel.clone()));
+                host_files.push(("kernel".into(), kernel.clone()));
                 if let Some(initrd) = initrd {
-                    files.push(("initrd".into(), initrd.clone()));
+                    host_files.push(("initrd".into(), initrd.clone()));
                 }
             }
-            Boot::Disk { path, .. } => files.push(("disk".into(), path.clone())),
+            Boot::Disk { path, .. } => host_files.push(("disk".into(), path.clone())),
             Boot::Volume { .. } => {}
         }
         for volume in vm.spec.volume_names() {
@@ -63,15 +64,31 @@ impl StorageService {
                 }
             }
         }
+        let rules = self.config.host_paths.clone();
         let hashed = blocking(move || {
-            files
-                .into_iter()
-                .map(|(name, path)| {
-                    hash_file(&path)
-                        .map(|(d, _)| (name, d.to_string()))
-                        .map_err(ServiceError::from)
-                })
-                .collect::<Result<Vec<_>, _>>()
+            // Boot files are host paths: read under the same rules as when the VM starts, so
+            // a file swapped for a symlink is not followed here either.
+            let mut hashed = Vec::new();
+            for (name, path) in host_files {
+                let field = match name.as_str() {
+                    "disk" => "spec.boot.disk.path",
+                    "initrd" => "spec.boot.kernel.initrd",
+                    _ => "spec.boot.kernel.kernel",
+                };
+                let file = rules
+                    .open(&path, HostAccess::Admin)
+                    .map_err(|e| ValidationError::new(field, e.to_string()))?;
+                let (digest, _) = hash_reader(file.file).map_err(|source| ServiceError::Io {
+                    context: format!("reading {}", path.display()),
+                    source,
+                })?;
+                hashed.push((name, digest.to_string()));
+            }
+            for (name, path) in files {
+                let (digest, _) = hash_file(&path)?;
+                hashed.push((name, digest.to_string()));
+            }
+            Ok(hashed)
         })
         .await?;
         subjects.extend(hashed.into_iter().map(|(n, d)| subject(n, &d)));

@@ -1,14 +1,14 @@
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use corral_contract::{
     Boot, Image, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError, Vm, Volume,
 };
-use corral_storage::{Cas, CasWriter, Digest, backing_outside};
+use corral_storage::{Cas, CasWriter, Digest, HostAccess};
 use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
+use super::fetch::{self, BlockedAddress};
 use super::{StorageService, blocking};
 use crate::ServiceError;
 use crate::resources::{Strategy, now, read_all, refuse_if_used};
@@ -125,27 +125,35 @@ fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
 
 impl StorageService {
     /// Imports an image whose source is a path on this host or an http(s) URL, and returns it
-    /// once its bytes are stored.
+    /// once its bytes are stored. A path is opened under the daemon's host-path rules for a
+    /// caller with `access`; a URL is fetched under its import policy.
     pub async fn create_image(
         &self,
         image: Image,
         progress: ImportProgress,
+        access: HostAccess,
     ) -> Result<Image, ServiceError> {
         self.check_new_image(&image).await?;
         let name = image.metadata.name.to_string();
         let writer = self.cas.writer()?;
+        let max = self.config.import.max_size;
         let writer = match image.spec.source.clone() {
             ImageSource::Path(path) => {
                 let n = name.clone();
+                let rules = self.config.host_paths.clone();
                 blocking(move || {
                     let mut w = writer;
-                    let file = std::fs::File::open(&path).map_err(|e| {
-                        ServiceError::Invalid(ValidationError::new(
-                            "spec.source.path",
-                            format!("{}: {e}", path.display()),
-                        ))
-                    })?;
-                    w.copy_from(file, &path.display().to_string(), |b| progress.set(b))
+                    let invalid = |message: String| {
+                        ServiceError::Invalid(ValidationError::new("spec.source.path", message))
+                    };
+                    let host = rules
+                        .open(&path, access)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    let size = host.file.metadata().map(|m| m.len()).unwrap_or(0);
+                    if size > max {
+                        return Err(ServiceError::import(&n, TooLarge { limit: max, size }));
+                    }
+                    w.copy_from(host.file, &path.display().to_string(), |b| progress.set(b))
                         .map_err(|e| ServiceError::import(&n, e))?;
                     Ok(w)
                 })
@@ -207,20 +215,55 @@ impl StorageService {
         mut writer: CasWriter,
         progress: ImportProgress,
     ) -> Result<CasWriter, ServiceError> {
-        let failed = |source| {
-            let url = url.to_owned();
-            ServiceError::import(name, Fetch { url, source })
+        let policy = &self.config.import;
+        let refused = |b: &BlockedAddress| {
+            ServiceError::Invalid(ValidationError::new(
+                "spec.source.url",
+                format!("{url}: {b}"),
+            ))
         };
+        let failed = |source: reqwest::Error| match fetch::blocked_in(&source) {
+            Some(b) => refused(b),
+            None => ServiceError::import(
+                name,
+                Fetch {
+                    url: url.to_owned(),
+                    message: fetch::with_causes(&source),
+                },
+            ),
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            ServiceError::Invalid(ValidationError::new(
+                "spec.source.url",
+                format!("{url}: {e}"),
+            ))
+        })?;
+        policy.check_url(&parsed).map_err(|b| refused(&b))?;
         let response = self
             .http
-            .get(url)
+            .get(parsed)
             .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(failed)?;
+        // The resolver already refused what it saw; this also covers a configured proxy's
+        // answer coming from where the name pointed.
+        if let (None, Some(peer)) = (&policy.proxy, response.remote_addr()) {
+            policy
+                .check("the server", peer.ip())
+                .map_err(|b| refused(&b))?;
+        }
+        let max = policy.max_size;
+        if let Some(size) = response.content_length().filter(|&n| n > max) {
+            return Err(ServiceError::import(name, TooLarge { limit: max, size }));
+        }
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(failed)?;
+            let size = writer.size() + chunk.len() as u64;
+            if size > max {
+                return Err(ServiceError::import(name, TooLarge { limit: max, size }));
+            }
             off_the_runtime(|| writer.write_chunk(&chunk))
                 .map_err(|e| ServiceError::import(name, e))?;
             progress.set(writer.size());
@@ -256,40 +299,47 @@ impl StorageService {
         let name = image.metadata.name.to_string();
         let declared = image.spec.format;
         let (qemu_img, cas) = (self.qemu_img.clone(), self.cas.clone());
+        // Which blobs hold disk images, for the backing-chain check.
+        let disks: std::collections::HashMap<Digest, &'static str> =
+            read_all::<Image>(&**self.images.store())
+                .await?
+                .iter()
+                .filter_map(|i| {
+                    let digest = i.status.digest.as_deref()?.parse().ok()?;
+                    match i.status.format? {
+                        ImageFormat::Qcow2 => Some((digest, "qcow2")),
+                        ImageFormat::Raw => Some((digest, "raw")),
+                        ImageFormat::Kernel | ImageFormat::Initrd => None,
+                    }
+                })
+                .collect();
         let n = name.clone();
         let (blob, format, virtual_size) = blocking(move || {
             let mut writer = writer;
             writer.finish().map_err(|e| ServiceError::import(&n, e))?;
+            let temp = writer.temp_path().to_path_buf();
+            let invalid = |e: corral_storage::ContentError| match e {
+                corral_storage::ContentError::QemuImg(e) => ServiceError::import(&n, e),
+                e => ServiceError::Invalid(ValidationError::new("spec.source", e.to_string())),
+            };
             let (format, virtual_size) = match declared {
-                Some(f) if !f.is_disk() => (f, None),
+                Some(f) if !f.is_disk() => {
+                    corral_storage::inspect_boot_file(&temp, f.as_str()).map_err(invalid)?;
+                    (f, None)
+                }
                 _ => {
-                    let temp = writer.temp_path().to_path_buf();
-                    let info = qemu_img
-                        .info(&temp, declared.map(|f| f.as_str()))
-                        .map_err(|e| ServiceError::import(&n, e))?;
-                    let format = match info.format.as_str() {
-                        "qcow2" => ImageFormat::Qcow2,
-                        "raw" => ImageFormat::Raw,
-                        other => {
-                            return Err(ServiceError::Invalid(ValidationError::new(
-                                "spec.format",
-                                format!(
-                                    "the image is {other}: Corral stores qcow2 or raw disk images (convert it with qemu-img convert -O qcow2), or declare kernel or initrd"
-                                ),
-                            )));
-                        }
+                    let declared_qcow2 = declared.map(|f| f == ImageFormat::Qcow2);
+                    let inspected =
+                        corral_storage::inspect_disk(&qemu_img, &cas, &temp, declared_qcow2, |d| {
+                            disks.get(d).copied()
+                        })
+                        .map_err(invalid)?;
+                    let format = if inspected.qcow2 {
+                        ImageFormat::Qcow2
+                    } else {
+                        ImageFormat::Raw
                     };
-                    let dir = temp.parent().map(PathBuf::from).unwrap_or_default();
-                    if let Some(outside) = backing_outside(&info, &cas, &dir) {
-                        return Err(ServiceError::Invalid(ValidationError::new(
-                            "spec.source",
-                            format!(
-                                "the qcow2 image names {} as its backing file, outside the image store: refused (flatten it with qemu-img convert)",
-                                outside.display()
-                            ),
-                        )));
-                    }
-                    (format, Some(info.virtual_size))
+                    (format, Some(inspected.virtual_size))
                 }
             };
             let blob = writer.commit().map_err(|e| ServiceError::import(&n, e))?;
@@ -365,9 +415,18 @@ impl StorageService {
 
 /// Fetching an image's URL failed.
 #[derive(Debug, thiserror::Error)]
-#[error("fetching {url}: {source}")]
+#[error("fetching {url}: {message}")]
 struct Fetch {
     url: String,
-    #[source]
-    source: reqwest::Error,
+    message: String,
+}
+
+/// An import brings in more than the daemon accepts.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{size} bytes is more than the {limit} bytes an import may bring in (corrald --import-max-size)"
+)]
+struct TooLarge {
+    limit: u64,
+    size: u64,
 }

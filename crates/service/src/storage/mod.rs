@@ -13,6 +13,7 @@
 //! verify, resize, restore, attest).
 
 mod attest;
+mod fetch;
 mod image;
 mod snapshot;
 mod volume;
@@ -20,12 +21,15 @@ mod volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use corral_storage::{Cas, QemuImg};
+use corral_storage::{Cas, HostPaths, QemuImg};
 use corral_store::Store;
+
+use corral_contract::ValidationError;
 
 use crate::resources::Resources;
 use crate::{ServiceError, VmService};
 
+pub use fetch::{BlockedAddress, ImportPolicy};
 pub use image::{ImageKind, ImportProgress};
 pub use snapshot::SnapshotKind;
 pub use volume::VolumeKind;
@@ -37,6 +41,10 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// The `qemu-img` to run (a path, or a name looked up in `PATH`).
     pub qemu_img: PathBuf,
+    /// Which host files an image's source path may name.
+    pub host_paths: HostPaths,
+    /// How URL imports may reach out, and how large an import may be.
+    pub import: ImportPolicy,
 }
 
 impl StorageConfig {
@@ -45,6 +53,8 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             qemu_img: PathBuf::from("qemu-img"),
+            host_paths: HostPaths::new(),
+            import: ImportPolicy::default(),
         }
     }
 
@@ -86,11 +96,13 @@ impl StorageService {
             vms: VmService::new(store),
             cas,
             qemu_img: QemuImg::new(&config.qemu_img),
+            http: config.import.client().map_err(|e| {
+                ValidationError::new(
+                    "import_proxy",
+                    format!("{e}: give an http:// or https:// URL"),
+                )
+            })?,
             config,
-            http: reqwest::Client::builder()
-                .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
         })
     }
 
