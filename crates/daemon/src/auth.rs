@@ -1,9 +1,10 @@
 //! Who is calling, and what they may do.
 //!
 //! TCP clients present a bearer token. The token file holds only BLAKE3 hashes, one
-//! `blake3:<hex> [scopes=vms,memory]` per line, so reading it does not reveal a token. Scopes:
-//! `vms` (every VM operation) and `memory` (reading guest RAM, a privileged act of its own); a
-//! line without `scopes=` means `vms` only. Unix-socket clients are the socket's owner (mode
+//! `blake3:<hex> [scopes=vms,memory,admin]` per line, so reading it does not reveal a token.
+//! Scopes: `vms` (every VM operation), `memory` (reading guest RAM, a privileged act of its
+//! own) and `admin` (what reconfigures the host, e.g. bridge networks); a line without
+//! `scopes=` means `vms` only. Unix-socket clients are the socket's owner (mode
 //! 0600) and may do everything; they are identified by the peer's credentials (`SO_PEERCRED`).
 
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct Scopes {
     pub vms: bool,
     /// Read guest memory (read, find, snapshot, map, stream).
     pub memory: bool,
+    /// Act on the host itself (bridge networks).
+    pub admin: bool,
 }
 
 impl Scopes {
@@ -35,21 +38,24 @@ impl Scopes {
     pub const DEFAULT: Scopes = Scopes {
         vms: true,
         memory: false,
+        admin: false,
     };
 
-    /// Parses `vms,memory`.
+    /// Parses `vms,memory,admin`.
     pub fn parse(list: &str) -> Result<Scopes, String> {
         let mut scopes = Scopes {
             vms: false,
             memory: false,
+            admin: false,
         };
         for scope in list.split(',').map(str::trim) {
             match scope {
                 "vms" => scopes.vms = true,
                 "memory" => scopes.memory = true,
+                "admin" => scopes.admin = true,
                 other => {
                     return Err(format!(
-                        "unknown scope {other:?}; the scopes are `vms` and `memory`"
+                        "unknown scope {other:?}; the scopes are `vms`, `memory` and `admin`"
                     ));
                 }
             }
@@ -60,10 +66,14 @@ impl Scopes {
 
 impl std::fmt::Display for Scopes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.vms, "vms"), (self.memory, "memory")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = [
+            (self.vms, "vms"),
+            (self.memory, "memory"),
+            (self.admin, "admin"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         f.write_str(&names.join(","))
     }
 }
@@ -95,6 +105,25 @@ impl Caller {
             (_, Permission::Open) | (Caller::Unix { .. }, _) => true,
             (Caller::Token { scopes, .. }, Permission::Read | Permission::Write) => scopes.vms,
             (Caller::Token { scopes, .. }, Permission::Memory) => scopes.memory,
+        }
+    }
+
+    /// Whether the caller may act on the host itself (bridge networks): a unix-socket peer
+    /// (the socket is its owner's alone), or a token with the `admin` scope. The one place
+    /// that decides it.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Unix { .. } => true,
+            Caller::Token { scopes, .. } => scopes.admin,
+        }
+    }
+
+    /// What the service may let the caller do to the host.
+    pub fn host_access(&self) -> corral_service::HostAccess {
+        if self.is_admin() {
+            corral_service::HostAccess::Admin
+        } else {
+            corral_service::HostAccess::Confined
         }
     }
 
@@ -156,7 +185,7 @@ impl Tokens {
             let first = words.next().unwrap_or_default();
             let hex = first.strip_prefix("blake3:").ok_or_else(|| {
                 at(
-                    "expected `blake3:<hex> [scopes=vms,memory]`; store hashes, not tokens \
+                    "expected `blake3:<hex> [scopes=vms,memory,admin]`; store hashes, not tokens \
                     (make the line with `corrald hash-token`)"
                         .into(),
                 )
@@ -165,7 +194,9 @@ impl Tokens {
             let mut scopes = Scopes::DEFAULT;
             for word in words {
                 let list = word.strip_prefix("scopes=").ok_or_else(|| {
-                    at(format!("unexpected {word:?}; expected `scopes=vms,memory`"))
+                    at(format!(
+                        "unexpected {word:?}; expected `scopes=vms,memory,admin`"
+                    ))
                 })?;
                 scopes = Scopes::parse(list).map_err(at)?;
             }
@@ -262,6 +293,7 @@ mod tests {
         let all = Scopes {
             vms: true,
             memory: true,
+            admin: false,
         };
         std::fs::write(
             &file,

@@ -67,8 +67,9 @@ pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
     HashToken {
         /// What the token may do besides VM operations: `memory` lets it read guest RAM
-        /// (`corrald hash-token --scope memory`). Repeat or separate with commas.
-        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory"])]
+        /// (`corrald hash-token --scope memory`), `admin` lets it reconfigure the host
+        /// (bridge networks). Repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
     },
 }
