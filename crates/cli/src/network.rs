@@ -59,8 +59,8 @@ pub struct NetworkCreateArgs {
     /// Host interface (vmnet-bridged only)
     #[arg(long)]
     pub interface: Option<String>,
-    /// Let guests reach services on the host's loopback through the gateway (user only; off
-    /// by default, so a guest cannot reach host-local services)
+    /// Let guests open connections: outbound NAT, and the host's loopback services through the
+    /// gateway (user only). Off by default: guests reach only the ports forwarded to them
     #[arg(long)]
     pub host_access: bool,
     #[command(flatten)]

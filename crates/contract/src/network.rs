@@ -127,9 +127,11 @@ pub struct NetworkSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::schema::ifname_or_null, required = false)]
     pub interface: Option<String>,
-    /// Whether guests may reach services on the host's loopback (user mode only; default
-    /// false). Without it the guest's gateway and the rest of the subnet lead nowhere on the
-    /// host; with it they lead to the host's 127.0.0.1, as in QEMU's plain user networking.
+    /// Whether guests may open connections of their own (user mode only; default false).
+    /// With it they get outbound NAT and, as in QEMU's plain user networking, the host's
+    /// 127.0.0.1 through the gateway (and every other subnet address but the DNS server).
+    /// Without it a guest reaches only the ports forwarded to it: QEMU's user stack cannot let
+    /// guests out without also letting them reach the host's loopback services.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schema(required = false)]
     pub host_access: bool,

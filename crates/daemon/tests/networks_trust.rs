@@ -3,15 +3,18 @@
 //! refused and left as it was, at admission and at reconcile; similar long names get distinct
 //! bridges; overlapping subnets are refused naming what they overlap; `ip_forward` is put back
 //! after the last bridge network; a stale dnsmasq pid file never gets an unrelated process
-//! killed; only admins create bridge networks.
+//! killed; only admins create bridge networks; a guest on a user network reaches the host's
+//! loopback only when the network says `host_access: true` (evidence from inside the guest).
 
 mod common;
 
 use std::time::Duration;
 
 use common::{CORRALD, api, tls_api};
+use corral_client::{Client, Endpoint};
+use corral_contract::{Network, NetworkAttachment, Phase, PortForward};
 use corral_testkit::http::{Api, TlsSetup, eventually};
-use corral_testkit::{Corrald, Netns, ip};
+use corral_testkit::{Corrald, Netns, ip, kit_vm, wait_console, wait_phase};
 use serde_json::{Value, json};
 
 fn bridge_net(name: &str, spec: Value) -> Value {
@@ -381,4 +384,87 @@ async fn only_an_admin_creates_bridge_networks() {
         )
         .await
         .expect(201);
+}
+
+/// Boots a guest-kit VM on user network `net` (guest port 5555 forwarded), waits for its DHCP
+/// lease, and has the guest connect to `port` on its gateway — where QEMU's user stack may
+/// lead to the host's 127.0.0.1. Returns what the guest printed: `GOT[<what it read>]-42`.
+async fn probe_gateway(c: &Client, d: &Corrald, vm: &str, net: &str, port: u16) -> String {
+    let mut att = NetworkAttachment::new(net.parse().unwrap());
+    att.forwards.push(PortForward::tcp(5555));
+    c.create_vm(&kit_vm(vm, |b| b.network(att))).await.unwrap();
+    wait_phase(c, d, vm, Phase::Running).await.unwrap();
+    let lease = wait_console(c, d, vm, "CORRAL_NET eth0", 0).await.unwrap();
+    assert!(lease.contains("ip=10."), "{lease}");
+    let mark = c.console_log(vm, 0).await.unwrap().len();
+    let console = c.attach_console(vm, true, false).await.unwrap();
+    // The guest's shell does not echo, and the answer is computed in the guest.
+    let probe = format!("echo \"GOT[$(sleep 5 | nc 10.0.2.2 {port})]-$((6*7))\"\n");
+    console.input.send(probe.into_bytes()).await.unwrap();
+    wait_console(c, d, vm, "]-42", mark).await.unwrap()
+}
+
+/// Has the guest serve one line on its forwarded port 5555 and reads it from the host.
+async fn forwarded_line(c: &Client, vm: &str) -> String {
+    let console = c.attach_console(vm, true, false).await.unwrap();
+    console
+        .input
+        .send(b"nc -l -p 5555 -e echo GUEST-SAYS-$((40+3)) &\n".to_vec())
+        .await
+        .unwrap();
+    let status = c.get_vm(vm).await.unwrap().status;
+    let port = status.networks[0].forwards[0].host_port;
+    eventually("the guest's line through the forward", || async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut line = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut line)
+            .await
+            .ok()?;
+        line.contains("GUEST-SAYS").then_some(line)
+    })
+    .await
+    .trim()
+    .to_owned()
+}
+
+#[tokio::test]
+async fn only_a_network_with_host_access_lets_guests_reach_the_hosts_loopback() {
+    // A service on the host's loopback only, like a corrald TCP listener or another VM's
+    // forwarded SSH port.
+    let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = service.local_addr().unwrap().port();
+    let secret = format!("LOOPBACK-SECRET-{}", std::process::id());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (line, count) = (secret.clone(), served.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = service.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, format!("{line}\n").as_bytes())
+                .await;
+        }
+    });
+
+    let d = Corrald::start(CORRALD).expect("corrald starts");
+    let c = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
+    let user = |name: &str, spec: Value| -> Network {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    c.create_network(&user("sealed", json!({}))).await.unwrap();
+    c.create_network(&user("open", json!({"host_access": true})))
+        .await
+        .unwrap();
+    assert!(!c.get_network("sealed").await.unwrap().spec.host_access);
+
+    let sealed = probe_gateway(&c, &d, "sealed-vm", "sealed", port).await;
+    assert!(sealed.ends_with("GOT[]-42"), "{sealed}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The sealed guest is on the network all the same: what is forwarded to it arrives.
+    let through = forwarded_line(&c, "sealed-vm").await;
+    assert!(through.starts_with("GUEST-SAYS-43"), "{through}");
+
+    let open = probe_gateway(&c, &d, "open-vm", "open", port).await;
+    assert!(open.ends_with(&format!("GOT[{secret}]-42")), "{open}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
