@@ -52,12 +52,17 @@ pub struct NetworkCreateArgs {
     /// MTU (bridge only)
     #[arg(long)]
     pub mtu: Option<u32>,
-    /// Linux bridge name (bridge only)
+    /// Linux bridge name (bridge only): a link that does not exist yet, which corrald creates
+    /// [default: crl + 12 hex digits of a hash of the network's uid]
     #[arg(long)]
     pub bridge: Option<String>,
     /// Host interface (vmnet-bridged only)
     #[arg(long)]
     pub interface: Option<String>,
+    /// Let guests open connections: outbound NAT, and the host's loopback services through the
+    /// gateway (user only). Off by default: guests reach only the ports forwarded to them
+    #[arg(long)]
+    pub host_access: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -210,6 +215,7 @@ pub async fn network(client: &Client, command: NetworkCommand) -> Result<(), Cli
                 mtu: args.mtu,
                 bridge: args.bridge.clone(),
                 interface: args.interface.clone(),
+                host_access: args.host_access,
                 ..spec
             };
             spec.validate()

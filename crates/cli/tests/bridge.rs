@@ -8,55 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
-use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("corral-t{}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns(name)
-    }
-
-    /// Moves the calling thread into the namespace: every process it starts from now on runs
-    /// there.
-    fn enter(&self) {
-        let file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let ok = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Whatever still runs in it (a dnsmasq or QEMU left by a failed run) goes with it.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use corral_testkit::{Cli, Corrald, GuestKit, Netns, kit_vm_args, workspace_binary};
 
 fn need(tool: &str, package: &str) {
     let found = Command::new("sh")
@@ -98,7 +50,7 @@ fn leftovers(run_dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, _)| n.trim())
     {
-        if name.starts_with("crl-") || name.starts_with("ct") {
+        if name.starts_with("crl") || name.starts_with("ct") {
             left.push(format!("link {name}"));
         }
     }
@@ -120,7 +72,7 @@ fn leftovers(run_dir: &Path) -> Vec<String> {
 fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
     need("dnsmasq", "dnsmasq-base");
     need("nft", "nftables");
-    let ns = Netns::new();
+    let ns = Netns::new("t");
     ns.enter();
     let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
     let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
@@ -135,13 +87,16 @@ fn two_vms_on_a_bridge_get_leases_from_corrals_dnsmasq_and_ping_each_other() {
         "--mtu",
         "1400",
     ]);
-    cli.wait_phase("network", "lan", "Ready");
+    let lan = cli.wait_phase("network", "lan", "Ready");
+    let bridge = lan["status"]["bridge"].as_str().expect("status.bridge");
     let link = Command::new("ip")
-        .args(["-o", "link", "show", "dev", "crl-lan"])
+        .args(["-o", "link", "show", "dev", bridge])
         .output()
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout).into_owned();
     assert!(link.contains("mtu 1400"), "{link}");
+    let uid = lan["metadata"]["uid"].as_str().unwrap();
+    assert!(link.contains(&format!("alias corral:{uid}")), "{link}");
     let dnsmasq_pid: i32 = std::fs::read_to_string(d.run_dir().join("networks/lan/dnsmasq.pid"))
         .expect("dnsmasq pid file")
         .trim()

@@ -117,7 +117,9 @@ pub struct NetworkSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = mtu_schema, required = false)]
     pub mtu: Option<u32>,
-    /// Name of the Linux bridge (bridge mode; default `crl-<name>`, at most 15 bytes).
+    /// Name of the Linux bridge (bridge mode), at most 15 bytes. Corral creates it and deletes
+    /// it again: a link that already exists is refused. Default: `crl` and 12 hex digits of a
+    /// hash of the network's uid (see `status.bridge`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::schema::ifname_or_null, required = false)]
     pub bridge: Option<String>,
@@ -125,7 +127,19 @@ pub struct NetworkSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::schema::ifname_or_null, required = false)]
     pub interface: Option<String>,
+    /// Whether guests may open connections of their own (user mode only; default false).
+    /// With it they get outbound NAT and, as in QEMU's plain user networking, the host's
+    /// 127.0.0.1 through the gateway (and every other subnet address but the DNS server).
+    /// Without it a guest reaches only the ports forwarded to it: QEMU's user stack cannot let
+    /// guests out without also letting them reach the host's loopback services.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
+    pub host_access: bool,
 }
+
+/// The widest subnet a network may have: /8. A wider one would cover a large share of the
+/// address space that the host and its neighbours use.
+pub const MIN_PREFIX: u8 = 8;
 
 impl Default for NetworkSpec {
     fn default() -> Self {
@@ -137,6 +151,7 @@ impl Default for NetworkSpec {
             mtu: None,
             bridge: None,
             interface: None,
+            host_access: false,
         }
     }
 }
@@ -160,6 +175,22 @@ impl NetworkSpec {
 
     /// Checks every field; the error names the first one that is not allowed.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.cidr.prefix() < MIN_PREFIX {
+            return Err(ValidationError::new(
+                "spec.cidr",
+                format!(
+                    "/{} is wider than /{MIN_PREFIX}, the widest subnet a network may have: use \
+                     a prefix of /{MIN_PREFIX} to /29",
+                    self.cidr.prefix()
+                ),
+            ));
+        }
+        if self.host_access && self.mode != NetworkMode::User {
+            return Err(ValidationError::new(
+                "spec.host_access",
+                "is only for mode user: leave it out",
+            ));
+        }
         if self.cidr.prefix() > 29 {
             return Err(ValidationError::new(
                 "spec.cidr",
@@ -219,7 +250,7 @@ impl NetworkSpec {
 
 /// A Linux interface name: 1–15 bytes of letters, digits, `-`, `_` and `.`.
 fn cidr_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    crate::schema::or_null(crate::schema::cidr(29))
+    crate::schema::or_null(crate::schema::cidr(MIN_PREFIX, 29))
 }
 
 fn mtu_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -259,6 +290,8 @@ struct NetworkSpecInput {
     bridge: Option<String>,
     #[serde(default, deserialize_with = "de_interface")]
     interface: Option<String>,
+    #[serde(default, deserialize_with = "de_host_access")]
+    host_access: Option<bool>,
 }
 
 field_paths! {
@@ -269,6 +302,7 @@ field_paths! {
     de_mtu => "spec.mtu",
     de_bridge => "spec.bridge",
     de_interface => "spec.interface",
+    de_host_access => "spec.host_access",
 }
 
 impl TryFrom<NetworkSpecInput> for NetworkSpec {
@@ -287,6 +321,7 @@ impl TryFrom<NetworkSpecInput> for NetworkSpec {
             mtu: input.mtu,
             bridge: input.bridge,
             interface: input.interface,
+            host_access: input.host_access.unwrap_or(false),
         };
         spec.validate()?;
         Ok(spec)
@@ -318,6 +353,11 @@ pub struct NetworkStatus {
     /// A sentence for people, e.g. why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The Linux bridge Corral made for it (bridge mode): `spec.bridge`, or the name derived
+    /// from the uid. Corral marks the link with the alias `corral:<uid>` and changes or
+    /// deletes only a link that carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 #[cfg(test)]

@@ -132,11 +132,11 @@ pub(crate) fn annotations() -> RefOr<Schema> {
 }
 
 /// An IPv4 subnet `ADDRESS/PREFIX` with prefix 1-`max_prefix`.
-pub(crate) fn cidr(max_prefix: u8) -> ObjectBuilder {
+pub(crate) fn cidr(min_prefix: u8, max_prefix: u8) -> ObjectBuilder {
     string()
         .pattern(Some(format!(
             "^({OCTET}\\.){{3}}{OCTET}/({})$",
-            uint_range(1, u64::from(max_prefix))
+            uint_range(u64::from(min_prefix), u64::from(max_prefix))
         )))
         .description(Some(
             "An IPv4 subnet ADDRESS/PREFIX with no host bits set, e.g. 10.0.2.0/24",

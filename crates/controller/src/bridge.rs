@@ -5,12 +5,22 @@
 //! Level-triggered: [`NetworkController`] compares the Network objects with what it finds on
 //! the host (state under `<dir>/<name>/`) every second and makes the difference good, including
 //! tearing down what belongs to a network that no longer exists.
+//!
+//! Corral changes and deletes only links it made: it creates the bridge and marks it at once
+//! with the alias `corral:<uid>`; before it adds an address to a bridge or deletes one it
+//! checks that mark, and a network whose bridge exists without it fails and touches nothing.
+//! Its subnet is checked against the host and the other networks again on every pass.
+
+mod dnsmasq;
+mod forwarding;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_contract::{Network, NetworkMode, NetworkPhase};
-use corral_service::NetworkService;
+use corral_service::{
+    HostNet, NetworkService, ServiceError, bridge_name, host_conflict, link_alias, network_conflict,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -19,6 +29,10 @@ use crate::ControllerError;
 /// What was made on the host for one network, so it can be undone without the object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct HostState {
+    /// The network's uid: the bridge carries the alias `corral:<uid>`. Empty in state written
+    /// before links were marked; such a bridge is never deleted.
+    #[serde(default)]
+    uid: String,
     bridge: String,
     table: String,
 }
@@ -54,14 +68,9 @@ fn link_exists(name: &str) -> bool {
     })
 }
 
-/// The bridge's name: the spec's, else `crl-<name>` cut to 15 bytes.
-pub(crate) fn bridge_name(net: &Network) -> String {
-    net.spec.bridge.clone().unwrap_or_else(|| {
-        format!("crl-{}", net.metadata.name)
-            .chars()
-            .take(15)
-            .collect()
-    })
+/// The bridge of a network as its status records it (else derived the same way).
+fn bridge_of(net: &Network) -> Option<String> {
+    net.status.bridge.clone().or_else(|| bridge_name(net))
 }
 
 fn table_name(name: &str) -> String {
@@ -78,12 +87,16 @@ pub(crate) fn tap_name(uid: &str, index: usize) -> String {
     format!("ct{hex}{index}")
 }
 
-/// Makes the TAP for a NIC and puts it on the bridge (idempotent).
+/// Makes the TAP for a NIC and puts it on the network's bridge (idempotent).
 pub(crate) async fn ensure_tap(net: &Network, tap: &str) -> Result<(), ControllerError> {
+    let bridge = bridge_of(net).ok_or_else(|| ControllerError::Command {
+        command: "ip link set master".into(),
+        stderr: format!("network {:?} has no bridge", net.metadata.name.as_str()),
+        hint: None,
+    })?;
     if !link_exists(tap) {
         run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
     }
-    let bridge = bridge_name(net);
     run("ip", &["link", "set", "dev", tap, "master", &bridge]).await?;
     if let Some(mtu) = net.spec.mtu {
         run("ip", &["link", "set", "dev", tap, "mtu", &mtu.to_string()]).await?;
@@ -100,39 +113,51 @@ pub(crate) async fn remove_tap(tap: &str) {
     }
 }
 
-fn pid_alive(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline
-        .split(|b| *b == 0)
-        .next()
-        .is_some_and(|argv0| argv0.ends_with(b"dnsmasq"))
-        .then_some(pid)
+fn read_state(state_dir: &Path) -> Option<HostState> {
+    std::fs::read_to_string(state_dir.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
 }
 
-/// Sets up (or repairs) everything a bridge network needs.
-async fn ensure(dir: &Path, net: &Network) -> Result<(), ControllerError> {
+/// Sets up (or repairs) everything a bridge network needs. `others` are all networks, to
+/// check the subnet against.
+async fn ensure(dir: &Path, net: &Network, others: &[Network]) -> Result<(), ControllerError> {
     let name = net.metadata.name.as_str();
+    let uid = net.metadata.uid.as_str();
+    let Some(br) = bridge_of(net) else {
+        return Ok(());
+    };
     let state_dir = dir.join(name);
+    // A network deleted and created again under the same name between two passes: what the
+    // old one made goes first.
+    if read_state(&state_dir).is_some_and(|old| old.uid != uid) {
+        teardown(&state_dir).await?;
+    }
+    // Nothing is made, or changed, for a network that collides with another or with the host.
+    network_conflict(net, others).map_err(ServiceError::from)?;
+    host_conflict(net, &HostNet::read().await?).map_err(ServiceError::from)?;
+
     std::fs::create_dir_all(&state_dir).map_err(ControllerError::io("creating", &state_dir))?;
     let state = HostState {
-        bridge: bridge_name(net),
+        uid: uid.to_owned(),
+        bridge: br.clone(),
         table: table_name(name),
     };
     // Written first, so that a crash half-way still leaves enough to tear it down.
     let state_file = state_dir.join("state.json");
-    let json = serde_json::to_string(&state).expect("two strings serialize");
+    let json = serde_json::to_string(&state).expect("three strings serialize");
     std::fs::write(&state_file, json).map_err(ControllerError::io("writing", &state_file))?;
 
-    let br = state.bridge.as_str();
+    let br = br.as_str();
     let cidr = net.spec.cidr;
     let gw = net.spec.gateway();
     if !link_exists(br) {
         run("ip", &["link", "add", "name", br, "type", "bridge"]).await?;
+        // The mark comes right after; a link this call did not create was refused above.
+        if let Err(e) = run("ip", &["link", "set", "dev", br, "alias", &link_alias(uid)]).await {
+            let _ = run("ip", &["link", "del", "dev", br]).await;
+            return Err(e);
+        }
     }
     run(
         "ip",
@@ -151,13 +176,13 @@ async fn ensure(dir: &Path, net: &Network) -> Result<(), ControllerError> {
     run("ip", &["link", "set", "dev", br, "up"]).await?;
 
     let pid_file = state_dir.join("dnsmasq.pid");
-    if pid_alive(&pid_file).is_none() {
+    if dnsmasq::find(&pid_file).is_none() {
         let lease_file = state_dir.join("dnsmasq.leases");
         let first = cidr.host(10);
         let last = std::net::Ipv4Addr::from(u32::from(cidr.broadcast()) - 1);
         let mut args = vec![
             "--conf-file=/dev/null".to_owned(),
-            format!("--pid-file={}", pid_file.display()),
+            dnsmasq::pid_file_arg(&pid_file),
             format!("--dhcp-leasefile={}", lease_file.display()),
             format!("--interface={br}"),
             "--bind-interfaces".to_owned(),
@@ -210,31 +235,24 @@ async fn ensure(dir: &Path, net: &Network) -> Result<(), ControllerError> {
             .await
             .map_err(|e| e.hint("install it: apt-get install nftables"))?;
     }
-    // Routing between the bridge and the host's uplink (NAT needs it).
-    let forwarding = "/proc/sys/net/ipv4/ip_forward";
-    std::fs::write(forwarding, "1").map_err(ControllerError::io(
-        "enabling IPv4 forwarding in",
-        forwarding,
-    ))?;
-    Ok(())
+    // Routing between the bridge and the host's uplink (NAT needs it); put back as it was
+    // when the last bridge network goes.
+    forwarding::enable(dir)
+}
+
+/// Whether link `name` carries the mark of the network with `uid`.
+async fn marked_by(name: &str, uid: &str) -> Result<bool, ControllerError> {
+    let host = HostNet::read().await?;
+    Ok(!uid.is_empty()
+        && host
+            .link(name)
+            .is_some_and(|l| l.alias.as_deref() == Some(link_alias(uid).as_str())))
 }
 
 /// Removes everything `ensure` made for the network whose state is in `state_dir`.
 async fn teardown(state_dir: &Path) -> Result<(), ControllerError> {
-    let state: Option<HostState> = std::fs::read_to_string(state_dir.join("state.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
-    if let Some(pid) = pid_alive(&state_dir.join("dnsmasq.pid")) {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..50 {
-            if nix::sys::signal::kill(pid, None).is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
+    let state = read_state(state_dir);
+    dnsmasq::stop(&state_dir.join("dnsmasq.pid")).await;
     if let Some(state) = &state {
         if run("nft", &["list", "table", "ip", &state.table])
             .await
@@ -243,7 +261,14 @@ async fn teardown(state_dir: &Path) -> Result<(), ControllerError> {
             run("nft", &["delete", "table", "ip", &state.table]).await?;
         }
         if link_exists(&state.bridge) {
-            run("ip", &["link", "del", "dev", &state.bridge]).await?;
+            if marked_by(&state.bridge, &state.uid).await? {
+                run("ip", &["link", "del", "dev", &state.bridge]).await?;
+            } else {
+                tracing::warn!(
+                    link = %state.bridge,
+                    "not deleting a link that does not carry this network's mark"
+                );
+            }
         }
     }
     std::fs::remove_dir_all(state_dir).map_err(ControllerError::io("removing", state_dir))
@@ -280,7 +305,7 @@ impl NetworkController {
         let (nets, _) = self.nets.list("").await?;
         for net in nets.iter().filter(|n| n.spec.mode == NetworkMode::Bridge) {
             let name = net.metadata.name.as_str();
-            let (phase, message) = match ensure(&self.dir, net).await {
+            let (phase, message) = match ensure(&self.dir, net, &nets).await {
                 Ok(()) => (NetworkPhase::Ready, None),
                 Err(e) => {
                     tracing::warn!(network = name, error = %e, "cannot set up bridge network");
@@ -294,15 +319,24 @@ impl NetworkController {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Ok(());
         };
+        let mut left = 0;
         for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let declared = nets
                 .iter()
                 .any(|n| n.metadata.name == name.as_str() && n.spec.mode == NetworkMode::Bridge);
-            if !declared {
+            if declared {
+                left += 1;
+            } else {
                 tracing::info!(network = %name, "tearing down a deleted bridge network");
                 teardown(&entry.path()).await?;
             }
+        }
+        if left == 0 {
+            forwarding::restore(&self.dir)?;
         }
         Ok(())
     }

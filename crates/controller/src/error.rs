@@ -14,6 +14,9 @@ pub enum ControllerError {
     /// Reading or writing objects failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The host's network could not be read.
+    #[error(transparent)]
+    HostNet(#[from] corral_service::HostNetError),
     /// The hypervisor refused or failed.
     #[error(transparent)]
     Hypervisor(#[from] HvError),

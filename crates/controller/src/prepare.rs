@@ -72,6 +72,7 @@ pub(crate) async fn prepare(
                 dns: net.spec.dns(),
                 hostname: Some(vm.metadata.name.to_string()),
                 forwards: forwards.clone(),
+                host_access: net.spec.host_access,
             },
             NetworkMode::Bridge => {
                 if !forwards.is_empty() {

@@ -1,10 +1,10 @@
 //! Who is calling, and what they may do.
 //!
 //! TCP clients present a bearer token. The token file holds only BLAKE3 hashes, one
-//! `blake3:<hex> [scopes=vms,memory]` per line, so reading it does not reveal a token. Scopes:
-//! `vms` (every VM operation), `memory` (reading guest RAM, a privileged act of its own) and
-//! `admin` (naming host files outside the allowed directories); a line without `scopes=` means
-//! `vms` only. Unix-socket clients are the socket's owner (mode
+//! `blake3:<hex> [scopes=vms,memory,admin]` per line, so reading it does not reveal a token.
+//! Scopes: `vms` (every VM operation), `memory` (reading guest RAM, a privileged act of its
+//! own) and `admin` (what touches the host itself: host files outside the allowed directories,
+//! bridge networks); a line without `scopes=` means `vms` only. Unix-socket clients are the socket's owner (mode
 //! 0600) and may do everything; they are identified by the peer's credentials (`SO_PEERCRED`).
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ pub struct Scopes {
     pub vms: bool,
     /// Read guest memory (read, find, snapshot, map, stream).
     pub memory: bool,
-    /// Host resources: host files outside the allowed directories.
+    /// Act on the host itself: host files outside the allowed directories, bridge networks.
     pub admin: bool,
 }
 
@@ -108,9 +108,9 @@ impl Caller {
         }
     }
 
-    /// Whether the caller is an admin, who may name any host file: a unix-socket peer (every
-    /// peer may do everything, as the socket is its owner's), or a token with the `admin`
-    /// scope. The one place this is decided.
+    /// Whether the caller is an admin, who may act on the host itself (any host file, bridge
+    /// networks): a unix-socket peer (the socket is its owner's alone), or a token with the
+    /// `admin` scope. The one place this is decided.
     pub fn is_admin(&self) -> bool {
         match self {
             Caller::Unix { .. } => true,
@@ -118,7 +118,7 @@ impl Caller {
         }
     }
 
-    /// What the caller may do with host files, for the service calls that take them.
+    /// What the caller may do to the host, for the service calls that touch it.
     pub fn host_access(&self) -> corral_service::HostAccess {
         if self.is_admin() {
             corral_service::HostAccess::Admin
@@ -191,7 +191,7 @@ impl Tokens {
             let first = words.next().unwrap_or_default();
             let hex = first.strip_prefix("blake3:").ok_or_else(|| {
                 at(
-                    "expected `blake3:<hex> [scopes=vms,memory]`; store hashes, not tokens \
+                    "expected `blake3:<hex> [scopes=vms,memory,admin]`; store hashes, not tokens \
                     (make the line with `corrald hash-token`)"
                         .into(),
                 )
@@ -200,7 +200,9 @@ impl Tokens {
             let mut scopes = Scopes::DEFAULT;
             for word in words {
                 let list = word.strip_prefix("scopes=").ok_or_else(|| {
-                    at(format!("unexpected {word:?}; expected `scopes=vms,memory`"))
+                    at(format!(
+                        "unexpected {word:?}; expected `scopes=vms,memory,admin`"
+                    ))
                 })?;
                 scopes = Scopes::parse(list).map_err(at)?;
             }

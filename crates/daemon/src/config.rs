@@ -92,8 +92,8 @@ pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
     HashToken {
         /// What the token may do besides VM operations: `memory` lets it read guest RAM
-        /// (`corrald hash-token --scope memory`), `admin` name any host file. Repeat or
-        /// separate with commas.
+        /// (`corrald hash-token --scope memory`), `admin` lets it act on the host (any host
+        /// file, bridge networks). Repeat or separate with commas.
         #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
     },

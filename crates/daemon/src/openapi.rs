@@ -325,7 +325,10 @@ fn common(op: OperationBuilder) -> OperationBuilder {
         "401",
         error("TCP only: no Authorization: Bearer <token> header, or a token the daemon does not accept"),
     )
-    .response("403", error("The token lacks the scope this operation needs"))
+    .response(
+        "403",
+        error("The token lacks the scope this operation needs, or the caller may not do this (bridge networks are for admins)"),
+    )
     .response("503", error("The store failed"))
 }
 

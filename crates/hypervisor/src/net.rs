@@ -28,6 +28,13 @@ pub enum NetBackend {
         hostname: Option<String>,
         /// Host ports forwarded to the guest.
         forwards: Vec<HostForward>,
+        /// Whether the guest may open connections of its own (outbound NAT, and the host's
+        /// loopback through the gateway and the subnet's other addresses). Without it the
+        /// guest reaches only what is forwarded to it: QEMU's user stack (libslirp) maps every
+        /// subnet address but the DNS server to the host's 127.0.0.1, and QEMU 7.2 offers no
+        /// switch that cuts only that, so `restrict=on` isolates the guest.
+        #[serde(default)]
+        host_access: bool,
     },
     /// A TAP device that already exists (made and bridged by the controller).
     Tap {

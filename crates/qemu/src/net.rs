@@ -21,6 +21,7 @@ pub(crate) fn add_nics(cmd: &mut QemuCommand, config: &VmConfig) {
                 dns,
                 hostname,
                 forwards,
+                host_access,
             } => {
                 let mut list = OptList::new("user")
                     .set("id", &id)
@@ -31,6 +32,11 @@ pub(crate) fn add_nics(cmd: &mut QemuCommand, config: &VmConfig) {
                     .set("dhcpstart", cidr.host(15).to_string());
                 if let Some(hostname) = hostname {
                     list = list.set("hostname", hostname);
+                }
+                if !host_access {
+                    // The guest's own connections never leave slirp, so none reaches the
+                    // host's loopback; DHCP and hostfwd still work.
+                    list = list.set("restrict", "on");
                 }
                 for f in forwards {
                     // hostfwd=PROTO:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT; an empty guest address
@@ -114,6 +120,7 @@ mod tests {
             gateway: "10.0.2.2".parse().unwrap(),
             dns: "10.0.2.3".parse().unwrap(),
             hostname: Some("a,hostfwd=tcp::1-:1".into()),
+            host_access: true,
             forwards: vec![
                 HostForward {
                     protocol: Protocol::Tcp,
@@ -139,6 +146,26 @@ mod tests {
                 "virtio-net-pci,netdev=net0,mac=02:c0:00:00:00:01,romfile=",
             ]
         );
+    }
+
+    #[test]
+    fn user_networks_without_host_access_are_restricted() {
+        let backend = |host_access| NetBackend::User {
+            cidr: "10.0.2.0/24".parse().unwrap(),
+            gateway: "10.0.2.2".parse().unwrap(),
+            dns: "10.0.2.3".parse().unwrap(),
+            hostname: None,
+            forwards: vec![],
+            host_access,
+        };
+        let sealed = args(&config(backend(false), Machine::Q35));
+        assert!(
+            sealed[1].ends_with(",dhcpstart=10.0.2.15,restrict=on"),
+            "{}",
+            sealed[1]
+        );
+        let open = args(&config(backend(true), Machine::Q35));
+        assert!(!open[1].contains("restrict"), "{}", open[1]);
     }
 
     #[test]

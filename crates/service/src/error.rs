@@ -15,6 +15,8 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The object asked for does not exist.
     NotFound,
+    /// The caller is known but may not do this.
+    PermissionDenied,
     /// An object with that name exists.
     AlreadyExists,
     /// Someone else changed the object first; read it again and retry.
@@ -34,6 +36,14 @@ pub enum ServiceError {
     /// The request is invalid; the error names the field.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The caller may not do this (e.g. only admins may reconfigure the host).
+    #[error("permission denied: {what}: {remedy}")]
+    PermissionDenied {
+        /// What was refused, e.g. `mode bridge (spec.mode) is for admins only`.
+        what: String,
+        /// What to do instead.
+        remedy: &'static str,
+    },
     /// No such object.
     #[error("{kind} {name:?} not found")]
     NotFound {
@@ -219,6 +229,9 @@ pub enum ServiceError {
         #[source]
         source: corral_hypervisor::Error,
     },
+    /// The host's state could not be read (e.g. its network, to admit a bridge network).
+    #[error("reading the host: {0}")]
+    Host(#[source] BoxError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
@@ -239,6 +252,7 @@ impl ServiceError {
         match self {
             E::Invalid(_) | E::Immutable { .. } => ErrorCode::InvalidArgument,
             E::NotFound { .. } => ErrorCode::NotFound,
+            E::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             E::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             E::Conflict { .. } | E::ChangedTooOften { .. } => ErrorCode::Aborted,
             E::Deleting { .. }
@@ -251,7 +265,7 @@ impl ServiceError {
             | E::QemuImg(_)
             | E::Interrupted { .. }
             | E::Hypervisor { .. } => ErrorCode::FailedPrecondition,
-            E::Store(_) => ErrorCode::Unavailable,
+            E::Store(_) | E::Host(_) => ErrorCode::Unavailable,
             E::Io { .. }
             | E::Corrupt { .. }
             | E::BadDigest(_)

@@ -46,6 +46,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod access;
 mod allocate;
 mod audit;
 mod console;
@@ -56,6 +57,7 @@ mod resources;
 mod storage;
 mod vm;
 
+pub use access::HostAccess;
 pub use allocate::{BadPortRange, PortRange};
 pub use audit::{AuditEntry, AuditLog};
 pub use console::{ConsoleService, ConsoleSession};
@@ -67,7 +69,10 @@ pub use memory::{
     ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
     SnapshotMode,
 };
-pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
+pub use network::{
+    DEFAULT_NETWORK, HostAddr, HostLink, HostNet, HostNetError, HostRoute, NetworkKind,
+    NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
+};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
     BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,

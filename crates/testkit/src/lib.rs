@@ -32,6 +32,7 @@ mod error;
 /// An HTTP client of corrald's REST API and a TLS corrald to use it on.
 pub mod http;
 mod kit;
+mod netns;
 /// Answers and values checked against an OpenAPI document.
 pub mod openapi;
 mod output;
@@ -42,6 +43,7 @@ pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
 pub use error::Error;
 pub use kit::{GuestKit, workspace_root};
+pub use netns::{Netns, ip};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
 pub use vms::{VM_PATIENCE, boots, kit_vm, last_heartbeat, wait_console, wait_phase};

@@ -57,6 +57,23 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.addr) | !self.mask())
     }
 
+    /// Whether the two subnets share an address (one contains the other's network address).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let mask = self.mask() & other.mask();
+        u32::from(self.addr) & mask == u32::from(other.addr) & mask
+    }
+
+    /// The subnet of prefix `prefix` that holds `addr` (host bits cleared), as a host's
+    /// `192.0.2.7/24` names `192.0.2.0/24`. `None` for a prefix outside 1–32.
+    pub fn containing(addr: Ipv4Addr, prefix: u8) -> Option<Cidr> {
+        if !(1..=32).contains(&prefix) {
+            return None;
+        }
+        let mut cidr = Cidr { addr, prefix };
+        cidr.addr = Ipv4Addr::from(u32::from(addr) & cidr.mask());
+        Some(cidr)
+    }
+
     /// Whether `ip` is in the subnet and neither its network nor broadcast address.
     pub fn contains_host(&self, ip: Ipv4Addr) -> bool {
         (u32::from(ip) & self.mask()) == u32::from(self.addr)
@@ -103,7 +120,7 @@ impl FromStr for Cidr {
 
 impl utoipa::PartialSchema for Cidr {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::schema::cidr(32).into()
+        crate::schema::cidr(1, 32).into()
     }
 }
 

@@ -41,6 +41,19 @@ fn bad_network_specs_name_the_field() {
             "spec.mode: \"slirp\" is not a valid network mode: use user, bridge",
         ),
         (r#"{"nope": 1}"#, "unknown field `nope`"),
+        (
+            r#"{"mode": "bridge", "cidr": "10.0.0.0/7"}"#,
+            "spec.cidr: /7 is wider than /8, the widest subnet a network may have",
+        ),
+        (r#"{"cidr": "0.0.0.0/1"}"#, "spec.cidr: /1 is wider than /8"),
+        (
+            r#"{"mode": "bridge", "host_access": true}"#,
+            "spec.host_access: is only for mode user",
+        ),
+        (
+            r#"{"host_access": "yes"}"#,
+            "spec.host_access: invalid type: string \"yes\", expected a boolean",
+        ),
     ];
     for (json, want) in cases {
         let err = serde_json::from_str::<NetworkSpec>(json)
@@ -137,4 +150,35 @@ fn network_and_vm_round_trip_through_protobuf() {
         err,
         "spec.networks[0].forwards[0].host_port: must be between 1 and 65535 (got 70000)"
     );
+}
+
+#[test]
+fn a_slash_8_is_the_widest_subnet() {
+    let spec: NetworkSpec =
+        serde_json::from_str(r#"{"mode": "bridge", "cidr": "10.0.0.0/8"}"#).unwrap();
+    assert_eq!(spec.cidr.prefix(), MIN_PREFIX);
+}
+
+#[test]
+fn host_access_is_off_unless_asked_for_and_survives_protobuf() {
+    let off: NetworkSpec = serde_json::from_str("{}").unwrap();
+    assert!(!off.host_access);
+    assert!(!serde_json::to_string(&off).unwrap().contains("host_access"));
+    let on: NetworkSpec = serde_json::from_str(r#"{"host_access": true}"#).unwrap();
+    assert!(on.host_access);
+    let back = NetworkSpec::try_from(pb::NetworkSpec::from(&on)).unwrap();
+    assert_eq!(back, on);
+}
+
+#[test]
+fn subnets_overlap_when_one_holds_the_other() {
+    let c = |s: &str| s.parse::<Cidr>().unwrap();
+    assert!(c("10.0.0.0/8").overlaps(&c("10.77.0.0/24")));
+    assert!(c("10.77.0.0/24").overlaps(&c("10.0.0.0/8")));
+    assert!(c("10.77.0.0/24").overlaps(&c("10.77.0.0/24")));
+    assert!(!c("10.77.0.0/24").overlaps(&c("10.77.1.0/24")));
+    assert!(!c("10.77.0.0/25").overlaps(&c("10.77.0.128/25")));
+    let host = Cidr::containing("192.0.2.7".parse().unwrap(), 24).unwrap();
+    assert_eq!(host, c("192.0.2.0/24"));
+    assert!(Cidr::containing("192.0.2.7".parse().unwrap(), 0).is_none());
 }

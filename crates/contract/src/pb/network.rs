@@ -44,6 +44,7 @@ impl From<&NetworkSpec> for pb::NetworkSpec {
             mtu: spec.mtu.unwrap_or(0),
             bridge: spec.bridge.clone().unwrap_or_default(),
             interface: spec.interface.clone().unwrap_or_default(),
+            host_access: spec.host_access,
         }
     }
 }
@@ -73,6 +74,7 @@ impl TryFrom<pb::NetworkSpec> for NetworkSpec {
             mtu: (spec.mtu != 0).then_some(spec.mtu),
             bridge: non_empty(spec.bridge),
             interface: non_empty(spec.interface),
+            host_access: spec.host_access,
             ..serde_json::from_value::<NetworkSpec>(json)
                 .map_err(|e| ValidationError::new("spec.cidr", e))?
         };
@@ -87,6 +89,7 @@ impl From<&NetworkStatus> for pb::NetworkStatus {
             phase: enum_value(status.phase),
             observed_generation: status.observed_generation,
             message: status.message.clone(),
+            bridge: status.bridge.clone(),
         }
     }
 }
@@ -97,6 +100,7 @@ impl From<pb::NetworkStatus> for NetworkStatus {
             phase: decode_lenient(status.phase).unwrap_or_default(),
             observed_generation: status.observed_generation,
             message: status.message,
+            bridge: status.bridge,
         }
     }
 }

@@ -37,6 +37,7 @@ fn rest_code(err: &ServiceError) -> (StatusCode, &'static str) {
     match err.code() {
         ErrorCode::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         ErrorCode::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "PermissionDenied"),
         ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "AlreadyExists"),
         ErrorCode::Aborted => (StatusCode::CONFLICT, "Conflict"),
         ErrorCode::FailedPrecondition => (StatusCode::PRECONDITION_FAILED, "FailedPrecondition"),
@@ -51,6 +52,7 @@ pub fn status(err: ServiceError) -> Status {
     match err.code() {
         ErrorCode::InvalidArgument => Status::invalid_argument(message),
         ErrorCode::NotFound => Status::not_found(message),
+        ErrorCode::PermissionDenied => Status::permission_denied(message),
         ErrorCode::AlreadyExists => Status::already_exists(message),
         ErrorCode::Aborted => Status::aborted(message),
         ErrorCode::FailedPrecondition => Status::failed_precondition(message),

@@ -2,11 +2,12 @@
 
 use corral_contract::Network;
 use corral_contract::pb::{self, network_service_server::NetworkService};
-use corral_service::ServiceError;
+use corral_service::{HostAccess, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::api::error::{required, status};
 use crate::api::{GrpcMethod, Permission};
+use crate::auth::Caller;
 use crate::state::Shared;
 
 /// What each method needs.
@@ -33,8 +34,13 @@ impl NetworkService for NetworkGrpc {
         &self,
         req: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
+        // The authorization layer put the caller there; without one, nothing is admin.
+        let access = req
+            .extensions()
+            .get::<Caller>()
+            .map_or(HostAccess::Confined, Caller::host_access);
         let net = Network::try_from(required(req.into_inner().network, "network")?)?;
-        net_out(self.0.networks.create(net).await)
+        net_out(self.0.networks.create_as(net, access).await)
     }
 
     async fn get(

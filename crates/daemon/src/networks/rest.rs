@@ -1,5 +1,6 @@
 //! `/v1/networks`: decode, call the network service, encode.
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -8,6 +9,7 @@ use corral_contract::Resource;
 use crate::api::error::ApiResult;
 use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
+use crate::auth::Caller;
 use crate::state::Shared;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -30,11 +32,16 @@ async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult 
     Ok(many(d.networks.list(&q.label_selector).await?.0, None))
 }
 
-async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
+async fn create(
+    State(d): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
     let Resource::Network(net) = resource(&body)? else {
         return Err(wrong_kind("Network"));
     };
-    Ok(one(d.networks.create(net).await?, StatusCode::CREATED))
+    let created = d.networks.create_as(net, caller.host_access()).await?;
+    Ok(one(created, StatusCode::CREATED))
 }
 
 async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {

@@ -69,7 +69,7 @@ impl Kind for NetworkKind {
                 .describe("MTU of the bridge and its TAPs (bridge mode only), 576-9000."),
         )
         .attr(Attr::string("bridge").optional_computed().replace().describe(
-            "Name of the Linux bridge (bridge mode; default `crl-<name>`, at most 15 bytes).",
+            "Name of the Linux bridge (bridge mode; a link that does not exist yet, which corrald creates; default `crl` and 12 hex digits of a hash of the uid).",
         ))
         .attr(
             Attr::string("interface")
