@@ -3,41 +3,123 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Pid, Uid};
+
+use corral_hypervisor::FileOwner;
 
 use crate::cmdline::QemuCommand;
 
+/// A user to run QEMU as: its ids and the groups it is a member of.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    /// User and primary group.
+    pub owner: FileOwner,
+    /// Every group of the user, its primary group included.
+    pub groups: Vec<Gid>,
+}
+
+impl RunAs {
+    /// `owner` with the groups `/etc/group` lists for its user.
+    pub fn lookup(owner: FileOwner) -> std::io::Result<RunAs> {
+        let gid = Gid::from_raw(owner.gid);
+        let user = nix::unistd::User::from_uid(Uid::from_raw(owner.uid))?;
+        let groups = match user {
+            Some(user) => {
+                let name = std::ffi::CString::new(user.name).map_err(std::io::Error::other)?;
+                nix::unistd::getgrouplist(&name, gid)?
+            }
+            None => vec![gid],
+        };
+        Ok(RunAs { owner, groups })
+    }
+}
+
+/// The descriptor numbers QEMU finds its inherited sockets at: the first is `fd=3` on its
+/// command line, the next `fd=4`.
+pub const FIRST_INHERITED_FD: i32 = 3;
+
 /// Spawns QEMU in a session of its own, so it outlives the process that started it and no
 /// signal aimed at that process's group or terminal reaches it. Its stdout and stderr go to
-/// `log`.
-pub fn spawn(cmd: &QemuCommand, log: &Path) -> std::io::Result<tokio::process::Child> {
-    let out = File::options().create(true).append(true).open(log)?;
+/// `log` (created 0600). `inherit[i]` becomes its descriptor `FIRST_INHERITED_FD + i`.
+///
+/// With `run_as`, the child drops to that user, its group and its supplementary groups
+/// (`kvm`, for one) before it executes QEMU, so QEMU never holds root: QEMU's own `-runas` would drop later,
+/// after its seccomp filter is installed, and `-sandbox elevateprivileges=deny` forbids the
+/// very `setuid` it needs (QEMU 7.2 dies with SIGSYS).
+pub fn spawn(
+    cmd: &QemuCommand,
+    log: &Path,
+    run_as: Option<&RunAs>,
+    inherit: &[BorrowedFd<'_>],
+) -> std::io::Result<tokio::process::Child> {
+    let run_as = run_as.cloned();
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)?;
     let err = out.try_clone()?;
+    // Copies above the low numbers, so that placing one at 3 can never overwrite another
+    // before it is placed. They close in the parent when `sources` drops, and on exec.
+    let sources: Vec<OwnedFd> = inherit
+        .iter()
+        .map(|fd| {
+            fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(16)).map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let raw_sources: Vec<i32> = sources.iter().map(AsRawFd::as_raw_fd).collect();
     let mut command = std::process::Command::new(cmd.binary());
     command
         .args(cmd.args())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
-    // is async-signal-safe; it touches no memory shared with the parent.
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (setsid, dup2, umask, setgroups, setresgid, setresuid);
+    // it reads memory the parent set up before the fork and allocates nothing.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            for (i, &src) in raw_sources.iter().enumerate() {
+                // dup2 clears close-on-exec on the new descriptor. The targets hold only the
+                // parent's own descriptors (its runtime's, opened before any VM), which are
+                // close-on-exec and of no use to QEMU.
+                if nix::libc::dup2(src, FIRST_INHERITED_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+            if let Some(run_as) = &run_as {
+                let (uid, gid) = (
+                    Uid::from_raw(run_as.owner.uid),
+                    Gid::from_raw(run_as.owner.gid),
+                );
+                nix::unistd::setgroups(&run_as.groups)?;
+                nix::unistd::setresgid(gid, gid, gid)?;
+                nix::unistd::setresuid(uid, uid, uid)?;
+            }
+            Ok(())
         });
     }
-    tokio::process::Command::from(command)
+    let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
-        .spawn()
+        .spawn();
+    drop(sources);
+    child
 }
 
 /// Whether `pid` names a live process (a zombie counts as dead).
@@ -173,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = QemuCommand::new("/bin/sh");
         cmd.arg("-c").arg("sleep 5");
-        let mut child = spawn(&cmd, &dir.path().join("log")).unwrap();
+        let mut child = spawn(&cmd, &dir.path().join("log"), None, &[]).unwrap();
         let pid = child.id().unwrap();
         let sid = nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).unwrap();
         assert_eq!(sid.as_raw() as u32, pid);
