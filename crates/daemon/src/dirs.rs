@@ -138,6 +138,23 @@ pub fn prepare(dir: &Path, which: Which, qemu: Option<FileOwner>) -> Result<(), 
     share_search(dir, qemu).map_err(io)
 }
 
+/// Makes `file` private to corrald: created empty with mode 0600 when missing (SQLite then
+/// gives its journal files the same mode), its group and other bits cleared when present.
+pub fn private_file(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(file)?;
+    let mode = std::fs::metadata(file)?.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 /// Sets `dir` to 0700, or to 0710 with `qemu`'s group: QEMU may pass through to the files it
 /// owns below, and never lists or writes the directory.
 pub fn share_search(dir: &Path, qemu: Option<FileOwner>) -> std::io::Result<()> {

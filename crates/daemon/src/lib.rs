@@ -69,6 +69,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dirs::Which::Run
     };
     dirs::prepare(&config.run_dir, run_which, qemu)?;
+    // QEMU's group passes through the data directory: the store (cloud-init user data, every
+    // spec) must stay corrald's alone.
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = config.data_dir.join(file);
+        if file == "state.db" || path.exists() {
+            dirs::private_file(&path).with_context(|| format!("preparing {}", path.display()))?;
+        }
+    }
     let store = SqliteStore::open(config.data_dir.join("state.db"))
         .await
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use corral_client::{Client, Endpoint};
-use corral_contract::{Phase, Snapshot, StoragePhase, Vm};
+use corral_contract::{ByteSize, Phase, Snapshot, StoragePhase, Vm};
 use corral_testkit::{Corrald, GuestKit, wait_console, wait_phase};
 
 type Result = anyhow::Result<()>;
@@ -150,12 +150,57 @@ async fn qemu_runs_as_corral_qemu_in_a_sandbox_and_every_vm_file_is_private() ->
         );
     }
 
+    // Nothing below corrald's directories is open to others, nor to QEMU's group beyond
+    // passing through; image blobs are read-only; the node's public key is public.
+    for top in [d.data_dir(), d.run_dir()] {
+        for (path, mode) in walk(&top)? {
+            if path == d.data_dir().join("keys/node.pub") {
+                continue;
+            }
+            let blob = path.starts_with(d.data_dir().join("images/blake3"));
+            let open = match mode & 0o170000 {
+                0o040000 => mode & 0o067,
+                _ if blob => mode & 0o222,
+                _ => mode & 0o077,
+            };
+            assert_eq!(open, 0, "{} has mode {:o}", path.display(), mode & 0o7777);
+        }
+    }
+
     // The memory bridge reads the RAM file QEMU shares: the marker from the guest's kernel
     // command line is there.
     let (found, _) = c.find_in_memory("hard", marker.as_bytes(), 1).await?;
     let addr = *found.first().context("the marker in guest RAM")?;
     let read = c.read_memory("hard", addr, marker.len() as u64).await?;
     assert_eq!(read, marker.as_bytes());
+
+    // A hot resize: QEMU grows the file it holds open (it could not reopen it as root's),
+    // and the guest sees the new size.
+    let grown = volume.status.size.context("a volume size")? + (64 << 20);
+    c.resize_volume("root", ByteSize::new(grown)).await?;
+    let deadline = Instant::now() + WAIT;
+    while c.get_volume("root").await?.status.size != Some(grown) {
+        ensure!(
+            Instant::now() < deadline,
+            "the volume did not grow\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let console = c.attach_console("hard", true, false).await?;
+    console
+        .input
+        .send(b"echo CORRAL_VDA_SECTORS $(cat /sys/block/vda/size)\n".to_vec())
+        .await?;
+    wait_console(
+        &c,
+        &d,
+        "hard",
+        &format!("CORRAL_VDA_SECTORS {}", grown / 512),
+        0,
+    )
+    .await?;
+    drop(console);
 
     // A disk+memory snapshot: QEMU writes RAM and disk state into the volume it holds open.
     let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
@@ -186,6 +231,20 @@ async fn qemu_runs_as_corral_qemu_in_a_sandbox_and_every_vm_file_is_private() ->
     assert!(!ram.exists(), "the RAM file goes with the VM");
     assert!(!vm_dir.exists(), "the VM directory goes with the VM");
     Ok(())
+}
+
+/// Every path below `dir` with its `st_mode`.
+fn walk(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            out.extend(walk(&path)?);
+        }
+        out.push((path, meta.mode()));
+    }
+    Ok(out)
 }
 
 fn rand_suffix() -> u32 {
