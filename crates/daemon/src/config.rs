@@ -43,8 +43,8 @@ pub struct Args {
     /// [default: qemu-img]
     #[arg(long, env = "CORRAL_QEMU_IMG")]
     pub qemu_img: Option<PathBuf>,
-    /// The user QEMU runs as when corrald runs as root: QEMU starts with that user's ids (and
-    /// no other groups) under a seccomp sandbox, and the VM files it opens belong to it
+    /// The user QEMU runs as when corrald runs as root: QEMU starts with that user's ids and
+    /// groups under a seccomp sandbox, and the VM files it opens belong to it
     /// [default: corral-qemu when that user exists; else QEMU runs as corrald's user]
     #[arg(long, env = "CORRAL_QEMU_USER", value_name = "NAME")]
     pub qemu_user: Option<String>,
@@ -364,6 +364,17 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(cfg.run_dir, PathBuf::from("/run/file"));
         assert_eq!(cfg.socket, PathBuf::from("/run/file/corral.sock"));
+    }
+
+    #[test]
+    fn a_qemu_user_that_does_not_exist_is_named_with_the_fix() {
+        let err = Config::resolve(&args(&["--qemu-user", "corral-no-such-user"])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("--qemu-user corral-no-such-user: no such user")
+                && msg.contains("useradd --system"),
+            "{msg}"
+        );
     }
 
     #[test]

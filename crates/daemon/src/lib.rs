@@ -56,8 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(user = %user.name, uid = user.owner.uid, "QEMU runs unprivileged")
         }
         None if nix::unistd::geteuid().is_root() => tracing::warn!(
-            "QEMU runs as root: user {} does not exist (scripts/setup.sh creates it) and no \
-             --qemu-user was given",
+            "QEMU runs as root: create user {} (scripts/setup.sh does) or pass --qemu-user",
             config::DEFAULT_QEMU_USER
         ),
         None => {}

@@ -54,9 +54,9 @@ pub const FIRST_INHERITED_FD: i32 = 3;
 /// `log` (created 0600). `inherit[i]` becomes its descriptor `FIRST_INHERITED_FD + i`.
 ///
 /// With `run_as`, the child drops to that user, its group and its supplementary groups
-/// (`kvm`, for one) before it executes QEMU, so QEMU never holds root: QEMU's own `-runas` would drop later,
-/// after its seccomp filter is installed, and `-sandbox elevateprivileges=deny` forbids the
-/// very `setuid` it needs (QEMU 7.2 dies with SIGSYS).
+/// (`kvm`, for one) before it executes QEMU, so QEMU never holds root. QEMU's own `-runas`
+/// drops later, after its seccomp filter is installed, and `-sandbox elevateprivileges=deny`
+/// forbids the very `setuid` it needs: QEMU 7.2 dies with SIGSYS.
 pub fn spawn(
     cmd: &QemuCommand,
     log: &Path,
