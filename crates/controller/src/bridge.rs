@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_contract::{Network, NetworkMode, NetworkPhase};
-use corral_hypervisor::FileOwner;
 use corral_service::NetworkService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -79,20 +78,10 @@ pub(crate) fn tap_name(uid: &str, index: usize) -> String {
     format!("ct{hex}{index}")
 }
 
-/// Makes the TAP for a NIC and puts it on the bridge (idempotent). With `owner` (the user
-/// QEMU runs as), the TAP belongs to that user, so an unprivileged QEMU can attach to it.
-pub(crate) async fn ensure_tap(
-    net: &Network,
-    tap: &str,
-    owner: Option<FileOwner>,
-) -> Result<(), ControllerError> {
+/// Makes the TAP for a NIC and puts it on the bridge (idempotent).
+pub(crate) async fn ensure_tap(net: &Network, tap: &str) -> Result<(), ControllerError> {
     if !link_exists(tap) {
-        let mut args = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
-        let ids = owner.map(|o| (o.uid.to_string(), o.gid.to_string()));
-        if let Some((uid, gid)) = &ids {
-            args.extend(["user", uid.as_str(), "group", gid.as_str()]);
-        }
-        run("ip", &args).await?;
+        run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
     }
     let bridge = bridge_name(net);
     run("ip", &["link", "set", "dev", tap, "master", &bridge]).await?;

@@ -22,7 +22,7 @@ pub(crate) struct Prepared {
 }
 
 /// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`; the
-/// seed and TAP devices are given to `owner`, the user QEMU runs as. The error's message is
+/// seed is given to `owner`, the user QEMU runs as. The error's message is
 /// a sentence for `status.message`.
 pub(crate) async fn prepare(
     svc: &VmService,
@@ -82,7 +82,7 @@ pub(crate) async fn prepare(
                     return Err(nic(NicProblem::ForwardsOnBridge));
                 }
                 let ifname = crate::bridge::tap_name(&vm.metadata.uid, index);
-                crate::bridge::ensure_tap(&net, &ifname, owner)
+                crate::bridge::ensure_tap(&net, &ifname)
                     .await
                     .map_err(|e| nic(NicProblem::Tap(Box::new(e))))?;
                 NetBackend::Tap { ifname }

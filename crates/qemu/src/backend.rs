@@ -325,9 +325,9 @@ impl QemuBackend {
         Ok(runtime)
     }
 
-    /// Makes the files QEMU opens itself (pid file, guest RAM file: 0600, its own) and its
-    /// sockets (0600, corrald's, inherited), opens the VM directory to its group, and starts
-    /// it. The listening sockets close here once QEMU holds them.
+    /// Makes the files QEMU opens itself (pid file, guest RAM file: 0600, its own), its
+    /// sockets (0600, corrald's) and TAP attachments (both inherited), opens the VM directory
+    /// to its group, and starts it. Our copies of the descriptors close once QEMU holds them.
     fn prepare_and_spawn(
         &self,
         config: &VmConfig,
@@ -341,10 +341,17 @@ impl QemuBackend {
         if let Some(path) = &config.memory_file {
             files::create_private(path, owner, "guest RAM file")?;
         }
+        let taps = crate::net::taps(config)
+            .map(files::open_tap)
+            .collect::<Result<Vec<_>, _>>()?;
         if owner.is_some() {
             files::share_search(&paths.dir, owner)?;
         }
-        let inherit = [qmp.as_fd(), console.as_fd()];
+        // In the order the command line names them: fd 3, 4, then the TAPs from 5.
+        let inherit: Vec<_> = [qmp.as_fd(), console.as_fd()]
+            .into_iter()
+            .chain(taps.iter().map(AsFd::as_fd))
+            .collect();
         process::spawn(cmd, &paths.qemu_log, self.run_as.as_ref(), &inherit)
             .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))
     }

@@ -9,6 +9,7 @@
 //! anything there, and nothing it could plant is ever followed by corrald.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -76,6 +77,39 @@ pub(crate) fn share_search(dir: &Path, owner: Option<FileOwner>) -> Result<(), E
     };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("chmod {mode:o} {}", dir.display()), e))
+}
+
+/// Attaches to the existing TAP device `ifname` (`/dev/net/tun`, `TUNSETIFF`) and returns the
+/// descriptor QEMU inherits, so QEMU itself never needs `/dev/net/tun` or `CAP_NET_ADMIN`.
+pub(crate) fn open_tap(ifname: &str) -> Result<OwnedFd, Error> {
+    use nix::libc;
+    let context = || format!("attaching to TAP {ifname}");
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(Error::InvalidConfig(format!(
+            "TAP name {ifname:?} must be 1-{} bytes without NUL",
+            libc::IFNAMSIZ - 1
+        )));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| Error::io(context(), e))?;
+    // SAFETY: ifreq is plain data (a name and a union of integers); all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // The flags QEMU asks for itself: a TAP, no packet info, with virtio-net headers.
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads (and may write back) one ifreq, which `req` is, on a descriptor
+    // of /dev/net/tun that `tun` owns for the duration of the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
+    if rc < 0 {
+        return Err(Error::io(context(), std::io::Error::last_os_error()));
+    }
+    Ok(tun.into())
 }
 
 /// Makes `dir` 0700 again: nobody but corrald enters while a VM's files are being made.
