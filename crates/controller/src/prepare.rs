@@ -1,12 +1,14 @@
 //! What a VM needs from the host before QEMU starts: its NICs, resolved from the networks it
 //! joins, and its cloud-init seed; and their removal after.
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use corral_contract::{
     CloudInit, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase, Vm,
 };
-use corral_hypervisor::{HostForward, NetBackend, NicConfig};
+use corral_hypervisor::{FileOwner, HostForward, NetBackend, NicConfig};
 use corral_service::{NetworkService, ServiceError, Stored, VmService};
 
 use crate::ControllerError;
@@ -19,11 +21,13 @@ pub(crate) struct Prepared {
     pub seed: Option<PathBuf>,
 }
 
-/// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`. The
-/// error's message is a sentence for `status.message`.
+/// Resolves `vm.spec.networks` to NICs and builds its cloud-init seed into `seed_dir`; the
+/// seed is given to `owner`, the user QEMU runs as. The error's message is
+/// a sentence for `status.message`.
 pub(crate) async fn prepare(
     svc: &VmService,
     seed_dir: &Path,
+    owner: Option<FileOwner>,
     vm: &Vm,
 ) -> Result<Prepared, ControllerError> {
     let nets = NetworkService::new(svc.store().clone());
@@ -106,9 +110,15 @@ pub(crate) async fn prepare(
     }
     let seed = match &vm.spec.cloud_init {
         Some(ci) => Some(
-            build_seed(seed_dir, &vm.metadata.uid, vm.metadata.name.as_str(), ci)
-                .await
-                .map_err(ControllerError::Seed)?,
+            build_seed(
+                seed_dir,
+                &vm.metadata.uid,
+                vm.metadata.name.as_str(),
+                ci,
+                owner,
+            )
+            .await
+            .map_err(ControllerError::Seed)?,
         ),
         None => None,
     };
@@ -133,13 +143,19 @@ pub(crate) fn seed_path(seed_dir: &Path, uid: &str) -> PathBuf {
 
 /// Writes the NoCloud documents and packs them into an ISO 9660 image labelled `cidata` with
 /// `genisoimage` (arguments as a vector, never a shell). Replaces an older seed atomically.
+/// User data can hold secrets: every file is created 0600 (the work directory 0700), and the
+/// seed is given to `owner`, the user QEMU runs as, before it is moved into place.
 pub(crate) async fn build_seed(
     seed_dir: &Path,
     uid: &str,
     name: &str,
     ci: &CloudInit,
+    owner: Option<FileOwner>,
 ) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(seed_dir).await?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(seed_dir)?;
     let work = tempfile_dir(seed_dir, uid)?;
     let meta = ci
         .meta_data
@@ -155,13 +171,15 @@ pub(crate) async fn build_seed(
     }
     let mut args: Vec<std::ffi::OsString> = ["-quiet", "-output"].iter().map(Into::into).collect();
     let tmp = seed_dir.join(format!(".{uid}.iso.tmp"));
+    // genisoimage truncates an existing output and keeps its mode.
+    private_file(&tmp)?;
     args.push(tmp.clone().into());
     for a in ["-volid", "cidata", "-joliet", "-rock"] {
         args.push(a.into());
     }
     for (file, body) in &files {
         let path = work.join(file);
-        tokio::fs::write(&path, body).await?;
+        private_file(&path)?.write_all(body.as_bytes())?;
         args.push(path.into());
     }
     let out = tokio::process::Command::new("genisoimage")
@@ -170,6 +188,7 @@ pub(crate) async fn build_seed(
         .await;
     let _ = tokio::fs::remove_dir_all(&work).await;
     let out = out.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
         std::io::Error::new(
             e.kind(),
             format!("running genisoimage: {e} (install it: apt-get install genisoimage)"),
@@ -182,14 +201,30 @@ pub(crate) async fn build_seed(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    if let Some(owner) = owner {
+        std::os::unix::fs::chown(&tmp, Some(owner.uid), Some(owner.gid))?;
+    }
     let path = seed_path(seed_dir, uid);
     tokio::fs::rename(&tmp, &path).await?;
     Ok(path)
 }
 
+/// Creates `path` empty with mode 0600, replacing whatever was there.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn tempfile_dir(parent: &Path, uid: &str) -> std::io::Result<PathBuf> {
     let dir = parent.join(format!(".{uid}.d"));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }

@@ -365,7 +365,12 @@ impl StorageController {
             None => None,
         };
         let (path, part2) = (path.to_path_buf(), part.clone());
+        let owner = self.hv.file_owner();
         let result = blocking(move || {
+            // qemu-img keeps the mode of a file that exists; it would create one 0644.
+            if !(spec.kind == VolumeKind::Weights && blob.is_some()) {
+                create_private(&part2)?;
+            }
             let image_format = image.as_ref().and_then(|i| i.status.format).map(|f| {
                 if f.as_str() == "qcow2" {
                     DiskFormat::Qcow2
@@ -423,6 +428,11 @@ impl StorageController {
                 }
             };
             let info = qemu_img.info(&part2, Some(made.format.as_str()))?;
+            // QEMU opens the volume itself, as the unprivileged user it runs as.
+            if let Some(owner) = owner {
+                std::os::unix::fs::chown(&part2, Some(owner.uid), Some(owner.gid))
+                    .map_err(ControllerError::io("giving to QEMU's user", &part2))?;
+            }
             std::fs::rename(&part2, &path)
                 .map_err(ControllerError::io("moving into place", &part2))?;
             Ok(Made {
@@ -730,11 +740,32 @@ fn part_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Copies `src` to `dst` (mode 0444) and returns the BLAKE3 digest of the bytes, in one pass.
+/// Creates `path` empty with mode 0600, replacing a leftover.
+fn create_private(path: &Path) -> Result<(), ControllerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(ControllerError::io("creating", path))
+}
+
+/// Copies `src` to `dst` (created read-only, mode 0400: written through the descriptor only)
+/// and returns the BLAKE3 digest of the bytes, in one pass.
 fn copy_hashing(src: &Path, dst: &Path) -> Result<corral_storage::Digest, ControllerError> {
     use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
     let mut input = std::fs::File::open(src).map_err(ControllerError::io("opening", src))?;
-    let mut out = std::fs::File::create(dst).map_err(ControllerError::io("creating", dst))?;
+    let _ = std::fs::remove_file(dst);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(dst)
+        .map_err(ControllerError::io("creating", dst))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -750,7 +781,5 @@ fn copy_hashing(src: &Path, dst: &Path) -> Result<corral_storage::Digest, Contro
     }
     out.sync_all()
         .map_err(ControllerError::io("writing", dst))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o444));
     Ok(corral_storage::Digest(*hasher.finalize().as_bytes()))
 }

@@ -585,7 +585,14 @@ impl VmController {
                 return self.start_failed(vm, e.to_string(), restart).await;
             }
         }
-        let prepared = match crate::prepare::prepare(&self.svc, &self.config.seed_dir, vm).await {
+        let prepared = match crate::prepare::prepare(
+            &self.svc,
+            &self.config.seed_dir,
+            self.hv.file_owner(),
+            vm,
+        )
+        .await
+        {
             Ok(p) => p,
             Err(e) => return self.start_failed(vm, e.to_string(), restart).await,
         };

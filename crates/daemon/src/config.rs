@@ -68,6 +68,11 @@ pub struct Args {
     /// The most bytes one image import (URL or host path) may bring in [default: 50G]
     #[arg(long, env = "CORRAL_IMPORT_MAX_SIZE", value_name = "SIZE")]
     pub import_max_size: Option<corral_contract::ByteSize>,
+    /// The user QEMU runs as when corrald runs as root: QEMU starts with that user's ids and
+    /// groups under a seccomp sandbox, and the VM files it opens belong to it
+    /// [default: corral-qemu when that user exists; else QEMU runs as corrald's user]
+    #[arg(long, env = "CORRAL_QEMU_USER", value_name = "NAME")]
+    pub qemu_user: Option<String>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -121,6 +126,7 @@ pub struct FileConfig {
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
     qemu_img: Option<PathBuf>,
+    qemu_user: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
     port_range: Option<String>,
@@ -152,6 +158,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Runtime directory.
     pub run_dir: PathBuf,
+    /// Whether the run directory is the `/tmp/corral-<uid>` fallback (no `$XDG_RUNTIME_DIR`),
+    /// which must be exactly private.
+    pub run_dir_fallback: bool,
+    /// Who QEMU runs as, when not corrald's own user.
+    pub qemu_user: Option<QemuUser>,
     /// API unix socket.
     pub socket: PathBuf,
     /// TCP serving, if asked for.
@@ -169,6 +180,18 @@ pub struct Config {
     /// How URL imports may reach out, and how large an import may be.
     pub import: corral_service::ImportPolicy,
 }
+
+/// The unprivileged user QEMU runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuUser {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its ids: QEMU runs with them and owns the VM files it opens.
+    pub owner: corral_hypervisor::FileOwner,
+}
+
+/// The user QEMU runs as by default, created by `scripts/setup.sh`.
+pub const DEFAULT_QEMU_USER: &str = "corral-qemu";
 
 /// A setting that makes no sense; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -188,11 +211,10 @@ impl Config {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| default_data_dir(root));
-        let run_dir = args
-            .run_dir
-            .clone()
-            .or(file.run_dir)
-            .unwrap_or_else(|| default_run_dir(root));
+        let chosen_run_dir = args.run_dir.clone().or(file.run_dir);
+        let run_dir_fallback = chosen_run_dir.is_none() && !root && run_dir_is_fallback();
+        let run_dir = chosen_run_dir.unwrap_or_else(|| default_run_dir(root));
+        let qemu_user = resolve_qemu_user(args.qemu_user.clone().or(file.qemu_user), root)?;
         let socket = args
             .socket
             .clone()
@@ -272,6 +294,8 @@ impl Config {
             port_range,
             data_dir,
             run_dir,
+            run_dir_fallback,
+            qemu_user,
             socket,
             tcp,
             qemu_img: args
@@ -292,6 +316,43 @@ impl Config {
     }
 }
 
+/// `--qemu-user`: a named user must exist; as root the default is `corral-qemu` when it
+/// exists. Only root can start QEMU as someone else.
+fn resolve_qemu_user(name: Option<String>, root: bool) -> Result<Option<QemuUser>, ConfigError> {
+    let explicit = name.is_some();
+    let name = name.unwrap_or_else(|| DEFAULT_QEMU_USER.to_owned());
+    let user = nix::unistd::User::from_name(&name)
+        .map_err(|e| ConfigError(format!("--qemu-user {name}: looking the user up: {e}")))?;
+    let Some(user) = user else {
+        if explicit {
+            return Err(ConfigError(format!(
+                "--qemu-user {name}: no such user; create it (scripts/setup.sh does: \
+                 useradd --system --no-create-home --shell /usr/sbin/nologin {name})"
+            )));
+        }
+        return Ok(None);
+    };
+    let me = nix::unistd::geteuid();
+    if user.uid == me {
+        return Ok(None);
+    }
+    if !root {
+        if explicit {
+            return Err(ConfigError(format!(
+                "--qemu-user {name}: only root can run QEMU as another user (corrald runs as uid {me})"
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(Some(QemuUser {
+        name,
+        owner: corral_hypervisor::FileOwner {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        },
+    }))
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
@@ -307,6 +368,10 @@ fn default_data_dir(root: bool) -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("corral")
+}
+
+fn run_dir_is_fallback() -> bool {
+    std::env::var_os("XDG_RUNTIME_DIR").is_none()
 }
 
 fn default_run_dir(root: bool) -> PathBuf {
@@ -389,6 +454,17 @@ mod tests {
         let err = Config::resolve(&args(&["--host-path-allow", "images"])).unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
         assert!(Args::try_parse_from(["corrald", "--import-allow-net", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn a_qemu_user_that_does_not_exist_is_named_with_the_fix() {
+        let err = Config::resolve(&args(&["--qemu-user", "corral-no-such-user"])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("--qemu-user corral-no-such-user: no such user")
+                && msg.contains("useradd --system"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod attestations;
 pub mod auth;
 pub mod config;
 mod console;
+pub mod dirs;
 mod images;
 mod memory;
 mod metrics;
@@ -49,18 +50,39 @@ pub use state::Daemon;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let qemu = config.qemu_user.as_ref().map(|u| u.owner);
+    match &config.qemu_user {
+        Some(user) => {
+            tracing::info!(user = %user.name, uid = user.owner.uid, "QEMU runs unprivileged")
+        }
+        None if nix::unistd::geteuid().is_root() => tracing::warn!(
+            "QEMU runs as root: create user {} (scripts/setup.sh does) or pass --qemu-user",
+            config::DEFAULT_QEMU_USER
+        ),
+        None => {}
+    }
+    dirs::prepare(&config.data_dir, dirs::Which::Data, qemu)?;
+    let run_which = if config.run_dir_fallback {
+        dirs::Which::RunFallback
+    } else {
+        dirs::Which::Run
+    };
+    dirs::prepare(&config.run_dir, run_which, qemu)?;
+    // QEMU's group passes through the data directory: the store (cloud-init user data, every
+    // spec) must stay corrald's alone.
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = config.data_dir.join(file);
+        if file == "state.db" || path.exists() {
+            dirs::private_file(&path).with_context(|| format!("preparing {}", path.display()))?;
+        }
+    }
     let store = SqliteStore::open(config.data_dir.join("state.db"))
         .await
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let backend = Arc::new(
-        QemuBackend::new(QemuBackendConfig::new(config.run_dir.clone()))
-            .context("preparing the run directory")?,
-    );
+    let mut backend_config = QemuBackendConfig::new(config.run_dir.clone());
+    backend_config.run_as = qemu;
+    let backend =
+        Arc::new(QemuBackend::new(backend_config).context("preparing the run directory")?);
     let store: Arc<dyn corral_store::Store> = Arc::new(store);
     // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
     let data_dir = std::fs::canonicalize(&config.data_dir)
@@ -89,10 +111,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.import = config.import.clone();
     let storage = StorageService::new(store, storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
+    // QEMU passes through to the files it opens: image blobs (backing files, kernels),
+    // volumes and cloud-init seeds.
+    let seed_dir = config.data_dir.join("seeds");
+    for dir in ["images", "images/blake3", "volumes", "seeds"] {
+        let dir = config.data_dir.join(dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| dirs::share_search(&dir, qemu))
+            .with_context(|| format!("preparing {}", dir.display()))?;
+    }
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let controller_config = ControllerConfig {
-        seed_dir: config.data_dir.join("seeds"),
+        seed_dir,
         host_paths: Some(host_paths),
         ..ControllerConfig::default()
     };
@@ -132,9 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(network_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone()).await?;
-    let unix = serve::bind_unix(&config.socket)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let unix = serve::bind_unix(&config.socket).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
     let mut servers = tokio::task::JoinSet::new();
     let mut stop = stop_rx.clone();

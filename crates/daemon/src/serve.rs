@@ -5,7 +5,7 @@ mod authority;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,28 +16,66 @@ use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// Binds the API socket: its directory 0700, the socket 0600. A socket left by a dead daemon
-/// is replaced; one a live daemon answers on is not.
-pub async fn bind_unix(path: &Path) -> Result<UnixSocket, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
+/// The API socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// A live corrald already answers there.
+    #[error("another corrald is serving on {0}")]
+    InUse(PathBuf),
+    /// A file system step failed.
+    #[error("{step} {path}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the API socket at `path` (its directory is created 0700 when missing). The socket is
+/// never wider than 0600, whatever the umask: it is bound inside a fresh 0700 directory, made
+/// 0600, and only then renamed into place. A socket left by a dead daemon is replaced; one a
+/// live daemon answers on is not.
+pub async fn bind_unix(path: &Path) -> Result<UnixSocket, SocketError> {
+    let io = |step: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| SocketError::Io { step, path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating", dir))?;
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(format!("another corrald is serving on {}", path.display()));
+            return Err(SocketError::InUse(path.to_owned()));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(io("removing stale socket", path))?;
     }
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod 0600 {}: {e}", path.display()))?;
-    Ok(UnixSocket(listener))
+    let mut private = path.as_os_str().to_owned();
+    private.push(format!(".bind-{}", std::process::id()));
+    let private = PathBuf::from(private);
+    // Left by a corrald that died here with the same pid: only ever ours.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io("creating", &private))?;
+    let bound = private.join("s");
+    let result = UnixListener::bind(&bound)
+        .map_err(io("binding", &bound))
+        .and_then(|listener| {
+            std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600))
+                .map_err(io("chmod 0600", &bound))?;
+            std::fs::rename(&bound, path).map_err(io("moving the socket to", path))?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    Ok(UnixSocket(result?))
 }
 
 /// The API socket: its connections reach the server through [`FixAuthority`], so gRPC
@@ -167,5 +205,47 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_0600_in_place_and_nothing_else_is_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run/corral.sock");
+        let _socket = bind_unix(&path).await.unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("run")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["corral.sock"]);
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_kept_and_a_stale_one_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("corral.sock");
+        let live = bind_unix(&path).await.unwrap();
+        let err = bind_unix(&path).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("another corrald is serving on"),
+            "{err}"
+        );
+        drop(live);
+        let _again = bind_unix(&path).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
     }
 }

@@ -254,5 +254,7 @@ async fn metrics_health_and_a_private_socket() {
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     let dir = d.socket().parent().unwrap().to_owned();
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "{} mode {mode:o}", dir.display());
+    // QEMU's unprivileged group (corral-qemu, when corrald is root) may pass through to its
+    // pid file; it may not list or write, and others may do nothing.
+    assert_eq!(mode & 0o067, 0, "{} mode {mode:o}", dir.display());
 }

@@ -41,7 +41,7 @@ pub use error::Error;
 pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
-pub use types::{Exit, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
+pub use types::{Exit, FileOwner, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
 
 use std::time::Duration;
 
@@ -89,6 +89,12 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
 
     /// Events for every VM this backend manages (exits, pauses, resets …).
     fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
+
+    /// Who must own the files the emulator opens by itself (volumes, seeds), when that is not
+    /// the caller's own user: the backend drops privileges before it runs an emulator.
+    fn file_owner(&self) -> Option<FileOwner> {
+        None
+    }
 
     /// Grows disk `disk` (its index in [`VmConfig::disks`]) of a running VM to `bytes`
     /// through the emulator, which owns the file while the VM runs; the guest sees the new

@@ -3,6 +3,17 @@ use std::time::Duration;
 use corral_contract::Accel;
 use serde::{Deserialize, Serialize};
 
+/// The unprivileged identity a backend runs its emulators as. The VM files an emulator opens
+/// by itself (volumes, seeds, guest RAM files) belong to it, mode 0600, so that it can use
+/// them without ever holding root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id; the directories on the way to VM files are searchable by this group.
+    pub gid: u32,
+}
+
 /// What a backend reports about a VM it started or adopted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {

@@ -1,6 +1,7 @@
 //! [`QemuBackend`]: the [`Hypervisor`] that runs each VM as a `qemu-system-*` process.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, GuestRamMap, Hypervisor, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo,
-    VmState,
+    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, SnapshotOp, StopMode, VmConfig,
+    VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -21,6 +22,7 @@ use tokio::sync::{OnceCell, broadcast};
 use crate::accel::{self, HostCaps};
 use crate::cmdline::QemuCommand;
 use crate::emulator::Emulator;
+use crate::files;
 use crate::layout::{VmPaths, check_uid};
 use crate::process;
 use crate::serial::{self, BoundedLog};
@@ -40,6 +42,9 @@ pub struct QemuBackendConfig {
     pub scrollback: usize,
     /// How long QEMU gets to bring its monitor up.
     pub start_timeout: Duration,
+    /// The unprivileged user QEMU runs as, when it is not the backend's own (corrald as root
+    /// runs QEMU as `corral-qemu`). `None`: QEMU runs as the backend's user.
+    pub run_as: Option<FileOwner>,
 }
 
 impl QemuBackendConfig {
@@ -51,6 +56,7 @@ impl QemuBackendConfig {
             serial_log_limit: 1 << 20,
             scrollback: 256 << 10,
             start_timeout: Duration::from_secs(30),
+            run_as: None,
         }
     }
 }
@@ -73,6 +79,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<VmRuntime>>>>;
 pub struct QemuBackend {
     config: QemuBackendConfig,
     host: HostCaps,
+    run_as: Option<process::RunAs>,
     emulators: [OnceCell<Emulator>; 2],
     // One async lock per uid: operations on one VM are serialised, different VMs run freely.
     slots: Mutex<HashMap<String, Slot>>,
@@ -80,7 +87,9 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// A backend on `config.run_dir`, created (mode 0700) when missing.
+    /// A backend on `config.run_dir`, created (mode 0700) when missing. With
+    /// [`QemuBackendConfig::run_as`], the run directory and its `vms/` become 0710 with that
+    /// user's group: QEMU passes through to its own pid file, and lists and writes nothing.
     pub fn new(config: QemuBackendConfig) -> Result<Self, Error> {
         let vms = config.run_dir.join("vms");
         std::fs::DirBuilder::new()
@@ -88,8 +97,18 @@ impl QemuBackend {
             .mode(0o700)
             .create(&vms)
             .map_err(|e| Error::io(format!("creating run directory {}", vms.display()), e))?;
+        if config.run_as.is_some() {
+            files::share_search(&config.run_dir, config.run_as)?;
+        }
+        files::share_search(&vms, config.run_as)?;
+        let run_as = config
+            .run_as
+            .map(process::RunAs::lookup)
+            .transpose()
+            .map_err(|e| Error::io("looking up the groups of QEMU's user", e))?;
         Ok(QemuBackend {
             config,
+            run_as,
             host: HostCaps::probe(),
             emulators: Default::default(),
             slots: Mutex::new(HashMap::new()),
@@ -234,6 +253,8 @@ impl QemuBackend {
             .mode(0o700)
             .create(&paths.dir)
             .map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
+        // Private while its files are made (a directory left by an earlier run is 0710).
+        files::make_private(&paths.dir)?;
         paths.remove_runtime_files();
         let record = LaunchRecord {
             argv: cmd
@@ -253,12 +274,10 @@ impl QemuBackend {
             .map_err(|e| Error::io(format!("opening {}", paths.serial_log.display()), e))?;
         tracing::debug!(uid = %config.uid, cmdline = %cmd.display(), "starting QEMU");
 
-        if let Some(path) = &config.memory_file {
-            create_memory_file(path)?;
-        }
-        let mut child = process::spawn(&cmd, &paths.qemu_log).map_err(|e| {
+        let spawned = self.prepare_and_spawn(config, paths, &cmd);
+        let mut child = spawned.inspect_err(|_| {
+            paths.remove_runtime_files();
             remove_memory_file(config.memory_file.as_deref());
-            Error::io(format!("starting {}", cmd.binary().display()), e)
         })?;
         let pid = child.id().unwrap_or_default();
         let started = async {
@@ -304,6 +323,37 @@ impl QemuBackend {
             }
         }
         Ok(runtime)
+    }
+
+    /// Makes the files QEMU opens itself (pid file, guest RAM file: 0600, its own), its
+    /// sockets (0600, corrald's) and TAP attachments (both inherited), opens the VM directory
+    /// to its group, and starts it. Our copies of the descriptors close once QEMU holds them.
+    fn prepare_and_spawn(
+        &self,
+        config: &VmConfig,
+        paths: &VmPaths,
+        cmd: &QemuCommand,
+    ) -> Result<tokio::process::Child, Error> {
+        let owner = self.config.run_as;
+        let qmp = files::bind_socket(&paths.qmp)?;
+        let console = files::bind_socket(&paths.console)?;
+        files::create_private(&paths.pid, owner, "pid file")?;
+        if let Some(path) = &config.memory_file {
+            files::create_private(path, owner, "guest RAM file")?;
+        }
+        let taps = crate::net::taps(config)
+            .map(files::open_tap)
+            .collect::<Result<Vec<_>, _>>()?;
+        if owner.is_some() {
+            files::share_search(&paths.dir, owner)?;
+        }
+        // In the order the command line names them: fd 3, 4, then the TAPs from 5.
+        let inherit: Vec<_> = [qmp.as_fd(), console.as_fd()]
+            .into_iter()
+            .chain(taps.iter().map(AsFd::as_fd))
+            .collect();
+        process::spawn(cmd, &paths.qemu_log, self.run_as.as_ref(), &inherit)
+            .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))
     }
 
     /// Polls for the QMP socket while watching the child: a QEMU that dies during start-up is
@@ -596,6 +646,10 @@ impl Hypervisor for QemuBackend {
         self.events.subscribe()
     }
 
+    fn file_owner(&self) -> Option<FileOwner> {
+        self.config.run_as
+    }
+
     async fn guest_ram(&self, uid: &str) -> Result<GuestRamMap, Error> {
         self.shared_ram(uid).await
     }
@@ -676,25 +730,6 @@ fn argv_matches(pid: u32, recorded: &[String]) -> bool {
     })
 }
 
-/// Creates the guest RAM file empty with mode 0600 before QEMU opens it: QEMU would create it
-/// 0644 (less the umask), readable by every local user. A stale file (from a VM that crashed
-/// with the host) is replaced, so no guest ever sees another run's memory.
-fn create_memory_file(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(path = %path.display(), "removed a stale guest RAM file"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing stale {}", path.display()), e)),
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
-        .map_err(|e| Error::io(format!("creating guest RAM file {}", path.display()), e))
-}
-
 /// Removes a VM's guest RAM file (its memory is released once the last mapping goes).
 pub(crate) fn remove_memory_file(path: Option<&Path>) {
     if let Some(path) = path {
@@ -706,9 +741,12 @@ pub(crate) fn remove_memory_file(path: Option<&Path>) {
     }
 }
 
+/// Writes `path` (mode 0600) through a temporary file and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
+    files::create_private(&tmp, None, "temporary file")?
+        .write_all(bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

@@ -9,6 +9,11 @@ use crate::cmdline::{OptList, QemuCommand};
 use crate::emulator::Emulator;
 use crate::layout::VmPaths;
 
+/// The descriptor QEMU inherits its listening QMP socket at.
+pub const QMP_FD: i32 = crate::process::FIRST_INHERITED_FD;
+/// The descriptor QEMU inherits its listening console socket at.
+pub const CONSOLE_FD: i32 = QMP_FD + 1;
+
 /// Builds the full command line. QEMU starts with its vCPUs stopped (`-S`) so the backend can
 /// attach the console before the guest prints its first byte.
 pub fn command_line(
@@ -127,19 +132,30 @@ pub fn command_line(
 
     crate::net::add_nics(&mut cmd, config);
 
-    let socket = |id: &str, path: &Path| {
+    // The monitor and console sockets are bound by the backend and inherited (their paths
+    // stay in the VM's directory, which QEMU may not write): QMP at fd 3, console at fd 4.
+    let socket = |id: &str, fd: i32| {
         OptList::new("socket")
             .set("id", id)
-            .set("path", path)
+            .set("fd", fd.to_string())
             .flag("server", true)
             .flag("wait", false)
     };
-    cmd.opts("-chardev", socket("console", &paths.console));
+    cmd.opts("-chardev", socket("console", CONSOLE_FD));
     cmd.raw("-serial", "chardev:console");
-    cmd.opts("-chardev", socket("qmp", &paths.qmp));
+    cmd.opts("-chardev", socket("qmp", QMP_FD));
     cmd.opts(
         "-mon",
         OptList::with("chardev", "qmp").set("mode", "control"),
+    );
+    // No new files, processes, privileges or scheduling changes once the guest runs.
+    cmd.opts(
+        "-sandbox",
+        OptList::new("on")
+            .set("obsolete", "deny")
+            .set("elevateprivileges", "deny")
+            .set("spawn", "deny")
+            .set("resourcecontrol", "deny"),
     );
     cmd.raw("-pidfile", &paths.pid);
     Ok(cmd)
@@ -262,7 +278,18 @@ mod tests {
             "{blockdevs:?}"
         );
         assert!(after(args, "-device")[0].contains("serial=s,,n"));
-        assert!(after(args, "-chardev")[0].contains("/r,,un/vms/u1/console.sock,server=on"));
+        assert_eq!(
+            after(args, "-chardev"),
+            [
+                "socket,id=console,fd=4,server=on,wait=off",
+                "socket,id=qmp,fd=3,server=on,wait=off"
+            ]
+        );
+        assert!(after(args, "-pidfile")[0].ends_with("/r,un/vms/u1/qemu.pid"));
+        assert_eq!(
+            after(args, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
         assert_eq!(after(args, "-accel"), ["tcg"]);
         assert_eq!(after(args, "-m"), ["268435456B"]);
         assert!(args.iter().any(|a| a == "-S"));

@@ -42,6 +42,7 @@ mod accel;
 mod backend;
 mod cmdline;
 mod emulator;
+mod files;
 mod guest_access;
 mod launch;
 mod layout;

@@ -5,6 +5,18 @@ use corral_hypervisor::{NetBackend, VmConfig};
 
 use crate::cmdline::{OptList, QemuCommand};
 
+/// The descriptor QEMU inherits the first TAP at (after its monitor and console sockets); the
+/// next TAP NIC's is one higher.
+pub(crate) const FIRST_TAP_FD: i32 = crate::launch::CONSOLE_FD + 1;
+
+/// The TAP devices of `config`'s NICs, in the order their descriptors follow `FIRST_TAP_FD`.
+pub(crate) fn taps(config: &VmConfig) -> impl Iterator<Item = &str> {
+    config.nics.iter().filter_map(|nic| match &nic.backend {
+        NetBackend::Tap { ifname } => Some(ifname.as_str()),
+        _ => None,
+    })
+}
+
 /// Appends `-netdev`/`-device` pairs for every NIC of `config`.
 pub(crate) fn add_nics(cmd: &mut QemuCommand, config: &VmConfig) {
     let device = if config.machine == Machine::Microvm {
@@ -12,6 +24,7 @@ pub(crate) fn add_nics(cmd: &mut QemuCommand, config: &VmConfig) {
     } else {
         "virtio-net-pci"
     };
+    let mut tap_fd = FIRST_TAP_FD;
     for (i, nic) in config.nics.iter().enumerate() {
         let id = format!("net{i}");
         let netdev = match &nic.backend {
@@ -51,11 +64,15 @@ pub(crate) fn add_nics(cmd: &mut QemuCommand, config: &VmConfig) {
                 }
                 list
             }
-            NetBackend::Tap { ifname } => OptList::new("tap")
-                .set("id", &id)
-                .set("ifname", ifname)
-                .set("script", "no")
-                .set("downscript", "no"),
+            // Attached by the backend and inherited: an unprivileged QEMU could not open
+            // /dev/net/tun, and never runs a script.
+            NetBackend::Tap { .. } => {
+                let list = OptList::new("tap")
+                    .set("id", &id)
+                    .set("fd", tap_fd.to_string());
+                tap_fd += 1;
+                list
+            }
             NetBackend::VmnetShared => OptList::new("vmnet-shared").set("id", &id),
             NetBackend::VmnetBridged { ifname } => OptList::new("vmnet-bridged")
                 .set("id", &id)
@@ -170,21 +187,32 @@ mod tests {
 
     #[test]
     fn tap_and_vmnet_backends() {
-        let tap = config(
+        let mut tap = config(
             NetBackend::Tap {
                 ifname: "crl-t0".into(),
             },
             Machine::Microvm,
         );
+        tap.nics.push(NicConfig {
+            mac: "02:c0:00:00:00:02".parse().unwrap(),
+            backend: NetBackend::Tap {
+                ifname: "crl-t1".into(),
+            },
+        });
         assert_eq!(
             args(&tap),
             [
                 "-netdev",
-                "tap,id=net0,ifname=crl-t0,script=no,downscript=no",
+                "tap,id=net0,fd=5",
                 "-device",
                 "virtio-net-device,netdev=net0,mac=02:c0:00:00:00:01",
+                "-netdev",
+                "tap,id=net1,fd=6",
+                "-device",
+                "virtio-net-device,netdev=net1,mac=02:c0:00:00:00:02",
             ]
         );
+        assert_eq!(taps(&tap).collect::<Vec<_>>(), ["crl-t0", "crl-t1"]);
         assert_eq!(
             args(&config(NetBackend::VmnetShared, Machine::Q35))[1],
             "vmnet-shared,id=net0"

@@ -3,52 +3,138 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Pid, Uid};
+
+use corral_hypervisor::FileOwner;
 
 use crate::cmdline::QemuCommand;
 
+/// A user to run QEMU as: its ids and the groups it is a member of.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    /// User and primary group.
+    pub owner: FileOwner,
+    /// Every group of the user, its primary group included.
+    pub groups: Vec<Gid>,
+}
+
+impl RunAs {
+    /// `owner` with the groups `/etc/group` lists for its user.
+    pub fn lookup(owner: FileOwner) -> std::io::Result<RunAs> {
+        let gid = Gid::from_raw(owner.gid);
+        let user = nix::unistd::User::from_uid(Uid::from_raw(owner.uid))?;
+        let groups = match user {
+            Some(user) => {
+                let name = std::ffi::CString::new(user.name).map_err(std::io::Error::other)?;
+                nix::unistd::getgrouplist(&name, gid)?
+            }
+            None => vec![gid],
+        };
+        Ok(RunAs { owner, groups })
+    }
+}
+
+/// The descriptor numbers QEMU finds its inherited sockets at: the first is `fd=3` on its
+/// command line, the next `fd=4`.
+pub const FIRST_INHERITED_FD: i32 = 3;
+
 /// Spawns QEMU in a session of its own, so it outlives the process that started it and no
 /// signal aimed at that process's group or terminal reaches it. Its stdout and stderr go to
-/// `log`.
-pub fn spawn(cmd: &QemuCommand, log: &Path) -> std::io::Result<tokio::process::Child> {
-    let out = File::options().create(true).append(true).open(log)?;
+/// `log` (created 0600). `inherit[i]` becomes its descriptor `FIRST_INHERITED_FD + i`.
+///
+/// With `run_as`, the child drops to that user, its group and its supplementary groups
+/// (`kvm`, for one) before it executes QEMU, so QEMU never holds root. QEMU's own `-runas`
+/// drops later, after its seccomp filter is installed, and `-sandbox elevateprivileges=deny`
+/// forbids the very `setuid` it needs: QEMU 7.2 dies with SIGSYS.
+pub fn spawn(
+    cmd: &QemuCommand,
+    log: &Path,
+    run_as: Option<&RunAs>,
+    inherit: &[BorrowedFd<'_>],
+) -> std::io::Result<tokio::process::Child> {
+    let run_as = run_as.cloned();
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)?;
     let err = out.try_clone()?;
+    // Copies above the low numbers, so that placing one at 3 can never overwrite another
+    // before it is placed. They close in the parent when `sources` drops, and on exec.
+    let sources: Vec<OwnedFd> = inherit
+        .iter()
+        .map(|fd| {
+            fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(16)).map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let raw_sources: Vec<i32> = sources.iter().map(AsRawFd::as_raw_fd).collect();
     let mut command = std::process::Command::new(cmd.binary());
     command
         .args(cmd.args())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    let inherit = cmd.inherited().to_vec();
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) and
-    // fcntl(2), which are async-signal-safe; it reads a vector allocated before the fork and
-    // allocates nothing.
+    // Host files the command names as `/dev/fd/N` keep their numbers; they must not sit
+    // where the sockets are placed.
+    let keep = cmd.inherited().to_vec();
+    let placed = FIRST_INHERITED_FD..FIRST_INHERITED_FD + raw_sources.len() as i32;
+    if let Some(fd) = keep.iter().find(|fd| placed.contains(fd)) {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} for QEMU would be overwritten by an inherited socket"
+        )));
+    }
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (setsid, fcntl, dup2, umask, setgroups, setresgid,
+    // setresuid); it reads memory the parent set up before the fork and allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            for &fd in &inherit {
-                // The descriptor is open in the parent (the caller holds it through the
-                // spawn), so it is open in this copy of its table.
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )
-                .map_err(std::io::Error::from)?;
+            nix::unistd::setsid()?;
+            for &fd in &keep {
+                // Open in the parent (the caller holds it through the spawn), so open in this
+                // copy of its table.
+                let fd = BorrowedFd::borrow_raw(fd);
+                fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+            }
+            for (i, &src) in raw_sources.iter().enumerate() {
+                // dup2 clears close-on-exec on the new descriptor. The targets hold only the
+                // parent's own descriptors (its runtime's, opened before any VM), which are
+                // close-on-exec and of no use to QEMU.
+                if nix::libc::dup2(src, FIRST_INHERITED_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+            if let Some(run_as) = &run_as {
+                let (uid, gid) = (
+                    Uid::from_raw(run_as.owner.uid),
+                    Gid::from_raw(run_as.owner.gid),
+                );
+                nix::unistd::setgroups(&run_as.groups)?;
+                nix::unistd::setresgid(gid, gid, gid)?;
+                nix::unistd::setresuid(uid, uid, uid)?;
             }
             Ok(())
         });
     }
-    tokio::process::Command::from(command)
+    let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
-        .spawn()
+        .spawn();
+    drop(sources);
+    child
 }
 
 /// Whether `pid` names a live process (a zombie counts as dead).
@@ -184,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = QemuCommand::new("/bin/sh");
         cmd.arg("-c").arg("sleep 5");
-        let mut child = spawn(&cmd, &dir.path().join("log")).unwrap();
+        let mut child = spawn(&cmd, &dir.path().join("log"), None, &[]).unwrap();
         let pid = child.id().unwrap();
         let sid = nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).unwrap();
         assert_eq!(sid.as_raw() as u32, pid);

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use corral_hypervisor::{Console, ConsoleInput};
@@ -20,9 +21,13 @@ pub struct BoundedLog {
 }
 
 impl BoundedLog {
-    /// Opens (appending) the log at `path`.
+    /// Opens (appending) the log at `path`; a new file is created 0600.
     pub fn open(path: PathBuf, limit: u64) -> std::io::Result<Self> {
-        let file = File::options().create(true).append(true).open(&path)?;
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
         let size = file.metadata()?.len();
         Ok(BoundedLog {
             path,
@@ -42,7 +47,13 @@ impl BoundedLog {
             self.size = 0;
         }
         if self.file.is_none() {
-            self.file = Some(File::options().create(true).append(true).open(&self.path)?);
+            self.file = Some(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)?,
+            );
         }
         if let Some(file) = &mut self.file {
             file.write_all(data)?;

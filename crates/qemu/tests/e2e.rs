@@ -464,3 +464,89 @@ async fn an_adopted_vm_whose_guest_powers_off_ends_cleanly() -> Result {
     assert_eq!(exit.reason, "guest-shutdown", "{exit}");
     Ok(())
 }
+
+/// A QEMU started by an older corrald — as root, binding its sockets at their paths itself,
+/// without `-sandbox` — whose launch record holds that command line is still adopted, and its
+/// guest answers through the new backend.
+#[tokio::test]
+async fn a_qemu_launched_by_an_older_corrald_is_adopted() -> Result {
+    use std::os::unix::process::CommandExt;
+    let run = tempfile::Builder::new()
+        .prefix("corral-o")
+        .tempdir_in("/tmp")?;
+    let uid = uuid::Uuid::new_v4().to_string();
+    let config = TestVm::builder(Arch::X86_64).config(run.path(), &uid)?;
+    let backend = QemuBackend::new(QemuBackendConfig::new(run.path()))?;
+    let paths = backend.paths(&uid);
+    let (accel, cmd) = backend.command_line(&config).await?;
+    let socket = |id: &str, path: &std::path::Path| {
+        format!(
+            "socket,id={id},path={},server=on,wait=off",
+            corral_qemu::escape_value(path.as_os_str()).to_string_lossy()
+        )
+    };
+    let mut argv: Vec<String> = Vec::new();
+    let mut args = cmd.argv().into_iter().map(|a| a.into_string().unwrap());
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-sandbox" => {
+                args.next();
+            }
+            "socket,id=console,fd=4,server=on,wait=off" => {
+                argv.push(socket("console", &paths.console))
+            }
+            "socket,id=qmp,fd=3,server=on,wait=off" => argv.push(socket("qmp", &paths.qmp)),
+            _ => argv.push(arg),
+        }
+    }
+    assert_eq!(
+        argv.len() + 2,
+        cmd.argv().len(),
+        "the older command line differs as expected"
+    );
+    std::fs::create_dir_all(&paths.dir)?;
+    let record = serde_json::json!({
+        "argv": argv,
+        "accel": accel,
+        "emulator_version": backend.emulator(Arch::X86_64).await?.version,
+        "config": config,
+    });
+    std::fs::write(&paths.launch, serde_json::to_vec(&record)?)?;
+    let mut old = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(paths.qmp.exists() && paths.pid.exists()) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the older QEMU did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let info = backend.adopt(&uid).await?;
+    assert!(info.adopted);
+    assert_eq!(info.pid, old.id());
+    backend.resume(&uid).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = backend.console_log(&uid, 1 << 20).await?;
+        if String::from_utf8_lossy(&log).contains(corral_testkit::BOOT_MARKER) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no boot marker from the adopted guest"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = backend.stop(&uid, StopMode::Force).await?;
+    assert!(!corral_qemu::is_alive(info.pid), "{exit}");
+    old.wait()?;
+    backend.cleanup(&uid).await?;
+    Ok(())
+}

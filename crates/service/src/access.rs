@@ -1,19 +1,22 @@
 //! Whether a caller may touch the host directly: the one decision transports pass down to the
-//! service calls that need it (bridge networks today). The daemon computes it from the caller's
-//! identity; nothing else in the service knows about identities.
+//! service calls that need it (host files, bridge networks). The daemon computes it from the
+//! caller's identity; nothing else in the service knows about identities. The type lives with
+//! the host-file rules in `corral_storage`; this adds the service's refusal.
 
-/// What a caller may do to the host itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostAccess {
-    /// An administrator: may create objects that reconfigure the host (bridge networks).
-    Admin,
-    /// Everyone else: confined to objects that leave the host as it is.
-    Confined,
+pub use corral_storage::HostAccess;
+
+/// Refusing what only an admin may do, as a service error.
+pub trait RequireAdmin {
+    /// Refuses `what` unless the caller is an admin; `remedy` says what to do instead.
+    fn require_admin(
+        self,
+        what: impl Into<String>,
+        remedy: &'static str,
+    ) -> Result<(), crate::ServiceError>;
 }
 
-impl HostAccess {
-    /// Refuses `what` unless the caller is an admin; `remedy` says what to do instead.
-    pub fn require_admin(
+impl RequireAdmin for HostAccess {
+    fn require_admin(
         self,
         what: impl Into<String>,
         remedy: &'static str,

@@ -57,7 +57,7 @@ mod resources;
 mod storage;
 mod vm;
 
-pub use access::HostAccess;
+pub use access::RequireAdmin;
 pub use allocate::{BadPortRange, PortRange};
 pub use audit::{AuditEntry, AuditLog};
 pub use console::{ConsoleService, ConsoleSession};

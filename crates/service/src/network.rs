@@ -21,7 +21,7 @@ use corral_contract::{
 use corral_store::Store;
 
 use crate::resources::{Resources, Strategy, read_all, refuse_if_used};
-use crate::{HostAccess, ServiceError};
+use crate::{HostAccess, RequireAdmin, ServiceError};
 
 /// The network `corral vm create --ssh` joins when none is named; the daemon creates it.
 pub const DEFAULT_NETWORK: &str = "default";

@@ -1,3 +1,4 @@
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +72,10 @@ impl CorraldBuilder {
             .prefix("corral-d")
             .tempdir_in("/tmp")
             .map_err(|e| Error::io("creating daemon directories", e))?;
+        // Searchable, not listable: corrald as root runs QEMU as an unprivileged user, which
+        // must pass through to the VM files below (corrald makes its own directories 0710).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io("opening the daemon directory to QEMU's user", e))?;
         let mut daemon = Corrald {
             binary: self.binary,
             child: None,

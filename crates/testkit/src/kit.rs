@@ -15,6 +15,44 @@ pub struct GuestKit {
     console: String,
 }
 
+/// corrald as root runs QEMU as the unprivileged `corral-qemu` (when that user exists), which
+/// opens the kit's kernel and disks by their paths: every directory on the way must let others
+/// through and every file let others read (a checkout under a private home does not).
+fn check_reachable_by_others(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| m.mode())
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))
+    };
+    for ancestor in dir.ancestors() {
+        if mode(ancestor)? & 0o001 == 0 {
+            return Err(Error::Kit(format!(
+                "the guest kit {} is out of reach of QEMU's unprivileged user: {} does not let \
+                 others pass (chmod o+x {}, or build the kit elsewhere with CORRAL_GUEST_KIT)",
+                dir.display(),
+                ancestor.display(),
+                ancestor.display()
+            )));
+        }
+    }
+    for entry in
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+    {
+        let path = entry
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .path();
+        if mode(&path)? & 0o004 == 0 {
+            return Err(Error::Kit(format!(
+                "{} is not readable by QEMU's unprivileged user (chmod o+r {})",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The workspace root (where `guest/build.sh` lives).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +81,11 @@ impl GuestKit {
             Arch::X86_64 => "ttyS0",
             Arch::Aarch64 => "ttyAMA0",
         });
+        let drops_privileges = nix::unistd::geteuid().is_root()
+            && nix::unistd::User::from_name("corral-qemu").is_ok_and(|u| u.is_some());
+        if drops_privileges {
+            check_reachable_by_others(&dir)?;
+        }
         Ok(GuestKit {
             dir,
             console: console.to_owned(),
