@@ -63,8 +63,8 @@ pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
-    ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
-    SnapshotMode,
+    ChunkReader, DEFAULT_SNAPSHOT_LIMIT, FrameStream, MAX_FIND_LIMIT, MemoryAccess, MemoryError,
+    MemoryOp, MemoryService, SnapshotMode, SnapshotPiece, SnapshotReport, SnapshotStream,
 };
 pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};

@@ -37,6 +37,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// The `qemu-img` to run (a path, or a name looked up in `PATH`).
     pub qemu_img: PathBuf,
+    /// The most bytes one upload may send; `None` for no limit.
+    pub max_upload: Option<u64>,
 }
 
 impl StorageConfig {
@@ -45,6 +47,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             qemu_img: PathBuf::from("qemu-img"),
+            max_upload: None,
         }
     }
 
