@@ -226,7 +226,10 @@ pub enum ServiceError {
     #[error("store: {0}")]
     Store(#[source] StoreError),
     /// A client sent more bytes than the daemon accepts for one request.
-    #[error("{what} is larger than the {limit} bytes this daemon accepts: {remedy}")]
+    #[error(
+        "{what} is larger than {} ({limit} bytes), the most this daemon accepts: {remedy}",
+        corral_contract::ByteSize::new(*limit)
+    )]
     TooLarge {
         /// What was too large, e.g. `upload of image "big"`.
         what: String,

@@ -8,9 +8,9 @@ use axum::extract::ws::WebSocketUpgrade;
 pub const MAX_BODY: usize = 4 << 20;
 /// The largest gRPC message corrald decodes (upload chunks are 1 MiB).
 pub const MAX_GRPC_DECODE: usize = 4 << 20;
-/// The largest gRPC message corrald encodes: a 2048×2048 memory map as PNG is the largest
-/// answer (at most 12 MiB of pixels), streamed data comes in 1 MiB chunks.
-pub const MAX_GRPC_ENCODE: usize = 16 << 20;
+/// The largest gRPC message corrald encodes: the answers are the daemon's own, so this is a
+/// backstop as large as Corral's client accepts (a list of 10,000 VMs is over 4 MiB).
+pub const MAX_GRPC_ENCODE: usize = 256 << 20;
 /// The largest WebSocket message (and frame) a client may send: keystrokes to a console, or
 /// nothing at all to a memory stream.
 pub const MAX_WS_MESSAGE: usize = 64 << 10;
