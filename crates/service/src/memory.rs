@@ -31,6 +31,8 @@ pub const DEFAULT_SNAPSHOT_LIMIT: usize = 2;
 pub const MAX_ATOMIC_SNAPSHOT: u64 = 4 << 30;
 /// Pieces a snapshot copies ahead of a slow client.
 const SNAPSHOT_AHEAD: usize = 2;
+/// How long a snapshot waits for a client that reads nothing before it gives up its place.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(120);
 /// Bytes sampled per cell of a map (a PNG asked for once).
 const MAP_SAMPLES: u32 = 64;
 /// Bytes sampled per cell of a live frame (the fewest that still tell random data apart).
@@ -142,8 +144,9 @@ pub enum SnapshotPiece {
 
 /// A copy of all guest RAM on its way to a client, a piece at a time: at most
 /// [`CHUNK`] × 3 bytes of it are in corrald at once (the atomic mode, which copies RAM
-/// while the guest is paused, holds the whole copy). Dropping it stops the copy and frees
-/// its place among the daemon's concurrent snapshots.
+/// while the guest is paused, holds the whole copy, up to [`MAX_ATOMIC_SNAPSHOT`]).
+/// Dropping it, or not reading it for two minutes, stops the copy and frees its place among
+/// the daemon's concurrent snapshots.
 #[derive(Debug)]
 pub struct SnapshotStream {
     /// How it is taken.
@@ -420,19 +423,20 @@ impl MemoryService {
         let t0 = Instant::now();
         match mode {
             SnapshotMode::Consistent => {
+                let runtime = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let mut report = SnapshotReport::default();
                     for chunk in ram.consistent_chunks(CHUNK, MAX_REREADS) {
                         report.torn_pages.extend(chunk.torn_pages);
                         report.reread_pages += chunk.reread_pages;
-                        // A send fails only when the client went away: stop copying.
-                        if tx.blocking_send(SnapshotPiece::Data(chunk.data)).is_err() {
+                        let piece = SnapshotPiece::Data(chunk.data);
+                        if !runtime.block_on(hand_over(&tx, piece)) {
                             return;
                         }
                     }
                     report.copy = t0.elapsed();
-                    let _ = tx.blocking_send(SnapshotPiece::Done(report));
+                    runtime.block_on(hand_over(&tx, SnapshotPiece::Done(report)));
                 });
             }
             SnapshotMode::Atomic => {
@@ -457,7 +461,7 @@ impl MemoryService {
                 tokio::spawn(async move {
                     let _permit = permit;
                     for chunk in data.chunks(CHUNK) {
-                        if tx.send(SnapshotPiece::Data(chunk.to_vec())).await.is_err() {
+                        if !hand_over(&tx, SnapshotPiece::Data(chunk.to_vec())).await {
                             return;
                         }
                     }
@@ -466,7 +470,7 @@ impl MemoryService {
                         copy,
                         ..SnapshotReport::default()
                     };
-                    let _ = tx.send(SnapshotPiece::Done(report)).await;
+                    hand_over(&tx, SnapshotPiece::Done(report)).await;
                 });
             }
         }
@@ -544,6 +548,16 @@ impl MemoryService {
         });
         Ok(FrameStream { side, fps, frames })
     }
+}
+
+/// Passes `piece` to the client's side of a snapshot; `false` when the client went away or
+/// read nothing for [`SNAPSHOT_STALL`] (the snapshot then ends without its report, and frees
+/// its place).
+async fn hand_over(tx: &mpsc::Sender<SnapshotPiece>, piece: SnapshotPiece) -> bool {
+    matches!(
+        tokio::time::timeout(SNAPSHOT_STALL, tx.send(piece)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A range of guest RAM handed out chunk by chunk, each copied when asked for.
