@@ -375,6 +375,11 @@ async fn memory_find_stops_at_its_limit_and_snapshots_stream_two_at_a_time() {
             .contains("2 memory snapshots are already streaming"),
         "{refused}"
     );
+    let message = api(&d)
+        .get("/v1/vms/lim/memory/snapshot")
+        .await
+        .expect_error(429, "ResourceExhausted");
+    assert!(message.contains("already streaming"), "{message}");
 
     // The first is read to its end: its bytes come from the mapping a piece at a time, so
     // corrald's own memory (anonymous; the guest's RAM it maps is the guest's) stays far
@@ -415,6 +420,25 @@ async fn memory_find_stops_at_its_limit_and_snapshots_stream_two_at_a_time() {
     })
     .await;
     assert_eq!(third.total_bytes, ram.as_u64());
+    drop(third);
+
+    // Over REST (HTTP/2 on the socket), the copy streams and its report comes in trailers.
+    let (status, headers, bytes, trailers) = rest_snapshot(&d.socket(), "lim").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-corral-total-bytes"], ram.as_u64().to_string());
+    assert_eq!(bytes, ram.as_u64());
+    let torn: u64 = trailers["x-corral-torn-pages"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reread: u64 = trailers["x-corral-reread-pages"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(torn <= reread, "torn {torn}, re-read {reread}");
+    assert!(trailers.contains_key("x-corral-copy-us"));
     let audit = std::fs::read_to_string(d.data_dir().join("audit.log")).unwrap();
     assert!(
         audit
@@ -422,4 +446,34 @@ async fn memory_find_stops_at_its_limit_and_snapshots_stream_two_at_a_time() {
             .any(|l| l.contains("memory.snapshot") && l.contains("already streaming")),
         "the refusal is audited: {audit}"
     );
+}
+
+/// `GET /v1/vms/{vm}/memory/snapshot` over HTTP/2 on `socket`: status, headers, the number
+/// of body bytes (counted as they arrive, not kept) and the trailers.
+async fn rest_snapshot(
+    socket: &Path,
+    vm: &str,
+) -> (u16, axum::http::HeaderMap, u64, axum::http::HeaderMap) {
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(UnixStream::connect(socket).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = axum::http::Request::get(format!("http://localhost/v1/vms/{vm}/memory/snapshot"))
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, mut body) = response.into_parts();
+    let (mut bytes, mut trailers) = (0u64, axum::http::HeaderMap::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            bytes += data.len() as u64;
+        } else if let Ok(t) = frame.into_trailers() {
+            trailers = t;
+        }
+    }
+    (parts.status.as_u16(), parts.headers, bytes, trailers)
 }
