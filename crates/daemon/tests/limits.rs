@@ -193,6 +193,43 @@ async fn a_client_that_never_finishes_its_headers_is_dropped_after_the_header_ti
     }
 }
 
+/// The types of the HTTP/2 frames in `bytes` (a server's side of a connection).
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+#[tokio::test]
+async fn connections_that_ask_nothing_are_closed_once_idle_whatever_they_sent() {
+    // The header timeout stays at its default: these connections never start a request
+    // hyper could time, so only the idle timeout can close them.
+    let d = Corrald::start_with(CORRALD, &["--idle-timeout", "2s"]).expect("corrald");
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let mut h2 = UnixStream::connect(d.socket()).await.unwrap();
+    h2.write_all(&[PREFACE, EMPTY_SETTINGS].concat())
+        .await
+        .unwrap();
+    let mut half_preface = UnixStream::connect(d.socket()).await.unwrap();
+    half_preface.write_all(&PREFACE[..10]).await.unwrap();
+    let mut silent = UnixStream::connect(d.socket()).await.unwrap();
+    assert_eq!(api(&d).get("/healthz").await.status, 200);
+
+    let sent = closed_by_daemon(&mut h2, "an idle HTTP/2 connection").await;
+    const GOAWAY: u8 = 0x7;
+    assert!(
+        h2_frame_types(&sent).contains(&GOAWAY),
+        "an idle HTTP/2 connection is told GOAWAY before it is closed: {sent:?}"
+    );
+    closed_by_daemon(&mut half_preface, "a connection with half a preface").await;
+    closed_by_daemon(&mut silent, "a silent connection").await;
+}
+
 #[tokio::test]
 async fn an_over_size_json_body_is_refused_with_413_naming_the_limit() {
     let d = common::daemon();
