@@ -11,13 +11,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-
-use crate::serve::UnixSocket;
 
 use crate::api::Permission;
 use crate::api::error::{is_grpc, refusal};
@@ -262,9 +260,10 @@ pub struct PeerCred {
     pid: Option<i32>,
 }
 
-impl Connected<axum::serve::IncomingStream<'_, UnixSocket>> for PeerCred {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixSocket>) -> Self {
-        let cred = stream.io().get_ref().peer_cred().ok();
+impl PeerCred {
+    /// The credentials of the peer of `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+        let cred = stream.peer_cred().ok();
         PeerCred {
             uid: cred.as_ref().map(|c| c.uid()),
             pid: cred.and_then(|c| c.pid()),

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use corral_contract::ByteSize;
 use serde::Deserialize;
 
 /// corrald runs VMs on this host and keeps them the way they were declared.
@@ -86,6 +88,21 @@ pub struct Args {
     /// [default: 20000-29999]
     #[arg(long, env = "CORRAL_PORT_RANGE", value_name = "FIRST-LAST")]
     pub port_range: Option<corral_service::PortRange>,
+    /// Most API connections open at once on each listener, TLS handshakes included; more
+    /// are closed as soon as they are accepted [default: 1024]
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// How long a client may take over its TLS handshake and over each request's headers,
+    /// e.g. `10s` [default: 10s]
+    #[arg(long, env = "CORRAL_HEADER_TIMEOUT", value_parser = parse_timeout)]
+    pub header_timeout: Option<Duration>,
+    /// How long a connection may stay open with no request in flight, e.g. `2m`
+    /// [default: 2m]
+    #[arg(long, env = "CORRAL_IDLE_TIMEOUT", value_parser = parse_timeout)]
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes one image upload may send, e.g. `32G` [default: 32G]
+    #[arg(long, env = "CORRAL_UPLOAD_MAX_SIZE", value_name = "SIZE")]
+    pub upload_max_size: Option<ByteSize>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -136,6 +153,10 @@ pub struct FileConfig {
     import_allow_net: Vec<ipnet::IpNet>,
     import_proxy: Option<String>,
     import_max_size: Option<String>,
+    max_connections: Option<u32>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    upload_max_size: Option<String>,
 }
 
 /// TCP serving, all three pieces present.
@@ -179,6 +200,44 @@ pub struct Config {
     pub host_path_allow: Vec<PathBuf>,
     /// How URL imports may reach out, and how large an import may be.
     pub import: corral_service::ImportPolicy,
+    /// What one API client may hold of the daemon, and for how long.
+    pub limits: ConnLimits,
+    /// Most bytes one image upload may send.
+    pub upload_max_size: ByteSize,
+}
+
+/// What one API client may hold of the daemon, and for how long; the same for every
+/// listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections open at once per listener (TLS handshakes included); more are closed at
+    /// once rather than queued.
+    pub max_connections: u32,
+    /// For a TLS handshake, and for each HTTP/1 request's headers.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The default of `--upload-max-size`.
+pub const DEFAULT_UPLOAD_MAX_SIZE: ByteSize = ByteSize::from_gib(32);
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; write e.g. `10s` or `2m`")),
+    }
 }
 
 /// The unprivileged user QEMU runs as.
@@ -288,9 +347,49 @@ impl Config {
             }
             (None, None) => {}
         }
+        let defaults = ConnLimits::default();
+        let timeout =
+            |flag: Option<Duration>, file: Option<String>, key: &str, default| match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(text)) => parse_timeout(&text)
+                    .map_err(|e| ConfigError(format!("config file: {key}: {text:?}: {e}"))),
+                (None, None) => Ok(default),
+            };
+        let limits = ConnLimits {
+            max_connections: match args.max_connections.or(file.max_connections) {
+                Some(0) => {
+                    return Err(ConfigError(
+                        "config file: max_connections: must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => defaults.max_connections,
+            },
+            header_timeout: timeout(
+                args.header_timeout,
+                file.header_timeout,
+                "header_timeout",
+                defaults.header_timeout,
+            )?,
+            idle_timeout: timeout(
+                args.idle_timeout,
+                file.idle_timeout,
+                "idle_timeout",
+                defaults.idle_timeout,
+            )?,
+        };
+        let upload_max_size = match (args.upload_max_size, file.upload_max_size) {
+            (Some(size), _) => size,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| ConfigError(format!("config file: upload_max_size: {e}")))?,
+            (None, None) => DEFAULT_UPLOAD_MAX_SIZE,
+        };
         Ok(Config {
             host_path_allow,
             import,
+            limits,
+            upload_max_size,
             port_range,
             data_dir,
             run_dir,
@@ -465,6 +564,46 @@ mod tests {
                 && msg.contains("useradd --system"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn limits_come_from_flags_or_the_file_and_bad_ones_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(
+            &file,
+            "idle_timeout = \"30s\"\nupload_max_size = \"1G\"\nmax_connections = 8\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let cfg = Config::resolve(&args(&["--config", path, "--header-timeout", "2s"])).unwrap();
+        assert_eq!(
+            cfg.limits,
+            ConnLimits {
+                max_connections: 8,
+                header_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(cfg.upload_max_size, ByteSize::from_gib(1));
+        let cfg = Config::resolve(&args(&[])).unwrap();
+        assert_eq!(
+            (cfg.limits, cfg.upload_max_size),
+            (ConnLimits::default(), DEFAULT_UPLOAD_MAX_SIZE)
+        );
+        for bad in [
+            &["--header-timeout", "0s"][..],
+            &["--idle-timeout", "soon"],
+            &["--max-connections", "0"],
+            &["--upload-max-size", "1GB"],
+        ] {
+            let argv = std::iter::once("corrald").chain(bad.iter().copied());
+            let err = Args::try_parse_from(argv).unwrap_err().to_string();
+            assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        }
+        std::fs::write(&file, "idle_timeout = \"forever\"\n").unwrap();
+        let err = Config::resolve(&args(&["--config", path])).unwrap_err();
+        assert!(err.to_string().contains("idle_timeout"), "{err}");
     }
 
     #[test]

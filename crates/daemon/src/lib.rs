@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.qemu_img = config.qemu_img.clone();
     storage_config.host_paths = host_paths.clone();
     storage_config.import = config.import.clone();
+    storage_config.max_upload = Some(config.upload_max_size.as_u64());
     let storage = StorageService::new(store, storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     // QEMU passes through to the files it opens: image blobs (backing files, kernels),
@@ -169,36 +170,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let unix = serve::bind_unix(&config.socket).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
     let mut servers = tokio::task::JoinSet::new();
-    let mut stop = stop_rx.clone();
+    let limits = config.limits.clone();
     let unix_app = app
         .clone()
-        .layer(axum::middleware::from_fn(auth::unix_caller))
-        .into_make_service_with_connect_info::<auth::PeerCred>();
-    servers.spawn(async move {
-        axum::serve(unix, unix_app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+        .layer(axum::middleware::from_fn(auth::unix_caller));
+    servers.spawn(serve::serve(
+        serve::Capped::new(unix, limits.max_connections),
+        unix_app,
+        limits.clone(),
+        |io: &serve::Counted<serve::UnixConnection>, _: &_| {
+            auth::PeerCred::of(io.get_ref().get_ref())
+        },
+        stop_rx.clone(),
+    ));
     if let Some(tcp) = &config.tcp {
         let tokens = auth::Tokens::load(&tcp.token_file).map_err(anyhow::Error::msg)?;
-        let listener = serve::TlsListener::bind(tcp.listen, &tcp.tls_cert, &tcp.tls_key)
+        let listener = serve::TlsListener::bind(tcp.listen, &tcp.tls_cert, &tcp.tls_key, &limits)
             .await
             .map_err(anyhow::Error::msg)?;
-        tracing::info!(addr = %tcp.listen, "serving TLS with bearer tokens");
+        tracing::info!(addr = %tcp.listen, max_connections = limits.max_connections, "serving TLS with bearer tokens");
         let tcp_app = app.layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::require_token,
         ));
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(listener, tcp_app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        servers.spawn(serve::serve(
+            listener,
+            tcp_app,
+            limits,
+            |_: &_, addr: &std::net::SocketAddr| *addr,
+            stop_rx.clone(),
+        ));
     }
 
     shutdown_signal().await;
@@ -253,33 +254,38 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
             .await;
     }
     let d = daemon;
+    use api::limits::grpc_limits;
     Ok(
-        tonic::service::Routes::new(VmServiceServer::new(vms::grpc::VmGrpc(d.clone())))
-            .add_service(SystemServiceServer::new(system::grpc::SystemGrpc(
-                d.clone(),
-            )))
-            .add_service(MemoryServiceServer::new(memory::grpc::MemoryGrpc(
-                d.clone(),
-            )))
-            .add_service(NetworkServiceServer::new(networks::grpc::NetworkGrpc(
-                d.clone(),
-            )))
-            .add_service(ConsoleServiceServer::new(console::grpc::ConsoleGrpc(
-                d.clone(),
-            )))
-            .add_service(ImageServiceServer::new(images::grpc::ImageGrpc(d.clone())))
-            .add_service(VolumeServiceServer::new(volumes::grpc::VolumeGrpc(
-                d.clone(),
-            )))
-            .add_service(SnapshotServiceServer::new(snapshots::grpc::SnapshotGrpc(
-                d.clone(),
-            )))
-            .add_service(AttestationServiceServer::new(
-                attestations::grpc::AttestationGrpc(d.clone()),
-            ))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha),
+        tonic::service::Routes::new(grpc_limits!(VmServiceServer::new(vms::grpc::VmGrpc(
+            d.clone()
+        ))))
+        .add_service(grpc_limits!(SystemServiceServer::new(
+            system::grpc::SystemGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(MemoryServiceServer::new(
+            memory::grpc::MemoryGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(NetworkServiceServer::new(
+            networks::grpc::NetworkGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(ConsoleServiceServer::new(
+            console::grpc::ConsoleGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(ImageServiceServer::new(
+            images::grpc::ImageGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(VolumeServiceServer::new(
+            volumes::grpc::VolumeGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(SnapshotServiceServer::new(
+            snapshots::grpc::SnapshotGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(AttestationServiceServer::new(
+            attestations::grpc::AttestationGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(health))
+        .add_service(grpc_limits!(reflection_v1))
+        .add_service(grpc_limits!(reflection_v1alpha)),
     )
 }
 

@@ -397,7 +397,7 @@ fn create(kind: &str) -> Operation {
             "412",
             error("The spec does not fit what exists (FailedPrecondition)"),
         )
-        .response("413", error("The body is larger than 2 MiB"))
+        .response("413", error("The body is larger than 4 MiB"))
         .response("415", error("The body is not declared as application/json"))
         .build()
 }
@@ -432,7 +432,7 @@ fn update(kind: &str) -> Operation {
         "412",
         error("The change does not fit the resource's state (FailedPrecondition)"),
     )
-    .response("413", error("The body is larger than 2 MiB"))
+    .response("413", error("The body is larger than 4 MiB"))
     .response("415", error("The body is not declared as application/json"))
     .build()
 }
@@ -691,9 +691,10 @@ fn find_memory() -> Operation {
         ))
         .parameter(query(
             "limit",
-            integer(0, Some(u32::MAX.into())),
+            integer(0, Some(corral_service::MAX_FIND_LIMIT.into())),
             false,
-            "The most addresses to return; 0 (the default) for 1000",
+            "The most addresses to return, up to 100000; 0 (the default) for 1000. The scan \
+             stops once it has one more than this",
         ))
         .response(
             "200",
@@ -703,23 +704,32 @@ fn find_memory() -> Operation {
 }
 
 fn snapshot_memory() -> Operation {
-    memory(op("Copy all of guest RAM"))
-        .parameter(query(
-            "mode",
-            string().enum_values(Some(["consistent", "atomic"])),
-            false,
-            "consistent (default): copied while the guest runs, changed pages re-read; atomic: \
+    memory(op("Copy all of guest RAM").description(Some(
+        "Streamed as it is copied. Headers give the mode, the regions (x-corral-regions) and \
+         the size (x-corral-total-bytes); trailers report how the copy went \
+         (x-corral-torn-pages, x-corral-reread-pages, x-corral-pause-us, x-corral-copy-us). \
+         At most 2 snapshots stream from a daemon at once.",
+    )))
+    .parameter(query(
+        "mode",
+        string().enum_values(Some(["consistent", "atomic"])),
+        false,
+        "consistent (default): copied while the guest runs, changed pages re-read; atomic: \
              vCPUs paused for the copy",
-        ))
-        .response(
-            "200",
-            raw_response(
-                "Guest RAM",
-                "application/octet-stream",
-                string().content_media_type("application/octet-stream"),
-            ),
-        )
-        .build()
+    ))
+    .response(
+        "429",
+        error("The daemon already streams its limit of snapshots; retry when one is done"),
+    )
+    .response(
+        "200",
+        raw_response(
+            "Guest RAM",
+            "application/octet-stream",
+            string().content_media_type("application/octet-stream"),
+        ),
+    )
+    .build()
 }
 
 fn side() -> ObjectBuilder {
@@ -864,6 +874,7 @@ fn error_code_schema() -> ObjectBuilder {
         "Conflict",
         "FailedPrecondition",
         "PayloadTooLarge",
+        "ResourceExhausted",
         "UnsupportedMediaType",
         "Internal",
         "Unavailable",

@@ -1,6 +1,10 @@
-//! Listeners: the unix socket (mode 0600) and, when configured, TCP with TLS and tokens.
+//! Listeners: the unix socket (mode 0600) and, when configured, TCP with TLS and tokens;
+//! both served within the daemon's connection limits (see `serve/conn.rs`).
 
 mod authority;
+mod conn;
+
+pub use conn::{Capped, ConnCap, Counted, serve};
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +19,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::config::ConnLimits;
 
 /// The API socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -100,24 +106,26 @@ impl axum::serve::Listener for UnixSocket {
     }
 }
 
-/// How many TLS handshakes may be in flight at once; more connections wait in the kernel's
-/// accept backlog.
-const MAX_HANDSHAKES: usize = 256;
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A TCP listener that hands the server only connections whose TLS handshake completed.
 ///
-/// Handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once, each bounded by
-/// [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never delays anyone else's accept.
+/// Each accepted connection takes a place of the listener's [`ConnCap`] before its
+/// handshake (a connection finding none is closed at once) and keeps it until it closes.
+/// Handshakes run in their own tasks, each bounded by the header timeout, so a slow or
+/// silent client never delays anyone else's accept.
 pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<Counted<TcpStream>>, SocketAddr)>,
     addr: SocketAddr,
 }
 
 impl TlsListener {
-    /// Binds `addr` with the certificate chain and key from PEM files.
-    pub async fn bind(addr: SocketAddr, cert: &Path, key: &Path) -> Result<TlsListener, String> {
+    /// Binds `addr` with the certificate chain and key from PEM files, taking at most
+    /// `limits.max_connections` connections at once.
+    pub async fn bind(
+        addr: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        limits: &ConnLimits,
+    ) -> Result<TlsListener, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect())
             .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
@@ -138,48 +146,61 @@ impl TlsListener {
         let addr = tcp
             .local_addr()
             .map_err(|e| format!("binding {addr}: {e}"))?;
-        let (tx, ready) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(Arc::new(config)), tx));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let handshakes = Handshakes {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            cap: ConnCap::new(limits.max_connections),
+            timeout: limits.header_timeout,
+        };
+        tokio::spawn(handshakes.accept_loop(tcp, tx));
         Ok(TlsListener { ready, addr })
     }
 }
 
-/// Accepts TCP connections and completes their handshakes concurrently, until the listener
-/// is dropped.
-async fn accept_loop(
-    tcp: TcpListener,
+/// How the TLS listener admits connections.
+struct Handshakes {
     acceptor: TlsAcceptor,
-    ready: tokio::sync::mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let accepted = tokio::select! {
-            accepted = tcp.accept() => accepted,
-            () = ready.closed() => return,
-        };
-        let (stream, addr) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, addr)).await;
+    cap: ConnCap,
+    timeout: Duration,
+}
+
+impl Handshakes {
+    /// Accepts TCP connections and completes their handshakes concurrently, until the
+    /// listener is dropped.
+    async fn accept_loop(
+        self,
+        tcp: TcpListener,
+        ready: tokio::sync::mpsc::Sender<(TlsStream<Counted<TcpStream>>, SocketAddr)>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                () = ready.closed() => return,
+            };
+            let (stream, addr) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-            }
-        });
+            };
+            let Some(stream) = self.cap.admit(stream) else {
+                tracing::debug!(%addr, "connection limit reached: closing a new connection");
+                continue;
+            };
+            let (acceptor, ready, timeout) = (self.acceptor.clone(), ready.clone(), self.timeout);
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = ready.send((tls, addr)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
     }
 }
 
@@ -192,7 +213,7 @@ impl std::fmt::Debug for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Counted<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -28,4 +28,4 @@ pub use error::Error;
 pub use hilbert::{HilbertStream, MAX_SAMPLES, hilbert_d2xy, hilbert_frame, to_png};
 pub use layout::{MemoryLayout, Region};
 pub use qmp::{RamBackend, discover, discover_layout, open_discovered};
-pub use ram::{ConsistentSnapshot, GuestRam, PAGE_SIZE};
+pub use ram::{ConsistentChunk, ConsistentChunks, ConsistentSnapshot, GuestRam, PAGE_SIZE};

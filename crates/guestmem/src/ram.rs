@@ -117,13 +117,18 @@ impl GuestRam {
     /// Guest-physical addresses of every occurrence of `pattern`, ascending. Matches
     /// spanning two regions are not found (the regions are not adjacent in the guest).
     pub fn find(&self, pattern: &[u8]) -> Vec<u64> {
-        if pattern.is_empty() {
-            return Vec::new();
-        }
-        let finder = memchr::memmem::Finder::new(pattern);
-        self.regions()
-            .flat_map(|(base, bytes)| finder.find_iter(bytes).map(move |i| base + i as u64))
-            .collect()
+        self.find_iter(pattern).collect()
+    }
+
+    /// [`GuestRam::find`] as an iterator that scans only as far as it is driven: taking the
+    /// first few matches of a common pattern (`00` on a zeroed guest) reads a few bytes, not
+    /// all of RAM, and holds no list of every match.
+    pub fn find_iter<'a>(&'a self, pattern: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
+        // An empty pattern "matches" everywhere; it finds nothing here.
+        let regions = self.regions().filter(move |_| !pattern.is_empty());
+        regions.flat_map(move |(base, bytes)| {
+            memchr::memmem::find_iter(bytes, pattern).map(move |i| base + i as u64)
+        })
     }
 
     /// A copy of all RAM in layout order, taken while the guest runs (pages may be torn).
@@ -157,46 +162,122 @@ impl GuestRam {
     /// checksum changed during the copy are re-read, each up to `max_rereads` times, until a
     /// copy sits between two equal checksums; pages that never settle are reported.
     pub fn snapshot_consistent(&self, max_rereads: u32) -> ConsistentSnapshot {
-        let mut data = Vec::with_capacity(self.len() as usize);
-        let mut changed = Vec::new(); // (guest-physical address, offset in `data`)
+        let mut snapshot = ConsistentSnapshot {
+            data: Vec::with_capacity(self.len() as usize),
+            torn_pages: Vec::new(),
+            reread_pages: 0,
+        };
+        for chunk in self.consistent_chunks(CHUNK, max_rereads) {
+            snapshot.data.extend_from_slice(&chunk.data);
+            snapshot.torn_pages.extend(chunk.torn_pages);
+            snapshot.reread_pages += chunk.reread_pages;
+        }
+        snapshot
+    }
+
+    /// [`GuestRam::snapshot_consistent`] piece by piece: copies of at most `chunk` bytes (a
+    /// region's end cuts a piece short) in layout order, each checked and repaired page by
+    /// page before it is handed out, so a snapshot can be streamed while holding one piece.
+    pub fn consistent_chunks(&self, chunk: usize, max_rereads: u32) -> ConsistentChunks<'_> {
+        ConsistentChunks {
+            ram: self,
+            region: 0,
+            offset: 0,
+            chunk: chunk.max(PAGE_SIZE),
+            max_rereads,
+        }
+    }
+
+    /// Copies `src` (guest-physical `gpa` on) into `out` between page checksums, re-reading
+    /// pages that changed; returns the pages that never settled and the re-reads done.
+    fn copy_checked(
+        &self,
+        gpa: u64,
+        src: &[u8],
+        out: &mut Vec<u8>,
+        max_rereads: u32,
+    ) -> (Vec<u64>, u64) {
+        let mut torn = Vec::new();
+        let mut rereads = 0;
         let mut before = Vec::with_capacity(CHUNK / PAGE_SIZE);
-        for (base, bytes) in self.regions() {
-            for (c, chunk) in bytes.chunks(CHUNK).enumerate() {
-                before.clear();
-                before.extend(chunk.chunks(PAGE_SIZE).map(xxh3_64));
-                let start = data.len();
-                data.extend_from_slice(chunk);
-                for (p, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-                    if xxh3_64(page) != before[p] {
-                        let rel = c * CHUNK + p * PAGE_SIZE;
-                        changed.push((base + rel as u64, start + p * PAGE_SIZE));
+        for (c, part) in src.chunks(CHUNK).enumerate() {
+            before.clear();
+            before.extend(part.chunks(PAGE_SIZE).map(xxh3_64));
+            let start = out.len();
+            out.extend_from_slice(part);
+            for (p, page) in part.chunks(PAGE_SIZE).enumerate() {
+                if xxh3_64(page) == before[p] {
+                    continue;
+                }
+                let at = start + p * PAGE_SIZE;
+                let mut settled = false;
+                for _ in 0..max_rereads {
+                    rereads += 1;
+                    let h = xxh3_64(page);
+                    out[at..at + page.len()].copy_from_slice(page);
+                    if xxh3_64(page) == h {
+                        settled = true;
+                        break;
                     }
                 }
-            }
-        }
-        let mut reread_pages = 0;
-        let mut torn_pages = Vec::new();
-        for (gpa, at) in changed {
-            let len = PAGE_SIZE.min(data.len() - at);
-            let mut settled = false;
-            for _ in 0..max_rereads {
-                reread_pages += 1;
-                let src = self.read_physical(gpa, len as u64).unwrap_or_default();
-                let h = xxh3_64(src);
-                data[at..at + len].copy_from_slice(src);
-                if xxh3_64(src) == h {
-                    settled = true;
-                    break;
+                if !settled {
+                    torn.push(gpa + (c * CHUNK + p * PAGE_SIZE) as u64);
                 }
             }
-            if !settled {
-                torn_pages.push(gpa);
-            }
         }
-        ConsistentSnapshot {
-            data,
-            torn_pages,
-            reread_pages,
+        (torn, rereads)
+    }
+}
+
+/// One piece of a consistent snapshot: [`GuestRam::consistent_chunks`].
+#[derive(Debug, Clone)]
+pub struct ConsistentChunk {
+    /// Guest-physical address of `data[0]`.
+    pub addr: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Pages of this piece that were still changing after the last re-read.
+    pub torn_pages: Vec<u64>,
+    /// Page re-reads done for this piece.
+    pub reread_pages: u64,
+}
+
+/// The pieces of a consistent snapshot, copied one at a time as they are asked for.
+#[derive(Debug)]
+pub struct ConsistentChunks<'a> {
+    ram: &'a GuestRam,
+    region: usize,
+    offset: u64,
+    chunk: usize,
+    max_rereads: u32,
+}
+
+impl Iterator for ConsistentChunks<'_> {
+    type Item = ConsistentChunk;
+
+    fn next(&mut self) -> Option<ConsistentChunk> {
+        loop {
+            let region = self.ram.layout.regions().get(self.region)?;
+            if self.offset >= region.len {
+                self.region += 1;
+                self.offset = 0;
+                continue;
+            }
+            let len = (region.len - self.offset).min(self.chunk as u64) as usize;
+            let at = (region.file_offset + self.offset) as usize;
+            let addr = region.guest_phys_base + self.offset;
+            self.offset += len as u64;
+            let src = &self.ram.map[at..at + len];
+            let mut data = Vec::with_capacity(len);
+            let (torn_pages, reread_pages) =
+                self.ram
+                    .copy_checked(addr, src, &mut data, self.max_rereads);
+            return Some(ConsistentChunk {
+                addr,
+                data,
+                torn_pages,
+                reread_pages,
+            });
         }
     }
 }
@@ -256,6 +337,54 @@ mod tests {
         assert_eq!(c.data, bytes);
         assert!(c.torn_pages.is_empty());
         assert_eq!(c.reread_pages, 0);
+    }
+
+    #[test]
+    fn consistent_chunks_cut_at_region_ends_and_add_up_to_the_snapshot() {
+        let bytes: Vec<u8> = (0..5 * PAGE_SIZE).map(|i| (i / 7) as u8).collect();
+        let f = file_with(&bytes);
+        let layout = MemoryLayout::new(vec![
+            Region {
+                guest_phys_base: 0,
+                file_offset: 0,
+                len: 3 * PAGE_SIZE as u64,
+            },
+            Region {
+                guest_phys_base: 0x10_0000,
+                file_offset: 3 * PAGE_SIZE as u64,
+                len: 2 * PAGE_SIZE as u64,
+            },
+        ])
+        .unwrap();
+        let ram = GuestRam::open(f.path(), layout).unwrap();
+        let chunks: Vec<ConsistentChunk> = ram.consistent_chunks(2 * PAGE_SIZE, 2).collect();
+        let shape: Vec<(u64, usize)> = chunks.iter().map(|c| (c.addr, c.data.len())).collect();
+        let page = PAGE_SIZE;
+        assert_eq!(
+            shape,
+            [
+                (0, 2 * page),
+                (2 * page as u64, page),
+                (0x10_0000, 2 * page)
+            ]
+        );
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
+        assert_eq!(joined, bytes);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.torn_pages.is_empty() && c.reread_pages == 0)
+        );
+    }
+
+    #[test]
+    fn find_iter_scans_only_as_far_as_it_is_driven() {
+        let f = file_with(&vec![0u8; 64 * PAGE_SIZE]);
+        let ram = GuestRam::open(f.path(), MemoryLayout::flat(64 * PAGE_SIZE as u64)).unwrap();
+        let first: Vec<u64> = ram.find_iter(&[0, 0]).take(3).collect();
+        assert_eq!(first, [0, 2, 4]);
+        assert_eq!(ram.find_iter(b"").next(), None);
+        assert_eq!(ram.find(b"\x01"), Vec::<u64>::new());
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A fault of the server (a stored object that does not decode, a failed task).
     Internal,
+    /// The request is larger than the daemon accepts (a body, an upload); the error names
+    /// the limit.
+    TooLarge,
 }
 
 /// Why a service call failed. Each variant's message names the object, what is wrong and
@@ -235,6 +238,19 @@ pub enum ServiceError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
+    /// A client sent more bytes than the daemon accepts for one request.
+    #[error(
+        "{what} is larger than {} ({limit} bytes), the most this daemon accepts: {remedy}",
+        corral_contract::ByteSize::new(*limit)
+    )]
+    TooLarge {
+        /// What was too large, e.g. `upload of image "big"`.
+        what: String,
+        /// The most bytes allowed.
+        limit: u64,
+        /// What to do.
+        remedy: &'static str,
+    },
 }
 
 fn quoted(names: &[String]) -> String {
@@ -266,6 +282,7 @@ impl ServiceError {
             | E::Interrupted { .. }
             | E::Hypervisor { .. } => ErrorCode::FailedPrecondition,
             E::Store(_) | E::Host(_) => ErrorCode::Unavailable,
+            E::TooLarge { .. } => ErrorCode::TooLarge,
             E::Io { .. }
             | E::Corrupt { .. }
             | E::BadDigest(_)

@@ -66,8 +66,8 @@ pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
-    ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
-    SnapshotMode,
+    ChunkReader, DEFAULT_SNAPSHOT_LIMIT, FrameStream, MAX_FIND_LIMIT, MemoryAccess, MemoryError,
+    MemoryOp, MemoryService, SnapshotMode, SnapshotPiece, SnapshotReport, SnapshotStream,
 };
 pub use network::{
     DEFAULT_NETWORK, HostAddr, HostLink, HostNet, HostNetError, HostRoute, NetworkKind,

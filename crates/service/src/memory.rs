@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use corral_contract::Phase;
 use corral_guestmem::{GuestRam, HilbertStream, MemoryLayout, Region};
 use corral_hypervisor::Hypervisor;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::{ServiceError, VmService};
@@ -20,8 +20,19 @@ pub const CHUNK: usize = 1 << 20;
 pub const MAX_PATTERN: usize = 4096;
 /// Addresses `find` returns unless asked for fewer.
 pub const DEFAULT_FIND_LIMIT: u32 = 1000;
+/// The most addresses one `find` returns (8 bytes each in corrald, about 20 in JSON).
+pub const MAX_FIND_LIMIT: u32 = 100_000;
 /// Page re-reads a consistent snapshot allows per changed page.
 const MAX_REREADS: u32 = 8;
+/// Snapshots one daemon streams at once unless configured otherwise.
+pub const DEFAULT_SNAPSHOT_LIMIT: usize = 2;
+/// The most RAM an atomic snapshot copies: it is the one mode that buffers (the guest stays
+/// paused only for a copy into corrald's memory, not for the transfer to the client).
+pub const MAX_ATOMIC_SNAPSHOT: u64 = 4 << 30;
+/// Pieces a snapshot copies ahead of a slow client.
+const SNAPSHOT_AHEAD: usize = 2;
+/// How long a snapshot waits for a client that reads nothing before it gives up its place.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(120);
 /// Bytes sampled per cell of a map (a PNG asked for once).
 const MAP_SAMPLES: u32 = 64;
 /// Bytes sampled per cell of a live frame (the fewest that still tell random data apart).
@@ -46,6 +57,9 @@ pub enum MemoryError {
     /// Reading RAM failed on a VM that should be readable.
     #[error("{0}")]
     Internal(String),
+    /// The daemon is doing as much of this as it allows at once; retry later.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// An act on guest memory, as the audit log names it.
@@ -106,15 +120,9 @@ impl SnapshotMode {
     }
 }
 
-/// A copy of all guest RAM and how it was taken.
-#[derive(Debug)]
-pub struct MemorySnapshot {
-    /// RAM in layout order.
-    pub data: Vec<u8>,
-    /// `(guest-physical base, len)` of each stretch of `data`, in order.
-    pub regions: Vec<(u64, u64)>,
-    /// How it was taken.
-    pub mode: SnapshotMode,
+/// How a snapshot was taken, known once its last byte is copied.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotReport {
     /// Pages that may mix old and new bytes (consistent mode).
     pub torn_pages: Vec<u64>,
     /// Pages re-read because they changed during the copy (consistent mode).
@@ -123,6 +131,43 @@ pub struct MemorySnapshot {
     pub paused: Duration,
     /// How long the copy took.
     pub copy: Duration,
+}
+
+/// A piece of a streamed snapshot.
+#[derive(Debug)]
+pub enum SnapshotPiece {
+    /// The next bytes of RAM, in layout order.
+    Data(Vec<u8>),
+    /// Every byte was sent; how they were taken.
+    Done(SnapshotReport),
+}
+
+/// A copy of all guest RAM on its way to a client, a piece at a time: at most
+/// [`CHUNK`] × 3 bytes of it are in corrald at once (the atomic mode, which copies RAM
+/// while the guest is paused, holds the whole copy, up to [`MAX_ATOMIC_SNAPSHOT`]).
+/// Dropping it, or not reading it for two minutes, stops the copy and frees its place among
+/// the daemon's concurrent snapshots.
+#[derive(Debug)]
+pub struct SnapshotStream {
+    /// How it is taken.
+    pub mode: SnapshotMode,
+    /// `(guest-physical base, len)` of each stretch of the data, in order.
+    pub regions: Vec<(u64, u64)>,
+    /// Bytes of data that will come.
+    pub total_bytes: u64,
+    pieces: mpsc::Receiver<SnapshotPiece>,
+}
+
+impl SnapshotStream {
+    /// The next piece; `None` after [`SnapshotPiece::Done`], or early if the copy failed.
+    pub async fn next(&mut self) -> Option<SnapshotPiece> {
+        self.pieces.recv().await
+    }
+
+    /// The pieces as a stream.
+    pub fn into_pieces(self) -> mpsc::Receiver<SnapshotPiece> {
+        self.pieces
+    }
 }
 
 /// A live Hilbert view: RGB frames (`side`×`side`, 3 bytes a pixel, rows top down).
@@ -149,6 +194,8 @@ pub struct MemoryService {
     vms: VmService,
     hypervisor: Arc<dyn Hypervisor>,
     audit: AuditLog,
+    snapshots: Arc<Semaphore>,
+    snapshot_limit: usize,
 }
 
 impl MemoryService {
@@ -158,7 +205,17 @@ impl MemoryService {
             vms,
             hypervisor,
             audit,
+            snapshots: Arc::new(Semaphore::new(DEFAULT_SNAPSHOT_LIMIT)),
+            snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
         }
+    }
+
+    /// Streams at most `limit` snapshots at once (at least 1); more are refused with
+    /// [`MemoryError::Exhausted`].
+    pub fn with_snapshot_limit(mut self, limit: usize) -> Self {
+        self.snapshot_limit = limit.max(1);
+        self.snapshots = Arc::new(Semaphore::new(self.snapshot_limit));
+        self
     }
 
     /// The audit log.
@@ -294,7 +351,9 @@ impl MemoryService {
     }
 
     /// Guest-physical addresses of `pattern` in VM `name`'s RAM (at most `limit`, 0 for
-    /// [`DEFAULT_FIND_LIMIT`]), and whether there were more.
+    /// [`DEFAULT_FIND_LIMIT`], up to [`MAX_FIND_LIMIT`]), and whether there were more. The scan
+    /// stops at the match after the limit, so its memory is bounded by the limit, not by how
+    /// often the pattern occurs.
     pub async fn find(
         &self,
         who: &str,
@@ -308,14 +367,20 @@ impl MemoryService {
                 pattern.len()
             )));
         }
-        let limit = if limit == 0 {
-            DEFAULT_FIND_LIMIT
-        } else {
-            limit
+        let limit = match limit {
+            0 => DEFAULT_FIND_LIMIT,
+            1..=MAX_FIND_LIMIT => limit,
+            _ => {
+                return Err(MemoryError::Invalid(format!(
+                    "limit: must be 1 to {MAX_FIND_LIMIT} (got {limit}); 0 means \
+                     {DEFAULT_FIND_LIMIT}"
+                )));
+            }
         } as usize;
         let opened = self.open(who, name, MemoryOp::Find, None).await?;
         blocking(move || {
-            let mut hits = opened.ram.find(&pattern);
+            // One match past the limit tells whether there were more.
+            let mut hits: Vec<u64> = opened.ram.find_iter(&pattern).take(limit + 1).collect();
             let truncated = hits.len() > limit;
             hits.truncate(limit);
             (hits, truncated)
@@ -323,41 +388,68 @@ impl MemoryService {
         .await
     }
 
-    /// A copy of all of VM `name`'s RAM.
+    /// A copy of all of VM `name`'s RAM, streamed: see [`SnapshotStream`]. Refused with
+    /// [`MemoryError::Exhausted`] while the daemon already streams its limit of snapshots.
     pub async fn snapshot(
         &self,
         who: &str,
         name: &str,
         mode: SnapshotMode,
-    ) -> Result<MemorySnapshot, MemoryError> {
+    ) -> Result<SnapshotStream, MemoryError> {
+        let Ok(permit) = self.snapshots.clone().try_acquire_owned() else {
+            let limit = self.snapshot_limit;
+            let reason = format!(
+                "snapshot: {limit} memory snapshots are already streaming from this daemon, \
+                 the most it copies at once; try again when one has finished"
+            );
+            let access = MemoryAccess {
+                op: MemoryOp::Snapshot,
+                vm: name.to_owned(),
+                range: None,
+            };
+            self.refused(who, &access, &reason);
+            return Err(MemoryError::Exhausted(reason));
+        };
         let opened = self.open(who, name, MemoryOp::Snapshot, None).await?;
-        let regions = opened
-            .ram
+        let ram = opened.ram.clone();
+        let regions = ram
             .layout()
             .regions()
             .iter()
             .map(|r| (r.guest_phys_base, r.len))
             .collect();
+        let total_bytes = ram.len();
+        let (tx, pieces) = mpsc::channel(SNAPSHOT_AHEAD);
         let t0 = Instant::now();
         match mode {
             SnapshotMode::Consistent => {
-                let ram = opened.ram.clone();
-                let snap = blocking(move || ram.snapshot_consistent(MAX_REREADS)).await?;
-                Ok(MemorySnapshot {
-                    data: snap.data,
-                    regions,
-                    mode,
-                    torn_pages: snap.torn_pages,
-                    reread_pages: snap.reread_pages,
-                    paused: Duration::ZERO,
-                    copy: t0.elapsed(),
-                })
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let mut report = SnapshotReport::default();
+                    for chunk in ram.consistent_chunks(CHUNK, MAX_REREADS) {
+                        report.torn_pages.extend(chunk.torn_pages);
+                        report.reread_pages += chunk.reread_pages;
+                        let piece = SnapshotPiece::Data(chunk.data);
+                        if !runtime.block_on(hand_over(&tx, piece)) {
+                            return;
+                        }
+                    }
+                    report.copy = t0.elapsed();
+                    runtime.block_on(hand_over(&tx, SnapshotPiece::Done(report)));
+                });
             }
             SnapshotMode::Atomic => {
+                if total_bytes > MAX_ATOMIC_SNAPSHOT {
+                    return Err(MemoryError::Invalid(format!(
+                        "mode: an atomic snapshot copies all RAM into corrald while vm {name} \
+                         is paused, and its {total_bytes} bytes are more than the \
+                         {MAX_ATOMIC_SNAPSHOT} allowed; take a consistent snapshot"
+                    )));
+                }
                 // The hypervisor pauses the guest itself, so a controller seeing the pause
                 // cannot resume the guest halfway through the copy.
-                let mut data = opened.ram.snapshot_buffer();
-                let ram = &opened.ram;
+                let mut data = ram.snapshot_buffer();
                 let paused = self
                     .hypervisor
                     .run_paused(&opened.uid, Box::new(|| ram.snapshot_into(&mut data)))
@@ -365,17 +457,29 @@ impl MemoryService {
                     .map_err(|e| {
                         MemoryError::Unavailable(format!("vm {name}: cannot pause it: {e}"))
                     })?;
-                Ok(MemorySnapshot {
-                    data,
-                    regions,
-                    mode,
-                    torn_pages: Vec::new(),
-                    reread_pages: 0,
-                    paused,
-                    copy: t0.elapsed(),
-                })
+                let copy = t0.elapsed();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    for chunk in data.chunks(CHUNK) {
+                        if !hand_over(&tx, SnapshotPiece::Data(chunk.to_vec())).await {
+                            return;
+                        }
+                    }
+                    let report = SnapshotReport {
+                        paused,
+                        copy,
+                        ..SnapshotReport::default()
+                    };
+                    hand_over(&tx, SnapshotPiece::Done(report)).await;
+                });
             }
         }
+        Ok(SnapshotStream {
+            mode,
+            regions,
+            total_bytes,
+            pieces,
+        })
     }
 
     /// A Hilbert map of VM `name`'s RAM as PNG, `side` pixels square (0 for 512).
@@ -444,6 +548,16 @@ impl MemoryService {
         });
         Ok(FrameStream { side, fps, frames })
     }
+}
+
+/// Passes `piece` to the client's side of a snapshot; `false` when the client went away or
+/// read nothing for [`SNAPSHOT_STALL`] (the snapshot then ends without its report, and frees
+/// its place).
+async fn hand_over(tx: &mpsc::Sender<SnapshotPiece>, piece: SnapshotPiece) -> bool {
+    matches!(
+        tokio::time::timeout(SNAPSHOT_STALL, tx.send(piece)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A range of guest RAM handed out chunk by chunk, each copied when asked for.

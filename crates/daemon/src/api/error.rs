@@ -43,6 +43,7 @@ fn rest_code(err: &ServiceError) -> (StatusCode, &'static str) {
         ErrorCode::FailedPrecondition => (StatusCode::PRECONDITION_FAILED, "FailedPrecondition"),
         ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
         ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn status(err: ServiceError) -> Status {
         ErrorCode::FailedPrecondition => Status::failed_precondition(message),
         ErrorCode::Unavailable => Status::unavailable(message),
         ErrorCode::Internal => Status::internal(message),
+        ErrorCode::TooLarge => Status::resource_exhausted(message),
     }
 }
 
@@ -68,6 +70,7 @@ pub fn memory_status(err: MemoryError) -> Status {
         e @ MemoryError::Invalid(_) => Status::invalid_argument(e.to_string()),
         e @ MemoryError::Unavailable(_) => Status::failed_precondition(e.to_string()),
         e @ MemoryError::Internal(_) => Status::internal(e.to_string()),
+        e @ MemoryError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -85,6 +88,7 @@ impl From<MemoryError> for ApiError {
             MemoryError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
             MemoryError::Unavailable(_) => (StatusCode::PRECONDITION_FAILED, "FailedPrecondition"),
             MemoryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+            MemoryError::Exhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted"),
         };
         ApiError::new(status, code, err.to_string())
     }
@@ -156,6 +160,7 @@ pub async fn json_errors(response: Response) -> Response {
         StatusCode::NOT_FOUND => "NotFound",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+        StatusCode::TOO_MANY_REQUESTS => "ResourceExhausted",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
         StatusCode::UNAUTHORIZED => "Unauthenticated",
         StatusCode::FORBIDDEN => "PermissionDenied",
@@ -167,6 +172,8 @@ pub async fn json_errors(response: Response) -> Response {
         .await
         .unwrap_or_default();
     let message = match String::from_utf8_lossy(&body).trim() {
+        // The framework's words ("length limit exceeded") do not say what the limit is.
+        _ if status == StatusCode::PAYLOAD_TOO_LARGE => super::limits::body_too_large(),
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.to_owned(),
     };

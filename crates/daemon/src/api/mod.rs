@@ -4,6 +4,7 @@
 
 pub mod error;
 pub(crate) mod json;
+pub mod limits;
 mod permission;
 mod routes;
 

@@ -159,6 +159,9 @@ pub(crate) fn rest_router(daemon: Shared, grpc: Router) -> Router {
     }
     router
         .with_state(daemon)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            super::limits::MAX_BODY,
+        ))
         .fallback(move |request: axum::extract::Request| {
             let grpc = grpc.clone();
             async move {

@@ -76,7 +76,8 @@ async fn attach(
             format!("this endpoint speaks WebSocket only: {e}"),
         ))
     })?;
-    Ok(ws.on_upgrade(move |socket| pump(socket, session, q.scrollback)))
+    Ok(crate::api::limits::websocket(ws)
+        .on_upgrade(move |socket| pump(socket, session, q.scrollback)))
 }
 
 async fn pump(mut socket: WebSocket, session: ConsoleSession, scrollback: bool) {

@@ -3,9 +3,10 @@
 use std::pin::Pin;
 
 use corral_contract::pb::{self, memory_service_server::MemoryService, snapshot_part::Part};
-use corral_service::{MEMORY_CHUNK as CHUNK, MemoryAccess, MemoryOp, SnapshotMode};
+use corral_service::{MemoryAccess, MemoryOp, SnapshotMode, SnapshotPiece};
 use prost::Message;
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::api::GrpcMethod;
@@ -116,7 +117,7 @@ impl MemoryService for MemoryGrpc {
             .await
             .map_err(status)?;
         let info = pb::SnapshotInfo {
-            total_bytes: snap.data.len() as u64,
+            total_bytes: snap.total_bytes,
             regions: snap
                 .regions
                 .iter()
@@ -126,26 +127,24 @@ impl MemoryService for MemoryGrpc {
                 })
                 .collect(),
         };
-        let report = pb::SnapshotReport {
-            mode: match mode {
-                SnapshotMode::Consistent => pb::SnapshotMode::Consistent,
-                SnapshotMode::Atomic => pb::SnapshotMode::Atomic,
-            } as i32,
-            torn_pages: snap.torn_pages,
-            reread_pages: snap.reread_pages,
-            pause_micros: snap.paused.as_micros() as u64,
-            copy_micros: snap.copy.as_micros() as u64,
-        };
-        let data = snap.data;
-        let chunks = (0..data.len().div_ceil(CHUNK)).map(move |i| {
-            let end = ((i + 1) * CHUNK).min(data.len());
-            Part::Data(data[i * CHUNK..end].to_vec())
+        let mode = match snap.mode {
+            SnapshotMode::Consistent => pb::SnapshotMode::Consistent,
+            SnapshotMode::Atomic => pb::SnapshotMode::Atomic,
+        } as i32;
+        let pieces = ReceiverStream::new(snap.into_pieces()).map(move |piece| match piece {
+            SnapshotPiece::Data(data) => Part::Data(data),
+            SnapshotPiece::Done(report) => Part::Report(pb::SnapshotReport {
+                mode,
+                torn_pages: report.torn_pages,
+                reread_pages: report.reread_pages,
+                pause_micros: report.paused.as_micros() as u64,
+                copy_micros: report.copy.as_micros() as u64,
+            }),
         });
-        let parts = std::iter::once(Part::Info(info))
-            .chain(chunks)
-            .chain(std::iter::once(Part::Report(report)))
+        let parts = tokio_stream::once(Part::Info(info))
+            .chain(pieces)
             .map(|part| Ok(pb::SnapshotPart { part: Some(part) }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+        Ok(Response::new(Box::pin(parts)))
     }
 
     async fn map(

@@ -2,13 +2,20 @@
 //! memory service, encode.
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use corral_service::{FrameStream, MemoryError, MemoryOp, SnapshotMode};
+use corral_service::{
+    FrameStream, MemoryError, MemoryOp, SnapshotMode, SnapshotPiece, SnapshotReport,
+};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use serde::Deserialize;
 use serde_json::json;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::Route;
 use crate::api::error::ApiError;
@@ -166,6 +173,8 @@ pub fn parse_mode(mode: Option<&str>) -> Result<SnapshotMode> {
     }
 }
 
+/// Streams the snapshot as it is copied: what is known first goes in headers, how the copy
+/// went (torn and re-read pages, pause and copy time) in trailers.
 async fn snapshot(
     State(d): State<Shared>,
     c: Extension<Caller>,
@@ -180,27 +189,55 @@ async fn snapshot(
         .map(|(base, len)| format!("{base:#x}+{len:#x}"))
         .collect();
     let headers = [
-        (
-            header::CONTENT_TYPE.as_str(),
-            "application/octet-stream".to_owned(),
-        ),
-        ("x-corral-snapshot-mode", mode.as_str().to_owned()),
-        ("x-corral-regions", regions.join(",")),
-        ("x-corral-torn-pages", snap.torn_pages.len().to_string()),
-        ("x-corral-reread-pages", snap.reread_pages.to_string()),
-        ("x-corral-pause-us", snap.paused.as_micros().to_string()),
-        ("x-corral-copy-us", snap.copy.as_micros().to_string()),
+        (header::CONTENT_TYPE.as_str(), "application/octet-stream"),
+        ("x-corral-snapshot-mode", mode.as_str()),
+        ("x-corral-regions", &regions.join(",")),
+        ("x-corral-total-bytes", &snap.total_bytes.to_string()),
+        (header::TRAILER.as_str(), &REPORT_TRAILERS.join(", ")),
     ];
-    let mut response = Body::from(snap.data).into_response();
+    let frames = ReceiverStream::new(snap.into_pieces()).map(|piece| {
+        Ok::<_, std::convert::Infallible>(match piece {
+            SnapshotPiece::Data(data) => Frame::data(Bytes::from(data)),
+            SnapshotPiece::Done(report) => Frame::trailers(report_trailers(&report)),
+        })
+    });
+    let mut response = Body::new(StreamBody::new(frames)).into_response();
     for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
             header::HeaderName::from_bytes(name.as_bytes()),
-            header::HeaderValue::from_str(&value),
+            header::HeaderValue::from_str(value),
         ) {
             response.headers_mut().insert(name, value);
         }
     }
     Ok(response)
+}
+
+/// The trailers of a snapshot, in the order [`report_trailers`] writes them.
+const REPORT_TRAILERS: [&str; 4] = [
+    "x-corral-torn-pages",
+    "x-corral-reread-pages",
+    "x-corral-pause-us",
+    "x-corral-copy-us",
+];
+
+fn report_trailers(report: &SnapshotReport) -> header::HeaderMap {
+    let values = [
+        report.torn_pages.len() as u128,
+        u128::from(report.reread_pages),
+        report.paused.as_micros(),
+        report.copy.as_micros(),
+    ];
+    REPORT_TRAILERS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| {
+            (
+                header::HeaderName::from_static(name),
+                header::HeaderValue::from(value as u64),
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,7 +279,7 @@ async fn stream(
 ) -> Result {
     // Checked and audited before the upgrade, so a refusal is a plain HTTP error.
     let stream = d.memory.stream(&who(&c), &name, q.side, q.fps).await?;
-    Ok(ws.on_upgrade(move |socket| pump(socket, stream)))
+    Ok(crate::api::limits::websocket(ws).on_upgrade(move |socket| pump(socket, stream)))
 }
 
 /// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame.

@@ -170,7 +170,9 @@ impl StorageService {
         self.store_image(image, writer).await
     }
 
-    /// Imports bytes a client streams; `size`, when given, is checked at the end.
+    /// Imports bytes a client streams; `size`, when given, is checked at the end. An upload
+    /// that declares or sends more than [`StorageConfig::max_upload`](super::StorageConfig)
+    /// bytes is refused as soon as it does, and its temp file removed.
     pub async fn upload_image<S>(
         &self,
         image: Image,
@@ -186,11 +188,24 @@ impl StorageService {
                 "an upload must have an upload source",
             )));
         }
-        self.check_new_image(&image).await?;
         let name = image.metadata.name.to_string();
+        let too_large = |limit| ServiceError::TooLarge {
+            what: format!("the upload of image {name:?}"),
+            limit,
+            remedy: "corrald's --upload-max-size sets the limit",
+        };
+        let max = self.config.max_upload.unwrap_or(u64::MAX);
+        if size.is_some_and(|size| size > max) {
+            return Err(too_large(max));
+        }
+        self.check_new_image(&image).await?;
         let mut writer = self.cas.writer()?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
+            if writer.size().saturating_add(chunk.len() as u64) > max {
+                // Dropping the writer removes its temp file.
+                return Err(too_large(max));
+            }
             off_the_runtime(|| writer.write_chunk(&chunk))
                 .map_err(|e| ServiceError::import(&name, e))?;
         }

@@ -45,6 +45,8 @@ pub struct StorageConfig {
     pub host_paths: HostPaths,
     /// How URL imports may reach out, and how large an import may be.
     pub import: ImportPolicy,
+    /// The most bytes one upload may send; `None` for no limit.
+    pub max_upload: Option<u64>,
 }
 
 impl StorageConfig {
@@ -55,6 +57,7 @@ impl StorageConfig {
             qemu_img: PathBuf::from("qemu-img"),
             host_paths: HostPaths::new(),
             import: ImportPolicy::default(),
+            max_upload: None,
         }
     }
 
