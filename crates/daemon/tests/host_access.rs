@@ -152,7 +152,9 @@ async fn a_tenant_names_only_regular_files_below_allowed_dirs_and_they_boot() ->
     // Every other host file is refused to the tenant, naming the field and why.
     let escape = a.join("sub/../../../etc/shadow");
     let data = d.data_dir();
+    std::fs::hard_link(data.join("keys/node.key"), a.join("hard-link"))?;
     let tenant_attacks: Vec<(PathBuf, &str)> = vec![
+        (a.join("hard-link"), "other hard links"),
         ("/etc/shadow".into(), "only an admin may name host files"),
         (a.join("shadow-link"), "symbolic link"),
         (escape.clone(), "leaves the allowed directory"),
