@@ -67,6 +67,9 @@ pub struct Args {
     /// The proxy URL imports go through (the *_PROXY variables are ignored)
     #[arg(long, env = "CORRAL_IMPORT_PROXY", value_name = "URL")]
     pub import_proxy: Option<String>,
+    /// How long one URL import may take, e.g. `2h` [default: 1h]
+    #[arg(long, env = "CORRAL_IMPORT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub import_timeout: Option<std::time::Duration>,
     /// The most bytes one image import (URL or host path) may bring in [default: 50G]
     #[arg(long, env = "CORRAL_IMPORT_MAX_SIZE", value_name = "SIZE")]
     pub import_max_size: Option<corral_contract::ByteSize>,
@@ -152,6 +155,7 @@ pub struct FileConfig {
     #[serde(default)]
     import_allow_net: Vec<ipnet::IpNet>,
     import_proxy: Option<String>,
+    import_timeout: Option<String>,
     import_max_size: Option<String>,
     max_connections: Option<u32>,
     header_timeout: Option<String>,
@@ -337,6 +341,14 @@ impl Config {
             proxy: args.import_proxy.clone().or(file.import_proxy),
             ..Default::default()
         };
+        match (&args.import_timeout, &file.import_timeout) {
+            (Some(t), _) => import.timeout = *t,
+            (None, Some(text)) => {
+                import.timeout = humantime::parse_duration(text)
+                    .map_err(|e| ConfigError(format!("config file: import_timeout: {e}")))?;
+            }
+            (None, None) => {}
+        }
         match (&args.import_max_size, &file.import_max_size) {
             (Some(size), _) => import.max_size = size.as_u64(),
             (None, Some(text)) => {
@@ -544,8 +556,11 @@ mod tests {
             "fd00::/8",
             "--import-max-size",
             "1G",
+            "--import-timeout",
+            "2h",
         ]))
         .unwrap();
+        assert_eq!(cfg.import.timeout, std::time::Duration::from_secs(7200));
         assert_eq!(cfg.host_path_allow, [PathBuf::from("/srv/images")]);
         assert_eq!(cfg.import.allow_nets.len(), 2);
         assert_eq!(cfg.import.max_size, 1 << 30);

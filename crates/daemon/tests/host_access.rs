@@ -152,7 +152,9 @@ async fn a_tenant_names_only_regular_files_below_allowed_dirs_and_they_boot() ->
     // Every other host file is refused to the tenant, naming the field and why.
     let escape = a.join("sub/../../../etc/shadow");
     let data = d.data_dir();
+    std::fs::hard_link(data.join("keys/node.key"), a.join("hard-link"))?;
     let tenant_attacks: Vec<(PathBuf, &str)> = vec![
+        (a.join("hard-link"), "other hard links"),
         ("/etc/shadow".into(), "only an admin may name host files"),
         (a.join("shadow-link"), "symbolic link"),
         (escape.clone(), "leaves the allowed directory"),
@@ -177,6 +179,21 @@ async fn a_tenant_names_only_regular_files_below_allowed_dirs_and_they_boot() ->
         });
         refused(tenant.create_vm(&vm).await, "spec.boot.disk.path", says);
     }
+    // REST is the same service: 400, the field named.
+    let rest = corral_testkit::http::Api::tls(port, tls.ca()).token(Some("tenant"));
+    let body = serde_json::json!({
+        "kind": "Image",
+        "metadata": {"name": "rest-steal"},
+        "spec": {"source": {"path": "/etc/shadow"}, "format": "raw"}
+    });
+    let message = rest
+        .post("/v1/images", &body)
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(
+        message.starts_with("spec.source.path: /etc/shadow: only an admin"),
+        "{message}"
+    );
     // A qcow2 disk by path would let its header name further host files.
     let vm = kit_vm("qcow", |b| b).with_boot(Boot::Disk {
         path: kernel.clone(),

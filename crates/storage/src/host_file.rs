@@ -167,7 +167,7 @@ impl HostPaths {
 
     /// Opens `path` for reading under these rules.
     pub fn open(&self, path: &Path, access: HostAccess) -> Result<HostFile, HostPathError> {
-        let fd = self.open_path(path, access)?;
+        let (fd, beneath) = self.open_path(path, access)?;
         let open_err = |source| HostPathError::Open {
             path: path.to_owned(),
             source,
@@ -178,6 +178,14 @@ impl HostPaths {
             return Err(HostPathError::NotRegular {
                 path: path.to_owned(),
                 kind: kind_name(kind),
+            });
+        }
+        // A hard link made in an allowed directory would reach a file outside it whatever
+        // the resolve flags say; a file with one name cannot.
+        if beneath && stat.st_nlink > 1 {
+            return Err(HostPathError::Refused {
+                path: path.to_owned(),
+                what: "a file with other hard links, which could lead outside the allowed directory (copy it instead)",
             });
         }
         let fs = rustix::fs::fstatfs(&fd).map_err(|e| open_err(e.into()))?;
@@ -197,7 +205,9 @@ impl HostPaths {
         Ok(HostFile { file, real_path })
     }
 
-    fn open_path(&self, path: &Path, access: HostAccess) -> Result<OwnedFd, HostPathError> {
+    /// The file as an `O_PATH` descriptor, and whether it was opened beneath an allowed
+    /// directory.
+    fn open_path(&self, path: &Path, access: HostAccess) -> Result<(OwnedFd, bool), HostPathError> {
         if !path.is_absolute() {
             return Err(HostPathError::Open {
                 path: path.to_owned(),
@@ -206,21 +216,21 @@ impl HostPaths {
         }
         if let Some(dir) = self.allowed.iter().find(|dir| path.starts_with(dir)) {
             let rel = path.strip_prefix(dir).unwrap_or(path);
-            return beneath(dir, rel, path);
+            return Ok((beneath(dir, rel, path)?, true));
         }
         if let Some(blobs) = &self.blobs {
             if let Ok(rel) = path.strip_prefix(blobs) {
-                return beneath(blobs, rel, path);
+                return Ok((beneath(blobs, rel, path)?, false));
             }
         }
         match access {
             HostAccess::Admin => {
-                rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-                    HostPathError::Open {
+                rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+                    .map(|fd| (fd, false))
+                    .map_err(|e| HostPathError::Open {
                         path: path.to_owned(),
                         source: e.into(),
-                    }
-                })
+                    })
             }
             HostAccess::Confined => Err(HostPathError::NotAllowed {
                 path: path.to_owned(),
@@ -378,6 +388,9 @@ mod tests {
             e.to_string().ends_with("is a FIFO, not a regular file"),
             "{e}"
         );
+        std::fs::hard_link(dir.path().join("data/state.db"), allowed.join("hard")).unwrap();
+        let e = err(allowed.join("hard"), HostAccess::Confined);
+        assert!(e.to_string().contains("hard links"), "{e}");
         let e = err(allowed.join("sub"), HostAccess::Confined);
         assert!(
             matches!(

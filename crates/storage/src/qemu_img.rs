@@ -168,7 +168,9 @@ impl QemuImg {
         if let Some(size) = size {
             args.push(size.to_string().into());
         }
-        self.run("create", path, &args).map(drop)
+        // With a backing file qemu-img reads that image's header too.
+        let limits = backing.map(|_| INFO_LIMITS);
+        self.run_limited("create", path, &args, limits).map(drop)
     }
 
     /// Grows an image (never shrinks: qemu-img refuses without `--shrink`).

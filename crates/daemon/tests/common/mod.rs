@@ -90,9 +90,10 @@ pub fn daemon() -> Corrald {
 }
 
 /// Boot files that exist (the daemon refuses missing ones) but that no QEMU can boot: an empty
-/// kernel with an initrd makes QEMU exit at once should a test's VM ever be started.
+/// kernel with an initrd makes QEMU exit at once should a test's VM ever be started. They lie
+/// beside the daemon's data directory, not in it: no caller may name files of its own state.
 pub fn boot_files(d: &Corrald) -> (String, String) {
-    let dir = d.data_dir().join("boot");
+    let dir = d.data_dir().with_file_name("boot");
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initrd.img");
