@@ -295,7 +295,7 @@ fn a_manifest_declares_a_network_and_the_vms_on_it() {
     cli.wait_gone("vm", "app");
     if cli.run(&["network", "get", "lab"]).status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(stderr.contains("joined by VM \"app\""), "{stderr}");
+        assert!(stderr.contains("is used by VM \"app\""), "{stderr}");
         cli.ok(&["network", "delete", "lab"]);
     }
     assert_eq!(cli.run(&["network", "get", "lab"]).status.code(), Some(3));
