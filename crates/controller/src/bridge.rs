@@ -30,7 +30,7 @@ use crate::ControllerError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct HostState {
     /// The network's uid: the bridge carries the alias `corral:<uid>`. Empty in state written
-    /// before links were marked; such a bridge is never deleted.
+    /// before links were marked (see `teardown`).
     #[serde(default)]
     uid: String,
     bridge: String,
@@ -261,7 +261,11 @@ async fn teardown(state_dir: &Path) -> Result<(), ControllerError> {
             run("nft", &["delete", "table", "ip", &state.table]).await?;
         }
         if link_exists(&state.bridge) {
-            if marked_by(&state.bridge, &state.uid).await? {
+            // State written before links were marked (no uid) names the bridge that version
+            // derived, `crl-<name>`, which only corrald made; a bridge such state names any
+            // other way (a `spec.bridge` that may have been the host's) is left alone.
+            let legacy = state.uid.is_empty() && state.bridge.starts_with("crl-");
+            if legacy || marked_by(&state.bridge, &state.uid).await? {
                 run("ip", &["link", "del", "dev", &state.bridge]).await?;
             } else {
                 tracing::warn!(
