@@ -30,7 +30,7 @@ use crate::ControllerError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct HostState {
     /// The network's uid: the bridge carries the alias `corral:<uid>`. Empty in state written
-    /// before links were marked; such a bridge is never deleted.
+    /// before links were marked (see `teardown`).
     #[serde(default)]
     uid: String,
     bridge: String,
@@ -119,9 +119,14 @@ fn read_state(state_dir: &Path) -> Option<HostState> {
         .and_then(|s| serde_json::from_str(&s).ok())
 }
 
-/// Sets up (or repairs) everything a bridge network needs. `others` are all networks, to
-/// check the subnet against.
-async fn ensure(dir: &Path, net: &Network, others: &[Network]) -> Result<(), ControllerError> {
+/// Sets up (or repairs) everything a bridge network needs. `others` are all networks and
+/// `host` the host's network as this pass read it, to check the bridge and subnet against.
+async fn ensure(
+    dir: &Path,
+    net: &Network,
+    others: &[Network],
+    host: &HostNet,
+) -> Result<(), ControllerError> {
     let name = net.metadata.name.as_str();
     let uid = net.metadata.uid.as_str();
     let Some(br) = bridge_of(net) else {
@@ -135,7 +140,7 @@ async fn ensure(dir: &Path, net: &Network, others: &[Network]) -> Result<(), Con
     }
     // Nothing is made, or changed, for a network that collides with another or with the host.
     network_conflict(net, others).map_err(ServiceError::from)?;
-    host_conflict(net, &HostNet::read().await?).map_err(ServiceError::from)?;
+    host_conflict(net, host).map_err(ServiceError::from)?;
 
     std::fs::create_dir_all(&state_dir).map_err(ControllerError::io("creating", &state_dir))?;
     let state = HostState {
@@ -261,7 +266,11 @@ async fn teardown(state_dir: &Path) -> Result<(), ControllerError> {
             run("nft", &["delete", "table", "ip", &state.table]).await?;
         }
         if link_exists(&state.bridge) {
-            if marked_by(&state.bridge, &state.uid).await? {
+            // State written before links were marked (no uid) names the bridge that version
+            // derived, `crl-<name>`, which only corrald made; a bridge such state names any
+            // other way (a `spec.bridge` that may have been the host's) is left alone.
+            let legacy = state.uid.is_empty() && state.bridge.starts_with("crl-");
+            if legacy || marked_by(&state.bridge, &state.uid).await? {
                 run("ip", &["link", "del", "dev", &state.bridge]).await?;
             } else {
                 tracing::warn!(
@@ -303,13 +312,29 @@ impl NetworkController {
     /// One pass over every network. Idempotent.
     pub async fn reconcile(&self) -> Result<(), ControllerError> {
         let (nets, _) = self.nets.list("").await?;
-        for net in nets.iter().filter(|n| n.spec.mode == NetworkMode::Bridge) {
+        let bridges: Vec<&Network> = nets
+            .iter()
+            .filter(|n| n.spec.mode == NetworkMode::Bridge)
+            .collect();
+        // Read once a pass (three `ip` runs), and only when there is something to check.
+        let host = if bridges.is_empty() {
+            Ok(HostNet::default())
+        } else {
+            HostNet::read().await
+        };
+        for net in bridges {
             let name = net.metadata.name.as_str();
-            let (phase, message) = match ensure(&self.dir, net, &nets).await {
+            let outcome = match &host {
+                Ok(host) => ensure(&self.dir, net, &nets, host)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let (phase, message) = match outcome {
                 Ok(()) => (NetworkPhase::Ready, None),
                 Err(e) => {
                     tracing::warn!(network = name, error = %e, "cannot set up bridge network");
-                    (NetworkPhase::Failed, Some(e.to_string()))
+                    (NetworkPhase::Failed, Some(e))
                 }
             };
             if net.status.phase != phase || net.status.message != message {

@@ -368,6 +368,20 @@ async fn only_an_admin_creates_bridge_networks() {
     )
     .await
     .expect(201);
+    // The same over gRPC.
+    let grpc = Client::connect(Endpoint::Https {
+        url: format!("https://localhost:{port}"),
+        token: Some("ops".into()),
+        ca_file: Some(tls.ca_file()),
+    })
+    .await
+    .unwrap();
+    let lab: Network = serde_json::from_value(json!({
+        "metadata": {"name": "lab"}, "spec": {"mode": "bridge", "cidr": "10.76.0.0/24"},
+    }))
+    .unwrap();
+    let err = grpc.create_network(&lab).await.unwrap_err().to_string();
+    assert!(err.contains("is for admins only"), "{err}");
     let boss = tls_api(port, &ca, Some("boss"));
     boss.post(
         "/v1/networks",
@@ -387,8 +401,9 @@ async fn only_an_admin_creates_bridge_networks() {
 }
 
 /// Boots a guest-kit VM on user network `net` (guest port 5555 forwarded), waits for its DHCP
-/// lease, and has the guest connect to `port` on its gateway — where QEMU's user stack may
-/// lead to the host's 127.0.0.1. Returns what the guest printed: `GOT[<what it read>]-42`.
+/// lease, has it serve one line on port 5555, and has it connect to `port` on its gateway —
+/// where QEMU's user stack may lead to the host's 127.0.0.1. Returns what the guest printed:
+/// `GOT[<what it read>]-42`.
 async fn probe_gateway(c: &Client, d: &Corrald, vm: &str, net: &str, port: u16) -> String {
     let mut att = NetworkAttachment::new(net.parse().unwrap());
     att.forwards.push(PortForward::tcp(5555));
@@ -398,20 +413,16 @@ async fn probe_gateway(c: &Client, d: &Corrald, vm: &str, net: &str, port: u16) 
     assert!(lease.contains("ip=10."), "{lease}");
     let mark = c.console_log(vm, 0).await.unwrap().len();
     let console = c.attach_console(vm, true, false).await.unwrap();
-    // The guest's shell does not echo, and the answer is computed in the guest.
+    // The guest's shell does not echo, and the answers are computed in the guest.
+    let serve = "nc -l -p 5555 -e echo GUEST-SAYS-$((40+3)) &\n";
+    console.input.send(serve.into()).await.unwrap();
     let probe = format!("echo \"GOT[$(sleep 5 | nc 10.0.2.2 {port})]-$((6*7))\"\n");
     console.input.send(probe.into_bytes()).await.unwrap();
     wait_console(c, d, vm, "]-42", mark).await.unwrap()
 }
 
-/// Has the guest serve one line on its forwarded port 5555 and reads it from the host.
+/// Reads the line the guest serves on its port 5555 through the host port forwarded to it.
 async fn forwarded_line(c: &Client, vm: &str) -> String {
-    let console = c.attach_console(vm, true, false).await.unwrap();
-    console
-        .input
-        .send(b"nc -l -p 5555 -e echo GUEST-SAYS-$((40+3)) &\n".to_vec())
-        .await
-        .unwrap();
     let status = c.get_vm(vm).await.unwrap().status;
     let port = status.networks[0].forwards[0].host_port;
     eventually("the guest's line through the forward", || async {

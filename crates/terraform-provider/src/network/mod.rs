@@ -75,6 +75,16 @@ impl Kind for NetworkKind {
             Attr::string("interface")
                 .replace()
                 .describe("Host interface to bridge onto (vmnet-bridged only, required there)."),
+        )
+        .attr(
+            Attr::bool("host_access")
+                .default(Value::Bool(false))
+                .replace()
+                .describe(
+                    "Let guests open connections of their own: outbound NAT and the host's loopback \
+                     through the gateway (user mode only). Without it (default) a guest reaches \
+                     only the ports forwarded to it.",
+                ),
         );
         let schema = stored::identity(schema, "When corrald created the network (RFC 3339).")
             .attr(
@@ -101,6 +111,7 @@ impl Kind for NetworkKind {
             "spec.mtu" => "mtu",
             "spec.bridge" => "bridge",
             "spec.interface" => "interface",
+            "spec.host_access" => "host_access",
             _ => return None,
         })
     }
@@ -115,6 +126,7 @@ impl Kind for NetworkKind {
             "mtu",
             "bridge",
             "interface",
+            "host_access",
         ] {
             if let Some(v) = known(config, name) {
                 spec.insert(name.into(), v);
@@ -136,6 +148,7 @@ impl Kind for NetworkKind {
         );
         state.set("bridge", opt(spec.bridge.as_deref()));
         state.set("interface", opt(spec.interface.as_deref()));
+        state.set("host_access", Value::Bool(spec.host_access));
         state.set("phase", Value::string(net.status.phase.as_str()));
         state.set("message", opt(net.status.message.as_deref()));
     }
