@@ -19,7 +19,7 @@ use corral_contract::names::annotations;
 use corral_contract::{
     DiskFormat, Kind, Phase, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
 };
-use corral_hypervisor::{Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
+use corral_hypervisor::{FileOwner, Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
 use corral_service::{ServiceError, StorageService};
 use corral_storage::SnapshotOp;
 use tokio::sync::watch;
@@ -274,6 +274,9 @@ impl StorageController {
                 Ok(())
             }
             StoragePhase::Ready => {
+                if let Err(e) = keep_private(&path, self.hv.file_owner()) {
+                    tracing::warn!(volume = name, error = %e, "cannot make the volume file private");
+                }
                 let want = volume.spec.size.map(|s| s.as_u64());
                 let have = volume.status.size.unwrap_or(0);
                 let grow = want.filter(|w| *w > have);
@@ -738,6 +741,27 @@ fn part_path(path: &Path) -> PathBuf {
     name.push(path.file_name().unwrap_or_default());
     name.push(".part");
     path.with_file_name(name)
+}
+
+/// Keeps a volume file private and QEMU's: one made by an older corrald (0644, root's) loses
+/// its group and other bits and goes to the user QEMU runs as, which must open it.
+fn keep_private(path: &Path, owner: Option<FileOwner>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    match owner {
+        Some(o) if (meta.uid(), meta.gid()) != (o.uid, o.gid) => {
+            std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Creates `path` empty with mode 0600, replacing a leftover.

@@ -101,6 +101,27 @@ async fn volumes_are_made_grown_and_removed_leaving_no_file() {
     assert!(files(&f.dir.path().join("volumes")).is_empty());
 }
 
+/// Volume files hold guest data: made 0600, and one left wider (by an older corrald, which
+/// made them 0644) is narrowed when it is next reconciled.
+#[tokio::test]
+async fn volume_files_are_private_and_a_wider_one_is_narrowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture("qemu-img").await;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    for (name, format) in [("q", DiskFormat::Qcow2), ("r", DiskFormat::Raw)] {
+        let spec = empty(ByteSize::from_mib(8), Some(format));
+        f.storage.create_volume(volume(name, spec)).await.unwrap();
+        f.ctl.reconcile(&format!("Volume/{name}")).await.unwrap();
+        let v = f.storage.volumes.get(name).await.unwrap();
+        let path = std::path::PathBuf::from(v.status.path.unwrap());
+        assert_eq!(mode(&path), 0o600, "{name}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        f.ctl.reconcile(&format!("Volume/{name}")).await.unwrap();
+        assert_eq!(mode(&path), 0o600, "{name} narrowed");
+    }
+}
+
 #[tokio::test]
 async fn a_volume_qemu_img_cannot_make_fails_and_leaves_no_file() {
     let f = fixture("/nonexistent/qemu-img").await;

@@ -11,10 +11,10 @@ use nix::unistd::Gid;
 /// A directory corrald will not use, or could not prepare.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
-    /// Making the directory, or setting its mode or group, failed.
+    /// Making the directory (or a file in it), or setting its mode or group, failed.
     #[error("preparing {dir}: {source}")]
     Io {
-        /// The directory.
+        /// The directory or file.
         dir: PathBuf,
         /// What went wrong.
         #[source]
@@ -136,6 +136,29 @@ pub fn prepare(dir: &Path, which: Which, qemu: Option<FileOwner>) -> Result<(), 
         });
     }
     share_search(dir, qemu).map_err(io)
+}
+
+/// Inside a prepared data directory: the store's files private to corrald (QEMU's group
+/// passes through the directory; the store holds every spec, cloud-init user data included),
+/// and the directories of what QEMU opens — image blobs (backing files, kernels), volumes and
+/// cloud-init seeds — searchable by its group.
+pub fn prepare_data_layout(data_dir: &Path, qemu: Option<FileOwner>) -> Result<(), DirError> {
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = data_dir.join(file);
+        if file == "state.db" || path.exists() {
+            private_file(&path).map_err(|source| DirError::Io { dir: path, source })?;
+        }
+    }
+    for dir in ["images", "images/blake3", "volumes", "seeds"] {
+        let dir = data_dir.join(dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| share_search(&dir, qemu))
+            .map_err(|source| DirError::Io { dir, source })?;
+    }
+    Ok(())
 }
 
 /// Makes `file` private to corrald: created empty with mode 0600 when missing (SQLite then

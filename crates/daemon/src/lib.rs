@@ -68,14 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dirs::Which::Run
     };
     dirs::prepare(&config.run_dir, run_which, qemu)?;
-    // QEMU's group passes through the data directory: the store (cloud-init user data, every
-    // spec) must stay corrald's alone.
-    for file in ["state.db", "state.db-wal", "state.db-shm"] {
-        let path = config.data_dir.join(file);
-        if file == "state.db" || path.exists() {
-            dirs::private_file(&path).with_context(|| format!("preparing {}", path.display()))?;
-        }
-    }
+    dirs::prepare_data_layout(&config.data_dir, qemu)?;
     let store = SqliteStore::open(config.data_dir.join("state.db"))
         .await
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -112,22 +105,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.max_upload = Some(config.upload_max_size.as_u64());
     let storage = StorageService::new(store, storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
-    // QEMU passes through to the files it opens: image blobs (backing files, kernels),
-    // volumes and cloud-init seeds.
-    let seed_dir = config.data_dir.join("seeds");
-    for dir in ["images", "images/blake3", "volumes", "seeds"] {
-        let dir = config.data_dir.join(dir);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .and_then(|()| dirs::share_search(&dir, qemu))
-            .with_context(|| format!("preparing {}", dir.display()))?;
-    }
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let controller_config = ControllerConfig {
-        seed_dir,
+        seed_dir: config.data_dir.join("seeds"),
         host_paths: Some(host_paths),
         ..ControllerConfig::default()
     };
@@ -214,8 +195,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// REST and gRPC on one router, behind the one authorization layer.
 async fn router(daemon: Arc<Daemon>) -> anyhow::Result<axum::Router> {

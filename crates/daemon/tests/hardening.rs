@@ -254,14 +254,25 @@ fn rand_suffix() -> u32 {
         .unwrap_or_default()
 }
 
-/// Runs corrald on `data` and `run` and returns its stderr; it must exit (refusing) on its own.
-fn refused_start(data: &Path, run: &Path) -> anyhow::Result<String> {
-    let mut child = Command::new(CORRALD)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--run-dir")
-        .arg(run)
-        .env_remove("CORRAL_CONFIG")
+/// corrald with `--data-dir data` and, when given, `--run-dir run`, taking nothing from the
+/// caller's `CORRAL_*` environment.
+fn corrald(data: &Path, run: Option<&Path>) -> Command {
+    let mut cmd = Command::new(CORRALD);
+    cmd.arg("--data-dir").arg(data);
+    if let Some(run) = run {
+        cmd.arg("--run-dir").arg(run);
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CORRAL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs `cmd` (a corrald) and returns its stderr; it must exit (refusing) on its own.
+fn refused_start(cmd: &mut Command) -> anyhow::Result<String> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -274,11 +285,7 @@ fn refused_start(data: &Path, run: &Path) -> anyhow::Result<String> {
         if Instant::now() > deadline {
             child.kill()?;
             child.wait()?;
-            anyhow::bail!(
-                "corrald started on {} and {}",
-                data.display(),
-                run.display()
-            );
+            anyhow::bail!("corrald started: {cmd:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -299,7 +306,7 @@ fn corrald_refuses_a_world_writable_data_dir_and_a_run_dir_another_user_owns() -
     std::fs::create_dir(&run)?;
 
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))?;
-    let err = refused_start(&data, &run)?;
+    let err = refused_start(&mut corrald(&data, Some(&run)))?;
     assert!(
         err.contains(&format!(
             "refusing data directory {}: its mode 0777 lets group or others write into it; \
@@ -314,7 +321,7 @@ fn corrald_refuses_a_world_writable_data_dir_and_a_run_dir_another_user_owns() -
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
     let nobody = nix::unistd::User::from_name("nobody")?.context("user nobody")?;
     std::os::unix::fs::chown(&run, Some(nobody.uid.as_raw()), None)?;
-    let err = refused_start(&data, &run)?;
+    let err = refused_start(&mut corrald(&data, Some(&run)))?;
     assert!(
         err.contains(&format!(
             "refusing run directory {}: it is owned by uid {}, not by corrald's uid 0",
@@ -325,4 +332,63 @@ fn corrald_refuses_a_world_writable_data_dir_and_a_run_dir_another_user_owns() -
     );
     assert!(!run.join("corral.sock").exists(), "no socket in it");
     Ok(())
+}
+
+/// Without `$XDG_RUNTIME_DIR` a non-root corrald runs in `/tmp/corral-<uid>`, in a directory
+/// everyone can write: one that another user made first is refused, and so is one its own
+/// user left open.
+#[test]
+fn the_tmp_run_dir_fallback_is_refused_when_another_user_made_it_or_it_is_open() -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let nobody = nix::unistd::User::from_name("nobody")?.context("user nobody")?;
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let tmp = tempfile::Builder::new()
+        .prefix("crl-f")
+        .tempdir_in("/tmp")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data)?;
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
+    let as_nobody = || {
+        let mut cmd = corrald(&data, None);
+        cmd.env_remove("XDG_RUNTIME_DIR")
+            .env_remove("TMPDIR")
+            .env("HOME", "/nonexistent")
+            .uid(uid)
+            .gid(gid);
+        cmd
+    };
+    // Made by root, as an attacker would make it before the user's first start.
+    let fallback = PathBuf::from(format!("/tmp/corral-{uid}"));
+    let _ = std::fs::remove_dir_all(&fallback);
+    std::fs::create_dir(&fallback)?;
+    let result = (|| {
+        std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(0o700))?;
+        let err = refused_start(&mut as_nobody())?;
+        ensure!(
+            err.contains(&format!(
+                "refusing run directory {}: it is owned by uid 0, not by corrald's uid {uid}",
+                fallback.display()
+            )),
+            "{err}"
+        );
+        std::os::unix::fs::chown(&fallback, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(0o755))?;
+        let err = refused_start(&mut as_nobody())?;
+        ensure!(
+            err.contains(&format!(
+                "refusing run directory {}: its mode 0755 lets group or others in",
+                fallback.display()
+            )),
+            "{err}"
+        );
+        ensure!(
+            !fallback.join("corral.sock").exists(),
+            "no socket in a refused directory"
+        );
+        Ok(())
+    })();
+    std::fs::remove_dir_all(&fallback)?;
+    result
 }

@@ -41,22 +41,35 @@ impl GuestRam {
     /// Maps the memory file at `path` read-only, with `layout` placing it in guest-physical
     /// space.
     pub fn open(path: impl AsRef<Path>, layout: MemoryLayout) -> Result<Self, Error> {
+        use std::os::unix::fs::MetadataExt;
         let path = path.as_ref().to_owned();
-        let file = File::open(&path).map_err(|source| match source.kind() {
+        let open_error = |source: std::io::Error| match source.kind() {
             ErrorKind::NotFound => Error::NotFound { path: path.clone() },
             ErrorKind::PermissionDenied => Error::PermissionDenied { path: path.clone() },
             _ => Error::Open {
                 path: path.clone(),
                 source,
             },
+        };
+        // The file may belong to the unprivileged user QEMU runs as, who could put a symlink
+        // to a host file in its place: only the regular file found at `path` is mapped.
+        let before = std::fs::symlink_metadata(&path).map_err(open_error)?;
+        let file = File::open(&path).map_err(open_error)?;
+        let meta = file.metadata().map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
         })?;
-        let size = file
-            .metadata()
-            .map_err(|source| Error::Open {
+        if !before.file_type().is_file() || (before.dev(), before.ino()) != (meta.dev(), meta.ino())
+        {
+            return Err(Error::Open {
                 path: path.clone(),
-                source,
-            })?
-            .len();
+                source: std::io::Error::new(
+                    ErrorKind::InvalidInput,
+                    "not a regular file (a symlink or a device is never mapped)",
+                ),
+            });
+        }
+        let size = meta.len();
         let needed = layout.file_len_needed();
         if size < needed || needed == 0 {
             return Err(Error::FileTooSmall { path, size, needed });
@@ -402,5 +415,17 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_ram_file_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, [7u8; 4096]).unwrap();
+        let link = dir.path().join("corral-u1");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let err = GuestRam::open(&link, MemoryLayout::flat(4096)).unwrap_err();
+        assert!(matches!(err, Error::Open { .. }), "{err}");
+        assert!(err.to_string().contains("corral-u1"), "{err}");
     }
 }

@@ -266,6 +266,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn inherited_descriptors_land_from_fd_3_and_the_umask_is_private() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let second = File::open("/dev/null").unwrap();
+        let out = dir.path().join("out");
+        let mut cmd = QemuCommand::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("{ readlink /proc/self/fd/3; readlink /proc/self/fd/4; umask; } >\"$0\"")
+            .arg(&out);
+        let inherit = [first.as_fd(), second.as_fd()];
+        let mut child = spawn(&cmd, &dir.path().join("log"), None, &inherit).unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("socket:["), "{text}");
+        assert_eq!(lines[1..], ["/dev/null", "0077"], "{text}");
+    }
+
+    #[tokio::test]
     async fn spawned_process_leads_its_own_session() {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = QemuCommand::new("/bin/sh");
