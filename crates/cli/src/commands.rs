@@ -236,6 +236,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         Resource::Volume(_) => 2,
         Resource::Vm(_) => 3,
         Resource::Snapshot(_) => 4,
+        Resource::Identity(_) => 5,
     });
     for resource in resources {
         let what = format!(
@@ -374,6 +375,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
+        Resource::Identity(_) => 5,
     });
     for resource in resources {
         let what = format!(

@@ -38,6 +38,7 @@ mod cloudinit;
 mod condition;
 mod de;
 mod error;
+mod identity;
 mod meta;
 mod name;
 pub mod names;
@@ -54,6 +55,7 @@ pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};
 pub use de::{Strict, from_json};
 pub use error::ValidationError;
+pub use identity::{Credential, DEFAULT_PROJECT, Identity, IdentitySpec, IdentityStatus, Role};
 pub use meta::ObjectMeta;
 pub use name::{NameError, ResourceName};
 pub use network::{

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Image, Network, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
+use crate::{Identity, Image, Network, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
@@ -16,6 +16,8 @@ choice! {
         Snapshot => "Snapshot",
         /// A network VMs join: [`Network`].
         Network => "Network",
+        /// A caller of the API and its rights: [`Identity`].
+        Identity => "Identity",
     }
 }
 
@@ -57,6 +59,8 @@ pub enum Resource {
     Snapshot(Snapshot),
     /// A network.
     Network(Network),
+    /// An identity.
+    Identity(Identity),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -85,6 +89,7 @@ impl utoipa::ToSchema for Resource {
         crate::schema::add::<Volume>(schemas);
         crate::schema::add::<Snapshot>(schemas);
         crate::schema::add::<Network>(schemas);
+        crate::schema::add::<Identity>(schemas);
     }
 }
 
@@ -132,6 +137,7 @@ strict_object!(
     Image(crate::ImageSpec, crate::ImageStatus),
     Volume(crate::VolumeSpec, crate::VolumeStatus),
     Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
+    Identity(crate::IdentitySpec, crate::IdentityStatus),
 );
 
 macro_rules! each {
@@ -142,6 +148,7 @@ macro_rules! each {
             Resource::Volume($r) => $body,
             Resource::Snapshot($r) => $body,
             Resource::Network($r) => $body,
+            Resource::Identity($r) => $body,
         }
     };
 }
@@ -155,6 +162,7 @@ impl Resource {
             Resource::Volume(_) => Volume::KIND,
             Resource::Snapshot(_) => Snapshot::KIND,
             Resource::Network(_) => Network::KIND,
+            Resource::Identity(_) => Identity::KIND,
         }
     }
 
@@ -213,7 +221,7 @@ macro_rules! from_object {
         }
     )*};
 }
-from_object!(Vm, Image, Volume, Snapshot);
+from_object!(Vm, Image, Volume, Snapshot, Identity);
 
 #[cfg(test)]
 mod tests {
@@ -225,7 +233,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot or Network"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network or Identity"#
         );
     }
 
@@ -236,7 +244,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`"
             ),
             "{err}"
         );

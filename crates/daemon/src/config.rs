@@ -35,10 +35,25 @@ pub struct Args {
     /// PEM private key for --listen
     #[arg(long, env = "CORRAL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// File of accepted bearer tokens, stored hashed: one `blake3:<hex>` line per token
-    /// (make lines with `corrald hash-token`)
+    /// File of accepted bearer tokens, stored hashed: one `blake3:<hex> [scopes=vms,memory,admin]`
+    /// line per token (make lines with `corrald hash-token`). Identities made with
+    /// `corral auth` need no file.
     #[arg(long, env = "CORRAL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates for --listen: clients may present a certificate one of them signed
+    /// (mTLS); its SHA-256 fingerprint names an identity (`corral auth cert add`)
+    #[arg(long, env = "CORRAL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Members of this group are admins on the unix socket, as corrald's own user and root
+    /// are; other local users need an identity (`corral auth unix add`)
+    #[arg(long, env = "CORRAL_ADMIN_GROUP")]
+    pub admin_group: Option<String>,
+    /// Rotate the audit log before it grows past this size, e.g. `64M` [default: 16M]
+    #[arg(long, env = "CORRAL_AUDIT_MAX_SIZE")]
+    pub audit_max_size: Option<corral_contract::ByteSize>,
+    /// How many rotated audit logs to keep (audit.log.1 …) [default: 4]
+    #[arg(long, env = "CORRAL_AUDIT_KEEP")]
+    pub audit_keep: Option<usize>,
     /// The qemu-img program for images and volumes: a path, or a name looked up in PATH
     /// [default: qemu-img]
     #[arg(long, env = "CORRAL_QEMU_IMG")]
@@ -67,8 +82,9 @@ pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
     HashToken {
         /// What the token may do besides VM operations: `memory` lets it read guest RAM
-        /// (`corrald hash-token --scope memory`). Repeat or separate with commas.
-        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory"])]
+        /// (`corrald hash-token --scope memory`), `admin` makes it an admin. Repeat or separate
+        /// with commas.
+        #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
     },
 }
@@ -94,6 +110,10 @@ pub struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    admin_group: Option<String>,
+    audit_max_size: Option<corral_contract::ByteSize>,
+    audit_keep: Option<usize>,
     qemu_img: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log: Option<String>,
@@ -109,8 +129,10 @@ pub struct TcpConfig {
     pub tls_cert: PathBuf,
     /// Private key.
     pub tls_key: PathBuf,
-    /// Hashed tokens.
-    pub token_file: PathBuf,
+    /// Hashed tokens, if any besides the store's identities.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates of client certificates (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Settings after merging every source.
@@ -132,6 +154,10 @@ pub struct Config {
     pub log: String,
     /// Host ports for forwards that name none.
     pub port_range: corral_service::PortRange,
+    /// Local group whose members are admins.
+    pub admin_group: Option<String>,
+    /// When the audit log rotates.
+    pub audit: corral_service::AuditRotation,
 }
 
 /// A setting that makes no sense; the message says what to do.
@@ -172,7 +198,6 @@ impl Config {
                 let missing: Vec<&str> = [
                     ("--tls-cert", tls_cert.is_none()),
                     ("--tls-key", tls_key.is_none()),
-                    ("--token-file", token_file.is_none()),
                 ]
                 .iter()
                 .filter(|(_, missing)| *missing)
@@ -181,7 +206,7 @@ impl Config {
                 if !missing.is_empty() {
                     return Err(ConfigError(format!(
                         "refusing to serve on TCP {listen} without {}: the API starts and stops VMs and \
-                         reads their memory, so over a network it needs TLS and a bearer token",
+                         reads their memory, so over a network it needs TLS",
                         missing.join(", ")
                     )));
                 }
@@ -189,7 +214,8 @@ impl Config {
                     listen,
                     tls_cert: tls_cert.unwrap_or_default(),
                     tls_key: tls_key.unwrap_or_default(),
-                    token_file: token_file.unwrap_or_default(),
+                    token_file,
+                    tls_client_ca: args.tls_client_ca.clone().or(file.tls_client_ca),
                 })
             }
         };
@@ -200,7 +226,23 @@ impl Config {
                 .map_err(|e| ConfigError(format!("config file: port_range: {e}")))?,
             (None, None) => corral_service::PortRange::default(),
         };
+        let defaults = corral_service::AuditRotation::default();
+        let audit = corral_service::AuditRotation {
+            max_size: args
+                .audit_max_size
+                .or(file.audit_max_size)
+                .map_or(defaults.max_size, |s| s.as_u64()),
+            keep: args.audit_keep.or(file.audit_keep).unwrap_or(defaults.keep),
+        };
+        if audit.max_size < 4096 {
+            return Err(ConfigError(format!(
+                "--audit-max-size {} is too small to hold audit lines: give at least 4K",
+                audit.max_size
+            )));
+        }
         Ok(Config {
+            admin_group: args.admin_group.clone().or(file.admin_group),
+            audit,
             port_range,
             data_dir,
             run_dir,
@@ -275,7 +317,7 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("--tls-key, --token-file") && msg.contains("TLS and a bearer token"),
+            msg.contains("--tls-key") && msg.contains("it needs TLS"),
             "{msg}"
         );
     }

@@ -8,9 +8,11 @@
 
 pub mod api;
 mod attestations;
+mod audit;
 pub mod auth;
 pub mod config;
 mod console;
+mod identities;
 mod images;
 mod memory;
 mod metrics;
@@ -28,7 +30,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    attestation_service_server::AttestationServiceServer,
+    attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
+    identity_service_server::IdentityServiceServer,
     console_service_server::ConsoleServiceServer, image_service_server::ImageServiceServer,
     memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
     snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
@@ -37,8 +40,8 @@ use corral_contract::pb::{
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
-    AuditLog, ConsoleService, MemoryService, NetworkService, StorageConfig, StorageService,
-    VmService,
+    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, StorageConfig,
+    StorageService, VmService,
 };
 use corral_store::SqliteStore;
 use tokio::sync::watch;
@@ -72,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("creating the default network")?;
     let mut storage_config = StorageConfig::new(&config.data_dir);
     storage_config.qemu_img = config.qemu_img.clone();
-    let storage = StorageService::new(store, storage_config)
+    let storage = StorageService::new(store.clone(), storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
@@ -91,11 +94,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "local".into());
-    let audit = AuditLog::open(&config.data_dir.join("audit.log"))
-        .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?;
+    let audit = Arc::new(
+        AuditLog::open(&config.data_dir.join("audit.log"), config.audit)
+            .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?,
+    );
+    let tokens = match config.tcp.as_ref().and_then(|t| t.token_file.as_ref()) {
+        Some(file) => auth::Tokens::load(file)?,
+        None => auth::Tokens::default(),
+    };
+    let admin_group = auth::AdminGroup::new(config.admin_group.clone());
+    admin_group.check().map_err(anyhow::Error::msg)?;
+    let registry = auth::Registry::new(tokens, admin_group);
+    let identities = IdentityService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
-        memory: MemoryService::new(vms.clone(), backend.clone(), audit),
+        memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
         consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
         networks,
@@ -104,9 +117,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend,
         node,
         metrics,
+        identities,
+        registry,
+        audit,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    daemon
+        .registry
+        .follow(daemon.identities.clone(), stop_rx.clone())
+        .await
+        .context("loading identities")?;
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
     let network_controller = corral_controller::NetworkController::new(
@@ -124,7 +145,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stop = stop_rx.clone();
     let unix_app = app
         .clone()
-        .layer(axum::middleware::from_fn(auth::unix_caller))
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.registry.clone(),
+            auth::unix_caller,
+        ))
         .into_make_service_with_connect_info::<auth::PeerCred>();
     servers.spawn(async move {
         axum::serve(unix, unix_app)
@@ -134,15 +158,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
     });
     if let Some(tcp) = &config.tcp {
-        let tokens = auth::Tokens::load(&tcp.token_file).map_err(anyhow::Error::msg)?;
-        let listener = serve::TlsListener::bind(tcp.listen, &tcp.tls_cert, &tcp.tls_key)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        tracing::info!(addr = %tcp.listen, "serving TLS with bearer tokens");
-        let tcp_app = app.layer(axum::middleware::from_fn_with_state(
-            tokens,
-            auth::require_token,
-        ));
+        let listener = serve::TlsListener::bind(
+            tcp.listen,
+            &tcp.tls_cert,
+            &tcp.tls_key,
+            tcp.tls_client_ca.as_deref(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(addr = %tcp.listen, mtls = tcp.tls_client_ca.is_some(), "serving TLS");
+        let tcp_app = app
+            .layer(axum::middleware::from_fn_with_state(
+                daemon.registry.clone(),
+                auth::tcp_caller,
+            ))
+            .into_make_service_with_connect_info::<auth::TlsPeer>();
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             axum::serve(listener, tcp_app)
@@ -229,6 +259,10 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
             .add_service(AttestationServiceServer::new(
                 attestations::grpc::AttestationGrpc(d.clone()),
             ))
+            .add_service(IdentityServiceServer::new(identities::grpc::IdentityGrpc(
+                d.clone(),
+            )))
+            .add_service(AuditServiceServer::new(audit::grpc::AuditGrpc(d.clone())))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha),

@@ -19,6 +19,7 @@ async fn main() -> std::process::ExitCode {
         let scopes = corral_daemon::auth::Scopes {
             vms: true,
             memory: scopes.iter().any(|s| s == "memory"),
+            admin: scopes.iter().any(|s| s == "admin"),
         };
         println!("{}", corral_daemon::auth::hash_line(&token, scopes));
         return std::process::ExitCode::SUCCESS;

@@ -50,6 +50,7 @@ mod allocate;
 mod audit;
 mod console;
 mod error;
+mod identity;
 mod memory;
 mod network;
 mod resources;
@@ -57,10 +58,11 @@ mod storage;
 mod vm;
 
 pub use allocate::{BadPortRange, PortRange};
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditLog, AuditQuery, AuditRecord, AuditRotation};
 pub use console::{ConsoleService, ConsoleSession};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
+pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
     ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,

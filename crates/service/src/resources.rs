@@ -57,6 +57,7 @@ stored! {
     corral_contract::Image => corral_contract::ImageSpec, corral_contract::ImageStatus, "image";
     corral_contract::Volume => corral_contract::VolumeSpec, corral_contract::VolumeStatus, "volume";
     corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
+    corral_contract::Identity => corral_contract::IdentitySpec, corral_contract::IdentityStatus, "identity";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a

@@ -11,7 +11,7 @@ use crate::error::one_of;
 use crate::pb;
 use crate::{
     Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine,
-    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy,
+    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy, Role,
     StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
 };
 
@@ -115,6 +115,11 @@ pb_enums! {
         Pending <=> Pending,
         Ready <=> Ready,
         Failed <=> Failed,
+    }
+    Role <=> Role ("role") {
+        Admin <=> Admin,
+        Operator <=> Operator,
+        Viewer <=> Viewer,
     }
     Phase <=> Phase ("phase") {
         Pending <=> Pending,

@@ -29,6 +29,7 @@
 //! ```
 
 mod convert;
+mod identity;
 mod network;
 mod storage;
 

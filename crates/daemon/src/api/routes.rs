@@ -118,6 +118,8 @@ fn table() -> Vec<Route> {
         crate::snapshots::rest::routes(),
         crate::networks::rest::routes(),
         crate::system::rest::routes(),
+        crate::identities::rest::routes(),
+        crate::audit::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -141,6 +143,8 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::snapshots::grpc::METHODS,
         crate::networks::grpc::METHODS,
         crate::system::grpc::METHODS,
+        crate::identities::grpc::METHODS,
+        crate::audit::grpc::METHODS,
     ]
     .concat()
 }
