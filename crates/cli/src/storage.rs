@@ -833,11 +833,9 @@ pub async fn apply(client: &Client, resource: Resource) -> Result<&'static str, 
             }
             Err(e) => Err(e),
         },
-        Resource::Vm(_) | Resource::Network(_) | Resource::Identity(_) => {
-            Err(ClientError::Other {
-                message: "VMs, networks and identities are applied by their own paths".into(),
-            })
-        }
+        Resource::Vm(_) | Resource::Network(_) | Resource::Identity(_) => Err(ClientError::Other {
+            message: "VMs, networks and identities are applied by their own paths".into(),
+        }),
     }
 }
 

@@ -179,7 +179,9 @@ mod tests {
         assert_eq!(id.spec.projects(), ["web"]);
         assert!(!id.spec.memory);
         let bad = json.replace("operator", "root");
-        let err = serde_json::from_str::<Resource>(&bad).unwrap_err().to_string();
+        let err = serde_json::from_str::<Resource>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"root\" is not a valid role"), "{err}");
         let bad = json.replace(r#""type": "token""#, r#""type": "cert", "sha256": "AB""#);
         let id: Identity = match serde_json::from_str::<Resource>(&bad).unwrap() {

@@ -158,16 +158,18 @@ pub async fn tcp_caller(
             request.extensions_mut().insert(caller);
         }
         None => {
-            let (name, why) = match (peer, token) {
-                (_, Some(_)) => ("token:unknown".to_owned(), "unknown bearer token"),
-                (Some(fp), None) => (
+            let revoked = token.and_then(|t| registry.revoked_token(t));
+            let (name, why) = match (peer, token, revoked) {
+                (_, Some(_), Some(name)) => (
+                    format!("identity:{name}"),
+                    "unknown bearer token: its identity was revoked",
+                ),
+                (_, Some(_), None) => ("token:unknown".to_owned(), "unknown bearer token"),
+                (Some(fp), None, _) => (
                     format!("cert:{}", &fp[..16.min(fp.len())]),
                     "the client certificate names no identity and no bearer token was sent",
                 ),
-                (None, None) => (
-                    "anonymous".to_owned(),
-                    "missing or unknown bearer token",
-                ),
+                (None, None, _) => ("anonymous".to_owned(), "missing or unknown bearer token"),
             };
             request.extensions_mut().insert(Unidentified {
                 name,
@@ -243,6 +245,9 @@ mod tests {
             assert_eq!(c.is_admin(), role == Role::Admin);
         }
         let msg = caller(Role::Viewer, false).refusal(Write);
-        assert!(msg.contains("role viewer") && msg.contains("operator"), "{msg}");
+        assert!(
+            msg.contains("role viewer") && msg.contains("operator"),
+            "{msg}"
+        );
     }
 }

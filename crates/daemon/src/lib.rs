@@ -31,11 +31,11 @@ use std::time::Duration;
 use anyhow::Context;
 use corral_contract::pb::{
     attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
-    identity_service_server::IdentityServiceServer,
-    console_service_server::ConsoleServiceServer, image_service_server::ImageServiceServer,
-    memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
-    snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
-    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
+    console_service_server::ConsoleServiceServer, identity_service_server::IdentityServiceServer,
+    image_service_server::ImageServiceServer, memory_service_server::MemoryServiceServer,
+    network_service_server::NetworkServiceServer, snapshot_service_server::SnapshotServiceServer,
+    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+    volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};

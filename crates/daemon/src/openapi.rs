@@ -514,10 +514,7 @@ fn audit_record_schema() -> ObjectBuilder {
 fn audit_list_schema() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::Object)
-        .property(
-            "items",
-            ArrayBuilder::new().items(reference("AuditRecord")),
-        )
+        .property("items", ArrayBuilder::new().items(reference("AuditRecord")))
         .required("items")
         .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
 }

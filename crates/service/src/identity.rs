@@ -5,8 +5,8 @@
 use corral_contract::{Credential, Identity};
 use corral_store::Store;
 
-use crate::resources::{Resources, Strategy, read_all};
 use crate::ServiceError;
+use crate::resources::{Resources, Strategy, read_all};
 
 /// Identities: [`Resources`] of the [`IdentityKind`] strategy, with [`Resources::issue`] on
 /// top.
@@ -67,9 +67,14 @@ pub fn token_hash(token: &str) -> String {
 impl Resources<IdentityKind> {
     /// Creates an identity. A token credential without a hash gets a new token, returned
     /// here once; the identity keeps only its hash.
-    pub async fn issue(&self, mut id: Identity) -> Result<(Identity, Option<String>), ServiceError> {
+    pub async fn issue(
+        &self,
+        mut id: Identity,
+    ) -> Result<(Identity, Option<String>), ServiceError> {
         let token = match &mut id.spec.credential {
-            Credential::Token { blake3: hash @ None } => {
+            Credential::Token {
+                blake3: hash @ None,
+            } => {
                 let token = new_token()?;
                 *hash = Some(token_hash(&token));
                 Some(token)
@@ -129,7 +134,10 @@ mod tests {
             .issue(Identity::new("alice2".parse().unwrap(), uid))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("identity \"alice\" already has"), "{err}");
+        assert!(
+            err.to_string().contains("identity \"alice\" already has"),
+            "{err}"
+        );
         ids.delete("alice", None).await.unwrap();
         assert!(!ids.exists("alice").await.unwrap());
     }

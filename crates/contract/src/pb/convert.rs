@@ -11,8 +11,8 @@ use crate::error::one_of;
 use crate::pb;
 use crate::{
     Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine,
-    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy, Role,
-    StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
+    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy,
+    Role, StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.

@@ -3,7 +3,9 @@
 use super::convert::{decode, enum_value, non_empty, required};
 use crate::pb;
 use crate::pb::identity_spec::Credential as PbCredential;
-use crate::{Credential, Identity, IdentitySpec, IdentityStatus, ResourceName, Role, ValidationError};
+use crate::{
+    Credential, Identity, IdentitySpec, IdentityStatus, ResourceName, Role, ValidationError,
+};
 
 impl From<&Identity> for pb::Identity {
     fn from(id: &Identity) -> Self {

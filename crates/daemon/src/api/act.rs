@@ -106,7 +106,10 @@ pub fn tap(request: Request) -> (Request, Arc<Mutex<Vec<u8>>>) {
 /// whose field 1 is (`CreateVmRequest.vm.metadata.name`), at most three levels down.
 pub fn grpc_name(tapped: &[u8]) -> String {
     // One length-prefixed message: a compression flag byte, a 4-byte length, the bytes.
-    tapped.get(5..).and_then(|m| field_one(m, 3)).unwrap_or_default()
+    tapped
+        .get(5..)
+        .and_then(|m| field_one(m, 3))
+        .unwrap_or_default()
 }
 
 fn field_one(mut message: &[u8], depth: u8) -> Option<String> {
@@ -120,7 +123,8 @@ fn field_one(mut message: &[u8], depth: u8) -> Option<String> {
             1 => message = message.get(8..)?,
             5 => message = message.get(4..)?,
             2 => {
-                let len = usize::try_from(prost::encoding::decode_varint(&mut message).ok()?).ok()?;
+                let len =
+                    usize::try_from(prost::encoding::decode_varint(&mut message).ok()?).ok()?;
                 let value = message.get(..len)?;
                 message = &message[len..];
                 if field != 1 {
@@ -206,7 +210,9 @@ pub async fn created_name(response: Response) -> (Response, String) {
     let name = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .and_then(|v| {
-            let meta = v.get("metadata").or_else(|| v.pointer("/identity/metadata"))?;
+            let meta = v
+                .get("metadata")
+                .or_else(|| v.pointer("/identity/metadata"))?;
             meta.get("name")?.as_str().map(str::to_owned)
         })
         .unwrap_or_default();
@@ -227,6 +233,9 @@ mod tests {
         assert_eq!(grpc_name(&create), "db");
         assert_eq!(grpc_name(&[0, 0, 0, 0, 2, 0x08, 1]), "");
         let act = Act::grpc("/corral.v1.IdentityService/Revoke");
-        assert_eq!((act.verb.as_str(), act.kind.as_str()), ("revoke", "Identity"));
+        assert_eq!(
+            (act.verb.as_str(), act.kind.as_str()),
+            ("revoke", "Identity")
+        );
     }
 }

@@ -124,8 +124,7 @@ impl Authorizer {
 
     fn rule(&self, request: &Request) -> Option<Rule> {
         if let Some(path) = request.extensions().get::<MatchedPath>() {
-            let find =
-                |method: &Method| self.rest.get(&(method.clone(), path.as_str())).cloned();
+            let find = |method: &Method| self.rest.get(&(method.clone(), path.as_str())).cloned();
             // `GET` routes answer `HEAD` too.
             return find(request.method()).or_else(|| {
                 (request.method() == Method::HEAD)
@@ -192,7 +191,10 @@ pub async fn authorize(
         None => {
             let (who, why) = match request.extensions().get::<Unidentified>() {
                 Some(u) => (u.name.clone(), u.why.clone()),
-                None => ("anonymous".into(), "the caller could not be identified".into()),
+                None => (
+                    "anonymous".into(),
+                    "the caller could not be identified".into(),
+                ),
             };
             auth.record(&who, &act, "denied", Some(&why));
             return refusal(grpc, StatusCode::UNAUTHORIZED, &why);

@@ -44,7 +44,11 @@ pub(crate) async fn read(
         since: parse_since(since)?,
         identity: non_empty(identity),
         project: non_empty(project),
-        limit: if limit == 0 { MAX_RECORDS } else { limit.min(MAX_RECORDS) },
+        limit: if limit == 0 {
+            MAX_RECORDS
+        } else {
+            limit.min(MAX_RECORDS)
+        },
     };
     let log = d.audit.clone();
     tokio::task::spawn_blocking(move || log.read(&query))

@@ -23,6 +23,8 @@ struct Index {
     /// Name → the last store revision of a revoked identity: older events of it, which a
     /// lagging watch may still deliver, do not bring it back.
     revoked: HashMap<String, u64>,
+    /// Token hash → name of a revoked identity: its refusals are audited under its name.
+    revoked_tokens: HashMap<String, String>,
 }
 
 impl Index {
@@ -58,7 +60,10 @@ impl Index {
             return false;
         };
         match credential {
-            Credential::Token { blake3: Some(hash) } => self.tokens.remove(&hash),
+            Credential::Token { blake3: Some(hash) } => {
+                self.revoked_tokens.insert(hash.clone(), name.to_owned());
+                self.tokens.remove(&hash)
+            }
             Credential::Token { blake3: None } => None,
             Credential::Cert { sha256 } => self.certs.remove(&sha256),
             Credential::Unix { uid } => self.uids.remove(&uid),
@@ -167,6 +172,15 @@ impl Registry {
         })
     }
 
+    /// The name of the revoked identity `token` belonged to, if it did.
+    pub fn revoked_token(&self, token: &str) -> Option<String> {
+        let hash = blake3::hash(token.as_bytes());
+        self.read()
+            .revoked_tokens
+            .get(hash.to_hex().as_str())
+            .cloned()
+    }
+
     /// The caller a TLS client certificate (its SHA-256, hex) identifies.
     pub fn cert(&self, sha256: &str) -> Option<Caller> {
         self.read().certs.get(sha256).map(|id| Caller::of(id))
@@ -241,6 +255,7 @@ impl Registry {
             let mut current = self.write();
             let mut index = Index {
                 revoked: std::mem::take(&mut current.revoked),
+                revoked_tokens: std::mem::take(&mut current.revoked_tokens),
                 ..Index::default()
             };
             for id in items {

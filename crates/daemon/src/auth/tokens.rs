@@ -107,7 +107,11 @@ impl Tokens {
                 continue;
             }
             let at = |msg: String| {
-                TokenFileError(format!("token file {} line {}: {msg}", path.display(), i + 1))
+                TokenFileError(format!(
+                    "token file {} line {}: {msg}",
+                    path.display(),
+                    i + 1
+                ))
             };
             let mut words = line.split_whitespace();
             let first = words.next().unwrap_or_default();

@@ -12,7 +12,6 @@ use crate::state::Daemon;
 /// streams: from the answer on, its credential is refused.
 pub(crate) async fn revoke(d: &Daemon, name: &str) -> Result<Identity, ServiceError> {
     let removed = d.identities.delete(name, None).await?;
-    d.registry
-        .revoke(name, removed.metadata.resource_version);
+    d.registry.revoke(name, removed.metadata.resource_version);
     Ok(removed)
 }

@@ -16,7 +16,13 @@ pub(crate) fn routes() -> Vec<Route> {
     use Permission::Admin;
     vec![
         Route::new(Method::GET, "/v1/identities", Admin, "listIdentities", list),
-        Route::new(Method::POST, "/v1/identities", Admin, "createIdentity", create),
+        Route::new(
+            Method::POST,
+            "/v1/identities",
+            Admin,
+            "createIdentity",
+            create,
+        ),
         Route::new(
             Method::DELETE,
             "/v1/identities/{name}",

@@ -1,0 +1,313 @@
+//! Identities and roles against a live corrald on TLS: every REST route and every gRPC method
+//! of the permission table is refused to an identity without its permission (a viewer
+//! writing, an operator managing identities, a caller without the memory grant reading RAM, a
+//! revoked token) and let through for one with it; refusals and changes are audited; a
+//! revoked identity's open streams end.
+
+use std::time::Duration;
+
+use corral_client::{AuditFilter, Client, Endpoint};
+use corral_contract::{Credential, Identity, IdentitySpec, Role};
+use corral_daemon::api::{Permission, grpc_methods, routes};
+use corral_testkit::Corrald;
+use corral_testkit::http::{Api, TlsSetup, eventually};
+use serde_json::Value;
+
+const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
+
+/// A TLS corrald whose only callers are the identities the test makes, and an admin client
+/// on its unix socket (the test runs as corrald's user).
+struct Setup {
+    tls: TlsSetup,
+    d: Corrald,
+    port: u16,
+    admin: Client,
+}
+
+async fn setup() -> Setup {
+    let tls = TlsSetup::new();
+    std::fs::write(tls.token_file(), "# identities live in the store\n").unwrap();
+    let (d, port) = tls.start(CORRALD);
+    eventually("the TLS listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    let admin = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
+    Setup {
+        tls,
+        d,
+        port,
+        admin,
+    }
+}
+
+impl Setup {
+    /// A new token identity; its token.
+    async fn token(&self, name: &str, role: Role, memory: bool) -> String {
+        let spec = IdentitySpec {
+            role,
+            memory,
+            projects: vec![],
+            credential: Credential::Token { blake3: None },
+        };
+        let (id, token) = self
+            .admin
+            .create_identity(&Identity::new(name.parse().unwrap(), spec))
+            .await
+            .unwrap();
+        assert!(
+            matches!(id.spec.credential, Credential::Token { blake3: Some(_) }),
+            "{id:?}"
+        );
+        token.expect("the server made a token")
+    }
+
+    fn rest(&self, token: &str) -> Api {
+        Api::tls(self.port, self.tls.ca())
+            .token(Some(token))
+            .headers_only()
+    }
+
+    fn grpc(&self, token: &str) -> Api {
+        self.rest(token)
+            .http2()
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.d.data_dir().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an audit line is JSON"))
+            .collect()
+    }
+}
+
+/// What a caller should get from an entry: let through, or refused with this HTTP status and
+/// gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Through,
+    Refused { http: u16, grpc: &'static str },
+}
+
+const FORBIDDEN: Expect = Expect::Refused {
+    http: 403,
+    grpc: "7",
+};
+const UNAUTHENTICATED: Expect = Expect::Refused {
+    http: 401,
+    grpc: "16",
+};
+
+/// Walks the whole table as the holder of `token`.
+async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission) -> Expect) {
+    let rest = s.rest(token);
+    for r in routes() {
+        if r.permission == Permission::Open {
+            continue;
+        }
+        let path = r.path.replace("{name}", "absent");
+        let body = matches!(r.method.as_str(), "POST" | "PUT").then_some(&b"{}"[..]);
+        let reply = rest.send(r.method.as_str(), &path, body).await;
+        match expect(r.permission) {
+            Expect::Through => assert!(
+                ![401, 403].contains(&reply.status),
+                "{who}: {} {path} ({}) refused: {}",
+                r.method,
+                r.permission,
+                reply.status
+            ),
+            Expect::Refused { http, .. } => assert_eq!(
+                reply.status, http,
+                "{who}: {} {path} ({}) not refused",
+                r.method, r.permission
+            ),
+        }
+    }
+    let grpc = s.grpc(token);
+    // One empty message: the compression flag, a zero length.
+    let empty = [0u8; 5];
+    for m in grpc_methods() {
+        if m.permission == Permission::Open {
+            continue;
+        }
+        let reply = grpc.send("POST", m.path, Some(&empty)).await;
+        assert_eq!(
+            reply.status, 200,
+            "{who}: {} answered {}",
+            m.path, reply.status
+        );
+        // A refusal is a trailers-only answer: its code is in the head.
+        let code = reply.header("grpc-status").unwrap_or("none");
+        match expect(m.permission) {
+            Expect::Through => assert!(
+                !["7", "16"].contains(&code),
+                "{who}: {} ({}) refused: {code} {:?}",
+                m.path,
+                m.permission,
+                reply.header("grpc-message")
+            ),
+            Expect::Refused { grpc, .. } => assert_eq!(
+                code, grpc,
+                "{who}: {} ({}) not refused",
+                m.path, m.permission
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_and_method_is_refused_without_its_permission_and_audited() {
+    let s = setup().await;
+    let viewer = s.token("viewer", Role::Viewer, false).await;
+    let operator = s.token("operator", Role::Operator, false).await;
+    let peeker = s.token("peeker", Role::Viewer, true).await;
+    let boss = s.token("boss", Role::Admin, false).await;
+    let gone = s.token("gone", Role::Admin, true).await;
+    s.admin.revoke_identity("gone").await.unwrap();
+
+    walk(&s, "viewer", &viewer, |p| match p {
+        Permission::Read => Expect::Through,
+        _ => FORBIDDEN,
+    })
+    .await;
+    walk(&s, "operator", &operator, |p| match p {
+        Permission::Read | Permission::Write => Expect::Through,
+        _ => FORBIDDEN,
+    })
+    .await;
+    walk(&s, "peeker", &peeker, |p| match p {
+        Permission::Read | Permission::Memory => Expect::Through,
+        _ => FORBIDDEN,
+    })
+    .await;
+    walk(&s, "boss", &boss, |_| Expect::Through).await;
+    walk(&s, "gone", &gone, |_| UNAUTHENTICATED).await;
+    walk(&s, "a stranger", "never-issued", |_| UNAUTHENTICATED).await;
+
+    // Every refusal is audited with who, what and why.
+    let audit = s.audit();
+    let denied = |who: &str, verb: &str, kind: &str| {
+        audit.iter().any(|l| {
+            l["identity"] == who
+                && l["verb"] == verb
+                && l["kind"] == kind
+                && l["outcome"] == "denied"
+        })
+    };
+    assert!(denied("identity:viewer", "create", "Vm"), "{audit:#?}");
+    assert!(denied("identity:viewer", "delete", "Network"));
+    assert!(denied("identity:operator", "revoke", "Identity"));
+    assert!(denied("identity:operator", "list", "Audit"));
+    assert!(denied("identity:gone", "get", "Vm"));
+    let refusal = audit
+        .iter()
+        .find(|l| l["identity"] == "identity:viewer" && l["verb"] == "delete")
+        .unwrap();
+    assert!(
+        refusal["reason"].as_str().unwrap().contains("role viewer"),
+        "{refusal}"
+    );
+    assert_eq!(refusal["name"], "absent");
+    assert_eq!(refusal["project"], "default");
+    // Memory refusals keep their own line, with the range asked for.
+    assert!(audit.iter().any(|l| {
+        l["identity"] == "identity:operator"
+            && l["verb"] == "memory.read"
+            && l["outcome"] == "denied"
+    }));
+
+    // A change is audited with its outcome, over REST and gRPC alike.
+    let net = serde_json::json!({"kind": "Network", "metadata": {"name": "audited"}, "spec": {}});
+    let reply = Api::tls(s.port, s.tls.ca())
+        .token(Some(&operator))
+        .post("/v1/networks", &net)
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    s.admin.delete_network("audited").await.unwrap();
+    let audit = s.audit();
+    let made = audit
+        .iter()
+        .find(|l| l["verb"] == "create" && l["name"] == "audited")
+        .expect("the create is audited");
+    assert_eq!(made["identity"], "identity:operator");
+    assert_eq!(made["outcome"], "ok");
+    let deleted = audit
+        .iter()
+        .find(|l| l["verb"] == "delete" && l["kind"] == "Network" && l["name"] == "audited")
+        .expect("the gRPC delete is audited with its name");
+    assert!(
+        deleted["identity"]
+            .as_str()
+            .unwrap()
+            .starts_with("unix:uid="),
+        "{deleted}"
+    );
+
+    // The log is read back through the admin-only API, filtered.
+    let filter = AuditFilter {
+        identity: "identity:viewer".into(),
+        ..AuditFilter::default()
+    };
+    let records = s.admin.audit(&filter).await.unwrap();
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r.identity == "identity:viewer"));
+    let future = AuditFilter {
+        since: "2999-01-01T00:00:00Z".into(),
+        ..AuditFilter::default()
+    };
+    assert!(s.admin.audit(&future).await.unwrap().is_empty());
+    let bad = AuditFilter {
+        since: "yesterday-ish".into(),
+        ..AuditFilter::default()
+    };
+    let err = s.admin.audit(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("since"), "{err}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_its_open_watch_ends() {
+    let s = setup().await;
+    let token = s.token("watcher", Role::Viewer, false).await;
+    let client = Client::connect(Endpoint::Https {
+        url: format!("https://localhost:{}", s.port),
+        token: Some(token.clone()),
+        ca_file: Some(s.tls.ca_file()),
+    })
+    .await
+    .unwrap();
+    assert!(client.list_vms("").await.is_ok());
+    let mut watch = client.watch_vms(None, 0).await.unwrap();
+    // Another identity of the same role is not touched: revocation is per identity.
+    let other = s.token("other", Role::Viewer, false).await;
+    let other_client = Client::connect(Endpoint::Https {
+        url: format!("https://localhost:{}", s.port),
+        token: Some(other),
+        ca_file: Some(s.tls.ca_file()),
+    })
+    .await
+    .unwrap();
+
+    s.admin.revoke_identity("watcher").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the revoked identity's watch ends");
+    let err = ended.expect("it ends with an error").to_string();
+    assert!(err.contains("revoked"), "{err}");
+    let err = client.list_vms("").await.unwrap_err().to_string();
+    assert!(err.contains("unknown bearer token"), "{err}");
+    assert!(other_client.list_vms("").await.is_ok());
+}
