@@ -311,3 +311,249 @@ async fn a_revoked_token_is_refused_and_its_open_watch_ends() {
     assert!(err.contains("unknown bearer token"), "{err}");
     assert!(other_client.list_vms("").await.is_ok());
 }
+
+/// Upgrades to the console WebSocket of `vm` over TLS as the holder of `token`.
+async fn console_ws(
+    s: &Setup,
+    vm: &str,
+    token: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.tls.ca().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut ws = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /v1/vms/{vm}/console/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nAuthorization: Bearer {token}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    ws.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws
+}
+
+/// The next server frame: its opcode and payload.
+async fn next_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr).await?;
+    let len = match hdr[1] & 0x7f {
+        126 => u64::from(s.read_u16().await?),
+        127 => s.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+    s.read_exact(&mut payload).await?;
+    Ok((hdr[0] & 0x0f, payload))
+}
+
+#[tokio::test]
+async fn a_revoked_tokens_console_websocket_is_closed() {
+    use corral_contract::Phase;
+    let s = setup().await;
+    s.admin
+        .create_vm(&corral_testkit::kit_vm("rv", |b| b))
+        .await
+        .unwrap();
+    corral_testkit::wait_phase(&s.admin, &s.d, "rv", Phase::Running)
+        .await
+        .unwrap();
+    let token = s.token("console", Role::Operator, false).await;
+    let mut ws = console_ws(&s, "rv", &token).await;
+    // The session is live: the guest's boot marker comes through it.
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !String::from_utf8_lossy(&seen).contains(corral_testkit::BOOT_MARKER) {
+            let (_, payload) = next_frame(&mut ws).await.unwrap();
+            seen.extend(payload);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no boot marker: {}", String::from_utf8_lossy(&seen)));
+
+    s.admin.revoke_identity("console").await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match next_frame(&mut ws).await {
+                Ok((0x8, payload)) => return Some(payload),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket is closed after the revocation")
+    .expect("with a close frame");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
+    assert!(String::from_utf8_lossy(&close[2..]).contains("revoked"));
+    s.admin.delete_vm("rv").await.unwrap();
+    s.admin
+        .wait_for("rv", |vm| vm.is_none(), Duration::from_secs(120))
+        .await
+        .unwrap();
+}
+
+/// A client certificate the CA `issuer` signed, and its key.
+fn client_cert(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    name: &str,
+) -> (rustls_pki_types::CertificateDer<'static>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.der().clone(), key)
+}
+
+/// One HTTP/1.1 request over TLS, presenting `client` if given; the status.
+async fn mtls_request(
+    port: u16,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    client: Option<(&rustls_pki_types::CertificateDer<'static>, &rcgen::KeyPair)>,
+    method: &str,
+    path: &str,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let body = if method == "POST" {
+        r#"{"kind":"Network","metadata":{"name":"by-cert"},"spec":{}}"#
+    } else {
+        ""
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"))
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_its_identity() {
+    let tls = TlsSetup::new();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    std::fs::write(tls.dir().join("clients.pem"), ca.pem()).unwrap();
+    let port = corral_testkit::http::free_port();
+    let path = |name: &str| tls.dir().join(name).to_str().unwrap().to_owned();
+    let d = Corrald::start_with(
+        CORRALD,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-cert",
+            &path("cert.pem"),
+            "--tls-key",
+            &path("key.pem"),
+            "--tls-client-ca",
+            &path("clients.pem"),
+        ],
+    )
+    .expect("corrald starts with mTLS and no token file");
+    eventually("the TLS listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    let (known, known_key) = client_cert(&ca, "ci");
+    let (stranger, stranger_key) = client_cert(&ca, "stranger");
+    let sha256: String = ring::digest::digest(&ring::digest::SHA256, known.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let admin = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
+    let spec = IdentitySpec {
+        role: Role::Viewer,
+        memory: false,
+        projects: vec![],
+        credential: Credential::Cert { sha256 },
+    };
+    admin
+        .create_identity(&Identity::new("ci".parse().unwrap(), spec))
+        .await
+        .unwrap();
+
+    let ca_cert = tls.ca();
+    let known = Some((&known, &known_key));
+    assert_eq!(
+        mtls_request(port, ca_cert, known, "GET", "/v1/vms").await,
+        200
+    );
+    assert_eq!(
+        mtls_request(port, ca_cert, known, "POST", "/v1/networks").await,
+        403,
+        "a viewer's certificate may not write"
+    );
+    let stranger = Some((&stranger, &stranger_key));
+    assert_eq!(
+        mtls_request(port, ca_cert, stranger, "GET", "/v1/vms").await,
+        401
+    );
+    assert_eq!(
+        mtls_request(port, ca_cert, None, "GET", "/v1/vms").await,
+        401
+    );
+    admin.revoke_identity("ci").await.unwrap();
+    assert_eq!(
+        mtls_request(port, ca_cert, known, "GET", "/v1/vms").await,
+        401
+    );
+}
