@@ -168,7 +168,7 @@ fn grpc_outcome(headers: &HeaderMap) -> (&'static str, Option<String>) {
             let message = headers
                 .get("grpc-message")
                 .and_then(|v| v.to_str().ok())
-                .map(|m| percent_decode(m))
+                .map(percent_decode)
                 .unwrap_or_default();
             ("error", Some(format!("gRPC status {code}: {message}")))
         }
@@ -197,6 +197,37 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How long a refused request's body is waited for to name its object.
+const REFUSED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The object a refused request names in its body (a REST create's `metadata.name`, a gRPC
+/// message's name), from at most its first [`MAX_TAPPED`] bytes; the request is not served, so
+/// its body is free to read.
+pub async fn refused_name(request: Request, grpc: bool) -> String {
+    let mut body = request.into_body();
+    let mut seen = Vec::new();
+    let read = async {
+        while seen.len() < MAX_TAPPED {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen.extend_from_slice(data);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_PATIENCE, read).await;
+    if grpc {
+        return grpc_name(&seen);
+    }
+    serde_json::from_slice::<serde_json::Value>(&seen)
+        .ok()
+        .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The name of the object a REST create made, read from its answer (which is given back

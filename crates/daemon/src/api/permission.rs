@@ -185,6 +185,9 @@ pub async fn authorize(
     let caller = match caller {
         Some(c) if c.identity.as_ref().is_none_or(|name| registry.holds(name)) => c,
         Some(c) => {
+            if act.name.is_empty() {
+                act.name = act::refused_name(request, grpc).await;
+            }
             auth.record(&c.name, &act, "denied", Some(REVOKED));
             return refusal(grpc, StatusCode::UNAUTHORIZED, REVOKED);
         }
@@ -210,6 +213,9 @@ pub async fn authorize(
                     .refused(&caller.to_string(), &access, &message);
             }
         } else {
+            if act.name.is_empty() {
+                act.name = act::refused_name(request, grpc).await;
+            }
             auth.record(&caller.name, &act, "denied", Some(&message));
         }
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
