@@ -332,3 +332,66 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_contract::{IdentitySpec, Role};
+
+    use super::*;
+
+    fn identity(name: &str, credential: Credential, version: u64) -> Identity {
+        let mut id = Identity::new(
+            name.parse().unwrap(),
+            IdentitySpec {
+                role: Role::Viewer,
+                memory: false,
+                projects: vec![],
+                credential,
+            },
+        );
+        id.metadata.resource_version = version;
+        id
+    }
+
+    #[tokio::test]
+    async fn local_users_are_admins_or_named_by_an_identity_and_revocation_sticks() {
+        let registry = Registry::new(Tokens::default(), AdminGroup::default());
+        let own = nix::unistd::geteuid().as_raw();
+        assert!(registry.unix(own, Some(1)).unwrap().is_admin());
+        assert!(registry.unix(0, None).unwrap().is_admin());
+        let stranger = 4_000_000_000;
+        let err = registry.unix(stranger, None).unwrap_err();
+        assert!(
+            err.contains("not an identity") && err.contains("--uid 4000000000"),
+            "{err}"
+        );
+
+        registry
+            .write()
+            .insert(identity("alice", Credential::Unix { uid: stranger }, 5));
+        let alice = registry.unix(stranger, None).unwrap();
+        assert_eq!(alice.name, "identity:alice");
+        assert!(!alice.is_admin());
+
+        let ended = registry.revoked(&alice);
+        registry.revoke("alice", 6);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+            .await
+            .expect("the revocation reaches the caller's streams");
+        assert!(registry.unix(stranger, None).is_err());
+        // A lagging watch's older event does not bring it back; a new identity does.
+        registry
+            .write()
+            .insert(identity("alice", Credential::Unix { uid: stranger }, 5));
+        assert!(registry.unix(stranger, None).is_err());
+        registry
+            .write()
+            .insert(identity("alice", Credential::Unix { uid: stranger }, 9));
+        assert!(registry.unix(stranger, None).is_ok());
+        // A caller already revoked when its stream starts ends at once.
+        registry.revoke("alice", 9);
+        tokio::time::timeout(std::time::Duration::from_secs(5), registry.revoked(&alice))
+            .await
+            .expect("already revoked");
+    }
+}
