@@ -20,16 +20,18 @@ use std::sync::Arc;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use corral_contract::{Identity, Role};
+use corral_service::{AuditEntry, AuditLog};
 
 pub use peer::{PeerCred, TlsPeer};
 pub use registry::{AdminGroup, Registry};
 pub use tokens::{Scopes, TokenFileError, Tokens, hash_line};
 
 use crate::api::Permission;
+use crate::api::error::{is_grpc, refusal};
 
 /// What a caller may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,14 +136,21 @@ impl std::fmt::Display for Caller {
     }
 }
 
+/// What the TCP listener's middleware needs: who credentials are, and where refusals go.
+#[derive(Debug, Clone)]
+pub struct TcpGate {
+    /// Resolves certificates and tokens.
+    pub registry: Arc<Registry>,
+    /// Where refusals are recorded.
+    pub audit: Arc<AuditLog>,
+}
+
 /// Middleware on the TCP listener: identifies the caller by its client certificate, else its
-/// `authorization: Bearer <token>` header; what it may do is decided by the API's
+/// `authorization: Bearer <token>` header, and refuses (401, audited) anyone it cannot
+/// identify, whatever the route; what an identified caller may do is decided by the API's
 /// authorization layer.
-pub async fn tcp_caller(
-    State(registry): State<Arc<Registry>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn tcp_caller(State(gate): State<TcpGate>, mut request: Request, next: Next) -> Response {
+    let registry = &gate.registry;
     let peer = request
         .extensions()
         .get::<ConnectInfo<TlsPeer>>()
@@ -152,32 +161,33 @@ pub async fn tcp_caller(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let by_cert = peer.as_deref().and_then(|fp| registry.cert(fp));
-    let caller = by_cert.or_else(|| token.and_then(|t| registry.token(t)));
-    match caller {
-        Some(caller) => {
-            request.extensions_mut().insert(caller);
-        }
-        None => {
-            let revoked = token.and_then(|t| registry.revoked_token(t));
-            let (name, why) = match (peer, token, revoked) {
-                (_, Some(_), Some(name)) => (
-                    format!("identity:{name}"),
-                    "unknown bearer token: its identity was revoked",
-                ),
-                (_, Some(_), None) => ("token:unknown".to_owned(), "unknown bearer token"),
-                (Some(fp), None, _) => (
-                    format!("cert:{}", &fp[..16.min(fp.len())]),
-                    "the client certificate names no identity and no bearer token was sent",
-                ),
-                (None, None, _) => ("anonymous".to_owned(), "missing or unknown bearer token"),
-            };
-            request.extensions_mut().insert(Unidentified {
-                name,
-                why: why.to_owned(),
-            });
-        }
+    if let Some(caller) = by_cert.or_else(|| token.and_then(|t| registry.token(t))) {
+        request.extensions_mut().insert(caller);
+        return next.run(request).await;
     }
-    next.run(request).await
+    let revoked = token.and_then(|t| registry.revoked_token(t));
+    let (name, why) = match (peer, token, revoked) {
+        (_, Some(_), Some(name)) => (
+            format!("identity:{name}"),
+            "unknown bearer token: its identity was revoked",
+        ),
+        (_, Some(_), None) => ("token:unknown".to_owned(), "unknown bearer token"),
+        (Some(fp), None, _) => (
+            format!("cert:{}", &fp[..16.min(fp.len())]),
+            "the client certificate names no identity and no bearer token was sent",
+        ),
+        (None, None, _) => ("anonymous".to_owned(), "missing or unknown bearer token"),
+    };
+    let verb = request.method().as_str().to_ascii_lowercase();
+    let reason = format!("{} {}: {why}", request.method(), request.uri().path());
+    gate.audit.record(&AuditEntry {
+        identity: &name,
+        verb: &verb,
+        outcome: "denied",
+        reason: Some(&reason),
+        ..AuditEntry::default()
+    });
+    refusal(is_grpc(request.headers()), StatusCode::UNAUTHORIZED, why)
 }
 
 /// Middleware on the unix socket: identifies the peer by its credentials.

@@ -169,7 +169,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %tcp.listen, mtls = tcp.tls_client_ca.is_some(), "serving TLS");
         let tcp_app = app
             .layer(axum::middleware::from_fn_with_state(
-                daemon.registry.clone(),
+                auth::TcpGate {
+                    registry: daemon.registry.clone(),
+                    audit: daemon.audit.clone(),
+                },
                 auth::tcp_caller,
             ))
             .into_make_service_with_connect_info::<auth::TlsPeer>();
