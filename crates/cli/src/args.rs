@@ -84,6 +84,9 @@ pub enum Command {
     Auth(crate::auth::AuthCommand),
     /// Read the audit log of changes, refusals and memory reads (admin only)
     Audit(crate::auth::AuditArgs),
+    /// Projects and their limits (changing them is for admins)
+    #[command(subcommand)]
+    Project(crate::auth::ProjectCommand),
     /// Create or update the resources of a manifest; unchanged ones are left alone
     Apply(ManifestArgs),
     /// Delete the resources of a manifest

@@ -1,10 +1,14 @@
-//! `corral auth …` (who may call corrald) and `corral audit` (what they did): admin only.
+//! `corral auth …` (who may call corrald), `corral audit` (what they did) and `corral
+//! project …` (what owns objects, within which limits).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use corral_client::{AuditFilter, AuditRecord, Client};
-use corral_contract::{Credential, Identity, IdentitySpec, Resource, ResourceName, Role};
+use corral_contract::{
+    Credential, Identity, IdentitySpec, Project, ProjectLimits, ProjectSpec, Resource,
+    ResourceName, Role,
+};
 
 use crate::CliError;
 use crate::args::{Format, OutputArgs, parse_name};
@@ -303,4 +307,106 @@ fn record_json(r: &AuditRecord) -> serde_json::Value {
         "outcome": r.outcome,
         "reason": r.reason,
     })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project, with limits its objects must stay within
+    Create(ProjectArgs),
+    /// Change a project's limits (the ones given replace all)
+    Update(ProjectArgs),
+    /// List projects
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show one project
+    Get(ProjectGetArgs),
+    /// Delete a project
+    #[command(visible_alias = "rm")]
+    Delete(RevokeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// The project's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// Limits, e.g. vms=20,cpus=16,memory=32G,disk=200G,images=50G (any of them); none: no
+    /// limit
+    #[arg(long, value_name = "KEY=VALUE,…", value_parser = parse_limits)]
+    pub limit: Option<ProjectLimits>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectGetArgs {
+    /// The project's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_limits(s: &str) -> Result<ProjectLimits, String> {
+    s.parse::<ProjectLimits>().map_err(|e| e.to_string())
+}
+
+/// `project …`.
+pub async fn project(client: &Client, command: ProjectCommand) -> Result<(), CliError> {
+    let spec = |args: &ProjectArgs| ProjectSpec {
+        limits: args.limit.unwrap_or_default(),
+    };
+    match command {
+        ProjectCommand::Create(args) => {
+            let p = client
+                .create_project(&Project::new(args.name.clone(), spec(&args)))
+                .await?;
+            show_projects(&[p], args.output.format, false, "created")
+        }
+        ProjectCommand::Update(args) => {
+            let mut p = client.get_project(args.name.as_str()).await?;
+            p.spec = spec(&args);
+            let p = client.update_project(&p).await?;
+            show_projects(&[p], args.output.format, false, "updated")
+        }
+        ProjectCommand::List(args) => {
+            show_projects(&client.list_projects().await?, args.output.format, true, "")
+        }
+        ProjectCommand::Get(args) => {
+            let p = client.get_project(args.name.as_str()).await?;
+            show_projects(&[p], args.output.format, false, "")
+        }
+        ProjectCommand::Delete(args) => {
+            let p = client.delete_project(args.name.as_str()).await?;
+            print(&format!("project/{} deleted\n", p.metadata.name))
+        }
+    }
+}
+
+fn show_projects(ps: &[Project], format: Format, list: bool, done: &str) -> Result<(), CliError> {
+    let resources: Vec<Resource> = ps.iter().cloned().map(Into::into).collect();
+    let text = match format {
+        Format::Table if !done.is_empty() => {
+            format!("project/{} {done}\n", ps[0].metadata.name)
+        }
+        Format::Table => {
+            let mut out = format!("{:<20} {}\n", "NAME", "LIMITS");
+            for p in ps {
+                let limits = p.spec.limits.to_string();
+                let limits = if limits.is_empty() {
+                    "none".into()
+                } else {
+                    limits
+                };
+                out += &format!("{:<20} {limits}\n", p.metadata.name);
+            }
+            out
+        }
+        Format::Json if list => {
+            serde_json::to_string_pretty(&serde_json::json!({"items": resources}))? + "\n"
+        }
+        Format::Json => serde_json::to_string_pretty(&resources[0])? + "\n",
+        Format::Yaml => resources.iter().map(crate::output::yaml).collect(),
+    };
+    print(&text)
 }

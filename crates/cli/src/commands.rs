@@ -37,6 +37,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Auth(command) => crate::auth::auth(&connect(&connection).await?, command).await,
         Command::Audit(args) => crate::auth::audit(&connect(&connection).await?, args).await,
+        Command::Project(command) => {
+            crate::auth::project(&connect(&connection).await?, command).await
+        }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
@@ -263,7 +266,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         Resource::Volume(_) => 2,
         Resource::Vm(_) => 3,
         Resource::Snapshot(_) => 4,
-        Resource::Identity(_) => 5,
+        Resource::Identity(_) | Resource::Project(_) => 5,
     });
     for resource in resources {
         let what = format!(
@@ -402,7 +405,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
-        Resource::Identity(_) => 5,
+        Resource::Identity(_) | Resource::Project(_) => 5,
     });
     for resource in resources {
         let what = format!(

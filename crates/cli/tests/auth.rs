@@ -115,3 +115,32 @@ fn auth_round_trip_roles_audit_and_revocation() {
     assert_eq!(last["outcome"], "denied", "{last}");
     admin.fails(&["auth", "revoke", "ci"], 3, "not found");
 }
+
+#[test]
+fn a_project_limit_refuses_creates_naming_the_limit_and_its_use() {
+    let d = corral_testkit::Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let corral = Cli::new(CORRAL, &d);
+    let made = corral.ok(&["project", "create", "default", "--limit", "disk=1G,vms=20"]);
+    assert!(made.contains("project/default created"), "{made}");
+    corral.fails(
+        &["project", "create", "other", "--limit", "gpus=1"],
+        1,
+        "unknown limit \"gpus\"",
+    );
+    let listed = corral.ok(&["project", "list"]);
+    assert!(listed.contains("vms=20,disk=1G"), "{listed}");
+    corral.ok(&["volume", "create", "v1", "--size", "768M"]);
+    let err = corral.fails(
+        &["volume", "create", "v2", "--size", "512M"],
+        1,
+        "limit disk=1G would be exceeded: 768M in use, and this volume asks 512M more",
+    );
+    assert!(err.contains("corral project update default"), "{err}");
+    corral.fails(&["volume", "get", "v2"], 3, "not found");
+    // Raised, the same create is admitted.
+    corral.ok(&["project", "update", "default", "--limit", "disk=2G"]);
+    corral.ok(&["volume", "create", "v2", "--size", "512M"]);
+    let p = corral.json(&["project", "get", "default", "-o", "json"]);
+    assert_eq!(p["spec"]["limits"]["disk"], "2G");
+    assert!(p["spec"]["limits"].get("vms").is_none(), "{p}");
+}

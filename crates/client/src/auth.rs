@@ -1,8 +1,8 @@
-//! Identities and the audit log (admin only).
+//! Identities, the audit log and projects.
 
 use corral_contract::pb::audit_service_client::AuditServiceClient;
 use corral_contract::pb::identity_service_client::IdentityServiceClient;
-use corral_contract::{Identity, pb};
+use corral_contract::{Identity, Project, pb};
 
 use crate::{Client, ClientError};
 
@@ -93,5 +93,84 @@ impl Client {
             .await
             .map_err(|s| self.status(s))?;
         Ok(list.into_inner().items)
+    }
+}
+
+impl Client {
+    fn projects_client(
+        &self,
+    ) -> corral_contract::pb::project_service_client::ProjectServiceClient<crate::client::Transport>
+    {
+        corral_contract::pb::project_service_client::ProjectServiceClient::new(
+            self.transport.clone(),
+        )
+    }
+
+    fn decode_project(&self, p: pb::Project) -> Result<Project, ClientError> {
+        Project::try_from(p).map_err(|e| ClientError::Other {
+            message: format!("the server sent a project that does not validate: {e}"),
+        })
+    }
+
+    /// Adds a project (admin only).
+    pub async fn create_project(&self, p: &Project) -> Result<Project, ClientError> {
+        let req = pb::CreateProjectRequest {
+            project: Some(pb::Project::from(p)),
+        };
+        let p = self
+            .projects_client()
+            .create(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_project(p.into_inner())
+    }
+
+    /// Changes a project's limits (admin only).
+    pub async fn update_project(&self, p: &Project) -> Result<Project, ClientError> {
+        let req = pb::CreateProjectRequest {
+            project: Some(pb::Project::from(p)),
+        };
+        let p = self
+            .projects_client()
+            .update(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_project(p.into_inner())
+    }
+
+    /// One project.
+    pub async fn get_project(&self, name: &str) -> Result<Project, ClientError> {
+        let req = pb::ProjectName { name: name.into() };
+        let p = self
+            .projects_client()
+            .get(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_project(p.into_inner())
+    }
+
+    /// Every project, sorted by name.
+    pub async fn list_projects(&self) -> Result<Vec<Project>, ClientError> {
+        let list = self
+            .projects_client()
+            .list(pb::ListProjectsRequest {})
+            .await
+            .map_err(|s| self.status(s))?;
+        list.into_inner()
+            .items
+            .into_iter()
+            .map(|p| self.decode_project(p))
+            .collect()
+    }
+
+    /// Deletes a project (admin only).
+    pub async fn delete_project(&self, name: &str) -> Result<Project, ClientError> {
+        let req = pb::ProjectName { name: name.into() };
+        let p = self
+            .projects_client()
+            .delete(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        self.decode_project(p.into_inner())
     }
 }

@@ -44,6 +44,7 @@ mod name;
 pub mod names;
 mod network;
 pub mod pb;
+mod project;
 mod resource;
 pub mod schema;
 mod size;
@@ -62,6 +63,7 @@ pub use network::{
     Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,
     NetworkPhase, NetworkSpec, NetworkStatus, PortForward, Protocol,
 };
+pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
 pub use storage::{

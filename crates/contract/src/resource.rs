@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Identity, Image, Network, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
+use crate::{Identity, Image, Network, ObjectMeta, Project, Snapshot, ValidationError, Vm, Volume};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
@@ -18,6 +18,8 @@ choice! {
         Network => "Network",
         /// A caller of the API and its rights: [`Identity`].
         Identity => "Identity",
+        /// What owns objects, and their limits: [`Project`].
+        Project => "Project",
     }
 }
 
@@ -61,6 +63,8 @@ pub enum Resource {
     Network(Network),
     /// An identity.
     Identity(Identity),
+    /// A project.
+    Project(Project),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -90,6 +94,7 @@ impl utoipa::ToSchema for Resource {
         crate::schema::add::<Snapshot>(schemas);
         crate::schema::add::<Network>(schemas);
         crate::schema::add::<Identity>(schemas);
+        crate::schema::add::<Project>(schemas);
     }
 }
 
@@ -138,6 +143,7 @@ strict_object!(
     Volume(crate::VolumeSpec, crate::VolumeStatus),
     Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
     Identity(crate::IdentitySpec, crate::IdentityStatus),
+    Project(crate::ProjectSpec, crate::ProjectStatus),
 );
 
 macro_rules! each {
@@ -149,6 +155,7 @@ macro_rules! each {
             Resource::Snapshot($r) => $body,
             Resource::Network($r) => $body,
             Resource::Identity($r) => $body,
+            Resource::Project($r) => $body,
         }
     };
 }
@@ -163,6 +170,7 @@ impl Resource {
             Resource::Snapshot(_) => Snapshot::KIND,
             Resource::Network(_) => Network::KIND,
             Resource::Identity(_) => Identity::KIND,
+            Resource::Project(_) => Project::KIND,
         }
     }
 
@@ -221,7 +229,7 @@ macro_rules! from_object {
         }
     )*};
 }
-from_object!(Vm, Image, Volume, Snapshot, Identity);
+from_object!(Vm, Image, Volume, Snapshot, Identity, Project);
 
 #[cfg(test)]
 mod tests {
@@ -233,7 +241,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network or Identity"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"#
         );
     }
 
@@ -244,7 +252,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`"
             ),
             "{err}"
         );

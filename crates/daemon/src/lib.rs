@@ -18,6 +18,7 @@ mod memory;
 mod metrics;
 mod networks;
 mod openapi;
+mod projects;
 mod serve;
 mod snapshots;
 mod state;
@@ -33,15 +34,15 @@ use corral_contract::pb::{
     attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
     console_service_server::ConsoleServiceServer, identity_service_server::IdentityServiceServer,
     image_service_server::ImageServiceServer, memory_service_server::MemoryServiceServer,
-    network_service_server::NetworkServiceServer, snapshot_service_server::SnapshotServiceServer,
-    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
-    volume_service_server::VolumeServiceServer,
+    network_service_server::NetworkServiceServer, project_service_server::ProjectServiceServer,
+    snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
+    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
-    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, StorageConfig,
-    StorageService, VmService,
+    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
+    StorageConfig, StorageService, VmService,
 };
 use corral_store::SqliteStore;
 use tokio::sync::watch;
@@ -106,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     admin_group.check().map_err(anyhow::Error::msg)?;
     let registry = auth::Registry::new(tokens, admin_group);
     let identities = IdentityService::new(store.clone());
+    let projects = ProjectService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
@@ -118,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node,
         metrics,
         identities,
+        projects,
         registry,
         audit,
     });
@@ -266,6 +269,9 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
                 d.clone(),
             )))
             .add_service(AuditServiceServer::new(audit::grpc::AuditGrpc(d.clone())))
+            .add_service(ProjectServiceServer::new(projects::grpc::ProjectGrpc(
+                d.clone(),
+            )))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha),

@@ -151,6 +151,17 @@ pub const OPERATIONS: &[Described] = {
             delete("Identity", "200")
         }),
         ("listAudit", Get, "/v1/audit", list_audit),
+        ("listProjects", Get, "/v1/projects", || {
+            list("Project", "Projects, sorted by name")
+        }),
+        ("createProject", Post, "/v1/projects", || create("Project")),
+        ("getProject", Get, "/v1/projects/{name}", || get("Project")),
+        ("updateProject", Put, "/v1/projects/{name}", || {
+            update("Project")
+        }),
+        ("deleteProject", Delete, "/v1/projects/{name}", || {
+            delete("Project", "200")
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -206,7 +217,9 @@ pub fn build() -> OpenApi {
         .schema("AuditRecord", audit_record_schema())
         .schema("AuditList", audit_list_schema())
         .schema("CreatedIdentity", created_identity_schema());
-    for kind in ["Vm", "Image", "Volume", "Snapshot", "Network", "Identity"] {
+    for kind in [
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project",
+    ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
             .property(

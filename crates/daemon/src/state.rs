@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
 use corral_service::{
-    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, StorageService,
-    VmService,
+    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
+    StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -38,6 +38,8 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     /// Identities, as stored.
     pub identities: IdentityService,
+    /// Projects and their limits.
+    pub projects: ProjectService,
     /// Who each credential is; revocations.
     pub registry: Arc<Registry>,
     /// The audit log of changes, refusals and memory reads.

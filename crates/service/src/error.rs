@@ -140,6 +140,25 @@ pub enum ServiceError {
         /// What to do.
         remedy: &'static str,
     },
+    /// Creating the object would take its project past a limit.
+    #[error(
+        "project {project:?}: limit {limit}={max} would be exceeded: {used} in use, and this {noun} \
+         asks {asked} more (an admin raises it with `corral project update {project} --limit {limit}=…`)"
+    )]
+    OverLimit {
+        /// The project.
+        project: String,
+        /// The limit's key: `vms`, `cpus`, `memory`, `disk`, `images`.
+        limit: &'static str,
+        /// The limit.
+        max: String,
+        /// What the project's objects use now.
+        used: String,
+        /// What the new object asks for.
+        asked: String,
+        /// The new object's kind.
+        noun: &'static str,
+    },
     /// Importing an image failed (reading, fetching, checking or storing its bytes).
     #[error("importing image {name:?}: {source}")]
     Import {
@@ -246,6 +265,7 @@ impl ServiceError {
             | E::NotReady { .. }
             | E::WrongState { .. }
             | E::Busy { .. }
+            | E::OverLimit { .. }
             | E::Import { .. }
             | E::Cas(_)
             | E::QemuImg(_)

@@ -51,8 +51,10 @@ mod audit;
 mod console;
 mod error;
 mod identity;
+mod limits;
 mod memory;
 mod network;
+mod project;
 mod resources;
 mod storage;
 mod vm;
@@ -63,12 +65,14 @@ pub use console::{ConsoleService, ConsoleSession};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
+pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
     ChunkReader, FrameStream, MemoryAccess, MemoryError, MemoryOp, MemoryService, MemorySnapshot,
     SnapshotMode,
 };
 pub use network::{DEFAULT_NETWORK, NetworkKind, NetworkService};
+pub use project::{ProjectKind, ProjectService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
     ImageKind, ImportProgress, SnapshotKind, StorageConfig, StorageService, VolumeKind,

@@ -36,6 +36,7 @@ fn kind_of_segment(segment: &str) -> String {
         "snapshots" => "Snapshot",
         "networks" => "Network",
         "identities" => "Identity",
+        "projects" => "Project",
         "attestations" => "Attestation",
         "audit" => "Audit",
         other => other,

@@ -120,6 +120,7 @@ fn table() -> Vec<Route> {
         crate::system::rest::routes(),
         crate::identities::rest::routes(),
         crate::audit::rest::routes(),
+        crate::projects::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -145,6 +146,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::system::grpc::METHODS,
         crate::identities::grpc::METHODS,
         crate::audit::grpc::METHODS,
+        crate::projects::grpc::METHODS,
     ]
     .concat()
 }
