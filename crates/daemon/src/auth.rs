@@ -98,6 +98,31 @@ impl Caller {
         self.principal.role == Role::Admin
     }
 
+    /// Whether the caller works in `project`: admins in all, others in the projects their
+    /// identity lists (`default` when it lists none).
+    pub fn works_in(&self, project: &str) -> bool {
+        if self.is_admin() {
+            return true;
+        }
+        match self.principal.projects.as_slice() {
+            [] => project == corral_contract::DEFAULT_PROJECT,
+            projects => projects.iter().any(|p| p == project),
+        }
+    }
+
+    /// Why the caller may not act in `project`.
+    pub fn outside(&self, project: &str) -> String {
+        let theirs = if self.principal.projects.is_empty() {
+            corral_contract::DEFAULT_PROJECT.to_owned()
+        } else {
+            self.principal.projects.join(", ")
+        };
+        format!(
+            "{self} works in project(s) {theirs}, not in {project:?}, where these objects are \
+             (an admin adds the project with `corral auth … --project {project}`)"
+        )
+    }
+
     /// Whether the caller holds `permission`: viewers read, operators read and write, admins
     /// do everything, and reading guest memory needs the `memory` grant (or admin).
     pub fn may(&self, permission: Permission) -> bool {

@@ -47,10 +47,26 @@ async fn setup() -> Setup {
 impl Setup {
     /// A new token identity; its token.
     async fn token(&self, name: &str, role: Role, memory: bool) -> String {
+        self.issue(name, role, memory, vec![]).await
+    }
+
+    /// A new token identity working in `project` only; its token.
+    async fn token_in(&self, name: &str, role: Role, project: &str) -> String {
+        self.issue(name, role, false, vec![project.parse().unwrap()])
+            .await
+    }
+
+    async fn issue(
+        &self,
+        name: &str,
+        role: Role,
+        memory: bool,
+        projects: Vec<corral_contract::ResourceName>,
+    ) -> String {
         let spec = IdentitySpec {
             role,
             memory,
-            projects: vec![],
+            projects,
             credential: Credential::Token { blake3: None },
         };
         let (id, token) = self
@@ -104,8 +120,34 @@ const UNAUTHENTICATED: Expect = Expect::Refused {
     grpc: "16",
 };
 
-/// Walks the whole table as the holder of `token`.
-async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission) -> Expect) {
+/// Whether a REST path or gRPC method acts on objects of a project (VMs and what they use).
+fn in_project(path: &str) -> bool {
+    let rest = [
+        "/v1/vms",
+        "/v1/images",
+        "/v1/volumes",
+        "/v1/snapshots",
+        "/v1/networks",
+    ];
+    let grpc = [
+        "Vm",
+        "Image",
+        "Volume",
+        "Snapshot",
+        "Network",
+        "Console",
+        "Memory",
+        "Attestation",
+    ];
+    rest.iter().any(|p| path.starts_with(p))
+        || grpc
+            .iter()
+            .any(|k| path.starts_with(&format!("/corral.v1.{k}Service/")))
+}
+
+/// Walks the whole table as the holder of `token`; `expect` gets each entry's permission and
+/// whether it acts in a project.
+async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission, bool) -> Expect) {
     let rest = s.rest(token);
     for r in routes() {
         if r.permission == Permission::Open {
@@ -114,7 +156,7 @@ async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission) -> 
         let path = r.path.replace("{name}", "absent");
         let body = matches!(r.method.as_str(), "POST" | "PUT").then_some(&b"{}"[..]);
         let reply = rest.send(r.method.as_str(), &path, body).await;
-        match expect(r.permission) {
+        match expect(r.permission, in_project(r.path)) {
             Expect::Through => assert!(
                 ![401, 403].contains(&reply.status),
                 "{who}: {} {path} ({}) refused: {}",
@@ -144,7 +186,7 @@ async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission) -> 
         );
         // A refusal is a trailers-only answer: its code is in the head.
         let code = reply.header("grpc-status").unwrap_or("none");
-        match expect(m.permission) {
+        match expect(m.permission, in_project(m.path)) {
             Expect::Through => assert!(
                 !["7", "16"].contains(&code),
                 "{who}: {} ({}) refused: {code} {:?}",
@@ -168,27 +210,34 @@ async fn every_route_and_method_is_refused_without_its_permission_and_audited() 
     let operator = s.token("operator", Role::Operator, false).await;
     let peeker = s.token("peeker", Role::Viewer, true).await;
     let boss = s.token("boss", Role::Admin, false).await;
+    let elsewhere = s.token_in("elsewhere", Role::Operator, "web").await;
     let gone = s.token("gone", Role::Admin, true).await;
     s.admin.revoke_identity("gone").await.unwrap();
 
-    walk(&s, "viewer", &viewer, |p| match p {
+    walk(&s, "viewer", &viewer, |p, _| match p {
         Permission::Read => Expect::Through,
         _ => FORBIDDEN,
     })
     .await;
-    walk(&s, "operator", &operator, |p| match p {
+    walk(&s, "operator", &operator, |p, _| match p {
         Permission::Read | Permission::Write => Expect::Through,
         _ => FORBIDDEN,
     })
     .await;
-    walk(&s, "peeker", &peeker, |p| match p {
+    walk(&s, "peeker", &peeker, |p, _| match p {
         Permission::Read | Permission::Memory => Expect::Through,
         _ => FORBIDDEN,
     })
     .await;
-    walk(&s, "boss", &boss, |_| Expect::Through).await;
-    walk(&s, "gone", &gone, |_| UNAUTHENTICATED).await;
-    walk(&s, "a stranger", "never-issued", |_| UNAUTHENTICATED).await;
+    // An operator of another project touches nothing of `default`, where every object is.
+    walk(&s, "elsewhere", &elsewhere, |p, scoped| match p {
+        Permission::Read | Permission::Write if !scoped => Expect::Through,
+        _ => FORBIDDEN,
+    })
+    .await;
+    walk(&s, "boss", &boss, |_, _| Expect::Through).await;
+    walk(&s, "gone", &gone, |_, _| UNAUTHENTICATED).await;
+    walk(&s, "a stranger", "never-issued", |_, _| UNAUTHENTICATED).await;
 
     // Every refusal is audited with who, what and why.
     let audit = s.audit();
@@ -204,6 +253,18 @@ async fn every_route_and_method_is_refused_without_its_permission_and_audited() 
     assert!(denied("identity:viewer", "delete", "Network"));
     assert!(denied("identity:operator", "revoke", "Identity"));
     assert!(denied("identity:operator", "list", "Audit"));
+    assert!(denied("identity:elsewhere", "create", "Vm"));
+    let outside = audit
+        .iter()
+        .find(|l| l["identity"] == "identity:elsewhere" && l["verb"] == "get")
+        .unwrap();
+    assert!(
+        outside["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not in \"default\""),
+        "{outside}"
+    );
     // On TCP, an unidentified caller is refused before any route is chosen.
     assert!(audit.iter().any(|l| {
         l["identity"] == "identity:gone"

@@ -67,6 +67,21 @@ impl Act {
         Act { verb, kind, name }
     }
 
+    /// Whether the act is on objects that belong to a project (VMs and what they use), as
+    /// opposed to the daemon's own (identities, projects, the audit log, metrics).
+    pub fn in_project(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "Vm" | "Image"
+                | "Volume"
+                | "Snapshot"
+                | "Network"
+                | "Console"
+                | "Memory"
+                | "Attestation"
+        )
+    }
+
     /// A gRPC request to `/corral.v1.VmService/Start`: verb `start`, kind `Vm`.
     pub fn grpc(path: &str) -> Act {
         let mut parts = path.trim_start_matches('/').splitn(2, '/');

@@ -140,10 +140,7 @@ impl Authorizer {
 
     fn record(&self, who: &str, act: &Act, outcome: &str, reason: Option<&str>) {
         // Until objects carry a project, every object is in the default one.
-        let project = match act.kind.as_str() {
-            "Vm" | "Image" | "Volume" | "Snapshot" | "Network" => Some(DEFAULT_PROJECT),
-            _ => None,
-        };
+        let project = act.in_project().then_some(DEFAULT_PROJECT);
         self.daemon.audit.record(&AuditEntry {
             identity: who,
             project,
@@ -218,6 +215,15 @@ pub async fn authorize(
             }
             auth.record(&caller.name, &act, "denied", Some(&message));
         }
+        return refusal(grpc, StatusCode::FORBIDDEN, &message);
+    }
+    // Objects live in projects: until they carry `metadata.project`, all are in `default`.
+    if act.in_project() && !caller.works_in(DEFAULT_PROJECT) {
+        let message = caller.outside(DEFAULT_PROJECT);
+        if act.name.is_empty() {
+            act.name = act::refused_name(request, grpc).await;
+        }
+        auth.record(&caller.name, &act, "denied", Some(&message));
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
     let audited = match rule.permission {
