@@ -103,7 +103,7 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
         .find(|l| l["verb"] == "memory.read" && l["outcome"] == "ok")
         .expect("an audited read");
     assert_eq!(read["name"], "g");
-    assert_eq!(read["vm_uid"], uid.as_str());
+    assert_eq!(read["uid"], uid.as_str());
     assert!(
         read["identity"].as_str().unwrap().starts_with("unix:uid="),
         "{read}"
