@@ -142,8 +142,9 @@ pub enum ServiceError {
     },
     /// Creating the object would take its project past a limit.
     #[error(
-        "project {project:?}: limit {limit}={max} would be exceeded: {used} in use, and this {noun} \
-         asks {asked} more (an admin raises it with `corral project update {project} --limit {limit}=…`)"
+        "project {project:?}: limit {limit}={} would be exceeded: {} in use, and this {noun} \
+         asks {} more (an admin raises it with `corral project update {project} --limit {limit}=…`)",
+        amount(*max, *bytes), amount(*used, *bytes), amount(*asked, *bytes)
     )]
     OverLimit {
         /// The project.
@@ -151,11 +152,13 @@ pub enum ServiceError {
         /// The limit's key: `vms`, `cpus`, `memory`, `disk`, `images`.
         limit: &'static str,
         /// The limit.
-        max: String,
+        max: u64,
         /// What the project's objects use now.
-        used: String,
+        used: u64,
         /// What the new object asks for.
-        asked: String,
+        asked: u64,
+        /// Whether the amounts are bytes (else counts).
+        bytes: bool,
         /// The new object's kind.
         noun: &'static str,
     },
@@ -241,6 +244,15 @@ pub enum ServiceError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
+}
+
+/// A count, or bytes as sizes are written (`512M`).
+fn amount(n: u64, bytes: bool) -> String {
+    if bytes {
+        corral_contract::ByteSize::new(n).to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 fn quoted(names: &[String]) -> String {

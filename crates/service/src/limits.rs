@@ -114,42 +114,25 @@ async fn check(
         images,
     } = p.spec.limits;
     let used = in_use(store).await?;
-    let bytes = |b: u64| ByteSize::new(b).to_string();
-    let plain = |n: u64| n.to_string();
-    let checks: [(&'static str, Option<u64>, u64, u64, &dyn Fn(u64) -> String); 5] = [
-        ("vms", vms, used.vms, asked.vms, &plain),
-        ("cpus", cpus, used.cpus, asked.cpus, &plain),
-        (
-            "memory",
-            memory.map(ByteSize::as_u64),
-            used.memory,
-            asked.memory,
-            &bytes,
-        ),
-        (
-            "disk",
-            disk.map(ByteSize::as_u64),
-            used.disk,
-            asked.disk,
-            &bytes,
-        ),
-        (
-            "images",
-            images.map(ByteSize::as_u64),
-            used.images,
-            asked.images,
-            &bytes,
-        ),
+    let size = |s: Option<ByteSize>| s.map(ByteSize::as_u64);
+    // (limit, its maximum, in use, asked, whether bytes)
+    let checks = [
+        ("vms", vms, used.vms, asked.vms, false),
+        ("cpus", cpus, used.cpus, asked.cpus, false),
+        ("memory", size(memory), used.memory, asked.memory, true),
+        ("disk", size(disk), used.disk, asked.disk, true),
+        ("images", size(images), used.images, asked.images, true),
     ];
-    for (limit, max, used, asked, show) in checks {
+    for (limit, max, used, asked, bytes) in checks {
         let Some(max) = max else { continue };
         if asked > 0 && used.saturating_add(asked) > max {
             return Err(ServiceError::OverLimit {
                 project: project.to_owned(),
                 limit,
-                max: show(max),
-                used: show(used),
-                asked: show(asked),
+                max,
+                used,
+                asked,
+                bytes,
                 noun,
             });
         }
