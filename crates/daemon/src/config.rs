@@ -344,6 +344,22 @@ mod tests {
     }
 
     #[test]
+    fn audit_rotation_and_admin_group_come_from_flags_or_the_file() {
+        let cfg =
+            Config::resolve(&args(&["--audit-max-size", "64M", "--audit-keep", "2"])).unwrap();
+        assert_eq!((cfg.audit.max_size, cfg.audit.keep), (64 << 20, 2));
+        let err = Config::resolve(&args(&["--audit-max-size", "1K"])).unwrap_err();
+        assert!(err.to_string().contains("at least 4K"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(&file, "admin_group = \"wheel\"\naudit_keep = 9\n").unwrap();
+        let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(cfg.admin_group.as_deref(), Some("wheel"));
+        assert_eq!(cfg.audit.keep, 9);
+        assert_eq!(cfg.audit.max_size, 16 << 20);
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("corrald.toml");
