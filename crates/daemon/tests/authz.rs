@@ -383,10 +383,10 @@ async fn a_revoked_token_is_refused_and_its_open_watch_ends() {
     assert!(other_client.list_vms("").await.is_ok());
 }
 
-/// Upgrades to the console WebSocket of `vm` over TLS as the holder of `token`.
-async fn console_ws(
+/// Upgrades to the WebSocket at `path` over TLS as the holder of `token`.
+async fn websocket(
     s: &Setup,
-    vm: &str,
+    path: &str,
     token: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,7 +408,7 @@ async fn console_ws(
         .await
         .unwrap();
     let req = format!(
-        "GET /v1/vms/{vm}/console/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nAuthorization: Bearer {token}\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
@@ -451,7 +451,7 @@ async fn a_revoked_tokens_console_websocket_is_closed() {
         .await
         .unwrap();
     let token = s.token("console", Role::Operator, false).await;
-    let mut ws = console_ws(&s, "rv", &token).await;
+    let mut ws = websocket(&s, "/v1/vms/rv/console/ws", &token).await;
     // The session is live: the guest's boot marker comes through it.
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(120), async {
@@ -627,4 +627,45 @@ async fn a_client_certificate_names_its_identity() {
         mtls_request(port, ca_cert, known, "GET", "/v1/vms").await,
         401
     );
+}
+
+#[tokio::test]
+async fn a_revoked_identitys_memory_stream_is_closed() {
+    use corral_contract::Phase;
+    let s = setup().await;
+    s.admin
+        .create_vm(&corral_testkit::kit_vm("mem", |b| b.introspection(true)))
+        .await
+        .unwrap();
+    corral_testkit::wait_phase(&s.admin, &s.d, "mem", Phase::Running)
+        .await
+        .unwrap();
+    let token = s.token("ram", Role::Viewer, true).await;
+    let mut ws = websocket(&s, "/v1/vms/mem/memory/stream?side=16&fps=5", &token).await;
+    // A header, then frames of the guest's RAM: 16 x 16 RGB pixels each.
+    let (op, header) = next_frame(&mut ws).await.unwrap();
+    assert_eq!(op, 0x1, "{}", String::from_utf8_lossy(&header));
+    let (op, frame) = next_frame(&mut ws).await.unwrap();
+    assert_eq!((op, frame.len()), (0x2, 16 * 16 * 3));
+
+    s.admin.revoke_identity("ram").await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match next_frame(&mut ws).await {
+                Ok((0x8, payload)) => return Some(payload),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream is closed after the revocation")
+    .expect("with a close frame");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
+    assert!(String::from_utf8_lossy(&close[2..]).contains("revoked"));
+    s.admin.delete_vm("mem").await.unwrap();
+    s.admin
+        .wait_for("mem", |vm| vm.is_none(), Duration::from_secs(120))
+        .await
+        .unwrap();
 }
