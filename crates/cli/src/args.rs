@@ -38,9 +38,19 @@ pub struct ConnectionArgs {
     /// corrald on TCP with TLS, https://HOST:PORT [env: CORRAL_SERVER]
     #[arg(long, global = true, value_name = "URL", help_heading = CONNECTION)]
     pub server: Option<String>,
-    /// Bearer token for --server [env: CORRAL_TOKEN]
+    /// Bearer token for --server; other users can read it in /proc, so prefer
+    /// CORRAL_TOKEN or --token-file [env: CORRAL_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN", help_heading = CONNECTION)]
     pub token: Option<String>,
+    /// File holding the bearer token for --server (its first line)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = CONNECTION,
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// PEM file of the CA certificates to trust for --server, instead of the system's
     /// [env: CORRAL_CA_FILE]
     #[arg(long, global = true, value_name = "FILE", help_heading = CONNECTION)]
@@ -69,6 +79,14 @@ pub enum Command {
     /// Create, list and delete networks VMs join
     #[command(subcommand)]
     Network(crate::network::NetworkCommand),
+    /// Manage who may call corrald: tokens, client certificates, local users (admin only)
+    #[command(subcommand)]
+    Auth(crate::auth::AuthCommand),
+    /// Read the audit log of changes, refusals and memory reads (admin only)
+    Audit(crate::auth::AuditArgs),
+    /// Projects and their limits (changing them is for admins)
+    #[command(subcommand)]
+    Project(crate::auth::ProjectCommand),
     /// Create or update the resources of a manifest; unchanged ones are left alone
     Apply(ManifestArgs),
     /// Delete the resources of a manifest

@@ -35,6 +35,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
+        Command::Auth(command) => crate::auth::auth(&connect(&connection).await?, command).await,
+        Command::Audit(args) => crate::auth::audit(&connect(&connection).await?, args).await,
+        Command::Project(command) => {
+            crate::auth::project(&connect(&connection).await?, command).await
+        }
         Command::Apply(args) => apply(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
@@ -46,9 +51,34 @@ fn endpoint(connection: &ConnectionArgs) -> Result<Endpoint, CliError> {
     Ok(Endpoint::from_env_and_flags(
         connection.socket.clone(),
         connection.server.clone(),
-        connection.token.clone(),
+        token(connection)?,
         connection.ca_file.clone(),
     )?)
+}
+
+/// The token of `--token-file` or `--token` (which warns: a command line is readable by
+/// every user in /proc); `None` leaves it to CORRAL_TOKEN.
+fn token(connection: &ConnectionArgs) -> Result<Option<String>, CliError> {
+    if let Some(token) = &connection.token {
+        eprintln!(
+            "warning: --token is visible to every user of this host in /proc/{}/cmdline; \
+             use CORRAL_TOKEN or --token-file instead",
+            std::process::id()
+        );
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &connection.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Failed(format!("--token-file {}: {e}", path.display())))?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => Ok(Some(token.to_owned())),
+        None => Err(CliError::Failed(format!(
+            "--token-file {}: the first line holds no token",
+            path.display()
+        ))),
+    }
 }
 
 async fn connect(connection: &ConnectionArgs) -> Result<Client, CliError> {
@@ -236,6 +266,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         Resource::Volume(_) => 2,
         Resource::Vm(_) => 3,
         Resource::Snapshot(_) => 4,
+        Resource::Identity(_) | Resource::Project(_) => 5,
     });
     for resource in resources {
         let what = format!(
@@ -374,6 +405,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
+        Resource::Identity(_) | Resource::Project(_) => 5,
     });
     for resource in resources {
         let what = format!(

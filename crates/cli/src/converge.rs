@@ -146,5 +146,7 @@ async fn state(client: &Client, t: &Target) -> Result<State, ClientError> {
                 phase => State::Working(phase.to_string()),
             }
         }
+        // Manifests never hold identities (see manifest.rs); one in force is done.
+        Kind::Identity | Kind::Project => State::Done("in force".into()),
     })
 }

@@ -5,6 +5,7 @@
 //! standard error.
 
 mod args;
+mod auth;
 mod commands;
 mod console;
 mod converge;

@@ -106,6 +106,15 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
         }
         Kind::Network => deserialize::<corral_contract::Network>(serde_json::Value::Object(map))
             .map(Resource::Network),
+        Kind::Project => Err(
+            "kind Project is not applied from manifests: manage projects with `corral project`"
+                .into(),
+        ),
+        Kind::Identity => Err(
+            "kind Identity is not applied from manifests: manage identities with `corral auth`, \
+             so that a token is shown once and never written to a file"
+                .into(),
+        ),
     }
 }
 

@@ -833,9 +833,12 @@ pub async fn apply(client: &Client, resource: Resource) -> Result<&'static str, 
             }
             Err(e) => Err(e),
         },
-        Resource::Vm(_) | Resource::Network(_) => Err(ClientError::Other {
-            message: "VMs and networks are applied by their own paths".into(),
-        }),
+        Resource::Vm(_) | Resource::Network(_) | Resource::Identity(_) | Resource::Project(_) => {
+            Err(ClientError::Other {
+                message: "VMs, networks, identities and projects are applied by their own paths"
+                    .into(),
+            })
+        }
     }
 }
 
@@ -848,5 +851,7 @@ pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientEr
         Resource::Snapshot(_) => client.delete_snapshot(name).await.map(drop),
         Resource::Vm(_) => client.delete_vm(name).await.map(drop),
         Resource::Network(_) => client.delete_network(name).await.map(drop),
+        Resource::Identity(_) => client.revoke_identity(name).await.map(drop),
+        Resource::Project(_) => client.delete_project(name).await.map(drop),
     }
 }

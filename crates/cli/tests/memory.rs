@@ -100,16 +100,16 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
     let audit = audit_lines(&d);
     let read = audit
         .iter()
-        .find(|l| l["op"] == "memory.read" && l["outcome"] == "ok")
+        .find(|l| l["verb"] == "memory.read" && l["outcome"] == "ok")
         .expect("an audited read");
-    assert_eq!(read["vm"], "g");
-    assert_eq!(read["vm_uid"], uid.as_str());
+    assert_eq!(read["name"], "g");
+    assert_eq!(read["uid"], uid.as_str());
     assert!(
-        read["who"].as_str().unwrap().starts_with("unix:uid="),
+        read["identity"].as_str().unwrap().starts_with("unix:uid="),
         "{read}"
     );
     assert_eq!(read["len"], marker.len());
-    assert!(audit.iter().any(|l| l["op"] == "memory.find"));
+    assert!(audit.iter().any(|l| l["verb"] == "memory.find"));
 
     // Map: a PNG of the asked size.
     let dir = tempfile::tempdir().unwrap();
@@ -380,7 +380,7 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
             "vm", "memory", "read", "g", "--addr", "0", "--len", "16", "-o", "raw",
         ],
         1,
-        "needs the `memory` scope",
+        "needs the `memory` grant",
     );
     ops.fails(
         &["vm", "memory", "find", "g", "--pattern", &marker],
@@ -390,7 +390,7 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
     let audit = audit_lines(&d);
     let denied: Vec<_> = audit[before..].iter().collect();
     assert_eq!(denied.len(), 2, "{denied:?}");
-    let ops_id = denied[0]["who"].as_str().unwrap().to_owned();
+    let ops_id = denied[0]["identity"].as_str().unwrap().to_owned();
     assert!(
         ops_id.starts_with("token:") && ops_id.len() == "token:".len() + 8,
         "{ops_id}"
@@ -398,10 +398,10 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
     assert!(
         denied
             .iter()
-            .all(|l| l["outcome"] == "denied" && l["vm"] == "g")
+            .all(|l| l["outcome"] == "denied" && l["name"] == "g")
     );
     assert!(
-        denied.iter().all(|l| l.get("vm_uid").is_none()),
+        denied.iter().all(|l| l.get("uid").is_none()),
         "nothing was opened"
     );
 
@@ -413,11 +413,11 @@ fn a_token_without_the_memory_scope_is_refused_and_audited() {
     ]);
     let audit = audit_lines(&d);
     let read = audit.last().unwrap();
-    assert_eq!(read["op"], "memory.read");
+    assert_eq!(read["verb"], "memory.read");
     assert_eq!(read["outcome"], "ok");
     assert_eq!(read["addr"], 0x1000);
     assert_eq!(read["len"], 4096);
-    let spy_id = read["who"].as_str().unwrap();
+    let spy_id = read["identity"].as_str().unwrap();
     assert!(spy_id.starts_with("token:") && spy_id != ops_id, "{spy_id}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(d.data_dir().join("audit.log"))

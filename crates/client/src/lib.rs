@@ -37,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+mod auth;
 mod client;
 mod console;
 mod endpoint;
@@ -46,6 +47,7 @@ mod network;
 mod storage;
 mod watch;
 
+pub use auth::{AuditFilter, AuditRecord};
 pub use client::{Auth, Client, ServerVersion, Transport};
 pub use console::ConsoleSession;
 pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};

@@ -38,11 +38,13 @@ mod cloudinit;
 mod condition;
 mod de;
 mod error;
+mod identity;
 mod meta;
 mod name;
 pub mod names;
 mod network;
 pub mod pb;
+mod project;
 mod resource;
 pub mod schema;
 mod size;
@@ -54,12 +56,14 @@ pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};
 pub use de::{Strict, from_json};
 pub use error::ValidationError;
+pub use identity::{Credential, DEFAULT_PROJECT, Identity, IdentitySpec, IdentityStatus, Role};
 pub use meta::ObjectMeta;
 pub use name::{NameError, ResourceName};
 pub use network::{
     Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,
     NetworkPhase, NetworkSpec, NetworkStatus, PortForward, Protocol,
 };
+pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
 pub use storage::{

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Image, Network, ObjectMeta, Snapshot, ValidationError, Vm, Volume};
+use crate::{Identity, Image, Network, ObjectMeta, Project, Snapshot, ValidationError, Vm, Volume};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
@@ -16,6 +16,10 @@ choice! {
         Snapshot => "Snapshot",
         /// A network VMs join: [`Network`].
         Network => "Network",
+        /// A caller of the API and its rights: [`Identity`].
+        Identity => "Identity",
+        /// What owns objects, and their limits: [`Project`].
+        Project => "Project",
     }
 }
 
@@ -57,6 +61,10 @@ pub enum Resource {
     Snapshot(Snapshot),
     /// A network.
     Network(Network),
+    /// An identity.
+    Identity(Identity),
+    /// A project.
+    Project(Project),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -85,6 +93,8 @@ impl utoipa::ToSchema for Resource {
         crate::schema::add::<Volume>(schemas);
         crate::schema::add::<Snapshot>(schemas);
         crate::schema::add::<Network>(schemas);
+        crate::schema::add::<Identity>(schemas);
+        crate::schema::add::<Project>(schemas);
     }
 }
 
@@ -132,6 +142,8 @@ strict_object!(
     Image(crate::ImageSpec, crate::ImageStatus),
     Volume(crate::VolumeSpec, crate::VolumeStatus),
     Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
+    Identity(crate::IdentitySpec, crate::IdentityStatus),
+    Project(crate::ProjectSpec, crate::ProjectStatus),
 );
 
 macro_rules! each {
@@ -142,6 +154,8 @@ macro_rules! each {
             Resource::Volume($r) => $body,
             Resource::Snapshot($r) => $body,
             Resource::Network($r) => $body,
+            Resource::Identity($r) => $body,
+            Resource::Project($r) => $body,
         }
     };
 }
@@ -155,6 +169,8 @@ impl Resource {
             Resource::Volume(_) => Volume::KIND,
             Resource::Snapshot(_) => Snapshot::KIND,
             Resource::Network(_) => Network::KIND,
+            Resource::Identity(_) => Identity::KIND,
+            Resource::Project(_) => Project::KIND,
         }
     }
 
@@ -213,7 +229,7 @@ macro_rules! from_object {
         }
     )*};
 }
-from_object!(Vm, Image, Volume, Snapshot);
+from_object!(Vm, Image, Volume, Snapshot, Identity, Project);
 
 #[cfg(test)]
 mod tests {
@@ -225,7 +241,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot or Network"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"#
         );
     }
 
@@ -236,7 +252,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`"
             ),
             "{err}"
         );

@@ -37,10 +37,25 @@ pub struct Args {
     /// PEM private key for --listen
     #[arg(long, env = "CORRAL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// File of accepted bearer tokens, stored hashed: one `blake3:<hex>` line per token
-    /// (make lines with `corrald hash-token`)
+    /// File of accepted bearer tokens, stored hashed: one `blake3:<hex> [scopes=vms,memory,admin]`
+    /// line per token (make lines with `corrald hash-token`). Identities made with
+    /// `corral auth` need no file.
     #[arg(long, env = "CORRAL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates for --listen: clients may present a certificate one of them signed
+    /// (mTLS); its SHA-256 fingerprint names an identity (`corral auth cert add`)
+    #[arg(long, env = "CORRAL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Members of this group are admins on the unix socket, as corrald's own user and root
+    /// are; other local users need an identity (`corral auth unix add`)
+    #[arg(long, env = "CORRAL_ADMIN_GROUP")]
+    pub admin_group: Option<String>,
+    /// Rotate the audit log before it grows past this size, e.g. `64M` [default: 16M]
+    #[arg(long, env = "CORRAL_AUDIT_MAX_SIZE")]
+    pub audit_max_size: Option<corral_contract::ByteSize>,
+    /// How many rotated audit logs to keep (audit.log.1 …) [default: 4]
+    #[arg(long, env = "CORRAL_AUDIT_KEEP")]
+    pub audit_keep: Option<usize>,
     /// The qemu-img program for images and volumes: a path, or a name looked up in PATH
     /// [default: qemu-img]
     #[arg(long, env = "CORRAL_QEMU_IMG")]
@@ -117,8 +132,8 @@ pub enum Command {
     /// Read a token on stdin and print the line to put in the token file
     HashToken {
         /// What the token may do besides VM operations: `memory` lets it read guest RAM
-        /// (`corrald hash-token --scope memory`), `admin` lets it act on the host (any host
-        /// file, bridge networks). Repeat or separate with commas.
+        /// (`corrald hash-token --scope memory`), `admin` makes it an admin (identities, the
+        /// audit log, host resources). Repeat or separate with commas.
         #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
     },
@@ -145,6 +160,10 @@ pub struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    admin_group: Option<String>,
+    audit_max_size: Option<corral_contract::ByteSize>,
+    audit_keep: Option<usize>,
     qemu_img: Option<PathBuf>,
     qemu_user: Option<String>,
     log_format: Option<LogFormat>,
@@ -172,8 +191,10 @@ pub struct TcpConfig {
     pub tls_cert: PathBuf,
     /// Private key.
     pub tls_key: PathBuf,
-    /// Hashed tokens.
-    pub token_file: PathBuf,
+    /// Hashed tokens, if any besides the store's identities.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates of client certificates (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Settings after merging every source.
@@ -208,6 +229,10 @@ pub struct Config {
     pub limits: ConnLimits,
     /// Most bytes one image upload may send.
     pub upload_max_size: ByteSize,
+    /// Local group whose members are admins.
+    pub admin_group: Option<String>,
+    /// When the audit log rotates.
+    pub audit: corral_service::AuditRotation,
 }
 
 /// What one API client may hold of the daemon, and for how long; the same for every
@@ -293,7 +318,6 @@ impl Config {
                 let missing: Vec<&str> = [
                     ("--tls-cert", tls_cert.is_none()),
                     ("--tls-key", tls_key.is_none()),
-                    ("--token-file", token_file.is_none()),
                 ]
                 .iter()
                 .filter(|(_, missing)| *missing)
@@ -302,7 +326,7 @@ impl Config {
                 if !missing.is_empty() {
                     return Err(ConfigError(format!(
                         "refusing to serve on TCP {listen} without {}: the API starts and stops VMs and \
-                         reads their memory, so over a network it needs TLS and a bearer token",
+                         reads their memory, so over a network it needs TLS",
                         missing.join(", ")
                     )));
                 }
@@ -310,7 +334,8 @@ impl Config {
                     listen,
                     tls_cert: tls_cert.unwrap_or_default(),
                     tls_key: tls_key.unwrap_or_default(),
-                    token_file: token_file.unwrap_or_default(),
+                    token_file,
+                    tls_client_ca: args.tls_client_ca.clone().or(file.tls_client_ca),
                 })
             }
         };
@@ -397,11 +422,30 @@ impl Config {
                 .map_err(|e| ConfigError(format!("config file: upload_max_size: {e}")))?,
             (None, None) => DEFAULT_UPLOAD_MAX_SIZE,
         };
+        let audit_defaults = corral_service::AuditRotation::default();
+        let audit = corral_service::AuditRotation {
+            max_size: args
+                .audit_max_size
+                .or(file.audit_max_size)
+                .map_or(audit_defaults.max_size, |s| s.as_u64()),
+            keep: args
+                .audit_keep
+                .or(file.audit_keep)
+                .unwrap_or(audit_defaults.keep),
+        };
+        if audit.max_size < 4096 {
+            return Err(ConfigError(format!(
+                "--audit-max-size {} is too small to hold audit lines: give at least 4K",
+                audit.max_size
+            )));
+        }
         Ok(Config {
             host_path_allow,
             import,
             limits,
             upload_max_size,
+            admin_group: args.admin_group.clone().or(file.admin_group),
+            audit,
             port_range,
             data_dir,
             run_dir,
@@ -519,7 +563,7 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("--tls-key, --token-file") && msg.contains("TLS and a bearer token"),
+            msg.contains("--tls-key") && msg.contains("it needs TLS"),
             "{msg}"
         );
     }
@@ -619,6 +663,22 @@ mod tests {
         std::fs::write(&file, "idle_timeout = \"forever\"\n").unwrap();
         let err = Config::resolve(&args(&["--config", path])).unwrap_err();
         assert!(err.to_string().contains("idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn audit_rotation_and_admin_group_come_from_flags_or_the_file() {
+        let cfg =
+            Config::resolve(&args(&["--audit-max-size", "64M", "--audit-keep", "2"])).unwrap();
+        assert_eq!((cfg.audit.max_size, cfg.audit.keep), (64 << 20, 2));
+        let err = Config::resolve(&args(&["--audit-max-size", "1K"])).unwrap_err();
+        assert!(err.to_string().contains("at least 4K"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(&file, "admin_group = \"wheel\"\naudit_keep = 9\n").unwrap();
+        let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(cfg.admin_group.as_deref(), Some("wheel"));
+        assert_eq!(cfg.audit.keep, 9);
+        assert_eq!(cfg.audit.max_size, 16 << 20);
     }
 
     #[test]

@@ -8,15 +8,18 @@
 
 pub mod api;
 mod attestations;
+mod audit;
 pub mod auth;
 pub mod config;
 mod console;
 pub mod dirs;
+mod identities;
 mod images;
 mod memory;
 mod metrics;
 mod networks;
 mod openapi;
+mod projects;
 mod serve;
 mod snapshots;
 mod state;
@@ -29,17 +32,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    attestation_service_server::AttestationServiceServer,
-    console_service_server::ConsoleServiceServer, image_service_server::ImageServiceServer,
-    memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
+    attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
+    console_service_server::ConsoleServiceServer, identity_service_server::IdentityServiceServer,
+    image_service_server::ImageServiceServer, memory_service_server::MemoryServiceServer,
+    network_service_server::NetworkServiceServer, project_service_server::ProjectServiceServer,
     snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
     vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
-    AuditLog, ConsoleService, MemoryService, NetworkService, StorageConfig, StorageService,
-    VmService,
+    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
+    StorageConfig, StorageService, VmService,
 };
 use corral_store::SqliteStore;
 use tokio::sync::watch;
@@ -88,7 +92,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .private(&data_dir)
         .private(&config.run_dir)
-        .private_files(config.tcp.iter().flat_map(|t| [&t.tls_key, &t.token_file]))
+        .private_files(
+            config
+                .tcp
+                .iter()
+                .flat_map(|t| std::iter::once(&t.tls_key).chain(t.token_file.as_ref())),
+        )
         .store_blobs(data_dir.join("images/blake3"));
     let vms = VmService::new(store.clone())
         .with_host_paths(host_paths.clone())
@@ -103,7 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.host_paths = host_paths.clone();
     storage_config.import = config.import.clone();
     storage_config.max_upload = Some(config.upload_max_size.as_u64());
-    let storage = StorageService::new(store, storage_config)
+    let storage = StorageService::new(store.clone(), storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
@@ -123,11 +132,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "local".into());
-    let audit = AuditLog::open(&config.data_dir.join("audit.log"))
-        .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?;
+    let audit = Arc::new(
+        AuditLog::open(&config.data_dir.join("audit.log"), config.audit)
+            .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?,
+    );
+    let tokens = match config.tcp.as_ref().and_then(|t| t.token_file.as_ref()) {
+        Some(file) => auth::Tokens::load(file)?,
+        None => auth::Tokens::default(),
+    };
+    let admin_group = auth::AdminGroup::new(config.admin_group.clone());
+    admin_group.check().map_err(anyhow::Error::msg)?;
+    let registry = auth::Registry::new(tokens, admin_group);
+    let identities = IdentityService::new(store.clone());
+    let projects = ProjectService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
-        memory: MemoryService::new(vms.clone(), backend.clone(), audit),
+        memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
         consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
         networks,
@@ -136,9 +156,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backend,
         node,
         metrics,
+        identities,
+        projects,
+        registry,
+        audit,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    daemon
+        .registry
+        .follow(daemon.identities.clone(), stop_rx.clone())
+        .await
+        .context("loading identities")?;
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
     let network_controller = corral_controller::NetworkController::new(
@@ -152,9 +181,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
     let mut servers = tokio::task::JoinSet::new();
     let limits = config.limits.clone();
-    let unix_app = app
-        .clone()
-        .layer(axum::middleware::from_fn(auth::unix_caller));
+    let unix_app = app.clone().layer(axum::middleware::from_fn_with_state(
+        daemon.registry.clone(),
+        auth::unix_caller,
+    ));
     servers.spawn(serve::serve(
         serve::Capped::new(unix, limits.max_connections),
         unix_app,
@@ -165,20 +195,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     if let Some(tcp) = &config.tcp {
-        let tokens = auth::Tokens::load(&tcp.token_file).map_err(anyhow::Error::msg)?;
-        let listener = serve::TlsListener::bind(tcp.listen, &tcp.tls_cert, &tcp.tls_key, &limits)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        tracing::info!(addr = %tcp.listen, max_connections = limits.max_connections, "serving TLS with bearer tokens");
+        let listener = serve::TlsListener::bind(
+            tcp.listen,
+            &tcp.tls_cert,
+            &tcp.tls_key,
+            tcp.tls_client_ca.as_deref(),
+            &limits,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            addr = %tcp.listen,
+            mtls = tcp.tls_client_ca.is_some(),
+            max_connections = limits.max_connections,
+            "serving TLS"
+        );
         let tcp_app = app.layer(axum::middleware::from_fn_with_state(
-            tokens,
-            auth::require_token,
+            auth::TcpGate {
+                registry: daemon.registry.clone(),
+                audit: daemon.audit.clone(),
+            },
+            auth::tcp_caller,
         ));
         servers.spawn(serve::serve(
             listener,
             tcp_app,
             limits,
-            |_: &_, addr: &std::net::SocketAddr| *addr,
+            |io: &_, _: &std::net::SocketAddr| auth::TlsPeer::of(io),
             stop_rx.clone(),
         ));
     }
@@ -261,6 +304,15 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         )))
         .add_service(grpc_limits!(AttestationServiceServer::new(
             attestations::grpc::AttestationGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(IdentityServiceServer::new(
+            identities::grpc::IdentityGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(AuditServiceServer::new(
+            audit::grpc::AuditGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(ProjectServiceServer::new(
+            projects::grpc::ProjectGrpc(d.clone())
         )))
         .add_service(grpc_limits!(health))
         .add_service(grpc_limits!(reflection_v1))

@@ -143,6 +143,25 @@ pub const OPERATIONS: &[Described] = {
         ("deleteNetwork", Delete, "/v1/networks/{name}", || {
             delete("Network", "200")
         }),
+        ("listIdentities", Get, "/v1/identities", || {
+            list("Identity", "Identities, sorted by name (admin only)")
+        }),
+        ("createIdentity", Post, "/v1/identities", create_identity),
+        ("revokeIdentity", Delete, "/v1/identities/{name}", || {
+            delete("Identity", "200")
+        }),
+        ("listAudit", Get, "/v1/audit", list_audit),
+        ("listProjects", Get, "/v1/projects", || {
+            list("Project", "Projects, sorted by name")
+        }),
+        ("createProject", Post, "/v1/projects", || create("Project")),
+        ("getProject", Get, "/v1/projects/{name}", || get("Project")),
+        ("updateProject", Put, "/v1/projects/{name}", || {
+            update("Project")
+        }),
+        ("deleteProject", Delete, "/v1/projects/{name}", || {
+            delete("Project", "200")
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -186,14 +205,21 @@ pub fn build() -> OpenApi {
             let mut http = Http::new(HttpAuthScheme::Bearer);
             http.description = Some(
                 "Applies on TCP only: every request to a --listen address needs Authorization: \
-                 Bearer <token>, with a token whose hash is in the daemon's token file (made with \
-                 corrald hash-token); without one the answer is 401. The unix socket needs no \
-                 token (its mode, 0600, is the access control)."
+                 Bearer <token> with an identity's token (corral auth token create) or a token \
+                 file line's (corrald hash-token), unless the client presents a certificate an \
+                 identity names (mTLS, corral auth cert add); without one the answer is 401. On \
+                 the unix socket the peer's user id identifies the caller."
                     .to_owned(),
             );
             SecurityScheme::Http(http)
         });
-    for kind in ["Vm", "Image", "Volume", "Snapshot", "Network"] {
+    schemas = schemas
+        .schema("AuditRecord", audit_record_schema())
+        .schema("AuditList", audit_list_schema())
+        .schema("CreatedIdentity", created_identity_schema());
+    for kind in [
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project",
+    ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
             .property(
@@ -212,9 +238,10 @@ pub fn build() -> OpenApi {
     let tcp = ServerBuilder::new()
         .url("https://{host}:{port}")
         .description(Some(
-            "TCP with TLS (corrald --listen ADDR --tls-cert --tls-key --token-file): every \
-             request needs Authorization: Bearer <token>. The unix socket (http://localhost \
-             over $XDG_RUNTIME_DIR/corral/corral.sock) needs none.",
+            "TCP with TLS (corrald --listen ADDR --tls-cert --tls-key [--tls-client-ca] \
+             [--token-file]): every request needs Authorization: Bearer <token> or a client \
+             certificate an identity names. The unix socket (http://localhost over \
+             $XDG_RUNTIME_DIR/corral/corral.sock) needs none: the peer's user id identifies it.",
         ))
         .parameter(
             "host",
@@ -323,11 +350,15 @@ fn error(description: &str) -> Response {
 fn common(op: OperationBuilder) -> OperationBuilder {
     op.response(
         "401",
-        error("TCP only: no Authorization: Bearer <token> header, or a token the daemon does not accept"),
+        error(
+            "The caller is not an identity: on TCP no accepted client certificate or \
+             Authorization: Bearer <token>, on the unix socket a local user no identity names; \
+             or its identity was revoked",
+        ),
     )
     .response(
         "403",
-        error("The token lacks the scope this operation needs, or the caller may not do this (bridge networks are for admins)"),
+        error("The caller's role or grants do not allow this operation (host resources such as bridge networks and host files are for admins)"),
     )
     .response("503", error("The store failed"))
 }
@@ -400,6 +431,105 @@ fn create(kind: &str) -> Operation {
         .response("413", error("The body is larger than 4 MiB"))
         .response("415", error("The body is not declared as application/json"))
         .build()
+}
+
+fn create_identity() -> Operation {
+    common(op(
+        "Add an identity (admin only); for a token credential without a hash, the server makes \
+         the token and returns it once",
+    ))
+    .request_body(Some(body("Identity")))
+    .response(
+        "201",
+        json_response("Created", reference("CreatedIdentity")),
+    )
+    .response("400", bad_body())
+    .response("409", error("An identity of this name exists"))
+    .response(
+        "412",
+        error("Another identity has this credential (FailedPrecondition)"),
+    )
+    .response("413", error("The body is larger than 2 MiB"))
+    .response("415", error("The body is not declared as application/json"))
+    .build()
+}
+
+fn created_identity_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("identity", reference("Identity"))
+        .required("identity")
+        .property(
+            "token",
+            string().description(Some(
+                "The bearer token, when the server made it: shown only here, once",
+            )),
+        )
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+fn list_audit() -> Operation {
+    common(op(
+        "Audit records of changes, refusals and memory reads, oldest first (admin only)",
+    ))
+    .parameter(query(
+        "since",
+        string(),
+        false,
+        "Only records at or after this time: RFC 3339, or a duration back from now (90s, 1h)",
+    ))
+    .parameter(query(
+        "identity",
+        string(),
+        false,
+        "Only this caller's records, as they name it (identity:ci, unix:uid=0,pid=1, token:0123abcd)",
+    ))
+    .parameter(query("project", string(), false, "Only this project's records"))
+    .parameter(query(
+        "limit",
+        integer(0, Some(u64::from(u32::MAX))),
+        false,
+        "At most this many of the newest matching records (0 or absent: 10000)",
+    ))
+    .response(
+        "200",
+        json_response("Matching records", reference("AuditList")),
+    )
+    .response("400", error("since or another parameter does not parse"))
+    .build()
+}
+
+fn audit_record_schema() -> ObjectBuilder {
+    let text = |d: &str| string().description(Some(d.to_owned()));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("time", text("When, RFC 3339 (UTC)"))
+        .property("identity", text("Who"))
+        .property("project", text("The project acted in"))
+        .property("verb", text("What: create, delete, start, memory.read …"))
+        .property("kind", text("The kind acted on"))
+        .property("name", text("The object's name"))
+        .property("uid", text("The object's uid"))
+        .property("addr", integer(0, None))
+        .property("len", integer(0, None))
+        .property(
+            "outcome",
+            string().enum_values(Some(["ok", "denied", "error"])),
+        )
+        .property("reason", text("Why it was denied or failed"))
+        .required("time")
+        .required("identity")
+        .required("verb")
+        .required("name")
+        .required("outcome")
+}
+
+fn audit_list_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("items", ArrayBuilder::new().items(reference("AuditRecord")))
+        .required("items")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
 }
 
 fn get(kind: &str) -> Operation {

@@ -119,11 +119,14 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Binds `addr` with the certificate chain and key from PEM files, taking at most
-    /// `limits.max_connections` connections at once.
+    /// `limits.max_connections` connections at once. With `client_ca`, clients may present a
+    /// certificate that CA signed (mTLS); clients without one still connect and identify
+    /// themselves with a bearer token.
     pub async fn bind(
         addr: SocketAddr,
         cert: &Path,
         key: &Path,
+        client_ca: Option<&Path>,
         limits: &ConnLimits,
     ) -> Result<TlsListener, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -131,13 +134,17 @@ impl TlsListener {
             .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS: {e}"))?
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .map_err(|e| format!("TLS certificate and key: {e}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("TLS certificate and key: {e}"))?;
         // gRPC needs HTTP/2; REST clients may speak either.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tcp = TcpListener::bind(addr)
@@ -155,6 +162,26 @@ impl TlsListener {
         tokio::spawn(handshakes.accept_loop(tcp, tx));
         Ok(TlsListener { ready, addr })
     }
+}
+
+/// Accepts client certificates `ca` (PEM) signed; lets clients without one in.
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?
+    {
+        let cert = cert.map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))
 }
 
 /// How the TLS listener admits connections.

@@ -1,10 +1,15 @@
-//! What every transport shares: the service layer, the backend and the metrics.
+//! What every transport shares: the service layer, the backend, the metrics, who callers are
+//! and the audit log.
 
 use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
-use corral_service::{ConsoleService, MemoryService, NetworkService, StorageService, VmService};
+use corral_service::{
+    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
+    StorageService, VmService,
+};
 
+use crate::auth::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -31,6 +36,14 @@ pub struct Daemon {
     pub node: String,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Identities, as stored.
+    pub identities: IdentityService,
+    /// Projects and their limits.
+    pub projects: ProjectService,
+    /// Who each credential is; revocations.
+    pub registry: Arc<Registry>,
+    /// The audit log of changes, refusals and memory reads.
+    pub audit: Arc<AuditLog>,
 }
 
 /// A handle transports hold.

@@ -31,11 +31,11 @@ fn tcp_without_tls_and_a_token_is_refused_at_start() {
         "corrald served TCP without TLS: {stderr}"
     );
     assert!(
-        stderr.contains("TLS") && stderr.contains("token"),
+        stderr.contains("needs TLS"),
         "the refusal says why: {stderr}"
     );
     assert!(
-        stderr.contains("--tls-cert") && stderr.contains("--token-file"),
+        stderr.contains("--tls-cert") && stderr.contains("--tls-key"),
         "{stderr}"
     );
     assert!(!run.join("corral.sock").exists(), "nothing was served");
@@ -157,7 +157,7 @@ async fn memory_needs_the_memory_scope_and_refusals_are_audited() {
         .await
         .unwrap()
         .expect_error(403, "PermissionDenied");
-    assert!(message.contains("`memory` scope"), "{message}");
+    assert!(message.contains("`memory` grant"), "{message}");
     // With the scope, the request gets as far as the VM lookup.
     for token in ["peek", "only"] {
         tls_api(port, &ca, Some(token))
@@ -166,24 +166,35 @@ async fn memory_needs_the_memory_scope_and_refusals_are_audited() {
             .unwrap()
             .expect_error(404, "NotFound");
     }
-    let message = tls_api(port, &ca, Some("only"))
+    // A line without `vms` is a viewer: it reads, and may not write.
+    tls_api(port, &ca, Some("only"))
         .try_send("GET", "/v1/vms", None)
         .await
         .unwrap()
+        .expect(200);
+    let net = br#"{"kind":"Network","metadata":{"name":"lan"},"spec":{}}"#;
+    let message = tls_api(port, &ca, Some("only"))
+        .try_send("POST", "/v1/networks", Some(net))
+        .await
+        .unwrap()
         .expect_error(403, "PermissionDenied");
-    assert!(message.contains("`vms` scope"), "{message}");
+    assert!(message.contains("role viewer"), "{message}");
 
     let audit = std::fs::read_to_string(d.data_dir().join("audit.log")).unwrap();
     let lines: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{audit}");
+    assert_eq!(lines.len(), 4, "{audit}");
     assert_eq!(lines[0]["outcome"], "denied");
-    assert_eq!(lines[0]["op"], "memory.read");
+    assert_eq!(lines[0]["verb"], "memory.read");
     assert_eq!(lines[0]["addr"], 0x1000);
     assert_eq!(lines[0]["len"], 16);
     let ops_hash = &ops.trim()["blake3:".len()..];
-    assert_eq!(lines[0]["who"], format!("token:{}", &ops_hash[..8]));
-    assert!(lines[1..].iter().all(|l| l["outcome"] == "error"));
+    assert_eq!(lines[0]["identity"], format!("token:{}", &ops_hash[..8]));
+    assert!(lines[1..3].iter().all(|l| l["outcome"] == "error"));
+    assert_eq!(
+        (&lines[3]["verb"], &lines[3]["name"], &lines[3]["outcome"]),
+        (&json!("create"), &json!("lan"), &json!("denied"))
+    );
 }

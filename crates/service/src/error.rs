@@ -153,6 +153,28 @@ pub enum ServiceError {
         /// What to do.
         remedy: &'static str,
     },
+    /// Creating the object would take its project past a limit.
+    #[error(
+        "project {project:?}: limit {limit}={} would be exceeded: {} in use, and this {noun} \
+         asks {} more (an admin raises it with `corral project update {project} --limit {limit}=…`)",
+        amount(*max, *bytes), amount(*used, *bytes), amount(*asked, *bytes)
+    )]
+    OverLimit {
+        /// The project.
+        project: String,
+        /// The limit's key: `vms`, `cpus`, `memory`, `disk`, `images`.
+        limit: &'static str,
+        /// The limit.
+        max: u64,
+        /// What the project's objects use now.
+        used: u64,
+        /// What the new object asks for.
+        asked: u64,
+        /// Whether the amounts are bytes (else counts).
+        bytes: bool,
+        /// The new object's kind.
+        noun: &'static str,
+    },
     /// Importing an image failed (reading, fetching, checking or storing its bytes).
     #[error("importing image {name:?}: {source}")]
     Import {
@@ -253,6 +275,15 @@ pub enum ServiceError {
     },
 }
 
+/// A count, or bytes as sizes are written (`512M`).
+fn amount(n: u64, bytes: bool) -> String {
+    if bytes {
+        corral_contract::ByteSize::new(n).to_string()
+    } else {
+        n.to_string()
+    }
+}
+
 fn quoted(names: &[String]) -> String {
     names
         .iter()
@@ -276,6 +307,7 @@ impl ServiceError {
             | E::NotReady { .. }
             | E::WrongState { .. }
             | E::Busy { .. }
+            | E::OverLimit { .. }
             | E::Import { .. }
             | E::Cas(_)
             | E::QemuImg(_)

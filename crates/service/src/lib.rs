@@ -51,19 +51,24 @@ mod allocate;
 mod audit;
 mod console;
 mod error;
+mod identity;
+mod limits;
 mod memory;
 mod network;
+mod project;
 mod resources;
 mod storage;
 mod vm;
 
 pub use access::RequireAdmin;
 pub use allocate::{BadPortRange, PortRange};
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditLog, AuditQuery, AuditRecord, AuditRotation};
 pub use console::{ConsoleService, ConsoleSession};
 pub use corral_storage::{HostAccess, HostPaths};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
+pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
+pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
     ChunkReader, DEFAULT_SNAPSHOT_LIMIT, FrameStream, MAX_FIND_LIMIT, MemoryAccess, MemoryError,
@@ -73,6 +78,7 @@ pub use network::{
     DEFAULT_NETWORK, HostAddr, HostLink, HostNet, HostNetError, HostRoute, NetworkKind,
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
+pub use project::{ProjectKind, ProjectService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
     BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,

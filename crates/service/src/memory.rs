@@ -193,14 +193,14 @@ struct Opened {
 pub struct MemoryService {
     vms: VmService,
     hypervisor: Arc<dyn Hypervisor>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     snapshots: Arc<Semaphore>,
     snapshot_limit: usize,
 }
 
 impl MemoryService {
     /// Guest memory of the VMs `hypervisor` runs, auditing to `audit`.
-    pub fn new(vms: VmService, hypervisor: Arc<dyn Hypervisor>, audit: AuditLog) -> Self {
+    pub fn new(vms: VmService, hypervisor: Arc<dyn Hypervisor>, audit: Arc<AuditLog>) -> Self {
         MemoryService {
             vms,
             hypervisor,
@@ -226,14 +226,15 @@ impl MemoryService {
     /// Records that `who` was refused `access` because of `reason`.
     pub fn refused(&self, who: &str, access: &MemoryAccess, reason: &str) {
         self.audit.record(&AuditEntry {
-            who: who.to_owned(),
-            vm: &access.vm,
-            vm_uid: None,
-            op: access.op.as_str(),
+            identity: who,
+            verb: access.op.as_str(),
+            kind: Some("Vm"),
+            name: &access.vm,
             addr: access.range.map(|r| r.0),
             len: access.range.map(|r| r.1),
             outcome: "denied",
-            reason: Some(reason.to_owned()),
+            reason: Some(reason),
+            ..AuditEntry::default()
         });
     }
 
@@ -246,16 +247,18 @@ impl MemoryService {
         op: MemoryOp,
         range: Option<(u64, u64)>,
     ) -> Result<Opened, MemoryError> {
-        let entry = |uid: Option<&str>, outcome, reason| {
+        let entry = |uid: Option<&str>, outcome, reason: Option<String>| {
             self.audit.record(&AuditEntry {
-                who: who.to_owned(),
-                vm: name,
-                vm_uid: uid,
-                op: op.as_str(),
+                identity: who,
+                verb: op.as_str(),
+                kind: Some("Vm"),
+                name,
+                uid,
                 addr: range.map(|r| r.0),
                 len: range.map(|r| r.1),
                 outcome,
-                reason,
+                reason: reason.as_deref(),
+                ..AuditEntry::default()
             })
         };
         let vm = match self.vms.get(name).await {

@@ -57,6 +57,8 @@ stored! {
     corral_contract::Image => corral_contract::ImageSpec, corral_contract::ImageStatus, "image";
     corral_contract::Volume => corral_contract::VolumeSpec, corral_contract::VolumeStatus, "volume";
     corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
+    corral_contract::Identity => corral_contract::IdentitySpec, corral_contract::IdentityStatus, "identity";
+    corral_contract::Project => corral_contract::ProjectSpec, corral_contract::ProjectStatus, "project";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a
@@ -146,6 +148,13 @@ pub trait Strategy: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ServiceError>> + Send {
         let _ = (store, obj);
         async { Ok(()) }
+    }
+
+    /// What a new object counts against its project's limits (checked on create). Default:
+    /// nothing.
+    fn usage(&self, obj: &Self::Object) -> crate::Usage {
+        let _ = obj;
+        crate::Usage::NONE
     }
 
     /// Cleans up after an object that is not [`FINALIZED`](Strategy::FINALIZED) was removed.
@@ -329,6 +338,7 @@ impl<S: Strategy> Resources<S> {
     pub async fn create(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
         obj.validate()?;
         self.strategy.admit(&*self.store, &obj, None).await?;
+        let _within_limits = self.admit_within_limits(&obj).await?;
         let meta = obj.metadata_mut();
         meta.uid = uuid::Uuid::new_v4().to_string();
         meta.generation = 1;

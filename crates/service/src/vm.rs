@@ -97,6 +97,10 @@ impl Strategy for VmKind {
         Some(&self.allocating)
     }
 
+    fn usage(&self, vm: &Vm) -> crate::Usage {
+        crate::Usage::of_vm(vm)
+    }
+
     async fn prepare(
         &self,
         store: &dyn Store,

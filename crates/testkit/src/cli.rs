@@ -58,7 +58,7 @@ impl<'a> Cli<'a> {
         self
     }
 
-    /// Over TCP instead: `--server url --token token --ca-file ca`.
+    /// Over TCP instead: `--server url --ca-file ca` with the token in `CORRAL_TOKEN`.
     pub fn tls(mut self, url: &str, ca: &Path, token: &str) -> Cli<'a> {
         self.tls = Some((url.to_owned(), ca.to_owned(), token.to_owned()));
         self
@@ -79,7 +79,8 @@ impl<'a> Cli<'a> {
             }
             Some((url, ca, token)) => {
                 cmd.env_remove("CORRAL_SOCKET")
-                    .args(["--server", url, "--token", token, "--ca-file"])
+                    .env("CORRAL_TOKEN", token)
+                    .args(["--server", url, "--ca-file"])
                     .arg(ca);
             }
         }

@@ -94,6 +94,8 @@ pub struct Api {
     token: Option<String>,
     http2: bool,
     check: Option<ReplyCheck>,
+    headers: Vec<(String, String)>,
+    headers_only: bool,
 }
 
 impl std::fmt::Debug for Api {
@@ -122,6 +124,8 @@ impl Api {
             token: None,
             http2: false,
             check: None,
+            headers: Vec::new(),
+            headers_only: false,
         }
     }
 
@@ -135,6 +139,8 @@ impl Api {
             token: None,
             http2: false,
             check: None,
+            headers: Vec::new(),
+            headers_only: false,
         }
     }
 
@@ -147,6 +153,19 @@ impl Api {
     /// Speaks HTTP/2 (prior knowledge on the socket; ALPN `h2` over TLS).
     pub fn http2(mut self) -> Api {
         self.http2 = true;
+        self
+    }
+
+    /// Sends `name: value` on every request (besides host, authorization and content ones).
+    pub fn header(mut self, name: &str, value: &str) -> Api {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Returns as soon as the answer's head arrives, with an empty body: for streams that
+    /// would not end.
+    pub fn headers_only(mut self) -> Api {
+        self.headers_only = true;
         self
     }
 
@@ -252,8 +271,12 @@ impl Api {
         if !body.is_empty() || matches!(method, "POST" | "PUT") {
             request = request.header("content-length", body.len());
         }
-        if !body.is_empty() {
+        let typed = self.headers.iter().any(|(n, _)| n == "content-type");
+        if !body.is_empty() && !typed {
             request = request.header("content-type", "application/json");
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(Bytes::copy_from_slice(body)))
@@ -286,13 +309,17 @@ impl Api {
                     )
                 })
                 .collect();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(std::io::Error::other)?
-                .to_bytes()
-                .to_vec();
+            let body = if self.headers_only {
+                Vec::new()
+            } else {
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .to_bytes()
+                    .to_vec()
+            };
             Ok(Reply {
                 status,
                 headers,

@@ -12,7 +12,7 @@ use crate::pb;
 use crate::{
     Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine,
     NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy,
-    StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
+    Role, StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.
@@ -115,6 +115,11 @@ pb_enums! {
         Pending <=> Pending,
         Ready <=> Ready,
         Failed <=> Failed,
+    }
+    Role <=> Role ("role") {
+        Admin <=> Admin,
+        Operator <=> Operator,
+        Viewer <=> Viewer,
     }
     Phase <=> Phase ("phase") {
         Pending <=> Pending,

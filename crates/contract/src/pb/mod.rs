@@ -29,7 +29,9 @@
 //! ```
 
 mod convert;
+mod identity;
 mod network;
+mod project;
 mod storage;
 
 // Generated code: documented from the .proto where it has comments; prost and tonic decide

@@ -1,6 +1,7 @@
 //! The one authorization layer: every REST route and gRPC method declares a [`Permission`]
 //! where it is registered (see [`super::routes`]); [`authorize`] looks the request's entry up
-//! and checks the caller the listener identified, before any handler runs.
+//! and checks the caller the listener identified, before any handler runs. It audits every
+//! refusal and every change, and ends the open streams of a caller whose identity is revoked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,19 +13,21 @@ use axum::middleware::Next;
 use axum::response::Response;
 use corral_service::{MemoryAccess, MemoryOp};
 
+use corral_contract::DEFAULT_PROJECT;
+use corral_service::AuditEntry;
+
+use super::act::{self, Act};
 use super::error::{is_grpc, refusal};
 use super::json::parse_u64;
+use super::revoke::{REVOKED, until_revoked};
 use super::routes::{GrpcMethod, Route};
-use crate::auth::Caller;
+use crate::auth::{Caller, Unidentified};
 use crate::state::Shared;
 
 /// What a caller must be allowed to do for a route or method.
 ///
-/// Today a unix-socket peer may do everything and a token may what its scopes say (`vms`:
-/// [`Read`](Permission::Read) and [`Write`](Permission::Write); `memory`:
-/// [`Memory`](Permission::Memory)). Roles map onto the same variants: a viewer reads, an
-/// operator reads and writes, an admin does everything, and the `memory` grant adds
-/// [`Memory`](Permission::Memory) — per project once objects carry one.
+/// Roles map onto these (see [`Caller::may`]): a viewer reads, an operator reads and writes,
+/// an admin does everything, and the `memory` grant adds [`Memory`](Permission::Memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Permission {
     /// Any caller the listener let in: health checks, the API description.
@@ -35,6 +38,8 @@ pub enum Permission {
     Write,
     /// Read guest memory — a privileged act of its own; refusals are audited.
     Memory,
+    /// Manage identities, read the audit log: admins only.
+    Admin,
 }
 
 impl Permission {
@@ -45,6 +50,7 @@ impl Permission {
             Permission::Read => "read",
             Permission::Write => "write",
             Permission::Memory => "memory",
+            Permission::Admin => "admin",
         }
     }
 }
@@ -56,10 +62,12 @@ impl std::fmt::Display for Permission {
 }
 
 /// What the layer knows of one entry.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Rule {
     permission: Permission,
     audit: Audit,
+    /// REST: the path template and operation id, which name the act in the audit log.
+    rest: Option<(&'static str, &'static str)>,
 }
 
 /// How a refused memory request is described in the audit log.
@@ -90,6 +98,7 @@ impl Authorizer {
                 let rule = Rule {
                     permission: r.info.permission,
                     audit,
+                    rest: Some((r.info.path, r.info.operation_id)),
                 };
                 ((r.info.method.clone(), r.info.path), rule)
             })
@@ -101,6 +110,7 @@ impl Authorizer {
                 let rule = Rule {
                     permission: m.permission,
                     audit,
+                    rest: None,
                 };
                 (m.path, rule)
             })
@@ -114,7 +124,7 @@ impl Authorizer {
 
     fn rule(&self, request: &Request) -> Option<Rule> {
         if let Some(path) = request.extensions().get::<MatchedPath>() {
-            let find = |method: &Method| self.rest.get(&(method.clone(), path.as_str())).copied();
+            let find = |method: &Method| self.rest.get(&(method.clone(), path.as_str())).cloned();
             // `GET` routes answer `HEAD` too.
             return find(request.method()).or_else(|| {
                 (request.method() == Method::HEAD)
@@ -123,9 +133,24 @@ impl Authorizer {
             });
         }
         if is_grpc(request.headers()) {
-            return self.grpc.get(request.uri().path()).copied();
+            return self.grpc.get(request.uri().path()).cloned();
         }
         None
+    }
+
+    fn record(&self, who: &str, act: &Act, outcome: &str, reason: Option<&str>) {
+        // Until objects carry a project, every object is in the default one.
+        let project = act.in_project().then_some(DEFAULT_PROJECT);
+        self.daemon.audit.record(&AuditEntry {
+            identity: who,
+            project,
+            verb: &act.verb,
+            kind: (!act.kind.is_empty()).then_some(act.kind.as_str()),
+            name: &act.name,
+            outcome,
+            reason,
+            ..AuditEntry::default()
+        });
     }
 }
 
@@ -134,8 +159,13 @@ const MAX_AUDITED_BODY: usize = 64 << 10;
 
 /// Middleware on the merged router: lets a request through only when its caller holds the
 /// permission its route or method declares. Requests no entry matches reach no handler (the
-/// router answers 404 or 405, tonic `UNIMPLEMENTED`), so they pass.
-pub async fn authorize(State(auth): State<Authorizer>, request: Request, next: Next) -> Response {
+/// router answers 404 or 405, tonic `UNIMPLEMENTED`), so they pass. Refusals and changes are
+/// audited; a caller's streams end when its identity is revoked.
+pub async fn authorize(
+    State(auth): State<Authorizer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(rule) = auth.rule(&request) else {
         return next.run(request).await;
     };
@@ -143,23 +173,90 @@ pub async fn authorize(State(auth): State<Authorizer>, request: Request, next: N
         return next.run(request).await;
     }
     let grpc = is_grpc(request.headers());
-    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
-        return refusal(
-            grpc,
-            StatusCode::UNAUTHORIZED,
-            "the caller could not be identified",
-        );
+    let mut act = match rule.rest {
+        Some((path, id)) => Act::rest(&mut request, path, id).await,
+        None => Act::grpc(request.uri().path()),
     };
-    if caller.may(rule.permission) {
-        return next.run(request).await;
+    let caller = request.extensions().get::<Caller>().cloned();
+    let registry = &auth.daemon.registry;
+    let caller = match caller {
+        Some(c) if c.identity.as_ref().is_none_or(|name| registry.holds(name)) => c,
+        Some(c) => {
+            if act.name.is_empty() {
+                act.name = act::refused_name(request, grpc).await;
+            }
+            auth.record(&c.name, &act, "denied", Some(REVOKED));
+            return refusal(grpc, StatusCode::UNAUTHORIZED, REVOKED);
+        }
+        None => {
+            let (who, why) = match request.extensions().get::<Unidentified>() {
+                Some(u) => (u.name.clone(), u.why.clone()),
+                None => (
+                    "anonymous".into(),
+                    "the caller could not be identified".into(),
+                ),
+            };
+            auth.record(&who, &act, "denied", Some(&why));
+            return refusal(grpc, StatusCode::UNAUTHORIZED, &why);
+        }
+    };
+    if !caller.may(rule.permission) {
+        let message = caller.refusal(rule.permission);
+        if !matches!(rule.audit, Audit::None) {
+            // Memory refusals get the memory line, with the range asked for.
+            if let Some(access) = describe(rule.audit, request).await {
+                auth.daemon
+                    .memory
+                    .refused(&caller.to_string(), &access, &message);
+            }
+        } else {
+            if act.name.is_empty() {
+                act.name = act::refused_name(request, grpc).await;
+            }
+            auth.record(&caller.name, &act, "denied", Some(&message));
+        }
+        return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
-    let message = caller.refusal(rule.permission);
-    if let Some(access) = describe(rule.audit, request).await {
-        auth.daemon
-            .memory
-            .refused(&caller.to_string(), &access, &message);
+    // Objects live in projects: until they carry `metadata.project`, all are in `default`.
+    if act.in_project() && !caller.works_in(DEFAULT_PROJECT) {
+        let message = caller.outside(DEFAULT_PROJECT);
+        if act.name.is_empty() {
+            act.name = act::refused_name(request, grpc).await;
+        }
+        auth.record(&caller.name, &act, "denied", Some(&message));
+        return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
-    refusal(grpc, StatusCode::FORBIDDEN, &message)
+    let audited = match rule.permission {
+        Permission::Write => true,
+        Permission::Admin => grpc || request.method() != Method::GET,
+        _ => false,
+    };
+    let revoked = registry.revoked(&caller);
+    let response = if audited {
+        let (request, tapped) = if grpc {
+            let (request, seen) = act::tap(request);
+            (request, Some(seen))
+        } else {
+            (request, None)
+        };
+        let mut response = next.run(request).await;
+        if let Some(seen) = tapped {
+            act.name = act::grpc_name(&seen.lock().unwrap_or_else(|e| e.into_inner()));
+        } else if act.name.is_empty() && response.status() == StatusCode::CREATED {
+            let (whole, name) = act::created_name(response).await;
+            response = whole;
+            act.name = name;
+        }
+        let (outcome, reason) = act::outcome(&response, grpc);
+        auth.record(&caller.name, &act, outcome, reason.as_deref());
+        response
+    } else {
+        next.run(request).await
+    };
+    if caller.identity.is_some() {
+        return until_revoked(response, revoked, grpc);
+    }
+    response
 }
 
 /// What a refused memory request asked for, read from its path and query or gRPC message.

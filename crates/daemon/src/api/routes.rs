@@ -118,6 +118,9 @@ fn table() -> Vec<Route> {
         crate::snapshots::rest::routes(),
         crate::networks::rest::routes(),
         crate::system::rest::routes(),
+        crate::identities::rest::routes(),
+        crate::audit::rest::routes(),
+        crate::projects::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -141,6 +144,9 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::snapshots::grpc::METHODS,
         crate::networks::grpc::METHODS,
         crate::system::grpc::METHODS,
+        crate::identities::grpc::METHODS,
+        crate::audit::grpc::METHODS,
+        crate::projects::grpc::METHODS,
     ]
     .concat()
 }

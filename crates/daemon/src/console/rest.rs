@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use corral_contract::ValidationError;
@@ -10,7 +10,8 @@ use corral_service::{ConsoleSession, ServiceError};
 use serde::Deserialize;
 
 use crate::api::error::ApiResult;
-use crate::api::{Permission, Route};
+use crate::api::{Permission, REVOKED, Route};
+use crate::auth::Caller;
 use crate::state::Shared;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -63,8 +64,11 @@ fn yes() -> bool {
 
 /// `GET /v1/vms/{name}/console/ws?write=true`: binary frames both ways, guest output out and
 /// keystrokes in. The session is opened before the upgrade, so a refusal is a JSON error.
+///
+/// The socket is closed (code 1008) when the caller's identity is revoked.
 async fn attach(
     State(d): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<WsQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -76,17 +80,31 @@ async fn attach(
             format!("this endpoint speaks WebSocket only: {e}"),
         ))
     })?;
+    let revoked = d.registry.revoked(&caller);
     Ok(crate::api::limits::websocket(ws)
-        .on_upgrade(move |socket| pump(socket, session, q.scrollback)))
+        .on_upgrade(move |socket| pump(socket, session, q.scrollback, revoked)))
 }
 
-async fn pump(mut socket: WebSocket, session: ConsoleSession, scrollback: bool) {
+async fn pump(
+    mut socket: WebSocket,
+    session: ConsoleSession,
+    scrollback: bool,
+    revoked: impl Future<Output = ()>,
+) {
     let (back, mut rx) = session.subscribe();
     if scrollback && !back.is_empty() && socket.send(Message::Binary(back.into())).await.is_err() {
         return;
     }
+    let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: 1008,
+                    reason: REVOKED.into(),
+                }))).await;
+                return;
+            }
             out = rx.recv() => match out {
                 Ok(data) => {
                     if socket.send(Message::Binary(Bytes::copy_from_slice(&data))).await.is_err() {

@@ -279,17 +279,27 @@ async fn stream(
 ) -> Result {
     // Checked and audited before the upgrade, so a refusal is a plain HTTP error.
     let stream = d.memory.stream(&who(&c), &name, q.side, q.fps).await?;
-    Ok(crate::api::limits::websocket(ws).on_upgrade(move |socket| pump(socket, stream)))
+    let revoked = d.registry.revoked(&c.0);
+    Ok(crate::api::limits::websocket(ws).on_upgrade(move |socket| pump(socket, stream, revoked)))
 }
 
-/// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame.
-async fn pump(mut socket: WebSocket, mut stream: FrameStream) {
+/// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame,
+/// until the caller's identity is revoked (close code 1008).
+async fn pump(mut socket: WebSocket, mut stream: FrameStream, revoked: impl Future<Output = ()>) {
     let header = json!({"side": stream.side, "fps": stream.fps, "format": "rgb8"}).to_string();
     if socket.send(Message::Text(header.into())).await.is_err() {
         return;
     }
+    let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: 1008,
+                    reason: crate::api::REVOKED.into(),
+                }))).await;
+                return;
+            }
             frame = stream.frames.recv() => match frame {
                 Some(frame) => {
                     if socket.send(Message::Binary(frame.into())).await.is_err() {

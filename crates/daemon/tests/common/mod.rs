@@ -19,6 +19,15 @@ pub const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
 /// `crates/daemon/src/rest.rs`; the tests check it against the document both ways and
 /// against the live router. (axum also answers HEAD wherever GET is routed.)
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/identities"),
+    ("POST", "/v1/identities"),
+    ("DELETE", "/v1/identities/{name}"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/projects"),
+    ("POST", "/v1/projects"),
+    ("GET", "/v1/projects/{name}"),
+    ("PUT", "/v1/projects/{name}"),
+    ("DELETE", "/v1/projects/{name}"),
     ("GET", "/v1/vms"),
     ("POST", "/v1/vms"),
     ("GET", "/v1/vms/{name}"),

@@ -47,6 +47,10 @@ impl ImageKind {
 impl Strategy for ImageKind {
     type Object = Image;
 
+    fn usage(&self, image: &Image) -> crate::Usage {
+        crate::Usage::of_image(image)
+    }
+
     /// The status the import computed, once its bytes are known to be stored.
     fn initial_status(&self, image: &Image) -> Result<ImageStatus, ServiceError> {
         let stored = image

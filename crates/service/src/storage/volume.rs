@@ -17,6 +17,10 @@ impl Strategy for VolumeKind {
     type Object = Volume;
     const FINALIZED: bool = true;
 
+    fn usage(&self, volume: &Volume) -> crate::Usage {
+        crate::Usage::of_volume(volume)
+    }
+
     async fn admit(
         &self,
         store: &dyn Store,
