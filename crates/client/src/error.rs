@@ -41,9 +41,16 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
-    /// The server refused the credentials (`UNAUTHENTICATED` or `PERMISSION_DENIED`).
+    /// The server does not know the caller (`UNAUTHENTICATED`).
     #[error("{message}: check --token or CORRAL_TOKEN")]
     Unauthenticated {
+        /// The server's message.
+        message: String,
+    },
+    /// The server knows the caller, whose role or grants do not allow this
+    /// (`PERMISSION_DENIED`); the message says what would.
+    #[error("{message}")]
+    PermissionDenied {
         /// The server's message.
         message: String,
     },
@@ -126,9 +133,8 @@ impl ClientError {
             Code::AlreadyExists => ClientError::AlreadyExists { message },
             Code::Aborted => ClientError::Conflict { message },
             Code::FailedPrecondition => ClientError::FailedPrecondition { message },
-            Code::Unauthenticated | Code::PermissionDenied => {
-                ClientError::Unauthenticated { message }
-            }
+            Code::Unauthenticated => ClientError::Unauthenticated { message },
+            Code::PermissionDenied => ClientError::PermissionDenied { message },
             Code::Unavailable => ClientError::Unavailable {
                 endpoint: endpoint.to_owned(),
                 message: unavailable_message(&status),
