@@ -267,7 +267,7 @@ spec:
         .unwrap_err();
         assert!(
             err.to_string().contains(
-                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot or Network"
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"
             ),
             "{err}"
         );

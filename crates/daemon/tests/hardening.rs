@@ -220,7 +220,9 @@ async fn qemu_runs_as_corral_qemu_in_a_sandbox_and_every_vm_file_is_private() ->
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    // The guest lives on through it.
+    // The guest lives on through it: its heartbeat (the first may come after the snapshot,
+    // which can be taken within a second of boot) goes on counting.
+    wait_console(&c, &d, "hard", "CORRAL_HEARTBEAT ", 0).await?;
     let beat = corral_testkit::last_heartbeat(&c, "hard")
         .await?
         .context("heartbeats")?;

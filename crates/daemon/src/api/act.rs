@@ -13,8 +13,10 @@ use http_body_util::BodyExt;
 
 /// The most of a request's first bytes kept to name its object in the audit log.
 const MAX_TAPPED: usize = 4096;
-/// The most of a create's answer read to name the object made.
-const MAX_CREATED: usize = 1 << 20;
+/// The most of a create's answer read to name the object made. A create answers with the
+/// object, which may be as large as the request body it came from (and then some status):
+/// read past that, the answer would be lost.
+const MAX_CREATED: usize = 4 * super::limits::MAX_BODY;
 
 /// One audited request: its verb, kind and object.
 #[derive(Debug, Clone, Default)]
