@@ -229,7 +229,9 @@ async fn once(
 /// (killed by a fault); anything else is worth reading.
 fn error_class(outcome: &str) -> &'static str {
     let o = outcome.to_ascii_lowercase();
-    if o.contains("timed out") {
+    if o.contains("injected failure") {
+        "injected qemu-img failure"
+    } else if o.contains("timed out") {
         "timed out"
     } else if o.contains("transport")
         || o.contains("connect")
