@@ -213,6 +213,11 @@ impl Handshakes {
                     continue;
                 }
             };
+            // Replies are small and often written in two pieces (HTTP/2 data, then trailers):
+            // with Nagle's algorithm the second waits for the client's delayed ACK, ~40 ms.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%addr, error = %e, "TCP_NODELAY");
+            }
             let Some(stream) = self.cap.admit(stream) else {
                 tracing::debug!(%addr, "connection limit reached: closing a new connection");
                 continue;
