@@ -282,15 +282,11 @@ mod tests {
         assert!(err.to_string().contains("format other"), "{err}");
     }
 
-    #[test]
-    fn an_external_data_file_is_refused_before_qemu_img_reads_it() {
-        let (dir, cas, img) = setup();
-        let data = dir.path().join("data.raw");
-        let image = dir.path().join("with-data.qcow2");
+    /// `qemu-img create -q -f qcow2 ARGS… 1M`, which must succeed.
+    fn qemu_img_create(args: &[&std::ffi::OsStr]) {
         let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-o"])
-            .arg(format!("data_file={}", data.display()))
-            .arg(&image)
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(args)
             .arg("1M")
             .output()
             .unwrap();
@@ -299,6 +295,18 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn an_external_data_file_is_refused_before_qemu_img_reads_it() {
+        let (dir, cas, img) = setup();
+        let data = dir.path().join("data.raw");
+        let image = dir.path().join("with-data.qcow2");
+        qemu_img_create(&[
+            "-o".as_ref(),
+            format!("data_file={}", data.display()).as_ref(),
+            image.as_ref(),
+        ]);
         let err = inspect_disk(&img, &cas, &image, None, |_| Some("raw")).unwrap_err();
         assert!(matches!(err, ContentError::DataFile { .. }), "{err}");
         let err = inspect_boot_file(&image, "kernel").unwrap_err();
@@ -315,18 +323,14 @@ mod tests {
     fn protocol_backing_names_are_refused() {
         let (dir, cas, img) = setup();
         let image = dir.path().join("nbd.qcow2");
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
-            .arg("nbd://169.254.169.254:10809/x")
-            .arg(&image)
-            .arg("1M")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        qemu_img_create(&[
+            "-u".as_ref(),
+            "-F".as_ref(),
+            "raw".as_ref(),
+            "-b".as_ref(),
+            "nbd://169.254.169.254:10809/x".as_ref(),
+            image.as_ref(),
+        ]);
         let err = inspect_disk(&img, &cas, &image, None, |_| Some("raw")).unwrap_err();
         assert!(err.to_string().contains("protocol"), "{err}");
     }
