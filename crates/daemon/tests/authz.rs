@@ -28,13 +28,6 @@ async fn setup() -> Setup {
     let tls = TlsSetup::new();
     std::fs::write(tls.token_file(), "# identities live in the store\n").unwrap();
     let (d, port) = tls.start(CORRALD);
-    eventually("the TLS listener", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(drop)
-    })
-    .await;
     let admin = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
     Setup {
         tls,
@@ -424,6 +417,25 @@ async fn websocket(
     ws
 }
 
+/// Waits for the WebSocket `ws` (the `what` of a revoked identity) to be closed with code
+/// 1008 and a reason that says it was revoked.
+async fn closed_as_revoked<S: tokio::io::AsyncRead + Unpin>(ws: &mut S, what: &str) {
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match next_frame(ws).await {
+                Ok((0x8, payload)) => return Some(payload),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the {what} is closed after the revocation"))
+    .expect("with a close frame");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
+    assert!(String::from_utf8_lossy(&close[2..]).contains("revoked"));
+}
+
 /// The next server frame: its opcode and payload.
 async fn next_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
@@ -464,20 +476,7 @@ async fn a_revoked_tokens_console_websocket_is_closed() {
     .unwrap_or_else(|_| panic!("no boot marker: {}", String::from_utf8_lossy(&seen)));
 
     s.admin.revoke_identity("console").await.unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match next_frame(&mut ws).await {
-                Ok((0x8, payload)) => return Some(payload),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket is closed after the revocation")
-    .expect("with a close frame");
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
-    assert!(String::from_utf8_lossy(&close[2..]).contains("revoked"));
+    closed_as_revoked(&mut ws, "socket").await;
     s.admin.delete_vm("rv").await.unwrap();
     s.admin
         .wait_for("rv", |vm| vm.is_none(), Duration::from_secs(120))
@@ -649,20 +648,7 @@ async fn a_revoked_identitys_memory_stream_is_closed() {
     assert_eq!((op, frame.len()), (0x2, 16 * 16 * 3));
 
     s.admin.revoke_identity("ram").await.unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match next_frame(&mut ws).await {
-                Ok((0x8, payload)) => return Some(payload),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    })
-    .await
-    .expect("the stream is closed after the revocation")
-    .expect("with a close frame");
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
-    assert!(String::from_utf8_lossy(&close[2..]).contains("revoked"));
+    closed_as_revoked(&mut ws, "stream").await;
     s.admin.delete_vm("mem").await.unwrap();
     s.admin
         .wait_for("mem", |vm| vm.is_none(), Duration::from_secs(120))

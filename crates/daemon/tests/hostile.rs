@@ -22,7 +22,7 @@ use corral_contract::{
     Boot, Credential, DiskFormat, Identity, IdentitySpec, Image, ImageFormat, ImageSource,
     ImageSpec, Network, NetworkMode, NetworkSpec, Phase, Role, Vm,
 };
-use corral_testkit::http::{Api, TlsSetup, eventually};
+use corral_testkit::http::{Api, TlsSetup};
 use corral_testkit::{GuestKit, kit_vm, wait_phase};
 
 const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
@@ -254,13 +254,6 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
             "16",
         ],
     );
-    eventually("the TLS listener", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(drop)
-    })
-    .await;
     let admin = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
     let mallory_token = identity(&admin, "mallory", Role::Operator, false).await;
     let vic_token = identity(&admin, "vic", Role::Viewer, false).await;

@@ -434,7 +434,8 @@ impl TlsSetup {
         self.keys.path()
     }
 
-    /// `binary` (corrald) on a free port with this certificate and token file, and the port.
+    /// `binary` (corrald) on a free port with this certificate and token file, and the port,
+    /// once the TLS listener accepts connections.
     pub fn start(&self, binary: impl Into<PathBuf>) -> (Corrald, u16) {
         self.start_with(binary, &[])
     }
@@ -465,6 +466,16 @@ impl TlsSetup {
             .args(extra)
             .start()
             .expect("corrald starts with TLS");
+        // corrald binds its unix socket (which `start` waits for) before the TCP listener.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS listener never came up:\n{}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         (d, port)
     }
 }
