@@ -14,6 +14,8 @@ pub const ENV_SERVER: &str = "CORRAL_SERVER";
 pub const ENV_TOKEN: &str = "CORRAL_TOKEN";
 /// Environment variable naming a PEM file of CA certificates that sign the server's.
 pub const ENV_CA_FILE: &str = "CORRAL_CA_FILE";
+/// Environment variable naming the project requests act in.
+pub const ENV_PROJECT: &str = "CORRAL_PROJECT";
 
 /// How to reach corrald.
 #[derive(Clone, PartialEq, Eq)]

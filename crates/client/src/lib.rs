@@ -50,7 +50,9 @@ mod watch;
 pub use auth::{AuditFilter, AuditRecord};
 pub use client::{Auth, Client, ServerVersion, Transport};
 pub use console::ConsoleSession;
-pub use endpoint::{ENV_CA_FILE, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path};
+pub use endpoint::{
+    ENV_CA_FILE, ENV_PROJECT, ENV_SERVER, ENV_SOCKET, ENV_TOKEN, Endpoint, default_socket_path,
+};
 pub use error::ClientError;
 pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};
 pub use watch::{EventType, VmEvent, VmWatch, is_observed, reached};

@@ -168,7 +168,9 @@ fn full_vm(boot: Boot) -> Vm {
         .build()
         .unwrap();
     let mut vm = Vm::new("full".parse().unwrap(), spec);
-    vm.metadata = ObjectMeta::new("full".parse().unwrap()).with_label("tier", "web");
+    vm.metadata = ObjectMeta::new("full".parse().unwrap())
+        .with_label("tier", "web")
+        .in_project("default".parse().unwrap());
     vm.metadata
         .annotations
         .insert("example.com/note".into(), "any text".into());
@@ -279,6 +281,7 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
         let mut k = v.properties("NetworkSpec");
         k.remove("interface");
         k.remove("host_access"); // written only when true
+        k.remove("shared"); // the same
         k
     });
     assert_eq!(keys(&net["status"]), {

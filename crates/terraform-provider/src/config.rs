@@ -28,6 +28,41 @@ pub fn schema() -> Schema {
         "PEM file of the CA that signed corrald's TLS certificate, instead of the system's \
          roots. Default: `CORRAL_CA_FILE`.",
     ))
+    .attr(Attr::string("project").describe(
+        "The project every resource of this provider lives in. Default: `CORRAL_PROJECT`, \
+         else the identity's only project, else `default`.",
+    ))
+}
+
+/// The project the configuration and environment choose, if any.
+pub fn project(
+    config: &Value,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Option<String>, Vec<Diagnostic>> {
+    let named = match config.get("project") {
+        Value::Unknown => {
+            return Err(vec![Diagnostic::attr_error(
+                &["project"],
+                "Unknown provider project",
+                "set project to a value known while planning",
+            )]);
+        }
+        value => value.as_str().map(str::to_owned),
+    };
+    let named =
+        named.or_else(|| env(corral_client::ENV_PROJECT).map(|p| p.to_string_lossy().into_owned()));
+    match named {
+        Some(p) => corral_client::contract::ResourceName::new(p.clone())
+            .map(|_| Some(p))
+            .map_err(|e| {
+                vec![Diagnostic::attr_error(
+                    &["project"],
+                    "Invalid project",
+                    e.to_string(),
+                )]
+            }),
+        None => Ok(None),
+    }
 }
 
 /// The endpoint the configuration and environment choose, or diagnostics saying what is wrong.

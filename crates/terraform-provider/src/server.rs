@@ -187,12 +187,13 @@ impl Provider for ProviderService {
         let request = request.into_inner();
         let result = decode(request.config.as_ref(), &self.schema.ty()).and_then(|config| {
             // Unknown values are allowed here; ConfigureProvider refuses them.
-            if ["endpoint", "token", "ca_file"]
+            if ["endpoint", "token", "ca_file", "project"]
                 .iter()
                 .any(|n| config.get(n) == &Value::Unknown)
             {
                 return Ok(());
             }
+            config::project(&config, |_| None)?;
             config::endpoint(&config, |_| None).map(drop)
         });
         Ok(Response::new(tf::validate_provider_config::Response {
@@ -265,10 +266,18 @@ impl Provider for ProviderService {
             let config = decode(request.config.as_ref(), &self.schema.ty())?;
             let endpoint = config::endpoint(&config, |name| std::env::var_os(name))?;
             tracing::info!(%endpoint, terraform = request.terraform_version, "configuring");
+            let project = config::project(&config, |name| std::env::var_os(name))?;
             let client = Client::connect(endpoint).await.map_err(|e| {
                 vec![Diagnostic::attr_error(
                     &["endpoint"],
                     "Cannot reach corrald",
+                    e.to_string(),
+                )]
+            })?;
+            let client = client.in_project(project.as_deref(), false).map_err(|e| {
+                vec![Diagnostic::attr_error(
+                    &["project"],
+                    "Invalid project",
                     e.to_string(),
                 )]
             })?;

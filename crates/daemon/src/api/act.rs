@@ -76,6 +76,16 @@ impl Act {
         }
     }
 
+    /// Reads the body of a request refused before any handler saw it, naming the object from
+    /// it if the path did not: a connection closed on unread bytes is reset, and the client
+    /// would lose the refusal (and, on a reused connection, its next request).
+    pub async fn read_refused(&mut self, request: Request, grpc: bool) {
+        let name = refused_name(request, grpc).await;
+        if self.name.is_empty() {
+            self.name = name;
+        }
+    }
+
     /// Whether the act is on objects that belong to a project (VMs and what they use), as
     /// opposed to the daemon's own (identities, projects, the audit log, metrics).
     pub fn in_project(&self) -> bool {
@@ -234,12 +244,17 @@ const REFUSED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn refused_name(request: Request, grpc: bool) -> String {
     let mut body = request.into_body();
     let mut seen = Vec::new();
+    // The whole body is read (up to the most a request may send), not only what names the
+    // object: a connection closed on unread bytes is reset, and the client loses the answer.
     let read = async {
-        while seen.len() < MAX_TAPPED {
+        let mut total = 0;
+        while total < super::limits::MAX_BODY {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        seen.extend_from_slice(data);
+                        total += data.len();
+                        let room = MAX_TAPPED.saturating_sub(seen.len());
+                        seen.extend_from_slice(&data[..room.min(data.len())]);
                     }
                 }
                 _ => break,

@@ -117,20 +117,14 @@ pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
 /// A refusal in the request's own protocol: a gRPC status (`UNAUTHENTICATED` for a 401,
 /// `PERMISSION_DENIED` for a 403) or a JSON error.
 pub fn refusal(grpc: bool, status: StatusCode, message: &str) -> Response {
-    let forbidden = status == StatusCode::FORBIDDEN;
+    let (code, grpc_status) = match status {
+        StatusCode::FORBIDDEN => ("PermissionDenied", Status::permission_denied(message)),
+        StatusCode::BAD_REQUEST => ("InvalidArgument", Status::invalid_argument(message)),
+        _ => ("Unauthenticated", Status::unauthenticated(message)),
+    };
     if grpc {
-        let status = if forbidden {
-            Status::permission_denied(message)
-        } else {
-            Status::unauthenticated(message)
-        };
-        status.into_http::<axum::body::Body>()
+        grpc_status.into_http::<axum::body::Body>()
     } else {
-        let code = if forbidden {
-            "PermissionDenied"
-        } else {
-            "Unauthenticated"
-        };
         ApiError::new(status, code, message).into_response()
     }
 }

@@ -179,9 +179,7 @@ pub async fn authorize(
     let caller = match caller {
         Some(c) if c.identity.as_ref().is_none_or(|name| registry.holds(name)) => c,
         Some(c) => {
-            if act.name.is_empty() {
-                act.name = act::refused_name(request, grpc).await;
-            }
+            act.read_refused(request, grpc).await;
             auth.record(&c.name, &act, "denied", Some(REVOKED));
             return refusal(grpc, StatusCode::UNAUTHORIZED, REVOKED);
         }
@@ -193,10 +191,28 @@ pub async fn authorize(
                     "the caller could not be identified".into(),
                 ),
             };
+            act.read_refused(request, grpc).await;
             auth.record(&who, &act, "denied", Some(&why));
             return refusal(grpc, StatusCode::UNAUTHORIZED, &why);
         }
     };
+    // Objects live in projects: the caller must work in the one the request names (checked
+    // below), and its lists show only projects it works in.
+    let scope = match Scope::read(request.uri(), request.headers(), &caller) {
+        // The daemon's own objects (identities, projects, the audit log) are in none; there a
+        // `project` parameter is the route's own (the audit log's filter).
+        _ if !act.in_project() => Scope::default(),
+        Ok(scope) => scope,
+        Err(e) => {
+            let message = e.to_string();
+            act.read_refused(request, grpc).await;
+            auth.record(&caller.name, &act, "denied", Some(&message));
+            return refusal(grpc, StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    if act.in_project() {
+        act.project = Some(scope.project.clone());
+    }
     if !caller.may(rule.permission) {
         let message = caller.refusal(rule.permission);
         if !matches!(rule.audit, Audit::None) {
@@ -207,37 +223,21 @@ pub async fn authorize(
                     .refused(&caller.to_string(), &access, &message);
             }
         } else {
-            if act.name.is_empty() {
-                act.name = act::refused_name(request, grpc).await;
-            }
+            act.read_refused(request, grpc).await;
             auth.record(&caller.name, &act, "denied", Some(&message));
         }
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
-    // Objects live in projects: the caller must work in the one the request names, and its
-    // lists show only projects it works in.
-    let scope = match Scope::read(request.uri(), request.headers(), &caller) {
-        Ok(scope) => scope,
-        Err(e) => {
-            let message = e.to_string();
-            auth.record(&caller.name, &act, "denied", Some(&message));
-            return refusal(grpc, StatusCode::BAD_REQUEST, &message);
-        }
-    };
     if act.in_project() && !caller.works_in(&scope.project) {
         let message = caller.outside(&scope.project);
-        if act.name.is_empty() {
-            act.name = act::refused_name(request, grpc).await;
-        }
-        act.project = Some(scope.project.clone());
+        act.read_refused(request, grpc).await;
         auth.record(&caller.name, &act, "denied", Some(&message));
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
     if act.in_project() {
-        act.project = Some(scope.project.clone());
+        scope::strip_query(request.uri_mut());
     }
     request.extensions_mut().insert(scope);
-    scope::strip_query(request.uri_mut());
     let audited = match rule.permission {
         Permission::Write => true,
         Permission::Admin => grpc || request.method() != Method::GET,

@@ -66,9 +66,19 @@ impl Scope {
                 _ => DEFAULT_PROJECT.to_owned(),
             },
         };
-        let all = query("all_projects")
-            .or_else(|| header(ALL_PROJECTS_HEADER))
-            .is_some_and(|v| v == "true" || v == "1");
+        let all = match query("all_projects").or_else(|| header(ALL_PROJECTS_HEADER)) {
+            None => false,
+            Some(v) => match v.as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ValidationError::new(
+                        "all_projects",
+                        format!("{other:?} is not a boolean: use true or false"),
+                    ));
+                }
+            },
+        };
         let listed = if !all {
             Projects::one(&project)
         } else if caller.is_admin() {
