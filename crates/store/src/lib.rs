@@ -67,6 +67,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod etcd;
 mod object;
 mod selector;
 mod sqlite;
@@ -74,6 +75,7 @@ mod store;
 mod watch;
 
 pub use error::{BackendError, StoreError};
+pub use etcd::{DEFAULT_PREFIX, EtcdConfig, EtcdStore};
 pub use object::{EventType, Object, WatchEvent};
 pub use selector::{Requirement, Selector, SelectorError};
 pub use sqlite::{SqliteConfig, SqliteStore};

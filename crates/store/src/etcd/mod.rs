@@ -1,0 +1,490 @@
+//! The etcd v3 store: the [`Store`] trait over a cluster, as the crate documentation maps it.
+//!
+//! Keys are `<prefix><kind>/<name>` (the prefix is `/corral/` by default), values are the
+//! object's `uid`, `labels` and verbatim `body` as JSON. The object's `resource_version`
+//! is the key's `mod_revision` and the store's revision is etcd's cluster revision, so
+//! every compare-and-swap is a single `Txn` and watches resume from any revision etcd
+//! has not compacted.
+//!
+//! A name may contain `/` (project-scoped names such as `team-a/web`): a kind's objects are
+//! the keys under `<prefix><kind>/`, and kinds never contain `/`, so no kind's range
+//! overlaps another's.
+
+mod watcher;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
+    TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch as signal;
+
+use crate::{Object, Selector, Store, StoreError, WatchStream};
+
+/// The key prefix under which [`EtcdStore`] keeps objects unless configured otherwise.
+pub const DEFAULT_PREFIX: &str = "/corral/";
+
+/// How to reach an etcd cluster.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members, such as `http://10.0.0.1:2379`. Requests are
+    /// balanced over the members that answer.
+    pub endpoints: Vec<String>,
+    /// Every key this store writes starts with it; it must start and end with `/`. Two
+    /// stores with different prefixes share a cluster without seeing each other's objects
+    /// (but share its revision counter and its compaction).
+    pub prefix: String,
+    /// How long connecting to a member may take.
+    pub connect_timeout: Duration,
+    /// How many events each [`WatchStream`] buffers before its reader must catch up.
+    pub stream_capacity: usize,
+    /// How long a watch keeps re-establishing itself (on another member) after its
+    /// connection broke, before it reports the failure.
+    pub watch_retry: Duration,
+}
+
+impl EtcdConfig {
+    /// The default settings for a cluster reachable at `endpoints`.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            stream_capacity: 1024,
+            watch_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The value stored under an object's key. `body` stays a string: it is stored verbatim.
+#[derive(Serialize, Deserialize)]
+struct Value<'a> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    labels: BTreeMap<String, String>,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
+}
+
+/// A [`Store`] kept in an etcd v3 cluster; cheap to clone.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: EtcdConfig,
+    /// Dropped with the last store handle: watch tasks see it close and end their streams.
+    alive: signal::Sender<()>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.inner.config.endpoints)
+            .field("prefix", &self.inner.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps an etcd client error, recognising the two revision errors the trait names.
+fn etcd_err(operation: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
+    move |e| StoreError::backend(operation, e)
+}
+
+/// Whether an etcd error says the requested revision was compacted away.
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision has been compacted"))
+}
+
+/// Whether an etcd error says the requested revision is in the future.
+fn is_future(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision is a future revision"))
+}
+
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
+    header.map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))
+}
+
+/// A revision as etcd's signed type; ours never exceed `i64::MAX`.
+fn signed(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
+}
+
+fn unsigned(revision: i64) -> u64 {
+    u64::try_from(revision).unwrap_or(0)
+}
+
+impl EtcdStore {
+    /// Connects to the cluster and checks that it answers.
+    ///
+    /// Fails with [`StoreError::Backend`] naming the endpoints when none answers, and with
+    /// [`StoreError::InvalidConfig`] when the configuration is unusable.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, StoreError> {
+        if config.endpoints.is_empty() {
+            return Err(StoreError::InvalidConfig {
+                field: "etcd endpoints",
+                reason: "give at least one client URL, such as http://127.0.0.1:2379".into(),
+            });
+        }
+        for endpoint in &config.endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                || endpoint.len() <= "https://".len()
+            {
+                return Err(StoreError::InvalidConfig {
+                    field: "etcd endpoints",
+                    reason: format!(
+                        "{endpoint:?} is not a client URL; write it as http://HOST:PORT"
+                    ),
+                });
+            }
+        }
+        if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
+            return Err(StoreError::InvalidConfig {
+                field: "etcd key prefix",
+                reason: format!("{:?} must start and end with '/'", config.prefix),
+            });
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(etcd_err("connect to etcd"))?;
+        let (alive, _) = signal::channel(());
+        let store = EtcdStore {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                alive,
+            }),
+        };
+        // Fail now, naming the endpoints, rather than at the first request.
+        let mut kv = store.inner.client.kv_client();
+        tokio::time::timeout(
+            store.inner.config.connect_timeout,
+            kv.get(
+                store.inner.config.prefix.as_bytes(),
+                Some(GetOptions::new().with_count_only()),
+            ),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::backend(
+                "reach etcd",
+                format!(
+                    "no answer from {} within {:?}",
+                    store.inner.config.endpoints.join(","),
+                    store.inner.config.connect_timeout
+                ),
+            )
+        })?
+        .map_err(etcd_err("reach etcd"))?;
+        Ok(store)
+    }
+
+    /// The etcd client this store uses, for the leases and elections built on the same
+    /// connection.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The configuration the store was connected with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}/{name}", self.inner.config.prefix)
+    }
+
+    fn kind_prefix(&self, kind: &str) -> String {
+        format!("{}{kind}/", self.inner.config.prefix)
+    }
+
+    fn encode(obj: &Object) -> Result<String, StoreError> {
+        serde_json::to_string(&Value {
+            uid: Cow::Borrowed(&obj.uid),
+            labels: obj.labels.clone(),
+            body: Cow::Borrowed(&obj.body),
+        })
+        .map_err(|source| StoreError::Corrupt {
+            what: format!("{} {:?}", obj.kind, obj.name),
+            source,
+        })
+    }
+
+    /// Decodes a stored key-value pair into `(kind, name)` and the object.
+    fn decode(&self, kv: &KeyValue) -> Result<Object, StoreError> {
+        decode(&self.inner.config.prefix, kv)
+    }
+}
+
+pub(crate) fn decode(prefix: &str, kv: &KeyValue) -> Result<Object, StoreError> {
+    const OP: &str = "read an object";
+    let key = kv.key_str().map_err(etcd_err(OP))?;
+    let (kind, name) = key
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| StoreError::backend(OP, format!("key {key:?} is not an object key")))?;
+    let value: Value<'_> =
+        serde_json::from_slice(kv.value()).map_err(|source| StoreError::Corrupt {
+            what: format!("{kind} {name:?}"),
+            source,
+        })?;
+    Ok(Object {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        uid: value.uid.into_owned(),
+        labels: value.labels,
+        resource_version: unsigned(kv.mod_revision()),
+        body: value.body.into_owned(),
+    })
+}
+
+/// The key-value pair of the first `Range` in a transaction's responses.
+fn first_range(responses: Vec<TxnOpResponse>) -> Option<KeyValue> {
+    responses.into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn create(&self, mut obj: Object) -> Result<Object, StoreError> {
+        const OP: &str = "create an object";
+        let key = self.key(&obj.kind, &obj.name);
+        let value = Self::encode(&obj)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let response = self
+            .inner
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_err(OP))?;
+        if !response.succeeded() {
+            return Err(StoreError::AlreadyExists {
+                kind: obj.kind,
+                name: obj.name,
+            });
+        }
+        obj.resource_version = revision_of(response.header());
+        Ok(obj)
+    }
+
+    async fn get(&self, kind: &str, name: &str) -> Result<Object, StoreError> {
+        let mut response = self
+            .inner
+            .client
+            .kv_client()
+            .get(self.key(kind, name), None)
+            .await
+            .map_err(etcd_err("read an object"))?;
+        match response.take_kvs().first() {
+            Some(kv) => self.decode(kv),
+            None => Err(StoreError::NotFound {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: &str,
+        selector: &Selector,
+    ) -> Result<(Vec<Object>, u64), StoreError> {
+        // One Range is one consistent snapshot, sorted by key (the default order), hence
+        // by name.
+        let mut response = self
+            .inner
+            .client
+            .kv_client()
+            .get(
+                self.kind_prefix(kind),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd_err("list objects"))?;
+        let revision = revision_of(response.header());
+        let mut objects = Vec::new();
+        for kv in response.take_kvs() {
+            let obj = self.decode(&kv)?;
+            if selector.matches(&obj.labels) {
+                objects.push(obj);
+            }
+        }
+        Ok((objects, revision))
+    }
+
+    async fn update(&self, mut obj: Object) -> Result<Object, StoreError> {
+        const OP: &str = "update an object";
+        let key = self.key(&obj.kind, &obj.name);
+        let expected = obj.resource_version;
+        // The stored uid is kept: read it, then write only if the object is still the
+        // version that was read (the read's version is the precondition, so the uid
+        // cannot have changed in between).
+        let current = self.get(&obj.kind, &obj.name).await?;
+        if current.resource_version != expected {
+            return Err(StoreError::Conflict {
+                kind: obj.kind,
+                name: obj.name,
+                expected,
+                actual: current.resource_version,
+            });
+        }
+        obj.uid = current.uid;
+        let value = Self::encode(&obj)?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                signed(expected),
+            )])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self
+            .inner
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_err(OP))?;
+        if !response.succeeded() {
+            return Err(match first_range(response.op_responses()) {
+                Some(kv) => StoreError::Conflict {
+                    kind: obj.kind,
+                    name: obj.name,
+                    expected,
+                    actual: unsigned(kv.mod_revision()),
+                },
+                None => StoreError::NotFound {
+                    kind: obj.kind,
+                    name: obj.name,
+                },
+            });
+        }
+        obj.resource_version = revision_of(response.header());
+        Ok(obj)
+    }
+
+    async fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected_version: Option<u64>,
+    ) -> Result<Object, StoreError> {
+        const OP: &str = "delete an object";
+        let key = self.key(kind, name);
+        let delete = TxnOp::delete(key.clone(), Some(DeleteOptions::new().with_prev_key()));
+        let txn = match expected_version {
+            Some(version) => Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    signed(version),
+                )])
+                .and_then([delete])
+                .or_else([TxnOp::get(key, None)]),
+            None => Txn::new().and_then([delete]),
+        };
+        let response = self
+            .inner
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_err(OP))?;
+        let not_found = || StoreError::NotFound {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        };
+        if !response.succeeded() {
+            return Err(match first_range(response.op_responses()) {
+                Some(kv) => StoreError::Conflict {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                    expected: expected_version.unwrap_or(0),
+                    actual: unsigned(kv.mod_revision()),
+                },
+                None => not_found(),
+            });
+        }
+        let deleted = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Delete(mut d) => d.take_prev_kvs().into_iter().next(),
+            _ => None,
+        });
+        match deleted {
+            Some(kv) => self.decode(&kv),
+            None => Err(not_found()),
+        }
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let response = self
+            .inner
+            .client
+            .kv_client()
+            .get(
+                self.inner.config.prefix.as_bytes(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(etcd_err("read the revision"))?;
+        Ok(revision_of(response.header()))
+    }
+
+    async fn watch(&self, kind: Option<&str>, after: u64) -> Result<WatchStream, StoreError> {
+        let prefix = match kind {
+            Some(kind) => self.kind_prefix(kind),
+            None => self.inner.config.prefix.clone(),
+        };
+        watcher::start(self, prefix, after).await
+    }
+
+    async fn compact(&self, keep_after: u64) -> Result<(), StoreError> {
+        const OP: &str = "compact the history";
+        let current = self.revision().await?;
+        if keep_after > current {
+            return Err(StoreError::FutureRevision {
+                requested: keep_after,
+                current,
+            });
+        }
+        // etcd keeps the revisions at or above the compaction point and cannot compact
+        // past its head: up to the head, the head's own event stays watchable.
+        let point = (keep_after + 1).min(current);
+        if point == 0 {
+            return Ok(());
+        }
+        match self
+            .inner
+            .client
+            .kv_client()
+            .compact(signed(point), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Compacting at or below the current compaction point does nothing.
+            Err(e) if is_compacted(&e) => Ok(()),
+            Err(e) if is_future(&e) => Err(StoreError::FutureRevision {
+                requested: keep_after,
+                current,
+            }),
+            Err(e) => Err(StoreError::backend(OP, e)),
+        }
+    }
+}
