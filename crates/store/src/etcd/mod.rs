@@ -15,13 +15,14 @@ mod watcher;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
+    TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch as signal;
@@ -108,6 +109,18 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 /// Whether an etcd error says the requested revision is in the future.
 fn is_future(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision is a future revision"))
+}
+
+/// Whether a request failed before it reached any member (connection refused or reset
+/// while connecting): sending it again cannot apply it twice.
+fn is_unsent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect error")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
@@ -203,6 +216,34 @@ impl EtcdStore {
         &self.inner.config
     }
 
+    /// Runs one KV request, sending it again while it fails before reaching a member
+    /// (a killed member stays in the client's balancer until its reconnects fail), for up
+    /// to the connect timeout.
+    async fn kv<T, F, Fut>(&self, mut request: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.config.connect_timeout;
+        loop {
+            match request(self.inner.client.kv_client()).await {
+                Err(e) if is_unsent(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "etcd request not sent; trying another member");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.kv(|mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}/{name}", self.inner.config.prefix)
     }
@@ -268,13 +309,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let response = self
-            .inner
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(etcd_err(OP))?;
+        let response = self.txn(txn).await.map_err(etcd_err(OP))?;
         if !response.succeeded() {
             return Err(StoreError::AlreadyExists {
                 kind: obj.kind,
@@ -286,11 +321,12 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, kind: &str, name: &str) -> Result<Object, StoreError> {
+        let key = self.key(kind, name);
         let mut response = self
-            .inner
-            .client
-            .kv_client()
-            .get(self.key(kind, name), None)
+            .kv(|mut kv| {
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
             .await
             .map_err(etcd_err("read an object"))?;
         match response.take_kvs().first() {
@@ -309,14 +345,12 @@ impl Store for EtcdStore {
     ) -> Result<(Vec<Object>, u64), StoreError> {
         // One Range is one consistent snapshot, sorted by key (the default order), hence
         // by name.
+        let prefix = self.kind_prefix(kind);
         let mut response = self
-            .inner
-            .client
-            .kv_client()
-            .get(
-                self.kind_prefix(kind),
-                Some(GetOptions::new().with_prefix()),
-            )
+            .kv(|mut kv| {
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await
             .map_err(etcd_err("list objects"))?;
         let revision = revision_of(response.header());
@@ -356,13 +390,7 @@ impl Store for EtcdStore {
             )])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let response = self
-            .inner
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(etcd_err(OP))?;
+        let response = self.txn(txn).await.map_err(etcd_err(OP))?;
         if !response.succeeded() {
             return Err(match first_range(response.op_responses()) {
                 Some(kv) => StoreError::Conflict {
@@ -401,13 +429,7 @@ impl Store for EtcdStore {
                 .or_else([TxnOp::get(key, None)]),
             None => Txn::new().and_then([delete]),
         };
-        let response = self
-            .inner
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(etcd_err(OP))?;
+        let response = self.txn(txn).await.map_err(etcd_err(OP))?;
         let not_found = || StoreError::NotFound {
             kind: kind.to_owned(),
             name: name.to_owned(),
@@ -434,14 +456,15 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
+        let prefix = self.inner.config.prefix.clone();
         let response = self
-            .inner
-            .client
-            .kv_client()
-            .get(
-                self.inner.config.prefix.as_bytes(),
-                Some(GetOptions::new().with_count_only()),
-            )
+            .kv(|mut kv| {
+                let prefix = prefix.clone();
+                async move {
+                    kv.get(prefix, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await
             .map_err(etcd_err("read the revision"))?;
         Ok(revision_of(response.header()))
@@ -471,10 +494,7 @@ impl Store for EtcdStore {
             return Ok(());
         }
         match self
-            .inner
-            .client
-            .kv_client()
-            .compact(signed(point), None)
+            .kv(|mut kv| async move { kv.compact(signed(point), None).await })
             .await
         {
             Ok(_) => Ok(()),

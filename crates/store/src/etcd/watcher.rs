@@ -23,20 +23,23 @@ pub(super) async fn start(
     after: u64,
 ) -> Result<WatchStream, StoreError> {
     let client = store.inner.client.clone();
-    let mut feed = open(&client, &prefix, after).await?;
+    let mut feed = store
+        .kv(|_| open(&client, &prefix, after))
+        .await
+        .map_err(|e| StoreError::backend("watch", e))?;
     // A watch from a compacted revision is created and then cancelled by etcd; a Range at
     // the first wanted revision tells whether that will happen without waiting for it.
-    let probe = client
-        .kv_client()
-        .get(
-            prefix.as_bytes(),
-            Some(
-                GetOptions::new()
+    let probe = store
+        .kv(|mut kv| {
+            let prefix = prefix.clone();
+            async move {
+                let options = GetOptions::new()
                     .with_prefix()
                     .with_count_only()
-                    .with_revision(signed(after + 1)),
-            ),
-        )
+                    .with_revision(signed(after + 1));
+                kv.get(prefix, Some(options)).await
+            }
+        })
         .await;
     match probe {
         Ok(_) => {}
@@ -72,7 +75,7 @@ pub(super) async fn start(
 
 /// Creates an etcd watch of `prefix` from the revision after `after`, with previous values
 /// (a deletion carries the object's last state).
-async fn open(client: &Client, prefix: &str, after: u64) -> Result<Feed, StoreError> {
+async fn open(client: &Client, prefix: &str, after: u64) -> Result<Feed, etcd_client::Error> {
     let options = WatchOptions::new()
         .with_prefix()
         .with_prev_key()
@@ -80,8 +83,7 @@ async fn open(client: &Client, prefix: &str, after: u64) -> Result<Feed, StoreEr
     let (_watcher, feed) = client
         .watch_client()
         .watch(prefix.as_bytes(), Some(options))
-        .await
-        .map_err(|e| StoreError::backend("watch", e))?;
+        .await?;
     // Dropping the watcher closes the request side only; etcd keeps the watch while the
     // response stream is read.
     Ok(feed)
