@@ -93,6 +93,23 @@ pub struct Args {
     /// [default: corral-qemu when that user exists; else QEMU runs as corrald's user]
     #[arg(long, env = "CORRAL_QEMU_USER", value_name = "NAME")]
     pub qemu_user: Option<String>,
+    /// Where declared state is kept: `sqlite`, an embedded database in the data directory
+    /// (one host), or `etcd`, an etcd v3 cluster named by --etcd-endpoints [default: sqlite]
+    #[arg(long, env = "CORRAL_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// Client URLs of the etcd cluster for `--store etcd`, comma-separated, such as
+    /// `http://10.0.0.1:2379,http://10.0.0.2:2379`; requests go to the members that answer
+    #[arg(
+        long = "etcd-endpoints",
+        env = "CORRAL_ETCD_ENDPOINTS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// The etcd key prefix corrald keeps its objects under; two corrald installations may
+    /// share a cluster with different prefixes [default: /corral/]
+    #[arg(long, env = "CORRAL_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -139,6 +156,30 @@ pub enum Command {
     },
 }
 
+/// Which store backend keeps declared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded SQLite database in the data directory: one host.
+    Sqlite,
+    /// An etcd v3 cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
+/// The store backend, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `<data-dir>/state.db`.
+    Sqlite,
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs, checked.
+        endpoints: Vec<String>,
+        /// Key prefix, checked.
+        prefix: String,
+    },
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +209,10 @@ pub struct FileConfig {
     qemu_user: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
+    store: Option<StoreKind>,
+    #[serde(default)]
+    etcd_endpoints: Vec<String>,
+    etcd_prefix: Option<String>,
     port_range: Option<String>,
     #[serde(default)]
     host_path_allow: Vec<PathBuf>,
@@ -233,6 +278,8 @@ pub struct Config {
     pub admin_group: Option<String>,
     /// When the audit log rotates.
     pub audit: corral_service::AuditRotation,
+    /// Where declared state is kept.
+    pub store: StoreConfig,
 }
 
 /// What one API client may hold of the daemon, and for how long; the same for every
@@ -439,7 +486,41 @@ impl Config {
                 audit.max_size
             )));
         }
+        let endpoints = if args.etcd_endpoints.is_empty() {
+            file.etcd_endpoints
+        } else {
+            args.etcd_endpoints.clone()
+        };
+        let prefix = args.etcd_prefix.clone().or(file.etcd_prefix);
+        let store = match args.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
+            StoreKind::Sqlite => {
+                if !endpoints.is_empty() || prefix.is_some() {
+                    return Err(ConfigError(
+                        "--etcd-endpoints and --etcd-prefix need --store etcd (the store \
+                         is sqlite by default)"
+                            .into(),
+                    ));
+                }
+                StoreConfig::Sqlite
+            }
+            StoreKind::Etcd => {
+                let mut etcd = corral_store::EtcdConfig::new(endpoints);
+                if let Some(prefix) = prefix {
+                    etcd.prefix = prefix;
+                }
+                etcd.validate().map_err(|e| {
+                    ConfigError(format!(
+                        "--store etcd: {e} (set --etcd-endpoints, --etcd-prefix)"
+                    ))
+                })?;
+                StoreConfig::Etcd {
+                    endpoints: etcd.endpoints,
+                    prefix: etcd.prefix,
+                }
+            }
+        };
         Ok(Config {
+            store,
             host_path_allow,
             import,
             limits,
@@ -688,5 +769,89 @@ mod tests {
         std::fs::write(&file, "datadir = \"/x\"\n").unwrap();
         let err = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("unknown field `datadir`"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_etcd_is_named_with_its_endpoints() {
+        assert_eq!(
+            Config::resolve(&args(&[])).unwrap().store,
+            StoreConfig::Sqlite
+        );
+        let cfg = Config::resolve(&args(&[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379,http://etcd-2.lan:2379",
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Etcd {
+                endpoints: vec![
+                    "http://10.0.0.1:2379".into(),
+                    "http://etcd-2.lan:2379".into()
+                ],
+                prefix: "/corral/".into(),
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(
+            &file,
+            "store = \"etcd\"\netcd_endpoints = [\"http://[::1]:2379\"]\netcd_prefix = \"/c2/\"\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Etcd {
+                endpoints: vec!["http://[::1]:2379".into()],
+                prefix: "/c2/".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_store_settings_name_the_flag_and_what_is_allowed() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--store", "etcd"], "at least one client URL"),
+            (&["--etcd-endpoints", "http://a:2379"], "need --store etcd"),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "10.0.0.1:2379"],
+                "http://HOST:PORT",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://a"],
+                "name the port",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://a:99999"],
+                "not a TCP port",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://u@h/x:1"],
+                "neither an IP address nor a DNS name",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "https://a:2379"],
+                "TLS to etcd is not supported",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://a:2379",
+                    "--etcd-prefix",
+                    "corral",
+                ],
+                "must start and end with '/'",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let err = Config::resolve(&args(flags)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+            assert!(err.contains("etcd"), "{flags:?}: {err}");
+        }
     }
 }

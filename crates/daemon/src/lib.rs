@@ -45,7 +45,7 @@ use corral_service::{
     AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
     StorageConfig, StorageService, VmService,
 };
-use corral_store::SqliteStore;
+use corral_store::{EtcdConfig, EtcdStore, SqliteStore};
 use tokio::sync::watch;
 
 pub use config::{Args, Config};
@@ -73,14 +73,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     dirs::prepare(&config.run_dir, run_which, qemu)?;
     dirs::prepare_data_layout(&config.data_dir, qemu)?;
-    let store = SqliteStore::open(config.data_dir.join("state.db"))
-        .await
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store: Arc<dyn corral_store::Store> = match &config.store {
+        config::StoreConfig::Sqlite => Arc::new(
+            SqliteStore::open(config.data_dir.join("state.db"))
+                .await
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        config::StoreConfig::Etcd { endpoints, prefix } => {
+            let mut etcd = EtcdConfig::new(endpoints.iter().cloned());
+            etcd.prefix = prefix.clone();
+            tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
+            Arc::new(EtcdStore::connect(etcd).await.with_context(|| {
+                format!("connecting to the etcd store at {}", endpoints.join(","))
+            })?)
+        }
+    };
     let mut backend_config = QemuBackendConfig::new(config.run_dir.clone());
     backend_config.run_as = qemu;
     let backend =
         Arc::new(QemuBackend::new(backend_config).context("preparing the run directory")?);
-    let store: Arc<dyn corral_store::Store> = Arc::new(store);
     // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;

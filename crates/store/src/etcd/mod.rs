@@ -64,6 +64,78 @@ impl EtcdConfig {
     }
 }
 
+impl EtcdConfig {
+    /// Checks the endpoints and the prefix, naming the setting and what is allowed.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.endpoints.is_empty() {
+            return Err(StoreError::InvalidConfig {
+                field: "etcd endpoints",
+                reason: "give at least one client URL, such as http://127.0.0.1:2379".into(),
+            });
+        }
+        for endpoint in &self.endpoints {
+            check_endpoint(endpoint).map_err(|reason| StoreError::InvalidConfig {
+                field: "etcd endpoints",
+                reason: format!("{endpoint:?}: {reason}"),
+            })?;
+        }
+        let prefix_ok = self.prefix.len() > 1
+            && self.prefix.starts_with('/')
+            && self.prefix.ends_with('/')
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+        if !prefix_ok {
+            return Err(StoreError::InvalidConfig {
+                field: "etcd key prefix",
+                reason: format!(
+                    "{:?}: must start and end with '/' and contain only ASCII letters, \
+                     digits, '/', '-', '_' and '.', such as /corral/",
+                    self.prefix
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint is `http://HOST:PORT`, nothing more (no user, path or query).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        return Err(
+            "TLS to etcd is not supported yet; reach it over http:// on a \
+                    trusted network"
+                .into(),
+        );
+    }
+    let Some(authority) = endpoint.strip_prefix("http://") else {
+        return Err("write a client URL as http://HOST:PORT".into());
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err("name the port: http://HOST:PORT (etcd's client port is 2379)".into());
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("port {port:?} is not a TCP port (1-65535)"));
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host_ok = !host.is_empty()
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if !host_ok {
+        return Err(format!(
+            "host {host:?} is neither an IP address nor a DNS name"
+        ));
+    }
+    Ok(())
+}
+
 /// The value stored under an object's key. `body` stays a string: it is stored verbatim.
 #[derive(Serialize, Deserialize)]
 struct Value<'a> {
@@ -142,30 +214,7 @@ impl EtcdStore {
     /// Fails with [`StoreError::Backend`] naming the endpoints when none answers, and with
     /// [`StoreError::InvalidConfig`] when the configuration is unusable.
     pub async fn connect(config: EtcdConfig) -> Result<Self, StoreError> {
-        if config.endpoints.is_empty() {
-            return Err(StoreError::InvalidConfig {
-                field: "etcd endpoints",
-                reason: "give at least one client URL, such as http://127.0.0.1:2379".into(),
-            });
-        }
-        for endpoint in &config.endpoints {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-                || endpoint.len() <= "https://".len()
-            {
-                return Err(StoreError::InvalidConfig {
-                    field: "etcd endpoints",
-                    reason: format!(
-                        "{endpoint:?} is not a client URL; write it as http://HOST:PORT"
-                    ),
-                });
-            }
-        }
-        if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
-            return Err(StoreError::InvalidConfig {
-                field: "etcd key prefix",
-                reason: format!("{:?} must start and end with '/'", config.prefix),
-            });
-        }
+        config.validate()?;
         let options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
