@@ -180,6 +180,19 @@ pub enum StoreConfig {
     },
 }
 
+impl Config {
+    /// Where the store is, for `corral version`: `sqlite:<file>` or
+    /// `etcd:<endpoints><prefix>`.
+    pub fn store_description(&self) -> String {
+        match &self.store {
+            StoreConfig::Sqlite => format!("sqlite:{}", self.data_dir.join("state.db").display()),
+            StoreConfig::Etcd { endpoints, prefix } => {
+                format!("etcd:{}{prefix}", endpoints.join(","))
+            }
+        }
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -72,7 +72,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dirs::Which::Run
     };
     dirs::prepare(&config.run_dir, run_which, qemu)?;
-    dirs::prepare_data_layout(&config.data_dir, qemu)?;
+    dirs::prepare_data_layout(
+        &config.data_dir,
+        qemu,
+        config.store == config::StoreConfig::Sqlite,
+    )?;
     let store: Arc<dyn corral_store::Store> = match &config.store {
         config::StoreConfig::Sqlite => Arc::new(
             SqliteStore::open(config.data_dir.join("state.db"))

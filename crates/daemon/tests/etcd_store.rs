@@ -1,0 +1,77 @@
+//! corrald on the etcd store (`--store etcd`): a real etcd member, a real daemon and a real
+//! QEMU guest. The VM is declared through the API, kept in etcd (not in a SQLite file), boots
+//! (evidence from its console), and survives a daemon restart: the new daemon reads it back
+//! from etcd and adopts the running QEMU instead of starting another.
+
+use std::time::Duration;
+
+use corral_client::{Client, Endpoint};
+use corral_contract::Phase;
+use corral_store::{EtcdConfig, EtcdStore, Selector, Store};
+use corral_testkit::{
+    Corrald, EtcdCluster, boots, kit_vm, last_heartbeat, wait_console, wait_phase,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyhow::Result<()> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let endpoint = etcd.endpoint(0);
+    let mut d = Corrald::builder(env!("CARGO_BIN_EXE_corrald"))
+        .args(&["--store", "etcd", "--etcd-endpoints", &endpoint])
+        .start()?;
+    let c = Client::connect(Endpoint::Unix(d.socket())).await?;
+    c.create_vm(&kit_vm("on-etcd", |b| b)).await?;
+    let pid = wait_phase(&c, &d, "on-etcd", Phase::Running)
+        .await?
+        .status
+        .pid
+        .expect("a running VM has a pid");
+    wait_console(&c, &d, "on-etcd", "CORRAL_HEARTBEAT 1", 0).await?;
+    let beat = last_heartbeat(&c, "on-etcd").await?.expect("heartbeats");
+
+    // The declaration lives in etcd, under corrald's prefix; no SQLite store was made.
+    let store = EtcdStore::connect(EtcdConfig::new([endpoint.clone()])).await?;
+    let (vms, _) = store.list("Vm", &Selector::everything()).await?;
+    assert!(
+        vms.iter().any(|vm| vm.name.ends_with("on-etcd")),
+        "the VM is stored in etcd: {:?}",
+        vms.iter().map(|vm| &vm.name).collect::<Vec<_>>()
+    );
+    assert!(
+        !d.data_dir().join("state.db").exists(),
+        "corrald on etcd keeps no SQLite store"
+    );
+    let version = c.version().await?;
+    assert_eq!(version.store, format!("etcd:{endpoint}/corral/"));
+
+    d.restart()?;
+    let c = Client::connect(Endpoint::Unix(d.socket())).await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !d.log().contains("adopted running VM") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted daemon did not adopt the VM: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vm = wait_phase(&c, &d, "on-etcd", Phase::Running).await?;
+    assert_eq!(vm.status.pid, Some(pid), "the VM kept its QEMU");
+    assert_eq!(d.qemu_pids(), [pid], "no second QEMU");
+    // Inside the guest: the same boot goes on.
+    wait_console(
+        &c,
+        &d,
+        "on-etcd",
+        &format!("CORRAL_HEARTBEAT {}", beat + 2),
+        0,
+    )
+    .await?;
+    assert_eq!(boots(&c, "on-etcd").await?, 1, "the guest was not rebooted");
+    // The adopted VM is under control: stop it through the restarted daemon.
+    c.stop_vm("on-etcd", false).await?;
+    wait_phase(&c, &d, "on-etcd", Phase::Stopped).await?;
+    Ok(())
+}
