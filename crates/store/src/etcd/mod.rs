@@ -10,7 +10,10 @@
 //! the keys under `<prefix><kind>/`, and kinds never contain `/`, so no kind's range
 //! overlaps another's.
 
+mod coord;
 mod watcher;
+
+pub use coord::EtcdCoordinator;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
