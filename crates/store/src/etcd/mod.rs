@@ -49,6 +49,8 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// How many events each [`WatchStream`] buffers before its reader must catch up.
     pub stream_capacity: usize,
+    /// How many objects one `Range` request of a list reads.
+    pub list_page: usize,
     /// How long a watch keeps re-establishing itself (on another member) after its
     /// connection broke, before it reports the failure.
     pub watch_retry: Duration,
@@ -62,6 +64,7 @@ impl EtcdConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(5),
             stream_capacity: 1024,
+            list_page: 500,
             watch_retry: Duration::from_secs(30),
         }
     }
@@ -395,22 +398,45 @@ impl Store for EtcdStore {
         kind: &str,
         selector: &Selector,
     ) -> Result<(Vec<Object>, u64), StoreError> {
-        // One Range is one consistent snapshot, sorted by key (the default order), hence
-        // by name.
+        // Pages of one snapshot: the first Range fixes the revision, the others read at
+        // it. Keys sort by name. Paging keeps each response well under gRPC's message
+        // limit however many objects there are.
         let prefix = self.kind_prefix(kind);
-        let mut response = self
-            .kv(|mut kv| {
-                let prefix = prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(etcd_err("list objects"))?;
-        let revision = revision_of(response.header());
+        // The prefix ends in '/': the range ends just past it, at '0'.
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
+        let page = i64::try_from(self.inner.config.list_page.max(1)).unwrap_or(i64::MAX);
+        let mut start = prefix.into_bytes();
+        let mut revision = 0;
         let mut objects = Vec::new();
-        for kv in response.take_kvs() {
-            let obj = self.decode(&kv)?;
-            if selector.matches(&obj.labels) {
-                objects.push(obj);
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if revision > 0 {
+                options = options.with_revision(signed(revision));
+            }
+            let mut response = self
+                .kv(|mut kv| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
+                .await
+                .map_err(etcd_err("list objects"))?;
+            if revision == 0 {
+                revision = revision_of(response.header());
+            }
+            let more = response.more();
+            let kvs = response.take_kvs();
+            if let Some(last) = kvs.last() {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            for kv in kvs {
+                let obj = self.decode(&kv)?;
+                if selector.matches(&obj.labels) {
+                    objects.push(obj);
+                }
+            }
+            if !more {
+                break;
             }
         }
         Ok((objects, revision))
