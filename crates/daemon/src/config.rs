@@ -110,6 +110,10 @@ pub struct Args {
     /// share a cluster with different prefixes [default: /corral/]
     #[arg(long, env = "CORRAL_ETCD_PREFIX", value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// How long corrald waits at start for etcd to answer before giving up, e.g. `5m`
+    /// (etcd started at the same time may need a moment) [default: 60s]
+    #[arg(long, env = "CORRAL_ETCD_WAIT", value_name = "DURATION", value_parser = parse_timeout)]
+    pub etcd_wait: Option<Duration>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -177,6 +181,8 @@ pub enum StoreConfig {
         endpoints: Vec<String>,
         /// Key prefix, checked.
         prefix: String,
+        /// How long to wait at start for etcd to answer.
+        wait: Duration,
     },
 }
 
@@ -186,7 +192,9 @@ impl Config {
     pub fn store_description(&self) -> String {
         match &self.store {
             StoreConfig::Sqlite => format!("sqlite:{}", self.data_dir.join("state.db").display()),
-            StoreConfig::Etcd { endpoints, prefix } => {
+            StoreConfig::Etcd {
+                endpoints, prefix, ..
+            } => {
                 format!("etcd:{}{prefix}", endpoints.join(","))
             }
         }
@@ -226,6 +234,7 @@ pub struct FileConfig {
     #[serde(default)]
     etcd_endpoints: Vec<String>,
     etcd_prefix: Option<String>,
+    etcd_wait: Option<String>,
     port_range: Option<String>,
     #[serde(default)]
     host_path_allow: Vec<PathBuf>,
@@ -317,6 +326,9 @@ impl Default for ConnLimits {
         }
     }
 }
+
+/// The default of `--etcd-wait`.
+pub const DEFAULT_ETCD_WAIT: Duration = Duration::from_secs(60);
 
 /// The default of `--upload-max-size`.
 pub const DEFAULT_UPLOAD_MAX_SIZE: ByteSize = ByteSize::from_gib(32);
@@ -505,12 +517,20 @@ impl Config {
             args.etcd_endpoints.clone()
         };
         let prefix = args.etcd_prefix.clone().or(file.etcd_prefix);
+        let wait = match (args.etcd_wait, &file.etcd_wait) {
+            (Some(wait), _) => Some(wait),
+            (None, Some(text)) => Some(
+                parse_timeout(text)
+                    .map_err(|e| ConfigError(format!("config file: etcd_wait: {text:?}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         let store = match args.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
             StoreKind::Sqlite => {
-                if !endpoints.is_empty() || prefix.is_some() {
+                if !endpoints.is_empty() || prefix.is_some() || wait.is_some() {
                     return Err(ConfigError(
-                        "--etcd-endpoints and --etcd-prefix need --store etcd (the store \
-                         is sqlite by default)"
+                        "--etcd-endpoints, --etcd-prefix and --etcd-wait need --store etcd \
+                         (the store is sqlite by default)"
                             .into(),
                     ));
                 }
@@ -529,6 +549,7 @@ impl Config {
                 StoreConfig::Etcd {
                     endpoints: etcd.endpoints,
                     prefix: etcd.prefix,
+                    wait: wait.unwrap_or(DEFAULT_ETCD_WAIT),
                 }
             }
         };
@@ -811,7 +832,7 @@ mod tests {
         let file = dir.path().join("corrald.toml");
         std::fs::write(
             &file,
-            "store = \"etcd\"\netcd_endpoints = [\"http://[::1]:2379\"]\netcd_prefix = \"/c2/\"\n",
+            "store = \"etcd\"\netcd_endpoints = [\"http://[::1]:2379\"]\netcd_prefix = \"/c2/\"\netcd_wait = \"5m\"\n",
         )
         .unwrap();
         let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
@@ -820,6 +841,7 @@ mod tests {
             StoreConfig::Etcd {
                 endpoints: vec!["http://[::1]:2379".into()],
                 prefix: "/c2/".into(),
+                wait: Duration::from_secs(300),
             }
         );
     }

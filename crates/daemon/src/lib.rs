@@ -52,6 +52,26 @@ pub use config::{Args, Config};
 pub use metrics::Metrics;
 pub use state::Daemon;
 
+/// Connects to etcd, waiting up to `wait` for it to answer: etcd started beside corrald
+/// may not be serving yet.
+async fn connect_etcd(
+    config: EtcdConfig,
+    wait: std::time::Duration,
+) -> Result<EtcdStore, corral_store::StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match EtcdStore::connect(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e @ corral_store::StoreError::InvalidConfig { .. }) => return Err(e),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "etcd does not answer yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let qemu = config.qemu_user.as_ref().map(|u| u.owner);
@@ -83,12 +103,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         ),
-        config::StoreConfig::Etcd { endpoints, prefix } => {
+        config::StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            wait,
+        } => {
             let mut etcd = EtcdConfig::new(endpoints.iter().cloned());
             etcd.prefix = prefix.clone();
             tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
-            Arc::new(EtcdStore::connect(etcd).await.with_context(|| {
-                format!("connecting to the etcd store at {}", endpoints.join(","))
+            Arc::new(connect_etcd(etcd, *wait).await.with_context(|| {
+                format!(
+                    "connecting to the etcd store at {} (waited {}; --etcd-wait sets how long)",
+                    endpoints.join(","),
+                    humantime::format_duration(*wait)
+                )
             })?)
         }
     };

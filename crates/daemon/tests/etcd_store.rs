@@ -75,3 +75,71 @@ async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyh
     wait_phase(&c, &d, "on-etcd", Phase::Stopped).await?;
     Ok(())
 }
+
+/// Started before its etcd answers, corrald waits for it (`--etcd-wait`) instead of failing:
+/// users start both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrald_waits_for_an_etcd_that_is_not_up_yet() -> anyhow::Result<()> {
+    let mut etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let endpoint = etcd.endpoint(0);
+    etcd.kill(0);
+    let builder = Corrald::builder(env!("CARGO_BIN_EXE_corrald")).args(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoint,
+        "--etcd-wait",
+        "2m",
+    ]);
+    let starting = tokio::task::spawn_blocking(move || builder.start());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!starting.is_finished(), "corrald is up without its store");
+    tokio::task::block_in_place(|| etcd.restart(0))?;
+    let d = starting.await??;
+    assert!(
+        d.log().contains("etcd does not answer yet"),
+        "corrald said it was waiting: {}",
+        d.log()
+    );
+    let c = Client::connect(Endpoint::Unix(d.socket())).await?;
+    assert!(c.version().await?.store.starts_with("etcd:"));
+    Ok(())
+}
+
+/// An etcd that never answers: corrald gives up after `--etcd-wait`, naming the endpoints
+/// and the flag, and serves nothing.
+#[test]
+fn corrald_gives_up_on_an_etcd_that_never_answers() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("crl-e")
+        .tempdir_in("/tmp")?;
+    let port = corral_testkit::http::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corrald"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CORRAL_") {
+            cmd.env_remove(key);
+        }
+    }
+    let output = cmd
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .arg("--run-dir")
+        .arg(dir.path().join("r"))
+        .args(["--store", "etcd", "--etcd-endpoints", &endpoint])
+        .args(["--etcd-wait", "1s"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "corrald started: {stderr}");
+    assert!(
+        stderr.contains(&format!("connecting to the etcd store at {endpoint}"))
+            && stderr.contains("--etcd-wait"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("r/corral.sock").exists(),
+        "no API is served without the store"
+    );
+    Ok(())
+}
