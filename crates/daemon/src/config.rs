@@ -826,6 +826,7 @@ mod tests {
                     "http://etcd-2.lan:2379".into()
                 ],
                 prefix: "/corral/".into(),
+                wait: DEFAULT_ETCD_WAIT,
             }
         );
         let dir = tempfile::tempdir().unwrap();
