@@ -110,6 +110,17 @@ pub struct Args {
     /// share a cluster with different prefixes [default: /corral/]
     #[arg(long, env = "CORRAL_ETCD_PREFIX", value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// PEM CA certificates that signed etcd's certificates: talk to etcd over TLS
+    /// (`https://` endpoints)
+    #[arg(long, env = "CORRAL_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for an etcd that asks for one (`--client-cert-auth`); needs
+    /// --etcd-key
+    #[arg(long, env = "CORRAL_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert
+    #[arg(long, env = "CORRAL_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
     /// How long corrald waits at start for etcd to answer before giving up, e.g. `5m`
     /// (etcd started at the same time may need a moment) [default: 60s]
     #[arg(long, env = "CORRAL_ETCD_WAIT", value_name = "DURATION", value_parser = parse_timeout)]
@@ -183,7 +194,18 @@ pub enum StoreConfig {
         prefix: String,
         /// How long to wait at start for etcd to answer.
         wait: Duration,
+        /// TLS to etcd.
+        tls: Option<EtcdTlsFiles>,
     },
+}
+
+/// The PEM files for TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    /// `--etcd-ca-file`.
+    pub ca: PathBuf,
+    /// `--etcd-cert` and `--etcd-key`.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -235,6 +257,9 @@ pub struct FileConfig {
     etcd_endpoints: Vec<String>,
     etcd_prefix: Option<String>,
     etcd_wait: Option<String>,
+    etcd_ca_file: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
     port_range: Option<String>,
     #[serde(default)]
     host_path_allow: Vec<PathBuf>,
@@ -525,12 +550,35 @@ impl Config {
             ),
             (None, None) => None,
         };
+        let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file);
+        let cert = args.etcd_cert.clone().or(file.etcd_cert);
+        let key = args.etcd_key.clone().or(file.etcd_key);
+        let tls = match (ca, cert, key) {
+            (None, None, None) => None,
+            (Some(ca), None, None) => Some(EtcdTlsFiles { ca, identity: None }),
+            (Some(ca), Some(cert), Some(key)) => Some(EtcdTlsFiles {
+                ca,
+                identity: Some((cert, key)),
+            }),
+            (None, _, _) => {
+                return Err(ConfigError(
+                    "--etcd-cert and --etcd-key need --etcd-ca-file (the CA that signed \
+                     etcd's certificates)"
+                        .into(),
+                ));
+            }
+            (Some(_), _, _) => {
+                return Err(ConfigError(
+                    "--etcd-cert and --etcd-key go together: give both or neither".into(),
+                ));
+            }
+        };
         let store = match args.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
             StoreKind::Sqlite => {
-                if !endpoints.is_empty() || prefix.is_some() || wait.is_some() {
+                if !endpoints.is_empty() || prefix.is_some() || wait.is_some() || tls.is_some() {
                     return Err(ConfigError(
-                        "--etcd-endpoints, --etcd-prefix and --etcd-wait need --store etcd \
-                         (the store is sqlite by default)"
+                        "--etcd-endpoints, --etcd-prefix, --etcd-wait and the --etcd TLS \
+                         files need --store etcd (the store is sqlite by default)"
                             .into(),
                     ));
                 }
@@ -541,6 +589,11 @@ impl Config {
                 if let Some(prefix) = prefix {
                     etcd.prefix = prefix;
                 }
+                // The files are read at start; here only whether there is TLS matters.
+                etcd.tls = tls.as_ref().map(|_| corral_store::EtcdTls {
+                    ca: String::new(),
+                    identity: None,
+                });
                 etcd.validate().map_err(|e| {
                     ConfigError(format!(
                         "--store etcd: {e} (set --etcd-endpoints, --etcd-prefix)"
@@ -550,6 +603,7 @@ impl Config {
                     endpoints: etcd.endpoints,
                     prefix: etcd.prefix,
                     wait: wait.unwrap_or(DEFAULT_ETCD_WAIT),
+                    tls,
                 }
             }
         };
@@ -827,6 +881,7 @@ mod tests {
                 ],
                 prefix: "/corral/".into(),
                 wait: DEFAULT_ETCD_WAIT,
+                tls: None,
             }
         );
         let dir = tempfile::tempdir().unwrap();
@@ -843,6 +898,7 @@ mod tests {
                 endpoints: vec!["http://[::1]:2379".into()],
                 prefix: "/c2/".into(),
                 wait: Duration::from_secs(300),
+                tls: None,
             }
         );
     }
@@ -870,7 +926,44 @@ mod tests {
             ),
             (
                 &["--store", "etcd", "--etcd-endpoints", "https://a:2379"],
-                "TLS to etcd is not supported",
+                "--etcd-ca-file",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://a:2379",
+                    "--etcd-ca-file",
+                    "/ca.pem",
+                ],
+                "https://HOST:PORT",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "https://a:2379",
+                    "--etcd-cert",
+                    "/c.pem",
+                    "--etcd-key",
+                    "/k.pem",
+                ],
+                "need --etcd-ca-file",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "https://a:2379",
+                    "--etcd-ca-file",
+                    "/ca.pem",
+                    "--etcd-cert",
+                    "/c.pem",
+                ],
+                "--etcd-cert and --etcd-key go together",
             ),
             (
                 &[

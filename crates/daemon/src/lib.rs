@@ -52,6 +52,20 @@ pub use config::{Args, Config};
 pub use metrics::Metrics;
 pub use state::Daemon;
 
+/// Reads the PEM files for TLS to etcd, naming the flag of a file that cannot be read.
+fn read_etcd_tls(files: &config::EtcdTlsFiles) -> anyhow::Result<corral_store::EtcdTls> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    Ok(corral_store::EtcdTls {
+        ca: read("--etcd-ca-file", &files.ca)?,
+        identity: match &files.identity {
+            Some((cert, key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+            None => None,
+        },
+    })
+}
+
 /// Connects to etcd, waiting up to `wait` for it to answer: etcd started beside corrald
 /// may not be serving yet.
 async fn connect_etcd(
@@ -107,9 +121,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             endpoints,
             prefix,
             wait,
+            tls,
         } => {
             let mut etcd = EtcdConfig::new(endpoints.iter().cloned());
             etcd.prefix = prefix.clone();
+            etcd.tls = tls.as_ref().map(read_etcd_tls).transpose()?;
             tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
             Arc::new(connect_etcd(etcd, *wait).await.with_context(|| {
                 format!(

@@ -1,5 +1,5 @@
-//! corrald on the etcd store (`--store etcd`): a real etcd member, a real daemon and a real
-//! QEMU guest. The VM is declared through the API, kept in etcd (not in a SQLite file), boots
+//! corrald on the etcd store (`--store etcd`): a real etcd member (TLS with client
+//! certificates), a real daemon and a real QEMU guest. The VM is declared through the API, kept in etcd (not in a SQLite file), boots
 //! (evidence from its console), and survives a daemon restart: the new daemon reads it back
 //! from etcd and adopts the running QEMU instead of starting another.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use corral_client::{Client, Endpoint};
 use corral_contract::Phase;
-use corral_store::{EtcdConfig, EtcdStore, Selector, Store};
+use corral_store::{EtcdConfig, EtcdStore, EtcdTls, Selector, Store};
 use corral_testkit::{
     Corrald, EtcdCluster, boots, kit_vm, last_heartbeat, wait_console, wait_phase,
 };
@@ -16,10 +16,15 @@ const WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start_tls(1)).await??;
     let endpoint = etcd.endpoint(0);
+    let files = etcd.tls().expect("a TLS cluster").clone();
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
     let mut d = Corrald::builder(env!("CARGO_BIN_EXE_corrald"))
         .args(&["--store", "etcd", "--etcd-endpoints", &endpoint])
+        .args(&["--etcd-ca-file", &path(&files.ca)])
+        .args(&["--etcd-cert", &path(&files.client_cert)])
+        .args(&["--etcd-key", &path(&files.client_key)])
         .start()?;
     let c = Client::connect(Endpoint::Unix(d.socket())).await?;
     c.create_vm(&kit_vm("on-etcd", |b| b)).await?;
@@ -32,7 +37,15 @@ async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyh
     let beat = last_heartbeat(&c, "on-etcd").await?.expect("heartbeats");
 
     // The declaration lives in etcd, under corrald's prefix; no SQLite store was made.
-    let store = EtcdStore::connect(EtcdConfig::new([endpoint.clone()])).await?;
+    let mut config = EtcdConfig::new([endpoint.clone()]);
+    config.tls = Some(EtcdTls {
+        ca: std::fs::read_to_string(&files.ca)?,
+        identity: Some((
+            std::fs::read_to_string(&files.client_cert)?,
+            std::fs::read_to_string(&files.client_key)?,
+        )),
+    });
+    let store = EtcdStore::connect(config).await?;
     let (vms, _) = store.list("Vm", &Selector::everything()).await?;
     assert!(
         vms.iter().any(|vm| vm.name.ends_with("on-etcd")),

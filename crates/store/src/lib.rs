@@ -83,7 +83,7 @@ mod watch;
 
 pub use coord::{Elections, Leadership, Lease, Leases, LocalCoordinator};
 pub use error::{BackendError, StoreError};
-pub use etcd::{DEFAULT_PREFIX, EtcdConfig, EtcdCoordinator, EtcdStore};
+pub use etcd::{DEFAULT_PREFIX, EtcdConfig, EtcdCoordinator, EtcdStore, EtcdTls};
 pub use object::{EventType, Object, WatchEvent};
 pub use selector::{Requirement, Selector, SelectorError};
 pub use sqlite::{SqliteConfig, SqliteStore};

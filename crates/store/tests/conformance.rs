@@ -542,3 +542,49 @@ async fn etcd_lists_in_pages_of_one_snapshot() -> Result<()> {
     assert_eq!(even.len(), 5);
     Ok(())
 }
+
+/// etcd over TLS with client certificates: the store works with the cluster's CA and a
+/// client certificate, and is refused without the certificate or with another CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_needs_the_ca_and_a_client_certificate() -> Result<()> {
+    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start_tls(1)).await??;
+    let files = cluster.tls().expect("a TLS cluster").clone();
+    let read = |path: &std::path::Path| std::fs::read_to_string(path);
+    let tls = corral_store::EtcdTls {
+        ca: read(&files.ca)?,
+        identity: Some((read(&files.client_cert)?, read(&files.client_key)?)),
+    };
+    let with = |tls: Option<corral_store::EtcdTls>| {
+        let mut config = EtcdConfig::new(cluster.endpoints());
+        config.tls = tls;
+        config.connect_timeout = std::time::Duration::from_secs(2);
+        config
+    };
+
+    let store = EtcdStore::connect(with(Some(tls.clone()))).await?;
+    let from = store.revision().await?;
+    let mut watch = store.watch(None, from).await?;
+    let created = store.create(vm("over-tls")).await?;
+    assert_eq!(store.get("Vm", "over-tls").await?, created);
+    assert_eq!(next(&mut watch).await.revision, created.resource_version);
+
+    let anonymous = corral_store::EtcdTls {
+        identity: None,
+        ..tls.clone()
+    };
+    assert!(
+        EtcdStore::connect(with(Some(anonymous))).await.is_err(),
+        "a client without a certificate is refused"
+    );
+    let other_ca = corral_store::EtcdTls {
+        ca: read(&files.client_cert)?,
+        ..tls.clone()
+    };
+    assert!(
+        EtcdStore::connect(with(Some(other_ca))).await.is_err(),
+        "a server certificate the given CA did not sign is refused"
+    );
+    let err = EtcdStore::connect(with(None)).await.unwrap_err();
+    assert!(err.to_string().contains("--etcd-ca-file"), "{err}");
+    Ok(())
+}

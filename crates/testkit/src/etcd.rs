@@ -21,6 +21,8 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and `/metrics`), also when clients need TLS.
+    metrics_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -40,13 +42,84 @@ struct Member {
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
+    tls: Option<EtcdTlsFiles>,
     _dir: TempDir,
+}
+
+/// The PEM files of an [`EtcdCluster::start_tls`] cluster: its CA, the members' server
+/// certificate, and a client certificate the members accept (they require one).
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA that signed every certificate here.
+    pub ca: PathBuf,
+    /// The members' certificate (for `127.0.0.1` and `localhost`).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// A client certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+/// Makes a CA and, signed by it, a server and a client certificate, under `dir`.
+fn make_certificates(dir: &std::path::Path) -> Result<EtcdTlsFiles, Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let tls_err = |e: rcgen::Error| Error::Wait(format!("making etcd test certificates: {e}"));
+    let write = |name: &str, pem: String| -> Result<PathBuf, Error> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        Ok(path)
+    };
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let mut params = CertificateParams::new(names).map_err(tls_err)?;
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).map_err(tls_err)?;
+        Ok::<_, Error>((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_cert, client_key) =
+        leaf(vec!["corral".into()], ExtendedKeyUsagePurpose::ClientAuth)?;
+    Ok(EtcdTlsFiles {
+        ca: write("ca.pem", ca_cert.pem())?,
+        server_cert: write("server.pem", server_cert)?,
+        server_key: write("server-key.pem", server_key)?,
+        client_cert: write("client.pem", client_cert)?,
+        client_key: write("client-key.pem", client_key)?,
+    })
 }
 
 impl EtcdCluster {
     /// Starts `size` members forming one new cluster and waits until it is healthy (has
     /// a leader). Fails when the `etcd` binary is missing (`scripts/setup.sh` installs it).
     pub fn start(size: usize) -> Result<EtcdCluster, Error> {
+        Self::start_with(size, false)
+    }
+
+    /// Like [`start`](EtcdCluster::start), with clients served over TLS only and
+    /// required to present a certificate the cluster's CA signed ([`EtcdCluster::tls`]).
+    pub fn start_tls(size: usize) -> Result<EtcdCluster, Error> {
+        Self::start_with(size, true)
+    }
+
+    /// The certificates of a [`start_tls`](EtcdCluster::start_tls) cluster.
+    pub fn tls(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn start_with(size: usize, tls: bool) -> Result<EtcdCluster, Error> {
         let dir = tempfile::Builder::new()
             .prefix("corral-etcd-")
             .tempdir()
@@ -56,12 +129,22 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, _dir: dir };
+        let tls = if tls {
+            Some(make_certificates(dir.path())?)
+        } else {
+            None
+        };
+        let mut cluster = EtcdCluster {
+            members,
+            tls,
+            _dir: dir,
+        };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
         }
@@ -71,15 +154,13 @@ impl EtcdCluster {
 
     /// The client URLs of every member (also of killed ones), in member order.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// The client URL of member `index`.
+    /// The client URL of member `index` (`https://` with TLS).
     pub fn endpoint(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[index].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[index].client_port)
     }
 
     /// Kills member `index` with `SIGKILL` and reaps it; its data stays.
@@ -107,15 +188,29 @@ impl EtcdCluster {
 
     fn spawn(&mut self, index: usize) -> Result<(), Error> {
         let initial_cluster = self.initial_cluster();
+        let client = self.endpoint(index);
+        let tls = self.tls.clone();
         let member = &mut self.members[index];
-        let client = format!("http://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&member.log)
             .map_err(|e| Error::io(format!("open {}", member.log.display()), e))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", member.metrics_port))
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -157,7 +252,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + READY_PATIENCE;
         for i in members {
             loop {
-                if health(self.members[i].client_port) {
+                if health(self.members[i].metrics_port) {
                     break;
                 }
                 if let Some(child) = self.members[i].child.as_mut()
@@ -190,7 +285,7 @@ impl EtcdCluster {
     }
 }
 
-/// Whether the member on `port` answers `/health` with `"health":"true"` (it has a
+/// Whether the member whose metrics listener is on `port` answers `/health` with `"health":"true"` (it has a
 /// leader and serves requests).
 fn health(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {

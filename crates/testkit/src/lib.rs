@@ -44,7 +44,7 @@ mod vms;
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
 pub use error::Error;
-pub use etcd::EtcdCluster;
+pub use etcd::{EtcdCluster, EtcdTlsFiles};
 pub use kit::{GuestKit, workspace_root};
 pub use netns::{Netns, ip};
 pub use output::Output;

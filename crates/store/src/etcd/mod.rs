@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
-    TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KeyValue, KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch as signal;
@@ -51,6 +51,8 @@ pub struct EtcdConfig {
     pub stream_capacity: usize,
     /// How many objects one `Range` request of a list reads.
     pub list_page: usize,
+    /// TLS to the members: needed for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
     /// How long a watch keeps re-establishing itself (on another member) after its
     /// connection broke, before it reports the failure.
     pub watch_retry: Duration,
@@ -65,8 +67,29 @@ impl EtcdConfig {
             connect_timeout: Duration::from_secs(5),
             stream_capacity: 1024,
             list_page: 500,
+            tls: None,
             watch_retry: Duration::from_secs(30),
         }
+    }
+}
+
+/// TLS to etcd's client port, as PEM text.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA certificates that signed the members' certificates; the members' names (or
+    /// IP addresses) in the endpoints must be in their certificates.
+    pub ca: String,
+    /// A client certificate chain and its private key, for an etcd that asks for one
+    /// (`--client-cert-auth`).
+    pub identity: Option<(String, String)>,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the private key.
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,9 +103,11 @@ impl EtcdConfig {
             });
         }
         for endpoint in &self.endpoints {
-            check_endpoint(endpoint).map_err(|reason| StoreError::InvalidConfig {
-                field: "etcd endpoints",
-                reason: format!("{endpoint:?}: {reason}"),
+            check_endpoint(endpoint, self.tls.is_some()).map_err(|reason| {
+                StoreError::InvalidConfig {
+                    field: "etcd endpoints",
+                    reason: format!("{endpoint:?}: {reason}"),
+                }
             })?;
         }
         let prefix_ok = self.prefix.len() > 1
@@ -106,21 +131,34 @@ impl EtcdConfig {
     }
 }
 
-/// An endpoint is `http://HOST:PORT`, nothing more (no user, path or query).
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    if endpoint.starts_with("https://") {
-        return Err(
-            "TLS to etcd is not supported yet; reach it over http:// on a \
-                    trusted network"
-                .into(),
-        );
-    }
-    let Some(authority) = endpoint.strip_prefix("http://") else {
-        return Err("write a client URL as http://HOST:PORT".into());
+/// An endpoint is `http://HOST:PORT`, or `https://HOST:PORT` with TLS, nothing more (no
+/// user, path or query). Either every endpoint uses TLS or none does.
+fn check_endpoint(endpoint: &str, tls: bool) -> Result<(), String> {
+    let authority = match (endpoint.split_once("://"), tls) {
+        (Some(("https", rest)), true) => rest,
+        (Some(("http", _)), true) => {
+            return Err(
+                "with TLS to etcd (a CA file), write the client URL as https://HOST:PORT".into(),
+            );
+        }
+        (Some(("http", rest)), false) => rest,
+        (Some(("https", _)), false) => {
+            return Err(
+                "an https:// endpoint needs the CA that signed etcd's certificates \
+                 (--etcd-ca-file)"
+                    .into(),
+            );
+        }
+        _ => {
+            return Err(format!(
+                "write a client URL as {}://HOST:PORT",
+                if tls { "https" } else { "http" }
+            ));
+        }
     };
     let authority = authority.strip_suffix('/').unwrap_or(authority);
     let Some((host, port)) = authority.rsplit_once(':') else {
-        return Err("name the port: http://HOST:PORT (etcd's client port is 2379)".into());
+        return Err("name the port: SCHEME://HOST:PORT (etcd's client port is 2379)".into());
     };
     if port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(format!("port {port:?} is not a TCP port (1-65535)"));
@@ -221,10 +259,18 @@ impl EtcdStore {
     /// [`StoreError::InvalidConfig`] when the configuration is unusable.
     pub async fn connect(config: EtcdConfig) -> Result<Self, StoreError> {
         config.validate()?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &config.tls {
+            let mut settings =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(tls.ca.as_bytes()));
+            if let Some((cert, key)) = &tls.identity {
+                settings = settings.identity(Identity::from_pem(cert.as_bytes(), key.as_bytes()));
+            }
+            options = options.with_tls(settings);
+        }
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(etcd_err("connect to etcd"))?;
