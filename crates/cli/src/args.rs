@@ -55,6 +55,20 @@ pub struct ConnectionArgs {
     /// [env: CORRAL_CA_FILE]
     #[arg(long, global = true, value_name = "FILE", help_heading = CONNECTION)]
     pub ca_file: Option<PathBuf>,
+    /// The project to act in; left out, your only project, else `default`. For `auth`
+    /// commands: a project the identity works in (repeat for more)
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_PROJECT",
+        value_name = "NAME",
+        value_parser = parse_name,
+        help_heading = CONNECTION
+    )]
+    pub project: Vec<corral_contract::ResourceName>,
+    /// List and watch every project you work in (tables name objects PROJECT/NAME)
+    #[arg(long, global = true, help_heading = CONNECTION)]
+    pub all_projects: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -59,9 +59,6 @@ pub struct Rights {
     /// What it may do: admin, operator (change objects in its projects) or viewer (read)
     #[arg(long)]
     pub role: Role,
-    /// A project it works in; repeat for more [default: default]
-    #[arg(long = "project", value_name = "NAME", value_parser = parse_name)]
-    pub projects: Vec<ResourceName>,
     /// Also let it read guest memory
     #[arg(long)]
     pub memory: bool,
@@ -129,23 +126,28 @@ pub struct AuditArgs {
     pub output: OutputArgs,
 }
 
-fn identity(rights: &Rights, credential: Credential) -> Identity {
+/// An identity with `rights`, working in `projects` (the `--project` flags).
+fn identity(rights: &Rights, projects: &[ResourceName], credential: Credential) -> Identity {
     Identity::new(
         rights.name.clone(),
         IdentitySpec {
             role: rights.role,
             memory: rights.memory,
-            projects: rights.projects.clone(),
+            projects: projects.to_vec(),
             credential,
         },
     )
 }
 
 /// `auth …`.
-pub async fn auth(client: &Client, command: AuthCommand) -> Result<(), CliError> {
+pub async fn auth(
+    client: &Client,
+    command: AuthCommand,
+    projects: &[ResourceName],
+) -> Result<(), CliError> {
     match command {
         AuthCommand::Token(TokenCommand::Create(args)) => {
-            let id = identity(&args.rights, Credential::Token { blake3: None });
+            let id = identity(&args.rights, projects, Credential::Token { blake3: None });
             let (id, token) = client.create_identity(&id).await?;
             let token = token
                 .ok_or_else(|| CliError::Failed("corrald made no token for the identity".into()))?;
@@ -166,12 +168,12 @@ pub async fn auth(client: &Client, command: AuthCommand) -> Result<(), CliError>
         }
         AuthCommand::Cert(CertCommand::Add(args)) => {
             let sha256 = fingerprint(&args.cert)?;
-            let id = identity(&args.rights, Credential::Cert { sha256 });
+            let id = identity(&args.rights, projects, Credential::Cert { sha256 });
             let (id, _) = client.create_identity(&id).await?;
             created(&id, args.output.format)
         }
         AuthCommand::Unix(UnixCommand::Add(args)) => {
-            let id = identity(&args.rights, Credential::Unix { uid: args.uid });
+            let id = identity(&args.rights, projects, Credential::Unix { uid: args.uid });
             let (id, _) = client.create_identity(&id).await?;
             created(&id, args.output.format)
         }

@@ -20,7 +20,11 @@ use crate::{CliError, create, manifest, output, storage};
 const SYSTEM_ANNOTATIONS: &str = corral_contract::names::PREFIX;
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let connection = cli.connection;
+    let mut connection = cli.connection;
+    crate::output::ALL_PROJECTS.store(
+        connection.all_projects,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.command {
         Command::Vm(command) => vm(&connection, command).await,
         Command::Image(command) => storage::image(connect(&connection).await?, command).await,
@@ -35,7 +39,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
-        Command::Auth(command) => crate::auth::auth(&connect(&connection).await?, command).await,
+        Command::Auth(command) => {
+            // Here --project names the identity's projects, not where the request acts.
+            let projects = std::mem::take(&mut connection.project);
+            crate::auth::auth(&connect(&connection).await?, command, &projects).await
+        }
         Command::Audit(args) => crate::auth::audit(&connect(&connection).await?, args).await,
         Command::Project(command) => {
             crate::auth::project(&connect(&connection).await?, command).await
@@ -82,7 +90,25 @@ fn token(connection: &ConnectionArgs) -> Result<Option<String>, CliError> {
 }
 
 async fn connect(connection: &ConnectionArgs) -> Result<Client, CliError> {
-    Ok(Client::connect(endpoint(connection)?).await?)
+    connect_to(endpoint(connection)?, connection).await
+}
+
+/// Connects to `endpoint`, acting in the project the flags or CORRAL_PROJECT name.
+pub(crate) async fn connect_to(
+    endpoint: corral_client::Endpoint,
+    connection: &ConnectionArgs,
+) -> Result<Client, CliError> {
+    let project = match connection.project.as_slice() {
+        [] => None,
+        [one] => Some(one.as_str()),
+        _ => {
+            return Err(CliError::Usage(
+                "--project: a command acts in one project; give it once".into(),
+            ));
+        }
+    };
+    let client = Client::connect(endpoint).await?;
+    Ok(client.in_project(project, connection.all_projects)?)
 }
 
 pub fn print(text: &str) -> Result<(), CliError> {
@@ -103,7 +129,7 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             if endpoint.is_local() {
                 create::check_boot_files(&vm)?;
             }
-            let client = Client::connect(endpoint).await?;
+            let client = connect_to(endpoint, connection).await?;
             let created = client.create_vm(&vm).await?;
             print(&format!("vm/{} created\n", created.metadata.name))?;
             let goal = Goal::for_power(created.spec.power);
@@ -254,30 +280,40 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
                 .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
         }
     }
-    let client = Client::connect(endpoint).await?;
+    let client = connect_to(endpoint, connection).await?;
     let mut failures = Failures::default();
     let mut applied = Vec::new();
     // In dependency order: networks and images before the volumes and VMs that use them,
     // snapshots of a VM after it.
     let mut resources = resources;
     resources.sort_by_key(|r| match r {
-        Resource::Network(_) => 0,
-        Resource::Image(_) => 1,
-        Resource::Volume(_) => 2,
-        Resource::Vm(_) => 3,
-        Resource::Snapshot(_) => 4,
-        Resource::Identity(_) | Resource::Project(_) => 5,
+        Resource::Project(_) => 0,
+        Resource::Network(_) => 1,
+        Resource::Image(_) => 2,
+        Resource::Volume(_) => 3,
+        Resource::Vm(_) => 4,
+        Resource::Snapshot(_) => 5,
+        Resource::Identity(_) => 6,
     });
+    let connected = client;
     for resource in resources {
         let what = format!(
             "{}/{}",
             resource.kind().as_str().to_lowercase(),
             resource.metadata().name
         );
+        let project = resource.metadata().project.as_ref().map(|p| p.to_string());
         let target = crate::converge::Target {
             kind: resource.kind(),
             name: resource.metadata().name.to_string(),
             power: resource.as_vm().map(|vm| vm.spec.power),
+            project: project.clone(),
+        };
+        // An object that names its project is applied there (the server checks the caller
+        // works in it); others go to the connection's.
+        let client = match &project {
+            Some(p) => connected.clone().in_project(Some(p), false)?,
+            None => connected.clone(),
         };
         let vm = match resource {
             Resource::Vm(vm) => vm,
@@ -317,7 +353,7 @@ async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), C
         }
     }
     if args.wait && !applied.is_empty() {
-        let waited = crate::converge::wait_all(&client, applied, args.timeout).await;
+        let waited = crate::converge::wait_all(&connected, applied, args.timeout).await;
         failures.into_result()?;
         return waited;
     }
@@ -413,6 +449,10 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
             resource.kind().as_str().to_lowercase(),
             resource.metadata().name
         );
+        let client = match &resource.metadata().project {
+            Some(p) => client.clone().in_project(Some(p.as_str()), false)?,
+            None => client.clone(),
+        };
         match storage::delete(&client, &resource).await {
             Ok(()) => print(&format!("{what} deleting\n"))?,
             Err(e) => failures.report(&what, &e),

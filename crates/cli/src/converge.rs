@@ -21,6 +21,8 @@ pub struct Target {
     pub name: String,
     /// For a VM, its declared power state.
     pub power: Option<Power>,
+    /// The project its manifest names, if any (else the connection's).
+    pub project: Option<String>,
 }
 
 /// Where a resource stands now.
@@ -104,6 +106,10 @@ fn storage_state(phase: StoragePhase, message: Option<String>) -> State {
 
 async fn state(client: &Client, t: &Target) -> Result<State, ClientError> {
     let name = t.name.as_str();
+    let client = &match &t.project {
+        Some(p) => client.clone().in_project(Some(p), false)?,
+        None => client.clone(),
+    };
     Ok(match t.kind {
         Kind::Vm => {
             let vm = client.get_vm(name).await?;

@@ -45,16 +45,17 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestErr
         for (at, value) in items {
             let name = name_of(&value);
             // `network/lab`, `vm/web-1`: the same words the apply output uses.
-            let kind = match value.get("kind").and_then(Value::as_str) {
-                Some("Network") => "network",
-                _ => "vm",
-            };
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("Vm")
+                .to_lowercase();
             let located = match &name {
                 Some(name) => format!("{at} ({kind}/{name})"),
                 None => at,
             };
             let resource = parse_resource(value).map_err(|m| error(located.clone(), m))?;
-            let key = (resource.kind(), resource.metadata().name.clone());
+            let key = (resource.kind(), resource.metadata().key());
             if !names.insert(key) {
                 let message = "this resource appears earlier in the manifest: keep one".into();
                 return Err(error(located, message));

@@ -63,6 +63,9 @@ pub struct NetworkCreateArgs {
     /// gateway (user only). Off by default: guests reach only the ports forwarded to them
     #[arg(long)]
     pub host_access: bool,
+    /// Let VMs of every project join it (admins only; networks of project `default`)
+    #[arg(long)]
+    pub shared: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -216,6 +219,7 @@ pub async fn network(client: &Client, command: NetworkCommand) -> Result<(), Cli
                 bridge: args.bridge.clone(),
                 interface: args.interface.clone(),
                 host_access: args.host_access,
+                shared: args.shared,
                 ..spec
             };
             spec.validate()
@@ -273,7 +277,7 @@ fn print_networks(
             let now = SystemTime::now();
             for n in nets {
                 rows.push([
-                    n.metadata.name.to_string(),
+                    output::row_name(&n.metadata),
                     n.spec.mode.to_string(),
                     n.spec.cidr.to_string(),
                     n.spec.gateway().to_string(),

@@ -6,6 +6,18 @@ use corral_contract::{Resource, Vm};
 
 use crate::args::Format;
 
+/// Set once from `--all-projects`: tables then name objects `PROJECT/NAME`.
+pub static ALL_PROJECTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An object's name in a table: `PROJECT/NAME` when listing every project.
+pub fn row_name(meta: &corral_contract::ObjectMeta) -> String {
+    if ALL_PROJECTS.load(std::sync::atomic::Ordering::Relaxed) {
+        format!("{}/{}", meta.project(), meta.name)
+    } else {
+        meta.name.to_string()
+    }
+}
+
 const COLUMNS: [&str; 7] = ["NAME", "PHASE", "CPUS", "MEMORY", "ARCH", "PID", "AGE"];
 
 /// VMs in `format`. JSON is an array of `{kind, metadata, spec, status}`; YAML is one
@@ -72,7 +84,7 @@ fn row(vm: &Vm, now: SystemTime) -> [String; 7] {
         vm.status.phase.to_string()
     };
     [
-        vm.metadata.name.to_string(),
+        row_name(&vm.metadata),
         phase,
         vm.spec.cpus.to_string(),
         vm.spec.memory.to_string(),

@@ -96,6 +96,9 @@ pub struct ImportArgs {
     /// Add a label, KEY=VALUE; repeat for more
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Let volumes of every project clone it (admins only; images of project `default`)
+    #[arg(long)]
+    pub shared: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -336,7 +339,7 @@ fn images(items: &[Image], format: Format, single: bool) -> Result<String, CliEr
         ["NAME", "FORMAT", "SIZE", "DIGEST", "PHASE", "AGE"],
         |i| {
             [
-                i.metadata.name.to_string(),
+                crate::output::row_name(&i.metadata),
                 opt(&i.status.format),
                 opt(&i.status.size.map(ByteSize::new)),
                 short_digest(&i.status.digest),
@@ -360,7 +363,7 @@ fn volumes(items: &[Volume], format: Format, single: bool) -> Result<String, Cli
                 v.status.phase.to_string()
             };
             [
-                v.metadata.name.to_string(),
+                crate::output::row_name(&v.metadata),
                 v.spec.kind.to_string(),
                 v.status.format.unwrap_or(v.spec.format()).to_string(),
                 opt(&v.status.size.map(ByteSize::new)),
@@ -380,7 +383,7 @@ fn snapshots(items: &[Snapshot], format: Format, single: bool) -> Result<String,
         ["NAME", "VM", "MEMORY", "PHASE", "AGE"],
         |s| {
             [
-                s.metadata.name.to_string(),
+                crate::output::row_name(&s.metadata),
                 s.spec.vm.to_string(),
                 s.spec.memory.to_string(),
                 s.status.phase.to_string(),
@@ -430,6 +433,7 @@ pub async fn image(client: Client, command: ImageCommand) -> Result<(), CliError
                 spec: ImageSpec {
                     source,
                     format: args.format,
+                    shared: args.shared,
                 },
                 status: Default::default(),
             };

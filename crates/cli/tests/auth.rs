@@ -144,3 +144,67 @@ fn a_project_limit_refuses_creates_naming_the_limit_and_its_use() {
     assert_eq!(p["spec"]["limits"]["disk"], "2G");
     assert!(p["spec"]["limits"].get("vms").is_none(), "{p}");
 }
+
+#[test]
+fn projects_from_the_cli_flag_environment_and_manifest() {
+    let d = corral_testkit::Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let corral = Cli::new(CORRAL, &d);
+    corral.ok(&["project", "create", "web"]);
+    corral.fails(
+        &[
+            "--project",
+            "nope",
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "64M",
+        ],
+        3,
+        "project \"nope\" not found",
+    );
+    // The same name in two projects, by flag and by CORRAL_PROJECT.
+    corral.ok(&["volume", "create", "data", "--size", "64M"]);
+    corral.ok(&[
+        "--project",
+        "web",
+        "volume",
+        "create",
+        "data",
+        "--size",
+        "128M",
+    ]);
+    let in_web = Cli::new(CORRAL, &d).env("CORRAL_PROJECT", "web");
+    let v = in_web.json(&["volume", "get", "data", "-o", "json"]);
+    assert_eq!(v["metadata"]["project"], "web");
+    assert_eq!(v["spec"]["size"], "128M");
+    let v = corral.json(&["volume", "get", "data", "-o", "json"]);
+    assert_eq!(v["metadata"]["project"], "default");
+    // A manifest names its project; apply puts it there, delete finds it there.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        "kind: Volume\nmetadata: {name: cart, project: shop}\nspec: {size: 64M}\n",
+    )
+    .unwrap();
+    corral.ok(&["project", "create", "shop"]);
+    let m = manifest.to_str().unwrap();
+    let applied = corral.ok(&["apply", "-f", m]);
+    assert!(applied.contains("volume/cart created"), "{applied}");
+    corral.fails(&["volume", "get", "cart"], 3, "not found");
+    corral.ok(&["--project", "shop", "volume", "get", "cart"]);
+    // Every project at once names each object PROJECT/NAME.
+    let all = corral.ok(&["volume", "list", "--all-projects"]);
+    for name in ["default/data", "web/data", "shop/cart"] {
+        assert!(all.contains(name), "{name} in {all}");
+    }
+    let only_web = in_web.ok(&["volume", "list"]);
+    assert!(
+        only_web.contains("data") && !only_web.contains("cart"),
+        "{only_web}"
+    );
+    corral.fails(&["project", "delete", "shop"], 1, "not empty (1 volume(s))");
+    let deleted = corral.ok(&["delete", "-f", m]);
+    assert!(deleted.contains("volume/cart deleting"), "{deleted}");
+}

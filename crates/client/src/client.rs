@@ -37,6 +37,8 @@ pub struct Client {
     pub(crate) memory: MemoryServiceClient<Transport>,
     /// The connection, for the service clients of other modules.
     pub(crate) transport: Transport,
+    channel: Channel,
+    auth: Auth,
     /// The socket path or URL, for error messages.
     endpoint: Arc<str>,
 }
@@ -54,15 +56,23 @@ pub struct ServerVersion {
     pub node: String,
 }
 
-/// Adds `authorization: Bearer <token>` to every call when there is a token.
-/// Adds the bearer token, if any, to every call.
-#[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+/// What every call carries: `authorization: Bearer <token>` when there is a token, and the
+/// project it acts in (`corral-project`, `corral-all-projects`) when one is chosen.
+#[derive(Clone, Default)]
+pub struct Auth {
+    token: Option<MetadataValue<Ascii>>,
+    project: Option<MetadataValue<Ascii>>,
+    all_projects: bool,
+}
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let token = self.0.as_ref().map(|_| "<redacted>");
-        f.debug_tuple("Auth").field(&token).finish()
+        let token = self.token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Auth")
+            .field("token", &token)
+            .field("project", &self.project)
+            .field("all_projects", &self.all_projects)
+            .finish()
     }
 }
 
@@ -71,10 +81,15 @@ impl Interceptor for Auth {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
+        let metadata = request.metadata_mut();
+        if let Some(value) = &self.token {
+            metadata.insert("authorization", value.clone());
+        }
+        if let Some(project) = &self.project {
+            metadata.insert("corral-project", project.clone());
+        }
+        if self.all_projects {
+            metadata.insert("corral-all-projects", MetadataValue::from_static("true"));
         }
         Ok(request)
     }
@@ -107,8 +122,16 @@ impl Client {
             ),
             None => None,
         };
-        let transport = InterceptedService::new(channel, Auth(auth));
-        Ok(Client {
+        let auth = Auth {
+            token: auth,
+            ..Auth::default()
+        };
+        Ok(Client::build(channel, auth, name.into()))
+    }
+
+    fn build(channel: Channel, auth: Auth, endpoint: Arc<str>) -> Client {
+        let transport = InterceptedService::new(channel.clone(), auth.clone());
+        Client {
             vms: VmServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -116,8 +139,41 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             system: SystemServiceClient::new(transport.clone()),
             transport,
-            endpoint: name.into(),
-        })
+            channel,
+            auth,
+            endpoint,
+        }
+    }
+
+    /// The same connection acting in `project` (`None`: the server's choice — the caller's
+    /// only project, else `default`), with lists and watches of every project the caller
+    /// works in when `all_projects`.
+    pub fn in_project(
+        self,
+        project: Option<&str>,
+        all_projects: bool,
+    ) -> Result<Client, ClientError> {
+        let project = project
+            .map(|p| {
+                corral_contract::ResourceName::new(p)
+                    .map_err(|e| ClientError::Config {
+                        message: format!("project: {e}"),
+                    })
+                    .and_then(|p| {
+                        p.as_str().parse::<MetadataValue<Ascii>>().map_err(|_| {
+                            ClientError::Config {
+                                message: format!("project {p:?} cannot be sent"),
+                            }
+                        })
+                    })
+            })
+            .transpose()?;
+        let auth = Auth {
+            project,
+            all_projects,
+            ..self.auth
+        };
+        Ok(Client::build(self.channel, auth, self.endpoint))
     }
 
     /// The generated gRPC client of the VM service on this connection, for callers that

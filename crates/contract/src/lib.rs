@@ -57,7 +57,7 @@ pub use condition::{Condition, set_condition};
 pub use de::{Strict, from_json};
 pub use error::ValidationError;
 pub use identity::{Credential, DEFAULT_PROJECT, Identity, IdentitySpec, IdentityStatus, Role};
-pub use meta::ObjectMeta;
+pub use meta::{ObjectMeta, object_key, split_key};
 pub use name::{NameError, ResourceName};
 pub use network::{
     Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,

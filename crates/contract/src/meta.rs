@@ -22,6 +22,15 @@ pub struct ObjectMeta {
     /// Unique among resources of the same kind.
     #[serde(deserialize_with = "de_name")]
     pub name: ResourceName,
+    /// The project the resource belongs to (VMs, images, volumes, snapshots and networks;
+    /// identities and projects belong to none). Left out, the request's project; the server
+    /// always fills it in. Names are unique per project.
+    #[serde(
+        default,
+        deserialize_with = "de_project",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub project: Option<ResourceName>,
     /// Assigned by the server on creation and never changed; empty until then.
     #[serde(default)]
     pub uid: String,
@@ -52,6 +61,10 @@ pub struct ObjectMeta {
 
 field_paths! { de_name => "metadata.name" }
 
+fn de_project<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ResourceName>, D::Error> {
+    crate::de::at("metadata.project", d)
+}
+
 fn de_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let labels = crate::de::at("metadata.labels", d)?;
     validate_labels(&labels).map_err(D::Error::custom)?;
@@ -69,6 +82,7 @@ impl ObjectMeta {
     pub fn new(name: ResourceName) -> Self {
         ObjectMeta {
             name,
+            project: None,
             uid: String::new(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
@@ -84,6 +98,31 @@ impl ObjectMeta {
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
+    }
+
+    /// The project it belongs to: `default` when it names none.
+    pub fn project(&self) -> &str {
+        self.project
+            .as_ref()
+            .map_or(crate::DEFAULT_PROJECT, ResourceName::as_str)
+    }
+
+    /// Puts it in `project` (builder style).
+    #[must_use]
+    pub fn in_project(mut self, project: ResourceName) -> Self {
+        self.project = Some(project);
+        self
+    }
+
+    /// Where the store keeps it: see [`object_key`].
+    pub fn key(&self) -> String {
+        object_key(self.project(), self.name.as_str())
+    }
+
+    /// The store key of the object of the same project named `name` (what a reference in its
+    /// spec means, for kinds that are never shared).
+    pub fn key_of(&self, name: &ResourceName) -> String {
+        object_key(self.project(), name.as_str())
     }
 
     /// Checks the labels and annotation keys (the name is valid by construction).
@@ -115,6 +154,22 @@ fn validate_annotations(annotations: &BTreeMap<String, String>) -> Result<(), Va
         )),
         None => Ok(()),
     }
+}
+
+/// The store key of the object `name` in `project`: the bare name in project `default` (so a
+/// store from before projects reads the same), `project/name` in any other. Names cannot hold
+/// a `/`, so keys never collide; Incus keeps its default project unprefixed the same way.
+pub fn object_key(project: &str, name: &str) -> String {
+    if project == crate::DEFAULT_PROJECT {
+        name.to_owned()
+    } else {
+        format!("{project}/{name}")
+    }
+}
+
+/// The project and name of a store key made by [`object_key`].
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((crate::DEFAULT_PROJECT, key))
 }
 
 /// `[prefix/]name`, where prefix is a DNS subdomain (≤ 253 characters).

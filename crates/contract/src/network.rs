@@ -89,6 +89,10 @@ impl Object for Network {
         self.metadata.validate()?;
         self.spec.validate()
     }
+
+    fn shared(&self) -> bool {
+        self.spec.shared
+    }
 }
 
 /// What a network is. Valid by construction (deserialising checks it).
@@ -135,6 +139,12 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schema(required = false)]
     pub host_access: bool,
+    /// VMs of every project may join it (default false). Only an admin may share, and only a
+    /// network of project `default`: a VM's `network: lan` names its own project's `lan`, or
+    /// failing that a shared `lan` of `default`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
+    pub shared: bool,
 }
 
 /// The widest subnet a network may have: /8. A wider one would cover a large share of the
@@ -152,6 +162,7 @@ impl Default for NetworkSpec {
             bridge: None,
             interface: None,
             host_access: false,
+            shared: false,
         }
     }
 }
@@ -292,6 +303,8 @@ struct NetworkSpecInput {
     interface: Option<String>,
     #[serde(default, deserialize_with = "de_host_access")]
     host_access: Option<bool>,
+    #[serde(default, deserialize_with = "de_shared")]
+    shared: Option<bool>,
 }
 
 field_paths! {
@@ -303,6 +316,7 @@ field_paths! {
     de_bridge => "spec.bridge",
     de_interface => "spec.interface",
     de_host_access => "spec.host_access",
+    de_shared => "spec.shared",
 }
 
 impl TryFrom<NetworkSpecInput> for NetworkSpec {
@@ -322,6 +336,7 @@ impl TryFrom<NetworkSpecInput> for NetworkSpec {
             bridge: input.bridge,
             interface: input.interface,
             host_access: input.host_access.unwrap_or(false),
+            shared: input.shared.unwrap_or(false),
         };
         spec.validate()?;
         Ok(spec)

@@ -23,6 +23,14 @@ choice! {
     }
 }
 
+impl Kind {
+    /// Whether objects of this kind belong to a project (`metadata.project`); identities and
+    /// projects are the daemon's own and belong to none.
+    pub fn in_project(self) -> bool {
+        !matches!(self, Kind::Identity | Kind::Project)
+    }
+}
+
 /// What every kind of resource has: metadata, a validated spec and a status.
 pub trait Object {
     /// The kind, as written in manifests.
@@ -37,6 +45,11 @@ pub trait Object {
     /// Checks metadata and spec (deserialisation already does; this is for values built or
     /// changed in Rust).
     fn validate(&self) -> Result<(), ValidationError>;
+
+    /// Whether objects of other projects may refer to it (see [`ImageSpec::shared`](crate::ImageSpec::shared)).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Any resource, with its kind: the form of manifests and of API output.

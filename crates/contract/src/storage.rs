@@ -28,7 +28,7 @@ choice! {
 
 /// Implements [`crate::Object`] and a constructor for a storage resource.
 macro_rules! storage_object {
-    ($ty:ident, $spec:ident, $status:ident, $kind:ident) => {
+    ($ty:ident, $spec:ident, $status:ident, $kind:ident $(, $shared:ident)?) => {
         impl $ty {
             /// A resource named `name` with `spec` and an empty status.
             pub fn new(name: $crate::ResourceName, spec: $spec) -> Self {
@@ -55,6 +55,10 @@ macro_rules! storage_object {
                 self.metadata.validate()?;
                 self.spec.validate()
             }
+
+            $(fn shared(&self) -> bool {
+                self.spec.$shared
+            })?
         }
     };
 }

@@ -132,7 +132,7 @@ async fn ensure(
     let Some(br) = bridge_of(net) else {
         return Ok(());
     };
-    let state_dir = dir.join(name);
+    let state_dir = dir.join(state_name(net));
     // A network deleted and created again under the same name between two passes: what the
     // old one made goes first.
     if read_state(&state_dir).is_some_and(|old| old.uid != uid) {
@@ -323,7 +323,8 @@ impl NetworkController {
             HostNet::read().await
         };
         for net in bridges {
-            let name = net.metadata.name.as_str();
+            let key = net.metadata.key();
+            let name = key.as_str();
             let outcome = match &host {
                 Ok(host) => ensure(&self.dir, net, &nets, host)
                     .await
@@ -352,7 +353,7 @@ impl NetworkController {
             let name = entry.file_name().to_string_lossy().into_owned();
             let declared = nets
                 .iter()
-                .any(|n| n.metadata.name == name.as_str() && n.spec.mode == NetworkMode::Bridge);
+                .any(|n| state_name(n) == name && n.spec.mode == NetworkMode::Bridge);
             if declared {
                 left += 1;
             } else {
@@ -365,4 +366,10 @@ impl NetworkController {
         }
         Ok(())
     }
+}
+
+/// The directory a bridge network's state lives in: its name in project `default`,
+/// `project_name` in others (names never hold a `_`, so the two never meet).
+fn state_name(net: &Network) -> String {
+    net.metadata.key().replace('/', "_")
 }

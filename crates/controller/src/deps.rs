@@ -10,25 +10,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use corral_contract::{
-    Image, Kind, Network, NetworkPhase, StoragePhase, Vm, VmSpec, Volume, names,
+    Image, Kind, Network, NetworkPhase, ObjectMeta, StoragePhase, Vm, VmSpec, Volume, names,
+    split_key,
 };
-use corral_service::{ServiceError, read};
+use corral_service::{ServiceError, read, reference_keys, resolve};
 use corral_store::Store;
 
 use crate::disks::attached_volumes;
 
-/// One object another one needs.
+/// One object another one needs: its kind and its store key in the dependent's project (an
+/// image or network may turn out to be a shared one of `default`: see [`resolve`]).
 pub type Dependency = (Kind, String);
 
 /// What a VM needs: the volumes it attaches (boot first) and the networks it joins.
-pub fn of_vm(spec: &VmSpec) -> Vec<Dependency> {
+pub fn of_vm(meta: &ObjectMeta, spec: &VmSpec) -> Vec<Dependency> {
     let volumes = attached_volumes(spec)
         .into_iter()
-        .map(|a| (Kind::Volume, a.volume.as_str().to_owned()));
+        .map(|a| (Kind::Volume, meta.key_of(&a.volume)));
     let networks = spec
         .networks
         .iter()
-        .map(|a| (Kind::Network, a.network.as_str().to_owned()));
+        .map(|a| (Kind::Network, meta.key_of(&a.network)));
     volumes.chain(networks).collect()
 }
 
@@ -38,8 +40,20 @@ pub fn of_volume(volume: &Volume) -> Vec<Dependency> {
         .spec
         .image
         .iter()
-        .map(|i| (Kind::Image, i.as_str().to_owned()))
+        .map(|i| (Kind::Image, volume.metadata.key_of(i)))
         .collect()
+}
+
+/// The keys a change to which may change `dep`: its own, and for kinds that can be shared,
+/// that of the shared object of `default` it falls back to.
+fn watched_keys((kind, key): &Dependency) -> Vec<Dependency> {
+    let (project, name) = split_key(key);
+    let keys = match kind {
+        Kind::Image => reference_keys::<Image>(project, name),
+        Kind::Network => reference_keys::<Network>(project, name),
+        _ => vec![key.clone()],
+    };
+    keys.into_iter().map(|k| (*kind, k)).collect()
 }
 
 /// Dependents by dependency, for one kind of dependent.
@@ -62,7 +76,7 @@ impl DependencyIndex {
             return;
         }
         if let Some(old) = index.needs.remove(dependent) {
-            for dep in old {
+            for dep in old.iter().flat_map(watched_keys) {
                 if let Some(set) = index.dependents.get_mut(&dep) {
                     set.remove(dependent);
                     if set.is_empty() {
@@ -71,10 +85,10 @@ impl DependencyIndex {
                 }
             }
         }
-        for dep in &deps {
+        for dep in deps.iter().flat_map(watched_keys) {
             index
                 .dependents
-                .entry(dep.clone())
+                .entry(dep)
                 .or_default()
                 .insert(dependent.to_owned());
         }
@@ -134,16 +148,17 @@ impl Readiness {
 pub async fn check(store: &dyn Store, deps: &[Dependency]) -> Result<Readiness, ServiceError> {
     let mut waiting = Vec::new();
     let mut failed = Vec::new();
-    for (kind, name) in deps {
+    for (kind, key) in deps {
+        let (project, name) = split_key(key);
         let what = format!("{}/{name}", kind.as_str().to_lowercase());
         let state = match kind {
-            Kind::Volume => read::<Volume>(store, name)
+            Kind::Volume => read::<Volume>(store, key)
                 .await?
                 .map(|v| storage_state(v.metadata.deleting, v.status.phase, v.status.message)),
-            Kind::Image => read::<Image>(store, name)
+            Kind::Image => resolve::<Image>(store, project, name)
                 .await?
                 .map(|i| storage_state(i.metadata.deleting, i.status.phase, i.status.message)),
-            Kind::Network => read::<Network>(store, name).await?.map(|n| {
+            Kind::Network => resolve::<Network>(store, project, name).await?.map(|n| {
                 match (n.metadata.deleting, n.status.phase) {
                     (true, _) => State::NotYet("being deleted".into()),
                     (false, NetworkPhase::Ready) => State::Ready,
@@ -192,7 +207,7 @@ fn storage_state(deleting: bool, phase: StoragePhase, message: Option<String>) -
 
 /// The VM's dependencies, for [`DependencyIndex::set`].
 pub fn vm_deps(vm: &Vm) -> Vec<Dependency> {
-    of_vm(&vm.spec)
+    of_vm(&vm.metadata, &vm.spec)
 }
 
 #[cfg(test)]

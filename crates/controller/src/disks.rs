@@ -1,6 +1,6 @@
 //! From a VM's declared volumes to the disks its QEMU gets.
 
-use corral_contract::{Boot, ResourceName, StoragePhase, VmSpec, VolumeKind};
+use corral_contract::{Boot, ResourceName, StoragePhase, Vm, VmSpec, VolumeKind};
 use corral_hypervisor::{DiskConfig, VmConfig};
 use corral_service::{ServiceError, StorageService};
 
@@ -52,12 +52,12 @@ pub fn attached_volumes(spec: &VmSpec) -> Vec<AttachedVolume> {
 /// digest. The error's message is a sentence for the VM's status.
 pub async fn resolve(
     storage: &StorageService,
-    spec: &VmSpec,
+    vm: &Vm,
     config: &mut VmConfig,
 ) -> Result<(), ControllerError> {
-    for a in attached_volumes(spec) {
+    for a in attached_volumes(&vm.spec) {
         let name = a.volume.as_str();
-        let volume = storage.volumes.get(name).await?;
+        let volume = storage.volumes.get(&vm.metadata.key_of(&a.volume)).await?;
         if volume.metadata.deleting {
             return Err(ServiceError::Deleting {
                 kind: corral_contract::Volume::NOUN,

@@ -6,10 +6,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use corral_contract::{
-    CloudInit, ForwardStatus, NetworkAttachmentStatus, NetworkMode, NetworkPhase, Vm,
+    CloudInit, ForwardStatus, Network, NetworkAttachmentStatus, NetworkMode, NetworkPhase, Vm,
 };
 use corral_hypervisor::{FileOwner, HostForward, NetBackend, NicConfig};
-use corral_service::{NetworkService, ServiceError, Stored, VmService};
+use corral_service::{NetworkService, ServiceError, Stored, VmService, resolve};
 
 use crate::ControllerError;
 use crate::error::NicProblem;
@@ -35,7 +35,12 @@ pub(crate) async fn prepare(
     let mut networks = Vec::new();
     for (index, att) in vm.spec.networks.iter().enumerate() {
         let name = att.network.as_str();
-        let net = nets.get(name).await?;
+        let net = resolve::<Network>(&**nets.store(), vm.metadata.project(), name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind: corral_contract::Network::NOUN,
+                name: name.to_owned(),
+            })?;
         if net.status.phase != NetworkPhase::Ready {
             return Err(ServiceError::NotReady {
                 kind: corral_contract::Network::NOUN,

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use corral_contract::names::annotations;
 use corral_contract::{
-    DiskFormat, Kind, Phase, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
+    DiskFormat, Image, Kind, Phase, Snapshot, StoragePhase, ValidationError, Vm, Volume, VolumeKind,
 };
 use corral_hypervisor::{FileOwner, Hypervisor, SnapshotOp as HvSnapshotOp, VmState};
-use corral_service::{ServiceError, StorageService};
+use corral_service::{ServiceError, StorageService, may_refer, resolve};
 use corral_storage::SnapshotOp;
 use tokio::sync::watch;
 
@@ -106,13 +106,13 @@ impl StorageController {
         if let Ok((volumes, rev)) = self.svc.volumes.list("").await {
             revision = rev;
             for v in volumes {
-                self.queue.add(&format!("{VOLUME}{}", v.metadata.name));
+                self.queue.add(&format!("{VOLUME}{}", v.metadata.key()));
             }
         }
         if let Ok((snaps, rev)) = self.svc.snapshots.list("").await {
             revision = revision.min(rev).max(1);
             for s in snaps {
-                self.queue.add(&format!("{SNAPSHOT}{}", s.metadata.name));
+                self.queue.add(&format!("{SNAPSHOT}{}", s.metadata.key()));
             }
         }
         revision
@@ -360,7 +360,14 @@ impl StorageController {
         let qemu_img = self.svc.qemu_img().clone();
         let spec = volume.spec.clone();
         let image = match &spec.image {
-            Some(name) => Some(self.svc.images.get(name.as_str()).await?),
+            Some(name) => {
+                let project = volume.metadata.project();
+                let image = resolve::<Image>(&**self.svc.images.store(), project, name.as_str());
+                Some(image.await?.ok_or_else(|| ServiceError::NotFound {
+                    kind: "image",
+                    name: name.to_string(),
+                })?)
+            }
             None => None,
         };
         let blob = match image.as_ref().and_then(|i| i.status.digest.as_deref()) {
@@ -453,7 +460,7 @@ impl StorageController {
     /// Grows a volume: through QEMU when a running VM has it attached, else with qemu-img.
     async fn grow(&self, volume: &Volume, path: &Path, size: u64) -> Result<(), ControllerError> {
         let name = volume.metadata.name.as_str();
-        if let Some((vm, index)) = self.attached_to(name).await {
+        if let Some((vm, index)) = self.attached_to(volume).await {
             if matches!(
                 self.hv.state(&vm.metadata.uid).await,
                 Ok(VmState::Running | VmState::Paused { .. })
@@ -468,12 +475,12 @@ impl StorageController {
     }
 
     /// The VM that has this volume attached, and its disk index.
-    async fn attached_to(&self, volume: &str) -> Option<(Vm, usize)> {
+    async fn attached_to(&self, volume: &Volume) -> Option<(Vm, usize)> {
         let (vms, _) = self.svc.vms().list("").await.ok()?;
         vms.into_iter().find_map(|vm| {
             let index = attached_volumes(&vm.spec)
                 .into_iter()
-                .find(|a| a.volume.as_str() == volume)?
+                .find(|a| may_refer(&vm.metadata, &a.volume, volume))?
                 .index;
             Some((vm, index))
         })
@@ -493,7 +500,7 @@ impl StorageController {
     ) -> Result<Vec<(usize, String, PathBuf)>, ControllerError> {
         let mut out = Vec::new();
         for a in attached_volumes(&vm.spec) {
-            let volume = self.svc.volumes.get(a.volume.as_str()).await?;
+            let volume = self.svc.volumes.get(&vm.metadata.key_of(&a.volume)).await?;
             let writable = !a.readonly && volume.spec.kind == VolumeKind::Disk;
             if writable && volume.status.format == Some(DiskFormat::Qcow2) {
                 if let Some(path) = &volume.status.path {
@@ -518,9 +525,10 @@ impl StorageController {
             }
             Err(e) => return Err(e),
         };
+        let vm_key = snap.metadata.key_of(&snap.spec.vm);
         self.snapshot_deps
-            .set(name, vec![(Kind::Vm, snap.spec.vm.as_str().to_owned())]);
-        let vm = match self.svc.vms().get(snap.spec.vm.as_str()).await {
+            .set(name, vec![(Kind::Vm, vm_key.clone())]);
+        let vm = match self.svc.vms().get(&vm_key).await {
             Ok(vm) => Some(vm),
             Err(ServiceError::NotFound { .. }) => None,
             Err(e) => return Err(e),
@@ -629,7 +637,7 @@ impl StorageController {
         if snap.status.message.as_deref() == Some(why.as_str()) {
             return Ok(());
         }
-        self.record(snap.metadata.name.as_str(), |s| {
+        self.record(&snap.metadata.key(), |s| {
             if s.status.phase == StoragePhase::Pending {
                 s.status.message = Some(why.clone());
             }

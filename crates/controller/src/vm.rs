@@ -151,7 +151,7 @@ impl VmController {
         self.remove_orphans(&vms).await;
         for vm in &vms {
             self.remember(vm);
-            self.queue.add(vm.metadata.name.as_str());
+            self.queue.add(&vm.metadata.key());
         }
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..self.config.workers.max(1) {
@@ -176,7 +176,7 @@ impl VmController {
                 tick.tick().await;
                 if let Ok((vms, _)) = this.svc.list("").await {
                     for vm in vms {
-                        this.queue.add(vm.metadata.name.as_str());
+                        this.queue.add(&vm.metadata.key());
                     }
                 }
             }
@@ -201,14 +201,13 @@ impl VmController {
                     Ok(event) => {
                         revision = event.revision;
                         self.remember(&event.object);
-                        self.queue.add(event.object.metadata.name.as_str());
+                        self.queue.add(&event.object.metadata.key());
                     }
                     Err(e) => {
                         // Compacted past us: list again and carry on from there.
                         tracing::warn!(error = %e, "VM watch broke; relisting");
                         if let Ok((vms, rev)) = self.svc.list("").await {
-                            vms.iter()
-                                .for_each(|vm| self.queue.add(vm.metadata.name.as_str()));
+                            vms.iter().for_each(|vm| self.queue.add(&vm.metadata.key()));
                             revision = rev;
                         }
                         break;
@@ -246,7 +245,7 @@ impl VmController {
             if let Ok((vms, rev)) = self.svc.list("").await {
                 revision = rev;
                 for vm in vms {
-                    self.queue.add(vm.metadata.name.as_str());
+                    self.queue.add(&vm.metadata.key());
                 }
             }
         }
@@ -283,11 +282,11 @@ impl VmController {
     }
 
     fn remember(&self, vm: &Vm) {
-        self.deps.set(vm.metadata.name.as_str(), deps::vm_deps(vm));
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            vm.metadata.uid.clone(),
-            vm.metadata.name.as_str().to_owned(),
-        );
+        self.deps.set(&vm.metadata.key(), deps::vm_deps(vm));
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm.metadata.uid.clone(), vm.metadata.key());
     }
 
     /// Stops and removes every VM the hypervisor has that no object declares: a daemon never
@@ -554,7 +553,8 @@ impl VmController {
     }
 
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
-        let name = vm.metadata.name.as_str();
+        let key = vm.metadata.key();
+        let name = key.as_str();
         self.forget_adopted(&vm.metadata.uid);
         self.crashed_mut().remove(vm.metadata.uid.as_str());
         let readiness = deps::check(&**self.svc.store(), &deps::vm_deps(vm)).await?;
@@ -578,7 +578,7 @@ impl VmController {
         let generation = vm.metadata.generation;
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {
             let resolved = match &self.storage {
-                Some(storage) => crate::disks::resolve(storage, &vm.spec, &mut config).await,
+                Some(storage) => crate::disks::resolve(storage, vm, &mut config).await,
                 None => Err(ControllerError::NoStorage),
             };
             if let Err(e) = resolved {
@@ -652,7 +652,8 @@ impl VmController {
         message: String,
         restart: Option<String>,
     ) -> Result<Requeue, ControllerError> {
-        let name = vm.metadata.name.as_str();
+        let key = vm.metadata.key();
+        let name = key.as_str();
         let generation = vm.metadata.generation;
         tracing::warn!(vm = name, error = %message, "start failed");
         self.svc
@@ -741,7 +742,7 @@ impl VmController {
         let generation = vm.metadata.generation;
         let (reason, message) = (readiness.reason(), readiness.message().to_owned());
         self.svc
-            .update_status(vm.metadata.name.as_str(), |_, st| {
+            .update_status(&vm.metadata.key(), |_, st| {
                 let before = st.clone();
                 st.phase = Phase::Pending;
                 st.pid = None;
@@ -898,7 +899,8 @@ impl VmController {
         actual: Option<VmState>,
     ) -> Result<Requeue, ControllerError> {
         let uid = &vm.metadata.uid;
-        let name = vm.metadata.name.as_str();
+        let key = vm.metadata.key();
+        let name = key.as_str();
         if matches!(
             actual,
             Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)

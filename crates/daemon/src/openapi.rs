@@ -173,11 +173,47 @@ pub fn operation(id: &str) -> Option<Operation> {
     OPERATIONS
         .iter()
         .find(|(op, ..)| *op == id)
-        .map(|(id, _, _, build)| {
+        .map(|(id, method, path, build)| {
             let mut op = build();
             op.operation_id = Some((*id).to_owned());
+            if in_project(path) {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                params.push(query(
+                    "project",
+                    corral_contract::schema::name_schema(),
+                    false,
+                    "The project the request acts in (or the `corral-project` header); left \
+                     out, the caller's only project, else `default`",
+                ));
+                if *method == HttpMethod::Get && !path.contains("{name}") {
+                    params.push(query(
+                        "all_projects",
+                        boolean(),
+                        false,
+                        "List every project the caller works in (admins: all)",
+                    ));
+                }
+            }
             op
         })
+}
+
+/// Whether the operations under `path` act on objects of a project.
+fn in_project(path: &str) -> bool {
+    [
+        "vms",
+        "images",
+        "volumes",
+        "snapshots",
+        "networks",
+        "attestations",
+    ]
+    .iter()
+    .any(|kind| {
+        path.strip_prefix("/v1/")
+            .and_then(|rest| rest.strip_prefix(kind))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// The document, as JSON text (built once).

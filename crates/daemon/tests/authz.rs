@@ -141,7 +141,22 @@ fn in_project(path: &str) -> bool {
 /// Walks the whole table as the holder of `token`; `expect` gets each entry's permission and
 /// whether it acts in a project.
 async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission, bool) -> Expect) {
-    let rest = s.rest(token);
+    walk_in(s, who, token, None, expect).await
+}
+
+/// [`walk`], naming `project` (the `corral-project` header) on every request.
+async fn walk_in(
+    s: &Setup,
+    who: &str,
+    token: &str,
+    project: Option<&str>,
+    expect: impl Fn(Permission, bool) -> Expect,
+) {
+    let scoped = |api: Api| match project {
+        Some(p) => api.header("corral-project", p),
+        None => api,
+    };
+    let rest = scoped(s.rest(token));
     for r in routes() {
         if r.permission == Permission::Open {
             continue;
@@ -164,7 +179,7 @@ async fn walk(s: &Setup, who: &str, token: &str, expect: impl Fn(Permission, boo
             ),
         }
     }
-    let grpc = s.grpc(token);
+    let grpc = scoped(s.grpc(token));
     // One empty message: the compression flag, a zero length.
     let empty = [0u8; 5];
     for m in grpc_methods() {
@@ -222,9 +237,21 @@ async fn every_route_and_method_is_refused_without_its_permission_and_audited() 
         _ => FORBIDDEN,
     })
     .await;
-    // An operator of another project touches nothing of `default`, where every object is.
-    walk(&s, "elsewhere", &elsewhere, |p, scoped| match p {
-        Permission::Read | Permission::Write if !scoped => Expect::Through,
+    // An operator of another project touches nothing of `default`…
+    walk_in(
+        &s,
+        "elsewhere",
+        &elsewhere,
+        Some("default"),
+        |p, scoped| match p {
+            Permission::Read | Permission::Write if !scoped => Expect::Through,
+            _ => FORBIDDEN,
+        },
+    )
+    .await;
+    // … and works in its own, which its requests mean when they name none.
+    walk(&s, "elsewhere", &elsewhere, |p, _| match p {
+        Permission::Read | Permission::Write => Expect::Through,
         _ => FORBIDDEN,
     })
     .await;

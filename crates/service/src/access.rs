@@ -30,3 +30,31 @@ impl RequireAdmin for HostAccess {
         }
     }
 }
+
+/// Refuses `spec.shared` unless the caller is an admin and the object is in project
+/// `default`, the one pool every project may draw from.
+pub fn check_share(
+    meta: &corral_contract::ObjectMeta,
+    shared: bool,
+    access: HostAccess,
+) -> Result<(), crate::ServiceError> {
+    if !shared {
+        return Ok(());
+    }
+    access.require_admin(
+        "spec.shared lets every project use the object and is for admins only",
+        "leave spec.shared out, or ask an admin to share it",
+    )?;
+    if meta.project() != corral_contract::DEFAULT_PROJECT {
+        return Err(corral_contract::ValidationError::new(
+            "spec.shared",
+            format!(
+                "only objects of project {:?} can be shared; this one is in {:?}",
+                corral_contract::DEFAULT_PROJECT,
+                meta.project()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use corral_contract::{MacAddr, Network, Protocol, ValidationError, Vm, VmSpec};
 use corral_store::Store;
 
 use crate::ServiceError;
-use crate::resources::{read, read_all};
+use crate::resources::{read_all, resolve};
 
 /// Host ports forwards get when they name none: the daemon's configured range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,9 @@ struct Taken {
     macs: HashMap<MacAddr, String>,
 }
 
-async fn taken(store: &dyn Store, except_uid: &str) -> Result<Taken, ServiceError> {
+/// MACs and host ports held by other VMs, each with the name of its holder — or only "a VM of
+/// another project", since a tenant may not learn other projects' names.
+async fn taken(store: &dyn Store, project: &str, except_uid: &str) -> Result<Taken, ServiceError> {
     let mut taken = Taken {
         ports: HashMap::new(),
         macs: HashMap::new(),
@@ -59,7 +61,11 @@ async fn taken(store: &dyn Store, except_uid: &str) -> Result<Taken, ServiceErro
         if vm.metadata.uid == except_uid {
             continue;
         }
-        let name = vm.metadata.name.to_string();
+        let name = if vm.metadata.project() == project {
+            format!("VM {:?}", vm.metadata.name.as_str())
+        } else {
+            "a VM of another project".to_owned()
+        };
         for net in &vm.spec.networks {
             if let Some(mac) = net.mac {
                 taken.macs.insert(mac, name.clone());
@@ -89,6 +95,7 @@ fn bindable(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bool {
 pub(crate) async fn allocate(
     store: &dyn Store,
     range: &PortRange,
+    project: &str,
     uid: &str,
     spec: &mut VmSpec,
     current: Option<&VmSpec>,
@@ -101,7 +108,7 @@ pub(crate) async fn allocate(
     // controller says so in a condition) and starts once it is Ready. What can be known now
     // is checked now: forwards on a network that is not a user network.
     for (i, att) in spec.networks.iter().enumerate() {
-        let Some(net) = read::<Network>(store, att.network.as_str()).await? else {
+        let Some(net) = resolve::<Network>(store, project, att.network.as_str()).await? else {
             continue;
         };
         if net.spec.mode != corral_contract::NetworkMode::User && !att.forwards.is_empty() {
@@ -116,7 +123,7 @@ pub(crate) async fn allocate(
             .into());
         }
     }
-    let mut taken = taken(store, uid).await?;
+    let mut taken = taken(store, project, uid).await?;
 
     // Carry over what the stored spec already holds for the same network and forward.
     if let Some(current) = current {
@@ -138,7 +145,7 @@ pub(crate) async fn allocate(
                 if let Some(holder) = taken.macs.get(&mac) {
                     return Err(ValidationError::new(
                         format!("spec.networks[{i}].mac"),
-                        format!("{mac} is already used by VM {holder:?}"),
+                        format!("{mac} is already used by {holder}"),
                     )
                     .into());
                 }
@@ -167,7 +174,7 @@ pub(crate) async fn allocate(
             if let Some(holder) = taken.ports.get(&(fwd.protocol, port)) {
                 return Err(ValidationError::new(
                     field,
-                    format!("{port}/{} is already forwarded to VM {holder:?}: pick another port or leave it out", fwd.protocol),
+                    format!("{port}/{} is already forwarded to {holder}: pick another port or leave it out", fwd.protocol),
                 )
                 .into());
             }

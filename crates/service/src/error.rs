@@ -47,8 +47,8 @@ pub enum ServiceError {
         /// What to do instead.
         remedy: &'static str,
     },
-    /// No such object.
-    #[error("{kind} {name:?} not found")]
+    /// No such object (`name` is its store key: `project/name` outside `default`).
+    #[error("{}", not_found(kind, name))]
     NotFound {
         /// The kind asked for.
         kind: &'static str,
@@ -347,5 +347,13 @@ impl ServiceError {
             name: name.to_owned(),
             source: source.into(),
         }
+    }
+}
+
+/// "VM "web" not found", with the project when it is not `default`.
+fn not_found(kind: &str, key: &str) -> String {
+    match key.split_once('/') {
+        Some((project, name)) => format!("{kind} {name:?} not found in project {project:?}"),
+        None => format!("{kind} {key:?} not found"),
     }
 }

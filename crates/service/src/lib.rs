@@ -60,7 +60,7 @@ mod resources;
 mod storage;
 mod vm;
 
-pub use access::RequireAdmin;
+pub use access::{RequireAdmin, check_share};
 pub use allocate::{BadPortRange, PortRange};
 pub use audit::{AuditEntry, AuditLog, AuditQuery, AuditRecord, AuditRotation};
 pub use console::{ConsoleService, ConsoleSession};
@@ -79,7 +79,10 @@ pub use network::{
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
 pub use project::{ProjectKind, ProjectService};
-pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
+pub use resources::{
+    Event, Projects, Resources, Stored, Strategy, Watch, may_refer, read, read_all, reference_keys,
+    refuse_if_used, resolve,
+};
 pub use storage::{
     BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,
     StorageService, VolumeKind,

@@ -81,17 +81,24 @@ impl Usage {
     }
 }
 
-/// What the objects of `store` use (until objects carry a project, all are in `default`).
-async fn in_use(store: &dyn Store) -> Result<Usage, ServiceError> {
+/// What the objects of `project` use.
+pub async fn in_use(store: &dyn Store, project: &str) -> Result<Usage, ServiceError> {
     let mut used = Usage::NONE;
+    let ours = |meta: &corral_contract::ObjectMeta| meta.project() == project;
     for vm in read_all::<Vm>(store).await? {
-        used = used.add(Usage::of_vm(&vm));
+        if ours(&vm.metadata) {
+            used = used.add(Usage::of_vm(&vm));
+        }
     }
     for volume in read_all::<Volume>(store).await? {
-        used = used.add(Usage::of_volume(&volume));
+        if ours(&volume.metadata) {
+            used = used.add(Usage::of_volume(&volume));
+        }
     }
     for image in read_all::<Image>(store).await? {
-        used = used.add(Usage::of_image(&image));
+        if ours(&image.metadata) {
+            used = used.add(Usage::of_image(&image));
+        }
     }
     Ok(used)
 }
@@ -104,7 +111,13 @@ async fn check(
     asked: Usage,
 ) -> Result<(), ServiceError> {
     let Some(p) = read::<Project>(store, project).await? else {
-        return Ok(());
+        if project == DEFAULT_PROJECT {
+            return Ok(());
+        }
+        return Err(ServiceError::NotFound {
+            kind: "project",
+            name: project.to_owned(),
+        });
     };
     let ProjectLimits {
         vms,
@@ -113,7 +126,7 @@ async fn check(
         disk,
         images,
     } = p.spec.limits;
-    let used = in_use(store).await?;
+    let used = in_use(store, project).await?;
     let size = |s: Option<ByteSize>| s.map(ByteSize::as_u64);
     // (limit, its maximum, in use, asked, whether bytes)
     let checks = [
@@ -140,6 +153,17 @@ async fn check(
     Ok(())
 }
 
+/// Refuses objects in a project that does not exist (but `default`, which always does).
+async fn must_exist(store: &dyn Store, project: &str) -> Result<(), ServiceError> {
+    match read::<Project>(store, project).await? {
+        Some(_) => Ok(()),
+        None => Err(ServiceError::NotFound {
+            kind: "project",
+            name: project.to_owned(),
+        }),
+    }
+}
+
 /// One creation at a time is checked against the limits, so two cannot both fit the last
 /// room.
 static ADMISSION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -151,13 +175,18 @@ impl<S: Strategy> Resources<S> {
         &self,
         obj: &S::Object,
     ) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ServiceError> {
+        let project = corral_contract::Object::metadata(obj).project();
+        let kind = <S::Object as corral_contract::Object>::KIND;
         let asked = self.strategy().usage(obj);
         if asked.is_none() {
+            if kind.in_project() && project != DEFAULT_PROJECT {
+                must_exist(&**self.store(), project).await?;
+            }
             return Ok(None);
         }
         let guard = ADMISSION.lock().await;
         let noun = <S::Object as crate::Stored>::NOUN;
-        check(&**self.store(), DEFAULT_PROJECT, noun, asked).await?;
+        check(&**self.store(), project, noun, asked).await?;
         Ok(Some(guard))
     }
 }

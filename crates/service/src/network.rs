@@ -21,7 +21,7 @@ use corral_contract::{
 use corral_store::Store;
 
 use crate::resources::{Resources, Strategy, read_all, refuse_if_used};
-use crate::{HostAccess, RequireAdmin, ServiceError};
+use crate::{HostAccess, RequireAdmin, ServiceError, may_refer};
 
 /// The network `corral vm create --ssh` joins when none is named; the daemon creates it.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -162,7 +162,7 @@ impl Strategy for NetworkKind {
 
     async fn check_delete(&self, store: &dyn Store, net: &Network) -> Result<(), ServiceError> {
         let name = net.metadata.name.as_str();
-        if name == DEFAULT_NETWORK {
+        if net.metadata.key() == DEFAULT_NETWORK {
             return Err(ServiceError::WrongState {
                 kind: <Network as crate::Stored>::NOUN,
                 name: name.to_owned(),
@@ -173,7 +173,12 @@ impl Strategy for NetworkKind {
         let vms = read_all::<Vm>(store).await?.into_iter();
         refuse_if_used(
             net,
-            vms.filter(|vm| vm.spec.networks.iter().any(|a| a.network == name)),
+            vms.filter(|vm| {
+                vm.spec
+                    .networks
+                    .iter()
+                    .any(|a| may_refer(&vm.metadata, &a.network, net))
+            }),
             "delete those VMs or remove the network from their spec first",
         )
     }
@@ -187,6 +192,7 @@ impl Resources<NetworkKind> {
         net: Network,
         access: HostAccess,
     ) -> Result<Network, ServiceError> {
+        crate::check_share(&net.metadata, net.spec.shared, access)?;
         if net.spec.mode != NetworkMode::User {
             access.require_admin(
                 format!(
@@ -204,11 +210,23 @@ impl Resources<NetworkKind> {
         let name = DEFAULT_NETWORK
             .parse()
             .map_err(|e| ValidationError::new("metadata.name", e))?;
-        match self
-            .create(Network::new(name, NetworkSpec::default()))
-            .await
-        {
-            Ok(_) | Err(ServiceError::AlreadyExists { .. }) => Ok(()),
+        // Shared, so that `corral vm create --ssh` works in every project.
+        let spec = NetworkSpec {
+            shared: true,
+            ..NetworkSpec::default()
+        };
+        match self.create(Network::new(name, spec)).await {
+            Ok(_) => Ok(()),
+            Err(ServiceError::AlreadyExists { .. }) => {
+                // Made before networks could be shared.
+                self.modify(DEFAULT_NETWORK, 0, |net| {
+                    let share = !net.spec.shared;
+                    net.spec.shared = true;
+                    Ok(share)
+                })
+                .await
+                .map(drop)
+            }
             Err(e) => Err(e),
         }
     }

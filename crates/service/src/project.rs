@@ -1,9 +1,10 @@
 //! Projects: what owns objects, and the limits they are admitted within (see `limits.rs`).
 
-use corral_contract::Project;
+use corral_contract::{DEFAULT_PROJECT, Image, Network, Project, Snapshot, Vm, Volume};
+use corral_store::Store;
 
 use crate::ServiceError;
-use crate::resources::{Resources, Strategy};
+use crate::resources::{Resources, Stored, Strategy, read_all};
 
 /// Projects: [`Resources`] of the [`ProjectKind`] strategy.
 pub type ProjectService = Resources<ProjectKind>;
@@ -20,6 +21,52 @@ impl Strategy for ProjectKind {
         let _ = (current, desired);
         Ok(())
     }
+
+    /// A project is deleted once empty: deleting it must not orphan objects nobody could
+    /// reach any more. `default` always stays.
+    async fn check_delete(&self, store: &dyn Store, project: &Project) -> Result<(), ServiceError> {
+        let name = project.metadata.name.as_str();
+        if name == DEFAULT_PROJECT {
+            return Err(ServiceError::WrongState {
+                kind: Project::NOUN,
+                name: name.to_owned(),
+                state: "the default project".into(),
+                rule: "it cannot be deleted: objects that name no project are in it".into(),
+            });
+        }
+        let mut left = Vec::new();
+        count::<Vm>(store, name, &mut left).await?;
+        count::<Volume>(store, name, &mut left).await?;
+        count::<Snapshot>(store, name, &mut left).await?;
+        count::<Image>(store, name, &mut left).await?;
+        count::<Network>(store, name, &mut left).await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(ServiceError::WrongState {
+            kind: Project::NOUN,
+            name: name.to_owned(),
+            state: format!("not empty ({})", left.join(", ")),
+            rule: format!("delete its objects first (corral --project {name} … delete)"),
+        })
+    }
+}
+
+/// Adds "2 VM(s)" to `left` when `project` holds objects of kind `T`.
+async fn count<T: Stored>(
+    store: &dyn Store,
+    project: &str,
+    left: &mut Vec<String>,
+) -> Result<(), ServiceError> {
+    let n = read_all::<T>(store)
+        .await?
+        .iter()
+        .filter(|o| o.metadata().project() == project)
+        .count();
+    if n > 0 {
+        left.push(format!("{n} {}(s)", T::NOUN));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! admission steps of a [`Strategy`] (after Kubernetes' generic registry store and its
 //! `RESTCreateStrategy`).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use corral_contract::{Object as Resource, ValidationError};
+use corral_contract::{Object as Resource, ResourceName, ValidationError};
 use corral_store::{EventType, Object, Selector, Store, WatchStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -196,6 +197,7 @@ pub struct Event<T> {
 pub struct Watch<T> {
     inner: WatchStream,
     name: Option<String>,
+    projects: Projects,
     _kind: PhantomData<fn() -> T>,
 }
 
@@ -210,11 +212,56 @@ impl<T: Stored> Watch<T> {
             if self.name.as_deref().is_some_and(|n| n != event.object.name) {
                 continue;
             }
+            let (project, _) = corral_contract::split_key(&event.object.name);
+            if !self.projects.contains(project) {
+                continue;
+            }
             return Some(decode(event.object).map(|object| Event {
                 event: event.event,
                 revision: event.revision,
                 object,
             }));
+        }
+    }
+}
+
+/// Names the project of an object of a kind that has them (`default` when it names none), and
+/// refuses one on a kind that has none.
+fn settle_project<T: Stored>(obj: &mut T) -> Result<(), ValidationError> {
+    let meta = obj.metadata_mut();
+    if T::KIND.in_project() {
+        meta.project.get_or_insert_with(|| {
+            ResourceName::new(corral_contract::DEFAULT_PROJECT).expect("a valid name")
+        });
+    } else if meta.project.is_some() {
+        return Err(ValidationError::new(
+            "metadata.project",
+            format!("{} objects belong to no project: leave it out", T::NOUN),
+        ));
+    }
+    Ok(())
+}
+
+/// Which projects a list or watch shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projects {
+    /// Every project (an admin's `--all-projects`, and controllers).
+    All,
+    /// These.
+    Only(BTreeSet<String>),
+}
+
+impl Projects {
+    /// One project.
+    pub fn one(project: &str) -> Self {
+        Projects::Only(BTreeSet::from([project.to_owned()]))
+    }
+
+    /// Whether objects of `project` are shown.
+    pub fn contains(&self, project: &str) -> bool {
+        match self {
+            Projects::All => true,
+            Projects::Only(set) => set.contains(project),
         }
     }
 }
@@ -236,7 +283,7 @@ fn encode<T: Stored>(obj: &T) -> Result<Object, ServiceError> {
         name: meta.name.to_string(),
         source,
     })?;
-    let mut o = Object::new(kind::<T>(), meta.name.as_str(), meta.uid.clone(), body);
+    let mut o = Object::new(kind::<T>(), meta.key(), meta.uid.clone(), body);
     o.labels = meta.labels.clone();
     o.resource_version = meta.resource_version;
     Ok(o)
@@ -259,6 +306,63 @@ pub async fn read<T: Stored>(store: &dyn Store, name: &str) -> Result<Option<T>,
         Ok(obj) => decode(obj).map(Some),
         Err(corral_store::StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(ServiceError::from_store(kind::<T>(), e)),
+    }
+}
+
+/// The object of kind `T` that an object of `project` names `name`: its own project's, or
+/// failing that, for kinds that can be shared (images, networks), a shared one of project
+/// `default`. `None` when there is none yet; refused when the only one is `default`'s and not
+/// shared: references never cross projects otherwise.
+pub async fn resolve<T: Stored>(
+    store: &dyn Store,
+    project: &str,
+    name: &str,
+) -> Result<Option<T>, ServiceError> {
+    if let Some(own) = read::<T>(store, &corral_contract::object_key(project, name)).await? {
+        return Ok(Some(own));
+    }
+    if project == corral_contract::DEFAULT_PROJECT {
+        return Ok(None);
+    }
+    match read::<T>(store, name).await? {
+        Some(common) if common.shared() => Ok(Some(common)),
+        Some(_) => Err(ServiceError::PermissionDenied {
+            what: format!(
+                "{} {name:?} belongs to project {:?} and is not shared with project {project:?}",
+                T::NOUN,
+                corral_contract::DEFAULT_PROJECT
+            ),
+            remedy: "make one in this project, or ask an admin to share it (spec.shared)",
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Whether `user`'s reference `name` may mean `target`: same project, or `target` shared from
+/// `default`. For [`Strategy::check_delete`], which errs on the side of refusing.
+pub fn may_refer<T: Stored>(
+    user: &corral_contract::ObjectMeta,
+    name: &ResourceName,
+    target: &T,
+) -> bool {
+    let t = target.metadata();
+    t.name == *name
+        && (user.project() == t.project()
+            || (target.shared() && t.project() == corral_contract::DEFAULT_PROJECT))
+}
+
+/// The store keys an object of `project` may mean by `name`, most specific first: for
+/// dependency indexes, which must requeue on a change to either.
+pub fn reference_keys<T: Stored>(project: &str, name: &str) -> Vec<String> {
+    let own = corral_contract::object_key(project, name);
+    let shareable = matches!(
+        T::KIND,
+        corral_contract::Kind::Image | corral_contract::Kind::Network
+    );
+    if shareable && project != corral_contract::DEFAULT_PROJECT {
+        vec![own, name.to_owned()]
+    } else {
+        vec![own]
     }
 }
 
@@ -337,6 +441,7 @@ impl<S: Strategy> Resources<S> {
     /// the request is replaced by the strategy's initial status.
     pub async fn create(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
         obj.validate()?;
+        settle_project(&mut obj)?;
         self.strategy.admit(&*self.store, &obj, None).await?;
         let _within_limits = self.admit_within_limits(&obj).await?;
         let meta = obj.metadata_mut();
@@ -374,6 +479,15 @@ impl<S: Strategy> Resources<S> {
     /// Objects matching a label selector (`""` for all), sorted by name, and the store
     /// revision of that snapshot (watch after it to follow changes).
     pub async fn list(&self, selector: &str) -> Result<(Vec<S::Object>, u64), ServiceError> {
+        self.list_in(selector, &Projects::All).await
+    }
+
+    /// [`list`](Self::list) of the objects in `projects`.
+    pub async fn list_in(
+        &self,
+        selector: &str,
+        projects: &Projects,
+    ) -> Result<(Vec<S::Object>, u64), ServiceError> {
         let selector: Selector = selector
             .parse()
             .map_err(|e| ValidationError::new("label_selector", e))?;
@@ -382,7 +496,14 @@ impl<S: Strategy> Resources<S> {
             .list(Self::kind(), &selector)
             .await
             .map_err(Self::store_error)?;
-        let items = objects.into_iter().map(decode).collect::<Result<_, _>>()?;
+        let items = objects
+            .into_iter()
+            .map(decode::<S::Object>)
+            .filter(|o| {
+                o.as_ref()
+                    .map_or(true, |o| projects.contains(o.metadata().project()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok((items, revision))
     }
 
@@ -392,7 +513,8 @@ impl<S: Strategy> Resources<S> {
     /// bumps the generation. Status is never taken from the request.
     pub async fn update(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
         obj.validate()?;
-        let name = obj.metadata().name.to_string();
+        settle_project(&mut obj)?;
+        let name = obj.metadata().key();
         let current = self.get(&name).await?;
         self.strategy
             .admit(&*self.store, &obj, Some(&current))
@@ -474,6 +596,16 @@ impl<S: Strategy> Resources<S> {
         name: Option<&str>,
         after: u64,
     ) -> Result<Watch<S::Object>, ServiceError> {
+        self.watch_in(name, after, Projects::All).await
+    }
+
+    /// [`watch`](Self::watch) of the objects in `projects` (`name` is a store key).
+    pub async fn watch_in(
+        &self,
+        name: Option<&str>,
+        after: u64,
+        projects: Projects,
+    ) -> Result<Watch<S::Object>, ServiceError> {
         let inner = self
             .store
             .watch(Some(Self::kind()), after)
@@ -482,6 +614,7 @@ impl<S: Strategy> Resources<S> {
         Ok(Watch {
             inner,
             name: name.filter(|n| !n.is_empty()).map(str::to_owned),
+            projects,
             _kind: PhantomData,
         })
     }

@@ -113,6 +113,7 @@ impl Strategy for VmKind {
         allocate::allocate(
             store,
             &self.ports,
+            vm.metadata.project(),
             &uid,
             &mut vm.spec,
             current.map(|c| &c.spec),
@@ -154,7 +155,7 @@ impl Resources<VmKind> {
     /// like on [`create_as`](Self::create_as).
     pub async fn update_as(&self, vm: Vm, access: HostAccess) -> Result<Vm, ServiceError> {
         corral_contract::Object::validate(&vm)?;
-        let current = self.get(vm.metadata.name.as_str()).await?;
+        let current = self.get(&vm.metadata.key()).await?;
         if current.spec.boot != vm.spec.boot {
             self.strategy().check_paths(&vm.spec, access)?;
         }

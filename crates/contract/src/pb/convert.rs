@@ -215,6 +215,11 @@ impl From<&ObjectMeta> for pb::ObjectMeta {
     fn from(meta: &ObjectMeta) -> Self {
         pb::ObjectMeta {
             name: meta.name.to_string(),
+            project: meta
+                .project
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             uid: meta.uid.clone(),
             labels: meta.labels.clone(),
             annotations: meta.annotations.clone(),
@@ -233,8 +238,13 @@ impl TryFrom<pb::ObjectMeta> for ObjectMeta {
     fn try_from(meta: pb::ObjectMeta) -> Result<Self, Self::Error> {
         let name =
             ResourceName::new(meta.name).map_err(|e| ValidationError::new("metadata.name", e))?;
+        let project = non_empty(meta.project)
+            .map(ResourceName::new)
+            .transpose()
+            .map_err(|e| ValidationError::new("metadata.project", e))?;
         let meta = ObjectMeta {
             name,
+            project,
             uid: meta.uid,
             labels: meta.labels,
             annotations: meta.annotations,

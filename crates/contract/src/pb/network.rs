@@ -45,6 +45,7 @@ impl From<&NetworkSpec> for pb::NetworkSpec {
             bridge: spec.bridge.clone().unwrap_or_default(),
             interface: spec.interface.clone().unwrap_or_default(),
             host_access: spec.host_access,
+            shared: spec.shared,
         }
     }
 }
@@ -75,6 +76,7 @@ impl TryFrom<pb::NetworkSpec> for NetworkSpec {
             bridge: non_empty(spec.bridge),
             interface: non_empty(spec.interface),
             host_access: spec.host_access,
+            shared: spec.shared,
             ..serde_json::from_value::<NetworkSpec>(json)
                 .map_err(|e| ValidationError::new("spec.cidr", e))?
         };

@@ -29,6 +29,7 @@ impl From<&Image> for pb::Image {
             spec: Some(pb::ImageSpec {
                 source: Some(source),
                 format: enum_or_unspecified(image.spec.format),
+                shared: image.spec.shared,
             }),
             status: Some(pb::ImageStatus {
                 phase: enum_value(st.phase),
@@ -64,6 +65,7 @@ impl TryFrom<pb::Image> for Image {
         let spec = ImageSpec {
             source,
             format: decode("spec.format", spec.format)?,
+            shared: spec.shared,
         };
         spec.validate()?;
         let status = image.status.unwrap_or_default();
@@ -211,6 +213,7 @@ mod tests {
             ImageSpec {
                 source: ImageSource::Url("https://example.com/d.qcow2".into()),
                 format: None,
+                shared: true,
             },
         );
         assert_eq!(Image::try_from(pb::Image::from(&image)).unwrap(), image);

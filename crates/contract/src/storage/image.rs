@@ -51,6 +51,11 @@ pub struct ImageSpec {
     /// and initrds must be declared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
+    /// Volumes of every project may clone it (default false). Only an admin may share, and
+    /// only an image of project `default`: a volume's `image: debian` names its own project's
+    /// `debian`, or failing that a shared `debian` of `default`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Where an image's bytes come from.
@@ -154,4 +159,4 @@ impl utoipa::PartialSchema for ImageSource {
 
 impl utoipa::ToSchema for ImageSource {}
 
-storage_object!(Image, ImageSpec, ImageStatus, Image);
+storage_object!(Image, ImageSpec, ImageStatus, Image, shared);

@@ -27,6 +27,8 @@ pub struct Act {
     pub kind: String,
     /// The object's name; empty until known.
     pub name: String,
+    /// The project it acts in, for acts on objects that belong to one.
+    pub project: Option<String>,
 }
 
 /// The kind a REST path segment names.
@@ -66,7 +68,12 @@ impl Act {
             .ok()
             .and_then(|Path(params)| params.get("name").cloned())
             .unwrap_or_default();
-        Act { verb, kind, name }
+        Act {
+            verb,
+            kind,
+            name,
+            project: None,
+        }
     }
 
     /// Whether the act is on objects that belong to a project (VMs and what they use), as
@@ -99,6 +106,7 @@ impl Act {
             verb,
             kind: kind.to_owned(),
             name: String::new(),
+            project: None,
         }
     }
 }

@@ -9,8 +9,10 @@ pub mod limits;
 mod permission;
 mod revoke;
 mod routes;
+pub mod scope;
 
 pub use permission::Permission;
 pub(crate) use revoke::REVOKED;
 pub use routes::{GrpcMethod, RouteInfo, grpc_methods, routes};
 pub(crate) use routes::{Route, rest_router};
+pub use scope::Scope;

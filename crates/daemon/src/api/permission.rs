@@ -11,10 +11,9 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use corral_service::{MemoryAccess, MemoryOp};
+use corral_service::{AuditEntry, MemoryAccess, MemoryOp};
 
-use corral_contract::DEFAULT_PROJECT;
-use corral_service::AuditEntry;
+use super::scope::{self, Scope};
 
 use super::act::{self, Act};
 use super::error::{is_grpc, refusal};
@@ -139,11 +138,9 @@ impl Authorizer {
     }
 
     fn record(&self, who: &str, act: &Act, outcome: &str, reason: Option<&str>) {
-        // Until objects carry a project, every object is in the default one.
-        let project = act.in_project().then_some(DEFAULT_PROJECT);
         self.daemon.audit.record(&AuditEntry {
             identity: who,
-            project,
+            project: act.project.as_deref(),
             verb: &act.verb,
             kind: (!act.kind.is_empty()).then_some(act.kind.as_str()),
             name: &act.name,
@@ -217,15 +214,30 @@ pub async fn authorize(
         }
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
-    // Objects live in projects: until they carry `metadata.project`, all are in `default`.
-    if act.in_project() && !caller.works_in(DEFAULT_PROJECT) {
-        let message = caller.outside(DEFAULT_PROJECT);
+    // Objects live in projects: the caller must work in the one the request names, and its
+    // lists show only projects it works in.
+    let scope = match Scope::read(request.uri(), request.headers(), &caller) {
+        Ok(scope) => scope,
+        Err(e) => {
+            let message = e.to_string();
+            auth.record(&caller.name, &act, "denied", Some(&message));
+            return refusal(grpc, StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    if act.in_project() && !caller.works_in(&scope.project) {
+        let message = caller.outside(&scope.project);
         if act.name.is_empty() {
             act.name = act::refused_name(request, grpc).await;
         }
+        act.project = Some(scope.project.clone());
         auth.record(&caller.name, &act, "denied", Some(&message));
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
+    if act.in_project() {
+        act.project = Some(scope.project.clone());
+    }
+    request.extensions_mut().insert(scope);
+    scope::strip_query(request.uri_mut());
     let audited = match rule.permission {
         Permission::Write => true,
         Permission::Admin => grpc || request.method() != Method::GET,

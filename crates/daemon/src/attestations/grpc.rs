@@ -3,6 +3,7 @@
 use corral_contract::pb::{self, attestation_service_server::AttestationService};
 use tonic::{Request, Response, Status};
 
+use crate::api::Scope;
 use crate::api::error::status;
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Shared;
@@ -23,10 +24,11 @@ impl AttestationService for AttestationGrpc {
         &self,
         req: Request<pb::GetAttestationRequest>,
     ) -> Result<Response<pb::Attestation>, Status> {
+        let scope = Scope::of(req.extensions());
         let d = &self.0;
         let envelope = d
             .storage
-            .attest(&req.into_inner().vm, &d.node_key, &d.node)
+            .attest(&scope.key(&req.into_inner().vm), &d.node_key, &d.node)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::Attestation {

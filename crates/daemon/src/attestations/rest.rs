@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::{Permission, Route};
 use crate::state::Shared;
@@ -18,8 +19,11 @@ pub(crate) fn routes() -> Vec<Route> {
     )]
 }
 
-async fn attestation(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let envelope = d.storage.attest(&name, &d.node_key, &d.node).await?;
+async fn attestation(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let envelope = d
+        .storage
+        .attest(&scope.key(&name), &d.node_key, &d.node)
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -6,6 +6,7 @@ use corral_contract::pb::{self, console_service_server::ConsoleService};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::Scope;
 use crate::api::error::status;
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Shared;
@@ -30,6 +31,7 @@ impl ConsoleService for ConsoleGrpc {
         &self,
         req: Request<Streaming<pb::ConsoleRequest>>,
     ) -> Result<Response<OutputStream>, Status> {
+        let scope = Scope::of(req.extensions());
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -41,7 +43,7 @@ impl ConsoleService for ConsoleGrpc {
         let session = self
             .0
             .consoles
-            .attach(&attach.name, attach.write)
+            .attach(&scope.key(&attach.name), attach.write)
             .await
             .map_err(status)?;
         let (scrollback, mut rx) = session.subscribe();

@@ -9,6 +9,7 @@ use corral_contract::ValidationError;
 use corral_service::{ConsoleSession, ServiceError};
 use serde::Deserialize;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::{Permission, REVOKED, Route};
 use crate::auth::Caller;
@@ -42,10 +43,11 @@ struct LogQuery {
 
 async fn log(
     State(d): State<Shared>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult {
-    let data = d.consoles.log(&name, q.tail).await?;
+    let data = d.consoles.log(&scope.key(&name), q.tail).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -69,11 +71,12 @@ fn yes() -> bool {
 async fn attach(
     State(d): State<Shared>,
     Extension(caller): Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<WsQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult {
-    let session = d.consoles.attach(&name, q.write).await?;
+    let session = d.consoles.attach(&scope.key(&name), q.write).await?;
     let ws = ws.map_err(|e| {
         ServiceError::Invalid(ValidationError::new(
             "upgrade",

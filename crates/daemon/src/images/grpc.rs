@@ -6,6 +6,7 @@ use corral_service::{ImportProgress, ServiceError};
 use futures_util::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::Scope;
 use crate::api::error::{required, status};
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Shared;
@@ -35,8 +36,10 @@ impl ImageService for ImageGrpc {
         &self,
         req: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
+        let scope = Scope::of(req.extensions());
         let access = crate::auth::host_access(req.extensions().get());
-        let image = Image::try_from(required(req.into_inner().image, "image")?)?;
+        let mut image = Image::try_from(required(req.into_inner().image, "image")?)?;
+        scope.place(&mut image).map_err(status)?;
         image_out(
             self.0
                 .storage
@@ -49,12 +52,15 @@ impl ImageService for ImageGrpc {
         &self,
         req: Request<Streaming<pb::UploadImageChunk>>,
     ) -> Result<Response<pb::Image>, Status> {
+        let scope = Scope::of(req.extensions());
+        let access = crate::auth::host_access(req.extensions().get());
         let mut stream = req.into_inner();
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("image: the first message must carry it"))?;
-        let image = Image::try_from(required(first.image, "image")?)?;
+        let mut image = Image::try_from(required(first.image, "image")?)?;
+        scope.place(&mut image).map_err(status)?;
         let head = futures_util::stream::iter([Ok(first.data)]);
         let rest = stream.map(|chunk| {
             chunk
@@ -71,24 +77,32 @@ impl ImageService for ImageGrpc {
         image_out(
             self.0
                 .storage
-                .upload_image(image, first.size, Box::pin(chunks))
+                .upload_image(image, first.size, Box::pin(chunks), access)
                 .await,
         )
     }
 
     async fn get(&self, req: Request<pb::ImageNameRequest>) -> Result<Response<pb::Image>, Status> {
-        image_out(self.0.storage.images.get(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        image_out(
+            self.0
+                .storage
+                .images
+                .get(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 
     async fn list(
         &self,
         req: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let (items, _) = self
             .0
             .storage
             .images
-            .list(&req.into_inner().label_selector)
+            .list_in(&req.into_inner().label_selector, &scope.listed)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListImagesResponse {
@@ -100,10 +114,11 @@ impl ImageService for ImageGrpc {
         &self,
         req: Request<pb::ImageNameRequest>,
     ) -> Result<Response<pb::VerifyImageResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let (image, ok) = self
             .0
             .storage
-            .verify_image(&req.into_inner().name)
+            .verify_image(&scope.key(&req.into_inner().name))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::VerifyImageResponse {
@@ -116,6 +131,12 @@ impl ImageService for ImageGrpc {
         &self,
         req: Request<pb::ImageNameRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        image_out(self.0.storage.delete_image(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        image_out(
+            self.0
+                .storage
+                .delete_image(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 }

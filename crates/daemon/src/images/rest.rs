@@ -9,6 +9,7 @@ use corral_contract::Resource;
 use corral_service::ImportProgress;
 use serde_json::json;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
@@ -38,9 +39,13 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
     Ok(many(
-        d.storage.images.list(&q.label_selector).await?.0,
+        d.storage
+            .images
+            .list_in(&q.label_selector, &scope.listed)
+            .await?
+            .0,
         None,
     ))
 }
@@ -48,11 +53,13 @@ async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult 
 async fn create(
     State(d): State<Shared>,
     caller: Option<Extension<Caller>>,
+    scope: Scope,
     body: Bytes,
 ) -> ApiResult {
-    let Resource::Image(image) = resource(&body)? else {
+    let Resource::Image(mut image) = resource(&body)? else {
         return Err(wrong_kind("Image"));
     };
+    scope.place(&mut image)?;
     let image = d
         .storage
         .create_image(
@@ -64,15 +71,21 @@ async fn create(
     Ok(one(image, StatusCode::CREATED))
 }
 
-async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.storage.images.get(&name).await?, StatusCode::OK))
+async fn read(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.storage.images.get(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
-async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.storage.delete_image(&name).await?, StatusCode::OK))
+async fn delete(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.storage.delete_image(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
-async fn verify(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let (image, ok) = d.storage.verify_image(&name).await?;
+async fn verify(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let (image, ok) = d.storage.verify_image(&scope.key(&name)).await?;
     Ok(axum::Json(json!({ "ok": ok, "image": Resource::from(image) })).into_response())
 }

@@ -10,6 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::api::GrpcMethod;
+use crate::api::Scope;
 use crate::api::error::memory_status as status;
 use crate::auth::Caller;
 use crate::state::Shared;
@@ -61,12 +62,13 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::ReadMemoryRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let scope = Scope::of(req.extensions());
         let who = who(&req);
         let r = req.into_inner();
         let chunks = self
             .0
             .memory
-            .read(&who, &r.name, r.addr, r.len, None)
+            .read(&who, &scope.key(&r.name), r.addr, r.len, None)
             .await
             .map_err(status)?;
         let stream =
@@ -78,12 +80,13 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::FindMemoryRequest>,
     ) -> Result<Response<pb::FindMemoryResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let who = who(&req);
         let r = req.into_inner();
         let (addresses, truncated) = self
             .0
             .memory
-            .find(&who, &r.name, r.pattern, r.limit)
+            .find(&who, &scope.key(&r.name), r.pattern, r.limit)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::FindMemoryResponse {
@@ -96,6 +99,7 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::SnapshotMemoryRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let scope = Scope::of(req.extensions());
         let who = who(&req);
         let r = req.into_inner();
         let mode = match pb::SnapshotMode::try_from(r.mode) {
@@ -113,7 +117,7 @@ impl MemoryService for MemoryGrpc {
         let snap = self
             .0
             .memory
-            .snapshot(&who, &r.name, mode)
+            .snapshot(&who, &scope.key(&r.name), mode)
             .await
             .map_err(status)?;
         let info = pb::SnapshotInfo {
@@ -151,12 +155,13 @@ impl MemoryService for MemoryGrpc {
         &self,
         req: Request<pb::MapMemoryRequest>,
     ) -> Result<Response<pb::MapMemoryResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let who = who(&req);
         let r = req.into_inner();
         let png = self
             .0
             .memory
-            .map(&who, &r.name, r.side)
+            .map(&who, &scope.key(&r.name), r.side)
             .await
             .map_err(status)?;
         let side = if r.side == 0 { 512 } else { r.side };

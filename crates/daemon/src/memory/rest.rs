@@ -18,6 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::Route;
+use crate::api::Scope;
 use crate::api::error::ApiError;
 use crate::auth::Caller;
 use crate::state::Shared;
@@ -82,6 +83,7 @@ struct ReadQuery {
 async fn read(
     State(d): State<Shared>,
     c: Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> Result {
@@ -89,7 +91,7 @@ async fn read(
     let len = parse_u64("len", &q.len)?;
     let chunks = d
         .memory
-        .read(&who(&c), &name, addr, len, Some(MAX_REST_READ))
+        .read(&who(&c), &scope.key(&name), addr, len, Some(MAX_REST_READ))
         .await?;
     let body = Body::from_stream(tokio_stream::iter(
         chunks.map(|(_, bytes)| Ok::<_, std::convert::Infallible>(bytes)),
@@ -116,6 +118,7 @@ struct FindQuery {
 async fn find(
     State(d): State<Shared>,
     c: Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<FindQuery>,
 ) -> Result {
@@ -128,7 +131,10 @@ async fn find(
             ));
         }
     };
-    let (addresses, truncated) = d.memory.find(&who(&c), &name, pattern, q.limit).await?;
+    let (addresses, truncated) = d
+        .memory
+        .find(&who(&c), &scope.key(&name), pattern, q.limit)
+        .await?;
     Ok(axum::Json(json!({"addresses": addresses, "truncated": truncated})).into_response())
 }
 
@@ -178,11 +184,12 @@ pub fn parse_mode(mode: Option<&str>) -> Result<SnapshotMode> {
 async fn snapshot(
     State(d): State<Shared>,
     c: Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<SnapshotQuery>,
 ) -> Result {
     let mode = parse_mode(q.mode.as_deref())?;
-    let snap = d.memory.snapshot(&who(&c), &name, mode).await?;
+    let snap = d.memory.snapshot(&who(&c), &scope.key(&name), mode).await?;
     let regions: Vec<String> = snap
         .regions
         .iter()
@@ -250,10 +257,11 @@ struct MapQuery {
 async fn map(
     State(d): State<Shared>,
     c: Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<MapQuery>,
 ) -> Result {
-    let png = d.memory.map(&who(&c), &name, q.side).await?;
+    let png = d.memory.map(&who(&c), &scope.key(&name), q.side).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
@@ -273,12 +281,16 @@ fn default_fps() -> u32 {
 async fn stream(
     State(d): State<Shared>,
     c: Extension<Caller>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result {
     // Checked and audited before the upgrade, so a refusal is a plain HTTP error.
-    let stream = d.memory.stream(&who(&c), &name, q.side, q.fps).await?;
+    let stream = d
+        .memory
+        .stream(&who(&c), &scope.key(&name), q.side, q.fps)
+        .await?;
     let revoked = d.registry.revoked(&c.0);
     Ok(crate::api::limits::websocket(ws).on_upgrade(move |socket| pump(socket, stream, revoked)))
 }

@@ -5,6 +5,7 @@ use corral_contract::pb::{self, network_service_server::NetworkService};
 use corral_service::{HostAccess, ServiceError};
 use tonic::{Request, Response, Status};
 
+use crate::api::Scope;
 use crate::api::error::{required, status};
 use crate::api::{GrpcMethod, Permission};
 use crate::auth::Caller;
@@ -34,12 +35,14 @@ impl NetworkService for NetworkGrpc {
         &self,
         req: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
+        let scope = Scope::of(req.extensions());
         // The authorization layer put the caller there; without one, nothing is admin.
         let access = req
             .extensions()
             .get::<Caller>()
             .map_or(HostAccess::Confined, Caller::host_access);
-        let net = Network::try_from(required(req.into_inner().network, "network")?)?;
+        let mut net = Network::try_from(required(req.into_inner().network, "network")?)?;
+        scope.place(&mut net).map_err(status)?;
         net_out(self.0.networks.create_as(net, access).await)
     }
 
@@ -47,17 +50,24 @@ impl NetworkService for NetworkGrpc {
         &self,
         req: Request<pb::GetNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
-        net_out(self.0.networks.get(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        net_out(
+            self.0
+                .networks
+                .get(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 
     async fn list(
         &self,
         req: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let nets = self
             .0
             .networks
-            .list(&req.into_inner().label_selector)
+            .list_in(&req.into_inner().label_selector, &scope.listed)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListNetworksResponse {
@@ -69,6 +79,12 @@ impl NetworkService for NetworkGrpc {
         &self,
         req: Request<pb::DeleteNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
-        net_out(self.0.networks.delete(&req.into_inner().name, None).await)
+        let scope = Scope::of(req.extensions());
+        net_out(
+            self.0
+                .networks
+                .delete(&scope.key(&req.into_inner().name), None)
+                .await,
+        )
     }
 }

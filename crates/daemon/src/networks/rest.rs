@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
@@ -28,26 +29,35 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(d.networks.list(&q.label_selector).await?.0, None))
+async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
+    let (nets, _) = d.networks.list_in(&q.label_selector, &scope.listed).await?;
+    Ok(many(nets, None))
 }
 
 async fn create(
     State(d): State<Shared>,
     Extension(caller): Extension<Caller>,
+    scope: Scope,
     body: Bytes,
 ) -> ApiResult {
-    let Resource::Network(net) = resource(&body)? else {
+    let Resource::Network(mut net) = resource(&body)? else {
         return Err(wrong_kind("Network"));
     };
+    scope.place(&mut net)?;
     let created = d.networks.create_as(net, caller.host_access()).await?;
     Ok(one(created, StatusCode::CREATED))
 }
 
-async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.networks.get(&name).await?, StatusCode::OK))
+async fn read(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.networks.get(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
-async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.networks.delete(&name, None).await?, StatusCode::OK))
+async fn delete(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.networks.delete(&scope.key(&name), None).await?,
+        StatusCode::OK,
+    ))
 }

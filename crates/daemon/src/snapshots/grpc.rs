@@ -5,6 +5,7 @@ use corral_contract::pb::{self, snapshot_service_server::SnapshotService};
 use corral_service::ServiceError;
 use tonic::{Request, Response, Status};
 
+use crate::api::Scope;
 use crate::api::error::{required, status};
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Shared;
@@ -33,7 +34,9 @@ impl SnapshotService for SnapshotGrpc {
         &self,
         req: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
-        let snap = Snapshot::try_from(required(req.into_inner().snapshot, "snapshot")?)?;
+        let scope = Scope::of(req.extensions());
+        let mut snap = Snapshot::try_from(required(req.into_inner().snapshot, "snapshot")?)?;
+        scope.place(&mut snap).map_err(status)?;
         snapshot_out(self.0.storage.create_snapshot(snap).await)
     }
 
@@ -41,18 +44,27 @@ impl SnapshotService for SnapshotGrpc {
         &self,
         req: Request<pb::SnapshotNameRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
-        snapshot_out(self.0.storage.snapshots.get(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        snapshot_out(
+            self.0
+                .storage
+                .snapshots
+                .get(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 
     async fn list(
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let vm = req.into_inner().vm;
+        let vm = (!vm.is_empty()).then(|| scope.key(&vm));
         let items = self
             .0
             .storage
-            .list_snapshots((!vm.is_empty()).then_some(vm.as_str()))
+            .list_snapshots(vm.as_deref(), &scope.listed)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListSnapshotsResponse {
@@ -64,10 +76,11 @@ impl SnapshotService for SnapshotGrpc {
         &self,
         req: Request<pb::SnapshotNameRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
+        let scope = Scope::of(req.extensions());
         snapshot_out(
             self.0
                 .storage
-                .restore_snapshot(&req.into_inner().name)
+                .restore_snapshot(&scope.key(&req.into_inner().name))
                 .await,
         )
     }
@@ -76,6 +89,12 @@ impl SnapshotService for SnapshotGrpc {
         &self,
         req: Request<pb::SnapshotNameRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
-        snapshot_out(self.0.storage.delete_snapshot(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        snapshot_out(
+            self.0
+                .storage
+                .delete_snapshot(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 }

@@ -6,6 +6,7 @@ use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 use serde::Deserialize;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::json::{many, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
@@ -53,28 +54,37 @@ struct SnapshotQuery {
     vm: Option<String>,
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<SnapshotQuery>) -> ApiResult {
-    Ok(many(d.storage.list_snapshots(q.vm.as_deref()).await?, None))
+async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<SnapshotQuery>) -> ApiResult {
+    let vm = q.vm.as_deref().map(|vm| scope.key(vm));
+    let snaps = d
+        .storage
+        .list_snapshots(vm.as_deref(), &scope.listed)
+        .await?;
+    Ok(many(snaps, None))
 }
 
-async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
-    let Resource::Snapshot(snap) = resource(&body)? else {
+async fn create(State(d): State<Shared>, scope: Scope, body: Bytes) -> ApiResult {
+    let Resource::Snapshot(mut snap) = resource(&body)? else {
         return Err(wrong_kind("Snapshot"));
     };
+    scope.place(&mut snap)?;
     let snap = d.storage.create_snapshot(snap).await?;
     Ok(one(snap, StatusCode::CREATED))
 }
 
-async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.storage.snapshots.get(&name).await?, StatusCode::OK))
+async fn read(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.storage.snapshots.get(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
-async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let snap = d.storage.delete_snapshot(&name).await?;
+async fn delete(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let snap = d.storage.delete_snapshot(&scope.key(&name)).await?;
     Ok(one(snap, StatusCode::ACCEPTED))
 }
 
-async fn restore(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let snap = d.storage.restore_snapshot(&name).await?;
+async fn restore(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let snap = d.storage.restore_snapshot(&scope.key(&name)).await?;
     Ok(one(snap, StatusCode::ACCEPTED))
 }

@@ -9,6 +9,7 @@ use corral_service::{EventType, ServiceError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::Scope;
 use crate::api::error::status;
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Daemon;
@@ -49,23 +50,27 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send
 #[tonic::async_trait]
 impl VmService for VmGrpc {
     async fn create(&self, req: Request<pb::CreateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         let access = crate::auth::host_access(req.extensions().get());
-        let vm = vm_in(req.into_inner().vm)?;
+        let mut vm = vm_in(req.into_inner().vm)?;
+        scope.place(&mut vm).map_err(status)?;
         vm_out(self.0.vms.create_as(vm, access).await)
     }
 
     async fn get(&self, req: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
-        vm_out(self.0.vms.get(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        vm_out(self.0.vms.get(&scope.key(&req.into_inner().name)).await)
     }
 
     async fn list(
         &self,
         req: Request<pb::ListVmsRequest>,
     ) -> Result<Response<pb::ListVmsResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let (vms, revision) = self
             .0
             .vms
-            .list(&req.into_inner().label_selector)
+            .list_in(&req.into_inner().label_selector, &scope.listed)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListVmsResponse {
@@ -75,12 +80,15 @@ impl VmService for VmGrpc {
     }
 
     async fn update(&self, req: Request<pb::UpdateVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         let access = crate::auth::host_access(req.extensions().get());
-        let vm = vm_in(req.into_inner().vm)?;
+        let mut vm = vm_in(req.into_inner().vm)?;
+        scope.place(&mut vm).map_err(status)?;
         vm_out(self.0.vms.update_as(vm, access).await)
     }
 
     async fn delete(&self, req: Request<pb::DeleteVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         let req = req.into_inner();
         let version = (req.resource_version != 0).then_some(req.resource_version);
         let grace = if req.force {
@@ -91,7 +99,7 @@ impl VmService for VmGrpc {
         vm_out(
             self.0
                 .vms
-                .delete_with_grace(&req.name, version, grace)
+                .delete_with_grace(&scope.key(&req.name), version, grace)
                 .await,
         )
     }
@@ -102,12 +110,13 @@ impl VmService for VmGrpc {
         &self,
         req: Request<pb::WatchVmsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let scope = Scope::of(req.extensions());
         let req = req.into_inner();
-        let name = (!req.name.is_empty()).then_some(req.name.as_str());
+        let name = (!req.name.is_empty()).then(|| scope.key(&req.name));
         let mut watch = self
             .0
             .vms
-            .watch(name, req.after_revision)
+            .watch_in(name.as_deref(), req.after_revision, scope.listed)
             .await
             .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -133,55 +142,61 @@ impl VmService for VmGrpc {
     }
 
     async fn start(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         vm_out(
             self.0
                 .vms
-                .set_power(&req.into_inner().name, Power::Running, false)
+                .set_power(&scope.key(&req.into_inner().name), Power::Running, false)
                 .await,
         )
     }
 
     async fn stop(&self, req: Request<pb::StopVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         let req = req.into_inner();
         vm_out(
             self.0
                 .vms
-                .set_power(&req.name, Power::Stopped, req.force)
+                .set_power(&scope.key(&req.name), Power::Stopped, req.force)
                 .await,
         )
     }
 
     async fn pause(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         vm_out(
             self.0
                 .vms
-                .set_power(&req.into_inner().name, Power::Paused, false)
+                .set_power(&scope.key(&req.into_inner().name), Power::Paused, false)
                 .await,
         )
     }
 
     async fn resume(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
         vm_out(
             self.0
                 .vms
-                .set_power(&req.into_inner().name, Power::Running, false)
+                .set_power(&scope.key(&req.into_inner().name), Power::Running, false)
                 .await,
         )
     }
 
     async fn restart(&self, req: Request<pb::VmActionRequest>) -> Result<Response<pb::Vm>, Status> {
-        vm_out(self.0.vms.restart(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        vm_out(self.0.vms.restart(&scope.key(&req.into_inner().name)).await)
     }
 
     async fn console_log(
         &self,
         req: Request<pb::ConsoleLogRequest>,
     ) -> Result<Response<pb::ConsoleLogResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let req = req.into_inner();
         let data = self
             .0
             .consoles
-            .log(&req.name, req.tail_bytes)
+            .log(&scope.key(&req.name), req.tail_bytes)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ConsoleLogResponse { data }))

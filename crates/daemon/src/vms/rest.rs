@@ -7,6 +7,7 @@ use axum::http::{Method, StatusCode};
 use corral_contract::{Power, Resource};
 use serde::Deserialize;
 
+use crate::api::Scope;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::{ListQuery, many, name_mismatch, one, wrong_kind};
 use crate::api::{Permission, Route};
@@ -60,37 +61,39 @@ fn vm(body: &[u8]) -> Result<corral_contract::Vm, ApiError> {
     resource.into_vm().ok_or_else(|| wrong_kind("Vm"))
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    let (vms, revision) = d.vms.list(&q.label_selector).await?;
+async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
+    let (vms, revision) = d.vms.list_in(&q.label_selector, &scope.listed).await?;
     Ok(many(vms, Some(revision)))
 }
 
 async fn create(
     State(d): State<Shared>,
     caller: Option<Extension<Caller>>,
+    scope: Scope,
     body: Bytes,
 ) -> ApiResult {
     let access = host_access(caller.as_deref());
-    Ok(one(
-        d.vms.create_as(vm(&body)?, access).await?,
-        StatusCode::CREATED,
-    ))
+    let mut vm = vm(&body)?;
+    scope.place(&mut vm)?;
+    Ok(one(d.vms.create_as(vm, access).await?, StatusCode::CREATED))
 }
 
-async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.vms.get(&name).await?, StatusCode::OK))
+async fn read(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.vms.get(&scope.key(&name)).await?, StatusCode::OK))
 }
 
 async fn update(
     State(d): State<Shared>,
     caller: Option<Extension<Caller>>,
+    scope: Scope,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let vm = vm(&body)?;
+    let mut vm = vm(&body)?;
     if vm.metadata.name.as_str() != name {
         return Err(name_mismatch(vm.metadata.name.as_str(), &name));
     }
+    scope.place(&mut vm)?;
     let access = host_access(caller.as_deref());
     Ok(one(d.vms.update_as(vm, access).await?, StatusCode::OK))
 }
@@ -108,19 +111,23 @@ struct DeleteQuery {
 
 async fn delete(
     State(d): State<Shared>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult {
     let grace = if q.force { Some(0) } else { q.grace };
     let vm = d
         .vms
-        .delete_with_grace(&name, q.resource_version, grace)
+        .delete_with_grace(&scope.key(&name), q.resource_version, grace)
         .await?;
     Ok(one(vm, StatusCode::ACCEPTED))
 }
 
-async fn start(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let vm = d.vms.set_power(&name, Power::Running, false).await?;
+async fn start(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let vm = d
+        .vms
+        .set_power(&scope.key(&name), Power::Running, false)
+        .await?;
     Ok(one(vm, StatusCode::OK))
 }
 
@@ -133,23 +140,33 @@ struct StopQuery {
 
 async fn stop(
     State(d): State<Shared>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult {
-    let vm = d.vms.set_power(&name, Power::Stopped, q.force).await?;
+    let vm = d
+        .vms
+        .set_power(&scope.key(&name), Power::Stopped, q.force)
+        .await?;
     Ok(one(vm, StatusCode::OK))
 }
 
-async fn pause(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let vm = d.vms.set_power(&name, Power::Paused, false).await?;
+async fn pause(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let vm = d
+        .vms
+        .set_power(&scope.key(&name), Power::Paused, false)
+        .await?;
     Ok(one(vm, StatusCode::OK))
 }
 
-async fn resume(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let vm = d.vms.set_power(&name, Power::Running, false).await?;
+async fn resume(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let vm = d
+        .vms
+        .set_power(&scope.key(&name), Power::Running, false)
+        .await?;
     Ok(one(vm, StatusCode::OK))
 }
 
-async fn restart(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.vms.restart(&name).await?, StatusCode::OK))
+async fn restart(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(d.vms.restart(&scope.key(&name)).await?, StatusCode::OK))
 }

@@ -5,6 +5,7 @@ use corral_contract::{ByteSize, Volume};
 use corral_service::ServiceError;
 use tonic::{Request, Response, Status};
 
+use crate::api::Scope;
 use crate::api::error::{required, status};
 use crate::api::{GrpcMethod, Permission};
 use crate::state::Shared;
@@ -34,7 +35,9 @@ impl VolumeService for VolumeGrpc {
         &self,
         req: Request<pb::VolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let volume = Volume::try_from(required(req.into_inner().volume, "volume")?)?;
+        let scope = Scope::of(req.extensions());
+        let mut volume = Volume::try_from(required(req.into_inner().volume, "volume")?)?;
+        scope.place(&mut volume).map_err(status)?;
         volume_out(self.0.storage.create_volume(volume).await)
     }
 
@@ -42,18 +45,26 @@ impl VolumeService for VolumeGrpc {
         &self,
         req: Request<pb::VolumeNameRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        volume_out(self.0.storage.volumes.get(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        volume_out(
+            self.0
+                .storage
+                .volumes
+                .get(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 
     async fn list(
         &self,
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let scope = Scope::of(req.extensions());
         let (items, _) = self
             .0
             .storage
             .volumes
-            .list(&req.into_inner().label_selector)
+            .list_in(&req.into_inner().label_selector, &scope.listed)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListVolumesResponse {
@@ -65,7 +76,9 @@ impl VolumeService for VolumeGrpc {
         &self,
         req: Request<pb::VolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        let volume = Volume::try_from(required(req.into_inner().volume, "volume")?)?;
+        let scope = Scope::of(req.extensions());
+        let mut volume = Volume::try_from(required(req.into_inner().volume, "volume")?)?;
+        scope.place(&mut volume).map_err(status)?;
         volume_out(self.0.storage.update_volume(volume).await)
     }
 
@@ -73,11 +86,12 @@ impl VolumeService for VolumeGrpc {
         &self,
         req: Request<pb::ResizeVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
+        let scope = Scope::of(req.extensions());
         let req = req.into_inner();
         volume_out(
             self.0
                 .storage
-                .resize_volume(&req.name, ByteSize::new(req.size_bytes))
+                .resize_volume(&scope.key(&req.name), ByteSize::new(req.size_bytes))
                 .await,
         )
     }
@@ -86,6 +100,12 @@ impl VolumeService for VolumeGrpc {
         &self,
         req: Request<pb::VolumeNameRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
-        volume_out(self.0.storage.delete_volume(&req.into_inner().name).await)
+        let scope = Scope::of(req.extensions());
+        volume_out(
+            self.0
+                .storage
+                .delete_volume(&scope.key(&req.into_inner().name))
+                .await,
+        )
     }
 }

@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 
+use crate::api::Scope;
 use crate::api::error::ApiResult;
 use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
 use crate::api::{Permission, Route};
@@ -33,36 +34,50 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
     Ok(many(
-        d.storage.volumes.list(&q.label_selector).await?.0,
+        d.storage
+            .volumes
+            .list_in(&q.label_selector, &scope.listed)
+            .await?
+            .0,
         None,
     ))
 }
 
-async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {
-    let Resource::Volume(volume) = resource(&body)? else {
+async fn create(State(d): State<Shared>, scope: Scope, body: Bytes) -> ApiResult {
+    let Resource::Volume(mut volume) = resource(&body)? else {
         return Err(wrong_kind("Volume"));
     };
+    scope.place(&mut volume)?;
     let volume = d.storage.create_volume(volume).await?;
     Ok(one(volume, StatusCode::CREATED))
 }
 
-async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(one(d.storage.volumes.get(&name).await?, StatusCode::OK))
+async fn read(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    Ok(one(
+        d.storage.volumes.get(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
-async fn update(State(d): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
-    let Resource::Volume(volume) = resource(&body)? else {
+async fn update(
+    State(d): State<Shared>,
+    scope: Scope,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let Resource::Volume(mut volume) = resource(&body)? else {
         return Err(wrong_kind("Volume"));
     };
     if volume.metadata.name.as_str() != name {
         return Err(name_mismatch(volume.metadata.name.as_str(), &name));
     }
+    scope.place(&mut volume)?;
     Ok(one(d.storage.update_volume(volume).await?, StatusCode::OK))
 }
 
-async fn delete(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let volume = d.storage.delete_volume(&name).await?;
+async fn delete(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
+    let volume = d.storage.delete_volume(&scope.key(&name)).await?;
     Ok(one(volume, StatusCode::ACCEPTED))
 }

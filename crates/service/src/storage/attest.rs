@@ -45,7 +45,7 @@ impl StorageService {
             Boot::Volume { .. } => {}
         }
         for volume in vm.spec.volume_names() {
-            let v = self.volumes.get(volume.as_str()).await?;
+            let v = self.volumes.get(&vm.metadata.key_of(volume)).await?;
             if let (Some(image), Some(digest)) = (&v.spec.image, &v.status.image_digest) {
                 subjects.push(subject(format!("image/{image}"), digest));
             }

@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use super::fetch::{self, BlockedAddress};
 use super::{StorageService, blocking};
 use crate::ServiceError;
-use crate::resources::{Strategy, now, read_all, refuse_if_used};
+use crate::resources::{Strategy, may_refer, now, read_all, refuse_if_used};
 
 /// How images are admitted: an Image is created only once its bytes are in the image store
 /// (by [`StorageService::create_image`] or [`StorageService::upload_image`]); it cannot be
@@ -70,11 +70,15 @@ impl Strategy for ImageKind {
     }
 
     async fn check_delete(&self, store: &dyn Store, image: &Image) -> Result<(), ServiceError> {
-        let name = image.metadata.name.as_str();
         let volumes = read_all::<Volume>(store).await?.into_iter();
         refuse_if_used(
             image,
-            volumes.filter(|v| v.spec.image.as_ref().is_some_and(|i| i.as_str() == name)),
+            volumes.filter(|v| {
+                v.spec
+                    .image
+                    .as_ref()
+                    .is_some_and(|i| may_refer(&v.metadata, i, image))
+            }),
             "delete the volume first",
         )?;
         let Some(digest) = image.status.digest.as_deref() else {
@@ -137,7 +141,7 @@ impl StorageService {
         progress: ImportProgress,
         access: HostAccess,
     ) -> Result<Image, ServiceError> {
-        self.check_new_image(&image).await?;
+        self.check_new_image(&image, access).await?;
         let name = image.metadata.name.to_string();
         let writer = self.cas.writer()?;
         let max = self.config.import.max_size;
@@ -182,6 +186,7 @@ impl StorageService {
         image: Image,
         size: Option<u64>,
         mut chunks: S,
+        access: HostAccess,
     ) -> Result<Image, ServiceError>
     where
         S: Stream<Item = Result<Vec<u8>, ServiceError>> + Unpin,
@@ -202,7 +207,7 @@ impl StorageService {
         if size.is_some_and(|size| size > max) {
             return Err(too_large(max));
         }
-        self.check_new_image(&image).await?;
+        self.check_new_image(&image, access).await?;
         let mut writer = self.cas.writer()?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -291,10 +296,11 @@ impl StorageService {
     }
 
     /// Refuses early, before any byte moves: a bad spec, a taken name, no qemu-img.
-    async fn check_new_image(&self, image: &Image) -> Result<(), ServiceError> {
+    async fn check_new_image(&self, image: &Image, access: HostAccess) -> Result<(), ServiceError> {
         image.metadata.validate()?;
         image.spec.validate()?;
-        if self.images.exists(image.metadata.name.as_str()).await? {
+        crate::check_share(&image.metadata, image.spec.shared, access)?;
+        if self.images.exists(&image.metadata.key()).await? {
             return Err(ServiceError::AlreadyExists {
                 kind: "Image",
                 name: image.metadata.name.to_string(),

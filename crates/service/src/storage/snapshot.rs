@@ -27,7 +27,7 @@ impl Strategy for SnapshotKind {
         if current.is_some() {
             return Ok(());
         }
-        let Some(vm) = read::<Vm>(store, snap.spec.vm.as_str()).await? else {
+        let Some(vm) = read::<Vm>(store, &snap.metadata.key_of(&snap.spec.vm)).await? else {
             return Ok(());
         };
         if vm.spec.volume_names().next().is_none() {
@@ -54,11 +54,16 @@ impl StorageService {
     }
 
     /// Snapshots, all or those of one VM.
-    pub async fn list_snapshots(&self, vm: Option<&str>) -> Result<Vec<Snapshot>, ServiceError> {
-        let (items, _) = self.snapshots.list("").await?;
+    /// `vm` is a store key.
+    pub async fn list_snapshots(
+        &self,
+        vm: Option<&str>,
+        projects: &crate::Projects,
+    ) -> Result<Vec<Snapshot>, ServiceError> {
+        let (items, _) = self.snapshots.list_in("", projects).await?;
         Ok(items
             .into_iter()
-            .filter(|s| vm.is_none_or(|vm| s.spec.vm.as_str() == vm))
+            .filter(|s| vm.is_none_or(|vm| s.metadata.key_of(&s.spec.vm) == vm))
             .collect())
     }
 
@@ -73,7 +78,7 @@ impl StorageService {
                 message: None,
             });
         }
-        let vm = self.vms.get(snap.spec.vm.as_str()).await?;
+        let vm = self.vms.get(&snap.metadata.key_of(&snap.spec.vm)).await?;
         check_vm_state(&snap, vm.status.phase, "restore")?;
         self.snapshots
             .modify_live(name, |s| {

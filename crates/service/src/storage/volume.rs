@@ -4,7 +4,7 @@ use corral_contract::{
 use corral_store::Store;
 
 use super::StorageService;
-use crate::resources::{Strategy, read, read_all, refuse_if_used};
+use crate::resources::{Strategy, may_refer, read_all, refuse_if_used, resolve};
 use crate::{ServiceError, Stored};
 
 /// How volumes are admitted: the image a volume clones must be a Ready image that fits; only
@@ -32,7 +32,8 @@ impl Strategy for VolumeKind {
         };
         // An image that is missing or not Ready yet is waited for (the storage controller
         // makes the volume once it is); one that is Ready is checked now.
-        let Some(image) = read::<Image>(store, name.as_str()).await? else {
+        let project = volume.metadata.project();
+        let Some(image) = resolve::<Image>(store, project, name.as_str()).await? else {
             return Ok(());
         };
         if image.status.phase != StoragePhase::Ready {
@@ -99,11 +100,14 @@ impl Strategy for VolumeKind {
     }
 
     async fn check_delete(&self, store: &dyn Store, volume: &Volume) -> Result<(), ServiceError> {
-        let name = volume.metadata.name.as_str();
         let vms = read_all::<Vm>(store).await?.into_iter();
         refuse_if_used(
             volume,
-            vms.filter(|vm| vm.spec.volume_names().any(|v| v.as_str() == name)),
+            vms.filter(|vm| {
+                vm.spec
+                    .volume_names()
+                    .any(|v| may_refer(&vm.metadata, v, volume))
+            }),
             "detach it (VM stopped) or delete the VM first",
         )
     }
