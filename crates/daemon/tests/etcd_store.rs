@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use corral_client::{Client, Endpoint};
-use corral_contract::Phase;
+use corral_contract::{Phase, Power, Project, ProjectSpec};
 use corral_store::{EtcdConfig, EtcdStore, EtcdTls, Selector, Store};
 use corral_testkit::{
     Corrald, EtcdCluster, boots, kit_vm, last_heartbeat, wait_console, wait_phase,
@@ -36,7 +36,14 @@ async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyh
     wait_console(&c, &d, "on-etcd", "CORRAL_HEARTBEAT 1", 0).await?;
     let beat = last_heartbeat(&c, "on-etcd").await?.expect("heartbeats");
 
-    // The declaration lives in etcd, under corrald's prefix; no SQLite store was made.
+    // The same name in another project: a store name with '/' in it.
+    c.create_project(&Project::new("team-a".parse()?, ProjectSpec::default()))
+        .await?;
+    let team = c.clone().in_project(Some("team-a"), false)?;
+    team.create_vm(&kit_vm("on-etcd", |b| b.power(Power::Stopped)))
+        .await?;
+
+    // The declarations live in etcd, under corrald's prefix; no SQLite store was made.
     let mut config = EtcdConfig::new([endpoint.clone()]);
     config.tls = Some(EtcdTls {
         ca: std::fs::read_to_string(&files.ca)?,
@@ -47,10 +54,10 @@ async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyh
     });
     let store = EtcdStore::connect(config).await?;
     let (vms, _) = store.list("Vm", &Selector::everything()).await?;
+    let names: Vec<&str> = vms.iter().map(|vm| vm.name.as_str()).collect();
     assert!(
-        vms.iter().any(|vm| vm.name.ends_with("on-etcd")),
-        "the VM is stored in etcd: {:?}",
-        vms.iter().map(|vm| &vm.name).collect::<Vec<_>>()
+        names.contains(&"on-etcd") && names.contains(&"team-a/on-etcd"),
+        "both VMs are stored in etcd: {names:?}"
     );
     assert!(
         !d.data_dir().join("state.db").exists(),
@@ -83,6 +90,10 @@ async fn a_vm_kept_in_etcd_boots_and_is_adopted_after_a_daemon_restart() -> anyh
     )
     .await?;
     assert_eq!(boots(&c, "on-etcd").await?, 1, "the guest was not rebooted");
+    let team = c.clone().in_project(Some("team-a"), false)?;
+    let twin = team.get_vm("on-etcd").await?;
+    assert_eq!(twin.metadata.project(), "team-a");
+    assert_eq!(twin.spec.power, Power::Stopped);
     // The adopted VM is under control: stop it through the restarted daemon.
     c.stop_vm("on-etcd", false).await?;
     wait_phase(&c, &d, "on-etcd", Phase::Stopped).await?;
