@@ -120,6 +120,21 @@ impl EtcdCluster {
     }
 
     fn start_with(size: usize, tls: bool) -> Result<EtcdCluster, Error> {
+        // A free port can be taken by another test between being picked and etcd binding
+        // it: start again on new ports then.
+        let mut attempt = 0;
+        loop {
+            match Self::try_start(size, tls) {
+                Err(Error::Wait(log)) if attempt < 3 && log.contains("address already in use") => {
+                    attempt += 1;
+                    tracing::warn!(attempt, "an etcd port was taken; starting again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(size: usize, tls: bool) -> Result<EtcdCluster, Error> {
         let dir = tempfile::Builder::new()
             .prefix("corral-etcd-")
             .tempdir()
