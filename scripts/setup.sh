@@ -34,6 +34,10 @@ need readelf binutils
 need ip iproute2
 need dnsmasq dnsmasq-base
 need nft nftables
+# The etcd store's conformance and cluster tests start real etcd members (3.4).
+need etcd etcd-server
+# etcd-client (the etcd store's gRPC client) compiles etcd's .proto files with protoc.
+need protoc protobuf-compiler
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -93,6 +93,38 @@ pub struct Args {
     /// [default: corral-qemu when that user exists; else QEMU runs as corrald's user]
     #[arg(long, env = "CORRAL_QEMU_USER", value_name = "NAME")]
     pub qemu_user: Option<String>,
+    /// Where declared state is kept: `sqlite`, an embedded database in the data directory
+    /// (one host), or `etcd`, an etcd v3 cluster named by --etcd-endpoints [default: sqlite]
+    #[arg(long, env = "CORRAL_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// Client URLs of the etcd cluster for `--store etcd`, comma-separated, such as
+    /// `http://10.0.0.1:2379,http://10.0.0.2:2379`; requests go to the members that answer
+    #[arg(
+        long = "etcd-endpoints",
+        env = "CORRAL_ETCD_ENDPOINTS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// The etcd key prefix corrald keeps its objects under; two corrald installations may
+    /// share a cluster with different prefixes [default: /corral/]
+    #[arg(long, env = "CORRAL_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// PEM CA certificates that signed etcd's certificates: talk to etcd over TLS
+    /// (`https://` endpoints)
+    #[arg(long, env = "CORRAL_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for an etcd that asks for one (`--client-cert-auth`); needs
+    /// --etcd-key
+    #[arg(long, env = "CORRAL_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert
+    #[arg(long, env = "CORRAL_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// How long corrald waits at start for etcd to answer before giving up, e.g. `5m`
+    /// (etcd started at the same time may need a moment) [default: 60s]
+    #[arg(long, env = "CORRAL_ETCD_WAIT", value_name = "DURATION", value_parser = parse_timeout)]
+    pub etcd_wait: Option<Duration>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -139,6 +171,58 @@ pub enum Command {
     },
 }
 
+/// Which store backend keeps declared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded SQLite database in the data directory: one host.
+    Sqlite,
+    /// An etcd v3 cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
+/// The store backend, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `<data-dir>/state.db`.
+    Sqlite,
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs, checked.
+        endpoints: Vec<String>,
+        /// Key prefix, checked.
+        prefix: String,
+        /// How long to wait at start for etcd to answer.
+        wait: Duration,
+        /// TLS to etcd.
+        tls: Option<EtcdTlsFiles>,
+    },
+}
+
+/// The PEM files for TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    /// `--etcd-ca-file`.
+    pub ca: PathBuf,
+    /// `--etcd-cert` and `--etcd-key`.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Config {
+    /// Where the store is, for `corral version`: `sqlite:<file>` or
+    /// `etcd:<endpoints><prefix>`.
+    pub fn store_description(&self) -> String {
+        match &self.store {
+            StoreConfig::Sqlite => format!("sqlite:{}", self.data_dir.join("state.db").display()),
+            StoreConfig::Etcd {
+                endpoints, prefix, ..
+            } => {
+                format!("etcd:{}{prefix}", endpoints.join(","))
+            }
+        }
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +252,14 @@ pub struct FileConfig {
     qemu_user: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
+    store: Option<StoreKind>,
+    #[serde(default)]
+    etcd_endpoints: Vec<String>,
+    etcd_prefix: Option<String>,
+    etcd_wait: Option<String>,
+    etcd_ca_file: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
     port_range: Option<String>,
     #[serde(default)]
     host_path_allow: Vec<PathBuf>,
@@ -233,6 +325,8 @@ pub struct Config {
     pub admin_group: Option<String>,
     /// When the audit log rotates.
     pub audit: corral_service::AuditRotation,
+    /// Where declared state is kept.
+    pub store: StoreConfig,
 }
 
 /// What one API client may hold of the daemon, and for how long; the same for every
@@ -257,6 +351,9 @@ impl Default for ConnLimits {
         }
     }
 }
+
+/// The default of `--etcd-wait`.
+pub const DEFAULT_ETCD_WAIT: Duration = Duration::from_secs(60);
 
 /// The default of `--upload-max-size`.
 pub const DEFAULT_UPLOAD_MAX_SIZE: ByteSize = ByteSize::from_gib(32);
@@ -439,7 +536,79 @@ impl Config {
                 audit.max_size
             )));
         }
+        let endpoints = if args.etcd_endpoints.is_empty() {
+            file.etcd_endpoints
+        } else {
+            args.etcd_endpoints.clone()
+        };
+        let prefix = args.etcd_prefix.clone().or(file.etcd_prefix);
+        let wait = match (args.etcd_wait, &file.etcd_wait) {
+            (Some(wait), _) => Some(wait),
+            (None, Some(text)) => Some(
+                parse_timeout(text)
+                    .map_err(|e| ConfigError(format!("config file: etcd_wait: {text:?}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file);
+        let cert = args.etcd_cert.clone().or(file.etcd_cert);
+        let key = args.etcd_key.clone().or(file.etcd_key);
+        let tls = match (ca, cert, key) {
+            (None, None, None) => None,
+            (Some(ca), None, None) => Some(EtcdTlsFiles { ca, identity: None }),
+            (Some(ca), Some(cert), Some(key)) => Some(EtcdTlsFiles {
+                ca,
+                identity: Some((cert, key)),
+            }),
+            (None, _, _) => {
+                return Err(ConfigError(
+                    "--etcd-cert and --etcd-key need --etcd-ca-file (the CA that signed \
+                     etcd's certificates)"
+                        .into(),
+                ));
+            }
+            (Some(_), _, _) => {
+                return Err(ConfigError(
+                    "--etcd-cert and --etcd-key go together: give both or neither".into(),
+                ));
+            }
+        };
+        let store = match args.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
+            StoreKind::Sqlite => {
+                if !endpoints.is_empty() || prefix.is_some() || wait.is_some() || tls.is_some() {
+                    return Err(ConfigError(
+                        "--etcd-endpoints, --etcd-prefix, --etcd-wait and the --etcd TLS \
+                         files need --store etcd (the store is sqlite by default)"
+                            .into(),
+                    ));
+                }
+                StoreConfig::Sqlite
+            }
+            StoreKind::Etcd => {
+                let mut etcd = corral_store::EtcdConfig::new(endpoints);
+                if let Some(prefix) = prefix {
+                    etcd.prefix = prefix;
+                }
+                // The files are read at start; here only whether there is TLS matters.
+                etcd.tls = tls.as_ref().map(|_| corral_store::EtcdTls {
+                    ca: String::new(),
+                    identity: None,
+                });
+                etcd.validate().map_err(|e| {
+                    ConfigError(format!(
+                        "--store etcd: {e} (set --etcd-endpoints, --etcd-prefix)"
+                    ))
+                })?;
+                StoreConfig::Etcd {
+                    endpoints: etcd.endpoints,
+                    prefix: etcd.prefix,
+                    wait: wait.unwrap_or(DEFAULT_ETCD_WAIT),
+                    tls,
+                }
+            }
+        };
         Ok(Config {
+            store,
             host_path_allow,
             import,
             limits,
@@ -688,5 +857,130 @@ mod tests {
         std::fs::write(&file, "datadir = \"/x\"\n").unwrap();
         let err = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("unknown field `datadir`"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_etcd_is_named_with_its_endpoints() {
+        assert_eq!(
+            Config::resolve(&args(&[])).unwrap().store,
+            StoreConfig::Sqlite
+        );
+        let cfg = Config::resolve(&args(&[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379,http://etcd-2.lan:2379",
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Etcd {
+                endpoints: vec![
+                    "http://10.0.0.1:2379".into(),
+                    "http://etcd-2.lan:2379".into()
+                ],
+                prefix: "/corral/".into(),
+                wait: DEFAULT_ETCD_WAIT,
+                tls: None,
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(
+            &file,
+            "store = \"etcd\"\netcd_endpoints = [\"http://[::1]:2379\"]\netcd_prefix = \"/c2/\"\netcd_wait = \"5m\"\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Etcd {
+                endpoints: vec!["http://[::1]:2379".into()],
+                prefix: "/c2/".into(),
+                wait: Duration::from_secs(300),
+                tls: None,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_store_settings_name_the_flag_and_what_is_allowed() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--store", "etcd"], "at least one client URL"),
+            (&["--etcd-endpoints", "http://a:2379"], "need --store etcd"),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "10.0.0.1:2379"],
+                "http://HOST:PORT",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://a"],
+                "name the port",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://a:99999"],
+                "not a TCP port",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "http://u@h/x:1"],
+                "neither an IP address nor a DNS name",
+            ),
+            (
+                &["--store", "etcd", "--etcd-endpoints", "https://a:2379"],
+                "--etcd-ca-file",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://a:2379",
+                    "--etcd-ca-file",
+                    "/ca.pem",
+                ],
+                "https://HOST:PORT",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "https://a:2379",
+                    "--etcd-cert",
+                    "/c.pem",
+                    "--etcd-key",
+                    "/k.pem",
+                ],
+                "need --etcd-ca-file",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "https://a:2379",
+                    "--etcd-ca-file",
+                    "/ca.pem",
+                    "--etcd-cert",
+                    "/c.pem",
+                ],
+                "--etcd-cert and --etcd-key go together",
+            ),
+            (
+                &[
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://a:2379",
+                    "--etcd-prefix",
+                    "corral",
+                ],
+                "must start and end with '/'",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let err = Config::resolve(&args(flags)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+            assert!(err.contains("etcd"), "{flags:?}: {err}");
+        }
     }
 }

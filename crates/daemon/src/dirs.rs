@@ -141,11 +141,16 @@ pub fn prepare(dir: &Path, which: Which, qemu: Option<FileOwner>) -> Result<(), 
 /// Inside a prepared data directory: the store's files private to corrald (QEMU's group
 /// passes through the directory; the store holds every spec, cloud-init user data included),
 /// and the directories of what QEMU opens — image blobs (backing files, kernels), volumes and
-/// cloud-init seeds — searchable by its group.
-pub fn prepare_data_layout(data_dir: &Path, qemu: Option<FileOwner>) -> Result<(), DirError> {
+/// cloud-init seeds — searchable by its group. `sqlite` says whether the store is the
+/// SQLite file here (with `--store etcd` no store file is made).
+pub fn prepare_data_layout(
+    data_dir: &Path,
+    qemu: Option<FileOwner>,
+    sqlite: bool,
+) -> Result<(), DirError> {
     for file in ["state.db", "state.db-wal", "state.db-shm"] {
         let path = data_dir.join(file);
-        if file == "state.db" || path.exists() {
+        if (sqlite && file == "state.db") || path.exists() {
             private_file(&path).map_err(|source| DirError::Io { dir: path, source })?;
         }
     }

@@ -45,12 +45,46 @@ use corral_service::{
     AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
     StorageConfig, StorageService, VmService,
 };
-use corral_store::SqliteStore;
+use corral_store::{EtcdConfig, EtcdStore, SqliteStore};
 use tokio::sync::watch;
 
 pub use config::{Args, Config};
 pub use metrics::Metrics;
 pub use state::Daemon;
+
+/// Reads the PEM files for TLS to etcd, naming the flag of a file that cannot be read.
+fn read_etcd_tls(files: &config::EtcdTlsFiles) -> anyhow::Result<corral_store::EtcdTls> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    Ok(corral_store::EtcdTls {
+        ca: read("--etcd-ca-file", &files.ca)?,
+        identity: match &files.identity {
+            Some((cert, key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+            None => None,
+        },
+    })
+}
+
+/// Connects to etcd, waiting up to `wait` for it to answer: etcd started beside corrald
+/// may not be serving yet.
+async fn connect_etcd(
+    config: EtcdConfig,
+    wait: std::time::Duration,
+) -> Result<EtcdStore, corral_store::StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match EtcdStore::connect(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e @ corral_store::StoreError::InvalidConfig { .. }) => return Err(e),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "etcd does not answer yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -72,15 +106,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dirs::Which::Run
     };
     dirs::prepare(&config.run_dir, run_which, qemu)?;
-    dirs::prepare_data_layout(&config.data_dir, qemu)?;
-    let store = SqliteStore::open(config.data_dir.join("state.db"))
-        .await
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    dirs::prepare_data_layout(
+        &config.data_dir,
+        qemu,
+        config.store == config::StoreConfig::Sqlite,
+    )?;
+    let store: Arc<dyn corral_store::Store> = match &config.store {
+        config::StoreConfig::Sqlite => Arc::new(
+            SqliteStore::open(config.data_dir.join("state.db"))
+                .await
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        config::StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            wait,
+            tls,
+        } => {
+            let mut etcd = EtcdConfig::new(endpoints.iter().cloned());
+            etcd.prefix = prefix.clone();
+            etcd.tls = tls.as_ref().map(read_etcd_tls).transpose()?;
+            tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
+            Arc::new(connect_etcd(etcd, *wait).await.with_context(|| {
+                format!(
+                    "connecting to the etcd store at {} (waited {}; --etcd-wait sets how long)",
+                    endpoints.join(","),
+                    humantime::format_duration(*wait)
+                )
+            })?)
+        }
+    };
     let mut backend_config = QemuBackendConfig::new(config.run_dir.clone());
     backend_config.run_as = qemu;
     let backend =
         Arc::new(QemuBackend::new(backend_config).context("preparing the run directory")?);
-    let store: Arc<dyn corral_store::Store> = Arc::new(store);
     // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;

@@ -102,6 +102,14 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The store's configuration is unusable.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The setting, such as `etcd endpoints`.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
     /// The backend failed while doing `operation`.
     #[error("store backend failed to {operation}: {source}")]
     Backend {

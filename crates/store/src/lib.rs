@@ -2,7 +2,8 @@
 //! writes and a resumable change feed.
 //!
 //! The [`Store`] trait is what the service layer and the controllers use; [`SqliteStore`]
-//! implements it in one embedded SQLite file for single-host use. The store is
+//! implements it in one embedded SQLite file for single-host use, [`EtcdStore`] in an etcd
+//! v3 cluster (see the mapping below). The store is
 //! schema-agnostic: an [`Object`] is a resource's `kind`, `name`, `uid` and `labels`
 //! (indexed) plus its whole body as JSON text, stored and returned verbatim (never parsed),
 //! so this crate does not depend on the contract crate.
@@ -45,8 +46,8 @@
 //!
 //! # Mapping onto etcd
 //!
-//! The trait follows etcd's model so that a cluster implementation can be added beside
-//! SQLite without changing callers (leases are left for then):
+//! The trait follows etcd's model, so that [`EtcdStore`] implements it beside SQLite
+//! without changing callers:
 //!
 //! | `Store` | etcd v3 |
 //! |---------|---------|
@@ -62,18 +63,27 @@
 //! | `compact(keep_after)` | `Compact(keep_after + 1)` (etcd keeps revisions at or above the compaction point) |
 //!
 //! Each of our writes touches one key, so revisions along a watch are strictly
-//! increasing in both backends. Leader election and node liveness will use etcd leases
-//! through a separate trait; a single-host SQLite store needs neither.
+//! increasing in both backends. A name may contain `/` (`project/name`): kinds never do,
+//! so one kind's range never holds another kind's keys.
+//!
+//! Liveness and leader election are separate traits, [`Leases`] and [`Elections`]:
+//! [`EtcdCoordinator`] implements them on etcd leases and etcd's election API (keys under
+//! `/corral-coord/`, outside the objects' prefix), [`LocalCoordinator`] in one process
+//! for a single host.
 #![deny(missing_docs)]
 
+mod coord;
 mod error;
+mod etcd;
 mod object;
 mod selector;
 mod sqlite;
 mod store;
 mod watch;
 
+pub use coord::{Elections, Leadership, Lease, Leases, LocalCoordinator};
 pub use error::{BackendError, StoreError};
+pub use etcd::{DEFAULT_PREFIX, EtcdConfig, EtcdCoordinator, EtcdStore, EtcdTls};
 pub use object::{EventType, Object, WatchEvent};
 pub use selector::{Requirement, Selector, SelectorError};
 pub use sqlite::{SqliteConfig, SqliteStore};

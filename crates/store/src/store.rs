@@ -9,9 +9,12 @@ use crate::{Object, Selector, StoreError, WatchStream};
 /// A transactional key-value store of [`Object`]s keyed by `(kind, name)`, with one global
 /// revision counter, compare-and-swap writes, and an ordered, resumable change feed.
 ///
-/// Every successful `create`, `update` and `delete` bumps the global revision by one and
-/// records a [`WatchEvent`](crate::WatchEvent) at that revision, atomically with the
-/// change. Revisions never go backwards, including across restarts.
+/// Every successful `create`, `update` and `delete` bumps the global revision and records a
+/// [`WatchEvent`](crate::WatchEvent) at that revision, atomically with the change (by one
+/// in SQLite; in etcd, other writes to the cluster bump it too). Revisions never go
+/// backwards, including across restarts.
+///
+/// `tests/conformance.rs` runs the same tests against every implementation.
 #[async_trait]
 pub trait Store: Send + Sync + Debug + 'static {
     /// Stores a new object. Its `resource_version` is ignored and set to the new revision.
@@ -42,7 +45,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         expected_version: Option<u64>,
     ) -> Result<Object, StoreError>;
 
-    /// The current global revision: that of the last write, 0 for an empty store.
+    /// The current global revision: that of the last write, 0 for an empty SQLite store.
+    /// etcd's revision starts at 1 and counts every write to the cluster (leases and
+    /// elections too), so callers compare revisions, never count them.
     async fn revision(&self) -> Result<u64, StoreError>;
 
     /// Follows changes with revision greater than `after`, for one kind or for all

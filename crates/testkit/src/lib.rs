@@ -10,6 +10,7 @@
 //! - [`Cli`]: the `corral` CLI on one daemon (socket, or TLS and a token) with asserting
 //!   runners and console, phase and deletion waits; [`Console`] for an attached console.
 //! - [`kit_vm`], [`wait_phase`], [`wait_console`]: the same through the typed gRPC client.
+//! - [`EtcdCluster`]: real etcd members on loopback for the etcd store's tests.
 //! - [`http`]: a REST client (HTTP/1.1 or HTTP/2, socket or TLS) and a TLS corrald;
 //!   [`openapi`]: answers checked against an OpenAPI document.
 //!
@@ -29,6 +30,7 @@
 mod cli;
 mod daemon;
 mod error;
+mod etcd;
 /// An HTTP client of corrald's REST API and a TLS corrald to use it on.
 pub mod http;
 mod kit;
@@ -42,6 +44,7 @@ mod vms;
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
 pub use error::Error;
+pub use etcd::{EtcdCluster, EtcdTlsFiles};
 pub use kit::{GuestKit, workspace_root};
 pub use netns::{Netns, ip};
 pub use output::Output;

@@ -36,10 +36,7 @@ impl SystemService for SystemGrpc {
         Ok(Response::new(pb::VersionResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             git_commit: option_env!("CORRAL_GIT_COMMIT").map(str::to_owned),
-            store: format!(
-                "sqlite:{}",
-                self.0.config.data_dir.join("state.db").display()
-            ),
+            store: self.0.config.store_description(),
             node: self.0.node.clone(),
         }))
     }
