@@ -81,7 +81,7 @@ pub use network::{
 pub use project::{ProjectKind, ProjectService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
 pub use storage::{
-    BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,
-    StorageService, VolumeKind,
+    BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, SnapshotKind,
+    StorageConfig, StorageService, VolumeKind,
 };
 pub use vm::{VmKind, VmService};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use super::convert::{decode, decode_lenient, enum_or_unspecified, enum_value, required};
 use crate::pb;
 use crate::{
-    ByteSize, Image, ImageSource, ImageSpec, ImageStatus, ObjectMeta, ResourceName, Snapshot,
-    SnapshotSpec, SnapshotStatus, ValidationError, Volume, VolumeSpec, VolumeStatus,
+    ByteSize, Image, ImageBuild, ImageSource, ImageSpec, ImageStatus, ObjectMeta, ResourceName,
+    Snapshot, SnapshotSpec, SnapshotStatus, ValidationError, Volume, VolumeSpec, VolumeStatus,
 };
 
 fn meta(meta: Option<pb::ObjectMeta>) -> Result<ObjectMeta, ValidationError> {
@@ -21,6 +21,11 @@ impl From<&Image> for pb::Image {
             ImageSource::Url(u) => pb::image_spec::Source::Url(u.clone()),
             ImageSource::Upload { filename } => pb::image_spec::Source::Upload(pb::UploadSource {
                 filename: filename.clone(),
+            }),
+            ImageSource::Build(b) => pb::image_spec::Source::Build(pb::ImageBuildSource {
+                distribution: b.distribution.as_str().into(),
+                packages: b.packages.clone(),
+                size_bytes: b.size.map(ByteSize::as_u64),
             }),
         };
         let st = &image.status;
@@ -38,6 +43,7 @@ impl From<&Image> for pb::Image {
                 virtual_size: st.virtual_size,
                 verified_at: st.verified_at.clone(),
                 message: st.message.clone(),
+                packages: st.packages.clone(),
             }),
         }
     }
@@ -54,10 +60,18 @@ impl TryFrom<pb::Image> for Image {
             Some(pb::image_spec::Source::Upload(u)) => ImageSource::Upload {
                 filename: u.filename,
             },
+            Some(pb::image_spec::Source::Build(b)) => ImageSource::Build(ImageBuild {
+                distribution: b
+                    .distribution
+                    .parse()
+                    .map_err(|e| ValidationError::new("spec.source.build.distribution", e))?,
+                packages: b.packages,
+                size: b.size_bytes.map(ByteSize::new),
+            }),
             None => {
                 return Err(ValidationError::new(
                     "spec.source",
-                    "required: set path, url or upload",
+                    "required: set path, url, upload or build",
                 ));
             }
         };
@@ -78,6 +92,7 @@ impl TryFrom<pb::Image> for Image {
                 virtual_size: status.virtual_size,
                 verified_at: status.verified_at,
                 message: status.message,
+                packages: status.packages,
             },
         })
     }

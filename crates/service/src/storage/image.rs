@@ -2,9 +2,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use corral_contract::{
-    Boot, Image, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError, Vm, Volume,
+    Boot, Image, ImageBuild, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError,
+    Vm, Volume,
 };
-use corral_storage::{Cas, CasWriter, Digest, HostAccess};
+use corral_storage::{BuildRequest, Cas, CasWriter, Digest, HostAccess};
 use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
@@ -164,6 +165,10 @@ impl StorageService {
                 .await?
             }
             ImageSource::Url(url) => self.fetch(&name, &url, writer, progress).await?,
+            ImageSource::Build(build) => {
+                let (writer, packages) = self.build(&name, &build, writer, progress).await?;
+                return self.store_image(image, writer, packages).await;
+            }
             ImageSource::Upload { .. } => {
                 return Err(ServiceError::Invalid(ValidationError::new(
                     "spec.source",
@@ -171,7 +176,53 @@ impl StorageService {
                 )));
             }
         };
-        self.store_image(image, writer).await
+        self.store_image(image, writer, Vec::new()).await
+    }
+
+    /// Builds a disk image from distribution packages (or takes it from the build cache) and
+    /// copies it into `writer`; returns the installed packages as `name=version`.
+    async fn build(
+        &self,
+        name: &str,
+        build: &ImageBuild,
+        writer: CasWriter,
+        progress: ImportProgress,
+    ) -> Result<(CasWriter, Vec<String>), ServiceError> {
+        let request = BuildRequest {
+            suite: build.distribution.suite().to_owned(),
+            packages: build.packages.clone(),
+            size: build.size_bytes(),
+            mirror: self.config.build.mirror.clone(),
+        };
+        let configured = self.config.build.cache.clone();
+        let cache = configured
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("builds"));
+        let n = name.to_owned();
+        blocking(move || {
+            let built = corral_storage::build_image(&request, &cache, |line| {
+                tracing::info!(image = %n, "{line}");
+            })
+            .map_err(|e| ServiceError::import(&n, e))?;
+            tracing::info!(image = %n, cached = built.cached, "image built");
+            let mut w = writer;
+            let file = std::fs::File::open(&built.image).map_err(|e| ServiceError::Io {
+                context: format!("opening {}", built.image.display()),
+                source: e,
+            })?;
+            w.copy_from(file, &built.image.display().to_string(), |b| {
+                progress.set(b)
+            })
+            .map_err(|e| ServiceError::import(&n, e))?;
+            // Without a configured cache the build's copy goes once its bytes are stored.
+            if configured.is_none() {
+                if let Some(dir) = built.image.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Ok((w, built.packages))
+        })
+        .await
     }
 
     /// Imports bytes a client streams; `size`, when given, is checked at the end. An upload
@@ -224,7 +275,7 @@ impl StorageService {
                 ));
             }
         }
-        self.store_image(image, writer).await
+        self.store_image(image, writer, Vec::new()).await
     }
 
     async fn fetch(
@@ -309,11 +360,13 @@ impl StorageService {
     }
 
     /// Checks the bytes in `writer` (format, backing file), moves them into the store and
-    /// creates the Image. On any failure nothing stays behind.
+    /// creates the Image, recording `packages` (what a build installed). On any failure
+    /// nothing stays behind.
     async fn store_image(
         &self,
         mut image: Image,
         writer: CasWriter,
+        packages: Vec<String>,
     ) -> Result<Image, ServiceError> {
         let name = image.metadata.name.to_string();
         let declared = image.spec.format;
@@ -373,6 +426,7 @@ impl StorageService {
             virtual_size,
             verified_at: Some(now()),
             message: None,
+            packages,
         };
         match self.images.create(image).await {
             Ok(image) => {
