@@ -131,7 +131,7 @@ pub enum VmCommand {
 
 // `vm create`: the flags that make a VM's spec.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume", "image"])))]
 pub struct CreateArgs {
     /// The VM's name: 1-63 lowercase letters, digits and '-'
     #[arg(value_parser = parse_name)]
@@ -168,6 +168,14 @@ pub struct CreateArgs {
     /// Boot this Volume with firmware (it becomes the first disk)
     #[arg(long, value_name = "VOLUME", value_parser = parse_name, conflicts_with_all = ["disk", "kernel"])]
     pub boot_volume: Option<ResourceName>,
+    /// Boot a copy of this Image (e.g. one `corral image build debian-12` made): a volume named
+    /// like the VM is cloned from it, and deleted with the VM
+    #[arg(long, value_name = "IMAGE", value_parser = parse_name, conflicts_with_all = ["disk", "kernel", "boot_volume"])]
+    pub image: Option<ResourceName>,
+    /// With --image: the volume's size [default: the image's]; the guest grows its root
+    /// file system to it at boot
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "image")]
+    pub disk_size: Option<ByteSize>,
     /// Attach a Volume as a virtio-blk disk: NAME, NAME:ro, NAME:serial=ID or
     /// NAME:ro:serial=ID; repeat for more, in order
     #[arg(long = "volume", value_name = "NAME[:ro][:serial=ID]", value_parser = parse_attachment)]

@@ -946,7 +946,36 @@ impl VmController {
             .remove(name);
         self.deps.forget(name);
         tracing::info!(vm = name, %uid, "deleted");
+        self.delete_owned_volumes(uid).await;
         Ok(None)
+    }
+
+    /// Deletes the volumes made for the VM `uid` (`vm create --image`). A failure is logged:
+    /// the VM is gone either way, and the storage controller's sweep retries.
+    async fn delete_owned_volumes(&self, uid: &str) {
+        let Some(storage) = &self.storage else { return };
+        let volumes = match storage.volumes.list("").await {
+            Ok((v, _)) => v,
+            Err(e) => {
+                tracing::warn!(%uid, error = %e, "listing the VM's volumes to delete them");
+                return;
+            }
+        };
+        for volume in volumes.iter().filter(|v| {
+            v.metadata
+                .annotations
+                .get(annotations::OWNER_VM)
+                .map(String::as_str)
+                == Some(uid)
+        }) {
+            let name = volume.metadata.name.as_str();
+            match storage.volumes.delete(name, None).await {
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {
+                    tracing::info!(volume = name, vm_uid = %uid, "deleted the VM's volume")
+                }
+                Err(e) => tracing::warn!(volume = name, error = %e, "deleting the VM's volume"),
+            }
+        }
     }
 }
 
