@@ -253,7 +253,11 @@ impl utoipa::PartialSchema for ImageSource {
             .item(object([("path", crate::schema::absolute_path(), true)]))
             .item(object([("url", url.into(), true)]))
             .item(object([("upload", upload.into(), true)]))
-            .item(object([("build", ImageBuild::schema(), true)]))
+            .item(object([(
+                "build",
+                utoipa::openapi::schema::Ref::from_schema_name("ImageBuild").into(),
+                true,
+            )]))
             .description(Some(
                 "Exactly one of: path (a file on the daemon's host), url (http or https), \
                  upload (bytes a client streams), build (distribution packages)",
