@@ -24,7 +24,9 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 
 # What every image holds; the user's packages come on top. cloud-init reads Corral's NoCloud
-# seed (hostname, users, keys); qemu-guest-agent answers the host; growpart grows the root
+# seed (hostname, users, keys) and nothing else (no slow probing of cloud metadata services);
+# root may log in with the keys Corral authorises for it, as on Corral's other guests.
+# qemu-guest-agent answers the host; growpart grows the root
 # partition to the volume's size at first boot.
 base=(
   systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools
@@ -40,9 +42,9 @@ mmdebstrap --mode=auto --variant=apt --format=directory \
   --customize-hook='echo "LABEL=corral-root / ext4 defaults,errors=remount-ro 0 1" >"$1/etc/fstab"' \
   --customize-hook='echo debian >"$1/etc/hostname"' \
   --customize-hook='printf "source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n" >"$1/etc/network/interfaces"' \
-  --customize-hook='printf "datasource_list: [ NoCloud, None ]\n" >"$1/etc/cloud/cloud.cfg.d/90-corral.cfg"' \
+  --customize-hook='printf "datasource_list: [ NoCloud, None ]\ndisable_root: false\n" >"$1/etc/cloud/cloud.cfg.d/90-corral.cfg"' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*_key* "$1/etc/machine-id"; touch "$1/etc/machine-id"' \
-  --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer >/dev/null 2>&1 || true' \
+  --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service >/dev/null 2>&1 || true' \
   "$suite" "$root" "$mirror" >&2
 
 dpkg-query --admindir="$root/var/lib/dpkg" -W -f '${Package}\t${Version}\n' >"$work/packages.tsv"
@@ -76,7 +78,7 @@ TIMEOUT 0
 LABEL debian
   LINUX /vmlinuz
   INITRD /initrd.img
-  APPEND root=LABEL=corral-root ro console=tty0 console=ttyS0,115200n8
+  APPEND root=LABEL=corral-root ro quiet console=tty0 console=ttyS0,115200n8
 EOF
 cp "$kernel" "$work/vmlinuz"
 cp "$initrd" "$work/initrd.img"
