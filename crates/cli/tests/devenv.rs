@@ -6,7 +6,10 @@
 //! The build (mmdebstrap; minutes) is cached under `target/image-builds`, keyed by the build
 //! script and its inputs, through corrald's `--build-cache`: a second run copies it.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use corral_testkit::{Cli, Corrald, workspace_binary};
 
@@ -164,4 +167,107 @@ fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm(
     cli.ok(&["vm", "delete", "dev1", "--force", "--wait"]);
     cli.wait_gone("volume", "dev1");
     cli.get("image", "debian-12");
+}
+
+/// A one-thread HTTP/1.0 server on 127.0.0.1 serving `file` at every path; returns its port.
+fn serve(file: &Path) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the test's HTTP server");
+    let port = listener.local_addr().unwrap().port();
+    let body = std::fs::read(file).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let mut stream = stream;
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    port
+}
+
+fn sha256(file: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn image_pull_takes_a_catalogue_entry_and_stores_only_bytes_that_match_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("small.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let port = serve(&disk);
+    let url = format!("http://127.0.0.1:{port}/small.qcow2");
+    let good = sha256(&disk);
+    let bad = "0".repeat(64);
+    let catalogue = dir.path().join("catalogue.yaml");
+    std::fs::write(
+        &catalogue,
+        format!(
+            "images:\n  small:\n    url: {url}\n    checksum: sha256:{good}\n    format: qcow2\n  \
+             tampered:\n    url: {url}\n    checksum: sha256:{bad}\n  \
+             typo:\n    url: {url}\n    checksum: md5:{bad}\n"
+        ),
+    )
+    .unwrap();
+    // The test's server is on loopback, which URL imports refuse unless allowed.
+    let d = Corrald::start_with(
+        workspace_binary("corrald"),
+        &["--import-allow-net", "127.0.0.0/8"],
+    )
+    .expect("corrald");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_CATALOGUE", &catalogue);
+
+    let image = cli.json(&["image", "pull", "small", "-o", "json"]);
+    assert_eq!(image["status"]["phase"], "Ready", "{image}");
+    assert_eq!(image["status"]["format"], "qcow2", "{image}");
+    assert_eq!(
+        image["spec"]["checksum"],
+        format!("sha256:{good}"),
+        "{image}"
+    );
+    // The same bytes under another name, from the catalogue named on the command line.
+    let copy = cli.json(&[
+        "image",
+        "pull",
+        "small",
+        "--name",
+        "small-2",
+        "--catalogue",
+        catalogue.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(copy["status"]["digest"], image["status"]["digest"]);
+
+    // Bytes that do not match are not stored: the error names the field and both sums.
+    let err = cli.fails(&["image", "pull", "tampered"], 1, "spec.checksum");
+    assert!(err.contains(&good) && err.contains(&bad), "{err}");
+    cli.fails(&["image", "get", "tampered"], 3, "not found");
+    // A bad catalogue entry and an unknown name are named with the file.
+    cli.fails(&["image", "pull", "typo"], 1, "images.typo.checksum");
+    let err = cli.fails(&["image", "pull", "nope"], 1, "no image \"nope\"");
+    assert!(
+        err.contains("catalogue.yaml") && err.contains("small"),
+        "{err}"
+    );
 }

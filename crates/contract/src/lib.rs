@@ -69,7 +69,7 @@ pub use size::{ByteSize, ByteSizeError};
 pub use storage::{
     Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot,
     SnapshotSpec, SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus,
-    is_digest,
+    is_digest, parse_checksum,
 };
 pub use vm::{
     Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Power, RestartPolicy, Vm, VmSpec,

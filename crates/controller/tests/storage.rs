@@ -152,6 +152,7 @@ async fn a_vm_gets_its_volumes_and_a_stopped_vm_takes_a_disk_snapshot() {
         ImageSpec {
             source: ImageSource::Path(src),
             format: Some(ImageFormat::Raw),
+            checksum: None,
         },
     );
     f.storage

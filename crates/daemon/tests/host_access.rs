@@ -54,6 +54,7 @@ fn path_image(name: &str, path: &Path) -> Image {
         ImageSpec {
             source: ImageSource::Path(path.to_owned()),
             format: Some(ImageFormat::Raw),
+            checksum: None,
         },
     )
 }
@@ -64,6 +65,7 @@ fn url_image(name: &str, url: &str) -> Image {
         ImageSpec {
             source: ImageSource::Url(url.to_owned()),
             format: Some(ImageFormat::Raw),
+            checksum: None,
         },
     )
 }
@@ -482,6 +484,7 @@ async fn qcow2_images_that_name_host_files_are_refused() -> Result {
             ImageSpec {
                 source: ImageSource::Path(path.to_owned()),
                 format,
+                checksum: None,
             },
         )
     };

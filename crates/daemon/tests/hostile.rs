@@ -97,6 +97,7 @@ fn path_image(name: &str, path: &Path, format: ImageFormat) -> Image {
         ImageSpec {
             source: ImageSource::Path(path.to_owned()),
             format: Some(format),
+            checksum: None,
         },
     )
 }
@@ -107,6 +108,7 @@ fn url_image(name: &str, url: &str) -> Image {
         ImageSpec {
             source: ImageSource::Url(url.to_owned()),
             format: Some(ImageFormat::Raw),
+            checksum: None,
         },
     )
 }

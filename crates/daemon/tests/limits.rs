@@ -275,6 +275,7 @@ fn upload_image(name: &str) -> Image {
         ImageSpec {
             source: ImageSource::Upload { filename: None },
             format: Some(corral_contract::ImageFormat::Raw),
+            checksum: None,
         },
     )
 }

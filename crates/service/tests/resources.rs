@@ -107,6 +107,7 @@ async fn create_stamps_identity_and_the_kinds_initial_status() {
         ImageSpec {
             source: ImageSource::Url("https://example.invalid/x.qcow2".into()),
             format: None,
+            checksum: None,
         },
     );
     image.status = ImageStatus {

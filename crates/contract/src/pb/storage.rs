@@ -34,6 +34,7 @@ impl From<&Image> for pb::Image {
             spec: Some(pb::ImageSpec {
                 source: Some(source),
                 format: enum_or_unspecified(image.spec.format),
+                checksum: image.spec.checksum.clone(),
             }),
             status: Some(pb::ImageStatus {
                 phase: enum_value(st.phase),
@@ -78,6 +79,7 @@ impl TryFrom<pb::Image> for Image {
         let spec = ImageSpec {
             source,
             format: decode("spec.format", spec.format)?,
+            checksum: spec.checksum,
         };
         spec.validate()?;
         let status = image.status.unwrap_or_default();

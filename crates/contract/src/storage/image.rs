@@ -51,6 +51,39 @@ pub struct ImageSpec {
     /// and initrds must be declared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ImageFormat>,
+    /// What the bytes must hash to, `sha256:<hex>`, `sha512:<hex>` or `blake3:<hex>` (as a
+    /// catalogue or a publisher's SHA256SUMS gives it); an import whose bytes differ fails
+    /// and stores nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}|blake3:[0-9a-f]{64})$")]
+    pub checksum: Option<String>,
+}
+
+/// Splits a checksum into its algorithm and lower-case hex, checking both.
+pub fn parse_checksum(checksum: &str) -> Result<(&str, &str), ValidationError> {
+    let bad = || {
+        ValidationError::new(
+            "spec.checksum",
+            format!(
+                "{checksum:?} is not a checksum: write sha256:<64 hex>, sha512:<128 hex> or \
+                 blake3:<64 hex> (lower case)"
+            ),
+        )
+    };
+    let (algorithm, hex) = checksum.split_once(':').ok_or_else(bad)?;
+    let len = match algorithm {
+        "sha256" | "blake3" => 64,
+        "sha512" => 128,
+        _ => return Err(bad()),
+    };
+    let hex_ok = hex.len() == len
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok {
+        return Err(bad());
+    }
+    Ok((algorithm, hex))
 }
 
 /// Where an image's bytes come from.
@@ -209,6 +242,9 @@ impl ImageSpec {
             ImageSource::Upload { .. } => {}
             ImageSource::Build(build) => build.validate()?,
         }
+        if let Some(checksum) = &self.checksum {
+            parse_checksum(checksum)?;
+        }
         Ok(())
     }
 }
@@ -295,6 +331,22 @@ mod tests {
             let err = build(&["curl", bad], None).validate().unwrap_err();
             assert_eq!(err.field, "spec.source.build.packages[1]", "{bad}");
         }
+    }
+
+    #[test]
+    fn checksums_name_their_algorithm_and_have_its_length() {
+        let sha = format!("sha256:{}", "a1".repeat(32));
+        assert_eq!(parse_checksum(&sha).unwrap().0, "sha256");
+        assert!(parse_checksum(&format!("sha512:{}", "0".repeat(128))).is_ok());
+        for bad in ["md5:00", "sha256:", "sha256:A1", "blake3:xyz", "sha512:00"] {
+            assert_eq!(
+                parse_checksum(bad).unwrap_err().field,
+                "spec.checksum",
+                "{bad}"
+            );
+        }
+        let upper = format!("sha256:{}", "A1".repeat(32));
+        assert!(parse_checksum(&upper).is_err());
     }
 
     #[test]

@@ -118,6 +118,47 @@ impl ImportProgress {
     }
 }
 
+/// Compares the bytes in `temp` (whose BLAKE3 is `digest`) with the checksum the spec
+/// declares. A mismatch is the caller's to fix, so it names `spec.checksum`.
+fn check_checksum(
+    checksum: &str,
+    digest: &Digest,
+    temp: &std::path::Path,
+) -> Result<(), ServiceError> {
+    let (algorithm, want) = corral_contract::parse_checksum(checksum)?;
+    let got = match algorithm {
+        "blake3" => digest.hex(),
+        "sha256" => hash_hex::<sha2::Sha256>(temp)?,
+        _ => hash_hex::<sha2::Sha512>(temp)?,
+    };
+    if got != want {
+        return Err(ServiceError::Invalid(ValidationError::new(
+            "spec.checksum",
+            format!("the bytes have {algorithm}:{got}, not {checksum}: nothing was stored"),
+        )));
+    }
+    Ok(())
+}
+
+fn hash_hex<H: sha2::Digest + std::io::Write>(
+    path: &std::path::Path,
+) -> Result<String, ServiceError> {
+    let mut file = std::fs::File::open(path).map_err(|source| ServiceError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    let mut hasher = H::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|source| ServiceError::Io {
+        context: format!("hashing {}", path.display()),
+        source,
+    })?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Runs a blocking file write without stalling other tasks on a multi-threaded runtime (the
 /// daemon's); on a current-thread runtime (tests) it just runs.
 fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
@@ -370,6 +411,7 @@ impl StorageService {
     ) -> Result<Image, ServiceError> {
         let name = image.metadata.name.to_string();
         let declared = image.spec.format;
+        let checksum = image.spec.checksum.clone();
         let (qemu_img, cas) = (self.qemu_img.clone(), self.cas.clone());
         // Which blobs hold disk images, for the backing-chain check.
         let disks: std::collections::HashMap<Digest, &'static str> =
@@ -388,8 +430,11 @@ impl StorageService {
         let n = name.clone();
         let (blob, format, virtual_size) = blocking(move || {
             let mut writer = writer;
-            writer.finish().map_err(|e| ServiceError::import(&n, e))?;
+            let (digest, _) = writer.finish().map_err(|e| ServiceError::import(&n, e))?;
             let temp = writer.temp_path().to_path_buf();
+            if let Some(checksum) = &checksum {
+                check_checksum(checksum, &digest, &temp)?;
+            }
             let invalid = |e: corral_storage::ContentError| match e {
                 corral_storage::ContentError::QemuImg(e) => ServiceError::import(&n, e),
                 e => ServiceError::Invalid(ValidationError::new("spec.source", e.to_string())),
