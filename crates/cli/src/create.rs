@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use corral_contract::names::annotations::OWNER_VM;
+use corral_contract::names::annotations::{EXPIRES_AT, OWNER_VM};
 use corral_contract::{
     Boot, ByteSize, ObjectMeta, Power, ResourceName, ValidationError, Vm, VmSpec, Volume,
     VolumeSpec,
@@ -59,6 +59,13 @@ pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     let spec = spec.build().map_err(flag_error)?;
     let mut vm = Vm::new(args.name.clone(), spec);
     vm.metadata.labels.extend(args.labels.iter().cloned());
+    if let Some(ttl) = args.ttl {
+        let at = std::time::SystemTime::now() + ttl;
+        vm.metadata.annotations.insert(
+            EXPIRES_AT.to_owned(),
+            humantime::format_rfc3339_seconds(at).to_string(),
+        );
+    }
     vm.metadata.validate().map_err(flag_error)?;
     Ok(vm)
 }

@@ -62,7 +62,7 @@ fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm(
         1,
         "spec.source.build.size",
     );
-    cli.fails(&["image", "build", "debian-9"], 2, "debian-12");
+    cli.fails(&["image", "build", "debian-9"], 1, "use debian-12");
 
     let image = cli.json(&[
         "image",

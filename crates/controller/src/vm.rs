@@ -92,6 +92,22 @@ pub struct VmController {
 /// What a reconcile asks for next.
 type Requeue = Option<Duration>;
 
+/// How long until the VM's `corral.dev/expires-at` time (zero once past); `None` without one.
+/// A value that is not an RFC 3339 time is ignored, with a warning.
+fn time_left(vm: &Vm) -> Option<Duration> {
+    let at = vm.metadata.annotations.get(annotations::EXPIRES_AT)?;
+    match humantime::parse_rfc3339_weak(at) {
+        Ok(at) => Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        ),
+        Err(e) => {
+            tracing::warn!(vm = %vm.metadata.name, value = %at, error = %e, "ignoring a bad expires-at");
+            None
+        }
+    }
+}
+
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -341,7 +357,32 @@ impl VmController {
         if vm.metadata.deleting {
             return self.finish_delete(&vm, actual).await;
         }
+        let expires_in = time_left(&vm);
+        if expires_in == Some(Duration::ZERO) {
+            tracing::info!(vm = name, "its time to live ran out: deleting it");
+            match self.svc.delete(name, None).await {
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Some(Duration::ZERO));
+        }
+        let requeue = self.converge(vm, name, uid, actual).await?;
+        // Back at the expiry time at the latest; after a restart every VM is reconciled, so
+        // nothing but the annotation needs remembering.
+        Ok(match (requeue, expires_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
 
+    /// Acts on the difference between a live VM's spec and its process.
+    async fn converge(
+        &self,
+        vm: Vm,
+        name: &str,
+        uid: String,
+        actual: Option<VmState>,
+    ) -> Result<Requeue, ControllerError> {
         let restart = vm
             .metadata
             .annotations
