@@ -228,6 +228,7 @@ mod tests {
             ImageSpec {
                 source: ImageSource::Url("https://example.com/d.qcow2".into()),
                 format: None,
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
             },
         );
         assert_eq!(Image::try_from(pb::Image::from(&image)).unwrap(), image);
