@@ -11,7 +11,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use corral_testkit::{Cli, Corrald, workspace_binary};
+use corral_contract::Arch;
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
 /// The workspace's `target/`, where built images are cached between runs.
 fn target_dir() -> PathBuf {
@@ -270,4 +271,33 @@ fn image_pull_takes_a_catalogue_entry_and_stores_only_bytes_that_match_its_check
         err.contains("catalogue.yaml") && err.contains("small"),
         "{err}"
     );
+}
+
+#[test]
+fn a_vm_with_a_ttl_is_deleted_when_it_runs_out_even_across_a_daemon_restart() {
+    let mut d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
+    {
+        let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
+        cli.fails(
+            &["vm", "create", "x", "--disk", "/d", "--ttl", "0s"],
+            1,
+            "time to live",
+        );
+        let mut create = kit_vm_args(&kit, "brief", "console=ttyS0 quiet");
+        create.extend(["--ttl", "60s"].map(String::from));
+        cli.ok(&create);
+        let vm = cli.get("vm", "brief");
+        let at = vm["metadata"]["annotations"]["corral.dev/expires-at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("corral.dev/expires-at in {vm}"));
+        assert!(at.ends_with('Z'), "{at}");
+        // Alive before its time: the guest booted.
+        cli.wait_console("brief", "CORRAL_BOOT_OK");
+    }
+    // A restart in between (kill -9: nothing is handed over but the store).
+    d.restart().expect("corrald restarts");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
+    cli.wait_gone("vm", "brief");
+    assert!(d.qemu_pids().is_empty(), "its QEMU is gone too");
 }
