@@ -207,6 +207,17 @@ impl StorageService {
             }
             ImageSource::Url(url) => self.fetch(&name, &url, writer, progress).await?,
             ImageSource::Build(build) => {
+                // mmdebstrap runs package maintainer scripts as root in a chroot on this host
+                // and fills its disk: a host resource, as bridge networks and host paths are.
+                if access != HostAccess::Admin {
+                    return Err(ServiceError::PermissionDenied {
+                        what: format!(
+                            "building image {name:?} (spec.source.build) runs mmdebstrap as root \
+                             on corrald's host, which is for admins only"
+                        ),
+                        remedy: "ask an admin to build it, or import a built image",
+                    });
+                }
                 let (writer, packages) = self.build(&name, &build, writer, progress).await?;
                 return self.store_image(image, writer, packages).await;
             }
