@@ -252,10 +252,14 @@ impl StorageService {
             .unwrap_or_else(|| self.config.data_dir.join("builds"));
         let n = name.to_owned();
         blocking(move || {
-            let built = corral_storage::build_image(&request, &cache, |line| {
+            let result = corral_storage::build_image(&request, &cache, |line| {
                 tracing::info!(image = %n, "{line}");
-            })
-            .map_err(|e| ServiceError::import(&n, e))?;
+            });
+            if result.is_err() && configured.is_none() {
+                // Nothing half-made stays behind (the script already removed its work tree).
+                let _ = std::fs::remove_dir_all(cache.join(request.key()));
+            }
+            let built = result.map_err(|e| ServiceError::import(&n, e))?;
             tracing::info!(image = %n, cached = built.cached, "image built");
             let mut w = writer;
             let file = std::fs::File::open(&built.image).map_err(|e| ServiceError::Io {
