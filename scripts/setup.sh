@@ -30,6 +30,13 @@ need cloud-init cloud-init
 need ssh openssh-client
 need ssh-keygen openssh-client
 need readelf binutils
+# `corral image build`: mmdebstrap installs Debian packages into a tree; syslinux (its MBR
+# from syslinux-common), mtools and dosfstools make the BIOS boot partition without a mount.
+need mmdebstrap mmdebstrap
+need syslinux syslinux
+[ -e /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
+need mcopy mtools
+need mkfs.vfat dosfstools
 # Bridge networks: links and namespaces, DHCP/DNS and NAT.
 need ip iproute2
 need dnsmasq dnsmasq-base

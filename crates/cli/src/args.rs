@@ -145,7 +145,7 @@ pub enum VmCommand {
 
 // `vm create`: the flags that make a VM's spec.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume", "image"])))]
 pub struct CreateArgs {
     /// The VM's name: 1-63 lowercase letters, digits and '-'
     #[arg(value_parser = parse_name)]
@@ -182,6 +182,18 @@ pub struct CreateArgs {
     /// Boot this Volume with firmware (it becomes the first disk)
     #[arg(long, value_name = "VOLUME", value_parser = parse_name, conflicts_with_all = ["disk", "kernel"])]
     pub boot_volume: Option<ResourceName>,
+    /// Boot a copy of this Image (e.g. one `corral image build debian-12` made): a volume named
+    /// like the VM is cloned from it, and deleted with the VM
+    #[arg(long, value_name = "IMAGE", value_parser = parse_name, conflicts_with_all = ["disk", "kernel", "boot_volume"])]
+    pub image: Option<ResourceName>,
+    /// With --image: the volume's size [default: the image's]; the guest grows its root
+    /// file system to it at boot
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "image")]
+    pub disk_size: Option<ByteSize>,
+    /// Delete the VM this long after creating it, e.g. 30m or 2h (corrald does it, also
+    /// after a restart; the time is in the annotation corral.dev/expires-at)
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
     /// Attach a Volume as a virtio-blk disk: NAME, NAME:ro, NAME:serial=ID or
     /// NAME:ro:serial=ID; repeat for more, in order
     #[arg(long = "volume", value_name = "NAME[:ro][:serial=ID]", value_parser = parse_attachment)]
@@ -452,6 +464,16 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 /// Seconds (`30`, `1.5`) or a duration with units (`90s`, `2m`, `1h 30m`).
+/// A time to live: a duration with a unit, from one second to ten years.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(10 * 365 * 86400) => Ok(d),
+        _ => Err(format!(
+            "{s:?} is not a time to live: use a duration from 1s to 10years, e.g. 30m or 2h"
+        )),
+    }
+}
+
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let parsed = match s.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),

@@ -131,6 +131,14 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             }
             let client = connect_to(endpoint, connection).await?;
             let created = client.create_vm(&vm).await?;
+            if let Some(image) = &args.image {
+                // The VM waits in Pending for its volume, which names the VM as its owner.
+                if let Err(e) = create::owned_volume(&client, &created, image, args.disk_size).await
+                {
+                    let _ = client.delete_vm(created.metadata.name.as_str()).await;
+                    return Err(e);
+                }
+            }
             print(&format!("vm/{} created\n", created.metadata.name))?;
             let goal = Goal::for_power(created.spec.power);
             finish(&client, &created, goal, &args.wait).await?;

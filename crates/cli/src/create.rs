@@ -3,7 +3,11 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use corral_contract::{Boot, Power, ValidationError, Vm, VmSpec};
+use corral_contract::names::annotations::{EXPIRES_AT, OWNER_VM};
+use corral_contract::{
+    Boot, ByteSize, ObjectMeta, Power, ResourceName, ValidationError, Vm, VmSpec, Volume,
+    VolumeSpec,
+};
 
 use crate::CliError;
 use crate::args::CreateArgs;
@@ -12,7 +16,7 @@ use crate::args::CreateArgs;
 /// flag and the spec field (`--machine: spec.machine: virt is not available on x86_64 …`).
 pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     let boot = match (&args.kernel, &args.disk) {
-        _ if args.boot_volume.is_some() => Boot::Volume {
+        _ if args.boot_volume.is_some() || args.image.is_some() => Boot::Volume {
             volume: args
                 .boot_volume
                 .clone()
@@ -55,8 +59,40 @@ pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     let spec = spec.build().map_err(flag_error)?;
     let mut vm = Vm::new(args.name.clone(), spec);
     vm.metadata.labels.extend(args.labels.iter().cloned());
+    if let Some(ttl) = args.ttl {
+        let at = std::time::SystemTime::now() + ttl;
+        vm.metadata.annotations.insert(
+            EXPIRES_AT.to_owned(),
+            humantime::format_rfc3339_seconds(at).to_string(),
+        );
+    }
     vm.metadata.validate().map_err(flag_error)?;
     Ok(vm)
+}
+
+/// Clones `image` into a volume named like `vm` that the VM boots and owns: the daemon deletes
+/// it with the VM.
+pub async fn owned_volume(
+    client: &corral_client::Client,
+    vm: &Vm,
+    image: &ResourceName,
+    size: Option<ByteSize>,
+) -> Result<(), CliError> {
+    let mut meta = ObjectMeta::new(vm.metadata.name.clone());
+    meta.annotations
+        .insert(OWNER_VM.to_owned(), vm.metadata.uid.clone());
+    let volume = Volume {
+        metadata: meta,
+        spec: VolumeSpec {
+            kind: Default::default(),
+            format: None,
+            image: Some(image.clone()),
+            size,
+        },
+        status: Default::default(),
+    };
+    client.create_volume(&volume).await?;
+    Ok(())
 }
 
 /// `path` made absolute from `cwd`, without `.` components. Symlinks and `..` are left as

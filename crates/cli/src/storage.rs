@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{ArgGroup, Args, Subcommand};
 use corral_client::{Client, ClientError};
 use corral_contract::{
-    ByteSize, DiskFormat, Image, ImageFormat, ImageSource, ImageSpec, ObjectMeta, Resource,
-    ResourceName, Snapshot, SnapshotSpec, StoragePhase, Volume, VolumeKind, VolumeSpec,
+    ByteSize, DiskFormat, Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec,
+    ObjectMeta, Resource, ResourceName, Snapshot, SnapshotSpec, StoragePhase, Volume, VolumeKind,
+    VolumeSpec,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,6 +22,25 @@ use crate::output::{age, yaml};
 pub enum ImageCommand {
     /// Import an image: upload a local FILE, or have corrald read --path or download --url
     Import(ImportArgs),
+    /// Build a bootable disk image from distribution packages on corrald's host (minutes;
+    /// the package list with versions lands in the image's status.packages)
+    ///
+    /// The image holds a kernel booted by syslinux, systemd, cloud-init (hostname, users and
+    /// ssh keys come from the VM's cloud-init), openssh-server and qemu-guest-agent, plus
+    /// --packages. Example: corral image build debian-12 --packages git,build-essential
+    Build(BuildArgs),
+    /// Import an image by its name in a catalogue: corrald downloads its URL and checks its
+    /// checksum (a mismatch stores nothing)
+    ///
+    /// The catalogue is a YAML file (--catalogue, $CORRAL_CATALOGUE, or
+    /// ~/.config/corral/catalogue.yaml):
+    ///
+    ///   images:
+    ///     debian-12-cloud:
+    ///       url: https://cloud.debian.org/images/cloud/bookworm/…/debian-12-genericcloud-amd64-….qcow2
+    ///       checksum: sha512:<hex>   # or sha256:, blake3:
+    ///       format: qcow2            # optional
+    Pull(PullArgs),
     /// List images
     #[command(visible_alias = "ls")]
     List(StorageListArgs),
@@ -93,6 +113,10 @@ pub struct ImportArgs {
     /// What the file is [default: detected, qcow2 or raw]; kernels and initrds must be declared
     #[arg(id = "image_format", long = "format", value_parser = parse_image_format)]
     pub format: Option<ImageFormat>,
+    /// What the bytes must hash to: sha256:<hex>, sha512:<hex> or blake3:<hex>; a mismatch
+    /// stores nothing
+    #[arg(long, value_name = "ALGO:HEX")]
+    pub checksum: Option<String>,
     /// Add a label, KEY=VALUE; repeat for more
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -101,6 +125,112 @@ pub struct ImportArgs {
     pub shared: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image's name in the catalogue (and the Image's name, unless --name)
+    #[arg(value_parser = parse_name)]
+    pub entry: ResourceName,
+    /// Name the Image this instead
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<ResourceName>,
+    /// The catalogue file [default: $CORRAL_CATALOGUE, else ~/.config/corral/catalogue.yaml]
+    #[arg(long, value_name = "FILE")]
+    pub catalogue: Option<PathBuf>,
+    /// Add a label, KEY=VALUE; repeat for more
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A catalogue of images by name: where each is and what it must hash to.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Catalogue {
+    images: std::collections::BTreeMap<String, CatalogueEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueEntry {
+    url: String,
+    checksum: String,
+    #[serde(default)]
+    format: Option<ImageFormat>,
+}
+
+fn catalogue_path(given: Option<&PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    if let Some(path) = std::env::var_os("CORRAL_CATALOGUE") {
+        return Ok(PathBuf::from(path));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| CliError::Usage("no catalogue: give --catalogue FILE".into()))?;
+    Ok(config.join("corral/catalogue.yaml"))
+}
+
+/// The catalogue entry `name` as an Image spec; errors name the file and the entry.
+fn catalogue_spec(path: &std::path::Path, name: &str) -> Result<ImageSpec, CliError> {
+    let fail = |m: String| CliError::Failed(format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let catalogue: Catalogue = serde_yaml_ng::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let Some(entry) = catalogue.images.get(name) else {
+        let known: Vec<&str> = catalogue.images.keys().map(String::as_str).collect();
+        return Err(fail(format!(
+            "no image {name:?} (it has: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    let spec = ImageSpec {
+        source: ImageSource::Url(entry.url.clone()),
+        format: entry.format,
+        checksum: Some(entry.checksum.clone()),
+        shared: false,
+    };
+    spec.validate().map_err(|e| {
+        let field = e
+            .field
+            .replace("spec.source.url", "url")
+            .replace("spec.checksum", "checksum");
+        fail(format!("images.{name}.{field}: {}", e.message))
+    })?;
+    Ok(spec)
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The distribution release to build: debian-12
+    #[arg(value_parser = parse_distribution)]
+    pub distribution: Distribution,
+    /// The image's name [default: the distribution, e.g. debian-12]
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<ResourceName>,
+    /// Extra packages, comma-separated Debian names, e.g. git,postgresql
+    #[arg(long, value_delimiter = ',', value_name = "P,...")]
+    pub packages: Vec<String>,
+    /// The disk's size, at least 1G (a VM's volume may be larger; the root grows at boot)
+    #[arg(long, value_parser = parse_size, default_value = "4G")]
+    pub size: ByteSize,
+    /// Add a label, KEY=VALUE; repeat for more
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    s.parse()
+        .map_err(|e: corral_contract::UnknownChoice| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +564,7 @@ pub async fn image(client: Client, command: ImageCommand) -> Result<(), CliError
                     source,
                     format: args.format,
                     shared: args.shared,
+                    checksum: args.checksum.clone(),
                 },
                 status: Default::default(),
             };
@@ -472,6 +603,76 @@ pub async fn image(client: Client, command: ImageCommand) -> Result<(), CliError
                     ByteSize::new(size),
                     opt(&stored.status.digest),
                     size as f64 / secs / (1 << 20) as f64
+                ))
+            } else {
+                print(&images(&[stored], args.output.format, true)?)
+            }
+        }
+        ImageCommand::Build(args) => {
+            let name = args
+                .name
+                .clone()
+                .map_or_else(|| parse_name(args.distribution.as_str()), Ok)
+                .map_err(CliError::Usage)?;
+            let image = Image {
+                metadata: meta(&name, &args.labels),
+                spec: ImageSpec {
+                    source: ImageSource::Build(ImageBuild {
+                        distribution: args.distribution,
+                        packages: args.packages.clone(),
+                        size: Some(args.size),
+                    }),
+                    format: None,
+                    checksum: None,
+                    shared: false,
+                },
+                status: Default::default(),
+            };
+            image
+                .spec
+                .validate()
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let t0 = Instant::now();
+            let progress = bar(
+                None,
+                &format!("building {} on corrald (minutes)", args.distribution),
+            );
+            let result = client.create_image(&image).await;
+            progress.finish_and_clear();
+            let stored = result?;
+            if args.output.format == Format::Table {
+                print(&format!(
+                    "image/{} built in {:.0}s: {} packages, {} {}\n",
+                    stored.metadata.name,
+                    t0.elapsed().as_secs_f64(),
+                    stored.status.packages.len(),
+                    ByteSize::new(stored.status.virtual_size.unwrap_or(0)),
+                    opt(&stored.status.digest),
+                ))
+            } else {
+                print(&images(&[stored], args.output.format, true)?)
+            }
+        }
+        ImageCommand::Pull(args) => {
+            let path = catalogue_path(args.catalogue.as_ref())?;
+            let spec = catalogue_spec(&path, args.entry.as_str())?;
+            let name = args.name.clone().unwrap_or_else(|| args.entry.clone());
+            let image = Image {
+                metadata: meta(&name, &args.labels),
+                spec,
+                status: Default::default(),
+            };
+            let progress = bar(None, &format!("pulling {} on corrald", args.entry));
+            let result = client.create_image(&image).await;
+            progress.finish_and_clear();
+            let stored = result?;
+            if args.output.format == Format::Table {
+                print(&format!(
+                    "image/{} pulled: {} {} {}\n",
+                    stored.metadata.name,
+                    opt(&stored.status.format),
+                    ByteSize::new(stored.status.size.unwrap_or(0)),
+                    opt(&stored.status.digest),
                 ))
             } else {
                 print(&images(&[stored], args.output.format, true)?)

@@ -67,8 +67,9 @@ pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
 pub use storage::{
-    Image, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot, SnapshotSpec,
-    SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus, is_digest,
+    Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot,
+    SnapshotSpec, SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus,
+    is_digest, parse_checksum,
 };
 pub use vm::{
     Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Power, RestartPolicy, Vm, VmSpec,

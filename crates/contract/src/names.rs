@@ -19,6 +19,11 @@ pub mod annotations {
     pub const DELETE_GRACE_SECONDS: &str = "corral.dev/delete-grace-seconds";
     /// On a snapshot: a new value (a time) asks for its VM to be put back to it.
     pub const RESTORE_REQUESTED_AT: &str = "corral.dev/restore-requested-at";
+    /// On a volume: the uid of the VM it was made for (`vm create --image`); the volume is
+    /// deleted with that VM.
+    pub const OWNER_VM: &str = "corral.dev/owner-vm";
+    /// On a VM: when the daemon deletes it, in RFC 3339 (`vm create --ttl 2h` sets it).
+    pub const EXPIRES_AT: &str = "corral.dev/expires-at";
 }
 
 /// Condition types and the reasons controllers give, as in `status.conditions`.

@@ -256,6 +256,8 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     add::<crate::Vm>(&mut out);
     add::<crate::Network>(&mut out);
     add::<crate::Image>(&mut out);
+    // Referred to from ImageSource's written-out schema, which lists no references itself.
+    add::<crate::ImageBuild>(&mut out);
     add::<crate::Volume>(&mut out);
     add::<crate::Snapshot>(&mut out);
     add::<crate::Resource>(&mut out);

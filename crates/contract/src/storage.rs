@@ -6,7 +6,10 @@ mod image;
 mod snapshot;
 mod volume;
 
-pub use image::{Image, ImageFormat, ImageSource, ImageSpec, ImageStatus};
+pub use image::{
+    Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus,
+    parse_checksum,
+};
 pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};
 pub use volume::{Volume, VolumeKind, VolumeSpec, VolumeStatus};
 

@@ -194,6 +194,13 @@ impl StorageController {
         };
         self.deps.set(name, deps::of_volume(&volume));
         let path = self.volume_path(&volume);
+        if !volume.metadata.deleting && self.owner_is_gone(&volume).await? {
+            // Made for a VM (`vm create --image`) that no longer exists: the VM controller
+            // deletes it with the VM; this catches a crash in between.
+            tracing::info!(volume = name, "its VM is gone: deleting it");
+            self.svc.volumes.delete(name, None).await?;
+            return Ok(());
+        }
         if volume.metadata.deleting {
             let _ = std::fs::remove_file(&path);
             let _ = std::fs::remove_file(part_path(&path));
@@ -472,6 +479,15 @@ impl StorageController {
         let qemu_img = self.svc.qemu_img().clone();
         let (path, format) = (path.to_path_buf(), volume.spec.format());
         blocking(move || Ok(qemu_img.resize(&path, format.as_str(), size)?)).await
+    }
+
+    /// Whether `volume` names an owner VM (by uid) that no longer exists.
+    async fn owner_is_gone(&self, volume: &Volume) -> Result<bool, ServiceError> {
+        let Some(uid) = volume.metadata.annotations.get(annotations::OWNER_VM) else {
+            return Ok(false);
+        };
+        let (vms, _) = self.svc.vms().list("").await?;
+        Ok(!vms.iter().any(|vm| &vm.metadata.uid == uid))
     }
 
     /// The VM that has this volume attached, and its disk index.

@@ -92,6 +92,22 @@ pub struct VmController {
 /// What a reconcile asks for next.
 type Requeue = Option<Duration>;
 
+/// How long until the VM's `corral.dev/expires-at` time (zero once past); `None` without one.
+/// A value that is not an RFC 3339 time is ignored, with a warning.
+fn time_left(vm: &Vm) -> Option<Duration> {
+    let at = vm.metadata.annotations.get(annotations::EXPIRES_AT)?;
+    match humantime::parse_rfc3339_weak(at) {
+        Ok(at) => Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        ),
+        Err(e) => {
+            tracing::warn!(vm = %vm.metadata.name, value = %at, error = %e, "ignoring a bad expires-at");
+            None
+        }
+    }
+}
+
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -340,7 +356,32 @@ impl VmController {
         if vm.metadata.deleting {
             return self.finish_delete(&vm, actual).await;
         }
+        let expires_in = time_left(&vm);
+        if expires_in == Some(Duration::ZERO) {
+            tracing::info!(vm = name, "its time to live ran out: deleting it");
+            match self.svc.delete(name, None).await {
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Some(Duration::ZERO));
+        }
+        let requeue = self.converge(vm, name, uid, actual).await?;
+        // Back at the expiry time at the latest; after a restart every VM is reconciled, so
+        // nothing but the annotation needs remembering.
+        Ok(match (requeue, expires_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
 
+    /// Acts on the difference between a live VM's spec and its process.
+    async fn converge(
+        &self,
+        vm: Vm,
+        name: &str,
+        uid: String,
+        actual: Option<VmState>,
+    ) -> Result<Requeue, ControllerError> {
         let restart = vm
             .metadata
             .annotations
@@ -948,7 +989,37 @@ impl VmController {
             .remove(name);
         self.deps.forget(name);
         tracing::info!(vm = name, %uid, "deleted");
+        self.delete_owned_volumes(uid).await;
         Ok(None)
+    }
+
+    /// Deletes the volumes made for the VM `uid` (`vm create --image`). A failure is logged:
+    /// the VM is gone either way, and the storage controller's sweep retries.
+    async fn delete_owned_volumes(&self, uid: &str) {
+        let Some(storage) = &self.storage else { return };
+        let volumes = match storage.volumes.list("").await {
+            Ok((v, _)) => v,
+            Err(e) => {
+                tracing::warn!(%uid, error = %e, "listing the VM's volumes to delete them");
+                return;
+            }
+        };
+        for volume in volumes.iter().filter(|v| {
+            v.metadata
+                .annotations
+                .get(annotations::OWNER_VM)
+                .map(String::as_str)
+                == Some(uid)
+        }) {
+            let key = volume.metadata.key();
+            let name = key.as_str();
+            match storage.volumes.delete(name, None).await {
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {
+                    tracing::info!(volume = name, vm_uid = %uid, "deleted the VM's volume")
+                }
+                Err(e) => tracing::warn!(volume = name, error = %e, "deleting the VM's volume"),
+            }
+        }
     }
 }
 

@@ -270,3 +270,45 @@ async fn wait_for(svc: &VmService, name: &str, pred: impl Fn(&Vm) -> bool) -> Vm
         svc.get(name).await
     );
 }
+
+#[tokio::test]
+async fn a_vm_past_its_expiry_time_is_deleted_and_one_before_it_runs_until_then() {
+    use corral_contract::names::annotations::EXPIRES_AT;
+    let f = fixture().await;
+    let at = |offset: i64| {
+        let now = std::time::SystemTime::now();
+        let t = if offset < 0 {
+            now - Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now + Duration::from_secs(offset as u64)
+        };
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let mut later = vm("later", RestartPolicy::Never);
+    later
+        .metadata
+        .annotations
+        .insert(EXPIRES_AT.into(), at(3600));
+    f.svc.create(later).await.unwrap();
+    // Not `settle`, which would sleep until the expiry time this asks to be woken at.
+    let mut next = None;
+    for _ in 0..3 {
+        next = f.ctl.reconcile("later").await.unwrap();
+    }
+    assert_eq!(
+        f.svc.get("later").await.unwrap().status.phase,
+        Phase::Running
+    );
+    let next = next.expect("a requeue by the expiry time");
+    assert!(next <= Duration::from_secs(3600), "{next:?}");
+
+    // Its time comes (the annotation is what a restart finds, too): gone, process and all.
+    let mut now_due = f.svc.get("later").await.unwrap();
+    now_due
+        .metadata
+        .annotations
+        .insert(EXPIRES_AT.into(), at(-1));
+    f.svc.update(now_due).await.unwrap();
+    f.settle_missing("later").await;
+    assert!(f.hv.list().await.unwrap().is_empty());
+}

@@ -153,6 +153,7 @@ async fn a_vm_gets_its_volumes_and_a_stopped_vm_takes_a_disk_snapshot() {
             source: ImageSource::Path(src),
             format: Some(ImageFormat::Raw),
             shared: false,
+            checksum: None,
         },
     );
     f.storage
@@ -229,4 +230,30 @@ async fn a_vm_gets_its_volumes_and_a_stopped_vm_takes_a_disk_snapshot() {
     f.storage.delete_snapshot("s").await.unwrap();
     f.ctl.reconcile("Snapshot/s").await.unwrap();
     assert!(f.storage.snapshots.get("s").await.is_err());
+}
+
+#[tokio::test]
+async fn only_an_admin_may_build_an_image_and_a_refusal_leaves_nothing() {
+    let f = fixture("qemu-img").await;
+    let image = Image::new(
+        "deb".parse().unwrap(),
+        ImageSpec {
+            source: ImageSource::Build(corral_contract::ImageBuild {
+                distribution: corral_contract::Distribution::Debian12,
+                packages: vec!["git".into()],
+                size: None,
+            }),
+            format: None,
+            checksum: None,
+            shared: false,
+        },
+    );
+    let err = f
+        .storage
+        .create_image(image, ImportProgress::default(), HostAccess::Confined)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("for admins only"), "{err}");
+    assert!(f.storage.images.get("deb").await.is_err());
+    assert!(!f.dir.path().join("builds").exists(), "no build started");
 }

@@ -153,6 +153,14 @@ pub struct Args {
     /// Most bytes one image upload may send, e.g. `32G` [default: 32G]
     #[arg(long, env = "CORRAL_UPLOAD_MAX_SIZE", value_name = "SIZE")]
     pub upload_max_size: Option<ByteSize>,
+    /// The Debian mirror `corral image build` installs packages from
+    /// [default: http://deb.debian.org/debian]
+    #[arg(long, env = "CORRAL_BUILD_MIRROR", value_name = "URL")]
+    pub build_mirror: Option<String>,
+    /// Keep built images here, keyed by their inputs, so that building the same again is
+    /// a copy [default: none; a build's files go once the image is stored]
+    #[arg(long, env = "CORRAL_BUILD_CACHE", value_name = "DIR")]
+    pub build_cache: Option<PathBuf>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -272,6 +280,8 @@ pub struct FileConfig {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     upload_max_size: Option<String>,
+    build_mirror: Option<String>,
+    build_cache: Option<PathBuf>,
 }
 
 /// TCP serving, all three pieces present.
@@ -321,6 +331,8 @@ pub struct Config {
     pub limits: ConnLimits,
     /// Most bytes one image upload may send.
     pub upload_max_size: ByteSize,
+    /// How `corral image build` builds.
+    pub build: corral_service::BuildConfig,
     /// Local group whose members are admins.
     pub admin_group: Option<String>,
     /// When the audit log rotates.
@@ -607,12 +619,30 @@ impl Config {
                 }
             }
         };
+        let mut build = corral_service::BuildConfig::default();
+        if let Some(mirror) = args.build_mirror.clone().or(file.build_mirror) {
+            let ok = (mirror.starts_with("http://") || mirror.starts_with("https://"))
+                && mirror.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(ConfigError(format!(
+                    "--build-mirror {mirror:?}: give an http:// or https:// URL"
+                )));
+            }
+            build.mirror = mirror;
+        }
+        build.cache = args.build_cache.clone().or(file.build_cache);
+        if build.cache.as_deref().is_some_and(|p| !p.is_absolute()) {
+            return Err(ConfigError(
+                "--build-cache: give an absolute directory".to_owned(),
+            ));
+        }
         Ok(Config {
             store,
             host_path_allow,
             import,
             limits,
             upload_max_size,
+            build,
             admin_group: args.admin_group.clone().or(file.admin_group),
             audit,
             port_range,

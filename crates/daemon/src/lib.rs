@@ -171,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.host_paths = host_paths.clone();
     storage_config.import = config.import.clone();
     storage_config.max_upload = Some(config.upload_max_size.as_u64());
+    storage_config.build = config.build.clone();
     let storage = StorageService::new(store.clone(), storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))

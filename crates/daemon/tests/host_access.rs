@@ -55,6 +55,7 @@ fn path_image(name: &str, path: &Path) -> Image {
             source: ImageSource::Path(path.to_owned()),
             format: Some(ImageFormat::Raw),
             shared: false,
+            checksum: None,
         },
     )
 }
@@ -66,6 +67,7 @@ fn url_image(name: &str, url: &str) -> Image {
             source: ImageSource::Url(url.to_owned()),
             format: Some(ImageFormat::Raw),
             shared: false,
+            checksum: None,
         },
     )
 }
@@ -485,6 +487,7 @@ async fn qcow2_images_that_name_host_files_are_refused() -> Result {
                 source: ImageSource::Path(path.to_owned()),
                 format,
                 shared: false,
+                checksum: None,
             },
         )
     };

@@ -98,6 +98,7 @@ fn path_image(name: &str, path: &Path, format: ImageFormat) -> Image {
             source: ImageSource::Path(path.to_owned()),
             format: Some(format),
             shared: false,
+            checksum: None,
         },
     )
 }
@@ -109,6 +110,7 @@ fn url_image(name: &str, url: &str) -> Image {
             source: ImageSource::Url(url.to_owned()),
             format: Some(ImageFormat::Raw),
             shared: false,
+            checksum: None,
         },
     )
 }

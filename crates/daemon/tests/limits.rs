@@ -276,6 +276,7 @@ fn upload_image(name: &str) -> Image {
             source: ImageSource::Upload { filename: None },
             format: Some(corral_contract::ImageFormat::Raw),
             shared: false,
+            checksum: None,
         },
     )
 }

@@ -126,6 +126,7 @@ async fn projects_keep_tenants_apart() {
                 source: ImageSource::Path(qcow2.clone()),
                 format: Some(ImageFormat::Qcow2),
                 shared,
+                checksum: None,
             },
         )
     };

@@ -84,7 +84,7 @@ pub use resources::{
     refuse_if_used, resolve,
 };
 pub use storage::{
-    BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,
-    StorageService, VolumeKind,
+    BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, SnapshotKind,
+    StorageConfig, StorageService, VolumeKind,
 };
 pub use vm::{VmKind, VmService};

@@ -108,6 +108,7 @@ async fn create_stamps_identity_and_the_kinds_initial_status() {
             source: ImageSource::Url("https://example.invalid/x.qcow2".into()),
             format: None,
             shared: false,
+            checksum: None,
         },
     );
     image.status = ImageStatus {

@@ -7,6 +7,8 @@
 //! - [`inspect_disk`], [`inspect_boot_file`]: what an imported image may contain (no external
 //!   data file; a backing chain made only of disk blobs of the store).
 //! - [`HostPaths`]: host files named in specs, opened beneath allowed directories.
+//! - [`build_image`]: a bootable Debian disk built from packages (mmdebstrap), cached by its
+//!   inputs.
 //! - [`attest`]: in-toto statements in DSSE envelopes, signed with the node's Ed25519 key.
 //!
 //! ```
@@ -24,11 +26,13 @@
 #![deny(missing_docs)]
 
 pub mod attest;
+mod build;
 mod cas;
 mod content;
 mod host_file;
 mod qemu_img;
 
+pub use build::{BuildError, BuildRequest, Built, build_image};
 pub use cas::{BadDigest, Blob, Cas, CasError, CasWriter, Digest, hash_file, hash_reader};
 pub use content::{ContentError, Inspected, inspect_boot_file, inspect_disk, is_qcow2};
 pub use host_file::{HostAccess, HostFile, HostPathError, HostPaths};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use super::convert::{decode, decode_lenient, enum_or_unspecified, enum_value, required};
 use crate::pb;
 use crate::{
-    ByteSize, Image, ImageSource, ImageSpec, ImageStatus, ObjectMeta, ResourceName, Snapshot,
-    SnapshotSpec, SnapshotStatus, ValidationError, Volume, VolumeSpec, VolumeStatus,
+    ByteSize, Image, ImageBuild, ImageSource, ImageSpec, ImageStatus, ObjectMeta, ResourceName,
+    Snapshot, SnapshotSpec, SnapshotStatus, ValidationError, Volume, VolumeSpec, VolumeStatus,
 };
 
 fn meta(meta: Option<pb::ObjectMeta>) -> Result<ObjectMeta, ValidationError> {
@@ -22,6 +22,11 @@ impl From<&Image> for pb::Image {
             ImageSource::Upload { filename } => pb::image_spec::Source::Upload(pb::UploadSource {
                 filename: filename.clone(),
             }),
+            ImageSource::Build(b) => pb::image_spec::Source::Build(pb::ImageBuildSource {
+                distribution: b.distribution.as_str().into(),
+                packages: b.packages.clone(),
+                size_bytes: b.size.map(ByteSize::as_u64),
+            }),
         };
         let st = &image.status;
         pb::Image {
@@ -30,6 +35,7 @@ impl From<&Image> for pb::Image {
                 source: Some(source),
                 format: enum_or_unspecified(image.spec.format),
                 shared: image.spec.shared,
+                checksum: image.spec.checksum.clone(),
             }),
             status: Some(pb::ImageStatus {
                 phase: enum_value(st.phase),
@@ -39,6 +45,7 @@ impl From<&Image> for pb::Image {
                 virtual_size: st.virtual_size,
                 verified_at: st.verified_at.clone(),
                 message: st.message.clone(),
+                packages: st.packages.clone(),
             }),
         }
     }
@@ -55,10 +62,18 @@ impl TryFrom<pb::Image> for Image {
             Some(pb::image_spec::Source::Upload(u)) => ImageSource::Upload {
                 filename: u.filename,
             },
+            Some(pb::image_spec::Source::Build(b)) => ImageSource::Build(ImageBuild {
+                distribution: b
+                    .distribution
+                    .parse()
+                    .map_err(|e| ValidationError::new("spec.source.build.distribution", e))?,
+                packages: b.packages,
+                size: b.size_bytes.map(ByteSize::new),
+            }),
             None => {
                 return Err(ValidationError::new(
                     "spec.source",
-                    "required: set path, url or upload",
+                    "required: set path, url, upload or build",
                 ));
             }
         };
@@ -66,6 +81,7 @@ impl TryFrom<pb::Image> for Image {
             source,
             format: decode("spec.format", spec.format)?,
             shared: spec.shared,
+            checksum: spec.checksum,
         };
         spec.validate()?;
         let status = image.status.unwrap_or_default();
@@ -80,6 +96,7 @@ impl TryFrom<pb::Image> for Image {
                 virtual_size: status.virtual_size,
                 verified_at: status.verified_at,
                 message: status.message,
+                packages: status.packages,
             },
         })
     }
@@ -214,6 +231,7 @@ mod tests {
                 source: ImageSource::Url("https://example.com/d.qcow2".into()),
                 format: None,
                 shared: true,
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
             },
         );
         assert_eq!(Image::try_from(pb::Image::from(&image)).unwrap(), image);

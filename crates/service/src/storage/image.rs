@@ -2,9 +2,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use corral_contract::{
-    Boot, Image, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError, Vm, Volume,
+    Boot, Image, ImageBuild, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError,
+    Vm, Volume,
 };
-use corral_storage::{Cas, CasWriter, Digest, HostAccess};
+use corral_storage::{BuildRequest, Cas, CasWriter, Digest, HostAccess};
 use corral_store::Store;
 use futures_util::{Stream, StreamExt};
 
@@ -121,6 +122,47 @@ impl ImportProgress {
     }
 }
 
+/// Compares the bytes in `temp` (whose BLAKE3 is `digest`) with the checksum the spec
+/// declares. A mismatch is the caller's to fix, so it names `spec.checksum`.
+fn check_checksum(
+    checksum: &str,
+    digest: &Digest,
+    temp: &std::path::Path,
+) -> Result<(), ServiceError> {
+    let (algorithm, want) = corral_contract::parse_checksum(checksum)?;
+    let got = match algorithm {
+        "blake3" => digest.hex(),
+        "sha256" => hash_hex::<sha2::Sha256>(temp)?,
+        _ => hash_hex::<sha2::Sha512>(temp)?,
+    };
+    if got != want {
+        return Err(ServiceError::Invalid(ValidationError::new(
+            "spec.checksum",
+            format!("the bytes have {algorithm}:{got}, not {checksum}: nothing was stored"),
+        )));
+    }
+    Ok(())
+}
+
+fn hash_hex<H: sha2::Digest + std::io::Write>(
+    path: &std::path::Path,
+) -> Result<String, ServiceError> {
+    let mut file = std::fs::File::open(path).map_err(|source| ServiceError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    let mut hasher = H::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|source| ServiceError::Io {
+        context: format!("hashing {}", path.display()),
+        source,
+    })?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Runs a blocking file write without stalling other tasks on a multi-threaded runtime (the
 /// daemon's); on a current-thread runtime (tests) it just runs.
 fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
@@ -168,6 +210,21 @@ impl StorageService {
                 .await?
             }
             ImageSource::Url(url) => self.fetch(&name, &url, writer, progress).await?,
+            ImageSource::Build(build) => {
+                // mmdebstrap runs package maintainer scripts as root in a chroot on this host
+                // and fills its disk: a host resource, as bridge networks and host paths are.
+                if access != HostAccess::Admin {
+                    return Err(ServiceError::PermissionDenied {
+                        what: format!(
+                            "building image {name:?} (spec.source.build) runs mmdebstrap as root \
+                             on corrald's host, which is for admins only"
+                        ),
+                        remedy: "ask an admin to build it, or import a built image",
+                    });
+                }
+                let (writer, packages) = self.build(&name, &build, writer, progress).await?;
+                return self.store_image(image, writer, packages).await;
+            }
             ImageSource::Upload { .. } => {
                 return Err(ServiceError::Invalid(ValidationError::new(
                     "spec.source",
@@ -175,7 +232,57 @@ impl StorageService {
                 )));
             }
         };
-        self.store_image(image, writer).await
+        self.store_image(image, writer, Vec::new()).await
+    }
+
+    /// Builds a disk image from distribution packages (or takes it from the build cache) and
+    /// copies it into `writer`; returns the installed packages as `name=version`.
+    async fn build(
+        &self,
+        name: &str,
+        build: &ImageBuild,
+        writer: CasWriter,
+        progress: ImportProgress,
+    ) -> Result<(CasWriter, Vec<String>), ServiceError> {
+        let request = BuildRequest {
+            suite: build.distribution.suite().to_owned(),
+            packages: build.packages.clone(),
+            size: build.size_bytes(),
+            mirror: self.config.build.mirror.clone(),
+        };
+        let configured = self.config.build.cache.clone();
+        let cache = configured
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("builds"));
+        let n = name.to_owned();
+        blocking(move || {
+            let result = corral_storage::build_image(&request, &cache, |line| {
+                tracing::info!(image = %n, "{line}");
+            });
+            if result.is_err() && configured.is_none() {
+                // Nothing half-made stays behind (the script already removed its work tree).
+                let _ = std::fs::remove_dir_all(cache.join(request.key()));
+            }
+            let built = result.map_err(|e| ServiceError::import(&n, e))?;
+            tracing::info!(image = %n, cached = built.cached, "image built");
+            let mut w = writer;
+            let file = std::fs::File::open(&built.image).map_err(|e| ServiceError::Io {
+                context: format!("opening {}", built.image.display()),
+                source: e,
+            })?;
+            w.copy_from(file, &built.image.display().to_string(), |b| {
+                progress.set(b)
+            })
+            .map_err(|e| ServiceError::import(&n, e))?;
+            // Without a configured cache the build's copy goes once its bytes are stored.
+            if configured.is_none() {
+                if let Some(dir) = built.image.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Ok((w, built.packages))
+        })
+        .await
     }
 
     /// Imports bytes a client streams; `size`, when given, is checked at the end. An upload
@@ -229,7 +336,7 @@ impl StorageService {
                 ));
             }
         }
-        self.store_image(image, writer).await
+        self.store_image(image, writer, Vec::new()).await
     }
 
     async fn fetch(
@@ -315,14 +422,17 @@ impl StorageService {
     }
 
     /// Checks the bytes in `writer` (format, backing file), moves them into the store and
-    /// creates the Image. On any failure nothing stays behind.
+    /// creates the Image, recording `packages` (what a build installed). On any failure
+    /// nothing stays behind.
     async fn store_image(
         &self,
         mut image: Image,
         writer: CasWriter,
+        packages: Vec<String>,
     ) -> Result<Image, ServiceError> {
         let name = image.metadata.name.to_string();
         let declared = image.spec.format;
+        let checksum = image.spec.checksum.clone();
         let (qemu_img, cas) = (self.qemu_img.clone(), self.cas.clone());
         // Which blobs hold disk images, for the backing-chain check.
         let disks: std::collections::HashMap<Digest, &'static str> =
@@ -341,8 +451,11 @@ impl StorageService {
         let n = name.clone();
         let (blob, format, virtual_size) = blocking(move || {
             let mut writer = writer;
-            writer.finish().map_err(|e| ServiceError::import(&n, e))?;
+            let (digest, _) = writer.finish().map_err(|e| ServiceError::import(&n, e))?;
             let temp = writer.temp_path().to_path_buf();
+            if let Some(checksum) = &checksum {
+                check_checksum(checksum, &digest, &temp)?;
+            }
             let invalid = |e: corral_storage::ContentError| match e {
                 corral_storage::ContentError::QemuImg(e) => ServiceError::import(&n, e),
                 e => ServiceError::Invalid(ValidationError::new("spec.source", e.to_string())),
@@ -379,6 +492,7 @@ impl StorageService {
             virtual_size,
             verified_at: Some(now()),
             message: None,
+            packages,
         };
         match self.images.create(image).await {
             Ok(image) => {

@@ -30,6 +30,7 @@ use crate::resources::Resources;
 use crate::{ServiceError, VmService};
 
 pub use fetch::{BlockedAddress, ImportPolicy};
+
 pub use image::{ImageKind, ImportProgress};
 pub use snapshot::SnapshotKind;
 pub use volume::VolumeKind;
@@ -47,6 +48,27 @@ pub struct StorageConfig {
     pub import: ImportPolicy,
     /// The most bytes one upload may send; `None` for no limit.
     pub max_upload: Option<u64>,
+    /// How `corral image build` builds.
+    pub build: BuildConfig,
+}
+
+/// How images are built from distribution packages.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The Debian mirror packages come from.
+    pub mirror: String,
+    /// Where built images are kept, keyed by their inputs, to be reused by the next build of
+    /// the same inputs. `None`: built under `<data_dir>/builds` and removed once imported.
+    pub cache: Option<PathBuf>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            mirror: "http://deb.debian.org/debian".into(),
+            cache: None,
+        }
+    }
 }
 
 impl StorageConfig {
@@ -58,6 +80,7 @@ impl StorageConfig {
             host_paths: HostPaths::new(),
             import: ImportPolicy::default(),
             max_upload: None,
+            build: BuildConfig::default(),
         }
     }
 

@@ -142,7 +142,7 @@ impl Kind for ImageKind {
         let (path, url) = match &image.spec.source {
             ImageSource::Path(p) => (Value::string(p.display().to_string()), Value::Null),
             ImageSource::Url(u) => (Value::Null, Value::string(u)),
-            ImageSource::Upload { .. } => (Value::Null, Value::Null),
+            ImageSource::Upload { .. } | ImageSource::Build(_) => (Value::Null, Value::Null),
         };
         state.set("path", path);
         state.set("url", url);

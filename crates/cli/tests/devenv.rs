@@ -1,0 +1,303 @@
+//! Development environments end to end: `corral image build` makes a real Debian image from
+//! Debian packages on corrald's host, and `corral vm create --image` boots a copy of it under
+//! TCG. Evidence comes from inside the guest, over ssh: the hostname cloud-init set, the
+//! extra package asked for, Debian's kernel.
+//!
+//! The build (mmdebstrap; minutes) is cached under `target/image-builds`, keyed by the build
+//! script and its inputs, through corrald's `--build-cache`: a second run copies it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use corral_contract::Arch;
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
+
+/// The workspace's `target/`, where built images are cached between runs.
+fn target_dir() -> PathBuf {
+    workspace_binary("corrald")
+        .parent()
+        .and_then(|profile| profile.parent())
+        .expect("target/<profile>/corrald")
+        .to_path_buf()
+}
+
+/// A port range nothing listens on now, 40 wide, different per test process.
+fn port_range() -> String {
+    let base = 30000 + (std::process::id() % 500) as u16 * 40;
+    format!("{base}-{}", base + 39)
+}
+
+#[test]
+fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm() {
+    let cache = target_dir().join("image-builds");
+    let range = port_range();
+    let d = Corrald::start_with(
+        workspace_binary("corrald"),
+        &[
+            "--port-range",
+            &range,
+            "--build-cache",
+            cache.to_str().unwrap(),
+        ],
+    )
+    .expect("corrald");
+    let keys = tempfile::tempdir().unwrap();
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_SSH_DIR", keys.path());
+
+    // Bad input is refused before anything runs, naming the field.
+    cli.fails(
+        &[
+            "image",
+            "build",
+            "debian-12",
+            "--packages",
+            "jq,--force-yes",
+        ],
+        1,
+        "spec.source.build.packages[1]",
+    );
+    cli.fails(
+        &["image", "build", "debian-12", "--size", "512M"],
+        1,
+        "spec.source.build.size",
+    );
+    cli.fails(&["image", "build", "debian-9"], 1, "use debian-12");
+
+    let image = cli.json(&[
+        "image",
+        "build",
+        "debian-12",
+        "--packages",
+        "jq",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(image["status"]["phase"], "Ready", "{image}");
+    assert_eq!(image["status"]["format"], "qcow2", "{image}");
+    let packages: Vec<&str> = image["status"]["packages"]
+        .as_array()
+        .expect("status.packages")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for wanted in [
+        "jq",
+        "openssh-server",
+        "cloud-init",
+        "systemd",
+        "qemu-guest-agent",
+    ] {
+        let found = packages
+            .iter()
+            .find(|p| p.split('=').next() == Some(wanted));
+        let version = found.and_then(|p| p.split_once('=')).map(|(_, v)| v);
+        assert!(
+            version.is_some_and(|v| !v.is_empty()),
+            "{wanted}=<version> in status.packages: {packages:?}"
+        );
+    }
+    assert!(
+        packages
+            .iter()
+            .any(|p| p.starts_with("linux-image-") && p.contains("cloud-amd64")),
+        "a cloud kernel in {packages:?}"
+    );
+    // The same name again is refused, not rebuilt over the first.
+    cli.fails(&["image", "build", "debian-12"], 1, "already exists");
+
+    // One line: a VM booting a clone of the image, reachable by ssh.
+    let out = cli.ok(&[
+        "vm",
+        "create",
+        "dev1",
+        "--image",
+        "debian-12",
+        "--disk-size",
+        "5G",
+        "--memory",
+        "1G",
+        "--ssh",
+        "--wait-ssh",
+        "--ssh-timeout",
+        "900",
+    ]);
+    assert!(out.contains("vm/dev1 ssh ready"), "{out}");
+    let vm = cli.get("vm", "dev1");
+    let volume = cli.get("volume", "dev1");
+    assert_eq!(
+        volume["metadata"]["annotations"]["corral.dev/owner-vm"], vm["metadata"]["uid"],
+        "{volume}"
+    );
+    assert_eq!(volume["spec"]["image"], "debian-12", "{volume}");
+
+    // cloud-init took the VM's name as the hostname; the key corral manages let us in.
+    let hostname = cli.ok(&["vm", "ssh", "dev1", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "dev1");
+    // The package asked for is there, and Debian's own kernel runs.
+    let jq = cli.ok(&[
+        "vm",
+        "ssh",
+        "dev1",
+        "--",
+        "echo '{\"a\":[1,2]}' | jq -c '.a|add'",
+    ]);
+    assert_eq!(jq.trim(), "3");
+    let kernel = cli.ok(&["vm", "ssh", "dev1", "--", "uname", "-r"]);
+    assert!(kernel.trim().ends_with("-cloud-amd64"), "{kernel}");
+    // The root file system grew to the volume's 5G at first boot (growpart + resize2fs).
+    let size = cli.ok(&[
+        "vm",
+        "ssh",
+        "dev1",
+        "--",
+        "df",
+        "--output=size",
+        "-B1M",
+        "/",
+    ]);
+    let mib: u64 = size
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df: {size}"));
+    assert!(mib > 4400, "root is {mib} MiB: {size}");
+
+    // Deleting the VM deletes the volume it owns; the image stays.
+    cli.ok(&["vm", "delete", "dev1", "--force", "--wait"]);
+    cli.wait_gone("volume", "dev1");
+    cli.get("image", "debian-12");
+}
+
+/// A one-thread HTTP/1.0 server on 127.0.0.1 serving `file` at every path; returns its port.
+fn serve(file: &Path) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the test's HTTP server");
+    let port = listener.local_addr().unwrap().port();
+    let body = std::fs::read(file).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let mut stream = stream;
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    port
+}
+
+fn sha256(file: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn image_pull_takes_a_catalogue_entry_and_stores_only_bytes_that_match_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("small.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let port = serve(&disk);
+    let url = format!("http://127.0.0.1:{port}/small.qcow2");
+    let good = sha256(&disk);
+    let bad = "0".repeat(64);
+    let catalogue = dir.path().join("catalogue.yaml");
+    std::fs::write(
+        &catalogue,
+        format!(
+            "images:\n  small:\n    url: {url}\n    checksum: sha256:{good}\n    format: qcow2\n  \
+             tampered:\n    url: {url}\n    checksum: sha256:{bad}\n  \
+             typo:\n    url: {url}\n    checksum: md5:{bad}\n"
+        ),
+    )
+    .unwrap();
+    // The test's server is on loopback, which URL imports refuse unless allowed.
+    let d = Corrald::start_with(
+        workspace_binary("corrald"),
+        &["--import-allow-net", "127.0.0.0/8"],
+    )
+    .expect("corrald");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_CATALOGUE", &catalogue);
+
+    let image = cli.json(&["image", "pull", "small", "-o", "json"]);
+    assert_eq!(image["status"]["phase"], "Ready", "{image}");
+    assert_eq!(image["status"]["format"], "qcow2", "{image}");
+    assert_eq!(
+        image["spec"]["checksum"],
+        format!("sha256:{good}"),
+        "{image}"
+    );
+    // The same bytes under another name, from the catalogue named on the command line.
+    let copy = cli.json(&[
+        "image",
+        "pull",
+        "small",
+        "--name",
+        "small-2",
+        "--catalogue",
+        catalogue.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(copy["status"]["digest"], image["status"]["digest"]);
+
+    // Bytes that do not match are not stored: the error names the field and both sums.
+    let err = cli.fails(&["image", "pull", "tampered"], 1, "spec.checksum");
+    assert!(err.contains(&good) && err.contains(&bad), "{err}");
+    cli.fails(&["image", "get", "tampered"], 3, "not found");
+    // A bad catalogue entry and an unknown name are named with the file.
+    cli.fails(&["image", "pull", "typo"], 1, "images.typo.checksum");
+    let err = cli.fails(&["image", "pull", "nope"], 1, "no image \"nope\"");
+    assert!(
+        err.contains("catalogue.yaml") && err.contains("small"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_vm_with_a_ttl_is_deleted_when_it_runs_out_even_across_a_daemon_restart() {
+    let mut d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
+    {
+        let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
+        cli.fails(
+            &["vm", "create", "x", "--disk", "/d", "--ttl", "0s"],
+            1,
+            "time to live",
+        );
+        let mut create = kit_vm_args(&kit, "brief", "console=ttyS0 quiet");
+        create.extend(["--ttl", "60s"].map(String::from));
+        cli.ok(&create);
+        let vm = cli.get("vm", "brief");
+        let at = vm["metadata"]["annotations"]["corral.dev/expires-at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("corral.dev/expires-at in {vm}"));
+        assert!(at.ends_with('Z'), "{at}");
+        // Alive before its time: the guest booted.
+        cli.wait_console("brief", "CORRAL_BOOT_OK");
+    }
+    // A restart in between (kill -9: nothing is handed over but the store).
+    d.restart().expect("corrald restarts");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
+    cli.wait_gone("vm", "brief");
+    assert!(d.qemu_pids().is_empty(), "its QEMU is gone too");
+}
