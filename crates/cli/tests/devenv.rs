@@ -3,8 +3,9 @@
 //! TCG. Evidence comes from inside the guest, over ssh: the hostname cloud-init set, the
 //! extra package asked for, Debian's kernel.
 //!
-//! The build (mmdebstrap; minutes) is cached under `target/image-builds`, keyed by the build
-//! script and its inputs, through corrald's `--build-cache`: a second run copies it.
+//! The build (mmdebstrap; minutes) is cached in `$CORRAL_TEST_CACHE/image-builds` (default
+//! /var/tmp/corral-test-cache, outside the clone), keyed by the build script and its inputs,
+//! through corrald's `--build-cache`: a second run, even of a fresh clone, copies it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -14,15 +15,6 @@ use std::process::Command;
 use corral_contract::Arch;
 use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
 
-/// The workspace's `target/`, where built images are cached between runs.
-fn target_dir() -> PathBuf {
-    workspace_binary("corrald")
-        .parent()
-        .and_then(|profile| profile.parent())
-        .expect("target/<profile>/corrald")
-        .to_path_buf()
-}
-
 /// A port range nothing listens on now, 40 wide, different per test process.
 fn port_range() -> String {
     let base = 30000 + (std::process::id() % 500) as u16 * 40;
@@ -31,7 +23,12 @@ fn port_range() -> String {
 
 #[test]
 fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm() {
-    let cache = target_dir().join("image-builds");
+    // Outside the clone too (CORRAL_TEST_CACHE, else /var/tmp), so that a fresh clone's run
+    // copies a build made before; the key is the build's inputs, so a stale one is never used.
+    let cache = std::env::var_os("CORRAL_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/corral-test-cache"))
+        .join("image-builds");
     let range = port_range();
     let d = Corrald::start_with(
         workspace_binary("corrald"),
