@@ -116,9 +116,6 @@ pub struct AuditArgs {
     /// unix:uid=1000)
     #[arg(long)]
     pub identity: Option<String>,
-    /// Only this project's records
-    #[arg(long)]
-    pub project: Option<String>,
     /// At most this many of the newest records [default: the server's cap, 10000]
     #[arg(long)]
     pub limit: Option<u32>,
@@ -259,11 +256,16 @@ fn render(ids: &[Identity], format: Format, list: bool) -> Result<String, CliErr
 }
 
 /// `audit …`.
-pub async fn audit(client: &Client, args: AuditArgs) -> Result<(), CliError> {
+/// `project` (the `--project` flag) keeps only that project's records.
+pub async fn audit(
+    client: &Client,
+    args: AuditArgs,
+    project: Option<&ResourceName>,
+) -> Result<(), CliError> {
     let filter = AuditFilter {
         since: args.since.unwrap_or_default(),
         identity: args.identity.unwrap_or_default(),
-        project: args.project.unwrap_or_default(),
+        project: project.map(ToString::to_string).unwrap_or_default(),
         limit: args.limit.unwrap_or(0),
     };
     let records = client.audit(&filter).await?;

@@ -44,7 +44,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let projects = std::mem::take(&mut connection.project);
             crate::auth::auth(&connect(&connection).await?, command, &projects).await
         }
-        Command::Audit(args) => crate::auth::audit(&connect(&connection).await?, args).await,
+        Command::Audit(args) => {
+            // Here --project filters the log: the audit log is no project's object.
+            let projects = std::mem::take(&mut connection.project);
+            if projects.len() > 1 {
+                return Err(CliError::Usage(
+                    "--project: the audit log is read for one project at a time".into(),
+                ));
+            }
+            let client = connect(&connection).await?;
+            crate::auth::audit(&client, args, projects.first()).await
+        }
         Command::Project(command) => {
             crate::auth::project(&connect(&connection).await?, command).await
         }
