@@ -33,6 +33,7 @@
 
 #![deny(missing_docs)]
 
+mod apply;
 mod choice;
 mod cloudinit;
 mod condition;
@@ -51,6 +52,10 @@ mod size;
 mod storage;
 mod vm;
 
+pub use apply::{
+    ApplyAction, ApplyItem, ApplyReport, ApplyRequest, DEFAULT_MASS_PRUNE_PERCENT, FieldChange,
+    field_changes,
+};
 pub use choice::UnknownChoice;
 pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};

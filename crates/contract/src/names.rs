@@ -5,6 +5,14 @@
 /// The prefix of every annotation and label key Corral itself sets.
 pub const PREFIX: &str = "corral.dev/";
 
+/// Label keys Corral writes on objects.
+pub mod labels {
+    /// What declared an object: the source (a Git source, `corral apply --owner NAME`, a
+    /// project file) whose prune may remove it. Objects of one owner are never changed by
+    /// another.
+    pub const OWNER: &str = "corral.dev/owner";
+}
+
 /// Annotation keys Corral reads or writes on objects.
 pub mod annotations {
     /// On a VM: a new value (a time) asks for a restart with the current spec.

@@ -48,6 +48,7 @@
 
 mod access;
 mod allocate;
+mod apply;
 mod audit;
 mod console;
 mod error;
@@ -62,6 +63,7 @@ mod vm;
 
 pub use access::RequireAdmin;
 pub use allocate::{BadPortRange, PortRange};
+pub use apply::ApplyService;
 pub use audit::{AuditEntry, AuditLog, AuditQuery, AuditRecord, AuditRotation};
 pub use console::{ConsoleService, ConsoleSession};
 pub use corral_storage::{HostAccess, HostPaths};

@@ -187,6 +187,16 @@ impl Resources<NetworkKind> {
         net: Network,
         access: HostAccess,
     ) -> Result<Network, ServiceError> {
+        self.create_as_opts(net, access, false).await
+    }
+
+    /// [`create_as`](Self::create_as), or only its checks with `dry_run`.
+    pub async fn create_as_opts(
+        &self,
+        net: Network,
+        access: HostAccess,
+        dry_run: bool,
+    ) -> Result<Network, ServiceError> {
         if net.spec.mode != NetworkMode::User {
             access.require_admin(
                 format!(
@@ -196,7 +206,7 @@ impl Resources<NetworkKind> {
                 "use mode user, or ask an admin to create this network",
             )?;
         }
-        self.create(net).await
+        self.create_opts(net, dry_run).await
     }
 
     /// Creates the `default` user network unless a network of that name exists.

@@ -291,7 +291,7 @@ impl StorageService {
     }
 
     /// Refuses early, before any byte moves: a bad spec, a taken name, no qemu-img.
-    async fn check_new_image(&self, image: &Image) -> Result<(), ServiceError> {
+    pub(crate) async fn check_new_image(&self, image: &Image) -> Result<(), ServiceError> {
         image.metadata.validate()?;
         image.spec.validate()?;
         if self.images.exists(image.metadata.name.as_str()).await? {
