@@ -10,6 +10,7 @@ mod commands;
 mod console;
 mod converge;
 mod create;
+mod declare;
 mod manifest;
 mod memory;
 mod network;

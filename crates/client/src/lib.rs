@@ -37,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+mod apply;
 mod auth;
 mod client;
 mod console;

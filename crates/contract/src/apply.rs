@@ -10,7 +10,7 @@ use crate::{Kind, Resource, ResourceName};
 pub const DEFAULT_MASS_PRUNE_PERCENT: u8 = 50;
 
 /// Resources to create or bring to their declared spec, labels and annotations, in one call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyRequest {
     /// Who declares them: each gets the label `corral.dev/owner=<owner>`; a resource another
@@ -31,7 +31,7 @@ pub struct ApplyRequest {
 }
 
 /// What applying did to one resource, or would do in a dry run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyAction {
     /// It did not exist.
@@ -60,21 +60,23 @@ impl ApplyAction {
 }
 
 /// One field that differs: its JSON path and both values (absent: the field is not set).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldChange {
     /// JSON path, e.g. `spec.memory`, `metadata.labels.tier`, `spec.networks[0].forwards`.
     pub path: String,
     /// The value now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
     /// The declared value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
 }
 
 /// What happened to one resource.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyItem {
     /// Its kind.
@@ -89,7 +91,7 @@ pub struct ApplyItem {
 }
 
 /// What an apply did, resource by resource: in dependency order, prunes last.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyReport {
     /// Whether nothing was written.

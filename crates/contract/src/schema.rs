@@ -260,6 +260,8 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     add::<crate::Snapshot>(&mut out);
     add::<crate::Resource>(&mut out);
     add::<crate::Kind>(&mut out);
+    add::<crate::ApplyRequest>(&mut out);
+    add::<crate::ApplyReport>(&mut out);
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
     out

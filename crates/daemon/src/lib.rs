@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+mod apply;
 mod attestations;
 mod audit;
 pub mod auth;
@@ -32,18 +33,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
-    console_service_server::ConsoleServiceServer, identity_service_server::IdentityServiceServer,
-    image_service_server::ImageServiceServer, memory_service_server::MemoryServiceServer,
-    network_service_server::NetworkServiceServer, project_service_server::ProjectServiceServer,
-    snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
-    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
+    apply_service_server::ApplyServiceServer, attestation_service_server::AttestationServiceServer,
+    audit_service_server::AuditServiceServer, console_service_server::ConsoleServiceServer,
+    identity_service_server::IdentityServiceServer, image_service_server::ImageServiceServer,
+    memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
+    project_service_server::ProjectServiceServer, snapshot_service_server::SnapshotServiceServer,
+    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+    volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
-    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
-    StorageConfig, StorageService, VmService,
+    ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
+    ProjectService, StorageConfig, StorageService, VmService,
 };
 use corral_store::SqliteStore;
 use tokio::sync::watch;
@@ -147,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let projects = ProjectService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
+        apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
         memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
         consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
@@ -313,6 +316,9 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         )))
         .add_service(grpc_limits!(ProjectServiceServer::new(
             projects::grpc::ProjectGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(ApplyServiceServer::new(
+            apply::grpc::ApplyGrpc(d.clone())
         )))
         .add_service(grpc_limits!(health))
         .add_service(grpc_limits!(reflection_v1))

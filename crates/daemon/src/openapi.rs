@@ -162,6 +162,7 @@ pub const OPERATIONS: &[Described] = {
         ("deleteProject", Delete, "/v1/projects/{name}", || {
             delete("Project", "200")
         }),
+        ("applyResources", Post, "/v1/apply", apply),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -431,6 +432,53 @@ fn create(kind: &str) -> Operation {
         .response("413", error("The body is larger than 4 MiB"))
         .response("415", error("The body is not declared as application/json"))
         .build()
+}
+
+fn apply() -> Operation {
+    common(op(
+        "Apply declared resources as one owner: create or change each (through the same \
+         admission as create and update), prune the owner's undeclared ones; with dryRun, only \
+         report what would happen",
+    ))
+    .parameter(query(
+        "dryRun",
+        boolean(),
+        false,
+        "Plan only: every check runs, nothing is written (like dry_run in the body)",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(reference("ApplyRequest")))
+                    .build(),
+            )
+            .build(),
+    ))
+    .response(
+        "200",
+        json_response(
+            "What was (or would be) done to each resource",
+            reference("ApplyReport"),
+        ),
+    )
+    .response("400", bad_body())
+    .response(
+        "403",
+        error("A resource needs host access the caller lacks (PermissionDenied)"),
+    )
+    .response(
+        "412",
+        error(
+            "A resource is another owner's, cannot change that way, or the prune would remove \
+             more than half of the owner's resources (FailedPrecondition)",
+        ),
+    )
+    .response("413", error("The body is larger than 2 MiB"))
+    .response("415", error("The body is not declared as application/json"))
+    .build()
 }
 
 fn create_identity() -> Operation {

@@ -121,6 +121,7 @@ fn table() -> Vec<Route> {
         crate::identities::rest::routes(),
         crate::audit::rest::routes(),
         crate::projects::rest::routes(),
+        crate::apply::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -147,6 +148,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::identities::grpc::METHODS,
         crate::audit::grpc::METHODS,
         crate::projects::grpc::METHODS,
+        crate::apply::grpc::METHODS,
     ]
     .concat()
 }
