@@ -67,11 +67,11 @@ pub struct FieldChange {
     pub path: String,
     /// The value now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::schema::any_value)]
     pub before: Option<serde_json::Value>,
     /// The declared value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::schema::any_value)]
     pub after: Option<serde_json::Value>,
 }
 

@@ -230,6 +230,13 @@ pub(crate) fn listen_ipv4_or_null() -> RefOr<Schema> {
 }
 
 /// A u64 counter the server keeps (resource_version, generation).
+/// Any JSON value (a field's value in a diff).
+pub(crate) fn any_value() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+        .into()
+}
+
 pub(crate) fn counter() -> RefOr<Schema> {
     integer(0, u64::MAX).into()
 }

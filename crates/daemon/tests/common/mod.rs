@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/networks"),
     ("GET", "/v1/networks/{name}"),
     ("DELETE", "/v1/networks/{name}"),
+    ("POST", "/v1/apply"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
