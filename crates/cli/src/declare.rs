@@ -24,7 +24,8 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Resource>, CliError> {
     let mut seen = BTreeSet::new();
     for path in paths {
         let mut files = Vec::new();
-        if path.as_os_str() != "-" && path.is_dir() {
+        let in_directory = path.as_os_str() != "-" && path.is_dir();
+        if in_directory {
             collect(path, &mut files)?;
             if files.is_empty() {
                 return Err(CliError::Failed(format!(
@@ -37,7 +38,12 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Resource>, CliError> {
         }
         for file in files {
             let (source, text) = read(&file)?;
-            for r in manifest::parse(&source, &text)? {
+            let parsed = if in_directory {
+                manifest::parse_any(&source, &text)?
+            } else {
+                manifest::parse(&source, &text)?
+            };
+            for r in parsed {
                 let key = (r.kind(), r.metadata().name.to_string());
                 if !seen.insert(key) {
                     return Err(CliError::Failed(format!(

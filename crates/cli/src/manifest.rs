@@ -22,6 +22,19 @@ pub struct ManifestError {
 /// Parses every document of `text`, read from `source_name` (a path, or `-` for standard
 /// input). Fails on the first bad document, before anything is applied.
 pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestError> {
+    let resources = parse_any(source_name, text)?;
+    if resources.is_empty() {
+        return Err(ManifestError {
+            source_name: source_name.to_owned(),
+            location: "document 1".into(),
+            message: "no resources: expected YAML documents with kind, metadata and spec".into(),
+        });
+    }
+    Ok(resources)
+}
+
+/// Like [`parse`], but a text without resources (a file of a directory, emptied) is no error.
+pub fn parse_any(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestError> {
     let error = |location: String, message: String| ManifestError {
         source_name: source_name.to_owned(),
         location,
@@ -61,12 +74,6 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestErr
             }
             resources.push(resource);
         }
-    }
-    if resources.is_empty() {
-        return Err(error(
-            "document 1".into(),
-            "no resources: expected YAML documents with kind, metadata and spec".into(),
-        ));
     }
     Ok(resources)
 }
