@@ -34,6 +34,9 @@ need readelf binutils
 need ip iproute2
 need dnsmasq dnsmasq-base
 need nft nftables
+# Git sources' tests: a `git daemon` serving repositories the tests commit to (corrald itself
+# fetches with a library, not this binary).
+need git git
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -13,7 +13,8 @@ use crate::args::{
 };
 use crate::storage::AttestationCommand;
 use crate::wait::{Goal, wait};
-use crate::{CliError, create, manifest, output, storage};
+use crate::{CliError, create, output, storage};
+use corral_contract::manifest;
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let connection = cli.connection;

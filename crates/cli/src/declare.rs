@@ -11,7 +11,8 @@ use corral_contract::{ApplyAction, ApplyReport, ApplyRequest, Resource};
 use crate::args::{ApplyArgs, ConnectionArgs, DiffArgs, Format};
 use crate::commands::{endpoint, print};
 use crate::converge::{Target, wait_all};
-use crate::{CliError, create, manifest};
+use crate::{CliError, create};
+use corral_contract::manifest;
 
 /// Exit code of `corral diff` when applying would change something.
 const DIFF_CHANGES: u8 = 2;

@@ -11,7 +11,6 @@ mod console;
 mod converge;
 mod create;
 mod declare;
-mod manifest;
 mod memory;
 mod network;
 mod output;
@@ -39,7 +38,7 @@ pub enum CliError {
     Usage(String),
     /// A manifest that cannot be used (1).
     #[error(transparent)]
-    Manifest(#[from] manifest::ManifestError),
+    Manifest(#[from] corral_contract::manifest::ManifestError),
     /// Printing failed.
     #[error("cannot write the output: {0}")]
     Io(#[from] std::io::Error),

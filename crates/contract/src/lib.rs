@@ -40,6 +40,7 @@ mod condition;
 mod de;
 mod error;
 mod identity;
+pub mod manifest;
 mod meta;
 mod name;
 pub mod names;
@@ -49,6 +50,7 @@ mod project;
 mod resource;
 pub mod schema;
 mod size;
+mod source;
 mod storage;
 mod vm;
 
@@ -71,6 +73,7 @@ pub use network::{
 pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
+pub use source::{DriftPolicy, SourceSpec, SourceStatus};
 pub use storage::{
     Image, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot, SnapshotSpec,
     SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus, is_digest,

@@ -189,6 +189,28 @@ async fn a_change_is_reported_field_by_field_and_keeps_the_uid() {
 }
 
 #[tokio::test]
+async fn corralds_own_annotations_survive_an_apply() {
+    let w = world().await;
+    w.apply
+        .apply(request(Some("repo"), declared()), HostAccess::Admin)
+        .await
+        .unwrap();
+    w.vms.restart("web-1").await.unwrap();
+    let again = w
+        .apply
+        .apply(request(Some("repo"), declared()), HostAccess::Admin)
+        .await
+        .unwrap();
+    assert!(!again.changes_anything(), "{again:?}");
+    let web = w.vms.get("web-1").await.unwrap();
+    assert!(
+        web.metadata
+            .annotations
+            .contains_key(corral_contract::names::annotations::RESTART_REQUESTED_AT)
+    );
+}
+
+#[tokio::test]
 async fn another_owners_resources_are_never_touched() {
     let w = world().await;
     w.apply
