@@ -135,6 +135,9 @@ fn apply_as_an_owner_prunes_what_it_no_longer_declares_and_diff_says_so_first() 
     );
     let (status, _, err) = code(&cli, &diff);
     assert_eq!(status, 1, "{err}");
-    assert!(err.contains("b.yml:1: document 1 (vm/web-3): spec.cpu"), "{err}");
+    assert!(
+        err.contains("b.yml:1: document 1 (vm/web-3): spec.cpu"),
+        "{err}"
+    );
     cli.fails(&["apply", "-f", &dir, "--prune"], 2, "--owner");
 }

@@ -73,7 +73,7 @@ pub use network::{
 pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
-pub use source::{DriftPolicy, SourceSpec, SourceStatus};
+pub use source::{DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Source, SourceSpec, SourceStatus};
 pub use storage::{
     Image, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot, SnapshotSpec,
     SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus, is_digest,

@@ -150,6 +150,11 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
         Kind::Network => {
             deserialize::<crate::Network>(serde_json::Value::Object(map)).map(Resource::Network)
         }
+        Kind::Source => Err(
+            "kind Source is not applied from manifests: manage sources with `corral source` (a \
+             source applying sources would own them)"
+                .into(),
+        ),
         Kind::Project => Err(
             "kind Project is not applied from manifests: manage projects with `corral project`"
                 .into(),
@@ -311,7 +316,7 @@ spec:
         .unwrap_err();
         assert!(
             err.to_string().contains(
-                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project or Source"
             ),
             "{err}"
         );

@@ -265,6 +265,7 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     add::<crate::Image>(&mut out);
     add::<crate::Volume>(&mut out);
     add::<crate::Snapshot>(&mut out);
+    add::<crate::Source>(&mut out);
     add::<crate::Resource>(&mut out);
     add::<crate::Kind>(&mut out);
     add::<crate::ApplyRequest>(&mut out);

@@ -5,8 +5,54 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ValidationError;
 use crate::choice::choice;
+use crate::{Kind, Object, ObjectMeta, ResourceName, ValidationError};
+
+/// A Git repository whose manifests corrald applies as the source's owner:
+/// `{"kind": "Source", "metadata": {"name": "lab"}, "spec": {"git": "git://…", "ref": "main"}}`.
+// Deserialize and the schema (with `kind`): `strict_object!` in resource.rs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Name, labels and server-managed fields.
+    pub metadata: ObjectMeta,
+    /// What the user wants.
+    pub spec: SourceSpec,
+    /// What the last reconcile found.
+    #[serde(default)]
+    pub status: SourceStatus,
+}
+
+impl Source {
+    /// A source named `name` with `spec`, and an empty status.
+    pub fn new(name: ResourceName, spec: SourceSpec) -> Self {
+        Source {
+            metadata: ObjectMeta::new(name),
+            spec,
+            status: SourceStatus::default(),
+        }
+    }
+}
+
+impl Object for Source {
+    const KIND: Kind = Kind::Source;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        self.metadata.validate()?;
+        self.spec.validate()
+    }
+}
+
+/// How often a source is fetched when nothing asks sooner.
+pub const DEFAULT_SOURCE_INTERVAL_SECONDS: u64 = 30;
 
 choice! {
     /// What a reconcile does with a resource changed out of band (not by a new commit).
@@ -23,7 +69,7 @@ choice! {
 }
 
 /// Where a source's manifests are and how it applies them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// The repository: `git://HOST[:PORT]/PATH` (`http(s)://` later).
@@ -41,6 +87,9 @@ pub struct SourceSpec {
     /// What to do with resources changed out of band.
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// Seconds between fetches (default 30, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
 }
 
 impl SourceSpec {
@@ -74,6 +123,12 @@ impl SourceSpec {
                 format!("{:?} is not a branch, tag or commit id", self.reference),
             ));
         }
+        if self.interval_seconds == Some(0) {
+            return Err(ValidationError::new(
+                "spec.interval_seconds",
+                "must be at least 1",
+            ));
+        }
         if self.path.split('/').any(|p| p == "..") || self.path.starts_with('/') {
             return Err(ValidationError::new(
                 "spec.path",
@@ -88,7 +143,7 @@ impl SourceSpec {
 }
 
 /// What the last reconcile of a source found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceStatus {
     /// The commit whose manifests are applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,4 +160,14 @@ pub struct SourceStatus {
     /// apply's error.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// The `metadata.generation` this status reflects.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// The `corral.dev/prune-approved-at` value the last reconcile used (an approval counts
+    /// once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_used: Option<String>,
+    /// When the last reconcile ended, in RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reconcile: Option<String>,
 }

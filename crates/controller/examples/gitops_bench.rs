@@ -137,6 +137,7 @@ async fn main() -> Result<()> {
         path: "vms".into(),
         prune: true,
         drift: DriftPolicy::Correct,
+        interval_seconds: None,
     };
     let name = "bench".parse()?;
     let options = RunOptions {

@@ -25,7 +25,7 @@ pub use disks::{AttachedVolume, attached_volumes};
 pub use error::ControllerError;
 pub use git::{Checkout, GitError, fetch as git_fetch};
 pub use queue::WorkQueue;
-pub use source::{RunOptions, SourceReconciler};
+pub use source::{RunOptions, SourceController, SourceReconciler};
 pub use ssh::ssh_banner;
 pub use storage::StorageController;
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

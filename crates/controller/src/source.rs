@@ -5,16 +5,20 @@
 //! reported per file with their line), and the apply admits every resource before writing.
 //! The last good commit stays in `status.commit` until a good one replaces it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use corral_contract::manifest;
+use corral_contract::names::annotations::{PRUNE_APPROVED_AT, RECONCILE_REQUESTED_AT};
 use corral_contract::{
-    ApplyAction, ApplyReport, ApplyRequest, DriftPolicy, Resource, ResourceName, SourceSpec,
-    SourceStatus,
+    ApplyAction, ApplyReport, ApplyRequest, DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Resource,
+    ResourceName, Source, SourceSpec, SourceStatus,
 };
-use corral_service::{ApplyService, HostAccess, ImportPolicy};
+use corral_service::{ApplyService, HostAccess, ImportPolicy, SourceService};
 
 use crate::git::{self, Checkout};
 
@@ -113,6 +117,7 @@ impl SourceReconciler {
                 applied,
                 drift,
                 errors: Vec::new(),
+                ..last.clone()
             },
             Err(e) => failed(vec![e.to_string()]),
         }
@@ -244,4 +249,113 @@ fn counts(resources: &[Resource]) -> BTreeMap<String, u32> {
         *counts.entry(r.kind().as_str().to_owned()).or_default() += 1;
     }
     counts
+}
+
+/// Runs Git sources: each is reconciled when created or changed, when asked
+/// (`corral source reconcile`/`approve`), and every `spec.interval_seconds` otherwise.
+#[derive(Debug, Clone)]
+pub struct SourceController {
+    sources: SourceService,
+    reconciler: SourceReconciler,
+}
+
+/// What the controller remembers of a source between runs (only for pacing: everything it
+/// must not forget is in the object).
+struct Seen {
+    at: Instant,
+    requested: Option<String>,
+}
+
+impl SourceController {
+    /// Reconciles the sources in `sources` with `reconciler`.
+    pub fn new(sources: SourceService, reconciler: SourceReconciler) -> Self {
+        SourceController {
+            sources,
+            reconciler,
+        }
+    }
+
+    /// Runs until `stop` becomes true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut seen: HashMap<String, Seen> = HashMap::new();
+        while !*stop.borrow() {
+            match self.sources.list("").await {
+                Ok((items, _)) => {
+                    for source in items {
+                        if self.due(&source, seen.get(source.metadata.name.as_str())) {
+                            let requested = source
+                                .metadata
+                                .annotations
+                                .get(RECONCILE_REQUESTED_AT)
+                                .cloned();
+                            self.reconcile(&source).await;
+                            seen.insert(
+                                source.metadata.name.to_string(),
+                                Seen {
+                                    at: Instant::now(),
+                                    requested,
+                                },
+                            );
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing sources"),
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    fn due(&self, source: &Source, seen: Option<&Seen>) -> bool {
+        if source.metadata.deleting {
+            return false;
+        }
+        let Some(seen) = seen else { return true };
+        let interval = Duration::from_secs(
+            source
+                .spec
+                .interval_seconds
+                .unwrap_or(DEFAULT_SOURCE_INTERVAL_SECONDS),
+        );
+        source.status.observed_generation != source.metadata.generation
+            || source.metadata.annotations.get(RECONCILE_REQUESTED_AT) != seen.requested.as_ref()
+            || seen.at.elapsed() >= interval
+    }
+
+    async fn reconcile(&self, source: &Source) {
+        let approval = source.metadata.annotations.get(PRUNE_APPROVED_AT).cloned();
+        let allow_mass_prune = approval.is_some() && approval != source.status.approval_used;
+        let options = RunOptions {
+            access: SourceService::access_of(source),
+            allow_mass_prune,
+        };
+        let mut next = self
+            .reconciler
+            .reconcile(&source.metadata.name, &source.spec, &source.status, options)
+            .await;
+        next.observed_generation = source.metadata.generation;
+        next.approval_used = if allow_mass_prune {
+            approval
+        } else {
+            source.status.approval_used.clone()
+        };
+        next.last_reconcile =
+            Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+        for e in &next.errors {
+            tracing::warn!(source = %source.metadata.name, error = %e, "source not applied");
+        }
+        let name = source.metadata.name.as_str();
+        if let Err(e) = self
+            .sources
+            .update_status(name, |_, status| {
+                *status = next.clone();
+                true
+            })
+            .await
+        {
+            tracing::warn!(source = %name, error = %e, "writing the source's status");
+        }
+    }
 }

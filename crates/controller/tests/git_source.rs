@@ -148,6 +148,7 @@ async fn a_source_follows_its_repository() {
         path: "vms".into(),
         prune: true,
         drift: DriftPolicy::Correct,
+        interval_seconds: None,
     };
     let admin = RunOptions {
         access: HostAccess::Admin,

@@ -23,6 +23,7 @@ mod openapi;
 mod projects;
 mod serve;
 mod snapshots;
+mod sources;
 mod state;
 mod system;
 mod vms;
@@ -45,7 +46,7 @@ use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    ProjectService, StorageConfig, StorageService, VmService,
+    ProjectService, SourceService, StorageConfig, StorageService, VmService,
 };
 use corral_store::SqliteStore;
 use tokio::sync::watch;
@@ -150,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
+        sources: SourceService::new(store.clone()),
         memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
         consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
@@ -178,6 +180,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.run_dir.join("networks"),
     );
     tokio::spawn(network_controller.run(stop_rx.clone()));
+    let source_controller = corral_controller::SourceController::new(
+        daemon.sources.clone(),
+        corral_controller::SourceReconciler::new(
+            daemon.apply.clone(),
+            config.import.clone(),
+            config.data_dir.join("sources"),
+        ),
+    );
+    tokio::spawn(source_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone()).await?;
     let unix = serve::bind_unix(&config.socket).await?;

@@ -163,6 +163,26 @@ pub const OPERATIONS: &[Described] = {
             delete("Project", "200")
         }),
         ("applyResources", Post, "/v1/apply", apply),
+        ("listSources", Get, "/v1/sources", || {
+            list("Source", "Git sources, sorted by name")
+        }),
+        ("createSource", Post, "/v1/sources", || create("Source")),
+        ("getSource", Get, "/v1/sources/{name}", || get("Source")),
+        ("updateSource", Put, "/v1/sources/{name}", || {
+            update("Source")
+        }),
+        ("deleteSource", Delete, "/v1/sources/{name}", || {
+            delete("Source", "200")
+        }),
+        (
+            "reconcileSource",
+            Post,
+            "/v1/sources/{name}/reconcile",
+            || source_verb("Fetch and apply the source now"),
+        ),
+        ("approveSource", Post, "/v1/sources/{name}/approve", || {
+            source_verb("Let the next reconcile prune past the mass-prune guard, and run it now")
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -219,7 +239,7 @@ pub fn build() -> OpenApi {
         .schema("AuditList", audit_list_schema())
         .schema("CreatedIdentity", created_identity_schema());
     for kind in [
-        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project",
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source",
     ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -431,6 +451,20 @@ fn create(kind: &str) -> Operation {
         )
         .response("413", error("The body is larger than 4 MiB"))
         .response("415", error("The body is not declared as application/json"))
+        .build()
+}
+
+fn source_verb(summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(name_param())
+        .response("200", json_response("Asked", reference("Source")))
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No source of that name"))
+        .response("409", error("The source kept changing: retry"))
+        .response(
+            "412",
+            error("The source is being deleted (FailedPrecondition)"),
+        )
         .build()
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use corral_qemu::QemuBackend;
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    ProjectService, StorageService, VmService,
+    ProjectService, SourceService, StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -20,6 +20,8 @@ pub struct Daemon {
     pub config: Config,
     /// Applying declared resources as an owner.
     pub apply: ApplyService,
+    /// Git sources.
+    pub sources: SourceService,
     /// VMs.
     pub vms: VmService,
     /// Guest memory, audited.

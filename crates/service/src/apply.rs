@@ -71,7 +71,7 @@ impl ApplyService {
         let mut resources = request.resources;
         let mut declared = BTreeSet::new();
         for (i, r) in resources.iter().enumerate() {
-            if matches!(r.kind(), Kind::Identity | Kind::Project) {
+            if matches!(r.kind(), Kind::Identity | Kind::Project | Kind::Source) {
                 return Err(ValidationError::new(
                     format!("resources[{i}].kind"),
                     format!(
@@ -242,7 +242,7 @@ impl ApplyService {
                     plan => change_or_create(images, plan, dry).await,
                 }
             }
-            Resource::Identity(_) | Resource::Project(_) => {
+            Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => {
                 unreachable!("refused before planning")
             }
         }
@@ -308,7 +308,7 @@ impl ApplyService {
                 Kind::Volume => self.storage.delete_volume(name).await.map(drop),
                 Kind::Image => self.storage.delete_image(name).await.map(drop),
                 Kind::Network => self.networks.delete(name, None).await.map(drop),
-                Kind::Identity | Kind::Project => continue,
+                Kind::Identity | Kind::Project | Kind::Source => continue,
             };
             ignore_gone(result).map_err(|e| pruning(*kind, name, e))?;
         }
@@ -325,7 +325,7 @@ fn apply_rank(kind: Kind) -> u8 {
         Kind::Volume => 2,
         Kind::Vm => 3,
         Kind::Snapshot => 4,
-        Kind::Identity | Kind::Project => 5,
+        Kind::Identity | Kind::Project | Kind::Source => 5,
     }
 }
 

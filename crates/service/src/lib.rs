@@ -58,6 +58,7 @@ mod memory;
 mod network;
 mod project;
 mod resources;
+mod source;
 mod storage;
 mod vm;
 
@@ -82,6 +83,7 @@ pub use network::{
 };
 pub use project::{ProjectKind, ProjectService};
 pub use resources::{Event, Resources, Stored, Strategy, Watch, read, read_all, refuse_if_used};
+pub use source::{SourceKind, SourceService};
 pub use storage::{
     BlockedAddress, ImageKind, ImportPolicy, ImportProgress, SnapshotKind, StorageConfig,
     StorageService, VolumeKind,

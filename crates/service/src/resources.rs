@@ -59,6 +59,7 @@ stored! {
     corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
     corral_contract::Identity => corral_contract::IdentitySpec, corral_contract::IdentityStatus, "identity";
     corral_contract::Project => corral_contract::ProjectSpec, corral_contract::ProjectStatus, "project";
+    corral_contract::Source => corral_contract::SourceSpec, corral_contract::SourceStatus, "source";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a

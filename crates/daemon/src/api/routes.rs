@@ -122,6 +122,7 @@ fn table() -> Vec<Route> {
         crate::audit::rest::routes(),
         crate::projects::rest::routes(),
         crate::apply::rest::routes(),
+        crate::sources::rest::routes(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,3 @@
+//! Git sources: repositories of manifests corrald applies as their owner.
+
+pub mod rest;
