@@ -79,6 +79,9 @@ pub enum Command {
     /// Create, list and delete networks VMs join
     #[command(subcommand)]
     Network(crate::network::NetworkCommand),
+    /// Follow Git repositories of manifests: applied as their owner, pruned, drift corrected
+    #[command(subcommand)]
+    Source(crate::source::SourceCommand),
     /// Manage who may call corrald: tokens, client certificates, local users (admin only)
     #[command(subcommand)]
     Auth(crate::auth::AuthCommand),

@@ -32,6 +32,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
+        Command::Source(command) => {
+            crate::source::source(&connect(&connection).await?, command).await
+        }
         Command::Auth(command) => crate::auth::auth(&connect(&connection).await?, command).await,
         Command::Audit(args) => crate::auth::audit(&connect(&connection).await?, args).await,
         Command::Project(command) => {

@@ -14,6 +14,7 @@ mod declare;
 mod memory;
 mod network;
 mod output;
+mod source;
 mod ssh;
 mod storage;
 mod wait;

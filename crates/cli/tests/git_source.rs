@@ -4,6 +4,8 @@
 //! same uid; remove another → pruned; a broken commit → the source's status names file and
 //! line and nothing changes; a VM stopped out of band → started again and listed as drift; a
 //! force-push to the first commit → converges back. `corral diff` exit codes at the steps.
+//! The source is made with `corral source create` and read both with `corral source get` and
+//! over REST.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -232,4 +234,13 @@ fn a_git_source_drives_real_guests() {
         "256M"
     );
     assert_eq!(diff_code(&cli, &deploy), 0);
+    let table = cli.ok(&["source", "list"]);
+    assert!(
+        table.contains(&format!("lab                  {}", &first[..12])),
+        "{table}"
+    );
+    assert_eq!(
+        cli.ok(&["source", "reconcile", "lab"]),
+        "source/lab reconcile requested\n"
+    );
 }

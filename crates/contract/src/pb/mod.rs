@@ -33,6 +33,7 @@ mod convert;
 mod identity;
 mod network;
 mod project;
+mod source;
 mod storage;
 
 // Generated code: documented from the .proto where it has comments; prost and tonic decide

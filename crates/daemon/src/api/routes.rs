@@ -150,6 +150,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::audit::grpc::METHODS,
         crate::projects::grpc::METHODS,
         crate::apply::grpc::METHODS,
+        crate::sources::grpc::METHODS,
     ]
     .concat()
 }
