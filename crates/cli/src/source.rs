@@ -55,6 +55,9 @@ pub struct SourceCreateArgs {
     /// Resources changed out of band: correct (put back), warn (only list) or ignore
     #[arg(long, default_value = "correct")]
     pub drift: DriftPolicy,
+    /// A source that must have applied a commit without errors first (repeat for more)
+    #[arg(long, value_name = "SOURCE", value_parser = parse_name)]
+    pub depends_on: Vec<ResourceName>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -85,6 +88,7 @@ pub async fn source(client: &Client, command: SourceCommand) -> Result<(), CliEr
                 prune: args.prune,
                 drift: args.drift,
                 interval_seconds: Some(args.interval.as_secs().max(1)),
+                depends_on: args.depends_on,
             };
             spec.validate()
                 .map_err(|e| CliError::Failed(e.to_string()))?;
@@ -135,7 +139,7 @@ fn show(sources: &[Source], format: Format) -> Result<(), CliError> {
     }
     let mut text = format!(
         "{:<20} {:<12} {:<24} {:<8} {}\n",
-        "NAME", "COMMIT", "APPLIED", "DRIFT", "ERRORS"
+        "NAME", "COMMIT", "APPLIED", "DRIFT", "ERRORS / WAITING"
     );
     for s in sources {
         let commit = s
@@ -160,7 +164,11 @@ fn show(sources: &[Source], format: Format) -> Result<(), CliError> {
                 applied
             },
             s.status.drift.len(),
-            s.status.errors.first().map_or("-", String::as_str)
+            s.status
+                .errors
+                .first()
+                .or(s.status.waiting.as_ref())
+                .map_or("-", String::as_str)
         );
     }
     print(&text)

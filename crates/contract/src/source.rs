@@ -47,6 +47,12 @@ impl Object for Source {
 
     fn validate(&self) -> Result<(), ValidationError> {
         self.metadata.validate()?;
+        if self.spec.depends_on.contains(&self.metadata.name) {
+            return Err(ValidationError::new(
+                "spec.depends_on",
+                format!("{:?} cannot wait on itself", self.metadata.name.as_str()),
+            ));
+        }
         self.spec.validate()
     }
 }
@@ -90,6 +96,10 @@ pub struct SourceSpec {
     /// Seconds between fetches (default 30, at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<u64>,
+    /// Sources that must have applied a commit without errors before this one applies (its
+    /// status says which it waits for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<ResourceName>,
 }
 
 impl SourceSpec {
@@ -163,6 +173,9 @@ pub struct SourceStatus {
     /// The `metadata.generation` this status reflects.
     #[serde(default)]
     pub observed_generation: u64,
+    /// Why the source did not apply this time: the sources it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The `corral.dev/prune-approved-at` value the last reconcile used (an approval counts
     /// once).
     #[serde(default, skip_serializing_if = "Option::is_none")]

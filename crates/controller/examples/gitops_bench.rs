@@ -138,6 +138,7 @@ async fn main() -> Result<()> {
         prune: true,
         drift: DriftPolicy::Correct,
         interval_seconds: None,
+        depends_on: Vec::new(),
     };
     let name = "bench".parse()?;
     let options = RunOptions {

@@ -319,12 +319,45 @@ impl SourceController {
                 .interval_seconds
                 .unwrap_or(DEFAULT_SOURCE_INTERVAL_SECONDS),
         );
-        source.status.observed_generation != source.metadata.generation
+        // A waiting source looks at what it waits for on every pass: that costs reads only.
+        source.status.waiting.is_some()
+            || source.status.observed_generation != source.metadata.generation
             || source.metadata.annotations.get(RECONCILE_REQUESTED_AT) != seen.requested.as_ref()
             || seen.at.elapsed() >= interval
     }
 
+    /// Why `source` must wait: a source it depends on is missing, has applied nothing yet,
+    /// or failed its last reconcile.
+    async fn waiting(&self, source: &Source) -> Option<String> {
+        let mut reasons = Vec::new();
+        for dep in &source.spec.depends_on {
+            match self.sources.get(dep.as_str()).await {
+                Ok(d) if !d.status.errors.is_empty() => {
+                    reasons.push(format!("source/{dep} failed: {}", d.status.errors[0]));
+                }
+                Ok(d) if d.status.commit.is_none() => {
+                    reasons.push(format!("source/{dep} has applied nothing yet"));
+                }
+                Ok(_) => {}
+                Err(corral_service::ServiceError::NotFound { .. }) => {
+                    reasons.push(format!("source/{dep} does not exist"));
+                }
+                Err(e) => reasons.push(format!("source/{dep}: {e}")),
+            }
+        }
+        (!reasons.is_empty()).then(|| format!("waiting for {}", reasons.join("; ")))
+    }
+
     async fn reconcile(&self, source: &Source) {
+        if let Some(waiting) = self.waiting(source).await {
+            let next = SourceStatus {
+                waiting: Some(waiting),
+                observed_generation: source.metadata.generation,
+                ..source.status.clone()
+            };
+            self.write(source, next).await;
+            return;
+        }
         let approval = source.metadata.annotations.get(PRUNE_APPROVED_AT).cloned();
         let allow_mass_prune = approval.is_some() && approval != source.status.approval_used;
         let options = RunOptions {
@@ -336,16 +369,21 @@ impl SourceController {
             .reconcile(&source.metadata.name, &source.spec, &source.status, options)
             .await;
         next.observed_generation = source.metadata.generation;
+        next.waiting = None;
         next.approval_used = if allow_mass_prune {
             approval
         } else {
             source.status.approval_used.clone()
         };
-        next.last_reconcile =
-            Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
         for e in &next.errors {
             tracing::warn!(source = %source.metadata.name, error = %e, "source not applied");
         }
+        self.write(source, next).await;
+    }
+
+    async fn write(&self, source: &Source, mut next: SourceStatus) {
+        next.last_reconcile =
+            Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
         let name = source.metadata.name.as_str();
         if let Err(e) = self
             .sources

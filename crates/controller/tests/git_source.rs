@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_contract::names::labels::OWNER;
-use corral_contract::{ByteSize, DriftPolicy, Power, SourceSpec, SourceStatus};
-use corral_controller::{RunOptions, SourceReconciler};
+use corral_contract::{ByteSize, DriftPolicy, Power, Source, SourceSpec, SourceStatus};
+use corral_controller::{RunOptions, SourceController, SourceReconciler};
 use corral_service::{
-    ApplyService, HostAccess, ImportPolicy, NetworkService, StorageConfig, StorageService,
-    VmService,
+    ApplyService, HostAccess, ImportPolicy, NetworkService, SourceService, StorageConfig,
+    StorageService, VmService,
 };
 use corral_store::SqliteStore;
 
@@ -149,6 +149,7 @@ async fn a_source_follows_its_repository() {
         prune: true,
         drift: DriftPolicy::Correct,
         interval_seconds: None,
+        depends_on: Vec::new(),
     };
     let admin = RunOptions {
         access: HostAccess::Admin,
@@ -260,4 +261,90 @@ async fn a_source_follows_its_repository() {
             && refused.errors[0].contains("only an admin"),
         "{refused:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let net = "kind: Network\nmetadata: {name: lab}\nspec: {mode: user}\n";
+    commit(&work, &[("base/net.yaml", Some(net))], "network");
+    let head = commit(
+        &work,
+        &[("apps/web.yaml", Some(&vm("web-1", "128M")))],
+        "app",
+    );
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
+    let sources = SourceService::new(store);
+    let controller = SourceController::new(
+        sources.clone(),
+        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(controller.run(stopped));
+
+    let spec = |path: &str, depends_on: &[&str]| SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: path.into(),
+        prune: true,
+        drift: DriftPolicy::Correct,
+        interval_seconds: Some(1),
+        depends_on: depends_on.iter().map(|d| d.parse().unwrap()).collect(),
+    };
+    let apps = Source::new("apps".parse().unwrap(), spec("apps", &["base"]));
+    sources.create_as(apps, HostAccess::Admin).await.unwrap();
+    let waiting = poll(|| async {
+        let s = sources.get("apps").await.unwrap();
+        s.status.waiting.clone()
+    })
+    .await;
+    assert_eq!(waiting, "waiting for source/base does not exist");
+    assert!(!vms.exists("web-1").await.unwrap());
+
+    let base = Source::new("base".parse().unwrap(), spec("base", &[]));
+    sources.create_as(base, HostAccess::Admin).await.unwrap();
+    poll(|| async {
+        let s = sources.get("apps").await.unwrap();
+        (s.status.commit.is_some() && s.status.waiting.is_none()).then_some(())
+    })
+    .await;
+    for name in ["base", "apps"] {
+        let status = sources.get(name).await.unwrap().status;
+        assert_eq!(status.commit.as_deref(), Some(head.as_str()), "{name}");
+    }
+    assert!(vms.exists("web-1").await.unwrap());
+    let err = Source::new("loop".parse().unwrap(), spec("apps", &["loop"]));
+    let err = sources.create_as(err, HostAccess::Admin).await.unwrap_err();
+    assert!(err.to_string().contains("spec.depends_on"), "{err}");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+/// Polls `probe` until it gives something, for up to a minute.
+async fn poll<T, F: std::future::Future<Output = Option<T>>>(mut probe: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = probe().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within a minute");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -15,6 +15,7 @@ impl From<&Source> for pb::Source {
                 prune: s.spec.prune,
                 drift: s.spec.drift.as_str().to_owned(),
                 interval_seconds: s.spec.interval_seconds.unwrap_or(0),
+                depends_on: s.spec.depends_on.iter().map(ToString::to_string).collect(),
             }),
             status: Some(pb::SourceStatus {
                 commit: s.status.commit.clone(),
@@ -24,6 +25,7 @@ impl From<&Source> for pb::Source {
                 observed_generation: s.status.observed_generation,
                 approval_used: s.status.approval_used.clone(),
                 last_reconcile: s.status.last_reconcile.clone(),
+                waiting: s.status.waiting.clone(),
             }),
         }
     }
@@ -40,7 +42,17 @@ impl TryFrom<pb::Source> for Source {
                 .parse()
                 .map_err(|e| ValidationError::new("spec.drift", e))?,
         };
+        let depends_on = spec
+            .depends_on
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse()
+                    .map_err(|e| ValidationError::new(format!("spec.depends_on[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
         let spec = SourceSpec {
+            depends_on,
             git: spec.git,
             reference: spec.r#ref,
             path: spec.path,
@@ -59,6 +71,7 @@ impl TryFrom<pb::Source> for Source {
                 observed_generation: st.observed_generation,
                 approval_used: st.approval_used,
                 last_reconcile: st.last_reconcile,
+                waiting: st.waiting,
             })
             .unwrap_or_default();
         Ok(Source {
