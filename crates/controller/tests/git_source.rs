@@ -348,3 +348,87 @@ async fn poll<T, F: std::future::Future<Output = Option<T>>>(mut probe: impl FnM
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let two = vm("web-1", "128M") + &vm("web-2", "128M");
+    let first = commit(&work, &[("vms/web.yaml", Some(&two))], "two");
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
+    let finalizer = vms.clone();
+    tokio::spawn(async move {
+        let mut watch = finalizer.watch(None, 0).await.unwrap();
+        while let Some(Ok(event)) = watch.recv().await {
+            let vm = event.object;
+            if vm.metadata.deleting {
+                let _ = finalizer
+                    .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
+                    .await;
+            }
+        }
+    });
+    let sources = SourceService::new(store);
+    let controller = SourceController::new(
+        sources.clone(),
+        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(controller.run(stopped));
+    let spec = SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: "vms".into(),
+        prune: true,
+        drift: DriftPolicy::Correct,
+        interval_seconds: Some(1),
+        depends_on: Vec::new(),
+    };
+    let source = Source::new("lab".parse().unwrap(), spec);
+    sources.create_as(source, HostAccess::Admin).await.unwrap();
+    poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (s.status.commit.as_deref() == Some(first.as_str())).then_some(())
+    })
+    .await;
+
+    let emptied = commit(&work, &[("vms/web.yaml", Some("# all gone\n"))], "empty");
+    let errors = poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (!s.status.errors.is_empty()).then_some(s.status.errors)
+    })
+    .await;
+    assert!(
+        errors[0].contains("pruning 2 of its 2 resources"),
+        "{errors:?}"
+    );
+    assert!(vms.exists("web-1").await.unwrap() && vms.exists("web-2").await.unwrap());
+
+    sources.approve_prune("lab").await.unwrap();
+    let status = poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (s.status.commit.as_deref() == Some(emptied.as_str())).then_some(s.status)
+    })
+    .await;
+    assert!(status.errors.is_empty(), "{status:?}");
+    assert!(status.approval_used.is_some());
+    assert!(!vms.exists("web-1").await.unwrap() && !vms.exists("web-2").await.unwrap());
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
