@@ -389,6 +389,14 @@ async fn plan<S: Strategy>(
     fix: impl FnOnce(&mut <S::Object as Stored>::Spec, &<S::Object as Stored>::Spec),
 ) -> Result<Plan<S::Object>, ServiceError> {
     let kind = <S::Object as corral_contract::Object>::KIND;
+    let declared = desired.metadata().labels.get(OWNER).map(String::as_str);
+    if declared.is_some() && declared != owner {
+        return Err(ValidationError::new(
+            format!("metadata.labels.{OWNER}"),
+            "is set by apply's owner (corral apply --owner NAME, a source's name), not declared",
+        )
+        .into());
+    }
     if let Some(owner) = owner {
         let meta = desired.metadata_mut();
         meta.labels.insert(OWNER.to_owned(), owner.to_owned());

@@ -242,6 +242,26 @@ async fn another_owners_resources_are_never_touched() {
         ByteSize::from_mib(256)
     );
 
+    // Nor by declaring the label: it is the owner's to set.
+    let Resource::Vm(mut planted) = vm("planted", 128) else {
+        unreachable!()
+    };
+    planted.metadata.labels.insert(OWNER.into(), "repo".into());
+    let err = w
+        .apply
+        .apply(
+            request(None, vec![Resource::Vm(planted)]),
+            HostAccess::Admin,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("metadata.labels.corral.dev/owner: is set by apply's owner"),
+        "{err}"
+    );
+    assert!(!w.vms.exists("planted").await.unwrap());
+
     let mut prune_alone = request(None, vec![vm("x", 128)]);
     prune_alone.prune = true;
     let err = w
