@@ -45,6 +45,9 @@ need nft nftables
 need etcd etcd-server
 # etcd-client (the etcd store's gRPC client) compiles etcd's .proto files with protoc.
 need protoc protobuf-compiler
+# Git sources' tests: a `git daemon` serving repositories the tests commit to (corrald itself
+# fetches with a library, not this binary).
+need git git
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

@@ -93,6 +93,9 @@ pub enum Command {
     /// Create, list and delete networks VMs join
     #[command(subcommand)]
     Network(crate::network::NetworkCommand),
+    /// Follow Git repositories of manifests: applied as their owner, pruned, drift corrected
+    #[command(subcommand)]
+    Source(crate::source::SourceCommand),
     /// Manage who may call corrald: tokens, client certificates, local users (admin only)
     #[command(subcommand)]
     Auth(crate::auth::AuthCommand),
@@ -101,8 +104,13 @@ pub enum Command {
     /// Projects and their limits (changing them is for admins)
     #[command(subcommand)]
     Project(crate::auth::ProjectCommand),
-    /// Create or update the resources of a manifest; unchanged ones are left alone
-    Apply(ManifestArgs),
+    /// Create or update the resources of manifests; unchanged ones are left alone. With
+    /// --owner they are that owner's, and --prune deletes what the owner no longer declares
+    Apply(ApplyArgs),
+    /// Show what `apply` would do, computed by corrald as a dry run: per resource create,
+    /// change (field by field) or prune. Exit 0: nothing would change; 2: something would;
+    /// 1: an error
+    Diff(DiffArgs),
     /// Delete the resources of a manifest
     Delete(ManifestArgs),
     /// Print the client's version and, if it is reachable, corrald's
@@ -361,6 +369,52 @@ pub struct ManifestArgs {
     #[arg(long, value_name = "S", default_value = "300", value_parser = parse_timeout,
           requires = "wait")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Manifests: files of YAML documents ({kind, metadata, spec}, separated by `---`),
+    /// directories of them (.yaml, .yml and .json, recursively), or `-` for standard input;
+    /// repeat for more
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Apply as this owner (a source's name): every resource gets the label
+    /// corral.dev/owner=NAME, and a resource another owner declared is refused
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub owner: Option<ResourceName>,
+    /// Delete the owner's resources the manifests no longer declare (VMs first, then what
+    /// they used)
+    #[arg(long, requires = "owner")]
+    pub prune: bool,
+    /// Let --prune remove more than half, or all, of the owner's resources (refused otherwise,
+    /// so that an emptied manifest does not delete everything)
+    #[arg(long, requires = "prune")]
+    pub allow_mass_prune: bool,
+    /// Wait until every applied resource is where it was declared — VMs in their power
+    /// state, the rest Ready — printing each change; fail naming each that failed or timed out
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits: seconds, or with a unit (90s, 5m)
+    #[arg(long, value_name = "S", default_value = "300", value_parser = parse_timeout,
+          requires = "wait")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// Manifests, as for apply: files, directories, or `-`; repeat for more
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Compare as this owner, as `apply --owner`
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub owner: Option<ResourceName>,
+    /// Show what `apply --prune` would delete too
+    #[arg(long, requires = "owner")]
+    pub prune: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Args)]

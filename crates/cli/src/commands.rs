@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use clap::CommandFactory;
 use corral_client::{Client, ClientError, Endpoint};
-use corral_contract::{ObjectMeta, Resource, Vm};
+use corral_contract::{Resource, Vm};
 
 use crate::args::{
     ActionArgs, Cli, Command, CompletionArgs, ConnectionArgs, Format, ManifestArgs, Shell,
@@ -13,11 +13,8 @@ use crate::args::{
 };
 use crate::storage::AttestationCommand;
 use crate::wait::{Goal, wait};
-use crate::{CliError, create, manifest, output, storage};
-
-/// Annotations under this prefix are written by corrald (restart requests, stop mode): apply
-/// keeps them rather than undo them.
-const SYSTEM_ANNOTATIONS: &str = corral_contract::names::PREFIX;
+use crate::{CliError, create, output, storage};
+use corral_contract::manifest;
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut connection = cli.connection;
@@ -39,6 +36,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
+        Command::Source(command) => {
+            crate::source::source(&connect(&connection).await?, command).await
+        }
         Command::Auth(command) => {
             // Here --project names the identity's projects, not where the request acts.
             let projects = std::mem::take(&mut connection.project);
@@ -58,14 +58,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Project(command) => {
             crate::auth::project(&connect(&connection).await?, command).await
         }
-        Command::Apply(args) => apply(&connection, &args).await,
+        Command::Apply(args) => crate::declare::apply(&connection, &args).await,
+        Command::Diff(args) => crate::declare::diff(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
         Command::Completion(args) => completion(&args),
     }
 }
 
-fn endpoint(connection: &ConnectionArgs) -> Result<Endpoint, CliError> {
+pub fn endpoint(connection: &ConnectionArgs) -> Result<Endpoint, CliError> {
     Ok(Endpoint::from_env_and_flags(
         connection.socket.clone(),
         connection.server.clone(),
@@ -281,172 +282,6 @@ fn read_manifest(args: &ManifestArgs) -> Result<Vec<Resource>, CliError> {
     Ok(manifest::parse(&source, &text)?)
 }
 
-/// What applying one resource did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-async fn apply(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), CliError> {
-    let resources = read_manifest(args)?;
-    let endpoint = endpoint(connection)?;
-    if endpoint.is_local() {
-        for vm in resources.iter().filter_map(Resource::as_vm) {
-            create::check_boot_files(vm)
-                .map_err(|e| CliError::Failed(format!("vm/{}: {e}", vm.metadata.name)))?;
-        }
-    }
-    let client = connect_to(endpoint, connection).await?;
-    let mut failures = Failures::default();
-    let mut applied = Vec::new();
-    // In dependency order: networks and images before the volumes and VMs that use them,
-    // snapshots of a VM after it.
-    let mut resources = resources;
-    resources.sort_by_key(|r| match r {
-        Resource::Project(_) => 0,
-        Resource::Network(_) => 1,
-        Resource::Image(_) => 2,
-        Resource::Volume(_) => 3,
-        Resource::Vm(_) => 4,
-        Resource::Snapshot(_) => 5,
-        Resource::Identity(_) => 6,
-    });
-    let connected = client;
-    for resource in resources {
-        let what = format!(
-            "{}/{}",
-            resource.kind().as_str().to_lowercase(),
-            resource.metadata().name
-        );
-        let project = resource.metadata().project.as_ref().map(|p| p.to_string());
-        let target = crate::converge::Target {
-            kind: resource.kind(),
-            name: resource.metadata().name.to_string(),
-            power: resource.as_vm().map(|vm| vm.spec.power),
-            project: project.clone(),
-        };
-        // An object that names its project is applied there (the server checks the caller
-        // works in it); others go to the connection's.
-        let client = match &project {
-            Some(p) => connected.clone().in_project(Some(p), false)?,
-            None => connected.clone(),
-        };
-        let vm = match resource {
-            Resource::Vm(vm) => vm,
-            Resource::Network(net) => {
-                match crate::network::apply_network(&client, net).await {
-                    Ok(word) => {
-                        print(&format!("{what} {word}\n"))?;
-                        applied.push(target);
-                    }
-                    Err(e) => failures.report(&what, &e),
-                }
-                continue;
-            }
-            storage => {
-                match storage::apply(&client, storage).await {
-                    Ok(word) => {
-                        print(&format!("{what} {word}\n"))?;
-                        applied.push(target);
-                    }
-                    Err(e) => failures.report(&what, &e),
-                }
-                continue;
-            }
-        };
-        let name = vm.metadata.name.clone();
-        match apply_vm(&client, vm).await {
-            Ok(done) => {
-                let word = match done {
-                    Applied::Created => "created",
-                    Applied::Configured => "configured",
-                    Applied::Unchanged => "unchanged",
-                };
-                print(&format!("vm/{name} {word}\n"))?;
-                applied.push(target);
-            }
-            Err(e) => failures.report(&format!("vm/{name}"), &e),
-        }
-    }
-    if args.wait && !applied.is_empty() {
-        let waited = crate::converge::wait_all(&connected, applied, args.timeout).await;
-        failures.into_result()?;
-        return waited;
-    }
-    failures.into_result()
-}
-
-/// Creates the VM, or updates it when its spec, labels or annotations differ. Retries when
-/// another writer got in between.
-async fn apply_vm(client: &Client, desired: Vm) -> Result<Applied, ClientError> {
-    const ATTEMPTS: usize = 5;
-    let name = desired.metadata.name.as_str();
-    for _ in 0..ATTEMPTS {
-        let current = match client.get_vm(name).await {
-            Ok(current) => current,
-            Err(ClientError::NotFound { .. }) => {
-                let mut metadata = ObjectMeta::new(desired.metadata.name.clone());
-                metadata.labels = desired.metadata.labels.clone();
-                metadata.annotations = desired.metadata.annotations.clone();
-                let vm = Vm {
-                    metadata,
-                    spec: desired.spec.clone(),
-                    status: Default::default(),
-                };
-                match client.create_vm(&vm).await {
-                    Ok(_) => return Ok(Applied::Created),
-                    Err(ClientError::AlreadyExists { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(next) = merge(&current, &desired) else {
-            return Ok(Applied::Unchanged);
-        };
-        if current.metadata.deleting {
-            return Err(ClientError::FailedPrecondition {
-                message: "it is being deleted: apply again once it is gone".into(),
-            });
-        }
-        match client.update_vm(&next).await {
-            Ok(_) => return Ok(Applied::Configured),
-            Err(ClientError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ClientError::Conflict {
-        message: format!("changed by others {ATTEMPTS} times while being applied; try again"),
-    })
-}
-
-/// `current` with the manifest's spec, labels and annotations (keeping corrald's own
-/// annotations), or `None` when that changes nothing.
-pub fn merge(current: &Vm, desired: &Vm) -> Option<Vm> {
-    // MACs and host ports left out of the manifest are the ones corrald picked.
-    let mut desired = desired.clone();
-    desired.spec.keep_allocations(&current.spec);
-    let mut annotations = desired.metadata.annotations.clone();
-    for (key, value) in &current.metadata.annotations {
-        if key.starts_with(SYSTEM_ANNOTATIONS) && !annotations.contains_key(key) {
-            annotations.insert(key.clone(), value.clone());
-        }
-    }
-    let unchanged = current.spec == desired.spec
-        && current.metadata.labels == desired.metadata.labels
-        && current.metadata.annotations == annotations;
-    if unchanged {
-        return None;
-    }
-    let mut next = current.clone();
-    next.spec = desired.spec.clone();
-    next.metadata.labels = desired.metadata.labels.clone();
-    next.metadata.annotations = annotations;
-    Some(next)
-}
-
 async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), CliError> {
     let resources = read_manifest(args)?;
     let client = connect(connection).await?;
@@ -459,7 +294,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
-        Resource::Identity(_) | Resource::Project(_) => 5,
+        Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => 5,
     });
     for resource in resources {
         let what = format!(
@@ -569,50 +404,6 @@ fn completion(args: &CompletionArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_contract::{Boot, VmSpec};
-
-    fn vm(cpus: u32) -> Vm {
-        let spec = VmSpec::builder(Boot::kernel("/k"))
-            .cpus(cpus)
-            .build()
-            .unwrap();
-        Vm::new("a".parse().unwrap(), spec)
-    }
-
-    #[test]
-    fn apply_changes_only_what_the_manifest_says() {
-        let desired = vm(1);
-        let mut current = vm(1);
-        current.metadata.uid = "u".into();
-        current.metadata.resource_version = 9;
-        current.metadata.annotations.insert(
-            corral_contract::names::annotations::RESTART_REQUESTED_AT.into(),
-            "t".into(),
-        );
-        assert!(
-            merge(&current, &desired).is_none(),
-            "corrald's annotations are kept"
-        );
-
-        let next = merge(&current, &vm(2)).unwrap();
-        assert_eq!(next.spec.cpus, 2);
-        assert_eq!(
-            next.metadata.resource_version, 9,
-            "update is a compare-and-swap"
-        );
-        assert_eq!(
-            next.metadata.annotations[corral_contract::names::annotations::RESTART_REQUESTED_AT],
-            "t"
-        );
-
-        let mut labelled = vm(1);
-        labelled.metadata.labels.insert("tier".into(), "web".into());
-        assert!(merge(&current, &labelled).is_some());
-        let mut noted = current.clone();
-        noted.metadata.annotations.insert("note".into(), "x".into());
-        let cleared = merge(&noted, &desired).unwrap();
-        assert!(!cleared.metadata.annotations.contains_key("note"));
-    }
 
     #[test]
     fn failures_keep_not_found_apart() {

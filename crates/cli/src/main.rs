@@ -10,10 +10,11 @@ mod commands;
 mod console;
 mod converge;
 mod create;
-mod manifest;
+mod declare;
 mod memory;
 mod network;
 mod output;
+mod source;
 mod ssh;
 mod storage;
 mod wait;
@@ -38,7 +39,7 @@ pub enum CliError {
     Usage(String),
     /// A manifest that cannot be used (1).
     #[error(transparent)]
-    Manifest(#[from] manifest::ManifestError),
+    Manifest(#[from] corral_contract::manifest::ManifestError),
     /// Printing failed.
     #[error("cannot write the output: {0}")]
     Io(#[from] std::io::Error),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use corral_client::{Client, ClientError};
+use corral_client::Client;
 use corral_contract::{
     Cidr, CloudInit, Network, NetworkAttachment, NetworkMode, NetworkSpec, PortForward, Protocol,
     ResourceName, Vm,
@@ -310,25 +310,6 @@ fn print_networks(
     };
     print!("{text}");
     Ok(())
-}
-
-/// The networks a manifest declares: created when missing, left alone when the same, refused
-/// when different (a network's spec cannot change while VMs may be on it).
-pub async fn apply_network(client: &Client, desired: Network) -> Result<&'static str, ClientError> {
-    match client.get_network(desired.metadata.name.as_str()).await {
-        Ok(current) if current.spec == desired.spec => Ok("unchanged"),
-        Ok(_) => Err(ClientError::FailedPrecondition {
-            message:
-                "a network's spec cannot be changed: delete it (no VM may join it) and apply again"
-                    .into(),
-        }),
-        Err(ClientError::NotFound { .. }) => {
-            let mut net = Network::new(desired.metadata.name.clone(), desired.spec.clone());
-            net.metadata.labels = desired.metadata.labels.clone();
-            client.create_network(&net).await.map(|_| "created")
-        }
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ mod tests {
         let text = vms(&[sample("a"), sample("b")], Format::Yaml, now).unwrap();
         assert!(text.starts_with("kind: Vm\nmetadata:\n"), "{text}");
         assert_eq!(text.matches("\n---\n").count(), 1, "{text}");
-        let parsed = crate::manifest::parse("out.yaml", &text).unwrap();
+        let parsed = corral_contract::manifest::parse("out.yaml", &text).unwrap();
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[0].as_vm().unwrap().spec, sample("a").spec);
     }

@@ -992,61 +992,6 @@ pub fn attestation_verify(args: &AttestationVerifyArgs) -> Result<(), CliError> 
     }
 }
 
-/// Applies a storage resource from a manifest: creates it when missing; an existing volume
-/// gets its labels and size; images and snapshots are immutable once made.
-pub async fn apply(client: &Client, resource: Resource) -> Result<&'static str, ClientError> {
-    match resource {
-        Resource::Image(image) => match client.get_image(image.metadata.name.as_str()).await {
-            Ok(current) if current.spec == image.spec => Ok("unchanged"),
-            Ok(_) => Err(ClientError::FailedPrecondition {
-                message: "an image's source cannot change: import under another name".into(),
-            }),
-            Err(ClientError::NotFound { .. }) => {
-                client.create_image(&image).await?;
-                Ok("created")
-            }
-            Err(e) => Err(e),
-        },
-        Resource::Volume(volume) => match client.get_volume(volume.metadata.name.as_str()).await {
-            Ok(current)
-                if current.spec == volume.spec
-                    && current.metadata.labels == volume.metadata.labels =>
-            {
-                Ok("unchanged")
-            }
-            Ok(current) => {
-                let mut next = current;
-                next.spec = volume.spec;
-                next.metadata.labels = volume.metadata.labels;
-                client.update_volume(&next).await?;
-                Ok("configured")
-            }
-            Err(ClientError::NotFound { .. }) => {
-                client.create_volume(&volume).await?;
-                Ok("created")
-            }
-            Err(e) => Err(e),
-        },
-        Resource::Snapshot(snap) => match client.get_snapshot(snap.metadata.name.as_str()).await {
-            Ok(current) if current.spec == snap.spec => Ok("unchanged"),
-            Ok(_) => Err(ClientError::FailedPrecondition {
-                message: "a snapshot cannot change: create another".into(),
-            }),
-            Err(ClientError::NotFound { .. }) => {
-                client.create_snapshot(&snap).await?;
-                Ok("created")
-            }
-            Err(e) => Err(e),
-        },
-        Resource::Vm(_) | Resource::Network(_) | Resource::Identity(_) | Resource::Project(_) => {
-            Err(ClientError::Other {
-                message: "VMs, networks, identities and projects are applied by their own paths"
-                    .into(),
-            })
-        }
-    }
-}
-
 /// Deletes a resource named in a manifest.
 pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientError> {
     let name = resource.metadata().name.as_str();
@@ -1058,5 +1003,9 @@ pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientEr
         Resource::Network(_) => client.delete_network(name).await.map(drop),
         Resource::Identity(_) => client.revoke_identity(name).await.map(drop),
         Resource::Project(_) => client.delete_project(name).await.map(drop),
+        // Manifests never hold sources (the parser refuses them).
+        Resource::Source(_) => Err(ClientError::Other {
+            message: "sources are deleted with the REST API (DELETE /v1/sources/NAME)".into(),
+        }),
     }
 }

@@ -37,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+mod apply;
 mod auth;
 mod client;
 mod console;
@@ -44,6 +45,7 @@ mod endpoint;
 mod error;
 mod memory;
 mod network;
+mod source;
 mod storage;
 mod watch;
 

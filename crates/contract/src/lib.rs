@@ -33,12 +33,14 @@
 
 #![deny(missing_docs)]
 
+mod apply;
 mod choice;
 mod cloudinit;
 mod condition;
 mod de;
 mod error;
 mod identity;
+pub mod manifest;
 mod meta;
 mod name;
 pub mod names;
@@ -48,9 +50,14 @@ mod project;
 mod resource;
 pub mod schema;
 mod size;
+mod source;
 mod storage;
 mod vm;
 
+pub use apply::{
+    ApplyAction, ApplyItem, ApplyReport, ApplyRequest, DEFAULT_MASS_PRUNE_PERCENT, FieldChange,
+    field_changes,
+};
 pub use choice::UnknownChoice;
 pub use cloudinit::CloudInit;
 pub use condition::{Condition, set_condition};
@@ -66,6 +73,7 @@ pub use network::{
 pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
+pub use source::{DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Source, SourceSpec, SourceStatus};
 pub use storage::{
     Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot,
     SnapshotSpec, SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus,

@@ -5,6 +5,14 @@
 /// The prefix of every annotation and label key Corral itself sets.
 pub const PREFIX: &str = "corral.dev/";
 
+/// Label keys Corral writes on objects.
+pub mod labels {
+    /// What declared an object: the source (a Git source, `corral apply --owner NAME`, a
+    /// project file) whose prune may remove it. Objects of one owner are never changed by
+    /// another.
+    pub const OWNER: &str = "corral.dev/owner";
+}
+
 /// Annotation keys Corral reads or writes on objects.
 pub mod annotations {
     /// On a VM: a new value (a time) asks for a restart with the current spec.
@@ -17,6 +25,16 @@ pub mod annotations {
     /// On a VM being deleted: how long its guest gets to shut down before QEMU is told to
     /// quit, in whole seconds (`0`: no graceful stop at all). Set by `delete --grace/--force`.
     pub const DELETE_GRACE_SECONDS: &str = "corral.dev/delete-grace-seconds";
+    /// On a source: set by corrald (any value a caller sends is replaced) to `admin` when an
+    /// admin created or last changed it: its fetches may reach any address.
+    pub const FETCH_ACCESS: &str = "corral.dev/fetch-access";
+    /// The value of [`FETCH_ACCESS`] for an admin's source.
+    pub const FETCH_ACCESS_ADMIN: &str = "admin";
+    /// On a source: a new value (a time) asks for a reconcile now.
+    pub const RECONCILE_REQUESTED_AT: &str = "corral.dev/reconcile-requested-at";
+    /// On a source: a new value (a time) lets the next reconcile prune past the mass-prune
+    /// guard (`corral source approve`).
+    pub const PRUNE_APPROVED_AT: &str = "corral.dev/prune-approved-at";
     /// On a snapshot: a new value (a time) asks for its VM to be put back to it.
     pub const RESTORE_REQUESTED_AT: &str = "corral.dev/restore-requested-at";
     /// On a volume: the uid of the VM it was made for (`vm create --image`); the volume is

@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
-use crate::{Identity, Image, Network, ObjectMeta, Project, Snapshot, ValidationError, Vm, Volume};
+use crate::{
+    Identity, Image, Network, ObjectMeta, Project, Snapshot, Source, ValidationError, Vm, Volume,
+};
 
 choice! {
     /// The kind of a resource, as written in the `kind` field of a manifest.
@@ -20,6 +22,8 @@ choice! {
         Identity => "Identity",
         /// What owns objects, and their limits: [`Project`].
         Project => "Project",
+        /// A Git repository of manifests corrald applies: [`Source`].
+        Source => "Source",
     }
 }
 
@@ -78,6 +82,8 @@ pub enum Resource {
     Identity(Identity),
     /// A project.
     Project(Project),
+    /// A Git source.
+    Source(Source),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -157,6 +163,7 @@ strict_object!(
     Snapshot(crate::SnapshotSpec, crate::SnapshotStatus),
     Identity(crate::IdentitySpec, crate::IdentityStatus),
     Project(crate::ProjectSpec, crate::ProjectStatus),
+    Source(crate::SourceSpec, crate::SourceStatus),
 );
 
 macro_rules! each {
@@ -169,6 +176,7 @@ macro_rules! each {
             Resource::Network($r) => $body,
             Resource::Identity($r) => $body,
             Resource::Project($r) => $body,
+            Resource::Source($r) => $body,
         }
     };
 }
@@ -184,6 +192,7 @@ impl Resource {
             Resource::Network(_) => Network::KIND,
             Resource::Identity(_) => Identity::KIND,
             Resource::Project(_) => Project::KIND,
+            Resource::Source(_) => Source::KIND,
         }
     }
 
@@ -242,7 +251,7 @@ macro_rules! from_object {
         }
     )*};
 }
-from_object!(Vm, Image, Volume, Snapshot, Identity, Project);
+from_object!(Vm, Image, Volume, Snapshot, Identity, Project, Source);
 
 #[cfg(test)]
 mod tests {
@@ -254,7 +263,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project or Source"#
         );
     }
 
@@ -265,7 +274,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`, `Source`"
             ),
             "{err}"
         );

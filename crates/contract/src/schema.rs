@@ -230,6 +230,13 @@ pub(crate) fn listen_ipv4_or_null() -> RefOr<Schema> {
 }
 
 /// A u64 counter the server keeps (resource_version, generation).
+/// Any JSON value (a field's value in a diff).
+pub(crate) fn any_value() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+        .into()
+}
+
 pub(crate) fn counter() -> RefOr<Schema> {
     integer(0, u64::MAX).into()
 }
@@ -260,8 +267,11 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     add::<crate::ImageBuild>(&mut out);
     add::<crate::Volume>(&mut out);
     add::<crate::Snapshot>(&mut out);
+    add::<crate::Source>(&mut out);
     add::<crate::Resource>(&mut out);
     add::<crate::Kind>(&mut out);
+    add::<crate::ApplyRequest>(&mut out);
+    add::<crate::ApplyReport>(&mut out);
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
     out

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+mod apply;
 mod attestations;
 mod audit;
 pub mod auth;
@@ -22,6 +23,7 @@ mod openapi;
 mod projects;
 mod serve;
 mod snapshots;
+mod sources;
 mod state;
 mod system;
 mod vms;
@@ -32,18 +34,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_contract::pb::{
-    attestation_service_server::AttestationServiceServer, audit_service_server::AuditServiceServer,
-    console_service_server::ConsoleServiceServer, identity_service_server::IdentityServiceServer,
-    image_service_server::ImageServiceServer, memory_service_server::MemoryServiceServer,
-    network_service_server::NetworkServiceServer, project_service_server::ProjectServiceServer,
-    snapshot_service_server::SnapshotServiceServer, system_service_server::SystemServiceServer,
+    apply_service_server::ApplyServiceServer, attestation_service_server::AttestationServiceServer,
+    audit_service_server::AuditServiceServer, console_service_server::ConsoleServiceServer,
+    identity_service_server::IdentityServiceServer, image_service_server::ImageServiceServer,
+    memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
+    project_service_server::ProjectServiceServer, snapshot_service_server::SnapshotServiceServer,
+    source_service_server::SourceServiceServer, system_service_server::SystemServiceServer,
     vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
-    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
-    StorageConfig, StorageService, VmService,
+    ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
+    ProjectService, SourceService, StorageConfig, StorageService, VmService,
 };
 use corral_store::{EtcdConfig, EtcdStore, SqliteStore};
 use tokio::sync::watch;
@@ -207,6 +210,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let projects = ProjectService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
+        apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
+        sources: SourceService::new(store.clone()),
         memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
         consoles: ConsoleService::new(vms.clone(), backend.clone()),
         vms,
@@ -235,6 +240,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.run_dir.join("networks"),
     );
     tokio::spawn(network_controller.run(stop_rx.clone()));
+    let source_controller = corral_controller::SourceController::new(
+        daemon.sources.clone(),
+        corral_controller::SourceReconciler::new(
+            daemon.apply.clone(),
+            config.import.clone(),
+            config.data_dir.join("sources"),
+        ),
+    );
+    tokio::spawn(source_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone()).await?;
     let unix = serve::bind_unix(&config.socket).await?;
@@ -373,6 +387,12 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         )))
         .add_service(grpc_limits!(ProjectServiceServer::new(
             projects::grpc::ProjectGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(ApplyServiceServer::new(
+            apply::grpc::ApplyGrpc(d.clone())
+        )))
+        .add_service(grpc_limits!(SourceServiceServer::new(
+            sources::grpc::SourceGrpc(d.clone())
         )))
         .add_service(grpc_limits!(health))
         .add_service(grpc_limits!(reflection_v1))

@@ -162,6 +162,27 @@ pub const OPERATIONS: &[Described] = {
         ("deleteProject", Delete, "/v1/projects/{name}", || {
             delete("Project", "200")
         }),
+        ("applyResources", Post, "/v1/apply", apply),
+        ("listSources", Get, "/v1/sources", || {
+            list("Source", "Git sources, sorted by name")
+        }),
+        ("createSource", Post, "/v1/sources", || create("Source")),
+        ("getSource", Get, "/v1/sources/{name}", || get("Source")),
+        ("updateSource", Put, "/v1/sources/{name}", || {
+            update("Source")
+        }),
+        ("deleteSource", Delete, "/v1/sources/{name}", || {
+            delete("Source", "200")
+        }),
+        (
+            "reconcileSource",
+            Post,
+            "/v1/sources/{name}/reconcile",
+            || source_verb("Fetch and apply the source now"),
+        ),
+        ("approveSource", Post, "/v1/sources/{name}/approve", || {
+            source_verb("Let the next reconcile prune past the mass-prune guard, and run it now")
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -254,7 +275,7 @@ pub fn build() -> OpenApi {
         .schema("AuditList", audit_list_schema())
         .schema("CreatedIdentity", created_identity_schema());
     for kind in [
-        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project",
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source",
     ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -467,6 +488,67 @@ fn create(kind: &str) -> Operation {
         .response("413", error("The body is larger than 4 MiB"))
         .response("415", error("The body is not declared as application/json"))
         .build()
+}
+
+fn source_verb(summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(name_param())
+        .response("200", json_response("Asked", reference("Source")))
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No source of that name"))
+        .response("409", error("The source kept changing: retry"))
+        .response(
+            "412",
+            error("The source is being deleted (FailedPrecondition)"),
+        )
+        .build()
+}
+
+fn apply() -> Operation {
+    common(op(
+        "Apply declared resources as one owner: create or change each (through the same \
+         admission as create and update), prune the owner's undeclared ones; with dryRun, only \
+         report what would happen",
+    ))
+    .parameter(query(
+        "dryRun",
+        boolean(),
+        false,
+        "Plan only: every check runs, nothing is written (like dry_run in the body)",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(reference("ApplyRequest")))
+                    .build(),
+            )
+            .build(),
+    ))
+    .response(
+        "200",
+        json_response(
+            "What was (or would be) done to each resource",
+            reference("ApplyReport"),
+        ),
+    )
+    .response("400", bad_body())
+    .response(
+        "403",
+        error("A resource needs host access the caller lacks (PermissionDenied)"),
+    )
+    .response(
+        "412",
+        error(
+            "A resource is another owner's, cannot change that way, or the prune would remove \
+             more than half of the owner's resources (FailedPrecondition)",
+        ),
+    )
+    .response("413", error("The body is larger than 2 MiB"))
+    .response("415", error("The body is not declared as application/json"))
+    .build()
 }
 
 fn create_identity() -> Operation {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
 use corral_service::{
-    AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService, ProjectService,
-    StorageService, VmService,
+    ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
+    ProjectService, SourceService, StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -18,6 +18,10 @@ use crate::metrics::Metrics;
 pub struct Daemon {
     /// Settings.
     pub config: Config,
+    /// Applying declared resources as an owner.
+    pub apply: ApplyService,
+    /// Git sources.
+    pub sources: SourceService,
     /// VMs.
     pub vms: VmService,
     /// Guest memory, audited.

@@ -175,6 +175,43 @@ pub enum ServiceError {
         /// The new object's kind.
         noun: &'static str,
     },
+    /// Another owner (a source, `apply --owner`) declared the object; only it changes it.
+    #[error(
+        "{what} is owned by {owner:?} (label corral.dev/owner): change it there, or have that \
+         owner stop declaring it first"
+    )]
+    OwnedByOther {
+        /// The object, as `vm/web-1`.
+        what: String,
+        /// Its owner.
+        owner: String,
+    },
+    /// A prune would remove more of an owner's resources than one apply may.
+    #[error(
+        "owner {owner:?}: pruning {} of its {total} resources ({}) is more than the {percent} % \
+         (or all) one apply may remove: check the declaration, then apply with \
+         --allow-mass-prune (a source: corral source approve)",
+        prune.len(), prune.join(", ")
+    )]
+    MassPrune {
+        /// The owner.
+        owner: String,
+        /// What would be pruned, as `vm/web-1`.
+        prune: Vec<String>,
+        /// How many live resources the owner has.
+        total: usize,
+        /// The share allowed.
+        percent: u8,
+    },
+    /// One resource of an apply failed; the others before it were applied.
+    #[error("{what}: {source}")]
+    Applying {
+        /// The resource, as `vm/web-1` (or `pruning vm/web-1`).
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// Importing an image failed (reading, fetching, checking or storing its bytes).
     #[error("importing image {name:?}: {source}")]
     Import {
@@ -302,7 +339,10 @@ impl ServiceError {
             E::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             E::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             E::Conflict { .. } | E::ChangedTooOften { .. } => ErrorCode::Aborted,
+            E::Applying { source, .. } => source.code(),
             E::Deleting { .. }
+            | E::OwnedByOther { .. }
+            | E::MassPrune { .. }
             | E::InUse { .. }
             | E::NotReady { .. }
             | E::WrongState { .. }

@@ -48,6 +48,7 @@
 
 mod access;
 mod allocate;
+mod apply;
 mod audit;
 mod console;
 mod error;
@@ -57,11 +58,13 @@ mod memory;
 mod network;
 mod project;
 mod resources;
+mod source;
 mod storage;
 mod vm;
 
 pub use access::{RequireAdmin, check_share};
 pub use allocate::{BadPortRange, PortRange};
+pub use apply::ApplyService;
 pub use audit::{AuditEntry, AuditLog, AuditQuery, AuditRecord, AuditRotation};
 pub use console::{ConsoleService, ConsoleSession};
 pub use corral_storage::{HostAccess, HostPaths};
@@ -83,6 +86,7 @@ pub use resources::{
     Event, Projects, Resources, Stored, Strategy, Watch, may_refer, read, read_all, reference_keys,
     refuse_if_used, resolve,
 };
+pub use source::{SourceKind, SourceService};
 pub use storage::{
     BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, SnapshotKind,
     StorageConfig, StorageService, VolumeKind,

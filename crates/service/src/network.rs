@@ -192,6 +192,16 @@ impl Resources<NetworkKind> {
         net: Network,
         access: HostAccess,
     ) -> Result<Network, ServiceError> {
+        self.create_as_opts(net, access, false).await
+    }
+
+    /// [`create_as`](Self::create_as), or only its checks with `dry_run`.
+    pub async fn create_as_opts(
+        &self,
+        net: Network,
+        access: HostAccess,
+        dry_run: bool,
+    ) -> Result<Network, ServiceError> {
         crate::check_share(&net.metadata, net.spec.shared, access)?;
         if net.spec.mode != NetworkMode::User {
             access.require_admin(
@@ -202,7 +212,7 @@ impl Resources<NetworkKind> {
                 "use mode user, or ask an admin to create this network",
             )?;
         }
-        self.create(net).await
+        self.create_opts(net, dry_run).await
     }
 
     /// Creates the `default` user network unless a network of that name exists.

@@ -22,7 +22,7 @@ const CAS_RETRIES: usize = 16;
 /// controllers write.
 pub trait Stored: Resource + Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// What users write.
-    type Spec: PartialEq + Clone + Send + Sync;
+    type Spec: PartialEq + Clone + Send + Sync + Serialize;
     /// What controllers write.
     type Status: Default + Clone + Send + Sync;
     /// The kind as a sentence names it (`VM`, `volume` …).
@@ -60,6 +60,7 @@ stored! {
     corral_contract::Snapshot => corral_contract::SnapshotSpec, corral_contract::SnapshotStatus, "snapshot";
     corral_contract::Identity => corral_contract::IdentitySpec, corral_contract::IdentityStatus, "identity";
     corral_contract::Project => corral_contract::ProjectSpec, corral_contract::ProjectStatus, "project";
+    corral_contract::Source => corral_contract::SourceSpec, corral_contract::SourceStatus, "source";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a
@@ -439,7 +440,17 @@ impl<S: Strategy> Resources<S> {
 
     /// Creates an object. The server assigns uid, generation 1 and creation time; a status in
     /// the request is replaced by the strategy's initial status.
-    pub async fn create(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
+    pub async fn create(&self, obj: S::Object) -> Result<S::Object, ServiceError> {
+        self.create_opts(obj, false).await
+    }
+
+    /// [`create`](Self::create), or with `dry_run` every admission step (validation,
+    /// references, limits, allocations) without the write: the object as it would be stored.
+    pub async fn create_opts(
+        &self,
+        mut obj: S::Object,
+        dry_run: bool,
+    ) -> Result<S::Object, ServiceError> {
         obj.validate()?;
         settle_project(&mut obj)?;
         self.strategy.admit(&*self.store, &obj, None).await?;
@@ -453,6 +464,15 @@ impl<S: Strategy> Resources<S> {
         *obj.status_mut() = self.strategy.initial_status(&obj)?;
         let _claim = self.lock().await;
         self.strategy.prepare(&*self.store, &mut obj, None).await?;
+        if dry_run {
+            if self.exists(obj.metadata().name.as_str()).await? {
+                return Err(ServiceError::AlreadyExists {
+                    kind: Self::kind(),
+                    name: obj.metadata().name.to_string(),
+                });
+            }
+            return Ok(obj);
+        }
         let stored = self
             .store
             .create(encode(&obj)?)
@@ -511,7 +531,17 @@ impl<S: Strategy> Resources<S> {
     /// set, the write happens only if nobody changed the object since (else
     /// [`ServiceError::Conflict`]); with 0 it applies to the current version. A changed spec
     /// bumps the generation. Status is never taken from the request.
-    pub async fn update(&self, mut obj: S::Object) -> Result<S::Object, ServiceError> {
+    pub async fn update(&self, obj: S::Object) -> Result<S::Object, ServiceError> {
+        self.update_opts(obj, false).await
+    }
+
+    /// [`update`](Self::update), or with `dry_run` every admission step and the update's own
+    /// checks without the write: the object as it would be stored.
+    pub async fn update_opts(
+        &self,
+        mut obj: S::Object,
+        dry_run: bool,
+    ) -> Result<S::Object, ServiceError> {
         obj.validate()?;
         settle_project(&mut obj)?;
         let name = obj.metadata().key();
@@ -524,25 +554,43 @@ impl<S: Strategy> Resources<S> {
             .prepare(&*self.store, &mut obj, Some(&current))
             .await?;
         let expected = obj.metadata().resource_version;
-        self.modify(&name, expected, |current| {
-            refuse_deleting(current)?;
-            let spec_changed = current.spec() != obj.spec();
-            if spec_changed {
-                self.strategy.check_update(current, &obj)?;
+        if dry_run {
+            let mut next = current;
+            let actual = next.metadata().resource_version;
+            if expected != 0 && actual != expected {
+                return Err(ServiceError::Conflict {
+                    kind: Self::kind(),
+                    name,
+                    expected,
+                    actual,
+                });
             }
-            let (old, new) = (current.metadata(), obj.metadata());
-            let changed =
-                spec_changed || old.labels != new.labels || old.annotations != new.annotations;
-            *current.spec_mut() = obj.spec().clone();
-            let meta = current.metadata_mut();
-            meta.labels = obj.metadata().labels.clone();
-            meta.annotations = obj.metadata().annotations.clone();
-            if spec_changed {
-                meta.generation += 1;
-            }
-            Ok(changed)
-        })
-        .await
+            self.apply_update(&mut next, &obj)?;
+            return Ok(next);
+        }
+        self.modify(&name, expected, |current| self.apply_update(current, &obj))
+            .await
+    }
+
+    /// `current` with `obj`'s spec, labels and annotations, if the strategy lets the spec
+    /// change; whether anything changed.
+    fn apply_update(&self, current: &mut S::Object, obj: &S::Object) -> Result<bool, ServiceError> {
+        refuse_deleting(current)?;
+        let spec_changed = current.spec() != obj.spec();
+        if spec_changed {
+            self.strategy.check_update(current, obj)?;
+        }
+        let (old, new) = (current.metadata(), obj.metadata());
+        let changed =
+            spec_changed || old.labels != new.labels || old.annotations != new.annotations;
+        *current.spec_mut() = obj.spec().clone();
+        let meta = current.metadata_mut();
+        meta.labels = obj.metadata().labels.clone();
+        meta.annotations = obj.metadata().annotations.clone();
+        if spec_changed {
+            meta.generation += 1;
+        }
+        Ok(changed)
     }
 
     /// Deletes an object others do not use (the strategy says who does). A

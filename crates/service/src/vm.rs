@@ -146,20 +146,40 @@ impl Resources<VmKind> {
     /// Creates a VM for a caller with `access` to host files: the files its boot names must be
     /// ones that caller may name. (Plain [`Resources::create`] trusts its caller.)
     pub async fn create_as(&self, vm: Vm, access: HostAccess) -> Result<Vm, ServiceError> {
+        self.create_as_opts(vm, access, false).await
+    }
+
+    /// [`create_as`](Self::create_as), or only its checks with `dry_run`.
+    pub async fn create_as_opts(
+        &self,
+        vm: Vm,
+        access: HostAccess,
+        dry_run: bool,
+    ) -> Result<Vm, ServiceError> {
         corral_contract::Object::validate(&vm)?;
         self.strategy().check_paths(&vm.spec, access)?;
-        self.create(vm).await
+        self.create_opts(vm, dry_run).await
     }
 
     /// Updates a VM for a caller with `access` to host files; a boot that changes is checked
     /// like on [`create_as`](Self::create_as).
     pub async fn update_as(&self, vm: Vm, access: HostAccess) -> Result<Vm, ServiceError> {
+        self.update_as_opts(vm, access, false).await
+    }
+
+    /// [`update_as`](Self::update_as), or only its checks with `dry_run`.
+    pub async fn update_as_opts(
+        &self,
+        vm: Vm,
+        access: HostAccess,
+        dry_run: bool,
+    ) -> Result<Vm, ServiceError> {
         corral_contract::Object::validate(&vm)?;
         let current = self.get(&vm.metadata.key()).await?;
         if current.spec.boot != vm.spec.boot {
             self.strategy().check_paths(&vm.spec, access)?;
         }
-        self.update(vm).await
+        self.update_opts(vm, dry_run).await
     }
 
     /// Marks a VM for deletion like [`Resources::delete`], with how long its guest gets to

@@ -28,10 +28,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod apply;
 mod convert;
 mod identity;
 mod network;
 mod project;
+mod source;
 mod storage;
 
 // Generated code: documented from the .proto where it has comments; prost and tonic decide

@@ -41,6 +41,8 @@ fn kind_of_segment(segment: &str) -> String {
         "networks" => "Network",
         "identities" => "Identity",
         "projects" => "Project",
+        "sources" => "Source",
+        "apply" => "Apply",
         "attestations" => "Attestation",
         "audit" => "Audit",
         other => other,
@@ -92,6 +94,8 @@ impl Act {
         matches!(
             self.kind.as_str(),
             "Vm" | "Image"
+                | "Source"
+                | "Apply"
                 | "Volume"
                 | "Snapshot"
                 | "Network"

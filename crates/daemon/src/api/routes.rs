@@ -121,6 +121,8 @@ fn table() -> Vec<Route> {
         crate::identities::rest::routes(),
         crate::audit::rest::routes(),
         crate::projects::rest::routes(),
+        crate::apply::rest::routes(),
+        crate::sources::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -147,6 +149,8 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::identities::grpc::METHODS,
         crate::audit::grpc::METHODS,
         crate::projects::grpc::METHODS,
+        crate::apply::grpc::METHODS,
+        crate::sources::grpc::METHODS,
     ]
     .concat()
 }

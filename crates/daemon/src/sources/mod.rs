@@ -1,0 +1,4 @@
+//! Git sources: repositories of manifests corrald applies as their owner.
+
+pub mod grpc;
+pub mod rest;
