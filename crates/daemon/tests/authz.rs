@@ -121,6 +121,8 @@ fn in_project(path: &str) -> bool {
         "/v1/volumes",
         "/v1/snapshots",
         "/v1/networks",
+        "/v1/sources",
+        "/v1/apply",
     ];
     let grpc = [
         "Vm",
@@ -131,6 +133,8 @@ fn in_project(path: &str) -> bool {
         "Console",
         "Memory",
         "Attestation",
+        "Source",
+        "Apply",
     ];
     rest.iter().any(|p| path.starts_with(p))
         || grpc

@@ -189,6 +189,15 @@ impl ImageBuild {
                 ),
             ));
         }
+        if self.size_bytes() % 512 != 0 {
+            return Err(ValidationError::new(
+                "spec.source.build.size",
+                format!(
+                    "{} is not a whole number of 512-byte sectors",
+                    self.size_bytes()
+                ),
+            ));
+        }
         Ok(())
     }
 }
