@@ -110,14 +110,8 @@ async fn check(
     noun: &'static str,
     asked: Usage,
 ) -> Result<(), ServiceError> {
-    let Some(p) = read::<Project>(store, project).await? else {
-        if project == DEFAULT_PROJECT {
-            return Ok(());
-        }
-        return Err(ServiceError::NotFound {
-            kind: "project",
-            name: project.to_owned(),
-        });
+    let Some(p) = existing(store, project).await? else {
+        return Ok(());
     };
     let ProjectLimits {
         vms,
@@ -153,14 +147,15 @@ async fn check(
     Ok(())
 }
 
-/// Refuses objects in a project that does not exist (but `default`, which always does).
-async fn must_exist(store: &dyn Store, project: &str) -> Result<(), ServiceError> {
+/// Project `project`: `None` for a `default` nobody declared (it always exists, without
+/// limits); refused when any other is missing.
+async fn existing(store: &dyn Store, project: &str) -> Result<Option<Project>, ServiceError> {
     match read::<Project>(store, project).await? {
-        Some(_) => Ok(()),
-        None => Err(ServiceError::NotFound {
+        None if project != DEFAULT_PROJECT => Err(ServiceError::NotFound {
             kind: "project",
             name: project.to_owned(),
         }),
+        found => Ok(found),
     }
 }
 
@@ -179,8 +174,8 @@ impl<S: Strategy> Resources<S> {
         let kind = <S::Object as corral_contract::Object>::KIND;
         let asked = self.strategy().usage(obj);
         if asked.is_none() {
-            if kind.in_project() && project != DEFAULT_PROJECT {
-                must_exist(&**self.store(), project).await?;
+            if kind.in_project() {
+                existing(&**self.store(), project).await?;
             }
             return Ok(None);
         }

@@ -198,10 +198,15 @@ pub async fn authorize(
     };
     // Objects live in projects: the caller must work in the one the request names (checked
     // below), and its lists show only projects it works in.
-    let scope = match Scope::read(request.uri(), request.headers(), &caller) {
-        // The daemon's own objects (identities, projects, the audit log) are in none; there a
-        // `project` parameter is the route's own (the audit log's filter).
-        _ if !act.in_project() => Scope::default(),
+    // The daemon's own objects (identities, projects, the audit log) are in none: their
+    // requests are not read for one (there a `project` parameter is the route's own, the audit
+    // log's filter).
+    let read = if act.in_project() {
+        Scope::read(request.uri(), request.headers(), &caller)
+    } else {
+        Ok(Scope::default())
+    };
+    let scope = match read {
         Ok(scope) => scope,
         Err(e) => {
             let message = e.to_string();
