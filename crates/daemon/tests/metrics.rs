@@ -110,7 +110,20 @@ async fn metrics_of_a_running_vm_pass_promtool() -> anyhow::Result<()> {
     )
     .await?;
 
-    let (content_type, text) = scrape(&d.socket(), "text/plain;version=0.0.4");
+    // The reconcile that wrote `Running` records its duration when it returns, a moment after
+    // the status is visible: scrape until that reconcile has been counted.
+    let started = std::time::Instant::now();
+    let (content_type, text) = loop {
+        let scraped = scrape(&d.socket(), "text/plain;version=0.0.4");
+        let counted = scraped
+            .1
+            .lines()
+            .any(|l| l.starts_with(r#"corral_reconcile_duration_seconds_count{result="ok"}"#));
+        if counted || started.elapsed() > WAIT {
+            break scraped;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
