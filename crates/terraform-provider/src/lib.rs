@@ -36,6 +36,8 @@
 #![deny(missing_docs)]
 
 mod config;
+#[cfg(test)]
+mod coverage;
 pub mod diag;
 pub mod image;
 pub mod network;

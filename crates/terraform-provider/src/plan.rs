@@ -6,17 +6,24 @@
 //! - set by the user: the configuration's value;
 //! - optional with a default, left unset: the default;
 //! - optional and computed, left unset: the prior value (unknown on create);
+//! - optional with a default for creation only ([`Attr::initial`](crate::schema::Attr::initial)),
+//!   left unset: the default on create, the prior value on update;
 //! - computed: unknown on create; on update kept when [`Attr::stable`](crate::schema::Attr),
 //!   or when nothing the user sets changes but [`quiet`](crate::schema::Attr::quiet)
 //!   attributes and `timeouts` (which only tell the provider how long to wait), else unknown;
 //! - marked `replace`: a change replaces the object.
+//!
+//! Attributes of list blocks (`network { … }`) follow the same rules, element by element, with
+//! one difference: an optional and computed attribute left unset keeps the value Terraform
+//! proposed (the prior element's at that index) or, in a new element, is unknown. A resource
+//! that can match elements better (a network by its name) refines that.
 //!
 //! A resource then refines the plan ([`crate::Resource::refine_plan`]): e.g. a VM warns that
 //! a hardware change restarts it.
 
 use crate::diag::Diagnostic;
 use crate::resource::Resource;
-use crate::schema::{Mode, Schema};
+use crate::schema::{Mode, Nesting, Schema};
 use crate::value::Value;
 
 /// A plan being made for one resource instance.
@@ -95,14 +102,22 @@ pub fn plan<'a>(
             Mode::Required | Mode::Optional => configured,
             Mode::OptionalComputed if !configured.is_null() => configured,
             Mode::OptionalComputed => match &attr.default {
-                Some(default) => default.clone(),
-                None if creating => Value::Unknown,
-                None => plan.prior.get(attr.name).clone(),
+                Some(default) if creating || !attr.initial_only => default.clone(),
+                _ if creating => Value::Unknown,
+                _ => plan.prior.get(attr.name).clone(),
             },
             Mode::Computed if creating => Value::Unknown,
             Mode::Computed => plan.prior.get(attr.name).clone(),
         };
         plan.planned.set(attr.name, value);
+    }
+    for block in &schema.blocks {
+        if block.nesting == Nesting::List {
+            let config = plan.config.get(block.name).clone();
+            let proposed = plan.planned.get(block.name).clone();
+            plan.planned
+                .set(block.name, plan_list(&block.schema, &config, &proposed));
+        }
     }
     let quiet: Vec<&str> = schema
         .attrs
@@ -129,6 +144,58 @@ pub fn plan<'a>(
         plan.requires_replace = replaced;
     }
     plan
+}
+
+/// The planned elements of a list block: `config`'s, each completed from `proposed`.
+fn plan_list(schema: &Schema, config: &Value, proposed: &Value) -> Value {
+    let elements = match config {
+        Value::List(elements) => elements.as_slice(),
+        // Terraform writes absent blocks as an empty list.
+        Value::Null => &[],
+        _ => return config.clone(),
+    };
+    let proposed = match proposed {
+        Value::List(p) => p.as_slice(),
+        _ => &[],
+    };
+    let planned = elements.iter().enumerate().map(|(i, element)| {
+        let proposed = proposed.get(i).unwrap_or(&Value::Null);
+        plan_element(schema, element, proposed)
+    });
+    Value::List(planned.collect())
+}
+
+fn plan_element(schema: &Schema, config: &Value, proposed: &Value) -> Value {
+    if config.is_unknown() {
+        return Value::Unknown;
+    }
+    let mut planned = Value::Null;
+    for attr in &schema.attrs {
+        let configured = config.get(attr.name).clone();
+        let kept = proposed.get(attr.name);
+        let value = match attr.mode {
+            Mode::Required | Mode::Optional => configured,
+            Mode::OptionalComputed if !configured.is_null() => configured,
+            Mode::OptionalComputed | Mode::Computed => match &attr.default {
+                Some(default) => default.clone(),
+                None if kept.is_null() => Value::Unknown,
+                None => kept.clone(),
+            },
+        };
+        planned.set(attr.name, value);
+    }
+    for block in &schema.blocks {
+        let value = match block.nesting {
+            Nesting::List => plan_list(
+                &block.schema,
+                config.get(block.name),
+                proposed.get(block.name),
+            ),
+            Nesting::Single => config.get(block.name).clone(),
+        };
+        planned.set(block.name, value);
+    }
+    planned
 }
 
 #[cfg(test)]

@@ -39,6 +39,13 @@ pub trait Resource: Send + Sync {
         Vec::new()
     }
 
+    /// State that an older version of the schema wrote (`version`, as JSON), rewritten in the
+    /// current schema's shape. Attributes the schema dropped are dropped afterwards anyway.
+    fn upgrade_state(&self, version: i64, state: serde_json::Value) -> serde_json::Value {
+        let _ = version;
+        state
+    }
+
     /// Adjusts a plan the schema produced (e.g. which computed attributes an update changes).
     fn refine_plan(&self, plan: &mut Plan) {
         let _ = plan;

@@ -44,6 +44,10 @@ pub struct Attr {
     pub quiet: bool,
     /// The value planned when an optional attribute is left unset.
     pub default: Option<Value>,
+    /// The default applies on create only: left unset later, the object's current value
+    /// stands (a value changed out of band that the configuration does not mention is left
+    /// alone).
+    pub initial_only: bool,
 }
 
 impl Attr {
@@ -58,6 +62,7 @@ impl Attr {
             stable: false,
             quiet: false,
             default: None,
+            initial_only: false,
         }
     }
 
@@ -102,6 +107,14 @@ impl Attr {
     pub fn default(mut self, default: Value) -> Attr {
         self.mode = Mode::OptionalComputed;
         self.default = Some(default);
+        self
+    }
+
+    /// The user may set it; when unset, the provider plans `default` on create and keeps the
+    /// object's current value on update.
+    pub fn initial(mut self, default: Value) -> Attr {
+        self = self.default(default);
+        self.initial_only = true;
         self
     }
 
@@ -157,13 +170,34 @@ impl Attr {
     }
 }
 
-/// A nested block written at most once (`timeouts { … }`).
+/// How often a nested block may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nesting {
+    /// At most once (`timeouts { … }`); its value is an object, or null when absent.
+    Single,
+    /// Any number of times, in order (`network { … } network { … }`); its value is a list.
+    List,
+}
+
+/// A nested block.
 #[derive(Debug, Clone)]
 pub struct Block {
     /// Its name in configurations.
     pub name: &'static str,
+    /// How often it may be written.
+    pub nesting: Nesting,
     /// What it holds.
     pub schema: Schema,
+}
+
+impl Block {
+    /// The type of its value.
+    pub fn ty(&self) -> Type {
+        match self.nesting {
+            Nesting::Single => self.schema.ty(),
+            Nesting::List => Type::List(Box::new(self.schema.ty())),
+        }
+    }
 }
 
 /// The schema of a provider, resource or data source.
@@ -196,8 +230,27 @@ impl Schema {
 
     /// Adds a nested block written at most once.
     pub fn block(mut self, name: &'static str, schema: Schema) -> Schema {
-        self.blocks.push(Block { name, schema });
+        self.blocks.push(Block {
+            name,
+            nesting: Nesting::Single,
+            schema,
+        });
         self
+    }
+
+    /// Adds a nested block written any number of times, in order.
+    pub fn list_block(mut self, name: &'static str, schema: Schema) -> Schema {
+        self.blocks.push(Block {
+            name,
+            nesting: Nesting::List,
+            schema,
+        });
+        self
+    }
+
+    /// The nested block named `name`.
+    pub fn find_block(&self, name: &str) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.name == name)
     }
 
     /// The attribute named `name`.
@@ -213,20 +266,29 @@ impl Schema {
             .map(|a| (a.name.to_owned(), a.ty.clone()))
             .collect();
         for block in &self.blocks {
-            attrs.insert(block.name.to_owned(), block.schema.ty());
+            attrs.insert(block.name.to_owned(), block.ty());
         }
         Type::Object(attrs)
     }
 
     /// The same attributes, all computed but those named in `inputs`, which become required:
-    /// the schema of a data source that reads what the resource manages.
+    /// the schema of a data source that reads what the resource manages. Nested blocks but
+    /// `timeouts` become computed attributes of the same type (a data source's blocks would be
+    /// for the user to write).
     pub fn read_only(&self, description: &'static str, inputs: &[&str]) -> Schema {
+        let blocks = self
+            .blocks
+            .iter()
+            .filter(|b| b.name != "timeouts")
+            .map(|b| Attr::new(b.name, b.ty()).describe(b.schema.description));
         Schema {
             version: 0,
             description,
             attrs: self
                 .attrs
                 .iter()
+                .cloned()
+                .chain(blocks)
                 .map(|a| Attr {
                     mode: if inputs.contains(&a.name) {
                         Mode::Required
@@ -236,7 +298,7 @@ impl Schema {
                     replace: false,
                     stable: false,
                     default: None,
-                    ..a.clone()
+                    ..a
                 })
                 .collect(),
             blocks: Vec::new(),
@@ -253,7 +315,10 @@ impl Schema {
                 .map(|b| tf::schema::NestedBlock {
                     type_name: b.name.to_owned(),
                     block: Some(b.schema.block_proto()),
-                    nesting: tf::schema::nested_block::NestingMode::Single as i32,
+                    nesting: match b.nesting {
+                        Nesting::Single => tf::schema::nested_block::NestingMode::Single,
+                        Nesting::List => tf::schema::nested_block::NestingMode::List,
+                    } as i32,
                     min_items: 0,
                     max_items: 0,
                 })

@@ -243,12 +243,17 @@ impl Provider for ProviderService {
                  provider never wrote",
             )])
         } else {
-            Value::from_json(&raw.json, &ty).map_err(|e| {
-                vec![Diagnostic::error(
-                    "Cannot read the stored state",
-                    format!("{}: {e}", request.type_name),
-                )]
-            })
+            serde_json::from_slice(&raw.json)
+                .map(|json| resource.upgrade_state(request.version, json))
+                .and_then(|json| serde_json::to_vec(&json))
+                .map_err(crate::value::DecodeError::from)
+                .and_then(|json| Value::from_json(&json, &ty))
+                .map_err(|e| {
+                    vec![Diagnostic::error(
+                        "Cannot read the stored state",
+                        format!("{}: {e}", request.type_name),
+                    )]
+                })
         };
         let (state, diagnostics) = split(result);
         Ok(Response::new(tf::upgrade_resource_state::Response {

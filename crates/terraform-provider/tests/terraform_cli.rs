@@ -599,7 +599,7 @@ fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
 }
 
 #[test]
-fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
+fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
     let daemon = start();
     let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
@@ -610,14 +610,14 @@ fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
              resource \"corral_volume\" \"root\" {{\n  name  = \"root-2\"\n  image = corral_image.root.name\n}}\n\n\
              resource \"corral_volume\" \"scratch\" {{\n  name = \"scratch\"\n  size = \"16M\"\n}}\n\n\
              resource \"corral_vm\" \"app\" {{\n  name    = \"app\"\n  kernel  = \"{}\"\n  \
-             initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet corral.root=/dev/vda\"\n  \
-             volumes = [{volumes}]\n}}\n\n",
+             initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet corral.root=/dev/vda\"\n{volumes}}}\n\n",
             kit.rootfs_qcow2().display(),
             kit.kernel().display(),
             kit.initrd().display()
         ))
     };
-    config("corral_volume.root.name");
+    let root = "  volume {\n    name = corral_volume.root.name\n  }\n";
+    config(root);
     let applied = tf.apply();
     assert!(applied.contains("Resources: 4 added"), "{applied}");
     // The guest's init ran from the attached volume: the first disk is its root.
@@ -627,7 +627,9 @@ fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
     tf.plan(0);
 
     // A second volume: changed in place (stop, attach, start), same uid.
-    config("corral_volume.root.name, corral_volume.scratch.name");
+    config(&format!(
+        "{root}  volume {{\n    name = corral_volume.scratch.name\n  }}\n"
+    ));
     let planned = tf.plan(2);
     assert!(
         planned.contains("0 to add, 1 to change, 0 to destroy"),
@@ -647,5 +649,98 @@ fn a_vm_boots_from_its_volumes_list_and_gains_one_in_place() {
     for kind in ["vm", "volume", "image"] {
         assert!(listed(&cli, kind).is_empty(), "{kind}s left");
     }
+    assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+}
+
+/// `corral vm ssh` as `user` with the key at `key`, retried while the guest's sshd comes up.
+fn ssh(cli: &Cli<'_>, vm: &str, key: &Path, command: &str) -> String {
+    let args = ["vm", "ssh", vm, "-i", key.to_str().unwrap(), "--", command];
+    for _ in 0..60 {
+        let out = cli.run(&args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    cli.ok(&args)
+}
+
+#[test]
+fn networks_cloud_init_and_volume_options_reach_the_guest_and_out_of_band_labels_are_left_alone() {
+    let base = 31000 + (std::process::id() % 200) as u16 * 20;
+    let range = format!("{base}-{}", base + 19);
+    let daemon = Corrald::start_with(workspace_binary("corrald"), &["--port-range", &range])
+        .expect("corrald");
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
+    let tf = Terraform::new(&daemon);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let vm = vm_block(
+        "box",
+        "box",
+        &format!(
+            "  labels = {{ tier = \"web\" }}\n\
+             \x20 volume {{\n    name      = corral_volume.data.name\n    read_only = true\n    serial    = \"data-1\"\n  }}\n\
+             \x20 network {{\n    name = \"default\"\n    forward {{\n      guest_port = 22\n    }}\n  }}\n\
+             \x20 cloud_init {{\n    ssh_keys = [{:?}]\n    hostname = \"tf-box\"\n  }}\n",
+            public.trim()
+        ),
+    );
+    tf.config(&format!(
+        "resource \"corral_volume\" \"data\" {{\n  name = \"data\"\n  size = \"16M\"\n}}\n\n{vm}\
+         output \"ssh_port\" {{\n  value = corral_vm.box.network[0].forward[0].host_port\n}}\n"
+    ));
+    let applied = tf.apply();
+    assert!(applied.contains("Resources: 2 added"), "{applied}");
+
+    // The port corrald picked is in its range and in Terraform's state.
+    let port: u16 = tf.output("ssh_port").trim().parse().expect("a port");
+    assert!((base..base + 20).contains(&port), "{port} outside {range}");
+    let status = cli.get("vm", "box");
+    assert_eq!(
+        status["status"]["networks"][0]["forwards"][0]["host_port"], port,
+        "{status}"
+    );
+    // Evidence from inside: cloud-init's hostname, the key let us in through the forward,
+    // and the volume is read-only with the serial the configuration gave.
+    let answer = ssh(
+        &cli,
+        "box",
+        &key,
+        "hostname; cat /sys/block/vda/serial; echo; cat /sys/block/vda/ro",
+    );
+    let lines: Vec<&str> = answer.lines().map(str::trim).collect();
+    assert_eq!(lines, ["tf-box", "data-1", "1"], "{answer}");
+    tf.plan(0);
+
+    // A label Terraform does not declare, set out of band: no drift, and an update keeps it.
+    let mut manifest = cli.get("vm", "box");
+    manifest["metadata"]["labels"]["owner-team"] = "storage".into();
+    let file = tf.dir.path().join("oob.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    cli.ok(&["apply", "-f", file.to_str().unwrap()]);
+    tf.plan(0);
+    // A declared label changed out of band is drift, and apply puts it back.
+    let mut manifest = cli.get("vm", "box");
+    manifest["metadata"]["labels"]["tier"] = "db".into();
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    cli.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let planned = tf.plan(2);
+    assert!(planned.contains("\"db\" -> \"web\""), "{planned}");
+    tf.apply();
+    let labels = &cli.get("vm", "box")["metadata"]["labels"];
+    assert_eq!(labels["tier"], "web", "{labels}");
+    assert_eq!(labels["owner-team"], "storage", "{labels}");
+    tf.plan(0);
+
+    tf.expect(&["destroy", "-auto-approve", "-no-color"], 0);
+    assert!(listed(&cli, "vm").is_empty());
     assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
 }

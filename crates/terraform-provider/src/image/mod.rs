@@ -59,6 +59,20 @@ impl Kind for ImageKind {
                     "`qcow2`, `raw`, `kernel` or `initrd`. Left out, corrald detects qcow2 or raw; \
              kernels and initrds must be declared.",
                 ),
+        )
+        .attr(Attr::string("checksum").replace().describe(
+            "What the bytes must hash to: `sha256:<hex>`, `sha512:<hex>` or `blake3:<hex>` (as \
+             a publisher's SHA256SUMS gives it). An import whose bytes differ fails and stores \
+             nothing.",
+        ))
+        .attr(
+            Attr::bool("shared")
+                .default(Value::Bool(false))
+                .replace()
+                .describe(
+                    "Usable from every project (default false). Only an admin may share, and \
+                     only an image of project `default`.",
+                ),
         );
         let schema = stored::identity(schema, "When corrald created the image (RFC 3339).")
             .attr(
@@ -103,6 +117,8 @@ impl Kind for ImageKind {
             "spec.source" | "spec.source.path" => "path",
             "spec.source.url" => "url",
             "spec.format" => "format",
+            "spec.checksum" => "checksum",
+            "spec.shared" => "shared",
             _ => return None,
         })
     }
@@ -132,8 +148,10 @@ impl Kind for ImageKind {
         };
         let mut spec = serde_json::Map::new();
         spec.insert("source".into(), source);
-        if let Some(format) = known(config, "format") {
-            spec.insert("format".into(), format);
+        for name in ["format", "checksum", "shared"] {
+            if let Some(v) = known(config, name) {
+                spec.insert(name.into(), v);
+            }
         }
         Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
     }
@@ -148,6 +166,8 @@ impl Kind for ImageKind {
         state.set("url", url);
         let format = image.spec.format.or(image.status.format);
         state.set("format", opt(format.map(|f| f.as_str())));
+        state.set("checksum", opt(image.spec.checksum.as_deref()));
+        state.set("shared", Value::Bool(image.spec.shared));
         let status = &image.status;
         state.set("digest", opt(status.digest.as_deref()));
         state.set("size", num(status.size));

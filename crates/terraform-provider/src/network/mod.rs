@@ -85,6 +85,15 @@ impl Kind for NetworkKind {
                      through the gateway (user mode only). Without it (default) a guest reaches \
                      only the ports forwarded to it.",
                 ),
+        )
+        .attr(
+            Attr::bool("shared")
+                .default(Value::Bool(false))
+                .replace()
+                .describe(
+                    "VMs of every project may join it (default false). Only an admin may \
+                     share, and only a network of project `default`.",
+                ),
         );
         let schema = stored::identity(schema, "When corrald created the network (RFC 3339).")
             .attr(
@@ -112,6 +121,7 @@ impl Kind for NetworkKind {
             "spec.bridge" => "bridge",
             "spec.interface" => "interface",
             "spec.host_access" => "host_access",
+            "spec.shared" => "shared",
             _ => return None,
         })
     }
@@ -127,6 +137,7 @@ impl Kind for NetworkKind {
             "bridge",
             "interface",
             "host_access",
+            "shared",
         ] {
             if let Some(v) = known(config, name) {
                 spec.insert(name.into(), v);
@@ -149,6 +160,7 @@ impl Kind for NetworkKind {
         state.set("bridge", opt(spec.bridge.as_deref()));
         state.set("interface", opt(spec.interface.as_deref()));
         state.set("host_access", Value::Bool(spec.host_access));
+        state.set("shared", Value::Bool(spec.shared));
         state.set("phase", Value::string(net.status.phase.as_str()));
         state.set("message", opt(net.status.message.as_deref()));
     }

@@ -146,17 +146,54 @@ pub fn state_of<K: Kind>(obj: &K::Obj, hint: &Value) -> Value {
     state
 }
 
-/// Labels as state: empty labels stay as `hint` wrote them (`{}` or null).
+/// Labels as state: those whose keys `hint` (the planned or prior state) has — labels set out
+/// of band that the configuration does not declare are no drift. With no hint (an import, a
+/// data source) all of them; empty labels stay as `hint` wrote them (`{}` or null).
 pub fn labels_state(labels: &BTreeMap<String, String>, hint: &Value) -> Value {
-    if labels.is_empty() && !matches!(hint.get("labels"), Value::Map(_)) {
+    let declared = match hint {
+        Value::Null => None,
+        hint => match hint.get("labels") {
+            Value::Map(declared) => Some(declared),
+            _ => return Value::Null,
+        },
+    };
+    let shown: BTreeMap<String, Value> = labels
+        .iter()
+        .filter(|(k, _)| declared.is_none_or(|d| d.contains_key(*k)))
+        .map(|(k, v)| (k.clone(), Value::string(v)))
+        .collect();
+    if shown.is_empty() && declared.is_none() {
         Value::Null
     } else {
-        Value::Map(
-            labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::string(v)))
-                .collect(),
-        )
+        Value::Map(shown)
+    }
+}
+
+/// The labels an update writes: `current`'s, less those `prior` (the prior state) declared and
+/// `wanted` no longer does, plus `wanted`'s. Labels Terraform never declared are kept.
+pub fn merge_labels(
+    current: &BTreeMap<String, String>,
+    prior: &Value,
+    wanted: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut merged = current.clone();
+    if let Value::Map(declared) = prior.get("labels") {
+        merged.retain(|k, _| !declared.contains_key(k) || wanted.contains_key(k));
+    }
+    merged.extend(wanted.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+}
+
+/// Whether `hint` (a planned or prior state) declares attribute or block `name` — a non-empty
+/// list, a set value — or is no hint at all (an import, a data source: everything shows).
+pub fn mentioned(hint: &Value, name: &str) -> bool {
+    match hint {
+        Value::Null => true,
+        hint => match hint.get(name) {
+            Value::List(items) => !items.is_empty(),
+            Value::Null => false,
+            _ => true,
+        },
     }
 }
 

@@ -26,8 +26,8 @@ use crate::schema::Schema;
 use crate::value::Value;
 
 pub use map::{
-    base_schema, field_error, identity, known, labels_state, list_state, metadata, names, num,
-    object_from, opt, state_of, timeouts, validate,
+    base_schema, field_error, identity, known, labels_state, list_state, mentioned, merge_labels,
+    metadata, names, num, object_from, opt, state_of, timeouts, validate,
 };
 pub use wait::Step;
 
@@ -89,6 +89,12 @@ pub trait Kind: Send + Sync + Sized + 'static {
     /// Adjusts a plan the schema made (e.g. refuses to shrink a volume, warns of a restart).
     fn refine_plan(plan: &mut Plan) {
         let _ = plan;
+    }
+
+    /// State written by schema `version` (older than the schema's), in today's shape.
+    fn upgrade_state(version: i64, state: serde_json::Value) -> serde_json::Value {
+        let _ = version;
+        state
     }
 
     /// Creates it (`stored::client_calls!` writes the three calls).
@@ -196,6 +202,10 @@ impl<K: Kind> Resource for Managed<K> {
         if !plan.planned.is_null() {
             K::refine_plan(plan);
         }
+    }
+
+    fn upgrade_state(&self, version: i64, state: serde_json::Value) -> serde_json::Value {
+        K::upgrade_state(version, state)
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value) -> Outcome<Value> {

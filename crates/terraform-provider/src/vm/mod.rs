@@ -94,6 +94,7 @@ impl Kind for VmKind {
             };
             plan.planned.set("machine", machine);
         }
+        schema::match_networks(plan);
         if plan.creating() {
             return;
         }
@@ -115,6 +116,23 @@ impl Kind for VmKind {
         }
     }
 
+    /// Version 0 wrote `volumes = ["a", "b"]`; version 1 has `volume { name = "a" }` blocks.
+    fn upgrade_state(version: i64, mut state: serde_json::Value) -> serde_json::Value {
+        if version < 1 {
+            if let Some(map) = state.as_object_mut() {
+                let names = map.remove("volumes");
+                let blocks: Vec<_> = names
+                    .iter()
+                    .filter_map(|v| v.as_array())
+                    .flatten()
+                    .map(|name| serde_json::json!({"name": name, "read_only": false, "serial": null}))
+                    .collect();
+                map.insert("volume".into(), serde_json::Value::Array(blocks));
+            }
+        }
+        state
+    }
+
     stored::client_calls!(create_vm, get_vm, delete_vm);
 
     /// Writes the new spec with compare-and-swap on the version read (a concurrent change
@@ -132,22 +150,19 @@ impl Kind for VmKind {
         if current.spec.machine.is_none() && next.spec.machine == Some(current.spec.machine()) {
             next.spec.machine = None;
         }
-        next.metadata.labels = wanted.metadata.labels.clone();
-        // Attachments keep what Terraform does not express (read-only, serial).
-        next.spec.volumes = wanted
-            .spec
-            .volumes
-            .iter()
-            .map(|w| {
-                current
-                    .spec
-                    .volumes
-                    .iter()
-                    .find(|c| c.volume == w.volume)
-                    .cloned()
-                    .unwrap_or_else(|| w.clone())
-            })
-            .collect();
+        // What the configuration never declared stays as whoever set it left it.
+        let prior = step.prior();
+        next.metadata.labels =
+            stored::merge_labels(&current.metadata.labels, prior, &wanted.metadata.labels);
+        if !stored::mentioned(prior, "volume") && wanted.spec.volumes.is_empty() {
+            next.spec.volumes = current.spec.volumes.clone();
+        }
+        if !stored::mentioned(prior, "network") && wanted.spec.networks.is_empty() {
+            next.spec.networks = current.spec.networks.clone();
+        }
+        if !stored::mentioned(prior, "cloud_init") && wanted.spec.cloud_init.is_none() {
+            next.spec.cloud_init = current.spec.cloud_init.clone();
+        }
         let mut old_hw = current.spec.clone();
         old_hw.power = next.spec.power;
         old_hw.restart_policy = next.spec.restart_policy;
@@ -165,8 +180,9 @@ impl Kind for VmKind {
             let stopped = step
                 .until(Phase::Stopped.as_str(), |vm| toward(vm, Phase::Stopped))
                 .await?;
+            let labels = next.metadata.labels.clone();
             next.metadata = stopped.metadata;
-            next.metadata.labels = wanted.metadata.labels.clone();
+            next.metadata.labels = labels;
             live = false;
         }
         let updated = client.update_vm(&next).await.map_err(failed)?;
@@ -295,5 +311,85 @@ mod tests {
             Progress::Pending,
             "a status from before the change says nothing"
         );
+    }
+
+    fn forward(guest: u16, host: Option<u16>) -> Value {
+        Value::object(&[
+            ("guest_port", Value::Number(f64::from(guest))),
+            (
+                "host_port",
+                host.map_or(Value::Null, |p| Value::Number(f64::from(p))),
+            ),
+            ("protocol", Value::string("tcp")),
+            ("host_address", Value::Null),
+        ])
+    }
+
+    fn network(name: &str, mac: Option<&str>, forwards: Vec<Value>) -> Value {
+        Value::object(&[
+            ("name", Value::string(name)),
+            ("mac", mac.map_or(Value::Null, Value::string)),
+            ("forward", Value::List(forwards)),
+        ])
+    }
+
+    #[test]
+    fn what_corrald_picked_is_planned_from_the_same_network_and_port() {
+        let r = VmResource::default();
+        let mut prior = running(&config(&[]));
+        prior.set(
+            "network",
+            Value::List(vec![
+                network("lan", Some("52:54:00:00:00:01"), vec![]),
+                network(
+                    "default",
+                    Some("52:54:00:00:00:02"),
+                    vec![forward(22, Some(30022)), forward(80, Some(30080))],
+                ),
+            ]),
+        );
+        // The first network goes, and a forward is added: Terraform proposes by index.
+        let conf = config(&[(
+            "network",
+            Value::List(vec![network(
+                "default",
+                None,
+                vec![forward(80, None), forward(443, None)],
+            )]),
+        )]);
+        let p = plan(&r, prior.clone(), prior, conf);
+        let net = &p.planned.get("network");
+        let Value::List(nets) = net else {
+            panic!("{net:?}")
+        };
+        assert_eq!(nets[0].get("mac").as_str(), Some("52:54:00:00:00:02"));
+        let Value::List(fwds) = nets[0].get("forward") else {
+            panic!("{nets:?}")
+        };
+        assert_eq!(fwds[0].get("host_port"), &Value::Number(30080.0));
+        assert_eq!(fwds[1].get("host_port"), &Value::Unknown);
+        assert_eq!(fwds[1].get("protocol").as_str(), Some("tcp"));
+        assert_eq!(p.diags[0].summary, "The VM will restart", "{:?}", p.diags);
+    }
+
+    #[test]
+    fn unset_hardware_keeps_what_the_vm_has_but_creation_plans_defaults() {
+        let r = VmResource::default();
+        let p = plan(&r, Value::Null, config(&[]), config(&[]));
+        assert_eq!(p.planned.get("cpus"), &Value::Number(1.0));
+        let mut prior = running(&config(&[]));
+        prior.set("cpus", Value::Number(4.0));
+        let p = plan(&r, prior.clone(), prior, config(&[]));
+        assert_eq!(p.planned.get("cpus"), &Value::Number(4.0));
+        assert!(p.diags.is_empty(), "{:?}", p.diags);
+    }
+
+    #[test]
+    fn state_of_version_0_names_its_volumes_as_blocks() {
+        let old = serde_json::json!({"name": "web-1", "volumes": ["root", "data"]});
+        let new = VmKind::upgrade_state(0, old);
+        assert_eq!(new["volume"][1]["name"], "data");
+        assert_eq!(new["volume"][0]["read_only"], false);
+        assert!(new.get("volumes").is_none());
     }
 }

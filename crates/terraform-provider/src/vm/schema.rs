@@ -5,12 +5,12 @@
 //! deserialiser ([`stored::object_from`]), and its errors — which name the API field
 //! (`spec.cpus: …`) — are put on the attribute that set it.
 
-use corral_client::contract::{Boot, ByteSize, Phase, Power, Vm, VmSpec};
+use corral_client::contract::{Boot, ByteSize, CloudInit, Phase, Power, Vm, VmSpec};
 use serde_json::json;
 
 use crate::diag::Diagnostic;
 use crate::schema::{Attr, Schema};
-use crate::stored::{self, known, list_state, names, opt};
+use crate::stored::{self, known, mentioned, opt};
 use crate::value::Value;
 
 /// The resource's schema.
@@ -30,12 +30,12 @@ pub fn resource_schema() -> Schema {
     )
     .attr(
         Attr::number("cpus")
-            .default(Value::Number(f64::from(VmSpec::DEFAULT_CPUS)))
+            .initial(Value::Number(f64::from(VmSpec::DEFAULT_CPUS)))
             .describe("Number of vCPUs, 1-256 (default 1)."),
     )
     .attr(
         Attr::string("memory")
-            .default(s(&VmSpec::DEFAULT_MEMORY.to_string()))
+            .initial(s(&VmSpec::DEFAULT_MEMORY.to_string()))
             .describe("Guest RAM with a binary unit: `512M`, `2G` (16M-1T, default 512M)."),
     )
     .attr(
@@ -55,7 +55,7 @@ pub fn resource_schema() -> Schema {
          replaces the VM.",
             ),
     )
-    .attr(Attr::string("accel").default(s("auto")).describe(
+    .attr(Attr::string("accel").initial(s("auto")).describe(
         "Accelerator: `auto` (default: KVM when usable, else TCG), `kvm`, `hvf` or `tcg`.",
     ))
     .attr(
@@ -80,25 +80,24 @@ pub fn resource_schema() -> Schema {
         "Name of a corrald Volume that firmware boots (it becomes the first disk). Set exactly \
          one of `kernel`, `disk` or `boot_volume`.",
     ))
-    .attr(Attr::string_list("volumes").describe(
-        "Names of corrald Volumes attached read-write after the boot disk, in order. Changed in \
-         place: a running VM is stopped, changed and started again (same uid).",
-    ))
     .attr(Attr::string("power").default(s("running")).describe(
         "Wanted power state: `running` (default), `stopped` or `paused`. A VM that stopped on \
          its own reads as `stopped`, so the next apply starts it again.",
     ))
     .attr(
         Attr::bool("introspection")
-            .default(Value::Bool(false))
+            .initial(Value::Bool(false))
             .describe(
                 "Back guest RAM with a shared file so the host can read it live (default false).",
             ),
     )
-    .attr(Attr::string("restart_policy").default(s("never")).quiet().describe(
+    .attr(Attr::string("restart_policy").initial(s("never")).quiet().describe(
         "What to do when the guest stops on its own: `never` (default), `on-failure` or `always`.",
-    ));
-    let schema = stored::identity(schema, "When corrald created the VM (RFC 3339).")
+    ))
+    .list_block("volume", volume_block())
+    .list_block("network", network_block())
+    .block("cloud_init", cloud_init_block());
+    let mut schema = stored::identity(schema, "When corrald created the VM (RFC 3339).")
         .attr(Attr::string("phase").computed().describe(
             "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
         ))
@@ -127,12 +126,92 @@ pub fn resource_schema() -> Schema {
                 .computed()
                 .describe("Why the VM is where it is, e.g. why it failed."),
         );
+    // Version 1: `volumes = [names]` became `volume { name … }` blocks.
+    schema.version = 1;
     stored::timeouts(
         schema,
         "For the VM to reach its power state after creation (default 5m).",
         Some("For the VM to reach its power state after a change (default 5m)."),
     )
 }
+
+fn volume_block() -> Schema {
+    Schema::new(
+        "A corrald Volume attached after the boot disk (`/dev/vdb`, … in the order written). \
+         Changed in place: a running VM is stopped, changed and started again (same uid).",
+    )
+    .attr(
+        Attr::string("name")
+            .required()
+            .describe("The Volume's name."),
+    )
+    .attr(
+        Attr::bool("read_only")
+            .default(Value::Bool(false))
+            .describe("Attach it read-only (default false; weights volumes always are)."),
+    )
+    .attr(Attr::string("serial").describe(
+        "Serial number the guest sees (`/dev/disk/by-id/virtio-<serial>`): 1-20 letters, \
+         digits, '-', '_' or '.'.",
+    ))
+}
+
+fn network_block() -> Schema {
+    let forward =
+        Schema::new("A host port forwarded to a guest port (user networks).")
+            .attr(
+                Attr::number("guest_port")
+                    .required()
+                    .describe("The guest's port, 1-65535."),
+            )
+            .attr(Attr::number("host_port").optional_computed().describe(
+                "The host's port; unset, corrald picks a free one from its port range (read it \
+             back from this attribute).",
+            ))
+            .attr(
+                Attr::string("protocol")
+                    .default(Value::string("tcp"))
+                    .describe("`tcp` (default) or `udp`."),
+            )
+            .attr(Attr::string("host_address").describe(
+                "The host address it listens on (default 127.0.0.1; others need an admin).",
+            ));
+    Schema::new("A network the VM joins: one NIC each, in the order written.")
+        .attr(
+            Attr::string("name")
+                .required()
+                .describe("The Network's name."),
+        )
+        .attr(Attr::string("mac").optional_computed().describe(
+            "The NIC's MAC address; unset, corrald derives a stable one from the VM's uid.",
+        ))
+        .list_block("forward", forward)
+}
+
+fn cloud_init_block() -> Schema {
+    Schema::new(
+        "A cloud-init NoCloud seed attached to the VM. Set `user_data`, or let the provider \
+         write it from `user`, `ssh_keys` and `hostname`.",
+    )
+    .attr(
+        Attr::string("user_data").describe(
+            "The `user-data` document: `#cloud-config` YAML or a script starting with `#!`.",
+        ),
+    )
+    .attr(Attr::string("meta_data").describe("The `meta-data` document (YAML)."))
+    .attr(
+        Attr::string("network_config")
+            .describe("The `network-config` document (netplan v2 or v1 YAML)."),
+    )
+    .attr(Attr::string("user").describe(
+        "A user to create with `ssh_keys` and password-less sudo (root gets the keys too).",
+    ))
+    .attr(Attr::string_list("ssh_keys").describe("Public keys allowed to log in over ssh."))
+    .attr(Attr::string("hostname").describe("The guest's hostname."))
+}
+
+/// The cloud-init attributes the provider writes `user_data` from.
+const CLOUD_INIT_SHORTHAND: [&str; 3] = ["user", "ssh_keys", "hostname"];
 
 /// The attributes that say what the VM boots.
 const BOOT: [&str; 6] = [
@@ -146,10 +225,12 @@ const BOOT: [&str; 6] = [
 
 /// Attributes that describe the VM's hardware: changing one on a running VM restarts it.
 pub fn hardware() -> impl Iterator<Item = &'static str> {
-    ["cpus", "memory", "accel"]
-        .into_iter()
-        .chain(BOOT)
-        .chain(["volumes", "introspection"])
+    ["cpus", "memory", "accel"].into_iter().chain(BOOT).chain([
+        "volume",
+        "network",
+        "cloud_init",
+        "introspection",
+    ])
 }
 
 /// The attribute that sets an API field (`spec.cpus` → `cpus`).
@@ -168,7 +249,9 @@ pub fn attribute_for(field: &str) -> Option<&'static str> {
         "spec.boot.disk" | "spec.boot.disk.path" => "disk",
         "spec.boot.disk.format" => "disk_format",
         "spec.boot.volume" | "spec.boot.volume.volume" => "boot_volume",
-        f if f.starts_with("spec.volumes") => "volumes",
+        f if f.starts_with("spec.volumes") => "volume",
+        f if f.starts_with("spec.networks") => "network",
+        f if f.starts_with("spec.cloud_init") => "cloud_init",
         "spec.power" => "power",
         "spec.introspection" => "introspection",
         "spec.restart_policy" => "restart_policy",
@@ -267,9 +350,14 @@ pub fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     }
     let mut spec = serde_json::Map::new();
     spec.insert("boot".into(), boot);
-    if let Some(volumes) = names(config, "volumes") {
-        let attachments: Vec<_> = volumes.iter().map(|v| json!({ "volume": v })).collect();
-        spec.insert("volumes".into(), json!(attachments));
+    spec.insert("volumes".into(), json!(volumes_of(config)));
+    spec.insert("networks".into(), json!(networks_of(config)));
+    match cloud_init_of(config) {
+        Ok(Some(ci)) => {
+            spec.insert("cloud_init".into(), ci);
+        }
+        Ok(None) => {}
+        Err(d) => return Err(vec![d]),
     }
     for name in [
         "cpus",
@@ -288,6 +376,190 @@ pub fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     Ok(json!({ "metadata": stored::metadata(config), "spec": spec }))
 }
 
+/// The elements of list block `name` (none when it is unknown).
+fn elements<'a>(config: &'a Value, name: &str) -> &'a [Value] {
+    match config.get(name) {
+        Value::List(items) => items,
+        _ => &[],
+    }
+}
+
+/// A known string attribute, or a placeholder that passes validation until apply.
+fn string_or(config: &Value, name: &str, placeholder: String) -> serde_json::Value {
+    known(config, name).unwrap_or(json!(placeholder))
+}
+
+fn volumes_of(config: &Value) -> Vec<serde_json::Value> {
+    elements(config, "volume")
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut a = serde_json::Map::new();
+            a.insert(
+                "volume".into(),
+                string_or(v, "name", format!("unknown-until-apply-{i}")),
+            );
+            if let Some(ro) = known(v, "read_only") {
+                a.insert("readonly".into(), ro);
+            }
+            if let Some(serial) = known(v, "serial") {
+                a.insert("serial".into(), serial);
+            }
+            json!(a)
+        })
+        .collect()
+}
+
+fn networks_of(config: &Value) -> Vec<serde_json::Value> {
+    elements(config, "network")
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut a = serde_json::Map::new();
+            a.insert(
+                "network".into(),
+                string_or(n, "name", format!("unknown-until-apply-{i}")),
+            );
+            if let Some(mac) = known(n, "mac") {
+                a.insert("mac".into(), mac);
+            }
+            let forwards: Vec<_> = elements(n, "forward")
+                .iter()
+                .map(|f| {
+                    let mut fwd = serde_json::Map::new();
+                    fwd.insert(
+                        "guest_port".into(),
+                        known(f, "guest_port").unwrap_or(json!(1)),
+                    );
+                    for (attr, field) in [
+                        ("host_port", "host_port"),
+                        ("protocol", "protocol"),
+                        ("host_address", "host_address"),
+                    ] {
+                        if let Some(v) = known(f, attr) {
+                            fwd.insert(field.into(), v);
+                        }
+                    }
+                    json!(fwd)
+                })
+                .collect();
+            if !forwards.is_empty() {
+                a.insert("forwards".into(), json!(forwards));
+            }
+            json!(a)
+        })
+        .collect()
+}
+
+/// The `cloud_init` block as the API's `CloudInit`; `user_data` written from the shorthand
+/// attributes when they are set.
+fn cloud_init_of(config: &Value) -> Result<Option<serde_json::Value>, Diagnostic> {
+    let block = config.get("cloud_init");
+    if block.is_null() || block.is_unknown() {
+        return Ok(None);
+    }
+    let mut ci = serde_json::Map::new();
+    for name in ["user_data", "meta_data", "network_config"] {
+        if let Some(v) = known(block, name) {
+            ci.insert(name.into(), v);
+        }
+    }
+    let shorthand: Vec<&str> = CLOUD_INIT_SHORTHAND
+        .into_iter()
+        .filter(|n| !block.get(n).is_null())
+        .collect();
+    if !shorthand.is_empty() {
+        if !block.get("user_data").is_null() {
+            return Err(Diagnostic::attr_error(
+                &["cloud_init"],
+                "user_data with user, ssh_keys or hostname",
+                format!(
+                    "the provider writes user_data from {}; set either user_data or those",
+                    shorthand.join(", ")
+                ),
+            ));
+        }
+        if let Some(user_data) = shorthand_user_data(block) {
+            ci.insert("user_data".into(), json!(user_data));
+        }
+    }
+    Ok(Some(json!(ci)))
+}
+
+/// The user-data the shorthand attributes of a `cloud_init` block stand for; `None` while one
+/// of them is unknown.
+fn shorthand_user_data(block: &Value) -> Option<String> {
+    let user = block.get("user");
+    let hostname = block.get("hostname");
+    let keys = match block.get("ssh_keys") {
+        Value::List(keys) => keys
+            .iter()
+            .map(|k| k.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?,
+        Value::Null => Vec::new(),
+        _ => return None,
+    };
+    if user.is_unknown() || hostname.is_unknown() {
+        return None;
+    }
+    CloudInit::ssh_user_data(user.as_str(), &keys, hostname.as_str()).user_data
+}
+
+/// Plans what corrald picks for a network block — the MAC, a forward's host port — from the
+/// prior block of the same network (and the forward of the same guest port and protocol),
+/// not from the prior block at the same index: removing the first of two networks keeps the
+/// second one's MAC. Unknown when there is none: corrald picks it on apply.
+pub fn match_networks(plan: &mut crate::plan::Plan) {
+    let prior = elements(&plan.prior, "network").to_vec();
+    let config = elements(&plan.config, "network").to_vec();
+    let Value::List(planned) = plan.planned.get("network").clone() else {
+        return;
+    };
+    let planned = planned
+        .into_iter()
+        .zip(&config)
+        .map(|(mut net, conf)| {
+            let before = prior
+                .iter()
+                .find(|p| p.get("name") == conf.get("name") && !conf.get("name").is_unknown());
+            let before = before.unwrap_or(&Value::Null);
+            if conf.get("mac").is_null() {
+                let mac = before.get("mac");
+                net.set(
+                    "mac",
+                    if mac.is_null() {
+                        Value::Unknown
+                    } else {
+                        mac.clone()
+                    },
+                );
+            }
+            let forwards: Vec<Value> = elements(&net, "forward")
+                .iter()
+                .zip(elements(conf, "forward"))
+                .map(|(fwd, conf_fwd)| {
+                    let mut fwd = fwd.clone();
+                    if conf_fwd.get("host_port").is_null() {
+                        let same = elements(before, "forward").iter().find(|b| {
+                            b.get("guest_port") == fwd.get("guest_port")
+                                && b.get("protocol") == fwd.get("protocol")
+                        });
+                        let port = same.map(|b| b.get("host_port").clone());
+                        fwd.set(
+                            "host_port",
+                            port.filter(|p| !p.is_null()).unwrap_or(Value::Unknown),
+                        );
+                    }
+                    fwd
+                })
+                .collect();
+            net.set("forward", Value::List(forwards));
+            net
+        })
+        .collect();
+    plan.planned.set("network", Value::List(planned));
+}
+
 /// The power state as Terraform should see it: the declared one, except that a VM declared
 /// running or paused which is down (it shut itself down, or failed) reads as `stopped`, so
 /// the plan shows that applying will start it.
@@ -301,6 +573,37 @@ pub fn effective_power(vm: &Vm) -> Power {
         }
         power => power,
     }
+}
+
+/// List block `name` as state: what the server has when `hint` mentions the block (or is an
+/// import), else nothing — blocks a configuration leaves out are left to whoever set them.
+fn shown(hint: &Value, name: &str, elements: impl Iterator<Item = Value>) -> Value {
+    if mentioned(hint, name) {
+        Value::List(elements.collect())
+    } else {
+        Value::List(Vec::new())
+    }
+}
+
+/// A `cloud_init` block as state, in the form `hint` wrote it: the shorthand attributes when
+/// they stand for exactly the user-data the VM has, else the documents.
+fn cloud_init_state(ci: &CloudInit, hint: &Value) -> Value {
+    let mut state = Value::object(&[
+        ("user_data", opt(ci.user_data.as_deref())),
+        ("meta_data", opt(ci.meta_data.as_deref())),
+        ("network_config", opt(ci.network_config.as_deref())),
+        ("user", Value::Null),
+        ("ssh_keys", Value::Null),
+        ("hostname", Value::Null),
+    ]);
+    let uses_shorthand = CLOUD_INIT_SHORTHAND.iter().any(|n| !hint.get(n).is_null());
+    if uses_shorthand && shorthand_user_data(hint).as_deref() == ci.user_data.as_deref() {
+        state.set("user_data", Value::Null);
+        for name in CLOUD_INIT_SHORTHAND {
+            state.set(name, hint.get(name).clone());
+        }
+    }
+    state
 }
 
 /// The VM's own attributes of `vm`, written the way `hint` (the planned or prior state) wrote
@@ -339,8 +642,42 @@ pub fn to_state(vm: &Vm, hint: &Value, state: &mut Value) {
             state.set("boot_volume", s(volume.as_str()));
         }
     }
-    let volumes = spec.volumes.iter().map(|a| a.volume.as_str());
-    state.set("volumes", list_state(volumes, "volumes", hint));
+    let volumes = spec.volumes.iter().map(|a| {
+        Value::object(&[
+            ("name", s(a.volume.as_str())),
+            ("read_only", Value::Bool(a.readonly)),
+            ("serial", opt(a.serial.as_deref())),
+        ])
+    });
+    state.set("volume", shown(hint, "volume", volumes));
+    let networks = spec.networks.iter().map(|n| {
+        let forwards = n.forwards.iter().map(|f| {
+            Value::object(&[
+                ("guest_port", Value::Number(f64::from(f.guest_port))),
+                (
+                    "host_port",
+                    f.host_port
+                        .map_or(Value::Null, |p| Value::Number(f64::from(p))),
+                ),
+                ("protocol", s(f.protocol.as_str())),
+                (
+                    "host_address",
+                    f.host_address.map_or(Value::Null, |a| s(&a.to_string())),
+                ),
+            ])
+        });
+        Value::object(&[
+            ("name", s(n.network.as_str())),
+            ("mac", n.mac.map_or(Value::Null, |m| s(&m.to_string()))),
+            ("forward", Value::List(forwards.collect())),
+        ])
+    });
+    state.set("network", shown(hint, "network", networks));
+    let cloud_init = match &spec.cloud_init {
+        Some(ci) if mentioned(hint, "cloud_init") => cloud_init_state(ci, hint.get("cloud_init")),
+        _ => Value::Null,
+    };
+    state.set("cloud_init", cloud_init);
     state.set("power", s(effective_power(vm).as_str()));
     state.set("introspection", Value::Bool(spec.introspection));
     state.set("restart_policy", s(spec.restart_policy.as_str()));
@@ -467,29 +804,174 @@ mod tests {
         assert!(diags.is_empty(), "{diags:?}");
     }
 
+    fn volume(name: &str, extra: &[(&str, Value)]) -> Value {
+        Value::object(&[("name", Value::string(name))]).with(extra)
+    }
+
     #[test]
-    fn volumes_are_read_write_attachments_in_order() {
-        let names = |v: &[Value]| Value::List(v.to_vec());
+    fn volume_blocks_are_attachments_in_order_with_their_options() {
         let vm = vm_from(&config(&[(
-            "volumes",
-            names(&[Value::string("root"), Value::string("data")]),
+            "volume",
+            Value::List(vec![
+                volume("root", &[]),
+                volume(
+                    "data",
+                    &[
+                        ("read_only", Value::Bool(true)),
+                        ("serial", Value::string("data-1")),
+                    ],
+                ),
+            ]),
         )]))
         .unwrap();
-        let attached: Vec<_> = vm.spec.volumes.iter().map(|a| a.volume.as_str()).collect();
-        assert_eq!(attached, ["root", "data"]);
-        assert!(vm.spec.volumes.iter().all(|a| !a.readonly));
+        let attached: Vec<_> = vm
+            .spec
+            .volumes
+            .iter()
+            .map(|a| (a.volume.as_str(), a.readonly, a.serial.as_deref()))
+            .collect();
+        assert_eq!(
+            attached,
+            [("root", false, None), ("data", true, Some("data-1"))]
+        );
         let state = state(&vm, &Value::Null);
+        let Value::List(blocks) = state.get("volume") else {
+            panic!("volume blocks in {state:?}")
+        };
+        assert_eq!(blocks[1].get("serial").as_str(), Some("data-1"));
+        assert_eq!(blocks[1].get("read_only"), &Value::Bool(true));
+        assert_eq!(vm_from(&state).unwrap().spec.volumes, vm.spec.volumes);
+
+        let twice = Value::List(vec![volume("root", &[]), volume("root", &[])]);
         assert_eq!(
-            state.get("volumes"),
-            &names(&[Value::string("root"), Value::string("data")])
+            validate::<VmKind>(&config(&[("volume", twice)]))[0].path,
+            ["volume"]
         );
-        let twice = names(&[Value::string("root"), Value::string("root")]);
+        let bad = Value::List(vec![volume("root", &[("serial", Value::string("a b"))])]);
+        let diags = validate::<VmKind>(&config(&[("volume", bad)]));
+        assert_eq!(diags[0].path, ["volume"], "{diags:?}");
+        let unknown = Value::List(vec![Value::object(&[("name", Value::Unknown)])]);
+        assert_eq!(validate::<VmKind>(&config(&[("volume", unknown)])), vec![]);
+    }
+
+    fn network(name: &str, forwards: &[(u16, Option<u16>)]) -> Value {
+        let forwards = forwards
+            .iter()
+            .map(|(guest, host)| {
+                Value::object(&[
+                    ("guest_port", Value::Number(f64::from(*guest))),
+                    (
+                        "host_port",
+                        host.map_or(Value::Null, |p| Value::Number(f64::from(p))),
+                    ),
+                    ("protocol", Value::string("tcp")),
+                ])
+            })
+            .collect();
+        Value::object(&[
+            ("name", Value::string(name)),
+            ("forward", Value::List(forwards)),
+        ])
+    }
+
+    #[test]
+    fn network_blocks_carry_forwards_and_read_back_what_corrald_picked() {
+        let conf = config(&[(
+            "network",
+            Value::List(vec![network("default", &[(22, None), (80, Some(8080))])]),
+        )]);
+        let mut vm = vm_from(&conf).unwrap();
+        let att = &vm.spec.networks[0];
+        assert_eq!(att.network.as_str(), "default");
+        assert_eq!(att.forwards[0].guest_port, 22);
+        assert_eq!(att.forwards[0].host_port, None);
+        assert_eq!(att.forwards[1].host_port, Some(8080));
+        // corrald picks the MAC and the free port.
+        vm.spec.networks[0].forwards[0].host_port = Some(30022);
+        vm.spec.networks[0].mac = Some("52:54:00:12:34:56".parse().unwrap());
+        let state = state(&vm, &conf);
+        let net = &elements(&state, "network")[0];
+        assert_eq!(net.get("mac").as_str(), Some("52:54:00:12:34:56"));
         assert_eq!(
-            validate::<VmKind>(&config(&[("volumes", twice)]))[0].path,
-            ["volumes"]
+            elements(net, "forward")[0].get("host_port"),
+            &Value::Number(30022.0)
         );
-        let unknown = names(&[Value::Unknown, Value::Unknown]);
-        assert_eq!(validate::<VmKind>(&config(&[("volumes", unknown)])), vec![]);
+        assert_eq!(vm_from(&state).unwrap().spec.networks, vm.spec.networks);
+
+        let bad = config(&[(
+            "network",
+            Value::List(vec![network("default", &[(0, None)])]),
+        )]);
+        assert_eq!(validate::<VmKind>(&bad)[0].path, ["network"]);
+    }
+
+    #[test]
+    fn blocks_the_configuration_leaves_out_are_not_drift() {
+        let mut vm = vm_from(&config(&[])).unwrap();
+        vm.spec.networks = vec![corral_client::contract::NetworkAttachment::new(
+            "default".parse().unwrap(),
+        )];
+        vm.spec.cloud_init = Some(CloudInit {
+            user_data: Some("#cloud-config\n".into()),
+            ..CloudInit::default()
+        });
+        vm.metadata
+            .labels
+            .insert("set-by".into(), "someone-else".into());
+        // What Terraform wrote: no network, no cloud-init, labels without that key.
+        let prior = config(&[("labels", Value::object(&[("tier", Value::string("web"))]))]);
+        vm.metadata.labels.insert("tier".into(), "web".into());
+        let state = state(&vm, &prior);
+        assert_eq!(state.get("network"), &Value::List(vec![]));
+        assert_eq!(state.get("cloud_init"), &Value::Null);
+        assert_eq!(
+            state.get("labels"),
+            &Value::object(&[("tier", Value::string("web"))])
+        );
+        // An import shows everything.
+        let imported = state_of::<VmKind>(&vm, &Value::Null);
+        assert_eq!(elements(&imported, "network").len(), 1);
+        assert!(!imported.get("cloud_init").is_null());
+        assert_eq!(imported.get("labels").as_map().map(|m| m.len()), Some(2));
+    }
+
+    #[test]
+    fn cloud_init_shorthand_writes_user_data_and_reads_back_as_written() {
+        let block = Value::object(&[
+            ("user", Value::string("dev")),
+            (
+                "ssh_keys",
+                Value::List(vec![Value::string("ssh-ed25519 AAAA me")]),
+            ),
+            ("hostname", Value::string("web-1")),
+        ]);
+        let conf = config(&[("cloud_init", block.clone())]);
+        let vm = vm_from(&conf).unwrap();
+        let user_data = vm
+            .spec
+            .cloud_init
+            .as_ref()
+            .unwrap()
+            .user_data
+            .clone()
+            .unwrap();
+        assert!(user_data.contains("ssh-ed25519 AAAA me"), "{user_data}");
+        assert!(user_data.contains("\"dev\""), "{user_data}");
+        let state = state(&vm, &conf);
+        assert_eq!(state.get("cloud_init").get("user"), &Value::string("dev"));
+        assert_eq!(state.get("cloud_init").get("user_data"), &Value::Null);
+        // Changed out of band: the documents show, so the plan puts the shorthand back.
+        let mut changed = vm.clone();
+        changed.spec.cloud_init.as_mut().unwrap().user_data = Some("#!/bin/sh\n".into());
+        let state = state_of::<VmKind>(&changed, &conf);
+        assert_eq!(state.get("cloud_init").get("user"), &Value::Null);
+        assert_eq!(
+            state.get("cloud_init").get("user_data").as_str(),
+            Some("#!/bin/sh\n")
+        );
+        let both = block.with(&[("user_data", Value::string("#cloud-config\n"))]);
+        let diags = validate::<VmKind>(&config(&[("cloud_init", both)]));
+        assert_eq!(diags[0].path, ["cloud_init"], "{diags:?}");
     }
 
     #[test]

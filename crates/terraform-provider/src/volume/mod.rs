@@ -183,7 +183,8 @@ impl Kind for VolumeKind {
 
     async fn update(step: &Step<'_, Self>, current: Volume, wanted: Volume) -> Outcome<Volume> {
         let mut next = current;
-        next.metadata.labels = wanted.metadata.labels;
+        next.metadata.labels =
+            stored::merge_labels(&next.metadata.labels, step.prior(), &wanted.metadata.labels);
         if wanted.spec.size.is_some() {
             next.spec.size = wanted.spec.size;
         }
