@@ -52,7 +52,8 @@ pub struct SourceCreateArgs {
     /// Delete resources of this source that a commit no longer declares
     #[arg(long)]
     pub prune: bool,
-    /// Resources changed out of band: correct (put back), warn (only list) or ignore
+    /// Resources changed out of band: correct (put back), warn (only list) or ignore. A
+    /// resource's own annotation `corral.dev/drift: warn` (in its manifest) overrides it
     #[arg(long, default_value = "correct")]
     pub drift: DriftPolicy,
     /// A source that must have applied a commit without errors first (repeat for more)

@@ -40,6 +40,9 @@ pub mod annotations {
     /// On a volume: the uid of the VM it was made for (`vm create --image`); the volume is
     /// deleted with that VM.
     pub const OWNER_VM: &str = "corral.dev/owner-vm";
+    /// On a resource a source declares: its own drift policy (`correct`, `warn` or `ignore`),
+    /// in place of the source's `spec.drift`.
+    pub const DRIFT: &str = "corral.dev/drift";
     /// On a VM: when the daemon deletes it, in RFC 3339 (`vm create --ttl 2h` sets it).
     pub const EXPIRES_AT: &str = "corral.dev/expires-at";
 }

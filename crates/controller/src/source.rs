@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use corral_contract::manifest;
-use corral_contract::names::annotations::{PRUNE_APPROVED_AT, RECONCILE_REQUESTED_AT};
+use corral_contract::names::annotations::{DRIFT, PRUNE_APPROVED_AT, RECONCILE_REQUESTED_AT};
 use corral_contract::{
-    ApplyAction, ApplyReport, ApplyRequest, DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Resource,
-    ResourceName, Source, SourceSpec, SourceStatus,
+    ApplyAction, ApplyReport, ApplyRequest, DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Kind,
+    Resource, ResourceName, Source, SourceSpec, SourceStatus,
 };
 use corral_service::{ApplyService, HostAccess, ImportPolicy, SourceService};
 
@@ -88,26 +88,49 @@ impl SourceReconciler {
             dry_run: true,
             resources,
         };
-        // The same commit as last time: whatever apply would change was changed out of band.
+        // The same commit as last time: whatever apply would change was changed out of band,
+        // and each resource's drift policy (its own, else the source's) says what to do.
         let same_commit = last.commit.as_deref() == Some(checkout.commit.as_str());
         let mut drift = Vec::new();
+        let mut leave = BTreeSet::new();
+        // A policy none of the three is a broken commit: nothing changes.
+        let policies = match policies(&request.resources, spec.drift) {
+            Ok(policies) => policies,
+            Err(errors) => return failed(errors),
+        };
         if same_commit {
-            if spec.drift == DriftPolicy::Ignore {
+            if policies.values().all(|p| *p == DriftPolicy::Ignore) {
                 return SourceStatus {
                     errors: Vec::new(),
                     drift: Vec::new(),
                     ..last.clone()
                 };
             }
-            match self
+            let plan = match self
                 .apply
                 .apply(request.clone(), options.access, &options.project)
                 .await
             {
-                Ok(plan) => drift = drifted(&plan),
+                Ok(plan) => plan,
                 Err(e) => return failed(vec![e.to_string()]),
+            };
+            let mut correct = false;
+            for (key, what) in drifted(&plan) {
+                match policies.get(&key).copied().unwrap_or(spec.drift) {
+                    DriftPolicy::Correct => {
+                        correct = true;
+                        drift.push(what);
+                    }
+                    DriftPolicy::Warn => {
+                        leave.insert(key);
+                        drift.push(what);
+                    }
+                    DriftPolicy::Ignore => {
+                        leave.insert(key);
+                    }
+                }
             }
-            if spec.drift == DriftPolicy::Warn || drift.is_empty() {
+            if !correct {
                 return SourceStatus {
                     errors: Vec::new(),
                     drift,
@@ -119,7 +142,7 @@ impl SourceReconciler {
         let applied = counts(&request.resources);
         match self
             .apply
-            .apply(request, options.access, &options.project)
+            .apply_leaving(request, options.access, &options.project, &leave)
             .await
         {
             Ok(_) => SourceStatus {
@@ -231,26 +254,63 @@ fn parse(checkout: &Checkout) -> Result<Vec<Resource>, Vec<String>> {
     }
 }
 
-/// `vm/web-1: spec.power` for each resource a dry run would change, or `vm/web-1: missing`.
-fn drifted(plan: &ApplyReport) -> Vec<String> {
-    plan.items
+/// Each resource's drift policy: its `corral.dev/drift` annotation, else `default`; errors
+/// name the resource and the values allowed.
+fn policies(
+    resources: &[Resource],
+    default: DriftPolicy,
+) -> Result<BTreeMap<(Kind, String), DriftPolicy>, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in resources {
+        let name = r.metadata().name.to_string();
+        let policy = match r.metadata().annotations.get(DRIFT) {
+            None => default,
+            Some(value) => match value.parse() {
+                Ok(policy) => policy,
+                Err(e) => {
+                    errors.push(format!(
+                        "{}/{name}: metadata.annotations.{DRIFT}: {e}",
+                        r.kind().as_str().to_lowercase()
+                    ));
+                    continue;
+                }
+            },
+        };
+        out.insert((r.kind(), name), policy);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// For each resource a dry run would change: its key and `vm/web-1: spec.power`, or
+/// `vm/web-1: deleted out of band`, in the order of those sentences.
+fn drifted(plan: &ApplyReport) -> Vec<((Kind, String), String)> {
+    let mut drifted: Vec<_> = plan
+        .items
         .iter()
         .filter_map(|i| {
             let what = format!("{}/{}", i.kind.as_str().to_lowercase(), i.name);
-            match i.action {
+            let said = match i.action {
                 ApplyAction::Change => {
                     let fields: BTreeSet<&str> =
                         i.changes.iter().map(|c| c.path.as_str()).collect();
-                    Some(format!(
+                    format!(
                         "{what}: {}",
                         fields.into_iter().collect::<Vec<_>>().join(", ")
-                    ))
+                    )
                 }
-                ApplyAction::Create => Some(format!("{what}: deleted out of band")),
-                ApplyAction::Unchanged | ApplyAction::Prune => None,
-            }
+                ApplyAction::Create => format!("{what}: deleted out of band"),
+                ApplyAction::Unchanged | ApplyAction::Prune => return None,
+            };
+            Some(((i.kind, i.name.clone()), said))
         })
-        .collect()
+        .collect();
+    drifted.sort_by(|a, b| a.1.cmp(&b.1));
+    drifted
 }
 
 fn counts(resources: &[Resource]) -> BTreeMap<String, u32> {

@@ -244,6 +244,65 @@ async fn a_source_follows_its_repository() {
     assert_eq!(status.drift, ["vm/web-1: spec.power"]);
     assert_eq!(vms.get("web-1").await.unwrap().spec.power, Power::Running);
 
+    // A resource's own policy wins over the source's: web-4 (ignore) and web-5 (warn) are
+    // left as they were changed, web-1 (the source's correct) is put back.
+    let annotated = |name: &str, policy: &str| {
+        vm(name, "128M").replacen(
+            &format!("metadata: {{name: {name}}}"),
+            &format!("metadata: {{name: {name}, annotations: {{corral.dev/drift: {policy}}}}}"),
+            1,
+        )
+    };
+    let policies = format!(
+        "{}{}",
+        annotated("web-4", "ignore"),
+        annotated("web-5", "warn")
+    );
+    commit(
+        &work,
+        &[("vms/policies.yaml", Some(&policies))],
+        "own policies",
+    );
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert!(status.errors.is_empty(), "{status:?}");
+    for vm in ["web-1", "web-4", "web-5"] {
+        vms.set_power(vm, Power::Stopped, false).await.unwrap();
+    }
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(
+        status.drift,
+        ["vm/web-1: spec.power", "vm/web-5: spec.power"],
+        "{status:?}"
+    );
+    assert_eq!(vms.get("web-1").await.unwrap().spec.power, Power::Running);
+    assert_eq!(vms.get("web-4").await.unwrap().spec.power, Power::Stopped);
+    assert_eq!(vms.get("web-5").await.unwrap().spec.power, Power::Stopped);
+    // A policy that is none of the three changes nothing and says where it is.
+    let bad = annotated("web-4", "sometimes");
+    commit(&work, &[("vms/policies.yaml", Some(&bad))], "typo");
+    let failed = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(
+        failed.commit, status.commit,
+        "a broken commit is not applied"
+    );
+    assert!(
+        failed.errors[0].contains("vm/web-4: metadata.annotations.corral.dev/drift"),
+        "{failed:?}"
+    );
+    commit(&work, &[("vms/policies.yaml", None)], "no policies");
+    let approved = RunOptions {
+        allow_mass_prune: true,
+        ..admin.clone()
+    };
+    let status = sources.reconcile(&name, &spec, &status, approved).await;
+    assert!(status.errors.is_empty(), "{status:?}");
+
     // Force-push back to the first commit: web-2 returns, web-1 has its old memory.
     git(&work, &["reset", "-q", "--hard", &first]);
     git(&work, &["push", "-q", "--force", "origin", "HEAD:main"]);

@@ -63,6 +63,20 @@ impl ApplyService {
         access: HostAccess,
         project: &str,
     ) -> Result<ApplyReport, ServiceError> {
+        self.apply_leaving(request, access, project, &BTreeSet::new())
+            .await
+    }
+
+    /// [`apply`](Self::apply), leaving the resources named in `leave` (kind, name) as they
+    /// are: they count as declared — never pruned — but are not written. A source uses it for
+    /// resources whose drift policy is `warn` or `ignore`.
+    pub async fn apply_leaving(
+        &self,
+        request: ApplyRequest,
+        access: HostAccess,
+        project: &str,
+        leave: &BTreeSet<(Kind, String)>,
+    ) -> Result<ApplyReport, ServiceError> {
         let owner = request.owner.as_ref().map(|o| o.to_string());
         if request.prune && owner.is_none() {
             return Err(ValidationError::new(
@@ -113,6 +127,7 @@ impl ApplyService {
                 .into());
             }
         }
+        resources.retain(|r| !leave.contains(&(r.kind(), r.metadata().name.to_string())));
         resources.sort_by_key(|r| apply_rank(r.kind()));
         let owner = owner.as_deref();
         // Everything through admission first: one bad resource, nothing changed.
