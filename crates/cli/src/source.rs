@@ -1,6 +1,7 @@
 //! `corral source …`: Git repositories of manifests corrald follows and applies as their
 //! owner.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -59,8 +60,34 @@ pub struct SourceCreateArgs {
     /// A source that must have applied a commit without errors first (repeat for more)
     #[arg(long, value_name = "SOURCE", value_parser = parse_name)]
     pub depends_on: Vec<ResourceName>,
+    /// Apply only commits signed (SSH signature, `git commit -S` with gpg.format=ssh) by a
+    /// key in FILE: a .pub file or authorized_keys-style lines; repeat for more files
+    #[arg(long, value_name = "FILE")]
+    pub verify_key: Vec<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The public key lines of `files` (blank lines and `#` comments skipped).
+fn verify_keys(files: &[PathBuf]) -> Result<Vec<String>, CliError> {
+    let mut keys = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CliError::Failed(format!("--verify-key {}: {e}", file.display())))?;
+        let lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let before = keys.len();
+        keys.extend(lines.map(str::to_owned));
+        if keys.len() == before {
+            return Err(CliError::Failed(format!(
+                "--verify-key {}: no public key in it",
+                file.display()
+            )));
+        }
+    }
+    Ok(keys)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +117,7 @@ pub async fn source(client: &Client, command: SourceCommand) -> Result<(), CliEr
                 drift: args.drift,
                 interval_seconds: Some(args.interval.as_secs().max(1)),
                 depends_on: args.depends_on,
+                verify_keys: verify_keys(&args.verify_key)?,
             };
             spec.validate()
                 .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -95,6 +95,21 @@ pub(crate) fn port() -> RefOr<Schema> {
     integer(1, 65535).into()
 }
 
+/// A source's `verify_keys`: up to 32 SSH public key lines of the types checked.
+pub(crate) fn verify_keys() -> RefOr<Schema> {
+    let key = string().max_length(Some(1024)).pattern(Some(
+        "^(ssh-ed25519|ecdsa-sha2-nistp256)[ \t]+AAAA[A-Za-z0-9+/=]{12,}([ \t][^\n\r]*)?$",
+    ));
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(key)
+        .max_items(Some(32))
+        .description(Some(
+            "SSH public keys (authorized_keys lines) allowed to sign commits: when set, a \
+             commit applies only if one of them signed it.",
+        ))
+        .into()
+}
+
 /// A host interface name: 1-15 letters, digits, '-', '_' or '.'.
 pub(crate) fn ifname() -> RefOr<Schema> {
     string()

@@ -100,7 +100,16 @@ pub struct SourceSpec {
     /// status says which it waits for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ResourceName>,
+    /// SSH public keys (`ssh-ed25519 AAAA… comment`, as in `authorized_keys`) allowed to sign
+    /// commits: when set, a commit applies only if it carries an SSH signature (`git commit
+    /// -S` with `gpg.format=ssh`) by one of them, in git's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = crate::schema::verify_keys)]
+    pub verify_keys: Vec<String>,
 }
+
+/// The key types a source's `verify_keys` may hold.
+pub const VERIFY_KEY_TYPES: [&str; 2] = ["ssh-ed25519", "ecdsa-sha2-nistp256"];
 
 impl SourceSpec {
     /// Checks the URL's form (whether corrald may fetch from it is the service's to say),
@@ -138,6 +147,34 @@ impl SourceSpec {
                 "spec.interval_seconds",
                 "must be at least 1",
             ));
+        }
+        if self.verify_keys.len() > 32 {
+            return Err(ValidationError::new("spec.verify_keys", "at most 32 keys"));
+        }
+        for (i, key) in self.verify_keys.iter().enumerate() {
+            let mut words = key.split([' ', '\t']).filter(|w| !w.is_empty());
+            let (algorithm, data) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            // The key blob starts with its length (a big-endian u32 < 2^24): `AAAA` in base64.
+            let base64 = data.len() >= 16
+                && data.starts_with("AAAA")
+                && data
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+            if !VERIFY_KEY_TYPES.contains(&algorithm)
+                || !key.starts_with(algorithm)
+                || !base64
+                || key.chars().count() > 1024
+                || key.contains(['\n', '\r'])
+            {
+                return Err(ValidationError::new(
+                    format!("spec.verify_keys[{i}]"),
+                    format!(
+                        "not an SSH public key line: expected `{} AAAA… [comment]` (a .pub \
+                         file's line)",
+                        VERIFY_KEY_TYPES.join("` or `")
+                    ),
+                ));
+            }
         }
         if self.path.split('/').any(|p| p == "..") || self.path.starts_with('/') {
             return Err(ValidationError::new(
@@ -183,4 +220,38 @@ pub struct SourceStatus {
     /// When the last reconcile ended, in RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconcile: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(keys: &[&str]) -> SourceSpec {
+        SourceSpec {
+            git: "git://git.example.org/infra.git".into(),
+            reference: "main".into(),
+            path: String::new(),
+            prune: false,
+            drift: DriftPolicy::Correct,
+            interval_seconds: None,
+            depends_on: Vec::new(),
+            verify_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn verify_keys_are_public_key_lines_of_the_types_checked() {
+        let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1 release@ci";
+        assert!(spec(&[good]).validate().is_ok());
+        for bad in [
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ",
+            "ssh-ed25519",
+            "ssh-ed25519 not base64!",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+        ] {
+            let err = spec(&[good, bad]).validate().unwrap_err();
+            assert_eq!(err.field, "spec.verify_keys[1]", "{bad}");
+            assert!(err.message.contains("ssh-ed25519"), "{err}");
+        }
+    }
 }

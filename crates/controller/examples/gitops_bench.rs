@@ -139,6 +139,7 @@ async fn main() -> Result<()> {
         drift: DriftPolicy::Correct,
         interval_seconds: None,
         depends_on: Vec::new(),
+        verify_keys: Vec::new(),
     };
     let name = "bench".parse()?;
     let options = RunOptions {

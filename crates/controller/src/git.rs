@@ -21,6 +21,9 @@ pub struct GitError {
 pub struct Checkout {
     /// The commit id (hex).
     pub commit: String,
+    /// The commit's signature (its `gpgsig` header, armored) and the bytes it signs; `None`
+    /// for an unsigned commit.
+    pub signature: Option<(String, Vec<u8>)>,
     /// `.yaml`, `.yml` and `.json` files under the path, by their path in the repository, in
     /// name order, with their text.
     pub files: Vec<(String, String)>,
@@ -65,6 +68,10 @@ pub fn fetch(url: &str, reference: &str, path: &str, cache: &Path) -> Result<Che
     let commit = repo
         .find_commit(id)
         .map_err(|e| fail(format!("{id} is not a commit: {e}")))?;
+    let signature = commit
+        .signature()
+        .map_err(|e| fail(format!("reading the signature of {id}: {e}")))?
+        .map(|(sig, signed)| (sig.to_string(), signed.to_bstring().to_vec()));
     let mut tree = commit.tree().map_err(|e| fail(e.to_string()))?;
     let dir = path.trim_matches('/');
     if !dir.is_empty() {
@@ -83,9 +90,57 @@ pub fn fetch(url: &str, reference: &str, path: &str, cache: &Path) -> Result<Che
     files.sort();
     Ok(Checkout {
         commit: id.to_string(),
+        signature,
         files,
     })
 }
+
+/// Checks that `checkout`'s commit carries an SSH signature, in git's namespace, by one of
+/// `keys` (authorized_keys lines). `Ok` names the key that signed; `Err` says why the commit
+/// may not be applied.
+pub fn verify(checkout: &Checkout, keys: &[String]) -> Result<String, String> {
+    let commit = &checkout.commit;
+    let Some((armored, signed)) = &checkout.signature else {
+        return Err(format!(
+            "commit {commit} is not signed; this source applies only commits signed by one of \
+             its verify keys"
+        ));
+    };
+    let signature = ssh_key::SshSig::from_pem(armored.as_bytes()).map_err(|_| {
+        if armored.contains("BEGIN PGP SIGNATURE") {
+            format!(
+                "commit {commit} is signed with GPG; this source checks SSH signatures \
+                 (git config gpg.format ssh)"
+            )
+        } else {
+            format!("commit {commit}: its signature is not an SSH signature that can be read")
+        }
+    })?;
+    let mut allowed = Vec::new();
+    for (i, line) in keys.iter().enumerate() {
+        let key = ssh_key::PublicKey::from_openssh(line)
+            .map_err(|e| format!("spec.verify_keys[{i}]: not a public key: {e}"))?;
+        allowed.push(key);
+    }
+    let signer = allowed
+        .iter()
+        .find(|k| k.key_data() == signature.public_key())
+        .ok_or_else(|| {
+            let fingerprint = ssh_key::PublicKey::from(signature.public_key().clone())
+                .fingerprint(ssh_key::HashAlg::Sha256);
+            format!(
+                "commit {commit} is signed by {fingerprint}, which is not one of the source's \
+                 verify keys"
+            )
+        })?;
+    signer
+        .verify(GIT_NAMESPACE, signed, &signature)
+        .map_err(|e| format!("commit {commit}: its signature does not verify: {e}"))?;
+    Ok(signer.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+}
+
+/// The sshsig namespace git signs commits in.
+const GIT_NAMESPACE: &str = "git";
 
 /// A branch (as fetched), a tag, or a full commit id.
 fn resolve(repo: &gix::Repository, reference: &str) -> Option<gix::ObjectId> {

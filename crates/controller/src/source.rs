@@ -77,6 +77,11 @@ impl SourceReconciler {
             Ok(checkout) => checkout,
             Err(e) => return failed(vec![e]),
         };
+        if !spec.verify_keys.is_empty() {
+            if let Err(e) = git::verify(&checkout, &spec.verify_keys) {
+                return failed(vec![e]);
+            }
+        }
         let resources = match parse(&checkout) {
             Ok(resources) => resources,
             Err(errors) => return failed(errors),

@@ -150,6 +150,7 @@ async fn a_source_follows_its_repository() {
         drift: DriftPolicy::Correct,
         interval_seconds: None,
         depends_on: Vec::new(),
+        verify_keys: Vec::new(),
     };
     let admin = RunOptions {
         access: HostAccess::Admin,
@@ -382,6 +383,7 @@ async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
         drift: DriftPolicy::Correct,
         interval_seconds: Some(1),
         depends_on: depends_on.iter().map(|d| d.parse().unwrap()).collect(),
+        verify_keys: Vec::new(),
     };
     let apps = Source::new("apps".parse().unwrap(), spec("apps", &["base"]));
     sources.create_as(apps, HostAccess::Admin).await.unwrap();
@@ -474,6 +476,7 @@ async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
         drift: DriftPolicy::Correct,
         interval_seconds: Some(1),
         depends_on: Vec::new(),
+        verify_keys: Vec::new(),
     };
     let source = Source::new("lab".parse().unwrap(), spec);
     sources.create_as(source, HostAccess::Admin).await.unwrap();
@@ -506,4 +509,144 @@ async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
     assert!(!vms.exists("web-1").await.unwrap() && !vms.exists("web-2").await.unwrap());
     stop.send(true).unwrap();
     running.await.unwrap();
+}
+
+/// A new ed25519 key pair in `dir`: (private key file, public key line).
+fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let file = dir.join(name);
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&file)
+        .status()
+        .expect("ssh-keygen (openssh-client, installed by scripts/setup.sh)");
+    assert!(made.success());
+    let public = std::fs::read_to_string(file.with_extension("pub")).unwrap();
+    (file, public.trim().to_owned())
+}
+
+/// Commits `files` signed with the SSH key `key` (or unsigned) and pushes to `main`.
+fn signed_commit(work: &Path, files: &[(&str, &str)], key: Option<&Path>) -> String {
+    for (path, text) in files {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+    }
+    git(work, &["add", "-A"]);
+    match key {
+        Some(key) => {
+            let signing = format!("user.signingkey={}", key.display());
+            git(
+                work,
+                &[
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    &signing,
+                    "commit",
+                    "-q",
+                    "-S",
+                    "-m",
+                    "signed",
+                ],
+            )
+        }
+        None => git(work, &["commit", "-q", "-m", "unsigned"]),
+    };
+    git(work, &["push", "-q", "--force", "origin", "HEAD:main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_with_verify_keys_applies_only_commits_its_keys_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&root, &["init", "-q", "--bare", "repo.git"]);
+    let daemon = git_daemon(&root);
+    git(&work, &["init", "-q", "-b", "main"]);
+    let bare = daemon.root.join("repo.git");
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let (trusted, trusted_pub) = ssh_key(dir.path(), "release");
+    let (stranger, _) = ssh_key(dir.path(), "stranger");
+
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap(),
+    );
+    let vms = VmService::new(store.clone());
+    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
+    let apply = ApplyService::new(vms.clone(), NetworkService::new(store), storage);
+    let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
+    let name = "signed".parse().unwrap();
+    let spec = SourceSpec {
+        git: format!("git://localhost:{}/repo.git", daemon.port),
+        reference: "main".into(),
+        path: "vms".into(),
+        prune: false,
+        drift: DriftPolicy::Correct,
+        interval_seconds: None,
+        depends_on: Vec::new(),
+        verify_keys: vec![trusted_pub],
+    };
+    let admin = RunOptions {
+        access: HostAccess::Admin,
+        allow_mass_prune: false,
+        project: corral_contract::DEFAULT_PROJECT.to_owned(),
+    };
+
+    // Signed by the release key: applied.
+    let good = signed_commit(
+        &work,
+        &[("vms/a.yaml", &vm("web-1", "256M"))],
+        Some(&trusted),
+    );
+    let status = sources
+        .reconcile(&name, &spec, &SourceStatus::default(), admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(good.as_str()), "{status:?}");
+    assert!(vms.exists("web-1").await.unwrap());
+
+    // Unsigned, then signed by a key the source does not trust: nothing changes, and the
+    // status says why.
+    let unsigned = signed_commit(&work, &[("vms/b.yaml", &vm("web-2", "256M"))], None);
+    let refused = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(refused.commit.as_deref(), Some(good.as_str()));
+    assert_eq!(
+        refused.errors,
+        [format!(
+            "commit {unsigned} is not signed; this source applies only commits signed by one of its verify keys"
+        )]
+    );
+    let foreign = signed_commit(
+        &work,
+        &[("vms/b.yaml", &vm("web-3", "256M"))],
+        Some(&stranger),
+    );
+    let refused = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(refused.commit.as_deref(), Some(good.as_str()));
+    assert!(
+        refused.errors[0].starts_with(&format!("commit {foreign} is signed by SHA256:"))
+            && refused.errors[0].ends_with("which is not one of the source's verify keys"),
+        "{refused:?}"
+    );
+    assert!(!vms.exists("web-2").await.unwrap() && !vms.exists("web-3").await.unwrap());
+
+    // Signed again by the release key: the source moves on.
+    let next = signed_commit(
+        &work,
+        &[("vms/c.yaml", &vm("web-4", "256M"))],
+        Some(&trusted),
+    );
+    let status = sources
+        .reconcile(&name, &spec, &status, admin.clone())
+        .await;
+    assert_eq!(status.commit.as_deref(), Some(next.as_str()), "{status:?}");
+    assert!(vms.exists("web-4").await.unwrap() && vms.exists("web-3").await.unwrap());
 }

@@ -16,6 +16,7 @@ impl From<&Source> for pb::Source {
                 drift: s.spec.drift.as_str().to_owned(),
                 interval_seconds: s.spec.interval_seconds.unwrap_or(0),
                 depends_on: s.spec.depends_on.iter().map(ToString::to_string).collect(),
+                verify_keys: s.spec.verify_keys.clone(),
             }),
             status: Some(pb::SourceStatus {
                 commit: s.status.commit.clone(),
@@ -59,6 +60,7 @@ impl TryFrom<pb::Source> for Source {
             prune: spec.prune,
             drift,
             interval_seconds: (spec.interval_seconds != 0).then_some(spec.interval_seconds),
+            verify_keys: spec.verify_keys,
         };
         spec.validate()?;
         let status = s
