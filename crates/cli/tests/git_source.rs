@@ -7,55 +7,17 @@
 //! The source is made with `corral source create` and read both with `corral source get` and
 //! over REST.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
 use corral_testkit::http::Api;
-use corral_testkit::{BOOT_MARKER, Cli, Corrald, GuestKit, PATIENCE, workspace_binary};
+use corral_testkit::{
+    BOOT_MARKER, Cli, Corrald, GitServer, GuestKit, PATIENCE, git, workspace_binary,
+};
 use serde_json::{Value, json};
 
 const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
-        .args(args)
-        .output()
-        .expect("git (Debian package git) is installed by scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn push(work: &Path, files: &[(&str, Option<&str>)], message: &str) -> String {
-    for (path, text) in files {
-        let file = work.join(path);
-        match text {
-            Some(text) => std::fs::write(&file, text).unwrap(),
-            None => std::fs::remove_file(&file).unwrap(),
-        }
-    }
-    git(work, &["add", "-A"]);
-    git(work, &["commit", "-q", "-m", message]);
-    git(work, &["push", "-q", "--force", "origin", "HEAD:main"]);
-    git(work, &["rev-parse", "HEAD"])
-}
 
 /// Polls `probe` until it returns something, within [`PATIENCE`].
 fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -86,46 +48,13 @@ fn a_git_source_drives_real_guests() {
         )
     };
     let dir = tempfile::tempdir().unwrap();
-    let (served, work) = (dir.path().join("served"), dir.path().join("work"));
-    std::fs::create_dir_all(&served).unwrap();
+    let server = GitServer::start(dir.path());
+    let work = server.work().to_owned();
     std::fs::create_dir_all(work.join("deploy")).unwrap();
-    git(&served, &["init", "-q", "--bare", "repo.git"]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &[
-            "remote",
-            "add",
-            "origin",
-            served.join("repo.git").to_str().unwrap(),
-        ],
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _daemon = Killed(
-        Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", served.display()))
-            .arg(&served)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon"),
-    );
     let deploy = work.join("deploy");
     let app = vm("app", "256M", "running");
     let spare = vm("spare", "128M", "stopped");
-    let first = push(
-        &work,
+    let first = server.commit(
         &[
             ("deploy/app.yaml", Some(&app)),
             ("deploy/spare.yaml", Some(&spare)),
@@ -141,7 +70,7 @@ fn a_git_source_drives_real_guests() {
         "kind": "Source",
         "metadata": {"name": "lab"},
         "spec": {
-            "git": format!("git://127.0.0.1:{port}/repo.git"),
+            "git": format!("git://127.0.0.1:{}/repo.git", server.port()),
             "ref": "main",
             "path": "deploy",
             "prune": true,
@@ -165,7 +94,7 @@ fn a_git_source_drives_real_guests() {
     // Changed: diff says so before the push; the same VM after.
     std::fs::write(deploy.join("app.yaml"), vm("app", "384M", "running")).unwrap();
     assert_eq!(diff_code(&cli, &deploy), 2);
-    let second = push(&work, &[], "more memory");
+    let second = server.commit(&[], "more memory");
     eventually("memory change", || {
         (status()["commit"] == second.as_str()).then_some(())
     });
@@ -175,7 +104,7 @@ fn a_git_source_drives_real_guests() {
     assert_eq!(diff_code(&cli, &deploy), 0);
 
     // Removed: pruned.
-    push(&work, &[("deploy/spare.yaml", None)], "drop spare");
+    server.commit(&[("deploy/spare.yaml", None)], "drop spare");
     eventually("spare pruned", || {
         (!cli.vm_names().contains(&"spare".to_owned())).then_some(())
     });
@@ -185,7 +114,7 @@ fn a_git_source_drives_real_guests() {
         "{}kind: Vm\nmetadata: {{name: x}}\nspec: {{cpu: 2}}\n",
         vm("app", "1G", "running")
     );
-    let bad = push(&work, &[("deploy/bad.yaml", Some(&broken))], "broken");
+    let bad = server.commit(&[("deploy/bad.yaml", Some(&broken))], "broken");
     let errors = eventually("the broken commit's error", || {
         let s = status();
         s["errors"].as_array().filter(|e| !e.is_empty()).cloned()
@@ -203,7 +132,7 @@ fn a_git_source_drives_real_guests() {
         "384M"
     );
     assert!(!cli.vm_names().contains(&"x".to_owned()));
-    let fixed = push(&work, &[("deploy/bad.yaml", None)], "fix");
+    let fixed = server.commit(&[("deploy/bad.yaml", None)], "fix");
     eventually("the fix applied", || {
         (status()["commit"] == fixed.as_str()).then_some(())
     });

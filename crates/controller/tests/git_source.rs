@@ -5,9 +5,8 @@
 //! not fetch from loopback. The store is the real SQLite one; a task stands in for the VM
 //! controller's finalizer.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,67 +18,7 @@ use corral_service::{
     StorageService, VmService,
 };
 use corral_store::SqliteStore;
-
-struct GitDaemon {
-    child: Child,
-    port: u16,
-    root: PathBuf,
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
-        .args(args)
-        .output()
-        .expect("git (Debian package git) is installed by scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn git_daemon(root: &Path) -> GitDaemon {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", root.display()))
-        .arg(root)
-        // Its per-connection children outlive it briefly: they must not hold the test's output.
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "git daemon did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    GitDaemon {
-        child,
-        port,
-        root: root.to_owned(),
-    }
-}
+use corral_testkit::{GitServer, git};
 
 fn vm(name: &str, memory: &str) -> String {
     format!(
@@ -87,38 +26,11 @@ fn vm(name: &str, memory: &str) -> String {
     )
 }
 
-/// Writes `files` (path, text; `None` removes) in `work`, commits and pushes to `main`.
-fn commit(work: &Path, files: &[(&str, Option<&str>)], message: &str) -> String {
-    for (path, text) in files {
-        let file = work.join(path);
-        match text {
-            Some(text) => {
-                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                std::fs::write(&file, text).unwrap();
-            }
-            None => {
-                let _ = std::fs::remove_file(&file);
-            }
-        }
-    }
-    git(work, &["add", "-A"]);
-    git(work, &["commit", "-q", "--allow-empty", "-m", message]);
-    git(work, &["push", "-q", "--force", "origin", "HEAD:main"]);
-    git(work, &["rev-parse", "HEAD"])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_follows_its_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("served");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&root, &["init", "-q", "--bare", "repo.git"]);
-    let daemon = git_daemon(&root);
-    git(&work, &["init", "-q", "-b", "main"]);
-    let bare = daemon.root.join("repo.git");
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let server = GitServer::start(dir.path());
+    let work = server.work().to_owned();
 
     let store = Arc::new(
         SqliteStore::open(dir.path().join("state.db"))
@@ -143,7 +55,7 @@ async fn a_source_follows_its_repository() {
     let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
     let name = "lab".parse().unwrap();
     let spec = SourceSpec {
-        git: format!("git://localhost:{}/repo.git", daemon.port),
+        git: server.url(),
         reference: "main".into(),
         path: "vms".into(),
         prune: true,
@@ -160,8 +72,7 @@ async fn a_source_follows_its_repository() {
     let web = vm("web-1", "256M") + &vm("web-2", "256M");
 
     // Add: both VMs appear, labelled with the source.
-    let first = commit(
-        &work,
+    let first = server.commit(
         &[("vms/web.yaml", Some(&web)), ("README.md", Some("hi"))],
         "add",
     );
@@ -176,7 +87,7 @@ async fn a_source_follows_its_repository() {
 
     // Change: updated in place.
     let changed = vm("web-1", "512M") + &vm("web-2", "256M");
-    commit(&work, &[("vms/web.yaml", Some(&changed))], "more memory");
+    server.commit(&[("vms/web.yaml", Some(&changed))], "more memory");
     let status = sources
         .reconcile(&name, &spec, &status, admin.clone())
         .await;
@@ -185,8 +96,7 @@ async fn a_source_follows_its_repository() {
     assert_eq!(after.spec.memory, ByteSize::from_mib(512));
 
     // Remove: pruned.
-    let third = commit(
-        &work,
+    let third = server.commit(
         &[("vms/web.yaml", Some(&vm("web-1", "512M")))],
         "drop web-2",
     );
@@ -201,7 +111,7 @@ async fn a_source_follows_its_repository() {
         "{}kind: Vm\nmetadata: {{name: web-3}}\nspec: {{cpu: 2}}\n",
         vm("web-1", "1G")
     );
-    commit(&work, &[("vms/more.yaml", Some(&broken))], "broken");
+    server.commit(&[("vms/more.yaml", Some(&broken))], "broken");
     let status = sources
         .reconcile(&name, &spec, &status, admin.clone())
         .await;
@@ -220,7 +130,7 @@ async fn a_source_follows_its_repository() {
     assert!(!vms.exists("web-3").await.unwrap());
 
     // Fixed; then stopped out of band: put back, and listed as drift.
-    let fixed = commit(&work, &[("vms/more.yaml", None)], "fix");
+    let fixed = server.commit(&[("vms/more.yaml", None)], "fix");
     let status = sources
         .reconcile(&name, &spec, &status, admin.clone())
         .await;
@@ -259,11 +169,7 @@ async fn a_source_follows_its_repository() {
         annotated("web-4", "ignore"),
         annotated("web-5", "warn")
     );
-    commit(
-        &work,
-        &[("vms/policies.yaml", Some(&policies))],
-        "own policies",
-    );
+    server.commit(&[("vms/policies.yaml", Some(&policies))], "own policies");
     let status = sources
         .reconcile(&name, &spec, &status, admin.clone())
         .await;
@@ -284,7 +190,7 @@ async fn a_source_follows_its_repository() {
     assert_eq!(vms.get("web-5").await.unwrap().spec.power, Power::Stopped);
     // A policy that is none of the three changes nothing and says where it is.
     let bad = annotated("web-4", "sometimes");
-    commit(&work, &[("vms/policies.yaml", Some(&bad))], "typo");
+    server.commit(&[("vms/policies.yaml", Some(&bad))], "typo");
     let failed = sources
         .reconcile(&name, &spec, &status, admin.clone())
         .await;
@@ -296,7 +202,7 @@ async fn a_source_follows_its_repository() {
         failed.errors[0].contains("vm/web-4: metadata.annotations.corral.dev/drift"),
         "{failed:?}"
     );
-    commit(&work, &[("vms/policies.yaml", None)], "no policies");
+    server.commit(&[("vms/policies.yaml", None)], "no policies");
     let approved = RunOptions {
         allow_mass_prune: true,
         ..admin.clone()
@@ -342,22 +248,10 @@ async fn a_source_follows_its_repository() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("served");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&root, &["init", "-q", "--bare", "repo.git"]);
-    let daemon = git_daemon(&root);
-    git(&work, &["init", "-q", "-b", "main"]);
-    let bare = daemon.root.join("repo.git");
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let server = GitServer::start(dir.path());
     let net = "kind: Network\nmetadata: {name: lab}\nspec: {mode: user}\n";
-    commit(&work, &[("base/net.yaml", Some(net))], "network");
-    let head = commit(
-        &work,
-        &[("apps/web.yaml", Some(&vm("web-1", "128M")))],
-        "app",
-    );
+    server.commit(&[("base/net.yaml", Some(net))], "network");
+    let head = server.commit(&[("apps/web.yaml", Some(&vm("web-1", "128M")))], "app");
 
     let store = Arc::new(
         SqliteStore::open(dir.path().join("state.db"))
@@ -376,7 +270,7 @@ async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
     let running = tokio::spawn(controller.run(stopped));
 
     let spec = |path: &str, depends_on: &[&str]| SourceSpec {
-        git: format!("git://localhost:{}/repo.git", daemon.port),
+        git: server.url(),
         reference: "main".into(),
         path: path.into(),
         prune: true,
@@ -429,17 +323,9 @@ async fn poll<T, F: std::future::Future<Output = Option<T>>>(mut probe: impl FnM
 #[tokio::test(flavor = "multi_thread")]
 async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("served");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&root, &["init", "-q", "--bare", "repo.git"]);
-    let daemon = git_daemon(&root);
-    git(&work, &["init", "-q", "-b", "main"]);
-    let bare = daemon.root.join("repo.git");
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let server = GitServer::start(dir.path());
     let two = vm("web-1", "128M") + &vm("web-2", "128M");
-    let first = commit(&work, &[("vms/web.yaml", Some(&two))], "two");
+    let first = server.commit(&[("vms/web.yaml", Some(&two))], "two");
 
     let store = Arc::new(
         SqliteStore::open(dir.path().join("state.db"))
@@ -469,7 +355,7 @@ async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(controller.run(stopped));
     let spec = SourceSpec {
-        git: format!("git://localhost:{}/repo.git", daemon.port),
+        git: server.url(),
         reference: "main".into(),
         path: "vms".into(),
         prune: true,
@@ -486,7 +372,7 @@ async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
     })
     .await;
 
-    let emptied = commit(&work, &[("vms/web.yaml", Some("# all gone\n"))], "empty");
+    let emptied = server.commit(&[("vms/web.yaml", Some("# all gone\n"))], "empty");
     let errors = poll(|| async {
         let s = sources.get("lab").await.unwrap();
         (!s.status.errors.is_empty()).then_some(s.status.errors)
@@ -559,15 +445,8 @@ fn signed_commit(work: &Path, files: &[(&str, &str)], key: Option<&Path>) -> Str
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_with_verify_keys_applies_only_commits_its_keys_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("served");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&root, &["init", "-q", "--bare", "repo.git"]);
-    let daemon = git_daemon(&root);
-    git(&work, &["init", "-q", "-b", "main"]);
-    let bare = daemon.root.join("repo.git");
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let server = GitServer::start(dir.path());
+    let work = server.work().to_owned();
     let (trusted, trusted_pub) = ssh_key(dir.path(), "release");
     let (stranger, _) = ssh_key(dir.path(), "stranger");
 
@@ -582,7 +461,7 @@ async fn a_source_with_verify_keys_applies_only_commits_its_keys_signed() {
     let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
     let name = "signed".parse().unwrap();
     let spec = SourceSpec {
-        git: format!("git://localhost:{}/repo.git", daemon.port),
+        git: server.url(),
         reference: "main".into(),
         path: "vms".into(),
         prune: false,

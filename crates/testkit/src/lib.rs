@@ -31,6 +31,7 @@ mod cli;
 mod daemon;
 mod error;
 mod etcd;
+mod git;
 /// An HTTP client of corrald's REST API and a TLS corrald to use it on.
 pub mod http;
 mod kit;
@@ -45,6 +46,7 @@ pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
 pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
 pub use error::Error;
 pub use etcd::{EtcdCluster, EtcdTlsFiles};
+pub use git::{GitServer, git};
 pub use kit::{GuestKit, workspace_root};
 pub use netns::{Netns, ip};
 pub use output::Output;

@@ -1,20 +1,17 @@
 //! Time from `git push` to the VM Running, as a ratio to `corral apply -f` of the same
 //! manifest to Running, in the same run against the same corrald.
 //!
-//! `cargo run -p corral-cli --example gitops_latency -- [--runs 5] [--interval 1]`
+//! `cargo run --release -p corral-bench --bin gitops-push -- [--runs 5] [--interval 1]`
 //!
 //! A `git daemon` serves a repository a Git source follows every `--interval` seconds; each
 //! run pushes a commit adding one running VM (the guest kit's kernel) and polls until its
 //! phase is Running; the baseline applies the same VM from a file. The push's figure includes
 //! the wait for the next fetch: half an interval on average.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_contract::Arch;
-use corral_testkit::{Cli, Corrald, GuestKit, workspace_binary};
+use corral_testkit::{Cli, Corrald, GitServer, GuestKit, git, release_build};
 
 fn flag(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -22,18 +19,6 @@ fn flag(name: &str, default: u64) -> u64 {
         .find(|w| w[0] == name)
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(default)
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=b", "-c", "user.email=b@example.org"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "git {args:?}");
 }
 
 fn until_running(cli: &Cli, name: &str, from: Instant) -> Duration {
@@ -70,48 +55,15 @@ fn main() {
         )
     };
     let dir = tempfile::tempdir().unwrap();
-    let (served, work) = (dir.path().join("served"), dir.path().join("work"));
-    std::fs::create_dir_all(&served).unwrap();
-    std::fs::create_dir_all(work.join("vms")).unwrap();
-    git(&served, &["init", "-q", "--bare", "repo.git"]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &[
-            "remote",
-            "add",
-            "origin",
-            served.join("repo.git").to_str().unwrap(),
-        ],
-    );
-    std::fs::write(work.join("vms/.keep.yaml"), "# none yet\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "empty"]);
-    git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", served.display()))
-        .arg(&served)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    std::thread::sleep(Duration::from_millis(300));
+    let server = GitServer::start(dir.path());
+    let work = server.work().to_owned();
+    server.commit(&[("vms/.keep.yaml", Some("# none yet\n"))], "empty");
 
-    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
-    let cli = Cli::new(workspace_binary("corral"), &d);
-    let url = format!("git://127.0.0.1:{port}/repo.git");
+    // Release binaries, as a user runs them (built here if they are not yet).
+    let bin = release_build(&["corral-daemon", "corral-cli"]).expect("a release build");
+    let d = Corrald::start(bin.join("corrald")).expect("corrald");
+    let cli = Cli::new(bin.join("corral"), &d);
+    let url = format!("git://127.0.0.1:{}/repo.git", server.port());
     let every = format!("{interval}s");
     cli.ok(&[
         "source",
@@ -138,11 +90,10 @@ fn main() {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", &name]);
         let started = Instant::now();
-        git(&work, &["push", "-q", "origin", "HEAD:main"]);
+        server.push();
         pushed.push(until_running(&cli, &name, started));
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(server);
     let (p, a) = (median(pushed), median(applied));
     println!(
         "{runs} runs, source interval {interval} s (expected wait for the next fetch: half of it)"

@@ -1,10 +1,7 @@
 //! Git sources: reconcile time of a repository of many unchanged resources, against applying
 //! the same resources directly (no Git) in the same run.
 //!
-//! `cargo run --release -p corral-controller --example gitops_bench -- [--resources 1000] [--runs 5]`
-//!
-//! (An example of this crate rather than a `corral-bench` program: it needs the controller and
-//! the service layer, and builds with the artifacts the controller's tests already have.)
+//! `cargo run --release -p corral-bench --bin gitops -- [--resources 1000] [--runs 5]`
 //!
 //! A `git daemon` serves a repository of `--resources` stopped VMs in files of 100; the store
 //! is SQLite in a temporary directory (what corrald uses); a Git source reconciles it. Timed:
@@ -12,9 +9,7 @@
 //! dry run that finds no drift), and as the baseline one `ApplyService` call with the same
 //! resources already parsed (what `corral apply` costs corrald, no Git and no parsing).
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +20,7 @@ use corral_service::{
     VmService,
 };
 use corral_store::SqliteStore;
+use corral_testkit::GitServer;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -54,17 +50,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=b", "-c", "user.email=b@example.org"])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(status.success(), "git {args:?} failed");
-    Ok(())
-}
-
 /// The apply service over a new SQLite store `name` under `dir`.
 async fn open(dir: &Path, name: &str) -> Result<ApplyService> {
     let store = Arc::new(SqliteStore::open(dir.join(name)).await?);
@@ -78,11 +63,9 @@ async fn main() -> Result<()> {
     let count = flag("--resources", 1000);
     let runs = flag("--runs", 5);
     let dir = tempfile::tempdir()?;
-    let (served, work) = (dir.path().join("served"), dir.path().join("work"));
-    std::fs::create_dir_all(&served)?;
-    std::fs::create_dir_all(work.join("vms"))?;
-    git(&served, &["init", "-q", "--bare", "repo.git"])?;
+    let server = GitServer::start(dir.path());
     let mut texts = Vec::new();
+    let mut files = Vec::new();
     for file in 0..count.div_ceil(100) {
         let mut text = String::new();
         for i in file * 100..((file + 1) * 100).min(count) {
@@ -90,41 +73,14 @@ async fn main() -> Result<()> {
                 "kind: Vm\nmetadata: {{name: vm-{i}}}\nspec: {{power: stopped, memory: 64M, boot: {{kernel: {{kernel: /k/vmlinuz}}}}}}\n---\n"
             );
         }
-        std::fs::write(work.join(format!("vms/part-{file:03}.yaml")), &text)?;
+        files.push((format!("vms/part-{file:03}.yaml"), text.clone()));
         texts.push((format!("part-{file:03}.yaml"), text));
     }
-    git(&work, &["init", "-q", "-b", "main"])?;
-    git(&work, &["add", "-A"])?;
-    git(&work, &["commit", "-q", "-m", "vms"])?;
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            served.join("repo.git").to_str().unwrap(),
-            "HEAD:main",
-        ],
-    )?;
-
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", served.display()))
-        .arg(&served)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "git daemon did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let files: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(path, text)| (path.as_str(), Some(text.as_str())))
+        .collect();
+    server.commit(&files, "vms");
 
     let sources = SourceReconciler::new(
         open(dir.path(), "source.db").await?,
@@ -132,7 +88,7 @@ async fn main() -> Result<()> {
         dir.path().join("git"),
     );
     let spec = SourceSpec {
-        git: format!("git://127.0.0.1:{port}/repo.git"),
+        git: format!("git://127.0.0.1:{}/repo.git", server.port()),
         reference: "main".into(),
         path: "vms".into(),
         prune: true,
@@ -202,8 +158,7 @@ async fn main() -> Result<()> {
         baseline.push(started.elapsed());
         ensure!(!report.changes_anything(), "the baseline changed something");
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(server);
 
     println!(
         "git source of {count} stopped VMs ({} files), {runs} runs",
