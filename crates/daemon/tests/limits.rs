@@ -191,6 +191,51 @@ async fn a_client_that_never_finishes_its_headers_is_dropped_after_the_header_ti
             "{listener}: the half-sent request was answered: {text}"
         );
     }
+
+    // The clock runs from a request's first byte: a keep-alive connection quiet for longer
+    // than the header timeout between two requests still gets its second answer (clients
+    // pool such connections; cutting them made a request that raced the cut see an EOF).
+    let mut pooled = tls_connect(port, &connector(tls.ca())).await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    for round in 0..2 {
+        pooled.write_all(request.as_bytes()).await.unwrap();
+        let head = read_response(&mut pooled).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// One HTTP/1.1 response from `conn`: its head (the body, of `content-length`, is read and
+/// dropped).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("the connection is still open");
+        assert!(n > 0, "the daemon closed a kept-alive connection: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0usize);
+            if body.len() >= length {
+                return head.to_owned();
+            }
+        }
+    }
 }
 
 /// The types of the HTTP/2 frames in `bytes` (a server's side of a connection).

@@ -10,6 +10,12 @@
 //! if it still has not finished one header timeout later (a half-sent HTTP/2 header block, a
 //! client that ignores GOAWAY). Upgraded connections (WebSockets) are never idle: their own
 //! protocol decides when they end.
+//!
+//! The header timeout runs from the first byte of a request, not from the end of the one
+//! before: hyper's own `header_read_timeout` starts when it begins waiting for the next
+//! request, so it cut keep-alive connections that had been quiet for that long — abruptly,
+//! while a client (Python's requests, a browser) might be sending on the connection it had
+//! pooled, which then saw an EOF in place of an answer.
 
 use std::convert::Infallible;
 use std::io;
@@ -29,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -168,7 +174,7 @@ pub async fn serve<L, T>(
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: Clone + Send + Sync + 'static,
 {
-    let builder = Arc::new(http_builder(&limits));
+    let builder = Arc::new(http_builder());
     let mut connections = tokio::task::JoinSet::new();
     let conn_stop = stop.clone();
     loop {
@@ -192,13 +198,14 @@ pub async fn serve<L, T>(
 }
 
 /// HTTP/1 and HTTP/2 (chosen by the client's first bytes) with the limits that need the
-/// protocol's help.
-fn http_builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
+/// protocol's help (the HTTP/1 header timeout is [`Connection::serve`]'s).
+fn http_builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // The header timeout is ours (see the module docs).
+        .header_read_timeout(None)
         .max_headers(H1_MAX_HEADERS);
     builder
         .http2()
@@ -248,6 +255,12 @@ impl Connection {
                 }))
             }
         });
+        let io = Watched {
+            io,
+            activity: activity.clone(),
+            first_read: true,
+            http2: false,
+        };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
         let mut conn = pin!(conn);
@@ -256,9 +269,10 @@ impl Connection {
         });
         let (mut stopped, mut closing_since) = (false, None::<Instant>);
         loop {
-            let wake = match closing_since {
-                Some(since) => since + limits.header_timeout,
-                None => activity.idle_deadline(limits.idle_timeout),
+            let wake = match (closing_since, activity.heading_since()) {
+                (Some(since), _) => since + limits.header_timeout,
+                (None, Some(since)) => since + limits.header_timeout,
+                (None, None) => activity.idle_deadline(limits.idle_timeout),
             };
             tokio::select! {
                 result = conn.as_mut() => {
@@ -271,9 +285,17 @@ impl Connection {
                     stopped = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                () = activity.heading.notified() => {}
                 () = tokio::time::sleep_until(wake) => {
                     if closing_since.is_some() {
                         tracing::debug!("closing a connection that did not finish its shutdown");
+                        return;
+                    }
+                    if activity
+                        .heading_since()
+                        .is_some_and(|since| since.elapsed() >= limits.header_timeout)
+                    {
+                        tracing::debug!("closing a connection whose request headers did not arrive in time");
                         return;
                     }
                     if activity.idle_at(limits.idle_timeout, Instant::now()) {
@@ -293,6 +315,10 @@ struct Activity {
     in_flight: AtomicUsize,
     upgraded: AtomicBool,
     quiet_since: Mutex<Instant>,
+    /// When the first bytes of a request whose headers are not complete arrived.
+    heading_since: Mutex<Option<Instant>>,
+    /// Told when `heading_since` is set.
+    heading: Notify,
 }
 
 impl Activity {
@@ -301,7 +327,28 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             upgraded: AtomicBool::new(false),
             quiet_since: Mutex::new(Instant::now()),
+            heading_since: Mutex::new(None),
+            heading: Notify::new(),
         }
+    }
+
+    /// Bytes arrived: on a quiet connection they start a request, whose headers must then
+    /// be complete within the header timeout.
+    fn read_some(&self) {
+        if self.busy() {
+            return;
+        }
+        let mut since = self.heading_since.lock().unwrap_or_else(|e| e.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            // The connection's loop sleeps until its idle deadline: wake it to time this.
+            self.heading.notify_one();
+        }
+    }
+
+    /// Since when a request's headers have been arriving, if they have not all yet.
+    fn heading_since(&self) -> Option<Instant> {
+        *self.heading_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A request arrived; it is in flight until the returned guard is dropped.
@@ -311,6 +358,7 @@ impl Activity {
             self.upgraded.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        *self.heading_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         InFlight(self.clone())
     }
 
@@ -335,6 +383,68 @@ impl Activity {
     /// Whether at `now` the connection has been idle for `timeout`.
     fn idle_at(&self, timeout: Duration, now: Instant) -> bool {
         !self.busy() && now.saturating_duration_since(self.quiet_since()) >= timeout
+    }
+}
+
+/// A connection's byte stream, telling its [`Activity`] when bytes arrive.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+    first_read: bool,
+    http2: bool,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if matches!(polled, Poll::Ready(Ok(()))) && !read.is_empty() {
+            if self.first_read {
+                // HTTP/2 (its preface starts `PRI`) bounds header blocks itself, and its
+                // idle connections carry PING frames: no header clock there.
+                self.http2 = read.starts_with(b"PRI");
+                self.first_read = false;
+            }
+            if !self.http2 {
+                self.activity.read_some();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
