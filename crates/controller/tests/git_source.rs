@@ -26,33 +26,51 @@ fn vm(name: &str, memory: &str) -> String {
     )
 }
 
+/// The services a source works with, on a SQLite store under a test's directory, with a task
+/// standing in for the VM controller's finalizer (deleted VMs go).
+struct World {
+    vms: VmService,
+    sources: SourceService,
+    reconciler: SourceReconciler,
+}
+
+impl World {
+    async fn open(dir: &Path) -> World {
+        let store = Arc::new(SqliteStore::open(dir.join("state.db")).await.unwrap());
+        let vms = VmService::new(store.clone());
+        let storage = StorageService::new(store.clone(), StorageConfig::new(dir)).unwrap();
+        let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
+        let finalizer = vms.clone();
+        tokio::spawn(async move {
+            let mut watch = finalizer.watch(None, 0).await.unwrap();
+            while let Some(Ok(event)) = watch.recv().await {
+                let vm = event.object;
+                if vm.metadata.deleting {
+                    let _ = finalizer
+                        .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
+                        .await;
+                }
+            }
+        });
+        World {
+            vms,
+            sources: SourceService::new(store),
+            reconciler: SourceReconciler::new(apply, ImportPolicy::default(), dir.join("git")),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_follows_its_repository() {
     let dir = tempfile::tempdir().unwrap();
     let server = GitServer::start(dir.path());
     let work = server.work().to_owned();
 
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
-    let vms = VmService::new(store.clone());
-    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
-    let apply = ApplyService::new(vms.clone(), NetworkService::new(store), storage);
-    let finalizer = vms.clone();
-    tokio::spawn(async move {
-        let mut watch = finalizer.watch(None, 0).await.unwrap();
-        while let Some(Ok(event)) = watch.recv().await {
-            let vm = event.object;
-            if vm.metadata.deleting {
-                let _ = finalizer
-                    .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
-                    .await;
-            }
-        }
-    });
-    let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
+    let World {
+        vms,
+        reconciler: sources,
+        ..
+    } = World::open(dir.path()).await;
     let name = "lab".parse().unwrap();
     let spec = SourceSpec {
         git: server.url(),
@@ -253,19 +271,12 @@ async fn a_source_waits_for_the_sources_it_depends_on_and_says_why() {
     server.commit(&[("base/net.yaml", Some(net))], "network");
     let head = server.commit(&[("apps/web.yaml", Some(&vm("web-1", "128M")))], "app");
 
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
-    let vms = VmService::new(store.clone());
-    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
-    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
-    let sources = SourceService::new(store);
-    let controller = SourceController::new(
-        sources.clone(),
-        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
-    );
+    let World {
+        vms,
+        sources,
+        reconciler,
+    } = World::open(dir.path()).await;
+    let controller = SourceController::new(sources.clone(), reconciler);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(controller.run(stopped));
 
@@ -327,31 +338,12 @@ async fn emptying_a_repository_stops_at_the_guard_until_approved_once() {
     let two = vm("web-1", "128M") + &vm("web-2", "128M");
     let first = server.commit(&[("vms/web.yaml", Some(&two))], "two");
 
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
-    let vms = VmService::new(store.clone());
-    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
-    let apply = ApplyService::new(vms.clone(), NetworkService::new(store.clone()), storage);
-    let finalizer = vms.clone();
-    tokio::spawn(async move {
-        let mut watch = finalizer.watch(None, 0).await.unwrap();
-        while let Some(Ok(event)) = watch.recv().await {
-            let vm = event.object;
-            if vm.metadata.deleting {
-                let _ = finalizer
-                    .finalize_delete(vm.metadata.name.as_str(), vm.metadata.resource_version)
-                    .await;
-            }
-        }
-    });
-    let sources = SourceService::new(store);
-    let controller = SourceController::new(
-        sources.clone(),
-        SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git")),
-    );
+    let World {
+        vms,
+        sources,
+        reconciler,
+    } = World::open(dir.path()).await;
+    let controller = SourceController::new(sources.clone(), reconciler);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(controller.run(stopped));
     let spec = SourceSpec {
@@ -450,15 +442,11 @@ async fn a_source_with_verify_keys_applies_only_commits_its_keys_signed() {
     let (trusted, trusted_pub) = ssh_key(dir.path(), "release");
     let (stranger, _) = ssh_key(dir.path(), "stranger");
 
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
-    let vms = VmService::new(store.clone());
-    let storage = StorageService::new(store.clone(), StorageConfig::new(dir.path())).unwrap();
-    let apply = ApplyService::new(vms.clone(), NetworkService::new(store), storage);
-    let sources = SourceReconciler::new(apply, ImportPolicy::default(), dir.path().join("git"));
+    let World {
+        vms,
+        reconciler: sources,
+        ..
+    } = World::open(dir.path()).await;
     let name = "signed".parse().unwrap();
     let spec = SourceSpec {
         git: server.url(),
