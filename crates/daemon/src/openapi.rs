@@ -4,6 +4,8 @@
 //! the types the parser uses); each operation is described here, keyed by its operation id, with
 //! the parameters, bodies and answers its handler has. Nothing is written by hand in JSON.
 
+mod ui;
+
 use std::sync::OnceLock;
 
 use corral_contract::schema::{TRIMMED, components, uint};
@@ -183,6 +185,14 @@ pub const OPERATIONS: &[Described] = {
         ("approveSource", Post, "/v1/sources/{name}/approve", || {
             source_verb("Let the next reconcile prune past the mass-prune guard, and run it now")
         }),
+        ("redirectUi", Get, "/ui", ui::redirect_ui),
+        ("getUi", Get, "/ui/", ui::get_ui),
+        ("getUiAsset", Get, "/ui/assets/{file}", ui::get_ui_asset),
+        ("openUiLink", Get, "/ui/login", ui::open_ui_link),
+        ("loginUi", Post, "/ui/session", ui::login_ui),
+        ("getUiSession", Get, "/ui/session", ui::get_ui_session),
+        ("logoutUi", Delete, "/ui/session", ui::logout_ui),
+        ("createUiLink", Post, "/v1/ui/links", ui::create_ui_link),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
