@@ -161,7 +161,7 @@ export function vmCreate() {
   const input = (attrs) => h('input', attrs);
   const name = input({ required: true, dataset: { field: 'metadata.name' } });
   const project = input({ value: 'default', dataset: { field: 'project' } });
-  const cpus = input({ type: 'number', min: 1, value: 1, dataset: { field: 'spec.cpus' } });
+  const cpus = input({ type: 'number', value: 1, dataset: { field: 'spec.cpus' } });
   const memory = input({ value: '256M', dataset: { field: 'spec.memory' } });
   const source = h('select', { dataset: { field: 'spec.boot' } }, h('option', { value: 'kernel' }, 'Kernel and initrd'), h('option', { value: 'volume' }, 'Existing volume'), h('option', { value: 'image' }, 'Image (a new volume from it)'));
   const kernel = input({ dataset: { field: 'spec.boot.kernel.kernel' }, placeholder: '/path/to/vmlinuz' });

@@ -39,7 +39,10 @@ fn corral_ui_prints_or_opens_a_one_time_local_login_link() {
     assert!(first.contains("set-cookie: corral_session="), "{first}");
     assert!(first.contains("HttpOnly"), "{first}");
     let second = head(port, &path);
-    assert!(second.starts_with("HTTP/1.0 401"), "a link works once: {second}");
+    assert!(
+        second.starts_with("HTTP/1.0 401"),
+        "a link works once: {second}"
+    );
 
     // Without --no-browser the link goes to $BROWSER, as one argument.
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +58,10 @@ fn corral_ui_prints_or_opens_a_one_time_local_login_link() {
     assert!(out.contains("Opened the web console"), "{out}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !seen.exists() {
-        assert!(std::time::Instant::now() < deadline, "the browser was never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the browser was never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let url = std::fs::read_to_string(&seen).unwrap();

@@ -12,14 +12,15 @@ use super::{boolean, common, error, integer, json_response, op, query, string};
 fn page(description: &str, media: &[&str]) -> Response {
     let mut response = ResponseBuilder::new().description(description);
     for m in media {
-        response = response.content(
-            *m,
-            ContentBuilder::new()
-                .schema(Some(string().format(Some(
-                    utoipa::openapi::schema::SchemaFormat::Custom("binary".into()),
-                ))))
-                .build(),
-        );
+        // The bundle's figures (sizes.json) are JSON; everything else is the file's bytes.
+        let schema = if *m == "application/json" {
+            ObjectBuilder::new().schema_type(Type::Object)
+        } else {
+            string().format(Some(utoipa::openapi::schema::SchemaFormat::Custom(
+                "binary".into(),
+            )))
+        };
+        response = response.content(*m, ContentBuilder::new().schema(Some(schema)).build());
     }
     response.build()
 }
@@ -62,6 +63,7 @@ pub(super) fn get_ui_asset() -> Operation {
                     "text/javascript; charset=utf-8",
                     "text/css; charset=utf-8",
                     "image/svg+xml",
+                    "application/json",
                     "application/octet-stream",
                 ],
             ),

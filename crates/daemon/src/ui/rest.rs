@@ -69,6 +69,7 @@ async fn file(Path(name): Path<String>) -> ApiResult {
         Some("js") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
         Some("svg") => "image/svg+xml",
+        Some("json") => "application/json",
         _ => "application/octet-stream",
     };
     match asset(&name).filter(|_| name != "index.html") {
