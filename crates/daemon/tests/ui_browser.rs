@@ -34,16 +34,17 @@ async fn the_console_manages_a_real_vm_in_chromium() {
         PathBuf::from(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/setup.sh (Debian's chromium)"
     );
-    assert!(
-        corral_daemon::ui::BUILT,
-        "this corrald embeds the placeholder page, not the console: its build ran before \
-         `npm ci --prefix ui`; build again"
-    );
     let kit = GuestKit::get(Arch::X86_64).expect("the guest kit");
     let d = common::daemon();
     let api = common::api(&d);
 
-    let sizes = api.get("/ui/assets/sizes.json").await.expect(200);
+    let sizes = api.get("/ui/assets/sizes.json").await;
+    assert_eq!(
+        sizes.status, 200,
+        "this corrald embeds the placeholder page, not the console: it was built before \
+         `npm ci --prefix ui`; build again"
+    );
+    let sizes = sizes.json();
     let without = sizes["gzipWithoutXterm"].as_u64().unwrap();
     let total = sizes["gzipTotal"].as_u64().unwrap();
     println!(
