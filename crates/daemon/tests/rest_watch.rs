@@ -399,4 +399,10 @@ async fn every_kind_watches_and_bad_input_is_named() {
         .await
         .expect_error(400, "InvalidArgument");
     assert!(message.contains("Last-Event-ID"), "{message}");
+    let message = Api::of(&d)
+        .header("last-event-id", "-1")
+        .get("/v1/snapshots")
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(message.contains("Last-Event-ID"), "{message}");
 }

@@ -42,8 +42,10 @@ pub async fn list_or_watch<S: Strategy>(
 where
     S::Object: Into<Resource>,
 {
+    // Checked for lists too: a malformed header is an error wherever it is sent.
+    let after = resume_from(q.resource_version, headers)?;
     if !q.watch {
-        // A list is always of the newest revision: a resourceVersion asks nothing of it.
+        // A list is always of the newest revision: a revision asks nothing of it.
         let (items, revision) = resources.list_in(&q.label_selector, listed).await?;
         return Ok(many(items, Some(revision)));
     }
@@ -52,14 +54,13 @@ where
             "labelSelector: not supported with watch=true; watch all and filter the events",
         ));
     }
-    let after = resume_from(q.resource_version, headers)?;
     Ok(watch(resources, listed.clone(), after)
         .await?
         .into_response())
 }
 
 /// The revision to watch after: `Last-Event-ID` when the client sends one, else the query's.
-fn resume_from(query: Option<u64>, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub fn resume_from(query: Option<u64>, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(id) = headers.get(LAST_EVENT_ID) else {
         return Ok(query);
     };

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::api::Scope;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
-use crate::api::watch::list_or_watch;
+use crate::api::watch::{list_or_watch, resume_from};
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -77,6 +77,7 @@ async fn list(
         };
         return list_or_watch(&d.storage.snapshots, &scope.listed, &watch, &headers).await;
     }
+    resume_from(q.resource_version, &headers)?;
     let vm = q.vm.as_deref().map(|vm| scope.key(vm));
     let snaps = d
         .storage
