@@ -1,7 +1,7 @@
 // Images, volumes, snapshots and networks: live tables, with what each kind's page can do.
 import { api, inProject, key } from './api.js';
 import { h, say, confirmDialog, field, showError } from './dom.js';
-import { live } from './watch.js';
+import { live, release } from './watch.js';
 
 const columns = {
   images: [['Format', (o) => o.spec.format ?? ''], ['Size', (o) => o.status?.size ?? ''], ['Digest', (o) => (o.status?.digest ?? '').slice(0, 19)]],
@@ -33,7 +33,11 @@ export function kindList(kind) {
     body.replaceChildren(...rows);
   });
   const extra = kind === 'images' ? upload() : kind === 'snapshots' ? takeSnapshot() : null;
-  return { title, el: h('section', {}, h('h1', { tabindex: -1 }, title), extra, table), close: off };
+  const close = () => {
+    off();
+    release(`/v1/${kind}`);
+  };
+  return { title, el: h('section', {}, h('h1', { tabindex: -1 }, title), extra, table), close };
 }
 
 async function act(method, path, project, question, verb) {

@@ -101,11 +101,26 @@ export class Live {
 }
 
 const shared = new Map();
+const users = new Map();
+// Kept while the console is open: the VM list and VM pages both follow it.
+const KEPT = '/v1/vms';
 
-// One live collection per kind, kept while the console is open.
+// One live collection per kind while a page uses it. Others are closed when their page goes:
+// over HTTP/1.1 a browser opens at most six connections to a host, and every open stream
+// holds one.
 export function live(path) {
   if (!shared.has(path)) shared.set(path, new Live(path));
+  users.set(path, (users.get(path) ?? 0) + 1);
   return shared.get(path);
+}
+
+export function release(path) {
+  const left = (users.get(path) ?? 1) - 1;
+  users.set(path, left);
+  if (left <= 0 && path !== KEPT) {
+    shared.get(path)?.close();
+    shared.delete(path);
+  }
 }
 
 setInterval(() => {

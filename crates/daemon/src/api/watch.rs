@@ -64,10 +64,8 @@ pub fn resume_from(query: Option<u64>, headers: &HeaderMap) -> Result<Option<u64
     let Some(id) = headers.get(LAST_EVENT_ID) else {
         return Ok(query);
     };
+    // (An EventSource that saw no id sends no header: an empty one is malformed too.)
     let text = id.to_str().unwrap_or_default().trim();
-    if text.is_empty() {
-        return Ok(query);
-    }
     text.parse().map(Some).map_err(|_| {
         ApiError::invalid(format!(
             "Last-Event-ID: {text:?} is not a revision (a non-negative integer)"
