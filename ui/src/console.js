@@ -16,20 +16,32 @@ export function vmConsole(project, name) {
   let closed = false;
   let delay = 500;
   term.onData((data) => socket?.readyState === WebSocket.OPEN && socket.send(encoder.encode(data)));
+  // Writing first; while another client holds the console's only writer (the attach is
+  // refused before the upgrade), read only, and try for the writer again on reconnecting.
+  let write = true;
   const connect = () => {
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     const path = inProject(`/v1/vms/${encodeURIComponent(name)}/console/ws`, project);
-    socket = new WebSocket(`${proto}://${location.host}${path}&write=true&scrollback=${socket ? 'false' : 'true'}`);
-    socket.binaryType = 'arraybuffer';
-    socket.onopen = () => {
+    const scrollback = socket ? 'false' : 'true';
+    const ws = new WebSocket(`${proto}://${location.host}${path}&write=${write}&scrollback=${scrollback}`);
+    socket = ws;
+    let opened = false;
+    ws.binaryType = 'arraybuffer';
+    ws.onopen = () => {
+      opened = true;
       delay = 500;
-      state.textContent = 'Connected (writing)';
+      state.textContent = write ? 'Connected (writing)' : 'Read only: another client holds the writer';
       box.dataset.connected = 'true';
     };
-    socket.onmessage = (m) => term.write(new Uint8Array(m.data));
-    socket.onclose = (e) => {
+    ws.onmessage = (m) => term.write(new Uint8Array(m.data));
+    ws.onclose = (e) => {
       box.dataset.connected = 'false';
       if (closed) return;
+      if (!opened && write) {
+        write = false; // refused: most likely the writer is taken
+        return connect();
+      }
+      write = true;
       state.textContent = `Disconnected (${e.code}${e.reason ? `: ${e.reason}` : ''}); reconnecting…`;
       setTimeout(() => !closed && connect(), delay);
       delay = Math.min(delay * 2, 10000);
