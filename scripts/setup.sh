@@ -45,6 +45,11 @@ need nft nftables
 need etcd etcd-server
 # etcd-client (the etcd store's gRPC client) compiles etcd's .proto files with protoc.
 need protoc protobuf-compiler
+# The web console (ui/): Node.js and npm build it (esbuild) and run its browser test
+# (Playwright), which drives Debian's headless chromium.
+need node nodejs
+need npm npm
+need chromium chromium
 # Git sources' tests: a `git daemon` serving repositories the tests commit to (corrald itself
 # fetches with a library, not this binary).
 need git git
@@ -131,6 +136,17 @@ if [ "$("$st_venv/bin/st" --version 2>/dev/null)" != "st, version $st_version" ]
   log "installing schemathesis $st_version under target/tools"
   python3 -m venv "$st_venv"
   "$st_venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$st_version"
+fi
+
+# The web console's npm packages (esbuild, xterm.js, Playwright, axe-core), exactly as
+# ui/package-lock.json pins them; installed again only when the lock file changes. Playwright's
+# own browser download is skipped: the tests use Debian's chromium. corrald's build.rs bundles
+# the console once these are here (before them it embeds a page saying how to build it).
+lock_hash=$(sha256sum "$root/ui/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$root/ui/node_modules/.corral-lock" 2>/dev/null)" != "$lock_hash" ]; then
+  log "installing the web console's npm packages (npm ci in ui/)"
+  (cd "$root/ui" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_hash" >"$root/ui/node_modules/.corral-lock"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -113,6 +113,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Delete the resources of a manifest
     Delete(ManifestArgs),
+    /// Open the web console in a browser, logged in as you (--no-browser prints the link)
+    Ui(crate::ui::UiArgs),
     /// Print the client's version and, if it is reachable, corrald's
     Version(VersionArgs),
     /// Print a shell completion script, e.g. `corral completion bash > /etc/bash_completion.d/corral`

@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply(args) => crate::declare::apply(&connection, &args).await,
         Command::Diff(args) => crate::declare::diff(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
+        Command::Ui(args) => crate::ui::ui(&connection, &args).await,
         Command::Version(args) => version(&connection, &args).await,
         Command::Completion(args) => completion(&args),
     }

@@ -17,6 +17,7 @@ mod output;
 mod source;
 mod ssh;
 mod storage;
+mod ui;
 mod wait;
 
 use std::process::ExitCode;

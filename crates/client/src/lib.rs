@@ -47,6 +47,7 @@ mod memory;
 mod network;
 mod source;
 mod storage;
+mod ui;
 mod watch;
 
 pub use auth::{AuditFilter, AuditRecord};
@@ -57,6 +58,7 @@ pub use endpoint::{
 };
 pub use error::ClientError;
 pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};
+pub use ui::{ConsoleLink, console_link};
 pub use watch::{EventType, VmEvent, VmWatch, is_observed, reached};
 
 /// The contract crate this client speaks, re-exported so that callers match its version.

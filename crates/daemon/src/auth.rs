@@ -184,6 +184,8 @@ pub struct TcpGate {
     pub registry: Arc<Registry>,
     /// Where refusals are recorded.
     pub audit: Arc<AuditLog>,
+    /// Browser sessions of the web console.
+    pub sessions: Arc<crate::ui::Sessions>,
 }
 
 /// Middleware on the TCP listener: identifies the caller by its client certificate, else its
@@ -206,6 +208,23 @@ pub async fn tcp_caller(State(gate): State<TcpGate>, mut request: Request, next:
         request.extensions_mut().insert(caller);
         return next.run(request).await;
     }
+    // A browser of the web console: its session cookie, or nothing yet on the console's own
+    // pages (the login form), which open routes answer and others refuse.
+    let session = match crate::ui::session_caller(&gate.sessions, &request) {
+        Some(Ok(caller)) if token.is_none() => {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
+        Some(Err(why)) => Some(why),
+        _ => None,
+    };
+    if crate::ui::is_console_path(request.uri().path()) && token.is_none() {
+        request.extensions_mut().insert(Unidentified {
+            name: "anonymous".into(),
+            why: session.unwrap_or_else(|| "not logged in".into()),
+        });
+        return next.run(request).await;
+    }
     let revoked = token.and_then(|t| registry.revoked_token(t));
     let (name, why) = match (peer, token, revoked) {
         (_, Some(_), Some(name)) => (
@@ -218,6 +237,10 @@ pub async fn tcp_caller(State(gate): State<TcpGate>, mut request: Request, next:
             "the client certificate names no identity and no bearer token was sent",
         ),
         (None, None, _) => ("anonymous".to_owned(), "missing or unknown bearer token"),
+    };
+    let why = match &session {
+        Some(session) => session.as_str(),
+        None => why,
     };
     let verb = request.method().as_str().to_ascii_lowercase();
     let reason = format!("{} {}: {why}", request.method(), request.uri().path());

@@ -26,6 +26,7 @@ mod snapshots;
 mod sources;
 mod state;
 mod system;
+pub mod ui;
 mod vms;
 mod volumes;
 
@@ -225,6 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         projects,
         registry,
         audit,
+        ui: ui::Ui::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -251,6 +253,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(source_controller.run(stop_rx.clone()));
 
     let app = router(daemon.clone()).await?;
+    daemon.ui.serve_locally_with(
+        app.clone().layer(axum::middleware::from_fn_with_state(
+            daemon.ui.sessions.clone(),
+            ui::local_caller,
+        )),
+        config.limits.clone(),
+        stop_rx.clone(),
+    );
     let unix = serve::bind_unix(&config.socket).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "corrald serving");
     let mut servers = tokio::task::JoinSet::new();
@@ -288,6 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             auth::TcpGate {
                 registry: daemon.registry.clone(),
                 audit: daemon.audit.clone(),
+                sessions: daemon.ui.sessions.clone(),
             },
             auth::tcp_caller,
         ));

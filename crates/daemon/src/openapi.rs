@@ -4,6 +4,8 @@
 //! the types the parser uses); each operation is described here, keyed by its operation id, with
 //! the parameters, bodies and answers its handler has. Nothing is written by hand in JSON.
 
+mod ui;
+
 use std::sync::OnceLock;
 
 use corral_contract::schema::{TRIMMED, components, uint};
@@ -183,6 +185,14 @@ pub const OPERATIONS: &[Described] = {
         ("approveSource", Post, "/v1/sources/{name}/approve", || {
             source_verb("Let the next reconcile prune past the mass-prune guard, and run it now")
         }),
+        ("redirectUi", Get, "/ui", ui::redirect_ui),
+        ("getUi", Get, "/ui/", ui::get_ui),
+        ("getUiAsset", Get, "/ui/assets/{file}", ui::get_ui_asset),
+        ("openUiLink", Get, "/ui/login", ui::open_ui_link),
+        ("loginUi", Post, "/ui/session", ui::login_ui),
+        ("getUiSession", Get, "/ui/session", ui::get_ui_session),
+        ("logoutUi", Delete, "/ui/session", ui::logout_ui),
+        ("createUiLink", Post, "/v1/ui/links", ui::create_ui_link),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -285,10 +295,10 @@ pub fn build() -> OpenApi {
             )
             .required("items")
             .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
-        if kind == "Vm" {
-            items = items
-                .property("revision", integer(0, None))
-                .required("revision");
+        items = items.property("revision", integer(0, None));
+        // The store revision of the list, to watch from: every list has one but snapshots'.
+        if kind != "Snapshot" {
+            items = items.required("revision");
         }
         schemas = schemas.schema(format!("{kind}List"), items);
     }
@@ -461,17 +471,76 @@ fn label_selector() -> utoipa::openapi::path::Parameter {
 // --- operations --------------------------------------------------------------------------------
 
 fn list(kind: &str, summary: &str) -> Operation {
-    common(op(summary))
-        .parameter(label_selector())
-        .response(
-            "200",
-            json_response(summary, reference(&format!("{kind}List"))),
-        )
-        .response(
-            "400",
-            error("The label selector or query string does not parse"),
-        )
-        .build()
+    watchable(
+        common(op(summary)).parameter(label_selector()),
+        kind,
+        summary,
+    )
+    .response(
+        "400",
+        error(
+            "The label selector or query string does not parse, or labelSelector was \
+                 given with watch=true",
+        ),
+    )
+    .build()
+}
+
+/// A list's answer, and with `watch=true` its stream of changes (see `api/watch.rs`).
+fn watchable(op: OperationBuilder, kind: &str, summary: &str) -> OperationBuilder {
+    let list = ContentBuilder::new()
+        .schema(Some(reference(&format!("{kind}List"))))
+        .build();
+    let events = ContentBuilder::new().schema(Some(string().description(Some(
+        "Server-Sent Events. Each event's id is its store revision and its data one JSON \
+         object: {\"type\": \"ADDED\"|\"MODIFIED\"|\"DELETED\", \"revision\", \"object\"}; \
+         {\"type\": \"BOOKMARK\", \"revision\"} after the current objects (sent as ADDED when \
+         no resourceVersion is given); {\"type\": \"ERROR\", \"code\", \"message\"} as the \
+         last event when the stream ends (code Gone: list again). Idle streams carry a comment \
+         line every 15 s.",
+    ))));
+    let ok = ResponseBuilder::new()
+        .description(format!(
+            "{summary}, as JSON; with watch=true, text/event-stream of the changes"
+        ))
+        .content("application/json", list)
+        .content("text/event-stream", events.build())
+        .build();
+    op.parameter(query(
+        "watch",
+        boolean(),
+        false,
+        "true: answer with Server-Sent Events of every change, in the caller's projects, \
+         until the client disconnects",
+    ))
+    .parameter(query(
+        "resourceVersion",
+        integer(0, None),
+        false,
+        "With watch=true: only the changes after this store revision (a list's revision or \
+         an event's id); without it the stream starts with the current objects. A list \
+         ignores it",
+    ))
+    .parameter(
+        ParameterBuilder::new()
+            .name("Last-Event-ID")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "With watch=true: the id of the last event seen (an EventSource sends it when \
+                 it reconnects); wins over resourceVersion",
+            ))
+            .schema(Some(integer(0, None)))
+            .build(),
+    )
+    .response("200", ok)
+    .response(
+        "410",
+        error(
+            "With watch=true: the history after resourceVersion was compacted (Gone): list \
+             again and watch from the list's revision",
+        ),
+    )
 }
 
 fn create(kind: &str) -> Operation {
@@ -1044,10 +1113,17 @@ fn verify_image() -> Operation {
 }
 
 fn list_snapshots() -> Operation {
-    common(op("Snapshots, sorted by name"))
-        .parameter(query("vm", string(), false, "Only this VM's snapshots"))
-        .response("200", json_response("Snapshots", reference("SnapshotList")))
-        .response("400", error("The query string does not parse"))
+    let op = common(op("Snapshots, sorted by name")).parameter(query(
+        "vm",
+        string(),
+        false,
+        "Only this VM's snapshots (not with watch=true)",
+    ));
+    watchable(op, "Snapshot", "Snapshots")
+        .response(
+            "400",
+            error("The query string does not parse, or vm was given with watch=true"),
+        )
         .build()
 }
 
@@ -1120,6 +1196,7 @@ fn error_code_schema() -> ObjectBuilder {
         "MethodNotAllowed",
         "AlreadyExists",
         "Conflict",
+        "Gone",
         "FailedPrecondition",
         "PayloadTooLarge",
         "ResourceExhausted",

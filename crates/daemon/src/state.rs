@@ -48,6 +48,8 @@ pub struct Daemon {
     pub registry: Arc<Registry>,
     /// The audit log of changes, refusals and memory reads.
     pub audit: Arc<AuditLog>,
+    /// The web console's sessions and local listener.
+    pub ui: crate::ui::Ui,
 }
 
 /// A handle transports hold.

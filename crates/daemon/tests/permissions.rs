@@ -99,7 +99,21 @@ fn every_grpc_method_and_rest_route_declares_a_permission() {
         .filter(|r| r.permission == Permission::Open)
         .map(|r| r.path)
         .collect();
-    assert_eq!(open, ["/healthz", "/openapi.json"]);
+    // Besides health and the document: the web console's page, assets and login, which
+    // must load before anyone has logged in and show no object.
+    assert_eq!(
+        open,
+        [
+            "/healthz",
+            "/openapi.json",
+            "/ui",
+            "/ui/",
+            "/ui/assets/{file}",
+            "/ui/login",
+            "/ui/session",
+            "/ui/session",
+        ]
+    );
 }
 
 /// Every route of the table is served by the router: none answers "no such endpoint".

@@ -107,8 +107,18 @@ async fn the_document_describes_every_route_and_only_those() {
         );
     }
 
-    // Every operation documents 401 (TCP), and every reference resolves.
+    // Every operation documents 401 (TCP), and every reference resolves — but the web
+    // console's page, files and logout, which answer before anyone has logged in.
+    let console = [
+        ("GET", "/ui"),
+        ("GET", "/ui/"),
+        ("GET", "/ui/assets/{file}"),
+        ("DELETE", "/ui/session"),
+    ];
     for (method, path) in &documented {
+        if console.contains(&(method.as_str(), path.as_str())) {
+            continue;
+        }
         let operation = &doc["paths"][path][method.to_ascii_lowercase()];
         assert!(
             operation["responses"].get("401").is_some(),

@@ -29,6 +29,16 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgument", message)
     }
+
+    /// The API error code: `InvalidArgument`, `NotFound`, `Gone` …
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// What went wrong, naming the field or object.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 /// The HTTP status and API error code of a service error (classified once, by

@@ -43,13 +43,18 @@ pub fn many<T: Into<Resource>>(items: Vec<T>, revision: Option<u64>) -> Response
     .into_response()
 }
 
-/// `?labelSelector=` of a list.
+/// `?labelSelector=&watch=&resourceVersion=` of a list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListQuery {
     /// Labels the items must carry, `k=v,k2=v2`.
     #[serde(default)]
     pub label_selector: String,
+    /// Answer with Server-Sent Events of the changes instead (see `api/watch.rs`).
+    #[serde(default)]
+    pub watch: bool,
+    /// With `watch`: the changes after this store revision.
+    pub resource_version: Option<u64>,
 }
 
 /// Parses `0x1000` or `4096`.

@@ -10,6 +10,7 @@ mod permission;
 mod revoke;
 mod routes;
 pub mod scope;
+pub(crate) mod watch;
 
 pub use permission::Permission;
 pub(crate) use revoke::REVOKED;

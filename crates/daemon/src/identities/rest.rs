@@ -2,13 +2,15 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use corral_contract::Resource;
+use corral_service::Projects;
 use serde_json::json;
 
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -33,8 +35,12 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(d.identities.list(&q.label_selector).await?.0, None))
+async fn list(
+    State(d): State<Shared>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.identities, &Projects::All, &q, &headers).await
 }
 
 /// `{"identity": …, "token": "crl_…"}`: the token only when the server made it.

@@ -3,6 +3,7 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use corral_contract::Resource;
@@ -11,7 +12,8 @@ use serde_json::json;
 
 use crate::api::Scope;
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::auth::{Caller, host_access};
 use crate::state::Shared;
@@ -39,15 +41,13 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(
-        d.storage
-            .images
-            .list_in(&q.label_selector, &scope.listed)
-            .await?
-            .0,
-        None,
-    ))
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.storage.images, &scope.listed, &q, &headers).await
 }
 
 async fn create(

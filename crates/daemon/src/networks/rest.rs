@@ -3,12 +3,14 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 
 use crate::api::Scope;
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::auth::Caller;
 use crate::state::Shared;
@@ -29,9 +31,13 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
-    let (nets, _) = d.networks.list_in(&q.label_selector, &scope.listed).await?;
-    Ok(many(nets, None))
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.networks, &scope.listed, &q, &headers).await
 }
 
 async fn create(

@@ -2,11 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
+use corral_service::Projects;
 
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, name_mismatch, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -33,8 +36,12 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(d.projects.list(&q.label_selector).await?.0, None))
+async fn list(
+    State(d): State<Shared>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.projects, &Projects::All, &q, &headers).await
 }
 
 async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult {

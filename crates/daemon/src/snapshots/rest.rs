@@ -2,13 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use corral_contract::Resource;
 use serde::Deserialize;
 
 use crate::api::Scope;
-use crate::api::error::ApiResult;
-use crate::api::json::{many, one, resource, wrong_kind};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::json::{ListQuery, many, one, resource, wrong_kind};
+use crate::api::watch::{list_or_watch, resume_from};
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -48,13 +49,35 @@ pub(crate) fn routes() -> Vec<Route> {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SnapshotQuery {
     #[serde(default)]
     vm: Option<String>,
+    #[serde(default)]
+    watch: bool,
+    resource_version: Option<u64>,
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<SnapshotQuery>) -> ApiResult {
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<SnapshotQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    if q.watch {
+        if q.vm.is_some() {
+            return Err(ApiError::invalid(
+                "vm: not supported with watch=true; watch all and filter on spec.vm",
+            ));
+        }
+        let watch = ListQuery {
+            label_selector: String::new(),
+            watch: true,
+            resource_version: q.resource_version,
+        };
+        return list_or_watch(&d.storage.snapshots, &scope.listed, &watch, &headers).await;
+    }
+    resume_from(q.resource_version, &headers)?;
     let vm = q.vm.as_deref().map(|vm| scope.key(vm));
     let snaps = d
         .storage

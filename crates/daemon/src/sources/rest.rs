@@ -3,12 +3,14 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 
 use crate::api::Scope;
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, name_mismatch, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::auth::{Caller, host_access};
 use crate::state::Shared;
@@ -57,9 +59,13 @@ fn source(body: &[u8]) -> Result<corral_contract::Source, crate::api::error::Api
     }
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
-    let (sources, _) = d.sources.list_in(&q.label_selector, &scope.listed).await?;
-    Ok(many(sources, None))
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.sources, &scope.listed, &q, &headers).await
 }
 
 async fn create(

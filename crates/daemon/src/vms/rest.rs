@@ -3,13 +3,15 @@
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use corral_contract::{Power, Resource};
 use serde::Deserialize;
 
 use crate::api::Scope;
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::json::{ListQuery, many, name_mismatch, one, wrong_kind};
+use crate::api::json::{ListQuery, name_mismatch, one, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::auth::{Caller, host_access};
 use crate::state::Shared;
@@ -61,9 +63,13 @@ fn vm(body: &[u8]) -> Result<corral_contract::Vm, ApiError> {
     resource.into_vm().ok_or_else(|| wrong_kind("Vm"))
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
-    let (vms, revision) = d.vms.list_in(&q.label_selector, &scope.listed).await?;
-    Ok(many(vms, Some(revision)))
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.vms, &scope.listed, &q, &headers).await
 }
 
 async fn create(

@@ -2,12 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
 use corral_contract::Resource;
 
 use crate::api::Scope;
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, name_mismatch, one, resource, wrong_kind};
+use crate::api::json::{ListQuery, name_mismatch, one, resource, wrong_kind};
+use crate::api::watch::list_or_watch;
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -34,15 +36,13 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, scope: Scope, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(
-        d.storage
-            .volumes
-            .list_in(&q.label_selector, &scope.listed)
-            .await?
-            .0,
-        None,
-    ))
+async fn list(
+    State(d): State<Shared>,
+    scope: Scope,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_or_watch(&d.storage.volumes, &scope.listed, &q, &headers).await
 }
 
 async fn create(State(d): State<Shared>, scope: Scope, body: Bytes) -> ApiResult {

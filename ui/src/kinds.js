@@ -1,0 +1,89 @@
+// Images, volumes, snapshots and networks: live tables, with what each kind's page can do.
+import { api, inProject, key } from './api.js';
+import { h, say, confirmDialog, field, showError } from './dom.js';
+import { live, release } from './watch.js';
+
+const columns = {
+  images: [['Format', (o) => o.spec.format ?? ''], ['Size', (o) => o.status?.size ?? ''], ['Digest', (o) => (o.status?.digest ?? '').slice(0, 19)]],
+  volumes: [['Kind', (o) => o.spec.kind ?? ''], ['Image', (o) => o.spec.image ?? ''], ['Size', (o) => o.spec.size ?? o.status?.size ?? '']],
+  snapshots: [['VM', (o) => o.spec.vm ?? '']],
+  networks: [['Mode', (o) => o.spec.mode ?? 'user'], ['CIDR', (o) => o.spec.cidr ?? '']],
+};
+
+export function kindList(kind) {
+  const title = kind[0].toUpperCase() + kind.slice(1);
+  const body = h('tbody');
+  const table = h(
+    'table',
+    { 'aria-label': title },
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'Project'), h('th', { scope: 'col' }, 'Phase'), ...columns[kind].map(([c]) => h('th', { scope: 'col' }, c)), h('th', { scope: 'col' }, 'Actions'))),
+    body,
+  );
+  const items = live(`/v1/${kind}`);
+  const off = items.subscribe((l) => {
+    const rows = [...l.items.values()].sort((a, b) => key(a).localeCompare(key(b))).map((o) => {
+      const project = o.metadata.project ?? 'default';
+      const actions = [];
+      if (kind === 'snapshots') {
+        actions.push(h('button', { type: 'button', onclick: () => act('POST', `/v1/snapshots/${o.metadata.name}/restore`, project, `Restore snapshot ${o.metadata.name} into VM ${o.spec.vm}?`, 'Restore') }, 'Restore'));
+      }
+      actions.push(h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${o.metadata.name}`, onclick: () => act('DELETE', `/v1/${kind}/${o.metadata.name}`, project, `Delete ${o.metadata.name} of project ${project}?`, 'Delete') }, 'Delete'));
+      return h('tr', {}, h('th', { scope: 'row' }, o.metadata.name), h('td', {}, project), h('td', {}, o.status?.phase ?? ''), ...columns[kind].map(([, f]) => h('td', {}, String(f(o)))), h('td', {}, actions));
+    });
+    body.replaceChildren(...rows);
+  });
+  const extra = kind === 'images' ? upload() : kind === 'snapshots' ? takeSnapshot() : null;
+  const close = () => {
+    off();
+    release(`/v1/${kind}`);
+  };
+  return { title, el: h('section', {}, h('h1', { tabindex: -1 }, title), extra, table), close };
+}
+
+async function act(method, path, project, question, verb) {
+  if (!(await confirmDialog(question, verb))) return;
+  try {
+    await api(method, inProject(path, project));
+    say(`${verb}: done`);
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+// Imports an image from a URL (REST has no upload; `corral image import FILE` streams one over
+// gRPC); the table shows its phase as the import goes.
+function upload() {
+  const name = h('input', { required: true, dataset: { field: 'metadata.name' } });
+  const url = h('input', { type: 'url', required: true, dataset: { field: 'spec.source' } });
+  const project = h('input', { value: 'default', dataset: { field: 'project' } });
+  const form = h('form', { class: 'inline', 'aria-label': 'Import an image' }, field('image-name', 'Image name', name), field('image-url', 'URL', url), field('image-project', 'Project', project), h('button', { type: 'submit' }, 'Import'), h('p', { class: 'form-error', role: 'alert' }));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      showError(form, null);
+      await api('POST', inProject('/v1/images', project.value), { kind: 'Image', metadata: { name: name.value }, spec: { source: { url: url.value } } });
+      say(`Importing image ${name.value}`);
+    } catch (err) {
+      showError(form, err);
+    }
+  });
+  return form;
+}
+
+function takeSnapshot() {
+  const name = h('input', { required: true, dataset: { field: 'metadata.name' } });
+  const vm = h('input', { required: true, dataset: { field: 'spec.vm' } });
+  const project = h('input', { value: 'default', dataset: { field: 'project' } });
+  const form = h('form', { class: 'inline', 'aria-label': 'Take a snapshot' }, field('snap-name', 'Snapshot name', name), field('snap-vm', 'VM', vm), field('snap-project', 'Project', project), h('button', { type: 'submit' }, 'Take snapshot'), h('p', { class: 'form-error', role: 'alert' }));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      showError(form, null);
+      await api('POST', inProject('/v1/snapshots', project.value), { kind: 'Snapshot', metadata: { name: name.value }, spec: { vm: vm.value } });
+      say(`Snapshot ${name.value} requested`);
+    } catch (err) {
+      showError(form, err);
+    }
+  });
+  return form;
+}

@@ -1,0 +1,265 @@
+// VMs: the live table, a VM's page (status, conditions, power actions, its spec as YAML), the
+// create form and the live RAM map.
+import yaml from 'js-yaml';
+import { api, inProject, key } from './api.js';
+import { h, say, confirmDialog, field, showError } from './dom.js';
+import { live } from './watch.js';
+
+const vmPath = (project, name, rest = '') => inProject(`/v1/vms/${encodeURIComponent(name)}${rest}`, project);
+
+export function vmList() {
+  const filter = h('input', { type: 'search', id: 'vm-filter', placeholder: 'name, project or phase' });
+  const count = h('p', { 'aria-live': 'polite', class: 'count' });
+  const body = h('tbody');
+  const table = h(
+    'table',
+    { 'aria-label': 'VMs', id: 'vm-table' },
+    h('thead', {}, h('tr', {}, ...['Name', 'Project', 'Phase', 'Power', 'CPUs', 'Memory'].map((c) => h('th', { scope: 'col' }, c)))),
+    body,
+  );
+  // Rows are kept by key and only touched when their VM changed: one render per frame.
+  const rows = new Map();
+  const vms = live('/v1/vms');
+  const draw = (l) => {
+    const q = filter.value.trim().toLowerCase();
+    const shown = [];
+    for (const [k, vm] of l.items) {
+      const phase = vm.status?.phase ?? 'Pending';
+      if (q && !`${k} ${phase}`.toLowerCase().includes(q)) continue;
+      let row = rows.get(k);
+      const stamp = vm.metadata.resource_version;
+      if (!row || row.stamp !== stamp) {
+        const project = vm.metadata.project ?? 'default';
+        const href = `#/vm/${encodeURIComponent(project)}/${encodeURIComponent(vm.metadata.name)}`;
+        const tr = h('tr', { dataset: { vm: vm.metadata.name } }, h('th', { scope: 'row' }, h('a', { href }, vm.metadata.name)), h('td', {}, project), h('td', { class: `phase ${phase.toLowerCase()}` }, phase), h('td', {}, vm.spec.power ?? 'running'), h('td', {}, vm.spec.cpus ?? 1), h('td', {}, vm.spec.memory ?? ''));
+        row = { tr, stamp };
+        rows.set(k, row);
+      }
+      shown.push([k, row.tr]);
+    }
+    for (const k of rows.keys()) if (!l.items.has(k)) rows.delete(k);
+    shown.sort((a, b) => a[0].localeCompare(b[0]));
+    body.replaceChildren(...shown.map(([, tr]) => tr));
+    count.textContent = `${shown.length} of ${l.items.size} VMs`;
+  };
+  filter.addEventListener('input', () => draw(vms));
+  const off = vms.subscribe(draw);
+  return {
+    title: 'VMs',
+    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, table),
+    close: off,
+  };
+}
+
+const actions = [
+  ['Start', 'start', (vm) => vm.spec.power === 'stopped'],
+  ['Stop', 'stop', (vm) => vm.spec.power !== 'stopped'],
+  ['Pause', 'pause', (vm) => (vm.spec.power ?? 'running') === 'running'],
+  ['Resume', 'resume', (vm) => vm.spec.power === 'paused'],
+  ['Restart', 'restart', (vm) => (vm.spec.power ?? 'running') === 'running'],
+];
+
+export async function vmDetail(project, name) {
+  const k = `${project}/${name}`;
+  const vms = live('/v1/vms');
+  const summary = h('dl', { class: 'summary' });
+  const conditions = h('tbody');
+  const buttons = h('div', { class: 'actions', role: 'group', 'aria-label': 'Power' });
+  const editor = h('textarea', { rows: 18, spellcheck: 'false', dataset: { field: 'spec' } });
+  const form = h('form', { 'aria-label': 'Edit spec' }, field('spec-yaml', 'Spec (YAML)', editor, 'Saved with the server\'s validation; an error names its field.'), h('p', { class: 'form-error', role: 'alert' }), h('button', { type: 'submit' }, 'Save spec'));
+  let current = null;
+  let edited = false;
+  editor.addEventListener('input', () => (edited = true));
+  const draw = (l) => {
+    const vm = l.items.get(k);
+    if (!vm) {
+      summary.replaceChildren(h('dt', {}, 'State'), h('dd', { id: 'vm-phase' }, l.synced ? 'Deleted' : 'Loading'));
+      buttons.replaceChildren();
+      return;
+    }
+    current = vm;
+    const st = vm.status ?? {};
+    const pairs = [['Phase', st.phase ?? 'Pending', 'vm-phase'], ['Power', vm.spec.power ?? 'running'], ['Message', st.message ?? ''], ['Accelerator', st.accelerator ?? ''], ['PID', st.pid ?? ''], ['Started', st.started_at ?? ''], ['Generation', `${vm.metadata.generation ?? ''} (observed ${st.observed_generation ?? '–'})`]];
+    summary.replaceChildren(...pairs.flatMap(([t, d, id]) => [h('dt', {}, t), h('dd', { id }, String(d))]));
+    conditions.replaceChildren(...(st.conditions ?? []).map((c) => h('tr', {}, h('th', { scope: 'row' }, c.type), h('td', {}, String(c.status)), h('td', {}, c.reason ?? ''), h('td', {}, c.message ?? ''), h('td', {}, c.last_transition ?? ''))));
+    buttons.replaceChildren(
+      ...actions.map(([label, verb, enabled]) => h('button', { type: 'button', disabled: !enabled(vm), onclick: () => power(project, name, label, verb) }, label)),
+      h('button', { type: 'button', class: 'danger', onclick: () => remove(project, name) }, 'Delete'),
+    );
+    if (!edited) editor.value = yaml.dump(vm.spec, { lineWidth: 100 });
+  };
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    showError(form, null);
+    let spec;
+    try {
+      spec = yaml.load(editor.value);
+    } catch (err) {
+      return showError(form, { field: 'spec', message: `spec: not YAML: ${err.message}` });
+    }
+    try {
+      const body = { kind: 'Vm', metadata: { ...current.metadata }, spec };
+      await api('PUT', vmPath(project, name), body);
+      edited = false;
+      say('Spec saved');
+    } catch (err) {
+      showError(form, err);
+      markLine(editor, err.field);
+    }
+  });
+  const off = vms.subscribe(draw);
+  draw(vms);
+  return {
+    title: name,
+    el: h(
+      'section',
+      {},
+      h('p', {}, h('a', { href: '#/vms' }, '← VMs')),
+      h('h1', { tabindex: -1 }, `VM ${name}`, h('span', { class: 'muted' }, ` in ${project}`)),
+      h('nav', { 'aria-label': 'VM views', class: 'tabs' }, h('a', { href: `#/vm/${project}/${name}/console` }, 'Serial console'), h('a', { href: `#/vm/${project}/${name}/memory` }, 'RAM map')),
+      buttons,
+      summary,
+      h('h2', {}, 'Conditions'),
+      h('table', { 'aria-label': 'Conditions' }, h('thead', {}, h('tr', {}, ...['Type', 'Status', 'Reason', 'Message', 'Since'].map((c) => h('th', { scope: 'col' }, c)))), conditions),
+      h('h2', {}, 'Spec'),
+      form,
+    ),
+    close: off,
+  };
+}
+
+// Selects the YAML line of the field an error names (`spec.memory` → the `memory:` line).
+function markLine(editor, fieldPath) {
+  if (!fieldPath?.startsWith('spec.')) return;
+  const leaf = fieldPath.split('.').pop().replace(/\[\d+\]$/, '');
+  const m = new RegExp(`^\\s*${leaf}:`, 'm').exec(editor.value);
+  if (m) editor.setSelectionRange(m.index, m.index + m[0].length);
+}
+
+async function power(project, name, label, verb) {
+  if (!(await confirmDialog(`${label} VM ${name}?`, label))) return;
+  try {
+    await api('POST', vmPath(project, name, `/${verb}`));
+    say(`${label}: requested`);
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+async function remove(project, name) {
+  if (!(await confirmDialog(`Delete VM ${name} of project ${project}? Its QEMU is stopped.`, 'Delete'))) return;
+  try {
+    await api('DELETE', vmPath(project, name));
+    say(`VM ${name} is being deleted`);
+    location.hash = '#/vms';
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+export function vmCreate() {
+  const input = (attrs) => h('input', attrs);
+  const name = input({ required: true, dataset: { field: 'metadata.name' } });
+  const project = input({ value: 'default', dataset: { field: 'project' } });
+  const cpus = input({ type: 'number', value: 1, dataset: { field: 'spec.cpus' } });
+  const memory = input({ value: '256M', dataset: { field: 'spec.memory' } });
+  const source = h('select', { dataset: { field: 'spec.boot' } }, h('option', { value: 'kernel' }, 'Kernel and initrd'), h('option', { value: 'volume' }, 'Existing volume'), h('option', { value: 'image' }, 'Image (a new volume from it)'));
+  const kernel = input({ dataset: { field: 'spec.boot.kernel.kernel' }, placeholder: '/path/to/vmlinuz' });
+  const initrd = input({ dataset: { field: 'spec.boot.kernel.initrd' } });
+  const cmdline = input({ value: 'console=ttyS0', dataset: { field: 'spec.boot.kernel.cmdline' } });
+  const volume = input({ dataset: { field: 'spec.boot.volume.volume' } });
+  const image = input({ dataset: { field: 'spec.image' } });
+  const introspection = input({ type: 'checkbox', dataset: { field: 'spec.introspection' } });
+  const groups = {
+    kernel: h('fieldset', {}, h('legend', {}, 'Kernel boot'), field('new-kernel', 'Kernel path', kernel), field('new-initrd', 'Initrd path', initrd), field('new-cmdline', 'Command line', cmdline)),
+    volume: h('fieldset', { hidden: true }, h('legend', {}, 'Volume boot'), field('new-volume', 'Volume', volume)),
+    image: h('fieldset', { hidden: true }, h('legend', {}, 'Image boot'), field('new-image', 'Image', image)),
+  };
+  source.addEventListener('change', () => {
+    for (const [k, g] of Object.entries(groups)) g.hidden = k !== source.value;
+  });
+  const form = h(
+    'form',
+    { 'aria-labelledby': 'new-title', class: 'create' },
+    h('h1', { id: 'new-title', tabindex: -1 }, 'New VM'),
+    field('new-name', 'Name', name),
+    field('new-project', 'Project', project),
+    field('new-cpus', 'CPUs', cpus),
+    field('new-memory', 'Memory', memory, 'e.g. 256M or 2G'),
+    field('new-source', 'Boot from', source),
+    ...Object.values(groups),
+    field('new-introspection', 'Guest RAM introspection (RAM map)', introspection),
+    h('p', { class: 'form-error', role: 'alert' }),
+    h('button', { type: 'submit' }, 'Create VM'),
+  );
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    showError(form, null);
+    const spec = { cpus: Number(cpus.value), memory: memory.value, introspection: introspection.checked };
+    try {
+      if (source.value === 'kernel') {
+        spec.boot = { kernel: { kernel: kernel.value, initrd: initrd.value || null, cmdline: cmdline.value || null } };
+      } else if (source.value === 'volume') {
+        spec.boot = { volume: { volume: volume.value } };
+      } else {
+        const disk = `${name.value}-disk`;
+        await api('POST', inProject('/v1/volumes', project.value), { kind: 'Volume', metadata: { name: disk }, spec: { kind: 'disk', image: image.value } });
+        spec.boot = { volume: { volume: disk } };
+      }
+      await api('POST', inProject('/v1/vms', project.value), { kind: 'Vm', metadata: { name: name.value }, spec });
+      location.hash = `#/vm/${encodeURIComponent(project.value)}/${encodeURIComponent(name.value)}`;
+    } catch (err) {
+      showError(form, err);
+    }
+  });
+  return { title: 'New VM', el: form };
+}
+
+// The live RAM map: the Hilbert-curve frames of the memory stream drawn on a canvas.
+export function vmMemory(project, name) {
+  const canvas = h('canvas', { width: 256, height: 256, role: 'img', 'aria-label': `RAM map of ${name}`, id: 'ram-map' });
+  const info = h('p', { 'aria-live': 'polite', id: 'ram-info' }, 'Connecting…');
+  const frames = h('output', { id: 'ram-frames' }, '0');
+  const ctx = canvas.getContext('2d');
+  let socket = null;
+  let closed = false;
+  let count = 0;
+  let side = 256;
+  const connect = () => {
+    const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+    socket = new WebSocket(`${proto}://${location.host}${vmPath(project, name, '/memory/stream')}&side=256&fps=10`);
+    socket.binaryType = 'arraybuffer';
+    socket.onmessage = (m) => {
+      if (typeof m.data === 'string') {
+        side = JSON.parse(m.data).side;
+        canvas.width = canvas.height = side;
+        info.textContent = `${side}×${side}, each pixel a run of guest pages along a Hilbert curve`;
+        return;
+      }
+      const rgb = new Uint8Array(m.data);
+      const img = ctx.createImageData(side, side);
+      for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
+        img.data[j] = rgb[i];
+        img.data[j + 1] = rgb[i + 1];
+        img.data[j + 2] = rgb[i + 2];
+        img.data[j + 3] = 255;
+      }
+      ctx.putImageData(img, 0, 0);
+      frames.textContent = String(++count);
+    };
+    socket.onclose = (e) => {
+      if (closed) return;
+      info.textContent = `Stream closed (${e.code}${e.reason ? `: ${e.reason}` : ''}); reconnecting…`;
+      setTimeout(() => !closed && connect(), 2000);
+    };
+  };
+  connect();
+  return {
+    title: `RAM of ${name}`,
+    el: h('section', {}, h('p', {}, h('a', { href: `#/vm/${project}/${name}` }, `← VM ${name}`)), h('h1', { tabindex: -1 }, `RAM map of ${name}`), info, canvas, h('p', {}, 'Frames: ', frames)),
+    close: () => {
+      closed = true;
+      socket?.close();
+    },
+  };
+}

@@ -1,0 +1,125 @@
+// The console in a real browser against a real corrald and a real guest (see
+// crates/daemon/tests/ui_browser.rs, which passes the login link and the guest kit's files).
+import { test, expect } from '@playwright/test';
+import AxeBuilder from '@axe-core/playwright';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run through crates/daemon/tests/ui_browser.rs`);
+  return v;
+};
+const artifacts = process.env.CORRAL_UI_ARTIFACTS ?? '../target/ui-artifacts';
+const VM = 'web';
+
+async function accessible(page, name) {
+  const result = await new AxeBuilder({ page }).analyze();
+  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  console.log(`axe ${name}: ${result.violations.length} violations, ${bad.length} serious or critical`);
+  expect(bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target).join(', ')})`), `axe on ${name}`).toEqual([]);
+  await page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
+}
+
+test.describe.configure({ mode: 'serial' });
+
+test('manage a VM from the browser', async ({ page }) => {
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+
+  await test.step('log in with the corral ui link', async () => {
+    await page.goto(env('CORRAL_UI_LINK'));
+    await expect(page).toHaveURL(/\/ui\/$/);
+    await expect(page.getByRole('heading', { name: 'VMs' })).toBeVisible();
+    await expect(page.locator('#who')).toContainText('admin');
+    await accessible(page, 'vms-empty');
+  });
+
+  await test.step('a bad value shows the server\'s error at its field', async () => {
+    await page.getByRole('link', { name: 'New VM' }).click();
+    await page.getByLabel('Name', { exact: true }).fill('bad');
+    await page.getByLabel('CPUs').fill('999');
+    await page.getByLabel('Kernel path').fill(env('CORRAL_KERNEL'));
+    await page.getByRole('button', { name: 'Create VM' }).click();
+    const error = page.locator('#new-cpus-error');
+    await expect(error).toContainText('spec.cpus');
+    await expect(page.getByLabel('CPUs')).toHaveAttribute('aria-invalid', 'true');
+    await accessible(page, 'create-error');
+  });
+
+  await test.step('create a VM from the form and see it reach Running without a reload', async () => {
+    await page.getByLabel('CPUs').fill('1');
+    await page.getByLabel('Name', { exact: true }).fill(VM);
+    await page.getByLabel('Initrd path').fill(env('CORRAL_INITRD'));
+    await page.getByLabel('Command line').fill(env('CORRAL_CMDLINE'));
+    await page.getByLabel('Guest RAM introspection (RAM map)').check();
+    const navigations = [];
+    page.on('framenavigated', (f) => f === page.mainFrame() && navigations.push(f.url()));
+    await page.getByRole('button', { name: 'Create VM' }).click();
+    await expect(page.getByRole('heading', { name: `VM ${VM}` })).toBeVisible();
+    await expect(page.locator('#vm-phase')).toHaveText('Running', { timeout: 180_000 });
+    // Hash routes only: the document was never loaded again.
+    expect(navigations.every((u) => u.includes('/ui/#'))).toBe(true);
+    await accessible(page, 'vm-detail');
+  });
+
+  await test.step('type in the serial console and see the guest answer', async () => {
+    await page.getByRole('link', { name: 'Serial console' }).click();
+    await expect(page.locator('#terminal')).toHaveAttribute('data-connected', 'true');
+    await expect(page.locator('.xterm-rows')).toContainText('CORRAL_BOOT_OK', { timeout: 120_000 });
+    await page.locator('.xterm-helper-textarea').focus();
+    // The guest's shell may still be starting: type until it answers.
+    await expect(async () => {
+      await page.keyboard.type('echo ui-$((6*7))-ok\n');
+      await expect(page.locator('.xterm-rows')).toContainText('ui-42-ok', { timeout: 3000 });
+    }).toPass({ timeout: 120_000 });
+    await page.screenshot({ path: `${artifacts}/console.png` });
+  });
+
+  await test.step('the RAM map shows frames that change', async () => {
+    await page.goto(page.url().replace(/\/console$/, '/memory'));
+    const frames = page.locator('#ram-frames');
+    await expect.poll(async () => Number(await frames.textContent()), { timeout: 60_000 }).toBeGreaterThan(2);
+    const first = await page.locator('#ram-map').evaluate((c) => c.toDataURL());
+    const blank = await page.evaluate(() => {
+      const c = document.createElement('canvas');
+      c.width = c.height = document.getElementById('ram-map').width;
+      return c.toDataURL();
+    });
+    expect(first).not.toEqual(blank);
+    const count = Number(await frames.textContent());
+    await expect.poll(async () => Number(await frames.textContent())).toBeGreaterThan(count + 2);
+    await accessible(page, 'ram-map');
+  });
+
+  await test.step('pause and resume', async () => {
+    await page.goto(page.url().replace(/\/memory$/, ''));
+    await expect(page.locator('#vm-phase')).toHaveText('Running');
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.locator('#vm-phase')).toHaveText('Paused', { timeout: 60_000 });
+    await page.getByRole('button', { name: 'Resume' }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.locator('#vm-phase')).toHaveText('Running', { timeout: 60_000 });
+  });
+
+  await test.step('the list shows it live, and the other pages are accessible', async () => {
+    await page.getByRole('link', { name: 'VMs' }).first().click();
+    await expect(page.locator(`tr[data-vm="${VM}"] .phase`)).toHaveText('Running');
+    await accessible(page, 'vms');
+    for (const kind of ['Images', 'Volumes', 'Snapshots', 'Networks']) {
+      await page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name: kind }).click();
+      await expect(page.getByRole('heading', { name: kind, level: 1 })).toBeVisible();
+      await accessible(page, kind.toLowerCase());
+    }
+    await expect(page.getByRole('table', { name: 'Networks' })).toContainText('default');
+  });
+
+  await test.step('delete with confirmation', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/vm/default/${VM}`);
+    await page.getByRole('button', { name: 'Delete' }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.getByRole('heading', { name: 'VMs' })).toBeVisible();
+    await expect(page.locator(`tr[data-vm="${VM}"]`)).toHaveCount(0, { timeout: 120_000 });
+  });
+
+  expect(errors, 'no script errors').toEqual([]);
+});
