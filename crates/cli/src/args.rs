@@ -113,6 +113,23 @@ pub enum Command {
     Diff(DiffArgs),
     /// Delete the resources of a manifest
     Delete(ManifestArgs),
+    /// Write a corral.yaml for this project folder, its preset chosen from the project's
+    /// files (Cargo.toml: rust, package.json: node, pyproject.toml or requirements.txt:
+    /// python, go.mod: go)
+    Init(crate::devenv::InitArgs),
+    /// Create and start the VMs corral.yaml declares, and provision them; again, it changes
+    /// what changed in the file (VMs dropped from it are deleted)
+    Up(crate::devenv::UpArgs),
+    /// Show the VMs of corral.yaml: phase, ssh and forwarded ports, provisioned or not
+    Status(crate::devenv::StatusArgs),
+    /// Log in to a VM of corral.yaml (or run a command after --)
+    Ssh(crate::devenv::SshArgs),
+    /// Stop the VMs of corral.yaml; their disks stay for the next `up`
+    Down(crate::devenv::DownArgs),
+    /// Delete the VMs of corral.yaml and their disks
+    Destroy(crate::devenv::DestroyArgs),
+    /// Print the JSON Schema of corral.yaml (for editors: yaml-language-server and others)
+    Schema,
     /// Print the client's version and, if it is reachable, corrald's
     Version(VersionArgs),
     /// Print a shell completion script, e.g. `corral completion bash > /etc/bash_completion.d/corral`

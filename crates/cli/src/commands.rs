@@ -61,6 +61,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply(args) => crate::declare::apply(&connection, &args).await,
         Command::Diff(args) => crate::declare::diff(&connection, &args).await,
         Command::Delete(args) => delete(&connection, &args).await,
+        Command::Init(args) => crate::devenv::init(&args),
+        Command::Up(args) => crate::devenv::up(&connection, &args).await,
+        Command::Status(args) => crate::devenv::status(&connection, &args).await,
+        Command::Ssh(args) => crate::devenv::ssh(&connection, &args).await,
+        Command::Down(args) => crate::devenv::down(&connection, &args).await,
+        Command::Destroy(args) => crate::devenv::destroy(&connection, &args).await,
+        Command::Schema => crate::devenv::print_schema(),
         Command::Version(args) => version(&connection, &args).await,
         Command::Completion(args) => completion(&args),
     }

@@ -42,6 +42,9 @@ pub mod annotations {
     pub const OWNER_VM: &str = "corral.dev/owner-vm";
     /// On a VM: when the daemon deletes it, in RFC 3339 (`vm create --ttl 2h` sets it).
     pub const EXPIRES_AT: &str = "corral.dev/expires-at";
+    /// On a VM of a project file: the provision steps `corral up` ran there, as short hashes
+    /// in order (the guest's environment first), so that only changed steps run again.
+    pub const PROVISIONED: &str = "corral.dev/provisioned";
 }
 
 /// Condition types and the reasons controllers give, as in `status.conditions`.
