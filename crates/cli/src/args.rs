@@ -128,6 +128,9 @@ pub enum Command {
     Down(crate::devenv::DownArgs),
     /// Delete the VMs of corral.yaml and their disks
     Destroy(crate::devenv::DestroyArgs),
+    /// Start a throwaway VM and open a shell in it (or run a command after --); the VM is
+    /// deleted when the shell ends, or by corrald at its --ttl
+    Temp(crate::devenv::TempArgs),
     /// Print the JSON Schema of corral.yaml (for editors: yaml-language-server and others)
     Schema,
     /// Print the client's version and, if it is reachable, corrald's

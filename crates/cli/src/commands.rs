@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ssh(args) => crate::devenv::ssh(&connection, &args).await,
         Command::Down(args) => crate::devenv::down(&connection, &args).await,
         Command::Destroy(args) => crate::devenv::destroy(&connection, &args).await,
+        Command::Temp(args) => crate::devenv::temp(&connect(&connection).await?, &args).await,
         Command::Schema => crate::devenv::print_schema(),
         Command::Version(args) => version(&connection, &args).await,
         Command::Completion(args) => completion(&args),

@@ -308,7 +308,8 @@ fn build_cache() -> PathBuf {
 }
 
 #[test]
-fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy() {
+fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_and_temp_vms_go_on_exit()
+ {
     let range = port_range();
     let cache = build_cache();
     let d = Corrald::start_with(
@@ -440,4 +441,38 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy() 
     cli.wait_gone("vm", "web-shop-app");
     cli.wait_gone("volume", "web-shop-app");
     cli.get("image", "debian-12");
+
+    // `corral temp`: a throwaway VM with a time to live that corrald shows and keeps; the
+    // command runs in the guest, and the VM and its disk go when it ends.
+    let temp = cli
+        .command()
+        .args(["temp", "--ttl", "2h", "--", "hostname"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("corral temp");
+    let vm = loop {
+        let vms = cli.json(&["vm", "list", "-o", "json"]);
+        let found = vms.as_array().and_then(|v| v.first()).cloned();
+        if let Some(vm) = found.filter(|vm| vm["status"]["expires_at"].is_string()) {
+            break vm;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let name = vm["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("temp-"), "{vm}");
+    let annotation = vm["metadata"]["annotations"]["corral.dev/expires-at"].clone();
+    assert_eq!(vm["status"]["expires_at"], annotation, "{vm}");
+    let out = temp.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // The guest answered with its own name, then the VM went.
+    assert!(stdout.lines().any(|l| l.trim() == name), "{stdout}");
+    assert!(stdout.contains(&format!("vm/{name} deleted")), "{stdout}");
+    cli.wait_gone("vm", &name);
+    cli.wait_gone("volume", &name);
 }

@@ -6,6 +6,9 @@
 mod file;
 mod init;
 mod provision;
+mod temp;
+
+pub use temp::{TempArgs, temp};
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
