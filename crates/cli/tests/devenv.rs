@@ -324,8 +324,6 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     .expect("corrald");
     let keys = tempfile::tempdir().unwrap();
     let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_SSH_DIR", keys.path());
-    // The same inputs as the test above: one cached build serves both.
-    cli.ok(&["image", "build", "debian-12", "--packages", "jq"]);
 
     let root = tempfile::tempdir().unwrap();
     let project = root.path().join("Web_Shop");
@@ -367,13 +365,14 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
         "{err}"
     );
 
-    // The built image (no preset: no toolchain build here), a port, the environment, steps.
+    // Services (no preset: no toolchain in the image here), a port, the environment, steps.
+    // `up` builds the image debian-12-postgres-redis (cached like the build above).
     let declare = |steps: &[&str]| {
         let steps: String = steps.iter().map(|s| format!("      - {s}\n")).collect();
         std::fs::write(
             &file,
             format!(
-                "vms:\n  app:\n    image: debian-12\n    memory: 1G\n    disk: 5G\n    \
+                "vms:\n  app:\n    services: [postgres, redis]\n    memory: 1G\n    disk: 5G\n    \
                  ports: [8080]\n    env:\n      GREETING: hello there\n    provision:\n{steps}"
             ),
         )
@@ -395,6 +394,34 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     assert_eq!(
         vm["metadata"]["labels"]["corral.dev/owner"], "web-shop",
         "{vm}"
+    );
+    // The services answer from the host, through the forwards, at the URLs printed.
+    let url = |service: &str| {
+        let prefix = format!("vm/web-shop-app {service}: ");
+        out.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {out}"))
+            .to_owned()
+    };
+    let redis = url("redis");
+    let redis_port = redis.rsplit(':').next().unwrap();
+    let pong = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", redis_port, "PING"])
+        .output()
+        .expect("redis-cli (scripts/setup.sh installs redis-tools)");
+    assert_eq!(
+        String::from_utf8_lossy(&pong.stdout).trim(),
+        "PONG",
+        "{pong:?}"
+    );
+    let psql = Command::new("psql")
+        .args([url("postgres").as_str(), "-tAc", "SELECT 41 + 1"])
+        .output()
+        .expect("psql (scripts/setup.sh installs postgresql-client)");
+    assert_eq!(
+        String::from_utf8_lossy(&psql.stdout).trim(),
+        "42",
+        "{psql:?}"
     );
     let ssh = |cmd: &str| cli.ok(&["ssh", "-f", file.to_str().unwrap(), "--", cmd]);
     assert_eq!(ssh("hostname").trim(), "web-shop-app");
@@ -440,13 +467,21 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     assert!(out.contains("vm/web-shop-app pruned"), "{out}");
     cli.wait_gone("vm", "web-shop-app");
     cli.wait_gone("volume", "web-shop-app");
-    cli.get("image", "debian-12");
+    cli.get("image", "debian-12-postgres-redis");
 
     // `corral temp`: a throwaway VM with a time to live that corrald shows and keeps; the
     // command runs in the guest, and the VM and its disk go when it ends.
     let temp = cli
         .command()
-        .args(["temp", "--ttl", "2h", "--", "hostname"])
+        .args([
+            "temp",
+            "--image",
+            "debian-12-postgres-redis",
+            "--ttl",
+            "2h",
+            "--",
+            "hostname",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -41,7 +41,7 @@ pub struct VmDecl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub image: Option<ResourceName>,
-    /// A language preset: the image `debian-12-PRESET`, built with the language's packages
+    /// A language preset: its packages go in the image `up` builds (`debian-12-PRESET`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<Preset>,
     /// Number of vCPUs, 1-256 [default: 1]
@@ -67,6 +67,10 @@ pub struct VmDecl {
     /// all after it) only when it or one before it changes. A failing step fails `up`
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub provision: Vec<String>,
+    /// Services installed in the VM's image and started, their port forwarded; `up` prints
+    /// the URL to reach each from the host
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
     /// Environment variables of the guest's logins and provision steps (written to
     /// /etc/environment)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -171,10 +175,77 @@ impl Preset {
             Preset::Go => &["go.mod"],
         }
     }
+}
 
-    /// The image it boots: `debian-12-rust`, …
-    pub fn image(self) -> ResourceName {
-        ResourceName::new(format!("debian-12-{}", self.as_str())).expect("a valid name")
+/// A service in the guest, reachable from the host through a forwarded port.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// PostgreSQL: role and database `corral`, password `corral`
+    Postgres,
+    /// Redis
+    Redis,
+}
+
+impl Service {
+    /// Its word in corral.yaml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Postgres => "postgres",
+            Service::Redis => "redis",
+        }
+    }
+
+    /// The Debian packages the VM's image gets for it.
+    pub fn packages(self) -> &'static [&'static str] {
+        match self {
+            Service::Postgres => &["postgresql"],
+            Service::Redis => &["redis-server"],
+        }
+    }
+
+    /// The guest port it listens on.
+    pub fn port(self) -> u16 {
+        match self {
+            Service::Postgres => 5432,
+            Service::Redis => 6379,
+        }
+    }
+
+    /// The URL that reaches it from the host through forwarded port `host_port`.
+    pub fn url(self, host: std::net::Ipv4Addr, host_port: u16) -> String {
+        match self {
+            Service::Postgres => format!("postgres://corral:corral@{host}:{host_port}/corral"),
+            Service::Redis => format!("redis://{host}:{host_port}"),
+        }
+    }
+
+    /// The script `up` runs in the guest (as root) to make it listen beyond the guest's
+    /// loopback (only the host's forward reaches it) and to give it a user.
+    pub fn setup(self) -> &'static str {
+        match self {
+            Service::Postgres => {
+                r##"command -v pg_lsclusters >/dev/null || { echo "postgresql is not in this VM's image: build the image with it, or leave out image: so that up builds one"; exit 1; }
+conf=$(ls -d /etc/postgresql/*/main | head -n1)
+grep -q "^listen_addresses = '\*'" "$conf/postgresql.conf" || echo "listen_addresses = '*'" >> "$conf/postgresql.conf"
+grep -q "# corral$" "$conf/pg_hba.conf" || echo "host all all 0.0.0.0/0 scram-sha-256 # corral" >> "$conf/pg_hba.conf"
+systemctl enable postgresql
+systemctl restart postgresql
+cd /tmp
+runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='corral'" | grep -q 1 || runuser -u postgres -- psql -qc "CREATE ROLE corral LOGIN SUPERUSER PASSWORD 'corral'"
+runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_database WHERE datname='corral'" | grep -q 1 || runuser -u postgres -- createdb -O corral corral
+echo "postgresql $(runuser -u postgres -- psql -qtAc 'SHOW server_version') listening on 5432""##
+            }
+            Service::Redis => {
+                r##"command -v redis-server >/dev/null || { echo "redis-server is not in this VM's image: build the image with it, or leave out image: so that up builds one"; exit 1; }
+sed -i -e 's/^bind .*/bind 0.0.0.0 -::/' -e 's/^protected-mode yes/protected-mode no/' /etc/redis/redis.conf
+systemctl enable redis-server
+systemctl restart redis-server
+echo "redis $(redis-server --version | cut -d' ' -f3) listening on 6379""##
+            }
+        }
     }
 }
 
@@ -185,13 +256,38 @@ pub const DEFAULT_IMAGE: &str = "debian-12";
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_gib(1);
 
 impl VmDecl {
-    /// The image it boots, after its preset.
+    /// The image it boots: the one named, else `debian-12` with the preset and services in
+    /// its name (`debian-12-rust-postgres`), which `up` builds when it is missing.
     pub fn image(&self) -> ResourceName {
-        match (&self.image, self.preset) {
-            (Some(image), _) => image.clone(),
-            (None, Some(preset)) => preset.image(),
-            (None, None) => ResourceName::new(DEFAULT_IMAGE).expect("a valid name"),
+        if let Some(image) = &self.image {
+            return image.clone();
         }
+        let mut name = DEFAULT_IMAGE.to_owned();
+        for word in self
+            .preset
+            .iter()
+            .map(|p| p.as_str())
+            .chain(self.services().map(Service::as_str))
+        {
+            name = format!("{name}-{word}");
+        }
+        ResourceName::new(name).expect("a valid name")
+    }
+
+    /// Its services, in order, each once.
+    pub fn services(&self) -> impl Iterator<Item = Service> {
+        let set: std::collections::BTreeSet<Service> = self.services.iter().copied().collect();
+        set.into_iter()
+    }
+
+    /// The packages the image `up` builds for it adds: its preset's and its services'.
+    pub fn packages(&self) -> Vec<String> {
+        let preset = self.preset.map(Preset::packages).unwrap_or_default();
+        preset
+            .iter()
+            .chain(self.services().flat_map(Service::packages))
+            .map(|p| (*p).to_owned())
+            .collect()
     }
 }
 
@@ -406,6 +502,11 @@ mod tests {
         assert_eq!(dev.ports.len(), 3);
         assert_eq!(dev.ports[1].0.host_port, Some(15432));
         assert_eq!(dev.ports[2].0.protocol, corral_contract::Protocol::Udp);
+        let (file, _) =
+            parse_ok("vms:\n  db:\n    preset: go\n    services: [redis, postgres, redis]\n");
+        let db = file.vms.values().next().unwrap();
+        assert_eq!(db.image(), "debian-12-go-postgres-redis");
+        assert_eq!(db.packages(), ["golang-go", "postgresql", "redis-server"]);
         let (file, name) = parse_ok("name: shop\nvms:\n  db: {image: pg}\n");
         assert_eq!(name, "shop");
         assert_eq!(file.vms.values().next().unwrap().image(), "pg");

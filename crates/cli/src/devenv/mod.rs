@@ -155,6 +155,10 @@ pub fn resources(project: &Project, key: &str) -> Result<Vec<Resource>, CliError
         }));
         let mut net = NetworkAttachment::new(ResourceName::new("default").expect("valid"));
         net.forwards.push(corral_contract::PortForward::tcp(22));
+        for service in decl.services() {
+            net.forwards
+                .push(corral_contract::PortForward::tcp(service.port()));
+        }
         for port in &decl.ports {
             let f = &port.0;
             if !(f.guest_port == 22 && f.protocol == Protocol::Tcp && f.host_port.is_none()) {
@@ -192,10 +196,10 @@ async fn ensure_images(client: &Client, project: &Project) -> Result<(), CliErro
             Err(ClientError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let packages: Vec<String> = match (decl.preset, decl.image.is_some()) {
-            (Some(preset), false) => preset.packages().iter().map(|p| (*p).to_owned()).collect(),
-            _ if image == file::DEFAULT_IMAGE => Vec::new(),
-            _ => {
+        let packages = match &decl.image {
+            None => decl.packages(),
+            Some(named) if named == file::DEFAULT_IMAGE => Vec::new(),
+            Some(_) => {
                 return Err(CliError::Failed(format!(
                     "{}: vms.{vm}.image: image/{image} does not exist: build it with \
                      `corral image build` or pull it with `corral image pull`",
@@ -251,6 +255,7 @@ pub async fn up(connection: &crate::args::ConnectionArgs, args: &UpArgs) -> Resu
         let name = project.vm_name(vm);
         ssh::wait_ssh(&client, name.as_str(), args.timeout).await?;
         provision::run(&client, &name, decl, &identity).await?;
+        print_services(&client, &name, decl).await?;
     }
     let first = project.file.vms.keys().next().map(ToString::to_string);
     let hint = match (project.file.vms.len(), first) {
@@ -259,6 +264,38 @@ pub async fn up(connection: &crate::args::ConnectionArgs, args: &UpArgs) -> Resu
         _ => String::new(),
     };
     print(&format!("project {} is up: `{hint}`\n", project.name))
+}
+
+/// Prints where the VM's services are reachable from the host.
+async fn print_services(
+    client: &Client,
+    name: &ResourceName,
+    decl: &file::VmDecl,
+) -> Result<(), CliError> {
+    if decl.services.is_empty() {
+        return Ok(());
+    }
+    let vm = client.get_vm(name.as_str()).await?;
+    for service in decl.services() {
+        let forward = vm
+            .status
+            .networks
+            .iter()
+            .flat_map(|n| &n.forwards)
+            .find(|f| f.guest_port == service.port() && f.protocol == Protocol::Tcp);
+        if let Some(f) = forward {
+            let host = f
+                .host_address
+                .filter(|a| !a.is_unspecified())
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+            print(&format!(
+                "vm/{name} {}: {}\n",
+                service.as_str(),
+                service.url(host, f.host_port)
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// The project's VMs corrald has, by their owner label.

@@ -36,6 +36,10 @@ fn scripts(decl: &VmDecl) -> Vec<(String, String)> {
     }
     std::iter::once(("environment".to_owned(), env))
         .chain(
+            decl.services()
+                .map(|s| (format!("service {}", s.as_str()), s.setup().to_owned())),
+        )
+        .chain(
             decl.provision
                 .iter()
                 .enumerate()
@@ -99,7 +103,17 @@ pub async fn run(
     }
     for (i, (what, script)) in scripts.iter().enumerate().skip(start) {
         println!("vm/{name} provisioning: {what}");
-        run_script(&vm, identity, what, script)?;
+        // On a thread of its own: a step may take minutes, and the runtime must go on
+        // serving the connection to corrald meanwhile (else its keepalive ends it).
+        let (vm, identity, what, script) = (
+            vm.clone(),
+            identity.to_owned(),
+            what.clone(),
+            script.clone(),
+        );
+        tokio::task::spawn_blocking(move || run_script(&vm, &identity, &what, &script))
+            .await
+            .map_err(|e| CliError::Failed(format!("provisioning stopped: {e}")))??;
         record(client, name, &want[..=i]).await?;
     }
     println!("vm/{name} provisioned");
