@@ -459,6 +459,19 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     );
     assert!(status.contains("->8080/tcp"), "{status}");
 
+    // Another folder's file of the same project name is refused, not applied over this one.
+    let other = root.path().join("elsewhere").join("web-shop");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_file = other.join("corral.yaml");
+    std::fs::write(&other_file, "vms:\n  app: {}\n").unwrap();
+    for command in ["up", "destroy"] {
+        cli.fails(
+            &[command, "-f", other_file.to_str().unwrap()],
+            1,
+            "project web-shop is up from",
+        );
+    }
+
     // Down stops the VM and keeps its disk; destroy deletes both.
     cli.ok(&["down", "-f", file.to_str().unwrap()]);
     assert_eq!(cli.get("vm", "web-shop-app")["status"]["phase"], "Stopped");

@@ -336,7 +336,7 @@ pub fn load(path: &Path) -> Result<Project, CliError> {
     let (file, name) = parse(&source, &text, &dir)?;
     Ok(Project {
         file,
-        path: path.to_path_buf(),
+        path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
         name,
     })
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use corral_client::{Client, ClientError};
+use corral_contract::names::annotations::PROJECT_FILE;
 use corral_contract::names::labels::OWNER;
 use corral_contract::{
     ApplyRequest, Boot, CloudInit, Distribution, Image, ImageBuild, ImageSource, ImageSpec,
@@ -154,17 +155,18 @@ pub fn resources(project: &Project, key: &str) -> Result<Vec<Resource>, CliError
             status: Default::default(),
         }));
         let mut net = NetworkAttachment::new(ResourceName::new("default").expect("valid"));
-        net.forwards.push(corral_contract::PortForward::tcp(22));
-        for service in decl.services() {
-            net.forwards
-                .push(corral_contract::PortForward::tcp(service.port()));
+        // Guest ports the file forwards itself (`"22:2222"`, `"5432:15432"`) keep its host
+        // port; ssh's and the services' get one picked by corrald.
+        let declared = |port: u16| {
+            decl.ports
+                .iter()
+                .any(|p| p.0.guest_port == port && p.0.protocol == Protocol::Tcp)
+        };
+        let defaults = std::iter::once(22).chain(decl.services().map(file::Service::port));
+        for port in defaults.filter(|p| !declared(*p)) {
+            net.forwards.push(corral_contract::PortForward::tcp(port));
         }
-        for port in &decl.ports {
-            let f = &port.0;
-            if !(f.guest_port == 22 && f.protocol == Protocol::Tcp && f.host_port.is_none()) {
-                net.forwards.push(f.clone());
-            }
-        }
+        net.forwards.extend(decl.ports.iter().map(|p| p.0.clone()));
         let cloud_init = CloudInit::ssh_user_data(None, &[key.to_owned()], Some(name.as_str()));
         let mut spec = VmSpec::builder(Boot::Volume {
             volume: name.clone(),
@@ -175,7 +177,10 @@ pub fn resources(project: &Project, key: &str) -> Result<Vec<Resource>, CliError
         if let Some(cpus) = decl.cpus {
             spec = spec.cpus(cpus);
         }
-        let vm = Vm::new(name, spec.build().map_err(field)?);
+        let mut vm = Vm::new(name, spec.build().map_err(field)?);
+        vm.metadata
+            .annotations
+            .insert(PROJECT_FILE.to_owned(), project.path.display().to_string());
         vm.metadata.validate().map_err(field)?;
         out.push(Resource::Vm(vm));
     }
@@ -240,6 +245,7 @@ pub async fn up(connection: &crate::args::ConnectionArgs, args: &UpArgs) -> Resu
     let (identity, key) = ssh::managed_key()?;
     let declared = resources(&project, &key)?;
     let client = connect(connection).await?;
+    owned_vms(&client, &project).await?;
     ensure_images(&client, &project).await?;
     let request = ApplyRequest {
         owner: Some(project.name.clone()),
@@ -298,11 +304,26 @@ async fn print_services(
     Ok(())
 }
 
-/// The project's VMs corrald has, by their owner label.
+/// The project's VMs corrald has, by their owner label. Refused when they came from another
+/// folder's file of the same project name: its `up` or `destroy` here would replace or
+/// delete that project's VMs.
 async fn owned_vms(client: &Client, project: &Project) -> Result<Vec<Vm>, CliError> {
-    Ok(client
+    let vms = client
         .list_vms(&format!("{OWNER}={}", project.name))
-        .await?)
+        .await?;
+    let here = project.path.display().to_string();
+    let other = vms
+        .iter()
+        .filter_map(|vm| vm.metadata.annotations.get(PROJECT_FILE))
+        .find(|path| **path != here);
+    if let Some(other) = other {
+        return Err(CliError::Failed(format!(
+            "project {} is up from {other}, not {here}: set a different `name:` in one of \
+             the two files",
+            project.name
+        )));
+    }
+    Ok(vms)
 }
 
 /// `corral status`.
@@ -449,6 +470,7 @@ pub async fn destroy(
 ) -> Result<(), CliError> {
     let project = load(&args.file)?;
     let client = connect(connection).await?;
+    owned_vms(&client, &project).await?;
     let request = ApplyRequest {
         owner: Some(project.name.clone()),
         prune: true,
@@ -469,4 +491,83 @@ pub async fn destroy(
 /// `corral schema`: corral.yaml's JSON Schema.
 pub fn print_schema() -> Result<(), CliError> {
     print(&schema())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_becomes_a_volume_and_a_vm_per_entry() {
+        let dir = std::path::Path::new("/home/u/shop");
+        let (file, name) = file::parse(
+            "corral.yaml",
+            "vms:\n  app:\n    services: [redis]\n    cpus: 2\n    disk: 10G\n    \
+             ports: [8080, \"22:2222\"]\n  db:\n    image: pg-16\n",
+            dir,
+        )
+        .unwrap();
+        let project = Project {
+            file,
+            path: dir.join("corral.yaml"),
+            name,
+        };
+        let resources = resources(&project, "ssh-ed25519 AAAA test").unwrap();
+        let names: Vec<String> = resources
+            .iter()
+            .map(|r| format!("{}/{}", r.kind().as_str(), r.metadata().name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Volume/shop-app",
+                "Vm/shop-app",
+                "Volume/shop-db",
+                "Vm/shop-db"
+            ]
+        );
+        let Resource::Volume(disk) = &resources[0] else {
+            panic!()
+        };
+        assert_eq!(disk.spec.image.as_ref().unwrap(), "debian-12-redis");
+        assert_eq!(
+            disk.spec.size,
+            Some(corral_contract::ByteSize::from_gib(10))
+        );
+        let Resource::Vm(app) = &resources[1] else {
+            panic!()
+        };
+        assert_eq!(app.spec.cpus, 2);
+        assert_eq!(app.spec.memory, DEFAULT_MEMORY);
+        assert_eq!(
+            app.spec.boot,
+            Boot::Volume {
+                volume: disk.metadata.name.clone()
+            }
+        );
+        let forwards: Vec<(u16, Option<u16>)> = app.spec.networks[0]
+            .forwards
+            .iter()
+            .map(|f| (f.guest_port, f.host_port))
+            .collect();
+        assert_eq!(
+            forwards,
+            [(6379, None), (8080, None), (22, Some(2222))],
+            "the file's own forward of 22 replaces the default one"
+        );
+        let user_data = app
+            .spec
+            .cloud_init
+            .as_ref()
+            .unwrap()
+            .user_data
+            .as_ref()
+            .unwrap();
+        assert!(user_data.contains("ssh-ed25519 AAAA test"), "{user_data}");
+        assert!(user_data.contains("hostname: \"shop-app\""), "{user_data}");
+        assert_eq!(
+            app.metadata.annotations[PROJECT_FILE],
+            "/home/u/shop/corral.yaml"
+        );
+    }
 }
