@@ -41,9 +41,16 @@ pub struct VmDecl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub image: Option<ResourceName>,
-    /// A language preset: its packages go in the image `up` builds (`debian-12-PRESET`)
+    /// A preset: rust, node, python or go, or your own in ~/.config/corral/presets/NAME.yaml
+    /// (packages, provision, env); its packages go in the image `up` builds
+    /// (`debian-12-PRESET`), its steps run before the VM's own
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preset: Option<Preset>,
+    #[schemars(with = "Option<String>")]
+    pub preset: Option<ResourceName>,
+    /// The preset, resolved when the file was read.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub resolved: Option<super::presets::PresetDef>,
     /// Number of vCPUs, 1-256 [default: 1]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
@@ -259,19 +266,22 @@ impl VmDecl {
     /// The image it boots: the one named, else `debian-12` with the preset and services in
     /// its name (`debian-12-rust-postgres`), which `up` builds when it is missing.
     pub fn image(&self) -> ResourceName {
+        // Checked when the file was read.
+        ResourceName::new(self.image_text()).expect("a valid name")
+    }
+
+    fn image_text(&self) -> String {
         if let Some(image) = &self.image {
-            return image.clone();
+            return image.to_string();
         }
         let mut name = DEFAULT_IMAGE.to_owned();
-        for word in self
-            .preset
-            .iter()
-            .map(|p| p.as_str())
-            .chain(self.services().map(Service::as_str))
-        {
-            name = format!("{name}-{word}");
+        if let Some(preset) = &self.resolved {
+            name = format!("{name}-{}", preset.image_word);
         }
-        ResourceName::new(name).expect("a valid name")
+        for service in self.services() {
+            name = format!("{name}-{}", service.as_str());
+        }
+        name
     }
 
     /// Its services, in order, each once.
@@ -282,12 +292,36 @@ impl VmDecl {
 
     /// The packages the image `up` builds for it adds: its preset's and its services'.
     pub fn packages(&self) -> Vec<String> {
-        let preset = self.preset.map(Preset::packages).unwrap_or_default();
-        preset
+        let preset = self
+            .resolved
             .iter()
-            .chain(self.services().flat_map(Service::packages))
-            .map(|p| (*p).to_owned())
+            .flat_map(|p| p.packages.iter().cloned());
+        preset
+            .chain(
+                self.services()
+                    .flat_map(Service::packages)
+                    .map(|p| (*p).to_owned()),
+            )
             .collect()
+    }
+
+    /// Its environment: the preset's, under its own.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self
+            .resolved
+            .as_ref()
+            .map(|p| p.env.clone())
+            .unwrap_or_default();
+        env.extend(self.env.clone());
+        env
+    }
+
+    /// Its provision steps: the preset's, then its own.
+    pub fn steps(&self) -> impl Iterator<Item = &String> {
+        self.resolved
+            .iter()
+            .flat_map(|p| p.provision.iter())
+            .chain(&self.provision)
     }
 }
 
@@ -333,7 +367,7 @@ pub fn load(path: &Path) -> Result<Project, CliError> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    let (file, name) = parse(&source, &text, &dir)?;
+    let (file, name) = parse(&source, &text, &dir, &super::presets::dir())?;
     Ok(Project {
         file,
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
@@ -346,10 +380,11 @@ pub fn parse(
     source: &str,
     text: &str,
     dir: &Path,
+    presets: &Path,
 ) -> Result<(ProjectFile, ResourceName), CliError> {
     let fail = |at: String, message: String| CliError::Failed(format!("{source}:{at}{message}"));
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    let file: ProjectFile = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut file: ProjectFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let at = inner
@@ -382,8 +417,13 @@ pub fn parse(
     if file.vms.is_empty() {
         return Err(fail(line_of("vms:"), "vms: declare at least one VM".into()));
     }
-    for (vm, decl) in &file.vms {
+    for (vm, decl) in &mut file.vms {
         let at = line_of(&format!("{vm}:"));
+        if let Some(preset) = &decl.preset {
+            let def = super::presets::resolve(preset.as_str(), presets)
+                .map_err(|m| fail(at.clone(), format!("vms.{vm}.preset: {m}")))?;
+            decl.resolved = Some(def);
+        }
         let full = format!("{name}-{vm}");
         if full.len() > ResourceName::MAX_LEN {
             return Err(fail(
@@ -411,7 +451,13 @@ pub fn parse(
         if let Some(memory) = decl.memory {
             crate::args::parse_memory(&memory.to_string()).map_err(|m| field("memory", m))?;
         }
-        for (key, value) in &decl.env {
+        if ResourceName::new(decl.image().as_str()).is_err() {
+            return Err(fail(
+                at.clone(),
+                format!("vms.{vm}: the image name is too long"),
+            ));
+        }
+        for (key, value) in &decl.env() {
             check_env(key, value).map_err(|m| field(&format!("env.{key}"), m))?;
         }
         for (i, step) in decl.provision.iter().enumerate() {
@@ -479,13 +525,24 @@ mod tests {
     use super::*;
 
     fn parse_ok(text: &str) -> (ProjectFile, ResourceName) {
-        parse("corral.yaml", text, Path::new("/home/u/My_App")).unwrap()
+        parse(
+            "corral.yaml",
+            text,
+            Path::new("/home/u/My_App"),
+            Path::new("/nonexistent"),
+        )
+        .unwrap()
     }
 
     fn parse_err(text: &str) -> String {
-        parse("corral.yaml", text, Path::new("/home/u/app"))
-            .unwrap_err()
-            .to_string()
+        parse(
+            "corral.yaml",
+            text,
+            Path::new("/home/u/app"),
+            Path::new("/nonexistent"),
+        )
+        .unwrap_err()
+        .to_string()
     }
 
     #[test]
@@ -530,7 +587,7 @@ mod tests {
         assert!(err.contains("not a valid name"), "{err}");
         let err = parse_err("vms:\n  dev:\n    preset: cobol\n");
         assert!(
-            err.contains("vms.dev.preset: unknown variant `cobol`"),
+            err.contains("corral.yaml:2: vms.dev.preset: no preset \"cobol\""),
             "{err}"
         );
         let err = parse_err("vms:\n  dev:\n    cpus: 0\n");

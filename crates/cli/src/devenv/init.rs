@@ -82,7 +82,7 @@ mod tests {
         let read = super::super::file::load(&path).unwrap();
         assert_eq!(read.name, "shop");
         let dev = read.file.vms.values().next().unwrap();
-        assert_eq!(dev.preset, Some(Preset::Node));
+        assert_eq!(dev.preset.as_ref().unwrap(), "node");
         assert_eq!(dev.image(), "debian-12-node");
         assert_eq!(dev.provision.len(), 1);
 
@@ -94,8 +94,8 @@ mod tests {
 
         // Every preset's file parses.
         for p in Preset::ALL {
-            super::super::file::parse("corral.yaml", &text(&[p]), &project).unwrap();
+            super::super::file::parse("corral.yaml", &text(&[p]), &project, dir.path()).unwrap();
         }
-        super::super::file::parse("corral.yaml", &text(&[]), &project).unwrap();
+        super::super::file::parse("corral.yaml", &text(&[]), &project, dir.path()).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 
 mod file;
 mod init;
+mod presets;
 mod provision;
 mod temp;
 
@@ -505,6 +506,7 @@ mod tests {
             "vms:\n  app:\n    services: [redis]\n    cpus: 2\n    disk: 10G\n    \
              ports: [8080, \"22:2222\"]\n  db:\n    image: pg-16\n",
             dir,
+            std::path::Path::new("/nonexistent"),
         )
         .unwrap();
         let project = Project {

@@ -26,9 +26,10 @@ fn scripts(decl: &VmDecl) -> Vec<(String, String)> {
     let mut env = format!(
         "touch /etc/environment\nsed -i '/^{ENV_BEGIN}$/,/^{ENV_END}$/d' /etc/environment\n"
     );
-    if !decl.env.is_empty() {
+    let vars = decl.env();
+    if !vars.is_empty() {
         env += &format!("cat >> /etc/environment <<'CORRAL_ENV'\n{ENV_BEGIN}\n");
-        for (key, value) in &decl.env {
+        for (key, value) in &vars {
             // Checked when the file was read: one line, no quotes or backslashes.
             env += &format!("{key}=\"{value}\"\n");
         }
@@ -40,8 +41,7 @@ fn scripts(decl: &VmDecl) -> Vec<(String, String)> {
                 .map(|s| (format!("service {}", s.as_str()), s.setup().to_owned())),
         )
         .chain(
-            decl.provision
-                .iter()
+            decl.steps()
                 .enumerate()
                 .map(|(i, s)| (format!("step {}", i + 1), s.clone())),
         )
