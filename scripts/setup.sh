@@ -53,6 +53,9 @@ need chromium chromium
 # Git sources' tests: a `git daemon` serving repositories the tests commit to (corrald itself
 # fetches with a library, not this binary).
 need git git
+# Development environments' service tests reach PostgreSQL and Redis in a guest from the host.
+need psql postgresql-client
+need redis-cli redis-tools
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

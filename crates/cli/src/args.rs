@@ -115,6 +115,26 @@ pub enum Command {
     Delete(ManifestArgs),
     /// Open the web console in a browser, logged in as you (--no-browser prints the link)
     Ui(crate::ui::UiArgs),
+    /// Write a corral.yaml for this project folder, its preset chosen from the project's
+    /// files (Cargo.toml: rust, package.json: node, pyproject.toml or requirements.txt:
+    /// python, go.mod: go)
+    Init(crate::devenv::InitArgs),
+    /// Create and start the VMs corral.yaml declares, and provision them; again, it changes
+    /// what changed in the file (VMs dropped from it are deleted)
+    Up(crate::devenv::UpArgs),
+    /// Show the VMs of corral.yaml: phase, ssh and forwarded ports, provisioned or not
+    Status(crate::devenv::StatusArgs),
+    /// Log in to a VM of corral.yaml (or run a command after --)
+    Ssh(crate::devenv::SshArgs),
+    /// Stop the VMs of corral.yaml; their disks stay for the next `up`
+    Down(crate::devenv::DownArgs),
+    /// Delete the VMs of corral.yaml and their disks
+    Destroy(crate::devenv::DestroyArgs),
+    /// Start a throwaway VM and open a shell in it (or run a command after --); the VM is
+    /// deleted when the shell ends, or by corrald at its --ttl
+    Temp(crate::devenv::TempArgs),
+    /// Print the JSON Schema of corral.yaml (for editors: yaml-language-server and others)
+    Schema,
     /// Print the client's version and, if it is reachable, corrald's
     Version(VersionArgs),
     /// Print a shell completion script, e.g. `corral completion bash > /etc/bash_completion.d/corral`

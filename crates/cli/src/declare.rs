@@ -204,7 +204,11 @@ pub async fn diff(connection: &ConnectionArgs, args: &DiffArgs) -> Result<(), Cl
     Ok(())
 }
 
-fn print_report(report: &ApplyReport, format: Format, diff: bool) -> Result<(), CliError> {
+pub(crate) fn print_report(
+    report: &ApplyReport,
+    format: Format,
+    diff: bool,
+) -> Result<(), CliError> {
     match format {
         Format::Json => return print(&(serde_json::to_string_pretty(report)? + "\n")),
         Format::Yaml => {

@@ -11,6 +11,7 @@ mod console;
 mod converge;
 mod create;
 mod declare;
+mod devenv;
 mod memory;
 mod network;
 mod output;

@@ -56,16 +56,23 @@ pub fn yaml<T: serde::Serialize>(value: &T) -> String {
 
 /// Left-aligned columns, two spaces apart, as `kubectl get` prints them.
 fn table(vms: &[Vm], now: SystemTime) -> String {
-    let rows: Vec<[String; 7]> = vms.iter().map(|vm| row(vm, now)).collect();
-    let mut widths = COLUMNS.map(str::len);
-    for row in &rows {
+    let header = COLUMNS.map(str::to_owned);
+    let rows: Vec<[String; 7]> = std::iter::once(header)
+        .chain(vms.iter().map(|vm| row(vm, now)))
+        .collect();
+    columns(&rows)
+}
+
+/// Rows (the first is the header) as left-aligned columns, two spaces apart.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let header = COLUMNS.map(str::to_owned);
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(widths)

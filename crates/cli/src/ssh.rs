@@ -2,12 +2,13 @@
 
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Args;
 use corral_client::{Client, ClientError};
-use corral_contract::{Protocol, ResourceName};
+use corral_contract::{Protocol, ResourceName, Vm};
 
 use crate::CliError;
 use crate::args::parse_name;
@@ -117,8 +118,25 @@ pub async fn wait_ssh(client: &Client, name: &str, timeout: Duration) -> Result<
 /// `vm ssh`: runs the system's `ssh` on the forwarded port of guest port 22, replacing this
 /// process so the terminal and exit code are ssh's.
 pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
-    let name = args.name.as_str();
-    let vm = client.get_vm(name).await?;
+    let vm = client.get_vm(args.name.as_str()).await?;
+    let identity = match &args.identity {
+        Some(path) => path.clone(),
+        None => managed_key()?.0,
+    };
+    let mut cmd = command(&vm, &args.user, &identity)?;
+    if !args.command.is_empty() {
+        cmd.arg("--").args(&args.command);
+    }
+    let err = cmd.exec();
+    Err(CliError::Failed(format!(
+        "running ssh: {err} (install it: apt-get install openssh-client)"
+    )))
+}
+
+/// The system's `ssh` to `user` on `vm`, through the forward of guest port 22; the caller
+/// adds the remote command.
+pub fn command(vm: &Vm, user: &str, identity: &Path) -> Result<Command, CliError> {
+    let name = vm.metadata.name.as_str();
     let forward = vm
         .status
         .networks
@@ -143,13 +161,9 @@ pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
         Some(a) if !a.is_unspecified() => a,
         _ => Ipv4Addr::LOCALHOST,
     };
-    let identity = match &args.identity {
-        Some(path) => path.clone(),
-        None => managed_key()?.0,
-    };
-    let mut cmd = std::process::Command::new("ssh");
+    let mut cmd = Command::new("ssh");
     cmd.arg("-i")
-        .arg(&identity)
+        .arg(identity)
         .args(["-p", &forward.host_port.to_string()])
         // The guest makes a new host key at every boot, so there is nothing stable to pin.
         .args([
@@ -162,12 +176,6 @@ pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
             "-o",
             "IdentitiesOnly=yes",
         ])
-        .arg(format!("{}@{host}", args.user));
-    if !args.command.is_empty() {
-        cmd.arg("--").args(&args.command);
-    }
-    let err = cmd.exec();
-    Err(CliError::Failed(format!(
-        "running ssh: {err} (install it: apt-get install openssh-client)"
-    )))
+        .arg(format!("{user}@{host}"));
+    Ok(cmd)
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use corral_contract::Arch;
-use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, workspace_binary};
+use corral_testkit::{Cli, Corrald, GuestKit, kit_vm_args, tail, workspace_binary};
 
 /// A port range nothing listens on now, 40 wide, different per test process.
 fn port_range() -> String {
@@ -297,4 +297,230 @@ fn a_vm_with_a_ttl_is_deleted_when_it_runs_out_even_across_a_daemon_restart() {
     let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
     cli.wait_gone("vm", "brief");
     assert!(d.qemu_pids().is_empty(), "its QEMU is gone too");
+}
+
+/// The image build cache shared by the tests here (see the module's doc).
+fn build_cache() -> PathBuf {
+    std::env::var_os("CORRAL_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/corral-test-cache"))
+        .join("image-builds")
+}
+
+#[test]
+fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_and_temp_vms_go_on_exit()
+ {
+    let range = port_range();
+    let cache = build_cache();
+    let d = Corrald::start_with(
+        workspace_binary("corrald"),
+        &[
+            "--port-range",
+            &range,
+            "--build-cache",
+            cache.to_str().unwrap(),
+        ],
+    )
+    .expect("corrald");
+    let keys = tempfile::tempdir().unwrap();
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_SSH_DIR", keys.path());
+
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("Web_Shop");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("Cargo.toml"), "[package]\n").unwrap();
+    let in_project = |args: &[&str]| {
+        let out = cli
+            .command()
+            .args(args)
+            .current_dir(&project)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("corral");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    // init picks the preset from Cargo.toml and writes a file that reads back.
+    let (code, out, err) = in_project(&["init"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("preset rust"), "{out}");
+    let written = std::fs::read_to_string(project.join("corral.yaml")).unwrap();
+    assert!(written.contains("preset: rust"), "{written}");
+    let (code, _, err) = in_project(&["init"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--force"), "{err}");
+
+    // A typo is named with its file, line and field before anything is sent.
+    let file = project.join("corral.yaml");
+    std::fs::write(
+        &file,
+        "vms:\n  app:\n    image: debian-12\n    memroy: 1G\n",
+    )
+    .unwrap();
+    let (code, _, err) = in_project(&["up"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("corral.yaml:4:") && err.contains("unknown field `memroy`"),
+        "{err}"
+    );
+
+    // Services (no preset: no toolchain in the image here), a port, the environment, steps.
+    // `up` builds the image debian-12-postgres-redis (cached like the build above).
+    let declare = |steps: &[&str]| {
+        let steps: String = steps.iter().map(|s| format!("      - {s}\n")).collect();
+        std::fs::write(
+            &file,
+            format!(
+                "vms:\n  app:\n    services: [postgres, redis]\n    memory: 1G\n    disk: 5G\n    \
+                 ports: [8080]\n    env:\n      GREETING: hello there\n    provision:\n{steps}"
+            ),
+        )
+        .unwrap();
+    };
+    let one = r#"echo "one as $(id -un) says $GREETING" | tee /root/one"#;
+    declare(&[one, "echo two >> /root/count"]);
+    let (code, out, err) = in_project(&["up", "--timeout", "900"]);
+    assert_eq!(code, Some(0), "{out}{err}{}", tail(&d.log()));
+    // The steps' output streamed, from inside the guest, with the environment set.
+    assert!(out.contains("volume/web-shop-app created"), "{out}");
+    assert!(out.contains("vm/web-shop-app created"), "{out}");
+    assert!(
+        out.contains("web-shop-app | one as root says hello there"),
+        "{out}"
+    );
+    assert!(out.contains("vm/web-shop-app provisioned"), "{out}");
+    let vm = cli.get("vm", "web-shop-app");
+    assert_eq!(
+        vm["metadata"]["labels"]["corral.dev/owner"], "web-shop",
+        "{vm}"
+    );
+    // The services answer from the host, through the forwards, at the URLs printed.
+    let url = |service: &str| {
+        let prefix = format!("vm/web-shop-app {service}: ");
+        out.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {out}"))
+            .to_owned()
+    };
+    let redis = url("redis");
+    let redis_port = redis.rsplit(':').next().unwrap();
+    let pong = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", redis_port, "PING"])
+        .output()
+        .expect("redis-cli (scripts/setup.sh installs redis-tools)");
+    assert_eq!(
+        String::from_utf8_lossy(&pong.stdout).trim(),
+        "PONG",
+        "{pong:?}"
+    );
+    let psql = Command::new("psql")
+        .args([url("postgres").as_str(), "-tAc", "SELECT 41 + 1"])
+        .output()
+        .expect("psql (scripts/setup.sh installs postgresql-client)");
+    assert_eq!(
+        String::from_utf8_lossy(&psql.stdout).trim(),
+        "42",
+        "{psql:?}"
+    );
+    let ssh = |cmd: &str| cli.ok(&["ssh", "-f", file.to_str().unwrap(), "--", cmd]);
+    assert_eq!(ssh("hostname").trim(), "web-shop-app");
+    assert_eq!(ssh("cat /root/count").trim(), "two");
+    assert_eq!(ssh("echo $GREETING").trim(), "hello there");
+
+    // Again: nothing changes, nothing runs.
+    let out = cli.ok(&["up", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("vm/web-shop-app unchanged"), "{out}");
+    assert!(!out.contains("provisioning"), "{out}");
+
+    // The second step changed: only it runs again.
+    declare(&[one, "echo three >> /root/count"]);
+    let out = cli.ok(&["up", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("provisioning: step 2"), "{out}");
+    assert!(!out.contains("provisioning: step 1"), "{out}");
+    assert_eq!(ssh("cat /root/count").trim(), "two\nthree");
+
+    // A failing step fails `up` with its output; the steps before it stay done.
+    declare(&[
+        one,
+        "echo three >> /root/count",
+        "echo about to fail; exit 7",
+    ]);
+    let err = cli.fails(
+        &["up", "-f", file.to_str().unwrap()],
+        1,
+        "provision step 3 failed with exit code 7",
+    );
+    assert!(err.contains("about to fail"), "{err}");
+    let status = cli.ok(&["status", "-f", file.to_str().unwrap()]);
+    assert!(
+        status.contains("web-shop-app") && status.contains("Running") && status.contains("changed"),
+        "{status}"
+    );
+    assert!(status.contains("->8080/tcp"), "{status}");
+
+    // Another folder's file of the same project name is refused, not applied over this one.
+    let other = root.path().join("elsewhere").join("web-shop");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_file = other.join("corral.yaml");
+    std::fs::write(&other_file, "vms:\n  app: {}\n").unwrap();
+    for command in ["up", "destroy"] {
+        cli.fails(
+            &[command, "-f", other_file.to_str().unwrap()],
+            1,
+            "project web-shop is up from",
+        );
+    }
+
+    // Down stops the VM and keeps its disk; destroy deletes both.
+    cli.ok(&["down", "-f", file.to_str().unwrap()]);
+    assert_eq!(cli.get("vm", "web-shop-app")["status"]["phase"], "Stopped");
+    cli.get("volume", "web-shop-app");
+    let out = cli.ok(&["destroy", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("vm/web-shop-app pruned"), "{out}");
+    cli.wait_gone("vm", "web-shop-app");
+    cli.wait_gone("volume", "web-shop-app");
+    cli.get("image", "debian-12-postgres-redis");
+
+    // `corral temp`: a throwaway VM with a time to live that corrald shows and keeps; the
+    // command runs in the guest, and the VM and its disk go when it ends.
+    let temp = cli
+        .command()
+        .args([
+            "temp",
+            "--image",
+            "debian-12-postgres-redis",
+            "--ttl",
+            "2h",
+            "--",
+            "hostname",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("corral temp");
+    let vm = loop {
+        let vms = cli.json(&["vm", "list", "-o", "json"]);
+        let found = vms.as_array().and_then(|v| v.first()).cloned();
+        if let Some(vm) = found.filter(|vm| vm["status"]["expires_at"].is_string()) {
+            break vm;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let name = vm["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("temp-"), "{vm}");
+    let annotation = vm["metadata"]["annotations"]["corral.dev/expires-at"].clone();
+    assert_eq!(vm["status"]["expires_at"], annotation, "{vm}");
+    let out = temp.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // The guest answered with its own name, then the VM went.
+    assert!(stdout.lines().any(|l| l.trim() == name), "{stdout}");
+    assert!(stdout.contains(&format!("vm/{name} deleted")), "{stdout}");
+    cli.wait_gone("vm", &name);
+    cli.wait_gone("volume", &name);
 }

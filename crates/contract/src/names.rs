@@ -45,6 +45,13 @@ pub mod annotations {
     pub const DRIFT: &str = "corral.dev/drift";
     /// On a VM: when the daemon deletes it, in RFC 3339 (`vm create --ttl 2h` sets it).
     pub const EXPIRES_AT: &str = "corral.dev/expires-at";
+    /// On a VM of a project file: the provision steps `corral up` ran there, as short hashes
+    /// in order (the guest's environment first), so that only changed steps run again.
+    pub const PROVISIONED: &str = "corral.dev/provisioned";
+    /// On a VM of a project file: the file's absolute path on the machine that ran `corral
+    /// up`, so that another folder's file of the same project name is refused, not applied
+    /// over it.
+    pub const PROJECT_FILE: &str = "corral.dev/project-file";
 }
 
 /// Condition types and the reasons controllers give, as in `status.conditions`.

@@ -92,15 +92,16 @@ pub struct VmController {
 /// What a reconcile asks for next.
 type Requeue = Option<Duration>;
 
-/// How long until the VM's `corral.dev/expires-at` time (zero once past); `None` without one.
-/// A value that is not an RFC 3339 time is ignored, with a warning.
-fn time_left(vm: &Vm) -> Option<Duration> {
+/// The VM's `corral.dev/expires-at` time, and how long until then (zero once past); `None`
+/// without one. A value that is not an RFC 3339 time is ignored, with a warning.
+fn expiry(vm: &Vm) -> Option<(SystemTime, Duration)> {
     let at = vm.metadata.annotations.get(annotations::EXPIRES_AT)?;
     match humantime::parse_rfc3339_weak(at) {
-        Ok(at) => Some(
+        Ok(at) => Some((
+            at,
             at.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO),
-        ),
+        )),
         Err(e) => {
             tracing::warn!(vm = %vm.metadata.name, value = %at, error = %e, "ignoring a bad expires-at");
             None
@@ -356,7 +357,18 @@ impl VmController {
         if vm.metadata.deleting {
             return self.finish_delete(&vm, actual).await;
         }
-        let expires_in = time_left(&vm);
+        let expiry = expiry(&vm);
+        let expires_at = expiry.map(|(at, _)| humantime::format_rfc3339_seconds(at).to_string());
+        if vm.status.expires_at != expires_at {
+            self.svc
+                .update_status(name, |_, st| {
+                    let changed = st.expires_at != expires_at;
+                    st.expires_at = expires_at.clone();
+                    changed
+                })
+                .await?;
+        }
+        let expires_in = expiry.map(|(_, left)| left);
         if expires_in == Some(Duration::ZERO) {
             tracing::info!(vm = name, "its time to live ran out: deleting it");
             match self.svc.delete(name, None).await {

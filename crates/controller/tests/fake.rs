@@ -289,16 +289,17 @@ async fn a_vm_past_its_expiry_time_is_deleted_and_one_before_it_runs_until_then(
         .metadata
         .annotations
         .insert(EXPIRES_AT.into(), at(3600));
+    let expires = later.metadata.annotations[EXPIRES_AT].clone();
     f.svc.create(later).await.unwrap();
     // Not `settle`, which would sleep until the expiry time this asks to be woken at.
     let mut next = None;
     for _ in 0..3 {
         next = f.ctl.reconcile("later").await.unwrap();
     }
-    assert_eq!(
-        f.svc.get("later").await.unwrap().status.phase,
-        Phase::Running
-    );
+    let running = f.svc.get("later").await.unwrap();
+    assert_eq!(running.status.phase, Phase::Running);
+    // Status tells readers when it goes.
+    assert_eq!(running.status.expires_at.as_deref(), Some(expires.as_str()));
     let next = next.expect("a requeue by the expiry time");
     assert!(next <= Duration::from_secs(3600), "{next:?}");
 

@@ -218,6 +218,7 @@ fn full_vm(boot: Boot) -> Vm {
                 host_address: Some("127.0.0.1".parse().unwrap()),
             }],
         }],
+        expires_at: Some("2025-01-02T05:04:05Z".into()),
     };
     vm
 }

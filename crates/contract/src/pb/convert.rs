@@ -416,6 +416,7 @@ impl From<&VmStatus> for pb::VmStatus {
             restarted_for: status.restarted_for.clone(),
             message: status.message.clone(),
             networks: status.networks.iter().map(Into::into).collect(),
+            expires_at: status.expires_at.clone(),
         }
     }
 }
@@ -437,6 +438,7 @@ impl From<pb::VmStatus> for VmStatus {
             restarted_for: status.restarted_for,
             message: status.message,
             networks: status.networks.into_iter().map(Into::into).collect(),
+            expires_at: status.expires_at,
         }
     }
 }

@@ -55,6 +55,7 @@ fn full_vm() -> Vm {
         qemu_version: Some("10.0.0".into()),
         restarted_for: Some("2025-01-02T03:00:00Z".into()),
         message: Some("QEMU was killed by signal 9".into()),
+        expires_at: Some("2025-01-02T05:00:00Z".into()),
         ..VmStatus::default()
     };
     vm.status.set_condition(Condition {

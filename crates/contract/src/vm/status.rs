@@ -69,6 +69,10 @@ pub struct VmStatus {
     /// The networks the running QEMU process has, with the host ports actually forwarded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentStatus>,
+    /// When corrald deletes the VM, in RFC 3339: the `corral.dev/expires-at` annotation as a
+    /// controller read it (`vm create --ttl`, `corral temp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl VmStatus {
