@@ -294,7 +294,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
-        Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => 5,
+        Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) | Resource::Node(_) => 5,
     });
     for resource in resources {
         let what = format!(

@@ -19,6 +19,7 @@ mod images;
 mod memory;
 mod metrics;
 mod networks;
+mod nodes;
 mod openapi;
 mod projects;
 mod serve;
@@ -46,7 +47,7 @@ use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    ProjectService, SourceService, StorageConfig, StorageService, VmService,
+    NodeService, ProjectService, SourceService, StorageConfig, StorageService, VmService,
 };
 use corral_store::{EtcdConfig, EtcdStore, SqliteStore};
 use tokio::sync::watch;
@@ -179,9 +180,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
+    let node_name = config.cluster.node_name.clone();
     let controller_config = ControllerConfig {
         seed_dir: config.data_dir.join("seeds"),
         host_paths: Some(host_paths),
+        node: Some(node_name.to_string()),
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
@@ -191,10 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_storage(storage.clone()),
     );
     let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
-    let node = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "local".into());
+    let node = node_name.to_string();
     let audit = Arc::new(
         AuditLog::open(&config.data_dir.join("audit.log"), config.audit)
             .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?,
@@ -208,6 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = auth::Registry::new(tokens, admin_group);
     let identities = IdentityService::new(store.clone());
     let projects = ProjectService::new(store.clone());
+    let nodes = NodeService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
@@ -223,6 +224,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         identities,
         projects,
+        nodes,
         registry,
         audit,
     });
@@ -233,6 +235,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .follow(daemon.identities.clone(), stop_rx.clone())
         .await
         .context("loading identities")?;
+    tokio::spawn(nodes::heartbeat(
+        daemon.nodes.clone(),
+        node_name.clone(),
+        config.data_dir.clone(),
+        stop_rx.clone(),
+    ));
+    let scheduler = Arc::new(corral_controller::Scheduler::new(
+        daemon.vms.clone(),
+        daemon.nodes.clone(),
+        Arc::new(corral_store::LocalCoordinator::default()),
+        corral_controller::SchedulerConfig {
+            placement: config.cluster.placement,
+            node_ttl: config.cluster.node_ttl,
+            candidate: node_name.to_string(),
+            ..Default::default()
+        },
+    ));
+    tokio::spawn(scheduler.run(stop_rx.clone()));
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
     let network_controller = corral_controller::NetworkController::new(

@@ -183,6 +183,21 @@ pub const OPERATIONS: &[Described] = {
         ("approveSource", Post, "/v1/sources/{name}/approve", || {
             source_verb("Let the next reconcile prune past the mass-prune guard, and run it now")
         }),
+        ("listNodes", Get, "/v1/nodes", || {
+            list("Node", "Nodes of the cluster, sorted by name")
+        }),
+        ("getNode", Get, "/v1/nodes/{name}", || get("Node")),
+        ("cordonNode", Post, "/v1/nodes/{name}/cordon", || {
+            node_verb("Cordon the node: the scheduler places no new VM there")
+        }),
+        ("uncordonNode", Post, "/v1/nodes/{name}/uncordon", || {
+            node_verb("Uncordon the node: the scheduler may place VMs there again")
+        }),
+        ("drainNode", Post, "/v1/nodes/{name}/drain", || {
+            node_verb(
+                "Cordon the node and move its VMs: each is stopped there, then placed elsewhere",
+            )
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -275,7 +290,7 @@ pub fn build() -> OpenApi {
         .schema("AuditList", audit_list_schema())
         .schema("CreatedIdentity", created_identity_schema());
     for kind in [
-        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source",
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source", "Node",
     ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -501,6 +516,16 @@ fn source_verb(summary: &str) -> Operation {
             "412",
             error("The source is being deleted (FailedPrecondition)"),
         )
+        .build()
+}
+
+fn node_verb(summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(name_param())
+        .response("200", json_response("The node", reference("Node")))
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No node of that name"))
+        .response("409", error("The node kept changing: retry"))
         .build()
 }
 

@@ -283,6 +283,10 @@ impl From<&VmSpec> for pb::VmSpec {
                 .collect(),
             networks: spec.networks.iter().map(Into::into).collect(),
             cloud_init: spec.cloud_init.as_ref().map(Into::into),
+            placement: (!spec.placement.is_empty()).then(|| pb::Placement {
+                node_selector: spec.placement.node_selector.clone().into_iter().collect(),
+                anti_affinity: spec.placement.anti_affinity.clone(),
+            }),
         }
     }
 }
@@ -310,6 +314,12 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         }
         if let Some(cpus) = spec.cpus {
             builder = builder.cpus(cpus);
+        }
+        if let Some(placement) = spec.placement {
+            builder = builder.placement(crate::Placement {
+                node_selector: placement.node_selector.into_iter().collect(),
+                anti_affinity: placement.anti_affinity,
+            });
         }
         if let Some(bytes) = spec.memory_bytes {
             builder = builder.memory(ByteSize::new(bytes));
@@ -416,6 +426,7 @@ impl From<&VmStatus> for pb::VmStatus {
             restarted_for: status.restarted_for.clone(),
             message: status.message.clone(),
             networks: status.networks.iter().map(Into::into).collect(),
+            node: status.node.clone(),
         }
     }
 }
@@ -437,6 +448,7 @@ impl From<pb::VmStatus> for VmStatus {
             restarted_for: status.restarted_for,
             message: status.message,
             networks: status.networks.into_iter().map(Into::into).collect(),
+            node: status.node,
         }
     }
 }

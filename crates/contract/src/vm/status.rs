@@ -69,6 +69,10 @@ pub struct VmStatus {
     /// The networks the running QEMU process has, with the host ports actually forwarded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentStatus>,
+    /// The node the scheduler bound the VM to (a compare-and-swap write, so never two);
+    /// absent while it is not placed. Only that node's agent runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl VmStatus {

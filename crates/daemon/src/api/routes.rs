@@ -123,6 +123,7 @@ fn table() -> Vec<Route> {
         crate::projects::rest::routes(),
         crate::apply::rest::routes(),
         crate::sources::rest::routes(),
+        crate::nodes::rest::routes(),
     ]
     .into_iter()
     .flatten()
