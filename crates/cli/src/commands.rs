@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
+        Command::Node(command) => crate::node::node(&connect(&connection).await?, command).await,
         Command::Source(command) => {
             crate::source::source(&connect(&connection).await?, command).await
         }

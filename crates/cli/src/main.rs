@@ -13,6 +13,7 @@ mod create;
 mod declare;
 mod memory;
 mod network;
+mod node;
 mod output;
 mod source;
 mod ssh;

@@ -39,9 +39,10 @@ use corral_contract::pb::{
     audit_service_server::AuditServiceServer, console_service_server::ConsoleServiceServer,
     identity_service_server::IdentityServiceServer, image_service_server::ImageServiceServer,
     memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
-    project_service_server::ProjectServiceServer, snapshot_service_server::SnapshotServiceServer,
-    source_service_server::SourceServiceServer, system_service_server::SystemServiceServer,
-    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
+    node_service_server::NodeServiceServer, project_service_server::ProjectServiceServer,
+    snapshot_service_server::SnapshotServiceServer, source_service_server::SourceServiceServer,
+    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+    volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
@@ -414,6 +415,9 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         .add_service(grpc_limits!(SourceServiceServer::new(
             sources::grpc::SourceGrpc(d.clone())
         )))
+        .add_service(grpc_limits!(NodeServiceServer::new(nodes::grpc::NodeGrpc(
+            d.clone()
+        ))))
         .add_service(grpc_limits!(health))
         .add_service(grpc_limits!(reflection_v1))
         .add_service(grpc_limits!(reflection_v1alpha)),

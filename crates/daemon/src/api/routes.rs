@@ -152,6 +152,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::projects::grpc::METHODS,
         crate::apply::grpc::METHODS,
         crate::sources::grpc::METHODS,
+        crate::nodes::grpc::METHODS,
     ]
     .concat()
 }

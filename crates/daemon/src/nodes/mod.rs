@@ -1,6 +1,7 @@
 //! Nodes: this host registers itself and heartbeats; everyone reads nodes, admins cordon and
 //! drain them.
 
+pub mod grpc;
 pub mod rest;
 
 use std::path::Path;
