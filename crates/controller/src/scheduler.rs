@@ -17,6 +17,9 @@ use crate::schedule::{ScheduleConfig, place};
 /// while no node can take it.
 pub const SCHEDULED: &str = "Scheduled";
 
+/// The condition set on a VM whose node is lost and that cannot move.
+pub const NODE_LOST: &str = "NodeLost";
+
 /// The election every scheduler campaigns in.
 const ELECTION: &str = "scheduler";
 
@@ -33,6 +36,9 @@ pub struct SchedulerConfig {
     pub leader_ttl: Duration,
     /// A full pass runs at least this often, events or not.
     pub resync: Duration,
+    /// How long after `node_ttl` a lost node's VMs are moved: the node has fenced itself
+    /// (stopped them) by then.
+    pub fence_margin: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -43,6 +49,7 @@ impl Default for SchedulerConfig {
             candidate: "local".into(),
             leader_ttl: Duration::from_secs(5),
             resync: Duration::from_secs(2),
+            fence_margin: Duration::from_secs(5),
         }
     }
 }
@@ -55,6 +62,9 @@ pub struct Scheduler {
     elections: Arc<dyn Elections>,
     config: SchedulerConfig,
     wake: Notify,
+    // Node loss is judged only after a scheduler has watched for a TTL: one just started
+    // (after a server restart) has not seen the heartbeats that may have come meanwhile.
+    started: std::time::Instant,
 }
 
 impl Scheduler {
@@ -72,6 +82,7 @@ impl Scheduler {
             elections,
             config,
             wake: Notify::new(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -147,8 +158,9 @@ impl Scheduler {
     /// node is placed (or told why it cannot be).
     pub async fn pass(&self) -> Result<(), ServiceError> {
         let (mut nodes, _) = self.nodes.list("").await?;
+        let judging = self.started.elapsed() > self.config.node_ttl;
         for node in &mut nodes {
-            if node.ready() && stale(node, self.config.node_ttl) {
+            if judging && node.ready() && stale(node, self.config.node_ttl) {
                 let message = format!(
                     "no heartbeat for {} (last {})",
                     humantime::format_duration(self.config.node_ttl),
@@ -161,7 +173,20 @@ impl Scheduler {
                     .await?;
             }
         }
-        let (vms, _) = self.vms.list("").await?;
+        let (mut vms, _) = self.vms.list("").await?;
+        for vm in &mut vms {
+            let Some(node) = vm.status.node.as_deref() else {
+                continue;
+            };
+            let Some(node) = nodes.iter().find(|n| n.metadata.name.as_str() == node) else {
+                continue;
+            };
+            if judging && !node.ready() {
+                if let Some(moved) = self.fail_over(vm, node).await? {
+                    *vm = moved;
+                }
+            }
+        }
         let mut bound: Vec<Vm> = vms
             .iter()
             .filter(|vm| vm.status.node.is_some())
@@ -225,6 +250,59 @@ impl Scheduler {
         }
     }
 
+    /// A VM on a lost node: unbound for the scheduler once the node has fenced itself, or
+    /// marked `NodeLost` when it cannot move. Returns the VM as written.
+    async fn fail_over(&self, vm: &Vm, node: &Node) -> Result<Option<Vm>, ServiceError> {
+        let key = vm.metadata.key();
+        let lost_on = node.metadata.name.to_string();
+        let decision = crate::failover(
+            vm,
+            silent(node),
+            self.config.node_ttl,
+            self.config.fence_margin,
+        );
+        let written = match decision {
+            crate::Failover::Wait(_) => return Ok(None),
+            crate::Failover::Reschedule => {
+                tracing::warn!(vm = %key, node = %lost_on, "node lost: placing the VM again");
+                self.vms
+                    .update_status(&key, |vm, s| {
+                        if vm.status.node.as_deref() != Some(lost_on.as_str()) {
+                            return false;
+                        }
+                        s.node = None;
+                        s.pid = None;
+                        s.phase = Phase::Pending;
+                        s.message = Some(format!("node {lost_on} was lost; placing it again"));
+                        s.conditions.retain(|c| c.type_ != NODE_LOST);
+                        true
+                    })
+                    .await
+            }
+            crate::Failover::Lost(why) => {
+                self.vms
+                    .update_status(&key, |vm, s| {
+                        if vm.status.node.as_deref() != Some(lost_on.as_str())
+                            || s.condition(NODE_LOST).is_some_and(|c| c.status)
+                        {
+                            return false;
+                        }
+                        let mut c = Condition::new(NODE_LOST, true, "NodeLost", why.clone());
+                        c.last_transition = Some(now());
+                        set_condition(&mut s.conditions, c);
+                        s.message = Some(format!("node {lost_on} was lost: {why}"));
+                        true
+                    })
+                    .await
+            }
+        };
+        match written {
+            Ok(vm) => Ok(Some(vm)),
+            Err(ServiceError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Leaves the VM `Pending` with `Scheduled=false` and the reason per class of node.
     async fn unschedulable(&self, key: &str, why: &str) -> Result<(), ServiceError> {
         let result = self
@@ -256,15 +334,20 @@ impl Scheduler {
 
 /// Whether `node`'s last heartbeat is older than `ttl` (or it never sent one).
 pub fn stale(node: &Node, ttl: Duration) -> bool {
-    let Some(at) = node.status.heartbeat.as_deref() else {
-        return true;
-    };
-    match humantime::parse_rfc3339_weak(at) {
-        Ok(at) => SystemTime::now()
-            .duration_since(at)
-            .is_ok_and(|age| age > ttl),
-        Err(_) => true,
-    }
+    silent(node) > ttl
+}
+
+/// How long since `node`'s last heartbeat (forever if it never sent one).
+fn silent(node: &Node) -> Duration {
+    node.status
+        .heartbeat
+        .as_deref()
+        .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+        .map_or(Duration::MAX, |at| {
+            SystemTime::now()
+                .duration_since(at)
+                .unwrap_or(Duration::ZERO)
+        })
 }
 
 /// The node a VM's node-local volumes are on: where another VM using one of them is bound.
