@@ -185,6 +185,21 @@ impl Scheduler {
                 if let Some(moved) = self.fail_over(vm, node).await? {
                     *vm = moved;
                 }
+            } else if node.ready() && vm.status.condition(NODE_LOST).is_some() {
+                // The node is back: what stayed bound to it is its again.
+                let key = vm.metadata.key();
+                match self
+                    .vms
+                    .update_status(&key, |_, s| {
+                        s.conditions.retain(|c| c.type_ != NODE_LOST);
+                        true
+                    })
+                    .await
+                {
+                    Ok(updated) => *vm = updated,
+                    Err(ServiceError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let mut bound: Vec<Vm> = vms

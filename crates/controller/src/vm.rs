@@ -92,6 +92,8 @@ pub struct VmController {
     io_retries: Mutex<HashMap<String, Instant>>,
     // Volume/Network → the VMs that need it, from the VMs this controller has seen.
     deps: DependencyIndex,
+    // While the node is fenced (it cannot report to the cluster) nothing starts.
+    fence: Arc<crate::FenceState>,
 }
 
 /// What a reconcile asks for next.
@@ -141,7 +143,15 @@ impl VmController {
             crashed: Mutex::new(HashMap::new()),
             io_retries: Mutex::new(HashMap::new()),
             deps: DependencyIndex::default(),
+            fence: Arc::default(),
         }
+    }
+
+    /// Starts no VM while `fence` is set (the node cannot report to the cluster, which may
+    /// move its VMs elsewhere); restarts what the fence stopped once it is lifted.
+    pub fn with_fence(mut self, fence: Arc<crate::FenceState>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Resolves VMs' volumes through `storage` (without it, a VM with volumes fails to start).
@@ -402,7 +412,9 @@ impl VmController {
             .get(annotations::RESTART_REQUESTED_AT)
             .cloned();
         let restart_pending = restart.is_some() && restart != vm.status.restarted_for;
-        let new_intent = vm.status.observed_generation < vm.metadata.generation;
+        // A VM the fence stopped did not end by its own choice: it starts again.
+        let new_intent =
+            vm.status.observed_generation < vm.metadata.generation || self.fence.was_stopped(&uid);
         let live = matches!(
             actual,
             Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
@@ -657,6 +669,11 @@ impl VmController {
     }
 
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
+        if self.fence.is_fenced() {
+            tracing::warn!(vm = %vm.metadata.key(), "node fenced: not starting");
+            return Ok(Some(Duration::from_secs(1)));
+        }
+        self.fence.started(&vm.metadata.uid);
         let key = vm.metadata.key();
         let name = key.as_str();
         self.forget_adopted(&vm.metadata.uid);

@@ -161,6 +161,11 @@ pub struct Args {
     /// a copy [default: none; a build's files go once the image is stored]
     #[arg(long, env = "CORRAL_BUILD_CACHE", value_name = "DIR")]
     pub build_cache: Option<PathBuf>,
+    /// What this corrald does: `all` (API, scheduler and this host's VMs — one host), or
+    /// `server` (API and scheduler only, no VMs; needs --store etcd; run several — one
+    /// schedules at a time, by election) [default: all]
+    #[arg(long, env = "CORRAL_ROLE", value_enum)]
+    pub role: Option<Role>,
     /// This host's name as a node of the cluster (1-63 lowercase letters, digits and '-')
     /// [default: the host name, lowercased]
     #[arg(long, env = "CORRAL_NODE_NAME", value_name = "NAME")]
@@ -185,6 +190,16 @@ pub struct Args {
     pub command: Option<Command>,
 }
 
+/// What a corrald does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// API, scheduler and this host's VMs.
+    All,
+    /// API and scheduler; no VMs.
+    Server,
+}
+
 /// How the scheduler picks among nodes that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,7 +222,9 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 /// This host as a node, and how the scheduler places VMs.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// This host's node name.
+    /// What this corrald does.
+    pub role: Role,
+    /// This host's node name (a server's name in the scheduler election).
     pub node_name: corral_contract::ResourceName,
     /// How nodes are weighed.
     pub placement: corral_controller::ScheduleConfig,
@@ -705,7 +722,14 @@ impl Config {
                 "--build-cache: give an absolute directory".to_owned(),
             ));
         }
+        let role = args.role.unwrap_or(Role::All);
+        if role == Role::Server && !matches!(store, StoreConfig::Etcd { .. }) {
+            return Err(ConfigError(
+                "--role server needs --store etcd: servers share their state there".into(),
+            ));
+        }
         let cluster = ClusterConfig {
+            role,
             node_name: args.node_name.clone().unwrap_or_else(host_node_name),
             placement: corral_controller::ScheduleConfig {
                 cpu_overcommit: args.cpu_overcommit.unwrap_or(4.0),

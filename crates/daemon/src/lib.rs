@@ -116,6 +116,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         qemu,
         config.store == config::StoreConfig::Sqlite,
     )?;
+    let mut elections: Arc<dyn corral_store::Elections> =
+        Arc::new(corral_store::LocalCoordinator::default());
     let store: Arc<dyn corral_store::Store> = match &config.store {
         config::StoreConfig::Sqlite => Arc::new(
             SqliteStore::open(config.data_dir.join("state.db"))
@@ -132,13 +134,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             etcd.prefix = prefix.clone();
             etcd.tls = tls.as_ref().map(read_etcd_tls).transpose()?;
             tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
-            Arc::new(connect_etcd(etcd, *wait).await.with_context(|| {
+            let etcd = connect_etcd(etcd, *wait).await.with_context(|| {
                 format!(
                     "connecting to the etcd store at {} (waited {}; --etcd-wait sets how long)",
                     endpoints.join(","),
                     humantime::format_duration(*wait)
                 )
-            })?)
+            })?;
+            // Servers share etcd, so they elect one scheduler there; `all` is alone.
+            if config.cluster.role == config::Role::Server {
+                elections = Arc::new(corral_store::EtcdCoordinator::new(&etcd));
+            }
+            Arc::new(etcd)
         }
     };
     let mut backend_config = QemuBackendConfig::new(config.run_dir.clone());
@@ -189,10 +196,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
+    let fenced = Arc::new(corral_controller::FenceState::default());
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), controller_config)
             .with_observer(metrics.clone())
-            .with_storage(storage.clone()),
+            .with_storage(storage.clone())
+            .with_fence(fenced.clone()),
     );
     let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
     let node = node_name.to_string();
@@ -236,16 +245,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .follow(daemon.identities.clone(), stop_rx.clone())
         .await
         .context("loading identities")?;
-    tokio::spawn(nodes::heartbeat(
-        daemon.nodes.clone(),
-        node_name.clone(),
-        config.data_dir.clone(),
-        stop_rx.clone(),
-    ));
+    let runs_vms = config.cluster.role == config::Role::All;
+    if runs_vms {
+        let fence = nodes::Fence {
+            ttl: config.cluster.node_ttl,
+            hypervisor: daemon.backend.clone(),
+            state: fenced,
+        };
+        tokio::spawn(nodes::heartbeat(
+            daemon.nodes.clone(),
+            node_name.clone(),
+            config.data_dir.clone(),
+            fence,
+            stop_rx.clone(),
+        ));
+    }
     let scheduler = Arc::new(corral_controller::Scheduler::new(
         daemon.vms.clone(),
         daemon.nodes.clone(),
-        Arc::new(corral_store::LocalCoordinator::default()),
+        elections,
         corral_controller::SchedulerConfig {
             placement: config.cluster.placement,
             node_ttl: config.cluster.node_ttl,
@@ -254,13 +272,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(scheduler.run(stop_rx.clone()));
-    let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    let mut controller_task = None;
+    if runs_vms {
+        controller_task = Some(tokio::spawn(controller.run(stop_rx.clone())));
+        let network_controller = corral_controller::NetworkController::new(
+            daemon.networks.clone(),
+            config.run_dir.join("networks"),
+        );
+        tokio::spawn(network_controller.run(stop_rx.clone()));
+    }
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
-    let network_controller = corral_controller::NetworkController::new(
-        daemon.networks.clone(),
-        config.run_dir.join("networks"),
-    );
-    tokio::spawn(network_controller.run(stop_rx.clone()));
     let source_controller = corral_controller::SourceController::new(
         daemon.sources.clone(),
         corral_controller::SourceReconciler::new(
@@ -328,7 +349,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         while servers.join_next().await.is_some() {}
     })
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    if let Some(task) = controller_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), storage_task).await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())

@@ -76,14 +76,22 @@ fn on_path(binary: &str) -> bool {
 
 /// Registers `name` with what `data_dir`'s host has, then heartbeats every [`HEARTBEAT`]
 /// until `stop` turns true. A failed report is retried; it never ends the loop.
+///
+/// Fencing: once no report has succeeded for `ttl` — counted from when the last successful
+/// one was *sent*, so before the servers can judge the node lost (they wait `ttl` plus a
+/// margin from when they *received* it) — every VM process of this host is stopped. The
+/// servers may then start those VMs elsewhere; none runs twice.
 pub async fn heartbeat(
     nodes: NodeService,
     name: ResourceName,
     data_dir: std::path::PathBuf,
+    fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut registered = false;
+    let mut last_ok = std::time::Instant::now();
     loop {
+        let sent = std::time::Instant::now();
         let status = probe(&data_dir);
         let result = if registered {
             nodes.heartbeat(name.as_str(), status).await.map(drop)
@@ -96,19 +104,66 @@ pub async fn heartbeat(
             }
         };
         match result {
-            Ok(()) if !registered => {
-                tracing::info!(node = %name, "node registered");
+            Ok(()) => {
+                if !registered {
+                    tracing::info!(node = %name, "node registered");
+                }
                 registered = true;
+                last_ok = sent;
+                if fence.state.set(false) {
+                    tracing::info!(node = %name, "reports reach the cluster again: unfenced");
+                }
             }
-            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(node = %name, error = %e, "cannot report the node; retrying");
                 registered = false;
+                if last_ok.elapsed() >= fence.ttl {
+                    fence.stop_all(&name).await;
+                }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// What a node that cannot report does: stop every VM process of this host.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// How long without a successful report before fencing.
+    pub ttl: Duration,
+    /// The VMs' hypervisor.
+    pub hypervisor: std::sync::Arc<dyn corral_hypervisor::Hypervisor>,
+    /// Set while fenced: the VM controller starts nothing until a report succeeds again.
+    pub state: std::sync::Arc<corral_controller::FenceState>,
+}
+
+impl Fence {
+    async fn stop_all(&self, node: &ResourceName) {
+        self.state.set(true);
+        let uids = match self.hypervisor.list().await {
+            Ok(uids) => uids,
+            Err(e) => {
+                tracing::error!(error = %e, "fencing: cannot list VM processes");
+                return;
+            }
+        };
+        for uid in uids {
+            let _ = self.hypervisor.adopt(&uid).await;
+            self.state.stopped(&uid);
+            match self
+                .hypervisor
+                .stop(&uid, corral_hypervisor::StopMode::Force)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(%node, %uid, "fenced: no report reached the cluster for the node TTL; VM stopped")
+                }
+                Err(corral_hypervisor::Error::NotFound(_)) => {}
+                Err(e) => tracing::error!(%node, %uid, error = %e, "fencing: cannot stop VM"),
+            }
         }
     }
 }
