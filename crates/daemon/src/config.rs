@@ -1040,6 +1040,7 @@ mod tests {
     fn bad_store_settings_name_the_flag_and_what_is_allowed() {
         let cases: &[(&[&str], &str)] = &[
             (&["--store", "etcd"], "at least one client URL"),
+            (&["--role", "server"], "--role server needs --store etcd"),
             (&["--etcd-endpoints", "http://a:2379"], "need --store etcd"),
             (
                 &["--store", "etcd", "--etcd-endpoints", "10.0.0.1:2379"],

@@ -141,10 +141,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     humantime::format_duration(*wait)
                 )
             })?;
-            // Servers share etcd, so they elect one scheduler there; `all` is alone.
-            if config.cluster.role == config::Role::Server {
-                elections = Arc::new(corral_store::EtcdCoordinator::new(&etcd));
-            }
+            // Everyone on one etcd elects one scheduler there (candidates by node name).
+            elections = Arc::new(corral_store::EtcdCoordinator::new(&etcd));
             Arc::new(etcd)
         }
     };

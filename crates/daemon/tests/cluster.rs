@@ -61,3 +61,56 @@ async fn a_node_that_cannot_report_fences_its_vms_and_resumes_after() -> anyhow:
     assert_eq!(d.qemu_pids().len(), 1, "one QEMU for the VM");
     Ok(())
 }
+
+/// Two servers and one node on one etcd: one server's scheduler leads; killed (`kill -9`),
+/// the other takes over and places the next VM, which boots on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_servers_scheduler_is_taken_over_by_the_other() -> anyhow::Result<()> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let endpoint = etcd.endpoint(0);
+    let start = |role: &str, name: &str| {
+        Corrald::builder(env!("CARGO_BIN_EXE_corrald"))
+            .args(&["--store", "etcd", "--etcd-endpoints", &endpoint])
+            .args(&["--role", role, "--node-name", name])
+            .start()
+    };
+    let mut servers = [start("server", "srv-a")?, start("server", "srv-b")?];
+    let node = start("all", "host-n")?;
+    let on_node = Client::connect(Endpoint::Unix(node.socket())).await?;
+    let leader = |servers: &[Corrald]| {
+        servers
+            .iter()
+            .position(|s| s.log().contains("leading the scheduler"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(i) = leader(&servers) {
+            break i;
+        }
+        // The node's corrald campaigns too: wait until one of the servers leads.
+        assert!(Instant::now() < deadline, "no server leads");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let via = Client::connect(Endpoint::Unix(servers[first].socket())).await?;
+    via.create_vm(&kit_vm("before", |b| b)).await?;
+    let vm = wait_phase(&on_node, &node, "before", Phase::Running).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("host-n"));
+    wait_console(&on_node, &node, "before", "CORRAL_BOOT_OK", 0).await?;
+
+    servers[first].kill_9();
+    let other = 1 - first;
+    let via = Client::connect(Endpoint::Unix(servers[other].socket())).await?;
+    via.create_vm(&kit_vm("after", |b| b)).await?;
+    let vm = wait_phase(&on_node, &node, "after", Phase::Running).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("host-n"));
+    wait_console(&on_node, &node, "after", "CORRAL_BOOT_OK", 0).await?;
+    assert!(
+        servers[other].log().contains("leading the scheduler"),
+        "the other server took over:\n{}",
+        servers[other].log()
+    );
+    assert_eq!(node.qemu_pids().len(), 2, "one QEMU per VM");
+    assert!(servers[other].qemu_pids().is_empty(), "servers run no VMs");
+    drop(etcd);
+    Ok(())
+}
