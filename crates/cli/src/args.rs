@@ -93,6 +93,9 @@ pub enum Command {
     /// Create, list and delete networks VMs join
     #[command(subcommand)]
     Network(crate::network::NetworkCommand),
+    /// The hosts that run VMs: list them, cordon, uncordon and drain one
+    #[command(subcommand)]
+    Node(crate::node::NodeCommand),
     /// Follow Git repositories of manifests: applied as their owner, pruned, drift corrected
     #[command(subcommand)]
     Source(crate::source::SourceCommand),

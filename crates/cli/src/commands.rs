@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(command) => {
             crate::network::network(&connect(&connection).await?, command).await
         }
+        Command::Node(command) => crate::node::node(&connect(&connection).await?, command).await,
         Command::Source(command) => {
             crate::source::source(&connect(&connection).await?, command).await
         }
@@ -303,7 +304,7 @@ async fn delete(connection: &ConnectionArgs, args: &ManifestArgs) -> Result<(), 
         Resource::Volume(_) => 2,
         Resource::Image(_) => 3,
         Resource::Network(_) => 4,
-        Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => 5,
+        Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) | Resource::Node(_) => 5,
     });
     for resource in resources {
         let what = format!(

@@ -153,6 +153,8 @@ async fn state(client: &Client, t: &Target) -> Result<State, ClientError> {
             }
         }
         // Manifests never hold identities (see manifest.rs); one in force is done.
-        Kind::Identity | Kind::Project | Kind::Source => State::Done("in force".into()),
+        Kind::Identity | Kind::Project | Kind::Source | Kind::Node => {
+            State::Done("in force".into())
+        }
     })
 }

@@ -14,6 +14,7 @@ mod declare;
 mod devenv;
 mod memory;
 mod network;
+mod node;
 mod output;
 mod source;
 mod ssh;

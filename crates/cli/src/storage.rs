@@ -1003,8 +1003,8 @@ pub async fn delete(client: &Client, resource: &Resource) -> Result<(), ClientEr
         Resource::Network(_) => client.delete_network(name).await.map(drop),
         Resource::Identity(_) => client.revoke_identity(name).await.map(drop),
         Resource::Project(_) => client.delete_project(name).await.map(drop),
-        // Manifests never hold sources (the parser refuses them).
-        Resource::Source(_) => Err(ClientError::Other {
+        // Manifests never hold sources or nodes (the parser refuses them).
+        Resource::Source(_) | Resource::Node(_) => Err(ClientError::Other {
             message: "sources are deleted with the REST API (DELETE /v1/sources/NAME)".into(),
         }),
     }

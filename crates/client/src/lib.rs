@@ -45,6 +45,7 @@ mod endpoint;
 mod error;
 mod memory;
 mod network;
+mod node;
 mod source;
 mod storage;
 mod ui;

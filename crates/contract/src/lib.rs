@@ -45,6 +45,7 @@ mod meta;
 mod name;
 pub mod names;
 mod network;
+mod node;
 pub mod pb;
 mod project;
 mod resource;
@@ -70,6 +71,7 @@ pub use network::{
     Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,
     NetworkPhase, NetworkSpec, NetworkStatus, PortForward, Protocol,
 };
+pub use node::{NODE_READY, Node, NodeResources, NodeSpec, NodeStatus};
 pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};
@@ -80,6 +82,6 @@ pub use storage::{
     is_digest, parse_checksum,
 };
 pub use vm::{
-    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Power, RestartPolicy, Vm, VmSpec,
-    VmSpecBuilder, VmStatus, VolumeAttachment,
+    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Placement, Power, RestartPolicy, Vm,
+    VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
 };

@@ -155,6 +155,11 @@ fn parse_resource(value: Value) -> Result<Resource, String> {
              source applying sources would own them)"
                 .into(),
         ),
+        Kind::Node => Err(
+            "kind Node is not applied from manifests: agents register nodes; cordon one with \
+             `corral node cordon`"
+                .into(),
+        ),
         Kind::Project => Err(
             "kind Project is not applied from manifests: manage projects with `corral project`"
                 .into(),
@@ -316,7 +321,7 @@ spec:
         .unwrap_err();
         assert!(
             err.to_string().contains(
-                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project or Source"
+                "kind: \"Volumes\" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project, Source or Node"
             ),
             "{err}"
         );

@@ -133,14 +133,22 @@ impl ObjectMeta {
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    check_labels("metadata.labels", labels)
+}
+
+/// Checks that `labels` (at `field`) have label keys and values, as `metadata.labels` must.
+pub(crate) fn check_labels(
+    field: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
     for (key, value) in labels {
         if !is_label_key(key) {
             let message = format!("label key {key:?} is not valid: {KEY_RULE}");
-            return Err(ValidationError::new("metadata.labels", message));
+            return Err(ValidationError::new(field, message));
         }
         if !(value.is_empty() || is_label_name(value)) {
             let message = format!("value {value:?} of label {key:?} is not valid: {VALUE_RULE}");
-            return Err(ValidationError::new("metadata.labels", message));
+            return Err(ValidationError::new(field, message));
         }
     }
     Ok(())
@@ -181,7 +189,7 @@ fn is_label_key(key: &str) -> bool {
 }
 
 /// 1–63 characters of `[A-Za-z0-9-_.]`, starting and ending with a letter or digit.
-fn is_label_name(name: &str) -> bool {
+pub(crate) fn is_label_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
     match bytes {

@@ -2,7 +2,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::choice::choice;
 use crate::{
-    Identity, Image, Network, ObjectMeta, Project, Snapshot, Source, ValidationError, Vm, Volume,
+    Identity, Image, Network, Node, ObjectMeta, Project, Snapshot, Source, ValidationError, Vm,
+    Volume,
 };
 
 choice! {
@@ -24,14 +25,16 @@ choice! {
         Project => "Project",
         /// A Git repository of manifests corrald applies: [`Source`].
         Source => "Source",
+        /// A host that runs VMs: [`Node`].
+        Node => "Node",
     }
 }
 
 impl Kind {
-    /// Whether objects of this kind belong to a project (`metadata.project`); identities and
-    /// projects are the daemon's own and belong to none.
+    /// Whether objects of this kind belong to a project (`metadata.project`); identities,
+    /// projects and nodes are the cluster's own and belong to none.
     pub fn in_project(self) -> bool {
-        !matches!(self, Kind::Identity | Kind::Project)
+        !matches!(self, Kind::Identity | Kind::Project | Kind::Node)
     }
 }
 
@@ -84,6 +87,8 @@ pub enum Resource {
     Project(Project),
     /// A Git source.
     Source(Source),
+    /// A node.
+    Node(Node),
 }
 
 /// `$r` bound to the inner object of any variant.
@@ -114,6 +119,7 @@ impl utoipa::ToSchema for Resource {
         crate::schema::add::<Network>(schemas);
         crate::schema::add::<Identity>(schemas);
         crate::schema::add::<Project>(schemas);
+        crate::schema::add::<Node>(schemas);
     }
 }
 
@@ -164,6 +170,7 @@ strict_object!(
     Identity(crate::IdentitySpec, crate::IdentityStatus),
     Project(crate::ProjectSpec, crate::ProjectStatus),
     Source(crate::SourceSpec, crate::SourceStatus),
+    Node(crate::NodeSpec, crate::NodeStatus),
 );
 
 macro_rules! each {
@@ -177,6 +184,7 @@ macro_rules! each {
             Resource::Identity($r) => $body,
             Resource::Project($r) => $body,
             Resource::Source($r) => $body,
+            Resource::Node($r) => $body,
         }
     };
 }
@@ -193,6 +201,7 @@ impl Resource {
             Resource::Identity(_) => Identity::KIND,
             Resource::Project(_) => Project::KIND,
             Resource::Source(_) => Source::KIND,
+            Resource::Node(_) => Node::KIND,
         }
     }
 
@@ -251,7 +260,7 @@ macro_rules! from_object {
         }
     )*};
 }
-from_object!(Vm, Image, Volume, Snapshot, Identity, Project, Source);
+from_object!(Vm, Image, Volume, Snapshot, Identity, Project, Source, Node);
 
 #[cfg(test)]
 mod tests {
@@ -263,7 +272,7 @@ mod tests {
         let err = "vm".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project or Source"#
+            r#""vm" is not a valid kind: use Vm, Image, Volume, Snapshot, Network, Identity, Project, Source or Node"#
         );
     }
 
@@ -274,7 +283,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`, `Source`"
+                "unknown variant `Vol`, expected one of `Vm`, `Image`, `Volume`, `Snapshot`, `Network`, `Identity`, `Project`, `Source`, `Node`"
             ),
             "{err}"
         );

@@ -1,8 +1,10 @@
 mod options;
+mod placement;
 mod spec;
 mod status;
 
 pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
+pub use placement::Placement;
 pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
 pub use status::{ExitInfo, Phase, VmStatus};
 

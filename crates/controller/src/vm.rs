@@ -7,7 +7,7 @@ use corral_contract::names::annotations;
 use corral_contract::names::conditions::{self, reasons};
 use corral_contract::{Condition, ExitInfo, Kind, Phase, Power, RestartPolicy, Vm, VmStatus};
 use corral_hypervisor::{Error as HvError, Exit, Hypervisor, StopMode, VmConfig, VmInfo, VmState};
-use corral_service::{ServiceError, StorageService, VmService};
+use corral_service::{EVICTING, ServiceError, StorageService, VmService};
 use tokio::sync::watch;
 
 use crate::deps::{self, DependencyIndex, Readiness};
@@ -39,6 +39,10 @@ pub struct ControllerConfig {
     /// The rules for host files a spec names, applied again when a VM starts; `None` hands
     /// paths to the hypervisor as they are (for the fake hypervisor in tests).
     pub host_paths: Option<corral_storage::HostPaths>,
+    /// The node this controller runs VMs for: only VMs whose `status.node` names it are
+    /// started here, and a process here of a VM bound elsewhere is stopped. `None` runs
+    /// every VM (controller tests without a scheduler).
+    pub node: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +58,7 @@ impl Default for ControllerConfig {
             seed_dir: std::env::temp_dir().join("corral-seeds"),
             ssh_probe_timeout: Duration::from_secs(600),
             host_paths: None,
+            node: None,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct VmController {
     io_retries: Mutex<HashMap<String, Instant>>,
     // Volume/Network → the VMs that need it, from the VMs this controller has seen.
     deps: DependencyIndex,
+    // While the node is fenced (it cannot report to the cluster) nothing starts.
+    fence: Arc<crate::FenceState>,
 }
 
 /// What a reconcile asks for next.
@@ -137,7 +144,15 @@ impl VmController {
             crashed: Mutex::new(HashMap::new()),
             io_retries: Mutex::new(HashMap::new()),
             deps: DependencyIndex::default(),
+            fence: Arc::default(),
         }
+    }
+
+    /// Starts no VM while `fence` is set (the node cannot report to the cluster, which may
+    /// move its VMs elsewhere); restarts what the fence stopped once it is lifted.
+    pub fn with_fence(mut self, fence: Arc<crate::FenceState>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Resolves VMs' volumes through `storage` (without it, a VM with volumes fails to start).
@@ -354,6 +369,15 @@ impl VmController {
         let actual = self.actual_state(&uid).await;
         let actual = self.end_if_crashed(name, &uid, actual).await?;
 
+        if let Some(me) = &self.config.node {
+            match vm.status.node.as_deref() {
+                Some(node) if node == me => {}
+                other => return self.not_mine(&vm, other, actual).await,
+            }
+            if vm.status.condition(EVICTING).is_some_and(|c| c.status) {
+                return self.evict(&vm, actual).await;
+            }
+        }
         if vm.metadata.deleting {
             return self.finish_delete(&vm, actual).await;
         }
@@ -400,7 +424,9 @@ impl VmController {
             .get(annotations::RESTART_REQUESTED_AT)
             .cloned();
         let restart_pending = restart.is_some() && restart != vm.status.restarted_for;
-        let new_intent = vm.status.observed_generation < vm.metadata.generation;
+        // A VM the fence stopped did not end by its own choice: it starts again.
+        let new_intent =
+            vm.status.observed_generation < vm.metadata.generation || self.fence.was_stopped(&uid);
         let live = matches!(
             actual,
             Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
@@ -591,6 +617,55 @@ impl VmController {
         }
     }
 
+    /// A VM not bound to this node: unbound, it waits for the scheduler (a process of it
+    /// here — adopted from before nodes — is left alone until it is bound); bound elsewhere,
+    /// a process of it here is stopped at once, so that it never runs twice.
+    async fn not_mine(
+        &self,
+        vm: &Vm,
+        node: Option<&str>,
+        actual: Option<VmState>,
+    ) -> Result<Requeue, ControllerError> {
+        let uid = &vm.metadata.uid;
+        match (node, actual) {
+            (None, Some(_)) => Ok(Some(Duration::from_secs(1))),
+            (None, None) => Ok(None),
+            (Some(node), Some(_)) => {
+                tracing::warn!(vm = %vm.metadata.key(), %node, "bound to another node: stopping its process here");
+                self.hv.stop(uid, StopMode::Force).await?;
+                self.hv.cleanup(uid).await?;
+                Ok(None)
+            }
+            (Some(_), None) => Ok(None),
+        }
+    }
+
+    /// The VM's node is drained: stop it here, then hand it back to the scheduler
+    /// (`status.node` cleared only once no process of it runs here).
+    async fn evict(&self, vm: &Vm, actual: Option<VmState>) -> Result<Requeue, ControllerError> {
+        let uid = &vm.metadata.uid;
+        if actual.is_some() {
+            tracing::info!(vm = %vm.metadata.key(), "node drained: stopping the VM to move it");
+            self.stop(vm, self.config.stop_timeout).await?;
+            self.hv.cleanup(uid).await?;
+        }
+        let me = self.config.node.clone();
+        self.svc
+            .update_status(&vm.metadata.key(), |vm, s| {
+                if vm.status.node != me {
+                    return false;
+                }
+                s.node = None;
+                s.pid = None;
+                s.conditions.retain(|c| c.type_ != EVICTING);
+                s.phase = Phase::Pending;
+                s.message = Some("moved off a drained node; waiting for the scheduler".into());
+                true
+            })
+            .await?;
+        Ok(None)
+    }
+
     async fn stop(&self, vm: &Vm, grace: Duration) -> Result<Exit, ControllerError> {
         let force = vm
             .metadata
@@ -606,6 +681,11 @@ impl VmController {
     }
 
     async fn start(&self, vm: &Vm, restart: Option<String>) -> Result<Requeue, ControllerError> {
+        if self.fence.is_fenced() {
+            tracing::warn!(vm = %vm.metadata.key(), "node fenced: not starting");
+            return Ok(Some(Duration::from_secs(1)));
+        }
+        self.fence.started(&vm.metadata.uid);
         let key = vm.metadata.key();
         let name = key.as_str();
         self.forget_adopted(&vm.metadata.uid);

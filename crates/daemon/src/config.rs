@@ -161,9 +161,93 @@ pub struct Args {
     /// a copy [default: none; a build's files go once the image is stored]
     #[arg(long, env = "CORRAL_BUILD_CACHE", value_name = "DIR")]
     pub build_cache: Option<PathBuf>,
+    /// What this corrald does: `all` (API, scheduler and this host's VMs — one host), or
+    /// `server` (API and scheduler only, no VMs; needs --store etcd; run several — one
+    /// schedules at a time, by election) [default: all]
+    #[arg(long, env = "CORRAL_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// This host's name as a node of the cluster (1-63 lowercase letters, digits and '-')
+    /// [default: the host name, lowercased]
+    #[arg(long, env = "CORRAL_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<corral_contract::ResourceName>,
+    /// vCPUs the VMs of one node may have together, per vCPU of the node [default: 4]
+    #[arg(long, env = "CORRAL_CPU_OVERCOMMIT", value_name = "RATIO", value_parser = parse_ratio)]
+    pub cpu_overcommit: Option<f64>,
+    /// Guest RAM the VMs of one node may have together, per byte of the node's RAM
+    /// [default: 1.5]
+    #[arg(long, env = "CORRAL_MEMORY_OVERCOMMIT", value_name = "RATIO", value_parser = parse_ratio)]
+    pub memory_overcommit: Option<f64>,
+    /// How the scheduler picks among nodes that fit: `spread` VMs over the least used
+    /// nodes, or `pack` them onto the most used [default: spread]
+    #[arg(long, env = "CORRAL_PLACEMENT", value_enum)]
+    pub placement: Option<PlacementPolicy>,
+    /// A node whose agent has not reported for this long is not Ready, e.g. `10s`
+    /// [default: 10s]
+    #[arg(long, env = "CORRAL_NODE_TTL", value_name = "DURATION", value_parser = parse_timeout)]
+    pub node_ttl: Option<Duration>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// What a corrald does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// API, scheduler and this host's VMs.
+    All,
+    /// API and scheduler; no VMs.
+    Server,
+}
+
+/// How the scheduler picks among nodes that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPolicy {
+    /// The least used node first.
+    Spread,
+    /// The most used node first.
+    Pack,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.1..=100.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a ratio between 0.1 and 100, e.g. 1.5"
+        )),
+    }
+}
+
+/// This host as a node, and how the scheduler places VMs.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// What this corrald does.
+    pub role: Role,
+    /// This host's node name (a server's name in the scheduler election).
+    pub node_name: corral_contract::ResourceName,
+    /// How nodes are weighed.
+    pub placement: corral_controller::ScheduleConfig,
+    /// A node silent for this long is not Ready.
+    pub node_ttl: Duration,
+}
+
+/// The host name as a node name: lowercased, anything but letters, digits and '-' made '-';
+/// `local` if nothing usable is left.
+fn host_node_name() -> corral_contract::ResourceName {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let name: String = host
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    name.trim_matches('-')
+        .parse()
+        .unwrap_or_else(|_| "local".parse().expect("a valid name"))
 }
 
 /// Subcommands besides serving.
@@ -339,6 +423,8 @@ pub struct Config {
     pub audit: corral_service::AuditRotation,
     /// Where declared state is kept.
     pub store: StoreConfig,
+    /// This host as a node; scheduling.
+    pub cluster: ClusterConfig,
 }
 
 /// What one API client may hold of the daemon, and for how long; the same for every
@@ -636,7 +722,24 @@ impl Config {
                 "--build-cache: give an absolute directory".to_owned(),
             ));
         }
+        let role = args.role.unwrap_or(Role::All);
+        if role == Role::Server && !matches!(store, StoreConfig::Etcd { .. }) {
+            return Err(ConfigError(
+                "--role server needs --store etcd: servers share their state there".into(),
+            ));
+        }
+        let cluster = ClusterConfig {
+            role,
+            node_name: args.node_name.clone().unwrap_or_else(host_node_name),
+            placement: corral_controller::ScheduleConfig {
+                cpu_overcommit: args.cpu_overcommit.unwrap_or(4.0),
+                memory_overcommit: args.memory_overcommit.unwrap_or(1.5),
+                spread: args.placement != Some(PlacementPolicy::Pack),
+            },
+            node_ttl: args.node_ttl.unwrap_or(Duration::from_secs(10)),
+        };
         Ok(Config {
+            cluster,
             store,
             host_path_allow,
             import,
@@ -937,6 +1040,7 @@ mod tests {
     fn bad_store_settings_name_the_flag_and_what_is_allowed() {
         let cases: &[(&[&str], &str)] = &[
             (&["--store", "etcd"], "at least one client URL"),
+            (&["--role", "server"], "--role server needs --store etcd"),
             (&["--etcd-endpoints", "http://a:2379"], "need --store etcd"),
             (
                 &["--store", "etcd", "--etcd-endpoints", "10.0.0.1:2379"],

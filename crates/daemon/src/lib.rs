@@ -19,6 +19,7 @@ mod images;
 mod memory;
 mod metrics;
 mod networks;
+mod nodes;
 mod openapi;
 mod projects;
 mod serve;
@@ -39,15 +40,16 @@ use corral_contract::pb::{
     audit_service_server::AuditServiceServer, console_service_server::ConsoleServiceServer,
     identity_service_server::IdentityServiceServer, image_service_server::ImageServiceServer,
     memory_service_server::MemoryServiceServer, network_service_server::NetworkServiceServer,
-    project_service_server::ProjectServiceServer, snapshot_service_server::SnapshotServiceServer,
-    source_service_server::SourceServiceServer, system_service_server::SystemServiceServer,
-    vm_service_server::VmServiceServer, volume_service_server::VolumeServiceServer,
+    node_service_server::NodeServiceServer, project_service_server::ProjectServiceServer,
+    snapshot_service_server::SnapshotServiceServer, source_service_server::SourceServiceServer,
+    system_service_server::SystemServiceServer, vm_service_server::VmServiceServer,
+    volume_service_server::VolumeServiceServer,
 };
 use corral_controller::{ControllerConfig, StorageController, VmController};
 use corral_qemu::{QemuBackend, QemuBackendConfig};
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    ProjectService, SourceService, StorageConfig, StorageService, VmService,
+    NodeService, ProjectService, SourceService, StorageConfig, StorageService, VmService,
 };
 use corral_store::{EtcdConfig, EtcdStore, SqliteStore};
 use tokio::sync::watch;
@@ -115,6 +117,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         qemu,
         config.store == config::StoreConfig::Sqlite,
     )?;
+    let mut elections: Arc<dyn corral_store::Elections> =
+        Arc::new(corral_store::LocalCoordinator::default());
     let store: Arc<dyn corral_store::Store> = match &config.store {
         config::StoreConfig::Sqlite => Arc::new(
             SqliteStore::open(config.data_dir.join("state.db"))
@@ -131,13 +135,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             etcd.prefix = prefix.clone();
             etcd.tls = tls.as_ref().map(read_etcd_tls).transpose()?;
             tracing::info!(endpoints = %endpoints.join(","), %prefix, "keeping state in etcd");
-            Arc::new(connect_etcd(etcd, *wait).await.with_context(|| {
+            let etcd = connect_etcd(etcd, *wait).await.with_context(|| {
                 format!(
                     "connecting to the etcd store at {} (waited {}; --etcd-wait sets how long)",
                     endpoints.join(","),
                     humantime::format_duration(*wait)
                 )
-            })?)
+            })?;
+            // Everyone on one etcd elects one scheduler there (candidates by node name).
+            elections = Arc::new(corral_store::EtcdCoordinator::new(&etcd));
+            Arc::new(etcd)
         }
     };
     let mut backend_config = QemuBackendConfig::new(config.run_dir.clone());
@@ -180,22 +187,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
+    let node_name = config.cluster.node_name.clone();
     let controller_config = ControllerConfig {
         seed_dir: config.data_dir.join("seeds"),
         host_paths: Some(host_paths),
+        node: Some(node_name.to_string()),
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
+    let fenced = Arc::new(corral_controller::FenceState::default());
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), controller_config)
             .with_observer(metrics.clone())
-            .with_storage(storage.clone()),
+            .with_storage(storage.clone())
+            .with_fence(fenced.clone()),
     );
     let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
-    let node = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "local".into());
+    let node = node_name.to_string();
     let audit = Arc::new(
         AuditLog::open(&config.data_dir.join("audit.log"), config.audit)
             .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?,
@@ -209,6 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = auth::Registry::new(tokens, admin_group);
     let identities = IdentityService::new(store.clone());
     let projects = ProjectService::new(store.clone());
+    let nodes = NodeService::new(store.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
@@ -224,6 +233,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         identities,
         projects,
+        nodes,
         registry,
         audit,
         ui: ui::Ui::default(),
@@ -235,13 +245,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .follow(daemon.identities.clone(), stop_rx.clone())
         .await
         .context("loading identities")?;
-    let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    let runs_vms = config.cluster.role == config::Role::All;
+    if runs_vms {
+        let fence = nodes::Fence {
+            ttl: config.cluster.node_ttl,
+            hypervisor: daemon.backend.clone(),
+            state: fenced,
+        };
+        tokio::spawn(nodes::heartbeat(
+            daemon.nodes.clone(),
+            node_name.clone(),
+            config.data_dir.clone(),
+            fence,
+            stop_rx.clone(),
+        ));
+    }
+    let scheduler = Arc::new(corral_controller::Scheduler::new(
+        daemon.vms.clone(),
+        daemon.nodes.clone(),
+        elections,
+        corral_controller::SchedulerConfig {
+            placement: config.cluster.placement,
+            node_ttl: config.cluster.node_ttl,
+            candidate: node_name.to_string(),
+            ..Default::default()
+        },
+    ));
+    tokio::spawn(scheduler.run(stop_rx.clone()));
+    let mut controller_task = None;
+    if runs_vms {
+        controller_task = Some(tokio::spawn(controller.run(stop_rx.clone())));
+        let network_controller = corral_controller::NetworkController::new(
+            daemon.networks.clone(),
+            config.run_dir.join("networks"),
+        );
+        tokio::spawn(network_controller.run(stop_rx.clone()));
+    }
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
-    let network_controller = corral_controller::NetworkController::new(
-        daemon.networks.clone(),
-        config.run_dir.join("networks"),
-    );
-    tokio::spawn(network_controller.run(stop_rx.clone()));
     let source_controller = corral_controller::SourceController::new(
         daemon.sources.clone(),
         corral_controller::SourceReconciler::new(
@@ -318,7 +358,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         while servers.join_next().await.is_some() {}
     })
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    if let Some(task) = controller_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), storage_task).await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
@@ -405,6 +447,9 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         .add_service(grpc_limits!(SourceServiceServer::new(
             sources::grpc::SourceGrpc(d.clone())
         )))
+        .add_service(grpc_limits!(NodeServiceServer::new(nodes::grpc::NodeGrpc(
+            d.clone()
+        ))))
         .add_service(grpc_limits!(health))
         .add_service(grpc_limits!(reflection_v1))
         .add_service(grpc_limits!(reflection_v1alpha)),

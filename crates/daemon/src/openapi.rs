@@ -193,6 +193,21 @@ pub const OPERATIONS: &[Described] = {
         ("getUiSession", Get, "/ui/session", ui::get_ui_session),
         ("logoutUi", Delete, "/ui/session", ui::logout_ui),
         ("createUiLink", Post, "/v1/ui/links", ui::create_ui_link),
+        ("listNodes", Get, "/v1/nodes", || {
+            list("Node", "Nodes of the cluster, sorted by name")
+        }),
+        ("getNode", Get, "/v1/nodes/{name}", || get("Node")),
+        ("cordonNode", Post, "/v1/nodes/{name}/cordon", || {
+            node_verb("Cordon the node: the scheduler places no new VM there")
+        }),
+        ("uncordonNode", Post, "/v1/nodes/{name}/uncordon", || {
+            node_verb("Uncordon the node: the scheduler may place VMs there again")
+        }),
+        ("drainNode", Post, "/v1/nodes/{name}/drain", || {
+            node_verb(
+                "Cordon the node and move its VMs: each is stopped there, then placed elsewhere",
+            )
+        }),
         ("getOpenApi", Get, "/openapi.json", openapi),
         ("getMetrics", Get, "/metrics", metrics),
         ("getHealth", Get, "/healthz", health),
@@ -285,7 +300,7 @@ pub fn build() -> OpenApi {
         .schema("AuditList", audit_list_schema())
         .schema("CreatedIdentity", created_identity_schema());
     for kind in [
-        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source",
+        "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source", "Node",
     ] {
         let mut items = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -570,6 +585,16 @@ fn source_verb(summary: &str) -> Operation {
             "412",
             error("The source is being deleted (FailedPrecondition)"),
         )
+        .build()
+}
+
+fn node_verb(summary: &str) -> Operation {
+    common(op(summary))
+        .parameter(name_param())
+        .response("200", json_response("The node", reference("Node")))
+        .response("400", error("The name is not a valid name"))
+        .response("404", error("No node of that name"))
+        .response("409", error("The node kept changing: retry"))
         .build()
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use corral_qemu::QemuBackend;
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    ProjectService, SourceService, StorageService, VmService,
+    NodeService, ProjectService, SourceService, StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -44,6 +44,8 @@ pub struct Daemon {
     pub identities: IdentityService,
     /// Projects and their limits.
     pub projects: ProjectService,
+    /// Nodes of the cluster (this host's among them).
+    pub nodes: NodeService,
     /// Who each credential is; revocations.
     pub registry: Arc<Registry>,
     /// The audit log of changes, refusals and memory reads.

@@ -175,6 +175,10 @@ fn full_vm(boot: Boot) -> Vm {
             meta_data: Some("instance-id: x\n".into()),
             network_config: Some("version: 2\n".into()),
         })
+        .placement(corral_contract::Placement {
+            node_selector: [("zone".to_owned(), "a".to_owned())].into(),
+            anti_affinity: Some("web".into()),
+        })
         .build()
         .unwrap();
     let mut vm = Vm::new("full".parse().unwrap(), spec);
@@ -219,6 +223,7 @@ fn full_vm(boot: Boot) -> Vm {
             }],
         }],
         expires_at: Some("2025-01-02T05:04:05Z".into()),
+        node: Some("host-a".into()),
     };
     vm
 }
@@ -406,6 +411,7 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
     rich["spec"]["memory"] = json!(100 << 20);
     rich["spec"]["networks"] = json!([{"network": "default", "forwards": [{"guest_port": 22}]}]);
     rich["spec"]["cloud_init"] = json!({"user_data": "#cloud-config\n"});
+    rich["spec"]["placement"] = json!({"anti_affinity": "web"});
     v.assert_valid("Vm", &rich);
     let created = api.post("/v1/vms", &rich).await.expect(201);
     v.assert_valid("Vm", &created);

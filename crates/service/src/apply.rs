@@ -106,7 +106,10 @@ impl ApplyService {
             }
         }
         for (i, r) in resources.iter().enumerate() {
-            if matches!(r.kind(), Kind::Identity | Kind::Project | Kind::Source) {
+            if matches!(
+                r.kind(),
+                Kind::Identity | Kind::Project | Kind::Source | Kind::Node
+            ) {
                 return Err(ValidationError::new(
                     format!("resources[{i}].kind"),
                     format!(
@@ -280,7 +283,10 @@ impl ApplyService {
                     plan => change_or_create(images, plan, dry).await,
                 }
             }
-            Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => {
+            Resource::Identity(_)
+            | Resource::Project(_)
+            | Resource::Source(_)
+            | Resource::Node(_) => {
                 unreachable!("refused before planning")
             }
         }
@@ -353,7 +359,7 @@ impl ApplyService {
                 Kind::Volume => self.storage.delete_volume(name).await.map(drop),
                 Kind::Image => self.storage.delete_image(name).await.map(drop),
                 Kind::Network => self.networks.delete(name, None).await.map(drop),
-                Kind::Identity | Kind::Project | Kind::Source => continue,
+                Kind::Identity | Kind::Project | Kind::Source | Kind::Node => continue,
             };
             ignore_gone(result).map_err(|e| pruning(*kind, name, e))?;
         }
@@ -370,7 +376,7 @@ fn apply_rank(kind: Kind) -> u8 {
         Kind::Volume => 2,
         Kind::Vm => 3,
         Kind::Snapshot => 4,
-        Kind::Identity | Kind::Project | Kind::Source => 5,
+        Kind::Identity | Kind::Project | Kind::Source | Kind::Node => 5,
     }
 }
 

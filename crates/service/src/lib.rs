@@ -56,6 +56,7 @@ mod identity;
 mod limits;
 mod memory;
 mod network;
+mod node;
 mod project;
 mod resources;
 mod source;
@@ -81,6 +82,7 @@ pub use network::{
     DEFAULT_NETWORK, HostAddr, HostLink, HostNet, HostNetError, HostRoute, NetworkKind,
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
+pub use node::{EVICTING, NodeKind, NodeService};
 pub use project::{ProjectKind, ProjectService};
 pub use resources::{
     Event, Projects, Resources, Stored, Strategy, Watch, may_refer, read, read_all, reference_keys,

@@ -61,6 +61,7 @@ stored! {
     corral_contract::Identity => corral_contract::IdentitySpec, corral_contract::IdentityStatus, "identity";
     corral_contract::Project => corral_contract::ProjectSpec, corral_contract::ProjectStatus, "project";
     corral_contract::Source => corral_contract::SourceSpec, corral_contract::SourceStatus, "source";
+    corral_contract::Node => corral_contract::NodeSpec, corral_contract::NodeStatus, "node";
 }
 
 /// What differs between kinds: each kind is a `Strategy` and nothing else. Every hook has a

@@ -19,7 +19,10 @@ impl From<&ApplyRequest> for pb::ApplyRequest {
                     Resource::Volume(v) => Declared::Volume(pb::Volume::from(v)),
                     Resource::Snapshot(s) => Declared::Snapshot(pb::Snapshot::from(s)),
                     // Not applied (the server refuses them): nothing to send.
-                    Resource::Identity(_) | Resource::Project(_) | Resource::Source(_) => {
+                    Resource::Identity(_)
+                    | Resource::Project(_)
+                    | Resource::Source(_)
+                    | Resource::Node(_) => {
                         return None;
                     }
                 };

@@ -283,6 +283,10 @@ impl From<&VmSpec> for pb::VmSpec {
                 .collect(),
             networks: spec.networks.iter().map(Into::into).collect(),
             cloud_init: spec.cloud_init.as_ref().map(Into::into),
+            placement: (!spec.placement.is_empty()).then(|| pb::Placement {
+                node_selector: spec.placement.node_selector.clone().into_iter().collect(),
+                anti_affinity: spec.placement.anti_affinity.clone(),
+            }),
         }
     }
 }
@@ -310,6 +314,12 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         }
         if let Some(cpus) = spec.cpus {
             builder = builder.cpus(cpus);
+        }
+        if let Some(placement) = spec.placement {
+            builder = builder.placement(crate::Placement {
+                node_selector: placement.node_selector.into_iter().collect(),
+                anti_affinity: placement.anti_affinity,
+            });
         }
         if let Some(bytes) = spec.memory_bytes {
             builder = builder.memory(ByteSize::new(bytes));
@@ -417,6 +427,7 @@ impl From<&VmStatus> for pb::VmStatus {
             message: status.message.clone(),
             networks: status.networks.iter().map(Into::into).collect(),
             expires_at: status.expires_at.clone(),
+            node: status.node.clone(),
         }
     }
 }
@@ -439,6 +450,7 @@ impl From<pb::VmStatus> for VmStatus {
             message: status.message,
             networks: status.networks.into_iter().map(Into::into).collect(),
             expires_at: status.expires_at,
+            node: status.node,
         }
     }
 }

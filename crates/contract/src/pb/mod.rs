@@ -32,6 +32,7 @@ mod apply;
 mod convert;
 mod identity;
 mod network;
+mod node;
 mod project;
 mod source;
 mod storage;

@@ -6,8 +6,8 @@ use crate::de::field_paths;
 use crate::error::one_of;
 use crate::network::attach::validate_attachments;
 use crate::{
-    Accel, Arch, ByteSize, CloudInit, DiskFormat, Machine, NetworkAttachment, Power, ResourceName,
-    RestartPolicy, ValidationError,
+    Accel, Arch, ByteSize, CloudInit, DiskFormat, Machine, NetworkAttachment, Placement, Power,
+    ResourceName, RestartPolicy, ValidationError,
 };
 
 /// What the user wants a VM to be. Valid by construction: deserialising and
@@ -55,6 +55,9 @@ pub struct VmSpec {
     /// A cloud-init NoCloud seed to attach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInit>,
+    /// Where the scheduler may put the VM and what it keeps apart.
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
 }
 
 /// A volume attached to a VM.
@@ -294,6 +297,7 @@ impl VmSpec {
                 volumes: Vec::new(),
                 networks: Vec::new(),
                 cloud_init: None,
+                placement: Placement::default(),
             },
         }
     }
@@ -343,6 +347,7 @@ impl VmSpec {
         self.boot.validate()?;
         self.validate_volumes()?;
         validate_attachments(&self.networks)?;
+        self.placement.validate()?;
         match &self.cloud_init {
             Some(cloud_init) => cloud_init.validate(),
             None => Ok(()),
@@ -466,6 +471,12 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Sets where the scheduler may place the VM.
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.spec.placement = placement;
+        self
+    }
+
     /// The spec, if valid.
     pub fn build(self) -> Result<VmSpec, ValidationError> {
         self.spec.validate()?;
@@ -511,6 +522,8 @@ struct VmSpecInput {
     networks: Vec<NetworkAttachment>,
     #[serde(default, deserialize_with = "de_cloud_init")]
     cloud_init: Option<CloudInit>,
+    #[serde(default, deserialize_with = "de_placement")]
+    placement: Placement,
 }
 
 field_paths! {
@@ -526,6 +539,7 @@ field_paths! {
     de_volumes => "spec.volumes",
     de_networks => "spec.networks",
     de_cloud_init => "spec.cloud_init",
+    de_placement => "spec.placement",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -545,6 +559,7 @@ impl TryFrom<VmSpecInput> for VmSpec {
             volumes: input.volumes,
             networks: input.networks,
             cloud_init: input.cloud_init,
+            placement: input.placement,
         };
         spec.validate()?;
         Ok(spec)

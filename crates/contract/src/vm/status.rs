@@ -73,6 +73,10 @@ pub struct VmStatus {
     /// controller read it (`vm create --ttl`, `corral temp`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The node the scheduler bound the VM to (a compare-and-swap write, so never two);
+    /// absent while it is not placed. Only that node's agent runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl VmStatus {

@@ -42,6 +42,7 @@ fn kind_of_segment(segment: &str) -> String {
         "identities" => "Identity",
         "projects" => "Project",
         "sources" => "Source",
+        "nodes" => "Node",
         "apply" => "Apply",
         "attestations" => "Attestation",
         "audit" => "Audit",

@@ -124,6 +124,7 @@ fn table() -> Vec<Route> {
         crate::apply::rest::routes(),
         crate::sources::rest::routes(),
         crate::ui::rest::routes(),
+        crate::nodes::rest::routes(),
     ]
     .into_iter()
     .flatten()
@@ -152,6 +153,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
         crate::projects::grpc::METHODS,
         crate::apply::grpc::METHODS,
         crate::sources::grpc::METHODS,
+        crate::nodes::grpc::METHODS,
     ]
     .concat()
 }

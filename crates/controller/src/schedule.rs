@@ -1,0 +1,411 @@
+//! Where a VM goes: the scheduler's pure decision. Filter the nodes that can take the VM,
+//! score the rest, break ties by name. No I/O: the [`Scheduler`](crate::Scheduler) loop reads
+//! the store, calls [`place`] and binds by compare-and-swap.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use corral_contract::{Accel, Node, Power, Vm};
+
+/// How the scheduler weighs nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleConfig {
+    /// vCPUs the VMs of a node may have together, per allocatable vCPU.
+    pub cpu_overcommit: f64,
+    /// Guest RAM the VMs of a node may have together, per allocatable byte.
+    pub memory_overcommit: f64,
+    /// Spread VMs over nodes (the least used first) or pack them (the most used first).
+    pub spread: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            spread: true,
+        }
+    }
+}
+
+/// Why a node cannot take a VM; one per node, the first that applies in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Misfit {
+    /// Its agent does not heartbeat.
+    NotReady,
+    /// Cordoned.
+    Cordoned,
+    /// It lacks a label `spec.placement.node_selector` asks for.
+    Selector,
+    /// The VM's node-local volumes are on another node.
+    Pinned,
+    /// QEMU there does not run the VM's architecture.
+    Arch,
+    /// It lacks the accelerator the VM asks for.
+    Accelerator,
+    /// Its VMs' vCPUs leave too few for this one.
+    Cpus,
+    /// Its VMs' RAM leaves too little for this one.
+    Memory,
+}
+
+impl Misfit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Misfit::NotReady => "not ready",
+            Misfit::Cordoned => "cordoned",
+            Misfit::Selector => "not matching spec.placement.node_selector",
+            Misfit::Pinned => "not holding its volumes",
+            Misfit::Arch => "without its architecture",
+            Misfit::Accelerator => "without its accelerator",
+            Misfit::Cpus => "insufficient cpus",
+            Misfit::Memory => "insufficient memory",
+        }
+    }
+}
+
+/// No node can take the VM: how many nodes there are and why each one cannot. Displays as
+/// `0/3 nodes: 2 insufficient memory, 1 cordoned` (most common reason first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable {
+    /// Nodes looked at.
+    pub nodes: usize,
+    /// How many nodes fail for each reason.
+    pub misfits: BTreeMap<Misfit, usize>,
+}
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nodes == 0 {
+            return f.write_str("0/0 nodes: no node is registered");
+        }
+        let mut reasons: Vec<_> = self.misfits.iter().collect();
+        // Most common first; equal counts in the enum's order.
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons
+            .iter()
+            .map(|(m, n)| format!("{n} {}", m.as_str()))
+            .collect();
+        write!(f, "0/{} nodes: {}", self.nodes, reasons.join(", "))
+    }
+}
+
+/// What the VMs bound to one node hold.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    cpus: u64,
+    memory: u64,
+    vms: usize,
+    group: usize,
+}
+
+/// The node `vm` should go to, among `nodes`, given the VMs already `bound` (every VM with a
+/// `status.node`; the VM itself is skipped) and the node its node-local volumes are on
+/// (`pinned`). The same inputs always give the same answer.
+pub fn place(
+    vm: &Vm,
+    nodes: &[Node],
+    bound: &[Vm],
+    pinned: Option<&str>,
+    config: &ScheduleConfig,
+) -> Result<String, Unschedulable> {
+    let group = vm.spec.placement.anti_affinity.as_deref();
+    let mut loads: BTreeMap<&str, Load> = BTreeMap::new();
+    for other in bound {
+        if other.metadata.uid == vm.metadata.uid && !vm.metadata.uid.is_empty() {
+            continue;
+        }
+        let Some(node) = other.status.node.as_deref() else {
+            continue;
+        };
+        let load = loads.entry(node).or_default();
+        // A stopped VM keeps its place but holds nothing.
+        if other.spec.power != Power::Stopped {
+            load.cpus += u64::from(other.spec.cpus);
+            load.memory += other.spec.memory.as_u64();
+        }
+        load.vms += 1;
+        if group.is_some() && other.spec.placement.anti_affinity.as_deref() == group {
+            load.group += 1;
+        }
+    }
+    let mut misfits = BTreeMap::new();
+    let mut best: Option<((usize, i64), &str)> = None;
+    for node in nodes {
+        let name = node.metadata.name.as_str();
+        let load = loads.get(name).copied().unwrap_or_default();
+        match fit(vm, node, load, pinned, config) {
+            Err(misfit) => *misfits.entry(misfit).or_insert(0) += 1,
+            Ok(used) => {
+                // Lower is better: fewer VMs of the group, then the least (spread) or most
+                // (pack) used, then the name.
+                let key = (load.group, if config.spread { used } else { -used });
+                if best.is_none_or(|(k, n)| (key, name) < (k, n)) {
+                    best = Some((key, name));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.to_owned()),
+        None => Err(Unschedulable {
+            nodes: nodes.len(),
+            misfits,
+        }),
+    }
+}
+
+/// Whether `node` with `load` can take `vm`; if so, how used it would be after, in
+/// thousandths of its (overcommitted) capacity, CPU and memory averaged.
+fn fit(
+    vm: &Vm,
+    node: &Node,
+    load: Load,
+    pinned: Option<&str>,
+    config: &ScheduleConfig,
+) -> Result<i64, Misfit> {
+    let name = node.metadata.name.as_str();
+    if !node.ready() {
+        return Err(Misfit::NotReady);
+    }
+    if node.spec.unschedulable {
+        return Err(Misfit::Cordoned);
+    }
+    let selector = &vm.spec.placement.node_selector;
+    if selector
+        .iter()
+        .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
+    {
+        return Err(Misfit::Selector);
+    }
+    if pinned.is_some_and(|p| p != name) {
+        return Err(Misfit::Pinned);
+    }
+    if !node.status.arches.contains(&vm.spec.arch) {
+        return Err(Misfit::Arch);
+    }
+    if vm.spec.accel != Accel::Auto && !node.status.accelerators.contains(&vm.spec.accel) {
+        return Err(Misfit::Accelerator);
+    }
+    let alloc = &node.status.allocatable;
+    let cpu_cap = f64::from(alloc.cpus) * config.cpu_overcommit;
+    let mem_cap = alloc.memory.as_u64() as f64 * config.memory_overcommit;
+    let (cpus, memory) = if vm.spec.power == Power::Stopped {
+        (0, 0)
+    } else {
+        (u64::from(vm.spec.cpus), vm.spec.memory.as_u64())
+    };
+    let cpus_after = (load.cpus + cpus) as f64;
+    let memory_after = (load.memory + memory) as f64;
+    if cpus_after > cpu_cap {
+        return Err(Misfit::Cpus);
+    }
+    if memory_after > mem_cap {
+        return Err(Misfit::Memory);
+    }
+    let share = |used: f64, cap: f64| if cap > 0.0 { used / cap } else { 1.0 };
+    Ok(((share(cpus_after, cpu_cap) + share(memory_after, mem_cap)) * 500.0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_contract::{Arch, Boot, ByteSize, NodeResources, Placement, VmSpec};
+
+    use super::*;
+
+    fn node(name: &str, cpus: u32, gib: u64) -> Node {
+        let mut n = Node::new(name.parse().unwrap());
+        n.status.allocatable = NodeResources {
+            cpus,
+            memory: ByteSize::from_gib(gib),
+            disk: ByteSize::from_gib(100),
+        };
+        n.status.capacity = n.status.allocatable.clone();
+        n.status.arches = vec![Arch::X86_64];
+        n.status.accelerators = vec![Accel::Tcg];
+        n.set_ready(true, "Heartbeat", "", "t0");
+        n
+    }
+
+    fn vm(name: &str, cpus: u32, gib: u64) -> Vm {
+        let spec = VmSpec::builder(Boot::kernel("/k"))
+            .cpus(cpus)
+            .memory(ByteSize::from_gib(gib))
+            .build()
+            .unwrap();
+        let mut vm = Vm::new(name.parse().unwrap(), spec);
+        vm.metadata.uid = format!("uid-{name}");
+        vm
+    }
+
+    fn on(mut vm: Vm, node: &str) -> Vm {
+        vm.status.node = Some(node.into());
+        vm
+    }
+
+    fn cfg() -> ScheduleConfig {
+        ScheduleConfig {
+            cpu_overcommit: 1.0,
+            memory_overcommit: 1.0,
+            spread: true,
+        }
+    }
+
+    #[test]
+    fn spread_takes_the_least_used_node_and_pack_the_most_used() {
+        let nodes = [node("a", 4, 8), node("b", 4, 8)];
+        let bound = [on(vm("x", 1, 2), "a")];
+        assert_eq!(
+            place(&vm("new", 1, 1), &nodes, &bound, None, &cfg()).unwrap(),
+            "b"
+        );
+        let pack = ScheduleConfig {
+            spread: false,
+            ..cfg()
+        };
+        assert_eq!(
+            place(&vm("new", 1, 1), &nodes, &bound, None, &pack).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn ties_break_by_name_whatever_the_order_of_nodes() {
+        let nodes = [node("c", 4, 8), node("a", 4, 8), node("b", 4, 8)];
+        assert_eq!(
+            place(&vm("v", 1, 1), &nodes, &[], None, &cfg()).unwrap(),
+            "a"
+        );
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        assert_eq!(
+            place(&vm("v", 1, 1), &reversed, &[], None, &cfg()).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn unschedulable_counts_each_class_of_node() {
+        let mut cordoned = node("c", 8, 64);
+        cordoned.spec.unschedulable = true;
+        let nodes = [node("a", 8, 1), node("b", 8, 1), cordoned];
+        let err = place(&vm("big", 1, 2), &nodes, &[], None, &cfg()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes: 2 insufficient memory, 1 cordoned"
+        );
+        let err = place(&vm("v", 1, 1), &[], &[], None, &cfg()).unwrap_err();
+        assert_eq!(err.to_string(), "0/0 nodes: no node is registered");
+    }
+
+    #[test]
+    fn capacity_counts_bound_running_vms_and_the_overcommit_ratio() {
+        let nodes = [node("a", 2, 4)];
+        let bound = [on(vm("x", 2, 3), "a")];
+        let err = place(&vm("v", 1, 1), &nodes, &bound, None, &cfg()).unwrap_err();
+        assert_eq!(err.to_string(), "0/1 nodes: 1 insufficient cpus");
+        let over = ScheduleConfig {
+            cpu_overcommit: 2.0,
+            ..cfg()
+        };
+        assert_eq!(
+            place(&vm("v", 1, 1), &nodes, &bound, None, &over).unwrap(),
+            "a"
+        );
+        let err = place(&vm("v", 1, 2), &nodes, &bound, None, &over).unwrap_err();
+        assert_eq!(err.to_string(), "0/1 nodes: 1 insufficient memory");
+        // A stopped VM keeps its binding but holds nothing.
+        let mut stopped = on(vm("x", 2, 3), "a");
+        stopped.spec.power = Power::Stopped;
+        assert_eq!(
+            place(&vm("v", 2, 4), &nodes, &[stopped], None, &cfg()).unwrap(),
+            "a"
+        );
+        // The VM itself, already bound, does not count against its own place.
+        let me = on(vm("v", 2, 4), "a");
+        assert_eq!(
+            place(&me, &nodes, std::slice::from_ref(&me), None, &cfg()).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn selector_arch_accelerator_readiness_and_pins_filter() {
+        let mut zoned = node("z", 4, 8);
+        zoned.metadata.labels.insert("zone".into(), "a".into());
+        let mut lost = node("l", 4, 8);
+        lost.set_ready(false, "NodeLost", "", "t1");
+        let nodes = [node("a", 4, 8), zoned, lost];
+        let mut v = vm("v", 1, 1);
+        v.spec.placement = Placement {
+            node_selector: [("zone".to_owned(), "a".to_owned())].into(),
+            anti_affinity: None,
+        };
+        assert_eq!(place(&v, &nodes, &[], None, &cfg()).unwrap(), "z");
+        let err = place(&v, &nodes, &[], Some("a"), &cfg()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes: 1 not ready, 1 not matching spec.placement.node_selector, 1 not holding its volumes"
+        );
+        assert_eq!(
+            place(&vm("w", 1, 1), &nodes, &[], Some("z"), &cfg()).unwrap(),
+            "z"
+        );
+        let mut arm = vm("arm", 1, 1);
+        arm.spec.arch = Arch::Aarch64;
+        let err = place(&arm, &nodes, &[], None, &cfg()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes: 2 without its architecture, 1 not ready"
+        );
+        let mut kvm = vm("kvm", 1, 1);
+        kvm.spec.accel = Accel::Kvm;
+        let err = place(&kvm, &nodes, &[], None, &cfg()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes: 2 without its accelerator, 1 not ready"
+        );
+    }
+
+    #[test]
+    fn anti_affinity_keeps_a_group_apart_before_it_weighs_load() {
+        let nodes = [node("a", 8, 16), node("b", 8, 16)];
+        let grouped = |name: &str| {
+            let mut v = vm(name, 1, 1);
+            v.spec.placement.anti_affinity = Some("web".into());
+            v
+        };
+        // b is busier, but a already holds a VM of the group.
+        let bound = [on(grouped("web-1"), "a"), on(vm("big", 4, 8), "b")];
+        assert_eq!(
+            place(&grouped("web-2"), &nodes, &bound, None, &cfg()).unwrap(),
+            "b"
+        );
+        // Only preferred: with every node holding one, the least used wins.
+        let bound = [on(grouped("web-1"), "a"), on(grouped("web-2"), "b")];
+        let mut busy = bound.to_vec();
+        busy.push(on(vm("big", 4, 8), "a"));
+        assert_eq!(
+            place(&grouped("web-3"), &nodes, &busy, None, &cfg()).unwrap(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn twelve_vms_spread_evenly_over_three_nodes() {
+        let nodes = [node("a", 4, 8), node("b", 4, 8), node("c", 4, 8)];
+        let mut bound = Vec::new();
+        for i in 0..12 {
+            let v = vm(&format!("vm-{i}"), 1, 1);
+            let n = place(&v, &nodes, &bound, None, &cfg()).unwrap();
+            bound.push(on(v, &n));
+        }
+        for n in ["a", "b", "c"] {
+            let count = bound
+                .iter()
+                .filter(|v| v.status.node.as_deref() == Some(n))
+                .count();
+            assert_eq!(count, 4, "node {n}");
+        }
+    }
+}

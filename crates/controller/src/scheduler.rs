@@ -1,0 +1,384 @@
+//! The scheduler loop: binds every VM without a node to one ([`place`]) by a
+//! compare-and-swap write of `status.node`, marks nodes whose heartbeats stopped as lost, and
+//! removes deleted VMs no node holds. One scheduler acts at a time: it leads an election
+//! first, and stops acting the moment its leadership is lost.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use corral_contract::{Condition, Node, Phase, Vm, set_condition};
+use corral_service::{NodeService, ServiceError, VmService};
+use corral_store::Elections;
+use tokio::sync::{Notify, watch};
+
+use crate::schedule::{ScheduleConfig, place};
+
+/// The condition the scheduler sets on a VM: `true` once bound, `false` with the reason
+/// while no node can take it.
+pub const SCHEDULED: &str = "Scheduled";
+
+/// The condition set on a VM whose node is lost and that cannot move.
+pub const NODE_LOST: &str = "NodeLost";
+
+/// The election every scheduler campaigns in.
+const ELECTION: &str = "scheduler";
+
+/// How the scheduler loop runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How nodes are weighed.
+    pub placement: ScheduleConfig,
+    /// A node whose last heartbeat is older than this is marked not `Ready`.
+    pub node_ttl: Duration,
+    /// This candidate's name in the election (unique per server).
+    pub candidate: String,
+    /// The lease its leadership is held with.
+    pub leader_ttl: Duration,
+    /// A full pass runs at least this often, events or not.
+    pub resync: Duration,
+    /// How long after `node_ttl` a lost node's VMs are moved: the node has fenced itself
+    /// (stopped them) by then.
+    pub fence_margin: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            placement: ScheduleConfig::default(),
+            node_ttl: Duration::from_secs(10),
+            candidate: "local".into(),
+            leader_ttl: Duration::from_secs(5),
+            resync: Duration::from_secs(2),
+            fence_margin: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Binds VMs to nodes. Run several (one per server): one leads, the others wait.
+#[derive(Debug)]
+pub struct Scheduler {
+    vms: VmService,
+    nodes: NodeService,
+    elections: Arc<dyn Elections>,
+    config: SchedulerConfig,
+    wake: Notify,
+    // Node loss is judged only after a scheduler has watched for a TTL: one just started
+    // (after a server restart) has not seen the heartbeats that may have come meanwhile.
+    started: std::time::Instant,
+}
+
+impl Scheduler {
+    /// A scheduler over the VMs and nodes of one store, electing its leader through
+    /// `elections`.
+    pub fn new(
+        vms: VmService,
+        nodes: NodeService,
+        elections: Arc<dyn Elections>,
+        config: SchedulerConfig,
+    ) -> Self {
+        Scheduler {
+            vms,
+            nodes,
+            elections,
+            config,
+            wake: Notify::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true: campaigns, then — while leading — places VMs on
+    /// every VM or node change and every `resync`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let this = self.clone();
+        let follow = tokio::spawn(async move { this.follow().await });
+        loop {
+            let campaign =
+                self.elections
+                    .campaign(ELECTION, &self.config.candidate, self.config.leader_ttl);
+            let leadership = tokio::select! {
+                l = campaign => l,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let leadership = match leadership {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot campaign for the scheduler; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tracing::info!(candidate = %self.config.candidate, "leading the scheduler");
+            tokio::select! {
+                _ = leadership.lost() => {
+                    tracing::warn!("scheduler leadership lost; campaigning again");
+                }
+                _ = self.lead() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        follow.abort();
+    }
+
+    /// Wakes the loop on every VM or node change.
+    async fn follow(&self) {
+        let store = self.vms.store().clone();
+        loop {
+            // Every pass lists everything, so a watch only needs to start from now.
+            let watch = match store.revision().await {
+                Ok(revision) => store.watch(None, revision).await,
+                Err(e) => Err(e),
+            };
+            let mut watch = match watch {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler cannot watch; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(Ok(event)) = watch.recv().await {
+                if matches!(event.object.kind.as_str(), "Vm" | "Node") {
+                    self.wake.notify_one();
+                }
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    async fn lead(&self) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "scheduling pass failed; retrying");
+            }
+            let _ = tokio::time::timeout(self.config.resync, self.wake.notified()).await;
+        }
+    }
+
+    /// One pass: nodes whose heartbeats stopped are marked lost, then every VM without a
+    /// node is placed (or told why it cannot be).
+    pub async fn pass(&self) -> Result<(), ServiceError> {
+        let (mut nodes, _) = self.nodes.list("").await?;
+        let judging = self.started.elapsed() > self.config.node_ttl;
+        for node in &mut nodes {
+            if judging && node.ready() && stale(node, self.config.node_ttl) {
+                let message = format!(
+                    "no heartbeat for {} (last {})",
+                    humantime::format_duration(self.config.node_ttl),
+                    node.status.heartbeat.as_deref().unwrap_or("never")
+                );
+                tracing::warn!(node = %node.metadata.name, %message, "node lost");
+                *node = self
+                    .nodes
+                    .mark_lost(node.metadata.name.as_str(), &message)
+                    .await?;
+            }
+        }
+        let (mut vms, _) = self.vms.list("").await?;
+        for vm in &mut vms {
+            let Some(node) = vm.status.node.as_deref() else {
+                continue;
+            };
+            let Some(node) = nodes.iter().find(|n| n.metadata.name.as_str() == node) else {
+                continue;
+            };
+            if judging && !node.ready() {
+                if let Some(moved) = self.fail_over(vm, node).await? {
+                    *vm = moved;
+                }
+            } else if node.ready() && vm.status.condition(NODE_LOST).is_some() {
+                // The node is back: what stayed bound to it is its again.
+                let key = vm.metadata.key();
+                match self
+                    .vms
+                    .update_status(&key, |_, s| {
+                        s.conditions.retain(|c| c.type_ != NODE_LOST);
+                        true
+                    })
+                    .await
+                {
+                    Ok(updated) => *vm = updated,
+                    Err(ServiceError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut bound: Vec<Vm> = vms
+            .iter()
+            .filter(|vm| vm.status.node.is_some())
+            .cloned()
+            .collect();
+        for vm in vms.iter().filter(|vm| vm.status.node.is_none()) {
+            let key = vm.metadata.key();
+            if vm.metadata.deleting {
+                // Nothing runs it anywhere: nothing to stop, only the object to remove.
+                match self.vms.remove(&key, vm.metadata.resource_version).await {
+                    Ok(()) | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let pinned = pinned_node(vm, &bound);
+            match place(
+                vm,
+                &nodes,
+                &bound,
+                pinned.as_deref(),
+                &self.config.placement,
+            ) {
+                Ok(node) => {
+                    if let Some(vm) = self.bind(&key, &node).await? {
+                        tracing::info!(vm = %key, %node, "bound");
+                        bound.push(vm);
+                    }
+                }
+                Err(why) => self.unschedulable(&key, &why.to_string()).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds `key` to `node` unless it is bound already: the write is a compare-and-swap on
+    /// the VM's version, and a VM found bound on a retry is left as it is. Returns the VM
+    /// if this call bound it.
+    async fn bind(&self, key: &str, node: &str) -> Result<Option<Vm>, ServiceError> {
+        let mut won = false;
+        let result = self
+            .vms
+            .modify(key, 0, |vm| {
+                won = false;
+                if vm.status.node.is_some() || vm.metadata.deleting {
+                    return Ok(false);
+                }
+                vm.status.node = Some(node.to_owned());
+                let mut c = Condition::new(SCHEDULED, true, "Bound", format!("on node {node}"));
+                c.last_transition = Some(now());
+                set_condition(&mut vm.status.conditions, c);
+                won = true;
+                Ok(true)
+            })
+            .await;
+        match result {
+            Ok(vm) => Ok(won.then_some(vm)),
+            Err(ServiceError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A VM on a lost node: unbound for the scheduler once the node has fenced itself, or
+    /// marked `NodeLost` when it cannot move. Returns the VM as written.
+    async fn fail_over(&self, vm: &Vm, node: &Node) -> Result<Option<Vm>, ServiceError> {
+        let key = vm.metadata.key();
+        let lost_on = node.metadata.name.to_string();
+        let decision = crate::failover(
+            vm,
+            silent(node),
+            self.config.node_ttl,
+            self.config.fence_margin,
+        );
+        let written = match decision {
+            crate::Failover::Wait(_) => return Ok(None),
+            crate::Failover::Reschedule => {
+                tracing::warn!(vm = %key, node = %lost_on, "node lost: placing the VM again");
+                self.vms
+                    .update_status(&key, |vm, s| {
+                        if vm.status.node.as_deref() != Some(lost_on.as_str()) {
+                            return false;
+                        }
+                        s.node = None;
+                        s.pid = None;
+                        s.phase = Phase::Pending;
+                        s.message = Some(format!("node {lost_on} was lost; placing it again"));
+                        s.conditions.retain(|c| c.type_ != NODE_LOST);
+                        true
+                    })
+                    .await
+            }
+            crate::Failover::Lost(why) => {
+                self.vms
+                    .update_status(&key, |vm, s| {
+                        if vm.status.node.as_deref() != Some(lost_on.as_str())
+                            || s.condition(NODE_LOST).is_some_and(|c| c.status)
+                        {
+                            return false;
+                        }
+                        let mut c = Condition::new(NODE_LOST, true, "NodeLost", why.clone());
+                        c.last_transition = Some(now());
+                        set_condition(&mut s.conditions, c);
+                        s.message = Some(format!("node {lost_on} was lost: {why}"));
+                        true
+                    })
+                    .await
+            }
+        };
+        match written {
+            Ok(vm) => Ok(Some(vm)),
+            Err(ServiceError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves the VM `Pending` with `Scheduled=false` and the reason per class of node.
+    async fn unschedulable(&self, key: &str, why: &str) -> Result<(), ServiceError> {
+        let result = self
+            .vms
+            .update_status(key, |vm, s| {
+                if vm.status.node.is_some() {
+                    return false;
+                }
+                let same = s
+                    .condition(SCHEDULED)
+                    .is_some_and(|c| !c.status && c.message == why);
+                if same {
+                    return false;
+                }
+                let mut c = Condition::new(SCHEDULED, false, "Unschedulable", why);
+                c.last_transition = Some(now());
+                set_condition(&mut s.conditions, c);
+                s.phase = Phase::Pending;
+                s.message = Some(format!("waiting for a node: {why}"));
+                true
+            })
+            .await;
+        match result {
+            Ok(_) | Err(ServiceError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether `node`'s last heartbeat is older than `ttl` (or it never sent one).
+pub fn stale(node: &Node, ttl: Duration) -> bool {
+    silent(node) > ttl
+}
+
+/// How long since `node`'s last heartbeat (forever if it never sent one).
+fn silent(node: &Node) -> Duration {
+    node.status
+        .heartbeat
+        .as_deref()
+        .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+        .map_or(Duration::MAX, |at| {
+            SystemTime::now()
+                .duration_since(at)
+                .unwrap_or(Duration::ZERO)
+        })
+}
+
+/// The node a VM's node-local volumes are on: where another VM using one of them is bound.
+fn pinned_node(vm: &Vm, bound: &[Vm]) -> Option<String> {
+    let project = vm.metadata.project();
+    let mine: Vec<_> = vm.spec.volume_names().collect();
+    if mine.is_empty() {
+        return None;
+    }
+    bound
+        .iter()
+        .filter(|other| other.metadata.project() == project)
+        .find(|other| other.spec.volume_names().any(|v| mine.contains(&v)))
+        .and_then(|other| other.status.node.clone())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

@@ -1,0 +1,137 @@
+//! Nodes as objects: the strategy of kind `Node` and its verbs (register, heartbeat, cordon,
+//! drain). Agents register and heartbeat their own node; people cordon and drain.
+
+use corral_contract::{Condition, Node, NodeStatus, Vm, set_condition};
+
+use crate::resources::now;
+use crate::{Resources, ServiceError, Strategy, VmService};
+
+/// The condition a drain sets on a VM: its node's agent stops it and gives it back to the
+/// scheduler (`status.node` cleared) — the VM is never started elsewhere while it still runs.
+pub const EVICTING: &str = "Evicting";
+
+/// The strategy of kind `Node`: people change only `spec.unschedulable` and labels; the
+/// status is the agent's.
+#[derive(Debug, Default)]
+pub struct NodeKind;
+
+impl Strategy for NodeKind {
+    type Object = Node;
+
+    fn check_update(&self, _current: &Node, _desired: &Node) -> Result<(), ServiceError> {
+        Ok(())
+    }
+}
+
+/// Nodes.
+pub type NodeService = Resources<NodeKind>;
+
+impl Resources<NodeKind> {
+    /// Creates the node `node` names, or takes it over (labels and status from `node`; the
+    /// stored cordon stays): what an agent does when it starts.
+    pub async fn register(&self, node: Node) -> Result<Node, ServiceError> {
+        let name = node.metadata.name.to_string();
+        match self.create(node.clone()).await {
+            Err(ServiceError::AlreadyExists { .. }) => {}
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        let labels = node.metadata.labels.clone();
+        let status = node.status;
+        self.modify(&name, 0, |stored| {
+            stored.metadata.labels.clone_from(&labels);
+            stored.status = status.clone();
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Records a heartbeat of the node's agent: `Ready`, the time, and what it has.
+    pub async fn heartbeat(&self, name: &str, status: NodeStatus) -> Result<Node, ServiceError> {
+        let at = now();
+        self.update_status(name, |_, s| {
+            let conditions = std::mem::take(&mut s.conditions);
+            *s = NodeStatus {
+                conditions,
+                heartbeat: Some(at.clone()),
+                ..status.clone()
+            };
+            let mut ready = Condition::new(
+                corral_contract::NODE_READY,
+                true,
+                "Heartbeat",
+                "the agent reports",
+            );
+            ready.last_transition = Some(at.clone());
+            set_condition(&mut s.conditions, ready);
+            true
+        })
+        .await
+    }
+
+    /// Marks the node not `Ready` (its heartbeats stopped), saying why.
+    pub async fn mark_lost(&self, name: &str, message: &str) -> Result<Node, ServiceError> {
+        let at = now();
+        self.update_status(name, |node, s| {
+            if !node.ready() {
+                return false;
+            }
+            let mut c = Condition::new(corral_contract::NODE_READY, false, "NodeLost", message);
+            c.last_transition = Some(at.clone());
+            set_condition(&mut s.conditions, c);
+            true
+        })
+        .await
+    }
+
+    /// Cordons (`true`) or uncordons a node: whether the scheduler may place new VMs there.
+    pub async fn cordon(&self, name: &str, cordoned: bool) -> Result<Node, ServiceError> {
+        self.modify_live(name, |node| {
+            let changed = node.spec.unschedulable != cordoned;
+            node.spec.unschedulable = cordoned;
+            if changed {
+                node.metadata.generation += 1;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Cordons a node and asks its agent to give back every VM bound to it (they are stopped
+    /// there, then placed elsewhere). Returns the node and the VMs asked to move.
+    pub async fn drain(
+        &self,
+        name: &str,
+        vms: &VmService,
+    ) -> Result<(Node, Vec<Vm>), ServiceError> {
+        let node = self.cordon(name, true).await?;
+        let (all, _) = vms.list("").await?;
+        let mut moved = Vec::new();
+        for vm in all
+            .into_iter()
+            .filter(|vm| vm.status.node.as_deref() == Some(name))
+        {
+            let key = vm.metadata.key();
+            let vm = vms
+                .update_status(&key, |vm, s| {
+                    if vm.status.node.as_deref() != Some(name)
+                        || vm.status.condition(EVICTING).is_some()
+                    {
+                        return false;
+                    }
+                    let mut c = Condition::new(
+                        EVICTING,
+                        true,
+                        "NodeDrained",
+                        format!("node {name} is drained: the VM stops there and is placed again"),
+                    );
+                    c.last_transition = Some(now());
+                    set_condition(&mut s.conditions, c);
+                    true
+                })
+                .await?;
+            moved.push(vm);
+        }
+        Ok((node, moved))
+    }
+}
