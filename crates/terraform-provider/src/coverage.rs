@@ -55,6 +55,14 @@ const VM: Coverage = &[
     ),
     ("spec.networks.mac", Ok("network.mac")),
     ("spec.networks.network", Ok("network.name")),
+    (
+        "spec.placement.anti_affinity",
+        Ok("placement.anti_affinity"),
+    ),
+    (
+        "spec.placement.node_selector",
+        Ok("placement.node_selector"),
+    ),
     ("spec.power", Ok("power")),
     ("spec.restart_policy", Ok("restart_policy")),
     ("spec.volumes.readonly", Ok("volume.read_only")),

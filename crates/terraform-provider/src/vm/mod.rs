@@ -163,9 +163,14 @@ impl Kind for VmKind {
         if !stored::mentioned(prior, "cloud_init") && wanted.spec.cloud_init.is_none() {
             next.spec.cloud_init = current.spec.cloud_init.clone();
         }
+        if !stored::mentioned(prior, "placement") && wanted.spec.placement.is_empty() {
+            next.spec.placement = current.spec.placement.clone();
+        }
         let mut old_hw = current.spec.clone();
         old_hw.power = next.spec.power;
         old_hw.restart_policy = next.spec.restart_policy;
+        // Placement is read when the VM is placed; changing it moves nothing that runs.
+        old_hw.placement = next.spec.placement.clone();
         let hardware_changed = old_hw != next.spec;
         let mut live = matches!(
             current.status.phase,

@@ -96,7 +96,8 @@ pub fn resource_schema() -> Schema {
     ))
     .list_block("volume", volume_block())
     .list_block("network", network_block())
-    .block("cloud_init", cloud_init_block());
+    .block("cloud_init", cloud_init_block())
+    .block("placement", placement_block());
     let mut schema = stored::identity(schema, "When corrald created the VM (RFC 3339).")
         .attr(Attr::string("phase").computed().describe(
             "Where the VM is: Pending, Starting, Running, Paused, Stopping, Stopped or Failed.",
@@ -210,6 +211,20 @@ fn cloud_init_block() -> Schema {
     .attr(Attr::string("hostname").describe("The guest's hostname."))
 }
 
+fn placement_block() -> Schema {
+    Schema::new(
+        "Where the scheduler may put the VM when it places it (a running VM stays where it \
+         is until it is placed again: drained, or its node lost).",
+    )
+    .attr(
+        Attr::string_map("node_selector")
+            .describe("Only nodes carrying every one of these labels (`{ zone = \"a\" }`)."),
+    )
+    .attr(Attr::string("anti_affinity").describe(
+        "A group name: the scheduler prefers nodes holding no other VM of the same group.",
+    ))
+}
+
 /// The cloud-init attributes the provider writes `user_data` from.
 const CLOUD_INIT_SHORTHAND: [&str; 3] = ["user", "ssh_keys", "hostname"];
 
@@ -252,6 +267,7 @@ pub fn attribute_for(field: &str) -> Option<&'static str> {
         f if f.starts_with("spec.volumes") => "volume",
         f if f.starts_with("spec.networks") => "network",
         f if f.starts_with("spec.cloud_init") => "cloud_init",
+        f if f.starts_with("spec.placement") => "placement",
         "spec.power" => "power",
         "spec.introspection" => "introspection",
         "spec.restart_policy" => "restart_policy",
@@ -352,6 +368,21 @@ pub fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
     spec.insert("boot".into(), boot);
     spec.insert("volumes".into(), json!(volumes_of(config)));
     spec.insert("networks".into(), json!(networks_of(config)));
+    let placement = config.get("placement");
+    if let Value::Map(_) = placement {
+        let mut p = serde_json::Map::new();
+        if let Value::Map(selector) = placement.get("node_selector") {
+            let selector: serde_json::Map<_, _> = selector
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), json!(v.as_str()?))))
+                .collect();
+            p.insert("node_selector".into(), json!(selector));
+        }
+        if let Some(group) = stored::known(placement, "anti_affinity") {
+            p.insert("anti_affinity".into(), group);
+        }
+        spec.insert("placement".into(), json!(p));
+    }
     match cloud_init_of(config) {
         Ok(Some(ci)) => {
             spec.insert("cloud_init".into(), ci);
@@ -678,6 +709,29 @@ pub fn to_state(vm: &Vm, hint: &Value, state: &mut Value) {
         _ => Value::Null,
     };
     state.set("cloud_init", cloud_init);
+    let placement = &spec.placement;
+    let shown = mentioned(hint, "placement") && !placement.is_empty();
+    let placement = if shown {
+        let selector = placement
+            .node_selector
+            .iter()
+            .map(|(k, v)| (k.clone(), s(v)))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        Value::object(&[
+            (
+                "node_selector",
+                if selector.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Map(selector)
+                },
+            ),
+            ("anti_affinity", opt(placement.anti_affinity.as_deref())),
+        ])
+    } else {
+        Value::Null
+    };
+    state.set("placement", placement);
     state.set("power", s(effective_power(vm).as_str()));
     state.set("introspection", Value::Bool(spec.introspection));
     state.set("restart_policy", s(spec.restart_policy.as_str()));
@@ -933,6 +987,27 @@ mod tests {
         assert_eq!(elements(&imported, "network").len(), 1);
         assert!(!imported.get("cloud_init").is_null());
         assert_eq!(imported.get("labels").as_map().map(|m| m.len()), Some(2));
+    }
+
+    #[test]
+    fn placement_is_a_block_that_reads_back() {
+        let block = Value::object(&[
+            (
+                "node_selector",
+                Value::object(&[("zone", Value::string("a"))]),
+            ),
+            ("anti_affinity", Value::string("web")),
+        ]);
+        let conf = config(&[("placement", block.clone())]);
+        let vm = vm_from(&conf).unwrap();
+        assert_eq!(vm.spec.placement.node_selector["zone"], "a");
+        assert_eq!(vm.spec.placement.anti_affinity.as_deref(), Some("web"));
+        assert_eq!(state(&vm, &conf).get("placement"), &block);
+        // Not in the configuration: whatever the VM has is no drift.
+        assert_eq!(state(&vm, &config(&[])).get("placement"), &Value::Null);
+        let bad = Value::object(&[("anti_affinity", Value::string("not a label!"))]);
+        let diags = validate::<VmKind>(&config(&[("placement", bad)]));
+        assert_eq!(diags[0].path, ["placement"], "{diags:?}");
     }
 
     #[test]
