@@ -20,9 +20,12 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
+        // vCPUs are time-shared: a 2-core developer machine (or CI runner) runs a dozen
+        // small VMs, as it did before there was a scheduler. RAM is not: a guest that touches
+        // its memory is an OOM kill away.
         ScheduleConfig {
-            cpu_overcommit: 4.0,
-            memory_overcommit: 1.0,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.5,
             spread: true,
         }
     }

@@ -170,7 +170,8 @@ pub struct Args {
     /// [default: the host name, lowercased]
     #[arg(long, env = "CORRAL_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<corral_contract::ResourceName>,
-    /// vCPUs the VMs of one node may have together, per vCPU of the node [default: 4]
+    /// vCPUs the VMs of one node may have together, per vCPU of the node [default: 16: vCPUs
+    /// are time-shared, and a developer's 2-core machine runs many small VMs]
     #[arg(long, env = "CORRAL_CPU_OVERCOMMIT", value_name = "RATIO", value_parser = parse_ratio)]
     pub cpu_overcommit: Option<f64>,
     /// Guest RAM the VMs of one node may have together, per byte of the node's RAM
@@ -732,8 +733,12 @@ impl Config {
             role,
             node_name: args.node_name.clone().unwrap_or_else(host_node_name),
             placement: corral_controller::ScheduleConfig {
-                cpu_overcommit: args.cpu_overcommit.unwrap_or(4.0),
-                memory_overcommit: args.memory_overcommit.unwrap_or(1.5),
+                cpu_overcommit: args
+                    .cpu_overcommit
+                    .unwrap_or(corral_controller::ScheduleConfig::default().cpu_overcommit),
+                memory_overcommit: args
+                    .memory_overcommit
+                    .unwrap_or(corral_controller::ScheduleConfig::default().memory_overcommit),
                 spread: args.placement != Some(PlacementPolicy::Pack),
             },
             node_ttl: args.node_ttl.unwrap_or(Duration::from_secs(10)),
