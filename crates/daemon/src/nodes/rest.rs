@@ -39,7 +39,9 @@ pub(crate) fn routes() -> Vec<Route> {
 }
 
 async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    Ok(many(d.nodes.list(&q.label_selector).await?.0, None))
+    // The list's revision, as every list carries (a watch resumes from it).
+    let (nodes, revision) = d.nodes.list(&q.label_selector).await?;
+    Ok(many(nodes, Some(revision)))
 }
 
 async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
