@@ -5,7 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 
 use crate::api::error::ApiResult;
-use crate::api::json::{ListQuery, many, one};
+use corral_service::Projects;
+
+use crate::api::json::{ListQuery, one};
 use crate::api::{Permission, Route};
 use crate::state::Shared;
 
@@ -38,10 +40,14 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
-    // The list's revision, as every list carries (a watch resumes from it).
-    let (nodes, revision) = d.nodes.list(&q.label_selector).await?;
-    Ok(many(nodes, Some(revision)))
+/// Every node (nodes are in no project), or with `watch=true` their changes: the shared list
+/// and watch, so the query and `Last-Event-ID` are checked as on every other kind.
+async fn list(
+    State(d): State<Shared>,
+    Query(q): Query<ListQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult {
+    crate::api::watch::list_or_watch(&d.nodes, &Projects::All, &q, &headers).await
 }
 
 async fn read(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
