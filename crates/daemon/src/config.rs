@@ -186,6 +186,10 @@ pub struct Args {
     /// [default: 10s]
     #[arg(long, env = "CORRAL_NODE_TTL", value_name = "DURATION", value_parser = parse_timeout)]
     pub node_ttl: Option<Duration>,
+    /// The address other nodes reach this one at to send it a migrating VM (QEMU listens on
+    /// a free port there) [default: 127.0.0.1, which only serves nodes on this host]
+    #[arg(long, env = "CORRAL_MIGRATION_ADDRESS", value_name = "IP")]
+    pub migration_address: Option<std::net::IpAddr>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -231,6 +235,8 @@ pub struct ClusterConfig {
     pub placement: corral_controller::ScheduleConfig,
     /// A node silent for this long is not Ready.
     pub node_ttl: Duration,
+    /// Where this node receives migrating VMs.
+    pub migration_address: std::net::IpAddr,
 }
 
 /// The host name as a node name: lowercased, anything but letters, digits and '-' made '-';
@@ -742,6 +748,9 @@ impl Config {
                 spread: args.placement != Some(PlacementPolicy::Pack),
             },
             node_ttl: args.node_ttl.unwrap_or(Duration::from_secs(10)),
+            migration_address: args
+                .migration_address
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
         };
         Ok(Config {
             cluster,
