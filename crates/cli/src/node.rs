@@ -21,8 +21,10 @@ pub enum NodeCommand {
     Cordon(NodeNameArgs),
     /// Let the scheduler place VMs on the node again — admin only
     Uncordon(NodeNameArgs),
-    /// Cordon the node and move its VMs: each is stopped there, then started on another
-    /// node the scheduler picks (a VM no other node can take waits, Pending) — admin only
+    /// Cordon the node and move its VMs: running VMs move live (corral vm migrate) to a node
+    /// the scheduler picks; the others — and any that cannot move live, with the reason in
+    /// their Evicting condition — are stopped there and started elsewhere (a VM no other node
+    /// can take waits, Pending) — admin only
     Drain(NodeNameArgs),
 }
 

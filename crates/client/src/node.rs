@@ -56,7 +56,8 @@ impl Client {
         self.decode_node(n.into_inner())
     }
 
-    /// Cordons a node and moves its VMs elsewhere (each is stopped there first).
+    /// Cordons a node and moves its VMs elsewhere: live where they can move, else stopped
+    /// there and placed again.
     pub async fn drain_node(&self, name: &str) -> Result<Node, ClientError> {
         let n = self
             .nodes_client()

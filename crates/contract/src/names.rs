@@ -20,6 +20,9 @@ pub mod annotations {
     /// On a VM: asks for a live migration, as `NODE@TIME` (a new value is a new request; the
     /// annotation removed while it runs cancels it). `status.migration` follows it.
     pub const MIGRATE_TO: &str = "corral.dev/migrate-to";
+    /// In a [`MIGRATE_TO`] value after the `@`: a drain asked for the move, so a VM that
+    /// cannot move live is stopped and placed again instead (`@drain:TIME`).
+    pub const MIGRATE_DRAIN: &str = "drain:";
     /// On a VM whose `spec.power` is `stopped`: [`STOP_MODE_FORCE`] stops it without waiting
     /// for the guest to shut down.
     pub const STOP_MODE: &str = "corral.dev/stop-mode";

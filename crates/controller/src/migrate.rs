@@ -40,15 +40,21 @@ pub(crate) struct Request {
     value: String,
     /// The node asked for; `None`: the scheduler picks.
     target: Option<String>,
+    /// A drain asked for it: if the VM cannot move live, it is evicted instead.
+    drain: bool,
 }
 
 impl Request {
     pub(crate) fn of(vm: &Vm) -> Option<Request> {
-        let value = vm.metadata.annotations.get(annotations::MIGRATE_TO)?;
-        let (target, _) = value.split_once('@')?;
+        Request::of_value(vm.metadata.annotations.get(annotations::MIGRATE_TO)?)
+    }
+
+    fn of_value(value: &str) -> Option<Request> {
+        let (target, when) = value.split_once('@')?;
         Some(Request {
-            value: value.clone(),
+            value: value.to_owned(),
             target: (!target.is_empty()).then(|| target.to_owned()),
+            drain: when.starts_with(annotations::MIGRATE_DRAIN),
         })
     }
 }
@@ -211,11 +217,14 @@ impl VmController {
                 if vm.status.node.as_deref() != Some(me.as_str()) {
                     return false;
                 }
+                if !pending && request.drain {
+                    evict(st, &me, status.message.as_deref().unwrap_or_default());
+                }
                 st.migration = Some(status.clone());
                 true
             })
             .await?;
-        Ok(pending.then_some(POLL))
+        Ok(Some(if pending { POLL } else { Duration::ZERO }))
     }
 
     /// The node the VM goes to: the one asked for, if it may take it, else the scheduler's
@@ -299,11 +308,21 @@ impl VmController {
         why: String,
     ) -> Result<Option<Duration>, ControllerError> {
         tracing::warn!(vm = %key, target = %st.target, %why, "migration failed");
-        self.write_migration(key, &st.request, |m| {
-            m.phase = MigrationPhase::Failed;
-            m.message = Some(format!("{why}; the VM runs on where it was"));
-        })
-        .await?;
+        let drain = Request::of_value(&st.request).is_some_and(|r| r.drain);
+        let source = st.source.clone();
+        self.svc
+            .update_status(key, |_, s| match s.migration.as_mut() {
+                Some(m) if m.request == st.request && !m.phase.ended() => {
+                    m.phase = MigrationPhase::Failed;
+                    m.message = Some(format!("{why}; the VM runs on where it was"));
+                    if drain {
+                        evict(s, &source, &why);
+                    }
+                    true
+                }
+                _ => false,
+            })
+            .await?;
         Ok(Some(Duration::ZERO))
     }
 
@@ -417,6 +436,23 @@ impl VmController {
             .await?;
         Ok(())
     }
+}
+
+/// A drained node's VM that could not move live: it is stopped there and placed again
+/// (see `VmController::evict`), saying why.
+fn evict(st: &mut corral_contract::VmStatus, node: &str, why: &str) {
+    let mut c = corral_contract::Condition::new(
+        corral_service::EVICTING,
+        true,
+        "NodeDrained",
+        format!(
+            "node {node} is drained and the VM could not move live ({why}): it stops there and \
+             is placed again"
+        ),
+    );
+    c.last_transition =
+        Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+    st.set_condition(c);
 }
 
 /// QEMU is sending the VM (the states of an outgoing migration under way).

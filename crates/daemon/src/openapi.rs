@@ -212,7 +212,8 @@ pub const OPERATIONS: &[Described] = {
         }),
         ("drainNode", Post, "/v1/nodes/{name}/drain", || {
             node_verb(
-                "Cordon the node and move its VMs: each is stopped there, then placed elsewhere",
+                "Cordon the node and move its VMs: running VMs move live; the others, and any \
+                 that cannot move live, are stopped there and placed elsewhere",
             )
         }),
         ("getOpenApi", Get, "/openapi.json", openapi),

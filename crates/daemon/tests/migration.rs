@@ -2,7 +2,8 @@
 //! directories) on one real etcd, a real guest moved from one to the other while it runs.
 //! Evidence from inside the guest: its heartbeat counter carries on in the target's QEMU
 //! (never resets, no second boot), and it answers a command typed on the target's console.
-//! Never two QEMUs running the guest: the source's QEMU is gone once the target owns it.
+//! Never two QEMUs running the guest: the source's QEMU is gone once the target owns it. A
+//! drained node's VM moves live too.
 
 use std::time::{Duration, Instant};
 
@@ -158,10 +159,34 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     assert!(b.qemu_pids().is_empty(), "node-b's QEMU is gone");
     assert_eq!(a.qemu_pids().len(), 1, "one QEMU, on node-a");
 
+    // Draining node-a moves it live again (never stopped: the counter carries on).
+    let before = last_heartbeat(&ca.console_log("mover", 0).await?).unwrap_or_default();
+    ca.drain_node("node-a").await?;
+    let vm = migration_ended(&cb, "mover", logs).await;
+    let m = vm.status.migration.clone().expect("status.migration");
+    assert_eq!(m.phase, MigrationPhase::Completed, "{m:?}\n{}", logs());
+    assert_eq!(vm.status.node.as_deref(), Some("node-b"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = cb.console_log("mover", 0).await?;
+        if last_heartbeat(&log).is_some_and(|n| n > before) {
+            assert!(!String::from_utf8_lossy(&log).contains("CORRAL_BOOT_OK"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat after the drain\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(a.qemu_pids().is_empty(), "nothing runs on the drained node");
+    ca.cordon_node("node-a", false).await?;
+
     // A stopped VM does not move live.
-    ca.stop_vm("mover", true).await?;
-    wait_phase(&ca, &a, "mover", Phase::Stopped).await?;
-    let stopped = ca.migrate_vm("mover", Some("node-b")).await.unwrap_err();
+    cb.stop_vm("mover", true).await?;
+    wait_phase(&cb, &b, "mover", Phase::Stopped).await?;
+    let stopped = cb.migrate_vm("mover", Some("node-a")).await.unwrap_err();
     assert!(
         stopped.to_string().contains("only a running or paused VM"),
         "{stopped}"

@@ -1,7 +1,7 @@
 //! Nodes as objects: the strategy of kind `Node` and its verbs (register, heartbeat, cordon,
 //! drain). Agents register and heartbeat their own node; people cordon and drain.
 
-use corral_contract::{Condition, Node, NodeStatus, Vm, set_condition};
+use corral_contract::{Condition, Node, NodeStatus, Phase, Power, Vm, set_condition};
 
 use crate::resources::now;
 use crate::{Resources, ServiceError, Strategy, VmService};
@@ -112,6 +112,21 @@ impl Resources<NodeKind> {
             .filter(|vm| vm.status.node.as_deref() == Some(name))
         {
             let key = vm.metadata.key();
+            // Moved live where it can be; where the move fails, the node's controller falls
+            // back to stopping it there (the request says it is a drain's).
+            let live = matches!(vm.status.phase, Phase::Running | Phase::Paused)
+                && vm.spec.power != Power::Stopped
+                && vm.spec.volume_names().next().is_none();
+            if live {
+                match vms.migrate_for_drain(&key).await {
+                    Ok(vm) => {
+                        moved.push(vm);
+                        continue;
+                    }
+                    Err(ServiceError::WrongState { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let vm = vms
                 .update_status(&key, |vm, s| {
                     if vm.status.node.as_deref() != Some(name)

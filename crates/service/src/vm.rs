@@ -323,6 +323,27 @@ impl VmService {
         .await
     }
 
+    /// Asks for VM `name` to move off its node, which is being drained: live, to a node the
+    /// scheduler picks; if it cannot move, its node stops it and it is placed again.
+    pub async fn migrate_for_drain(&self, name: &str) -> Result<Vm, ServiceError> {
+        let request = format!("@{}{}", annotations::MIGRATE_DRAIN, now());
+        self.modify_live(name, |vm| {
+            if !matches!(vm.status.phase, Phase::Running | Phase::Paused) {
+                return Err(ServiceError::WrongState {
+                    kind: Vm::NOUN,
+                    name: vm.metadata.name.to_string(),
+                    state: vm.status.phase.to_string(),
+                    rule: "only a running or paused VM moves live".into(),
+                });
+            }
+            vm.metadata
+                .annotations
+                .insert(annotations::MIGRATE_TO.into(), request.clone());
+            Ok(true)
+        })
+        .await
+    }
+
     /// Withdraws VM `name`'s migration request: one not yet switched over is cancelled and the
     /// VM runs on where it is.
     pub async fn cancel_migration(&self, name: &str) -> Result<Vm, ServiceError> {
