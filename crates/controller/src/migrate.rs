@@ -28,7 +28,7 @@ use crate::schedule::{ScheduleConfig, place};
 use crate::{ControllerError, VmController};
 
 /// How often a migration in flight is looked at.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
 
 /// Longest downtime QEMU may plan for the switch, in milliseconds.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
