@@ -127,9 +127,11 @@ async fn by_hand(runs: u64, churn: bool) -> anyhow::Result<Vec<Move>> {
             .backend()
             .migrate_incoming(target.uid(), &uri)
             .await?;
-        vm.backend()
-            .migrate(vm.uid(), &uri, corral_controller::DOWNTIME_LIMIT_MS)
-            .await?;
+        let limits = corral_hypervisor::MigrationLimits {
+            downtime_ms: corral_controller::DOWNTIME_LIMIT_MS,
+            bandwidth: None,
+        };
+        vm.backend().migrate(vm.uid(), &uri, limits).await?;
         let info = loop {
             let info = vm.backend().migration(vm.uid()).await?;
             anyhow::ensure!(!info.failed(), "{info:?}");

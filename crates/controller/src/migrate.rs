@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use corral_contract::names::annotations;
 use corral_contract::{MigrationPhase, MigrationStatus, Power, Vm};
-use corral_hypervisor::{MigrationInfo, StopMode, VmState};
+use corral_hypervisor::{MigrationInfo, MigrationLimits, StopMode, VmState};
 
 use crate::schedule::{ScheduleConfig, place};
 use crate::{ControllerError, VmController};
@@ -136,7 +136,11 @@ impl VmController {
                     // Not sent yet (also after a restart between the command and the status
                     // write, when QEMU would say so): send now.
                     tracing::info!(vm = %key, target = %st.target, %address, "migrating");
-                    if let Err(e) = self.hv.migrate(uid, &address, DOWNTIME_LIMIT_MS).await {
+                    let limits = MigrationLimits {
+                        downtime_ms: DOWNTIME_LIMIT_MS,
+                        bandwidth: self.config.migration_bandwidth,
+                    };
+                    if let Err(e) = self.hv.migrate(uid, &address, limits).await {
                         return self.migration_failed(&key, &st, e.to_string()).await;
                     }
                 }

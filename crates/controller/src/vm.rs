@@ -45,6 +45,8 @@ pub struct ControllerConfig {
     pub node: Option<String>,
     /// The address this node receives migrating VMs on (QEMU listens there).
     pub migration_address: std::net::IpAddr,
+    /// Most bytes a second a migration from this node may send (`None`: QEMU's default).
+    pub migration_bandwidth: Option<u64>,
 }
 
 impl Default for ControllerConfig {
@@ -62,6 +64,7 @@ impl Default for ControllerConfig {
             host_paths: None,
             node: None,
             migration_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            migration_bandwidth: None,
         }
     }
 }

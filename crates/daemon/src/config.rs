@@ -190,6 +190,10 @@ pub struct Args {
     /// a free port there) [default: 127.0.0.1, which only serves nodes on this host]
     #[arg(long, env = "CORRAL_MIGRATION_ADDRESS", value_name = "IP")]
     pub migration_address: Option<std::net::IpAddr>,
+    /// Most a live migration from this node may send a second, e.g. `100M` (bytes)
+    /// [default: QEMU's]
+    #[arg(long, env = "CORRAL_MIGRATION_BANDWIDTH", value_name = "BYTES")]
+    pub migration_bandwidth: Option<corral_contract::ByteSize>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -237,6 +241,8 @@ pub struct ClusterConfig {
     pub node_ttl: Duration,
     /// Where this node receives migrating VMs.
     pub migration_address: std::net::IpAddr,
+    /// Most bytes a second a migration from this node sends.
+    pub migration_bandwidth: Option<u64>,
 }
 
 /// The host name as a node name: lowercased, anything but letters, digits and '-' made '-';
@@ -751,6 +757,7 @@ impl Config {
             migration_address: args
                 .migration_address
                 .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            migration_bandwidth: args.migration_bandwidth.map(|b| b.as_u64()),
         };
         Ok(Config {
             cluster,

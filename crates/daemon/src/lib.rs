@@ -193,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         host_paths: Some(host_paths),
         node: Some(node_name.to_string()),
         migration_address: config.cluster.migration_address,
+        migration_bandwidth: config.cluster.migration_bandwidth,
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());

@@ -194,3 +194,126 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     drop(etcd);
     Ok(())
 }
+
+/// Waits until `name`'s current migration reaches `phase` (any of them).
+async fn migration_reaches(
+    c: &Client,
+    name: &str,
+    phases: &[MigrationPhase],
+    log: impl Fn() -> String,
+) -> Vm {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(vm) = c.get_vm(name).await {
+            let request = vm.metadata.annotations.get(annotations::MIGRATE_TO);
+            let at = vm.status.migration.as_ref().is_some_and(|m| {
+                Some(&m.request) == request
+                    && phases.contains(&m.phase)
+                    && (m.phase != MigrationPhase::Migrating || m.transferred_bytes > 0)
+            });
+            if at {
+                return vm;
+            }
+        }
+        assert!(Instant::now() < deadline, "no {phases:?}\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With the migration slowed down (`--migration-bandwidth`): a cancel half-way leaves the
+/// guest running on the source; a source corrald killed half-way (`kill -9`) and started
+/// again finishes the move, and the guest runs in exactly one QEMU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_or_interrupted_migration_leaves_one_running_guest() -> anyhow::Result<()> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let endpoint = etcd.endpoint(0);
+    let start = |name: &str| {
+        Corrald::builder(env!("CARGO_BIN_EXE_corrald"))
+            .args(&["--store", "etcd", "--etcd-endpoints", &endpoint])
+            .args(&["--node-name", name, "--migration-bandwidth", "8M"])
+            .start()
+    };
+    let mut a = start("node-a")?;
+    let b = start("node-b")?;
+    let cb = Client::connect(Endpoint::Unix(b.socket())).await?;
+    let logs = |a: &Corrald| format!("node-a:\n{}\nnode-b:\n{}", a.log(), b.log());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cb.cordon_node("node-b", true).await.is_err() {
+        assert!(Instant::now() < deadline, "node-b never registered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cb.create_vm(&kit_vm("slow", |b| b)).await?;
+    let vm = wait_phase(&cb, &b, "slow", Phase::Running).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("node-a"));
+    cb.cordon_node("node-b", false).await?;
+    let ca = Client::connect(Endpoint::Unix(a.socket())).await?;
+    wait_console(&ca, &a, "slow", &format!("{HEARTBEAT} 2"), 0).await?;
+
+    // Cancelled half-way: it stays on node-a and carries on there.
+    cb.migrate_vm("slow", Some("node-b")).await?;
+    migration_reaches(&cb, "slow", &[MigrationPhase::Migrating], || logs(&a)).await;
+    cb.cancel_vm_migration("slow").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let vm = loop {
+        let vm = cb.get_vm("slow").await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        if m.phase == MigrationPhase::Cancelled && b.qemu_pids().is_empty() {
+            break vm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cancelled: {m:?}\n{}",
+            logs(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(vm.status.node.as_deref(), Some("node-a"));
+    assert_eq!(vm.status.phase, Phase::Running);
+    let mark = ca.console_log("slow", 0).await?.len();
+    let before = last_heartbeat(&ca.console_log("slow", 0).await?).unwrap_or_default();
+    wait_console(
+        &ca,
+        &a,
+        "slow",
+        &format!("{HEARTBEAT} {}", before + 1),
+        mark,
+    )
+    .await?;
+    assert_eq!(a.qemu_pids().len(), 1, "one QEMU, on node-a");
+
+    // The source killed half-way and started again: the move completes, one QEMU runs it.
+    cb.migrate_vm("slow", Some("node-b")).await?;
+    migration_reaches(&cb, "slow", &[MigrationPhase::Migrating], || logs(&a)).await;
+    a.kill_9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.restart()?;
+    let vm = migration_ended(&cb, "slow", || logs(&a)).await;
+    let m = vm.status.migration.clone().expect("status.migration");
+    assert_eq!(m.phase, MigrationPhase::Completed, "{m:?}\n{}", logs(&a));
+    assert_eq!(vm.status.node.as_deref(), Some("node-b"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.qemu_pids().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node-a still runs a QEMU\n{}",
+            logs(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.qemu_pids().len(), 1, "one QEMU, on node-b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = cb.console_log("slow", 0).await?;
+        if last_heartbeat(&log).is_some_and(|n| n > before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on node-b\n{}",
+            logs(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(etcd);
+    Ok(())
+}

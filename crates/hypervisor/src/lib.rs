@@ -41,7 +41,10 @@ pub use error::Error;
 pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
-pub use types::{Exit, FileOwner, MigrationInfo, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
+pub use types::{
+    Exit, FileOwner, MigrationInfo, MigrationLimits, StopMode, VmEvent, VmEventKind, VmInfo,
+    VmState,
+};
 
 use std::time::Duration;
 
@@ -164,10 +167,9 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
-    /// Starts sending running VM `uid` to the target listening at `uri`, with at most
-    /// `downtime_ms` of downtime for the switch.
-    async fn migrate(&self, uid: &str, uri: &str, downtime_ms: u64) -> Result<(), Error> {
-        let _ = (uri, downtime_ms);
+    /// Starts sending running VM `uid` to the target listening at `uri`, within `limits`.
+    async fn migrate(&self, uid: &str, uri: &str, limits: MigrationLimits) -> Result<(), Error> {
+        let _ = (uri, limits);
         Err(Error::InvalidState {
             uid: uid.to_owned(),
             op: "live-migrate",

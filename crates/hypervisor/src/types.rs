@@ -14,6 +14,15 @@ pub struct FileOwner {
     pub gid: u32,
 }
 
+/// How an outgoing live migration may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationLimits {
+    /// Longest the guest may be stopped for the switch, in milliseconds.
+    pub downtime_ms: u64,
+    /// Most bytes a second the migration may send (`None`: the emulator's default).
+    pub bandwidth: Option<u64>,
+}
+
 /// Where an outgoing live migration stands, as the emulator reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationInfo {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, SnapshotOp, StopMode,
-    VmConfig, VmEvent, VmInfo, VmState,
+    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, MigrationLimits,
+    SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -548,10 +548,10 @@ impl Hypervisor for QemuBackend {
             .map_err(|e| monitor_error(uid, e))
     }
 
-    async fn migrate(&self, uid: &str, uri: &str, downtime_ms: u64) -> Result<(), Error> {
+    async fn migrate(&self, uid: &str, uri: &str, limits: MigrationLimits) -> Result<(), Error> {
         let rt = self.live_runtime(uid, "live-migrate").await?;
         rt.qmp
-            .migrate(uri, downtime_ms)
+            .migrate(uri, limits.downtime_ms, limits.bandwidth)
             .await
             .map_err(|e| monitor_error(uid, e))
     }

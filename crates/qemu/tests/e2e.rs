@@ -571,7 +571,11 @@ async fn a_live_migration_moves_the_running_guest_to_a_second_qemu() -> Result {
         .backend()
         .migrate_incoming(target.uid(), &uri)
         .await?;
-    source.backend().migrate(source.uid(), &uri, 300).await?;
+    let limits = corral_hypervisor::MigrationLimits {
+        downtime_ms: 300,
+        bandwidth: None,
+    };
+    source.backend().migrate(source.uid(), &uri, limits).await?;
     let done = loop {
         let info = source.backend().migration(source.uid()).await?;
         assert!(!info.failed(), "{info:?}");

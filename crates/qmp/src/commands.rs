@@ -29,13 +29,20 @@ impl Qmp {
     }
 
     /// `migrate-set-parameters` then `migrate`: sends the VM to `uri` with at most
-    /// `downtime_ms` of downtime at the switch.
-    pub async fn migrate(&self, uri: &str, downtime_ms: u64) -> Result<(), Error> {
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({ "downtime-limit": downtime_ms })),
-        )
-        .await?;
+    /// `downtime_ms` of downtime at the switch and, if given, at most `bandwidth` bytes a
+    /// second.
+    pub async fn migrate(
+        &self,
+        uri: &str,
+        downtime_ms: u64,
+        bandwidth: Option<u64>,
+    ) -> Result<(), Error> {
+        let mut parameters = json!({ "downtime-limit": downtime_ms });
+        if let Some(bandwidth) = bandwidth {
+            parameters["max-bandwidth"] = json!(bandwidth);
+        }
+        self.execute("migrate-set-parameters", Some(parameters))
+            .await?;
         self.execute("migrate", Some(json!({ "uri": uri })))
             .await
             .map(drop)
