@@ -53,6 +53,7 @@ mod audit;
 mod console;
 mod error;
 mod identity;
+mod join;
 mod limits;
 mod memory;
 mod network;
@@ -72,6 +73,10 @@ pub use corral_storage::{HostAccess, HostPaths};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
+pub use join::{
+    CaError, ClusterCa, JoinService, JoinToken, Joined, MAX_TOKEN_TTL, TokenParts, pem_der,
+    sha256_hex,
+};
 pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
