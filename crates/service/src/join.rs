@@ -192,6 +192,22 @@ impl ClusterCa {
         Ok(cert.pem())
     }
 
+    /// A serving certificate for servers reached by `names` (DNS names or IP addresses), with
+    /// its new key: the chain (the certificate, then the CA's) and the key, PEM. Agents that
+    /// pinned this CA from their join token trust servers presenting it.
+    pub fn issue_server(&self, names: &[String]) -> Result<(String, String), rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "corral server");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))
+    }
+
     /// The node a TLS client certificate (DER) names, if this CA signed it for a node; `None`
     /// for any other certificate, such as a user's from `--tls-client-ca`.
     pub fn node_of(&self, leaf: &[u8]) -> Option<ResourceName> {
@@ -473,7 +489,8 @@ fn random_hex<const N: usize>() -> Result<String, ServiceError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+/// Writes `bytes` to a new file `path` only its owner may read (0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

@@ -75,7 +75,7 @@ pub use error::{ErrorCode, ServiceError};
 pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
 pub use join::{
     CaError, ClusterCa, JoinService, JoinToken, Joined, MAX_TOKEN_TTL, TokenParts, pem_der,
-    sha256_hex,
+    sha256_hex, write_private,
 };
 pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;

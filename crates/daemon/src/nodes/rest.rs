@@ -1,8 +1,12 @@
 //! `/v1/nodes`: decode, call the node service, encode. Nodes belong to no project; everyone
 //! reads them, admins cordon and drain them.
 
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use corral_contract::{NodeStatus, ValidationError};
+use serde::Deserialize;
 
 use crate::api::error::ApiResult;
 use corral_service::Projects;
@@ -12,8 +16,24 @@ use crate::api::{Permission, Route};
 use crate::state::Shared;
 
 pub(crate) fn routes() -> Vec<Route> {
-    use Permission::{Admin, Read};
+    use Permission::{Admin, Node, Open, Read};
     vec![
+        Route::new(
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Admin,
+            "createJoinToken",
+            create_join_token,
+        ),
+        // Open: the agent has no credential yet; the token in the body is the credential.
+        Route::new(Method::POST, "/v1/nodes/join", Open, "joinNode", join),
+        Route::new(
+            Method::PUT,
+            "/v1/nodes/{name}/status",
+            Node,
+            "reportNode",
+            report,
+        ),
         Route::new(Method::GET, "/v1/nodes", Read, "listNodes", list),
         Route::new(Method::GET, "/v1/nodes/{name}", Read, "getNode", read),
         Route::new(
@@ -65,5 +85,101 @@ async fn uncordon(State(d): State<Shared>, Path(name): Path<String>) -> ApiResul
 /// Cordons the node and asks its agent to give back its VMs; they move once stopped there.
 async fn drain(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let (node, _) = d.nodes.drain(&name, &d.vms).await?;
+    Ok(one(node, StatusCode::OK))
+}
+
+/// The body of `POST /v1/nodes/join-tokens`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// How long the token is accepted, e.g. `1h` [default: 1h].
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// The body of `POST /v1/nodes/join`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    token: String,
+    node: String,
+    csr: String,
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::api::error::ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| corral_service::ServiceError::Invalid(ValidationError::new("body", e)).into())
+}
+
+/// Mints a single-use join token (admin only); it is shown only in this answer.
+async fn create_join_token(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
+    let req: TokenRequest = if bytes.is_empty() {
+        TokenRequest::default()
+    } else {
+        body(&bytes)?
+    };
+    let ttl = match req.ttl.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            corral_service::ServiceError::Invalid(ValidationError::new(
+                "ttl",
+                format!("{text:?} is not a duration such as 30m or 1h ({e})"),
+            ))
+        })?,
+    };
+    let token = d.joins.mint(ttl).await?;
+    Ok((StatusCode::CREATED, axum::Json(token)).into_response())
+}
+
+/// An agent's first contact: its join token and a certificate signing request for a key it
+/// keeps; answers its node certificate and the cluster CA.
+async fn join(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
+    let req: JoinRequest = body(&bytes)?;
+    let joined = d.joins.join(&req.token, &req.node, &req.csr).await;
+    let outcome = if joined.is_ok() { "ok" } else { "denied" };
+    let reason = joined.as_ref().err().map(ToString::to_string);
+    d.audit.record(&corral_service::AuditEntry {
+        identity: &format!("node:{}", req.node),
+        verb: "join",
+        kind: Some("Node"),
+        name: &req.node,
+        outcome,
+        reason: reason.as_deref(),
+        ..corral_service::AuditEntry::default()
+    });
+    Ok(axum::Json(joined?).into_response())
+}
+
+/// An agent's heartbeat: what its host has; the node is registered on its first report.
+/// A node's agent reports only its own node.
+async fn report(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<crate::auth::Caller>,
+    bytes: Bytes,
+) -> ApiResult {
+    if caller.node.as_ref().is_some_and(|own| *own != name) {
+        return Err(corral_service::ServiceError::PermissionDenied {
+            what: format!("{caller} may not report node {name:?}"),
+            remedy: "a node certificate reports only the node it names",
+        }
+        .into());
+    }
+    let status: NodeStatus = body(&bytes)?;
+    let node = match d.nodes.heartbeat(&name, status.clone()).await {
+        Err(corral_service::ServiceError::NotFound { .. }) => {
+            let name = name
+                .parse()
+                .map_err(|e| ValidationError::new("metadata.name", format!("{e}")))
+                .map_err(corral_service::ServiceError::Invalid)?;
+            let mut node = corral_contract::Node::new(name);
+            node.status = status.clone();
+            let node = d.nodes.register(node).await?;
+            d.nodes
+                .heartbeat(node.metadata.name.as_str(), status)
+                .await?
+        }
+        other => other?,
+    };
     Ok(one(node, StatusCode::OK))
 }
