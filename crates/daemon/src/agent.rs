@@ -126,7 +126,7 @@ async fn answer(sent: reqwest::Result<reqwest::Response>) -> anyhow::Result<axum
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         anyhow::bail!("the server answered {status}: {message}");
     }

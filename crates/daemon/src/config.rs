@@ -188,6 +188,10 @@ pub struct Args {
     /// [default: 10s]
     #[arg(long, env = "CORRAL_NODE_TTL", value_name = "DURATION", value_parser = parse_timeout)]
     pub node_ttl: Option<Duration>,
+    /// Where the cluster CA is (`corrald cluster init` makes it), for servers that let agents
+    /// join [default: <data-dir>/cluster]
+    #[arg(long, env = "CORRAL_CLUSTER_DIR", value_name = "DIR")]
+    pub cluster_dir: Option<PathBuf>,
     /// `--role agent`: a server of the cluster, `https://host:port`
     #[arg(long, env = "CORRAL_SERVER", value_name = "URL")]
     pub server: Option<String>,
@@ -250,6 +254,8 @@ pub struct ClusterConfig {
     pub node_ttl: Duration,
     /// `--role agent`: the server, and the join token if one was given.
     pub agent: Option<AgentConfig>,
+    /// Where the cluster CA is kept.
+    pub cluster_dir: PathBuf,
 }
 
 /// Where an agent reports, and how it joins.
@@ -840,6 +846,10 @@ impl Config {
             },
             node_ttl: args.node_ttl.unwrap_or(Duration::from_secs(10)),
             agent,
+            cluster_dir: args
+                .cluster_dir
+                .clone()
+                .unwrap_or_else(|| corral_service::ClusterCa::dir(&data_dir)),
         };
         Ok(Config {
             cluster,

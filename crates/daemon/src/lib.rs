@@ -223,7 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let identities = IdentityService::new(store.clone());
     let projects = ProjectService::new(store.clone());
     let nodes = NodeService::new(store.clone());
-    let cluster_ca = corral_service::ClusterCa::load(&corral_service::ClusterCa::dir(&data_dir))
+    let cluster_ca = corral_service::ClusterCa::load(&config.cluster.cluster_dir)
         .context("loading the cluster CA")?
         .map(Arc::new);
     if let Some(ca) = &cluster_ca {
