@@ -111,6 +111,21 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::api::e
         .map_err(|e| corral_service::ServiceError::Invalid(ValidationError::new("body", e)).into())
 }
 
+/// A join token's lifetime from its text (empty: an hour).
+pub(super) fn join_token_ttl(
+    text: &str,
+) -> Result<std::time::Duration, corral_service::ServiceError> {
+    if text.is_empty() {
+        return Ok(std::time::Duration::from_secs(3600));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        corral_service::ServiceError::Invalid(ValidationError::new(
+            "ttl",
+            format!("{text:?} is not a duration such as 30m or 1h ({e})"),
+        ))
+    })
+}
+
 /// Mints a single-use join token (admin only); it is shown only in this answer.
 async fn create_join_token(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
     let req: TokenRequest = if bytes.is_empty() {
@@ -118,15 +133,7 @@ async fn create_join_token(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
     } else {
         body(&bytes)?
     };
-    let ttl = match req.ttl.as_deref() {
-        None => std::time::Duration::from_secs(3600),
-        Some(text) => humantime::parse_duration(text).map_err(|e| {
-            corral_service::ServiceError::Invalid(ValidationError::new(
-                "ttl",
-                format!("{text:?} is not a duration such as 30m or 1h ({e})"),
-            ))
-        })?,
-    };
+    let ttl = join_token_ttl(req.ttl.as_deref().unwrap_or_default())?;
     let token = d.joins.mint(ttl).await?;
     Ok((StatusCode::CREATED, axum::Json(token)).into_response())
 }
