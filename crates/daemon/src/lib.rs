@@ -246,6 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identities,
         projects,
         nodes,
+        store: store.clone(),
         joins,
         registry,
         audit,

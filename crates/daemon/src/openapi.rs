@@ -201,6 +201,18 @@ pub const OPERATIONS: &[Described] = {
         ),
         ("joinNode", Post, "/v1/nodes/join", join_node),
         ("reportNode", Put, "/v1/nodes/{name}/status", report_node),
+        (
+            "callNodeStore",
+            Post,
+            "/v1/nodes/{name}/store",
+            call_node_store,
+        ),
+        (
+            "watchNodeStore",
+            Get,
+            "/v1/nodes/{name}/store/watch",
+            watch_node_store,
+        ),
         ("listNodes", Get, "/v1/nodes", || {
             list("Node", "Nodes of the cluster, sorted by name")
         }),
@@ -750,6 +762,70 @@ fn report_node() -> Operation {
     .request_body(Some(json_body("NodeStatus", "What the host has")))
     .response("200", json_response("The node", reference("Node")))
     .response("400", bad_body())
+    .build()
+}
+
+fn free_object() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
+}
+
+fn call_node_store() -> Operation {
+    common(op(
+        "One store call of the node's agent (get, list, create, update, delete, revision) \
+         within what a node may see and change: its Node, the VMs bound to it and what they \
+         reference; only its node certificate (or an admin) may",
+    ))
+    .parameter(name_param())
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .description(Some(
+                "The call: {\"op\": \"get\", \"kind\": …, \"name\": …} …",
+            ))
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(free_object())).build(),
+            )
+            .build(),
+    ))
+    .response(
+        "200",
+        ResponseBuilder::new()
+            .description("The store's answer: an object, a list, a revision, or its error")
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(free_object())).build(),
+            )
+            .build(),
+    )
+    .response("400", bad_body())
+    .build()
+}
+
+fn watch_node_store() -> Operation {
+    common(op(
+        "The changes the node's agent may see, after a revision: one JSON answer per line, \
+         until the client closes",
+    ))
+    .parameter(name_param())
+    .parameter(query("kind", string(), false, "Only this kind"))
+    .parameter(query(
+        "after",
+        integer(0, None),
+        false,
+        "Only changes after this store revision",
+    ))
+    .response(
+        "200",
+        raw_response(
+            "Watch events, newline-delimited JSON",
+            "application/x-ndjson",
+            string(),
+        ),
+    )
+    .response("400", error("A parameter does not parse"))
     .build()
 }
 

@@ -46,6 +46,8 @@ pub struct Daemon {
     pub projects: ProjectService,
     /// Nodes of the cluster (this host's among them).
     pub nodes: NodeService,
+    /// The store, for the node-scoped view agents use ([`corral_service::NodeScope`]).
+    pub store: Arc<dyn corral_store::Store>,
     /// Join tokens and agents' node certificates (with the cluster CA, if this server has one).
     pub joins: JoinService,
     /// Who each credential is; revocations.

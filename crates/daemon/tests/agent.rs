@@ -324,3 +324,210 @@ async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Re
     drop(etcd);
     Ok(())
 }
+
+/// A cluster of one server (TLS, on the cluster's certificate) on a real etcd, for agents.
+struct Cluster {
+    server: Corrald,
+    url: String,
+    tmp: tempfile::TempDir,
+    _etcd: EtcdCluster,
+}
+
+impl Cluster {
+    async fn start() -> anyhow::Result<Cluster> {
+        let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+        let tmp = tempfile::Builder::new()
+            .prefix("crl-agent")
+            .tempdir_in("/tmp")?;
+        let keys = tmp.path().join("keys");
+        let out = Command::new(CORRALD)
+            .args([
+                "cluster",
+                "init",
+                "--server-name",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(&keys)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        let file = |f: &str| keys.join("cluster").join(f).to_str().unwrap().to_owned();
+        let port = free_port();
+        let server = Corrald::builder(CORRALD)
+            .args(&["--store", "etcd", "--etcd-endpoints", &etcd.endpoint(0)])
+            .args(&["--role", "server", "--node-name", "srv"])
+            .args(&["--listen", &format!("127.0.0.1:{port}")])
+            .args(&[
+                "--tls-cert",
+                &file("server.crt"),
+                "--tls-key",
+                &file("server.key"),
+            ])
+            .args(&["--cluster-dir", &file("")])
+            .start()?;
+        Ok(Cluster {
+            server,
+            url: format!("https://127.0.0.1:{port}"),
+            tmp,
+            _etcd: etcd,
+        })
+    }
+
+    async fn token(&self) -> String {
+        let minted = api(&self.server)
+            .send("POST", "/v1/nodes/join-tokens", Some(b"{}".as_slice()))
+            .await
+            .expect(201);
+        minted["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The agent's store call as node `node`, answered by the server.
+async fn store_call(client: &reqwest::Client, url: &str, node: &str, call: Value) -> (u16, Value) {
+    let reply = client
+        .post(format!("{url}/v1/nodes/{node}/store"))
+        .header("content-type", "application/json")
+        .body(call.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&reply.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> anyhow::Result<()> {
+    use corral_client::{Client, Endpoint};
+    use corral_contract::Phase;
+    use corral_testkit::{kit_vm, qemu_pids_under, wait_phase};
+
+    let cluster = Cluster::start().await?;
+    let token = cluster.token().await;
+    let dir = cluster.tmp.path().join("agent");
+    let mut agent = Agent::start(&dir, &cluster.url, "agent-a", Some(&token));
+    wait_node(&cluster.server, "agent-a", "became Ready", is_ready, &agent).await;
+
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+    admin.create_vm(&kit_vm("on-agent", |b| b)).await?;
+    let vm = wait_phase(&admin, &cluster.server, "on-agent", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+    let pid = vm.status.pid.expect("a pid");
+    assert_eq!(
+        qemu_pids_under(&dir.join("r")),
+        vec![pid],
+        "QEMU runs under the agent"
+    );
+    assert!(
+        cluster.server.qemu_pids().is_empty(),
+        "the server runs no VM"
+    );
+    // Evidence from inside the guest: its console, as the agent drains it.
+    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("CORRAL_BOOT_OK")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no boot marker in {}",
+            serial.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Restarted, the agent reuses its certificate and adopts the running guest: one QEMU.
+    agent.stop();
+    let agent = Agent::start(&dir, &cluster.url, "agent-a", None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !agent.log().contains("adopted running VM") {
+        assert!(Instant::now() < deadline, "not adopted:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        qemu_pids_under(&dir.join("r")),
+        vec![pid],
+        "the same one QEMU"
+    );
+    let vm = admin.get_vm("on-agent").await?;
+    assert_eq!(
+        (vm.status.phase, vm.status.pid),
+        (Phase::Running, Some(pid))
+    );
+
+    // A VM bound to no node of agent-a: its certificate can neither read nor change it, nor
+    // reach identities, nor act as another node.
+    let mut elsewhere = kit_vm("elsewhere", |b| b);
+    elsewhere
+        .spec
+        .placement
+        .node_selector
+        .insert("zone".into(), "nowhere".into());
+    admin.create_vm(&elsewhere).await?;
+    let node = node_client(&dir);
+    let url = &cluster.url;
+    let (_, got) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "get", "kind": "Vm", "name": "elsewhere"}),
+    )
+    .await;
+    assert_eq!(got["error"]["code"], "PermissionDenied", "{got}");
+    let (_, own) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "get", "kind": "Vm", "name": "on-agent"}),
+    )
+    .await;
+    let mut forged = own["object"].clone();
+    forged["name"] = json!("elsewhere");
+    let (_, put) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "update", "object": forged}),
+    )
+    .await;
+    assert_eq!(put["error"]["code"], "PermissionDenied", "{put}");
+    let (_, list) = store_call(&node, url, "agent-a", json!({"op": "list", "kind": "Vm"})).await;
+    let names: Vec<&str> = list["list"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["on-agent"], "{list}");
+    // Its own VM's spec is the user's: a node may not change it.
+    let mut respec = own["object"].clone();
+    let mut body: Value = serde_json::from_str(respec["body"].as_str().unwrap())?;
+    body["spec"]["cpus"] = json!(4);
+    respec["body"] = json!(body.to_string());
+    let (_, put) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "update", "object": respec}),
+    )
+    .await;
+    assert_eq!(put["error"]["code"], "PermissionDenied", "{put}");
+    let (_, ids) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "list", "kind": "Identity"}),
+    )
+    .await;
+    assert_eq!(ids["error"]["code"], "PermissionDenied", "{ids}");
+    let (status, _) = store_call(&node, url, "agent-b", json!({"op": "revision"})).await;
+    assert_eq!(status, 403);
+    drop(agent);
+    Ok(())
+}

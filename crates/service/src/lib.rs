@@ -58,6 +58,7 @@ mod limits;
 mod memory;
 mod network;
 mod node;
+mod node_scope;
 mod project;
 mod resources;
 mod source;
@@ -88,6 +89,9 @@ pub use network::{
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
 pub use node::{EVICTING, NodeKind, NodeService};
+pub use node_scope::{
+    NodeScope, StoreAnswer, StoreCall, WireError, WireObject, event_name, event_of,
+};
 pub use project::{ProjectKind, ProjectService};
 pub use resources::{
     Event, Projects, Resources, Stored, Strategy, Watch, may_refer, read, read_all, reference_keys,

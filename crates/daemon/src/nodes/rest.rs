@@ -28,6 +28,20 @@ pub(crate) fn routes() -> Vec<Route> {
         // Open: the agent has no credential yet; the token in the body is the credential.
         Route::new(Method::POST, "/v1/nodes/join", Open, "joinNode", join),
         Route::new(
+            Method::POST,
+            "/v1/nodes/{name}/store",
+            Node,
+            "callNodeStore",
+            store_call,
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/nodes/{name}/store/watch",
+            Node,
+            "watchNodeStore",
+            store_watch,
+        ),
+        Route::new(
             Method::PUT,
             "/v1/nodes/{name}/status",
             Node,
@@ -155,6 +169,81 @@ async fn join(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
         ..corral_service::AuditEntry::default()
     });
     Ok(axum::Json(joined?).into_response())
+}
+
+/// The node `name` the caller acts for: a node certificate only its own.
+fn acting_for(
+    caller: &crate::auth::Caller,
+    name: &str,
+) -> Result<(), corral_service::ServiceError> {
+    if caller.node.as_ref().is_some_and(|own| own != name) {
+        return Err(corral_service::ServiceError::PermissionDenied {
+            what: format!("{caller} may not act for node {name:?}"),
+            remedy: "a node certificate acts only for the node it names",
+        });
+    }
+    Ok(())
+}
+
+/// One store call of node `name`'s agent, within what a node may see and change.
+async fn store_call(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<crate::auth::Caller>,
+    bytes: Bytes,
+) -> ApiResult {
+    acting_for(&caller, &name)?;
+    let call: corral_service::StoreCall = body(&bytes)?;
+    let answer = corral_service::NodeScope::new(d.store.clone(), name)
+        .call(call)
+        .await;
+    Ok(axum::Json(answer).into_response())
+}
+
+/// `?kind=&after=` of a node's watch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    after: u64,
+}
+
+/// The changes node `name`'s agent may see, one JSON answer per line.
+async fn store_watch(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<WatchQuery>,
+    Extension(caller): Extension<crate::auth::Caller>,
+) -> ApiResult {
+    use corral_service::{StoreAnswer, WireError};
+    acting_for(&caller, &name)?;
+    let scope = corral_service::NodeScope::new(d.store.clone(), name);
+    use futures_util::StreamExt;
+    let lines = match scope.watch(q.kind.as_deref(), q.after).await {
+        Ok(stream) => stream
+            .map(|event| match event {
+                Ok(e) => StoreAnswer::Event {
+                    revision: e.revision,
+                    event: corral_service::event_name(e.event).to_owned(),
+                    object: e.object.into(),
+                },
+                Err(e) => StoreAnswer::Error(WireError::from(e)),
+            })
+            .boxed(),
+        Err(e) => futures_util::stream::iter([StoreAnswer::Error(e)]).boxed(),
+    };
+    let body = lines.map(|answer| {
+        let mut line = serde_json::to_vec(&answer).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// An agent's heartbeat: what its host has; the node is registered on its first report.

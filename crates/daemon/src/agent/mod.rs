@@ -2,6 +2,12 @@
 //! joins the servers once with a join token (a certificate signing request for a key made
 //! here, which never leaves the host), keeps the node certificate and the pinned cluster CA in
 //! `<data-dir>/node/`, and from then on reaches the servers only with that certificate (mTLS).
+//! Its VM controller, network controller and heartbeat (with self-fencing) are the ones
+//! `--role all` runs, over [`RemoteStore`]: the servers' view of the store for this node.
+
+mod remote;
+
+pub use remote::RemoteStore;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,37 +93,89 @@ pub(crate) async fn run(config: &Config, agent: &AgentConfig) -> anyhow::Result<
         }
     };
     let client = client(&identity)?;
-    let url = format!("{}/v1/nodes/{node}/status", agent.server);
-    let mut reported = false;
-    loop {
-        let status = crate::nodes::probe(&config.data_dir);
-        let sent = client
-            .put(&url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&status)?)
-            .send()
-            .await;
-        match answer(sent).await {
-            Ok(_) if !reported => {
-                tracing::info!(%node, "node reported to the server");
-                reported = true;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                reported = false;
-                tracing::warn!(%node, error = %format!("{e:#}"), "cannot report the node; retrying");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(crate::nodes::HEARTBEAT) => {}
-            _ = crate::shutdown_signal() => return Ok(()),
-        }
-    }
+    let store: Arc<dyn corral_store::Store> =
+        Arc::new(RemoteStore::new(client, &agent.server, &node));
+    run_node(config, store).await
+}
+
+/// The node's controllers over `store`, until SIGTERM or SIGINT; VMs keep running after.
+async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyhow::Result<()> {
+    let qemu = config.qemu_user.as_ref().map(|u| u.owner);
+    let run_which = if config.run_dir_fallback {
+        crate::dirs::Which::RunFallback
+    } else {
+        crate::dirs::Which::Run
+    };
+    crate::dirs::prepare(&config.run_dir, run_which, qemu)?;
+    crate::dirs::prepare_data_layout(&config.data_dir, qemu, false)?;
+    let mut backend_config = corral_qemu::QemuBackendConfig::new(config.run_dir.clone());
+    backend_config.run_as = qemu;
+    let backend = Arc::new(
+        corral_qemu::QemuBackend::new(backend_config).context("preparing the run directory")?,
+    );
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let host_paths = config
+        .host_path_allow
+        .iter()
+        .fold(corral_service::HostPaths::new(), |rules, dir| {
+            rules.allow(dir)
+        })
+        .private(&data_dir)
+        .private(&config.run_dir)
+        .store_blobs(data_dir.join("images/blake3"));
+    let vms = corral_service::VmService::new(store.clone())
+        .with_host_paths(host_paths.clone())
+        .with_port_range(config.port_range.clone());
+    let networks = corral_service::NetworkService::new(store.clone());
+    let mut storage_config = corral_service::StorageConfig::new(&config.data_dir);
+    storage_config.qemu_img = config.qemu_img.clone();
+    storage_config.host_paths = host_paths.clone();
+    let storage = corral_service::StorageService::new(store.clone(), storage_config)
+        .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
+    let node_name = config.cluster.node_name.clone();
+    let fenced = Arc::new(corral_controller::FenceState::default());
+    let controller = Arc::new(
+        corral_controller::VmController::new(
+            vms,
+            backend.clone(),
+            corral_controller::ControllerConfig {
+                seed_dir: config.data_dir.join("seeds"),
+                host_paths: Some(host_paths),
+                node: Some(node_name.to_string()),
+                ..corral_controller::ControllerConfig::default()
+            },
+        )
+        .with_storage(storage)
+        .with_fence(fenced.clone()),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let fence = crate::nodes::Fence {
+        ttl: config.cluster.node_ttl,
+        hypervisor: backend.clone(),
+        state: fenced,
+    };
+    tokio::spawn(crate::nodes::heartbeat(
+        corral_service::NodeService::new(store.clone()),
+        node_name.clone(),
+        config.data_dir.clone(),
+        fence,
+        stop_rx.clone(),
+    ));
+    let network_controller =
+        corral_controller::NetworkController::new(networks, config.run_dir.join("networks"));
+    tokio::spawn(network_controller.run(stop_rx.clone()));
+    let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
+    tracing::info!(node = %node_name, "agent running the node's VMs");
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down; VMs keep running");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    Ok(())
 }
 
 /// The body of a successful answer, or the server's error.
-async fn answer(sent: reqwest::Result<reqwest::Response>) -> anyhow::Result<axum::body::Bytes> {
-    let response = sent.context("reaching the server")?;
+async fn read_answer(response: reqwest::Response) -> anyhow::Result<axum::body::Bytes> {
     let status = response.status();
     let body = response
         .bytes()
@@ -163,7 +221,7 @@ async fn join(server: &str, token: &str, node: &str) -> anyhow::Result<NodeIdent
         .body(body.to_string())
         .send()
         .await;
-    let answer = answer(sent)
+    let answer = read_answer(sent.context("reaching the server")?)
         .await
         .with_context(|| format!("joining {server} as node {node:?}"))?;
     let joined: Joined = serde_json::from_slice(&answer).context("reading the join answer")?;
@@ -197,9 +255,10 @@ fn client(identity: &NodeIdentity) -> anyhow::Result<reqwest::Client> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
+    // No overall timeout: watches stream for as long as they last; calls set their own.
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10))
         .build()?)
 }
 
