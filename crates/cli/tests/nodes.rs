@@ -142,7 +142,7 @@ fn join_tokens_pin_the_cluster_ca_and_need_one() {
 
     let without = Corrald::start(&corrald).expect("corrald");
     let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &without);
-    let err = cli.fails(&["node", "join-token"], 1, "no cluster CA");
+    let err = cli.fails(&["node", "join-token"], 1, "without a cluster CA");
     assert!(err.contains("corrald cluster init"), "{err}");
 
     let d = Corrald::start_with(&corrald, &["--cluster-dir", ca_dir.to_str().unwrap()])

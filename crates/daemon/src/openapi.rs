@@ -721,6 +721,10 @@ fn create_join_token() -> Operation {
     ))
     .response("201", json_response("The token", reference("JoinToken")))
     .response(
+        "412",
+        error("This server has no cluster CA (FailedPrecondition)"),
+    )
+    .response(
         "400",
         error("The body or ttl is invalid (ttl: more than 0, at most 7 days)"),
     )
@@ -745,9 +749,10 @@ fn join_node() -> Operation {
         ),
     )
     .response("400", error("The token, node name or CSR is malformed"))
+    .response("403", error("The token is unknown, expired or used"))
     .response(
-        "403",
-        error("The token is unknown, expired or used, or this server has no cluster CA"),
+        "412",
+        error("This server has no cluster CA (FailedPrecondition)"),
     )
     .response("503", error("The store failed"))
     .build()
@@ -814,7 +819,7 @@ fn watch_node_store() -> Operation {
     .parameter(query(
         "after",
         integer(0, None),
-        false,
+        true,
         "Only changes after this store revision",
     ))
     .response(
@@ -825,7 +830,14 @@ fn watch_node_store() -> Operation {
             string(),
         ),
     )
-    .response("400", error("A parameter does not parse"))
+    .response(
+        "400",
+        error("A parameter does not parse, or after is missing"),
+    )
+    .response(
+        "404",
+        error("No node of that name (its agent registers it first)"),
+    )
     .build()
 }
 

@@ -351,10 +351,13 @@ impl JoinService {
     }
 
     fn need_ca(&self) -> Result<&ClusterCa, ServiceError> {
-        self.ca.as_deref().ok_or(ServiceError::PermissionDenied {
-            what: "this server has no cluster CA, so agents cannot join through it".into(),
-            remedy: "run `corrald cluster init --data-dir DIR` once and start the servers with \
-                     that data dir (or a copy of its cluster/ directory)",
+        self.ca.as_deref().ok_or_else(|| ServiceError::WrongState {
+            kind: "server",
+            name: "joins".into(),
+            state: "without a cluster CA, so agents cannot join through it".into(),
+            rule: "run `corrald cluster init --data-dir DIR` once and start the servers with \
+                   --cluster-dir DIR/cluster (or that data dir)"
+                .into(),
         })
     }
 

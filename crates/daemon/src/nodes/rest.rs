@@ -206,7 +206,7 @@ async fn store_call(
 struct WatchQuery {
     #[serde(default)]
     kind: Option<String>,
-    #[serde(default)]
+    /// Required: an agent always knows the revision it follows from.
     after: u64,
 }
 
@@ -219,6 +219,8 @@ async fn store_watch(
 ) -> ApiResult {
     use corral_service::{StoreAnswer, WireError};
     acting_for(&caller, &name)?;
+    // A stream for a node that is not (yet) registered would never carry anything.
+    d.nodes.get(&name).await?;
     let scope = corral_service::NodeScope::new(d.store.clone(), name);
     use futures_util::StreamExt;
     let lines = match scope.watch(q.kind.as_deref(), q.after).await {
