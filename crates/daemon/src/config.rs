@@ -804,6 +804,13 @@ impl Config {
                     .into(),
             ));
         }
+        if role == Role::Agent && tcp.is_some() {
+            return Err(ConfigError(
+                "--role agent serves no API: leave out --listen (users and tools talk to the \
+                 servers; the agent reaches them with its node certificate)"
+                    .into(),
+            ));
+        }
         let agent = match (role, &args.server) {
             (Role::Agent, Some(server)) if server.starts_with("https://") => Some(AgentConfig {
                 server: server.trim_end_matches('/').to_owned(),
@@ -1234,5 +1241,52 @@ mod tests {
             assert!(err.contains(expected), "{flags:?}: {err}");
             assert!(err.contains("etcd"), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn bad_agent_settings_say_what_an_agent_needs() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--role", "agent"], "--role agent needs --server https://"),
+            (
+                &["--role", "agent", "--server", "http://10.0.0.1:7443"],
+                "give the server's https:// URL",
+            ),
+            (&["--server", "https://a:7443"], "are for --role agent"),
+            (&["--join-token", "crj.x"], "are for --role agent"),
+            (
+                &[
+                    "--role",
+                    "agent",
+                    "--server",
+                    "https://a:1",
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://e:2379",
+                ],
+                "agents reach the store only through a server",
+            ),
+            (
+                &[
+                    "--role",
+                    "agent",
+                    "--server",
+                    "https://a:1",
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--tls-cert",
+                    "/c.pem",
+                    "--tls-key",
+                    "/k.pem",
+                ],
+                "serves no API",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let err = Config::resolve(&args(flags)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+        }
+        let ok = Config::resolve(&args(&["--role", "agent", "--server", "https://a:1/"])).unwrap();
+        assert_eq!(ok.cluster.agent.unwrap().server, "https://a:1");
     }
 }

@@ -200,7 +200,6 @@ pub const OPERATIONS: &[Described] = {
             create_join_token,
         ),
         ("joinNode", Post, "/v1/nodes/join", join_node),
-        ("reportNode", Put, "/v1/nodes/{name}/status", report_node),
         (
             "callNodeStore",
             Post,
@@ -755,18 +754,6 @@ fn join_node() -> Operation {
         error("This server has no cluster CA (FailedPrecondition)"),
     )
     .response("503", error("The store failed"))
-    .build()
-}
-
-fn report_node() -> Operation {
-    common(op(
-        "Report the node (its agent's heartbeat): what the host has; registers the node on its \
-         first report. Only the node's own certificate (or an admin) may.",
-    ))
-    .parameter(name_param())
-    .request_body(Some(json_body("NodeStatus", "What the host has")))
-    .response("200", json_response("The node", reference("Node")))
-    .response("400", bad_body())
     .build()
 }
 

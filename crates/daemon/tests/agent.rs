@@ -265,16 +265,24 @@ async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Re
 
     // The node certificate: its own node only; no other node, VM, identity or project.
     let node_api = node_client(&agent.dir);
-    let status = serde_json::to_vec(&json!({"capacity": {"cpus": 1}}))?;
-    let put = |node: &str| {
-        node_api
-            .put(format!("{url}/v1/nodes/{node}/status"))
-            .header("content-type", "application/json")
-            .body(status.clone())
-            .send()
-    };
-    assert_eq!(put("agent-a").await?.status(), 200);
-    let other = put("agent-b").await?;
+    let (status, own) = store_call(
+        &node_api,
+        &url,
+        "agent-a",
+        json!({"op": "get", "kind": "Node", "name": "agent-a"}),
+    )
+    .await;
+    assert_eq!(
+        (status, own["object"]["name"].as_str()),
+        (200, Some("agent-a")),
+        "{own}"
+    );
+    let other = node_api
+        .post(format!("{url}/v1/nodes/agent-b/store"))
+        .header("content-type", "application/json")
+        .body(json!({"op": "revision"}).to_string())
+        .send()
+        .await?;
     assert_eq!(other.status(), 403);
     let why: Value = serde_json::from_slice(&other.bytes().await?)?;
     assert!(
@@ -306,7 +314,7 @@ async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Re
             "{method} {path}: {why}"
         );
     }
-    // The node cannot be reported by anyone without a credential either.
+    // Nobody without a credential reaches a node's store.
     let anonymous = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -315,8 +323,9 @@ async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Re
         )?)?)
         .build()?;
     let reply = anonymous
-        .put(format!("{url}/v1/nodes/agent-a/status"))
-        .body(status.clone())
+        .post(format!("{url}/v1/nodes/agent-a/store"))
+        .header("content-type", "application/json")
+        .body(json!({"op": "revision"}).to_string())
         .send()
         .await?;
     assert_eq!(reply.status(), 401);

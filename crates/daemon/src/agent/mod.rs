@@ -214,14 +214,27 @@ async fn join(server: &str, token: &str, node: &str) -> anyhow::Result<NodeIdent
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let body = serde_json::json!({ "token": token, "node": node, "csr": csr });
-    let sent = client
-        .post(format!("{server}/v1/nodes/join"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await;
-    let answer = read_answer(sent.context("reaching the server")?)
+    let body = serde_json::json!({ "token": token, "node": node, "csr": csr }).to_string();
+    // A server not up yet is waited for; a refusal is final.
+    let response = loop {
+        let sent = client
+            .post(format!("{server}/v1/nodes/join"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) => break response,
+            Err(e) => {
+                tracing::warn!(%server, error = %format!("{:#}", anyhow::Error::from(e)), "cannot reach the server to join; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = crate::shutdown_signal() => anyhow::bail!("stopped before joining"),
+                }
+            }
+        }
+    };
+    let answer = read_answer(response)
         .await
         .with_context(|| format!("joining {server} as node {node:?}"))?;
     let joined: Joined = serde_json::from_slice(&answer).context("reading the join answer")?;

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
-use corral_contract::{NodeStatus, ValidationError};
+use corral_contract::ValidationError;
 use serde::Deserialize;
 
 use crate::api::error::ApiResult;
@@ -40,13 +40,6 @@ pub(crate) fn routes() -> Vec<Route> {
             Node,
             "watchNodeStore",
             store_watch,
-        ),
-        Route::new(
-            Method::PUT,
-            "/v1/nodes/{name}/status",
-            Node,
-            "reportNode",
-            report,
         ),
         Route::new(Method::GET, "/v1/nodes", Read, "listNodes", list),
         Route::new(Method::GET, "/v1/nodes/{name}", Read, "getNode", read),
@@ -246,38 +239,4 @@ async fn store_watch(
         axum::body::Body::from_stream(body),
     )
         .into_response())
-}
-
-/// An agent's heartbeat: what its host has; the node is registered on its first report.
-/// A node's agent reports only its own node.
-async fn report(
-    State(d): State<Shared>,
-    Path(name): Path<String>,
-    Extension(caller): Extension<crate::auth::Caller>,
-    bytes: Bytes,
-) -> ApiResult {
-    if caller.node.as_ref().is_some_and(|own| *own != name) {
-        return Err(corral_service::ServiceError::PermissionDenied {
-            what: format!("{caller} may not report node {name:?}"),
-            remedy: "a node certificate reports only the node it names",
-        }
-        .into());
-    }
-    let status: NodeStatus = body(&bytes)?;
-    let node = match d.nodes.heartbeat(&name, status.clone()).await {
-        Err(corral_service::ServiceError::NotFound { .. }) => {
-            let name = name
-                .parse()
-                .map_err(|e| ValidationError::new("metadata.name", format!("{e}")))
-                .map_err(corral_service::ServiceError::Invalid)?;
-            let mut node = corral_contract::Node::new(name);
-            node.status = status.clone();
-            let node = d.nodes.register(node).await?;
-            d.nodes
-                .heartbeat(node.metadata.name.as_str(), status)
-                .await?
-        }
-        other => other?,
-    };
-    Ok(one(node, StatusCode::OK))
 }

@@ -83,7 +83,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ui/links"),
     ("POST", "/v1/nodes/join-tokens"),
     ("POST", "/v1/nodes/join"),
-    ("PUT", "/v1/nodes/{name}/status"),
     ("POST", "/v1/nodes/{name}/store"),
     ("GET", "/v1/nodes/{name}/store/watch"),
     ("GET", "/v1/nodes"),
