@@ -71,6 +71,8 @@ pub struct ClusterCa {
     cert_pem: String,
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
+    /// Checks client certificates against this CA alone (built once: asked per request).
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -146,10 +148,20 @@ impl ClusterCa {
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(bad)?;
         let cert_der =
             pem_der(&cert_pem).ok_or_else(|| bad(rcgen::Error::CouldNotParseCertificate))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(cert_der.clone()))
+            .map_err(|_| bad(rcgen::Error::CouldNotParseCertificate))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|_| bad(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Some(ClusterCa {
             cert_pem,
             cert_der,
             issuer,
+            verifier,
         }))
     }
 
@@ -214,16 +226,7 @@ impl ClusterCa {
     /// The node a TLS client certificate (DER) names, if this CA signed it for a node; `None`
     /// for any other certificate, such as a user's from `--tls-client-ca`.
     pub fn node_of(&self, leaf: &[u8]) -> Option<ResourceName> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.cert_der.clone()))
-            .ok()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .ok()?;
-        verifier
+        self.verifier
             .verify_client_cert(&CertificateDer::from(leaf), &[], UnixTime::now())
             .ok()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;

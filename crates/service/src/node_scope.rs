@@ -353,12 +353,13 @@ impl NodeScope {
         })
     }
 
-    /// Its own Node; its VMs and networks with their spec unchanged.
+    /// Its own Node (not its spec: cordoning is the admins'); the status of its VMs and of
+    /// networks, and marking its VMs for deletion (an expired VM).
     fn may_update(&self, stored: &Object, new: &Object) -> Result<(), WireError> {
         let allowed = match stored.kind.as_str() {
-            "Node" => stored.name == self.node,
-            "Vm" => self.bound_here(stored) && same_spec(stored, new),
-            "Network" => same_spec(stored, new),
+            "Node" => stored.name == self.node && same_spec(stored, new),
+            "Vm" => self.bound_here(stored) && only_status(stored, new),
+            "Network" => only_status(stored, new),
             _ => false,
         };
         if allowed {
@@ -422,6 +423,28 @@ fn is_set(v: &Value) -> bool {
     !matches!(v, Value::Null | Value::Bool(false))
 }
 
+/// Whether `new` changes only the status of `stored`, or marks it for deletion.
+fn only_status(stored: &Object, new: &Object) -> bool {
+    let parse = |o: &Object| serde_json::from_str::<Value>(&o.body).ok();
+    let (Some(mut a), Some(mut b)) = (parse(stored), parse(new)) else {
+        return false;
+    };
+    let deleting = |v: &Value| is_set(&v["metadata"]["deleting"]);
+    if deleting(&a) && !deleting(&b) {
+        return false;
+    }
+    for v in [&mut a, &mut b] {
+        if let Some(meta) = v["metadata"].as_object_mut() {
+            meta.remove("resource_version");
+            meta.remove("deleting");
+        }
+    }
+    stored.labels == new.labels
+        && a["spec"] == b["spec"]
+        && a["metadata"] == b["metadata"]
+        && a["kind"] == b["kind"]
+}
+
 fn same_spec(a: &Object, b: &Object) -> bool {
     let spec = |o: &Object| serde_json::from_str::<Value>(&o.body).map(|v| v["spec"].clone());
     matches!((spec(a), spec(b)), (Ok(x), Ok(y)) if x == y)
@@ -443,5 +466,80 @@ pub fn event_of(name: &str) -> Option<EventType> {
         "modified" => Some(EventType::Modified),
         "deleted" => Some(EventType::Deleted),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(node: &str, cpus: u32, deleting: bool, project: &str) -> Object {
+        let body = serde_json::json!({
+            "kind": "Vm",
+            "metadata": {"name": "v", "project": project, "deleting": deleting, "resource_version": 3},
+            "spec": {"cpus": cpus},
+            "status": {"node": node, "phase": "Running"},
+        });
+        Object::new("Vm", "v", "u", body.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_node_changes_only_the_status_of_its_own_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            corral_store::SqliteStore::open(dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let a = NodeScope::new(store.clone(), "a");
+        let own = vm("a", 1, false, "default");
+        assert!(
+            a.may_update(&own, &vm("b", 1, false, "default")).is_ok(),
+            "gives it back"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 1, true, "default")).is_ok(),
+            "expires it"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 2, false, "default")).is_err(),
+            "the spec"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 1, false, "other")).is_err(),
+            "the project"
+        );
+        let mut relabelled = own.clone();
+        relabelled.labels.insert("x".into(), "y".into());
+        assert!(a.may_update(&own, &relabelled).is_err(), "labels");
+        assert!(
+            a.may_update(&vm("a", 1, true, "default"), &own).is_err(),
+            "undeleting"
+        );
+        let theirs = vm("b", 1, false, "default");
+        assert!(
+            a.may_update(&theirs, &vm("a", 1, false, "default"))
+                .is_err(),
+            "taking one"
+        );
+        assert!(!a.readable(&theirs) && a.readable(&own));
+        let id = Object::new("Identity", "ci", "u", "{}");
+        assert!(!a.readable(&id));
+        assert!(matches!(
+            a.call(StoreCall::List {
+                kind: "Identity".into(),
+                selector: String::new()
+            })
+            .await,
+            StoreAnswer::Error(WireError::PermissionDenied { .. })
+        ));
+        let other_node = Object::new("Node", "b", "u", r#"{"spec": {}}"#);
+        assert!(a.may_update(&other_node, &other_node).is_err());
+        let mine = Object::new("Node", "a", "u", r#"{"spec": {"unschedulable": true}}"#);
+        let uncordoned = Object::new("Node", "a", "u", r#"{"spec": {}}"#);
+        assert!(
+            a.may_update(&mine, &uncordoned).is_err(),
+            "cordon is the admins'"
+        );
     }
 }
