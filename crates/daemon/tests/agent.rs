@@ -413,7 +413,7 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     use corral_contract::Phase;
     use corral_testkit::{kit_vm, qemu_pids_under, wait_phase};
 
-    let cluster = Cluster::start().await?;
+    let mut cluster = Cluster::start().await?;
     let token = cluster.token().await;
     let dir = cluster.tmp.path().join("agent");
     let mut agent = Agent::start(&dir, &cluster.url, "agent-a", Some(&token));
@@ -469,6 +469,23 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
         (vm.status.phase, vm.status.pid),
         (Phase::Running, Some(pid))
     );
+
+    // The server killed and started again: the agent's watches resume through the new one,
+    // so a stop asked there reaches the guest on the agent.
+    cluster.server.restart()?;
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+    admin.stop_vm("on-agent", true).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !qemu_pids_under(&dir.join("r")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stop did not reach the agent:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let vm = wait_phase(&admin, &cluster.server, "on-agent", Phase::Stopped).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
 
     // A VM bound to no node of agent-a: its certificate can neither read nor change it, nor
     // reach identities, nor act as another node.
