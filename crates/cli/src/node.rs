@@ -35,6 +35,9 @@ pub struct JoinTokenArgs {
     /// How long the token is accepted, e.g. `30m` (at most 7d)
     #[arg(long, default_value = "1h")]
     pub ttl: String,
+    /// Only a host joining under this node name may use it
+    #[arg(long, value_parser = parse_name)]
+    pub node: Option<ResourceName>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -82,7 +85,8 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), CliError>
             said(&node, "uncordoned", args.output.format)
         }
         NodeCommand::JoinToken(args) => {
-            let t = client.create_join_token(&args.ttl).await?;
+            let node = args.node.as_ref().map_or("", |n| n.as_str());
+            let t = client.create_join_token(&args.ttl, node).await?;
             let value = serde_json::json!({
                 "token": t.token, "expires": t.expires, "ca_sha256": t.ca_sha256,
             });

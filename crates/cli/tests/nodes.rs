@@ -162,4 +162,9 @@ fn join_tokens_pin_the_cluster_ca_and_need_one() {
         "{plain}"
     );
     cli.fails(&["node", "join-token", "--ttl", "9d"], 1, "ttl");
+    let bound = cli.json(&["node", "join-token", "--node", "host-x", "-o", "json"]);
+    assert!(
+        bound["token"].as_str().is_some_and(|t| t != token),
+        "{bound}"
+    );
 }

@@ -56,9 +56,17 @@ impl Client {
         self.decode_node(n.into_inner())
     }
 
-    /// Mints a single-use join token for an agent, accepted for `ttl` (`""`: an hour).
-    pub async fn create_join_token(&self, ttl: &str) -> Result<pb::JoinToken, ClientError> {
-        let req = pb::CreateJoinTokenRequest { ttl: ttl.into() };
+    /// Mints a single-use join token for an agent, accepted for `ttl` (`""`: an hour), for
+    /// node `node` only (`""`: any).
+    pub async fn create_join_token(
+        &self,
+        ttl: &str,
+        node: &str,
+    ) -> Result<pb::JoinToken, ClientError> {
+        let req = pb::CreateJoinTokenRequest {
+            ttl: ttl.into(),
+            node: node.into(),
+        };
         let t = self
             .nodes_client()
             .create_join_token(req)

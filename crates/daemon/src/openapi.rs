@@ -835,6 +835,7 @@ fn join_token_request_schema() -> ObjectBuilder {
             "ttl",
             string().description(Some("How long it is accepted, e.g. 30m, 1h (at most 7d)")),
         )
+        .property("node", corral_contract::schema::name_schema())
         .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
 }
 

@@ -188,7 +188,7 @@ async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Re
         .send(
             "POST",
             "/v1/nodes/join-tokens",
-            Some(br#"{"ttl": "10m"}"#.as_slice()),
+            Some(br#"{"ttl": "10m", "node": "agent-a"}"#.as_slice()),
         )
         .await
         .expect(201);

@@ -325,6 +325,9 @@ struct Record {
     /// The node that used it.
     #[serde(default)]
     used_by: Option<String>,
+    /// The only node it may join, if minted for one.
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// Join tokens and joins, for the servers of a cluster.
@@ -364,8 +367,9 @@ impl JoinService {
         })
     }
 
-    /// Mints a single-use token accepted for `ttl` (at most [`MAX_TOKEN_TTL`]).
-    pub async fn mint(&self, ttl: Duration) -> Result<JoinToken, ServiceError> {
+    /// Mints a single-use token accepted for `ttl` (at most [`MAX_TOKEN_TTL`]), for node
+    /// `node` only if given. Records of tokens that expired over a day ago are dropped.
+    pub async fn mint(&self, ttl: Duration, node: Option<&str>) -> Result<JoinToken, ServiceError> {
         let ca = self.need_ca()?;
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(ValidationError::new(
@@ -378,6 +382,13 @@ impl JoinService {
             )
             .into());
         }
+        let node = node
+            .map(|n| {
+                n.parse::<ResourceName>()
+                    .map_err(|e| ValidationError::new("node", format!("{e}")))
+            })
+            .transpose()?;
+        self.forget_expired().await;
         let id = random_hex::<8>()?;
         let secret = random_hex::<32>()?;
         let expires = SystemTime::now() + ttl;
@@ -387,6 +398,7 @@ impl JoinService {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             used_by: None,
+            node: node.map(|n| n.to_string()),
         };
         let body = serde_json::to_string(&record).map_err(|source| ServiceError::Encode {
             kind: "join token",
@@ -403,6 +415,30 @@ impl JoinService {
             expires: humantime::format_rfc3339_seconds(expires).to_string(),
             ca_sha256,
         })
+    }
+
+    /// Drops the records of tokens that expired over a day ago (sooner, an agent still hears
+    /// "expired" rather than "unknown"); best effort.
+    async fn forget_expired(&self) {
+        let Ok((records, _)) = self
+            .store
+            .list(KIND, &corral_store::Selector::default())
+            .await
+        else {
+            return;
+        };
+        let long_ago = now_secs().saturating_sub(24 * 3600);
+        for obj in records {
+            let stale = serde_json::from_str::<Record>(&obj.body)
+                .map(|r| r.expires < long_ago)
+                .unwrap_or(false);
+            if stale {
+                let _ = self
+                    .store
+                    .delete(KIND, &obj.name, Some(obj.resource_version))
+                    .await;
+            }
+        }
     }
 
     /// Joins node `node`: checks the token (known, unexpired, unused), signs a certificate for
@@ -446,10 +482,13 @@ impl JoinService {
         if let Some(by) = &record.used_by {
             return Err(refused(format!("it was already used (by node {by:?})")));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now >= record.expires {
+        if let Some(only) = record.node.as_deref().filter(|only| *only != node.as_str()) {
+            return Err(refused(format!(
+                "it was minted for node {only:?}, not {:?}",
+                node.as_str()
+            )));
+        }
+        if now_secs() >= record.expires {
             return Err(refused("it has expired".into()));
         }
         let certificate = ca.sign_node(&node, csr_pem)?;
@@ -487,6 +526,12 @@ pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .ok()
         .map(|c| c.to_vec())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn random_hex<const N: usize>() -> Result<String, ServiceError> {
@@ -552,7 +597,7 @@ mod tests {
             ClusterCa::init(&ClusterCa::dir(dir.path())),
             Err(CaError::Exists(_))
         ));
-        let minted = joins.mint(Duration::from_secs(60)).await.unwrap();
+        let minted = joins.mint(Duration::from_secs(60), None).await.unwrap();
         let parts: TokenParts = minted.token.parse().unwrap();
         assert_eq!(parts.ca_sha256, minted.ca_sha256);
         let stored = joins.store.get(KIND, &parts.id).await.unwrap();
@@ -587,7 +632,7 @@ mod tests {
     async fn unknown_expired_foreign_and_malformed_tokens_are_refused_and_stay_unused() {
         let (_dir, joins) = service().await;
         let (_key, request) = csr();
-        let minted = joins.mint(Duration::from_secs(60)).await.unwrap();
+        let minted = joins.mint(Duration::from_secs(60), None).await.unwrap();
         let parts: TokenParts = minted.token.parse().unwrap();
         let wrong_secret = format!("crj.{}.{}.{}", parts.ca_sha256, parts.id, "0".repeat(64));
         let err = joins.join(&wrong_secret, "n", &request).await.unwrap_err();
@@ -610,7 +655,7 @@ mod tests {
         // None of the refusals spent it.
         joins.join(&minted.token, "n", &request).await.unwrap();
 
-        let other = joins.mint(Duration::from_secs(60)).await.unwrap();
+        let other = joins.mint(Duration::from_secs(60), None).await.unwrap();
         let id = other.token.parse::<TokenParts>().unwrap().id;
         let mut obj = joins.store.get(KIND, &id).await.unwrap();
         let mut record: Record = serde_json::from_str(&obj.body).unwrap();
@@ -619,8 +664,44 @@ mod tests {
         joins.store.update(obj).await.unwrap();
         let err = joins.join(&other.token, "m", &request).await.unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
-        let err = joins.mint(Duration::ZERO).await.unwrap_err();
+        let err = joins.mint(Duration::ZERO, None).await.unwrap_err();
         assert!(err.to_string().contains("ttl"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_for_one_node_joins_only_that_node_and_old_records_go() {
+        let (_dir, joins) = service().await;
+        let (_key, request) = csr();
+        let for_b = joins
+            .mint(Duration::from_secs(60), Some("node-b"))
+            .await
+            .unwrap();
+        let err = joins
+            .join(&for_b.token, "node-a", &request)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("minted for node \"node-b\""),
+            "{err}"
+        );
+        joins.join(&for_b.token, "node-b", &request).await.unwrap();
+        let err = joins
+            .mint(Duration::from_secs(60), Some("Not A Name"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("node"), "{err}");
+
+        let id = for_b.token.parse::<TokenParts>().unwrap().id;
+        let mut obj = joins.store.get(KIND, &id).await.unwrap();
+        let mut record: Record = serde_json::from_str(&obj.body).unwrap();
+        record.expires = 1;
+        obj.body = serde_json::to_string(&record).unwrap();
+        joins.store.update(obj).await.unwrap();
+        joins.mint(Duration::from_secs(60), None).await.unwrap();
+        assert!(
+            joins.store.get(KIND, &id).await.is_err(),
+            "long expired: dropped"
+        );
     }
 
     #[test]

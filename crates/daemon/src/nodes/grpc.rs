@@ -63,8 +63,10 @@ impl NodeService for NodeGrpc {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::JoinToken>, Status> {
-        let ttl = super::rest::join_token_ttl(&req.into_inner().ttl).map_err(status)?;
-        let t = self.0.joins.mint(ttl).await.map_err(status)?;
+        let req = req.into_inner();
+        let ttl = super::rest::join_token_ttl(&req.ttl).map_err(status)?;
+        let node = Some(req.node.as_str()).filter(|n| !n.is_empty());
+        let t = self.0.joins.mint(ttl, node).await.map_err(status)?;
         Ok(Response::new(pb::JoinToken {
             token: t.token,
             expires: t.expires,

@@ -102,6 +102,9 @@ struct TokenRequest {
     /// How long the token is accepted, e.g. `1h` [default: 1h].
     #[serde(default)]
     ttl: Option<String>,
+    /// The only node it may join.
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// The body of `POST /v1/nodes/join`.
@@ -141,7 +144,7 @@ async fn create_join_token(State(d): State<Shared>, bytes: Bytes) -> ApiResult {
         body(&bytes)?
     };
     let ttl = join_token_ttl(req.ttl.as_deref().unwrap_or_default())?;
-    let token = d.joins.mint(ttl).await?;
+    let token = d.joins.mint(ttl, req.node.as_deref()).await?;
     Ok((StatusCode::CREATED, axum::Json(token)).into_response())
 }
 
