@@ -164,6 +164,8 @@ pub enum VmCommand {
     Resume(ActionArgs),
     /// Restart a VM in a new QEMU process
     Restart(ActionArgs),
+    /// Move a running VM to another node without stopping it (live migration)
+    Migrate(MigrateArgs),
     /// Delete a VM: stop it, remove its files, then the object
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
@@ -319,6 +321,22 @@ pub struct ActionArgs {
     /// The VM's name
     #[arg(value_parser = parse_name)]
     pub name: ResourceName,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// The node to move it to [default: the scheduler picks among the other nodes]
+    #[arg(long, value_name = "NODE", value_parser = parse_name, conflicts_with = "cancel")]
+    pub to: Option<ResourceName>,
+    /// Cancel the VM's migration instead: one not yet switched over stops, and the VM runs on
+    /// where it is
+    #[arg(long)]
+    pub cancel: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use clap::CommandFactory;
 use corral_client::{Client, ClientError, Endpoint};
-use corral_contract::{Resource, Vm};
+use corral_contract::{Resource, ResourceName, Vm};
 
 use crate::args::{
     ActionArgs, Cli, Command, CompletionArgs, ConnectionArgs, Format, ManifestArgs, Shell,
@@ -212,6 +212,36 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             let vm = client.restart_vm(args.name.as_str()).await?;
             print(&format!("vm/{} restarting\n", vm.metadata.name))?;
             finish(&client, &vm, Goal::Restarted(vm.status.pid), &args.wait).await
+        }
+        VmCommand::Migrate(args) => {
+            let client = connect(connection).await?;
+            let name = args.name.as_str();
+            if args.cancel {
+                client.cancel_vm_migration(name).await?;
+                return print(&format!("vm/{name} migration cancelled\n"));
+            }
+            let vm = client
+                .migrate_vm(name, args.to.as_ref().map(ResourceName::as_str))
+                .await?;
+            print(&match &args.to {
+                Some(to) => format!("vm/{name} migrating to node {to}\n"),
+                None => format!("vm/{name} migrating (the scheduler picks the node)\n"),
+            })?;
+            if !args.wait.wait {
+                return Ok(());
+            }
+            let vm = wait(&client, name, Goal::Migrated, args.wait.timeout)
+                .await?
+                .unwrap_or(vm);
+            let m = vm.status.migration.unwrap_or_default();
+            print(&format!(
+                "vm/{name} {} on node {} (downtime {} ms, total {} ms, {} sent)\n",
+                vm.status.phase,
+                m.target,
+                m.downtime_ms.unwrap_or_default(),
+                m.total_time_ms.unwrap_or_default(),
+                corral_contract::ByteSize::new(m.transferred_bytes)
+            ))
         }
         VmCommand::Delete(args) => {
             let client = connect(connection).await?;

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use corral_client::{Client, is_observed};
-use corral_contract::{Phase, Power, Vm};
+use corral_contract::names::annotations;
+use corral_contract::{MigrationPhase, Phase, Power, Vm};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::CliError;
@@ -16,6 +17,8 @@ pub enum Goal {
     Phase(Phase),
     /// Running in a new QEMU process: not this pid.
     Restarted(Option<u32>),
+    /// Moved by the migration its `corral.dev/migrate-to` annotation asks for.
+    Migrated,
     /// Deleted.
     Gone,
 }
@@ -34,6 +37,7 @@ impl Goal {
         match self {
             Goal::Phase(phase) => phase.to_string(),
             Goal::Restarted(_) => "Running in a new process".into(),
+            Goal::Migrated => "the migration to end".into(),
             Goal::Gone => "deleted".into(),
         }
     }
@@ -59,6 +63,9 @@ pub fn judge(goal: Goal, vm: Option<&Vm>) -> Option<Outcome> {
             Outcome::Deleted
         });
     };
+    if goal == Goal::Migrated {
+        return judge_migration(vm);
+    }
     if goal == Goal::Gone || !is_observed(vm) {
         return None;
     }
@@ -68,7 +75,7 @@ pub fn judge(goal: Goal, vm: Option<&Vm>) -> Option<Outcome> {
         Goal::Restarted(old) => {
             phase == Phase::Running && vm.status.pid.is_some() && vm.status.pid != old
         }
-        Goal::Gone => false,
+        Goal::Gone | Goal::Migrated => false,
     };
     if reached {
         Some(Outcome::Reached(Some(vm.clone())))
@@ -76,6 +83,27 @@ pub fn judge(goal: Goal, vm: Option<&Vm>) -> Option<Outcome> {
         Some(Outcome::Failed(vm.clone()))
     } else {
         None
+    }
+}
+
+/// Whether the migration `vm`'s annotation asks for has ended: moved (and running or paused
+/// on its new node), or failed or cancelled.
+fn judge_migration(vm: &Vm) -> Option<Outcome> {
+    let request = vm.metadata.annotations.get(annotations::MIGRATE_TO);
+    let m = vm
+        .status
+        .migration
+        .as_ref()
+        .filter(|m| Some(&m.request) == request)?;
+    match m.phase {
+        MigrationPhase::Completed
+            if vm.status.node.as_deref() == Some(m.target.as_str())
+                && matches!(vm.status.phase, Phase::Running | Phase::Paused) =>
+        {
+            Some(Outcome::Reached(Some(vm.clone())))
+        }
+        MigrationPhase::Failed | MigrationPhase::Cancelled => Some(Outcome::Failed(vm.clone())),
+        _ => None,
     }
 }
 
@@ -114,6 +142,15 @@ pub async fn wait(
     waited?;
     match outcome {
         Some(Outcome::Reached(vm)) => Ok(vm),
+        Some(Outcome::Failed(vm)) if goal == Goal::Migrated => {
+            let m = vm.status.migration.unwrap_or_default();
+            Err(CliError::Failed(format!(
+                "vm/{name}: migration to node {} {}: {}",
+                m.target,
+                m.phase.as_str().to_lowercase(),
+                m.message.as_deref().unwrap_or("no reason given")
+            )))
+        }
         Some(Outcome::Failed(vm)) => Err(CliError::Failed(format!(
             "vm/{name} failed: {}",
             vm.status

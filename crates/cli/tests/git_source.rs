@@ -62,7 +62,7 @@ fn a_git_source_drives_real_guests() {
         "app and spare",
     );
 
-    let d = Corrald::start(workspace_binary("corrald")).expect("corrald");
+    let mut d = Corrald::start(workspace_binary("corrald")).expect("corrald");
     let cli = Cli::new(CORRAL, &d);
     let api = Api::of(&d);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -172,4 +172,26 @@ fn a_git_source_drives_real_guests() {
         cli.ok(&["source", "reconcile", "lab"]),
         "source/lab reconcile requested\n"
     );
+
+    // A daemon restart in between: the source carries on from its commit, the next push is
+    // applied, and the running guest is adopted rather than started again.
+    let running = eventually("app running before the restart", || {
+        let vm = cli.json(&["vm", "get", "app", "-o", "json"]);
+        (vm["status"]["phase"] == "Running").then_some(vm)
+    });
+    drop(cli);
+    d.restart().expect("corrald restarts");
+    let cli = Cli::new(CORRAL, &d);
+    let late = vm("late", "128M", "stopped");
+    let after_restart = server.commit(&[("deploy/late.yaml", Some(&late))], "after a restart");
+    eventually("the push after the restart", || {
+        (status()["commit"] == after_restart.as_str()).then_some(())
+    });
+    assert!(cli.vm_names().contains(&"late".to_owned()));
+    let app = cli.json(&["vm", "get", "app", "-o", "json"]);
+    assert_eq!(
+        app["status"]["pid"], running["status"]["pid"],
+        "adopted, not restarted"
+    );
+    assert_eq!(app["metadata"]["uid"], running["metadata"]["uid"]);
 }

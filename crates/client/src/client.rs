@@ -304,6 +304,21 @@ impl Client {
         self.vm_reply(self.vms.clone().restart(action(name)).await)
     }
 
+    /// Asks for a live migration of VM `name` to node `to` (`None`: the scheduler picks);
+    /// `status.migration` follows it.
+    pub async fn migrate_vm(&self, name: &str, to: Option<&str>) -> Result<Vm, ClientError> {
+        let request = pb::MigrateVmRequest {
+            name: name.into(),
+            to: to.unwrap_or_default().into(),
+        };
+        self.vm_reply(self.vms.clone().migrate(request).await)
+    }
+
+    /// Withdraws VM `name`'s migration request: one not yet switched over is cancelled.
+    pub async fn cancel_vm_migration(&self, name: &str) -> Result<Vm, ClientError> {
+        self.vm_reply(self.vms.clone().cancel_migration(action(name)).await)
+    }
+
     /// Follows changes to one VM (`name`) or all, after store revision `after_revision`
     /// (0: live changes only).
     pub async fn watch_vms(

@@ -17,6 +17,9 @@ pub mod labels {
 pub mod annotations {
     /// On a VM: a new value (a time) asks for a restart with the current spec.
     pub const RESTART_REQUESTED_AT: &str = "corral.dev/restart-requested-at";
+    /// On a VM: asks for a live migration, as `NODE@TIME` (a new value is a new request; the
+    /// annotation removed while it runs cancels it). `status.migration` follows it.
+    pub const MIGRATE_TO: &str = "corral.dev/migrate-to";
     /// On a VM whose `spec.power` is `stopped`: [`STOP_MODE_FORCE`] stops it without waiting
     /// for the guest to shut down.
     pub const STOP_MODE: &str = "corral.dev/stop-mode";

@@ -6,7 +6,7 @@ mod status;
 pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
 pub use placement::Placement;
 pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
-pub use status::{ExitInfo, Phase, VmStatus};
+pub use status::{ExitInfo, MigrationPhase, MigrationStatus, Phase, VmStatus};
 
 use serde::Serialize;
 

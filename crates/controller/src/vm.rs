@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     /// started here, and a process here of a VM bound elsewhere is stopped. `None` runs
     /// every VM (controller tests without a scheduler).
     pub node: Option<String>,
+    /// The address this node receives migrating VMs on (QEMU listens there).
+    pub migration_address: std::net::IpAddr,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +61,7 @@ impl Default for ControllerConfig {
             ssh_probe_timeout: Duration::from_secs(600),
             host_paths: None,
             node: None,
+            migration_address: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -72,9 +75,9 @@ pub trait ReconcileObserver: Send + Sync + std::fmt::Debug {
 /// Makes VMs match their spec.
 #[derive(Debug)]
 pub struct VmController {
-    svc: VmService,
-    hv: Arc<dyn Hypervisor>,
-    config: ControllerConfig,
+    pub(crate) svc: VmService,
+    pub(crate) hv: Arc<dyn Hypervisor>,
+    pub(crate) config: ControllerConfig,
     queue: WorkQueue,
     // uid → name, so hypervisor events (keyed by uid) reach the right object.
     names: Mutex<HashMap<String, String>>,
@@ -84,7 +87,7 @@ pub struct VmController {
     storage: Option<StorageService>,
     // uid → what adoption found, until the VM's status says so: a corrald killed between
     // spawning QEMU and writing its pid leaves a status without one.
-    adopted: Mutex<HashMap<String, VmInfo>>,
+    pub(crate) adopted: Mutex<HashMap<String, VmInfo>>,
     // How the last process of each VM QEMU held stopped for good (guest panic, emulation
     // error, watchdog) ended: ended by the controller, it counts as the failure it was.
     crashed: Mutex<HashMap<String, Exit>>,
@@ -372,10 +375,20 @@ impl VmController {
         if let Some(me) = &self.config.node {
             match vm.status.node.as_deref() {
                 Some(node) if node == me => {}
-                other => return self.not_mine(&vm, other, actual).await,
+                other => {
+                    if let Some(after) = self.migrate_in(&vm, me, actual.as_ref()).await? {
+                        return Ok(Some(after));
+                    }
+                    return self.not_mine(&vm, other, actual).await;
+                }
             }
             if vm.status.condition(EVICTING).is_some_and(|c| c.status) {
                 return self.evict(&vm, actual).await;
+            }
+            if !vm.metadata.deleting {
+                if let Some(after) = self.migrate_out(&vm, me, actual.as_ref()).await? {
+                    return Ok(Some(after));
+                }
             }
         }
         if vm.metadata.deleting {
@@ -695,50 +708,11 @@ impl VmController {
             return self.record_waiting(vm, &readiness).await;
         }
         self.write_phase(name, Phase::Starting, None).await?;
-        let mut config = VmConfig::from_spec(&vm.metadata.uid, name, &vm.spec);
-        if vm.spec.introspection {
-            config.memory_file = Some(
-                self.config
-                    .shm_dir
-                    .join(format!("corral-{}", vm.metadata.uid)),
-            );
-        }
-        if let Some(rules) = &self.config.host_paths {
-            if let Err(e) = crate::host_files::open(rules, &vm.spec, &mut config) {
-                return self.start_failed(vm, e.to_string(), restart).await;
-            }
-        }
         let generation = vm.metadata.generation;
-        if !crate::disks::attached_volumes(&vm.spec).is_empty() {
-            let resolved = match &self.storage {
-                Some(storage) => crate::disks::resolve(storage, vm, &mut config).await,
-                None => Err(ControllerError::NoStorage),
-            };
-            if let Err(e) = resolved {
-                return self.start_failed(vm, e.to_string(), restart).await;
-            }
-        }
-        let prepared = match crate::prepare::prepare(
-            &self.svc,
-            &self.config.seed_dir,
-            self.hv.file_owner(),
-            vm,
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => return self.start_failed(vm, e.to_string(), restart).await,
+        let (config, networks) = match self.launch_config(vm).await {
+            Ok(launch) => launch,
+            Err(message) => return self.start_failed(vm, message, restart).await,
         };
-        config.nics = prepared.nics;
-        if let Some(seed) = prepared.seed {
-            config.disks.push(corral_hypervisor::DiskConfig {
-                path: seed,
-                format: corral_contract::DiskFormat::Raw,
-                readonly: true,
-                serial: Some("cidata".into()),
-            });
-        }
-        let networks = prepared.networks;
         let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
@@ -777,6 +751,49 @@ impl VmController {
             }
             Err(e) => self.start_failed(vm, e.to_string(), restart).await,
         }
+    }
+
+    /// What QEMU is launched with for `vm` on this node: host files opened and checked,
+    /// volumes resolved, NICs and the cloud-init seed prepared; and the networks it gets.
+    /// `Err`: why it cannot start, for people.
+    pub(crate) async fn launch_config(
+        &self,
+        vm: &Vm,
+    ) -> Result<(VmConfig, Vec<corral_contract::NetworkAttachmentStatus>), String> {
+        let key = vm.metadata.key();
+        let mut config = VmConfig::from_spec(&vm.metadata.uid, &key, &vm.spec);
+        if vm.spec.introspection {
+            config.memory_file = Some(
+                self.config
+                    .shm_dir
+                    .join(format!("corral-{}", vm.metadata.uid)),
+            );
+        }
+        if let Some(rules) = &self.config.host_paths {
+            crate::host_files::open(rules, &vm.spec, &mut config).map_err(|e| e.to_string())?;
+        }
+        if !crate::disks::attached_volumes(&vm.spec).is_empty() {
+            match &self.storage {
+                Some(storage) => crate::disks::resolve(storage, vm, &mut config)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                None => return Err(ControllerError::NoStorage.to_string()),
+            }
+        }
+        let prepared =
+            crate::prepare::prepare(&self.svc, &self.config.seed_dir, self.hv.file_owner(), vm)
+                .await
+                .map_err(|e| e.to_string())?;
+        config.nics = prepared.nics;
+        if let Some(seed) = prepared.seed {
+            config.disks.push(corral_hypervisor::DiskConfig {
+                path: seed,
+                format: corral_contract::DiskFormat::Raw,
+                readonly: true,
+                serial: Some("cidata".into()),
+            });
+        }
+        Ok((config, prepared.networks))
     }
 
     async fn start_failed(

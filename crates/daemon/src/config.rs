@@ -205,6 +205,10 @@ pub struct Args {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
+    /// The address other nodes reach this one at to send it a migrating VM (QEMU listens on
+    /// a free port there) [default: 127.0.0.1, which only serves nodes on this host]
+    #[arg(long, env = "CORRAL_MIGRATION_ADDRESS", value_name = "IP")]
+    pub migration_address: Option<std::net::IpAddr>,
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -256,6 +260,8 @@ pub struct ClusterConfig {
     pub agent: Option<AgentConfig>,
     /// Where the cluster CA is kept.
     pub cluster_dir: PathBuf,
+    /// Where this node receives migrating VMs.
+    pub migration_address: std::net::IpAddr,
 }
 
 /// Where an agent reports, and how it joins.
@@ -857,6 +863,9 @@ impl Config {
                 .cluster_dir
                 .clone()
                 .unwrap_or_else(|| corral_service::ClusterCa::dir(&data_dir)),
+            migration_address: args
+                .migration_address
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
         };
         Ok(Config {
             cluster,

@@ -197,6 +197,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         seed_dir: config.data_dir.join("seeds"),
         host_paths: Some(host_paths),
         node: Some(node_name.to_string()),
+        migration_address: config.cluster.migration_address,
         ..ControllerConfig::default()
     };
     let metrics = Arc::new(Metrics::new());

@@ -58,6 +58,13 @@ pub const OPERATIONS: &[Described] = {
         ("restartVm", Post, "/v1/vms/{name}/restart", || {
             power("Restart the VM")
         }),
+        ("migrateVm", Post, "/v1/vms/{name}/migrate", migrate_vm),
+        (
+            "cancelVmMigration",
+            Post,
+            "/v1/vms/{name}/migrate/cancel",
+            || power("Withdraw the VM's migration request: one not yet switched over is cancelled"),
+        ),
         (
             "getVmConsoleLog",
             Get,
@@ -1065,6 +1072,20 @@ fn stop_vm() -> Operation {
         boolean(),
         false,
         "Quit QEMU at once instead of asking the guest to shut down",
+    ));
+    op
+}
+
+fn migrate_vm() -> Operation {
+    let mut op = power(
+        "Move the running or paused VM to another node, live; the nodes report in \
+         status.migration",
+    );
+    op.parameters.get_or_insert_with(Vec::new).push(query(
+        "to",
+        corral_contract::schema::name_schema(),
+        false,
+        "The node to move it to; left out, the scheduler picks among the other nodes",
     ));
     op
 }

@@ -1,14 +1,16 @@
-//! The hostile-tenant suite: a real corrald on TLS, an admin on its unix socket, and tenants
-//! that are not admins — `mallory` (operator), `vic` (viewer), `peek` (operator with the
-//! memory grant) — who try every way found to reach what only root on the host may reach:
-//! host files through every path-taking field, another VM's RAM file, corrald's own state,
-//! qcow2 images whose headers name host files, URL imports to loopback and metadata
-//! addresses (directly, by name, in disguise, through a redirect), a bridge on the host,
-//! escalation through the identity and audit APIs, guest RAM without the grant, a revoked
-//! token on a live console, unbounded memory scans and a connection flood. Each attack must be
-//! refused with a clear message, refusals are in the audit log, and at the end no byte of the
-//! secret the test planted is in any image, volume or console log. The summary prints the
-//! count.
+//! The hostile-tenant suite: a real corrald on TLS, an admin on its unix socket, and two
+//! tenant projects with an identity of each role in each — in `red` `mallory` (operator), `vic`
+//! (viewer) and `peek` (operator with the memory grant), in `blue` `bob` (operator) and `bea`
+//! (viewer) — who try every way found to reach what only root on the host, or another
+//! project, may reach: host files through every path-taking field, another VM's RAM file,
+//! corrald's own state, qcow2 images whose headers name host files, URL imports to loopback
+//! and metadata addresses (directly, by name, in disguise, through a redirect), a bridge on
+//! the host (also an admin's, over a link corrald did not make), escalation through the
+//! identity and audit APIs, guest RAM without the grant, every read, write and reference
+//! across projects, a revoked token on a live console and watch, unbounded memory scans and a
+//! connection flood. Each attack must be refused with a clear message, each identity's
+//! refusals are in the audit log, and at the end no byte of the secret the test planted is in
+//! any image, volume or console log. The summary prints the count.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -19,25 +21,30 @@ use std::time::Duration;
 
 use corral_client::{Client, ClientError, Endpoint};
 use corral_contract::{
-    Boot, Credential, DiskFormat, Identity, IdentitySpec, Image, ImageFormat, ImageSource,
-    ImageSpec, Network, NetworkMode, NetworkSpec, Phase, Role, Vm,
+    Boot, ByteSize, Credential, DiskFormat, Identity, IdentitySpec, Image, ImageFormat,
+    ImageSource, ImageSpec, Network, NetworkMode, NetworkSpec, Phase, Power, Project, ProjectSpec,
+    Role, Vm, VmSpec, Volume, VolumeKind, VolumeSpec,
 };
 use corral_testkit::http::{Api, TlsSetup};
 use corral_testkit::{GuestKit, kit_vm, wait_phase};
 
 const CORRALD: &str = env!("CARGO_BIN_EXE_corrald");
 
-/// The attacks made so far, by family, and what each was told.
+/// The attacks made so far, by family, and by the identity that made them.
 #[derive(Default)]
 struct Attacks {
     by_family: BTreeMap<&'static str, usize>,
+    /// Refusals the audit log must hold, per identity (attacks by no identity are not here).
+    by_identity: BTreeMap<&'static str, usize>,
 }
 
 impl Attacks {
-    /// Records an attack that must have been refused with a message containing `says`.
+    /// Records an attack by identity `who` (empty: no identity) that must have been refused
+    /// with a message containing `says`.
     #[track_caller]
     fn refused<T: std::fmt::Debug>(
         &mut self,
+        who: &'static str,
         family: &'static str,
         what: &str,
         result: Result<T, ClientError>,
@@ -46,7 +53,7 @@ impl Attacks {
         match result {
             Err(e) => {
                 let message = e.to_string();
-                println!("refused [{family}] {what}: {message}");
+                println!("refused [{family}] {who}: {what}: {message}");
                 assert!(
                     message.contains(says),
                     "{family}: {what}: refused, but the message {message:?} does not say {says:?}"
@@ -55,6 +62,9 @@ impl Attacks {
             Ok(got) => panic!("{family}: {what}: NOT refused: {got:?}"),
         }
         *self.by_family.entry(family).or_default() += 1;
+        if !who.is_empty() {
+            *self.by_identity.entry(who).or_default() += 1;
+        }
     }
 
     /// Records an attack the caller checked itself.
@@ -77,11 +87,12 @@ async fn tls_client(tls: &TlsSetup, port: u16, token: &str) -> Client {
     .expect("a TLS client")
 }
 
-async fn identity(admin: &Client, name: &str, role: Role, memory: bool) -> String {
+/// An identity of `role` (with the memory grant if `memory`) working in `project`, and its token.
+async fn identity(admin: &Client, name: &str, role: Role, memory: bool, project: &str) -> String {
     let spec = IdentitySpec {
         role,
         memory,
-        projects: vec![],
+        projects: vec![project.parse().unwrap()],
         credential: Credential::Token { blake3: None },
     };
     let (_, token) = admin
@@ -119,6 +130,66 @@ fn boot_vm(name: &str, boot: Boot) -> Vm {
     let mut vm = kit_vm(name, |b| b);
     vm.spec.boot = boot;
     vm
+}
+
+/// A blank 64 MiB volume.
+fn blank_volume(name: &str) -> Volume {
+    Volume::new(
+        name.parse().unwrap(),
+        VolumeSpec {
+            kind: VolumeKind::Disk,
+            size: Some(ByteSize::new(64 << 20)),
+            format: None,
+            image: None,
+        },
+    )
+}
+
+/// A stopped VM that boots from volume `disk`.
+fn stopped_vm(name: &str, disk: &str) -> Vm {
+    let spec = VmSpec::builder(Boot::Volume {
+        volume: disk.parse().unwrap(),
+    })
+    .power(Power::Stopped)
+    .build()
+    .unwrap();
+    Vm::new(name.parse().unwrap(), spec)
+}
+
+/// A link on the host that corrald did not make (a bridge, like `docker0`; this kernel has no
+/// `dummy` driver), deleted when dropped: what a bridge network must not take over.
+struct ForeignLink(&'static str);
+
+impl ForeignLink {
+    fn add(name: &'static str) -> Self {
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", name])
+            .status();
+        let ok = Command::new("ip")
+            .args(["link", "add", "name", name, "type", "bridge"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip link add {name} type bridge");
+        ForeignLink(name)
+    }
+
+    /// `ip -j addr show` of the link: flags, master and addresses.
+    fn state(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-j", "addr", "show", "dev", self.0])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for ForeignLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", self.0])
+            .status();
+    }
 }
 
 /// A one-thread HTTP server on `addr` answering every request with `answer(path)`.
@@ -259,26 +330,61 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         ],
     );
     let admin = Client::connect(Endpoint::Unix(d.socket())).await.unwrap();
-    let mallory_token = identity(&admin, "mallory", Role::Operator, false).await;
-    let vic_token = identity(&admin, "vic", Role::Viewer, false).await;
-    let peek_token = identity(&admin, "peek", Role::Operator, true).await;
+    // Two tenant projects: mallory (operator), vic (viewer) and peek (operator with the memory
+    // grant) work in red; bob (operator) and bea (viewer) in blue.
+    for project in ["red", "blue"] {
+        admin
+            .create_project(&Project::new(
+                project.parse().unwrap(),
+                ProjectSpec::default(),
+            ))
+            .await
+            .unwrap();
+    }
+    let mallory_token = identity(&admin, "mallory", Role::Operator, false, "red").await;
+    let vic_token = identity(&admin, "vic", Role::Viewer, false, "red").await;
+    let peek_token = identity(&admin, "peek", Role::Operator, true, "red").await;
+    let bob_token = identity(&admin, "bob", Role::Operator, false, "blue").await;
+    let bea_token = identity(&admin, "bea", Role::Viewer, false, "blue").await;
     let mallory = tls_client(&tls, port, &mallory_token).await;
     let vic = tls_client(&tls, port, &vic_token).await;
     let peek = tls_client(&tls, port, &peek_token).await;
+    let bob = tls_client(&tls, port, &bob_token).await;
+    let bea = tls_client(&tls, port, &bea_token).await;
+    let admin_all = admin.clone().in_project(None, true).unwrap();
 
-    // The admin's VM: its RAM lives in /dev/shm, its console is a stream to attack.
+    // The victim, an admin's VM in red: its RAM lives in /dev/shm, its console is a stream to
+    // attack. Blue holds a stopped VM, a volume, an image and a network of bob's.
+    let admin_in_red = admin.clone().in_project(Some("red"), false).unwrap();
     let mut victim = kit_vm("victim", |b| b);
     victim.spec.introspection = true;
-    admin.create_vm(&victim).await.unwrap();
-    wait_phase(&admin, &d, "victim", Phase::Running)
+    admin_in_red.create_vm(&victim).await.unwrap();
+    wait_phase(&admin_in_red, &d, "victim", Phase::Running)
         .await
         .unwrap();
-    corral_testkit::wait_console(&admin, &d, "victim", "CORRAL_BOOT_OK", 0)
+    corral_testkit::wait_console(&admin_in_red, &d, "victim", "CORRAL_BOOT_OK", 0)
         .await
         .unwrap();
-    let uid = admin.get_vm("victim").await.unwrap().metadata.uid;
+    let uid = admin_in_red.get_vm("victim").await.unwrap().metadata.uid;
     let ram = PathBuf::from(format!("/dev/shm/corral-{uid}"));
     assert!(ram.exists());
+    bob.create_volume(&blank_volume("blue-disk")).await.unwrap();
+    bob.create_vm(&stopped_vm("blue-vm", "blue-disk"))
+        .await
+        .unwrap();
+    bob.create_network(&Network::new(
+        "blue-net".parse().unwrap(),
+        NetworkSpec::default(),
+    ))
+    .await
+    .unwrap();
+    bob.create_image(&path_image("blue-kernel", &kernel, ImageFormat::Raw))
+        .await
+        .unwrap();
+    admin
+        .create_image(&path_image("private", &kernel, ImageFormat::Raw))
+        .await
+        .unwrap();
 
     // 1. Host files through every path-taking field.
     let data = d.data_dir();
@@ -302,6 +408,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     for (i, path) in host_files.iter().enumerate() {
         let shown = path.display().to_string();
         attacks.refused(
+            "mallory",
             "host file",
             &format!("image from {shown}"),
             mallory
@@ -336,6 +443,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         ];
         for (j, (field, boot)) in fields.into_iter().enumerate() {
             attacks.refused(
+                "mallory",
                 "host file",
                 &format!("{field} = {shown}"),
                 mallory
@@ -348,6 +456,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
 
     // 2. Images whose content names host files.
     attacks.refused(
+        "mallory",
         "image content",
         "qcow2 backed by the secret",
         mallory
@@ -356,6 +465,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         "backing",
     );
     attacks.refused(
+        "mallory",
         "image content",
         "qcow2 with the secret as data file",
         mallory
@@ -377,6 +487,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     .enumerate()
     {
         attacks.refused(
+            "mallory",
             "SSRF",
             url,
             mallory
@@ -395,11 +506,39 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         },
     );
     attacks.refused(
+        "mallory",
         "host network",
         "bridge network",
         mallory.create_network(&bridge).await,
         "spec.mode",
     );
+    // Not even an admin's bridge network takes over a link corrald did not make.
+    let foreign = ForeignLink::add("crl-hostile0");
+    let before = foreign.state();
+    let hijack = Network::new(
+        "hijack".parse().unwrap(),
+        NetworkSpec {
+            mode: NetworkMode::Bridge,
+            bridge: Some(foreign.0.into()),
+            ..NetworkSpec::default()
+        },
+    );
+    attacks.refused(
+        "mallory",
+        "host network",
+        "bridge network on an existing host bridge",
+        mallory.create_network(&hijack).await,
+        "spec.mode",
+    );
+    attacks.refused(
+        "",
+        "host network",
+        "an admin's bridge network on an existing host bridge",
+        admin.create_network(&hijack).await,
+        "already exists",
+    );
+    assert_eq!(foreign.state(), before, "the host bridge is untouched");
+    drop(foreign);
 
     // 5. Escalation and reading what is not theirs.
     let escalate = IdentitySpec {
@@ -409,6 +548,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         credential: Credential::Token { blake3: None },
     };
     attacks.refused(
+        "mallory",
         "escalation",
         "operator makes an admin identity",
         mallory
@@ -417,36 +557,42 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         "needs role admin",
     );
     attacks.refused(
+        "mallory",
         "escalation",
         "operator reads the audit log",
         mallory.audit(&Default::default()).await,
         "needs role admin",
     );
     attacks.refused(
+        "mallory",
         "escalation",
         "operator revokes the viewer",
         mallory.revoke_identity("vic").await,
         "needs role admin",
     );
     attacks.refused(
+        "vic",
         "escalation",
         "viewer creates a VM",
         vic.create_vm(&kit_vm("vics", |b| b)).await,
         "may not write",
     );
     attacks.refused(
+        "vic",
         "escalation",
         "viewer deletes the admin's VM",
         vic.delete_vm("victim").await,
         "may not write",
     );
     attacks.refused(
+        "mallory",
         "guest RAM",
         "operator without the grant reads RAM",
         mallory.read_memory("victim", 0, 4096).await,
         "memory",
     );
     attacks.refused(
+        "mallory",
         "guest RAM",
         "operator without the grant scans RAM",
         mallory.find_in_memory("victim", b"CORRAL", 5).await,
@@ -464,7 +610,187 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     assert_eq!(forged.status, 401, "{}", forged.text());
     attacks.counted("unauthenticated");
 
-    // 6. Exhaustion: a scan that would match every byte stops at its limit; a limit past the
+    // 6. Across projects: red's identities reach nothing of blue's, by naming blue, by
+    // smuggling it into an object, or by reference; blue's viewer reaches nothing of red's.
+    let red_in_blue = mallory.clone().in_project(Some("blue"), false).unwrap();
+    let outside = "works in project(s) red, not in \"blue\"";
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "read blue's VM",
+        red_in_blue.get_vm("blue-vm").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "list blue's VMs",
+        red_in_blue.list_vms("").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "watch blue's VMs",
+        red_in_blue.watch_vms(None, 0).await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "start blue's VM",
+        red_in_blue.start_vm("blue-vm").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "delete blue's VM",
+        red_in_blue.delete_vm("blue-vm").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "create a VM in blue",
+        red_in_blue
+            .create_vm(&stopped_vm("intruder", "blue-disk"))
+            .await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "read blue's console log",
+        red_in_blue.console_log("blue-vm", 100).await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "delete blue's volume",
+        red_in_blue.delete_volume("blue-disk").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "read blue's image",
+        red_in_blue.get_image("blue-kernel").await,
+        outside,
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "delete blue's network",
+        red_in_blue.delete_network("blue-net").await,
+        outside,
+    );
+    attacks.refused(
+        "peek",
+        "cross-project",
+        "the memory grant reads RAM in blue",
+        peek.clone()
+            .in_project(Some("blue"), false)
+            .unwrap()
+            .read_memory("blue-vm", 0, 4096)
+            .await,
+        "works in project(s) red",
+    );
+    let mut smuggled = stopped_vm("smuggled", "blue-disk");
+    smuggled.metadata.project = Some("blue".parse().unwrap());
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "a VM naming project blue, sent to red",
+        mallory.create_vm(&smuggled).await,
+        "metadata.project: \"blue\" is not the request's project \"red\"",
+    );
+    attacks.refused(
+        "mallory",
+        "cross-project",
+        "a volume cloning default's image that is not shared",
+        mallory
+            .create_volume(&Volume::new(
+                "stolen".parse().unwrap(),
+                VolumeSpec {
+                    kind: VolumeKind::Disk,
+                    size: None,
+                    format: None,
+                    image: Some("private".parse().unwrap()),
+                },
+            ))
+            .await,
+        "is not shared with project \"red\"",
+    );
+    attacks.refused(
+        "bea",
+        "cross-project",
+        "blue's viewer reads red's VM",
+        bea.clone()
+            .in_project(Some("red"), false)
+            .unwrap()
+            .get_vm("victim")
+            .await,
+        "works in project(s) blue",
+    );
+    attacks.refused(
+        "bob",
+        "cross-project",
+        "blue's operator attaches to red's console",
+        bob.clone()
+            .in_project(Some("red"), false)
+            .unwrap()
+            .attach_console("victim", false, true)
+            .await,
+        "works in project(s) blue",
+    );
+    // A reference by name resolves in the caller's project only: red's VM naming blue's
+    // volume waits for a red volume of that name and never touches blue's.
+    let mut borrower = stopped_vm("borrower", "blue-disk");
+    borrower.spec.power = Power::Running;
+    mallory.create_vm(&borrower).await.unwrap();
+    let waits = mallory
+        .wait_for(
+            "borrower",
+            |vm| {
+                vm.is_some_and(|vm| {
+                    vm.status
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("volume/blue-disk is missing"))
+                })
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(
+        waits.is_some(),
+        "red's VM waits for a red volume named blue-disk"
+    );
+    mallory.delete_vm("borrower").await.unwrap();
+    attacks.counted("cross-project");
+    // Every list shows the caller's projects only.
+    let red_all = mallory.clone().in_project(None, true).unwrap();
+    let seen: Vec<String> = red_all
+        .list_vms("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| format!("{}/{}", v.metadata.project(), v.metadata.name))
+        .collect();
+    assert!(seen.iter().all(|s| s.starts_with("red/")), "{seen:?}");
+    assert!(
+        bea.list_vms("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.metadata.project() == "blue")
+    );
+    attacks.counted("cross-project");
+
+    // 7. Exhaustion: a scan that would match every byte stops at its limit; a limit past the
     // bound is refused; a connection flood is held to the cap while the admin is served.
     let zeros = [0u8; 2];
     let (found, more) = peek.find_in_memory("victim", &zeros, 5).await.unwrap();
@@ -475,6 +801,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     );
     attacks.counted("exhaustion");
     attacks.refused(
+        "peek",
         "exhaustion",
         "memory find with a limit past the bound",
         peek.find_in_memory("victim", &zeros, 10_000_000).await,
@@ -505,12 +832,32 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     drop(flood);
     attacks.counted("exhaustion");
 
-    // 7. A revoked identity's live console stream ends.
-    let console_token = identity(&admin, "mallory-console", Role::Operator, false).await;
+    // 8. A revoked identity's live streams end: a console attached to the victim and a watch.
+    let console_token = identity(&admin, "mallory-console", Role::Operator, false, "red").await;
     let watcher = tls_client(&tls, port, &console_token).await;
+    let mut console = watcher
+        .attach_console("victim", false, true)
+        .await
+        .expect("red's operator attaches to red's console");
     let mut watch = watcher.watch_vms(None, 0).await.unwrap();
     admin.revoke_identity("mallory-console").await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+    let console_ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match console.output.recv().await {
+                Some(Ok(_)) => continue,
+                other => return other.map(|r| r.map(drop)),
+            }
+        }
+    })
+    .await
+    .expect("the revoked identity's console stream ends");
+    assert!(
+        matches!(console_ended, Some(Err(_)) | None),
+        "{console_ended:?}"
+    );
+    println!("refused [revocation] the live console stream: {console_ended:?}");
+    attacks.counted("revocation");
+    let watch_ended = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match watch.next().await {
                 Some(Ok(_)) => continue,
@@ -519,46 +866,68 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
         }
     })
     .await
-    .expect("the revoked identity's stream ends");
-    assert!(matches!(ended, Some(Err(_)) | None), "{ended:?}");
+    .expect("the revoked identity's watch ends");
+    assert!(
+        matches!(watch_ended, Some(Err(_)) | None),
+        "{watch_ended:?}"
+    );
+    attacks.counted("revocation");
     attacks.refused(
+        "",
         "revocation",
         "a revoked token's next request",
         watcher.list_vms("").await,
         "revoked",
     );
 
-    // Nothing was made for the attacker, and every refusal of mallory's is in the audit log.
-    assert!(admin.list_images("").await.unwrap().is_empty());
-    let vms: Vec<String> = admin
+    // Nothing was made for the attackers: every project holds what its owner made.
+    let mut images: Vec<String> = admin_all
+        .list_images("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| format!("{}/{}", i.metadata.project(), i.metadata.name))
+        .collect();
+    images.sort();
+    assert_eq!(images, ["blue/blue-kernel", "default/private"]);
+    let mut vms: Vec<String> = admin_all
         .list_vms("")
         .await
         .unwrap()
-        .into_iter()
-        .map(|vm| vm.metadata.name.to_string())
+        .iter()
+        .map(|v| format!("{}/{}", v.metadata.project(), v.metadata.name))
         .collect();
-    assert_eq!(vms, ["victim"]);
+    vms.sort();
+    assert_eq!(vms, ["blue/blue-vm", "red/victim"]);
+    assert!(admin_all.list_volumes("").await.unwrap().len() == 1);
+
+    // Every refusal of each identity's is in the audit log, under the project it aimed at.
     let audit: Vec<serde_json::Value> = std::fs::read_to_string(data.join("audit.log"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let refusals = audit
-        .iter()
-        .filter(|l| l["identity"] == "identity:mallory" && l["outcome"] != "ok")
-        .count();
-    let mallory_attacks = attacks.total()
-        - attacks.by_family.get("exhaustion").copied().unwrap_or(0)
-        - attacks
-            .by_family
-            .get("unauthenticated")
-            .copied()
-            .unwrap_or(0)
-        - attacks.by_family.get("revocation").copied().unwrap_or(0)
-        - 2; // the viewer's
+    let mut refusals = 0;
+    for (who, made) in &attacks.by_identity {
+        let audited = audit
+            .iter()
+            .filter(|l| l["identity"] == format!("identity:{who}") && l["outcome"] != "ok")
+            .count();
+        assert!(
+            audited >= *made,
+            "{audited} audited refusals of {who}'s for {made} attacks: {:#?}",
+            audit
+                .iter()
+                .filter(|l| l["identity"] == format!("identity:{who}"))
+                .collect::<Vec<_>>()
+        );
+        refusals += audited;
+    }
     assert!(
-        refusals >= mallory_attacks,
-        "{refusals} audited refusals of mallory's for {mallory_attacks} attacks"
+        audit.iter().any(|l| l["identity"] == "identity:mallory"
+            && l["outcome"] != "ok"
+            && l["project"] == "blue"),
+        "mallory's refusals in blue are audited under blue"
     );
 
     // No byte of the secret reached the image store, a volume or a console log.

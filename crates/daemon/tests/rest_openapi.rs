@@ -226,6 +226,21 @@ fn full_vm(boot: Boot) -> Vm {
         }],
         expires_at: Some("2025-01-02T05:04:05Z".into()),
         node: Some("host-a".into()),
+        migration: Some(corral_contract::MigrationStatus {
+            request: "host-a@2025-01-02T03:04:01Z".into(),
+            source: "host-b".into(),
+            target: "host-a".into(),
+            phase: corral_contract::MigrationPhase::Completed,
+            address: Some("tcp:10.0.0.2:49152".into()),
+            transferred_bytes: 104_857_600,
+            remaining_bytes: 0,
+            total_bytes: 268_435_456,
+            dirty_pages_rate: 120,
+            expected_downtime_ms: Some(30),
+            downtime_ms: Some(25),
+            total_time_ms: Some(800),
+            message: Some("moved".into()),
+        }),
     };
     vm
 }

@@ -99,6 +99,12 @@ fn schemathesis_finds_nothing() {
             "1",
         ])
         .args(["--request-timeout", "20"])
+        // Every request and answer, to read when a run fails (a rare TLS EOF seen under load).
+        .args(["--report", "vcr", "--report-vcr-path"])
+        .arg(concat!(
+            env!("CARGO_TARGET_TMPDIR"),
+            "/schemathesis-vcr.yaml"
+        ))
         .current_dir(keys.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -33,6 +33,11 @@ pub struct VmConfig {
     pub memory_file: Option<PathBuf>,
     /// Leave the vCPUs paused after start.
     pub start_paused: bool,
+    /// Start as the target of a live migration: the emulator waits for the VM's state
+    /// ([`Hypervisor::migrate_incoming`](crate::Hypervisor::migrate_incoming)) and its vCPUs
+    /// stay paused after it arrived, until the caller resumes them.
+    #[serde(default)]
+    pub incoming: bool,
     /// Network interfaces, in order.
     #[serde(default)]
     pub nics: Vec<crate::NicConfig>,
@@ -151,6 +156,7 @@ impl VmConfig {
             disks,
             memory_file: None,
             start_paused: spec.power == Power::Paused,
+            incoming: false,
             nics: Vec::new(),
             files: PassedFiles::default(),
         }

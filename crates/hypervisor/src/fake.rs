@@ -325,6 +325,7 @@ mod tests {
             disks: vec![],
             memory_file: None,
             start_paused: false,
+            incoming: false,
             nics: vec![],
             files: Default::default(),
         }

@@ -41,7 +41,7 @@ pub use error::Error;
 pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
-pub use types::{Exit, FileOwner, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
+pub use types::{Exit, FileOwner, MigrationInfo, StopMode, VmEvent, VmEventKind, VmInfo, VmState};
 
 use std::time::Duration;
 
@@ -150,6 +150,46 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
             uid: uid.to_owned(),
             op: "pause for a copy",
             state: "managed by a backend without pause-for-copy".into(),
+        })
+    }
+
+    /// Makes VM `uid`, started with [`VmConfig::incoming`], listen for its migrating state at
+    /// `uri` (`tcp:HOST:PORT`).
+    async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {
+        let _ = uri;
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "receive a live migration",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
+    /// Starts sending running VM `uid` to the target listening at `uri`, with at most
+    /// `downtime_ms` of downtime for the switch.
+    async fn migrate(&self, uid: &str, uri: &str, downtime_ms: u64) -> Result<(), Error> {
+        let _ = (uri, downtime_ms);
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "live-migrate",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
+    /// Where VM `uid`'s outgoing migration stands.
+    async fn migration(&self, uid: &str) -> Result<MigrationInfo, Error> {
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "report a live migration",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
+    /// Cancels VM `uid`'s outgoing migration; the VM runs on here.
+    async fn migrate_cancel(&self, uid: &str) -> Result<(), Error> {
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "cancel a live migration",
+            state: "managed by a backend without live migration".into(),
         })
     }
 

@@ -14,6 +14,41 @@ pub struct FileOwner {
     pub gid: u32,
 }
 
+/// Where an outgoing live migration stands, as the emulator reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// `none`, `setup`, `active`, `device`, `completed`, `failed`, `cancelling`, `cancelled` …
+    pub status: String,
+    /// RAM bytes sent so far.
+    pub transferred: u64,
+    /// RAM bytes still to send.
+    pub remaining: u64,
+    /// Guest RAM in bytes.
+    pub total: u64,
+    /// Pages the guest dirties per second.
+    pub dirty_pages_rate: u64,
+    /// Milliseconds since the migration began (total once completed).
+    pub total_time_ms: u64,
+    /// Milliseconds the guest was stopped for the switch (once completed).
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds of downtime expected at the current rates.
+    pub expected_downtime_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl MigrationInfo {
+    /// The migration ended well: the target has the VM.
+    pub fn completed(&self) -> bool {
+        self.status == "completed"
+    }
+
+    /// The migration ended without moving the VM; the source runs on.
+    pub fn failed(&self) -> bool {
+        matches!(self.status.as_str(), "failed" | "cancelled")
+    }
+}
+
 /// What a backend reports about a VM it started or adopted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {

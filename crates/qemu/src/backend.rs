@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, SnapshotOp, StopMode, VmConfig,
-    VmEvent, VmInfo, VmState,
+    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, SnapshotOp, StopMode,
+    VmConfig, VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -315,7 +315,7 @@ impl QemuBackend {
             (qmp, console_stream, log),
             Watch::Child(child),
         );
-        if !config.start_paused {
+        if !config.start_paused && !config.incoming {
             if let Err(e) = runtime.qmp.cont().await {
                 let _ = process::signal(pid, Signal::SIGKILL);
                 runtime.wait_exit(Duration::from_secs(5)).await;
@@ -540,6 +540,40 @@ impl Hypervisor for QemuBackend {
         }
     }
 
+    async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "receive a live migration").await?;
+        rt.qmp
+            .migrate_incoming(uri)
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn migrate(&self, uid: &str, uri: &str, downtime_ms: u64) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "live-migrate").await?;
+        rt.qmp
+            .migrate(uri, downtime_ms)
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn migration(&self, uid: &str) -> Result<MigrationInfo, Error> {
+        let rt = self.live_runtime(uid, "report a live migration").await?;
+        let info = rt
+            .qmp
+            .query_migrate()
+            .await
+            .map_err(|e| monitor_error(uid, e))?;
+        Ok(migration_info(&info))
+    }
+
+    async fn migrate_cancel(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "cancel a live migration").await?;
+        rt.qmp
+            .migrate_cancel()
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
     async fn pause(&self, uid: &str) -> Result<(), Error> {
         let rt = self.live_runtime(uid, "pause").await?;
         rt.qmp.stop().await.map_err(|e| monitor_error(uid, e))
@@ -755,4 +789,22 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// `query-migrate`'s reply as a [`MigrationInfo`]; fields QEMU leaves out (before the
+/// migration started, or once it ended) are zero or `None`.
+fn migration_info(reply: &serde_json::Value) -> MigrationInfo {
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let ram = &reply["ram"];
+    MigrationInfo {
+        status: reply["status"].as_str().unwrap_or("none").to_owned(),
+        transferred: num(&ram["transferred"]),
+        remaining: num(&ram["remaining"]),
+        total: num(&ram["total"]),
+        dirty_pages_rate: num(&ram["dirty-pages-rate"]),
+        total_time_ms: num(&reply["total-time"]),
+        downtime_ms: reply["downtime"].as_u64(),
+        expected_downtime_ms: reply["expected-downtime"].as_u64(),
+        error: reply["error-desc"].as_str().map(str::to_owned),
+    }
 }

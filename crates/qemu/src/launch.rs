@@ -43,6 +43,10 @@ pub fn command_line(
         .arg("-no-user-config")
         .raw("-display", "none")
         .arg("-S");
+    if config.incoming {
+        // The migration URI comes later, through QMP (`migrate-incoming`).
+        cmd.raw("-incoming", "defer");
+    }
 
     let mut machine = OptList::new(config.machine.to_string());
     if config.machine == Machine::Virt {
@@ -244,6 +248,7 @@ mod tests {
             disks: vec![],
             memory_file: None,
             start_paused: false,
+            incoming: false,
             nics: vec![],
             files: Default::default(),
         }

@@ -113,6 +113,7 @@ mod tests {
             disks: vec![],
             memory_file: None,
             start_paused: false,
+            incoming: false,
             nics: vec![NicConfig {
                 mac: "02:c0:00:00:00:01".parse().unwrap(),
                 backend,

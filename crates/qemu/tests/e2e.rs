@@ -550,3 +550,60 @@ async fn a_qemu_launched_by_an_older_corrald_is_adopted() -> Result {
     backend.cleanup(&uid).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_live_migration_moves_the_running_guest_to_a_second_qemu() -> Result {
+    let source = TestVm::builder(Arch::X86_64).start().await?;
+    source.wait_for_boot().await?;
+    source.wait_for_line(&format!("{HEARTBEAT} 2")).await?;
+    let target = source.start_incoming().await?;
+    assert_eq!(
+        target.backend().state(target.uid()).await?,
+        VmState::Paused {
+            reason: "inmigrate".into()
+        }
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    target
+        .backend()
+        .migrate_incoming(target.uid(), &uri)
+        .await?;
+    source.backend().migrate(source.uid(), &uri, 300).await?;
+    let done = loop {
+        let info = source.backend().migration(source.uid()).await?;
+        assert!(!info.failed(), "{info:?}");
+        if info.completed() {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(done.transferred > 0, "{done:?}");
+    assert!(done.downtime_ms.is_some(), "{done:?}");
+    // The source stays stopped after the handover; the target waits (it was started with -S)
+    // until it is told to run, so the guest never runs in both.
+    assert_eq!(
+        source.backend().state(source.uid()).await?,
+        VmState::Paused {
+            reason: "postmigrate".into()
+        }
+    );
+    let before = source
+        .last_heartbeat()
+        .expect("a heartbeat before the move");
+    target.backend().resume(target.uid()).await?;
+    // The guest's counter carries on in the target: it was moved, not rebooted.
+    let line = target
+        .wait_for_line_since(target.output().mark(), HEARTBEAT, Duration::from_secs(30))
+        .await?;
+    let n: u64 = line.split_whitespace().last().unwrap_or_default().parse()?;
+    assert!(
+        n > before,
+        "heartbeat {n} in the target after {before} in the source"
+    );
+    target.send_line("echo moved-$((40+2))").await?;
+    target.wait_for_line("moved-42").await?;
+    Ok(())
+}

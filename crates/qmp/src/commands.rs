@@ -21,6 +21,36 @@ impl Qmp {
         self.execute("cont", None).await.map(drop)
     }
 
+    /// `migrate-incoming`: a VM started with `-incoming defer` listens at `uri`.
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), Error> {
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-set-parameters` then `migrate`: sends the VM to `uri` with at most
+    /// `downtime_ms` of downtime at the switch.
+    pub async fn migrate(&self, uri: &str, downtime_ms: u64) -> Result<(), Error> {
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({ "downtime-limit": downtime_ms })),
+        )
+        .await?;
+        self.execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate`: where the outgoing migration stands (`Value` as QEMU sends it).
+    pub async fn query_migrate(&self) -> Result<Value, Error> {
+        self.execute("query-migrate", None).await
+    }
+
+    /// `migrate_cancel`: ends the outgoing migration; the VM runs on here.
+    pub async fn migrate_cancel(&self) -> Result<(), Error> {
+        self.execute("migrate_cancel", None).await.map(drop)
+    }
+
     /// `system_powerdown`: presses the ACPI power button; the guest decides what to do.
     pub async fn system_powerdown(&self) -> Result<(), Error> {
         self.execute("system_powerdown", None).await.map(drop)

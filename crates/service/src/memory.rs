@@ -238,6 +238,27 @@ impl MemoryService {
         });
     }
 
+    /// Passes on the result of a check of a request's arguments made before the RAM is
+    /// opened, auditing a refusal like any other: a bad argument is a refused request too.
+    fn checked<T>(
+        &self,
+        who: &str,
+        op: MemoryOp,
+        name: &str,
+        range: Option<(u64, u64)>,
+        check: Result<T, MemoryError>,
+    ) -> Result<T, MemoryError> {
+        if let Err(e) = &check {
+            let access = MemoryAccess {
+                op,
+                vm: name.to_owned(),
+                range,
+            };
+            self.refused(who, &access, &e.to_string());
+        }
+        check
+    }
+
     /// Opens VM `name`'s RAM for `who` and checks `range` against it; writes the one audit
     /// line of the request, whatever the outcome.
     async fn open(
@@ -337,12 +358,14 @@ impl MemoryService {
         len: u64,
         max_len: Option<u64>,
     ) -> Result<ChunkReader, MemoryError> {
-        if let Some(max) = max_len.filter(|max| len > *max) {
-            return Err(MemoryError::Invalid(format!(
+        let too_long = match max_len.filter(|max| len > *max) {
+            Some(max) => Err(MemoryError::Invalid(format!(
                 "len: {len} bytes is more than one read returns ({max}); use `corral vm memory \
                  dump` (a snapshot) or the gRPC MemoryService.Read stream for large ranges"
-            )));
-        }
+            ))),
+            None => Ok(()),
+        };
+        self.checked(who, MemoryOp::Read, name, Some((addr, len)), too_long)?;
         let opened = self
             .open(who, name, MemoryOp::Read, Some((addr, len)))
             .await?;
@@ -364,22 +387,7 @@ impl MemoryService {
         pattern: Vec<u8>,
         limit: u32,
     ) -> Result<(Vec<u64>, bool), MemoryError> {
-        if pattern.is_empty() || pattern.len() > MAX_PATTERN {
-            return Err(MemoryError::Invalid(format!(
-                "pattern: must be 1 to {MAX_PATTERN} bytes (got {})",
-                pattern.len()
-            )));
-        }
-        let limit = match limit {
-            0 => DEFAULT_FIND_LIMIT,
-            1..=MAX_FIND_LIMIT => limit,
-            _ => {
-                return Err(MemoryError::Invalid(format!(
-                    "limit: must be 1 to {MAX_FIND_LIMIT} (got {limit}); 0 means \
-                     {DEFAULT_FIND_LIMIT}"
-                )));
-            }
-        } as usize;
+        let limit = self.checked(who, MemoryOp::Find, name, None, find_limit(&pattern, limit))?;
         let opened = self.open(who, name, MemoryOp::Find, None).await?;
         blocking(move || {
             // One match past the limit tells whether there were more.
@@ -487,7 +495,7 @@ impl MemoryService {
 
     /// A Hilbert map of VM `name`'s RAM as PNG, `side` pixels square (0 for 512).
     pub async fn map(&self, who: &str, name: &str, side: u32) -> Result<Vec<u8>, MemoryError> {
-        let side = check_side(side, 512)?;
+        let side = self.checked(who, MemoryOp::Map, name, None, check_side(side, 512))?;
         let opened = self.open(who, name, MemoryOp::Map, None).await?;
         blocking(move || {
             let frame = corral_guestmem::hilbert_frame(&opened.ram, side, MAP_SAMPLES);
@@ -507,12 +515,16 @@ impl MemoryService {
         side: u32,
         fps: u32,
     ) -> Result<FrameStream, MemoryError> {
-        let side = check_side(side, 128)?;
-        if !(1..=60).contains(&fps) {
-            return Err(MemoryError::Invalid(format!(
-                "fps: must be 1 to 60 (got {fps})"
-            )));
-        }
+        let args = check_side(side, 128).and_then(|side| {
+            if (1..=60).contains(&fps) {
+                Ok(side)
+            } else {
+                Err(MemoryError::Invalid(format!(
+                    "fps: must be 1 to 60 (got {fps})"
+                )))
+            }
+        });
+        let side = self.checked(who, MemoryOp::Stream, name, None, args)?;
         let opened = self.open(who, name, MemoryOp::Stream, None).await?;
         let (tx, frames) = mpsc::channel(1);
         let hypervisor = self.hypervisor.clone();
@@ -585,6 +597,24 @@ impl Iterator for ChunkReader {
         // The whole range was checked when the reader was made.
         let bytes = self.ram.read_physical(addr, len).ok()?.to_vec();
         Some((addr, bytes))
+    }
+}
+
+/// The number of matches a find returns: `limit`, 0 for [`DEFAULT_FIND_LIMIT`], up to
+/// [`MAX_FIND_LIMIT`]; and the pattern checked.
+fn find_limit(pattern: &[u8], limit: u32) -> Result<usize, MemoryError> {
+    if pattern.is_empty() || pattern.len() > MAX_PATTERN {
+        return Err(MemoryError::Invalid(format!(
+            "pattern: must be 1 to {MAX_PATTERN} bytes (got {})",
+            pattern.len()
+        )));
+    }
+    match limit {
+        0 => Ok(DEFAULT_FIND_LIMIT as usize),
+        1..=MAX_FIND_LIMIT => Ok(limit as usize),
+        _ => Err(MemoryError::Invalid(format!(
+            "limit: must be 1 to {MAX_FIND_LIMIT} (got {limit}); 0 means {DEFAULT_FIND_LIMIT}"
+        ))),
     }
 }
 

@@ -2,7 +2,7 @@
 //! ports allocated once, disks changed only while stopped) and the power verbs.
 
 use corral_contract::names::annotations;
-use corral_contract::{Boot, DiskFormat, Phase, Power, ValidationError, Vm, VmSpec};
+use corral_contract::{Boot, DiskFormat, Phase, Power, ResourceName, ValidationError, Vm, VmSpec};
 use corral_hypervisor::format_from_extension;
 use corral_storage::{HostAccess, HostPaths};
 use corral_store::Store;
@@ -278,6 +278,68 @@ impl Resources<VmKind> {
                 .insert(annotations::RESTART_REQUESTED_AT.into(), now());
             vm.metadata.annotations.remove(annotations::STOP_MODE);
             vm.metadata.generation += 1;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+impl VmService {
+    /// Asks for a live migration of running or paused VM `name` to node `to` (`None`: the
+    /// scheduler picks among the other nodes). The nodes carry it out and report in
+    /// `status.migration`; a request replaces one in flight.
+    pub async fn migrate(&self, name: &str, to: Option<&ResourceName>) -> Result<Vm, ServiceError> {
+        if let Some(to) = to {
+            let nodes = crate::NodeService::new(self.store().clone());
+            nodes.get(to.as_str()).await?;
+        }
+        let request = format!("{}@{}", to.map(ResourceName::as_str).unwrap_or(""), now());
+        self.modify_live(name, |vm| {
+            let movable = matches!(vm.status.phase, Phase::Running | Phase::Paused)
+                && vm.spec.power != Power::Stopped;
+            if !movable {
+                return Err(ServiceError::WrongState {
+                    kind: Vm::NOUN,
+                    name: vm.metadata.name.to_string(),
+                    state: vm.status.phase.to_string(),
+                    rule: "only a running or paused VM moves live: start it first, or stop it \
+                           and let the scheduler place it again"
+                        .into(),
+                });
+            }
+            if to.is_some_and(|to| vm.status.node.as_deref() == Some(to.as_str())) {
+                return Err(ServiceError::WrongState {
+                    kind: Vm::NOUN,
+                    name: vm.metadata.name.to_string(),
+                    state: format!("on node {}", to.map(ResourceName::as_str).unwrap_or("")),
+                    rule: "it already runs there: name another node, or leave --to out".into(),
+                });
+            }
+            vm.metadata
+                .annotations
+                .insert(annotations::MIGRATE_TO.into(), request.clone());
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Withdraws VM `name`'s migration request: one not yet switched over is cancelled and the
+    /// VM runs on where it is.
+    pub async fn cancel_migration(&self, name: &str) -> Result<Vm, ServiceError> {
+        self.modify_live(name, |vm| {
+            if vm
+                .metadata
+                .annotations
+                .remove(annotations::MIGRATE_TO)
+                .is_none()
+            {
+                return Err(ServiceError::WrongState {
+                    kind: Vm::NOUN,
+                    name: vm.metadata.name.to_string(),
+                    state: "not asked to migrate".into(),
+                    rule: "there is no migration to cancel".into(),
+                });
+            }
             Ok(true)
         })
         .await

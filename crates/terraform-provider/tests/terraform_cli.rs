@@ -600,7 +600,7 @@ fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
 
 #[test]
 fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
-    let daemon = start();
+    let mut daemon = start();
     let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     let kit = kit();
@@ -623,8 +623,18 @@ fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
     // The guest's init ran from the attached volume: the first disk is its root.
     let boot = cli.wait_console_line("app", "CORRAL_BOOT_OK", 0);
     assert!(boot.contains("root=disk"), "{boot}");
-    let uid = cli.get("vm", "app")["metadata"]["uid"].clone();
+    let before = cli.get("vm", "app");
+    let uid = before["metadata"]["uid"].clone();
     tf.plan(0);
+
+    // A corrald restart in between: the guest is adopted, and Terraform sees nothing to do.
+    drop(cli);
+    daemon.restart().expect("corrald restarts");
+    let cli = Cli::new(workspace_binary("corral"), &daemon);
+    tf.plan(0);
+    let adopted = cli.get("vm", "app");
+    assert_eq!(adopted["status"]["pid"], before["status"]["pid"], "adopted");
+    assert_eq!(adopted["status"]["phase"], "Running");
 
     // A second volume: changed in place (stop, attach, start), same uid.
     config(&format!(

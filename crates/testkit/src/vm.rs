@@ -149,6 +149,7 @@ impl TestVmBuilder {
                 .introspection
                 .then(|| PathBuf::from(format!("/dev/shm/corral-{uid}"))),
             start_paused: self.start_paused,
+            incoming: false,
             nics: Vec::new(),
             files: Default::default(),
         })
@@ -229,6 +230,32 @@ pub struct TestVm {
 }
 
 impl TestVm {
+    /// A second QEMU for this VM, on a fresh backend and run directory (another host, as far
+    /// as the backend can tell), waiting to receive it by live migration.
+    pub async fn start_incoming(&self) -> Result<TestVm, Error> {
+        let run_dir = tempfile::Builder::new()
+            .prefix("corral-t")
+            .tempdir_in("/tmp")
+            .map_err(|e| Error::io("creating a run directory", e))?;
+        let config = VmConfig {
+            incoming: true,
+            ..self.config.clone()
+        };
+        let backend = Arc::new(QemuBackend::new(QemuBackendConfig::new(run_dir.path()))?);
+        let mut vm = TestVm {
+            backend,
+            config,
+            info: None,
+            output: Arc::new(Output::default()),
+            pump: None,
+            run_dir,
+        };
+        let info = vm.backend.start(&vm.config).await?;
+        vm.info = Some(info);
+        vm.attach_output()?;
+        Ok(vm)
+    }
+
     /// A builder for a VM of `arch` booting the guest kit.
     pub fn builder(arch: Arch) -> TestVmBuilder {
         TestVmBuilder {

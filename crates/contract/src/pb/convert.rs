@@ -11,8 +11,8 @@ use crate::error::one_of;
 use crate::pb;
 use crate::{
     Accel, Arch, Boot, ByteSize, Condition, DiskFormat, ExitInfo, ImageFormat, Machine,
-    NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName, RestartPolicy,
-    Role, StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
+    MigrationStatus, NetworkMode, NetworkPhase, ObjectMeta, Phase, Power, Protocol, ResourceName,
+    RestartPolicy, Role, StoragePhase, ValidationError, Vm, VmSpec, VmStatus, VolumeKind,
 };
 
 /// A contract enum and its protobuf twin, whose zero value `*_UNSPECIFIED` has no counterpart.
@@ -428,6 +428,21 @@ impl From<&VmStatus> for pb::VmStatus {
             networks: status.networks.iter().map(Into::into).collect(),
             expires_at: status.expires_at.clone(),
             node: status.node.clone(),
+            migration: status.migration.as_ref().map(|m| pb::MigrationStatus {
+                request: m.request.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                phase: m.phase.as_str().to_owned(),
+                address: m.address.clone(),
+                transferred_bytes: m.transferred_bytes,
+                remaining_bytes: m.remaining_bytes,
+                total_bytes: m.total_bytes,
+                dirty_pages_rate: m.dirty_pages_rate,
+                expected_downtime_ms: m.expected_downtime_ms,
+                downtime_ms: m.downtime_ms,
+                total_time_ms: m.total_time_ms,
+                message: m.message.clone(),
+            }),
         }
     }
 }
@@ -451,6 +466,21 @@ impl From<pb::VmStatus> for VmStatus {
             networks: status.networks.into_iter().map(Into::into).collect(),
             expires_at: status.expires_at,
             node: status.node,
+            migration: status.migration.map(|m| MigrationStatus {
+                request: m.request,
+                source: m.source,
+                target: m.target,
+                phase: m.phase.parse().unwrap_or_default(),
+                address: m.address,
+                transferred_bytes: m.transferred_bytes,
+                remaining_bytes: m.remaining_bytes,
+                total_bytes: m.total_bytes,
+                dirty_pages_rate: m.dirty_pages_rate,
+                expected_downtime_ms: m.expected_downtime_ms,
+                downtime_ms: m.downtime_ms,
+                total_time_ms: m.total_time_ms,
+                message: m.message,
+            }),
         }
     }
 }

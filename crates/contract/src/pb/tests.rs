@@ -493,6 +493,8 @@ fn file_descriptor_set_describes_the_services() {
             "Pause",
             "Resume",
             "Restart",
+            "Migrate",
+            "CancelMigration",
             "ConsoleLog"
         ]
     );

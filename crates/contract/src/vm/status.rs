@@ -25,6 +25,73 @@ choice! {
     }
 }
 
+choice! {
+    /// Where a live migration stands.
+    #[derive(Default)]
+    pub enum MigrationPhase ("status.migration.phase") {
+        /// Asked for; the target node prepares to receive the VM (the default).
+        #[default]
+        Pending => "Pending",
+        /// The target's QEMU waits for the VM at `address`.
+        Listening => "Listening",
+        /// The source sends RAM and device state.
+        Migrating => "Migrating",
+        /// The VM runs on the target; `status.node` names it.
+        Completed => "Completed",
+        /// It did not move and runs on where it was; `message` says why.
+        Failed => "Failed",
+        /// Cancelled before the switch; it runs on where it was.
+        Cancelled => "Cancelled",
+    }
+}
+
+impl MigrationPhase {
+    /// The migration is over, one way or the other.
+    pub fn ended(self) -> bool {
+        matches!(
+            self,
+            MigrationPhase::Completed | MigrationPhase::Failed | MigrationPhase::Cancelled
+        )
+    }
+}
+
+/// A VM's last live migration, as the nodes carrying it out report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct MigrationStatus {
+    /// The request it carries out (the `corral.dev/migrate-to` annotation's value).
+    pub request: String,
+    /// The node it leaves.
+    pub source: String,
+    /// The node it goes to.
+    pub target: String,
+    /// Where it stands.
+    pub phase: MigrationPhase,
+    /// Where the target's QEMU listens (`tcp:HOST:PORT`), once it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// RAM bytes sent so far.
+    pub transferred_bytes: u64,
+    /// RAM bytes still to send.
+    pub remaining_bytes: u64,
+    /// Guest RAM in bytes.
+    pub total_bytes: u64,
+    /// Pages the guest dirties a second.
+    pub dirty_pages_rate: u64,
+    /// Downtime QEMU expects at the current rates, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_downtime_ms: Option<u64>,
+    /// How long the guest was stopped for the switch, in milliseconds (once completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// How long the whole migration took, in milliseconds (once completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_time_ms: Option<u64>,
+    /// A sentence for people: why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// What is true of a VM now. Written only by controllers.
 ///
 /// Every field has a default, and unknown fields are accepted: status is output, and a reader
@@ -77,6 +144,9 @@ pub struct VmStatus {
     /// absent while it is not placed. Only that node's agent runs it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The VM's last live migration (`corral vm migrate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
 }
 
 impl VmStatus {

@@ -143,6 +143,7 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
                 seed_dir: config.data_dir.join("seeds"),
                 host_paths: Some(host_paths),
                 node: Some(node_name.to_string()),
+                migration_address: config.cluster.migration_address,
                 ..corral_controller::ControllerConfig::default()
             },
         )

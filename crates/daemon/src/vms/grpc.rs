@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use corral_contract::pb::{self, vm_service_server::VmService};
-use corral_contract::{Power, Vm};
+use corral_contract::{Power, ResourceName, Vm};
 use corral_service::{EventType, ServiceError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -27,6 +27,8 @@ pub const METHODS: &[GrpcMethod] = &[
     GrpcMethod::new("/corral.v1.VmService/Pause", Permission::Write),
     GrpcMethod::new("/corral.v1.VmService/Resume", Permission::Write),
     GrpcMethod::new("/corral.v1.VmService/Restart", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/Migrate", Permission::Write),
+    GrpcMethod::new("/corral.v1.VmService/CancelMigration", Permission::Write),
     GrpcMethod::new("/corral.v1.VmService/ConsoleLog", Permission::Read),
 ];
 
@@ -187,6 +189,31 @@ impl VmService for VmGrpc {
         vm_out(self.0.vms.restart(&scope.key(&req.into_inner().name)).await)
     }
 
+    async fn migrate(
+        &self,
+        req: Request<pb::MigrateVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
+        let req = req.into_inner();
+        // Empty (proto3's default): the scheduler picks.
+        let to =
+            migration_target(Some(req.to.as_str()).filter(|t| !t.is_empty())).map_err(status)?;
+        vm_out(self.0.vms.migrate(&scope.key(&req.name), to.as_ref()).await)
+    }
+
+    async fn cancel_migration(
+        &self,
+        req: Request<pb::VmActionRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let scope = Scope::of(req.extensions());
+        vm_out(
+            self.0
+                .vms
+                .cancel_migration(&scope.key(&req.into_inner().name))
+                .await,
+        )
+    }
+
     async fn console_log(
         &self,
         req: Request<pb::ConsoleLogRequest>,
@@ -201,4 +228,13 @@ impl VmService for VmGrpc {
             .map_err(status)?;
         Ok(Response::new(pb::ConsoleLogResponse { data }))
     }
+}
+
+/// The node a migration request names, checked as a name.
+pub(crate) fn migration_target(to: Option<&str>) -> Result<Option<ResourceName>, ServiceError> {
+    to.map(|to| {
+        to.parse()
+            .map_err(|e| ServiceError::from(corral_contract::ValidationError::new("to", e)))
+    })
+    .transpose()
 }

@@ -53,6 +53,20 @@ pub(crate) fn routes() -> Vec<Route> {
             "restartVm",
             restart,
         ),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/migrate",
+            Write,
+            "migrateVm",
+            migrate,
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/vms/{name}/migrate/cancel",
+            Write,
+            "cancelVmMigration",
+            cancel_migration,
+        ),
     ]
 }
 
@@ -171,6 +185,37 @@ async fn resume(State(d): State<Shared>, scope: Scope, Path(name): Path<String>)
         .set_power(&scope.key(&name), Power::Running, false)
         .await?;
     Ok(one(vm, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateQuery {
+    /// The node to move to; left out, the scheduler picks.
+    to: Option<String>,
+}
+
+async fn migrate(
+    State(d): State<Shared>,
+    scope: Scope,
+    Path(name): Path<String>,
+    Query(q): Query<MigrateQuery>,
+) -> ApiResult {
+    let to = super::grpc::migration_target(q.to.as_deref())?;
+    Ok(one(
+        d.vms.migrate(&scope.key(&name), to.as_ref()).await?,
+        StatusCode::OK,
+    ))
+}
+
+async fn cancel_migration(
+    State(d): State<Shared>,
+    scope: Scope,
+    Path(name): Path<String>,
+) -> ApiResult {
+    Ok(one(
+        d.vms.cancel_migration(&scope.key(&name)).await?,
+        StatusCode::OK,
+    ))
 }
 
 async fn restart(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {

@@ -112,6 +112,14 @@ pub fn resource_schema() -> Schema {
                 .computed()
                 .describe("The accelerator in use (never `auto`)."),
         )
+        .attr(Attr::string("node").computed().describe(
+            "The node the VM is bound to (it changes when the VM is moved with `corral vm \
+             migrate`).",
+        ))
+        .attr(Attr::string("migration_phase").computed().describe(
+            "How the VM's last live migration ended or stands: Pending, Listening, Migrating, \
+             Completed, Failed or Cancelled; null if it never moved.",
+        ))
         .attr(
             Attr::string("qemu_version")
                 .computed()
@@ -744,6 +752,11 @@ pub fn to_state(vm: &Vm, hint: &Value, state: &mut Value) {
             .map_or(Value::Null, |p| Value::Number(f64::from(p))),
     );
     state.set("accelerator", opt(status.accelerator.map(|a| a.as_str())));
+    state.set("node", opt(status.node.as_deref()));
+    state.set(
+        "migration_phase",
+        opt(status.migration.as_ref().map(|m| m.phase.as_str())),
+    );
     state.set("qemu_version", opt(status.qemu_version.as_deref()));
     state.set("started_at", opt(status.started_at.as_deref()));
     state.set("message", opt(status.message.as_deref()));

@@ -1,0 +1,486 @@
+//! Live migration between nodes, carried out by the VM controllers of the two nodes through
+//! the VM's status, so that either side may restart at any line and carry on.
+//!
+//! 1. `corral vm migrate` sets the `corral.dev/migrate-to` annotation (`NODE@TIME`, or
+//!    `@TIME` for the scheduler to pick).
+//! 2. The source (the node in `status.node`) takes a new request: it writes
+//!    `status.migration` = `Pending` with the target node.
+//! 3. The target starts QEMU with `-incoming defer`, makes it listen, writes `Listening` and
+//!    the address.
+//! 4. The source tells its QEMU to migrate there (`Migrating`), and follows `query-migrate`.
+//! 5. When QEMU says `completed`, the source is stopped (`postmigrate`) and the target's QEMU
+//!    holds the VM paused (it was started with `-S`). The source writes `status.node` = target
+//!    and `Completed` in one compare-and-swap write: the VM belongs to one node at every
+//!    instant and runs in neither QEMU across the switch. Then the source's QEMU is ended and
+//!    the target's controller, now the owner, resumes the guest.
+//!
+//! Failure or cancellation (the annotation removed or replaced) before the switch leaves the
+//! VM running on the source; the target's QEMU, bound elsewhere, is then ended like any
+//! process of a VM bound to another node.
+
+use std::time::Duration;
+
+use corral_contract::names::annotations;
+use corral_contract::{MigrationPhase, MigrationStatus, Power, Vm};
+use corral_hypervisor::{MigrationInfo, StopMode, VmState};
+
+use crate::schedule::{ScheduleConfig, place};
+use crate::{ControllerError, VmController};
+
+/// How often a migration in flight is looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Longest downtime QEMU may plan for the switch, in milliseconds.
+pub const DOWNTIME_LIMIT_MS: u64 = 300;
+
+/// A request made by the `corral.dev/migrate-to` annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// The annotation's value: the request's identity.
+    value: String,
+    /// The node asked for; `None`: the scheduler picks.
+    target: Option<String>,
+}
+
+impl Request {
+    pub(crate) fn of(vm: &Vm) -> Option<Request> {
+        let value = vm.metadata.annotations.get(annotations::MIGRATE_TO)?;
+        let (target, _) = value.split_once('@')?;
+        Some(Request {
+            value: value.clone(),
+            target: (!target.is_empty()).then(|| target.to_owned()),
+        })
+    }
+}
+
+/// The migration `vm`'s status follows, if it follows the current request and has not ended.
+fn in_flight(vm: &Vm) -> Option<&MigrationStatus> {
+    let request = Request::of(vm)?;
+    vm.status
+        .migration
+        .as_ref()
+        .filter(|m| m.request == request.value && !m.phase.ended())
+}
+
+impl VmController {
+    /// The source's part, for a VM bound to this node. `Some(after)`: the migration took this
+    /// round (look again after `after`); `None`: nothing to do for it, converge as usual.
+    pub(crate) async fn migrate_out(
+        &self,
+        vm: &Vm,
+        me: &str,
+        actual: Option<&VmState>,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let key = vm.metadata.key();
+        let uid = &vm.metadata.uid;
+        let request = Request::of(vm);
+        let status = vm.status.migration.clone();
+        let live = matches!(actual, Some(VmState::Running | VmState::Paused { .. }));
+
+        // Withdrawn or replaced while in flight: cancel it; the VM stays here.
+        if let Some(st) = status.as_ref().filter(|st| !st.phase.ended()) {
+            if request.as_ref().is_none_or(|r| r.value != st.request) {
+                if st.phase == MigrationPhase::Migrating && live {
+                    let _ = self.hv.migrate_cancel(uid).await;
+                }
+                self.write_migration(&key, &st.request, |m| {
+                    m.phase = MigrationPhase::Cancelled;
+                    m.message = Some("the request was withdrawn; the VM stays".into());
+                })
+                .await?;
+                return Ok(Some(Duration::ZERO));
+            }
+        }
+        let Some(request) = request else {
+            return Ok(None);
+        };
+        let current = status.filter(|st| st.request == request.value);
+        let Some(st) = current else {
+            return self.take_request(vm, me, &request, live).await;
+        };
+        match st.phase {
+            MigrationPhase::Pending => Ok(Some(POLL)),
+            MigrationPhase::Listening | MigrationPhase::Migrating => {
+                let Some(address) = st.address.clone() else {
+                    return Ok(Some(POLL));
+                };
+                let info = self.hv.migration(uid).await?;
+                if info.completed() {
+                    // Only the run state, read after, tells an outgoing migration that
+                    // completed from the incoming one a QEMU that arrived here by migration
+                    // still reports.
+                    match self.hv.state(uid).await? {
+                        VmState::Paused { reason } if reason == "postmigrate" => {
+                            return self.hand_over(vm, me, &st, &info).await;
+                        }
+                        VmState::Paused { reason } if reason == "finish-migrate" => {
+                            return Ok(Some(POLL));
+                        }
+                        _ => {}
+                    }
+                }
+                if st.phase == MigrationPhase::Migrating && info.failed() {
+                    let why = info
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("QEMU's migration ended as {}", info.status));
+                    return self.migration_failed(&key, &st, why).await;
+                }
+                if !sending(&info) {
+                    // Not sent yet (also after a restart between the command and the status
+                    // write, when QEMU would say so): send now.
+                    tracing::info!(vm = %key, target = %st.target, %address, "migrating");
+                    if let Err(e) = self.hv.migrate(uid, &address, DOWNTIME_LIMIT_MS).await {
+                        return self.migration_failed(&key, &st, e.to_string()).await;
+                    }
+                }
+                let info = self.hv.migration(uid).await.unwrap_or(info);
+                self.write_migration(&key, &st.request, |m| {
+                    m.phase = MigrationPhase::Migrating;
+                    if sending(&info) {
+                        progress(m, &info);
+                    }
+                })
+                .await?;
+                Ok(Some(POLL))
+            }
+            // The target gave up (its QEMU failed): make sure ours is not still sending.
+            MigrationPhase::Failed if live => {
+                if self
+                    .hv
+                    .migration(uid)
+                    .await
+                    .is_ok_and(|i| i.status == "active")
+                {
+                    let _ = self.hv.migrate_cancel(uid).await;
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A new request on the source: check it can move, pick the target, write `Pending`.
+    async fn take_request(
+        &self,
+        vm: &Vm,
+        me: &str,
+        request: &Request,
+        live: bool,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let key = vm.metadata.key();
+        let refuse = |why: String| MigrationStatus {
+            request: request.value.clone(),
+            source: me.to_owned(),
+            target: request.target.clone().unwrap_or_default(),
+            phase: MigrationPhase::Failed,
+            message: Some(why),
+            ..MigrationStatus::default()
+        };
+        let verdict = if !live || vm.spec.power == Power::Stopped {
+            Err(format!(
+                "only a running or paused VM moves live; it is {}",
+                vm.status.phase
+            ))
+        } else if vm.spec.volume_names().next().is_some() {
+            Err(
+                "its volumes are on this node, and moving disks with the VM is not built yet; \
+                 stop it and start it on the other node instead"
+                    .into(),
+            )
+        } else {
+            self.pick_target(vm, me, request).await
+        };
+        let status = match verdict {
+            Ok(target) => MigrationStatus {
+                request: request.value.clone(),
+                source: me.to_owned(),
+                target,
+                phase: MigrationPhase::Pending,
+                ..MigrationStatus::default()
+            },
+            Err(why) => {
+                tracing::info!(vm = %key, %why, "migration refused");
+                refuse(why)
+            }
+        };
+        let pending = status.phase == MigrationPhase::Pending;
+        let me = me.to_owned();
+        self.svc
+            .update_status(&key, |vm, st| {
+                if vm.status.node.as_deref() != Some(me.as_str()) {
+                    return false;
+                }
+                st.migration = Some(status.clone());
+                true
+            })
+            .await?;
+        Ok(pending.then_some(POLL))
+    }
+
+    /// The node the VM goes to: the one asked for, if it may take it, else the scheduler's
+    /// choice among the other nodes.
+    async fn pick_target(&self, vm: &Vm, me: &str, request: &Request) -> Result<String, String> {
+        let nodes = corral_service::NodeService::new(self.svc.store().clone());
+        let (nodes, _) = nodes.list("").await.map_err(|e| e.to_string())?;
+        let (bound, _) = self.svc.list("").await.map_err(|e| e.to_string())?;
+        let others: Vec<_> = nodes
+            .into_iter()
+            .filter(|n| n.metadata.name.as_str() != me)
+            .filter(|n| {
+                request
+                    .target
+                    .as_deref()
+                    .is_none_or(|t| n.metadata.name.as_str() == t)
+            })
+            .collect();
+        if others.is_empty() {
+            return Err(match &request.target {
+                Some(t) if t == me => format!("it already runs on node {me}"),
+                Some(t) => format!("there is no node {t}"),
+                None => "there is no other node to move it to".into(),
+            });
+        }
+        place(vm, &others, &bound, None, &ScheduleConfig::default()).map_err(|u| u.to_string())
+    }
+
+    /// QEMU says the VM arrived: the switch of owner, then the end of the source's QEMU.
+    async fn hand_over(
+        &self,
+        vm: &Vm,
+        me: &str,
+        st: &MigrationStatus,
+        info: &MigrationInfo,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let key = vm.metadata.key();
+        let (me, target, request) = (me.to_owned(), st.target.clone(), st.request.clone());
+        let written = self
+            .svc
+            .update_status(&key, |vm, s| {
+                let ours = vm.status.node.as_deref() == Some(me.as_str())
+                    && vm
+                        .status
+                        .migration
+                        .as_ref()
+                        .is_some_and(|m| m.request == request);
+                if !ours {
+                    return false;
+                }
+                s.node = Some(target.clone());
+                s.pid = None;
+                if let Some(m) = s.migration.as_mut() {
+                    progress(m, info);
+                    m.phase = MigrationPhase::Completed;
+                    m.downtime_ms = info.downtime_ms;
+                    m.total_time_ms = Some(info.total_time_ms);
+                }
+                true
+            })
+            .await?;
+        if written.status.node.as_deref() == Some(st.target.as_str()) {
+            tracing::info!(
+                vm = %key,
+                target = %st.target,
+                downtime_ms = ?info.downtime_ms,
+                total_ms = info.total_time_ms,
+                "migrated"
+            );
+            self.hv.stop(&vm.metadata.uid, StopMode::Force).await?;
+            self.hv.cleanup(&vm.metadata.uid).await?;
+        }
+        // Not ours any more: the next look finds it bound to the target.
+        Ok(Some(Duration::ZERO))
+    }
+
+    async fn migration_failed(
+        &self,
+        key: &str,
+        st: &MigrationStatus,
+        why: String,
+    ) -> Result<Option<Duration>, ControllerError> {
+        tracing::warn!(vm = %key, target = %st.target, %why, "migration failed");
+        self.write_migration(key, &st.request, |m| {
+            m.phase = MigrationPhase::Failed;
+            m.message = Some(format!("{why}; the VM runs on where it was"));
+        })
+        .await?;
+        Ok(Some(Duration::ZERO))
+    }
+
+    /// The target's part, for a VM bound to another node. `Some`: a migration towards this
+    /// node holds its process here; `None`: not ours, treat it as any VM bound elsewhere.
+    pub(crate) async fn migrate_in(
+        &self,
+        vm: &Vm,
+        me: &str,
+        actual: Option<&VmState>,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let Some(st) = in_flight(vm).filter(|m| m.target == me).cloned() else {
+            return Ok(None);
+        };
+        let key = vm.metadata.key();
+        let uid = &vm.metadata.uid;
+        let alive = matches!(
+            actual,
+            Some(VmState::Running | VmState::Paused { .. } | VmState::ShuttingDown)
+        );
+        match st.phase {
+            MigrationPhase::Pending => {
+                // A QEMU left from before a restart may have listened already: start afresh.
+                if actual.is_some() {
+                    let _ = self.hv.stop(uid, StopMode::Force).await;
+                    self.hv.cleanup(uid).await?;
+                }
+                match self.listen(vm).await {
+                    Ok(address) => {
+                        tracing::info!(vm = %key, %address, "waiting for a migrating VM");
+                        self.write_migration(&key, &st.request, |m| {
+                            m.phase = MigrationPhase::Listening;
+                            m.address = Some(address.clone());
+                        })
+                        .await?;
+                        Ok(Some(POLL))
+                    }
+                    Err(why) => {
+                        let _ = self.hv.stop(uid, StopMode::Force).await;
+                        let _ = self.hv.cleanup(uid).await;
+                        self.migration_failed(
+                            &key,
+                            &st,
+                            format!("node {me} could not receive it: {why}"),
+                        )
+                        .await
+                    }
+                }
+            }
+            _ if !alive => {
+                let why = match actual {
+                    Some(VmState::Exited(exit)) => format!("the receiving QEMU ended: {exit}"),
+                    _ => "the receiving QEMU is gone".into(),
+                };
+                let _ = self.hv.cleanup(uid).await;
+                self.migration_failed(&key, &st, format!("node {me}: {why}"))
+                    .await
+            }
+            _ => Ok(Some(Duration::from_secs(1))),
+        }
+    }
+
+    /// Starts the VM's QEMU here waiting for its state, and makes it listen; the address.
+    async fn listen(&self, vm: &Vm) -> Result<String, String> {
+        let (mut config, _) = self.launch_config(vm).await?;
+        config.incoming = true;
+        let info = self
+            .hv
+            .start(&config)
+            .await
+            .map_err(|e| format!("starting QEMU: {e}"))?;
+        // Its pid goes into the status once the VM is this node's (see `record_live`).
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm.metadata.uid.clone(), info);
+        let host = self.config.migration_address;
+        // QEMU binds the port itself; one free a moment ago is very likely free still, and a
+        // clash fails this attempt only (the request can be made again).
+        let port = std::net::TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port on {host}: {e}"))?
+            .port();
+        let address = match host {
+            std::net::IpAddr::V6(v6) => format!("tcp:[{v6}]:{port}"),
+            std::net::IpAddr::V4(v4) => format!("tcp:{v4}:{port}"),
+        };
+        self.hv
+            .migrate_incoming(&vm.metadata.uid, &address)
+            .await
+            .map_err(|e| format!("listening at {address}: {e}"))?;
+        Ok(address)
+    }
+
+    /// Changes the migration of `status` if it still carries out `request`.
+    async fn write_migration(
+        &self,
+        key: &str,
+        request: &str,
+        mut change: impl FnMut(&mut MigrationStatus),
+    ) -> Result<(), ControllerError> {
+        self.svc
+            .update_status(key, |_, st| match st.migration.as_mut() {
+                Some(m) if m.request == request => {
+                    let before = m.clone();
+                    change(m);
+                    *m != before
+                }
+                _ => false,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// QEMU is sending the VM (the states of an outgoing migration under way).
+fn sending(info: &MigrationInfo) -> bool {
+    matches!(
+        info.status.as_str(),
+        "setup" | "active" | "device" | "pre-switchover" | "wait-unplug" | "postcopy-active"
+    )
+}
+
+fn progress(m: &mut MigrationStatus, info: &MigrationInfo) {
+    m.transferred_bytes = info.transferred;
+    m.remaining_bytes = info.remaining;
+    m.total_bytes = info.total;
+    m.dirty_pages_rate = info.dirty_pages_rate;
+    m.expected_downtime_ms = info.expected_downtime_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_contract::{Boot, VmSpec};
+
+    fn vm_with(annotation: Option<&str>) -> Vm {
+        let spec = VmSpec::builder(Boot::Kernel {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: None,
+        })
+        .build()
+        .unwrap();
+        let mut vm = Vm::new("a".parse().unwrap(), spec);
+        if let Some(a) = annotation {
+            vm.metadata
+                .annotations
+                .insert(annotations::MIGRATE_TO.into(), a.into());
+        }
+        vm
+    }
+
+    #[test]
+    fn a_request_names_its_node_or_leaves_it_to_the_scheduler() {
+        let to_b = Request::of(&vm_with(Some("b@2026-12-04T18:00:00Z"))).unwrap();
+        assert_eq!(to_b.target.as_deref(), Some("b"));
+        let any = Request::of(&vm_with(Some("@2026-12-04T18:00:00Z"))).unwrap();
+        assert_eq!(any.target, None);
+        assert_eq!(Request::of(&vm_with(Some("garbage"))), None);
+        assert_eq!(Request::of(&vm_with(None)), None);
+    }
+
+    #[test]
+    fn a_migration_is_in_flight_only_for_the_current_request() {
+        let mut vm = vm_with(Some("b@1"));
+        vm.status.migration = Some(MigrationStatus {
+            request: "b@1".into(),
+            phase: MigrationPhase::Migrating,
+            ..MigrationStatus::default()
+        });
+        assert!(in_flight(&vm).is_some());
+        vm.metadata
+            .annotations
+            .insert(annotations::MIGRATE_TO.into(), "b@2".into());
+        assert!(in_flight(&vm).is_none(), "a new request replaces it");
+        vm.metadata.annotations.clear();
+        assert!(in_flight(&vm).is_none(), "withdrawn");
+    }
+}
