@@ -26,6 +26,22 @@ pub enum NodeCommand {
     /// their Evicting condition — are stopped there and started elsewhere (a VM no other node
     /// can take waits, Pending) — admin only
     Drain(NodeNameArgs),
+    /// Mint a single-use token a new host joins the cluster with — admin only. On that host:
+    /// `CORRAL_JOIN_TOKEN=<token> corrald --role agent --server https://SERVER:PORT
+    /// --node-name NAME`. The token pins the cluster CA; the agent's key never leaves it.
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JoinTokenArgs {
+    /// How long the token is accepted, e.g. `30m` (at most 7d)
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Only a host joining under this node name may use it
+    #[arg(long, value_parser = parse_name)]
+    pub node: Option<ResourceName>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +85,21 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), CliError>
         NodeCommand::Uncordon(args) => {
             let node = client.cordon_node(args.name.as_str(), false).await?;
             said(&node, "uncordoned", args.output.format)
+        }
+        NodeCommand::JoinToken(args) => {
+            let node = args.node.as_ref().map_or("", |n| n.as_str());
+            let t = client.create_join_token(&args.ttl, node).await?;
+            let value = serde_json::json!({
+                "token": t.token, "expires": t.expires, "ca_sha256": t.ca_sha256,
+            });
+            match args.output.format {
+                Format::Table => print(&format!(
+                    "{}\n# single use, until {}; pins the cluster CA sha256 {}\n",
+                    t.token, t.expires, t.ca_sha256
+                )),
+                Format::Json => print(&(serde_json::to_string_pretty(&value)? + "\n")),
+                Format::Yaml => print(&output::yaml(&value)),
+            }
         }
         NodeCommand::Drain(args) => {
             let node = client.drain_node(args.name.as_str()).await?;

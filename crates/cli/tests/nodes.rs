@@ -120,3 +120,51 @@ fn the_host_is_a_node_and_cordon_drain_and_uncordon_move_its_vms() {
     assert_eq!(d.qemu_pids().len(), 1);
     cli.fails(&["node", "cordon", "nosuch"], 3, "\"nosuch\" not found");
 }
+
+/// `corral node join-token`: refused while the daemon has no cluster CA (saying how to make
+/// one); with one, a single-use token pinning that CA, in JSON for scripts; a bad `--ttl` is
+/// named.
+#[test]
+fn join_tokens_pin_the_cluster_ca_and_need_one() {
+    let corrald = workspace_binary("corrald");
+    let keys = tempfile::Builder::new()
+        .prefix("crl-ca")
+        .tempdir_in("/tmp")
+        .expect("a directory");
+    let init = std::process::Command::new(&corrald)
+        .args(["cluster", "init", "--data-dir"])
+        .arg(keys.path())
+        .output()
+        .expect("corrald cluster init");
+    let said = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(init.status.success(), "{said}");
+    let ca_dir = keys.path().join("cluster");
+
+    let without = Corrald::start(&corrald).expect("corrald");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &without);
+    let err = cli.fails(&["node", "join-token"], 1, "without a cluster CA");
+    assert!(err.contains("corrald cluster init"), "{err}");
+
+    let d = Corrald::start_with(&corrald, &["--cluster-dir", ca_dir.to_str().unwrap()])
+        .expect("corrald");
+    let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d);
+    let t = cli.json(&["node", "join-token", "--ttl", "5m", "-o", "json"]);
+    let pin = t["ca_sha256"].as_str().expect("ca_sha256");
+    assert!(
+        said.contains(pin),
+        "the token pins the CA init made: {said} / {t}"
+    );
+    let token = t["token"].as_str().expect("token");
+    assert!(token.starts_with(&format!("crj.{pin}.")), "{token}");
+    let plain = cli.ok(&["node", "join-token"]);
+    assert!(
+        plain.starts_with("crj.") && plain.contains("single use"),
+        "{plain}"
+    );
+    cli.fails(&["node", "join-token", "--ttl", "9d"], 1, "ttl");
+    let bound = cli.json(&["node", "join-token", "--node", "host-x", "-o", "json"]);
+    assert!(
+        bound["token"].as_str().is_some_and(|t| t != token),
+        "{bound}"
+    );
+}

@@ -56,6 +56,25 @@ impl Client {
         self.decode_node(n.into_inner())
     }
 
+    /// Mints a single-use join token for an agent, accepted for `ttl` (`""`: an hour), for
+    /// node `node` only (`""`: any).
+    pub async fn create_join_token(
+        &self,
+        ttl: &str,
+        node: &str,
+    ) -> Result<pb::JoinToken, ClientError> {
+        let req = pb::CreateJoinTokenRequest {
+            ttl: ttl.into(),
+            node: node.into(),
+        };
+        let t = self
+            .nodes_client()
+            .create_join_token(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(t.into_inner())
+    }
+
     /// Cordons a node and moves its VMs elsewhere: live where they can move, else stopped
     /// there and placed again.
     pub async fn drain_node(&self, name: &str) -> Result<Node, ClientError> {

@@ -53,6 +53,9 @@ pub struct Caller {
     pub identity: Option<String>,
     /// What it may do.
     pub principal: Principal,
+    /// The node it is, for an agent's node certificate (signed by the cluster CA): such a
+    /// caller may only act for its own node ([`Permission::Node`]), nothing else.
+    pub node: Option<String>,
 }
 
 /// A caller the listener could not identify, and why: refused by the authorization layer
@@ -76,6 +79,21 @@ impl Caller {
                 memory: true,
                 projects: Vec::new(),
             },
+            node: None,
+        }
+    }
+
+    /// The agent of node `node`, known by its node certificate.
+    pub fn node(node: &str) -> Caller {
+        Caller {
+            name: format!("node:{node}"),
+            identity: None,
+            principal: Principal {
+                role: Role::Viewer,
+                memory: false,
+                projects: Vec::new(),
+            },
+            node: Some(node.to_owned()),
         }
     }
 
@@ -89,6 +107,7 @@ impl Caller {
                 memory: id.spec.memory,
                 projects: id.spec.projects.iter().map(|p| p.to_string()).collect(),
             },
+            node: None,
         }
     }
 
@@ -111,6 +130,9 @@ impl Caller {
     /// Whether the caller works in `project`: admins in all, others in the projects their
     /// identity lists (`default` when it lists none).
     pub fn works_in(&self, project: &str) -> bool {
+        if self.node.is_some() {
+            return false;
+        }
         if self.is_admin() {
             return true;
         }
@@ -136,8 +158,13 @@ impl Caller {
     /// Whether the caller holds `permission`: viewers read, operators read and write, admins
     /// do everything, and reading guest memory needs the `memory` grant (or admin).
     pub fn may(&self, permission: Permission) -> bool {
+        if self.node.is_some() {
+            // A node's agent is no user: it acts for its node and nothing else.
+            return matches!(permission, Permission::Open | Permission::Node);
+        }
         let role = self.principal.role;
         match permission {
+            Permission::Node => role == Role::Admin,
             Permission::Open | Permission::Read => true,
             Permission::Write => matches!(role, Role::Admin | Role::Operator),
             Permission::Memory => role == Role::Admin || self.principal.memory,
@@ -147,8 +174,17 @@ impl Caller {
 
     /// Why the caller is refused `permission`, and what to do about it.
     pub fn refusal(&self, permission: Permission) -> String {
+        if let Some(node) = &self.node {
+            return format!(
+                "{self} is the agent of node {node:?}: a node certificate may only report its \
+                 own node, not {permission}"
+            );
+        }
         let role = self.principal.role;
         match permission {
+            Permission::Node => {
+                format!("{self} has role {role}; reporting a node is for its agent (or an admin)")
+            }
             Permission::Memory => format!(
                 "{self} may not read guest memory: reading a VM's RAM needs the `memory` grant \
                  (`corral auth token create NAME --memory`, or scope `memory` in the token file)"
@@ -186,7 +222,13 @@ pub struct TcpGate {
     pub audit: Arc<AuditLog>,
     /// Browser sessions of the web console.
     pub sessions: Arc<crate::ui::Sessions>,
+    /// The cluster CA, whose node certificates make node callers.
+    pub cluster_ca: Option<Arc<corral_service::ClusterCa>>,
 }
+
+/// Where agents join: the one route a TCP caller without credentials reaches (besides the web
+/// console's login pages).
+const JOIN_PATH: &str = "/v1/nodes/join";
 
 /// Middleware on the TCP listener: identifies the caller by its client certificate, else its
 /// `authorization: Bearer <token>` header, and refuses (401, audited) anyone it cannot
@@ -194,10 +236,29 @@ pub struct TcpGate {
 /// authorization layer.
 pub async fn tcp_caller(State(gate): State<TcpGate>, mut request: Request, next: Next) -> Response {
     let registry = &gate.registry;
-    let peer = request
+    let tls = request
         .extensions()
         .get::<ConnectInfo<TlsPeer>>()
-        .and_then(|info| info.0.sha256.clone());
+        .map(|info| info.0.clone());
+    let peer = tls.as_ref().and_then(|t| t.sha256.clone());
+    // An agent's node certificate, signed by the cluster CA, makes a node caller.
+    let node = gate
+        .cluster_ca
+        .as_ref()
+        .zip(tls.as_ref().and_then(|t| t.leaf.clone()))
+        .and_then(|(ca, leaf)| ca.node_of(&leaf));
+    if let Some(node) = node {
+        request.extensions_mut().insert(Caller::node(node.as_str()));
+        return next.run(request).await;
+    }
+    // An agent joining has no credential yet: its join token, in the body, is checked there.
+    if request.uri().path() == JOIN_PATH && request.method() == axum::http::Method::POST {
+        request.extensions_mut().insert(Unidentified {
+            name: "joining-agent".into(),
+            why: "not yet joined".into(),
+        });
+        return next.run(request).await;
+    }
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -299,6 +360,7 @@ mod tests {
                 memory,
                 projects: vec![],
             },
+            node: None,
         }
     }
 
@@ -318,6 +380,11 @@ mod tests {
             assert_eq!(got, allowed, "{role} memory={memory}");
             assert_eq!(c.is_admin(), role == Role::Admin);
         }
+        let node = Caller::node("n1");
+        let got = [Open, Read, Write, Memory, Admin, Node].map(|p| node.may(p));
+        assert_eq!(got, [true, false, false, false, false, true]);
+        assert!(!node.works_in(corral_contract::DEFAULT_PROJECT) && !node.is_admin());
+        assert!(node.refusal(Read).contains("node \"n1\""));
         let msg = caller(Role::Viewer, false).refusal(Write);
         assert!(
             msg.contains("role viewer") && msg.contains("operator"),

@@ -161,9 +161,11 @@ pub struct Args {
     /// a copy [default: none; a build's files go once the image is stored]
     #[arg(long, env = "CORRAL_BUILD_CACHE", value_name = "DIR")]
     pub build_cache: Option<PathBuf>,
-    /// What this corrald does: `all` (API, scheduler and this host's VMs — one host), or
+    /// What this corrald does: `all` (API, scheduler and this host's VMs — one host),
     /// `server` (API and scheduler only, no VMs; needs --store etcd; run several — one
-    /// schedules at a time, by election) [default: all]
+    /// schedules at a time, by election), or `agent` (this host as a node of a cluster: joins
+    /// the servers at --server with --join-token once, then reports to them with its node
+    /// certificate; holds no etcd credentials) [default: all]
     #[arg(long, env = "CORRAL_ROLE", value_enum)]
     pub role: Option<Role>,
     /// This host's name as a node of the cluster (1-63 lowercase letters, digits and '-')
@@ -186,6 +188,23 @@ pub struct Args {
     /// [default: 10s]
     #[arg(long, env = "CORRAL_NODE_TTL", value_name = "DURATION", value_parser = parse_timeout)]
     pub node_ttl: Option<Duration>,
+    /// Where the cluster CA is (`corrald cluster init` makes it), for servers that let agents
+    /// join [default: <data-dir>/cluster]
+    #[arg(long, env = "CORRAL_CLUSTER_DIR", value_name = "DIR")]
+    pub cluster_dir: Option<PathBuf>,
+    /// `--role agent`: a server of the cluster, `https://host:port`
+    #[arg(long, env = "CORRAL_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// `--role agent`: the token from `corral node join-token`, needed on the first start only
+    /// (later starts use the node certificate kept in the data dir). Prefer the environment
+    /// variable: command lines are visible to every user of the host.
+    #[arg(
+        long,
+        env = "CORRAL_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
     /// The address other nodes reach this one at to send it a migrating VM (QEMU listens on
     /// a free port there) [default: 127.0.0.1, which only serves nodes on this host]
     #[arg(long, env = "CORRAL_MIGRATION_ADDRESS", value_name = "IP")]
@@ -207,6 +226,8 @@ pub enum Role {
     All,
     /// API and scheduler; no VMs.
     Server,
+    /// One node of a cluster, reporting to the servers.
+    Agent,
 }
 
 /// How the scheduler picks among nodes that fit.
@@ -239,10 +260,36 @@ pub struct ClusterConfig {
     pub placement: corral_controller::ScheduleConfig,
     /// A node silent for this long is not Ready.
     pub node_ttl: Duration,
+    /// `--role agent`: the server, and the join token if one was given.
+    pub agent: Option<AgentConfig>,
+    /// Where the cluster CA is kept.
+    pub cluster_dir: PathBuf,
     /// Where this node receives migrating VMs.
     pub migration_address: std::net::IpAddr,
     /// Most bytes a second a migration from this node sends.
     pub migration_bandwidth: Option<u64>,
+}
+
+/// Where an agent reports, and how it joins.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// `https://host:port` of a server.
+    pub server: String,
+    /// The join token, for the first start.
+    pub join_token: Option<String>,
+}
+
+// By hand, so that the token never lands in a log.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The host name as a node name: lowercased, anything but letters, digits and '-' made '-';
@@ -273,6 +320,27 @@ pub enum Command {
         /// audit log, host resources). Repeat or separate with commas.
         #[arg(long = "scope", value_delimiter = ',', value_parser = ["vms", "memory", "admin"])]
         scopes: Vec<String>,
+    },
+    /// Set up a cluster's certificates
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `corrald cluster …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Make the cluster CA in <data-dir>/cluster (ca.crt; ca.key, mode 0600) and a serving
+    /// certificate for the servers signed by it (server.crt, server.key): start servers with
+    /// that data dir (or a copy of cluster/) and `--tls-cert/--tls-key` those files; agents
+    /// join with tokens from `corral node join-token`, which pin this CA
+    Init {
+        /// The data dir of the server [default: as for serving]
+        #[arg(long, env = "CORRAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A name agents reach the servers by (DNS name or IP address); repeat for several
+        /// [default: localhost, 127.0.0.1 and the host name]
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<String>,
     },
 }
 
@@ -741,6 +809,48 @@ impl Config {
                 "--role server needs --store etcd: servers share their state there".into(),
             ));
         }
+        if role == Role::Agent && !matches!(store, StoreConfig::Sqlite) {
+            return Err(ConfigError(
+                "--role agent keeps no cluster state: agents reach the store only through a \
+                 server (--server); leave out --store etcd"
+                    .into(),
+            ));
+        }
+        if role == Role::Agent && tcp.is_some() {
+            return Err(ConfigError(
+                "--role agent serves no API: leave out --listen (users and tools talk to the \
+                 servers; the agent reaches them with its node certificate)"
+                    .into(),
+            ));
+        }
+        let agent = match (role, &args.server) {
+            (Role::Agent, Some(server)) if server.starts_with("https://") => Some(AgentConfig {
+                server: server.trim_end_matches('/').to_owned(),
+                join_token: args.join_token.clone(),
+            }),
+            (Role::Agent, Some(server)) => {
+                return Err(ConfigError(format!(
+                    "--server {server:?}: give the server's https:// URL, e.g. https://10.0.0.1:7443"
+                )));
+            }
+            (Role::Agent, None) => {
+                return Err(ConfigError(
+                    "--role agent needs --server https://HOST:PORT (a server of the cluster)"
+                        .into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError(
+                    "--server and --join-token are for --role agent".into(),
+                ));
+            }
+            (_, None) if args.join_token.is_some() => {
+                return Err(ConfigError(
+                    "--server and --join-token are for --role agent".into(),
+                ));
+            }
+            (_, None) => None,
+        };
         let cluster = ClusterConfig {
             role,
             node_name: args.node_name.clone().unwrap_or_else(host_node_name),
@@ -754,6 +864,11 @@ impl Config {
                 spread: args.placement != Some(PlacementPolicy::Pack),
             },
             node_ttl: args.node_ttl.unwrap_or(Duration::from_secs(10)),
+            agent,
+            cluster_dir: args
+                .cluster_dir
+                .clone()
+                .unwrap_or_else(|| corral_service::ClusterCa::dir(&data_dir)),
             migration_address: args
                 .migration_address
                 .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -835,6 +950,11 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+}
+
+/// The data dir corrald uses when none is given, for the user running it.
+pub fn default_data_dir_for_me() -> PathBuf {
+    default_data_dir(nix::unistd::geteuid().is_root())
 }
 
 fn default_data_dir(root: bool) -> PathBuf {
@@ -1137,5 +1257,52 @@ mod tests {
             assert!(err.contains(expected), "{flags:?}: {err}");
             assert!(err.contains("etcd"), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn bad_agent_settings_say_what_an_agent_needs() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--role", "agent"], "--role agent needs --server https://"),
+            (
+                &["--role", "agent", "--server", "http://10.0.0.1:7443"],
+                "give the server's https:// URL",
+            ),
+            (&["--server", "https://a:7443"], "are for --role agent"),
+            (&["--join-token", "crj.x"], "are for --role agent"),
+            (
+                &[
+                    "--role",
+                    "agent",
+                    "--server",
+                    "https://a:1",
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    "http://e:2379",
+                ],
+                "agents reach the store only through a server",
+            ),
+            (
+                &[
+                    "--role",
+                    "agent",
+                    "--server",
+                    "https://a:1",
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--tls-cert",
+                    "/c.pem",
+                    "--tls-key",
+                    "/k.pem",
+                ],
+                "serves no API",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let err = Config::resolve(&args(flags)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+        }
+        let ok = Config::resolve(&args(&["--role", "agent", "--server", "https://a:1/"])).unwrap();
+        assert_eq!(ok.cluster.agent.unwrap().server, "https://a:1");
     }
 }

@@ -6,11 +6,13 @@
 //! serving and leaves every VM running.
 #![deny(missing_docs)]
 
+mod agent;
 pub mod api;
 mod apply;
 mod attestations;
 mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod console;
 pub mod dirs;
@@ -94,6 +96,9 @@ async fn connect_etcd(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(agent) = &config.cluster.agent {
+        return agent::run(&config, agent).await;
+    }
     let qemu = config.qemu_user.as_ref().map(|u| u.owner);
     match &config.qemu_user {
         Some(user) => {
@@ -220,6 +225,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let identities = IdentityService::new(store.clone());
     let projects = ProjectService::new(store.clone());
     let nodes = NodeService::new(store.clone());
+    let cluster_ca = corral_service::ClusterCa::load(&config.cluster.cluster_dir)
+        .context("loading the cluster CA")?
+        .map(Arc::new);
+    if let Some(ca) = &cluster_ca {
+        tracing::info!(sha256 = %ca.fingerprint(), "agents join with the cluster CA");
+    }
+    let joins = corral_service::JoinService::new(store.clone(), cluster_ca.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
@@ -236,6 +248,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identities,
         projects,
         nodes,
+        store: store.clone(),
+        joins,
         registry,
         audit,
         ui: ui::Ui::default(),
@@ -326,6 +340,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &tcp.tls_cert,
             &tcp.tls_key,
             tcp.tls_client_ca.as_deref(),
+            cluster_ca
+                .as_ref()
+                .and_then(|ca| corral_service::pem_der(ca.cert_pem()))
+                .map(rustls_pki_types::CertificateDer::from),
             &limits,
         )
         .await
@@ -341,6 +359,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 registry: daemon.registry.clone(),
                 audit: daemon.audit.clone(),
                 sessions: daemon.ui.sessions.clone(),
+                cluster_ca: cluster_ca.clone(),
             },
             auth::tcp_caller,
         ));

@@ -1,7 +1,7 @@
 use std::io::Read;
 
 use clap::Parser;
-use corral_daemon::config::{Command, LogFormat};
+use corral_daemon::config::{ClusterCommand, Command, LogFormat};
 use corral_daemon::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,26 @@ async fn main() -> std::process::ExitCode {
         };
         println!("{}", corral_daemon::auth::hash_line(&token, scopes));
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(Command::Cluster(ClusterCommand::Init {
+        data_dir,
+        server_names,
+    })) = &args.command
+    {
+        let dir = data_dir
+            .clone()
+            .or_else(|| args.data_dir.clone())
+            .unwrap_or_else(corral_daemon::config::default_data_dir_for_me);
+        return match corral_daemon::cluster::init(&dir, server_names) {
+            Ok(text) => {
+                println!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::resolve(&args) {
         Ok(config) => config,

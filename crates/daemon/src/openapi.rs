@@ -200,6 +200,25 @@ pub const OPERATIONS: &[Described] = {
         ("getUiSession", Get, "/ui/session", ui::get_ui_session),
         ("logoutUi", Delete, "/ui/session", ui::logout_ui),
         ("createUiLink", Post, "/v1/ui/links", ui::create_ui_link),
+        (
+            "createJoinToken",
+            Post,
+            "/v1/nodes/join-tokens",
+            create_join_token,
+        ),
+        ("joinNode", Post, "/v1/nodes/join", join_node),
+        (
+            "callNodeStore",
+            Post,
+            "/v1/nodes/{name}/store",
+            call_node_store,
+        ),
+        (
+            "watchNodeStore",
+            Get,
+            "/v1/nodes/{name}/store/watch",
+            watch_node_store,
+        ),
         ("listNodes", Get, "/v1/nodes", || {
             list("Node", "Nodes of the cluster, sorted by name")
         }),
@@ -306,7 +325,11 @@ pub fn build() -> OpenApi {
     schemas = schemas
         .schema("AuditRecord", audit_record_schema())
         .schema("AuditList", audit_list_schema())
-        .schema("CreatedIdentity", created_identity_schema());
+        .schema("CreatedIdentity", created_identity_schema())
+        .schema("JoinTokenRequest", join_token_request_schema())
+        .schema("JoinToken", join_token_schema())
+        .schema("JoinRequest", join_request_schema())
+        .schema("Joined", joined_schema());
     for kind in [
         "Vm", "Image", "Volume", "Snapshot", "Network", "Identity", "Project", "Source", "Node",
     ] {
@@ -672,6 +695,202 @@ fn create_identity() -> Operation {
     .response("413", error("The body is larger than 2 MiB"))
     .response("415", error("The body is not declared as application/json"))
     .build()
+}
+
+fn json_body(schema: &str, description: &str) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .required(Some(Required::True))
+        .description(Some(description))
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(reference(schema)))
+                .build(),
+        )
+        .build()
+}
+
+fn create_join_token() -> Operation {
+    common(op(
+        "Mint a single-use token an agent joins the cluster with (admin only); shown only here",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::False))
+            .description(Some("How long the token is accepted (empty body: 1h)"))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(reference("JoinTokenRequest")))
+                    .build(),
+            )
+            .build(),
+    ))
+    .response("201", json_response("The token", reference("JoinToken")))
+    .response(
+        "412",
+        error("This server has no cluster CA (FailedPrecondition)"),
+    )
+    .response(
+        "400",
+        error("The body or ttl is invalid (ttl: more than 0, at most 7 days)"),
+    )
+    .build()
+}
+
+fn join_node() -> Operation {
+    op(
+        "Join the cluster as a node: a join token and a certificate signing request for a key \
+         the agent keeps; answers the node certificate and the cluster CA. Needs no other \
+         credential; the token is spent.",
+    )
+    .request_body(Some(json_body(
+        "JoinRequest",
+        "The token, the node's name and the CSR",
+    )))
+    .response(
+        "200",
+        json_response(
+            "The node certificate and the cluster CA",
+            reference("Joined"),
+        ),
+    )
+    .response("400", error("The token, node name or CSR is malformed"))
+    .response("403", error("The token is unknown, expired or used"))
+    .response(
+        "412",
+        error("This server has no cluster CA (FailedPrecondition)"),
+    )
+    .response("503", error("The store failed"))
+    .build()
+}
+
+fn free_object() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
+}
+
+fn call_node_store() -> Operation {
+    common(op(
+        "One store call of the node's agent (get, list, create, update, delete, revision) \
+         within what a node may see and change: its Node, the VMs bound to it and what they \
+         reference; only its node certificate (or an admin) may",
+    ))
+    .parameter(name_param())
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .description(Some(
+                "The call: {\"op\": \"get\", \"kind\": …, \"name\": …} …",
+            ))
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(free_object())).build(),
+            )
+            .build(),
+    ))
+    .response(
+        "200",
+        ResponseBuilder::new()
+            .description("The store's answer: an object, a list, a revision, or its error")
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(free_object())).build(),
+            )
+            .build(),
+    )
+    .response("400", bad_body())
+    .build()
+}
+
+fn watch_node_store() -> Operation {
+    common(op(
+        "The changes the node's agent may see, after a revision: one JSON answer per line, \
+         until the client closes",
+    ))
+    .parameter(name_param())
+    .parameter(query("kind", string(), false, "Only this kind"))
+    .parameter(query(
+        "after",
+        integer(0, None),
+        true,
+        "Only changes after this store revision",
+    ))
+    .response(
+        "200",
+        raw_response(
+            "Watch events, newline-delimited JSON",
+            "application/x-ndjson",
+            string(),
+        ),
+    )
+    .response(
+        "400",
+        error("A parameter does not parse, or after is missing"),
+    )
+    .response(
+        "404",
+        error("No node of that name (its agent registers it first)"),
+    )
+    .build()
+}
+
+fn join_token_request_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "ttl",
+            string().description(Some("How long it is accepted, e.g. 30m, 1h (at most 7d)")),
+        )
+        .property("node", corral_contract::schema::name_schema())
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+fn join_token_schema() -> ObjectBuilder {
+    let text = |d: &str| string().description(Some(d.to_owned()));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "token",
+            text("crj.<CA sha256>.<id>.<secret>: give it to corrald --role agent --join-token"),
+        )
+        .property("expires", text("When it stops being accepted, RFC 3339"))
+        .property(
+            "ca_sha256",
+            text("The SHA-256 of the cluster CA certificate, which the token pins"),
+        )
+        .required("token")
+        .required("expires")
+        .required("ca_sha256")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+fn join_request_schema() -> ObjectBuilder {
+    let text = |d: &str| string().description(Some(d.to_owned()));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("token", text("The join token"))
+        .property("node", text("The node's name"))
+        .property(
+            "csr",
+            text("A PEM certificate signing request for the agent's key"),
+        )
+        .required("token")
+        .required("node")
+        .required("csr")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+}
+
+fn joined_schema() -> ObjectBuilder {
+    let text = |d: &str| string().description(Some(d.to_owned()));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("certificate", text("The node certificate, PEM"))
+        .property("ca", text("The cluster CA certificate, PEM"))
+        .required("certificate")
+        .required("ca")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
 }
 
 fn created_identity_schema() -> ObjectBuilder {

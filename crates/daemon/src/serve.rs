@@ -121,12 +121,14 @@ impl TlsListener {
     /// Binds `addr` with the certificate chain and key from PEM files, taking at most
     /// `limits.max_connections` connections at once. With `client_ca`, clients may present a
     /// certificate that CA signed (mTLS); clients without one still connect and identify
-    /// themselves with a bearer token.
+    /// themselves with a bearer token. With `cluster_ca` (DER), agents' node certificates that
+    /// CA signed are accepted too.
     pub async fn bind(
         addr: SocketAddr,
         cert: &Path,
         key: &Path,
         client_ca: Option<&Path>,
+        cluster_ca: Option<CertificateDer<'static>>,
         limits: &ConnLimits,
     ) -> Result<TlsListener, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -138,9 +140,10 @@ impl TlsListener {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+        let builder = if client_ca.is_none() && cluster_ca.is_none() {
+            builder.with_no_client_auth()
+        } else {
+            builder.with_client_cert_verifier(client_verifier(client_ca, cluster_ca, provider)?)
         };
         let mut config = builder
             .with_single_cert(certs, key)
@@ -164,24 +167,32 @@ impl TlsListener {
     }
 }
 
-/// Accepts client certificates `ca` (PEM) signed; lets clients without one in.
+/// Accepts client certificates `ca` (PEM) or `cluster_ca` signed; lets clients without one in.
 fn client_verifier(
-    ca: &Path,
+    ca: Option<&Path>,
+    cluster_ca: Option<CertificateDer<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?
-    {
-        let cert = cert.map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+    if let Some(ca) = ca {
+        for cert in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+        }
+    }
+    if let Some(cert) = cluster_ca {
         roots
             .add(cert)
-            .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            .map_err(|e| format!("the cluster CA: {e}"))?;
     }
     rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))
+        .map_err(|e| format!("client certificate CAs: {e}"))
 }
 
 /// How the TLS listener admits connections.

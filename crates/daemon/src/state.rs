@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use corral_qemu::QemuBackend;
 use corral_service::{
-    ApplyService, AuditLog, ConsoleService, IdentityService, MemoryService, NetworkService,
-    NodeService, ProjectService, SourceService, StorageService, VmService,
+    ApplyService, AuditLog, ConsoleService, IdentityService, JoinService, MemoryService,
+    NetworkService, NodeService, ProjectService, SourceService, StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -46,6 +46,10 @@ pub struct Daemon {
     pub projects: ProjectService,
     /// Nodes of the cluster (this host's among them).
     pub nodes: NodeService,
+    /// The store, for the node-scoped view agents use ([`corral_service::NodeScope`]).
+    pub store: Arc<dyn corral_store::Store>,
+    /// Join tokens and agents' node certificates (with the cluster CA, if this server has one).
+    pub joins: JoinService,
     /// Who each credential is; revocations.
     pub registry: Arc<Registry>,
     /// The audit log of changes, refusals and memory reads.

@@ -100,7 +100,8 @@ fn every_grpc_method_and_rest_route_declares_a_permission() {
         .map(|r| r.path)
         .collect();
     // Besides health and the document: the web console's page, assets and login, which
-    // must load before anyone has logged in and show no object.
+    // must load before anyone has logged in and show no object; and agents' join, whose join
+    // token in the body is the credential.
     assert_eq!(
         open,
         [
@@ -112,6 +113,7 @@ fn every_grpc_method_and_rest_route_declares_a_permission() {
             "/ui/login",
             "/ui/session",
             "/ui/session",
+            "/v1/nodes/join",
         ]
     );
 }

@@ -108,12 +108,14 @@ async fn the_document_describes_every_route_and_only_those() {
     }
 
     // Every operation documents 401 (TCP), and every reference resolves — but the web
-    // console's page, files and logout, which answer before anyone has logged in.
+    // console's page, files and logout, which answer before anyone has logged in, and agents'
+    // join, whose credential is the join token in its body.
     let console = [
         ("GET", "/ui"),
         ("GET", "/ui/"),
         ("GET", "/ui/assets/{file}"),
         ("DELETE", "/ui/session"),
+        ("POST", "/v1/nodes/join"),
     ];
     for (method, path) in &documented {
         if console.contains(&(method.as_str(), path.as_str())) {

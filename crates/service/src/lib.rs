@@ -53,10 +53,12 @@ mod audit;
 mod console;
 mod error;
 mod identity;
+mod join;
 mod limits;
 mod memory;
 mod network;
 mod node;
+mod node_scope;
 mod project;
 mod resources;
 mod source;
@@ -72,6 +74,10 @@ pub use corral_storage::{HostAccess, HostPaths};
 pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
+pub use join::{
+    CaError, ClusterCa, JoinService, JoinToken, Joined, MAX_TOKEN_TTL, TokenParts, pem_der,
+    sha256_hex, write_private,
+};
 pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
@@ -83,6 +89,9 @@ pub use network::{
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
 pub use node::{EVICTING, NodeKind, NodeService};
+pub use node_scope::{
+    NodeScope, StoreAnswer, StoreCall, WireError, WireObject, event_name, event_of,
+};
 pub use project::{ProjectKind, ProjectService};
 pub use resources::{
     Event, Projects, Resources, Stored, Strategy, Watch, may_refer, read, read_all, reference_keys,

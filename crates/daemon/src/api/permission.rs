@@ -39,6 +39,9 @@ pub enum Permission {
     Memory,
     /// Manage identities, read the audit log: admins only.
     Admin,
+    /// Report a node (its heartbeat): the node's own agent, by its node certificate, or an
+    /// admin. The handler checks the node named is the caller's.
+    Node,
 }
 
 impl Permission {
@@ -50,6 +53,7 @@ impl Permission {
             Permission::Write => "write",
             Permission::Memory => "memory",
             Permission::Admin => "admin",
+            Permission::Node => "node",
         }
     }
 }
@@ -245,7 +249,7 @@ pub async fn authorize(
     request.extensions_mut().insert(scope);
     let audited = match rule.permission {
         Permission::Write => true,
-        Permission::Admin => grpc || request.method() != Method::GET,
+        Permission::Admin | Permission::Node => grpc || request.method() != Method::GET,
         _ => false,
     };
     let revoked = registry.revoked(&caller);

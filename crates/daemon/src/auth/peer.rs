@@ -30,17 +30,19 @@ impl PeerCred {
 pub struct TlsPeer {
     /// SHA-256 of the leaf certificate's DER bytes, 64 lowercase hex digits.
     pub sha256: Option<String>,
+    /// The leaf certificate's DER bytes (a node certificate names its node).
+    pub leaf: Option<std::sync::Arc<[u8]>>,
 }
 
 impl TlsPeer {
     /// The client certificate of the connection `stream`, if it sent one.
     pub fn of(stream: &TlsStream<Counted<TcpStream>>) -> Self {
         let (_, session) = stream.get_ref();
-        let sha256 = session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|leaf| fingerprint(leaf.as_ref()));
-        TlsPeer { sha256 }
+        let leaf = session.peer_certificates().and_then(|chain| chain.first());
+        TlsPeer {
+            sha256: leaf.map(|leaf| fingerprint(leaf.as_ref())),
+            leaf: leaf.map(|leaf| std::sync::Arc::from(leaf.as_ref())),
+        }
     }
 }
 

@@ -169,6 +169,7 @@ impl Registry {
                 memory: scopes.memory,
                 projects: Vec::new(),
             },
+            node: None,
         })
     }
 

@@ -16,6 +16,7 @@ pub const METHODS: &[GrpcMethod] = &[
     GrpcMethod::new("/corral.v1.NodeService/Cordon", Permission::Admin),
     GrpcMethod::new("/corral.v1.NodeService/Uncordon", Permission::Admin),
     GrpcMethod::new("/corral.v1.NodeService/Drain", Permission::Admin),
+    GrpcMethod::new("/corral.v1.NodeService/CreateJoinToken", Permission::Admin),
 ];
 
 /// `corral.v1.NodeService` over the node service.
@@ -56,5 +57,20 @@ impl NodeService for NodeGrpc {
     async fn drain(&self, req: Request<pb::NodeName>) -> Result<Response<pb::Node>, Status> {
         let name = req.into_inner().name;
         out(self.0.nodes.drain(&name, &self.0.vms).await.map(|(n, _)| n))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinToken>, Status> {
+        let req = req.into_inner();
+        let ttl = super::rest::join_token_ttl(&req.ttl).map_err(status)?;
+        let node = Some(req.node.as_str()).filter(|n| !n.is_empty());
+        let t = self.0.joins.mint(ttl, node).await.map_err(status)?;
+        Ok(Response::new(pb::JoinToken {
+            token: t.token,
+            expires: t.expires,
+            ca_sha256: t.ca_sha256,
+        }))
     }
 }

@@ -1,0 +1,566 @@
+//! Agents join a cluster: `corrald cluster init`, a server on a real etcd serving TLS with the
+//! cluster's certificate, a join token minted by an admin, and `corrald --role agent`
+//! processes. The agent joins once (its key never leaves it, the CA is pinned by the token),
+//! reports its node with its node certificate, restarts on that certificate without a token;
+//! the spent token is refused to a second agent; the node certificate may report only its own
+//! node and reaches nothing else.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_testkit::http::free_port;
+use corral_testkit::{Corrald, EtcdCluster};
+use serde_json::{Value, json};
+
+mod common;
+use common::{CORRALD, api};
+
+/// `corrald --role agent` with its own directories and log.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, server: &str, node: &str, token: Option<&str>) -> Agent {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        let mut command = Command::new(CORRALD);
+        command
+            .args(["--role", "agent", "--server", server, "--node-name", node])
+            .arg("--data-dir")
+            .arg(dir.join("d"))
+            .arg("--run-dir")
+            .arg(dir.join("r"))
+            .env("CORRAL_LOG", "info,corral=debug")
+            .env_remove("CORRAL_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(token) = token {
+            command.env("CORRAL_JOIN_TOKEN", token);
+        }
+        Agent {
+            child: command.spawn().expect("corrald --role agent starts"),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit (a refused join ends it) and returns its log.
+    fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.wait_exit();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // QEMU outlives corrald: end the guests this agent started, as `Corrald` does.
+        for pid in corral_testkit::qemu_pids_under(&self.dir.join("r")) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The server's view of `node`, once `ready` holds for it.
+async fn wait_node(
+    server: &Corrald,
+    node: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+    agent: &Agent,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = api(server)
+            .try_send("GET", &format!("/v1/nodes/{node}"), None)
+            .await;
+        if let Ok(reply) = reply {
+            let body = reply.json();
+            if reply.status == 200 && ready(&body) {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} never {what}:\nagent:\n{}\nserver:\n{}",
+            agent.log(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn is_ready(node: &Value) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == true)
+}
+
+/// A TLS client presenting the agent's node certificate, trusting only the cluster CA.
+fn node_client(agent_dir: &Path) -> reqwest::Client {
+    let node = agent_dir.join("d/node");
+    let read = |f: &str| std::fs::read(node.join(f)).unwrap();
+    let mut identity = read("node.crt");
+    identity.extend(read("node.key"));
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_once_by_token_and_acts_only_for_its_node() -> anyhow::Result<()> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let tmp = tempfile::Builder::new()
+        .prefix("crl-agent")
+        .tempdir_in("/tmp")?;
+    let cluster = tmp.path().join("cluster-init");
+    let out = Command::new(CORRALD)
+        .args(["cluster", "init", "--server-name", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(&cluster)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca_dir = cluster.join("cluster");
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(ca_dir.join(key))?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let again = Command::new(CORRALD)
+        .args(["cluster", "init", "--data-dir"])
+        .arg(&cluster)
+        .output()?;
+    assert!(!again.status.success(), "a second init keeps the CA");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let port = free_port();
+    let file = |f: &str| ca_dir.join(f).to_str().unwrap().to_owned();
+    let server = Corrald::builder(CORRALD)
+        .args(&["--store", "etcd", "--etcd-endpoints", &etcd.endpoint(0)])
+        .args(&["--role", "server", "--node-name", "srv"])
+        .args(&["--listen", &format!("127.0.0.1:{port}")])
+        .args(&[
+            "--tls-cert",
+            &file("server.crt"),
+            "--tls-key",
+            &file("server.key"),
+        ])
+        .args(&["--cluster-dir", &file("")])
+        .start()?;
+    let url = format!("https://127.0.0.1:{port}");
+
+    let minted = api(&server)
+        .send(
+            "POST",
+            "/v1/nodes/join-tokens",
+            Some(br#"{"ttl": "10m", "node": "agent-a"}"#.as_slice()),
+        )
+        .await
+        .expect(201);
+    let token = minted["token"].as_str().unwrap().to_owned();
+    assert!(
+        said.contains(minted["ca_sha256"].as_str().unwrap()),
+        "{said}"
+    );
+    let bad = api(&server)
+        .send(
+            "POST",
+            "/v1/nodes/join-tokens",
+            Some(br#"{"ttl": "30d"}"#.as_slice()),
+        )
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(bad.contains("ttl"), "{bad}");
+
+    // First start: joins by token, then reports its node.
+    let mut agent = Agent::start(&tmp.path().join("a"), &url, "agent-a", Some(&token));
+    let node = wait_node(&server, "agent-a", "became Ready", is_ready, &agent).await;
+    assert!(
+        node["status"]["capacity"]["cpus"].as_u64() >= Some(1),
+        "{node}"
+    );
+    let key_mode = std::fs::metadata(agent.dir.join("d/node/node.key"))?
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    assert!(
+        agent.log().contains("joined the cluster"),
+        "{}",
+        agent.log()
+    );
+
+    // Restarted without a token, it reuses its certificate and keeps reporting.
+    agent.stop();
+    let before = node["status"]["heartbeat"].as_str().unwrap().to_owned();
+    let agent = Agent::start(&agent.dir.clone(), &url, "agent-a", None);
+    wait_node(
+        &server,
+        "agent-a",
+        "reported after the restart",
+        |n| {
+            n["status"]["heartbeat"]
+                .as_str()
+                .is_some_and(|h| h > before.as_str())
+        },
+        &agent,
+    )
+    .await;
+    assert!(
+        agent
+            .log()
+            .contains("using the node certificate from an earlier join"),
+        "{}",
+        agent.log()
+    );
+
+    // The token is spent: a second agent is refused, says why, and keeps nothing.
+    let mut second = Agent::start(&tmp.path().join("b"), &url, "agent-b", Some(&token));
+    let (status, log) = second.wait_exit();
+    assert!(!status.success());
+    assert!(log.contains("already used (by node \"agent-a\")"), "{log}");
+    assert!(!second.dir.join("d/node/node.crt").exists());
+    // An unknown token likewise, and a join without one at all.
+    let forged = format!("{}{}", &token[..token.len() - 4], "0000");
+    let mut third = Agent::start(&tmp.path().join("c"), &url, "agent-c", Some(&forged));
+    let (status, log) = third.wait_exit();
+    assert!(!status.success() && log.contains("unknown token"), "{log}");
+    let mut fourth = Agent::start(&tmp.path().join("e"), &url, "agent-e", None);
+    let (status, log) = fourth.wait_exit();
+    assert!(!status.success() && log.contains("--join-token"), "{log}");
+
+    // The node certificate: its own node only; no other node, VM, identity or project.
+    let node_api = node_client(&agent.dir);
+    let (status, own) = store_call(
+        &node_api,
+        &url,
+        "agent-a",
+        json!({"op": "get", "kind": "Node", "name": "agent-a"}),
+    )
+    .await;
+    assert_eq!(
+        (status, own["object"]["name"].as_str()),
+        (200, Some("agent-a")),
+        "{own}"
+    );
+    let other = node_api
+        .post(format!("{url}/v1/nodes/agent-b/store"))
+        .header("content-type", "application/json")
+        .body(json!({"op": "revision"}).to_string())
+        .send()
+        .await?;
+    assert_eq!(other.status(), 403);
+    let why: Value = serde_json::from_slice(&other.bytes().await?)?;
+    assert!(
+        why["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent-b"),
+        "{why}"
+    );
+    for (method, path) in [
+        ("GET", "/v1/vms"),
+        ("GET", "/v1/nodes"),
+        ("GET", "/v1/identities"),
+        ("GET", "/v1/projects"),
+        ("POST", "/v1/nodes/join-tokens"),
+        ("POST", "/v1/nodes/agent-a/cordon"),
+    ] {
+        let reply = node_api
+            .request(method.parse()?, format!("{url}{path}"))
+            .send()
+            .await?;
+        assert_eq!(reply.status(), 403, "{method} {path}");
+        let why: Value = serde_json::from_slice(&reply.bytes().await?)?;
+        assert!(
+            why["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("node:agent-a"),
+            "{method} {path}: {why}"
+        );
+    }
+    // Nobody without a credential reaches a node's store.
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+            ca_dir.join("ca.crt"),
+        )?)?)
+        .build()?;
+    let reply = anonymous
+        .post(format!("{url}/v1/nodes/agent-a/store"))
+        .header("content-type", "application/json")
+        .body(json!({"op": "revision"}).to_string())
+        .send()
+        .await?;
+    assert_eq!(reply.status(), 401);
+    drop(agent);
+    drop(etcd);
+    Ok(())
+}
+
+/// A cluster of one server (TLS, on the cluster's certificate) on a real etcd, for agents.
+struct Cluster {
+    server: Corrald,
+    url: String,
+    tmp: tempfile::TempDir,
+    _etcd: EtcdCluster,
+}
+
+impl Cluster {
+    async fn start() -> anyhow::Result<Cluster> {
+        let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+        let tmp = tempfile::Builder::new()
+            .prefix("crl-agent")
+            .tempdir_in("/tmp")?;
+        let keys = tmp.path().join("keys");
+        let out = Command::new(CORRALD)
+            .args([
+                "cluster",
+                "init",
+                "--server-name",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(&keys)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        let file = |f: &str| keys.join("cluster").join(f).to_str().unwrap().to_owned();
+        let port = free_port();
+        let server = Corrald::builder(CORRALD)
+            .args(&["--store", "etcd", "--etcd-endpoints", &etcd.endpoint(0)])
+            .args(&["--role", "server", "--node-name", "srv"])
+            .args(&["--listen", &format!("127.0.0.1:{port}")])
+            .args(&[
+                "--tls-cert",
+                &file("server.crt"),
+                "--tls-key",
+                &file("server.key"),
+            ])
+            .args(&["--cluster-dir", &file("")])
+            .start()?;
+        Ok(Cluster {
+            server,
+            url: format!("https://127.0.0.1:{port}"),
+            tmp,
+            _etcd: etcd,
+        })
+    }
+
+    async fn token(&self) -> String {
+        let minted = api(&self.server)
+            .send("POST", "/v1/nodes/join-tokens", Some(b"{}".as_slice()))
+            .await
+            .expect(201);
+        minted["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The agent's store call as node `node`, answered by the server.
+async fn store_call(client: &reqwest::Client, url: &str, node: &str, call: Value) -> (u16, Value) {
+    let reply = client
+        .post(format!("{url}/v1/nodes/{node}/store"))
+        .header("content-type", "application/json")
+        .body(call.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&reply.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> anyhow::Result<()> {
+    use corral_client::{Client, Endpoint};
+    use corral_contract::Phase;
+    use corral_testkit::{kit_vm, qemu_pids_under, wait_phase};
+
+    let mut cluster = Cluster::start().await?;
+    let token = cluster.token().await;
+    let dir = cluster.tmp.path().join("agent");
+    let mut agent = Agent::start(&dir, &cluster.url, "agent-a", Some(&token));
+    wait_node(&cluster.server, "agent-a", "became Ready", is_ready, &agent).await;
+
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+    admin.create_vm(&kit_vm("on-agent", |b| b)).await?;
+    let vm = wait_phase(&admin, &cluster.server, "on-agent", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+    let pid = vm.status.pid.expect("a pid");
+    assert_eq!(
+        qemu_pids_under(&dir.join("r")),
+        vec![pid],
+        "QEMU runs under the agent"
+    );
+    assert!(
+        cluster.server.qemu_pids().is_empty(),
+        "the server runs no VM"
+    );
+    // Evidence from inside the guest: its console, as the agent drains it.
+    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("CORRAL_BOOT_OK")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no boot marker in {}",
+            serial.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Restarted, the agent reuses its certificate and adopts the running guest: one QEMU.
+    agent.stop();
+    let agent = Agent::start(&dir, &cluster.url, "agent-a", None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !agent.log().contains("adopted running VM") {
+        assert!(Instant::now() < deadline, "not adopted:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        qemu_pids_under(&dir.join("r")),
+        vec![pid],
+        "the same one QEMU"
+    );
+    let vm = admin.get_vm("on-agent").await?;
+    assert_eq!(
+        (vm.status.phase, vm.status.pid),
+        (Phase::Running, Some(pid))
+    );
+
+    // The server killed and started again: the agent's watches resume through the new one,
+    // so a stop asked there reaches the guest on the agent.
+    cluster.server.restart()?;
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+    admin.stop_vm("on-agent", true).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !qemu_pids_under(&dir.join("r")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stop did not reach the agent:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let vm = wait_phase(&admin, &cluster.server, "on-agent", Phase::Stopped).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+
+    // A VM bound to no node of agent-a: its certificate can neither read nor change it, nor
+    // reach identities, nor act as another node.
+    let mut elsewhere = kit_vm("elsewhere", |b| b);
+    elsewhere
+        .spec
+        .placement
+        .node_selector
+        .insert("zone".into(), "nowhere".into());
+    admin.create_vm(&elsewhere).await?;
+    let node = node_client(&dir);
+    let url = &cluster.url;
+    let (_, got) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "get", "kind": "Vm", "name": "elsewhere"}),
+    )
+    .await;
+    assert_eq!(got["error"]["code"], "PermissionDenied", "{got}");
+    let (_, own) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "get", "kind": "Vm", "name": "on-agent"}),
+    )
+    .await;
+    let mut forged = own["object"].clone();
+    forged["name"] = json!("elsewhere");
+    let (_, put) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "update", "object": forged}),
+    )
+    .await;
+    assert_eq!(put["error"]["code"], "PermissionDenied", "{put}");
+    let (_, list) = store_call(&node, url, "agent-a", json!({"op": "list", "kind": "Vm"})).await;
+    let names: Vec<&str> = list["list"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["on-agent"], "{list}");
+    // Its own VM's spec is the user's: a node may not change it.
+    let mut respec = own["object"].clone();
+    let mut body: Value = serde_json::from_str(respec["body"].as_str().unwrap())?;
+    body["spec"]["cpus"] = json!(4);
+    respec["body"] = json!(body.to_string());
+    let (_, put) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "update", "object": respec}),
+    )
+    .await;
+    assert_eq!(put["error"]["code"], "PermissionDenied", "{put}");
+    let (_, ids) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "list", "kind": "Identity"}),
+    )
+    .await;
+    assert_eq!(ids["error"]["code"], "PermissionDenied", "{ids}");
+    let (status, _) = store_call(&node, url, "agent-b", json!({"op": "revision"})).await;
+    assert_eq!(status, 403);
+    drop(agent);
+    Ok(())
+}

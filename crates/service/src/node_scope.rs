@@ -1,0 +1,545 @@
+//! What a node's agent may see and change of the store, served to it by the servers: agents
+//! hold no store credentials, and run their controllers over this narrow view.
+//!
+//! A node reads its own `Node`, the VMs bound to it (`status.node`), and the volumes, networks,
+//! images and snapshots VMs reference; it writes its own `Node`, its VMs without changing their
+//! spec (status, and deleting those marked for deletion), and networks' status. Nothing else:
+//! identities, projects, sources, join tokens, other nodes and other nodes' VMs are refused.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use corral_store::{EventType, Object, Selector, Store, StoreError, WatchEvent, WatchStream};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An object as it travels between a server and an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireObject {
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The revision of its last write.
+    pub resource_version: u64,
+    /// The resource, JSON text.
+    pub body: String,
+}
+
+impl From<Object> for WireObject {
+    fn from(o: Object) -> Self {
+        WireObject {
+            kind: o.kind,
+            name: o.name,
+            uid: o.uid,
+            labels: o.labels,
+            resource_version: o.resource_version,
+            body: o.body,
+        }
+    }
+}
+
+impl From<WireObject> for Object {
+    fn from(o: WireObject) -> Self {
+        Object {
+            kind: o.kind,
+            name: o.name,
+            uid: o.uid,
+            labels: o.labels,
+            resource_version: o.resource_version,
+            body: o.body,
+        }
+    }
+}
+
+/// One store call of an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreCall {
+    /// [`Store::get`].
+    Get {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+    },
+    /// [`Store::list`].
+    List {
+        /// The kind.
+        kind: String,
+        /// A label selector, `k=v,…` (empty: all).
+        #[serde(default)]
+        selector: String,
+    },
+    /// [`Store::create`].
+    Create {
+        /// The object.
+        object: WireObject,
+    },
+    /// [`Store::update`].
+    Update {
+        /// The object, with the version it was read at.
+        object: WireObject,
+    },
+    /// [`Store::delete`].
+    Delete {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+        /// Only at this version.
+        #[serde(default)]
+        expected_version: Option<u64>,
+    },
+    /// [`Store::revision`].
+    Revision,
+}
+
+/// What a store call answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreAnswer {
+    /// One object.
+    Object(WireObject),
+    /// A list and its revision.
+    List {
+        /// The objects.
+        items: Vec<WireObject>,
+        /// The revision of the list.
+        revision: u64,
+    },
+    /// A revision.
+    Revision(u64),
+    /// One watch event.
+    Event {
+        /// Its revision.
+        revision: u64,
+        /// `added`, `modified` or `deleted`.
+        event: String,
+        /// The object.
+        object: WireObject,
+    },
+    /// The store's answer was an error (not found, a conflict …), or the node may not.
+    Error(WireError),
+}
+
+/// A store error as it travels: the ones controllers act on keep their shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "code", deny_unknown_fields)]
+pub enum WireError {
+    /// [`StoreError::NotFound`].
+    NotFound {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+    },
+    /// [`StoreError::AlreadyExists`].
+    AlreadyExists {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+    },
+    /// [`StoreError::Conflict`].
+    Conflict {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+        /// The version the caller had.
+        expected: u64,
+        /// The version stored.
+        actual: u64,
+    },
+    /// [`StoreError::Compacted`].
+    Compacted {
+        /// Asked after.
+        requested: u64,
+        /// The oldest revision still watchable.
+        oldest: u64,
+    },
+    /// The node may not do this.
+    PermissionDenied {
+        /// What was refused and why.
+        message: String,
+    },
+    /// Any other failure.
+    Other {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { kind, name } => WireError::NotFound { kind, name },
+            StoreError::AlreadyExists { kind, name } => WireError::AlreadyExists { kind, name },
+            StoreError::Conflict {
+                kind,
+                name,
+                expected,
+                actual,
+            } => WireError::Conflict {
+                kind,
+                name,
+                expected,
+                actual,
+            },
+            StoreError::Compacted { requested, oldest } => {
+                WireError::Compacted { requested, oldest }
+            }
+            other => WireError::Other {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<WireError> for StoreError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotFound { kind, name } => StoreError::NotFound { kind, name },
+            WireError::AlreadyExists { kind, name } => StoreError::AlreadyExists { kind, name },
+            WireError::Conflict {
+                kind,
+                name,
+                expected,
+                actual,
+            } => StoreError::Conflict {
+                kind,
+                name,
+                expected,
+                actual,
+            },
+            WireError::Compacted { requested, oldest } => {
+                StoreError::Compacted { requested, oldest }
+            }
+            WireError::PermissionDenied { message } | WireError::Other { message } => {
+                StoreError::backend("ask the server", message)
+            }
+        }
+    }
+}
+
+/// Kinds a node reads whole: what its VMs may reference.
+const SHARED_KINDS: &[&str] = &["Volume", "Network", "Image", "Snapshot"];
+
+/// The store as node `node` may use it.
+#[derive(Debug, Clone)]
+pub struct NodeScope {
+    store: Arc<dyn Store>,
+    node: String,
+}
+
+fn denied(message: String) -> WireError {
+    WireError::PermissionDenied { message }
+}
+
+impl NodeScope {
+    /// Node `node`'s view of `store`.
+    pub fn new(store: Arc<dyn Store>, node: impl Into<String>) -> Self {
+        NodeScope {
+            store,
+            node: node.into(),
+        }
+    }
+
+    fn bound_here(&self, obj: &Object) -> bool {
+        serde_json::from_str::<Value>(&obj.body)
+            .ok()
+            .is_some_and(|v| v["status"]["node"].as_str() == Some(self.node.as_str()))
+    }
+
+    fn readable(&self, obj: &Object) -> bool {
+        match obj.kind.as_str() {
+            "Vm" => self.bound_here(obj),
+            "Node" => obj.name == self.node,
+            kind => SHARED_KINDS.contains(&kind),
+        }
+    }
+
+    fn kind_readable(&self, kind: &str) -> Result<(), WireError> {
+        if kind == "Vm" || kind == "Node" || SHARED_KINDS.contains(&kind) {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "node {:?} may not read {kind} objects (only its Node, its VMs and what they \
+                 reference)",
+                self.node
+            )))
+        }
+    }
+
+    /// Answers one call.
+    pub async fn call(&self, call: StoreCall) -> StoreAnswer {
+        match self.answer(call).await {
+            Ok(answer) => answer,
+            Err(e) => StoreAnswer::Error(e),
+        }
+    }
+
+    async fn answer(&self, call: StoreCall) -> Result<StoreAnswer, WireError> {
+        let store = &self.store;
+        Ok(match call {
+            StoreCall::Get { kind, name } => {
+                self.kind_readable(&kind)?;
+                let obj = store.get(&kind, &name).await?;
+                if !self.readable(&obj) {
+                    return Err(denied(format!(
+                        "{kind} {name:?} is not node {:?}'s",
+                        self.node
+                    )));
+                }
+                StoreAnswer::Object(obj.into())
+            }
+            StoreCall::List { kind, selector } => {
+                self.kind_readable(&kind)?;
+                let selector: Selector = selector.parse().map_err(|e| WireError::Other {
+                    message: format!("selector {selector:?}: {e}"),
+                })?;
+                let (items, revision) = store.list(&kind, &selector).await?;
+                StoreAnswer::List {
+                    items: items
+                        .into_iter()
+                        .filter(|o| self.readable(o))
+                        .map(Into::into)
+                        .collect(),
+                    revision,
+                }
+            }
+            StoreCall::Create { object } => {
+                let object = Object::from(object);
+                if object.kind != "Node" || object.name != self.node {
+                    return Err(denied(format!(
+                        "node {:?} may create only its own Node, not {} {:?}",
+                        self.node, object.kind, object.name
+                    )));
+                }
+                StoreAnswer::Object(store.create(object).await?.into())
+            }
+            StoreCall::Update { object } => {
+                let object = Object::from(object);
+                let stored = store.get(&object.kind, &object.name).await?;
+                self.may_update(&stored, &object)?;
+                StoreAnswer::Object(store.update(object).await?.into())
+            }
+            StoreCall::Delete {
+                kind,
+                name,
+                expected_version,
+            } => {
+                let stored = store.get(&kind, &name).await?;
+                let deleting = serde_json::from_str::<Value>(&stored.body)
+                    .ok()
+                    .is_some_and(|v| is_set(&v["metadata"]["deleting"]));
+                if kind != "Vm" || !self.bound_here(&stored) || !deleting {
+                    return Err(denied(format!(
+                        "node {:?} may delete only its own VMs marked for deletion, not {kind} \
+                         {name:?}",
+                        self.node
+                    )));
+                }
+                StoreAnswer::Object(store.delete(&kind, &name, expected_version).await?.into())
+            }
+            StoreCall::Revision => StoreAnswer::Revision(store.revision().await?),
+        })
+    }
+
+    /// Its own Node (not its spec: cordoning is the admins'); the status of its VMs and of
+    /// networks, and marking its VMs for deletion (an expired VM).
+    fn may_update(&self, stored: &Object, new: &Object) -> Result<(), WireError> {
+        let allowed = match stored.kind.as_str() {
+            "Node" => stored.name == self.node && same_spec(stored, new),
+            "Vm" => self.bound_here(stored) && only_status(stored, new),
+            "Network" => only_status(stored, new),
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "node {:?} may not change {} {:?} (only its Node, and the status of its VMs and \
+                 of networks)",
+                self.node, stored.kind, stored.name
+            )))
+        }
+    }
+
+    /// Follows the changes the node may see, after `after`: a VM's events while it is bound
+    /// here, and the one that moves it away or deletes it.
+    pub async fn watch(&self, kind: Option<&str>, after: u64) -> Result<WatchStream, WireError> {
+        if let Some(kind) = kind {
+            self.kind_readable(kind)?;
+        }
+        let mut inner = self.store.watch(kind, after).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let scope = self.clone();
+        tokio::spawn(async move {
+            // VMs bound here when the watch started: a watch resumed after the agent restarted
+            // must still see them move away.
+            let mut mine: HashSet<String> = scope
+                .store
+                .list("Vm", &Selector::default())
+                .await
+                .map(|(vms, _)| {
+                    vms.into_iter()
+                        .filter(|v| scope.bound_here(v))
+                        .map(|v| v.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            while let Some(event) = inner.recv().await {
+                let pass = match &event {
+                    Err(_) => true,
+                    Ok(WatchEvent { object, event, .. }) if object.kind == "Vm" => {
+                        let here = scope.bound_here(object) && *event != EventType::Deleted;
+                        let was = if here {
+                            !mine.insert(object.name.clone())
+                        } else {
+                            mine.remove(&object.name)
+                        };
+                        here || was
+                    }
+                    Ok(WatchEvent { object, .. }) => scope.readable(object),
+                };
+                if pass && tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(WatchStream::new(rx))
+    }
+}
+
+fn is_set(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
+}
+
+/// Whether `new` changes only the status of `stored`, or marks it for deletion.
+fn only_status(stored: &Object, new: &Object) -> bool {
+    let parse = |o: &Object| serde_json::from_str::<Value>(&o.body).ok();
+    let (Some(mut a), Some(mut b)) = (parse(stored), parse(new)) else {
+        return false;
+    };
+    let deleting = |v: &Value| is_set(&v["metadata"]["deleting"]);
+    if deleting(&a) && !deleting(&b) {
+        return false;
+    }
+    for v in [&mut a, &mut b] {
+        if let Some(meta) = v["metadata"].as_object_mut() {
+            meta.remove("resource_version");
+            meta.remove("deleting");
+        }
+    }
+    stored.labels == new.labels
+        && a["spec"] == b["spec"]
+        && a["metadata"] == b["metadata"]
+        && a["kind"] == b["kind"]
+}
+
+fn same_spec(a: &Object, b: &Object) -> bool {
+    let spec = |o: &Object| serde_json::from_str::<Value>(&o.body).map(|v| v["spec"].clone());
+    matches!((spec(a), spec(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `added`, `modified`, `deleted`.
+pub fn event_name(e: EventType) -> &'static str {
+    match e {
+        EventType::Added => "added",
+        EventType::Modified => "modified",
+        EventType::Deleted => "deleted",
+    }
+}
+
+/// The event named by [`event_name`].
+pub fn event_of(name: &str) -> Option<EventType> {
+    match name {
+        "added" => Some(EventType::Added),
+        "modified" => Some(EventType::Modified),
+        "deleted" => Some(EventType::Deleted),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(node: &str, cpus: u32, deleting: bool, project: &str) -> Object {
+        let body = serde_json::json!({
+            "kind": "Vm",
+            "metadata": {"name": "v", "project": project, "deleting": deleting, "resource_version": 3},
+            "spec": {"cpus": cpus},
+            "status": {"node": node, "phase": "Running"},
+        });
+        Object::new("Vm", "v", "u", body.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_node_changes_only_the_status_of_its_own_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            corral_store::SqliteStore::open(dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let a = NodeScope::new(store.clone(), "a");
+        let own = vm("a", 1, false, "default");
+        assert!(
+            a.may_update(&own, &vm("b", 1, false, "default")).is_ok(),
+            "gives it back"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 1, true, "default")).is_ok(),
+            "expires it"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 2, false, "default")).is_err(),
+            "the spec"
+        );
+        assert!(
+            a.may_update(&own, &vm("a", 1, false, "other")).is_err(),
+            "the project"
+        );
+        let mut relabelled = own.clone();
+        relabelled.labels.insert("x".into(), "y".into());
+        assert!(a.may_update(&own, &relabelled).is_err(), "labels");
+        assert!(
+            a.may_update(&vm("a", 1, true, "default"), &own).is_err(),
+            "undeleting"
+        );
+        let theirs = vm("b", 1, false, "default");
+        assert!(
+            a.may_update(&theirs, &vm("a", 1, false, "default"))
+                .is_err(),
+            "taking one"
+        );
+        assert!(!a.readable(&theirs) && a.readable(&own));
+        let id = Object::new("Identity", "ci", "u", "{}");
+        assert!(!a.readable(&id));
+        assert!(matches!(
+            a.call(StoreCall::List {
+                kind: "Identity".into(),
+                selector: String::new()
+            })
+            .await,
+            StoreAnswer::Error(WireError::PermissionDenied { .. })
+        ));
+        let other_node = Object::new("Node", "b", "u", r#"{"spec": {}}"#);
+        assert!(a.may_update(&other_node, &other_node).is_err());
+        let mine = Object::new("Node", "a", "u", r#"{"spec": {"unschedulable": true}}"#);
+        let uncordoned = Object::new("Node", "a", "u", r#"{"spec": {}}"#);
+        assert!(
+            a.may_update(&mine, &uncordoned).is_err(),
+            "cordon is the admins'"
+        );
+    }
+}
