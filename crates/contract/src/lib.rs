@@ -82,6 +82,6 @@ pub use storage::{
     is_digest, parse_checksum,
 };
 pub use vm::{
-    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Placement, Power, RestartPolicy, Vm,
-    VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
+    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, Phase, Placement, Power, RestartPolicy,
+    Share, Vm, VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
 };
