@@ -708,6 +708,10 @@ impl VmController {
                 return self.start_failed(vm, e.to_string(), restart).await;
             }
         }
+        let rules = self.config.host_paths.clone().unwrap_or_default();
+        if let Err(e) = crate::host_files::open_shares(&rules, &vm.spec, &mut config) {
+            return self.start_failed(vm, e.to_string(), restart).await;
+        }
         let generation = vm.metadata.generation;
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {
             let resolved = match &self.storage {

@@ -327,6 +327,7 @@ mod tests {
             start_paused: false,
             nics: vec![],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

@@ -51,7 +51,7 @@ pub fn command_line(
             if accel == Accel::Tcg { "max" } else { "host" },
         );
     }
-    if config.memory_file.is_some() {
+    if config.memory_file.is_some() || !config.shares.is_empty() {
         machine = machine.set("memory-backend", "ram0");
     }
     cmd.opts("-machine", machine);
@@ -131,6 +131,7 @@ pub fn command_line(
     }
 
     crate::net::add_nics(&mut cmd, config);
+    crate::virtiofs::add_shares(&mut cmd, config);
 
     // The monitor and console sockets are bound by the backend and inherited (their paths
     // stay in the VM's directory, which QEMU may not write): QMP at fd 3, console at fd 4.
@@ -246,6 +247,7 @@ mod tests {
             start_paused: false,
             nics: vec![],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

@@ -118,6 +118,7 @@ mod tests {
                 backend,
             }],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

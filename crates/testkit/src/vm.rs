@@ -151,6 +151,7 @@ impl TestVmBuilder {
             start_paused: self.start_paused,
             nics: Vec::new(),
             files: Default::default(),
+            shares: Vec::new(),
         })
     }
 

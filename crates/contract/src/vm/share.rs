@@ -13,7 +13,7 @@ use crate::ValidationError;
 #[serde(deny_unknown_fields)]
 pub struct Share {
     /// The host directory (absolute).
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::schema::absolute_path)]
     pub host_path: PathBuf,
     /// The name the guest mounts it by: 1-36 letters, digits, '-', '_' or '.'.
     #[schema(min_length = 1, max_length = 36, pattern = "^[-A-Za-z0-9_.]{1,36}$")]
