@@ -15,7 +15,7 @@ pub const DEFAULT_GUEST: &str = "/project";
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Folder {
-    /// The host folder, absolute or relative to corral.yaml's folder [default: .]
+    /// The host folder: absolute, under ~/, or relative to corral.yaml's folder [default: .]
     #[serde(default = "dot")]
     #[schemars(with = "String")]
     pub host: PathBuf,
@@ -94,10 +94,11 @@ pub struct Mount {
 impl Mount {
     /// `folder` with its host path made absolute against `base`.
     pub fn resolve(folder: &Folder, base: &Path) -> Mount {
-        let host = if folder.host.is_absolute() {
-            folder.host.clone()
-        } else {
-            base.join(&folder.host)
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let host = match (folder.host.strip_prefix("~"), home) {
+            (Ok(rest), Some(home)) => home.join(rest),
+            _ if folder.host.is_absolute() => folder.host.clone(),
+            _ => base.join(&folder.host),
         };
         // `..` stays for corrald to judge beneath its allowed folders; `.` goes.
         let host = host
