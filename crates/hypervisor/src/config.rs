@@ -58,8 +58,8 @@ pub struct ShareConfig {
     pub read_only: bool,
     /// Who owns it: virtiofsd runs as this user, who is root in the guest's view.
     pub owner: crate::FileOwner,
-    /// The folder opened and checked by the controller; virtiofsd serves this very directory.
-    /// Not part of a launch record.
+    /// The folder opened and checked by the controller; virtiofsd starts in it. Not part of
+    /// a launch record.
     #[serde(skip)]
     pub dir: PassedFiles,
 }

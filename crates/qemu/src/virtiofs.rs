@@ -7,6 +7,10 @@
 //! as another user, get both wrong: lima#1513, #2437). It can reach only what the owner
 //! can. A read-only share is a read-only bind mount in its own mount namespace.
 //!
+//! virtiofsd starts in the directory the controller opened and checked, and is given its
+//! resolved path (it bind-mounts and pivots into the path, which it needs by name); as it runs
+//! as the folder's owner, a rename in between can only lead it to what that owner may read.
+//!
 //! corrald binds the vhost-user socket, hands the listening end to virtiofsd (`--fd`),
 //! connects to it itself and gives QEMU the connected end (`-chardev socket,fd=N`): neither
 //! process needs to find the other by path, and QEMU never opens a file.
@@ -145,7 +149,10 @@ pub(crate) fn serve(share: &ShareConfig, socket: &Path, log: &Path) -> Result<Un
     let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|e| Error::io("starting virtiofsd", e))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_file(socket);
+            Error::io("starting virtiofsd", e)
+        })?;
     drop(child);
     let stream = UnixStream::connect(socket).map_err(|e| {
         Error::io(
