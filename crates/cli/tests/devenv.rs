@@ -483,6 +483,9 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
         std::fs::read_to_string(project.join("guest.txt")).unwrap(),
         "from the guest\n"
     );
+    // A file made on the host while the guest runs is there for it.
+    std::fs::write(project.join("live.txt"), "made while it ran\n").unwrap();
+    assert_eq!(ssh("cat /project/live.txt"), "made while it ran\n");
     // A read-only folder reads but refuses writes.
     let ro = ssh("cat /data/readme; touch /data/new 2>&1 || true");
     assert!(
