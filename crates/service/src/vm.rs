@@ -138,7 +138,7 @@ impl Strategy for VmKind {
                 name: name.to_owned(),
                 state: current.status.phase.to_string(),
                 rule: format!(
-                    "volumes and boot are changed only while it is stopped (corral vm stop {name} --wait)"
+                    "volumes and boot are changed only while it is stopped, and so are shares (corral vm stop {name} --wait)"
                 ),
             });
         }
