@@ -56,6 +56,11 @@ need git git
 # Development environments' service tests reach PostgreSQL and Redis in a guest from the host.
 need psql postgresql-client
 need redis-cli redis-tools
+# Shared folders: virtiofsd (QEMU 7.2's, in qemu-system-common on Debian 12); the offline
+# test runs corrald in a loopback-only network namespace (unshare, nsenter).
+[ -x /usr/lib/qemu/virtiofsd ] || [ -x /usr/libexec/virtiofsd ] || missing+=(qemu-system-common)
+need unshare util-linux
+need nsenter util-linux
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"

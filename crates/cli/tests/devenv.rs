@@ -312,8 +312,29 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
  {
     let range = port_range();
     let cache = build_cache();
-    let d = Corrald::start_with(
-        workspace_binary("corrald"),
+    // corrald starts through a script that, once `offline` exists, runs it in a network
+    // namespace with only loopback: no route to any mirror, registry or proxy.
+    let root = tempfile::tempdir().unwrap();
+    let offline = root.path().join("offline");
+    let wrapper = root.path().join("corrald");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then\n  exec unshare --net -- sh -c 'ip link set lo up && \
+             exec \"$0\" \"$@\"' '{}' \"$@\"\nfi\nexec '{}' \"$@\"\n",
+            offline.display(),
+            workspace_binary("corrald").display(),
+            workspace_binary("corrald").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut d = Corrald::start_with(
+        &wrapper,
         &[
             "--port-range",
             &range,
@@ -325,10 +346,20 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     let keys = tempfile::tempdir().unwrap();
     let cli = Cli::new(env!("CARGO_BIN_EXE_corral"), &d).env("CORRAL_SSH_DIR", keys.path());
 
-    let root = tempfile::tempdir().unwrap();
     let project = root.path().join("Web_Shop");
     std::fs::create_dir(&project).unwrap();
     std::fs::write(project.join("Cargo.toml"), "[package]\n").unwrap();
+    // The project belongs to a user (uid 1000), as a checkout does; the guest's root is that
+    // user in the shared folder.
+    let hello = project.join("hello.txt");
+    std::fs::write(&hello, "from the host\n").unwrap();
+    std::fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    for path in [&project, &hello] {
+        std::os::unix::fs::chown(path, Some(1000), Some(1000)).unwrap();
+    }
+    let data = root.path().join("ro-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("readme"), "read only\n").unwrap();
     let in_project = |args: &[&str]| {
         let out = cli
             .command()
@@ -373,7 +404,9 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
             &file,
             format!(
                 "vms:\n  app:\n    services: [postgres, redis]\n    memory: 1G\n    disk: 5G\n    \
-                 ports: [8080]\n    env:\n      GREETING: hello there\n    provision:\n{steps}"
+                 ports: [8080]\n    env:\n      GREETING: hello there\n    folders:\n      \
+                 - {{guest: /project}}\n      - {{host: ../ro-data, guest: /data, read_only: true}}\n    \
+                 provision:\n{steps}"
             ),
         )
         .unwrap();
@@ -428,6 +461,39 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     assert_eq!(ssh("cat /root/count").trim(), "two");
     assert_eq!(ssh("echo $GREETING").trim(), "hello there");
 
+    // The project folder is mounted: the host user's file is root's in the guest, with its
+    // mode; what the guest writes and chmods is the host user's, with the guest's modes.
+    assert_eq!(
+        ssh("stat -c '%u %a' /project/hello.txt; cat /project/hello.txt"),
+        "0 640\nfrom the host\n"
+    );
+    ssh(
+        "echo from the guest > /project/guest.txt; chmod 751 /project/guest.txt; \
+         chmod 604 /project/hello.txt; mkdir -p /project/sub/dir",
+    );
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(meta(&project.join("guest.txt")), (1000, 1000, 0o751));
+    assert_eq!(meta(&hello), (1000, 1000, 0o604));
+    assert_eq!(meta(&project.join("sub/dir")).0, 1000);
+    assert_eq!(
+        std::fs::read_to_string(project.join("guest.txt")).unwrap(),
+        "from the guest\n"
+    );
+    // A file made on the host while the guest runs is there for it.
+    std::fs::write(project.join("live.txt"), "made while it ran\n").unwrap();
+    assert_eq!(ssh("cat /project/live.txt"), "made while it ran\n");
+    // A read-only folder reads but refuses writes.
+    let ro = ssh("cat /data/readme; touch /data/new 2>&1 || true");
+    assert!(
+        ro.starts_with("read only\n") && ro.contains("Read-only file system"),
+        "{ro}"
+    );
+    assert!(!data.join("new").exists());
+
     // Again: nothing changes, nothing runs.
     let out = cli.ok(&["up", "-f", file.to_str().unwrap()]);
     assert!(out.contains("vm/web-shop-app unchanged"), "{out}");
@@ -472,10 +538,58 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
         );
     }
 
-    // Down stops the VM and keeps its disk; destroy deletes both.
+    // Down stops the VM and keeps its disk.
     cli.ok(&["down", "-f", file.to_str().unwrap()]);
     assert_eq!(cli.get("vm", "web-shop-app")["status"]["phase"], "Stopped");
     cli.get("volume", "web-shop-app");
+
+    // Offline from here on: corrald restarts in a network namespace with only loopback, and
+    // the CLI runs in it too (it reaches the guests' forwarded ports there). `up` boots the
+    // built image's VM again, provisioned and with its services, with no network at all.
+    drop(cli);
+    std::fs::write(&offline, "").unwrap();
+    d.restart().expect("corrald restarts offline");
+    let cli_in_netns = root.path().join("corral");
+    std::fs::write(
+        &cli_in_netns,
+        format!(
+            "#!/bin/sh\nexec nsenter --net=/proc/{}/ns/net -- '{}' \"$@\"\n",
+            d.pid().expect("corrald's pid"),
+            env!("CARGO_BIN_EXE_corral")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &cli_in_netns,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cli = Cli::new(&cli_in_netns, &d).env("CORRAL_SSH_DIR", keys.path());
+    let routes = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", d.pid().unwrap()))
+        .args(["ip", "-o", "route", "show", "table", "all"])
+        .output()
+        .expect("ip");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.lines().all(|l| l.contains(" lo ")),
+        "only loopback in corrald's namespace: {routes}"
+    );
+    // The failing step taken out again: the steps done before stay done.
+    declare(&[one, "echo three >> /root/count"]);
+    let out = cli.ok(&["up", "-f", file.to_str().unwrap(), "--timeout", "900"]);
+    assert!(out.contains("project web-shop is up"), "{out}");
+    assert!(!out.contains("provisioning"), "{out}");
+    assert!(out.contains("vm/web-shop-app redis: redis://"), "{out}");
+    let ssh = |cmd: &str| cli.ok(&["ssh", "-f", file.to_str().unwrap(), "--", cmd]);
+    assert_eq!(ssh("cat /project/guest.txt"), "from the guest\n");
+    let out = ssh("timeout 30 getent hosts deb.debian.org || echo UNRESOLVED");
+    assert!(
+        out.contains("UNRESOLVED"),
+        "the guest has no way out either: {out}"
+    );
+
+    // Destroy deletes the VM and its disk.
     let out = cli.ok(&["destroy", "-f", file.to_str().unwrap()]);
     assert!(out.contains("vm/web-shop-app pruned"), "{out}");
     cli.wait_gone("vm", "web-shop-app");
@@ -486,14 +600,15 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     // command runs in the guest, and the VM and its disk go when it ends.
     let temp = cli
         .command()
+        .arg("temp")
+        .arg(&project)
         .args([
-            "temp",
             "--image",
             "debian-12-postgres-redis",
             "--ttl",
             "2h",
             "--",
-            "hostname",
+            "hostname; cat guest.txt",
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -520,6 +635,10 @@ fn a_project_file_comes_up_provisioned_changes_in_place_and_goes_with_destroy_an
     assert!(out.status.success(), "{stdout}{stderr}");
     // The guest answered with its own name, then the VM went.
     assert!(stdout.lines().any(|l| l.trim() == name), "{stdout}");
+    assert!(
+        stdout.contains("from the guest"),
+        "FOLDER at /project: {stdout}"
+    );
     assert!(stdout.contains(&format!("vm/{name} deleted")), "{stdout}");
     cli.wait_gone("vm", &name);
     cli.wait_gone("volume", &name);

@@ -83,5 +83,5 @@ pub use storage::{
 };
 pub use vm::{
     Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, MigrationPhase, MigrationStatus, Phase,
-    Placement, Power, RestartPolicy, Vm, VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
+    Placement, Power, RestartPolicy, Share, Vm, VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
 };

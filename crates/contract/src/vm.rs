@@ -1,10 +1,12 @@
 mod options;
 mod placement;
+mod share;
 mod spec;
 mod status;
 
 pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
 pub use placement::Placement;
+pub use share::Share;
 pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
 pub use status::{ExitInfo, MigrationPhase, MigrationStatus, Phase, VmStatus};
 

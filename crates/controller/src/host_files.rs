@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use corral_contract::{DiskFormat, VmSpec};
-use corral_hypervisor::{BootSource, VmConfig};
+use corral_hypervisor::{BootSource, FileOwner, PassedFiles, ShareConfig, VmConfig};
 use corral_storage::{HostAccess, HostPathError, HostPaths};
 
 use crate::ControllerError;
@@ -67,6 +67,36 @@ pub fn open(
             first.path = passed;
             first.readonly = true;
         }
+    }
+    Ok(())
+}
+
+/// Opens the folders the spec shares under `rules` (as admission let them through, like
+/// [`open`]) and adds them to `config`: each served from the opened directory, as its owner.
+pub fn open_shares(
+    rules: &HostPaths,
+    spec: &VmSpec,
+    config: &mut VmConfig,
+) -> Result<(), ControllerError> {
+    for share in &spec.shares {
+        let dir = rules
+            .open_dir(&share.host_path, HostAccess::Admin)
+            .map_err(|source| ControllerError::HostFile {
+                field: "spec.shares.host_path",
+                source,
+            })?;
+        let mut passed = PassedFiles::default();
+        passed.pass(dir.fd);
+        config.shares.push(ShareConfig {
+            tag: share.tag.clone(),
+            path: dir.real_path,
+            read_only: share.read_only,
+            owner: FileOwner {
+                uid: dir.uid,
+                gid: dir.gid,
+            },
+            dir: passed,
+        });
     }
     Ok(())
 }

@@ -192,6 +192,12 @@ impl VmController {
                 "only a running or paused VM moves live; it is {}",
                 vm.status.phase
             ))
+        } else if !vm.spec.shares.is_empty() {
+            Err(
+                "its shared folders (virtiofs) cannot move with it; stop it and start it on \
+                 the other node instead"
+                    .into(),
+            )
         } else if vm.spec.volume_names().next().is_some() {
             Err(
                 "its volumes are on this node, and moving disks with the VM is not built yet; \

@@ -775,6 +775,8 @@ impl VmController {
         if let Some(rules) = &self.config.host_paths {
             crate::host_files::open(rules, &vm.spec, &mut config).map_err(|e| e.to_string())?;
         }
+        let rules = self.config.host_paths.clone().unwrap_or_default();
+        crate::host_files::open_shares(&rules, &vm.spec, &mut config).map_err(|e| e.to_string())?;
         if !crate::disks::attached_volumes(&vm.spec).is_empty() {
             match &self.storage {
                 Some(storage) => crate::disks::resolve(storage, vm, &mut config)

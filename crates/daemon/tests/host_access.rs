@@ -183,6 +183,26 @@ async fn a_tenant_names_only_regular_files_below_allowed_dirs_and_they_boot() ->
         });
         refused(tenant.create_vm(&vm).await, "spec.boot.disk.path", says);
     }
+    // Shared folders follow the same rules: never `/` or `/etc` for a tenant, nothing leaving
+    // the allowed directory or through a link, only directories.
+    let share_attacks: Vec<(PathBuf, &str)> = vec![
+        ("/etc".into(), "only an admin may name host files"),
+        ("/".into(), "only an admin may name host files"),
+        (a.join("sub/../.."), "leaves the allowed directory"),
+        (a.join("shadow-link"), "symbolic link"),
+        (a.join("vmlinuz"), "is a regular file, not a directory"),
+    ];
+    for (i, (path, says)) in share_attacks.iter().enumerate() {
+        let mut vm = kernel_vm(&format!("share-{i}"), &kernel, &initrd);
+        vm.spec
+            .shares
+            .push(corral_contract::Share::new(path.clone(), "project"));
+        refused(
+            tenant.create_vm(&vm).await,
+            "spec.shares[0].host_path",
+            says,
+        );
+    }
     // REST is the same service: 400, the field named.
     let rest = corral_testkit::http::Api::tls(port, tls.ca()).token(Some("tenant"));
     let body = serde_json::json!({

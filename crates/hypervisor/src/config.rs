@@ -46,6 +46,27 @@ pub struct VmConfig {
     /// a launch record.
     #[serde(skip)]
     pub files: PassedFiles,
+    /// Host folders the guest mounts (virtiofs).
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
+}
+
+/// A host folder the guest mounts by `tag`, served by a virtiofsd of its own that runs as the
+/// folder's owner, mapped to the guest's root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareConfig {
+    /// The tag the guest mounts.
+    pub tag: String,
+    /// The folder (as it was resolved when it was opened, for the launch record).
+    pub path: PathBuf,
+    /// Serve it read-only.
+    pub read_only: bool,
+    /// Who owns it: virtiofsd runs as this user, who is root in the guest's view.
+    pub owner: crate::FileOwner,
+    /// The folder opened and checked by the controller; virtiofsd starts in it. Not part of
+    /// a launch record.
+    #[serde(skip)]
+    pub dir: PassedFiles,
 }
 
 /// Open files handed to QEMU by descriptor (see [`VmConfig::files`]).
@@ -65,6 +86,11 @@ impl PassedFiles {
         let path = PathBuf::from(format!("/dev/fd/{}", fd.as_raw_fd()));
         self.0.push(Arc::new(fd));
         path
+    }
+
+    /// The first descriptor kept.
+    pub fn first(&self) -> Option<RawFd> {
+        self.0.first().map(|fd| fd.as_raw_fd())
     }
 
     /// The descriptors QEMU must inherit.
@@ -159,6 +185,7 @@ impl VmConfig {
             incoming: false,
             nics: Vec::new(),
             files: PassedFiles::default(),
+            shares: Vec::new(),
         }
     }
 }

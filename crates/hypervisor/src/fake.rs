@@ -328,6 +328,7 @@ mod tests {
             incoming: false,
             nics: vec![],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

@@ -34,7 +34,9 @@ mod memory;
 mod net;
 mod types;
 
-pub use config::{BootSource, DiskConfig, PassedFiles, VmConfig, format_from_extension};
+pub use config::{
+    BootSource, DiskConfig, PassedFiles, ShareConfig, VmConfig, format_from_extension,
+};
 pub use console::{Console, ConsoleInput};
 pub use corral_contract::DiskFormat;
 pub use error::Error;

@@ -344,13 +344,24 @@ impl QemuBackend {
         let taps = crate::net::taps(config)
             .map(files::open_tap)
             .collect::<Result<Vec<_>, _>>()?;
+        let shares = config
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, share)| {
+                let socket = paths.dir.join(format!("fs{i}.sock"));
+                crate::virtiofs::serve(share, &socket, &paths.dir.join(format!("virtiofsd{i}.log")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if owner.is_some() {
             files::share_search(&paths.dir, owner)?;
         }
-        // In the order the command line names them: fd 3, 4, then the TAPs from 5.
+        // In the order the command line names them: fd 3, 4, the TAPs from 5, then the
+        // shares' sockets.
         let inherit: Vec<_> = [qmp.as_fd(), console.as_fd()]
             .into_iter()
             .chain(taps.iter().map(AsFd::as_fd))
+            .chain(shares.iter().map(AsFd::as_fd))
             .collect();
         process::spawn(cmd, &paths.qemu_log, self.run_as.as_ref(), &inherit)
             .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))

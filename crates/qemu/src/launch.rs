@@ -55,7 +55,7 @@ pub fn command_line(
             if accel == Accel::Tcg { "max" } else { "host" },
         );
     }
-    if config.memory_file.is_some() {
+    if config.memory_file.is_some() || !config.shares.is_empty() {
         machine = machine.set("memory-backend", "ram0");
     }
     cmd.opts("-machine", machine);
@@ -135,6 +135,7 @@ pub fn command_line(
     }
 
     crate::net::add_nics(&mut cmd, config);
+    crate::virtiofs::add_shares(&mut cmd, config);
 
     // The monitor and console sockets are bound by the backend and inherited (their paths
     // stay in the VM's directory, which QEMU may not write): QMP at fd 3, console at fd 4.
@@ -251,6 +252,7 @@ mod tests {
             incoming: false,
             nics: vec![],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

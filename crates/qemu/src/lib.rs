@@ -29,6 +29,7 @@
 //!     start_paused: false,
 //!     nics: vec![],
 //!     files: Default::default(),
+//!     shares: Vec::new(),
 //! };
 //! let info = backend.start(&config).await?;
 //! println!("pid {} on {}", info.pid, info.accel);
@@ -49,6 +50,7 @@ mod layout;
 mod net;
 mod process;
 mod serial;
+mod virtiofs;
 mod vm;
 
 pub use accel::{HostCaps, resolve as resolve_accel};

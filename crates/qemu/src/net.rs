@@ -119,6 +119,7 @@ mod tests {
                 backend,
             }],
             files: Default::default(),
+            shares: Vec::new(),
         }
     }
 

@@ -116,7 +116,8 @@ impl Resources<NodeKind> {
             // back to stopping it there (the request says it is a drain's).
             let live = matches!(vm.status.phase, Phase::Running | Phase::Paused)
                 && vm.spec.power != Power::Stopped
-                && vm.spec.volume_names().next().is_none();
+                && vm.spec.volume_names().next().is_none()
+                && vm.spec.shares.is_empty();
             if live {
                 match vms.migrate_for_drain(&key).await {
                     Ok(vm) => {

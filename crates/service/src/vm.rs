@@ -38,6 +38,11 @@ impl VmKind {
                 .map(drop)
                 .map_err(|e| ValidationError::new(field, e.to_string()))
         };
+        for (i, share) in spec.shares.iter().enumerate() {
+            rules.open_dir(&share.host_path, access).map_err(|e| {
+                ValidationError::new(format!("spec.shares[{i}].host_path"), e.to_string())
+            })?;
+        }
         match &spec.boot {
             Boot::Kernel { kernel, initrd, .. } => {
                 file("spec.boot.kernel.kernel", kernel)?;
@@ -122,8 +127,10 @@ impl Strategy for VmKind {
     }
 
     fn check_update(&self, current: &Vm, desired: &Vm) -> Result<(), ServiceError> {
-        let disks_changed =
-            current.spec.volumes != desired.spec.volumes || current.spec.boot != desired.spec.boot;
+        // Shares are devices too: QEMU gets them at start.
+        let disks_changed = current.spec.volumes != desired.spec.volumes
+            || current.spec.boot != desired.spec.boot
+            || current.spec.shares != desired.spec.shares;
         if disks_changed && is_live(current) {
             let name = current.metadata.name.as_str();
             return Err(ServiceError::WrongState {
@@ -131,7 +138,7 @@ impl Strategy for VmKind {
                 name: name.to_owned(),
                 state: current.status.phase.to_string(),
                 rule: format!(
-                    "volumes and boot are changed only while it is stopped (corral vm stop {name} --wait)"
+                    "volumes and boot are changed only while it is stopped, and so are shares (corral vm stop {name} --wait)"
                 ),
             });
         }
@@ -176,7 +183,7 @@ impl Resources<VmKind> {
     ) -> Result<Vm, ServiceError> {
         corral_contract::Object::validate(&vm)?;
         let current = self.get(&vm.metadata.key()).await?;
-        if current.spec.boot != vm.spec.boot {
+        if current.spec.boot != vm.spec.boot || current.spec.shares != vm.spec.shares {
             self.strategy().check_paths(&vm.spec, access)?;
         }
         self.update_opts(vm, dry_run).await
@@ -412,6 +419,53 @@ mod tests {
             "{err}"
         );
         assert!(svc.list("").await.unwrap().0.is_empty(), "nothing created");
+    }
+
+    #[tokio::test]
+    async fn shared_folders_outside_allowed_dirs_are_admin_only() {
+        let (svc, dir) = service().await;
+        let allowed = dir.path().join("projects");
+        std::fs::create_dir_all(allowed.join("shop")).unwrap();
+        let svc = svc.with_host_paths(
+            HostPaths::new()
+                .allow(&allowed)
+                .private(dir.path().join("data")),
+        );
+        let kernel = allowed.join("vmlinuz");
+        std::fs::write(&kernel, b"k").unwrap();
+        let sharing = |path: &str| {
+            let spec = VmSpec::builder(Boot::kernel(&kernel))
+                .share(corral_contract::Share::new(path, "project"))
+                .build()
+                .unwrap();
+            Vm::new("a".parse().unwrap(), spec)
+        };
+        for path in ["/etc", "/"] {
+            let err = svc
+                .create_as(sharing(path), HostAccess::Confined)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "spec.shares[0].host_path: {path}: only an admin may name host files"
+                )),
+                "{err}"
+            );
+        }
+        let escape = format!("{}/shop/../../", allowed.display());
+        let err = svc
+            .create_as(sharing(&escape), HostAccess::Confined)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("leaves the allowed directory"),
+            "{err}"
+        );
+        assert!(svc.list("").await.unwrap().0.is_empty(), "nothing created");
+        let shop = allowed.join("shop");
+        svc.create_as(sharing(shop.to_str().unwrap()), HostAccess::Confined)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -65,6 +65,14 @@ pub enum HostPathError {
         /// What it is (`directory`, `character device`, `FIFO` …).
         kind: &'static str,
     },
+    /// Not a directory where one is needed.
+    #[error("{path}: is a {kind}, not a directory")]
+    NotDirectory {
+        /// The path as given.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// A file no caller may name.
     #[error("{path}: refused, it is {what}")]
     Refused {
@@ -91,6 +99,19 @@ pub struct HostFile {
     pub file: File,
     /// Where it really is (after the kernel resolved the path).
     pub real_path: PathBuf,
+}
+
+/// A host directory opened and checked by [`HostPaths::open_dir`].
+#[derive(Debug)]
+pub struct HostDir {
+    /// The directory, open as `O_PATH`.
+    pub fd: OwnedFd,
+    /// Where it really is (after the kernel resolved the path).
+    pub real_path: PathBuf,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
 }
 
 /// The rules for host paths on one daemon.
@@ -203,6 +224,60 @@ impl HostPaths {
         // file opens without side effects (unlike a FIFO or a device).
         let file = File::open(&proc_path).map_err(open_err)?;
         Ok(HostFile { file, real_path })
+    }
+
+    /// Opens the directory `path` (a share the guest mounts) under these rules, as an
+    /// `O_PATH` descriptor: beneath an allowed directory for everyone, anywhere for an admin.
+    /// It must be a directory on a real file system that neither is inside corrald's own state
+    /// nor holds it (sharing `/var/lib` would hand the guest corrald's store).
+    pub fn open_dir(&self, path: &Path, access: HostAccess) -> Result<HostDir, HostPathError> {
+        let (fd, _) = self.open_path(path, access)?;
+        let open_err = |source| HostPathError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| open_err(e.into()))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::Directory {
+            return Err(HostPathError::NotDirectory {
+                path: path.to_owned(),
+                kind: kind_name(kind),
+            });
+        }
+        let fs = rustix::fs::fstatfs(&fd).map_err(|e| open_err(e.into()))?;
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+        if PSEUDO_FS.contains(&(fs.f_type as u64)) {
+            return Err(HostPathError::Refused {
+                path: path.to_owned(),
+                what: "a kernel interface (proc, sys …), not a folder",
+            });
+        }
+        let proc_path = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+        let real_path = std::fs::read_link(&proc_path).map_err(open_err)?;
+        if real_path.starts_with("/dev") {
+            return Err(HostPathError::Refused {
+                path: path.to_owned(),
+                what: "the host's device folder",
+            });
+        }
+        if self.private.iter().any(|dir| dir.starts_with(&real_path))
+            || self
+                .blobs
+                .as_ref()
+                .is_some_and(|b| b.starts_with(&real_path) || real_path.starts_with(b))
+        {
+            return Err(HostPathError::Refused {
+                path: path.to_owned(),
+                what: "a folder holding corrald's own state (its data or run directory)",
+            });
+        }
+        self.check_private(path, &real_path)?;
+        Ok(HostDir {
+            fd,
+            real_path,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+        })
     }
 
     /// The file as an `O_PATH` descriptor, and whether it was opened beneath an allowed
@@ -320,6 +395,7 @@ fn normal(path: &Path) -> PathBuf {
 fn kind_name(kind: FileType) -> &'static str {
     match kind {
         FileType::Directory => "directory",
+        FileType::RegularFile => "regular file",
         FileType::CharacterDevice => "character device",
         FileType::BlockDevice => "block device",
         FileType::Fifo => "FIFO",
@@ -361,6 +437,43 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn shared_folders_are_directories_beneath_allowed_dirs_away_from_corralds_state() {
+        let (dir, rules) = setup();
+        let allowed = dir.path().join("allowed");
+        let ok = rules
+            .open_dir(&allowed.join("sub"), HostAccess::Confined)
+            .unwrap();
+        assert!(ok.real_path.ends_with("allowed/sub"));
+        let e = rules
+            .open_dir(Path::new("/etc"), HostAccess::Confined)
+            .unwrap_err();
+        assert!(matches!(e, HostPathError::NotAllowed { .. }), "{e}");
+        let e = rules
+            .open_dir(&allowed.join("sub/ok.raw"), HostAccess::Confined)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("is a regular file, not a directory"),
+            "{e}"
+        );
+        let e = rules
+            .open_dir(&allowed.join("link"), HostAccess::Admin)
+            .unwrap_err();
+        assert!(matches!(e, HostPathError::Symlink { .. }), "{e}");
+        for held in [dir.path(), &dir.path().join("data/images")] {
+            let e = rules.open_dir(held, HostAccess::Admin).unwrap_err();
+            assert!(e.to_string().contains("corrald's own state"), "{e}");
+        }
+        let e = rules
+            .open_dir(Path::new("/proc"), HostAccess::Admin)
+            .unwrap_err();
+        assert!(e.to_string().contains("kernel interface"), "{e}");
+        rules
+            .open_dir(Path::new("/etc"), HostAccess::Admin)
+            .unwrap();
     }
 
     #[test]

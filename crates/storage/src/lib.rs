@@ -35,7 +35,7 @@ mod qemu_img;
 pub use build::{BuildError, BuildRequest, Built, build_image};
 pub use cas::{BadDigest, Blob, Cas, CasError, CasWriter, Digest, hash_file, hash_reader};
 pub use content::{ContentError, Inspected, inspect_boot_file, inspect_disk, is_qcow2};
-pub use host_file::{HostAccess, HostFile, HostPathError, HostPaths};
+pub use host_file::{HostAccess, HostDir, HostFile, HostPathError, HostPaths};
 pub use qemu_img::{
     FormatSpecific, FormatSpecificData, INFO_LIMITS, ImageInfo, Limits, QemuImg, QemuImgError,
     SnapshotInfo, SnapshotOp,

@@ -65,6 +65,14 @@ const VM: Coverage = &[
     ),
     ("spec.power", Ok("power")),
     ("spec.restart_policy", Ok("restart_policy")),
+    (
+        "spec.shares.host_path",
+        Err(
+            "shared folders are for development VMs on the host you sit at (corral.yaml, corral temp); a Terraform-declared VM has volumes",
+        ),
+    ),
+    ("spec.shares.read_only", Err("see spec.shares.host_path")),
+    ("spec.shares.tag", Err("see spec.shares.host_path")),
     ("spec.volumes.readonly", Ok("volume.read_only")),
     ("spec.volumes.serial", Ok("volume.serial")),
     ("spec.volumes.volume", Ok("volume.name")),

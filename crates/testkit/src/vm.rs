@@ -152,6 +152,7 @@ impl TestVmBuilder {
             incoming: false,
             nics: Vec::new(),
             files: Default::default(),
+            shares: Vec::new(),
         })
     }
 

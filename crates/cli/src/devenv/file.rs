@@ -82,6 +82,10 @@ pub struct VmDecl {
     /// /etc/environment)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Host folders the guest mounts (virtiofs), read-write unless read_only; the guest's
+    /// root is the folder's owner [default: the project's folder at /project; [] for none]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folders: Option<Vec<super::folders::Folder>>,
 }
 
 /// A port as the schema shows it: a number or a "GUEST[:HOST][/udp]" string.
@@ -316,6 +320,13 @@ impl VmDecl {
         env
     }
 
+    /// Its folders: the ones declared, else the project's own at /project.
+    pub fn folders(&self) -> Vec<super::folders::Folder> {
+        self.folders
+            .clone()
+            .unwrap_or_else(|| vec![super::folders::Folder::project_default()])
+    }
+
     /// Its provision steps: the preset's, then its own.
     pub fn steps(&self) -> impl Iterator<Item = &String> {
         self.resolved
@@ -460,6 +471,24 @@ pub fn parse(
         for (key, value) in &decl.env() {
             check_env(key, value).map_err(|m| field(&format!("env.{key}"), m))?;
         }
+        let folders = decl.folders();
+        if folders.len() > corral_contract::Share::MAX_SHARES {
+            return Err(field(
+                "folders",
+                format!("at most {} folders", corral_contract::Share::MAX_SHARES),
+            ));
+        }
+        let mut guests = std::collections::BTreeSet::new();
+        for (i, folder) in folders.iter().enumerate() {
+            super::folders::check_guest(&folder.guest)
+                .map_err(|m| field(&format!("folders[{i}].guest"), m))?;
+            if !guests.insert(folder.guest.trim_end_matches('/')) {
+                return Err(field(
+                    &format!("folders[{i}].guest"),
+                    format!("{} is mounted twice", folder.guest),
+                ));
+            }
+        }
         for (i, step) in decl.provision.iter().enumerate() {
             if step.trim().is_empty() {
                 return Err(field(&format!("provision[{i}]"), "is empty".into()));
@@ -597,6 +626,18 @@ mod tests {
         );
         let err = parse_err("vms:\n  dev:\n    env: {\"A B\": x}\n");
         assert!(err.contains("vms.dev.env.A B: a variable name"), "{err}");
+        let err = parse_err("vms:\n  dev:\n    folders: [{guest: /etc}]\n");
+        assert!(
+            err.contains("vms.dev.folders[0].guest: \"/etc\" is a system folder"),
+            "{err}"
+        );
+        let err = parse_err(
+            "vms:\n  dev:\n    folders: [{host: ., guest: /p}, {host: /x, guest: /p/}]\n",
+        );
+        assert!(
+            err.contains("vms.dev.folders[1].guest: /p/ is mounted twice"),
+            "{err}"
+        );
         let err = parse_err("vms: {}\n");
         assert!(err.contains("vms: declare at least one VM"), "{err}");
         let err = parse_err(&format!("name: {}\nvms:\n  dev: {{}}\n", "a".repeat(60)));

@@ -4,6 +4,7 @@
 //! idempotent, changes apply in place, and VMs dropped from the file are pruned.
 
 mod file;
+mod folders;
 mod init;
 mod presets;
 mod provision;
@@ -168,13 +169,20 @@ pub fn resources(project: &Project, key: &str) -> Result<Vec<Resource>, CliError
             net.forwards.push(corral_contract::PortForward::tcp(port));
         }
         net.forwards.extend(decl.ports.iter().map(|p| p.0.clone()));
-        let cloud_init = CloudInit::ssh_user_data(None, &[key.to_owned()], Some(name.as_str()));
-        let mut spec = VmSpec::builder(Boot::Volume {
+        let mut cloud_init = CloudInit::ssh_user_data(None, &[key.to_owned()], Some(name.as_str()));
+        let base = project.path.parent().unwrap_or(std::path::Path::new("/"));
+        let mounts: Vec<_> = decl
+            .folders()
+            .iter()
+            .map(|f| folders::Mount::resolve(f, base))
+            .collect();
+        let spec = VmSpec::builder(Boot::Volume {
             volume: name.clone(),
         })
         .memory(decl.memory.unwrap_or(DEFAULT_MEMORY))
-        .network(net)
-        .cloud_init(cloud_init);
+        .network(net);
+        let spec = folders::attach(spec, &mut cloud_init, &mounts);
+        let mut spec = spec.cloud_init(cloud_init);
         if let Some(cpus) = decl.cpus {
             spec = spec.cpus(cpus);
         }
@@ -567,6 +575,14 @@ mod tests {
             .unwrap();
         assert!(user_data.contains("ssh-ed25519 AAAA test"), "{user_data}");
         assert!(user_data.contains("hostname: \"shop-app\""), "{user_data}");
+        assert_eq!(
+            app.spec.shares[0].host_path, dir,
+            "the project's folder by default"
+        );
+        assert!(
+            user_data.contains("\"folder0\", \"/project\"]"),
+            "{user_data}"
+        );
         assert_eq!(
             app.metadata.annotations[PROJECT_FILE],
             "/home/u/shop/corral.yaml"

@@ -1,6 +1,6 @@
-//! `corral temp`: a throwaway VM, a shell in it, and the VM deleted when the shell ends — or
-//! by corrald at its time to live, if this process never gets there (a closed laptop, a
-//! kill -9).
+//! `corral temp [FOLDER]`: a throwaway VM with FOLDER mounted at /project, a shell in it
+//! there, and the VM deleted when the shell ends — or by corrald at its time to live, if this
+//! process never gets there (a closed laptop, a kill -9).
 
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ use crate::{CliError, ssh};
 
 #[derive(Debug, Clone, Args)]
 pub struct TempArgs {
+    /// A host folder to mount at /project, where the shell starts (read-write; files the
+    /// guest's root makes are the folder owner's)
+    #[arg(value_name = "FOLDER")]
+    pub folder: Option<std::path::PathBuf>,
     /// The image the VM boots
     #[arg(long, value_name = "IMAGE", value_parser = parse_name, default_value = "debian-12")]
     pub image: ResourceName,
@@ -48,16 +52,31 @@ fn vm(args: &TempArgs, key: &str) -> Result<(Vm, Volume), CliError> {
     let name = ResourceName::new(format!("temp-{suffix}")).expect("a valid name");
     let mut net = NetworkAttachment::new(ResourceName::new("default").expect("valid"));
     net.forwards.push(PortForward::tcp(22));
-    let mut spec = VmSpec::builder(Boot::Volume {
+    let mut cloud_init = CloudInit::ssh_user_data(None, &[key.to_owned()], Some(name.as_str()));
+    let mounts = match &args.folder {
+        Some(folder) => {
+            let host = std::path::absolute(folder)
+                .map_err(|e| CliError::Usage(format!("FOLDER {}: {e}", folder.display())))?;
+            if !host.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "FOLDER {}: not a folder here",
+                    folder.display()
+                )));
+            }
+            vec![super::folders::Mount {
+                host,
+                guest: super::folders::DEFAULT_GUEST.to_owned(),
+                read_only: false,
+            }]
+        }
+        None => Vec::new(),
+    };
+    let spec = VmSpec::builder(Boot::Volume {
         volume: name.clone(),
     })
     .memory(args.memory)
-    .network(net)
-    .cloud_init(CloudInit::ssh_user_data(
-        None,
-        &[key.to_owned()],
-        Some(name.as_str()),
-    ));
+    .network(net);
+    let mut spec = super::folders::attach(spec, &mut cloud_init, &mounts).cloud_init(cloud_init);
     if let Some(cpus) = args.cpus {
         spec = spec.cpus(cpus);
     }
@@ -103,10 +122,20 @@ pub async fn temp(client: &Client, args: &TempArgs) -> Result<(), CliError> {
         ssh::wait_ssh(client, name.as_str(), args.ssh_timeout).await?;
         let vm = client.get_vm(name.as_str()).await?;
         let mut cmd = ssh::command(&vm, "root", &identity)?;
-        if args.command.is_empty() {
-            cmd.arg("-t");
-        } else {
-            cmd.arg("--").args(&args.command);
+        match (args.command.is_empty(), args.folder.is_some()) {
+            (true, false) => {
+                cmd.arg("-t");
+            }
+            // A fixed command line: no user value in it.
+            (true, true) => {
+                cmd.args(["-t", "--", "cd /project && exec \"${SHELL:-/bin/sh}\" -l"]);
+            }
+            (false, true) => {
+                cmd.args(["--", "cd /project &&"]).args(&args.command);
+            }
+            (false, false) => {
+                cmd.arg("--").args(&args.command);
+            }
         }
         // Ctrl-C belongs to the shell in the guest; this process waits to clean up.
         let mut interrupts =

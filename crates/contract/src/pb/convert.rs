@@ -287,6 +287,15 @@ impl From<&VmSpec> for pb::VmSpec {
                 node_selector: spec.placement.node_selector.clone().into_iter().collect(),
                 anti_affinity: spec.placement.anti_affinity.clone(),
             }),
+            shares: spec
+                .shares
+                .iter()
+                .map(|s| pb::Share {
+                    host_path: s.host_path.display().to_string(),
+                    tag: s.tag.clone(),
+                    read_only: s.read_only,
+                })
+                .collect(),
         }
     }
 }
@@ -319,6 +328,13 @@ impl TryFrom<pb::VmSpec> for VmSpec {
             builder = builder.placement(crate::Placement {
                 node_selector: placement.node_selector.into_iter().collect(),
                 anti_affinity: placement.anti_affinity,
+            });
+        }
+        for share in spec.shares {
+            builder = builder.share(crate::Share {
+                host_path: share.host_path.into(),
+                tag: share.tag,
+                read_only: share.read_only,
             });
         }
         if let Some(bytes) = spec.memory_bytes {

@@ -7,7 +7,7 @@ use crate::error::one_of;
 use crate::network::attach::validate_attachments;
 use crate::{
     Accel, Arch, ByteSize, CloudInit, DiskFormat, Machine, NetworkAttachment, Placement, Power,
-    ResourceName, RestartPolicy, ValidationError,
+    ResourceName, RestartPolicy, Share, ValidationError,
 };
 
 /// What the user wants a VM to be. Valid by construction: deserialising and
@@ -58,6 +58,10 @@ pub struct VmSpec {
     /// Where the scheduler may put the VM and what it keeps apart.
     #[serde(default, skip_serializing_if = "Placement::is_empty")]
     pub placement: Placement,
+    /// Host directories the guest mounts (virtiofs), at most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub shares: Vec<Share>,
 }
 
 /// A volume attached to a VM.
@@ -214,7 +218,7 @@ impl Boot {
     }
 }
 
-fn check_path(field: &str, path: &Path) -> Result<(), ValidationError> {
+pub(super) fn check_path(field: &str, path: &Path) -> Result<(), ValidationError> {
     let message = if path.as_os_str().is_empty() {
         "must not be empty: give an absolute path".to_owned()
     } else if path.as_os_str().as_encoded_bytes().contains(&0) {
@@ -298,6 +302,7 @@ impl VmSpec {
                 networks: Vec::new(),
                 cloud_init: None,
                 placement: Placement::default(),
+                shares: Vec::new(),
             },
         }
     }
@@ -348,6 +353,7 @@ impl VmSpec {
         self.validate_volumes()?;
         validate_attachments(&self.networks)?;
         self.placement.validate()?;
+        super::share::validate_shares(&self.shares)?;
         match &self.cloud_init {
             Some(cloud_init) => cloud_init.validate(),
             None => Ok(()),
@@ -477,6 +483,12 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Shares a host directory with the guest.
+    pub fn share(mut self, share: Share) -> Self {
+        self.spec.shares.push(share);
+        self
+    }
+
     /// The spec, if valid.
     pub fn build(self) -> Result<VmSpec, ValidationError> {
         self.spec.validate()?;
@@ -524,6 +536,8 @@ struct VmSpecInput {
     cloud_init: Option<CloudInit>,
     #[serde(default, deserialize_with = "de_placement")]
     placement: Placement,
+    #[serde(default, deserialize_with = "de_shares")]
+    shares: Vec<Share>,
 }
 
 field_paths! {
@@ -540,6 +554,7 @@ field_paths! {
     de_networks => "spec.networks",
     de_cloud_init => "spec.cloud_init",
     de_placement => "spec.placement",
+    de_shares => "spec.shares",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -560,6 +575,7 @@ impl TryFrom<VmSpecInput> for VmSpec {
             networks: input.networks,
             cloud_init: input.cloud_init,
             placement: input.placement,
+            shares: input.shares,
         };
         spec.validate()?;
         Ok(spec)
