@@ -183,6 +183,12 @@ fn full_vm(boot: Boot) -> Vm {
         })
         .build()
         .unwrap();
+    let mut spec = spec;
+    spec.shares.push(corral_contract::Share {
+        host_path: "/srv/project".into(),
+        tag: "project".into(),
+        read_only: true,
+    });
     let mut vm = Vm::new("full".parse().unwrap(), spec);
     vm.metadata = ObjectMeta::new("full".parse().unwrap())
         .with_label("tier", "web")
@@ -429,6 +435,9 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
     rich["spec"]["networks"] = json!([{"network": "default", "forwards": [{"guest_port": 22}]}]);
     rich["spec"]["cloud_init"] = json!({"user_data": "#cloud-config\n"});
     rich["spec"]["placement"] = json!({"anti_affinity": "web"});
+    let shared = tempfile::tempdir().unwrap();
+    rich["spec"]["shares"] =
+        json!([{"host_path": shared.path(), "tag": "project", "read_only": true}]);
     v.assert_valid("Vm", &rich);
     let created = api.post("/v1/vms", &rich).await.expect(201);
     v.assert_valid("Vm", &created);
