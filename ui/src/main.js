@@ -91,11 +91,13 @@ async function start() {
   render();
 }
 
-// A single corrald has no Node objects: the Nodes link appears only when there are some.
+// A single corrald registers itself as its one Node: the Nodes link appears when there are more,
+// i.e. when clustered (#/nodes works either way).
 async function showNodesWhenClustered() {
   try {
     const nodes = await api('GET', '/v1/nodes');
-    document.getElementById('nav-nodes').hidden = !(nodes.items?.length > 0);
+    const link = document.getElementById('nav-nodes');
+    if (link) link.hidden = !(nodes.items?.length > 1);
   } catch {
     // Not allowed to read nodes, or no cluster: the link stays hidden.
   }
