@@ -25,7 +25,7 @@ export function vmList() {
   const results = h('ul', { class: 'bulk-results', 'aria-label': 'Bulk action results' });
   const bulk = h(
     'div',
-    { class: 'actions', role: 'group', 'aria-label': 'Bulk actions on the filtered VMs' },
+    { class: 'actions', role: 'group', 'aria-label': 'Bulk actions on the VMs shown' },
     ...bulkActions.map(([label, method, rest]) =>
       h('button', { type: 'button', class: method === 'DELETE' ? 'danger' : '', onclick: () => runBulk(label, method, rest, selection, results) }, `${label} shown`),
     ),

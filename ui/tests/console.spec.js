@@ -113,6 +113,19 @@ test('manage a VM from the browser', async ({ page }) => {
     await expect(page.getByRole('table', { name: 'Networks' })).toContainText('default');
   });
 
+  await test.step('the nodes page cordons and uncordons this node', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/nodes`);
+    await expect(page.getByRole('heading', { name: 'Nodes', level: 1 })).toBeVisible();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('yes');
+    await accessible(page, 'nodes');
+    await page.getByRole('button', { name: /^Cordon / }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('cordoned');
+    await page.getByRole('button', { name: /^Uncordon / }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('yes');
+  });
+
   await test.step('delete with confirmation', async () => {
     await page.goto(`${new URL(page.url()).origin}/ui/#/vm/default/${VM}`);
     await page.getByRole('button', { name: 'Delete' }).click();
