@@ -1,4 +1,5 @@
-// Images, volumes, snapshots and networks: live tables, with what each kind's page can do.
+// Images, volumes, snapshots, networks and (when clustered) nodes: live tables, with what each
+// kind's page can do.
 import { api, inProject, key } from './api.js';
 import { h, say, confirmDialog, field, showError } from './dom.js';
 import { live, release } from './watch.js';
@@ -8,7 +9,16 @@ const columns = {
   volumes: [['Kind', (o) => o.spec.kind ?? ''], ['Image', (o) => o.spec.image ?? ''], ['Size', (o) => o.spec.size ?? o.status?.size ?? '']],
   snapshots: [['VM', (o) => o.spec.vm ?? '']],
   networks: [['Mode', (o) => o.spec.mode ?? 'user'], ['CIDR', (o) => o.spec.cidr ?? '']],
+  nodes: [
+    ['Ready', (o) => o.status?.conditions?.find((c) => c.type === 'Ready')?.status ?? 'Unknown'],
+    ['Schedulable', (o) => (o.spec?.unschedulable ? 'cordoned' : 'yes')],
+    ['CPUs', (o) => o.status?.allocatable?.cpus ?? ''],
+    ['Accelerators', (o) => (o.status?.accelerators ?? []).join(', ')],
+  ],
 };
+
+// Nodes belong to no project: their page has no Project column and their actions no ?project=.
+const clusterScoped = new Set(['nodes']);
 
 export function kindList(kind) {
   const title = kind[0].toUpperCase() + kind.slice(1);
@@ -16,7 +26,7 @@ export function kindList(kind) {
   const table = h(
     'table',
     { 'aria-label': title },
-    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'Project'), h('th', { scope: 'col' }, 'Phase'), ...columns[kind].map(([c]) => h('th', { scope: 'col' }, c)), h('th', { scope: 'col' }, 'Actions'))),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), ...(clusterScoped.has(kind) ? [] : [h('th', { scope: 'col' }, 'Project'), h('th', { scope: 'col' }, 'Phase')]), ...columns[kind].map(([c]) => h('th', { scope: 'col' }, c)), h('th', { scope: 'col' }, 'Actions'))),
     body,
   );
   const items = live(`/v1/${kind}`);
@@ -24,6 +34,12 @@ export function kindList(kind) {
     const rows = [...l.items.values()].sort((a, b) => key(a).localeCompare(key(b))).map((o) => {
       const project = o.metadata.project ?? 'default';
       const actions = [];
+      if (kind === 'nodes') {
+        const verb = o.spec?.unschedulable ? 'uncordon' : 'cordon';
+        const label = verb === 'cordon' ? 'Cordon' : 'Uncordon';
+        actions.push(h('button', { type: 'button', 'aria-label': `${label} ${o.metadata.name}`, onclick: () => act('POST', `/v1/nodes/${encodeURIComponent(o.metadata.name)}/${verb}`, null, `${label} node ${o.metadata.name}?`, label) }, label));
+        return h('tr', {}, h('th', { scope: 'row' }, o.metadata.name), ...columns[kind].map(([, f]) => h('td', {}, String(f(o)))), h('td', {}, actions));
+      }
       if (kind === 'snapshots') {
         actions.push(h('button', { type: 'button', onclick: () => act('POST', `/v1/snapshots/${o.metadata.name}/restore`, project, `Restore snapshot ${o.metadata.name} into VM ${o.spec.vm}?`, 'Restore') }, 'Restore'));
       }
@@ -43,7 +59,7 @@ export function kindList(kind) {
 async function act(method, path, project, question, verb) {
   if (!(await confirmDialog(question, verb))) return;
   try {
-    await api(method, inProject(path, project));
+    await api(method, project === null ? path : inProject(path, project));
     say(`${verb}: done`);
   } catch (err) {
     say(err.message);

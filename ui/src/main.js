@@ -15,7 +15,7 @@ const routes = [
   [/^#\/vm\/([^/]+)\/([^/]+)\/console$/, (p, n) => import('./console.js').then((m) => m.vmConsole(p, n))],
   [/^#\/vm\/([^/]+)\/([^/]+)\/memory$/, (p, n) => vmMemory(p, n)],
   [/^#\/vm\/([^/]+)\/([^/]+)$/, (p, n) => vmDetail(p, n)],
-  [/^#\/(images|volumes|snapshots|networks)$/, (kind) => kindList(kind)],
+  [/^#\/(images|volumes|snapshots|networks|nodes)$/, (kind) => kindList(kind)],
   [/^(#\/vms)?$/, () => vmList()],
 ];
 
@@ -78,6 +78,7 @@ async function start() {
     document.getElementById('nav').hidden = false;
     const logout = document.getElementById('logout');
     logout.hidden = false;
+    showNodesWhenClustered();
     logout.addEventListener('click', async () => {
       await api('DELETE', '/ui/session');
       location.reload();
@@ -88,6 +89,18 @@ async function start() {
   }
   window.addEventListener('hashchange', render);
   render();
+}
+
+// A single corrald registers itself as its one Node: the Nodes link appears when there are more,
+// i.e. when clustered (#/nodes works either way).
+async function showNodesWhenClustered() {
+  try {
+    const nodes = await api('GET', '/v1/nodes');
+    const link = document.getElementById('nav-nodes');
+    if (link) link.hidden = !(nodes.items?.length > 1);
+  } catch {
+    // Not allowed to read nodes, or no cluster: the link stays hidden.
+  }
 }
 
 start();

@@ -20,6 +20,16 @@ export function vmList() {
   // Rows are kept by key and only touched when their VM changed: one render per frame.
   const rows = new Map();
   const vms = live('/v1/vms');
+  // What the filter shows now, as [project, name]: bulk actions act on exactly these.
+  let selection = [];
+  const results = h('ul', { class: 'bulk-results', 'aria-label': 'Bulk action results' });
+  const bulk = h(
+    'div',
+    { class: 'actions', role: 'group', 'aria-label': 'Bulk actions on the VMs shown' },
+    ...bulkActions.map(([label, method, rest]) =>
+      h('button', { type: 'button', class: method === 'DELETE' ? 'danger' : '', onclick: () => runBulk(label, method, rest, selection, results) }, `${label} shown`),
+    ),
+  );
   const draw = (l) => {
     const q = filter.value.trim().toLowerCase();
     const shown = [];
@@ -40,15 +50,54 @@ export function vmList() {
     for (const k of rows.keys()) if (!l.items.has(k)) rows.delete(k);
     shown.sort((a, b) => a[0].localeCompare(b[0]));
     body.replaceChildren(...shown.map(([, tr]) => tr));
+    selection = shown.map(([k]) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
     count.textContent = `${shown.length} of ${l.items.size} VMs`;
   };
   filter.addEventListener('input', () => draw(vms));
   const off = vms.subscribe(draw);
   return {
     title: 'VMs',
-    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, table),
+    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, bulk, results, table),
     close: off,
   };
+}
+
+const bulkActions = [
+  ['Start', 'POST', '/start'],
+  ['Stop', 'POST', '/stop'],
+  ['Pause', 'POST', '/pause'],
+  ['Resume', 'POST', '/resume'],
+  ['Delete', 'DELETE', ''],
+];
+
+// One request per VM, a few at a time; each VM's outcome is listed (ok, or the server's error).
+async function runBulk(label, method, rest, selection, results) {
+  const targets = [...selection];
+  if (targets.length === 0) return say('No VM matches the filter');
+  const names = targets.slice(0, 5).map(([p, n]) => `${p}/${n}`).join(', ') + (targets.length > 5 ? ` and ${targets.length - 5} more` : '');
+  if (!(await confirmDialog(`${label} ${targets.length} VM(s): ${names}?`, label))) return;
+  results.replaceChildren();
+  const items = new Map(targets.map(([p, n]) => [`${p}/${n}`, h('li', { dataset: { vm: `${p}/${n}` } }, `${p}/${n}: …`)]));
+  results.replaceChildren(...items.values());
+  let ok = 0;
+  const queue = [...targets];
+  const worker = async () => {
+    for (let t = queue.shift(); t; t = queue.shift()) {
+      const [p, n] = t;
+      const li = items.get(`${p}/${n}`);
+      try {
+        await api(method, vmPath(p, n, rest));
+        li.textContent = `${p}/${n}: ${label.toLowerCase()} requested`;
+        li.className = 'ok';
+        ok += 1;
+      } catch (err) {
+        li.textContent = `${p}/${n}: ${err.message}`;
+        li.className = 'failed';
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(8, targets.length) }, worker));
+  say(`${label}: ${ok} of ${targets.length} VM(s) done`);
 }
 
 const actions = [

@@ -25,7 +25,9 @@ export class Live {
 
   url() {
     const rv = this.revision === null ? '' : `&resourceVersion=${this.revision}`;
-    return `${this.path}?watch=true&all_projects=true${rv}`;
+    // Nodes belong to no project: their list takes no all_projects (and rejects it).
+    const scope = this.path === '/v1/nodes' ? '' : '&all_projects=true';
+    return `${this.path}?watch=true${scope}${rv}`;
   }
 
   open() {

@@ -113,6 +113,33 @@ test('manage a VM from the browser', async ({ page }) => {
     await expect(page.getByRole('table', { name: 'Networks' })).toContainText('default');
   });
 
+  await test.step('bulk pause and resume on the filtered list, with a result per VM', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/vms`);
+    await page.locator('#vm-filter').fill(VM);
+    await page.getByRole('button', { name: 'Pause shown' }).click();
+    await expect(page.locator('#confirm-text')).toContainText(`default/${VM}`);
+    await page.locator('#confirm-ok').click();
+    await expect(page.locator(`.bulk-results li[data-vm="default/${VM}"]`)).toHaveText(`default/${VM}: pause requested`);
+    await expect(page.locator(`tr[data-vm="${VM}"] .phase`)).toHaveText('Paused', { timeout: 60_000 });
+    await page.getByRole('button', { name: 'Resume shown' }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.locator(`tr[data-vm="${VM}"] .phase`)).toHaveText('Running', { timeout: 60_000 });
+    await page.locator('#vm-filter').fill('');
+  });
+
+  await test.step('the nodes page cordons and uncordons this node', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/nodes`);
+    await expect(page.getByRole('heading', { name: 'Nodes', level: 1 })).toBeVisible();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('yes');
+    await accessible(page, 'nodes');
+    await page.getByRole('button', { name: /^Cordon / }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('cordoned');
+    await page.getByRole('button', { name: /^Uncordon / }).click();
+    await page.locator('#confirm-ok').click();
+    await expect(page.getByRole('table', { name: 'Nodes' })).toContainText('yes');
+  });
+
   await test.step('delete with confirmation', async () => {
     await page.goto(`${new URL(page.url()).origin}/ui/#/vm/default/${VM}`);
     await page.getByRole('button', { name: 'Delete' }).click();
