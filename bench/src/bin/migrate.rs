@@ -8,8 +8,9 @@
 //! reads QEMU's own downtime and total from `status.migration`. By hand: the guest kit's VM in
 //! one QEMU through the backend, a second QEMU started with `-incoming`, `migrate-incoming`,
 //! `migrate` and `query-migrate` until completed, then `cont` — the same steps without the
-//! store, the controllers and the status writes. Churn: the guest rewrites 64 MiB of its RAM
-//! in a loop (`dd` into its RAM-backed root), so pages are dirtied while they are sent.
+//! store, the controllers and the status writes. Churn: the guest rewrites 32 MiB of its RAM
+//! with random bytes in a loop (`dd` into its RAM-backed root), so pages are dirtied while
+//! they are sent; each side waits for the guest to say the churn runs.
 //! Prints medians and p99s, and the ratios Corral ÷ by hand (target ≤ 1.1× for both).
 
 use std::time::{Duration, Instant};
@@ -20,8 +21,12 @@ use corral_contract::{Arch, ByteSize, MigrationPhase, Phase, Vm};
 use corral_hypervisor::Hypervisor;
 use corral_testkit::{Corrald, EtcdCluster, TestVm, kit_vm, release_build};
 
-/// The guest's memory churn: 64 MiB rewritten again and again.
-const CHURN: &str = "while :; do dd if=/dev/zero of=/churn bs=1M count=64 2>/dev/null; done &";
+/// The guest's memory churn: 32 MiB of random bytes rewritten again and again (random, so
+/// QEMU's zero-page shortcut does not apply), and a line saying it started.
+const CHURN: &str = "while :; do dd if=/dev/urandom of=/churn bs=1M count=32 2>/dev/null; done & echo CHURN_$((6*7))";
+
+/// What the guest prints once the churn runs.
+const CHURNING: &str = "CHURN_42";
 
 fn flag(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -113,6 +118,7 @@ async fn by_hand(runs: u64, churn: bool) -> anyhow::Result<Vec<Move>> {
     vm.wait_for_boot().await?;
     if churn {
         vm.send_line(CHURN).await?;
+        vm.wait_for_line(CHURNING).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let mut moves = Vec::new();
@@ -189,13 +195,23 @@ async fn main() -> anyhow::Result<()> {
     } else {
         &Client::connect(Endpoint::Unix(b.socket())).await?
     };
-    let console = owner.attach_console("bench", true, false).await?;
+    let mut console = owner.attach_console("bench", true, false).await?;
     console
         .input
         .send(format!("{CHURN}\n").into_bytes())
         .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains(CHURNING) {
+        anyhow::ensure!(Instant::now() < deadline, "the churn did not start: {seen}");
+        if let Ok(Some(Ok(bytes))) =
+            tokio::time::timeout(Duration::from_secs(1), console.output.recv()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
     drop(console);
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let churn_corral = through_corral(&c, "bench", runs).await?;
     let churn_hand = by_hand(runs, true).await?;
 
