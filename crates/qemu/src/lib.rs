@@ -27,6 +27,7 @@
 //!     disks: vec![],
 //!     memory_file: None,
 //!     start_paused: false,
+//!     incoming: false,
 //!     nics: vec![],
 //!     files: Default::default(),
 //!     shares: Vec::new(),
