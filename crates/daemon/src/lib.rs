@@ -156,24 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     backend_config.run_as = qemu;
     let backend =
         Arc::new(QemuBackend::new(backend_config).context("preparing the run directory")?);
-    // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
-    let data_dir = std::fs::canonicalize(&config.data_dir)
-        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
-    let host_paths = config
-        .host_path_allow
-        .iter()
-        .fold(corral_service::HostPaths::new(), |rules, dir| {
-            rules.allow(dir)
-        })
-        .private(&data_dir)
-        .private(&config.run_dir)
-        .private_files(
-            config
-                .tcp
-                .iter()
-                .flat_map(|t| std::iter::once(&t.tls_key).chain(t.token_file.as_ref())),
-        )
-        .store_blobs(data_dir.join("images/blake3"));
+    let host_paths = host_paths(&config)?;
     let vms = VmService::new(store.clone())
         .with_host_paths(host_paths.clone())
         .with_port_range(config.port_range.clone());
@@ -193,14 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let node_name = config.cluster.node_name.clone();
-    let controller_config = ControllerConfig {
-        seed_dir: config.data_dir.join("seeds"),
-        host_paths: Some(host_paths),
-        node: Some(node_name.to_string()),
-        migration_address: config.cluster.migration_address,
-        migration_bandwidth: config.cluster.migration_bandwidth,
-        ..ControllerConfig::default()
-    };
+    let controller_config = controller_config(&config, host_paths);
     let metrics = Arc::new(Metrics::new());
     let fenced = Arc::new(corral_controller::FenceState::default());
     let controller = Arc::new(
@@ -503,5 +479,43 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// The rules for host files specs name: below `--host-path-allow` for non-admins, never
+/// corrald's own state, TLS key or token file; the image store's blobs recognised as its own.
+pub(crate) fn host_paths(config: &Config) -> anyhow::Result<corral_service::HostPaths> {
+    // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    Ok(config
+        .host_path_allow
+        .iter()
+        .fold(corral_service::HostPaths::new(), |rules, dir| {
+            rules.allow(dir)
+        })
+        .private(&data_dir)
+        .private(&config.run_dir)
+        .private_files(
+            config
+                .tcp
+                .iter()
+                .flat_map(|t| std::iter::once(&t.tls_key).chain(t.token_file.as_ref())),
+        )
+        .store_blobs(data_dir.join("images/blake3")))
+}
+
+/// How this node's VM controller runs: one place for `--role all` and `--role agent`.
+pub(crate) fn controller_config(
+    config: &Config,
+    host_paths: corral_service::HostPaths,
+) -> ControllerConfig {
+    ControllerConfig {
+        seed_dir: config.data_dir.join("seeds"),
+        host_paths: Some(host_paths),
+        node: Some(config.cluster.node_name.to_string()),
+        migration_address: config.cluster.migration_address,
+        migration_bandwidth: config.cluster.migration_bandwidth,
+        ..ControllerConfig::default()
     }
 }

@@ -113,17 +113,7 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
     let backend = Arc::new(
         corral_qemu::QemuBackend::new(backend_config).context("preparing the run directory")?,
     );
-    let data_dir = std::fs::canonicalize(&config.data_dir)
-        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
-    let host_paths = config
-        .host_path_allow
-        .iter()
-        .fold(corral_service::HostPaths::new(), |rules, dir| {
-            rules.allow(dir)
-        })
-        .private(&data_dir)
-        .private(&config.run_dir)
-        .store_blobs(data_dir.join("images/blake3"));
+    let host_paths = crate::host_paths(config)?;
     let vms = corral_service::VmService::new(store.clone())
         .with_host_paths(host_paths.clone())
         .with_port_range(config.port_range.clone());
@@ -139,13 +129,7 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
         corral_controller::VmController::new(
             vms,
             backend.clone(),
-            corral_controller::ControllerConfig {
-                seed_dir: config.data_dir.join("seeds"),
-                host_paths: Some(host_paths),
-                node: Some(node_name.to_string()),
-                migration_address: config.cluster.migration_address,
-                ..corral_controller::ControllerConfig::default()
-            },
+            crate::controller_config(config, host_paths),
         )
         .with_storage(storage)
         .with_fence(fenced.clone()),
