@@ -81,6 +81,10 @@ pub enum Command {
     /// Import, verify and delete content-addressed images
     #[command(subcommand)]
     Image(crate::storage::ImageCommand),
+    /// Save a running VM (disk, RAM and device state) as a template that new VMs start from
+    /// in a moment instead of booting: `vm create NAME --template T`
+    #[command(subcommand)]
+    Template(crate::template::TemplateCommand),
     /// Create, grow and delete volumes (disks and read-only weights)
     #[command(subcommand)]
     Volume(crate::storage::VolumeCommand),
@@ -180,7 +184,7 @@ pub enum VmCommand {
 
 // `vm create`: the flags that make a VM's spec.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume", "image"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "boot_volume", "image", "template"])))]
 pub struct CreateArgs {
     /// The VM's name: 1-63 lowercase letters, digits and '-'
     #[arg(value_parser = parse_name)]
@@ -221,6 +225,14 @@ pub struct CreateArgs {
     /// like the VM is cloned from it, and deleted with the VM
     #[arg(long, value_name = "IMAGE", value_parser = parse_name, conflicts_with_all = ["disk", "kernel", "boot_volume"])]
     pub image: Option<ResourceName>,
+    /// Start from this template (`corral template create`) instead of booting: the VM gets
+    /// the template VM's hardware, networks and cloud-init, and a copy of its disk (deleted
+    /// with the VM); its guest runs on from where the template was saved, in about the time
+    /// it takes to read the saved RAM
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_name,
+          conflicts_with_all = ["disk", "kernel", "boot_volume", "image", "cpus", "memory",
+                                "machine", "arch", "introspection", "volumes"])]
+    pub template: Option<ResourceName>,
     /// With --image: the volume's size [default: the image's]; the guest grows its root
     /// file system to it at boot
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "image")]

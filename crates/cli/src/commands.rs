@@ -25,6 +25,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Vm(command) => vm(&connection, command).await,
         Command::Image(command) => storage::image(connect(&connection).await?, command).await,
+        Command::Template(command) => {
+            crate::template::template(connect(&connection).await?, command).await
+        }
         Command::Volume(command) => storage::volume(connect(&connection).await?, command).await,
         Command::Snapshot(command) => storage::snapshot(connect(&connection).await?, command).await,
         Command::Attestation(AttestationCommand::Verify(args)) => {
@@ -142,17 +145,27 @@ pub fn print(text: &str) -> Result<(), CliError> {
 async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliError> {
     match command {
         VmCommand::Create(args) => {
-            let cwd = std::env::current_dir()
-                .map_err(|e| CliError::Failed(format!("cannot read the current directory: {e}")))?;
-            let mut vm = create::vm_from_flags(&args, &cwd)?;
-            crate::network::apply_flags(&args.network, &mut vm)?;
             let endpoint = endpoint(connection)?;
-            if endpoint.is_local() {
-                create::check_boot_files(&vm)?;
-            }
+            let local = endpoint.is_local();
             let client = connect_to(endpoint, connection).await?;
+            let vm = match &args.template {
+                Some(template) => {
+                    crate::template::vm_from_template(&client, &args, template).await?
+                }
+                None => {
+                    let cwd = std::env::current_dir().map_err(|e| {
+                        CliError::Failed(format!("cannot read the current directory: {e}"))
+                    })?;
+                    let mut vm = create::vm_from_flags(&args, &cwd)?;
+                    crate::network::apply_flags(&args.network, &mut vm)?;
+                    if local {
+                        create::check_boot_files(&vm)?;
+                    }
+                    vm
+                }
+            };
             let created = client.create_vm(&vm).await?;
-            if let Some(image) = &args.image {
+            if let Some(image) = args.image.as_ref().or(args.template.as_ref()) {
                 // The VM waits in Pending for its volume, which names the VM as its owner.
                 if let Err(e) = create::owned_volume(&client, &created, image, args.disk_size).await
                 {

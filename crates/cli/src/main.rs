@@ -19,6 +19,7 @@ mod output;
 mod source;
 mod ssh;
 mod storage;
+mod template;
 mod ui;
 mod wait;
 

@@ -387,7 +387,7 @@ fn print(text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn meta(name: &ResourceName, labels: &[(String, String)]) -> ObjectMeta {
+pub(crate) fn meta(name: &ResourceName, labels: &[(String, String)]) -> ObjectMeta {
     let mut m = ObjectMeta::new(name.clone());
     m.labels = labels.iter().cloned().collect();
     m
@@ -402,7 +402,7 @@ fn selector(labels: &[(String, String)]) -> String {
 }
 
 /// Resources in `format`: a table with `columns` and `row`, or the manifest schema.
-fn render<T: Clone + Into<Resource>, const N: usize>(
+pub(crate) fn render<T: Clone + Into<Resource>, const N: usize>(
     items: &[T],
     format: Format,
     single: bool,
@@ -445,7 +445,7 @@ fn render<T: Clone + Into<Resource>, const N: usize>(
     })
 }
 
-fn ago(created: &Option<String>) -> String {
+pub(crate) fn ago(created: &Option<String>) -> String {
     created
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
@@ -523,7 +523,7 @@ fn snapshots(items: &[Snapshot], format: Format, single: bool) -> Result<String,
     )
 }
 
-fn bar(len: Option<u64>, message: &str) -> ProgressBar {
+pub(crate) fn bar(len: Option<u64>, message: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

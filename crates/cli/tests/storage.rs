@@ -661,3 +661,129 @@ fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
     cli.ok(&["image", "import", "small", s(&small)]);
     d.kill_9();
 }
+
+#[test]
+fn a_vm_from_a_template_runs_on_from_the_saved_instant_on_a_disk_of_its_own() {
+    let d = corrald();
+    let cli = cli(&d);
+    let k = kit();
+    cli.ok(&["image", "import", "root", "--path", s(&k.rootfs_qcow2())]);
+    cli.ok(&["volume", "create", "root-1", "--image", "root", "--wait"]);
+    create_disk_vm(&cli, "golden", &["root-1"], "corral.diskcount=1", true);
+    let beats = |l: &str| numbers(l, "CORRAL_HEARTBEAT");
+    let before = cli.wait_console_until("golden", "two heartbeats", |l| beats(l).len() >= 2);
+    let low = *beats(&before).last().unwrap();
+
+    // Refused with the reason, and nothing made: no such VM; a VM that is not running.
+    let out = cli.run(&["template", "create", "nothing", "--from", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = cli.ok(&["template", "create", "tpl", "--from", "golden"]);
+    assert!(out.contains("template/tpl saved from vm/golden"), "{out}");
+    let high = *beats(&cli.console_log("golden")).last().unwrap();
+    let tpl = cli.json(&["template", "get", "tpl", "-o", "json"]);
+    assert_eq!(tpl["status"]["template"]["vm"], "golden");
+    assert!(tpl["status"]["template"]["state_size"].as_u64().unwrap() > 1 << 20);
+    let list = cli.ok(&["template", "list"]);
+    assert!(list.contains("tpl") && list.contains("golden"), "{list}");
+    assert!(
+        !cli.ok(&["image", "list"]).is_empty(),
+        "a template is an image too"
+    );
+    // The template's VM runs on.
+    cli.wait_console_until("golden", "heartbeats after the save", |l| {
+        beats(l).last().is_some_and(|n| *n > high + 1)
+    });
+
+    cli.ok(&["vm", "create", "copy", "--template", "tpl", "--wait"]);
+    let after = cli.wait_console_until("copy", "two heartbeats", |l| beats(l).len() >= 2);
+    // It did not boot: no kernel banner, no boot line; its counter goes on from the save.
+    assert!(
+        !after.contains("CORRAL_BOOT_OK") && !after.contains("Linux version"),
+        "{}",
+        tail(&after)
+    );
+    let resumed = beats(&after);
+    assert!(
+        resumed[0] > low && resumed[0] <= high + 1,
+        "copy's heartbeats {resumed:?}; at the save {low}..={high}"
+    );
+    assert_eq!(
+        resumed[1],
+        resumed[0] + 1,
+        "and keeps counting: {resumed:?}"
+    );
+    let copy = cli.json(&["vm", "get", "copy", "-o", "json"]);
+    assert_eq!(copy["status"]["phase"], "Running");
+    assert!(
+        copy["status"]["restored_from"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("tpl@blake3:")),
+        "{copy}"
+    );
+    assert_eq!(copy["spec"]["cpus"], 1);
+    // Its own disk: a volume named like it, cloned from the template.
+    let vol = cli.json(&["volume", "get", "copy", "-o", "json"]);
+    assert_eq!(vol["spec"]["image"], "tpl");
+
+    // A hand-written VM whose hardware differs from the template's is refused at start,
+    // naming the field.
+    let mut args = kit_vm_args(&k, "odd", "console=ttyS0 corral.root=/dev/vda");
+    args.extend(["--volume", "root-1", "--no-start", "--cpus", "2"].map(String::from));
+    cli.ok(&args);
+    let odd = cli.json(&["vm", "get", "odd", "-o", "json"]);
+    let mut spec = odd["spec"].clone();
+    spec["template"] = "tpl".into();
+    spec["power"] = "running".into();
+    let manifest = serde_json::json!({
+        "kind": "Vm", "metadata": {"name": "odd"}, "spec": spec,
+    });
+    let file = d.data_dir().join("odd.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    cli.ok(&["apply", "-f", s(&file)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let v = cli.json(&["vm", "get", "odd", "-o", "json"]);
+        if v["status"]["phase"] == "Failed" {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "odd never failed: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let message = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.cpus") && message.contains("template tpl"),
+        "{message}"
+    );
+    cli.ok(&["vm", "delete", "odd", "--wait"]);
+
+    // A later start boots from its own disk, which holds the template VM's boot count.
+    let count = |l: &str| numbers(l, "CORRAL_DISKCOUNT");
+    let golden_count = *count(&cli.console_log("golden")).last().unwrap();
+    cli.ok(&["vm", "restart", "copy", "--wait"]);
+    let rebooted = cli.wait_console_until("copy", "a boot from its disk", |l| !count(l).is_empty());
+    assert_eq!(
+        count(&rebooted),
+        vec![golden_count + 1],
+        "{}",
+        tail(&rebooted)
+    );
+
+    // Deleting the VM deletes its disk; then the template may go, and its blobs with it.
+    cli.ok(&["vm", "delete", "copy", "--wait"]);
+    cli.ok(&["template", "delete", "tpl"]);
+    let blobs = files_in(&d.data_dir().join("images/blake3"));
+    assert_eq!(
+        blobs.len(),
+        1,
+        "only the root image's bytes stay: {blobs:?}"
+    );
+}

@@ -78,8 +78,8 @@ pub use size::{ByteSize, ByteSizeError};
 pub use source::{DEFAULT_SOURCE_INTERVAL_SECONDS, DriftPolicy, Source, SourceSpec, SourceStatus};
 pub use storage::{
     Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus, Snapshot,
-    SnapshotSpec, SnapshotStatus, StoragePhase, Volume, VolumeKind, VolumeSpec, VolumeStatus,
-    is_digest, parse_checksum,
+    SnapshotSpec, SnapshotStatus, StoragePhase, TemplateSource, TemplateStatus, Volume, VolumeKind,
+    VolumeSpec, VolumeStatus, is_digest, parse_checksum,
 };
 pub use vm::{
     Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, MigrationPhase, MigrationStatus, Phase,

@@ -280,6 +280,8 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
     add::<crate::Image>(&mut out);
     // Referred to from ImageSource's written-out schema, which lists no references itself.
     add::<crate::ImageBuild>(&mut out);
+    add::<crate::TemplateSource>(&mut out);
+    add::<crate::TemplateStatus>(&mut out);
     add::<crate::Volume>(&mut out);
     add::<crate::Snapshot>(&mut out);
     add::<crate::Source>(&mut out);

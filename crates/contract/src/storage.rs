@@ -8,7 +8,7 @@ mod volume;
 
 pub use image::{
     Distribution, Image, ImageBuild, ImageFormat, ImageSource, ImageSpec, ImageStatus,
-    parse_checksum,
+    TemplateSource, TemplateStatus, parse_checksum,
 };
 pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};
 pub use volume::{Volume, VolumeKind, VolumeSpec, VolumeStatus};

@@ -207,7 +207,12 @@ fn storage_state(deleting: bool, phase: StoragePhase, message: Option<String>) -
 
 /// The VM's dependencies, for [`DependencyIndex::set`].
 pub fn vm_deps(vm: &Vm) -> Vec<Dependency> {
-    of_vm(&vm.metadata, &vm.spec)
+    let mut deps = of_vm(&vm.metadata, &vm.spec);
+    // A template is needed until the VM has started from it; later starts boot.
+    if let (Some(template), None) = (&vm.spec.template, &vm.status.restored_from) {
+        deps.push((Kind::Image, vm.metadata.key_of(template)));
+    }
+    deps
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod scheduler;
 mod source;
 mod ssh;
 mod storage;
+mod template;
 mod vm;
 
 pub use bridge::NetworkController;

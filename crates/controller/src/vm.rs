@@ -712,10 +712,15 @@ impl VmController {
         }
         self.write_phase(name, Phase::Starting, None).await?;
         let generation = vm.metadata.generation;
-        let (config, networks) = match self.launch_config(vm).await {
+        let (mut config, networks) = match self.launch_config(vm).await {
             Ok(launch) => launch,
             Err(message) => return self.start_failed(vm, message, restart).await,
         };
+        let restored_from =
+            match crate::template::restore(self.storage.as_ref(), vm, &mut config).await {
+                Ok(restored) => restored,
+                Err(message) => return self.start_failed(vm, message, restart).await,
+            };
         let t0 = Instant::now();
         match self.hv.start(&config).await {
             Ok(info) => {
@@ -739,6 +744,9 @@ impl VmController {
                         started(st, &info, phase, generation);
                         st.restarted_for = restart.clone();
                         st.networks = networks.clone();
+                        if restored_from.is_some() {
+                            st.restored_from = restored_from.clone();
+                        }
                         if st.networks.iter().any(|n| !n.forwards.is_empty()) {
                             st.set_condition(Condition::new(
                                 conditions::SSH_READY,

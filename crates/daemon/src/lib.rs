@@ -172,7 +172,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     storage_config.max_upload = Some(config.upload_max_size.as_u64());
     storage_config.build = config.build.clone();
     let storage = StorageService::new(store.clone(), storage_config)
-        .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?
+        .with_hypervisor(backend.clone());
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let node_name = config.cluster.node_name.clone();

@@ -181,6 +181,7 @@ fn full_vm(boot: Boot) -> Vm {
             node_selector: [("zone".to_owned(), "a".to_owned())].into(),
             anti_affinity: Some("web".into()),
         })
+        .template("golden".parse().unwrap())
         .build()
         .unwrap();
     let mut spec = spec;
@@ -247,6 +248,9 @@ fn full_vm(boot: Boot) -> Vm {
             total_time_ms: Some(800),
             message: Some("moved".into()),
         }),
+        restored_from: Some(
+            "golden@blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".into(),
+        ),
     };
     vm
 }

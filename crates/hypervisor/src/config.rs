@@ -38,6 +38,12 @@ pub struct VmConfig {
     /// stay paused after it arrived, until the caller resumes them.
     #[serde(default)]
     pub incoming: bool,
+    /// Start from saved RAM and device state (a template's, see
+    /// [`Hypervisor::save_state`](crate::Hypervisor::save_state)) instead of booting: the
+    /// emulator reads it from this file at start and the guest runs on where it was saved.
+    /// The devices must be the ones the state was saved from. Not part of a launch record.
+    #[serde(skip)]
+    pub restore: PassedFiles,
     /// Network interfaces, in order.
     #[serde(default)]
     pub nics: Vec<crate::NicConfig>,
@@ -183,6 +189,7 @@ impl VmConfig {
             memory_file: None,
             start_paused: spec.power == Power::Paused,
             incoming: false,
+            restore: PassedFiles::default(),
             nics: Vec::new(),
             files: PassedFiles::default(),
             shares: Vec::new(),

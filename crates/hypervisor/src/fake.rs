@@ -326,6 +326,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             incoming: false,
+            restore: Default::default(),
             nics: vec![],
             files: Default::default(),
             shares: Vec::new(),

@@ -158,6 +158,25 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Saves running VM `uid`'s RAM and device state into `into` with its vCPUs stopped, runs
+    /// `work` while they still are (a copy of its disks made there matches the saved state),
+    /// then lets the guest run on as before; returns how long it was paused. A VM started
+    /// with [`VmConfig::restore`] from `into`, with the same devices, runs on from that
+    /// instant. Nothing resumes the guest before `work` returns.
+    async fn save_state<'a>(
+        &'a self,
+        uid: &'a str,
+        into: std::fs::File,
+        work: Box<dyn FnOnce() + Send + 'a>,
+    ) -> Result<Duration, Error> {
+        let _ = (into, work);
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "save its state",
+            state: "managed by a backend without saved states".into(),
+        })
+    }
+
     /// Makes VM `uid`, started with [`VmConfig::incoming`], listen for its migrating state at
     /// `uri` (`tcp:HOST:PORT`).
     async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {

@@ -322,7 +322,155 @@ impl QemuBackend {
                 return Err(monitor_error(&config.uid, e));
             }
         }
+        if config.restore.first().is_some() {
+            if let Err(e) = self.restored(&runtime, &config.uid, paths).await {
+                let _ = process::signal(pid, Signal::SIGKILL);
+                runtime.wait_exit(Duration::from_secs(5)).await;
+                paths.remove_runtime_files();
+                remove_memory_file(config.memory_file.as_deref());
+                return Err(e);
+            }
+        }
         Ok(runtime)
+    }
+
+    /// Waits until a VM started from saved state has read all of it. A `cont` sent before
+    /// (QEMU keeps it for the end of the load) has it run at once; a state that does not fit
+    /// the devices ends QEMU, reported with what it printed.
+    async fn restored(&self, rt: &VmRuntime, uid: &str, paths: &VmPaths) -> Result<(), Error> {
+        let limit = self.config.start_timeout.max(RESTORE_TIMEOUT);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(exit) = rt.exited() {
+                return Err(Error::StartFailed {
+                    exit: exit.to_string(),
+                    stderr: log_tail(&paths.qemu_log),
+                });
+            }
+            match rt.qmp.query_status().await {
+                Ok(status) if status.status != RunState::InMigrate => return Ok(()),
+                Ok(_) => {}
+                // The monitor closes as QEMU exits on a state it cannot load.
+                Err(_) if rt.wait_exit(Duration::from_secs(2)).await.is_some() => continue,
+                Err(e) => return Err(monitor_error(uid, e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("loading VM {uid}'s saved state"),
+                    secs: limit.as_secs_f64(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Streams a stopped VM's state to `into` through QEMU's migration: QEMU connects to a
+    /// socket only its user can reach, and only a connection from this VM's own QEMU process
+    /// is read.
+    async fn save_to(&self, rt: &VmRuntime, uid: &str, into: std::fs::File) -> Result<(), Error> {
+        let socket = self.paths(uid).dir.join("save.sock");
+        let listener = files::bind_socket(&socket)?;
+        let saved = self.stream_state(rt, uid, &socket, listener, into).await;
+        let _ = std::fs::remove_file(&socket);
+        saved
+    }
+
+    async fn stream_state(
+        &self,
+        rt: &VmRuntime,
+        uid: &str,
+        socket: &Path,
+        listener: std::os::unix::net::UnixListener,
+        into: std::fs::File,
+    ) -> Result<(), Error> {
+        if let Some(owner) = self.config.run_as {
+            nix::unistd::chown(
+                socket,
+                Some(nix::unistd::Uid::from_raw(owner.uid)),
+                Some(nix::unistd::Gid::from_raw(owner.gid)),
+            )
+            .map_err(|e| Error::io(format!("giving {} to QEMU", socket.display()), e.into()))?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("save socket", e))?;
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| Error::io("save socket", e))?;
+        let monitor = |e| monitor_error(uid, e);
+        // The guest is stopped: nothing to converge, so no reason to throttle the copy.
+        rt.qmp
+            .execute(
+                "migrate-set-parameters",
+                Some(serde_json::json!({ "max-bandwidth": UNTHROTTLED })),
+            )
+            .await
+            .map_err(monitor)?;
+        rt.qmp
+            .execute(
+                "migrate",
+                Some(serde_json::json!({ "uri": format!("unix:{}", socket.display()) })),
+            )
+            .await
+            .map_err(monitor)?;
+        let copied = async {
+            let (mut stream, _) = tokio::time::timeout(SAVE_CONNECT_TIMEOUT, listener.accept())
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: format!("VM {uid}'s QEMU connecting to save its state"),
+                    secs: SAVE_CONNECT_TIMEOUT.as_secs_f64(),
+                })?
+                .map_err(|e| Error::io("accepting QEMU's state stream", e))?;
+            let peer = stream
+                .peer_cred()
+                .map_err(|e| Error::io("reading the state stream's sender", e))?;
+            if peer.pid() != Some(rt.info.pid as i32) {
+                return Err(Error::InvalidState {
+                    uid: uid.to_owned(),
+                    op: "save its state",
+                    state: format!(
+                        "the state stream came from pid {:?}, not its QEMU {}",
+                        peer.pid(),
+                        rt.info.pid
+                    ),
+                });
+            }
+            let mut file = tokio::fs::File::from_std(into);
+            tokio::io::copy(&mut stream, &mut file)
+                .await
+                .map_err(|e| Error::io("writing the saved state", e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| Error::io("writing the saved state", e))
+        }
+        .await;
+        let outcome = loop {
+            let info = migration_info(&rt.qmp.query_migrate().await.map_err(monitor)?);
+            match info.status.as_str() {
+                "completed" => break Ok(()),
+                "failed" | "cancelled" | "none" => {
+                    break Err(Error::InvalidState {
+                        uid: uid.to_owned(),
+                        op: "save its state",
+                        state: info
+                            .error
+                            .unwrap_or_else(|| format!("migration {}", info.status)),
+                    });
+                }
+                _ if copied.is_err() => {
+                    let _ = rt.qmp.migrate_cancel().await;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let _ = rt
+            .qmp
+            .execute(
+                "migrate-set-parameters",
+                Some(serde_json::json!({ "max-bandwidth": QEMU_DEFAULT_BANDWIDTH })),
+            )
+            .await;
+        copied.and(outcome)
     }
 
     /// Makes the files QEMU opens itself (pid file, guest RAM file: 0600, its own), its
@@ -712,6 +860,47 @@ impl Hypervisor for QemuBackend {
         self.serial_tail(uid, max).await
     }
 
+    async fn save_state<'a>(
+        &'a self,
+        uid: &'a str,
+        into: std::fs::File,
+        work: Box<dyn FnOnce() + Send + 'a>,
+    ) -> Result<Duration, Error> {
+        let slot = self.slot(uid);
+        let guard = slot.lock().await;
+        let rt = guard
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let Some(exit) = rt.exited() {
+            return Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op: "save its state",
+                state: format!("stopped ({exit})"),
+            });
+        }
+        let monitor = |e| monitor_error(uid, e);
+        let status = rt.qmp.query_status().await.map_err(monitor)?;
+        let start = Instant::now();
+        if status.running {
+            rt.qmp.stop().await.map_err(monitor)?;
+        }
+        let saved = self.save_to(&rt, uid, into).await;
+        if saved.is_ok() {
+            tokio::task::block_in_place(work);
+        }
+        // After a completed migration QEMU has let go of the disks; `cont` takes them back.
+        // A guest that was paused is paused again, with its disks.
+        let resumed = rt.qmp.cont().await.map_err(monitor);
+        if resumed.is_ok() && !status.running {
+            rt.qmp.stop().await.map_err(monitor)?;
+        }
+        let paused = start.elapsed();
+        drop(guard);
+        saved?;
+        resumed?;
+        Ok(paused)
+    }
+
     async fn resize_disk(&self, uid: &str, disk: usize, bytes: u64) -> Result<(), Error> {
         let rt = self.live_runtime(uid, "resize a disk").await?;
         rt.qmp
@@ -804,6 +993,15 @@ fn log_tail(path: &Path) -> String {
 
 /// `query-migrate`'s reply as a [`MigrationInfo`]; fields QEMU leaves out (before the
 /// migration started, or once it ended) are zero or `None`.
+/// How long a VM started from saved state may take to read it, at least.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long QEMU may take to connect to the socket its state is saved through.
+const SAVE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max-bandwidth` for a stopped guest's save: no limit worth the name (1 TiB/s).
+const UNTHROTTLED: u64 = 1 << 40;
+/// QEMU's own default `max-bandwidth` (128 MiB/s), put back after a save.
+const QEMU_DEFAULT_BANDWIDTH: u64 = 128 << 20;
+
 fn migration_info(reply: &serde_json::Value) -> MigrationInfo {
     let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let ram = &reply["ram"];

@@ -43,7 +43,11 @@ pub fn command_line(
         .arg("-no-user-config")
         .raw("-display", "none")
         .arg("-S");
-    if config.incoming {
+    if let Some(fd) = config.restore.first() {
+        // Read at start from the inherited file; `cont` then runs the guest once it is in.
+        cmd.inherit(&[fd]);
+        cmd.raw("-incoming", format!("fd:{fd}"));
+    } else if config.incoming {
         // The migration URI comes later, through QMP (`migrate-incoming`).
         cmd.raw("-incoming", "defer");
     }
@@ -250,6 +254,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             incoming: false,
+            restore: Default::default(),
             nics: vec![],
             files: Default::default(),
             shares: Vec::new(),

@@ -28,6 +28,7 @@
 //!     memory_file: None,
 //!     start_paused: false,
 //!     incoming: false,
+//!     restore: Default::default(),
 //!     nics: vec![],
 //!     files: Default::default(),
 //!     shares: Vec::new(),

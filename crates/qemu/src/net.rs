@@ -114,6 +114,7 @@ mod tests {
             memory_file: None,
             start_paused: false,
             incoming: false,
+            restore: Default::default(),
             nics: vec![NicConfig {
                 mac: "02:c0:00:00:00:01".parse().unwrap(),
                 backend,

@@ -173,6 +173,24 @@ impl QemuImg {
         self.run_limited("create", path, &args, limits).map(drop)
     }
 
+    /// Copies a qcow2 image and everything under it (its backing chain) into one standalone
+    /// qcow2 at `to`, sharing the file with a QEMU that has it open (`-U`): the caller makes
+    /// sure nothing writes it meanwhile (the guest is stopped and its disk flushed).
+    pub fn flatten(&self, from: &Path, to: &Path) -> Result<(), QemuImgError> {
+        let args = vec![
+            "convert".into(),
+            "-q".into(),
+            "-U".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-O".into(),
+            "qcow2".into(),
+            from.into(),
+            to.into(),
+        ];
+        self.run("convert", from, &args).map(drop)
+    }
+
     /// Grows an image (never shrinks: qemu-img refuses without `--shrink`).
     pub fn resize(&self, path: &Path, format: &str, size: u64) -> Result<(), QemuImgError> {
         let args = vec![

@@ -73,6 +73,13 @@ const VM: Coverage = &[
     ),
     ("spec.shares.read_only", Err("see spec.shares.host_path")),
     ("spec.shares.tag", Err("see spec.shares.host_path")),
+    (
+        "spec.template",
+        Err(
+            "a VM started from a template must have the template VM's hardware, which \
+             `corral vm create --template` copies; a Terraform-declared VM declares its own",
+        ),
+    ),
     ("spec.volumes.readonly", Ok("volume.read_only")),
     ("spec.volumes.serial", Ok("volume.serial")),
     ("spec.volumes.volume", Ok("volume.name")),
@@ -98,6 +105,13 @@ const IMAGE: Coverage = &[
         Err("see spec.source.build.distribution"),
     ),
     ("spec.source.path", Ok("path")),
+    (
+        "spec.source.template.vm",
+        Err(
+            "saving a template pauses a running VM at one instant: `corral template create` \
+             does it, as an action rather than a declared state",
+        ),
+    ),
     (
         "spec.source.upload.filename",
         Err(

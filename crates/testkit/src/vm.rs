@@ -150,6 +150,7 @@ impl TestVmBuilder {
                 .then(|| PathBuf::from(format!("/dev/shm/corral-{uid}"))),
             start_paused: self.start_paused,
             incoming: false,
+            restore: Default::default(),
             nics: Vec::new(),
             files: Default::default(),
             shares: Vec::new(),

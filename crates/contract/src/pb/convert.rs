@@ -296,6 +296,7 @@ impl From<&VmSpec> for pb::VmSpec {
                     read_only: s.read_only,
                 })
                 .collect(),
+            template: spec.template.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -339,6 +340,12 @@ impl TryFrom<pb::VmSpec> for VmSpec {
         }
         if let Some(bytes) = spec.memory_bytes {
             builder = builder.memory(ByteSize::new(bytes));
+        }
+        if let Some(template) = spec.template {
+            let template = template
+                .parse()
+                .map_err(|e| ValidationError::new("spec.template", e))?;
+            builder = builder.template(template);
         }
         if let Some(arch) = arch {
             builder = builder.arch(arch);
@@ -459,6 +466,7 @@ impl From<&VmStatus> for pb::VmStatus {
                 total_time_ms: m.total_time_ms,
                 message: m.message.clone(),
             }),
+            restored_from: status.restored_from.clone(),
         }
     }
 }
@@ -497,6 +505,7 @@ impl From<pb::VmStatus> for VmStatus {
                 total_time_ms: m.total_time_ms,
                 message: m.message,
             }),
+            restored_from: status.restored_from,
         }
     }
 }

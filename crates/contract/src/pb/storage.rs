@@ -7,7 +7,8 @@ use super::convert::{decode, decode_lenient, enum_or_unspecified, enum_value, re
 use crate::pb;
 use crate::{
     ByteSize, Image, ImageBuild, ImageSource, ImageSpec, ImageStatus, ObjectMeta, ResourceName,
-    Snapshot, SnapshotSpec, SnapshotStatus, ValidationError, Volume, VolumeSpec, VolumeStatus,
+    Snapshot, SnapshotSpec, SnapshotStatus, TemplateSource, TemplateStatus, ValidationError,
+    Volume, VolumeSpec, VolumeStatus,
 };
 
 fn meta(meta: Option<pb::ObjectMeta>) -> Result<ObjectMeta, ValidationError> {
@@ -26,6 +27,9 @@ impl From<&Image> for pb::Image {
                 distribution: b.distribution.as_str().into(),
                 packages: b.packages.clone(),
                 size_bytes: b.size.map(ByteSize::as_u64),
+            }),
+            ImageSource::Template(t) => pb::image_spec::Source::Template(pb::TemplateSource {
+                vm: t.vm.to_string(),
             }),
         };
         let st = &image.status;
@@ -46,6 +50,13 @@ impl From<&Image> for pb::Image {
                 verified_at: st.verified_at.clone(),
                 message: st.message.clone(),
                 packages: st.packages.clone(),
+                template: st.template.as_ref().map(|t| pb::TemplateStatus {
+                    state_digest: t.state_digest.clone(),
+                    state_size: t.state_size,
+                    vm: t.vm.clone(),
+                    spec: Some(t.spec.as_ref().into()),
+                    paused_ms: t.paused_ms,
+                }),
             }),
         }
     }
@@ -70,10 +81,16 @@ impl TryFrom<pb::Image> for Image {
                 packages: b.packages,
                 size: b.size_bytes.map(ByteSize::new),
             }),
+            Some(pb::image_spec::Source::Template(t)) => ImageSource::Template(TemplateSource {
+                vm: t
+                    .vm
+                    .parse()
+                    .map_err(|e| ValidationError::new("spec.source.template.vm", e))?,
+            }),
             None => {
                 return Err(ValidationError::new(
                     "spec.source",
-                    "required: set path, url, upload or build",
+                    "required: set path, url, upload, build or template",
                 ));
             }
         };
@@ -97,6 +114,17 @@ impl TryFrom<pb::Image> for Image {
                 verified_at: status.verified_at,
                 message: status.message,
                 packages: status.packages,
+                // Status is output: a template whose spec this server cannot read is shown
+                // without it rather than refused.
+                template: status.template.and_then(|t| {
+                    Some(TemplateStatus {
+                        spec: Box::new(t.spec?.try_into().ok()?),
+                        state_digest: t.state_digest,
+                        state_size: t.state_size,
+                        vm: t.vm,
+                        paused_ms: t.paused_ms,
+                    })
+                }),
             },
         })
     }

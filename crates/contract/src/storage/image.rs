@@ -107,6 +107,35 @@ pub enum ImageSource {
     },
     /// A disk image the daemon builds from distribution packages (`corral image build`).
     Build(ImageBuild),
+    /// A template (`corral template create`): a running VM's disk, RAM and device state,
+    /// saved at one instant on the VM's node. Volumes clone its disk like any disk image;
+    /// VMs whose `spec.template` names it start from its state instead of booting.
+    Template(TemplateSource),
+}
+
+/// The VM a template is saved from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSource {
+    /// A running VM of the image's project with exactly one volume (its disk) and no
+    /// shared folders.
+    pub vm: crate::ResourceName,
+}
+
+/// What a template saved besides its disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateStatus {
+    /// `blake3:<hex>` of the saved RAM and device state, in the image store.
+    pub state_digest: String,
+    /// Its size in bytes.
+    pub state_size: u64,
+    /// The VM it was saved from.
+    pub vm: String,
+    /// That VM's spec when it was saved: a VM started from the template has its hardware.
+    pub spec: Box<crate::VmSpec>,
+    /// How long the VM's guest was paused while it was saved, in milliseconds.
+    pub paused_ms: u64,
 }
 
 choice! {
@@ -253,7 +282,7 @@ impl ImageSpec {
                     ));
                 }
             }
-            ImageSource::Upload { .. } => {}
+            ImageSource::Upload { .. } | ImageSource::Template(_) => {}
             ImageSource::Build(build) => build.validate()?,
         }
         if let Some(checksum) = &self.checksum {
@@ -290,6 +319,9 @@ pub struct ImageStatus {
     /// For a built image, every package installed, as `name=version`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
+    /// For a template, its saved state and the hardware it needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateStatus>,
 }
 
 impl utoipa::PartialSchema for ImageSource {
@@ -308,9 +340,15 @@ impl utoipa::PartialSchema for ImageSource {
                 utoipa::openapi::schema::Ref::from_schema_name("ImageBuild").into(),
                 true,
             )]))
+            .item(object([(
+                "template",
+                utoipa::openapi::schema::Ref::from_schema_name("TemplateSource").into(),
+                true,
+            )]))
             .description(Some(
                 "Exactly one of: path (a file on the daemon's host), url (http or https), \
-                 upload (bytes a client streams), build (distribution packages)",
+                 upload (bytes a client streams), build (distribution packages), template \
+                 (a running VM's disk, RAM and device state)",
             ))
             .into()
     }

@@ -62,6 +62,13 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 8)]
     pub shares: Vec<Share>,
+    /// A template (an Image made by `corral template create`) whose saved RAM and device
+    /// state the VM starts from the first time, instead of booting: the guest runs on where
+    /// the template's VM was saved, in about the time it takes to read that state. Its
+    /// hardware (cpus, memory, machine, boot, devices) must be the template's VM's, as
+    /// `corral vm create --template` makes it; later starts boot from its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<ResourceName>,
 }
 
 /// A volume attached to a VM.
@@ -303,6 +310,7 @@ impl VmSpec {
                 cloud_init: None,
                 placement: Placement::default(),
                 shares: Vec::new(),
+                template: None,
             },
         }
     }
@@ -489,6 +497,12 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Starts the VM the first time from template `template`'s saved state.
+    pub fn template(mut self, template: ResourceName) -> Self {
+        self.spec.template = Some(template);
+        self
+    }
+
     /// The spec, if valid.
     pub fn build(self) -> Result<VmSpec, ValidationError> {
         self.spec.validate()?;
@@ -538,6 +552,8 @@ struct VmSpecInput {
     placement: Placement,
     #[serde(default, deserialize_with = "de_shares")]
     shares: Vec<Share>,
+    #[serde(default, deserialize_with = "de_template")]
+    template: Option<ResourceName>,
 }
 
 field_paths! {
@@ -555,6 +571,7 @@ field_paths! {
     de_cloud_init => "spec.cloud_init",
     de_placement => "spec.placement",
     de_shares => "spec.shares",
+    de_template => "spec.template",
 }
 
 impl TryFrom<VmSpecInput> for VmSpec {
@@ -576,6 +593,7 @@ impl TryFrom<VmSpecInput> for VmSpec {
             cloud_init: input.cloud_init,
             placement: input.placement,
             shares: input.shares,
+            template: input.template,
         };
         spec.validate()?;
         Ok(spec)

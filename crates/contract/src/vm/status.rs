@@ -147,6 +147,10 @@ pub struct VmStatus {
     /// The VM's last live migration (`corral vm migrate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// The template state the VM started from, `IMAGE@blake3:<hex>`: set by its first start,
+    /// so that later starts boot from its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 impl VmStatus {

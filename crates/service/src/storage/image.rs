@@ -2,8 +2,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use corral_contract::{
-    Boot, Image, ImageBuild, ImageFormat, ImageSource, ImageStatus, StoragePhase, ValidationError,
-    Vm, Volume,
+    Boot, Image, ImageBuild, ImageFormat, ImageSource, ImageStatus, StoragePhase, TemplateStatus,
+    ValidationError, Vm, Volume,
 };
 use corral_storage::{BuildRequest, Cas, CasWriter, Digest, HostAccess};
 use corral_store::Store;
@@ -28,14 +28,17 @@ impl ImageKind {
         ImageKind { cas }
     }
 
-    async fn remove_blob_if_unused(&self, store: &dyn Store, digest: &Digest) {
+    pub(super) async fn remove_blob_if_unused(&self, store: &dyn Store, digest: &Digest) {
         let text = digest.to_string();
+        let holds = |i: &Image| {
+            i.status.digest.as_deref() == Some(&text)
+                || i.status
+                    .template
+                    .as_ref()
+                    .is_some_and(|t| t.state_digest == text)
+        };
         match read_all::<Image>(store).await {
-            Ok(images)
-                if !images
-                    .iter()
-                    .any(|i| i.status.digest.as_deref() == Some(&text)) =>
-            {
+            Ok(images) if !images.iter().any(holds) => {
                 if let Err(e) = self.cas.remove(digest) {
                     tracing::warn!(%digest, error = %e, "cannot remove image bytes");
                 }
@@ -104,6 +107,10 @@ impl Strategy for ImageKind {
         if let Some(digest) = image.status.digest.as_deref().and_then(|d| d.parse().ok()) {
             self.remove_blob_if_unused(store, &digest).await;
         }
+        let state = image.status.template.as_ref();
+        if let Some(digest) = state.and_then(|t| t.state_digest.parse().ok()) {
+            self.remove_blob_if_unused(store, &digest).await;
+        }
     }
 }
 
@@ -117,7 +124,7 @@ impl ImportProgress {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn set(&self, n: u64) {
+    pub(super) fn set(&self, n: u64) {
         self.0.store(n, Ordering::Relaxed);
     }
 }
@@ -223,7 +230,7 @@ impl StorageService {
                     });
                 }
                 let (writer, packages) = self.build(&name, &build, writer, progress).await?;
-                return self.store_image(image, writer, packages).await;
+                return self.store_image(image, writer, packages, None).await;
             }
             ImageSource::Upload { .. } => {
                 return Err(ServiceError::Invalid(ValidationError::new(
@@ -231,8 +238,11 @@ impl StorageService {
                     "an upload is sent with the Upload call (corral image import NAME FILE)",
                 )));
             }
+            ImageSource::Template(_) => {
+                return self.create_template(image, progress, access).await;
+            }
         };
-        self.store_image(image, writer, Vec::new()).await
+        self.store_image(image, writer, Vec::new(), None).await
     }
 
     /// Builds a disk image from distribution packages (or takes it from the build cache) and
@@ -336,7 +346,7 @@ impl StorageService {
                 ));
             }
         }
-        self.store_image(image, writer, Vec::new()).await
+        self.store_image(image, writer, Vec::new(), None).await
     }
 
     async fn fetch(
@@ -425,14 +435,40 @@ impl StorageService {
         Ok(())
     }
 
+    /// Stores a template's disk copy `flat` and creates the image, with what else it saved.
+    pub(super) async fn store_template_disk(
+        &self,
+        image: Image,
+        flat: &std::path::Path,
+        template: TemplateStatus,
+    ) -> Result<Image, ServiceError> {
+        let name = image.metadata.name.to_string();
+        let mut writer = self.cas.writer()?;
+        let flat = flat.to_path_buf();
+        let writer = blocking(move || {
+            let file = std::fs::File::open(&flat).map_err(|source| ServiceError::Io {
+                context: format!("opening {}", flat.display()),
+                source,
+            })?;
+            writer
+                .copy_from(file, &flat.display().to_string(), |_| {})
+                .map_err(|e| ServiceError::import(&name, e))?;
+            Ok(writer)
+        })
+        .await?;
+        self.store_image(image, writer, Vec::new(), Some(template))
+            .await
+    }
+
     /// Checks the bytes in `writer` (format, backing file), moves them into the store and
-    /// creates the Image, recording `packages` (what a build installed). On any failure
-    /// nothing stays behind.
+    /// creates the Image, recording `packages` (what a build installed) and `template` (what
+    /// a template saved besides). On any failure nothing stays behind.
     async fn store_image(
         &self,
         mut image: Image,
         writer: CasWriter,
         packages: Vec<String>,
+        template: Option<TemplateStatus>,
     ) -> Result<Image, ServiceError> {
         let name = image.metadata.name.to_string();
         let declared = image.spec.format;
@@ -497,6 +533,7 @@ impl StorageService {
             verified_at: Some(now()),
             message: None,
             packages,
+            template,
         };
         match self.images.create(image).await {
             Ok(image) => {

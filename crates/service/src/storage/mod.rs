@@ -16,6 +16,7 @@ mod attest;
 mod fetch;
 mod image;
 mod snapshot;
+mod template;
 mod volume;
 
 use std::path::{Path, PathBuf};
@@ -105,6 +106,8 @@ pub struct StorageService {
     qemu_img: QemuImg,
     config: StorageConfig,
     http: reqwest::Client,
+    /// The node's VMs, for saving templates (none on a `--role server`).
+    hypervisor: Option<Arc<dyn corral_hypervisor::Hypervisor>>,
 }
 
 impl StorageService {
@@ -129,6 +132,7 @@ impl StorageService {
                 )
             })?,
             config,
+            hypervisor: None,
         })
     }
 

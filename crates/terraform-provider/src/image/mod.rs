@@ -160,7 +160,9 @@ impl Kind for ImageKind {
         let (path, url) = match &image.spec.source {
             ImageSource::Path(p) => (Value::string(p.display().to_string()), Value::Null),
             ImageSource::Url(u) => (Value::Null, Value::string(u)),
-            ImageSource::Upload { .. } | ImageSource::Build(_) => (Value::Null, Value::Null),
+            ImageSource::Upload { .. } | ImageSource::Build(_) | ImageSource::Template(_) => {
+                (Value::Null, Value::Null)
+            }
         };
         state.set("path", path);
         state.set("url", url);

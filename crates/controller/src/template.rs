@@ -1,0 +1,102 @@
+//! Starting a VM from a template's saved state (`spec.template`): the first start loads the
+//! state instead of booting; the hardware must be what the state was saved from, or QEMU
+//! would refuse it (or worse, load it into different devices).
+
+use corral_contract::{Image, Vm, VmSpec};
+use corral_hypervisor::VmConfig;
+use corral_service::{StorageService, resolve};
+
+/// Has `config` start from the saved state of `vm`'s template, if it names one and has not
+/// started from it yet; returns what to record in `status.restored_from`. `Err`: why it
+/// cannot start, for people.
+pub(crate) async fn restore(
+    storage: Option<&StorageService>,
+    vm: &Vm,
+    config: &mut VmConfig,
+) -> Result<Option<String>, String> {
+    let (Some(name), None) = (&vm.spec.template, &vm.status.restored_from) else {
+        return Ok(None);
+    };
+    let storage = storage.ok_or("starting from a template needs the node's image store")?;
+    let image: Image = resolve(
+        &**storage.images.store(),
+        vm.metadata.project(),
+        name.as_str(),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| format!("spec.template: image {name} is missing"))?;
+    let template = image.status.template.as_ref().ok_or_else(|| {
+        format!("spec.template: image {name} is not a template (corral template create makes one)")
+    })?;
+    if let Some(field) = hardware_differs(&template.spec, &vm.spec) {
+        return Err(format!(
+            "spec.{field}: differs from template {name}'s VM, whose saved devices must match \
+             (corral vm create --template copies them)"
+        ));
+    }
+    let (path, digest) = storage.template_state(&image).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(&path)
+        .map_err(|e| format!("opening template {name}'s state {}: {e}", path.display()))?;
+    config.restore.pass(file);
+    Ok(Some(format!("{name}@{digest}")))
+}
+
+/// The first field of `spec` whose value gives QEMU other devices than `template`'s.
+fn hardware_differs(template: &VmSpec, spec: &VmSpec) -> Option<&'static str> {
+    use corral_contract::Boot;
+    let same_boot = match (&template.boot, &spec.boot) {
+        (Boot::Kernel { .. }, Boot::Kernel { .. }) | (Boot::Volume { .. }, Boot::Volume { .. }) => {
+            true
+        }
+        (a, b) => a == b,
+    };
+    [
+        ("cpus", template.cpus == spec.cpus),
+        ("memory", template.memory == spec.memory),
+        ("arch", template.arch == spec.arch),
+        ("machine", template.machine() == spec.machine()),
+        (
+            "introspection",
+            template.introspection == spec.introspection,
+        ),
+        ("boot", same_boot),
+        ("volumes", template.volumes.len() == spec.volumes.len()),
+        ("networks", template.networks.len() == spec.networks.len()),
+        (
+            "cloud_init",
+            template.cloud_init.is_some() == spec.cloud_init.is_some(),
+        ),
+        ("shares", spec.shares.is_empty()),
+    ]
+    .into_iter()
+    .find(|(_, same)| !same)
+    .map(|(field, _)| field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_contract::{Boot, ByteSize};
+
+    fn spec(memory: u64) -> VmSpec {
+        VmSpec::builder(Boot::Volume {
+            volume: "disk".parse().unwrap(),
+        })
+        .memory(ByteSize::from_mib(memory))
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn only_what_changes_the_devices_must_match() {
+        assert_eq!(hardware_differs(&spec(512), &spec(512)), None);
+        assert_eq!(hardware_differs(&spec(512), &spec(1024)), Some("memory"));
+        let mut other_volume = spec(512);
+        other_volume.boot = Boot::Volume {
+            volume: "clone".parse().unwrap(),
+        };
+        other_volume.power = corral_contract::Power::Paused;
+        assert_eq!(hardware_differs(&spec(512), &other_volume), None);
+    }
+}
