@@ -161,6 +161,82 @@ fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm(
         .unwrap_or_else(|| panic!("df: {size}"));
     assert!(mib > 4400, "root is {mib} MiB: {size}");
 
+    // Saved as a template, dev1 gives a new VM that does not boot: it runs on from the save
+    // (its uptime is older than itself, a file written before the save is there), and its
+    // guest agent gave it its own hostname and MAC.
+    cli.ok(&[
+        "vm",
+        "ssh",
+        "dev1",
+        "--",
+        "echo before-the-save > /root/marker && sync",
+    ]);
+    let out = cli.ok(&["template", "create", "dev-tpl", "--from", "dev1"]);
+    assert!(out.contains("template/dev-tpl saved from vm/dev1"), "{out}");
+    let created = std::time::Instant::now();
+    let out = cli.ok(&[
+        "vm",
+        "create",
+        "dev2",
+        "--template",
+        "dev-tpl",
+        "--wait-ssh",
+        "--ssh-timeout",
+        "300",
+    ]);
+    assert!(out.contains("vm/dev2 ssh ready"), "{out}");
+    let uptime = cli.ok(&["vm", "ssh", "dev2", "--", "cat", "/proc/uptime"]);
+    let uptime: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/uptime: {uptime}"));
+    assert!(
+        uptime > created.elapsed().as_secs_f64(),
+        "dev2's guest has run {uptime} s, and dev2 exists for {:?}: it booted",
+        created.elapsed()
+    );
+    assert_eq!(
+        cli.ok(&["vm", "ssh", "dev2", "--", "cat", "/root/marker"]),
+        "before-the-save\n"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let dev2 = loop {
+        let dev2 = cli.get("vm", "dev2");
+        let identity = dev2["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "GuestIdentity").cloned());
+        if let Some(identity) = identity {
+            assert_eq!(identity["status"], true, "{identity}");
+            break dev2;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no GuestIdentity: {dev2}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    assert_eq!(
+        cli.ok(&["vm", "ssh", "dev2", "--", "hostname"]).trim(),
+        "dev2"
+    );
+    let mac = dev2["status"]["networks"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_mac = vm["status"]["networks"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(mac, old_mac);
+    let macs = cli.ok(&["vm", "ssh", "dev2", "--", "cat /sys/class/net/*/address"]);
+    assert!(
+        macs.contains(&mac) && !macs.contains(&old_mac),
+        "guest MACs {macs}; dev2's {mac}, dev1's {old_mac}"
+    );
+    cli.ok(&["vm", "delete", "dev2", "--force", "--wait"]);
+    cli.ok(&["template", "delete", "dev-tpl"]);
+
     // Deleting the VM deletes the volume it owns; the image stays.
     cli.ok(&["vm", "delete", "dev1", "--force", "--wait"]);
     cli.wait_gone("volume", "dev1");

@@ -66,6 +66,8 @@ pub mod conditions {
     pub const READY: &str = "Ready";
     /// The guest's SSH server answered with its banner through the VM's forward.
     pub const SSH_READY: &str = "SshReady";
+    /// A guest started from a template was told its own hostname and MACs by its agent.
+    pub const GUEST_IDENTITY: &str = "GuestIdentity";
 
     /// Reasons of the [`READY`] and [`SSH_READY`] conditions.
     pub mod reasons {
@@ -86,5 +88,9 @@ pub mod conditions {
         pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
         /// The guest's SSH banner was seen.
         pub const BANNER_SEEN: &str = "BannerSeen";
+        /// The guest agent set the guest's hostname and MACs.
+        pub const IDENTITY_SET: &str = "IdentitySet";
+        /// No guest agent answered: the guest keeps the template VM's hostname and MACs.
+        pub const NO_GUEST_AGENT: &str = "NoGuestAgent";
     }
 }

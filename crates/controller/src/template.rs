@@ -2,9 +2,16 @@
 //! state instead of booting; the hardware must be what the state was saved from, or QEMU
 //! would refuse it (or worse, load it into different devices).
 
-use corral_contract::{Image, Vm, VmSpec};
-use corral_hypervisor::VmConfig;
-use corral_service::{StorageService, resolve};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_contract::names::conditions::{GUEST_IDENTITY, reasons};
+use corral_contract::{Condition, Image, Vm, VmSpec};
+use corral_hypervisor::{Hypervisor, VmConfig};
+use corral_service::{StorageService, VmService, resolve};
+
+/// How long a guest started from a template has for its agent to answer.
+const AGENT_WAIT: Duration = Duration::from_secs(120);
 
 /// Has `config` start from the saved state of `vm`'s template, if it names one and has not
 /// started from it yet; returns what to record in `status.restored_from`. `Err`: why it
@@ -40,6 +47,37 @@ pub(crate) async fn restore(
         .map_err(|e| format!("opening template {name}'s state {}: {e}", path.display()))?;
     config.restore.pass(file);
     Ok(Some(format!("{name}@{digest}")))
+}
+
+/// In the background: has the guest agent of `vm`, just started from a template (process
+/// `pid`), give the guest the VM's own hostname and MACs, and records the outcome in the
+/// `GuestIdentity` condition. A guest without an agent keeps the template VM's; it runs all
+/// the same.
+pub(crate) fn tell_identity(hv: Arc<dyn Hypervisor>, svc: VmService, vm: &Vm, pid: u32) {
+    let (key, uid) = (vm.metadata.key(), vm.metadata.uid.clone());
+    let hostname = vm.metadata.name.to_string();
+    tokio::spawn(async move {
+        let outcome = hv.set_guest_identity(&uid, &hostname, AGENT_WAIT).await;
+        let condition = match &outcome {
+            Ok(done) => Condition::new(GUEST_IDENTITY, true, reasons::IDENTITY_SET, done),
+            Err(e) => Condition::new(
+                GUEST_IDENTITY,
+                false,
+                reasons::NO_GUEST_AGENT,
+                format!("the guest keeps the template VM's hostname and MACs: {e}"),
+            ),
+        };
+        tracing::info!(vm = %key, outcome = ?outcome, "identity of a VM started from a template");
+        let _ = svc
+            .update_status(&key, |_, st| {
+                let same = st.pid == Some(pid);
+                if same {
+                    st.set_condition(condition.clone());
+                }
+                same
+            })
+            .await;
+    });
 }
 
 /// The first field of `spec` whose value gives QEMU other devices than `template`'s.

@@ -758,6 +758,9 @@ impl VmController {
                         true
                     })
                     .await?;
+                if restored_from.is_some() {
+                    crate::template::tell_identity(self.hv.clone(), self.svc.clone(), vm, info.pid);
+                }
                 Ok(None)
             }
             Err(e) => self.start_failed(vm, e.to_string(), restart).await,

@@ -177,6 +177,24 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Tells running VM `uid`'s guest, through its guest agent, its hostname and the MACs
+    /// its NICs have now (a guest started from saved state still has those of the VM the
+    /// state was saved from). Returns what it did, for people; fails when no agent answers
+    /// within `within`.
+    async fn set_guest_identity(
+        &self,
+        uid: &str,
+        hostname: &str,
+        within: Duration,
+    ) -> Result<String, Error> {
+        let _ = (hostname, within);
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "reach its guest agent",
+            state: "managed by a backend without a guest agent channel".into(),
+        })
+    }
+
     /// Makes VM `uid`, started with [`VmConfig::incoming`], listen for its migrating state at
     /// `uri` (`tcp:HOST:PORT`).
     async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {

@@ -485,6 +485,7 @@ impl QemuBackend {
         let owner = self.config.run_as;
         let qmp = files::bind_socket(&paths.qmp)?;
         let console = files::bind_socket(&paths.console)?;
+        let agent = files::bind_socket(&paths.agent)?;
         files::create_private(&paths.pid, owner, "pid file")?;
         if let Some(path) = &config.memory_file {
             files::create_private(path, owner, "guest RAM file")?;
@@ -504,12 +505,13 @@ impl QemuBackend {
         if owner.is_some() {
             files::share_search(&paths.dir, owner)?;
         }
-        // In the order the command line names them: fd 3, 4, the TAPs from 5, then the
-        // shares' sockets.
+        // In the order the command line names them: fd 3, 4, the TAPs from 5, the shares'
+        // sockets, then the guest agent's.
         let inherit: Vec<_> = [qmp.as_fd(), console.as_fd()]
             .into_iter()
             .chain(taps.iter().map(AsFd::as_fd))
             .chain(shares.iter().map(AsFd::as_fd))
+            .chain(std::iter::once(agent.as_fd()))
             .collect();
         process::spawn(cmd, &paths.qemu_log, self.run_as.as_ref(), &inherit)
             .map_err(|e| Error::io(format!("starting {}", cmd.binary().display()), e))
@@ -858,6 +860,74 @@ impl Hypervisor for QemuBackend {
 
     async fn console_log(&self, uid: &str, max: u64) -> Result<Vec<u8>, Error> {
         self.serial_tail(uid, max).await
+    }
+
+    async fn set_guest_identity(
+        &self,
+        uid: &str,
+        hostname: &str,
+        within: Duration,
+    ) -> Result<String, Error> {
+        let rt = self.live_runtime(uid, "reach its guest agent").await?;
+        let paths = self.paths(uid);
+        let record: LaunchRecord = std::fs::read(&paths.launch)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| Error::InvalidState {
+                uid: uid.to_owned(),
+                op: "reach its guest agent",
+                state: "no readable launch record".into(),
+            })?;
+        // What each NIC's device holds now (the saved MAC after a restore), in NIC order.
+        let filters = rt
+            .qmp
+            .execute("query-rx-filter", None)
+            .await
+            .map_err(|e| monitor_error(uid, e))?;
+        let current: Vec<String> = filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| Some(f["main-mac"].as_str()?.to_ascii_lowercase()))
+            .collect();
+        let mut agent = crate::guest_agent::Agent::connect(&paths.agent, within).await?;
+        let interfaces = agent.interfaces().await?;
+        let mut done = Vec::new();
+        for (nic, old) in record.config.nics.iter().zip(&current) {
+            let new = nic.mac.to_string().to_ascii_lowercase();
+            if *old == new {
+                continue;
+            }
+            let Some((name, _)) = interfaces.iter().find(|(_, mac)| mac == old) else {
+                continue;
+            };
+            let (code, out) = agent
+                .exec("/sbin/ip", &["link", "set", "dev", name, "address", &new])
+                .await?;
+            if code != 0 {
+                return Err(Error::InvalidState {
+                    uid: uid.to_owned(),
+                    op: "set its MAC in the guest",
+                    state: format!("ip link set dev {name} address {new}: exit {code}: {out}"),
+                });
+            }
+            done.push(format!("{name} {new}"));
+        }
+        let (code, out) = agent
+            .exec("/usr/bin/hostnamectl", &["set-hostname", hostname])
+            .await?;
+        if code != 0 {
+            let (code, _) = agent.exec("/bin/hostname", &[hostname]).await?;
+            if code != 0 {
+                return Err(Error::InvalidState {
+                    uid: uid.to_owned(),
+                    op: "set its hostname in the guest",
+                    state: format!("hostnamectl: exit {code}: {out}"),
+                });
+            }
+        }
+        done.insert(0, format!("hostname {hostname}"));
+        Ok(done.join(", "))
     }
 
     async fn save_state<'a>(

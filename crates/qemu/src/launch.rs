@@ -140,6 +140,7 @@ pub fn command_line(
 
     crate::net::add_nics(&mut cmd, config);
     crate::virtiofs::add_shares(&mut cmd, config);
+    crate::guest_agent::add_agent(&mut cmd, config);
 
     // The monitor and console sockets are bound by the backend and inherited (their paths
     // stay in the VM's directory, which QEMU may not write): QMP at fd 3, console at fd 4.
@@ -293,9 +294,17 @@ mod tests {
         assert_eq!(
             after(args, "-chardev"),
             [
+                // The guest agent's socket follows the TAPs and shares (none here): fd 5.
+                "socket,id=agent,fd=5,server=on,wait=off",
                 "socket,id=console,fd=4,server=on,wait=off",
                 "socket,id=qmp,fd=3,server=on,wait=off"
             ]
+        );
+        assert!(
+            after(args, "-device")
+                .contains(&"virtserialport,bus=vser0.0,chardev=agent,name=org.qemu.guest_agent.0"),
+            "{:?}",
+            after(args, "-device")
         );
         assert!(after(args, "-pidfile")[0].ends_with("/r,un/vms/u1/qemu.pid"));
         assert_eq!(

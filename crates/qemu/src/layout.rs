@@ -17,6 +17,8 @@ pub struct VmPaths {
     pub qmp: PathBuf,
     /// Serial console socket.
     pub console: PathBuf,
+    /// Guest agent socket.
+    pub agent: PathBuf,
     /// Pid file QEMU writes.
     pub pid: PathBuf,
     /// Bounded log of the serial console.
@@ -34,6 +36,7 @@ impl VmPaths {
         VmPaths {
             qmp: dir.join("qmp.sock"),
             console: dir.join("console.sock"),
+            agent: dir.join("agent.sock"),
             pid: dir.join("qemu.pid"),
             serial_log: dir.join("serial.log"),
             qemu_log: dir.join("qemu.log"),
@@ -44,7 +47,7 @@ impl VmPaths {
 
     /// Fails when a socket path would not fit in `sun_path`.
     pub fn check_socket_lengths(&self) -> Result<(), Error> {
-        for path in [&self.qmp, &self.console] {
+        for path in [&self.qmp, &self.console, &self.agent] {
             let len = path.as_os_str().as_bytes().len();
             if len > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong {
@@ -59,7 +62,13 @@ impl VmPaths {
 
     /// Removes the files that only make sense while QEMU runs; keeps the logs.
     pub fn remove_runtime_files(&self) {
-        for path in [&self.qmp, &self.console, &self.pid, &self.launch] {
+        for path in [
+            &self.qmp,
+            &self.console,
+            &self.agent,
+            &self.pid,
+            &self.launch,
+        ] {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -47,6 +47,7 @@ mod cmdline;
 mod emulator;
 mod files;
 mod guest_access;
+mod guest_agent;
 mod launch;
 mod layout;
 mod net;
