@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 use corral_contract::Machine;
 use corral_hypervisor::{Error, VmConfig};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::cmdline::{OptList, QemuCommand};
 
 /// The port name qemu-guest-agent opens.
 const PORT: &str = "org.qemu.guest_agent.0";
+/// The most bytes corrald reads for one reply, or skips before the sync mark: the guest
+/// writes this channel, and must not make corrald hold what it likes.
+const MAX_READ: u64 = 1 << 20;
 
 /// The descriptor QEMU inherits the agent's listening socket at: after the TAPs and the
 /// shares' sockets.
@@ -85,9 +88,10 @@ impl Agent {
         loop {
             let mut skipped = Vec::new();
             let deadline = agent.deadline;
-            timed(deadline, agent.reader.read_until(0xff, &mut skipped)).await?;
+            let bounded = (&mut agent.reader).take(MAX_READ);
+            timed(deadline, read_until(bounded, 0xff, &mut skipped)).await?;
             if skipped.last() != Some(&0xff) {
-                return Err(agent_error("the channel closed during sync"));
+                return Err(agent_error("no sync mark from the guest agent"));
             }
             let reply = agent.read_reply().await?;
             if reply.as_u64() == Some(id) {
@@ -166,7 +170,8 @@ impl Agent {
     async fn read_reply(&mut self) -> Result<Value, Error> {
         loop {
             let mut line = String::new();
-            let n = timed(self.deadline, self.reader.read_line(&mut line)).await?;
+            let bounded = (&mut self.reader).take(MAX_READ);
+            let n = timed(self.deadline, read_line(bounded, &mut line)).await?;
             if n == 0 {
                 return Err(agent_error("the channel closed"));
             }
@@ -181,6 +186,21 @@ impl Agent {
             }
         }
     }
+}
+
+async fn read_until(
+    mut from: impl tokio::io::AsyncBufRead + Unpin,
+    byte: u8,
+    into: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    from.read_until(byte, into).await
+}
+
+async fn read_line(
+    mut from: impl tokio::io::AsyncBufRead + Unpin,
+    into: &mut String,
+) -> std::io::Result<usize> {
+    from.read_line(into).await
 }
 
 async fn timed<T>(
@@ -206,4 +226,92 @@ fn rand_u16() -> u16 {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     (nanos ^ (nanos >> 16)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A guest agent that speaks the protocol, with stale bytes in the channel first.
+    async fn fake_agent(listener: tokio::net::UnixListener) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        // An earlier client's unread answer, then the sync request arrives.
+        write.write_all(b"{\"return\": {}}\n").await.unwrap();
+        let mut first = [0u8; 1];
+        read.read_exact(&mut first).await.unwrap();
+        assert_eq!(first[0], 0xff, "a sync starts with 0xff");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await.unwrap() == 0 {
+                return;
+            }
+            let request: Value = serde_json::from_str(line.trim()).unwrap();
+            let reply = match request["execute"].as_str().unwrap() {
+                "guest-sync-delimited" => {
+                    write.write_all(&[0xff]).await.unwrap();
+                    json!({ "return": request["arguments"]["id"] })
+                }
+                "guest-network-get-interfaces" => json!({ "return": [
+                    { "name": "lo", "hardware-address": "00:00:00:00:00:00" },
+                    { "name": "enp0s3", "hardware-address": "02:C0:00:00:00:01" },
+                ]}),
+                "guest-exec" => {
+                    assert_eq!(request["arguments"]["path"], "/usr/bin/hostnamectl");
+                    assert_eq!(request["arguments"]["arg"], json!(["set-hostname", "web"]));
+                    json!({ "return": { "pid": 7 } })
+                }
+                "guest-exec-status" => json!({ "return": {
+                    "exited": true, "exitcode": 0, "out-data": "ZG9uZQo="
+                }}),
+                other => json!({ "error": { "class": "CommandNotFound", "desc": other } }),
+            };
+            write
+                .write_all(format!("{reply}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_syncs_past_stale_replies_runs_programs_and_lists_interfaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(fake_agent(listener));
+        let mut agent = Agent::connect(&path, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let interfaces = agent.interfaces().await.unwrap();
+        assert_eq!(interfaces[1], ("enp0s3".into(), "02:c0:00:00:00:01".into()));
+        let (code, out) = agent
+            .exec("/usr/bin/hostnamectl", &["set-hostname", "web"])
+            .await
+            .unwrap();
+        assert_eq!((code, out.as_str()), (0, "done\n"));
+        let err = agent.call("guest-shutdown", json!({})).await.unwrap_err();
+        assert!(err.to_string().contains("guest-shutdown"), "{err}");
+        drop(agent);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_guest_fails_by_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let _held = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(stream);
+        });
+        let err = Agent::connect(&path, Duration::from_millis(200))
+            .await
+            .err()
+            .expect("no agent answers");
+        assert!(err.to_string().contains("in time"), "{err}");
+    }
 }
