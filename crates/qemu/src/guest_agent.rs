@@ -231,7 +231,6 @@ fn rand_u16() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     /// A guest agent that speaks the protocol, with stale bytes in the channel first.
     async fn fake_agent(listener: tokio::net::UnixListener) {
