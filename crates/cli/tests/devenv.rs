@@ -235,6 +235,7 @@ fn a_built_debian_image_boots_with_its_cloud_init_identity_and_goes_with_its_vm(
         "guest MACs {macs}; dev2's {mac}, dev1's {old_mac}"
     );
     cli.ok(&["vm", "delete", "dev2", "--force", "--wait"]);
+    cli.wait_gone("volume", "dev2");
     cli.ok(&["template", "delete", "dev-tpl"]);
 
     // Deleting the VM deletes the volume it owns; the image stays.

@@ -779,6 +779,7 @@ fn a_vm_from_a_template_runs_on_from_the_saved_instant_on_a_disk_of_its_own() {
 
     // Deleting the VM deletes its disk; then the template may go, and its blobs with it.
     cli.ok(&["vm", "delete", "copy", "--wait"]);
+    cli.wait_gone("volume", "copy");
     cli.ok(&["template", "delete", "tpl"]);
     let blobs = files_in(&d.data_dir().join("images/blake3"));
     assert_eq!(
