@@ -45,8 +45,10 @@ async fn main() -> std::process::ExitCode {
         };
     }
     if let Some(Command::FenceGuard) = &args.command {
+        // Its log is a file (<run-dir>/fence/guard.log): plain text.
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
+            .with_ansi(false)
             .with_writer(std::io::stderr)
             .init();
         let run_dir = args
