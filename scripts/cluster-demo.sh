@@ -10,6 +10,11 @@
 #   scripts/cluster-demo.sh env    print those lines again
 #   scripts/cluster-demo.sh down   remove everything it started: processes (QEMUs included),
 #                                  namespaces, links and files
+# and, to see the cluster cope with failures:
+#   scripts/cluster-demo.sh start NAME   start etcd-N, server-X or agent-N again, as it was
+#                                        started (after `kill -9 $(cat <dir>/pids/NAME)`)
+#   scripts/cluster-demo.sh cut agent-N  cut the agent's link to the bridge (a partition)
+#   scripts/cluster-demo.sh heal agent-N put it back
 #
 # Needs root (namespaces, links). Settings, from the environment:
 #   CORRAL_DEMO_DIR      where its files go (default /tmp/corral-demo; keep it short:
@@ -65,6 +70,7 @@ EOF
 spawn() {
   local name=$1; shift
   mkdir -p "$dir/$name" "$dir/pids"
+  printf '%q ' "$@" >"$dir/$name/cmd" # for `start NAME`
   setsid sh -c 'echo $$ >"$0"; exec "$@"' "$dir/pids/$name" "$@" \
     </dev/null >>"$dir/$name/log" 2>&1 &
 }
@@ -258,12 +264,47 @@ down() {
   log "demo cluster removed ($dir, namespaces $prefix-*, bridge $bridge)"
 }
 
+running() { # running NAME: its recorded process is alive
+  local pid
+  pid=$(cat "$dir/pids/$1" 2>/dev/null) && [ -d "/proc/$pid" ] &&
+    ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+start_again() {
+  local name=$1
+  [ -f "$dir/$name/cmd" ] || die "no $name in this demo cluster (etcd-1..3, server-a, server-b, agent-1..3)"
+  running "$name" && die "$name runs already (pid $(cat "$dir/pids/$name"))"
+  eval "spawn \"\$name\" $(cat "$dir/$name/cmd")"
+  log "$name started again (log: $dir/$name/log)"
+}
+
+link_of() { # link_of agent-N: the host end of its veth
+  case "$1" in
+    agent-[123]) echo "$prefix-h${1#agent-}" ;;
+    *) die "cut and heal take agent-1, agent-2 or agent-3, not $1" ;;
+  esac
+}
+
 case "${1:-up}" in
   up) up ;;
   down) down ;;
+  start)
+    [ -f "$state" ] || die "no demo cluster is up ($state)"
+    start_again "${2:?start NAME}"
+    ;;
+  cut)
+    [ -f "$state" ] || die "no demo cluster is up ($state)"
+    ip link set "$(link_of "${2:?cut agent-N}")" down
+    log "${2} cut off: its reports stop reaching the servers"
+    ;;
+  heal)
+    [ -f "$state" ] || die "no demo cluster is up ($state)"
+    ip link set "$(link_of "${2:?heal agent-N}")" up
+    log "${2} connected again"
+    ;;
   env)
     [ -f "$state" ] || die "no demo cluster is up ($state)"
     print_env
     ;;
-  *) die "usage: $0 [up|env|down]" ;;
+  *) die "usage: $0 [up|env|down|start NAME|cut agent-N|heal agent-N]" ;;
 esac
