@@ -5,7 +5,11 @@
 //! - `kill -9` of an agent: its VMs run again on the others (its fence guard kills its
 //!   QEMUs first); the agent started again re-adopts nothing that moved;
 //! - the link of another agent cut (a partition): it fences itself, its VMs run again on the
-//!   others; healed, it starts nothing that moved.
+//!   others; healed, it starts nothing that moved;
+//! - an agent killed and started again at once: it re-adopts the same QEMUs, nothing killed;
+//! - an agent frozen (SIGSTOP) past its TTL: its guard kills its QEMUs, the VMs run again on
+//!   the others; thawed, it starts nothing that moved;
+//! - an etcd member killed: a new VM is still placed and boots.
 //!
 //! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and every
 //! QEMU process of the host, in every namespace, sampled every 100 ms from start to end:
@@ -20,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use corral_client::{Client, Endpoint};
 use corral_contract::{Phase, RestartPolicy, Vm};
+use corral_daemon::fence_guard::{GuardPaths, Stamp, boottime};
 use corral_testkit::{BOOT_MARKER, kit_vm, workspace_binary};
+use nix::sys::signal::Signal;
 
 const PATIENCE: Duration = Duration::from_secs(300);
 
@@ -92,23 +98,37 @@ impl Demo {
         self.dir.join(agent).join("run")
     }
 
-    fn kill_9(&self, name: &str) {
+    fn signal(&self, name: &str, signal: Signal) {
         let pid: i32 = std::fs::read_to_string(self.dir.join("pids").join(name))
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    }
+
+    fn kill_9(&self, name: &str) {
+        self.signal(name, Signal::SIGKILL);
+    }
+
+    fn guard_kills(&self, agent: &str) -> usize {
+        std::fs::read_to_string(self.run_dir(agent).join("fence/guard.log"))
+            .unwrap_or_default()
+            .matches("QEMU killed")
+            .count()
+    }
+
+    fn deadline(&self, agent: &str) -> Option<Duration> {
+        Stamp::read(&GuardPaths::new(&self.run_dir(agent)).stamp)
+            .ok()
+            .flatten()
+            .map(|s| s.deadline())
     }
 
     fn log(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(80)..].join("\n")
     }
 
     fn serial_log(&self, agent: &str, uid: &str) -> String {
@@ -119,6 +139,16 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in ["server-a", "server-b", "agent-1", "agent-2", "agent-3"] {
+                eprintln!("--- {name}:\n{}", self.log(name));
+                let guard = self.run_dir(name).join("fence/guard.log");
+                eprintln!(
+                    "--- {name}'s guard:\n{}",
+                    std::fs::read_to_string(guard).unwrap_or_default()
+                );
+            }
+        }
         let out = self.script(&["down"]);
         if !out.status.success() {
             eprintln!(
@@ -129,8 +159,9 @@ impl Drop for Demo {
     }
 }
 
-/// The live QEMUs of the host, in every namespace: pid → VM uid (`-uuid`).
-fn qemus() -> HashMap<u32, String> {
+/// The QEMUs of the host, in every namespace, whose command line names `dir`: pid → VM uid
+/// (`-uuid`).
+fn qemus(dir: &[u8]) -> HashMap<u32, String> {
     let mut found = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -143,11 +174,12 @@ fn qemus() -> HashMap<u32, String> {
             continue;
         };
         let args: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
-        if !args.first().is_some_and(|a| {
+        let is_qemu = args.first().is_some_and(|a| {
             a.rsplit(|b| *b == b'/')
                 .next()
                 .is_some_and(|n| n.starts_with(b"qemu-system"))
-        }) {
+        });
+        if !is_qemu || !args.iter().any(|a| a.windows(dir.len()).any(|w| w == dir)) {
             continue;
         }
         if let Some(i) = args.iter().position(|a| *a == b"-uuid") {
@@ -167,18 +199,17 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(uids: Vec<String>) -> Sampler {
+    fn start(dir: PathBuf) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let (mut samples, mut twice) = (0, Vec::new());
+            let dir = dir.as_os_str().as_encoded_bytes().to_vec();
             while !flag.load(Ordering::Relaxed) {
                 let mut per_vm: HashMap<&str, Vec<u32>> = HashMap::new();
-                let seen = qemus();
+                let seen = qemus(&dir);
                 for (pid, uid) in &seen {
-                    if uids.contains(uid) {
-                        per_vm.entry(uid.as_str()).or_default().push(*pid);
-                    }
+                    per_vm.entry(uid.as_str()).or_default().push(*pid);
                 }
                 for (uid, pids) in per_vm.iter().filter(|(_, p)| p.len() > 1) {
                     // A zombie (killed, not yet reaped) runs nothing: look again.
@@ -315,6 +346,7 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     let demo = tokio::task::spawn_blocking(Demo::up).await?;
     let c = Client::connect(Endpoint::Unix(demo.socket())).await?;
     let agents = ["agent-1", "agent-2", "agent-3"];
+    let sampler = Sampler::start(demo.dir.clone());
 
     // Six VMs, spread: two per agent.
     let names: Vec<String> = (1..=6).map(|i| format!("vm-{i}")).collect();
@@ -322,7 +354,6 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
         c.create_vm(&kit_vm(name, |s| s.restart_policy(RestartPolicy::Always)))
             .await?;
     }
-    let mut uids = Vec::new();
     for name in &names {
         let deadline = Instant::now() + PATIENCE;
         let node = loop {
@@ -338,7 +369,6 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
         };
         let vm = c.get_vm(name).await?;
         booted(&demo, &node, &vm).await;
-        uids.push(vm.metadata.uid);
     }
     for agent in agents {
         assert_eq!(
@@ -358,17 +388,16 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
             assert!(in_ns.contains(&pid), "QEMU {pid} in {ns}: {in_ns:?}");
         }
     }
-    let sampler = Sampler::start(uids);
 
     // kill -9 of an agent.
     let victims = vms_on(&c, &names, "agent-1").await;
     let t0 = Instant::now();
     demo.kill_9("agent-1");
     let killed = failed_over(&demo, &c, "agent-1", &victims, t0).await;
-    let guard_log = std::fs::read_to_string(demo.run_dir("agent-1").join("fence/guard.log"))?;
-    assert!(
-        guard_log.matches("QEMU killed").count() == victims.len(),
-        "agent-1's guard killed its QEMUs:\n{guard_log}"
+    assert_eq!(
+        demo.guard_kills("agent-1"),
+        victims.len(),
+        "agent-1's guard killed its QEMUs"
     );
     // Started again, it reports, and runs nothing of what moved.
     demo.ok(&["start", "agent-1"]);
@@ -407,9 +436,97 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     }
     assert!(corral_testkit::qemu_pids_under(&demo.run_dir(cut)).is_empty());
 
+    // An agent restarted in time (kill -9, then at once again): it re-adopts its QEMUs —
+    // the same processes — and its guard, renewed, kills nothing.
+    let busiest = |counts: Vec<(usize, &'static str)>| counts.into_iter().max().unwrap().1;
+    let mut counts = Vec::new();
+    for agent in agents {
+        counts.push((vms_on(&c, &names, agent).await.len(), agent));
+    }
+    let restarted = busiest(counts);
+    let before: Vec<(String, u32)> = vms_on(&c, &names, restarted)
+        .await
+        .into_iter()
+        .map(|vm| (vm.metadata.name.to_string(), vm.status.pid.expect("a pid")))
+        .collect();
+    let kills = demo.guard_kills(restarted);
+    let old_deadline = demo.deadline(restarted).expect("a deadline");
+    demo.kill_9(restarted);
+    demo.ok(&["start", restarted]);
+    let deadline = Instant::now() + PATIENCE;
+    while boottime() <= old_deadline + Duration::from_secs(1)
+        || demo.deadline(restarted) <= Some(old_deadline)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{restarted} did not renew its deadline:\n{}",
+            demo.log(restarted)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(demo.guard_kills(restarted), kills, "nothing killed");
+    for (name, pid) in &before {
+        assert!(corral_qemu::is_alive(*pid), "{name}'s QEMU {pid} lives on");
+        let deadline = Instant::now() + PATIENCE;
+        while running_on(&c, name).await != Some((restarted.to_owned(), *pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not re-adopted by {restarted} (pid {pid}): {:?}",
+                c.get_vm(name).await.map(|vm| vm.status)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A frozen agent (SIGSTOP for longer than its TTL): it cannot fence itself, its guard
+    // does; thawed, it starts nothing that moved.
+    let frozen = restarted;
+    let victims = vms_on(&c, &names, frozen).await;
+    let kills = demo.guard_kills(frozen);
+    let t0 = Instant::now();
+    demo.signal(frozen, Signal::SIGSTOP);
+    let stopped = failed_over(&demo, &c, frozen, &victims, t0).await;
+    assert_eq!(
+        demo.guard_kills(frozen),
+        kills + victims.len(),
+        "its guard killed them"
+    );
+    demo.signal(frozen, Signal::SIGCONT);
+    wait_ready(&demo, &c, frozen).await;
+    for vm in &victims {
+        let (node, _) = running_on(&c, vm.metadata.name.as_str())
+            .await
+            .expect("still running");
+        assert_ne!(node, frozen, "it stays where it moved");
+    }
+    assert!(corral_testkit::qemu_pids_under(&demo.run_dir(frozen)).is_empty());
+
+    // An etcd member killed: the cluster carries on (a new VM is placed and boots).
+    demo.kill_9("etcd-2");
+    c.create_vm(&kit_vm("vm-7", |s| s.restart_policy(RestartPolicy::Always)))
+        .await?;
+    let deadline = Instant::now() + PATIENCE;
+    let node = loop {
+        if let Some((node, _)) = running_on(&c, "vm-7").await {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vm-7 not running with etcd-2 down: {:?}\nserver-a:\n{}",
+            c.get_vm("vm-7").await.map(|vm| vm.status),
+            demo.log("server-a")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    booted(&demo, &node, &c.get_vm("vm-7").await?).await;
+    demo.ok(&["start", "etcd-2"]);
+
     let (samples, twice) = sampler.finish();
     summary("agent killed (kill -9)", &killed);
     summary("agent cut off (link down)", &partitioned);
+    summary("agent frozen (SIGSTOP)", &stopped);
+    let all: Vec<Duration> = [killed, partitioned, stopped].concat();
+    summary("all", &all);
     println!(
         "samples of every QEMU on the host: {samples}, with two QEMUs for one VM: {}",
         twice.len()
