@@ -71,6 +71,7 @@ spawn() {
   local name=$1; shift
   mkdir -p "$dir/$name" "$dir/pids"
   printf '%q ' "$@" >"$dir/$name/cmd" # for `start NAME`
+  # shellcheck disable=SC2016 # expanded by that sh, not this one
   setsid sh -c 'echo $$ >"$0"; exec "$@"' "$dir/pids/$name" "$@" \
     </dev/null >>"$dir/$name/log" 2>&1 &
 }
