@@ -41,8 +41,10 @@ need mkfs.vfat dosfstools
 need ip iproute2
 need dnsmasq dnsmasq-base
 need nft nftables
-# The etcd store's conformance and cluster tests start real etcd members (3.4).
+# The etcd store's conformance and cluster tests start real etcd members (3.4);
+# scripts/cluster-demo.sh reads the CLI's JSON with jq.
 need etcd etcd-server
+need jq jq
 # etcd-client (the etcd store's gRPC client) compiles etcd's .proto files with protoc.
 need protoc protobuf-compiler
 # The web console (ui/): Node.js and npm build it (esbuild) and run its browser test

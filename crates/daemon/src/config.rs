@@ -324,6 +324,20 @@ pub enum Command {
     /// Set up a cluster's certificates
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Watch this node's VMs and kill them once corrald's fence deadline passes (corrald
+    /// starts this itself in a cluster; there is no need to run it by hand)
+    ///
+    /// QEMU outlives corrald. In a cluster, a node whose corrald stops reporting (killed,
+    /// frozen, cut off) has its VMs started elsewhere once the node TTL plus a margin has
+    /// passed; its old QEMUs must be gone by then, or a VM would run twice. corrald writes a
+    /// deadline — when its last successful report was sent, plus the node TTL — to
+    /// <run-dir>/fence/deadline after every report; this guard SIGKILLs every QEMU of
+    /// <run-dir> once that deadline passes, logs it to <run-dir>/fence/guard.log and records
+    /// it in <run-dir>/fence/fenced for corrald. It kills only QEMUs the QEMU backend
+    /// launched from <run-dir> (exact command line, held by pidfd), never another process.
+    /// One guard runs per run directory (a lock on <run-dir>/fence/guard.lock); it exits
+    /// when that file goes, e.g. when a corrald without a cluster starts on the directory.
+    FenceGuard,
 }
 
 /// `corrald cluster …`.
@@ -980,6 +994,11 @@ fn default_run_dir(root: bool) -> PathBuf {
         Some(dir) => PathBuf::from(dir).join("corral"),
         None => std::env::temp_dir().join(format!("corral-{}", nix::unistd::geteuid())),
     }
+}
+
+/// The run dir corrald uses when none is given, for the user running it.
+pub fn default_run_dir_for_me() -> PathBuf {
+    default_run_dir(nix::unistd::geteuid().is_root())
 }
 
 /// The default API socket path, as clients compute it.

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 mod console;
 pub mod dirs;
+pub mod fence_guard;
 mod identities;
 mod images;
 mod memory;
@@ -180,6 +181,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let controller_config = controller_config(&config, host_paths);
     let metrics = Arc::new(Metrics::new());
     let fenced = Arc::new(corral_controller::FenceState::default());
+    let runs_vms = config.cluster.role == config::Role::All;
+    // In a cluster a guard process enforces the fence should this one die; a single host
+    // needs none, and a guard left from an earlier cluster run on this run dir is retired.
+    let guard = match (&config.store, runs_vms) {
+        (config::StoreConfig::Etcd { .. }, true) => Some(Arc::new(
+            fence_guard::attach_at_start(&config.run_dir, config.cluster.node_ttl, &fenced)
+                .await
+                .context("starting the node's fence guard")?,
+        )),
+        (config::StoreConfig::Sqlite, true) => {
+            fence_guard::retire(&config.run_dir);
+            None
+        }
+        _ => None,
+    };
     let controller = Arc::new(
         VmController::new(vms.clone(), backend.clone(), controller_config)
             .with_observer(metrics.clone())
@@ -238,12 +254,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .follow(daemon.identities.clone(), stop_rx.clone())
         .await
         .context("loading identities")?;
-    let runs_vms = config.cluster.role == config::Role::All;
     if runs_vms {
         let fence = nodes::Fence {
             ttl: config.cluster.node_ttl,
             hypervisor: daemon.backend.clone(),
             state: fenced,
+            guard,
         };
         tokio::spawn(nodes::heartbeat(
             daemon.nodes.clone(),

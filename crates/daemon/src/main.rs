@@ -44,6 +44,31 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(Command::FenceGuard) = &args.command {
+        // Its log is a file (<run-dir>/fence/guard.log): plain text.
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+        let run_dir = args
+            .run_dir
+            .clone()
+            .unwrap_or_else(corral_daemon::config::default_run_dir_for_me);
+        let guarded =
+            tokio::task::spawn_blocking(move || corral_daemon::fence_guard::run(&run_dir));
+        return match guarded.await {
+            Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: the fence guard failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::resolve(&args) {
         Ok(config) => config,
         Err(e) => {

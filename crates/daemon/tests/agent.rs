@@ -83,6 +83,13 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its fence guard outlives it too.
+        if let Some(pid) = corral_testkit::fence_guard_pid_under(&self.dir.join("r")) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // QEMU outlives corrald: end the guests this agent started, as `Corrald` does.
         for pid in corral_testkit::qemu_pids_under(&self.dir.join("r")) {
             let _ = nix::sys::signal::kill(

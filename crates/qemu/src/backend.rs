@@ -1016,7 +1016,7 @@ fn monitor_error(uid: &str, e: corral_qmp::Error) -> Error {
     }
 }
 
-fn recorded_argv(paths: &VmPaths) -> Option<Vec<String>> {
+pub(crate) fn recorded_argv(paths: &VmPaths) -> Option<Vec<String>> {
     let bytes = std::fs::read(&paths.launch).ok()?;
     serde_json::from_slice::<LaunchRecord>(&bytes)
         .ok()
@@ -1025,7 +1025,7 @@ fn recorded_argv(paths: &VmPaths) -> Option<Vec<String>> {
 
 /// Whether `pid` runs exactly the recorded command line, byte for byte and empty arguments
 /// included (an argument that is not UTF-8 was recorded lossily and never matches).
-fn argv_matches(pid: u32, recorded: &[String]) -> bool {
+pub(crate) fn argv_matches(pid: u32, recorded: &[String]) -> bool {
     use std::os::unix::ffi::OsStrExt;
     process::cmdline(pid).is_ok_and(|argv| {
         argv.iter()

@@ -43,6 +43,7 @@
 
 mod accel;
 mod backend;
+mod census;
 mod cmdline;
 mod emulator;
 mod files;
@@ -58,6 +59,7 @@ mod vm;
 
 pub use accel::{HostCaps, resolve as resolve_accel};
 pub use backend::{QemuBackend, QemuBackendConfig};
+pub use census::{Launched, is_launched, launched};
 pub use cmdline::{OptList, QemuCommand, escape_value};
 pub use emulator::{Emulator, package_for};
 pub use layout::{MAX_SOCKET_PATH, VmPaths};

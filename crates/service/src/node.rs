@@ -28,7 +28,10 @@ pub type NodeService = Resources<NodeKind>;
 
 impl Resources<NodeKind> {
     /// Creates the node `node` names, or takes it over (labels and status from `node`; the
-    /// stored cordon stays): what an agent does when it starts.
+    /// stored cordon stays): what an agent does when it starts. The stored liveness — last
+    /// heartbeat and conditions — stays too: only heartbeats and the scheduler change it. A
+    /// restarted agent must not look like a node that never reported (the scheduler would
+    /// move its VMs at once, while their QEMUs still run there).
     pub async fn register(&self, node: Node) -> Result<Node, ServiceError> {
         let name = node.metadata.name.to_string();
         match self.create(node.clone()).await {
@@ -40,7 +43,13 @@ impl Resources<NodeKind> {
         let status = node.status;
         self.modify(&name, 0, |stored| {
             stored.metadata.labels.clone_from(&labels);
-            stored.status = status.clone();
+            let heartbeat = stored.status.heartbeat.take();
+            let conditions = std::mem::take(&mut stored.status.conditions);
+            stored.status = NodeStatus {
+                heartbeat,
+                conditions,
+                ..status.clone()
+            };
             Ok(true)
         })
         .await
@@ -149,5 +158,33 @@ impl Resources<NodeKind> {
             moved.push(vm);
         }
         Ok((node, moved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_registering_again_keeps_its_liveness_until_its_next_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = corral_store::SqliteStore::open(dir.path().join("state.db"))
+            .await
+            .unwrap();
+        let nodes = NodeService::new(Arc::new(store));
+        let node = Node::new("host-a".parse().unwrap());
+        let first = nodes.register(node.clone()).await.unwrap();
+        assert!(!first.ready(), "a new node is not Ready before it reports");
+        let reported = nodes
+            .heartbeat("host-a", NodeStatus::default())
+            .await
+            .unwrap();
+        assert!(reported.ready());
+        // Its agent restarts: registered again, it still shows its last report.
+        let again = nodes.register(node).await.unwrap();
+        assert!(again.ready());
+        assert_eq!(again.status.heartbeat, reported.status.heartbeat);
     }
 }

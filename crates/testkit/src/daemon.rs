@@ -264,6 +264,27 @@ impl Corrald {
     pub fn qemu_pids(&self) -> Vec<u32> {
         qemu_pids_under(&self.run_dir())
     }
+
+    /// The node's fence guard (`corrald fence-guard`, started by corrald in a cluster), if
+    /// one runs for this daemon's run directory.
+    pub fn fence_guard_pid(&self) -> Option<u32> {
+        fence_guard_pid_under(&self.run_dir())
+    }
+}
+
+/// The live `corrald fence-guard` whose lock file is under `run_dir/fence`.
+pub fn fence_guard_pid_under(run_dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(run_dir.join("fence/guard.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // The pid named in the file must be a guard, of this run directory.
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = argv.split(|b| *b == 0);
+    let is_guard = args.clone().any(|a| a == b"fence-guard")
+        && args.any(|a| a == run_dir.as_os_str().as_encoded_bytes());
+    (is_guard && corral_qemu::is_alive(pid)).then_some(pid)
 }
 
 /// Pids of the live QEMU processes whose pid files are under `run_dir/vms`.
@@ -284,6 +305,10 @@ pub fn qemu_pids_under(run_dir: &Path) -> Vec<u32> {
 impl Drop for Corrald {
     fn drop(&mut self) {
         self.kill_9();
+        // The guard first: it would otherwise record the QEMUs killed below.
+        if let Some(pid) = self.fence_guard_pid() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
         for pid in qemu_pids_under(&self.run_dir()) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }

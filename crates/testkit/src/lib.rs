@@ -43,7 +43,7 @@ mod vm;
 mod vms;
 
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
-pub use daemon::{Corrald, CorraldBuilder, qemu_pids_under, release_build};
+pub use daemon::{Corrald, CorraldBuilder, fence_guard_pid_under, qemu_pids_under, release_build};
 pub use error::Error;
 pub use etcd::{EtcdCluster, EtcdTlsFiles};
 pub use git::{GitServer, git};

@@ -125,6 +125,10 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_name = config.cluster.node_name.clone();
     let fenced = Arc::new(corral_controller::FenceState::default());
+    let guard =
+        crate::fence_guard::attach_at_start(&config.run_dir, config.cluster.node_ttl, &fenced)
+            .await
+            .context("starting the node's fence guard")?;
     let controller = Arc::new(
         corral_controller::VmController::new(
             vms,
@@ -139,6 +143,7 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
         ttl: config.cluster.node_ttl,
         hypervisor: backend.clone(),
         state: fenced,
+        guard: Some(Arc::new(guard)),
     };
     tokio::spawn(crate::nodes::heartbeat(
         corral_service::NodeService::new(store.clone()),

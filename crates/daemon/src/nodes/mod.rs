@@ -80,7 +80,9 @@ fn on_path(binary: &str) -> bool {
 /// Fencing: once no report has succeeded for `ttl` — counted from when the last successful
 /// one was *sent*, so before the servers can judge the node lost (they wait `ttl` plus a
 /// margin from when they *received* it) — every VM process of this host is stopped. The
-/// servers may then start those VMs elsewhere; none runs twice.
+/// servers may then start those VMs elsewhere; none runs twice. The same deadline goes to
+/// the node's fence guard after every successful report, which enforces it should this
+/// process be killed or frozen.
 pub async fn heartbeat(
     nodes: NodeService,
     name: ResourceName,
@@ -92,6 +94,7 @@ pub async fn heartbeat(
     let mut last_ok = std::time::Instant::now();
     loop {
         let sent = std::time::Instant::now();
+        let sent_boottime = crate::fence_guard::boottime();
         let status = probe(&data_dir);
         let result = if registered {
             nodes.heartbeat(name.as_str(), status).await.map(drop)
@@ -105,6 +108,11 @@ pub async fn heartbeat(
         };
         match result {
             Ok(()) => {
+                if let Some(guard) = &fence.guard {
+                    if let Err(e) = guard.renewed(sent_boottime) {
+                        tracing::error!(node = %name, error = %e, "cannot hand the fence guard its new deadline");
+                    }
+                }
                 if !registered {
                     tracing::info!(node = %name, "node registered");
                 }
@@ -122,6 +130,7 @@ pub async fn heartbeat(
                 }
             }
         }
+        fence.look_at_guard(&name).await;
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -138,9 +147,31 @@ pub struct Fence {
     pub hypervisor: std::sync::Arc<dyn corral_hypervisor::Hypervisor>,
     /// Set while fenced: the VM controller starts nothing until a report succeeds again.
     pub state: std::sync::Arc<corral_controller::FenceState>,
+    /// The node's fence guard, which kills the VMs at the deadline should this process be
+    /// gone or frozen by then (in a cluster; `None` on a single host).
+    pub guard: Option<std::sync::Arc<crate::fence_guard::FenceGuard>>,
 }
 
 impl Fence {
+    /// Takes what the guard killed (those VMs did not stop by their own choice: they start
+    /// again if still this node's), and starts a guard again should it be gone.
+    async fn look_at_guard(&self, node: &ResourceName) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        for f in guard.take_fenced() {
+            tracing::warn!(%node, uid = %f.uid, pid = f.pid, "the fence guard killed this VM's QEMU: no report reached the cluster in time");
+            self.state.stopped(&f.uid);
+        }
+        match guard.ensure_running().await {
+            Ok(Some(pid)) => {
+                tracing::warn!(%node, pid, "the fence guard was gone: started it again")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(%node, error = %e, "cannot start the fence guard"),
+        }
+    }
+
     async fn stop_all(&self, node: &ResourceName) {
         self.state.set(true);
         let uids = match self.hypervisor.list().await {

@@ -239,6 +239,13 @@ fn is_unsent(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether an etcd error says the members are electing a leader.
+fn is_electing(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::Unavailable
+            && (s.message().contains("leader changed") || s.message().contains("no leader")))
+}
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
     header.map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))
 }
@@ -320,7 +327,30 @@ impl EtcdStore {
     /// Runs one KV request, sending it again while it fails before reaching a member
     /// (a killed member stays in the client's balancer until its reconnects fail), for up
     /// to the connect timeout.
-    async fn kv<T, F, Fut>(&self, mut request: F) -> Result<T, etcd_client::Error>
+    async fn kv<T, F, Fut>(&self, request: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.send(request, is_unsent).await
+    }
+
+    /// Like [`EtcdStore::kv`] for a read, which is also sent again while the members elect
+    /// a leader (a killed leader's followers answer "leader changed" or "no leader" for a
+    /// moment): reading twice changes nothing.
+    async fn read<T, F, Fut>(&self, request: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.send(request, |e| is_unsent(e) || is_electing(e)).await
+    }
+
+    async fn send<T, F, Fut>(
+        &self,
+        mut request: F,
+        again: impl Fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, etcd_client::Error>
     where
         F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -328,8 +358,8 @@ impl EtcdStore {
         let deadline = tokio::time::Instant::now() + self.inner.config.connect_timeout;
         loop {
             match request(self.inner.client.kv_client()).await {
-                Err(e) if is_unsent(&e) && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "etcd request not sent; trying another member");
+                Err(e) if again(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "etcd request failed on the way; sending it again");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
@@ -424,7 +454,7 @@ impl Store for EtcdStore {
     async fn get(&self, kind: &str, name: &str) -> Result<Object, StoreError> {
         let key = self.key(kind, name);
         let mut response = self
-            .kv(|mut kv| {
+            .read(|mut kv| {
                 let key = key.clone();
                 async move { kv.get(key, None).await }
             })
@@ -460,7 +490,7 @@ impl Store for EtcdStore {
                 options = options.with_revision(signed(revision));
             }
             let mut response = self
-                .kv(|mut kv| {
+                .read(|mut kv| {
                     let (start, options) = (start.clone(), options.clone());
                     async move { kv.get(start, Some(options)).await }
                 })
@@ -582,7 +612,7 @@ impl Store for EtcdStore {
     async fn revision(&self) -> Result<u64, StoreError> {
         let prefix = self.inner.config.prefix.clone();
         let response = self
-            .kv(|mut kv| {
+            .read(|mut kv| {
                 let prefix = prefix.clone();
                 async move {
                     kv.get(prefix, Some(GetOptions::new().with_count_only()))
