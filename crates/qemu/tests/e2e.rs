@@ -496,6 +496,7 @@ async fn a_qemu_launched_by_an_older_corrald_is_adopted() -> Result {
                 argv.push(socket("console", &paths.console))
             }
             "socket,id=qmp,fd=3,server=on,wait=off" => argv.push(socket("qmp", &paths.qmp)),
+            a if a.starts_with("socket,id=agent,fd=") => argv.push(socket("agent", &paths.agent)),
             _ => argv.push(arg),
         }
     }
