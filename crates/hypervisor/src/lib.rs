@@ -44,8 +44,8 @@ pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
 pub use types::{
-    Exit, FileOwner, MigrationInfo, MigrationLimits, StopMode, VmEvent, VmEventKind, VmInfo,
-    VmState,
+    Exit, FileOwner, MigrationInfo, MigrationLimits, MigrationSetup, MigrationTls, StopMode,
+    VmEvent, VmEventKind, VmInfo, VmState,
 };
 
 use std::time::Duration;
@@ -155,6 +155,17 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
             uid: uid.to_owned(),
             op: "pause for a copy",
             state: "managed by a backend without pause-for-copy".into(),
+        })
+    }
+
+    /// Sets up VM `uid`'s side of a live migration (TLS credentials, capabilities) before
+    /// [`Hypervisor::migrate_incoming`] or [`Hypervisor::migrate`]; again for each attempt.
+    async fn prepare_migration(&self, uid: &str, setup: &MigrationSetup) -> Result<(), Error> {
+        let _ = setup;
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "set up a live migration",
+            state: "managed by a backend without live migration".into(),
         })
     }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
     Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, MigrationLimits,
-    SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+    MigrationSetup, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -549,6 +549,17 @@ impl Hypervisor for QemuBackend {
                 None => Err(monitor_error(uid, e)),
             },
         }
+    }
+
+    async fn prepare_migration(&self, uid: &str, setup: &MigrationSetup) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "set up a live migration").await?;
+        let paths = VmPaths::new(&self.config.run_dir, uid);
+        crate::migrate_setup::prepare(&rt.qmp, &paths.dir, self.config.run_as, setup)
+            .await
+            .map_err(|message| Error::Monitor {
+                uid: uid.to_owned(),
+                message,
+            })
     }
 
     async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {

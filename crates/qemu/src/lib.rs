@@ -48,6 +48,7 @@ mod files;
 mod guest_access;
 mod launch;
 mod layout;
+mod migrate_setup;
 mod net;
 mod process;
 mod serial;

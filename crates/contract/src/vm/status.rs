@@ -90,6 +90,14 @@ pub struct MigrationStatus {
     /// A sentence for people: why it failed or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The stream is TLS, both QEMUs holding their node's certificate from the cluster CA
+    /// (the target writes it when it listens).
+    pub tls: bool,
+    /// QEMU slows the guest's vCPUs down when the migration does not converge.
+    pub auto_converge: bool,
+    /// Post-copy: once the first pass of RAM is sent, the guest moves to the target and the
+    /// rest of its RAM follows on demand, so that a migration ends whatever the guest dirties.
+    pub postcopy: bool,
 }
 
 /// What is true of a VM now. Written only by controllers.
