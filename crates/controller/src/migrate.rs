@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use corral_contract::names::annotations;
-use corral_contract::{MigrationPhase, MigrationStatus, Power, Vm};
+use corral_contract::{MigrationOptions, MigrationPhase, MigrationStatus, Power, Vm};
 use corral_hypervisor::{MigrationInfo, MigrationLimits, MigrationSetup, StopMode, VmState};
 
 use crate::schedule::{ScheduleConfig, place};
@@ -152,7 +152,16 @@ impl VmController {
                         return self.migration_failed(&key, &st, e.to_string(), true).await;
                     }
                 }
-                let info = self.hv.migration(uid).await.unwrap_or(info);
+                let mut info = self.hv.migration(uid).await.unwrap_or(info);
+                // Post-copy once the first pass of RAM is sent (libvirt's
+                // --postcopy-after-precopy): what is left follows on demand.
+                if st.postcopy && info.status == "active" && info.dirty_sync_count >= 2 {
+                    tracing::info!(vm = %key, "switching the migration to post-copy");
+                    if let Err(e) = self.hv.migrate_start_postcopy(uid).await {
+                        tracing::warn!(vm = %key, error = %e, "cannot switch to post-copy");
+                    }
+                    info = self.hv.migration(uid).await.unwrap_or(info);
+                }
                 self.write_migration(&key, &st.request, |m| {
                     m.phase = MigrationPhase::Migrating;
                     if sending(&info) {
@@ -233,12 +242,20 @@ impl VmController {
         } else {
             self.pick_target(vm, me, request).await
         };
+        let options = vm
+            .metadata
+            .annotations
+            .get(annotations::MIGRATE_OPTIONS)
+            .map(|o| MigrationOptions::from_annotation(o))
+            .unwrap_or_default();
         let status = match verdict {
             Ok(target) => MigrationStatus {
                 request: request.value.clone(),
                 source: me.to_owned(),
                 target,
                 phase: MigrationPhase::Pending,
+                auto_converge: options.auto_converge,
+                postcopy: options.postcopy,
                 ..MigrationStatus::default()
             },
             Err(why) => {

@@ -246,6 +246,9 @@ fn full_vm(boot: Boot) -> Vm {
             downtime_ms: Some(25),
             total_time_ms: Some(800),
             message: Some("moved".into()),
+            tls: true,
+            auto_converge: true,
+            postcopy: false,
         }),
     };
     vm

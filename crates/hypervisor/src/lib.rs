@@ -190,6 +190,16 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Switches VM `uid`'s outgoing migration (set up with post-copy) to post-copy: the guest
+    /// stops here, and the rest of its RAM follows it to the target.
+    async fn migrate_start_postcopy(&self, uid: &str) -> Result<(), Error> {
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "switch a live migration to post-copy",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
     /// Where VM `uid`'s outgoing migration stands.
     async fn migration(&self, uid: &str) -> Result<MigrationInfo, Error> {
         Err(Error::InvalidState {

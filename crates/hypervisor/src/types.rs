@@ -69,6 +69,8 @@ pub struct MigrationInfo {
     pub total: u64,
     /// Pages the guest dirties per second.
     pub dirty_pages_rate: u64,
+    /// Passes over RAM begun (1 during the first; 2 once the first is sent).
+    pub dirty_sync_count: u64,
     /// Milliseconds since the migration began (total once completed).
     pub total_time_ms: u64,
     /// Milliseconds the guest was stopped for the switch (once completed).

@@ -578,6 +578,16 @@ impl Hypervisor for QemuBackend {
             .map_err(|e| monitor_error(uid, e))
     }
 
+    async fn migrate_start_postcopy(&self, uid: &str) -> Result<(), Error> {
+        let rt = self
+            .live_runtime(uid, "switch a live migration to post-copy")
+            .await?;
+        rt.qmp
+            .migrate_start_postcopy()
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
     async fn migration(&self, uid: &str) -> Result<MigrationInfo, Error> {
         let rt = self.live_runtime(uid, "report a live migration").await?;
         let info = rt
@@ -824,6 +834,7 @@ fn migration_info(reply: &serde_json::Value) -> MigrationInfo {
         remaining: num(&ram["remaining"]),
         total: num(&ram["total"]),
         dirty_pages_rate: num(&ram["dirty-pages-rate"]),
+        dirty_sync_count: num(&ram["dirty-sync-count"]),
         total_time_ms: num(&reply["total-time"]),
         downtime_ms: reply["downtime"].as_u64(),
         expected_downtime_ms: reply["expected-downtime"].as_u64(),

@@ -30,7 +30,31 @@ pub(crate) async fn prepare(
     }
     qmp.migrate_set_capabilities(&capabilities)
         .await
-        .map_err(|e| format!("setting the migration capabilities: {e}"))?;
+        .map_err(|e| match setup.postcopy {
+            true => format!(
+                "post-copy is not available to QEMU on this node ({e}): QEMU needs userfaultfd, \
+                 which an unprivileged QEMU before 8.1 gets only with the sysctl \
+                 vm.unprivileged_userfaultfd=1; migrate without --postcopy"
+            ),
+            false => format!("setting the migration capabilities: {e}"),
+        })?;
+    let set = qmp
+        .query_migrate_capabilities()
+        .await
+        .map_err(|e| format!("reading the migration capabilities: {e}"))?;
+    for (name, on) in &capabilities {
+        let state = set
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["capability"] == *name)
+            .and_then(|c| c["state"].as_bool());
+        if state != Some(*on) {
+            return Err(format!(
+                "QEMU did not take the migration capability {name}={on}"
+            ));
+        }
+    }
     // An earlier attempt's credentials go first (a failed one leaves them behind).
     qmp.migrate_set_parameters(json!({ "tls-creds": "" }))
         .await

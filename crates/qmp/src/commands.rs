@@ -78,6 +78,11 @@ impl Qmp {
         .map(drop)
     }
 
+    /// `query-migrate-capabilities`: `[{"capability": …, "state": …}, …]`.
+    pub async fn query_migrate_capabilities(&self) -> Result<Value, Error> {
+        self.execute("query-migrate-capabilities", None).await
+    }
+
     /// `migrate-start-postcopy`: the outgoing migration switches to post-copy.
     pub async fn migrate_start_postcopy(&self) -> Result<(), Error> {
         self.execute("migrate-start-postcopy", None).await.map(drop)
