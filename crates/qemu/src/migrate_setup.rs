@@ -76,7 +76,13 @@ pub(crate) async fn prepare(
         json!({ "dir": dir_text, "endpoint": endpoint, "verify-peer": true }),
     )
     .await
-    .map_err(|e| format!("loading the node certificate into QEMU: {e}"))?;
+    .map_err(|e| {
+        format!(
+            "loading the node certificate into QEMU: {e} (a node certificate must allow TLS \
+             client and server use and key encipherment, as `corrald --role agent` joins give \
+             them since live migration runs over TLS; a node that joined earlier joins again)"
+        )
+    })?;
     let mut parameters = json!({ "tls-creds": TLS_ID });
     if !setup.incoming {
         parameters["tls-hostname"] = json!(setup.peer);
