@@ -162,13 +162,25 @@ impl VmController {
                     }
                     info = self.hv.migration(uid).await.unwrap_or(info);
                 }
-                self.write_migration(&key, &st.request, |m| {
-                    m.phase = MigrationPhase::Migrating;
-                    if sending(&info) {
+                // Progress is written in steps of a tenth of RAM, not at every look: each write
+                // wakes the store and both nodes' controllers (and the target's look at its
+                // receiving QEMU), which competes with the migration for the CPUs, and a write
+                // made here brings this VM back at once rather than after `POLL`.
+                let step = (st.total_bytes / 10).max(1);
+                let news = st.phase != MigrationPhase::Migrating
+                    || info.transferred.abs_diff(st.transferred_bytes) >= step;
+                if sending(&info) && news {
+                    self.write_migration(&key, &st.request, |m| {
+                        m.phase = MigrationPhase::Migrating;
                         progress(m, &info);
-                    }
-                })
-                .await?;
+                    })
+                    .await?;
+                } else if st.phase != MigrationPhase::Migrating {
+                    self.write_migration(&key, &st.request, |m| {
+                        m.phase = MigrationPhase::Migrating;
+                    })
+                    .await?;
+                }
                 Ok(Some(POLL))
             }
             // The target gave up (its QEMU failed): make sure ours is not still sending, and
