@@ -349,6 +349,15 @@ pub struct MigrateArgs {
     /// where it is
     #[arg(long)]
     pub cancel: bool,
+    /// Let QEMU slow the guest's vCPUs down when the guest dirties its RAM faster than the
+    /// migration sends it (auto-converge)
+    #[arg(long, conflicts_with = "cancel")]
+    pub auto_converge: bool,
+    /// Post-copy: once the first pass of RAM is sent, the rest follows on demand, so the
+    /// migration ends whatever the guest dirties. The guest stays paused until all of its RAM
+    /// is on the target, and a failure then loses it: use it for guests that never converge
+    #[arg(long, conflicts_with = "cancel")]
+    pub postcopy: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -233,8 +233,12 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
                 client.cancel_vm_migration(name).await?;
                 return print(&format!("vm/{name} migration cancelled\n"));
             }
+            let options = corral_contract::MigrationOptions {
+                auto_converge: args.auto_converge,
+                postcopy: args.postcopy,
+            };
             let vm = client
-                .migrate_vm(name, args.to.as_ref().map(ResourceName::as_str))
+                .migrate_vm_with(name, args.to.as_ref().map(ResourceName::as_str), options)
                 .await?;
             print(&match &args.to {
                 Some(to) => format!("vm/{name} migrating to node {to}\n"),

@@ -307,9 +307,22 @@ impl Client {
     /// Asks for a live migration of VM `name` to node `to` (`None`: the scheduler picks);
     /// `status.migration` follows it.
     pub async fn migrate_vm(&self, name: &str, to: Option<&str>) -> Result<Vm, ClientError> {
+        self.migrate_vm_with(name, to, corral_contract::MigrationOptions::default())
+            .await
+    }
+
+    /// [`Client::migrate_vm`] with `options` (auto-converge, post-copy).
+    pub async fn migrate_vm_with(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        options: corral_contract::MigrationOptions,
+    ) -> Result<Vm, ClientError> {
         let request = pb::MigrateVmRequest {
             name: name.into(),
             to: to.unwrap_or_default().into(),
+            auto_converge: options.auto_converge,
+            postcopy: options.postcopy,
         };
         self.vm_reply(self.vms.clone().migrate(request).await)
     }

@@ -82,6 +82,7 @@ pub use storage::{
     VolumeSpec, VolumeStatus, is_digest, parse_checksum,
 };
 pub use vm::{
-    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, MigrationPhase, MigrationStatus, Phase,
-    Placement, Power, RestartPolicy, Share, Vm, VmSpec, VmSpecBuilder, VmStatus, VolumeAttachment,
+    Accel, Arch, Boot, DiskFormat, ExitInfo, Machine, MigrationOptions, MigrationPhase,
+    MigrationStatus, Phase, Placement, Power, RestartPolicy, Share, Vm, VmSpec, VmSpecBuilder,
+    VmStatus, VolumeAttachment,
 };

@@ -20,6 +20,9 @@ pub mod annotations {
     /// On a VM: asks for a live migration, as `NODE@TIME` (a new value is a new request; the
     /// annotation removed while it runs cancels it). `status.migration` follows it.
     pub const MIGRATE_TO: &str = "corral.dev/migrate-to";
+    /// On a VM, beside [`MIGRATE_TO`]: the request's options, comma-separated
+    /// (`auto-converge`, `postcopy`); see [`crate::MigrationOptions`].
+    pub const MIGRATE_OPTIONS: &str = "corral.dev/migrate-options";
     /// In a [`MIGRATE_TO`] value after the `@`: a drain asked for the move, so a VM that
     /// cannot move live is stopped and placed again instead (`@drain:TIME`).
     pub const MIGRATE_DRAIN: &str = "drain:";

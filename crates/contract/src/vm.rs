@@ -8,7 +8,7 @@ pub use options::{Accel, Arch, DiskFormat, Machine, Power, RestartPolicy};
 pub use placement::Placement;
 pub use share::Share;
 pub use spec::{Boot, VmSpec, VmSpecBuilder, VolumeAttachment};
-pub use status::{ExitInfo, MigrationPhase, MigrationStatus, Phase, VmStatus};
+pub use status::{ExitInfo, MigrationOptions, MigrationPhase, MigrationStatus, Phase, VmStatus};
 
 use serde::Serialize;
 

@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use corral_contract::names::annotations;
-use corral_contract::{MigrationPhase, MigrationStatus, Power, Vm};
-use corral_hypervisor::{MigrationInfo, MigrationLimits, StopMode, VmState};
+use corral_contract::{MigrationOptions, MigrationPhase, MigrationStatus, Power, Vm};
+use corral_hypervisor::{MigrationInfo, MigrationLimits, MigrationSetup, StopMode, VmState};
 
 use crate::schedule::{ScheduleConfig, place};
 use crate::{ControllerError, VmController};
@@ -130,31 +130,61 @@ impl VmController {
                         .error
                         .clone()
                         .unwrap_or_else(|| format!("QEMU's migration ended as {}", info.status));
-                    return self.migration_failed(&key, &st, why).await;
+                    return self.migration_failed(&key, &st, why, true).await;
                 }
                 if !sending(&info) {
                     // Not sent yet (also after a restart between the command and the status
                     // write, when QEMU would say so): send now.
-                    tracing::info!(vm = %key, target = %st.target, %address, "migrating");
+                    tracing::info!(vm = %key, target = %st.target, %address, tls = st.tls, "migrating");
+                    let setup = match self.setup(&st, false) {
+                        Ok(setup) => setup,
+                        Err(why) => return self.migration_failed(&key, &st, why, true).await,
+                    };
                     let limits = MigrationLimits {
                         downtime_ms: DOWNTIME_LIMIT_MS,
                         bandwidth: self.config.migration_bandwidth,
                     };
-                    if let Err(e) = self.hv.migrate(uid, &address, limits).await {
-                        return self.migration_failed(&key, &st, e.to_string()).await;
+                    let sent = match self.hv.prepare_migration(uid, &setup).await {
+                        Ok(()) => self.hv.migrate(uid, &address, limits).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        return self.migration_failed(&key, &st, e.to_string(), true).await;
                     }
                 }
-                let info = self.hv.migration(uid).await.unwrap_or(info);
-                self.write_migration(&key, &st.request, |m| {
-                    m.phase = MigrationPhase::Migrating;
-                    if sending(&info) {
-                        progress(m, &info);
+                let mut info = self.hv.migration(uid).await.unwrap_or(info);
+                // Post-copy once the first pass of RAM is sent (libvirt's
+                // --postcopy-after-precopy): what is left follows on demand.
+                if st.postcopy && info.status == "active" && info.dirty_sync_count >= 2 {
+                    tracing::info!(vm = %key, "switching the migration to post-copy");
+                    if let Err(e) = self.hv.migrate_start_postcopy(uid).await {
+                        tracing::warn!(vm = %key, error = %e, "cannot switch to post-copy");
                     }
-                })
-                .await?;
+                    info = self.hv.migration(uid).await.unwrap_or(info);
+                }
+                // Progress is written in steps of a tenth of RAM, not at every look: each write
+                // wakes the store and both nodes' controllers (and the target's look at its
+                // receiving QEMU), which competes with the migration for the CPUs, and a write
+                // made here brings this VM back at once rather than after `POLL`.
+                let step = (st.total_bytes / 10).max(1);
+                let news = st.phase != MigrationPhase::Migrating
+                    || info.transferred.abs_diff(st.transferred_bytes) >= step;
+                if sending(&info) && news {
+                    self.write_migration(&key, &st.request, |m| {
+                        m.phase = MigrationPhase::Migrating;
+                        progress(m, &info);
+                    })
+                    .await?;
+                } else if st.phase != MigrationPhase::Migrating {
+                    self.write_migration(&key, &st.request, |m| {
+                        m.phase = MigrationPhase::Migrating;
+                    })
+                    .await?;
+                }
                 Ok(Some(POLL))
             }
-            // The target gave up (its QEMU failed): make sure ours is not still sending.
+            // The target gave up (its QEMU failed): make sure ours is not still sending, and
+            // evict a drained node's VM (the target may write only the migration's status).
             MigrationPhase::Failed if live => {
                 if self
                     .hv
@@ -163,6 +193,23 @@ impl VmController {
                     .is_ok_and(|i| i.status == "active")
                 {
                     let _ = self.hv.migrate_cancel(uid).await;
+                }
+                let evicting = vm
+                    .status
+                    .condition(corral_service::EVICTING)
+                    .is_some_and(|c| c.status);
+                if request.drain && st.source == me && !evicting {
+                    let why = st.message.clone().unwrap_or_default();
+                    self.svc
+                        .update_status(&key, |vm, s| {
+                            if vm.status.node.as_deref() != Some(me) {
+                                return false;
+                            }
+                            evict(s, me, &why);
+                            true
+                        })
+                        .await?;
+                    return Ok(Some(Duration::ZERO));
                 }
                 Ok(None)
             }
@@ -207,12 +254,20 @@ impl VmController {
         } else {
             self.pick_target(vm, me, request).await
         };
+        let options = vm
+            .metadata
+            .annotations
+            .get(annotations::MIGRATE_OPTIONS)
+            .map(|o| MigrationOptions::from_annotation(o))
+            .unwrap_or_default();
         let status = match verdict {
             Ok(target) => MigrationStatus {
                 request: request.value.clone(),
                 source: me.to_owned(),
                 target,
                 phase: MigrationPhase::Pending,
+                auto_converge: options.auto_converge,
+                postcopy: options.postcopy,
                 ..MigrationStatus::default()
             },
             Err(why) => {
@@ -316,9 +371,11 @@ impl VmController {
         key: &str,
         st: &MigrationStatus,
         why: String,
+        on_source: bool,
     ) -> Result<Option<Duration>, ControllerError> {
         tracing::warn!(vm = %key, target = %st.target, %why, "migration failed");
-        let drain = Request::of_value(&st.request).is_some_and(|r| r.drain);
+        // Only the source evicts: the target may change the migration's status alone.
+        let drain = on_source && Request::of_value(&st.request).is_some_and(|r| r.drain);
         let source = st.source.clone();
         self.svc
             .update_status(key, |_, s| match s.migration.as_mut() {
@@ -360,12 +417,14 @@ impl VmController {
                     let _ = self.hv.stop(uid, StopMode::Force).await;
                     self.hv.cleanup(uid).await?;
                 }
-                match self.listen(vm).await {
+                match self.listen(vm, &st).await {
                     Ok(address) => {
-                        tracing::info!(vm = %key, %address, "waiting for a migrating VM");
+                        let tls = self.config.migration_tls.is_some();
+                        tracing::info!(vm = %key, %address, tls, "waiting for a migrating VM");
                         self.write_migration(&key, &st.request, |m| {
                             m.phase = MigrationPhase::Listening;
                             m.address = Some(address.clone());
+                            m.tls = tls;
                         })
                         .await?;
                         Ok(Some(POLL))
@@ -377,6 +436,7 @@ impl VmController {
                             &key,
                             &st,
                             format!("node {me} could not receive it: {why}"),
+                            false,
                         )
                         .await
                     }
@@ -388,15 +448,45 @@ impl VmController {
                     _ => "the receiving QEMU is gone".into(),
                 };
                 let _ = self.hv.cleanup(uid).await;
-                self.migration_failed(&key, &st, format!("node {me}: {why}"))
+                self.migration_failed(&key, &st, format!("node {me}: {why}"), false)
                     .await
             }
             _ => Ok(Some(Duration::from_secs(1))),
         }
     }
 
+    /// How this node's side of migration `st` is set up: TLS if this node has a certificate
+    /// (and then only TLS: a source with one never sends in the clear, nor does a target
+    /// listen in the clear), with the migration's options.
+    fn setup(&self, st: &MigrationStatus, incoming: bool) -> Result<MigrationSetup, String> {
+        let tls = self.config.migration_tls.clone();
+        if !incoming && st.tls != tls.is_some() {
+            return Err(if st.tls {
+                format!(
+                    "node {} listens with TLS, and this node has no certificate from the cluster \
+                     CA to migrate with",
+                    st.target
+                )
+            } else {
+                format!(
+                    "node {} listens without TLS (it has no certificate from the cluster CA), and \
+                     this node migrates over TLS only",
+                    st.target
+                )
+            });
+        }
+        Ok(MigrationSetup {
+            tls,
+            incoming,
+            peer: st.target.clone(),
+            auto_converge: st.auto_converge,
+            postcopy: st.postcopy,
+        })
+    }
+
     /// Starts the VM's QEMU here waiting for its state, and makes it listen; the address.
-    async fn listen(&self, vm: &Vm) -> Result<String, String> {
+    async fn listen(&self, vm: &Vm, st: &MigrationStatus) -> Result<String, String> {
+        let setup = self.setup(st, true)?;
         let (mut config, _) = self.launch_config(vm).await?;
         config.incoming = true;
         let info = self
@@ -420,6 +510,10 @@ impl VmController {
             std::net::IpAddr::V6(v6) => format!("tcp:[{v6}]:{port}"),
             std::net::IpAddr::V4(v4) => format!("tcp:{v4}:{port}"),
         };
+        self.hv
+            .prepare_migration(&vm.metadata.uid, &setup)
+            .await
+            .map_err(|e| format!("setting up the migration: {e}"))?;
         self.hv
             .migrate_incoming(&vm.metadata.uid, &address)
             .await

@@ -47,6 +47,10 @@ pub struct ControllerConfig {
     pub migration_address: std::net::IpAddr,
     /// Most bytes a second a migration from this node may send (`None`: QEMU's default).
     pub migration_bandwidth: Option<u64>,
+    /// This node's certificate from the cluster CA, for TLS on migration streams. A node with
+    /// one sends and receives VMs over TLS only; without, over plain TCP only (one host, or a
+    /// cluster without a CA).
+    pub migration_tls: Option<corral_hypervisor::MigrationTls>,
 }
 
 impl Default for ControllerConfig {
@@ -65,6 +69,7 @@ impl Default for ControllerConfig {
             node: None,
             migration_address: std::net::Ipv4Addr::LOCALHOST.into(),
             migration_bandwidth: None,
+            migration_tls: None,
         }
     }
 }

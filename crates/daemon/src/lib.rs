@@ -178,7 +178,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node_key = corral_storage::attest::NodeKey::load_or_create(&config.data_dir.join("keys"))
         .context("preparing the node key")?;
     let node_name = config.cluster.node_name.clone();
-    let controller_config = controller_config(&config, host_paths);
+    let cluster_ca = corral_service::ClusterCa::load(&config.cluster.cluster_dir)
+        .context("loading the cluster CA")?
+        .map(Arc::new);
+    let mut controller_config = controller_config(&config, host_paths);
+    // With the cluster CA at hand, this node migrates VMs over TLS on a certificate of its
+    // own from it, like an agent on the one it joined with.
+    if let Some(ca) = &cluster_ca {
+        let (cert, key) = ca
+            .issue_node(&node_name)
+            .context("issuing this node's certificate for live migrations")?;
+        controller_config.migration_tls = Some(corral_hypervisor::MigrationTls {
+            ca: ca.cert_pem().to_owned(),
+            cert,
+            key,
+        });
+    }
     let metrics = Arc::new(Metrics::new());
     let fenced = Arc::new(corral_controller::FenceState::default());
     let runs_vms = config.cluster.role == config::Role::All;
@@ -218,9 +233,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let identities = IdentityService::new(store.clone());
     let projects = ProjectService::new(store.clone());
     let nodes = NodeService::new(store.clone());
-    let cluster_ca = corral_service::ClusterCa::load(&config.cluster.cluster_dir)
-        .context("loading the cluster CA")?
-        .map(Arc::new);
     if let Some(ca) = &cluster_ca {
         tracing::info!(sha256 = %ca.fingerprint(), "agents join with the cluster CA");
     }

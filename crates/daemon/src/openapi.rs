@@ -1088,6 +1088,19 @@ fn migrate_vm() -> Operation {
         false,
         "The node to move it to; left out, the scheduler picks among the other nodes",
     ));
+    op.parameters.get_or_insert_with(Vec::new).push(query(
+        "auto_converge",
+        boolean(),
+        false,
+        "QEMU slows the guest's vCPUs down when the migration does not converge",
+    ));
+    op.parameters.get_or_insert_with(Vec::new).push(query(
+        "postcopy",
+        boolean(),
+        false,
+        "Post-copy: after the first pass of RAM the rest follows the guest on demand, so the \
+         migration ends whatever the guest dirties",
+    ));
     op
 }
 

@@ -571,3 +571,187 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     drop(agent);
     Ok(())
 }
+
+/// The highest heartbeat count in the serial log the agent under `dir` keeps of VM `uid`,
+/// and whether that log holds a boot.
+fn heartbeat_under(dir: &Path, uid: &str) -> (Option<u64>, bool) {
+    let log =
+        std::fs::read_to_string(dir.join("r/vms").join(uid).join("serial.log")).unwrap_or_default();
+    let count = log
+        .lines()
+        .filter_map(|l| l.split_once(corral_testkit::HEARTBEAT))
+        .filter_map(|(_, n)| n.trim().parse().ok())
+        .max();
+    (count, log.contains(corral_testkit::BOOT_MARKER))
+}
+
+/// Two agents joined to one server: a running guest moves live from one to the other over the
+/// migration stream, TLS on the cluster's node certificates. Evidence from inside the guest:
+/// its heartbeat counter carries on in the target's QEMU, which never booted it. The target
+/// reads the VM only while it migrates there; the source no longer reads it once it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
+    use corral_client::{Client, Endpoint};
+    use corral_contract::{MigrationPhase, Phase};
+    use corral_testkit::{kit_vm, qemu_pids_under, wait_phase};
+
+    let cluster = Cluster::start().await?;
+    let (dir_a, dir_b) = (cluster.tmp.path().join("a"), cluster.tmp.path().join("b"));
+    let agent_a = Agent::start(
+        &dir_a,
+        &cluster.url,
+        "agent-a",
+        Some(&cluster.token().await),
+    );
+    let agent_b = Agent::start(
+        &dir_b,
+        &cluster.url,
+        "agent-b",
+        Some(&cluster.token().await),
+    );
+    let logs = || {
+        format!(
+            "agent-a:\n{}\nagent-b:\n{}\nserver:\n{}",
+            agent_a.log(),
+            agent_b.log(),
+            cluster.server.log()
+        )
+    };
+    wait_node(
+        &cluster.server,
+        "agent-a",
+        "became Ready",
+        is_ready,
+        &agent_a,
+    )
+    .await;
+    wait_node(
+        &cluster.server,
+        "agent-b",
+        "became Ready",
+        is_ready,
+        &agent_b,
+    )
+    .await;
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+
+    // Placed on agent-a (agent-b cordoned meanwhile), booted, counting.
+    admin.cordon_node("agent-b", true).await?;
+    admin.create_vm(&kit_vm("roamer", |b| b)).await?;
+    let vm = wait_phase(&admin, &cluster.server, "roamer", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    admin.cordon_node("agent-b", false).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+    let uid = vm.metadata.uid.clone();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let before = loop {
+        if let Some(n) = heartbeat_under(&dir_a, &uid).0.filter(|n| *n >= 3) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on agent-a\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (node_a, node_b) = (node_client(&dir_a), node_client(&dir_b));
+    let get = |client: &reqwest::Client, node: &str| {
+        let (client, url, node) = (client.clone(), cluster.url.clone(), node.to_owned());
+        async move {
+            store_call(
+                &client,
+                &url,
+                &node,
+                json!({"op": "get", "kind": "Vm", "name": "roamer"}),
+            )
+            .await
+            .1
+        }
+    };
+    assert_eq!(
+        get(&node_b, "agent-b").await["error"]["code"],
+        "PermissionDenied",
+        "agent-b reads agent-a's VM before any migration to it"
+    );
+
+    // Moved to agent-b while it runs.
+    admin.migrate_vm("roamer", Some("agent-b")).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let vm = loop {
+        let vm = admin.get_vm("roamer").await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        assert!(
+            !matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
+            "{m:?}\n{}",
+            logs()
+        );
+        if m.phase == MigrationPhase::Completed
+            && vm.status.node.as_deref() == Some("agent-b")
+            && vm.status.pid.is_some()
+            && vm.status.phase == Phase::Running
+        {
+            break vm;
+        }
+        assert!(Instant::now() < deadline, "not moved: {m:?}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let m = vm.status.migration.clone().unwrap();
+    assert_eq!(
+        (m.source.as_str(), m.target.as_str()),
+        ("agent-a", "agent-b")
+    );
+    assert!(m.tls, "the migration stream was not TLS: {m:?}");
+    println!(
+        "migrated agent-a → agent-b over TLS: downtime {:?} ms, total {:?} ms, {} bytes",
+        m.downtime_ms, m.total_time_ms, m.transferred_bytes
+    );
+    // The target's TLS credentials: its QEMU's alone, in the VM's run directory.
+    let key = dir_b
+        .join("r/vms")
+        .join(&uid)
+        .join("migration-tls/server-key.pem");
+    assert_eq!(
+        std::fs::metadata(&key)?.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        key.display()
+    );
+    assert_eq!(
+        qemu_pids_under(&dir_b.join("r")),
+        [vm.status.pid.unwrap()],
+        "the status names agent-b's QEMU"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (count, booted) = heartbeat_under(&dir_b, &uid);
+        assert!(!booted, "the guest booted again on agent-b");
+        if count.is_some_and(|n| n > before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat after {before} on agent-b\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemu_pids_under(&dir_a.join("r")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "agent-a still runs a QEMU\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The VM is agent-b's now: agent-a reads it no more.
+    assert_eq!(get(&node_b, "agent-b").await["object"]["name"], "roamer");
+    assert_eq!(
+        get(&node_a, "agent-a").await["error"]["code"],
+        "PermissionDenied"
+    );
+    drop((agent_a, agent_b));
+    Ok(())
+}

@@ -12,6 +12,27 @@ use corral_contract::names::annotations;
 use corral_contract::{MigrationPhase, Phase, Vm};
 use corral_testkit::{Corrald, EtcdCluster, HEARTBEAT, kit_vm, wait_console, wait_phase};
 
+/// `corrald cluster init` in a new directory: the cluster CA both nodes take with
+/// `--cluster-dir`, so that each migrates over TLS on a node certificate of its own from it.
+fn cluster_ca() -> anyhow::Result<(tempfile::TempDir, String)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("crl-mig-ca")
+        .tempdir_in("/tmp")?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corrald"))
+        .args([
+            "cluster",
+            "init",
+            "--server-name",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "cluster init: {out:?}");
+    let dir = tmp.path().join("cluster").to_str().unwrap().to_owned();
+    Ok((tmp, dir))
+}
+
 /// The highest heartbeat count in a console log.
 fn last_heartbeat(log: &[u8]) -> Option<u64> {
     String::from_utf8_lossy(log)
@@ -56,10 +77,11 @@ async fn migration_ended(c: &Client, name: &str, log: impl Fn() -> String) -> Vm
 async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Result<()> {
     let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
     let endpoint = etcd.endpoint(0);
+    let (_ca, ca_dir) = cluster_ca()?;
     let start = |name: &str| {
         Corrald::builder(env!("CARGO_BIN_EXE_corrald"))
             .args(&["--store", "etcd", "--etcd-endpoints", &endpoint])
-            .args(&["--node-name", name])
+            .args(&["--node-name", name, "--cluster-dir", &ca_dir])
             .start()
     };
     let a = start("node-a")?;
@@ -96,8 +118,9 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     let pid = vm.status.pid.expect("the target's QEMU's pid");
     assert_eq!(b.qemu_pids(), [pid], "the status names node-b's QEMU");
     assert!(m.transferred_bytes > 0 && m.downtime_ms.is_some(), "{m:?}");
+    assert!(m.tls, "not over TLS: {m:?}");
     println!(
-        "migrated node-a → node-b: downtime {:?} ms, total {:?} ms, {} bytes",
+        "migrated node-a → node-b over TLS: downtime {:?} ms, total {:?} ms, {} bytes",
         m.downtime_ms, m.total_time_ms, m.transferred_bytes
     );
     let before = last_heartbeat(&ca.console_log("mover", 0).await.unwrap_or_default());
@@ -144,11 +167,40 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     assert!(a.qemu_pids().is_empty(), "node-a's QEMU is gone");
     assert_eq!(b.qemu_pids().len(), 1, "one QEMU, on node-b");
 
-    // Back again, the scheduler choosing the node (the only other one is node-a).
-    cb.migrate_vm("mover", None).await?;
+    // Post-copy needs userfaultfd, which QEMU (unprivileged, 7.2) has only where the host
+    // allows it to all users: elsewhere the move is refused, saying why, and the VM stays.
+    let postcopy = corral_contract::MigrationOptions {
+        auto_converge: false,
+        postcopy: true,
+    };
+    let userfaultfd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .is_ok_and(|v| v.trim() == "1");
+    if !userfaultfd {
+        cb.migrate_vm_with("mover", None, postcopy).await?;
+        let vm = migration_ended(&cb, "mover", logs).await;
+        let m = vm.status.migration.clone().expect("status.migration");
+        assert_eq!(m.phase, MigrationPhase::Failed, "{m:?}\n{}", logs());
+        let why = m.message.unwrap_or_default();
+        assert!(
+            why.contains("post-copy") && why.contains("userfaultfd"),
+            "{why}"
+        );
+        assert_eq!(vm.status.node.as_deref(), Some("node-b"));
+        assert_eq!(vm.status.phase, Phase::Running);
+    }
+
+    // Back again, the scheduler choosing the node (the only other one is node-a), with
+    // auto-converge (and post-copy where the host allows it); QEMU on both sides took the
+    // capabilities, or the migration would have failed saying so.
+    let options = corral_contract::MigrationOptions {
+        auto_converge: true,
+        postcopy: userfaultfd,
+    };
+    cb.migrate_vm_with("mover", None, options).await?;
     let vm = migration_ended(&cb, "mover", logs).await;
     let m = vm.status.migration.clone().expect("status.migration");
     assert_eq!(m.phase, MigrationPhase::Completed, "{m:?}\n{}", logs());
+    assert!(m.auto_converge && m.tls, "{m:?}");
     assert_eq!(
         vm.status.node.as_deref(),
         Some("node-a"),

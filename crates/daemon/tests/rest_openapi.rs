@@ -247,6 +247,9 @@ fn full_vm(boot: Boot) -> Vm {
             downtime_ms: Some(25),
             total_time_ms: Some(800),
             message: Some("moved".into()),
+            tls: true,
+            auto_converge: true,
+            postcopy: false,
         }),
         restored_from: Some(
             "golden@blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".into(),

@@ -44,8 +44,8 @@ pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
 pub use types::{
-    Exit, FileOwner, MigrationInfo, MigrationLimits, StopMode, VmEvent, VmEventKind, VmInfo,
-    VmState,
+    Exit, FileOwner, MigrationInfo, MigrationLimits, MigrationSetup, MigrationTls, StopMode,
+    VmEvent, VmEventKind, VmInfo, VmState,
 };
 
 use std::time::Duration;
@@ -195,6 +195,17 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Sets up VM `uid`'s side of a live migration (TLS credentials, capabilities) before
+    /// [`Hypervisor::migrate_incoming`] or [`Hypervisor::migrate`]; again for each attempt.
+    async fn prepare_migration(&self, uid: &str, setup: &MigrationSetup) -> Result<(), Error> {
+        let _ = setup;
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "set up a live migration",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
     /// Makes VM `uid`, started with [`VmConfig::incoming`], listen for its migrating state at
     /// `uri` (`tcp:HOST:PORT`).
     async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {
@@ -212,6 +223,16 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         Err(Error::InvalidState {
             uid: uid.to_owned(),
             op: "live-migrate",
+            state: "managed by a backend without live migration".into(),
+        })
+    }
+
+    /// Switches VM `uid`'s outgoing migration (set up with post-copy) to post-copy: the guest
+    /// stops here, and the rest of its RAM follows it to the target.
+    async fn migrate_start_postcopy(&self, uid: &str) -> Result<(), Error> {
+        Err(Error::InvalidState {
+            uid: uid.to_owned(),
+            op: "switch a live migration to post-copy",
             state: "managed by a backend without live migration".into(),
         })
     }

@@ -23,6 +23,39 @@ pub struct MigrationLimits {
     pub bandwidth: Option<u64>,
 }
 
+/// The credentials a node's emulators encrypt and authenticate live migrations with: the
+/// node's certificate from the cluster CA (valid for TLS clients and servers) and the CA.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MigrationTls {
+    /// The cluster CA certificate, PEM: the only one a peer's certificate may chain to.
+    pub ca: String,
+    /// This node's certificate, PEM (its name is the node's).
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl std::fmt::Debug for MigrationTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationTls").finish_non_exhaustive()
+    }
+}
+
+/// One side of a live migration, set up before the target listens or the source sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationSetup {
+    /// TLS on the stream (the target accepts any client certificate the CA signed).
+    pub tls: Option<MigrationTls>,
+    /// This side receives (`true`) or sends.
+    pub incoming: bool,
+    /// The name the target's certificate must carry (the source checks it): the target node's.
+    pub peer: String,
+    /// Slow the vCPUs down when the migration does not converge (source only).
+    pub auto_converge: bool,
+    /// Allow post-copy (on both sides).
+    pub postcopy: bool,
+}
+
 /// Where an outgoing live migration stands, as the emulator reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationInfo {
@@ -36,6 +69,8 @@ pub struct MigrationInfo {
     pub total: u64,
     /// Pages the guest dirties per second.
     pub dirty_pages_rate: u64,
+    /// Passes over RAM begun (1 during the first; 2 once the first is sent).
+    pub dirty_sync_count: u64,
     /// Milliseconds since the migration began (total once completed).
     pub total_time_ms: u64,
     /// Milliseconds the guest was stopped for the switch (once completed).

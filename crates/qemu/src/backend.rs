@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
     Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, MigrationLimits,
-    SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+    MigrationSetup, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -397,11 +397,25 @@ impl QemuBackend {
         let listener = tokio::net::UnixListener::from_std(listener)
             .map_err(|e| Error::io("save socket", e))?;
         let monitor = |e| monitor_error(uid, e);
-        // The guest is stopped: nothing to converge, so no reason to throttle the copy.
+        // The guest is stopped: nothing to converge, so no reason to throttle the copy. A live
+        // migration's settings stay in QEMU after it: this stream is plain and precopy.
         rt.qmp
             .execute(
                 "migrate-set-parameters",
-                Some(serde_json::json!({ "max-bandwidth": UNTHROTTLED })),
+                Some(serde_json::json!({
+                    "max-bandwidth": UNTHROTTLED, "tls-creds": "", "tls-hostname": "",
+                })),
+            )
+            .await
+            .map_err(monitor)?;
+        let off =
+            |capability: &str| serde_json::json!({ "capability": capability, "state": false });
+        rt.qmp
+            .execute(
+                "migrate-set-capabilities",
+                Some(serde_json::json!({
+                    "capabilities": [off("postcopy-ram"), off("auto-converge")],
+                })),
             )
             .await
             .map_err(monitor)?;
@@ -701,6 +715,17 @@ impl Hypervisor for QemuBackend {
         }
     }
 
+    async fn prepare_migration(&self, uid: &str, setup: &MigrationSetup) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "set up a live migration").await?;
+        let paths = VmPaths::new(&self.config.run_dir, uid);
+        crate::migrate_setup::prepare(&rt.qmp, &paths.dir, self.config.run_as, setup)
+            .await
+            .map_err(|message| Error::Monitor {
+                uid: uid.to_owned(),
+                message,
+            })
+    }
+
     async fn migrate_incoming(&self, uid: &str, uri: &str) -> Result<(), Error> {
         let rt = self.live_runtime(uid, "receive a live migration").await?;
         rt.qmp
@@ -713,6 +738,16 @@ impl Hypervisor for QemuBackend {
         let rt = self.live_runtime(uid, "live-migrate").await?;
         rt.qmp
             .migrate(uri, limits.downtime_ms, limits.bandwidth)
+            .await
+            .map_err(|e| monitor_error(uid, e))
+    }
+
+    async fn migrate_start_postcopy(&self, uid: &str) -> Result<(), Error> {
+        let rt = self
+            .live_runtime(uid, "switch a live migration to post-copy")
+            .await?;
+        rt.qmp
+            .migrate_start_postcopy()
             .await
             .map_err(|e| monitor_error(uid, e))
     }
@@ -1081,6 +1116,7 @@ fn migration_info(reply: &serde_json::Value) -> MigrationInfo {
         remaining: num(&ram["remaining"]),
         total: num(&ram["total"]),
         dirty_pages_rate: num(&ram["dirty-pages-rate"]),
+        dirty_sync_count: num(&ram["dirty-sync-count"]),
         total_time_ms: num(&reply["total-time"]),
         downtime_ms: reply["downtime"].as_u64(),
         expected_downtime_ms: reply["expected-downtime"].as_u64(),

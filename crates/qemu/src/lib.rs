@@ -51,6 +51,7 @@ mod guest_access;
 mod guest_agent;
 mod launch;
 mod layout;
+mod migrate_setup;
 mod net;
 mod process;
 mod serial;

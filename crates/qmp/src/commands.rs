@@ -48,6 +48,67 @@ impl Qmp {
             .map(drop)
     }
 
+    /// `migrate-set-parameters` with `parameters` (`{"tls-creds": …, "downtime-limit": …}`).
+    pub async fn migrate_set_parameters(&self, parameters: Value) -> Result<(), Error> {
+        self.execute("migrate-set-parameters", Some(parameters))
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate-parameters`: the parameters the next migration uses.
+    pub async fn query_migrate_parameters(&self) -> Result<Value, Error> {
+        self.execute("query-migrate-parameters", None).await
+    }
+
+    /// `migrate-set-capabilities`: turns migration capabilities (`auto-converge`,
+    /// `postcopy-ram` …) on or off.
+    pub async fn migrate_set_capabilities(
+        &self,
+        capabilities: &[(&str, bool)],
+    ) -> Result<(), Error> {
+        let list: Vec<Value> = capabilities
+            .iter()
+            .map(|(name, on)| json!({ "capability": name, "state": on }))
+            .collect();
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": list })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `query-migrate-capabilities`: `[{"capability": …, "state": …}, …]`.
+    pub async fn query_migrate_capabilities(&self) -> Result<Value, Error> {
+        self.execute("query-migrate-capabilities", None).await
+    }
+
+    /// `migrate-start-postcopy`: the outgoing migration switches to post-copy.
+    pub async fn migrate_start_postcopy(&self) -> Result<(), Error> {
+        self.execute("migrate-start-postcopy", None).await.map(drop)
+    }
+
+    /// `object-add` of `qom_type` with id `id` and `properties`.
+    pub async fn object_add(
+        &self,
+        qom_type: &str,
+        id: &str,
+        properties: Value,
+    ) -> Result<(), Error> {
+        let mut args = json!({ "qom-type": qom_type, "id": id });
+        if let (Some(args), Value::Object(properties)) = (args.as_object_mut(), properties) {
+            args.extend(properties);
+        }
+        self.execute("object-add", Some(args)).await.map(drop)
+    }
+
+    /// `object-del`: removes the object `id`.
+    pub async fn object_del(&self, id: &str) -> Result<(), Error> {
+        self.execute("object-del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
     /// `query-migrate`: where the outgoing migration stands (`Value` as QEMU sends it).
     pub async fn query_migrate(&self) -> Result<Value, Error> {
         self.execute("query-migrate", None).await

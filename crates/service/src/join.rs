@@ -186,22 +186,24 @@ impl ClusterCa {
                 format!("must be a PEM certificate signing request with a valid signature ({e})"),
             )
         })?;
-        let mut params = CertificateParams::new(vec![node.to_string()]).map_err(|e| {
-            ValidationError::new("node", format!("cannot be a certificate name ({e})"))
-        })?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, node.as_str());
-        dn.push(DnType::OrganizationName, NODE_ORG);
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + time::Duration::days(NODE_CERT_DAYS);
-        let cert = params
+        let cert = node_params(node)?
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(|e| ServiceError::Host(format!("signing the node certificate: {e}").into()))?;
         Ok(cert.pem())
+    }
+
+    /// A node certificate for `node` with a new key, for a node that holds the CA itself
+    /// (`--role all` on a cluster's store) rather than joining: the certificate and its key,
+    /// PEM. It authenticates the node's live migrations.
+    pub fn issue_node(&self, node: &ResourceName) -> Result<(String, String), ServiceError> {
+        let failed = |e: rcgen::Error| {
+            ServiceError::Host(format!("issuing the node certificate: {e}").into())
+        };
+        let key = KeyPair::generate().map_err(failed)?;
+        let cert = node_params(node)?
+            .signed_by(&key, &self.issuer)
+            .map_err(failed)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// A serving certificate for servers reached by `names` (DNS names or IP addresses), with
@@ -243,6 +245,31 @@ impl ClusterCa {
             .parse()
             .ok()
     }
+}
+
+/// What a node certificate says: the node's name (also as its DNS name, which the source of
+/// a live migration checks on the target), the nodes' Organization, and both TLS roles — an
+/// agent is the client of servers and of migration targets, and the server of migration
+/// sources. Key encipherment too, which QEMU's TLS credentials insist on.
+fn node_params(node: &ResourceName) -> Result<CertificateParams, ServiceError> {
+    let mut params = CertificateParams::new(vec![node.to_string()])
+        .map_err(|e| ValidationError::new("node", format!("cannot be a certificate name ({e})")))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node.as_str());
+    dn.push(DnType::OrganizationName, NODE_ORG);
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(NODE_CERT_DAYS);
+    Ok(params)
 }
 
 /// A join token as minted: shown once.

@@ -1,10 +1,12 @@
 //! What a node's agent may see and change of the store, served to it by the servers: agents
 //! hold no store credentials, and run their controllers over this narrow view.
 //!
-//! A node reads its own `Node`, the VMs bound to it (`status.node`), and the volumes, networks,
-//! images and snapshots VMs reference; it writes its own `Node`, its VMs without changing their
-//! spec (status, and deleting those marked for deletion), and networks' status. Nothing else:
-//! identities, projects, sources, join tokens, other nodes and other nodes' VMs are refused.
+//! A node reads the `Node`s (a source picks the target of a live migration among them), the VMs
+//! bound to it (`status.node`) or migrating to it (`status.migration.target`), and the volumes,
+//! networks, images and snapshots VMs reference; it writes its own `Node`, its VMs without
+//! changing their spec (status, and deleting those marked for deletion), the migration status
+//! of a VM migrating to it, and networks' status. Nothing else: identities, projects, sources,
+//! join tokens, other nodes and other nodes' VMs are refused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -258,10 +260,25 @@ impl NodeScope {
             .is_some_and(|v| v["status"]["node"].as_str() == Some(self.node.as_str()))
     }
 
+    /// A VM whose latest live migration goes (or went) to this node: the target receives it,
+    /// and after a failure or cancel still sees it, to end its receiving QEMU.
+    fn migrating_here(&self, obj: &Object) -> bool {
+        obj.kind == "Vm"
+            && serde_json::from_str::<Value>(&obj.body)
+                .ok()
+                .is_some_and(|v| {
+                    v["status"]["migration"]["target"].as_str() == Some(self.node.as_str())
+                })
+    }
+
+    fn vm_visible(&self, obj: &Object) -> bool {
+        self.bound_here(obj) || self.migrating_here(obj)
+    }
+
     fn readable(&self, obj: &Object) -> bool {
         match obj.kind.as_str() {
-            "Vm" => self.bound_here(obj),
-            "Node" => obj.name == self.node,
+            "Vm" => self.vm_visible(obj),
+            "Node" => true,
             kind => SHARED_KINDS.contains(&kind),
         }
     }
@@ -358,7 +375,10 @@ impl NodeScope {
     fn may_update(&self, stored: &Object, new: &Object) -> Result<(), WireError> {
         let allowed = match stored.kind.as_str() {
             "Node" => stored.name == self.node && same_spec(stored, new),
-            "Vm" => self.bound_here(stored) && only_status(stored, new),
+            "Vm" => {
+                (self.bound_here(stored) && only_status(stored, new))
+                    || (self.migrating_here(stored) && only_migration(stored, new))
+            }
             "Network" => only_status(stored, new),
             _ => false,
         };
@@ -366,15 +386,15 @@ impl NodeScope {
             Ok(())
         } else {
             Err(denied(format!(
-                "node {:?} may not change {} {:?} (only its Node, and the status of its VMs and \
-                 of networks)",
+                "node {:?} may not change {} {:?} (only its Node, the status of its VMs and of \
+                 networks, and the migration status of VMs migrating to it)",
                 self.node, stored.kind, stored.name
             )))
         }
     }
 
     /// Follows the changes the node may see, after `after`: a VM's events while it is bound
-    /// here, and the one that moves it away or deletes it.
+    /// or migrating here, and the one that moves it away or deletes it.
     pub async fn watch(&self, kind: Option<&str>, after: u64) -> Result<WatchStream, WireError> {
         if let Some(kind) = kind {
             self.kind_readable(kind)?;
@@ -391,7 +411,7 @@ impl NodeScope {
                 .await
                 .map(|(vms, _)| {
                     vms.into_iter()
-                        .filter(|v| scope.bound_here(v))
+                        .filter(|v| scope.vm_visible(v))
                         .map(|v| v.name)
                         .collect()
                 })
@@ -400,7 +420,7 @@ impl NodeScope {
                 let pass = match &event {
                     Err(_) => true,
                     Ok(WatchEvent { object, event, .. }) if object.kind == "Vm" => {
-                        let here = scope.bound_here(object) && *event != EventType::Deleted;
+                        let here = scope.vm_visible(object) && *event != EventType::Deleted;
                         let was = if here {
                             !mine.insert(object.name.clone())
                         } else {
@@ -443,6 +463,33 @@ fn only_status(stored: &Object, new: &Object) -> bool {
         && a["spec"] == b["spec"]
         && a["metadata"] == b["metadata"]
         && a["kind"] == b["kind"]
+}
+
+/// Whether `new` changes only `status.migration` of `stored`: what the target of a live
+/// migration writes (listening, its address, its failure).
+fn only_migration(stored: &Object, new: &Object) -> bool {
+    let parse = |o: &Object| serde_json::from_str::<Value>(&o.body).ok();
+    let (Some(mut a), Some(mut b)) = (parse(stored), parse(new)) else {
+        return false;
+    };
+    for v in [&mut a, &mut b] {
+        if let Some(meta) = v["metadata"].as_object_mut() {
+            meta.remove("resource_version");
+        }
+        if let Some(status) = v["status"].as_object_mut() {
+            status.remove("migration");
+        }
+    }
+    // Still migrating here after the write: the target cannot hand the migration elsewhere.
+    stored.labels == new.labels && a == b && migration_target(stored) == migration_target(new)
+}
+
+fn migration_target(o: &Object) -> Option<String> {
+    serde_json::from_str::<Value>(&o.body)
+        .ok()?
+        .pointer("/status/migration/target")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn same_spec(a: &Object, b: &Object) -> bool {
@@ -534,6 +581,10 @@ mod tests {
             StoreAnswer::Error(WireError::PermissionDenied { .. })
         ));
         let other_node = Object::new("Node", "b", "u", r#"{"spec": {}}"#);
+        assert!(
+            a.readable(&other_node),
+            "a source picks its target among the nodes"
+        );
         assert!(a.may_update(&other_node, &other_node).is_err());
         let mine = Object::new("Node", "a", "u", r#"{"spec": {"unschedulable": true}}"#);
         let uncordoned = Object::new("Node", "a", "u", r#"{"spec": {}}"#);
@@ -541,5 +592,62 @@ mod tests {
             a.may_update(&mine, &uncordoned).is_err(),
             "cordon is the admins'"
         );
+    }
+
+    fn migrating(node: &str, target: &str, phase: &str) -> Object {
+        let body = serde_json::json!({
+            "kind": "Vm",
+            "metadata": {"name": "m", "project": "default", "resource_version": 3},
+            "spec": {"cpus": 1},
+            "status": {
+                "node": node,
+                "phase": "Running",
+                "migration": {"request": "b@1", "source": node, "target": target, "phase": phase},
+            },
+        });
+        Object::new("Vm", "m", "u", body.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_migration_target_reads_the_vm_and_writes_only_its_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            corral_store::SqliteStore::open(dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let b = NodeScope::new(store.clone(), "b");
+        let c = NodeScope::new(store, "c");
+        let to_b = migrating("a", "b", "Pending");
+        assert!(b.readable(&to_b), "the target reads it");
+        assert!(!c.readable(&to_b), "a third node does not");
+        assert!(
+            !b.readable(&vm("a", 1, false, "default")),
+            "nor does the target read the source's other VMs"
+        );
+        assert!(
+            b.may_update(&to_b, &migrating("a", "b", "Listening"))
+                .is_ok(),
+            "its migration status"
+        );
+        assert!(
+            c.may_update(&to_b, &migrating("a", "b", "Listening"))
+                .is_err(),
+            "a third node may not"
+        );
+        assert!(
+            b.may_update(&to_b, &migrating("b", "b", "Listening"))
+                .is_err(),
+            "the target may not take the VM: the source hands it over"
+        );
+        assert!(
+            b.may_update(&to_b, &migrating("a", "c", "Pending"))
+                .is_err(),
+            "nor send it elsewhere"
+        );
+        let mut respec: Value = serde_json::from_str(&to_b.body).unwrap();
+        respec["spec"]["cpus"] = 2.into();
+        let respec = Object::new("Vm", "m", "u", respec.to_string());
+        assert!(b.may_update(&to_b, &respec).is_err(), "nor its spec");
     }
 }

@@ -2,7 +2,9 @@
 //! ports allocated once, disks changed only while stopped) and the power verbs.
 
 use corral_contract::names::annotations;
-use corral_contract::{Boot, DiskFormat, Phase, Power, ResourceName, ValidationError, Vm, VmSpec};
+use corral_contract::{
+    Boot, DiskFormat, MigrationOptions, Phase, Power, ResourceName, ValidationError, Vm, VmSpec,
+};
 use corral_hypervisor::format_from_extension;
 use corral_storage::{HostAccess, HostPaths};
 use corral_store::Store;
@@ -294,8 +296,13 @@ impl Resources<VmKind> {
 impl VmService {
     /// Asks for a live migration of running or paused VM `name` to node `to` (`None`: the
     /// scheduler picks among the other nodes). The nodes carry it out and report in
-    /// `status.migration`; a request replaces one in flight.
-    pub async fn migrate(&self, name: &str, to: Option<&ResourceName>) -> Result<Vm, ServiceError> {
+    /// `status.migration`; a request replaces one in flight. `options` go with the request.
+    pub async fn migrate(
+        &self,
+        name: &str,
+        to: Option<&ResourceName>,
+        options: MigrationOptions,
+    ) -> Result<Vm, ServiceError> {
         if let Some(to) = to {
             let nodes = crate::NodeService::new(self.store().clone());
             nodes.get(to.as_str()).await?;
@@ -325,6 +332,13 @@ impl VmService {
             vm.metadata
                 .annotations
                 .insert(annotations::MIGRATE_TO.into(), request.clone());
+            match options.to_annotation() {
+                Some(o) => vm
+                    .metadata
+                    .annotations
+                    .insert(annotations::MIGRATE_OPTIONS.into(), o),
+                None => vm.metadata.annotations.remove(annotations::MIGRATE_OPTIONS),
+            };
             Ok(true)
         })
         .await
@@ -346,6 +360,7 @@ impl VmService {
             vm.metadata
                 .annotations
                 .insert(annotations::MIGRATE_TO.into(), request.clone());
+            vm.metadata.annotations.remove(annotations::MIGRATE_OPTIONS);
             Ok(true)
         })
         .await
@@ -355,6 +370,7 @@ impl VmService {
     /// VM runs on where it is.
     pub async fn cancel_migration(&self, name: &str) -> Result<Vm, ServiceError> {
         self.modify_live(name, |vm| {
+            vm.metadata.annotations.remove(annotations::MIGRATE_OPTIONS);
             if vm
                 .metadata
                 .annotations

@@ -465,6 +465,9 @@ impl From<&VmStatus> for pb::VmStatus {
                 downtime_ms: m.downtime_ms,
                 total_time_ms: m.total_time_ms,
                 message: m.message.clone(),
+                tls: m.tls,
+                auto_converge: m.auto_converge,
+                postcopy: m.postcopy,
             }),
             restored_from: status.restored_from.clone(),
         }
@@ -504,6 +507,9 @@ impl From<pb::VmStatus> for VmStatus {
                 downtime_ms: m.downtime_ms,
                 total_time_ms: m.total_time_ms,
                 message: m.message,
+                tls: m.tls,
+                auto_converge: m.auto_converge,
+                postcopy: m.postcopy,
             }),
             restored_from: status.restored_from,
         }

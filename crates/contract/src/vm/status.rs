@@ -55,6 +55,43 @@ impl MigrationPhase {
     }
 }
 
+/// How a live migration may go, as asked for with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationOptions {
+    /// QEMU slows the guest's vCPUs down when the migration does not converge.
+    pub auto_converge: bool,
+    /// Post-copy: after the first pass of RAM the rest follows on demand, so the migration
+    /// ends whatever the guest dirties.
+    pub postcopy: bool,
+}
+
+impl MigrationOptions {
+    const AUTO_CONVERGE: &'static str = "auto-converge";
+    const POSTCOPY: &'static str = "postcopy";
+
+    /// The options as the `corral.dev/migrate-options` annotation holds them; `None` for none.
+    pub fn to_annotation(self) -> Option<String> {
+        let names: Vec<&str> = [
+            (self.auto_converge, Self::AUTO_CONVERGE),
+            (self.postcopy, Self::POSTCOPY),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        (!names.is_empty()).then(|| names.join(","))
+    }
+
+    /// The options an annotation value names; names it does not know are left out (the
+    /// annotation is written by the server, and a newer one may know more).
+    pub fn from_annotation(value: &str) -> MigrationOptions {
+        let has = |name: &str| value.split(',').any(|v| v.trim() == name);
+        MigrationOptions {
+            auto_converge: has(Self::AUTO_CONVERGE),
+            postcopy: has(Self::POSTCOPY),
+        }
+    }
+}
+
 /// A VM's last live migration, as the nodes carrying it out report it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
@@ -90,6 +127,14 @@ pub struct MigrationStatus {
     /// A sentence for people: why it failed or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The stream is TLS, both QEMUs holding their node's certificate from the cluster CA
+    /// (the target writes it when it listens).
+    pub tls: bool,
+    /// QEMU slows the guest's vCPUs down when the migration does not converge.
+    pub auto_converge: bool,
+    /// Post-copy: once the first pass of RAM is sent, the guest moves to the target and the
+    /// rest of its RAM follows on demand, so that a migration ends whatever the guest dirties.
+    pub postcopy: bool,
 }
 
 /// What is true of a VM now. Written only by controllers.
@@ -182,6 +227,30 @@ pub struct ExitInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_options_round_trip_through_their_annotation() {
+        let both = MigrationOptions {
+            auto_converge: true,
+            postcopy: true,
+        };
+        assert_eq!(
+            both.to_annotation().as_deref(),
+            Some("auto-converge,postcopy")
+        );
+        assert_eq!(
+            MigrationOptions::from_annotation("auto-converge,postcopy"),
+            both
+        );
+        assert_eq!(MigrationOptions::default().to_annotation(), None);
+        assert_eq!(
+            MigrationOptions::from_annotation("postcopy,future-thing"),
+            MigrationOptions {
+                postcopy: true,
+                ..MigrationOptions::default()
+            }
+        );
+    }
 
     #[test]
     fn phases_are_pascal_case() {

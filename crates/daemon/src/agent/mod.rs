@@ -95,11 +95,21 @@ pub(crate) async fn run(config: &Config, agent: &AgentConfig) -> anyhow::Result<
     let client = client(&identity)?;
     let store: Arc<dyn corral_store::Store> =
         Arc::new(RemoteStore::new(client, &agent.server, &node));
-    run_node(config, store).await
+    // The node certificate also authenticates this node's live migrations (TLS).
+    let migration_tls = corral_hypervisor::MigrationTls {
+        ca: identity.ca,
+        cert: identity.cert,
+        key: identity.key,
+    };
+    run_node(config, store, migration_tls).await
 }
 
 /// The node's controllers over `store`, until SIGTERM or SIGINT; VMs keep running after.
-async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyhow::Result<()> {
+async fn run_node(
+    config: &Config,
+    store: Arc<dyn corral_store::Store>,
+    migration_tls: corral_hypervisor::MigrationTls,
+) -> anyhow::Result<()> {
     let qemu = config.qemu_user.as_ref().map(|u| u.owner);
     let run_which = if config.run_dir_fallback {
         crate::dirs::Which::RunFallback
@@ -129,14 +139,12 @@ async fn run_node(config: &Config, store: Arc<dyn corral_store::Store>) -> anyho
         crate::fence_guard::attach_at_start(&config.run_dir, config.cluster.node_ttl, &fenced)
             .await
             .context("starting the node's fence guard")?;
+    let mut controller_config = crate::controller_config(config, host_paths);
+    controller_config.migration_tls = Some(migration_tls);
     let controller = Arc::new(
-        corral_controller::VmController::new(
-            vms,
-            backend.clone(),
-            crate::controller_config(config, host_paths),
-        )
-        .with_storage(storage)
-        .with_fence(fenced.clone()),
+        corral_controller::VmController::new(vms, backend.clone(), controller_config)
+            .with_storage(storage)
+            .with_fence(fenced.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let fence = crate::nodes::Fence {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use corral_service::{StoreAnswer, StoreCall, WireObject, event_of};
+use corral_service::{StoreAnswer, StoreCall, WireError, WireObject, event_of};
 use corral_store::{Object, Selector, Store, StoreError, WatchEvent, WatchStream};
 use futures_util::StreamExt;
 
@@ -37,6 +37,12 @@ impl RemoteStore {
     }
 
     async fn call(&self, call: StoreCall) -> Result<StoreAnswer, StoreError> {
+        self.answer(call).await?.map_err(Into::into)
+    }
+
+    /// The server's answer to `call`: `Err` if it could not be had, `Ok(Err)` if the server
+    /// (or the store behind it) refused.
+    async fn answer(&self, call: StoreCall) -> Result<Result<StoreAnswer, WireError>, StoreError> {
         let body =
             serde_json::to_vec(&call).map_err(|e| StoreError::backend("encode a store call", e))?;
         let response = self
@@ -51,12 +57,14 @@ impl RemoteStore {
         let answer = super::read_answer(response)
             .await
             .map_err(|e| StoreError::backend("ask the server", format!("{e:#}")))?;
-        match serde_json::from_slice(&answer)
-            .map_err(|e| StoreError::backend("read the server's answer", e))?
-        {
-            StoreAnswer::Error(e) => Err(e.into()),
-            answer => Ok(answer),
-        }
+        Ok(
+            match serde_json::from_slice(&answer)
+                .map_err(|e| StoreError::backend("read the server's answer", e))?
+            {
+                StoreAnswer::Error(e) => Err(e),
+                answer => Ok(answer),
+            },
+        )
     }
 
     async fn one(&self, call: StoreCall) -> Result<Object, StoreError> {
@@ -77,11 +85,21 @@ impl Store for RemoteStore {
     }
 
     async fn get(&self, kind: &str, name: &str) -> Result<Object, StoreError> {
-        self.one(StoreCall::Get {
+        let call = StoreCall::Get {
             kind: kind.into(),
             name: name.into(),
-        })
-        .await
+        };
+        match self.answer(call).await? {
+            Ok(StoreAnswer::Object(o)) => Ok(o.into()),
+            // A VM that moved to another node (a live migration's source after the switch)
+            // is, as far as this node is concerned, gone.
+            Err(WireError::PermissionDenied { .. }) if kind == "Vm" => Err(StoreError::NotFound {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            Err(e) => Err(e.into()),
+            Ok(other) => Err(unexpected(&other)),
+        }
     }
 
     async fn list(

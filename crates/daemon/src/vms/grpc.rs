@@ -198,7 +198,16 @@ impl VmService for VmGrpc {
         // Empty (proto3's default): the scheduler picks.
         let to =
             migration_target(Some(req.to.as_str()).filter(|t| !t.is_empty())).map_err(status)?;
-        vm_out(self.0.vms.migrate(&scope.key(&req.name), to.as_ref()).await)
+        let options = corral_contract::MigrationOptions {
+            auto_converge: req.auto_converge,
+            postcopy: req.postcopy,
+        };
+        vm_out(
+            self.0
+                .vms
+                .migrate(&scope.key(&req.name), to.as_ref(), options)
+                .await,
+        )
     }
 
     async fn cancel_migration(

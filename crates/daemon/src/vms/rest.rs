@@ -192,6 +192,12 @@ async fn resume(State(d): State<Shared>, scope: Scope, Path(name): Path<String>)
 struct MigrateQuery {
     /// The node to move to; left out, the scheduler picks.
     to: Option<String>,
+    /// QEMU slows the vCPUs down when the migration does not converge.
+    #[serde(default)]
+    auto_converge: bool,
+    /// Post-copy after the first pass of RAM.
+    #[serde(default)]
+    postcopy: bool,
 }
 
 async fn migrate(
@@ -201,8 +207,14 @@ async fn migrate(
     Query(q): Query<MigrateQuery>,
 ) -> ApiResult {
     let to = super::grpc::migration_target(q.to.as_deref())?;
+    let options = corral_contract::MigrationOptions {
+        auto_converge: q.auto_converge,
+        postcopy: q.postcopy,
+    };
     Ok(one(
-        d.vms.migrate(&scope.key(&name), to.as_ref()).await?,
+        d.vms
+            .migrate(&scope.key(&name), to.as_ref(), options)
+            .await?,
         StatusCode::OK,
     ))
 }
