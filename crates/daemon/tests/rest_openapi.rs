@@ -442,6 +442,8 @@ async fn the_schemas_match_the_contract_types_and_the_api_output() {
     rich["spec"]["networks"] = json!([{"network": "default", "forwards": [{"guest_port": 22}]}]);
     rich["spec"]["cloud_init"] = json!({"user_data": "#cloud-config\n"});
     rich["spec"]["placement"] = json!({"anti_affinity": "web"});
+    // A template that is not there (yet): the VM waits for it.
+    rich["spec"]["template"] = json!("golden");
     let shared = tempfile::tempdir().unwrap();
     rich["spec"]["shares"] =
         json!([{"host_path": shared.path(), "tag": "project", "read_only": true}]);
