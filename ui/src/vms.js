@@ -4,6 +4,7 @@ import yaml from 'js-yaml';
 import { api, inProject, key } from './api.js';
 import { h, say, confirmDialog, field, showError } from './dom.js';
 import { live } from './watch.js';
+import { vmCharts } from './charts.js';
 
 const vmPath = (project, name, rest = '') => inProject(`/v1/vms/${encodeURIComponent(name)}${rest}`, project);
 
@@ -52,6 +53,7 @@ export function vmList() {
     body.replaceChildren(...shown.map(([, tr]) => tr));
     selection = shown.map(([k]) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
     count.textContent = `${shown.length} of ${l.items.size} VMs`;
+    table.dataset.revision = l.revision ?? '';
   };
   filter.addEventListener('input', () => draw(vms));
   const off = vms.subscribe(draw);
@@ -118,6 +120,9 @@ export async function vmDetail(project, name) {
   const form = h('form', { 'aria-label': 'Edit spec' }, field('spec-yaml', 'Spec (YAML)', editor, 'Saved with the server\'s validation; an error names its field.'), h('p', { class: 'form-error', role: 'alert' }), h('button', { type: 'submit' }, 'Save spec'));
   let current = null;
   let edited = false;
+  const charts = vmCharts(vmPath(project, name, '/metrics/history'));
+  const events = h('ol', { id: 'vm-events', class: 'events', 'aria-label': 'Recent events' });
+  const log = recentEvents(events);
   editor.addEventListener('input', () => (edited = true));
   const draw = (l) => {
     const vm = l.items.get(k);
@@ -128,6 +133,7 @@ export async function vmDetail(project, name) {
     }
     current = vm;
     const st = vm.status ?? {};
+    log(vm);
     const pairs = [['Phase', st.phase ?? 'Pending', 'vm-phase'], ['Power', vm.spec.power ?? 'running'], ['Message', st.message ?? ''], ['Accelerator', st.accelerator ?? ''], ['PID', st.pid ?? ''], ['Started', st.started_at ?? ''], ['Generation', `${vm.metadata.generation ?? ''} (observed ${st.observed_generation ?? '–'})`]];
     summary.replaceChildren(...pairs.flatMap(([t, d, id]) => [h('dt', {}, t), h('dd', { id }, String(d))]));
     conditions.replaceChildren(...(st.conditions ?? []).map((c) => h('tr', {}, h('th', { scope: 'row' }, c.type), h('td', {}, String(c.status)), h('td', {}, c.reason ?? ''), h('td', {}, c.message ?? ''), h('td', {}, c.last_transition ?? ''))));
@@ -168,12 +174,47 @@ export async function vmDetail(project, name) {
       h('nav', { 'aria-label': 'VM views', class: 'tabs' }, h('a', { href: `#/vm/${project}/${name}/console` }, 'Serial console'), h('a', { href: `#/vm/${project}/${name}/memory` }, 'RAM map')),
       buttons,
       summary,
+      h('h2', {}, 'Usage'),
+      charts.el,
+      h('h2', {}, 'Recent events'),
+      events,
       h('h2', {}, 'Conditions'),
       h('table', { 'aria-label': 'Conditions' }, h('thead', {}, h('tr', {}, ...['Type', 'Status', 'Reason', 'Message', 'Since'].map((c) => h('th', { scope: 'col' }, c)))), conditions),
       h('h2', {}, 'Spec'),
       form,
     ),
-    close: off,
+    close: () => {
+      off();
+      charts.close();
+    },
+  };
+}
+
+// The VM's recent events, newest first: its conditions' transitions as the server recorded
+// them, then every change of phase, power or condition this page sees on the watch.
+function recentEvents(list) {
+  const seen = new Map();
+  const entries = [];
+  let phase = null;
+  const add = (time, text) => {
+    entries.push({ time, text });
+    entries.sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : 0));
+    entries.length = Math.min(entries.length, 30);
+  };
+  return (vm) => {
+    const st = vm.status ?? {};
+    const now = new Date().toISOString();
+    for (const c of st.conditions ?? []) {
+      const id = `${c.type}=${c.status}@${c.last_transition ?? ''}`;
+      if (seen.has(c.type) && seen.get(c.type) === id) continue;
+      seen.set(c.type, id);
+      add(c.last_transition ?? now, `${c.type} ${c.status}${c.reason ? ` (${c.reason})` : ''}${c.message ? `: ${c.message}` : ''}`);
+    }
+    const p = `${st.phase ?? 'Pending'}`;
+    if (phase !== null && p !== phase) add(now, `Phase ${phase} → ${p}${st.message ? `: ${st.message}` : ''}`);
+    phase = p;
+    list.replaceChildren(...entries.map((e) => h('li', {}, h('time', { datetime: e.time }, e.time.replace('T', ' ').replace(/\.\d+Z$|Z$/, ' UTC')), ' ', e.text)));
+    if (entries.length === 0) list.replaceChildren(h('li', { class: 'muted' }, 'None yet'));
   };
 }
 

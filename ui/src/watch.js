@@ -18,8 +18,16 @@ export class Live {
     this.retry = 500;
     this.open();
     this.onOnline = () => this.reopen();
+    // Without a network the stream is dead even if the browser has not noticed yet: close it
+    // now and resume from the last revision when the network is back, so nothing is missed
+    // and no event half-read on a dying connection counts.
+    this.onOffline = () => {
+      this.source?.close();
+      this.source = null;
+    };
     this.onVisible = () => document.visibilityState === 'visible' && this.stale() && this.reopen();
     window.addEventListener('online', this.onOnline);
+    window.addEventListener('offline', this.onOffline);
     document.addEventListener('visibilitychange', this.onVisible);
   }
 
@@ -98,6 +106,7 @@ export class Live {
     this.source?.close();
     this.source = null;
     window.removeEventListener('online', this.onOnline);
+    window.removeEventListener('offline', this.onOffline);
     document.removeEventListener('visibilitychange', this.onVisible);
   }
 }
@@ -126,5 +135,6 @@ export function release(path) {
 }
 
 setInterval(() => {
+  if (!navigator.onLine) return;
   for (const l of shared.values()) if (l.stale()) l.reopen();
 }, 20000);

@@ -4,6 +4,7 @@
 //! the types the parser uses); each operation is described here, keyed by its operation id, with
 //! the parameters, bodies and answers its handler has. Nothing is written by hand in JSON.
 
+mod history;
 mod ui;
 
 use std::sync::OnceLock;
@@ -64,6 +65,12 @@ pub const OPERATIONS: &[Described] = {
             Post,
             "/v1/vms/{name}/migrate/cancel",
             || power("Withdraw the VM's migration request: one not yet switched over is cancelled"),
+        ),
+        (
+            "getVmMetricsHistory",
+            Get,
+            "/v1/vms/{name}/metrics/history",
+            history::get_vm_metrics_history,
         ),
         (
             "getVmConsoleLog",
@@ -1133,6 +1140,13 @@ fn console_ws() -> Operation {
         boolean(),
         false,
         "Send what the console printed before attaching first (default true)",
+    ))
+    .parameter(query(
+        "writer_events",
+        boolean(),
+        false,
+        "Also send text messages (JSON `{\"type\":\"writer\",\"holder\":NAME|null,\"you\":BOOL}`) \
+         saying who holds the writer: at attach, and whenever it changes hands",
     ))
     .response(
         "101",

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/vms/{name}/restart"),
     ("POST", "/v1/vms/{name}/migrate"),
     ("POST", "/v1/vms/{name}/migrate/cancel"),
+    ("GET", "/v1/vms/{name}/metrics/history"),
     ("GET", "/v1/vms/{name}/console/log"),
     ("GET", "/v1/vms/{name}/memory"),
     ("GET", "/v1/vms/{name}/memory/find"),
