@@ -159,6 +159,26 @@ test('manage a VM from the browser', async ({ page, context }) => {
     await expect(page.getByRole('table', { name: 'Networks' })).toContainText('default');
   });
 
+  await test.step('upload an image with a progress bar and see it Ready', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/images`);
+    const bytes = Buffer.alloc(3 << 20);
+    for (let i = 0; i < bytes.length; i += 1) bytes[i] = i % 251;
+    await page.locator('#upload-file').setInputFiles({ name: 'Tiny Disk.raw', mimeType: 'application/octet-stream', buffer: bytes });
+    await expect(page.locator('#upload-name')).toHaveValue('tiny-disk');
+    await page.locator('#upload-format').selectOption('raw');
+    await page.getByRole('button', { name: 'Upload', exact: true }).click();
+    await expect(page.locator('#upload-percent')).toHaveText('100 %, stored', { timeout: 60_000 });
+    expect(await page.locator('#upload-progress').evaluate((p) => [p.value, p.max])).toEqual([bytes.length, bytes.length]);
+    const row = page.getByRole('table', { name: 'Images' }).getByRole('row').filter({ hasText: 'tiny-disk' });
+    await expect(row).toContainText('Ready');
+    await expect(row).toContainText(String(bytes.length));
+    await accessible(page, 'images-uploaded');
+    // A refusal shows the server's error at the field it names.
+    await page.locator('#upload-name').fill('tiny-disk');
+    await page.getByRole('button', { name: 'Upload', exact: true }).click();
+    await expect(page.getByRole('form', { name: 'Upload an image' }).locator('.form-error')).toContainText('already exists');
+  });
+
   await test.step('bulk pause and resume on the filtered list, with a result per VM', async () => {
     await page.goto(`${new URL(page.url()).origin}/ui/#/vms`);
     await page.locator('#vm-filter').fill(VM);

@@ -124,6 +124,7 @@ pub const OPERATIONS: &[Described] = {
             "/v1/images/{name}/verify",
             verify_image,
         ),
+        ("uploadImage", Put, "/v1/images/{name}/upload", upload_image),
         ("listVolumes", Get, "/v1/volumes", || {
             list("Volume", "Volumes, sorted by name")
         }),
@@ -1390,6 +1391,61 @@ fn verify_image() -> Operation {
         .response("404", error("No image of that name"))
         .response("412", error("The image is not ready (FailedPrecondition)"))
         .build()
+}
+
+fn upload_image() -> Operation {
+    common(op(
+        "Create an image from the request body's bytes, streamed into the image store (at most \
+         corrald's --upload-max-size); it answers when the image is Ready",
+    ))
+    .parameter(name_param())
+    .parameter(query(
+        "format",
+        string().enum_values(Some(["qcow2", "raw", "kernel", "initrd"])),
+        false,
+        "The bytes' format; left out, detected from them",
+    ))
+    .parameter(query(
+        "checksum",
+        string(),
+        false,
+        "`sha256:<hex>` or `blake3:<hex>` the bytes must have",
+    ))
+    .parameter(query(
+        "filename",
+        string(),
+        false,
+        "The file's name on the client, kept in spec.source for people",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .description(Some("The image's bytes"))
+            .content(
+                "application/octet-stream",
+                ContentBuilder::new()
+                    .schema(Some(
+                        string().content_media_type("application/octet-stream"),
+                    ))
+                    .build(),
+            )
+            .required(Some(Required::True))
+            .build(),
+    ))
+    .response("201", json_response("Created, Ready", reference("Image")))
+    .response(
+        "400",
+        error("The name, a query field or the bytes are not valid (the error names which)"),
+    )
+    .response("409", error("An image of that name exists"))
+    .response(
+        "413",
+        error("The body (or its Content-Length) is over corrald's --upload-max-size"),
+    )
+    .response(
+        "412",
+        error("The bytes could not be imported: fewer than Content-Length said, not of the format, or not matching the checksum (FailedPrecondition)"),
+    )
+    .build()
 }
 
 fn list_snapshots() -> Operation {

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/images/{name}"),
     ("DELETE", "/v1/images/{name}"),
     ("POST", "/v1/images/{name}/verify"),
+    ("PUT", "/v1/images/{name}/upload"),
     ("GET", "/v1/volumes"),
     ("POST", "/v1/volumes"),
     ("GET", "/v1/volumes/{name}"),
