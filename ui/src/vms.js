@@ -8,6 +8,9 @@ import { vmCharts } from './charts.js';
 
 const vmPath = (project, name, rest = '') => inProject(`/v1/vms/${encodeURIComponent(name)}${rest}`, project);
 
+// Rows painted beyond the visible ones, above and below, so scrolling shows no gap.
+const OVERSCAN = 15;
+
 export function vmList() {
   const filter = h('input', { type: 'search', id: 'vm-filter', placeholder: 'name, project or phase' });
   const count = h('p', { 'aria-live': 'polite', class: 'count' });
@@ -15,13 +18,25 @@ export function vmList() {
   const table = h(
     'table',
     { 'aria-label': 'VMs', id: 'vm-table' },
-    h('thead', {}, h('tr', {}, ...['Name', 'Project', 'Phase', 'Power', 'CPUs', 'Memory'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('thead', {}, h('tr', { 'aria-rowindex': 1 }, ...['Name', 'Project', 'Phase', 'Power', 'CPUs', 'Memory'].map((c) => h('th', { scope: 'col' }, c)))),
     body,
   );
-  // Rows are kept by key and only touched when their VM changed: one render per frame.
+  // Only the rows in view are in the DOM (1,000 VMs are 40 rows, not 7,000 cells); spacers
+  // keep the scroll height, aria-rowcount and aria-rowindex tell assistive technology where
+  // a row is in the whole table.
+  const scroller = h('div', { class: 'table-scroll', tabindex: 0, role: 'region', 'aria-label': 'VM table (scrolls)' }, table);
+  const spacer = () => h('tr', { 'aria-hidden': 'true', class: 'spacer' }, h('td', { colspan: 6 }));
+  const above = spacer();
+  const below = spacer();
+  let rowHeight = 33;
+  // A painted row per key, rebuilt only when its VM's revision changed.
   const rows = new Map();
   const vms = live('/v1/vms');
-  // What the filter shows now, as [project, name]: bulk actions act on exactly these.
+  // Every key, sorted: sorted again only when a VM came or went, not when one changed.
+  let sorted = [];
+  let sortedFor = -1;
+  // What the filter shows now, as keys in order: bulk actions act on exactly these.
+  let shown = [];
   let selection = [];
   const results = h('ul', { class: 'bulk-results', 'aria-label': 'Bulk action results' });
   const bulk = h(
@@ -31,35 +46,72 @@ export function vmList() {
       h('button', { type: 'button', class: method === 'DELETE' ? 'danger' : '', onclick: () => runBulk(label, method, rest, selection, results) }, `${label} shown`),
     ),
   );
-  const draw = (l) => {
-    const q = filter.value.trim().toLowerCase();
-    const shown = [];
-    for (const [k, vm] of l.items) {
+  const rowFor = (k, vm) => {
+    const stamp = vm.metadata.resource_version;
+    let row = rows.get(k);
+    if (!row || row.stamp !== stamp) {
       const phase = vm.status?.phase ?? 'Pending';
-      if (q && !`${k} ${phase}`.toLowerCase().includes(q)) continue;
-      let row = rows.get(k);
-      const stamp = vm.metadata.resource_version;
-      if (!row || row.stamp !== stamp) {
-        const project = vm.metadata.project ?? 'default';
-        const href = `#/vm/${encodeURIComponent(project)}/${encodeURIComponent(vm.metadata.name)}`;
-        const tr = h('tr', { dataset: { vm: vm.metadata.name } }, h('th', { scope: 'row' }, h('a', { href }, vm.metadata.name)), h('td', {}, project), h('td', { class: `phase ${phase.toLowerCase()}` }, phase), h('td', {}, vm.spec.power ?? 'running'), h('td', {}, vm.spec.cpus ?? 1), h('td', {}, vm.spec.memory ?? ''));
-        row = { tr, stamp };
-        rows.set(k, row);
-      }
-      shown.push([k, row.tr]);
+      const project = vm.metadata.project ?? 'default';
+      const href = `#/vm/${encodeURIComponent(project)}/${encodeURIComponent(vm.metadata.name)}`;
+      const tr = h('tr', { dataset: { vm: vm.metadata.name } }, h('th', { scope: 'row' }, h('a', { href }, vm.metadata.name)), h('td', {}, project), h('td', { class: `phase ${phase.toLowerCase()}` }, phase), h('td', {}, vm.spec.power ?? 'running'), h('td', {}, vm.spec.cpus ?? 1), h('td', {}, vm.spec.memory ?? ''));
+      row = { tr, stamp };
+      rows.set(k, row);
     }
-    for (const k of rows.keys()) if (!l.items.has(k)) rows.delete(k);
-    shown.sort((a, b) => a[0].localeCompare(b[0]));
-    body.replaceChildren(...shown.map(([, tr]) => tr));
-    selection = shown.map(([k]) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
-    count.textContent = `${shown.length} of ${l.items.size} VMs`;
-    table.dataset.revision = l.revision ?? '';
+    return row.tr;
   };
+  const paint = () => {
+    const view = scroller.clientHeight || 600;
+    const first = Math.max(0, Math.floor(scroller.scrollTop / rowHeight) - OVERSCAN);
+    const last = Math.min(shown.length, Math.ceil((scroller.scrollTop + view) / rowHeight) + OVERSCAN);
+    const painted = [];
+    const keep = new Set();
+    for (let i = first; i < last; i += 1) {
+      const k = shown[i];
+      const tr = rowFor(k, vms.items.get(k));
+      tr.setAttribute('aria-rowindex', i + 2);
+      painted.push(tr);
+      keep.add(k);
+    }
+    // Rows scrolled far away are built again when they come back.
+    for (const k of rows.keys()) if (!keep.has(k)) rows.delete(k);
+    above.style.height = `${first * rowHeight}px`;
+    below.style.height = `${(shown.length - last) * rowHeight}px`;
+    body.replaceChildren(above, ...painted, below);
+    const measured = painted[0]?.getBoundingClientRect().height;
+    if (measured && Math.abs(measured - rowHeight) > 0.5) {
+      rowHeight = measured;
+      requestAnimationFrame(paint);
+    }
+  };
+  const draw = (l) => {
+    if (sortedFor !== l.keysVersion) {
+      sorted = [...l.items.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      sortedFor = l.keysVersion;
+    }
+    const q = filter.value.trim().toLowerCase();
+    shown = q
+      ? sorted.filter((k) => `${k} ${l.items.get(k).status?.phase ?? 'Pending'}`.toLowerCase().includes(q))
+      : sorted;
+    selection = shown.map((k) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
+    count.textContent = `${shown.length} of ${l.items.size} VMs`;
+    table.setAttribute('aria-rowcount', shown.length + 1);
+    table.dataset.revision = l.revision ?? '';
+    paint();
+  };
+  let scrolling = false;
+  scroller.addEventListener('scroll', () => {
+    if (scrolling) return;
+    scrolling = true;
+    requestAnimationFrame(() => {
+      scrolling = false;
+      paint();
+    });
+  });
   filter.addEventListener('input', () => draw(vms));
   const off = vms.subscribe(draw);
   return {
     title: 'VMs',
-    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, bulk, results, table),
+    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, bulk, results, scroller),
     close: off,
   };
 }

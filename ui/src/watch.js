@@ -11,6 +11,8 @@ export class Live {
   constructor(path) {
     this.path = path;
     this.items = new Map();
+    // Bumped when a key comes or goes (not when an object changes): lists re-sort on it.
+    this.keysVersion = 0;
     this.revision = null;
     this.synced = false;
     this.listeners = new Set();
@@ -54,9 +56,11 @@ export class Live {
       if (e.type === 'BOOKMARK') {
         this.synced = true;
       } else if (e.type === 'DELETED') {
-        this.items.delete(key(e.object));
+        if (this.items.delete(key(e.object))) this.keysVersion += 1;
       } else {
-        this.items.set(key(e.object), e.object);
+        const k = key(e.object);
+        if (!this.items.has(k)) this.keysVersion += 1;
+        this.items.set(k, e.object);
       }
       this.revision = e.revision;
       this.changed();
@@ -66,6 +70,7 @@ export class Live {
       if (source.readyState === EventSource.CLOSED) {
         this.revision = null;
         this.items.clear();
+        this.keysVersion += 1;
         this.synced = false;
         setTimeout(() => this.source === source && this.reopen(), this.retry);
         this.retry = Math.min(this.retry * 2, 10000);
@@ -82,13 +87,16 @@ export class Live {
     this.source?.close();
     if (this.revision === null) {
       this.items.clear();
+      this.keysVersion += 1;
       this.synced = false;
     }
     this.open();
   }
 
   changed() {
-    if (this.scheduled) return;
+    // Until the first batch is in (its BOOKMARK), a render would show a partial list and
+    // be redone frame after frame.
+    if (this.scheduled || !this.synced) return;
     this.scheduled = true;
     requestAnimationFrame(() => {
       this.scheduled = false;

@@ -1407,9 +1407,11 @@ fn upload_image() -> Operation {
     ))
     .parameter(query(
         "checksum",
-        string(),
+        string().pattern(Some(
+            "^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}|blake3:[0-9a-f]{64})$",
+        )),
         false,
-        "`sha256:<hex>` or `blake3:<hex>` the bytes must have",
+        "`sha256:<hex>`, `sha512:<hex>` or `blake3:<hex>` (lower case) the bytes must have",
     ))
     .parameter(query(
         "filename",
@@ -1436,6 +1438,7 @@ fn upload_image() -> Operation {
         "400",
         error("The name, a query field or the bytes are not valid (the error names which)"),
     )
+    .response("404", error("The project does not exist"))
     .response("409", error("An image of that name exists"))
     .response(
         "413",

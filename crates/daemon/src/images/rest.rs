@@ -132,7 +132,7 @@ async fn upload(
     }
     if let Some(checksum) = &q.checksum {
         corral_contract::parse_checksum(checksum)
-            .map_err(|e| ApiError::invalid(format!("checksum: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("checksum: {}", e.message)))?;
     }
     let declared = json!({
         "kind": "Image",
