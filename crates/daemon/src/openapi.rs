@@ -1357,7 +1357,8 @@ fn map_memory() -> Operation {
 
 fn stream_memory() -> Operation {
     memory(op(
-        "A live map of guest RAM over WebSocket: a JSON header, then one RGB frame per message",
+        "A live map of guest RAM over WebSocket: a JSON header, then one RGB frame per message, \
+         sent when the picture changed (re-sampled fps times a second) and at least once a second",
     ))
     .parameter(query(
         "side",
