@@ -1,6 +1,6 @@
 // Images, volumes, snapshots, networks and (when clustered) nodes: live tables, with what each
 // kind's page can do.
-import { api, inProject, key } from './api.js';
+import { api, ApiError, inProject, key } from './api.js';
 import { h, say, confirmDialog, field, showError } from './dom.js';
 import { live, release } from './watch.js';
 
@@ -48,7 +48,7 @@ export function kindList(kind) {
     });
     body.replaceChildren(...rows);
   });
-  const extra = kind === 'images' ? upload() : kind === 'snapshots' ? takeSnapshot() : null;
+  const extra = kind === 'images' ? h('div', {}, fileUpload(), upload()) : kind === 'snapshots' ? takeSnapshot() : null;
   const close = () => {
     off();
     release(`/v1/${kind}`);
@@ -66,8 +66,70 @@ async function act(method, path, project, question, verb) {
   }
 }
 
-// Imports an image from a URL (REST has no upload; `corral image import FILE` streams one over
-// gRPC); the table shows its phase as the import goes.
+// Uploads a file from this computer: XMLHttpRequest streams it as the request body (fetch()
+// reports no upload progress) to PUT /v1/images/{name}/upload, which writes it into the image
+// store as it arrives; the bar follows the bytes sent.
+function fileUpload() {
+  const file = h('input', { type: 'file', required: true, dataset: { field: 'body' } });
+  const name = h('input', { required: true, dataset: { field: 'metadata.name' } });
+  const project = h('input', { value: 'default', dataset: { field: 'project' } });
+  const format = h('select', { dataset: { field: 'format' } }, ...[['', 'Detect'], ['qcow2', 'qcow2'], ['raw', 'raw'], ['kernel', 'kernel'], ['initrd', 'initrd']].map(([v, l]) => h('option', { value: v }, l)));
+  const progress = h('progress', { id: 'upload-progress', max: 1, value: 0, 'aria-label': 'Upload progress' });
+  const percent = h('output', { id: 'upload-percent', for: 'upload-progress' });
+  const button = h('button', { type: 'submit' }, 'Upload');
+  const form = h('form', { class: 'inline', 'aria-label': 'Upload an image' }, field('upload-file', 'Image file', file), field('upload-name', 'Uploaded image name', name), field('upload-project', 'Project', project), field('upload-format', 'Format', format), button, h('div', { class: 'field' }, progress, percent), h('p', { class: 'form-error', role: 'alert' }));
+  // The file's name, made a valid image name, unless one was typed.
+  file.addEventListener('change', () => {
+    const f = file.files[0];
+    if (f && !name.value) name.value = f.name.toLowerCase().replace(/\.[^.]*$/, '').replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
+  });
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    showError(form, null);
+    const f = file.files[0];
+    let path = inProject(`/v1/images/${encodeURIComponent(name.value)}/upload`, project.value);
+    path += `&filename=${encodeURIComponent(f.name)}`;
+    if (format.value) path += `&format=${format.value}`;
+    const xhr = new XMLHttpRequest();
+    xhr.open('PUT', path);
+    xhr.setRequestHeader('content-type', 'application/octet-stream');
+    progress.max = f.size || 1;
+    progress.value = 0;
+    percent.textContent = '0 %';
+    button.disabled = true;
+    xhr.upload.onprogress = (p) => {
+      if (!p.lengthComputable) return;
+      progress.max = p.total;
+      progress.value = p.loaded;
+      percent.textContent = `${Math.floor((100 * p.loaded) / p.total)} %`;
+    };
+    xhr.onload = () => {
+      button.disabled = false;
+      if (xhr.status === 201) {
+        percent.textContent = '100 %, stored';
+        say(`Image ${name.value} uploaded`);
+        return;
+      }
+      let err = null;
+      try {
+        err = JSON.parse(xhr.responseText).error;
+      } catch {
+        // Not the API's JSON: the status says it.
+      }
+      percent.textContent = 'failed';
+      showError(form, new ApiError(xhr.status, err?.code ?? 'Error', err?.message ?? `${xhr.status} ${xhr.statusText}`));
+    };
+    xhr.onerror = () => {
+      button.disabled = false;
+      percent.textContent = 'failed';
+      showError(form, { message: 'The upload was cut off (network error, or the server refused it before the end: too large?)' });
+    };
+    xhr.send(f);
+  });
+  return form;
+}
+
+// Imports an image from a URL the daemon downloads; the table shows its phase as it goes.
 function upload() {
   const name = h('input', { required: true, dataset: { field: 'metadata.name' } });
   const url = h('input', { type: 'url', required: true, dataset: { field: 'spec.source' } });

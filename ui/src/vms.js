@@ -4,8 +4,12 @@ import yaml from 'js-yaml';
 import { api, inProject, key } from './api.js';
 import { h, say, confirmDialog, field, showError } from './dom.js';
 import { live } from './watch.js';
+import { vmCharts } from './charts.js';
 
 const vmPath = (project, name, rest = '') => inProject(`/v1/vms/${encodeURIComponent(name)}${rest}`, project);
+
+// Rows painted beyond the visible ones, above and below, so scrolling shows no gap.
+const OVERSCAN = 15;
 
 export function vmList() {
   const filter = h('input', { type: 'search', id: 'vm-filter', placeholder: 'name, project or phase' });
@@ -14,13 +18,25 @@ export function vmList() {
   const table = h(
     'table',
     { 'aria-label': 'VMs', id: 'vm-table' },
-    h('thead', {}, h('tr', {}, ...['Name', 'Project', 'Phase', 'Power', 'CPUs', 'Memory'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('thead', {}, h('tr', { 'aria-rowindex': 1 }, ...['Name', 'Project', 'Phase', 'Power', 'CPUs', 'Memory'].map((c) => h('th', { scope: 'col' }, c)))),
     body,
   );
-  // Rows are kept by key and only touched when their VM changed: one render per frame.
+  // Only the rows in view are in the DOM (1,000 VMs are 40 rows, not 7,000 cells); spacers
+  // keep the scroll height, aria-rowcount and aria-rowindex tell assistive technology where
+  // a row is in the whole table.
+  const scroller = h('div', { class: 'table-scroll', tabindex: 0, role: 'region', 'aria-label': 'VM table (scrolls)' }, table);
+  const spacer = () => h('tr', { 'aria-hidden': 'true', class: 'spacer' }, h('td', { colspan: 6 }));
+  const above = spacer();
+  const below = spacer();
+  let rowHeight = 33;
+  // A painted row per key, rebuilt only when its VM's revision changed.
   const rows = new Map();
   const vms = live('/v1/vms');
-  // What the filter shows now, as [project, name]: bulk actions act on exactly these.
+  // Every key, sorted: sorted again only when a VM came or went, not when one changed.
+  let sorted = [];
+  let sortedFor = -1;
+  // What the filter shows now, as keys in order: bulk actions act on exactly these.
+  let shown = [];
   let selection = [];
   const results = h('ul', { class: 'bulk-results', 'aria-label': 'Bulk action results' });
   const bulk = h(
@@ -30,34 +46,72 @@ export function vmList() {
       h('button', { type: 'button', class: method === 'DELETE' ? 'danger' : '', onclick: () => runBulk(label, method, rest, selection, results) }, `${label} shown`),
     ),
   );
-  const draw = (l) => {
-    const q = filter.value.trim().toLowerCase();
-    const shown = [];
-    for (const [k, vm] of l.items) {
+  const rowFor = (k, vm) => {
+    const stamp = vm.metadata.resource_version;
+    let row = rows.get(k);
+    if (!row || row.stamp !== stamp) {
       const phase = vm.status?.phase ?? 'Pending';
-      if (q && !`${k} ${phase}`.toLowerCase().includes(q)) continue;
-      let row = rows.get(k);
-      const stamp = vm.metadata.resource_version;
-      if (!row || row.stamp !== stamp) {
-        const project = vm.metadata.project ?? 'default';
-        const href = `#/vm/${encodeURIComponent(project)}/${encodeURIComponent(vm.metadata.name)}`;
-        const tr = h('tr', { dataset: { vm: vm.metadata.name } }, h('th', { scope: 'row' }, h('a', { href }, vm.metadata.name)), h('td', {}, project), h('td', { class: `phase ${phase.toLowerCase()}` }, phase), h('td', {}, vm.spec.power ?? 'running'), h('td', {}, vm.spec.cpus ?? 1), h('td', {}, vm.spec.memory ?? ''));
-        row = { tr, stamp };
-        rows.set(k, row);
-      }
-      shown.push([k, row.tr]);
+      const project = vm.metadata.project ?? 'default';
+      const href = `#/vm/${encodeURIComponent(project)}/${encodeURIComponent(vm.metadata.name)}`;
+      const tr = h('tr', { dataset: { vm: vm.metadata.name } }, h('th', { scope: 'row' }, h('a', { href }, vm.metadata.name)), h('td', {}, project), h('td', { class: `phase ${phase.toLowerCase()}` }, phase), h('td', {}, vm.spec.power ?? 'running'), h('td', {}, vm.spec.cpus ?? 1), h('td', {}, vm.spec.memory ?? ''));
+      row = { tr, stamp };
+      rows.set(k, row);
     }
-    for (const k of rows.keys()) if (!l.items.has(k)) rows.delete(k);
-    shown.sort((a, b) => a[0].localeCompare(b[0]));
-    body.replaceChildren(...shown.map(([, tr]) => tr));
-    selection = shown.map(([k]) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
-    count.textContent = `${shown.length} of ${l.items.size} VMs`;
+    return row.tr;
   };
+  const paint = () => {
+    const view = scroller.clientHeight || 600;
+    const first = Math.max(0, Math.floor(scroller.scrollTop / rowHeight) - OVERSCAN);
+    const last = Math.min(shown.length, Math.ceil((scroller.scrollTop + view) / rowHeight) + OVERSCAN);
+    const painted = [];
+    const keep = new Set();
+    for (let i = first; i < last; i += 1) {
+      const k = shown[i];
+      const tr = rowFor(k, vms.items.get(k));
+      tr.setAttribute('aria-rowindex', i + 2);
+      painted.push(tr);
+      keep.add(k);
+    }
+    // Rows scrolled far away are built again when they come back.
+    for (const k of rows.keys()) if (!keep.has(k)) rows.delete(k);
+    above.style.height = `${first * rowHeight}px`;
+    below.style.height = `${(shown.length - last) * rowHeight}px`;
+    body.replaceChildren(above, ...painted, below);
+    const measured = painted[0]?.getBoundingClientRect().height;
+    if (measured && Math.abs(measured - rowHeight) > 0.5) {
+      rowHeight = measured;
+      requestAnimationFrame(paint);
+    }
+  };
+  const draw = (l) => {
+    if (sortedFor !== l.keysVersion) {
+      sorted = [...l.items.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      sortedFor = l.keysVersion;
+    }
+    const q = filter.value.trim().toLowerCase();
+    shown = q
+      ? sorted.filter((k) => `${k} ${l.items.get(k).status?.phase ?? 'Pending'}`.toLowerCase().includes(q))
+      : sorted;
+    selection = shown.map((k) => { const i = k.indexOf('/'); return [k.slice(0, i), k.slice(i + 1)]; });
+    count.textContent = `${shown.length} of ${l.items.size} VMs`;
+    table.setAttribute('aria-rowcount', shown.length + 1);
+    table.dataset.revision = l.revision ?? '';
+    paint();
+  };
+  let scrolling = false;
+  scroller.addEventListener('scroll', () => {
+    if (scrolling) return;
+    scrolling = true;
+    requestAnimationFrame(() => {
+      scrolling = false;
+      paint();
+    });
+  });
   filter.addEventListener('input', () => draw(vms));
   const off = vms.subscribe(draw);
   return {
     title: 'VMs',
-    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, bulk, results, table),
+    el: h('section', {}, h('div', { class: 'bar' }, h('h1', { tabindex: -1 }, 'VMs'), h('a', { class: 'button', href: '#/vms/new' }, 'New VM')), field('vm-filter', 'Filter', filter), count, bulk, results, scroller),
     close: off,
   };
 }
@@ -118,6 +172,9 @@ export async function vmDetail(project, name) {
   const form = h('form', { 'aria-label': 'Edit spec' }, field('spec-yaml', 'Spec (YAML)', editor, 'Saved with the server\'s validation; an error names its field.'), h('p', { class: 'form-error', role: 'alert' }), h('button', { type: 'submit' }, 'Save spec'));
   let current = null;
   let edited = false;
+  const charts = vmCharts(vmPath(project, name, '/metrics/history'));
+  const events = h('ol', { id: 'vm-events', class: 'events', 'aria-label': 'Recent events' });
+  const log = recentEvents(events);
   editor.addEventListener('input', () => (edited = true));
   const draw = (l) => {
     const vm = l.items.get(k);
@@ -128,6 +185,7 @@ export async function vmDetail(project, name) {
     }
     current = vm;
     const st = vm.status ?? {};
+    log(vm);
     const pairs = [['Phase', st.phase ?? 'Pending', 'vm-phase'], ['Power', vm.spec.power ?? 'running'], ['Message', st.message ?? ''], ['Accelerator', st.accelerator ?? ''], ['PID', st.pid ?? ''], ['Started', st.started_at ?? ''], ['Generation', `${vm.metadata.generation ?? ''} (observed ${st.observed_generation ?? '–'})`]];
     summary.replaceChildren(...pairs.flatMap(([t, d, id]) => [h('dt', {}, t), h('dd', { id }, String(d))]));
     conditions.replaceChildren(...(st.conditions ?? []).map((c) => h('tr', {}, h('th', { scope: 'row' }, c.type), h('td', {}, String(c.status)), h('td', {}, c.reason ?? ''), h('td', {}, c.message ?? ''), h('td', {}, c.last_transition ?? ''))));
@@ -168,12 +226,47 @@ export async function vmDetail(project, name) {
       h('nav', { 'aria-label': 'VM views', class: 'tabs' }, h('a', { href: `#/vm/${project}/${name}/console` }, 'Serial console'), h('a', { href: `#/vm/${project}/${name}/memory` }, 'RAM map')),
       buttons,
       summary,
+      h('h2', {}, 'Usage'),
+      charts.el,
+      h('h2', {}, 'Recent events'),
+      events,
       h('h2', {}, 'Conditions'),
       h('table', { 'aria-label': 'Conditions' }, h('thead', {}, h('tr', {}, ...['Type', 'Status', 'Reason', 'Message', 'Since'].map((c) => h('th', { scope: 'col' }, c)))), conditions),
       h('h2', {}, 'Spec'),
       form,
     ),
-    close: off,
+    close: () => {
+      off();
+      charts.close();
+    },
+  };
+}
+
+// The VM's recent events, newest first: its conditions' transitions as the server recorded
+// them, then every change of phase, power or condition this page sees on the watch.
+function recentEvents(list) {
+  const seen = new Map();
+  const entries = [];
+  let phase = null;
+  const add = (time, text) => {
+    entries.push({ time, text });
+    entries.sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : 0));
+    entries.length = Math.min(entries.length, 30);
+  };
+  return (vm) => {
+    const st = vm.status ?? {};
+    const now = new Date().toISOString();
+    for (const c of st.conditions ?? []) {
+      const id = `${c.type}=${c.status}@${c.last_transition ?? ''}`;
+      if (seen.has(c.type) && seen.get(c.type) === id) continue;
+      seen.set(c.type, id);
+      add(c.last_transition ?? now, `${c.type} ${c.status}${c.reason ? ` (${c.reason})` : ''}${c.message ? `: ${c.message}` : ''}`);
+    }
+    const p = `${st.phase ?? 'Pending'}`;
+    if (phase !== null && p !== phase) add(now, `Phase ${phase} → ${p}${st.message ? `: ${st.message}` : ''}`);
+    phase = p;
+    list.replaceChildren(...entries.map((e) => h('li', {}, h('time', { datetime: e.time }, e.time.replace('T', ' ').replace(/\.\d+Z$|Z$/, ' UTC')), ' ', e.text)));
+    if (entries.length === 0) list.replaceChildren(h('li', { class: 'muted' }, 'None yet'));
   };
 }
 

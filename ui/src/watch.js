@@ -11,6 +11,8 @@ export class Live {
   constructor(path) {
     this.path = path;
     this.items = new Map();
+    // Bumped when a key comes or goes (not when an object changes): lists re-sort on it.
+    this.keysVersion = 0;
     this.revision = null;
     this.synced = false;
     this.listeners = new Set();
@@ -18,8 +20,16 @@ export class Live {
     this.retry = 500;
     this.open();
     this.onOnline = () => this.reopen();
+    // Without a network the stream is dead even if the browser has not noticed yet: close it
+    // now and resume from the last revision when the network is back, so nothing is missed
+    // and no event half-read on a dying connection counts.
+    this.onOffline = () => {
+      this.source?.close();
+      this.source = null;
+    };
     this.onVisible = () => document.visibilityState === 'visible' && this.stale() && this.reopen();
     window.addEventListener('online', this.onOnline);
+    window.addEventListener('offline', this.onOffline);
     document.addEventListener('visibilitychange', this.onVisible);
   }
 
@@ -46,9 +56,11 @@ export class Live {
       if (e.type === 'BOOKMARK') {
         this.synced = true;
       } else if (e.type === 'DELETED') {
-        this.items.delete(key(e.object));
+        if (this.items.delete(key(e.object))) this.keysVersion += 1;
       } else {
-        this.items.set(key(e.object), e.object);
+        const k = key(e.object);
+        if (!this.items.has(k)) this.keysVersion += 1;
+        this.items.set(k, e.object);
       }
       this.revision = e.revision;
       this.changed();
@@ -58,6 +70,7 @@ export class Live {
       if (source.readyState === EventSource.CLOSED) {
         this.revision = null;
         this.items.clear();
+        this.keysVersion += 1;
         this.synced = false;
         setTimeout(() => this.source === source && this.reopen(), this.retry);
         this.retry = Math.min(this.retry * 2, 10000);
@@ -74,13 +87,16 @@ export class Live {
     this.source?.close();
     if (this.revision === null) {
       this.items.clear();
+      this.keysVersion += 1;
       this.synced = false;
     }
     this.open();
   }
 
   changed() {
-    if (this.scheduled) return;
+    // Until the first batch is in (its BOOKMARK), a render would show a partial list and
+    // be redone frame after frame.
+    if (this.scheduled || !this.synced) return;
     this.scheduled = true;
     requestAnimationFrame(() => {
       this.scheduled = false;
@@ -98,6 +114,7 @@ export class Live {
     this.source?.close();
     this.source = null;
     window.removeEventListener('online', this.onOnline);
+    window.removeEventListener('offline', this.onOffline);
     document.removeEventListener('visibilitychange', this.onVisible);
   }
 }
@@ -126,5 +143,6 @@ export function release(path) {
 }
 
 setInterval(() => {
+  if (!navigator.onLine) return;
   for (const l of shared.values()) if (l.stale()) l.reopen();
 }, 20000);

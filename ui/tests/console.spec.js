@@ -21,7 +21,7 @@ async function accessible(page, name) {
 
 test.describe.configure({ mode: 'serial' });
 
-test('manage a VM from the browser', async ({ page }) => {
+test('manage a VM from the browser', async ({ page, context }) => {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
 
@@ -74,6 +74,41 @@ test('manage a VM from the browser', async ({ page }) => {
     await page.screenshot({ path: `${artifacts}/console.png` });
   });
 
+  await test.step('the console says who holds the writer; a second tab reads only', async () => {
+    await expect(page.locator('#console-writer')).toHaveAttribute('data-you', 'true');
+    const holder = await page.locator('#console-writer').getAttribute('data-holder');
+    expect(holder).not.toEqual('');
+    const other = await context.newPage();
+    await other.goto(page.url());
+    await expect(other.locator('#console-writer')).toHaveText(`Writer: ${holder} (you are read only)`);
+    await expect(other.locator('#console-state')).toContainText('Read only');
+    await other.close();
+  });
+
+  await test.step('paste from the clipboard and type non-US characters', async () => {
+    const origin = new URL(page.url()).origin;
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin });
+    await page.evaluate(() => navigator.clipboard.writeText('echo clip-$((2+3))-board\n'));
+    await page.getByRole('button', { name: 'Paste from clipboard' }).click();
+    await expect(page.locator('.xterm-rows')).toContainText('clip-5-board');
+    // A paste event on xterm's textarea, as the browser's menu or Ctrl+V sends it.
+    await page.locator('.xterm-helper-textarea').evaluate((t) => {
+      const data = new DataTransfer();
+      data.setData('text/plain', 'echo menu-$((3+4))-paste\n');
+      t.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+    });
+    await expect(page.locator('.xterm-rows')).toContainText('menu-7-paste');
+    // Text as a German or French layout (or an IME) produces it: no US key codes.
+    await page.locator('.xterm-helper-textarea').focus();
+    await page.keyboard.insertText('echo é-ü-ß-$((4+5))');
+    await page.keyboard.press('Enter');
+    await expect(page.locator('.xterm-rows')).toContainText('é-ü-ß-9');
+    // The guest printed those UTF-8 bytes itself: its console log has them.
+    const log = await page.request.get(`${origin}/v1/vms/${VM}/console/log?project=default&tail=4096`);
+    expect(log.status()).toBe(200);
+    expect((await log.body()).toString('utf8')).toContain('é-ü-ß-9');
+  });
+
   await test.step('the RAM map shows frames that change', async () => {
     await page.goto(page.url().replace(/\/console$/, '/memory'));
     const frames = page.locator('#ram-frames');
@@ -101,6 +136,17 @@ test('manage a VM from the browser', async ({ page }) => {
     await expect(page.locator('#vm-phase')).toHaveText('Running', { timeout: 60_000 });
   });
 
+  await test.step('CPU and memory charts and recent events on the VM page', async () => {
+    // A sample every 10 s; the first needs two readings of the process.
+    await expect.poll(async () => Number(await page.locator('#chart-memory').getAttribute('data-points')), { timeout: 60_000 }).toBeGreaterThanOrEqual(1);
+    expect(Number(await page.locator('#chart-cpu').getAttribute('data-points'))).toBeGreaterThanOrEqual(1);
+    await expect(page.locator('#chart-memory polyline')).toHaveAttribute('points', /\d/);
+    await expect(page.locator('.chart-box figcaption').filter({ hasText: 'Memory' })).toContainText('MiB');
+    await expect(page.locator('#vm-events')).toContainText('Paused');
+    await expect(page.locator('#vm-events')).toContainText('Running');
+    await accessible(page, 'vm-charts');
+  });
+
   await test.step('the list shows it live, and the other pages are accessible', async () => {
     await page.getByRole('link', { name: 'VMs' }).first().click();
     await expect(page.locator(`tr[data-vm="${VM}"] .phase`)).toHaveText('Running');
@@ -111,6 +157,26 @@ test('manage a VM from the browser', async ({ page }) => {
       await accessible(page, kind.toLowerCase());
     }
     await expect(page.getByRole('table', { name: 'Networks' })).toContainText('default');
+  });
+
+  await test.step('upload an image with a progress bar and see it Ready', async () => {
+    await page.goto(`${new URL(page.url()).origin}/ui/#/images`);
+    const bytes = Buffer.alloc(3 << 20);
+    for (let i = 0; i < bytes.length; i += 1) bytes[i] = i % 251;
+    await page.locator('#upload-file').setInputFiles({ name: 'Tiny Disk.raw', mimeType: 'application/octet-stream', buffer: bytes });
+    await expect(page.locator('#upload-name')).toHaveValue('tiny-disk');
+    await page.locator('#upload-format').selectOption('raw');
+    await page.getByRole('button', { name: 'Upload', exact: true }).click();
+    await expect(page.locator('#upload-percent')).toHaveText('100 %, stored', { timeout: 60_000 });
+    expect(await page.locator('#upload-progress').evaluate((p) => [p.value, p.max])).toEqual([bytes.length, bytes.length]);
+    const row = page.getByRole('table', { name: 'Images' }).getByRole('row').filter({ hasText: 'tiny-disk' });
+    await expect(row).toContainText('Ready');
+    await expect(row).toContainText(String(bytes.length));
+    await accessible(page, 'images-uploaded');
+    // A refusal shows the server's error at the field it names.
+    await page.locator('#upload-name').fill('tiny-disk');
+    await page.getByRole('button', { name: 'Upload', exact: true }).click();
+    await expect(page.getByRole('form', { name: 'Upload an image' }).locator('.form-error')).toContainText('already exists');
   });
 
   await test.step('bulk pause and resume on the filtered list, with a result per VM', async () => {
@@ -125,6 +191,36 @@ test('manage a VM from the browser', async ({ page }) => {
     await page.locator('#confirm-ok').click();
     await expect(page.locator(`tr[data-vm="${VM}"] .phase`)).toHaveText('Running', { timeout: 60_000 });
     await page.locator('#vm-filter').fill('');
+  });
+
+  await test.step('after a network drop the list catches up by itself, from its revision', async () => {
+    const origin = new URL(page.url()).origin;
+    const watches = [];
+    page.on('request', (r) => /\/v1\/vms\?watch=true/.test(r.url()) && watches.push(r.url()));
+    await expect(page.locator(`tr[data-vm="${VM}"]`)).toBeVisible();
+    const before = Number(await page.locator('#vm-table').getAttribute('data-revision'));
+    expect(before).toBeGreaterThan(0);
+    const navigations = [];
+    page.on('framenavigated', (f) => f === page.mainFrame() && navigations.push(f.url()));
+    await context.setOffline(true);
+    await expect.poll(() => page.evaluate(() => navigator.onLine)).toBe(false);
+    // A change made elsewhere (through the API, outside the browser) while this one is offline.
+    const cookie = (await context.cookies()).map((c) => `${c.name}=${c.value}`).join('; ');
+    const made = await fetch(`${origin}/v1/vms?project=default`, {
+      method: 'POST',
+      headers: { cookie, origin, 'content-type': 'application/json' },
+      body: JSON.stringify({ kind: 'Vm', metadata: { name: 'made-offline' }, spec: { power: 'stopped', memory: '128M', boot: { kernel: { kernel: env('CORRAL_KERNEL') } } } }),
+    });
+    expect(made.status, await made.text()).toBe(201);
+    await expect(page.locator('tr[data-vm="made-offline"]')).toHaveCount(0);
+    await context.setOffline(false);
+    await expect(page.locator('tr[data-vm="made-offline"]')).toBeVisible();
+    const resumed = watches.map((u) => new URL(u).searchParams.get('resourceVersion')).filter(Boolean).map(Number);
+    expect(resumed.length, `watch requests: ${watches.join(', ')}`).toBeGreaterThan(0);
+    expect(resumed.at(-1)).toBeGreaterThanOrEqual(before);
+    expect(navigations, 'no reload').toEqual([]);
+    await fetch(`${origin}/v1/vms/made-offline?project=default`, { method: 'DELETE', headers: { cookie, origin } });
+    await expect(page.locator('tr[data-vm="made-offline"]')).toHaveCount(0);
   });
 
   await test.step('the nodes page cordons and uncordons this node', async () => {

@@ -258,6 +258,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry,
         audit,
         ui: ui::Ui::default(),
+        history: vms::history::History::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -301,6 +302,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.run_dir.join("networks"),
         );
         tokio::spawn(network_controller.run(stop_rx.clone()));
+        tokio::spawn(vms::history::sample(daemon.clone(), stop_rx.clone()));
     }
     let storage_task = tokio::spawn(storage_controller.run(stop_rx.clone()));
     let source_controller = corral_controller::SourceController::new(

@@ -4,6 +4,7 @@
 //! the types the parser uses); each operation is described here, keyed by its operation id, with
 //! the parameters, bodies and answers its handler has. Nothing is written by hand in JSON.
 
+mod history;
 mod ui;
 
 use std::sync::OnceLock;
@@ -66,6 +67,12 @@ pub const OPERATIONS: &[Described] = {
             || power("Withdraw the VM's migration request: one not yet switched over is cancelled"),
         ),
         (
+            "getVmMetricsHistory",
+            Get,
+            "/v1/vms/{name}/metrics/history",
+            history::get_vm_metrics_history,
+        ),
+        (
             "getVmConsoleLog",
             Get,
             "/v1/vms/{name}/console/log",
@@ -117,6 +124,7 @@ pub const OPERATIONS: &[Described] = {
             "/v1/images/{name}/verify",
             verify_image,
         ),
+        ("uploadImage", Put, "/v1/images/{name}/upload", upload_image),
         ("listVolumes", Get, "/v1/volumes", || {
             list("Volume", "Volumes, sorted by name")
         }),
@@ -1147,6 +1155,13 @@ fn console_ws() -> Operation {
         false,
         "Send what the console printed before attaching first (default true)",
     ))
+    .parameter(query(
+        "writer_events",
+        boolean(),
+        false,
+        "Also send text messages (JSON `{\"type\":\"writer\",\"holder\":NAME|null,\"you\":BOOL}`) \
+         saying who holds the writer: at attach, and whenever it changes hands",
+    ))
     .response(
         "101",
         ResponseBuilder::new()
@@ -1355,7 +1370,8 @@ fn map_memory() -> Operation {
 
 fn stream_memory() -> Operation {
     memory(op(
-        "A live map of guest RAM over WebSocket: a JSON header, then one RGB frame per message",
+        "A live map of guest RAM over WebSocket: a JSON header, then one RGB frame per message, \
+         sent when the picture changed (re-sampled fps times a second) and at least once a second",
     ))
     .parameter(query(
         "side",
@@ -1389,6 +1405,64 @@ fn verify_image() -> Operation {
         .response("404", error("No image of that name"))
         .response("412", error("The image is not ready (FailedPrecondition)"))
         .build()
+}
+
+fn upload_image() -> Operation {
+    common(op(
+        "Create an image from the request body's bytes, streamed into the image store (at most \
+         corrald's --upload-max-size); it answers when the image is Ready",
+    ))
+    .parameter(name_param())
+    .parameter(query(
+        "format",
+        string().enum_values(Some(["qcow2", "raw", "kernel", "initrd"])),
+        false,
+        "The bytes' format; left out, detected from them",
+    ))
+    .parameter(query(
+        "checksum",
+        string().pattern(Some(
+            "^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}|blake3:[0-9a-f]{64})$",
+        )),
+        false,
+        "`sha256:<hex>`, `sha512:<hex>` or `blake3:<hex>` (lower case) the bytes must have",
+    ))
+    .parameter(query(
+        "filename",
+        string(),
+        false,
+        "The file's name on the client, kept in spec.source for people",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .description(Some("The image's bytes"))
+            .content(
+                "application/octet-stream",
+                ContentBuilder::new()
+                    .schema(Some(
+                        string().content_media_type("application/octet-stream"),
+                    ))
+                    .build(),
+            )
+            .required(Some(Required::True))
+            .build(),
+    ))
+    .response("201", json_response("Created, Ready", reference("Image")))
+    .response(
+        "400",
+        error("The name, a query field or the bytes are not valid (the error names which)"),
+    )
+    .response("404", error("The project does not exist"))
+    .response("409", error("An image of that name exists"))
+    .response(
+        "413",
+        error("The body (or its Content-Length) is over corrald's --upload-max-size"),
+    )
+    .response(
+        "412",
+        error("The bytes could not be imported: fewer than Content-Length said, not of the format, or not matching the checksum (FailedPrecondition)"),
+    )
+    .build()
 }
 
 fn list_snapshots() -> Operation {

@@ -54,6 +54,8 @@ pub struct Daemon {
     pub registry: Arc<Registry>,
     /// The audit log of changes, refusals and memory reads.
     pub audit: Arc<AuditLog>,
+    /// CPU and memory samples of the VMs this node runs.
+    pub history: crate::vms::history::History,
     /// The web console's sessions and local listener.
     pub ui: crate::ui::Ui,
 }

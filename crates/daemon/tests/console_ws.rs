@@ -46,6 +46,11 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// The payload of the next server frame (unmasked).
 async fn next_frame(s: &mut UnixStream) -> Vec<u8> {
+    next_frame_of(s).await.1
+}
+
+/// The opcode (1 text, 2 binary) and payload of the next server frame.
+async fn next_frame_of(s: &mut UnixStream) -> (u8, Vec<u8>) {
     let mut hdr = [0u8; 2];
     s.read_exact(&mut hdr).await.unwrap();
     let len = match hdr[1] & 0x7f {
@@ -55,7 +60,17 @@ async fn next_frame(s: &mut UnixStream) -> Vec<u8> {
     };
     let mut payload = vec![0u8; len as usize];
     s.read_exact(&mut payload).await.unwrap();
-    payload
+    (hdr[0] & 0x0f, payload)
+}
+
+/// The next `writer_events` message, skipping console output.
+async fn next_writer_event(s: &mut UnixStream) -> serde_json::Value {
+    loop {
+        let (op, payload) = tokio::time::timeout(WAIT, next_frame_of(s)).await.unwrap();
+        if op == 1 {
+            return serde_json::from_slice(&payload).unwrap();
+        }
+    }
 }
 
 #[tokio::test]
@@ -71,7 +86,21 @@ async fn websocket_console_types_and_reads_one_writer_many_readers() {
     let (_, status, body) = upgrade(&d, "/v1/vms/ws/console/ws?write=true").await;
     assert!(status.contains(" 412 "), "{status}");
     let body = String::from_utf8_lossy(&body);
-    assert!(body.contains("already has a writer"), "{body}");
+    assert!(body.contains("already has a writer (unix:uid="), "{body}");
+    // A session with writer_events is told who holds the writer, and when that changes.
+    let (mut watcher, status, _) = upgrade(
+        &d,
+        "/v1/vms/ws/console/ws?writer_events=true&scrollback=false",
+    )
+    .await;
+    assert!(status.contains(" 101 "), "{status}");
+    let event = next_writer_event(&mut watcher).await;
+    assert_eq!(event["type"], "writer", "{event}");
+    assert_eq!(event["you"], false, "{event}");
+    assert!(
+        event["holder"].as_str().unwrap().starts_with("unix:uid="),
+        "{event}"
+    );
     // A reader is welcome, and gets the scrollback first.
     let (mut reader, status, _) = upgrade(&d, "/v1/vms/ws/console/ws").await;
     assert!(status.contains(" 101 "), "{status}");
@@ -114,8 +143,10 @@ async fn websocket_console_types_and_reads_one_writer_many_readers() {
         "the reader saw: {}",
         String::from_utf8_lossy(&read)
     );
-    // The writer leaves; another may take its place.
+    // The writer leaves; the watcher hears it, and another may take its place.
     drop(writer);
+    let event = next_writer_event(&mut watcher).await;
+    assert!(event["holder"].is_null(), "{event}");
     let mut status = String::new();
     for _ in 0..50 {
         let (_, s, _) = upgrade(&d, "/v1/vms/ws/console/ws?write=true").await;

@@ -341,6 +341,94 @@ fn upload_messages(image: &Image, size: Option<u64>, chunks: usize) -> Vec<pb::U
     std::iter::once(first).chain(data).collect()
 }
 
+/// Sends `head` on a new connection to `socket`, then (when `chunked`) that many bytes as
+/// 64 KiB chunks from a task of their own — the server may answer and close before taking
+/// them all — and returns what the server answered.
+async fn raw_exchange(socket: &Path, head: &str, chunked: Option<usize>) -> String {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head.as_bytes()).await.unwrap();
+    if let Some(total) = chunked {
+        tokio::spawn(async move {
+            let chunk = vec![9u8; 64 << 10];
+            let mut sent = 0;
+            while sent < total {
+                let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if write.write_all(&frame).await.is_err() {
+                    return;
+                }
+                sent += chunk.len();
+            }
+            let _ = write.write_all(b"0\r\n\r\n").await;
+        });
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_rest_upload_streams_into_the_store_within_the_cap_and_a_refusal_leaves_nothing() {
+    let d = Corrald::start_with(CORRALD, &["--upload-max-size", "2M"]).expect("corrald");
+    let api = api(&d);
+    let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+
+    let stored = api
+        .send(
+            "PUT",
+            "/v1/images/uploaded/upload?format=raw&filename=disk.raw",
+            Some(&bytes),
+        )
+        .await
+        .expect(201);
+    assert_eq!(stored["status"]["phase"], "Ready", "{stored}");
+    assert_eq!(stored["status"]["size"], 1 << 20);
+    assert_eq!(stored["status"]["digest"], format!("blake3:{digest}"));
+    assert_eq!(stored["spec"]["source"]["upload"]["filename"], "disk.raw");
+    let stored_file = d.data_dir().join("images/blake3").join(&digest);
+    assert_eq!(std::fs::read(&stored_file).unwrap(), bytes);
+
+    // Over the cap, a wrong checksum, a bad format: refused, naming what, leaving nothing.
+    // Declared over the cap: refused before a byte of it is read.
+    let head =
+        "PUT /v1/images/big/upload HTTP/1.1\r\nHost: corral\r\nContent-Length: 3145728\r\n\r\n";
+    let refused = raw_exchange(&d.socket(), head, None).await;
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(refused.contains("--upload-max-size"), "{refused}");
+    // Streamed (chunked, no length) past the cap: refused once the third MiB arrives.
+    let head =
+        "PUT /v1/images/big/upload HTTP/1.1\r\nHost: corral\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let refused = raw_exchange(&d.socket(), head, Some(3 << 20)).await;
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    let refused = api
+        .send(
+            "PUT",
+            &format!("/v1/images/sum/upload?checksum=blake3:{}", "0".repeat(64)),
+            Some(&bytes),
+        )
+        .await;
+    let refused = refused.expect_error(400, "InvalidArgument");
+    assert!(refused.contains("nothing was stored"), "{refused}");
+    let refused = api
+        .send("PUT", "/v1/images/fmt/upload?format=vmdk", Some(b"x"))
+        .await
+        .expect_error(400, "InvalidArgument");
+    assert!(refused.starts_with("format: "), "{refused}");
+    let images = api.get("/v1/images").await.expect(200);
+    let names_of_images: Vec<_> = images["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names_of_images, ["uploaded"]);
+    let tmp = std::fs::read_dir(d.data_dir().join("images/tmp"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    assert_eq!(tmp, 0, "a refused upload left a temp file");
+}
+
 #[tokio::test]
 async fn an_upload_over_the_cap_is_refused_while_it_streams_and_leaves_nothing() {
     let d = Corrald::start_with(CORRALD, &["--upload-max-size", "2M"]).expect("corrald");

@@ -108,7 +108,14 @@ async fn the_console_manages_a_real_vm_in_chromium() {
         artifacts.display(),
         d.log()
     );
-    for page in ["vms", "vm-detail", "console", "ram-map", "create-error"] {
+    for page in [
+        "vms",
+        "vm-detail",
+        "vm-charts",
+        "console",
+        "ram-map",
+        "create-error",
+    ] {
         assert!(
             artifacts.join(format!("{page}.png")).exists(),
             "no screenshot of {page}"

@@ -202,20 +202,35 @@ impl HilbertStream {
 
     /// Re-samples the next band of cells of `ram` and returns the whole frame.
     pub fn next_frame(&mut self, ram: &GuestRam) -> &[u8] {
+        self.refresh(ram);
+        &self.frame
+    }
+
+    /// Re-samples the next band of cells of `ram`; whether any pixel changed colour (a
+    /// stream need not send a frame that looks like the last one).
+    pub fn refresh(&mut self, ram: &GuestRam) -> bool {
         let cells = self.pixel.len() as u64;
         let view = Cells::new(ram, cells);
         let stripes = u64::from(self.stripes);
         let band = u64::from(self.next);
         self.next = (self.next + 1) % self.stripes;
         if view.total == 0 {
-            return &self.frame;
+            return false;
         }
+        let mut changed = false;
         for d in cells * band / stripes..cells * (band + 1) / stripes {
             if let Some(rgb) = view.colour(d, u64::from(self.samples)) {
                 let px = self.pixel[d as usize] as usize;
-                self.frame[px..px + 3].copy_from_slice(&rgb);
+                let old = &mut self.frame[px..px + 3];
+                changed |= *old != rgb;
+                old.copy_from_slice(&rgb);
             }
         }
+        changed
+    }
+
+    /// The frame as it stands: `side`×`side` RGB pixels.
+    pub fn frame(&self) -> &[u8] {
         &self.frame
     }
 }

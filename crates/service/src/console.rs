@@ -1,24 +1,27 @@
 //! Serial consoles: attaching to a running VM's console — many readers, at most one writer per
 //! VM — and reading what it printed, through the node's [`Hypervisor`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use corral_contract::{Phase, Vm};
 use corral_hypervisor::{Console, Hypervisor};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::{ServiceError, Stored, VmService};
 
 /// The most a console-log request returns at once.
 pub const MAX_CONSOLE_LOG: u64 = 4 << 20;
 
+/// Who holds the write side of each VM's console (by VM uid), told to every session of it.
+type Writers = Arc<Mutex<HashMap<String, watch::Sender<Option<String>>>>>;
+
 /// Consoles of the VMs a node runs, and who holds each one's write side.
 #[derive(Debug, Clone)]
 pub struct ConsoleService {
     vms: VmService,
     hypervisor: Arc<dyn Hypervisor>,
-    writers: Arc<Mutex<HashSet<String>>>,
+    writers: Writers,
 }
 
 /// An attached console; the write side, when granted, is released on drop.
@@ -26,21 +29,27 @@ pub struct ConsoleService {
 pub struct ConsoleSession {
     name: String,
     console: Console,
+    // Before the guard: dropped first, so the guard sees whether anyone else still watches.
+    holder: watch::Receiver<Option<String>>,
     writer: Option<WriterGuard>,
 }
 
 #[derive(Debug)]
 struct WriterGuard {
-    writers: Arc<Mutex<HashSet<String>>>,
+    writers: Writers,
     uid: String,
 }
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        self.writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.uid);
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(holder) = writers.get(&self.uid) {
+            holder.send_replace(None);
+            // Nobody watches this console any more: forget it.
+            if holder.receiver_count() == 0 {
+                writers.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -55,8 +64,14 @@ impl ConsoleService {
     }
 
     /// Attaches to VM `name`'s console, with its write side when `write` (refused while
-    /// another session holds it).
-    pub async fn attach(&self, name: &str, write: bool) -> Result<ConsoleSession, ServiceError> {
+    /// another session holds it). `who` names the caller to the console's other sessions
+    /// while it holds the write side.
+    pub async fn attach(
+        &self,
+        name: &str,
+        write: bool,
+        who: &str,
+    ) -> Result<ConsoleSession, ServiceError> {
         let vm = self.vms.get(name).await?;
         let uid = vm.metadata.uid.clone();
         let console = match (vm.status.phase, self.hypervisor.console(&uid)) {
@@ -72,16 +87,22 @@ impl ConsoleService {
                 });
             }
         };
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        // Consoles nobody is attached to any more (their last session was read-only).
+        writers.retain(|_, h| h.receiver_count() > 0 || h.borrow().is_some());
+        let holder = writers
+            .entry(uid.clone())
+            .or_insert_with(|| watch::channel(None).0);
         let writer = if write {
-            let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-            if !writers.insert(uid.clone()) {
+            if let Some(other) = holder.borrow().clone() {
                 return Err(ServiceError::Busy {
                     kind: Vm::NOUN,
                     name: name.to_owned(),
-                    what: "console already has a writer",
+                    what: format!("console already has a writer ({other})"),
                     remedy: "attach read-only, or wait until it detaches",
                 });
             }
+            holder.send_replace(Some(who.to_owned()));
             Some(WriterGuard {
                 writers: self.writers.clone(),
                 uid,
@@ -89,10 +110,12 @@ impl ConsoleService {
         } else {
             None
         };
+        let holder = holder.subscribe();
         Ok(ConsoleSession {
             name: name.to_owned(),
             console,
             writer,
+            holder,
         })
     }
 
@@ -120,6 +143,12 @@ impl ConsoleSession {
     /// Whether this session holds the write side.
     pub fn can_write(&self) -> bool {
         self.writer.is_some()
+    }
+
+    /// Who holds the console's write side now (this session or another), updated as it
+    /// changes hands.
+    pub fn writer(&self) -> watch::Receiver<Option<String>> {
+        self.holder.clone()
     }
 
     /// The scrollback so far and a receiver for everything printed after it.

@@ -148,8 +148,8 @@ pub enum ServiceError {
         kind: &'static str,
         /// The name.
         name: String,
-        /// What is taken, e.g. `console already has a writer`.
-        what: &'static str,
+        /// What is taken and by whom, e.g. `console already has a writer (identity:ci)`.
+        what: String,
         /// What to do.
         remedy: &'static str,
     },

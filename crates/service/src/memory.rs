@@ -41,6 +41,8 @@ const STREAM_SAMPLES: u32 = 8;
 /// default 128×128 a cell is fresh 3.75 times a second at 60 fps, and three VMs streamed at
 /// 60 fps cost about 4 % of a core (`bench/src/bin/memory.rs`).
 const STREAM_CELLS_PER_FRAME: u32 = 1024;
+/// The longest a live stream goes without sending a frame, however still the picture.
+const STREAM_IDLE_FRAME: Duration = Duration::from_secs(1);
 
 /// Why a memory request failed.
 #[derive(Debug, thiserror::Error)]
@@ -175,9 +177,10 @@ impl SnapshotStream {
 pub struct FrameStream {
     /// Width and height in pixels.
     pub side: u32,
-    /// Frames per second asked for.
+    /// Frames per second asked for: the map is re-sampled at this rate.
     pub fps: u32,
-    /// The frames; ends when the VM stops or the receiver is dropped.
+    /// The frames, each sent when the picture changed and at least once a second; ends when
+    /// the VM stops or the receiver is dropped.
     pub frames: mpsc::Receiver<Vec<u8>>,
 }
 
@@ -534,6 +537,9 @@ impl MemoryService {
             let mut tick = tokio::time::interval(Duration::from_secs(1) / fps);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut checked = Instant::now();
+            // A frame goes out when the picture changed, and at least this often (a client
+            // knows the stream lives); an idle guest's map costs the sampling only.
+            let mut sent: Option<Instant> = None;
             loop {
                 tick.tick().await;
                 if checked.elapsed() >= Duration::from_secs(1) {
@@ -547,18 +553,22 @@ impl MemoryService {
                     checked = Instant::now();
                 }
                 let ram = opened.ram.clone();
-                let Ok((v, frame)) = tokio::task::spawn_blocking(move || {
-                    let frame = view.next_frame(&ram).to_vec();
-                    (view, frame)
+                let Ok((v, changed)) = tokio::task::spawn_blocking(move || {
+                    let changed = view.refresh(&ram);
+                    (view, changed)
                 })
                 .await
                 else {
                     return;
                 };
                 view = v;
-                if tx.send(frame).await.is_err() {
+                if !changed && sent.is_some_and(|t| t.elapsed() < STREAM_IDLE_FRAME) {
+                    continue;
+                }
+                if tx.send(view.frame().to_vec()).await.is_err() {
                     return;
                 }
+                sent = Some(Instant::now());
             }
         });
         Ok(FrameStream { side, fps, frames })

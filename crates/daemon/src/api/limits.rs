@@ -19,7 +19,8 @@ pub const MAX_WS_MESSAGE: usize = 64 << 10;
 pub fn body_too_large() -> String {
     format!(
         "the request body is larger than {MAX_BODY} bytes (4 MiB), the most this API accepts; \
-         images are imported from a path or URL, or uploaded with ImageService.Upload"
+         images are imported from a path or URL, or uploaded with PUT /v1/images/{{name}}/upload \
+         or ImageService.Upload"
     )
 }
 

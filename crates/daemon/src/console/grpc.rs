@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::Scope;
 use crate::api::error::status;
 use crate::api::{GrpcMethod, Permission};
+use crate::auth::Caller;
 use crate::state::Shared;
 
 /// What each method needs: attaching may type on the guest's console.
@@ -32,6 +33,10 @@ impl ConsoleService for ConsoleGrpc {
         req: Request<Streaming<pb::ConsoleRequest>>,
     ) -> Result<Response<OutputStream>, Status> {
         let scope = Scope::of(req.extensions());
+        let who = req
+            .extensions()
+            .get::<Caller>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.name.clone());
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -43,7 +48,7 @@ impl ConsoleService for ConsoleGrpc {
         let session = self
             .0
             .consoles
-            .attach(&scope.key(&attach.name), attach.write)
+            .attach(&scope.key(&attach.name), attach.write, &who)
             .await
             .map_err(status)?;
         let (scrollback, mut rx) = session.subscribe();

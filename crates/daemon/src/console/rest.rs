@@ -58,6 +58,9 @@ struct WsQuery {
     write: bool,
     #[serde(default = "yes")]
     scrollback: bool,
+    /// Also send text messages saying who holds the writer: at attach, and when it changes.
+    #[serde(default)]
+    writer_events: bool,
 }
 
 fn yes() -> bool {
@@ -76,7 +79,10 @@ async fn attach(
     Query(q): Query<WsQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult {
-    let session = d.consoles.attach(&scope.key(&name), q.write).await?;
+    let session = d
+        .consoles
+        .attach(&scope.key(&name), q.write, &caller.name)
+        .await?;
     let ws = ws.map_err(|e| {
         ServiceError::Invalid(ValidationError::new(
             "upgrade",
@@ -85,22 +91,43 @@ async fn attach(
     })?;
     let revoked = d.registry.revoked(&caller);
     Ok(crate::api::limits::websocket(ws)
-        .on_upgrade(move |socket| pump(socket, session, q.scrollback, revoked)))
+        .on_upgrade(move |socket| pump(socket, session, q, revoked)))
+}
+
+/// A text message of a `writer_events` session: who holds the writer, and whether it is this
+/// session.
+fn writer_event(holder: Option<&str>, you: bool) -> Message {
+    let event = serde_json::json!({ "type": "writer", "holder": holder, "you": you });
+    Message::Text(event.to_string().into())
 }
 
 async fn pump(
     mut socket: WebSocket,
     session: ConsoleSession,
-    scrollback: bool,
+    q: WsQuery,
     revoked: impl Future<Output = ()>,
 ) {
     let (back, mut rx) = session.subscribe();
-    if scrollback && !back.is_empty() && socket.send(Message::Binary(back.into())).await.is_err() {
+    let mut holder = session.writer();
+    if q.writer_events {
+        let event = writer_event(holder.borrow_and_update().as_deref(), session.can_write());
+        if socket.send(event).await.is_err() {
+            return;
+        }
+    }
+    if q.scrollback && !back.is_empty() && socket.send(Message::Binary(back.into())).await.is_err()
+    {
         return;
     }
     let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
+            Ok(()) = holder.changed(), if q.writer_events => {
+                let event = writer_event(holder.borrow_and_update().as_deref(), session.can_write());
+                if socket.send(event).await.is_err() {
+                    return;
+                }
+            }
             () = &mut revoked => {
                 let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame {
                     code: 1008,

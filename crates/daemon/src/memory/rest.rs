@@ -295,8 +295,9 @@ async fn stream(
     Ok(crate::api::limits::websocket(ws).on_upgrade(move |socket| pump(socket, stream, revoked)))
 }
 
-/// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame,
-/// until the caller's identity is revoked (close code 1008).
+/// Sends a text header `{"side","fps","format":"rgb8"}`, then one binary message per frame
+/// (a frame that changed, or a second's), until the caller's identity is revoked (close code
+/// 1008).
 async fn pump(mut socket: WebSocket, mut stream: FrameStream, revoked: impl Future<Output = ()>) {
     let header = json!({"side": stream.side, "fps": stream.fps, "format": "rgb8"}).to_string();
     if socket.send(Message::Text(header.into())).await.is_err() {

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
 use corral_contract::{Power, Resource};
 use serde::Deserialize;
 
@@ -66,6 +67,13 @@ pub(crate) fn routes() -> Vec<Route> {
             Write,
             "cancelVmMigration",
             cancel_migration,
+        ),
+        Route::new(
+            Method::GET,
+            "/v1/vms/{name}/metrics/history",
+            Read,
+            "getVmMetricsHistory",
+            history,
         ),
     ]
 }
@@ -232,4 +240,35 @@ async fn cancel_migration(
 
 async fn restart(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
     Ok(one(d.vms.restart(&scope.key(&name)).await?, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// Only samples taken after this time (seconds since the epoch).
+    #[serde(default)]
+    since: u64,
+}
+
+/// The VM's CPU and memory samples, oldest first.
+#[derive(Debug, serde::Serialize)]
+struct HistoryBody {
+    interval_seconds: u64,
+    capacity: usize,
+    samples: Vec<super::history::Sample>,
+}
+
+async fn history(
+    State(d): State<Shared>,
+    scope: Scope,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
+    let vm = d.vms.get(&scope.key(&name)).await?;
+    let body = HistoryBody {
+        interval_seconds: super::history::INTERVAL.as_secs(),
+        capacity: super::history::CAPACITY,
+        samples: d.history.samples(&vm.metadata.uid, q.since),
+    };
+    Ok(axum::Json(body).into_response())
 }
