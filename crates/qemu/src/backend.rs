@@ -166,18 +166,7 @@ impl QemuBackend {
         uid: &str,
         f: impl FnOnce() -> T,
     ) -> Result<(T, Duration), Error> {
-        let slot = self.slot(uid);
-        let guard = slot.lock().await;
-        let rt = guard
-            .clone()
-            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
-        if let Some(exit) = rt.exited() {
-            return Err(Error::InvalidState {
-                uid: uid.to_owned(),
-                op: "pause for a snapshot",
-                state: format!("stopped ({exit})"),
-            });
-        }
+        let (guard, rt) = self.hold_live(uid, "pause for a snapshot").await?;
         let status = rt
             .qmp
             .query_status()
@@ -196,6 +185,33 @@ impl QemuBackend {
         let paused = start.elapsed();
         drop(guard);
         Ok((value, paused))
+    }
+
+    /// Locks VM `uid`'s slot, so that every other operation on it waits until the guard is
+    /// dropped, and returns it with the runtime; a VM whose QEMU has ended is refused for `op`.
+    async fn hold_live(
+        &self,
+        uid: &str,
+        op: &'static str,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<Option<Arc<VmRuntime>>>,
+            Arc<VmRuntime>,
+        ),
+        Error,
+    > {
+        let guard = self.slot(uid).lock_owned().await;
+        let rt = guard
+            .clone()
+            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
+        if let Some(exit) = rt.exited() {
+            return Err(Error::InvalidState {
+                uid: uid.to_owned(),
+                op,
+                state: format!("stopped ({exit})"),
+            });
+        }
+        Ok((guard, rt))
     }
 
     fn slot(&self, uid: &str) -> Slot {
@@ -971,18 +987,7 @@ impl Hypervisor for QemuBackend {
         into: std::fs::File,
         work: Box<dyn FnOnce() + Send + 'a>,
     ) -> Result<Duration, Error> {
-        let slot = self.slot(uid);
-        let guard = slot.lock().await;
-        let rt = guard
-            .clone()
-            .ok_or_else(|| Error::NotFound(uid.to_owned()))?;
-        if let Some(exit) = rt.exited() {
-            return Err(Error::InvalidState {
-                uid: uid.to_owned(),
-                op: "save its state",
-                state: format!("stopped ({exit})"),
-            });
-        }
+        let (guard, rt) = self.hold_live(uid, "save its state").await?;
         let monitor = |e| monitor_error(uid, e);
         let status = rt.qmp.query_status().await.map_err(monitor)?;
         let start = Instant::now();
