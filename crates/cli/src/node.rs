@@ -163,7 +163,7 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
             n.metadata.name,
             status,
             n.status.allocatable.cpus,
-            n.status.allocatable.memory,
+            approx(n.status.allocatable.memory.as_u64()),
             join(n.status.arches.iter().map(ToString::to_string).collect()),
             join(
                 n.status
@@ -177,4 +177,34 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
         );
     }
     print(&text)
+}
+
+/// A size for a table, in the largest binary unit with one decimal (`22.5G`); exact sizes
+/// are in `-o json`.
+fn approx(bytes: u64) -> String {
+    let units = [
+        (1u64 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    match units.iter().find(|(unit, _)| bytes >= *unit) {
+        Some((unit, suffix)) => {
+            let value = bytes as f64 / *unit as f64;
+            let text = format!("{value:.1}");
+            format!("{}{suffix}", text.strip_suffix(".0").unwrap_or(&text))
+        }
+        None => format!("{bytes}B"),
+    }
+}
+
+#[cfg(test)]
+mod approx_tests {
+    #[test]
+    fn table_sizes_are_rounded_to_one_decimal_of_the_largest_unit() {
+        assert_eq!(super::approx(23_635_216 * 1024), "22.5G");
+        assert_eq!(super::approx(8 << 30), "8G");
+        assert_eq!(super::approx(512 << 20), "512M");
+        assert_eq!(super::approx(100), "100B");
+    }
 }
