@@ -60,14 +60,19 @@ pub fn vm_from_flags(args: &CreateArgs, cwd: &Path) -> Result<Vm, CliError> {
     let mut vm = Vm::new(args.name.clone(), spec);
     vm.metadata.labels.extend(args.labels.iter().cloned());
     if let Some(ttl) = args.ttl {
-        let at = std::time::SystemTime::now() + ttl;
-        vm.metadata.annotations.insert(
-            EXPIRES_AT.to_owned(),
-            humantime::format_rfc3339_seconds(at).to_string(),
-        );
+        expire_after(&mut vm, ttl);
     }
     vm.metadata.validate().map_err(flag_error)?;
     Ok(vm)
+}
+
+/// Has corrald delete `vm` `ttl` from now (the `corral.dev/expires-at` annotation).
+pub fn expire_after(vm: &mut Vm, ttl: std::time::Duration) {
+    let at = std::time::SystemTime::now() + ttl;
+    vm.metadata.annotations.insert(
+        EXPIRES_AT.to_owned(),
+        humantime::format_rfc3339_seconds(at).to_string(),
+    );
 }
 
 /// Clones `image` into a volume named like `vm` that the VM boots and owns: the daemon deletes

@@ -200,11 +200,7 @@ pub async fn vm_from_template(
     let mut vm = Vm::new(args.name.clone(), spec);
     vm.metadata.labels.extend(args.labels.iter().cloned());
     if let Some(ttl) = args.ttl {
-        let at = std::time::SystemTime::now() + ttl;
-        vm.metadata.annotations.insert(
-            corral_contract::names::annotations::EXPIRES_AT.to_owned(),
-            humantime::format_rfc3339_seconds(at).to_string(),
-        );
+        crate::create::expire_after(&mut vm, ttl);
     }
     Ok(vm)
 }

@@ -84,11 +84,7 @@ fn vm(args: &TempArgs, key: &str) -> Result<(Vm, Volume), CliError> {
         name.clone(),
         spec.build().map_err(|e| CliError::Failed(e.to_string()))?,
     );
-    let at = std::time::SystemTime::now() + args.ttl;
-    vm.metadata.annotations.insert(
-        EXPIRES_AT.to_owned(),
-        humantime::format_rfc3339_seconds(at).to_string(),
-    );
+    crate::create::expire_after(&mut vm, args.ttl);
     let volume = Volume {
         metadata: ObjectMeta::new(name),
         spec: VolumeSpec {
