@@ -75,7 +75,10 @@ impl Agent {
             writer,
             deadline: Instant::now() + within,
         };
-        let id = u64::from(std::process::id()) << 16 | u64::from(rand_u16());
+        // Unique per connection of this process, so an earlier client's answer never matches.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = u64::from(std::process::id()) << 32 | n;
         let mut request = vec![0xff];
         request.extend(
             json!({ "execute": "guest-sync-delimited", "arguments": { "id": id } })
@@ -218,14 +221,6 @@ fn agent_error(message: &str) -> Error {
         uid: "guest agent".into(),
         message: message.to_owned(),
     }
-}
-
-fn rand_u16() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    (nanos ^ (nanos >> 16)) as u16
 }
 
 #[cfg(test)]
