@@ -118,6 +118,9 @@ async fn invalid_input_is_refused_naming_the_field_and_creates_nothing() {
     api.get("/v1/vms/keep/console/log?tail=-1")
         .await
         .expect_error(400, "InvalidArgument");
+    // `all_projects` is every list's, also of objects in no project (a script passes it
+    // to each list it makes).
+    api.get("/v1/nodes?all_projects=true").await.expect(200);
     let reply = api.send("PATCH", "/v1/vms", None).await;
     reply.expect_error(405, "MethodNotAllowed");
     assert!(reply.header("allow").is_some(), "{reply:?}");

@@ -243,9 +243,7 @@ pub async fn authorize(
         auth.record(&caller.name, &act, "denied", Some(&message));
         return refusal(grpc, StatusCode::FORBIDDEN, &message);
     }
-    if act.in_project() {
-        scope::strip_query(request.uri_mut());
-    }
+    scope::strip_query(request.uri_mut(), act.in_project());
     request.extensions_mut().insert(scope);
     let audited = match rule.permission {
         Permission::Write => true,

@@ -139,15 +139,18 @@ impl Scope {
     }
 }
 
-/// Takes `project` and `all_projects` out of a request's query, once read: each route's own
-/// query parameters are checked strictly, and these are every route's.
-pub fn strip_query(uri: &mut Uri) {
+/// Takes `project` (when `project` is true) and `all_projects` out of a request's query, once
+/// read: each route's own query parameters are checked strictly, and these are every route's.
+/// Routes of objects in no project keep `project`, which is some route's own (the audit log's
+/// filter); `all_projects` means nothing to them and goes, so that a script passing it to
+/// every list (`corral node list --all-projects`) is not refused.
+pub fn strip_query(uri: &mut Uri, project: bool) {
     let Some(query) = uri.query() else { return };
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or_default();
-            key != "project" && key != "all_projects"
+            key != "all_projects" && !(project && key == "project")
         })
         .collect();
     if kept.len() == query.split('&').count() {
