@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A whole Corral cluster on this one machine, for trying it: a 3-member etcd, two servers
-# (`corrald --role server`) and three agents (`corrald --role agent`), each agent in a network
-# namespace of its own (its own address on a bridge, its own run and data directories; its
-# QEMUs run in its namespace). The cluster CA comes from `corrald cluster init`, and each agent
-# joins with a join token from `corral node join-token`.
+# (`corrald --role server`) and three agents (`corrald --role agent`, each given both servers,
+# its own first), each agent in a network namespace of its own (its own address on a bridge,
+# its own run and data directories; its QEMUs run in its namespace). The cluster CA comes from
+# `corrald cluster init`, and each agent joins with a join token from `corral node join-token`.
 #
 #   scripts/cluster-demo.sh [up]   start it; returns once every agent's node is Ready and
 #                                  prints the `export CORRAL_…=…` lines for the CLI
@@ -56,6 +56,13 @@ ip_of() { echo "$net.$((10 + ${1#agent-}))"; } # agent-1 → 10.77.0.11
 server_port() { [ "$1" = server-a ] && echo $((port + 10)) || echo $((port + 11)); }
 server_of() {                              # agent-2 → server-b; agents 1 and 3 → server-a
   [ "${1#agent-}" = 2 ] && echo server-b || echo server-a
+}
+other_server() { [ "$1" = server-a ] && echo server-b || echo server-a; }
+# The --server list of an agent: its own server first, then the other, which it moves on to
+# when its own cannot be reached (so killing one server fences no node).
+servers_of() {
+  local first; first=$(server_of "$1")
+  echo "https://$net.1:$(server_port "$first"),https://$net.1:$(server_port "$(other_server "$first")")"
 }
 
 print_env() {
@@ -184,7 +191,7 @@ EOF
     chmod 0711 "$dir/$a"
     CORRAL_JOIN_TOKEN=$token spawn "$a" ip netns exec "$(ns_of "$a")" \
       "$bin/corrald" --role agent --node-name "$a" --node-ttl "$ttl" \
-      --server "https://$net.1:$(server_port "$(server_of "$a")")" \
+      --server "$(servers_of "$a")" \
       --migration-address "$(ip_of "$a")" \
       --data-dir "$dir/$a/data" --run-dir "$dir/$a/run"
   done

@@ -192,9 +192,12 @@ pub struct Args {
     /// join [default: <data-dir>/cluster]
     #[arg(long, env = "CORRAL_CLUSTER_DIR", value_name = "DIR")]
     pub cluster_dir: Option<PathBuf>,
-    /// `--role agent`: a server of the cluster, `https://host:port`
-    #[arg(long, env = "CORRAL_SERVER", value_name = "URL")]
-    pub server: Option<String>,
+    /// `--role agent`: the servers of the cluster, `https://host:port`; repeat the flag or
+    /// separate them with commas. The agent talks to one at a time and moves on to the next
+    /// when it cannot reach it, so a server that dies does not cut the node off (and fence
+    /// its VMs) while another is up
+    #[arg(long, env = "CORRAL_SERVER", value_name = "URL", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// `--role agent`: the token from `corral node join-token`, needed on the first start only
     /// (later starts use the node certificate kept in the data dir). Prefer the environment
     /// variable: command lines are visible to every user of the host.
@@ -273,8 +276,8 @@ pub struct ClusterConfig {
 /// Where an agent reports, and how it joins.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// `https://host:port` of a server.
-    pub server: String,
+    /// `https://host:port` of each server, in the order given: the first is tried first.
+    pub servers: Vec<String>,
     /// The join token, for the first start.
     pub join_token: Option<String>,
 }
@@ -283,13 +286,37 @@ pub struct AgentConfig {
 impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
-            .field("server", &self.server)
+            .field("servers", &self.servers)
             .field(
                 "join_token",
                 &self.join_token.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
+}
+
+/// The servers an agent reports to: each an `https://` URL, without a trailing '/', none twice.
+fn server_urls(given: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut servers: Vec<String> = Vec::new();
+    for server in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if !server.starts_with("https://") {
+            return Err(ConfigError(format!(
+                "--server {server:?}: give the server's https:// URL, e.g. https://10.0.0.1:7443"
+            )));
+        }
+        let server = server.trim_end_matches('/').to_owned();
+        if !servers.contains(&server) {
+            servers.push(server);
+        }
+    }
+    if servers.is_empty() {
+        return Err(ConfigError(
+            "--role agent needs --server https://HOST:PORT (a server of the cluster; repeat \
+             the flag or separate URLs with commas to give several)"
+                .into(),
+        ));
+    }
+    Ok(servers)
 }
 
 /// The host name as a node name: lowercased, anything but letters, digits and '-' made '-';
@@ -837,33 +864,17 @@ impl Config {
                     .into(),
             ));
         }
-        let agent = match (role, &args.server) {
-            (Role::Agent, Some(server)) if server.starts_with("https://") => Some(AgentConfig {
-                server: server.trim_end_matches('/').to_owned(),
+        let agent = match role {
+            Role::Agent => Some(AgentConfig {
+                servers: server_urls(&args.server)?,
                 join_token: args.join_token.clone(),
             }),
-            (Role::Agent, Some(server)) => {
-                return Err(ConfigError(format!(
-                    "--server {server:?}: give the server's https:// URL, e.g. https://10.0.0.1:7443"
-                )));
-            }
-            (Role::Agent, None) => {
-                return Err(ConfigError(
-                    "--role agent needs --server https://HOST:PORT (a server of the cluster)"
-                        .into(),
-                ));
-            }
-            (_, Some(_)) => {
+            _ if !args.server.is_empty() || args.join_token.is_some() => {
                 return Err(ConfigError(
                     "--server and --join-token are for --role agent".into(),
                 ));
             }
-            (_, None) if args.join_token.is_some() => {
-                return Err(ConfigError(
-                    "--server and --join-token are for --role agent".into(),
-                ));
-            }
-            (_, None) => None,
+            _ => None,
         };
         let cluster = ClusterConfig {
             role,
@@ -1322,6 +1333,19 @@ mod tests {
             assert!(err.contains(expected), "{flags:?}: {err}");
         }
         let ok = Config::resolve(&args(&["--role", "agent", "--server", "https://a:1/"])).unwrap();
-        assert_eq!(ok.cluster.agent.unwrap().server, "https://a:1");
+        assert_eq!(ok.cluster.agent.unwrap().servers, ["https://a:1"]);
+        let several = Config::resolve(&args(&[
+            "--role",
+            "agent",
+            "--server",
+            "https://a:1,https://b:2/",
+            "--server",
+            "https://a:1",
+        ]))
+        .unwrap();
+        assert_eq!(
+            several.cluster.agent.unwrap().servers,
+            ["https://a:1", "https://b:2"]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! A cluster as `scripts/cluster-demo.sh` makes it — a 3-member etcd, two servers, three
 //! agents each in a network namespace of its own — through node failures:
 //!
-//! - VMs are spread over the three agents and boot there;
+//! - twelve VMs are spread over the three agents and boot there;
 //! - `kill -9` of an agent: its VMs run again on the others (its fence guard kills its
 //!   QEMUs first); the agent started again re-adopts nothing that moved;
 //! - the link of another agent cut (a partition): it fences itself, its VMs run again on the
@@ -9,7 +9,9 @@
 //! - an agent killed and started again at once: it re-adopts the same QEMUs, nothing killed;
 //! - an agent frozen (SIGSTOP) past its TTL: its guard kills its QEMUs, the VMs run again on
 //!   the others; thawed, it starts nothing that moved;
-//! - an etcd member killed: a new VM is still placed and boots.
+//! - an etcd member killed: a new VM is still placed and boots;
+//! - a server killed: the agent that reported to it moves on to the other and keeps its VMs
+//!   (nothing fenced), and a new VM is still placed and boots.
 //!
 //! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and every
 //! QEMU process of the host, in every namespace, sampled every 100 ms from start to end:
@@ -340,6 +342,43 @@ async fn wait_ready(demo: &Demo, c: &Client, node: &str) {
     }
 }
 
+/// Waits until `agent`, whose fence deadline was `old_deadline`, has renewed it after that
+/// instant passed, then checks its guard killed nothing more than `kills` and each of
+/// `before` (VM name, QEMU pid) still runs there as the same process.
+async fn kept_in_time(
+    demo: &Demo,
+    c: &Client,
+    agent: &str,
+    old_deadline: Duration,
+    kills: usize,
+    before: &[(String, u32)],
+) {
+    let deadline = Instant::now() + PATIENCE;
+    while boottime() <= old_deadline + Duration::from_secs(1)
+        || demo.deadline(agent) <= Some(old_deadline)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{agent} did not renew its deadline:\n{}",
+            demo.log(agent)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(demo.guard_kills(agent), kills, "nothing killed");
+    for (name, pid) in before {
+        assert!(corral_qemu::is_alive(*pid), "{name}'s QEMU {pid} lives on");
+        let deadline = Instant::now() + PATIENCE;
+        while running_on(c, name).await != Some((agent.to_owned(), *pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not kept by {agent} (pid {pid}): {:?}",
+                c.get_vm(name).await.map(|vm| vm.status)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_never_runs_one_twice()
 -> anyhow::Result<()> {
@@ -348,8 +387,8 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     let agents = ["agent-1", "agent-2", "agent-3"];
     let sampler = Sampler::start(demo.dir.clone());
 
-    // Six VMs, spread: two per agent.
-    let names: Vec<String> = (1..=6).map(|i| format!("vm-{i}")).collect();
+    // Twelve VMs, spread: four per agent.
+    let names: Vec<String> = (1..=12).map(|i| format!("vm-{i}")).collect();
     for name in &names {
         c.create_vm(&kit_vm(name, |s| s.restart_policy(RestartPolicy::Always)))
             .await?;
@@ -373,7 +412,7 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     for agent in agents {
         assert_eq!(
             vms_on(&c, &names, agent).await.len(),
-            2,
+            4,
             "spread over the agents"
         );
         // QEMU runs in the agent's namespace.
@@ -453,30 +492,7 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     let old_deadline = demo.deadline(restarted).expect("a deadline");
     demo.kill_9(restarted);
     demo.ok(&["start", restarted]);
-    let deadline = Instant::now() + PATIENCE;
-    while boottime() <= old_deadline + Duration::from_secs(1)
-        || demo.deadline(restarted) <= Some(old_deadline)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{restarted} did not renew its deadline:\n{}",
-            demo.log(restarted)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(demo.guard_kills(restarted), kills, "nothing killed");
-    for (name, pid) in &before {
-        assert!(corral_qemu::is_alive(*pid), "{name}'s QEMU {pid} lives on");
-        let deadline = Instant::now() + PATIENCE;
-        while running_on(&c, name).await != Some((restarted.to_owned(), *pid)) {
-            assert!(
-                Instant::now() < deadline,
-                "{name} not re-adopted by {restarted} (pid {pid}): {:?}",
-                c.get_vm(name).await.map(|vm| vm.status)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    kept_in_time(&demo, &c, restarted, old_deadline, kills, &before).await;
 
     // A frozen agent (SIGSTOP for longer than its TTL): it cannot fence itself, its guard
     // does; thawed, it starts nothing that moved.
@@ -508,33 +524,73 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     let deadline = Instant::now() + PATIENCE;
     loop {
         match c
-            .create_vm(&kit_vm("vm-7", |s| s.restart_policy(RestartPolicy::Always)))
+            .create_vm(&kit_vm("vm-13", |s| {
+                s.restart_policy(RestartPolicy::Always)
+            }))
             .await
         {
             Ok(_) => break,
             Err(e) if e.to_string().contains("already exists") => break,
             Err(e) => {
-                assert!(Instant::now() < deadline, "vm-7 not created: {e}");
-                println!("creating vm-7 with etcd-2 down: {e}; again");
+                assert!(Instant::now() < deadline, "vm-13 not created: {e}");
+                println!("creating vm-13 with etcd-2 down: {e}; again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
     let deadline = Instant::now() + PATIENCE;
     let node = loop {
-        if let Some((node, _)) = running_on(&c, "vm-7").await {
+        if let Some((node, _)) = running_on(&c, "vm-13").await {
             break node;
         }
         assert!(
             Instant::now() < deadline,
-            "vm-7 not running with etcd-2 down: {:?}\nserver-a:\n{}",
-            c.get_vm("vm-7").await.map(|vm| vm.status),
+            "vm-13 not running with etcd-2 down: {:?}\nserver-a:\n{}",
+            c.get_vm("vm-13").await.map(|vm| vm.status),
             demo.log("server-a")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    booted(&demo, &node, &c.get_vm("vm-7").await?).await;
+    booted(&demo, &node, &c.get_vm("vm-13").await?).await;
     demo.ok(&["start", "etcd-2"]);
+
+    // A server killed: agent-2, which reports to server-b first, moves on to server-a and
+    // keeps its VMs (the same QEMUs; its guard, renewed, kills nothing), and a new VM is
+    // placed and boots (server-a's scheduler takes over if server-b led).
+    let reporting = "agent-2";
+    let before: Vec<(String, u32)> = vms_on(&c, &names, reporting)
+        .await
+        .into_iter()
+        .map(|vm| (vm.metadata.name.to_string(), vm.status.pid.expect("a pid")))
+        .collect();
+    let kills = demo.guard_kills(reporting);
+    let old_deadline = demo.deadline(reporting).expect("a deadline");
+    demo.kill_9("server-b");
+    kept_in_time(&demo, &c, reporting, old_deadline, kills, &before).await;
+    assert!(
+        demo.log(reporting).contains("reporting to this server now"),
+        "{reporting} moved on to server-a:\n{}",
+        demo.log(reporting)
+    );
+    c.create_vm(&kit_vm("vm-14", |s| {
+        s.restart_policy(RestartPolicy::Always)
+    }))
+    .await?;
+    let deadline = Instant::now() + PATIENCE;
+    let node = loop {
+        if let Some((node, _)) = running_on(&c, "vm-14").await {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vm-14 not running with server-b down: {:?}\nserver-a:\n{}",
+            c.get_vm("vm-14").await.map(|vm| vm.status),
+            demo.log("server-a")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    booted(&demo, &node, &c.get_vm("vm-14").await?).await;
+    demo.ok(&["start", "server-b"]);
 
     let (samples, twice) = sampler.finish();
     summary("agent killed (kill -9)", &killed);

@@ -86,15 +86,15 @@ pub(crate) async fn run(config: &Config, agent: &AgentConfig) -> anyhow::Result<
                 "this agent has not joined yet: give --join-token (CORRAL_JOIN_TOKEN) from \
                  `corral node join-token`",
             )?;
-            let identity = join(&agent.server, token, &node).await?;
+            let (server, identity) = join_any(&agent.servers, token, &node).await?;
             identity.store(&config.data_dir)?;
-            tracing::info!(%node, server = %agent.server, "joined the cluster");
+            tracing::info!(%node, %server, "joined the cluster");
             identity
         }
     };
     let client = client(&identity)?;
     let store: Arc<dyn corral_store::Store> =
-        Arc::new(RemoteStore::new(client, &agent.server, &node));
+        Arc::new(RemoteStore::new(client, &agent.servers, &node));
     // The node certificate also authenticates this node's live migrations (TLS).
     let migration_tls = corral_hypervisor::MigrationTls {
         ca: identity.ca,
@@ -187,6 +187,26 @@ async fn read_answer(response: reqwest::Response) -> anyhow::Result<axum::body::
         anyhow::bail!("the server answered {status}: {message}");
     }
     Ok(body)
+}
+
+/// Joins through the first of `servers` that takes the token; all of them share the cluster
+/// CA, so any one will do. Every server's refusal is reported if none takes it.
+async fn join_any(
+    servers: &[String],
+    token: &str,
+    node: &str,
+) -> anyhow::Result<(String, NodeIdentity)> {
+    let mut refusals = Vec::new();
+    for server in servers {
+        match join(server, token, node).await {
+            Ok(identity) => return Ok((server.clone(), identity)),
+            Err(e) => {
+                tracing::warn!(%server, error = %format!("{e:#}"), "cannot join through this server");
+                refusals.push(format!("{server}: {e:#}"));
+            }
+        }
+    }
+    anyhow::bail!("no server let this node join: {}", refusals.join("; "))
 }
 
 /// Joins with `token`: a key made here, a signing request for it, the server's certificate

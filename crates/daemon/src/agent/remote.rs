@@ -2,6 +2,8 @@
 //! (`/v1/nodes/<node>/store`), authenticated by the node certificate, so the node's controllers
 //! run unchanged over it while the agent holds no store credentials.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,11 +14,22 @@ use futures_util::StreamExt;
 /// How long one store call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A [`Store`] over a server's node-scoped store routes.
+/// A [`Store`] over the servers' node-scoped store routes.
+///
+/// It talks to one server at a time. When that server cannot be reached it moves on to the
+/// next: a read is asked again there at once; a write is asked again only if it never left
+/// (the connection was refused), since one that timed out may have been carried out, and a
+/// write repeated blindly could apply twice. Its caller sees the error and tries again later,
+/// by then against the next server.
 #[derive(Debug, Clone)]
 pub struct RemoteStore {
     client: reqwest::Client,
-    url: String,
+    /// The node-scoped store URL on each server.
+    urls: Arc<[String]>,
+    /// Which of `urls` to ask first.
+    current: Arc<AtomicUsize>,
+    /// Which of `urls` answered last (`usize::MAX`: none yet).
+    answered: Arc<AtomicUsize>,
 }
 
 fn unexpected(answer: &StoreAnswer) -> StoreError {
@@ -26,14 +39,68 @@ fn unexpected(answer: &StoreAnswer) -> StoreError {
     )
 }
 
+/// Whether a store call only reads, so that asking another server again is always safe.
+fn reads_only(call: &StoreCall) -> bool {
+    matches!(
+        call,
+        StoreCall::Get { .. } | StoreCall::List { .. } | StoreCall::Revision
+    )
+}
+
 impl RemoteStore {
-    /// The store of node `node` at `server` (`https://host:port`), through `client` (which
-    /// presents the node certificate).
-    pub fn new(client: reqwest::Client, server: &str, node: &str) -> Self {
+    /// The store of node `node` at `servers` (`https://host:port` each; the first is tried
+    /// first), through `client` (which presents the node certificate).
+    pub fn new(client: reqwest::Client, servers: &[String], node: &str) -> Self {
+        assert!(!servers.is_empty(), "an agent has at least one server");
         RemoteStore {
             client,
-            url: format!("{server}/v1/nodes/{node}/store"),
+            urls: servers
+                .iter()
+                .map(|server| format!("{server}/v1/nodes/{node}/store"))
+                .collect(),
+            current: Arc::new(AtomicUsize::new(0)),
+            answered: Arc::new(AtomicUsize::new(usize::MAX)),
         }
+    }
+
+    /// Sends the request `build` makes for a server's store URL to the current server, and on
+    /// to the next ones while they cannot be reached and `again` allows it.
+    async fn send(
+        &self,
+        again: bool,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, StoreError> {
+        let first = self.current.load(Ordering::Relaxed) % self.urls.len();
+        let mut last = None;
+        for step in 0..self.urls.len() {
+            let at = (first + step) % self.urls.len();
+            let url = &self.urls[at];
+            match build(url).send().await {
+                Ok(response) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    let before = self.answered.swap(at, Ordering::Relaxed);
+                    if before != at && before != usize::MAX {
+                        tracing::info!(server = %url, "reporting to this server now");
+                    }
+                    return Ok(response);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %url, error = %e, "cannot reach the server");
+                    // The next call starts from the next server either way.
+                    self.current
+                        .store((at + 1) % self.urls.len(), Ordering::Relaxed);
+                    let unsent = e.is_connect();
+                    last = Some(e);
+                    if !(again || unsent) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(StoreError::backend(
+            "reach a server",
+            last.map_or_else(|| "no server".to_owned(), |e| e.to_string()),
+        ))
     }
 
     async fn call(&self, call: StoreCall) -> Result<StoreAnswer, StoreError> {
@@ -46,14 +113,14 @@ impl RemoteStore {
         let body =
             serde_json::to_vec(&call).map_err(|e| StoreError::backend("encode a store call", e))?;
         let response = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .timeout(CALL_TIMEOUT)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| StoreError::backend("reach the server", e))?;
+            .send(reads_only(&call), |url| {
+                self.client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .timeout(CALL_TIMEOUT)
+                    .body(body.clone())
+            })
+            .await?;
         let answer = super::read_answer(response)
             .await
             .map_err(|e| StoreError::backend("ask the server", format!("{e:#}")))?;
@@ -153,12 +220,10 @@ impl Store for RemoteStore {
             query.push(("kind", kind.to_owned()));
         }
         let response = self
-            .client
-            .get(format!("{}/watch", self.url))
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| StoreError::backend("reach the server", e))?;
+            .send(true, |url| {
+                self.client.get(format!("{url}/watch")).query(&query)
+            })
+            .await?;
         if !response.status().is_success() {
             let e = super::read_answer(response).await.err();
             return Err(StoreError::backend(
