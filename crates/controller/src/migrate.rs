@@ -30,6 +30,12 @@ use crate::{ControllerError, VmController};
 /// How often a migration in flight is looked at.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How often once QEMU has paused the guest for the last pass (stop-and-copy): the end is a
+/// few milliseconds away, and until the switch the guest runs nowhere, so each millisecond of
+/// waiting here is a millisecond of downtime the guest sees. The `STOP` event brings the VM
+/// here at the start of that pass.
+const FINISH_POLL: Duration = Duration::from_millis(2);
+
 /// Longest downtime QEMU may plan for the switch, in milliseconds.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 
@@ -120,7 +126,7 @@ impl VmController {
                             return self.hand_over(vm, me, &st, &info).await;
                         }
                         VmState::Paused { reason } if reason == "finish-migrate" => {
-                            return Ok(Some(POLL));
+                            return Ok(Some(FINISH_POLL));
                         }
                         _ => {}
                     }
@@ -153,6 +159,11 @@ impl VmController {
                     }
                 }
                 let mut info = self.hv.migration(uid).await.unwrap_or(info);
+                let finishing = info.status == "active"
+                    && matches!(
+                        self.hv.state(uid).await,
+                        Ok(VmState::Paused { reason }) if reason == "finish-migrate"
+                    );
                 // Post-copy once the first pass of RAM is sent (libvirt's
                 // --postcopy-after-precopy): what is left follows on demand.
                 if st.postcopy && info.status == "active" && info.dirty_sync_count >= 2 {
@@ -181,7 +192,7 @@ impl VmController {
                     })
                     .await?;
                 }
-                Ok(Some(POLL))
+                Ok(Some(if finishing { FINISH_POLL } else { POLL }))
             }
             // The target gave up (its QEMU failed): make sure ours is not still sending, and
             // evict a drained node's VM (the target may write only the migration's status).
