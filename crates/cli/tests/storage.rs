@@ -700,7 +700,11 @@ fn a_vm_from_a_template_runs_on_from_the_saved_instant_on_a_disk_of_its_own() {
         beats(l).last().is_some_and(|n| *n > high + 1)
     });
 
-    cli.ok(&["vm", "create", "copy", "--template", "tpl", "--wait"]);
+    // Not waited for: the template asked right after waits until its VM runs.
+    cli.ok(&["vm", "create", "copy", "--template", "tpl"]);
+    let out = cli.ok(&["template", "create", "tpl2", "--from", "copy"]);
+    assert!(out.contains("template/tpl2 saved from vm/copy"), "{out}");
+    cli.ok(&["template", "delete", "tpl2"]);
     let after = cli.wait_console_until("copy", "two heartbeats", |l| beats(l).len() >= 2);
     // It did not boot: no kernel banner, no boot line; its counter goes on from the save.
     assert!(
@@ -736,6 +740,13 @@ fn a_vm_from_a_template_runs_on_from_the_saved_instant_on_a_disk_of_its_own() {
     let mut args = kit_vm_args(&k, "odd", "console=ttyS0 corral.root=/dev/vda");
     args.extend(["--volume", "root-1", "--no-start", "--cpus", "2"].map(String::from));
     cli.ok(&args);
+    // A VM not asked to run is not waited for.
+    let out = cli.run(&["template", "create", "never", "--from", "odd"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not asked to run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let odd = cli.json(&["vm", "get", "odd", "-o", "json"]);
     let mut spec = odd["spec"].clone();
     spec["template"] = "tpl".into();

@@ -12,11 +12,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_contract::{Boot, Image, ImageSource, Phase, TemplateStatus, ValidationError, Vm};
+use corral_contract::{
+    Boot, Image, ImageSource, Phase, Power, ResourceName, TemplateStatus, ValidationError, Vm,
+};
 use corral_hypervisor::Hypervisor;
 use corral_storage::{Digest, HostAccess};
 
 use super::image::ImportProgress;
+
+/// How long saving a template waits for a VM that is on its way up.
+const TEMPLATE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 use super::{StorageService, blocking};
 use crate::ServiceError;
 
@@ -49,16 +54,9 @@ impl StorageService {
             ));
         };
         let name = image.metadata.name.to_string();
-        let vm: Vm = self.vms.get(&image.metadata.key_of(&source.vm)).await?;
-        if vm.status.phase != Phase::Running {
-            return Err(ServiceError::WrongState {
-                kind: "VM",
-                name: source.vm.to_string(),
-                state: vm.status.phase.to_string(),
-                rule: "a template is saved from a running VM: start it and wait until it runs"
-                    .into(),
-            });
-        }
+        let vm = self
+            .running_vm(&image.metadata.key_of(&source.vm), &source.vm)
+            .await?;
         let volume = template_volume(&vm).map_err(field)?;
         let volume = self.volumes.get(&vm.metadata.key_of(&volume)).await?;
         let Some(disk) = volume.status.path.clone().map(PathBuf::from) else {
@@ -102,6 +100,40 @@ impl StorageService {
         };
         let _ = std::fs::remove_dir_all(&work);
         result
+    }
+
+    /// VM `key` once it runs. One on its way up (asked to run, not there yet: a template
+    /// made right after its VM, or in the same manifest) is waited for, up to
+    /// [`TEMPLATE_WAIT`]; one that will not run by itself is refused at once.
+    async fn running_vm(&self, key: &str, name: &ResourceName) -> Result<Vm, ServiceError> {
+        let deadline = tokio::time::Instant::now() + TEMPLATE_WAIT;
+        loop {
+            let vm: Vm = self.vms.get(key).await?;
+            if vm.status.phase == Phase::Running {
+                return Ok(vm);
+            }
+            let coming = vm.spec.power == Power::Running
+                && matches!(vm.status.phase, Phase::Pending | Phase::Starting);
+            if !coming || tokio::time::Instant::now() >= deadline {
+                let rule = if coming {
+                    format!(
+                        "a template is saved from a running VM, and this one did not run within \
+                         {}s",
+                        TEMPLATE_WAIT.as_secs()
+                    )
+                } else {
+                    "a template is saved from a running VM: start it (it is not asked to run)"
+                        .into()
+                };
+                return Err(ServiceError::WrongState {
+                    kind: "VM",
+                    name: name.to_string(),
+                    state: vm.status.phase.to_string(),
+                    rule,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// Stops the guest, streams its state into the image store and copies its disk to
