@@ -2,7 +2,8 @@
 //! state instead of booting; the hardware must be what the state was saved from, or QEMU
 //! would refuse it (or worse, load it into different devices).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_contract::names::conditions::{GUEST_IDENTITY, reasons};
@@ -49,11 +50,32 @@ pub(crate) async fn restore(
     Ok(Some(format!("{name}@{digest}")))
 }
 
-/// In the background: has the guest agent of `vm`, just started from a template (process
-/// `pid`), give the guest the VM's own hostname and MACs, and records the outcome in the
+/// The QEMU processes whose guests are being told their identity, so that each is told once
+/// at a time (the start and every later look at the running VM may ask).
+#[derive(Debug, Default)]
+pub(crate) struct Telling(Mutex<HashSet<u32>>);
+
+/// In the background: has the guest agent of `vm`, started from a template (process `pid`),
+/// give the guest the VM's own hostname and MACs, and records the outcome in the
 /// `GuestIdentity` condition. A guest without an agent keeps the template VM's; it runs all
-/// the same.
-pub(crate) fn tell_identity(hv: Arc<dyn Hypervisor>, svc: VmService, vm: &Vm, pid: u32) {
+/// the same. Called at the start, and again for a running VM started from a template whose
+/// condition is missing (a corrald stopped before it was written); telling a guest that has
+/// its identity already changes nothing.
+pub(crate) fn tell_identity(
+    hv: Arc<dyn Hypervisor>,
+    svc: VmService,
+    telling: Arc<Telling>,
+    vm: &Vm,
+    pid: u32,
+) {
+    if !telling
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid)
+    {
+        return;
+    }
     let (key, uid) = (vm.metadata.key(), vm.metadata.uid.clone());
     let hostname = vm.metadata.name.to_string();
     tokio::spawn(async move {
@@ -77,7 +99,18 @@ pub(crate) fn tell_identity(hv: Arc<dyn Hypervisor>, svc: VmService, vm: &Vm, pi
                 same
             })
             .await;
+        telling
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
     });
+}
+
+/// Whether running `vm` was started from a template and its guest has not been told its
+/// identity (or the telling's outcome was never recorded).
+pub(crate) fn identity_untold(vm: &Vm) -> bool {
+    vm.status.restored_from.is_some() && vm.status.condition(GUEST_IDENTITY).is_none()
 }
 
 /// The first field of `spec` whose value gives QEMU other devices than `template`'s.

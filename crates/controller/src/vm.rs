@@ -105,6 +105,8 @@ pub struct VmController {
     deps: DependencyIndex,
     // While the node is fenced (it cannot report to the cluster) nothing starts.
     fence: Arc<crate::FenceState>,
+    // Guests started from a template being told their identity.
+    telling: Arc<crate::template::Telling>,
 }
 
 /// What a reconcile asks for next.
@@ -156,6 +158,7 @@ impl VmController {
             io_retries: Mutex::new(HashMap::new()),
             deps: DependencyIndex::default(),
             fence: Arc::default(),
+            telling: Arc::default(),
         }
     }
 
@@ -561,6 +564,19 @@ impl VmController {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&uid);
+                if let Some(pid) = vm
+                    .status
+                    .pid
+                    .filter(|_| crate::template::identity_untold(&vm))
+                {
+                    crate::template::tell_identity(
+                        self.hv.clone(),
+                        self.svc.clone(),
+                        self.telling.clone(),
+                        &vm,
+                        pid,
+                    );
+                }
                 self.record_live(name, &vm, Phase::Running, None).await
             }
         }
@@ -764,7 +780,13 @@ impl VmController {
                     })
                     .await?;
                 if restored_from.is_some() {
-                    crate::template::tell_identity(self.hv.clone(), self.svc.clone(), vm, info.pid);
+                    crate::template::tell_identity(
+                        self.hv.clone(),
+                        self.svc.clone(),
+                        self.telling.clone(),
+                        vm,
+                        info.pid,
+                    );
                 }
                 Ok(None)
             }

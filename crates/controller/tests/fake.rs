@@ -313,3 +313,39 @@ async fn a_vm_past_its_expiry_time_is_deleted_and_one_before_it_runs_until_then(
     f.settle_missing("later").await;
     assert!(f.hv.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_guest_started_from_a_template_is_told_its_identity_even_after_a_daemon_restart() {
+    let f = fixture().await;
+    f.svc
+        .create(vm("clone", RestartPolicy::Never))
+        .await
+        .unwrap();
+    let running = f.settle("clone").await;
+    assert_eq!(running.status.phase, Phase::Running);
+    // As a corrald stopped right after starting it from a template leaves it: the state
+    // restored, the identity not told.
+    f.svc
+        .update_status("clone", |_, st| {
+            st.restored_from = Some(format!("tpl@blake3:{}", "0".repeat(64)));
+            true
+        })
+        .await
+        .unwrap();
+    // The next look at the running VM tells it (the fake hypervisor has no guest agent: the
+    // outcome is recorded as such).
+    f.settle("clone").await;
+    let told = wait_for(&f.svc, "clone", |vm| {
+        vm.status.condition("GuestIdentity").is_some()
+    })
+    .await;
+    let condition = told.status.condition("GuestIdentity").unwrap();
+    assert!(!condition.status, "{condition:?}");
+    assert!(
+        condition
+            .message
+            .contains("keeps the template VM's hostname"),
+        "{condition:?}"
+    );
+    assert_eq!(told.status.pid, running.status.pid, "the same process");
+}
