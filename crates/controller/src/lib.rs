@@ -15,6 +15,7 @@ mod fence;
 mod git;
 mod host_files;
 mod migrate;
+mod migrate_disks;
 mod prepare;
 mod queue;
 mod restart;

@@ -24,6 +24,7 @@ use corral_contract::names::annotations;
 use corral_contract::{MigrationOptions, MigrationPhase, MigrationStatus, Power, Vm};
 use corral_hypervisor::{MigrationInfo, MigrationLimits, MigrationSetup, StopMode, VmState};
 
+use crate::migrate_disks::{failed_towards, mirror_progress, moved_here_with_disks};
 use crate::schedule::{ScheduleConfig, place};
 use crate::{ControllerError, VmController};
 
@@ -89,11 +90,24 @@ impl VmController {
         let status = vm.status.migration.clone();
         let live = matches!(actual, Some(VmState::Running | VmState::Paused { .. }));
 
+        // Arrived with its disks, not resumed yet: the export closes and the volumes point
+        // at the files here before the guest runs on them.
+        if moved_here_with_disks(vm, me) && matches!(actual, Some(VmState::Paused { .. })) {
+            self.hv.stop_disk_export(uid).await?;
+            if let Err(why) = self.take_moved_volumes(vm).await {
+                tracing::warn!(vm = %key, %why, "pointing the volumes at their files here");
+                return Ok(Some(Duration::from_secs(1)));
+            }
+        }
+
         // Withdrawn or replaced while in flight: cancel it; the VM stays here.
         if let Some(st) = status.as_ref().filter(|st| !st.phase.ended()) {
             if request.as_ref().is_none_or(|r| r.value != st.request) {
                 if st.phase == MigrationPhase::Migrating && live {
                     let _ = self.hv.migrate_cancel(uid).await;
+                }
+                if st.disk_address.is_some() && live {
+                    let _ = self.hv.abort_disk_mirrors(uid).await;
                 }
                 self.write_migration(&key, &st.request, |m| {
                     m.phase = MigrationPhase::Cancelled;
@@ -136,26 +150,35 @@ impl VmController {
                         .error
                         .clone()
                         .unwrap_or_else(|| format!("QEMU's migration ended as {}", info.status));
-                    return self.migration_failed(&key, &st, why, true).await;
+                    return self.failed_out(vm, &st, why).await;
                 }
                 if !sending(&info) {
+                    if let Some(after) = self.disks_first(vm, &st).await? {
+                        return Ok(after);
+                    }
                     // Not sent yet (also after a restart between the command and the status
                     // write, when QEMU would say so): send now.
                     tracing::info!(vm = %key, target = %st.target, %address, tls = st.tls, "migrating");
                     let setup = match self.setup(&st, false) {
                         Ok(setup) => setup,
-                        Err(why) => return self.migration_failed(&key, &st, why, true).await,
+                        Err(why) => return self.failed_out(vm, &st, why).await,
                     };
                     let limits = MigrationLimits {
                         downtime_ms: DOWNTIME_LIMIT_MS,
                         bandwidth: self.config.migration_bandwidth,
                     };
-                    let sent = match self.hv.prepare_migration(uid, &setup).await {
+                    // With disks, the setup was made before the mirrors, whose NBD clients hold
+                    // its TLS credentials.
+                    let prepared = match st.disk_address {
+                        Some(_) => Ok(()),
+                        None => self.hv.prepare_migration(uid, &setup).await,
+                    };
+                    let sent = match prepared {
                         Ok(()) => self.hv.migrate(uid, &address, limits).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = sent {
-                        return self.migration_failed(&key, &st, e.to_string(), true).await;
+                        return self.failed_out(vm, &st, e.to_string()).await;
                     }
                 }
                 let mut info = self.hv.migration(uid).await.unwrap_or(info);
@@ -204,6 +227,9 @@ impl VmController {
                     .is_ok_and(|i| i.status == "active")
                 {
                     let _ = self.hv.migrate_cancel(uid).await;
+                }
+                if st.disk_address.is_some() {
+                    let _ = self.hv.abort_disk_mirrors(uid).await;
                 }
                 let evicting = vm
                     .status
@@ -256,14 +282,11 @@ impl VmController {
                  the other node instead"
                     .into(),
             )
-        } else if vm.spec.volume_names().next().is_some() {
-            Err(
-                "its volumes are on this node, and moving disks with the VM is not built yet; \
-                 stop it and start it on the other node instead"
-                    .into(),
-            )
         } else {
-            self.pick_target(vm, me, request).await
+            match self.local_disks(vm).await {
+                Ok(_) => self.pick_target(vm, me, request).await,
+                Err(why) => Err(why),
+            }
         };
         let options = vm
             .metadata
@@ -338,6 +361,18 @@ impl VmController {
         info: &MigrationInfo,
     ) -> Result<Option<Duration>, ControllerError> {
         let key = vm.metadata.key();
+        let uid = &vm.metadata.uid;
+        if st.disk_address.is_some() {
+            // libvirt's order: the mirrors end after the RAM, copying the last dirty blocks
+            // while the guest is stopped, so the target's disks are the source's at the
+            // switch. If they cannot, the guest runs on here.
+            if let Err(e) = self.hv.complete_disk_mirrors(uid).await {
+                let _ = self.hv.abort_disk_mirrors(uid).await;
+                let _ = self.hv.resume(uid).await;
+                let why = format!("the disks did not finish moving: {e}");
+                return self.migration_failed(&key, st, why, true).await;
+            }
+        }
         let (me, target, request) = (me.to_owned(), st.target.clone(), st.request.clone());
         let written = self
             .svc
@@ -372,6 +407,9 @@ impl VmController {
             );
             self.hv.stop(&vm.metadata.uid, StopMode::Force).await?;
             self.hv.cleanup(&vm.metadata.uid).await?;
+            if st.disk_address.is_some() {
+                self.remove_moved_away_disks(vm).await;
+            }
         }
         // Not ours any more: the next look finds it bound to the target.
         Ok(Some(Duration::ZERO))
@@ -413,6 +451,9 @@ impl VmController {
         actual: Option<&VmState>,
     ) -> Result<Option<Duration>, ControllerError> {
         let Some(st) = in_flight(vm).filter(|m| m.target == me).cloned() else {
+            if failed_towards(vm, me) {
+                self.remove_incoming_disks(vm).await;
+            }
             return Ok(None);
         };
         let key = vm.metadata.key();
@@ -428,13 +469,15 @@ impl VmController {
                     let _ = self.hv.stop(uid, StopMode::Force).await;
                     self.hv.cleanup(uid).await?;
                 }
+                self.remove_incoming_disks(vm).await;
                 match self.listen(vm, &st).await {
-                    Ok(address) => {
+                    Ok((address, disk_address)) => {
                         let tls = self.config.migration_tls.is_some();
                         tracing::info!(vm = %key, %address, tls, "waiting for a migrating VM");
                         self.write_migration(&key, &st.request, |m| {
                             m.phase = MigrationPhase::Listening;
                             m.address = Some(address.clone());
+                            m.disk_address = disk_address.clone();
                             m.tls = tls;
                         })
                         .await?;
@@ -443,6 +486,7 @@ impl VmController {
                     Err(why) => {
                         let _ = self.hv.stop(uid, StopMode::Force).await;
                         let _ = self.hv.cleanup(uid).await;
+                        self.remove_incoming_disks(vm).await;
                         self.migration_failed(
                             &key,
                             &st,
@@ -459,6 +503,7 @@ impl VmController {
                     _ => "the receiving QEMU is gone".into(),
                 };
                 let _ = self.hv.cleanup(uid).await;
+                self.remove_incoming_disks(vm).await;
                 self.migration_failed(&key, &st, format!("node {me}: {why}"), false)
                     .await
             }
@@ -495,10 +540,18 @@ impl VmController {
         })
     }
 
-    /// Starts the VM's QEMU here waiting for its state, and makes it listen; the address.
-    async fn listen(&self, vm: &Vm, st: &MigrationStatus) -> Result<String, String> {
+    /// Starts the VM's QEMU here waiting for its state (on files made here for its
+    /// node-local volumes, exported for the source to mirror into), and makes it listen; the
+    /// address, and that of the disks.
+    async fn listen(
+        &self,
+        vm: &Vm,
+        st: &MigrationStatus,
+    ) -> Result<(String, Option<String>), String> {
         let setup = self.setup(st, true)?;
+        let disks = self.local_disks(vm).await?;
         let (mut config, _) = self.launch_config(vm).await?;
+        self.make_incoming_disks(&disks, &mut config).await?;
         config.incoming = true;
         let info = self
             .hv
@@ -525,11 +578,88 @@ impl VmController {
             .prepare_migration(&vm.metadata.uid, &setup)
             .await
             .map_err(|e| format!("setting up the migration: {e}"))?;
+        let disk_address = match disks.is_empty() {
+            true => None,
+            false => Some(
+                self.export_incoming_disks(&vm.metadata.uid, &disks, setup.tls.is_some())
+                    .await?,
+            ),
+        };
         self.hv
             .migrate_incoming(&vm.metadata.uid, &address)
             .await
             .map_err(|e| format!("listening at {address}: {e}"))?;
-        Ok(address)
+        Ok((address, disk_address))
+    }
+
+    /// Source: the disks go first. `Some(after)`: they took this round (the mirrors started,
+    /// or are not ready yet, or failed); `None`: every disk follows the guest, the RAM may go.
+    async fn disks_first(
+        &self,
+        vm: &Vm,
+        st: &MigrationStatus,
+    ) -> Result<Option<Option<Duration>>, ControllerError> {
+        let Some(address) = st.disk_address.clone() else {
+            return Ok(None);
+        };
+        let key = vm.metadata.key();
+        let uid = &vm.metadata.uid;
+        let mirrors = self.hv.disk_mirrors(uid).await?;
+        if mirrors.is_empty() {
+            if st.disks_ready {
+                let why = "the disk mirrors ended before the RAM moved".to_owned();
+                return self.failed_out(vm, st, why).await.map(Some);
+            }
+            let started = match (self.setup(st, false), self.local_disks(vm).await) {
+                (Ok(setup), Ok(disks)) => match self.hv.prepare_migration(uid, &setup).await {
+                    Ok(()) => {
+                        let peer = setup.tls.is_some().then(|| st.target.clone());
+                        self.start_mirrors(uid, &disks, &address, peer).await
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                (Err(why), _) | (_, Err(why)) => Err(why),
+            };
+            if let Err(why) = started {
+                return self.failed_out(vm, st, why).await.map(Some);
+            }
+            tracing::info!(vm = %key, target = %st.target, %address, "mirroring the disks");
+            return Ok(Some(Some(POLL)));
+        }
+        if let Some(e) = mirrors.iter().find_map(|m| m.error.clone()) {
+            let why = format!("mirroring the disks: {e}");
+            return self.failed_out(vm, st, why).await.map(Some);
+        }
+        let (copied, total, ready) = mirror_progress(&mirrors);
+        // In steps of a tenth, like the RAM's progress (see `migrate_out`). The phase stays
+        // `Listening` until the RAM goes: QEMU's report of an earlier, cancelled attempt must
+        // not read as this one's end.
+        let news = ready != st.disks_ready
+            || st.disk_total_bytes == 0
+            || copied.abs_diff(st.disk_copied_bytes) >= (total / 10).max(1);
+        if news {
+            self.write_migration(&key, &st.request, |m| {
+                m.disk_copied_bytes = copied;
+                m.disk_total_bytes = total;
+                m.disks_ready = ready;
+            })
+            .await?;
+        }
+        Ok((!ready).then_some(Some(POLL)))
+    }
+
+    /// Source: the migration failed; the disk mirrors stop, the VM runs on here.
+    async fn failed_out(
+        &self,
+        vm: &Vm,
+        st: &MigrationStatus,
+        why: String,
+    ) -> Result<Option<Duration>, ControllerError> {
+        if st.disk_address.is_some() {
+            let _ = self.hv.abort_disk_mirrors(&vm.metadata.uid).await;
+        }
+        self.migration_failed(&vm.metadata.key(), st, why, true)
+            .await
     }
 
     /// Changes the migration of `status` if it still carries out `request`.

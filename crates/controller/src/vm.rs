@@ -92,7 +92,7 @@ pub struct VmController {
     // name → (consecutive policy restarts, not before).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
     observer: Option<Arc<dyn ReconcileObserver>>,
-    storage: Option<StorageService>,
+    pub(crate) storage: Option<StorageService>,
     // uid → what adoption found, until the VM's status says so: a corrald killed between
     // spawning QEMU and writing its pid leaves a status without one.
     pub(crate) adopted: Mutex<HashMap<String, VmInfo>>,

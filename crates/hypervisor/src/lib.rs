@@ -44,8 +44,8 @@ pub use fake::FakeHypervisor;
 pub use memory::{GuestRamMap, RamRegion};
 pub use net::{HostForward, NetBackend, NicConfig};
 pub use types::{
-    Exit, FileOwner, MigrationInfo, MigrationLimits, MigrationSetup, MigrationTls, StopMode,
-    VmEvent, VmEventKind, VmInfo, VmState,
+    DiskExport, DiskMirror, DiskMirrorInfo, Exit, FileOwner, MigrationInfo, MigrationLimits,
+    MigrationSetup, MigrationTls, MirrorSync, StopMode, VmEvent, VmEventKind, VmInfo, VmState,
 };
 
 use std::time::Duration;
@@ -255,6 +255,45 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Target side: exports the disks of VM `uid` (started with [`VmConfig::incoming`],
+    /// before [`Hypervisor::migrate_incoming`]) writable over NBD, for the source to mirror
+    /// into.
+    async fn export_disks(&self, uid: &str, export: &DiskExport) -> Result<(), Error> {
+        let _ = export;
+        Err(no_disk_mirror(uid, "export its disks"))
+    }
+
+    /// Target side: closes the NBD server of [`Hypervisor::export_disks`]; nothing when none
+    /// runs.
+    async fn stop_disk_export(&self, uid: &str) -> Result<(), Error> {
+        Err(no_disk_mirror(uid, "stop exporting its disks"))
+    }
+
+    /// Source side: starts copying VM `uid`'s disks into the target's export, then keeps
+    /// following the guest's writes. The RAM migration starts once every mirror is ready.
+    async fn mirror_disks(&self, uid: &str, mirror: &DiskMirror) -> Result<(), Error> {
+        let _ = mirror;
+        Err(no_disk_mirror(uid, "mirror its disks"))
+    }
+
+    /// Source side: where each disk mirror stands.
+    async fn disk_mirrors(&self, uid: &str) -> Result<Vec<DiskMirrorInfo>, Error> {
+        Err(no_disk_mirror(uid, "report its disk mirrors"))
+    }
+
+    /// Source side, after the RAM migration completed: copies what is still dirty and ends
+    /// the mirrors, so the target's disks equal the source's at the handover. Fails if a
+    /// mirror failed.
+    async fn complete_disk_mirrors(&self, uid: &str) -> Result<(), Error> {
+        Err(no_disk_mirror(uid, "complete its disk mirrors"))
+    }
+
+    /// Source side: stops the mirrors at once and drops the connections to the target; the
+    /// VM's own disks are untouched. Nothing when no mirror runs.
+    async fn abort_disk_mirrors(&self, uid: &str) -> Result<(), Error> {
+        Err(no_disk_mirror(uid, "abort its disk mirrors"))
+    }
+
     /// The last `max` bytes of VM `uid`'s serial output as kept on this node (also after the
     /// VM stopped); empty when it never printed.
     async fn console_log(&self, uid: &str, max: u64) -> Result<Vec<u8>, Error> {
@@ -264,6 +303,14 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug + 'static {
             op: "read its console log",
             state: "managed by a backend without a console log".into(),
         })
+    }
+}
+
+fn no_disk_mirror(uid: &str, op: &'static str) -> Error {
+    Error::InvalidState {
+        uid: uid.to_owned(),
+        op,
+        state: "managed by a backend without disk mirroring".into(),
     }
 }
 

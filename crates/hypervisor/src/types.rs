@@ -56,6 +56,60 @@ pub struct MigrationSetup {
     pub postcopy: bool,
 }
 
+/// How a disk mirror copies a disk into the target's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorSync {
+    /// Every block: the target file starts empty.
+    Full,
+    /// Only what the disk's own layer holds: the target file is a clone backed by the same
+    /// base image, so what the base holds is already there.
+    Top,
+}
+
+/// The target of a live migration exporting its disks, for the source to mirror into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskExport {
+    /// Address the NBD server listens on.
+    pub host: String,
+    /// Its TCP port.
+    pub port: u16,
+    /// Indexes (into [`VmConfig::disks`](crate::VmConfig)) of the disks to export writable.
+    pub disks: Vec<usize>,
+    /// Serve with the TLS credentials [`Hypervisor::prepare_migration`](crate::Hypervisor)
+    /// loaded (clients need a certificate of the same CA).
+    pub tls: bool,
+}
+
+/// The source of a live migration mirroring its disks into the target's export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskMirror {
+    /// The target's NBD server.
+    pub host: String,
+    /// Its TCP port.
+    pub port: u16,
+    /// The disks to mirror (indexes into [`VmConfig::disks`](crate::VmConfig)) and how.
+    pub disks: Vec<(usize, MirrorSync)>,
+    /// The name the target's certificate must carry, with TLS from the credentials
+    /// [`Hypervisor::prepare_migration`](crate::Hypervisor) loaded; `None` for plain TCP.
+    pub tls_hostname: Option<String>,
+}
+
+/// Where one disk's mirror stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMirrorInfo {
+    /// The disk's index in [`VmConfig::disks`](crate::VmConfig).
+    pub disk: usize,
+    /// Bytes copied so far.
+    pub copied: u64,
+    /// Bytes to copy in all (grows while the guest writes).
+    pub total: u64,
+    /// Everything was copied once; new writes follow as they come.
+    pub ready: bool,
+    /// Why the mirror failed.
+    pub error: Option<String>,
+}
+
 /// Where an outgoing live migration stands, as the emulator reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationInfo {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use corral_contract::{Accel, Arch};
 use corral_hypervisor::{
-    Console, Error, Exit, FileOwner, GuestRamMap, Hypervisor, MigrationInfo, MigrationLimits,
-    MigrationSetup, SnapshotOp, StopMode, VmConfig, VmEvent, VmInfo, VmState,
+    Console, DiskExport, DiskMirror, DiskMirrorInfo, Error, Exit, FileOwner, GuestRamMap,
+    Hypervisor, MigrationInfo, MigrationLimits, MigrationSetup, SnapshotOp, StopMode, VmConfig,
+    VmEvent, VmInfo, VmState,
 };
 use corral_qmp::{Qmp, RunState};
 use nix::sys::signal::Signal;
@@ -786,6 +787,48 @@ impl Hypervisor for QemuBackend {
             .map_err(|e| monitor_error(uid, e))
     }
 
+    async fn export_disks(&self, uid: &str, export: &DiskExport) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "export its disks").await?;
+        crate::disk_mirror::export(&rt.qmp, export)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
+    async fn stop_disk_export(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "stop exporting its disks").await?;
+        crate::disk_mirror::unexport(&rt.qmp)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
+    async fn mirror_disks(&self, uid: &str, mirror: &DiskMirror) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "mirror its disks").await?;
+        crate::disk_mirror::start(&rt.qmp, mirror)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
+    async fn disk_mirrors(&self, uid: &str) -> Result<Vec<DiskMirrorInfo>, Error> {
+        let rt = self.live_runtime(uid, "report its disk mirrors").await?;
+        crate::disk_mirror::status(&rt.qmp)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
+    async fn complete_disk_mirrors(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "complete its disk mirrors").await?;
+        crate::disk_mirror::complete(&rt.qmp)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
+    async fn abort_disk_mirrors(&self, uid: &str) -> Result<(), Error> {
+        let rt = self.live_runtime(uid, "abort its disk mirrors").await?;
+        crate::disk_mirror::abort(&rt.qmp)
+            .await
+            .map_err(|message| monitor_message(uid, message))
+    }
+
     async fn pause(&self, uid: &str) -> Result<(), Error> {
         let rt = self.live_runtime(uid, "pause").await?;
         rt.qmp.stop().await.map_err(|e| monitor_error(uid, e))
@@ -1046,6 +1089,13 @@ impl Hypervisor for QemuBackend {
             )
             .await
             .map_err(|e| monitor_error(uid, e))
+    }
+}
+
+fn monitor_message(uid: &str, message: String) -> Error {
+    Error::Monitor {
+        uid: uid.to_owned(),
+        message,
     }
 }
 

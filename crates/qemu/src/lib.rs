@@ -45,6 +45,7 @@ mod accel;
 mod backend;
 mod census;
 mod cmdline;
+mod disk_mirror;
 mod emulator;
 mod files;
 mod guest_access;

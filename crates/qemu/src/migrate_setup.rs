@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::files;
 
 /// The id of the TLS credentials object in a QEMU.
-const TLS_ID: &str = "corral-migration-tls";
+pub(crate) const TLS_ID: &str = "corral-migration-tls";
 /// The directory of its files, in the VM's run directory.
 const TLS_DIR: &str = "migration-tls";
 

@@ -8,53 +8,9 @@ use std::time::Duration;
 use corral_contract::Arch;
 use corral_hypervisor::{Hypervisor, MigrationLimits, MigrationSetup, MigrationTls, VmState};
 use corral_testkit::{HEARTBEAT, TestVm};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
-type Result<T = ()> = anyhow::Result<T>;
-
-/// A CA, and a way to make node certificates from it as Corral's cluster CA does.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Result<Ca> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    fn node(&self, node: &str) -> Result<MigrationTls> {
-        let mut params = CertificateParams::new(vec![node.to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, node);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(MigrationTls {
-            ca: self.pem.clone(),
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
-    }
-}
+mod common;
+use common::{Ca, Result};
 
 /// A target QEMU for `source`'s guest, listening with TLS as node `node-b` of `ca`.
 async fn tls_target(source: &TestVm, ca: &Ca) -> Result<(TestVm, String)> {

@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod block;
 mod client;
 mod commands;
 mod config;
@@ -39,6 +40,7 @@ mod event;
 mod line;
 mod types;
 
+pub use block::BlockJobInfo;
 pub use client::Qmp;
 pub use commands::SnapshotJob;
 pub use config::QmpConfig;

@@ -211,6 +211,44 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
+/// The virtual size of disk image `path`, from `qemu-img info`.
+fn virtual_size(path: &Path) -> Result<u64, Error> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .map_err(|e| Error::io("running qemu-img info", e))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::io(
+            format!("reading qemu-img info of {}", path.display()),
+            std::io::Error::other(e),
+        )
+    })?;
+    info["virtual-size"].as_u64().ok_or_else(|| {
+        Error::io(
+            format!("qemu-img info of {}", path.display()),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        )
+    })
+}
+
+/// Makes an empty qcow2 image of `size` bytes at `path`.
+fn empty_qcow2(path: &Path, size: u64) -> Result<(), Error> {
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size.to_string())
+        .status()
+        .map_err(|e| Error::io("running qemu-img create", e))?;
+    if !status.success() {
+        return Err(Error::io(
+            format!("creating {}", path.display()),
+            std::io::Error::other(format!("qemu-img create: {status}")),
+        ));
+    }
+    Ok(())
+}
+
 fn private_copy(source: &Path, dir: &Path) -> Result<PathBuf, Error> {
     let name = source.file_name().unwrap_or_default();
     let target = dir.join(name);
@@ -235,14 +273,32 @@ impl TestVm {
     /// A second QEMU for this VM, on a fresh backend and run directory (another host, as far
     /// as the backend can tell), waiting to receive it by live migration.
     pub async fn start_incoming(&self) -> Result<TestVm, Error> {
+        self.start_incoming_with(false).await
+    }
+
+    /// Like [`TestVm::start_incoming`], on empty qcow2 disks of the same virtual sizes made
+    /// in the new run directory (another host's disks, for the source to mirror into).
+    pub async fn start_incoming_on_empty_disks(&self) -> Result<TestVm, Error> {
+        self.start_incoming_with(true).await
+    }
+
+    async fn start_incoming_with(&self, empty_disks: bool) -> Result<TestVm, Error> {
         let run_dir = tempfile::Builder::new()
             .prefix("corral-t")
             .tempdir_in("/tmp")
             .map_err(|e| Error::io("creating a run directory", e))?;
-        let config = VmConfig {
+        let mut config = VmConfig {
             incoming: true,
             ..self.config.clone()
         };
+        if empty_disks {
+            for (i, disk) in config.disks.iter_mut().enumerate() {
+                let path = run_dir.path().join(format!("disk{i}.qcow2"));
+                empty_qcow2(&path, virtual_size(&disk.path)?)?;
+                disk.path = path;
+                disk.format = DiskFormat::Qcow2;
+            }
+        }
         let backend = Arc::new(QemuBackend::new(QemuBackendConfig::new(run_dir.path()))?);
         let mut vm = TestVm {
             backend,

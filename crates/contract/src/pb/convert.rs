@@ -468,6 +468,10 @@ impl From<&VmStatus> for pb::VmStatus {
                 tls: m.tls,
                 auto_converge: m.auto_converge,
                 postcopy: m.postcopy,
+                disk_address: m.disk_address.clone(),
+                disk_copied_bytes: m.disk_copied_bytes,
+                disk_total_bytes: m.disk_total_bytes,
+                disks_ready: m.disks_ready,
             }),
             restored_from: status.restored_from.clone(),
         }
@@ -510,6 +514,10 @@ impl From<pb::VmStatus> for VmStatus {
                 tls: m.tls,
                 auto_converge: m.auto_converge,
                 postcopy: m.postcopy,
+                disk_address: m.disk_address,
+                disk_copied_bytes: m.disk_copied_bytes,
+                disk_total_bytes: m.disk_total_bytes,
+                disks_ready: m.disks_ready,
             }),
             restored_from: status.restored_from,
         }

@@ -135,6 +135,16 @@ pub struct MigrationStatus {
     /// Post-copy: once the first pass of RAM is sent, the guest moves to the target and the
     /// rest of its RAM follows on demand, so that a migration ends whatever the guest dirties.
     pub postcopy: bool,
+    /// Where the target exports the files it made for the VM's node-local volumes (NBD,
+    /// `HOST:PORT`), for the source to mirror the disks into before the RAM moves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_address: Option<String>,
+    /// Disk bytes mirrored so far.
+    pub disk_copied_bytes: u64,
+    /// Disk bytes to mirror in all (grows while the guest writes).
+    pub disk_total_bytes: u64,
+    /// Every disk is copied and follows the guest's writes: the RAM moves next.
+    pub disks_ready: bool,
 }
 
 /// What is true of a VM now. Written only by controllers.
