@@ -164,12 +164,15 @@ impl VmController {
     pub(crate) async fn take_moved_volumes(&self, vm: &Vm) -> Result<(), String> {
         let disks = self.local_disks(vm).await?;
         let storage = self.volume_storage()?;
+        let me = self.config.node.clone();
         for disk in disks {
             let path = disk
                 .path_on(storage, DiskFormat::Qcow2)
                 .display()
                 .to_string();
-            if disk.volume.status.path.as_deref() == Some(path.as_str()) {
+            if disk.volume.status.path.as_deref() == Some(path.as_str())
+                && disk.volume.status.node == me
+            {
                 continue;
             }
             storage
@@ -177,6 +180,7 @@ impl VmController {
                 .modify(&disk.volume.metadata.key(), 0, |v| {
                     v.status.path = Some(path.clone());
                     v.status.format = Some(DiskFormat::Qcow2);
+                    v.status.node = me.clone();
                     Ok(true)
                 })
                 .await

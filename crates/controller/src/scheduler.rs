@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use corral_contract::{Condition, Node, Phase, Vm, set_condition};
-use corral_service::{NodeService, ServiceError, VmService};
+use std::collections::HashMap;
+
+use corral_service::{NodeService, Resources, ServiceError, VmService, VolumeKind};
 use corral_store::Elections;
 use tokio::sync::{Notify, watch};
 
@@ -207,6 +209,20 @@ impl Scheduler {
             .filter(|vm| vm.status.node.is_some())
             .cloned()
             .collect();
+        // The nodes volumes are on, read only when a VM to place has any.
+        let volume_nodes: HashMap<String, String> = if vms
+            .iter()
+            .any(|vm| vm.status.node.is_none() && vm.spec.volume_names().next().is_some())
+        {
+            let volumes: Resources<VolumeKind> = Resources::new(self.vms.store().clone());
+            let (volumes, _) = volumes.list("").await?;
+            volumes
+                .into_iter()
+                .filter_map(|v| Some((v.metadata.key(), v.status.node?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for vm in vms.iter().filter(|vm| vm.status.node.is_none()) {
             let key = vm.metadata.key();
             if vm.metadata.deleting {
@@ -218,7 +234,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            let pinned = pinned_node(vm, &bound);
+            let pinned = pinned_node(vm, &bound, &volume_nodes);
             match place(
                 vm,
                 &nodes,
@@ -365,12 +381,20 @@ fn silent(node: &Node) -> Duration {
         })
 }
 
-/// The node a VM's node-local volumes are on: where another VM using one of them is bound.
-fn pinned_node(vm: &Vm, bound: &[Vm]) -> Option<String> {
+/// The node a VM's node-local volumes are on: the node a volume says it is on
+/// (`status.node`, keyed by volume key in `volume_nodes`), else where another VM using one of
+/// them is bound (a volume not made yet is made on its first VM's node).
+fn pinned_node(vm: &Vm, bound: &[Vm], volume_nodes: &HashMap<String, String>) -> Option<String> {
     let project = vm.metadata.project();
     let mine: Vec<_> = vm.spec.volume_names().collect();
     if mine.is_empty() {
         return None;
+    }
+    if let Some(node) = mine
+        .iter()
+        .find_map(|v| volume_nodes.get(&vm.metadata.key_of(v)))
+    {
+        return Some(node.clone());
     }
     bound
         .iter()

@@ -43,6 +43,32 @@ pub struct StorageController {
     snapshot_deps: DependencyIndex,
     // When each failed volume is tried again, and how many times it has failed in a row.
     retries: std::sync::Mutex<std::collections::HashMap<String, Retry>>,
+    // This node, when volumes are shared by several (see [`Ownership`]).
+    node: Option<NodeRole>,
+    // Volumes no node holds yet, waiting for a VM that uses them to be bound.
+    unclaimed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Whose a volume is, as this node sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Ownership {
+    /// This node's: it makes, grows and deletes the file.
+    Mine,
+    /// Another node's; nothing to do here.
+    Elsewhere,
+    /// No node's yet, and this node should make it: claim it first.
+    Claim,
+    /// No node's yet, and none can make it yet: why.
+    Unclaimed(&'static str),
+}
+
+/// The node a storage controller acts for.
+#[derive(Debug, Clone)]
+struct NodeRole {
+    name: String,
+    /// Other nodes share the store (etcd): a volume is made on the node of its first VM.
+    /// On one host (SQLite) every volume is this node's.
+    cluster: bool,
 }
 
 /// The backoff of a volume whose making failed: 2 s, doubling to at most 5 minutes.
@@ -78,6 +104,61 @@ impl StorageController {
             deps: DependencyIndex::default(),
             snapshot_deps: DependencyIndex::default(),
             retries: Default::default(),
+            node: None,
+            unclaimed: Default::default(),
+        }
+    }
+
+    /// Acts for node `name`: volumes get `status.node`, and this controller touches only the
+    /// files of its own. With `cluster` (other nodes share the store) a new volume is made on
+    /// the node of the first VM that uses it, once that VM is bound; without, every volume is
+    /// this node's.
+    #[must_use]
+    pub fn with_node(mut self, name: &str, cluster: bool) -> Self {
+        self.node = Some(NodeRole {
+            name: name.to_owned(),
+            cluster,
+        });
+        self
+    }
+
+    /// Whose `volume` is (see [`Ownership`]).
+    async fn ownership(&self, volume: &Volume) -> Ownership {
+        let Some(me) = &self.node else {
+            return Ownership::Mine;
+        };
+        match volume.status.node.as_deref() {
+            Some(node) if node == me.name => return Ownership::Mine,
+            Some(_) => return Ownership::Elsewhere,
+            None => {}
+        }
+        if !me.cluster {
+            return Ownership::Claim;
+        }
+        if volume.status.phase != StoragePhase::Pending {
+            // Made before volumes had nodes: whoever's volumes directory holds its file.
+            let mine = volume.status.path.as_deref().is_some_and(|p| {
+                std::path::Path::new(p).starts_with(self.svc.config().volumes_dir())
+            });
+            return if mine {
+                Ownership::Claim
+            } else {
+                Ownership::Elsewhere
+            };
+        }
+        match self.attached_to(volume).await {
+            Some((vm, _)) => match vm.status.node.as_deref() {
+                Some(node) if node == me.name => Ownership::Claim,
+                Some(_) => Ownership::Elsewhere,
+                None => Ownership::Unclaimed(
+                    "waiting for its VM to be placed: a volume is made on its first VM's node",
+                ),
+            },
+            None if volume.metadata.deleting => Ownership::Mine,
+            None => Ownership::Unclaimed(
+                "waiting for a VM that uses it: in a cluster a volume is made on the node of \
+                 the first VM that uses it",
+            ),
         }
     }
 
@@ -147,6 +228,17 @@ impl StorageController {
                                 for snap in self.snapshot_deps.dependents(Kind::Vm, &event.object.name) {
                                     self.queue.add(&format!("{SNAPSHOT}{snap}"));
                                 }
+                                // A VM bound to a node may make its volumes that node's.
+                                let waiting: Vec<String> = self
+                                    .unclaimed
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .iter()
+                                    .cloned()
+                                    .collect();
+                                for volume in waiting {
+                                    self.queue.add(&format!("{VOLUME}{volume}"));
+                                }
                             }
                             _ => {}
                         },
@@ -193,6 +285,55 @@ impl StorageController {
             Err(e) => return Err(e),
         };
         self.deps.set(name, deps::of_volume(&volume));
+        let ownership = self.ownership(&volume).await;
+        {
+            let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(ownership, Ownership::Unclaimed(_)) {
+                unclaimed.insert(name.to_owned());
+            } else {
+                unclaimed.remove(name);
+            }
+        }
+        match ownership {
+            Ownership::Mine => {}
+            Ownership::Elsewhere => return Ok(()),
+            Ownership::Unclaimed(why) => {
+                if volume.status.message.as_deref() != Some(why) {
+                    self.svc
+                        .volumes
+                        .modify(name, 0, |v| {
+                            if v.status.node.is_some() || v.status.phase != StoragePhase::Pending {
+                                return Ok(false);
+                            }
+                            v.status.message = Some(why.to_owned());
+                            Ok(true)
+                        })
+                        .await?;
+                }
+                return Ok(());
+            }
+            Ownership::Claim => {
+                // Compare-and-swap: of two nodes claiming at once, one wins; the other sees
+                // the volume taken on its next look.
+                let me = self.node.as_ref().map(|n| n.name.clone());
+                let claimed = self
+                    .svc
+                    .volumes
+                    .modify(name, volume.metadata.resource_version, |v| {
+                        v.status.node = me.clone();
+                        Ok(true)
+                    })
+                    .await;
+                match claimed {
+                    Ok(_) | Err(ServiceError::Conflict { .. }) => {
+                        self.queue.add(&format!("{VOLUME}{name}"));
+                        return Ok(());
+                    }
+                    Err(ServiceError::NotFound { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let path = self.volume_path(&volume);
         if !volume.metadata.deleting && self.owner_is_gone(&volume).await? {
             // Made for a VM (`vm create --image`) that no longer exists: the VM controller

@@ -217,7 +217,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_storage(storage.clone())
             .with_fence(fenced.clone()),
     );
-    let storage_controller = Arc::new(StorageController::new(storage.clone(), backend.clone()));
+    // On etcd other nodes share the volumes: each is made on its first VM's node, and only
+    // that node touches its file.
+    let cluster = matches!(config.store, config::StoreConfig::Etcd { .. });
+    let storage_controller = Arc::new(
+        StorageController::new(storage.clone(), backend.clone())
+            .with_node(node_name.as_str(), cluster),
+    );
     let node = node_name.to_string();
     let audit = Arc::new(
         AuditLog::open(&config.data_dir.join("audit.log"), config.audit)

@@ -250,6 +250,10 @@ fn full_vm(boot: Boot) -> Vm {
             tls: true,
             auto_converge: true,
             postcopy: false,
+            disk_address: Some("10.0.0.2:49153".into()),
+            disk_copied_bytes: 33_554_432,
+            disk_total_bytes: 33_554_432,
+            disks_ready: true,
         }),
         restored_from: Some(
             "golden@blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".into(),

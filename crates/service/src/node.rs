@@ -121,11 +121,11 @@ impl Resources<NodeKind> {
             .filter(|vm| vm.status.node.as_deref() == Some(name))
         {
             let key = vm.metadata.key();
-            // Moved live where it can be; where the move fails, the node's controller falls
-            // back to stopping it there (the request says it is a drain's).
+            // Moved live where it can be (its node-local disks mirrored along); where the
+            // move fails, the node's controller falls back to stopping it there (the request
+            // says it is a drain's).
             let live = matches!(vm.status.phase, Phase::Running | Phase::Paused)
                 && vm.spec.power != Power::Stopped
-                && vm.spec.volume_names().next().is_none()
                 && vm.spec.shares.is_empty();
             if live {
                 match vms.migrate_for_drain(&key).await {

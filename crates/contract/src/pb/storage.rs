@@ -150,6 +150,7 @@ impl From<&Volume> for pb::Volume {
                 digest: st.digest.clone(),
                 observed_generation: st.observed_generation,
                 message: st.message.clone(),
+                node: st.node.clone(),
             }),
         }
     }
@@ -183,6 +184,7 @@ impl TryFrom<pb::Volume> for Volume {
                 digest: st.digest,
                 observed_generation: st.observed_generation,
                 message: st.message,
+                node: st.node,
             },
         })
     }

@@ -182,6 +182,10 @@ pub struct VolumeStatus {
     /// A sentence for people, e.g. why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The node whose disk holds the volume: the node of the first VM that used it (made
+    /// there), or where it moved with its VM. Only that node's corrald touches its file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 storage_object!(Volume, VolumeSpec, VolumeStatus, Volume);
