@@ -85,6 +85,11 @@ impl Kind for VolumeKind {
                     .describe("The volume's file on corrald's host."),
             )
             .attr(
+                Attr::string("node")
+                    .computed()
+                    .describe("The node whose disk holds the volume (it moves with its VM)."),
+            )
+            .attr(
                 Attr::string("image_digest")
                     .computed()
                     .stable()
@@ -148,6 +153,7 @@ impl Kind for VolumeKind {
         state.set("phase", Value::string(status.phase.as_str()));
         state.set("actual_size", num(status.size));
         state.set("path", opt(status.path.as_deref()));
+        state.set("node", opt(status.node.as_deref()));
         state.set("image_digest", opt(status.image_digest.as_deref()));
         state.set("message", opt(status.message.as_deref()));
     }
