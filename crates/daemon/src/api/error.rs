@@ -191,6 +191,47 @@ pub async fn json_errors(response: Response) -> Response {
     json
 }
 
+/// The largest request body [`read_small_bodies`] reads before routing.
+const SMALL_BODY: u64 = 64 << 10;
+
+/// Middleware: reads an HTTP/1.1 request's body of a known length up to [`SMALL_BODY`] before
+/// the request is routed. A request refused before its handler read the body (a method the
+/// path does not take, a caller without permission) would otherwise leave it on the
+/// connection, which then cannot carry another request and closes: a client that sent its
+/// next request on it sees the connection end mid-request ("EOF occurred in violation of
+/// protocol"). Larger bodies (image uploads) stream to their handler as before.
+pub async fn read_small_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let small = request.version() == axum::http::Version::HTTP_11
+        && length.is_some_and(|n| n > 0 && n <= SMALL_BODY);
+    if !small {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, SMALL_BODY as usize).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Err(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            format!("body: could not be read: {e}"),
+        )
+        .into_response(),
+    }
+}
+
 /// The answer to a path no route serves.
 pub fn not_found(method: &axum::http::Method, path: &str) -> Response {
     ApiError::new(

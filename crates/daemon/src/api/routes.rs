@@ -10,7 +10,7 @@ use corral_service::{MemoryAccess, MemoryOp};
 use tower::ServiceExt;
 
 use super::Permission;
-use super::error::{is_grpc, json_errors, not_found};
+use super::error::{is_grpc, json_errors, not_found, read_small_bodies};
 use super::permission::{Authorizer, authorize};
 use crate::state::Shared;
 
@@ -188,4 +188,5 @@ pub(crate) fn rest_router(daemon: Shared, grpc: Router) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(authorizer, authorize))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(read_small_bodies))
 }
