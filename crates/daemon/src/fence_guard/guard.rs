@@ -319,6 +319,19 @@ mod tests {
         }
     }
 
+    /// `sleep 600 <uid>`, returned once its command line is readable. `spawn` returns as
+    /// soon as the child has left the parent's memory, which is before the kernel has set
+    /// up the new program's arguments: for a moment `/proc/<pid>/cmdline` is empty. (QEMU
+    /// writes its pid file long after that, so the real census never sees the gap.)
+    fn sleeper(uid: &str) -> Child {
+        let child = Command::new("sleep").args(["600", uid]).spawn().unwrap();
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        while std::fs::read(&cmdline).unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child
+    }
+
     fn alive(child: &mut Child) -> bool {
         child.try_wait().unwrap().is_none()
     }
@@ -336,7 +349,7 @@ mod tests {
     fn kills_what_it_watches_once_the_deadline_passes_and_records_it() {
         let (_dir, paths) = setup();
         let census = Sleepers::default();
-        let mut vm = Command::new("sleep").args(["600", "0"]).spawn().unwrap();
+        let mut vm = sleeper("0");
         // `sleep 600 0`: the "0" is the uid the census knows it by.
         census.0.lock().unwrap().push(corral_qemu::Launched {
             uid: "0".into(),
@@ -371,7 +384,7 @@ mod tests {
     fn a_renewed_deadline_keeps_them_running_and_a_new_one_after_expiry_stops_the_killing() {
         let (_dir, paths) = setup();
         let census = Sleepers::default();
-        let mut vm = Command::new("sleep").args(["600", "0.1"]).spawn().unwrap();
+        let mut vm = sleeper("0.1");
         census.0.lock().unwrap().push(corral_qemu::Launched {
             uid: "0.1".into(),
             pid: vm.id(),
@@ -399,13 +412,13 @@ mod tests {
         let census = Sleepers::default();
         // Told of uid "x" at this pid, but the process there runs something else: a pid
         // reused by another process.
-        let mut other = Command::new("sleep").args(["600", "0.2"]).spawn().unwrap();
+        let mut other = sleeper("0.2");
         census.0.lock().unwrap().push(corral_qemu::Launched {
             uid: "0.3".into(),
             pid: other.id(),
         });
         // And one process it was never told of at all.
-        let mut stranger = Command::new("sleep").args(["600", "0.3"]).spawn().unwrap();
+        let mut stranger = sleeper("0.3");
         let mut guard = Guard::new(paths.clone(), &census);
         let now = boottime();
         Stamp::after_report(now, S(1)).write(&paths.stamp).unwrap();
@@ -428,7 +441,7 @@ mod tests {
         assert_eq!(guard.tick(now + S(2)).0, []);
         // A QEMU whose pid file appears only now (or a corrald that started one while
         // fenced) is killed as well.
-        let mut late = Command::new("sleep").args(["600", "0.4"]).spawn().unwrap();
+        let mut late = sleeper("0.4");
         census.0.lock().unwrap().push(corral_qemu::Launched {
             uid: "0.4".into(),
             pid: late.id(),
