@@ -2,7 +2,7 @@
 //! score the rest, break ties by name. No I/O: the [`Scheduler`](crate::Scheduler) loop reads
 //! the store, calls [`place`] and binds by compare-and-swap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use corral_contract::{Accel, Node, Power, Vm};
@@ -94,12 +94,48 @@ impl fmt::Display for Unschedulable {
 }
 
 /// What the VMs bound to one node hold.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Load {
     cpus: u64,
     memory: u64,
     vms: usize,
-    group: usize,
+    /// VMs per `spec.placement.anti_affinity` group.
+    groups: HashMap<String, usize>,
+}
+
+/// What the VMs bound to each node hold: built once from the bound VMs and kept up to date
+/// with [`Loads::add`] as a pass binds more, so that placing a VM costs one look at each
+/// node, not one at every bound VM.
+#[derive(Debug, Default, Clone)]
+pub struct Loads {
+    by_node: HashMap<String, Load>,
+}
+
+impl Loads {
+    /// The loads of the VMs in `bound` (those without a `status.node` are skipped).
+    pub fn of<'a>(bound: impl IntoIterator<Item = &'a Vm>) -> Loads {
+        let mut loads = Loads::default();
+        for vm in bound {
+            if let Some(node) = vm.status.node.as_deref() {
+                loads.add(vm, node);
+            }
+        }
+        loads
+    }
+
+    /// Counts `vm` on `node`.
+    pub fn add(&mut self, vm: &Vm, node: &str) {
+        let load = self.by_node.entry(node.to_owned()).or_default();
+        // A stopped VM keeps its place but holds nothing.
+        if vm.spec.power != Power::Stopped {
+            load.cpus += u64::from(vm.spec.cpus);
+            load.memory += vm.spec.memory.as_u64();
+        }
+        load.vms += 1;
+        if let Some(group) = vm.spec.placement.anti_affinity.as_deref() {
+            *load.groups.entry(group.to_owned()).or_default() += 1;
+        }
+    }
 }
 
 /// The node `vm` should go to, among `nodes`, given the VMs already `bound` (every VM with a
@@ -112,37 +148,34 @@ pub fn place(
     pinned: Option<&str>,
     config: &ScheduleConfig,
 ) -> Result<String, Unschedulable> {
+    let others = bound
+        .iter()
+        .filter(|other| other.metadata.uid != vm.metadata.uid || vm.metadata.uid.is_empty());
+    place_with(vm, nodes, &Loads::of(others), pinned, config)
+}
+
+/// [`place`] with the loads of the bound VMs counted already (`vm` itself not among them).
+pub fn place_with(
+    vm: &Vm,
+    nodes: &[Node],
+    loads: &Loads,
+    pinned: Option<&str>,
+    config: &ScheduleConfig,
+) -> Result<String, Unschedulable> {
     let group = vm.spec.placement.anti_affinity.as_deref();
-    let mut loads: BTreeMap<&str, Load> = BTreeMap::new();
-    for other in bound {
-        if other.metadata.uid == vm.metadata.uid && !vm.metadata.uid.is_empty() {
-            continue;
-        }
-        let Some(node) = other.status.node.as_deref() else {
-            continue;
-        };
-        let load = loads.entry(node).or_default();
-        // A stopped VM keeps its place but holds nothing.
-        if other.spec.power != Power::Stopped {
-            load.cpus += u64::from(other.spec.cpus);
-            load.memory += other.spec.memory.as_u64();
-        }
-        load.vms += 1;
-        if group.is_some() && other.spec.placement.anti_affinity.as_deref() == group {
-            load.group += 1;
-        }
-    }
+    let empty = Load::default();
     let mut misfits = BTreeMap::new();
     let mut best: Option<((usize, i64), &str)> = None;
     for node in nodes {
         let name = node.metadata.name.as_str();
-        let load = loads.get(name).copied().unwrap_or_default();
+        let load = loads.by_node.get(name).unwrap_or(&empty);
         match fit(vm, node, load, pinned, config) {
             Err(misfit) => *misfits.entry(misfit).or_insert(0) += 1,
             Ok(used) => {
                 // Lower is better: fewer VMs of the group, then the least (spread) or most
                 // (pack) used, then the name.
-                let key = (load.group, if config.spread { used } else { -used });
+                let in_group = group.map_or(0, |g| load.groups.get(g).copied().unwrap_or(0));
+                let key = (in_group, if config.spread { used } else { -used });
                 if best.is_none_or(|(k, n)| (key, name) < (k, n)) {
                     best = Some((key, name));
                 }
@@ -163,7 +196,7 @@ pub fn place(
 fn fit(
     vm: &Vm,
     node: &Node,
-    load: Load,
+    load: &Load,
     pinned: Option<&str>,
     config: &ScheduleConfig,
 ) -> Result<i64, Misfit> {
@@ -392,6 +425,31 @@ mod tests {
             place(&grouped("web-3"), &nodes, &busy, None, &cfg()).unwrap(),
             "b"
         );
+    }
+
+    #[test]
+    fn loads_kept_up_to_date_decide_as_a_recount_does() {
+        // A pass counts the bound VMs once and adds each VM it places; every decision must
+        // be the one `place` makes from the full list, groups and stopped VMs included.
+        let nodes = [node("a", 24, 16), node("b", 16, 12), node("c", 24, 16)];
+        let mut bound = vec![on(vm("old", 2, 4), "c")];
+        let mut loads = Loads::of(&bound);
+        for i in 0..30 {
+            let mut v = vm(&format!("vm-{i}"), 1 + i % 2, 1);
+            if i % 3 == 0 {
+                v.spec.placement.anti_affinity = Some("web".into());
+            }
+            if i % 7 == 0 {
+                v.spec.power = Power::Stopped;
+            }
+            let recounted = place(&v, &nodes, &bound, None, &cfg());
+            let kept = place_with(&v, &nodes, &loads, None, &cfg());
+            assert_eq!(kept, recounted, "VM {i}");
+            let Ok(n) = kept else { break };
+            loads.add(&v, &n);
+            bound.push(on(v, &n));
+        }
+        assert_eq!(bound.len(), 31, "every VM placed");
     }
 
     #[test]

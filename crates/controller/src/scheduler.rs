@@ -13,7 +13,12 @@ use corral_service::{NodeService, Resources, ServiceError, VmService, VolumeKind
 use corral_store::Elections;
 use tokio::sync::{Notify, watch};
 
-use crate::schedule::{ScheduleConfig, place};
+use futures_util::StreamExt;
+
+use crate::schedule::{Loads, ScheduleConfig, place_with};
+
+/// How many binds a pass keeps in flight: etcd commits concurrent writes in one batch.
+const BINDS_IN_FLIGHT: usize = 64;
 
 /// The condition the scheduler sets on a VM: `true` once bound, `false` with the reason
 /// while no node can take it.
@@ -138,8 +143,25 @@ impl Scheduler {
                     continue;
                 }
             };
+            // A heartbeat rewrites its Node every few seconds; only what placement or
+            // failover looks at wakes a pass (the periodic one judges silent nodes).
+            let mut shapes: HashMap<String, String> = HashMap::new();
             while let Some(Ok(event)) = watch.recv().await {
-                if matches!(event.object.kind.as_str(), "Vm" | "Node") {
+                let wake = match event.object.kind.as_str() {
+                    "Vm" => true,
+                    "Node" if event.event == corral_store::EventType::Deleted => {
+                        shapes.remove(&event.object.name);
+                        true
+                    }
+                    "Node" => {
+                        let shape = serde_json::from_str::<Node>(&event.object.body)
+                            .map(|node| shape(&node))
+                            .unwrap_or_default();
+                        shapes.insert(event.object.name.clone(), shape.clone()) != Some(shape)
+                    }
+                    _ => false,
+                };
+                if wake {
                     self.wake.notify_one();
                 }
             }
@@ -209,6 +231,7 @@ impl Scheduler {
             .filter(|vm| vm.status.node.is_some())
             .cloned()
             .collect();
+        let mut loads = Loads::of(&bound);
         // The nodes volumes are on, read only when a VM to place has any.
         let volume_nodes: HashMap<String, String> = if vms
             .iter()
@@ -223,7 +246,11 @@ impl Scheduler {
         } else {
             HashMap::new()
         };
-        for vm in vms.iter().filter(|vm| vm.status.node.is_none()) {
+        // Every decision first, each counting the ones before it; then the binds, many in
+        // flight at once (etcd commits concurrent writes together). A bind that loses its
+        // compare-and-swap leaves the VM to the next pass, which counts from the store again.
+        let mut binds = Vec::new();
+        for vm in vms.into_iter().filter(|vm| vm.status.node.is_none()) {
             let key = vm.metadata.key();
             if vm.metadata.deleting {
                 // Nothing runs it anywhere: nothing to stop, only the object to remove.
@@ -234,34 +261,49 @@ impl Scheduler {
                 }
                 continue;
             }
-            let pinned = pinned_node(vm, &bound, &volume_nodes);
-            match place(
-                vm,
+            let pinned = pinned_node(&vm, &bound, &volume_nodes);
+            match place_with(
+                &vm,
                 &nodes,
-                &bound,
+                &loads,
                 pinned.as_deref(),
                 &self.config.placement,
             ) {
                 Ok(node) => {
-                    if let Some(vm) = self.bind(&key, &node).await? {
-                        tracing::info!(vm = %key, %node, "bound");
-                        bound.push(vm);
+                    loads.add(&vm, &node);
+                    if vm.spec.volume_names().next().is_some() {
+                        // Later VMs sharing a volume follow it to this node.
+                        let mut placed = vm.clone();
+                        placed.status.node = Some(node.clone());
+                        bound.push(placed);
                     }
+                    binds.push((key, vm, node));
                 }
-                Err(why) => self.unschedulable(&key, &why.to_string()).await?,
+                Err(why) => self.unschedulable(&vm, &why.to_string()).await?,
+            }
+        }
+        let mut results = futures_util::stream::iter(binds)
+            .map(|(key, vm, node)| async move {
+                let bound = self.bind(&key, vm, &node).await;
+                (key, node, bound)
+            })
+            .buffer_unordered(BINDS_IN_FLIGHT);
+        while let Some((key, node, result)) = results.next().await {
+            if result?.is_some() {
+                tracing::info!(vm = %key, %node, "bound");
             }
         }
         Ok(())
     }
 
     /// Binds `key` to `node` unless it is bound already: the write is a compare-and-swap on
-    /// the VM's version, and a VM found bound on a retry is left as it is. Returns the VM
-    /// if this call bound it.
-    async fn bind(&self, key: &str, node: &str) -> Result<Option<Vm>, ServiceError> {
+    /// the version `seen` (the VM as the pass listed it), and a VM found bound on a retry
+    /// is left as it is. Returns the VM if this call bound it.
+    async fn bind(&self, key: &str, seen: Vm, node: &str) -> Result<Option<Vm>, ServiceError> {
         let mut won = false;
         let result = self
             .vms
-            .modify(key, 0, |vm| {
+            .modify_seen(key, seen, |vm| {
                 won = false;
                 if vm.status.node.is_some() || vm.metadata.deleting {
                     return Ok(false);
@@ -335,10 +377,19 @@ impl Scheduler {
     }
 
     /// Leaves the VM `Pending` with `Scheduled=false` and the reason per class of node.
-    async fn unschedulable(&self, key: &str, why: &str) -> Result<(), ServiceError> {
+    /// Nothing is written (not even read) when it says so already.
+    async fn unschedulable(&self, seen: &Vm, why: &str) -> Result<(), ServiceError> {
+        let told = seen
+            .status
+            .condition(SCHEDULED)
+            .is_some_and(|c| !c.status && c.message == why);
+        if told {
+            return Ok(());
+        }
+        let key = seen.metadata.key();
         let result = self
             .vms
-            .update_status(key, |vm, s| {
+            .update_status(&key, |vm, s| {
                 if vm.status.node.is_some() {
                     return false;
                 }
@@ -361,6 +412,21 @@ impl Scheduler {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What of a node the scheduler places by: readiness, cordon, labels and what it can run.
+fn shape(node: &Node) -> String {
+    let alloc = &node.status.allocatable;
+    format!(
+        "{} {} {:?} {} {} {:?} {:?}",
+        node.ready(),
+        node.spec.unschedulable,
+        node.metadata.labels,
+        alloc.cpus,
+        alloc.memory.as_u64(),
+        node.status.arches,
+        node.status.accelerators,
+    )
 }
 
 /// Whether `node`'s last heartbeat is older than `ttl` (or it never sent one).
@@ -405,4 +471,45 @@ fn pinned_node(vm: &Vm, bound: &[Vm], volume_nodes: &HashMap<String, String>) ->
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_contract::{Accel, Arch, ByteSize, NodeResources, NodeStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_alone_does_not_change_what_placement_sees() {
+        let mut node = Node::new("a".parse().unwrap());
+        node.status = NodeStatus {
+            allocatable: NodeResources {
+                cpus: 4,
+                memory: ByteSize::from_gib(8),
+                disk: ByteSize::from_gib(100),
+            },
+            arches: vec![Arch::X86_64],
+            accelerators: vec![Accel::Tcg],
+            ..NodeStatus::default()
+        };
+        node.set_ready(true, "Heartbeat", "", "t0");
+        let before = shape(&node);
+        // What every heartbeat rewrites: the time, and the disk's free space.
+        node.status.heartbeat = Some("2026-12-05T06:00:02Z".into());
+        node.status.allocatable.disk = ByteSize::from_gib(99);
+        assert_eq!(shape(&node), before);
+        // What placement looks at does.
+        for change in [
+            |n: &mut Node| n.spec.unschedulable = true,
+            |n: &mut Node| n.set_ready(false, "NodeLost", "", "t1"),
+            |n: &mut Node| n.status.allocatable.cpus = 8,
+            |n: &mut Node| {
+                n.metadata.labels.insert("zone".into(), "b".into());
+            },
+        ] {
+            let mut changed = node.clone();
+            change(&mut changed);
+            assert_ne!(shape(&changed), before);
+        }
+    }
 }

@@ -720,6 +720,33 @@ impl<S: Strategy> Resources<S> {
         })
     }
 
+    /// Like [`modify`](Resources::modify) with retries, starting from `seen`: the object as
+    /// the caller last read it (from a list, say). The usual case costs one compare-and-swap
+    /// write and no read; a conflict reads the object again and retries.
+    pub async fn modify_seen(
+        &self,
+        name: &str,
+        seen: S::Object,
+        mut f: impl FnMut(&mut S::Object) -> Result<bool, ServiceError>,
+    ) -> Result<S::Object, ServiceError> {
+        let mut obj = seen;
+        for _ in 0..CAS_RETRIES {
+            if !f(&mut obj)? {
+                return Ok(obj);
+            }
+            match self.store.update(encode(&obj)?).await {
+                Ok(stored) => return decode(stored),
+                Err(corral_store::StoreError::Conflict { .. }) => obj = self.get(name).await?,
+                Err(e) => return Err(Self::store_error(e)),
+            }
+        }
+        Err(ServiceError::ChangedTooOften {
+            kind: S::Object::NOUN,
+            name: name.to_owned(),
+            attempts: CAS_RETRIES,
+        })
+    }
+
     /// Like [`modify`](Resources::modify) with retries, refusing objects marked for deletion:
     /// for verbs that express a new intent (start, restart, restore …).
     pub async fn modify_live(
