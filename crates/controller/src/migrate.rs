@@ -37,6 +37,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// here at the start of that pass.
 const FINISH_POLL: Duration = Duration::from_millis(2);
 
+/// How often the target looks at a guest that arrived with its disks while its QEMU still
+/// reads the last of the state (the guest runs nowhere meanwhile).
+const ARRIVING_POLL: Duration = Duration::from_millis(10);
+
 /// Longest downtime QEMU may plan for the switch, in milliseconds.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 
@@ -93,6 +97,11 @@ impl VmController {
         // Arrived with its disks, not resumed yet: the export closes and the volumes point
         // at the files here before the guest runs on them.
         if moved_here_with_disks(vm, me) && matches!(actual, Some(VmState::Paused { .. })) {
+            // The source has written the switch once its own side completed; this QEMU may
+            // still be reading the last of the state, and its disks are not active until then.
+            if matches!(actual, Some(VmState::Paused { reason }) if reason == "inmigrate") {
+                return Ok(Some(ARRIVING_POLL));
+            }
             self.hv.stop_disk_export(uid).await?;
             if let Err(why) = self.take_moved_volumes(vm).await {
                 tracing::warn!(vm = %key, %why, "pointing the volumes at their files here");

@@ -264,6 +264,7 @@ impl VmController {
             port,
             disks: disks.iter().map(|d| (d.index, MirrorSync::Full)).collect(),
             tls_hostname: tls_peer,
+            bandwidth: self.config.migration_bandwidth,
         };
         self.hv
             .mirror_disks(uid, &mirror)

@@ -93,6 +93,9 @@ pub struct DiskMirror {
     /// The name the target's certificate must carry, with TLS from the credentials
     /// [`Hypervisor::prepare_migration`](crate::Hypervisor) loaded; `None` for plain TCP.
     pub tls_hostname: Option<String>,
+    /// At most this many bytes a second for all the mirrors together (shared evenly among
+    /// the disks); `None` for no limit. The node's migration bandwidth, as for the RAM.
+    pub bandwidth: Option<u64>,
 }
 
 /// Where one disk's mirror stands.

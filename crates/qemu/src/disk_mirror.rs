@@ -77,8 +77,17 @@ async fn check_disks(qmp: &Qmp, mut disks: impl Iterator<Item = usize>) -> Resul
     }
 }
 
-/// Target: stops the NBD server and its exports; nothing when none runs.
+/// Target: stops the NBD server and its exports; nothing when none runs. Refused while the
+/// incoming migration is still being read: QEMU activates the disks only at its end, and
+/// libvirt too closes the export only after the target's migration has completed.
 pub(crate) async fn unexport(qmp: &Qmp) -> Result<(), String> {
+    match qmp.query_status().await {
+        Ok(status) if status.status == corral_qmp::RunState::InMigrate => {
+            return Err("the incoming migration has not completed yet".into());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("reading the run state: {e}")),
+    }
     match qmp.nbd_server_stop().await {
         Ok(()) => Ok(()),
         Err(corral_qmp::Error::Qmp { desc, .. }) if desc.contains("not running") => Ok(()),
@@ -92,6 +101,10 @@ pub(crate) async fn start(qmp: &Qmp, mirror: &DiskMirror) -> Result<(), String> 
     check_disks(qmp, mirror.disks.iter().map(|(i, _)| *i)).await?;
     // What an earlier attempt left goes first.
     abort(qmp).await?;
+    // QEMU limits each job on its own: the node's limit is shared among them.
+    let speed = mirror
+        .bandwidth
+        .map(|b| (b / mirror.disks.len().max(1) as u64).max(1));
     for &(i, sync) in &mirror.disks {
         let mut options = json!({
             "driver": "nbd",
@@ -113,7 +126,7 @@ pub(crate) async fn start(qmp: &Qmp, mirror: &DiskMirror) -> Result<(), String> 
                 mirror.host, mirror.port
             )),
             Ok(()) => qmp
-                .blockdev_mirror(&job_id(i), &disk_node(i), &client_node(i), sync)
+                .blockdev_mirror(&job_id(i), &disk_node(i), &client_node(i), sync, speed)
                 .await
                 .map_err(|e| format!("starting the mirror of disk {i}: {e}")),
         };

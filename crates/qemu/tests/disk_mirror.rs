@@ -73,6 +73,7 @@ async fn mirror(source: &TestVm, ca: &Ca, port: u16) -> Result {
         port,
         disks: vec![(0, MirrorSync::Full)],
         tls_hostname: Some("node-b".into()),
+        bandwidth: None,
     };
     Ok(hv.mirror_disks(source.uid(), &mirror).await?)
 }
@@ -190,6 +191,16 @@ async fn disks_move_with_the_guest_and_a_failed_or_cancelled_move_leaves_it_home
             .await?
             .is_empty()
     );
+    // The target may still be reading the last of the state: as libvirt, close the export
+    // only once the target's own side has completed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let VmState::Paused { reason } = target.backend().state(target.uid()).await? {
+        if reason != "inmigrate" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still receiving");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     target.backend().stop_disk_export(target.uid()).await?;
     let before = source
         .last_heartbeat()

@@ -59,18 +59,22 @@ impl Qmp {
     /// `blockdev-mirror`: job `job_id` copies node `device` into node `target` (`sync`:
     /// `full` or `top`) and then keeps mirroring new writes until it is completed or
     /// cancelled. The job stays listed after it ends (`auto-dismiss` off) so that its error
-    /// can be read; [`Qmp::job_dismiss`] removes it.
+    /// can be read; [`Qmp::job_dismiss`] removes it. `speed` caps it in bytes a second.
     pub async fn blockdev_mirror(
         &self,
         job_id: &str,
         device: &str,
         target: &str,
         sync: &str,
+        speed: Option<u64>,
     ) -> Result<(), Error> {
-        let args = json!({
+        let mut args = json!({
             "job-id": job_id, "device": device, "target": target, "sync": sync,
             "auto-dismiss": false,
         });
+        if let Some(speed) = speed {
+            args["speed"] = json!(speed);
+        }
         self.execute("blockdev-mirror", Some(args)).await.map(drop)
     }
 
