@@ -69,6 +69,9 @@ struct NodeRole {
     /// Other nodes share the store (etcd): a volume is made on the node of its first VM.
     /// On one host (SQLite) every volume is this node's.
     cluster: bool,
+    /// An agent's: it makes its own node's volumes and nothing else; the servers tell
+    /// volumes that wait for a node why, and take snapshots' records.
+    agent: bool,
 }
 
 /// The backoff of a volume whose making failed: 2 s, doubling to at most 5 minutes.
@@ -118,8 +121,25 @@ impl StorageController {
         self.node = Some(NodeRole {
             name: name.to_owned(),
             cluster,
+            agent: false,
         });
         self
+    }
+
+    /// Acts as agent `name`'s (see [`with_node`](Self::with_node)): only its own volumes,
+    /// with what the servers let a node write (the volumes on its disk or used by its VMs).
+    #[must_use]
+    pub fn for_agent(mut self, name: &str) -> Self {
+        self.node = Some(NodeRole {
+            name: name.to_owned(),
+            cluster: true,
+            agent: true,
+        });
+        self
+    }
+
+    fn agent(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.agent)
     }
 
     /// Whose `volume` is (see [`Ownership`]).
@@ -136,6 +156,11 @@ impl StorageController {
             return Ownership::Claim;
         }
         if volume.status.phase != StoragePhase::Pending {
+            if me.agent {
+                // Agents came after volumes had nodes: such a volume is a `--role all`
+                // node's.
+                return Ownership::Elsewhere;
+            }
             // Made before volumes had nodes: whoever's volumes directory holds its file.
             let mine = volume.status.path.as_deref().is_some_and(|p| {
                 std::path::Path::new(p).starts_with(self.svc.config().volumes_dir())
@@ -190,6 +215,9 @@ impl StorageController {
                 self.queue.add(&format!("{VOLUME}{}", v.metadata.key()));
             }
         }
+        if self.agent() {
+            return revision;
+        }
         if let Ok((snaps, rev)) = self.svc.snapshots.list("").await {
             revision = revision.min(rev).max(1);
             for s in snaps {
@@ -223,7 +251,7 @@ impl StorageController {
                                     self.queue.add(&format!("{VOLUME}{volume}"));
                                 }
                             }
-                            "Snapshot" => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
+                            "Snapshot" if !self.agent() => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
                             "Vm" => {
                                 for snap in self.snapshot_deps.dependents(Kind::Vm, &event.object.name) {
                                     self.queue.add(&format!("{SNAPSHOT}{snap}"));
@@ -298,7 +326,7 @@ impl StorageController {
             Ownership::Mine => {}
             Ownership::Elsewhere => return Ok(()),
             Ownership::Unclaimed(why) => {
-                if volume.status.message.as_deref() != Some(why) {
+                if volume.status.message.as_deref() != Some(why) && !self.agent() {
                     self.svc
                         .volumes
                         .modify(name, 0, |v| {

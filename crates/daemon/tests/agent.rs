@@ -362,6 +362,8 @@ impl Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("crl-agent")
             .tempdir_in("/tmp")?;
+        // QEMU runs as its own user and opens the agents' volume files by path.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))?;
         let keys = tmp.path().join("keys");
         let out = Command::new(CORRALD)
             .args([
@@ -568,6 +570,81 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     assert_eq!(ids["error"]["code"], "PermissionDenied", "{ids}");
     let (status, _) = store_call(&node, url, "agent-b", json!({"op": "revision"})).await;
     assert_eq!(status, 403);
+
+    // Volumes: a blank volume is made on the agent of its first VM, and the guest sees it.
+    for name in ["data", "orphan"] {
+        admin
+            .create_volume(&serde_json::from_value(json!({
+                "metadata": {"name": name}, "spec": {"size": 32 << 20},
+            }))?)
+            .await?;
+    }
+    let mut disky = kit_vm("disky", |b| {
+        b.volume(corral_contract::VolumeAttachment {
+            volume: "data".parse().unwrap(),
+            readonly: false,
+            serial: None,
+        })
+    });
+    disky.spec.cloud_init = Some(corral_contract::CloudInit {
+        user_data: Some("#!/bin/sh\necho CORRAL_VDA_SECTORS=$(cat /sys/block/vda/size)\n".into()),
+        ..Default::default()
+    });
+    admin.create_vm(&disky).await?;
+    let vm = wait_phase(&admin, &cluster.server, "disky", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+    let data = admin.get_volume("data").await?;
+    assert_eq!(data.status.node.as_deref(), Some("agent-a"), "{data:?}");
+    let path = data.status.path.clone().expect("a path");
+    assert!(
+        Path::new(&path).starts_with(dir.join("d")) && Path::new(&path).exists(),
+        "{path}"
+    );
+    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    // 32 MiB in 512-byte sectors, as the guest's kernel counts them.
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("CORRAL_VDA_SECTORS=65536")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not see its volume:\n{}",
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A volume no VM of agent-a uses: the agent can neither claim nor delete it.
+    let (_, orphan) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "get", "kind": "Volume", "name": "orphan"}),
+    )
+    .await;
+    let mut claimed = orphan["object"].clone();
+    let mut body: Value = serde_json::from_str(claimed["body"].as_str().unwrap())?;
+    body["status"]["node"] = json!("agent-a");
+    body["status"]["path"] = json!("/etc/shadow");
+    claimed["body"] = json!(body.to_string());
+    let (_, put) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "update", "object": claimed}),
+    )
+    .await;
+    assert_eq!(put["error"]["code"], "PermissionDenied", "{put}");
+    let (_, del) = store_call(
+        &node,
+        url,
+        "agent-a",
+        json!({"op": "delete", "kind": "Volume", "name": "orphan"}),
+    )
+    .await;
+    assert_eq!(del["error"]["code"], "PermissionDenied", "{del}");
     drop(agent);
     Ok(())
 }

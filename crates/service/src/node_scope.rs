@@ -5,8 +5,11 @@
 //! bound to it (`status.node`) or migrating to it (`status.migration.target`), and the volumes,
 //! networks, images and snapshots VMs reference; it writes its own `Node`, its VMs without
 //! changing their spec (status, and deleting those marked for deletion), the migration status
-//! of a VM migrating to it, and networks' status. Nothing else: identities, projects, sources,
-//! join tokens, other nodes and other nodes' VMs are refused.
+//! of a VM migrating to it, networks' status, and the status of the volumes on its disk
+//! (`status.node` its own) or that a VM bound to it uses (a new volume is made on its first
+//! VM's node; a volume moves with its VM's live migration), deleting its own volumes once
+//! marked for deletion. Nothing else: identities, projects, sources, join tokens, other
+//! nodes, other nodes' VMs and volumes are refused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -345,7 +348,7 @@ impl NodeScope {
             StoreCall::Update { object } => {
                 let object = Object::from(object);
                 let stored = store.get(&object.kind, &object.name).await?;
-                self.may_update(&stored, &object)?;
+                self.may_update(&stored, &object).await?;
                 StoreAnswer::Object(store.update(object).await?.into())
             }
             StoreCall::Delete {
@@ -357,10 +360,11 @@ impl NodeScope {
                 let deleting = serde_json::from_str::<Value>(&stored.body)
                     .ok()
                     .is_some_and(|v| is_set(&v["metadata"]["deleting"]));
-                if kind != "Vm" || !self.bound_here(&stored) || !deleting {
+                let own = matches!(kind.as_str(), "Vm" | "Volume") && self.bound_here(&stored);
+                if !own || !deleting {
                     return Err(denied(format!(
-                        "node {:?} may delete only its own VMs marked for deletion, not {kind} \
-                         {name:?}",
+                        "node {:?} may delete only its own VMs and volumes marked for \
+                         deletion, not {kind} {name:?}",
                         self.node
                     )));
                 }
@@ -372,8 +376,9 @@ impl NodeScope {
 
     /// Its own Node (not its spec: cordoning is the admins'); the status of its VMs and of
     /// networks, and marking its VMs for deletion (an expired VM).
-    fn may_update(&self, stored: &Object, new: &Object) -> Result<(), WireError> {
+    async fn may_update(&self, stored: &Object, new: &Object) -> Result<(), WireError> {
         let allowed = match stored.kind.as_str() {
+            "Volume" => only_status(stored, new) && self.may_hold_volume(stored, new).await?,
             "Node" => stored.name == self.node && same_spec(stored, new),
             "Vm" => {
                 (self.bound_here(stored) && only_status(stored, new))
@@ -386,11 +391,33 @@ impl NodeScope {
             Ok(())
         } else {
             Err(denied(format!(
-                "node {:?} may not change {} {:?} (only its Node, the status of its VMs and of \
-                 networks, and the migration status of VMs migrating to it)",
+                "node {:?} may not change {} {:?} (only its Node, the status of its VMs, of \
+                 networks and of its volumes, and the migration status of VMs migrating to it)",
                 self.node, stored.kind, stored.name
             )))
         }
+    }
+
+    /// Whether the node may write `new` over the volume `stored`: the volume stays or becomes
+    /// this node's (`status.node`), and it is this node's already or a VM bound here uses it
+    /// (its first VM placed here, or a VM that moved here live with its disks).
+    async fn may_hold_volume(&self, stored: &Object, new: &Object) -> Result<bool, WireError> {
+        if !self.bound_here(new) {
+            return Ok(false);
+        }
+        if self.bound_here(stored) {
+            return Ok(true);
+        }
+        let (vms, _) = self.store.list("Vm", &Selector::default()).await?;
+        Ok(vms
+            .iter()
+            .filter(|vm| self.bound_here(vm))
+            .filter_map(|vm| serde_json::from_str::<corral_contract::Vm>(&vm.body).ok())
+            .any(|vm| {
+                vm.spec
+                    .volume_names()
+                    .any(|v| vm.metadata.key_of(v) == stored.name)
+            }))
     }
 
     /// Follows the changes the node may see, after `after`: a VM's events while it is bound

@@ -2,8 +2,9 @@
 //! joins the servers once with a join token (a certificate signing request for a key made
 //! here, which never leaves the host), keeps the node certificate and the pinned cluster CA in
 //! `<data-dir>/node/`, and from then on reaches the servers only with that certificate (mTLS).
-//! Its VM controller, network controller and heartbeat (with self-fencing) are the ones
-//! `--role all` runs, over [`RemoteStore`]: the servers' view of the store for this node.
+//! Its VM controller, network controller, storage controller (for the volumes on this node's
+//! disk) and heartbeat (with self-fencing) are the ones `--role all` runs, over
+//! [`RemoteStore`]: the servers' view of the store for this node.
 
 mod remote;
 
@@ -117,6 +118,8 @@ async fn run_node(
         crate::dirs::Which::Run
     };
     crate::dirs::prepare(&config.run_dir, run_which, qemu)?;
+    // QEMU (its own user) passes through to the volume and seed files, as on `--role all`.
+    crate::dirs::prepare(&config.data_dir, crate::dirs::Which::Data, qemu)?;
     crate::dirs::prepare_data_layout(&config.data_dir, qemu, false)?;
     let mut backend_config = corral_qemu::QemuBackendConfig::new(config.run_dir.clone());
     backend_config.run_as = qemu;
@@ -143,8 +146,13 @@ async fn run_node(
     controller_config.migration_tls = Some(migration_tls);
     let controller = Arc::new(
         corral_controller::VmController::new(vms, backend.clone(), controller_config)
-            .with_storage(storage)
+            .with_storage(storage.clone())
             .with_fence(fenced.clone()),
+    );
+    // The volumes of this node: made here for the first VM placed here that uses them.
+    let storage_controller = Arc::new(
+        corral_controller::StorageController::new(storage, backend.clone())
+            .for_agent(node_name.as_str()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let fence = crate::nodes::Fence {
@@ -163,6 +171,7 @@ async fn run_node(
     let network_controller =
         corral_controller::NetworkController::new(networks, config.run_dir.join("networks"));
     tokio::spawn(network_controller.run(stop_rx.clone()));
+    tokio::spawn(storage_controller.run(stop_rx.clone()));
     let controller_task = tokio::spawn(controller.run(stop_rx.clone()));
     tracing::info!(node = %node_name, "agent running the node's VMs");
     crate::shutdown_signal().await;
