@@ -568,31 +568,42 @@ mod tests {
         let a = NodeScope::new(store.clone(), "a");
         let own = vm("a", 1, false, "default");
         assert!(
-            a.may_update(&own, &vm("b", 1, false, "default")).is_ok(),
+            a.may_update(&own, &vm("b", 1, false, "default"))
+                .await
+                .is_ok(),
             "gives it back"
         );
         assert!(
-            a.may_update(&own, &vm("a", 1, true, "default")).is_ok(),
+            a.may_update(&own, &vm("a", 1, true, "default"))
+                .await
+                .is_ok(),
             "expires it"
         );
         assert!(
-            a.may_update(&own, &vm("a", 2, false, "default")).is_err(),
+            a.may_update(&own, &vm("a", 2, false, "default"))
+                .await
+                .is_err(),
             "the spec"
         );
         assert!(
-            a.may_update(&own, &vm("a", 1, false, "other")).is_err(),
+            a.may_update(&own, &vm("a", 1, false, "other"))
+                .await
+                .is_err(),
             "the project"
         );
         let mut relabelled = own.clone();
         relabelled.labels.insert("x".into(), "y".into());
-        assert!(a.may_update(&own, &relabelled).is_err(), "labels");
+        assert!(a.may_update(&own, &relabelled).await.is_err(), "labels");
         assert!(
-            a.may_update(&vm("a", 1, true, "default"), &own).is_err(),
+            a.may_update(&vm("a", 1, true, "default"), &own)
+                .await
+                .is_err(),
             "undeleting"
         );
         let theirs = vm("b", 1, false, "default");
         assert!(
             a.may_update(&theirs, &vm("a", 1, false, "default"))
+                .await
                 .is_err(),
             "taking one"
         );
@@ -612,11 +623,11 @@ mod tests {
             a.readable(&other_node),
             "a source picks its target among the nodes"
         );
-        assert!(a.may_update(&other_node, &other_node).is_err());
+        assert!(a.may_update(&other_node, &other_node).await.is_err());
         let mine = Object::new("Node", "a", "u", r#"{"spec": {"unschedulable": true}}"#);
         let uncordoned = Object::new("Node", "a", "u", r#"{"spec": {}}"#);
         assert!(
-            a.may_update(&mine, &uncordoned).is_err(),
+            a.may_update(&mine, &uncordoned).await.is_err(),
             "cordon is the admins'"
         );
     }
@@ -633,6 +644,79 @@ mod tests {
             },
         });
         Object::new("Vm", "m", "u", body.to_string())
+    }
+
+    fn volume(node: Option<&str>, path: &str) -> Object {
+        let body = serde_json::json!({
+            "kind": "Volume",
+            "metadata": {"name": "data", "resource_version": 3},
+            "spec": {"size": 1048576},
+            "status": {"node": node, "path": path, "phase": "Ready"},
+        });
+        Object::new("Volume", "data", "vu", body.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_node_holds_its_own_volumes_and_those_its_vms_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            corral_store::SqliteStore::open(dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let a = NodeScope::new(store.clone(), "a");
+        let b = NodeScope::new(store.clone(), "b");
+        let (on_a, on_b) = (volume(Some("a"), "/a/v"), volume(Some("b"), "/b/v"));
+        let unclaimed = volume(None, "");
+        assert!(
+            a.may_update(&on_a, &volume(Some("a"), "/a/w"))
+                .await
+                .is_ok(),
+            "its own"
+        );
+        assert!(
+            a.may_update(&on_a, &volume(Some("b"), "/a/v"))
+                .await
+                .is_err(),
+            "not given away"
+        );
+        for from in [&on_b, &unclaimed] {
+            assert!(
+                a.may_update(from, &volume(Some("a"), "/a/v"))
+                    .await
+                    .is_err(),
+                "no VM of a uses it"
+            );
+        }
+        let spec = corral_contract::VmSpec::builder(corral_contract::Boot::kernel("/k"))
+            .volume(corral_contract::VolumeAttachment {
+                volume: "data".parse().unwrap(),
+                readonly: false,
+                serial: None,
+            })
+            .build()
+            .unwrap();
+        let mut user = corral_contract::Vm::new("user".parse().unwrap(), spec);
+        user.status.node = Some("a".into());
+        let body = serde_json::to_string(&user).unwrap();
+        store
+            .create(Object::new("Vm", "user", "uu", body))
+            .await
+            .unwrap();
+        // Its first VM is placed on a, or it moved there live with its disks.
+        for from in [&unclaimed, &on_b] {
+            assert!(a.may_update(from, &volume(Some("a"), "/a/v")).await.is_ok());
+        }
+        assert!(
+            b.may_update(&unclaimed, &volume(Some("b"), "/b/v"))
+                .await
+                .is_err(),
+            "b has no VM using it"
+        );
+        // Its spec is the user's.
+        let mut bigger = volume(Some("a"), "/a/v");
+        bigger.body = bigger.body.replace("1048576", "2097152");
+        assert!(a.may_update(&on_a, &bigger).await.is_err(), "nor its spec");
     }
 
     #[tokio::test]
@@ -654,27 +738,31 @@ mod tests {
         );
         assert!(
             b.may_update(&to_b, &migrating("a", "b", "Listening"))
+                .await
                 .is_ok(),
             "its migration status"
         );
         assert!(
             c.may_update(&to_b, &migrating("a", "b", "Listening"))
+                .await
                 .is_err(),
             "a third node may not"
         );
         assert!(
             b.may_update(&to_b, &migrating("b", "b", "Listening"))
+                .await
                 .is_err(),
             "the target may not take the VM: the source hands it over"
         );
         assert!(
             b.may_update(&to_b, &migrating("a", "c", "Pending"))
+                .await
                 .is_err(),
             "nor send it elsewhere"
         );
         let mut respec: Value = serde_json::from_str(&to_b.body).unwrap();
         respec["spec"]["cpus"] = 2.into();
         let respec = Object::new("Vm", "m", "u", respec.to_string());
-        assert!(b.may_update(&to_b, &respec).is_err(), "nor its spec");
+        assert!(b.may_update(&to_b, &respec).await.is_err(), "nor its spec");
     }
 }
