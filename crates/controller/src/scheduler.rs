@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::schedule::{Loads, ScheduleConfig, place_with};
 
 /// How many binds a pass keeps in flight: etcd commits concurrent writes in one batch.
-const BINDS_IN_FLIGHT: usize = 64;
+const BINDS_IN_FLIGHT: usize = 256;
 
 /// The condition the scheduler sets on a VM: `true` once bound, `false` with the reason
 /// while no node can take it.
