@@ -712,9 +712,32 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
     .await;
     let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
 
-    // Placed on agent-a (agent-b cordoned meanwhile), booted, counting.
+    // Placed on agent-a (agent-b cordoned meanwhile), booted, counting. Its volume is made
+    // on agent-a; the guest writes a marker on it, then reads it back every two seconds
+    // past its page cache.
     admin.cordon_node("agent-b", true).await?;
-    admin.create_vm(&kit_vm("roamer", |b| b)).await?;
+    admin
+        .create_volume(&serde_json::from_value(json!({
+            "metadata": {"name": "roam-disk"}, "spec": {"size": 32 << 20},
+        }))?)
+        .await?;
+    let mut roamer = kit_vm("roamer", |b| {
+        b.volume(corral_contract::VolumeAttachment {
+            volume: "roam-disk".parse().unwrap(),
+            readonly: false,
+            serial: None,
+        })
+    });
+    roamer.spec.cloud_init = Some(corral_contract::CloudInit {
+        user_data: Some(
+            "#!/bin/sh\nprintf 'roam-marker-%s\\n' $((6*7)) > /dev/vda; sync\n\
+             (while :; do echo 3 > /proc/sys/vm/drop_caches; \
+             echo \"CORRAL_DISKREAD $(head -c 15 /dev/vda)\"; sleep 2; done) &\n"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    admin.create_vm(&roamer).await?;
     let vm = wait_phase(&admin, &cluster.server, "roamer", Phase::Running)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
@@ -733,6 +756,25 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let disk_reads = |dir: &Path| {
+        std::fs::read_to_string(dir.join("r/vms").join(&uid).join("serial.log"))
+            .unwrap_or_default()
+            .matches("CORRAL_DISKREAD roam-marker-42")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while disk_reads(&dir_a) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no disk read on agent-a\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let volume = admin.get_volume("roam-disk").await?;
+    assert_eq!(volume.status.node.as_deref(), Some("agent-a"), "{volume:?}");
+    let path_a = volume.status.path.clone().expect("a path");
+    assert!(Path::new(&path_a).starts_with(&dir_a), "{path_a}");
     let (node_a, node_b) = (node_client(&dir_a), node_client(&dir_b));
     let get = |client: &reqwest::Client, node: &str| {
         let (client, url, node) = (client.clone(), cluster.url.clone(), node.to_owned());
@@ -822,6 +864,28 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
             logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its disk came along: the guest on agent-b reads the marker from agent-b's file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while disk_reads(&dir_b) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no disk read on agent-b\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let volume = admin.get_volume("roam-disk").await?;
+    assert_eq!(volume.status.node.as_deref(), Some("agent-b"), "{volume:?}");
+    let path_b = volume.status.path.clone().expect("a path");
+    assert!(
+        Path::new(&path_b).starts_with(&dir_b) && Path::new(&path_b).exists(),
+        "{path_b}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&path_a).exists() {
+        assert!(Instant::now() < deadline, "agent-a keeps {path_a}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The VM is agent-b's now: agent-a reads it no more.
     assert_eq!(get(&node_b, "agent-b").await["object"]["name"], "roamer");
