@@ -56,6 +56,14 @@ pub enum ControllerError {
         #[source]
         source: corral_storage::HostPathError,
     },
+    /// An image's bytes could not be fetched from the cluster.
+    #[error("fetching image blob {digest}: {reason}")]
+    Fetch {
+        /// The blob's digest.
+        digest: String,
+        /// Why not.
+        reason: String,
+    },
     /// A weights volume's copy does not hash to its image's digest.
     #[error("the image's stored bytes hash to {actual}, not {expected}: verify the image")]
     DigestMismatch {

@@ -39,5 +39,5 @@ pub use schedule::{Loads, Misfit, ScheduleConfig, Unschedulable, place, place_wi
 pub use scheduler::{NODE_LOST, SCHEDULED, Scheduler, SchedulerConfig, stale};
 pub use source::{RunOptions, SourceController, SourceReconciler};
 pub use ssh::ssh_banner;
-pub use storage::StorageController;
+pub use storage::{BlobSource, StorageController};
 pub use vm::{ControllerConfig, ReconcileObserver, VmController};

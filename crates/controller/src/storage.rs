@@ -31,11 +31,22 @@ use crate::{ControllerError, WorkQueue};
 const VOLUME: &str = "Volume/";
 const SNAPSHOT: &str = "Snapshot/";
 
+/// Where a node gets an image's bytes it does not hold: in a cluster, the agents fetch them
+/// from the servers, which keep the images.
+#[async_trait::async_trait]
+pub trait BlobSource: Send + Sync + std::fmt::Debug {
+    /// Puts the blob `digest` (BLAKE3, hex) into `cas`, verified: bytes that hash to anything
+    /// else are refused and nothing is left behind.
+    async fn fetch(&self, digest: &str, cas: &corral_storage::Cas) -> Result<(), String>;
+}
+
 /// Makes volumes and snapshots match their spec.
 #[derive(Debug)]
 pub struct StorageController {
     svc: StorageService,
     hv: Arc<dyn Hypervisor>,
+    // Where missing image blobs come from (agents: the servers).
+    blobs: Option<Arc<dyn BlobSource>>,
     queue: WorkQueue,
     // Image → the volumes cloned from it, from the volumes this controller has seen.
     deps: DependencyIndex,
@@ -109,7 +120,15 @@ impl StorageController {
             retries: Default::default(),
             node: None,
             unclaimed: Default::default(),
+            blobs: None,
         }
+    }
+
+    /// Fetches image blobs this node lacks from `blobs` before cloning a volume from them.
+    #[must_use]
+    pub fn with_blob_source(mut self, blobs: Arc<dyn BlobSource>) -> Self {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Acts for node `name`: volumes get `status.node`, and this controller touches only the
@@ -547,7 +566,19 @@ impl StorageController {
             None => None,
         };
         let blob = match image.as_ref().and_then(|i| i.status.digest.as_deref()) {
-            Some(d) => Some(self.svc.blob_path(d)?),
+            Some(d) => {
+                let path = self.svc.blob_path(d)?;
+                if let (false, Some(source)) = (path.exists(), &self.blobs) {
+                    tracing::info!(volume = %volume.metadata.key(), digest = d, "fetching the image's bytes");
+                    source.fetch(d, self.svc.cas()).await.map_err(|reason| {
+                        ControllerError::Fetch {
+                            digest: d.to_owned(),
+                            reason,
+                        }
+                    })?;
+                }
+                Some(path)
+            }
             None => None,
         };
         let (path, part2) = (path.to_path_buf(), part.clone());

@@ -227,6 +227,12 @@ pub const OPERATIONS: &[Described] = {
             "/v1/nodes/{name}/store/watch",
             watch_node_store,
         ),
+        (
+            "fetchNodeBlob",
+            Get,
+            "/v1/nodes/{name}/blobs/{digest}",
+            fetch_node_blob,
+        ),
         ("listNodes", Get, "/v1/nodes", || {
             list("Node", "Nodes of the cluster, sorted by name")
         }),
@@ -841,6 +847,39 @@ fn watch_node_store() -> Operation {
         "404",
         error("No node of that name (its agent registers it first)"),
     )
+    .build()
+}
+
+fn fetch_node_blob() -> Operation {
+    common(op(
+        "The bytes of an image blob, for the node's agent (its node certificate): only of an \
+         image one of its volumes clones. The agent keeps them only if they hash to the digest",
+    ))
+    .parameter(name_param())
+    .parameter(
+        ParameterBuilder::new()
+            .name("digest")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some("The blob's BLAKE3 digest, 64 hex digits"))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9a-f]{64}$"))
+                    .build(),
+            ))
+            .build(),
+    )
+    .response(
+        "200",
+        raw_response("The blob's bytes", "application/octet-stream", string()),
+    )
+    .response("400", error("The digest is not 64 hex digits"))
+    .response(
+        "403",
+        error("No volume of this node clones an image with these bytes"),
+    )
+    .response("404", error("The servers hold no such blob"))
     .build()
 }
 

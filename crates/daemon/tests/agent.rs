@@ -645,6 +645,83 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     )
     .await;
     assert_eq!(del["error"]["code"], "PermissionDenied", "{del}");
+
+    // Images live on the servers: a volume cloned from one is made on the agent from the
+    // blob it fetches by digest (and verifies), and the guest reads the image's bytes.
+    let upload = |name: &str, first: &str| {
+        let file = cluster.tmp.path().join(format!("{name}.raw"));
+        let mut bytes = first.as_bytes().to_vec();
+        bytes.resize(1 << 20, 0);
+        std::fs::write(&file, bytes).unwrap();
+        let image: corral_contract::Image = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"source": {"upload": {}}, "format": "raw"},
+        }))
+        .unwrap();
+        (image, file)
+    };
+    let (marked, file) = upload("marked", "image-marker-42\n");
+    let marked = admin.upload_image(&marked, &file, |_| {}).await?;
+    let (secret, file) = upload("secret", "not-for-agents\n");
+    let secret = admin.upload_image(&secret, &file, |_| {}).await?;
+    admin
+        .create_volume(&serde_json::from_value(json!({
+            "metadata": {"name": "cloned"}, "spec": {"image": "marked"},
+        }))?)
+        .await?;
+    let mut cloner = kit_vm("cloner", |b| {
+        b.volume(corral_contract::VolumeAttachment {
+            volume: "cloned".parse().unwrap(),
+            readonly: false,
+            serial: None,
+        })
+    });
+    cloner.spec.cloud_init = Some(corral_contract::CloudInit {
+        user_data: Some("#!/bin/sh\necho \"CORRAL_IMAGEREAD $(head -c 15 /dev/vda)\"\n".into()),
+        ..Default::default()
+    });
+    admin.create_vm(&cloner).await?;
+    let vm = wait_phase(&admin, &cluster.server, "cloner", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
+    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("CORRAL_IMAGEREAD image-marker-42")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not read the image:\n{}\nagent:\n{}",
+            std::fs::read_to_string(&serial).unwrap_or_default(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let hex = |d: Option<String>| {
+        d.expect("a digest")
+            .trim_start_matches("blake3:")
+            .to_owned()
+    };
+    let digest = hex(marked.status.digest.clone());
+    assert!(
+        agent.log().contains("image blob fetched and verified"),
+        "{}",
+        agent.log()
+    );
+    assert!(dir.join("d/images/blake3").join(&digest).exists());
+    // A blob no volume of agent-a clones is not agent-a's to read, nor anything as agent-b.
+    let fetch = |node: &str, digest: &str| {
+        let (client, url) = (
+            node_client(&dir),
+            format!("{url}/v1/nodes/{node}/blobs/{digest}"),
+        );
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let secret = hex(secret.status.digest.clone());
+    assert_eq!(fetch("agent-a", &secret).await, 403);
+    assert_eq!(fetch("agent-b", &digest).await, 403);
+    assert_eq!(fetch("agent-a", &digest).await, 200);
     drop(agent);
     Ok(())
 }

@@ -420,6 +420,48 @@ impl NodeScope {
             }))
     }
 
+    /// Whether the node may fetch the image blob `digest`: the bytes of an image that a
+    /// volume of this node clones (it claims a volume before making it). Refused otherwise,
+    /// so a node reads no image its own volumes do not need.
+    pub async fn may_fetch_blob(&self, digest: &str) -> Result<(), WireError> {
+        let (volumes, _) = self.store.list("Volume", &Selector::default()).await?;
+        let mut wanted = HashSet::new();
+        for volume in volumes.iter().filter(|v| self.bound_here(v)) {
+            let Ok(volume) = serde_json::from_str::<corral_contract::Volume>(&volume.body) else {
+                continue;
+            };
+            if let Some(image) = &volume.spec.image {
+                // As the volume resolves it: its project's image, else the shared one.
+                wanted.insert(volume.metadata.key_of(image));
+                wanted.insert(corral_contract::object_key(
+                    corral_contract::DEFAULT_PROJECT,
+                    image.as_str(),
+                ));
+            }
+        }
+        if !wanted.is_empty() {
+            let (images, _) = self.store.list("Image", &Selector::default()).await?;
+            // `blake3:<hex>` as images record it, or the hex alone.
+            let hex = |d: &str| d.strip_prefix("blake3:").unwrap_or(d).to_ascii_lowercase();
+            let needed = images.iter().filter(|i| wanted.contains(&i.name)).any(|i| {
+                serde_json::from_str::<Value>(&i.body)
+                    .ok()
+                    .is_some_and(|v| {
+                        v["status"]["digest"]
+                            .as_str()
+                            .is_some_and(|d| hex(d) == hex(digest))
+                    })
+            });
+            if needed {
+                return Ok(());
+            }
+        }
+        Err(denied(format!(
+            "node {:?} may fetch only the images its own volumes clone, not blob {digest}",
+            self.node
+        )))
+    }
+
     /// Follows the changes the node may see, after `after`: a VM's events while it is bound
     /// or migrating here, and the one that moves it away or deletes it.
     pub async fn watch(&self, kind: Option<&str>, after: u64) -> Result<WatchStream, WireError> {

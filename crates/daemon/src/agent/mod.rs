@@ -6,8 +6,10 @@
 //! disk) and heartbeat (with self-fencing) are the ones `--role all` runs, over
 //! [`RemoteStore`]: the servers' view of the store for this node.
 
+mod blobs;
 mod remote;
 
+pub use blobs::ServerBlobs;
 pub use remote::RemoteStore;
 
 use std::path::{Path, PathBuf};
@@ -94,6 +96,7 @@ pub(crate) async fn run(config: &Config, agent: &AgentConfig) -> anyhow::Result<
         }
     };
     let client = client(&identity)?;
+    let blobs = Arc::new(ServerBlobs::new(client.clone(), &agent.servers, &node));
     let store: Arc<dyn corral_store::Store> =
         Arc::new(RemoteStore::new(client, &agent.servers, &node));
     // The node certificate also authenticates this node's live migrations (TLS).
@@ -102,7 +105,7 @@ pub(crate) async fn run(config: &Config, agent: &AgentConfig) -> anyhow::Result<
         cert: identity.cert,
         key: identity.key,
     };
-    run_node(config, store, migration_tls).await
+    run_node(config, store, migration_tls, blobs).await
 }
 
 /// The node's controllers over `store`, until SIGTERM or SIGINT; VMs keep running after.
@@ -110,6 +113,7 @@ async fn run_node(
     config: &Config,
     store: Arc<dyn corral_store::Store>,
     migration_tls: corral_hypervisor::MigrationTls,
+    blobs: Arc<ServerBlobs>,
 ) -> anyhow::Result<()> {
     let qemu = config.qemu_user.as_ref().map(|u| u.owner);
     let run_which = if config.run_dir_fallback {
@@ -152,7 +156,8 @@ async fn run_node(
     // The volumes of this node: made here for the first VM placed here that uses them.
     let storage_controller = Arc::new(
         corral_controller::StorageController::new(storage, backend.clone())
-            .for_agent(node_name.as_str()),
+            .for_agent(node_name.as_str())
+            .with_blob_source(blobs),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let fence = crate::nodes::Fence {

@@ -41,6 +41,13 @@ pub(crate) fn routes() -> Vec<Route> {
             "watchNodeStore",
             store_watch,
         ),
+        Route::new(
+            Method::GET,
+            "/v1/nodes/{name}/blobs/{digest}",
+            Node,
+            "fetchNodeBlob",
+            fetch_blob,
+        ),
         Route::new(Method::GET, "/v1/nodes", Read, "listNodes", list),
         Route::new(Method::GET, "/v1/nodes/{name}", Read, "getNode", read),
         Route::new(
@@ -194,6 +201,62 @@ async fn store_call(
         .call(call)
         .await;
     Ok(axum::Json(answer).into_response())
+}
+
+/// The bytes of image blob `digest` (BLAKE3, hex) for node `name`'s agent: only of an image
+/// one of its volumes clones. The agent checks the digest of what it receives.
+async fn fetch_blob(
+    State(d): State<Shared>,
+    Path((name, digest)): Path<(String, String)>,
+    Extension(caller): Extension<crate::auth::Caller>,
+) -> ApiResult {
+    use tokio::io::AsyncReadExt;
+    acting_for(&caller, &name)?;
+    let path = d.storage.blob_path(&digest)?;
+    if let Err(e) = corral_service::NodeScope::new(d.store.clone(), name.clone())
+        .may_fetch_blob(&digest)
+        .await
+    {
+        let what = match e {
+            corral_service::WireError::PermissionDenied { message } => message,
+            other => format!("{other:?}"),
+        };
+        return Err(corral_service::ServiceError::PermissionDenied {
+            what,
+            remedy: "a node fetches an image once a volume on it clones that image",
+        }
+        .into());
+    }
+    let file =
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| corral_service::ServiceError::NotFound {
+                kind: "blob",
+                name: digest.clone(),
+            })?;
+    let length = file.metadata().await.map(|m| m.len()).ok();
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut response = axum::body::Body::from_stream(chunks).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    }
+    Ok(response)
 }
 
 /// `?kind=&after=` of a node's watch.

@@ -89,6 +89,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/join"),
     ("POST", "/v1/nodes/{name}/store"),
     ("GET", "/v1/nodes/{name}/store/watch"),
+    ("GET", "/v1/nodes/{name}/blobs/{digest}"),
     ("GET", "/v1/nodes"),
     ("GET", "/v1/nodes/{name}"),
     ("POST", "/v1/nodes/{name}/cordon"),
