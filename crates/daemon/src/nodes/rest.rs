@@ -212,6 +212,13 @@ async fn fetch_blob(
 ) -> ApiResult {
     use tokio::io::AsyncReadExt;
     acting_for(&caller, &name)?;
+    if digest.parse::<corral_storage::Digest>().is_err() {
+        return Err(corral_service::ServiceError::Invalid(ValidationError::new(
+            "digest",
+            format!("{digest:?} is not a BLAKE3 digest: use 64 hex digits (blake3: before them may stay)"),
+        ))
+        .into());
+    }
     let path = d.storage.blob_path(&digest)?;
     if let Err(e) = corral_service::NodeScope::new(d.store.clone(), name.clone())
         .may_fetch_blob(&digest)
