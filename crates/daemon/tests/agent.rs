@@ -423,6 +423,41 @@ async fn store_call(client: &reqwest::Client, url: &str, node: &str, call: Value
     )
 }
 
+/// Waits until the console of VM `uid`, as the agent under `dir` keeps it, holds `needle`.
+async fn wait_serial(dir: &Path, uid: &str, needle: &str, agent: &Agent) {
+    let serial = dir.join("r/vms").join(uid).join("serial.log");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}:\n{text}\nagent:\n{}",
+            serial.display(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A kit VM with volume `volume` attached (the guest's /dev/vda) that runs `script` at boot.
+fn kit_vm_on_volume(name: &str, volume: &str, script: &str) -> corral_contract::Vm {
+    let mut vm = corral_testkit::kit_vm(name, |b| {
+        b.volume(corral_contract::VolumeAttachment {
+            volume: volume.parse().unwrap(),
+            readonly: false,
+            serial: None,
+        })
+    });
+    vm.spec.cloud_init = Some(corral_contract::CloudInit {
+        user_data: Some(format!("#!/bin/sh\n{script}\n")),
+        ..Default::default()
+    });
+    vm
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> anyhow::Result<()> {
     use corral_client::{Client, Endpoint};
@@ -452,19 +487,7 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
         "the server runs no VM"
     );
     // Evidence from inside the guest: its console, as the agent drains it.
-    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("CORRAL_BOOT_OK")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no boot marker in {}",
-            serial.display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_serial(&dir, &vm.metadata.uid, "CORRAL_BOOT_OK", &agent).await;
 
     // Restarted, the agent reuses its certificate and adopts the running guest: one QEMU.
     agent.stop();
@@ -579,17 +602,11 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
             }))?)
             .await?;
     }
-    let mut disky = kit_vm("disky", |b| {
-        b.volume(corral_contract::VolumeAttachment {
-            volume: "data".parse().unwrap(),
-            readonly: false,
-            serial: None,
-        })
-    });
-    disky.spec.cloud_init = Some(corral_contract::CloudInit {
-        user_data: Some("#!/bin/sh\necho CORRAL_VDA_SECTORS=$(cat /sys/block/vda/size)\n".into()),
-        ..Default::default()
-    });
+    let disky = kit_vm_on_volume(
+        "disky",
+        "data",
+        "echo CORRAL_VDA_SECTORS=$(cat /sys/block/vda/size)",
+    );
     admin.create_vm(&disky).await?;
     let vm = wait_phase(&admin, &cluster.server, "disky", Phase::Running)
         .await
@@ -602,20 +619,8 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
         Path::new(&path).starts_with(dir.join("d")) && Path::new(&path).exists(),
         "{path}"
     );
-    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
-    let deadline = Instant::now() + Duration::from_secs(240);
     // 32 MiB in 512-byte sectors, as the guest's kernel counts them.
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("CORRAL_VDA_SECTORS=65536")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not see its volume:\n{}",
-            std::fs::read_to_string(&serial).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_serial(&dir, &vm.metadata.uid, "CORRAL_VDA_SECTORS=65536", &agent).await;
     // A volume no VM of agent-a uses: the agent can neither claim nor delete it.
     let (_, orphan) = store_call(
         &node,
@@ -669,35 +674,22 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
             "metadata": {"name": "cloned"}, "spec": {"image": "marked"},
         }))?)
         .await?;
-    let mut cloner = kit_vm("cloner", |b| {
-        b.volume(corral_contract::VolumeAttachment {
-            volume: "cloned".parse().unwrap(),
-            readonly: false,
-            serial: None,
-        })
-    });
-    cloner.spec.cloud_init = Some(corral_contract::CloudInit {
-        user_data: Some("#!/bin/sh\necho \"CORRAL_IMAGEREAD $(head -c 15 /dev/vda)\"\n".into()),
-        ..Default::default()
-    });
+    let cloner = kit_vm_on_volume(
+        "cloner",
+        "cloned",
+        "echo \"CORRAL_IMAGEREAD $(head -c 15 /dev/vda)\"",
+    );
     admin.create_vm(&cloner).await?;
     let vm = wait_phase(&admin, &cluster.server, "cloner", Phase::Running)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
-    let serial = dir.join("r/vms").join(&vm.metadata.uid).join("serial.log");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("CORRAL_IMAGEREAD image-marker-42")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not read the image:\n{}\nagent:\n{}",
-            std::fs::read_to_string(&serial).unwrap_or_default(),
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_serial(
+        &dir,
+        &vm.metadata.uid,
+        "CORRAL_IMAGEREAD image-marker-42",
+        &agent,
+    )
+    .await;
     let hex = |d: Option<String>| {
         d.expect("a digest")
             .trim_start_matches("blake3:")
@@ -747,7 +739,7 @@ fn heartbeat_under(dir: &Path, uid: &str) -> (Option<u64>, bool) {
 async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
     use corral_client::{Client, Endpoint};
     use corral_contract::{MigrationPhase, Phase};
-    use corral_testkit::{kit_vm, qemu_pids_under, wait_phase};
+    use corral_testkit::{qemu_pids_under, wait_phase};
 
     let cluster = Cluster::start().await?;
     let (dir_a, dir_b) = (cluster.tmp.path().join("a"), cluster.tmp.path().join("b"));
@@ -798,22 +790,13 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
             "metadata": {"name": "roam-disk"}, "spec": {"size": 32 << 20},
         }))?)
         .await?;
-    let mut roamer = kit_vm("roamer", |b| {
-        b.volume(corral_contract::VolumeAttachment {
-            volume: "roam-disk".parse().unwrap(),
-            readonly: false,
-            serial: None,
-        })
-    });
-    roamer.spec.cloud_init = Some(corral_contract::CloudInit {
-        user_data: Some(
-            "#!/bin/sh\nprintf 'roam-marker-%s\\n' $((6*7)) > /dev/vda; sync\n\
-             (while :; do echo 3 > /proc/sys/vm/drop_caches; \
-             echo \"CORRAL_DISKREAD $(head -c 15 /dev/vda)\"; sleep 2; done) &\n"
-                .into(),
-        ),
-        ..Default::default()
-    });
+    let roamer = kit_vm_on_volume(
+        "roamer",
+        "roam-disk",
+        "printf 'roam-marker-%s\\n' $((6*7)) > /dev/vda; sync\n\
+         (while :; do echo 3 > /proc/sys/vm/drop_caches; \
+         echo \"CORRAL_DISKREAD $(head -c 15 /dev/vda)\"; sleep 2; done) &",
+    );
     admin.create_vm(&roamer).await?;
     let vm = wait_phase(&admin, &cluster.server, "roamer", Phase::Running)
         .await

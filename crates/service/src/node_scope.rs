@@ -589,6 +589,14 @@ pub fn event_of(name: &str) -> Option<EventType> {
 mod tests {
     use super::*;
 
+    async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = corral_store::SqliteStore::open(dir.path().join("s.db"))
+            .await
+            .unwrap();
+        (dir, Arc::new(store))
+    }
+
     fn vm(node: &str, cpus: u32, deleting: bool, project: &str) -> Object {
         let body = serde_json::json!({
             "kind": "Vm",
@@ -601,12 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_changes_only_the_status_of_its_own_vms() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            corral_store::SqliteStore::open(dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
+        let (_dir, store) = sqlite().await;
         let a = NodeScope::new(store.clone(), "a");
         let own = vm("a", 1, false, "default");
         assert!(
@@ -700,12 +703,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_holds_its_own_volumes_and_those_its_vms_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            corral_store::SqliteStore::open(dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
+        let (_dir, store) = sqlite().await;
         let a = NodeScope::new(store.clone(), "a");
         let b = NodeScope::new(store.clone(), "b");
         let (on_a, on_b) = (volume(Some("a"), "/a/v"), volume(Some("b"), "/b/v"));
@@ -763,12 +761,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_migration_target_reads_the_vm_and_writes_only_its_migration() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            corral_store::SqliteStore::open(dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
+        let (_dir, store) = sqlite().await;
         let b = NodeScope::new(store.clone(), "b");
         let c = NodeScope::new(store, "c");
         let to_b = migrating("a", "b", "Pending");
