@@ -10,7 +10,9 @@
 #   scripts/cluster-demo.sh env    print those lines again
 #   scripts/cluster-demo.sh down   remove everything it started: processes (QEMUs included),
 #                                  namespaces, links and files
-# and, to see the cluster cope with failures:
+# The agents share one storage pool, `shared` ($CORRAL_DEMO_DIR/pool, standing in for NFS):
+# VMs on volumes made there move live without a disk copy and restart on another agent.
+# And, to see the cluster cope with failures:
 #   scripts/cluster-demo.sh start NAME   start etcd-N, server-X or agent-N again, as it was
 #                                        started (after `kill -9 $(cat <dir>/pids/NAME)`)
 #   scripts/cluster-demo.sh cut agent-N  cut the agent's link to the bridge (a partition)
@@ -193,6 +195,7 @@ EOF
       "$bin/corrald" --role agent --node-name "$a" --node-ttl "$ttl" \
       --server "$(servers_of "$a")" \
       --migration-address "$(ip_of "$a")" \
+      --storage-pool "shared=$dir/pool:shared" \
       --data-dir "$dir/$a/data" --run-dir "$dir/$a/run"
   done
   for a in "${agents[@]}"; do
@@ -208,6 +211,8 @@ Try it (after the exports below):
     --memory 256M --restart always --wait
   corral vm get web -o json | jq .status.node
   kill -9 the agent running it (pids in $dir/pids/), and watch it come up elsewhere
+  corral volume create data --size 1G --pool shared   # $dir/pool: the agents' shared pool
+  corral vm create db … --volume data --restart always --wait   # moves and fails over too
   $0 down   # removes everything
 EOF
   print_env

@@ -148,7 +148,7 @@ async fn run(
                 let mut node = Node::new(name.parse()?);
                 node.status = node_status();
                 node_service.register(node).await?;
-                node_service.heartbeat(&name, node_status()).await?;
+                node_service.heartbeat(&name, node_status(), None).await?;
                 anyhow::Ok(())
             }
         })
@@ -309,6 +309,8 @@ async fn heartbeat_all(
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT / names.len().max(1) as u32);
     let mut next = 0;
+    // Each node as its last heartbeat wrote it, as an agent keeps it: one write a beat.
+    let last: Arc<std::sync::Mutex<HashMap<String, Node>>> = Arc::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -319,9 +321,11 @@ async fn heartbeat_all(
         if silenced.lock().unwrap().contains(&name) {
             continue;
         }
-        let (nodes, count) = (nodes.clone(), count.clone());
+        let (nodes, count, last) = (nodes.clone(), count.clone(), last.clone());
         tokio::spawn(async move {
-            if nodes.heartbeat(&name, node_status()).await.is_ok() {
+            let seen = last.lock().unwrap().remove(&name);
+            if let Ok(node) = nodes.heartbeat(&name, node_status(), seen).await {
+                last.lock().unwrap().insert(name, node);
                 count.fetch_add(1, Ordering::Relaxed);
             }
         });

@@ -92,6 +92,7 @@ pub async fn owned_volume(
             kind: Default::default(),
             format: None,
             image: Some(image.clone()),
+            pool: None,
             size,
         },
         status: Default::default(),

@@ -139,8 +139,8 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
         Format::Table => {}
     }
     let mut text = format!(
-        "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {}\n",
-        "NAME", "STATUS", "CPUS", "MEMORY", "ARCH", "ACCEL", "VMS", "HEARTBEAT"
+        "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {:<16} {}\n",
+        "NAME", "STATUS", "CPUS", "MEMORY", "ARCH", "ACCEL", "VMS", "POOLS", "HEARTBEAT"
     );
     for n in nodes {
         let mut status = if n.ready() { "Ready" } else { "NotReady" }.to_owned();
@@ -159,7 +159,7 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
             .filter(|vm| vm.status.node.as_deref() == Some(n.metadata.name.as_str()))
             .count();
         text += &format!(
-            "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {}\n",
+            "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {:<16} {}\n",
             n.metadata.name,
             status,
             n.status.allocatable.cpus,
@@ -173,6 +173,14 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
                     .collect()
             ),
             count,
+            // A shared pool is marked `*`: `nfs*,fast`.
+            join(
+                n.status
+                    .pools
+                    .iter()
+                    .map(|p| format!("{}{}", p.name, if p.shared { "*" } else { "" }))
+                    .collect()
+            ),
             n.status.heartbeat.as_deref().unwrap_or("never"),
         );
     }

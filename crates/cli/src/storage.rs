@@ -296,6 +296,12 @@ pub struct VolumeCreateArgs {
     /// File format [default: qcow2]
     #[arg(long, value_parser = parse_disk_format)]
     pub format: Option<DiskFormat>,
+    /// Make it in this storage pool (`corrald --storage-pool NAME=DIR[:shared]`; `corral node
+    /// list` shows each node's, shared ones marked *). A volume in a shared pool lets its VM
+    /// move and restart on any node with the pool [default: the node's data directory, which
+    /// keeps its VMs on that node]
+    #[arg(long, value_parser = parse_name)]
+    pub pool: Option<ResourceName>,
     /// Add a label, KEY=VALUE; repeat for more
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -485,7 +491,9 @@ fn volumes(items: &[Volume], format: Format, single: bool) -> Result<String, Cli
         items,
         format,
         single,
-        ["NAME", "KIND", "FORMAT", "SIZE", "IMAGE", "PHASE", "AGE"],
+        [
+            "NAME", "KIND", "FORMAT", "SIZE", "IMAGE", "POOL", "NODE", "PHASE", "AGE",
+        ],
         |v| {
             let phase = if v.metadata.deleting {
                 "Deleting".into()
@@ -498,6 +506,8 @@ fn volumes(items: &[Volume], format: Format, single: bool) -> Result<String, Cli
                 v.status.format.unwrap_or(v.spec.format()).to_string(),
                 opt(&v.status.size.map(ByteSize::new)),
                 opt(&v.spec.image),
+                opt(&v.spec.pool),
+                opt(&v.status.node),
                 phase,
                 ago(&v.metadata.created_at),
             ]
@@ -772,6 +782,7 @@ pub async fn volume(client: Client, command: VolumeCommand) -> Result<(), CliErr
                 format: args.format,
                 size: args.size,
                 image: args.image.clone(),
+                pool: args.pool.clone(),
             };
             spec.validate()
                 .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -71,7 +71,7 @@ pub use network::{
     Cidr, ForwardStatus, MacAddr, Network, NetworkAttachment, NetworkAttachmentStatus, NetworkMode,
     NetworkPhase, NetworkSpec, NetworkStatus, PortForward, Protocol,
 };
-pub use node::{NODE_READY, Node, NodeResources, NodeSpec, NodeStatus};
+pub use node::{NODE_READY, Node, NodePool, NodeResources, NodeSpec, NodeStatus};
 pub use project::{Project, ProjectLimits, ProjectSpec, ProjectStatus};
 pub use resource::{Kind, Object, Resource};
 pub use size::{ByteSize, ByteSizeError};

@@ -111,6 +111,28 @@ pub struct NodeStatus {
     /// The agent's version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The storage pools this node mounts (`corrald --storage-pool`), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<NodePool>,
+}
+
+/// A storage pool as a node has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct NodePool {
+    /// Its name, as volumes' `spec.pool` give it.
+    pub name: String,
+    /// Mounted on every node at the same path (NFS, CephFS …): volumes in it are not
+    /// pinned to a node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+impl NodeStatus {
+    /// Whether this node mounts pool `name`.
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.pools.iter().any(|p| p.name == name)
+    }
 }
 
 #[cfg(test)]

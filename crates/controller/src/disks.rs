@@ -65,11 +65,8 @@ pub async fn resolve(
             }
             .into());
         }
-        let (Some(path), Some(format), StoragePhase::Ready) = (
-            &volume.status.path,
-            volume.status.format,
-            volume.status.phase,
-        ) else {
+        let (Some(format), StoragePhase::Ready) = (volume.status.format, volume.status.phase)
+        else {
             return Err(ServiceError::NotReady {
                 kind: corral_contract::Volume::NOUN,
                 name: name.to_owned(),
@@ -78,10 +75,12 @@ pub async fn resolve(
             }
             .into());
         };
+        // This node's own path for it: the status was written by whichever node made it.
+        let path = storage.config().volume_file(&volume)?;
         let weights = volume.spec.kind == VolumeKind::Weights;
         if weights {
             let want = volume.status.digest.clone().unwrap_or_default();
-            let file = std::path::PathBuf::from(path);
+            let file = path.clone();
             let got =
                 tokio::task::spawn_blocking(move || corral_storage::hash_file(&file)).await??;
             if got.0.to_string() != want {
@@ -93,7 +92,7 @@ pub async fn resolve(
             }
         }
         let disk = DiskConfig {
-            path: path.into(),
+            path,
             format,
             readonly: a.readonly || weights,
             serial: a.serial.clone(),

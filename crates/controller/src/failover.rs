@@ -17,8 +17,16 @@ pub enum Failover {
     Lost(String),
 }
 
-/// Decides for `vm`, whose node has been silent for `silent`.
-pub fn failover(vm: &Vm, silent: Duration, ttl: Duration, margin: Duration) -> Failover {
+/// Decides for `vm`, whose node has been silent for `silent`. `on_node` names one of its
+/// volumes whose file is on that node's own disk, if any (volumes of a shared pool, and
+/// volumes not made yet, are not).
+pub fn failover(
+    vm: &Vm,
+    on_node: Option<&str>,
+    silent: Duration,
+    ttl: Duration,
+    margin: Duration,
+) -> Failover {
     let deadline = ttl + margin;
     if silent < deadline {
         return Failover::Wait(deadline - silent);
@@ -28,7 +36,7 @@ pub fn failover(vm: &Vm, silent: Duration, ttl: Duration, margin: Duration) -> F
             "its node is lost and its restart policy is never: it is not started elsewhere".into(),
         );
     }
-    if let Some(volume) = vm.spec.volume_names().next() {
+    if let Some(volume) = on_node {
         return Failover::Lost(format!(
             "its node is lost and volume {volume} is on that node: it waits for the node"
         ));
@@ -38,7 +46,7 @@ pub fn failover(vm: &Vm, silent: Duration, ttl: Duration, margin: Duration) -> F
 
 #[cfg(test)]
 mod tests {
-    use corral_contract::{Boot, VmSpec, VolumeAttachment};
+    use corral_contract::{Boot, VmSpec};
 
     use super::*;
 
@@ -55,21 +63,27 @@ mod tests {
     #[test]
     fn moves_only_after_the_fence_deadline_and_only_what_may_move() {
         let always = vm(RestartPolicy::Always);
-        assert_eq!(failover(&always, S(12), S(10), S(5)), Failover::Wait(S(3)));
-        assert_eq!(failover(&always, S(15), S(10), S(5)), Failover::Reschedule);
+        assert_eq!(
+            failover(&always, None, S(12), S(10), S(5)),
+            Failover::Wait(S(3))
+        );
+        assert_eq!(
+            failover(&always, None, S(15), S(10), S(5)),
+            Failover::Reschedule
+        );
         assert!(matches!(
-            failover(&vm(RestartPolicy::Never), S(60), S(10), S(5)),
+            failover(&vm(RestartPolicy::Never), None, S(60), S(10), S(5)),
             Failover::Lost(m) if m.contains("restart policy is never")
         ));
-        let mut with_volume = vm(RestartPolicy::OnFailure);
-        with_volume.spec.volumes.push(VolumeAttachment {
-            volume: "data".parse().unwrap(),
-            readonly: false,
-            serial: None,
-        });
+        let with_volume = vm(RestartPolicy::OnFailure);
         assert!(matches!(
-            failover(&with_volume, S(60), S(10), S(5)),
+            failover(&with_volume, Some("data"), S(60), S(10), S(5)),
             Failover::Lost(m) if m.contains("volume data")
         ));
+        // Its volumes are in a shared pool (or not made): it moves.
+        assert_eq!(
+            failover(&with_volume, None, S(60), S(10), S(5)),
+            Failover::Reschedule
+        );
     }
 }

@@ -358,7 +358,23 @@ impl VmController {
                 None => "there is no other node to move it to".into(),
             });
         }
-        place(vm, &others, &bound, None, &ScheduleConfig::default()).map_err(|u| u.to_string())
+        // The disks move with it (or are on every node): only their pools count.
+        let mut needs = crate::VolumeNeeds::NONE;
+        if let Some(storage) = &self.storage {
+            for name in vm.spec.volume_names() {
+                let volume = storage
+                    .volumes
+                    .get(&vm.metadata.key_of(name))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(pool) = volume.spec.pool.map(|p| p.to_string()) {
+                    if !needs.pools.contains(&pool) {
+                        needs.pools.push(pool);
+                    }
+                }
+            }
+        }
+        place(vm, &others, &bound, &needs, &ScheduleConfig::default()).map_err(|u| u.to_string())
     }
 
     /// QEMU says the VM arrived: the switch of owner, then the end of the source's QEMU.

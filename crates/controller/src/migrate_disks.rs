@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use corral_contract::{DiskFormat, MigrationPhase, Vm, Volume, VolumeKind};
 use corral_hypervisor::{DiskExport, DiskMirror, DiskMirrorInfo, MirrorSync, VmConfig};
-use corral_service::StorageService;
+use corral_service::{StorageService, VolumeFormat};
 
 use crate::VmController;
 use crate::disks::attached_volumes;
@@ -24,16 +24,13 @@ pub(crate) struct LocalDisk {
 }
 
 impl LocalDisk {
-    /// The file this volume has on the node whose volumes directory `storage` names.
-    fn path_on(&self, storage: &StorageService, format: DiskFormat) -> PathBuf {
-        let ext = match format {
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Raw => "raw",
-        };
+    /// The file a migration makes for this volume on the node whose settings `storage` has:
+    /// a qcow2, whatever the source's file is.
+    fn incoming_path(&self, storage: &StorageService) -> Result<PathBuf, String> {
         storage
             .config()
-            .volumes_dir()
-            .join(format!("{}.{ext}", self.volume.metadata.uid))
+            .volume_file_as(&self.volume, VolumeFormat::Disk(DiskFormat::Qcow2))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -44,8 +41,8 @@ impl VmController {
             .ok_or_else(|| "this node has no storage service to move volumes with".into())
     }
 
-    /// The VM's volumes on this node's disk, in disk order: all of them, as volumes have no
-    /// shared pools yet. `Err`: why they cannot move.
+    /// The VM's volumes on this node's disk, in disk order: all but those of a shared pool,
+    /// which every node reaches already. `Err`: why they cannot move.
     pub(crate) async fn local_disks(&self, vm: &Vm) -> Result<Vec<LocalDisk>, String> {
         let attached = attached_volumes(&vm.spec);
         if attached.is_empty() {
@@ -59,6 +56,9 @@ impl VmController {
                 .get(&vm.metadata.key_of(&a.volume))
                 .await
                 .map_err(|e| e.to_string())?;
+            if volume.status.shared {
+                continue;
+            }
             if a.readonly || volume.spec.kind == VolumeKind::Weights {
                 return Err(format!(
                     "its read-only volume {} cannot move with it yet; stop it and start it on \
@@ -86,7 +86,7 @@ impl VmController {
         let owner = self.hv.file_owner();
         for disk in disks {
             let name = disk.volume.metadata.name.as_str();
-            let path = disk.path_on(&storage, DiskFormat::Qcow2);
+            let path = disk.incoming_path(&storage)?;
             let size = disk
                 .volume
                 .status
@@ -144,7 +144,9 @@ impl VmController {
             return;
         };
         for disk in disks {
-            let path = disk.path_on(storage, DiskFormat::Qcow2);
+            let Ok(path) = disk.incoming_path(storage) else {
+                continue;
+            };
             if disk.volume.status.path.as_deref() == path.to_str() {
                 continue;
             }
@@ -166,10 +168,7 @@ impl VmController {
         let storage = self.volume_storage()?;
         let me = self.config.node.clone();
         for disk in disks {
-            let path = disk
-                .path_on(storage, DiskFormat::Qcow2)
-                .display()
-                .to_string();
+            let path = disk.incoming_path(storage)?.display().to_string();
             if disk.volume.status.path.as_deref() == Some(path.as_str())
                 && disk.volume.status.node == me
             {
@@ -198,9 +197,16 @@ impl VmController {
         let Ok(storage) = self.volume_storage() else {
             return;
         };
-        for disk in disks {
-            let format = disk.volume.spec.format();
-            let path = disk.path_on(storage, format);
+        // The file here was in the format it had before the move, which the volume's status
+        // may no longer say (the target writes qcow2): whichever of the two is here.
+        let files = disks.iter().flat_map(|disk| {
+            [DiskFormat::Qcow2, DiskFormat::Raw].map(|f| {
+                storage
+                    .config()
+                    .volume_file_as(&disk.volume, VolumeFormat::Disk(f))
+            })
+        });
+        for path in files.flatten() {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     tracing::info!(vm = %vm.metadata.key(), path = %path.display(), "removed the disk that moved away")

@@ -42,6 +42,8 @@ pub enum Misfit {
     Selector,
     /// The VM's node-local volumes are on another node.
     Pinned,
+    /// It lacks a storage pool the VM's volumes are in.
+    Pool,
     /// QEMU there does not run the VM's architecture.
     Arch,
     /// It lacks the accelerator the VM asks for.
@@ -59,6 +61,7 @@ impl Misfit {
             Misfit::Cordoned => "cordoned",
             Misfit::Selector => "not matching spec.placement.node_selector",
             Misfit::Pinned => "not holding its volumes",
+            Misfit::Pool => "without its volumes' storage pool",
             Misfit::Arch => "without its architecture",
             Misfit::Accelerator => "without its accelerator",
             Misfit::Cpus => "insufficient cpus",
@@ -90,6 +93,32 @@ impl fmt::Display for Unschedulable {
             .map(|(m, n)| format!("{n} {}", m.as_str()))
             .collect();
         write!(f, "0/{} nodes: {}", self.nodes, reasons.join(", "))
+    }
+}
+
+/// What a VM's volumes ask of the node it runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeNeeds {
+    /// The node its node-local volumes are on (made there, or made on the node of another VM
+    /// that uses them).
+    pub pinned: Option<String>,
+    /// The storage pools its volumes are in (`spec.pool`): the node must have each.
+    pub pools: Vec<String>,
+}
+
+impl VolumeNeeds {
+    /// Nothing: a VM without volumes, or one whose volumes can be anywhere.
+    pub const NONE: VolumeNeeds = VolumeNeeds {
+        pinned: None,
+        pools: Vec::new(),
+    };
+
+    /// Only a pin to `node`.
+    pub fn pinned(node: &str) -> VolumeNeeds {
+        VolumeNeeds {
+            pinned: Some(node.to_owned()),
+            pools: Vec::new(),
+        }
     }
 }
 
@@ -139,19 +168,19 @@ impl Loads {
 }
 
 /// The node `vm` should go to, among `nodes`, given the VMs already `bound` (every VM with a
-/// `status.node`; the VM itself is skipped) and the node its node-local volumes are on
-/// (`pinned`). The same inputs always give the same answer.
+/// `status.node`; the VM itself is skipped) and what its volumes ask of a node (`needs`).
+/// The same inputs always give the same answer.
 pub fn place(
     vm: &Vm,
     nodes: &[Node],
     bound: &[Vm],
-    pinned: Option<&str>,
+    needs: &VolumeNeeds,
     config: &ScheduleConfig,
 ) -> Result<String, Unschedulable> {
     let others = bound
         .iter()
         .filter(|other| other.metadata.uid != vm.metadata.uid || vm.metadata.uid.is_empty());
-    place_with(vm, nodes, &Loads::of(others), pinned, config)
+    place_with(vm, nodes, &Loads::of(others), needs, config)
 }
 
 /// [`place`] with the loads of the bound VMs counted already (`vm` itself not among them).
@@ -159,7 +188,7 @@ pub fn place_with(
     vm: &Vm,
     nodes: &[Node],
     loads: &Loads,
-    pinned: Option<&str>,
+    needs: &VolumeNeeds,
     config: &ScheduleConfig,
 ) -> Result<String, Unschedulable> {
     let group = vm.spec.placement.anti_affinity.as_deref();
@@ -169,7 +198,7 @@ pub fn place_with(
     for node in nodes {
         let name = node.metadata.name.as_str();
         let load = loads.by_node.get(name).unwrap_or(&empty);
-        match fit(vm, node, load, pinned, config) {
+        match fit(vm, node, load, needs, config) {
             Err(misfit) => *misfits.entry(misfit).or_insert(0) += 1,
             Ok(used) => {
                 // Lower is better: fewer VMs of the group, then the least (spread) or most
@@ -197,7 +226,7 @@ fn fit(
     vm: &Vm,
     node: &Node,
     load: &Load,
-    pinned: Option<&str>,
+    needs: &VolumeNeeds,
     config: &ScheduleConfig,
 ) -> Result<i64, Misfit> {
     let name = node.metadata.name.as_str();
@@ -214,8 +243,11 @@ fn fit(
     {
         return Err(Misfit::Selector);
     }
-    if pinned.is_some_and(|p| p != name) {
+    if needs.pinned.as_deref().is_some_and(|p| p != name) {
         return Err(Misfit::Pinned);
+    }
+    if needs.pools.iter().any(|p| !node.status.has_pool(p)) {
+        return Err(Misfit::Pool);
     }
     if !node.status.arches.contains(&vm.spec.arch) {
         return Err(Misfit::Arch);
@@ -292,7 +324,7 @@ mod tests {
         let nodes = [node("a", 4, 8), node("b", 4, 8)];
         let bound = [on(vm("x", 1, 2), "a")];
         assert_eq!(
-            place(&vm("new", 1, 1), &nodes, &bound, None, &cfg()).unwrap(),
+            place(&vm("new", 1, 1), &nodes, &bound, &VolumeNeeds::NONE, &cfg()).unwrap(),
             "b"
         );
         let pack = ScheduleConfig {
@@ -300,7 +332,7 @@ mod tests {
             ..cfg()
         };
         assert_eq!(
-            place(&vm("new", 1, 1), &nodes, &bound, None, &pack).unwrap(),
+            place(&vm("new", 1, 1), &nodes, &bound, &VolumeNeeds::NONE, &pack).unwrap(),
             "a"
         );
     }
@@ -309,13 +341,13 @@ mod tests {
     fn ties_break_by_name_whatever_the_order_of_nodes() {
         let nodes = [node("c", 4, 8), node("a", 4, 8), node("b", 4, 8)];
         assert_eq!(
-            place(&vm("v", 1, 1), &nodes, &[], None, &cfg()).unwrap(),
+            place(&vm("v", 1, 1), &nodes, &[], &VolumeNeeds::NONE, &cfg()).unwrap(),
             "a"
         );
         let mut reversed = nodes.clone();
         reversed.reverse();
         assert_eq!(
-            place(&vm("v", 1, 1), &reversed, &[], None, &cfg()).unwrap(),
+            place(&vm("v", 1, 1), &reversed, &[], &VolumeNeeds::NONE, &cfg()).unwrap(),
             "a"
         );
     }
@@ -325,12 +357,12 @@ mod tests {
         let mut cordoned = node("c", 8, 64);
         cordoned.spec.unschedulable = true;
         let nodes = [node("a", 8, 1), node("b", 8, 1), cordoned];
-        let err = place(&vm("big", 1, 2), &nodes, &[], None, &cfg()).unwrap_err();
+        let err = place(&vm("big", 1, 2), &nodes, &[], &VolumeNeeds::NONE, &cfg()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/3 nodes: 2 insufficient memory, 1 cordoned"
         );
-        let err = place(&vm("v", 1, 1), &[], &[], None, &cfg()).unwrap_err();
+        let err = place(&vm("v", 1, 1), &[], &[], &VolumeNeeds::NONE, &cfg()).unwrap_err();
         assert_eq!(err.to_string(), "0/0 nodes: no node is registered");
     }
 
@@ -338,29 +370,43 @@ mod tests {
     fn capacity_counts_bound_running_vms_and_the_overcommit_ratio() {
         let nodes = [node("a", 2, 4)];
         let bound = [on(vm("x", 2, 3), "a")];
-        let err = place(&vm("v", 1, 1), &nodes, &bound, None, &cfg()).unwrap_err();
+        let err = place(&vm("v", 1, 1), &nodes, &bound, &VolumeNeeds::NONE, &cfg()).unwrap_err();
         assert_eq!(err.to_string(), "0/1 nodes: 1 insufficient cpus");
         let over = ScheduleConfig {
             cpu_overcommit: 2.0,
             ..cfg()
         };
         assert_eq!(
-            place(&vm("v", 1, 1), &nodes, &bound, None, &over).unwrap(),
+            place(&vm("v", 1, 1), &nodes, &bound, &VolumeNeeds::NONE, &over).unwrap(),
             "a"
         );
-        let err = place(&vm("v", 1, 2), &nodes, &bound, None, &over).unwrap_err();
+        let err = place(&vm("v", 1, 2), &nodes, &bound, &VolumeNeeds::NONE, &over).unwrap_err();
         assert_eq!(err.to_string(), "0/1 nodes: 1 insufficient memory");
         // A stopped VM keeps its binding but holds nothing.
         let mut stopped = on(vm("x", 2, 3), "a");
         stopped.spec.power = Power::Stopped;
         assert_eq!(
-            place(&vm("v", 2, 4), &nodes, &[stopped], None, &cfg()).unwrap(),
+            place(
+                &vm("v", 2, 4),
+                &nodes,
+                &[stopped],
+                &VolumeNeeds::NONE,
+                &cfg()
+            )
+            .unwrap(),
             "a"
         );
         // The VM itself, already bound, does not count against its own place.
         let me = on(vm("v", 2, 4), "a");
         assert_eq!(
-            place(&me, &nodes, std::slice::from_ref(&me), None, &cfg()).unwrap(),
+            place(
+                &me,
+                &nodes,
+                std::slice::from_ref(&me),
+                &VolumeNeeds::NONE,
+                &cfg()
+            )
+            .unwrap(),
             "a"
         );
     }
@@ -377,26 +423,55 @@ mod tests {
             node_selector: [("zone".to_owned(), "a".to_owned())].into(),
             anti_affinity: None,
         };
-        assert_eq!(place(&v, &nodes, &[], None, &cfg()).unwrap(), "z");
-        let err = place(&v, &nodes, &[], Some("a"), &cfg()).unwrap_err();
+        assert_eq!(
+            place(&v, &nodes, &[], &VolumeNeeds::NONE, &cfg()).unwrap(),
+            "z"
+        );
+        let err = place(&v, &nodes, &[], &VolumeNeeds::pinned("a"), &cfg()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/3 nodes: 1 not ready, 1 not matching spec.placement.node_selector, 1 not holding its volumes"
         );
         assert_eq!(
-            place(&vm("w", 1, 1), &nodes, &[], Some("z"), &cfg()).unwrap(),
+            place(
+                &vm("w", 1, 1),
+                &nodes,
+                &[],
+                &VolumeNeeds::pinned("z"),
+                &cfg()
+            )
+            .unwrap(),
             "z"
+        );
+        // Pools: only nodes with every pool the VM's volumes are in.
+        let mut pooled = nodes.clone();
+        pooled[0].status.pools = vec![corral_contract::NodePool {
+            name: "nfs".into(),
+            shared: true,
+        }];
+        let needs = VolumeNeeds {
+            pinned: None,
+            pools: vec!["nfs".into()],
+        };
+        assert_eq!(
+            place(&vm("p", 1, 1), &pooled, &[], &needs, &cfg()).unwrap(),
+            "a"
+        );
+        let err = place(&vm("p", 1, 1), &nodes, &[], &needs, &cfg()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes: 2 without its volumes' storage pool, 1 not ready"
         );
         let mut arm = vm("arm", 1, 1);
         arm.spec.arch = Arch::Aarch64;
-        let err = place(&arm, &nodes, &[], None, &cfg()).unwrap_err();
+        let err = place(&arm, &nodes, &[], &VolumeNeeds::NONE, &cfg()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/3 nodes: 2 without its architecture, 1 not ready"
         );
         let mut kvm = vm("kvm", 1, 1);
         kvm.spec.accel = Accel::Kvm;
-        let err = place(&kvm, &nodes, &[], None, &cfg()).unwrap_err();
+        let err = place(&kvm, &nodes, &[], &VolumeNeeds::NONE, &cfg()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/3 nodes: 2 without its accelerator, 1 not ready"
@@ -414,7 +489,14 @@ mod tests {
         // b is busier, but a already holds a VM of the group.
         let bound = [on(grouped("web-1"), "a"), on(vm("big", 4, 8), "b")];
         assert_eq!(
-            place(&grouped("web-2"), &nodes, &bound, None, &cfg()).unwrap(),
+            place(
+                &grouped("web-2"),
+                &nodes,
+                &bound,
+                &VolumeNeeds::NONE,
+                &cfg()
+            )
+            .unwrap(),
             "b"
         );
         // Only preferred: with every node holding one, the least used wins.
@@ -422,7 +504,7 @@ mod tests {
         let mut busy = bound.to_vec();
         busy.push(on(vm("big", 4, 8), "a"));
         assert_eq!(
-            place(&grouped("web-3"), &nodes, &busy, None, &cfg()).unwrap(),
+            place(&grouped("web-3"), &nodes, &busy, &VolumeNeeds::NONE, &cfg()).unwrap(),
             "b"
         );
     }
@@ -442,8 +524,8 @@ mod tests {
             if i % 7 == 0 {
                 v.spec.power = Power::Stopped;
             }
-            let recounted = place(&v, &nodes, &bound, None, &cfg());
-            let kept = place_with(&v, &nodes, &loads, None, &cfg());
+            let recounted = place(&v, &nodes, &bound, &VolumeNeeds::NONE, &cfg());
+            let kept = place_with(&v, &nodes, &loads, &VolumeNeeds::NONE, &cfg());
             assert_eq!(kept, recounted, "VM {i}");
             let Ok(n) = kept else { break };
             loads.add(&v, &n);
@@ -458,7 +540,7 @@ mod tests {
         let mut bound = Vec::new();
         for i in 0..12 {
             let v = vm(&format!("vm-{i}"), 1, 1);
-            let n = place(&v, &nodes, &bound, None, &cfg()).unwrap();
+            let n = place(&v, &nodes, &bound, &VolumeNeeds::NONE, &cfg()).unwrap();
             bound.push(on(v, &n));
         }
         for n in ["a", "b", "c"] {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use corral_contract::{Condition, Node, Phase, Vm, set_condition};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use corral_service::{NodeService, Resources, ServiceError, VmService, VolumeKind};
-use corral_store::Elections;
+use corral_store::{Elections, Store};
 use tokio::sync::{Notify, watch};
 
 use futures_util::StreamExt;
 
-use crate::schedule::{Loads, ScheduleConfig, place_with};
+use crate::schedule::{Loads, ScheduleConfig, VolumeNeeds, place_with};
 
 /// How many binds a pass keeps in flight: etcd commits concurrent writes in one batch.
 const BINDS_IN_FLIGHT: usize = 256;
@@ -232,19 +232,14 @@ impl Scheduler {
             .cloned()
             .collect();
         let mut loads = Loads::of(&bound);
-        // The nodes volumes are on, read only when a VM to place has any.
-        let volume_nodes: HashMap<String, String> = if vms
+        // Where volumes are, read only when a VM to place has any.
+        let volumes = if vms
             .iter()
             .any(|vm| vm.status.node.is_none() && vm.spec.volume_names().next().is_some())
         {
-            let volumes: Resources<VolumeKind> = Resources::new(self.vms.store().clone());
-            let (volumes, _) = volumes.list("").await?;
-            volumes
-                .into_iter()
-                .filter_map(|v| Some((v.metadata.key(), v.status.node?)))
-                .collect()
+            VolumePlaces::read(self.vms.store(), &nodes).await?
         } else {
-            HashMap::new()
+            VolumePlaces::default()
         };
         // Every decision first, each counting the ones before it; then the binds, many in
         // flight at once (etcd commits concurrent writes together). A bind that loses its
@@ -261,14 +256,8 @@ impl Scheduler {
                 }
                 continue;
             }
-            let pinned = pinned_node(&vm, &bound, &volume_nodes);
-            match place_with(
-                &vm,
-                &nodes,
-                &loads,
-                pinned.as_deref(),
-                &self.config.placement,
-            ) {
+            let needs = volumes.needs(&vm, &bound);
+            match place_with(&vm, &nodes, &loads, &needs, &self.config.placement) {
                 Ok(node) => {
                     loads.add(&vm, &node);
                     if vm.spec.volume_names().next().is_some() {
@@ -328,8 +317,10 @@ impl Scheduler {
     async fn fail_over(&self, vm: &Vm, node: &Node) -> Result<Option<Vm>, ServiceError> {
         let key = vm.metadata.key();
         let lost_on = node.metadata.name.to_string();
+        let on_node = self.volume_on(vm, &lost_on).await?;
         let decision = crate::failover(
             vm,
+            on_node.as_deref(),
             silent(node),
             self.config.node_ttl,
             self.config.fence_margin,
@@ -376,6 +367,22 @@ impl Scheduler {
         }
     }
 
+    /// One of `vm`'s volumes whose file is on node `node`'s own disk: made there, not in a
+    /// shared pool.
+    async fn volume_on(&self, vm: &Vm, node: &str) -> Result<Option<String>, ServiceError> {
+        let volumes: Resources<VolumeKind> = Resources::new(self.vms.store().clone());
+        for name in vm.spec.volume_names() {
+            match volumes.get(&vm.metadata.key_of(name)).await {
+                Ok(v) if !v.status.shared && v.status.node.as_deref() == Some(node) => {
+                    return Ok(Some(name.to_string()));
+                }
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Leaves the VM `Pending` with `Scheduled=false` and the reason per class of node.
     /// Nothing is written (not even read) when it says so already.
     async fn unschedulable(&self, seen: &Vm, why: &str) -> Result<(), ServiceError> {
@@ -418,7 +425,7 @@ impl Scheduler {
 fn shape(node: &Node) -> String {
     let alloc = &node.status.allocatable;
     format!(
-        "{} {} {:?} {} {} {:?} {:?}",
+        "{} {} {:?} {} {} {:?} {:?} {:?}",
         node.ready(),
         node.spec.unschedulable,
         node.metadata.labels,
@@ -426,6 +433,7 @@ fn shape(node: &Node) -> String {
         alloc.memory.as_u64(),
         node.status.arches,
         node.status.accelerators,
+        node.status.pools,
     )
 }
 
@@ -447,26 +455,71 @@ fn silent(node: &Node) -> Duration {
         })
 }
 
-/// The node a VM's node-local volumes are on: the node a volume says it is on
-/// (`status.node`, keyed by volume key in `volume_nodes`), else where another VM using one of
-/// them is bound (a volume not made yet is made on its first VM's node).
-fn pinned_node(vm: &Vm, bound: &[Vm], volume_nodes: &HashMap<String, String>) -> Option<String> {
-    let project = vm.metadata.project();
-    let mine: Vec<_> = vm.spec.volume_names().collect();
-    if mine.is_empty() {
-        return None;
+/// Where the volumes are, as placement needs it.
+#[derive(Debug, Default)]
+struct VolumePlaces {
+    /// By volume key: its pool and the node it is on, if it is node-local and made.
+    volumes: HashMap<String, (Option<String>, Option<String>)>,
+    /// Pools some node declares shared.
+    shared_pools: HashSet<String>,
+}
+
+impl VolumePlaces {
+    async fn read(store: &Arc<dyn Store>, nodes: &[Node]) -> Result<Self, ServiceError> {
+        let (volumes, _) = Resources::<VolumeKind>::new(store.clone()).list("").await?;
+        Ok(VolumePlaces {
+            volumes: volumes
+                .into_iter()
+                .map(|v| {
+                    let node = v.status.node.filter(|_| !v.status.shared);
+                    (v.metadata.key(), (v.spec.pool.map(|p| p.to_string()), node))
+                })
+                .collect(),
+            shared_pools: nodes
+                .iter()
+                .flat_map(|n| &n.status.pools)
+                .filter(|p| p.shared)
+                .map(|p| p.name.clone())
+                .collect(),
+        })
     }
-    if let Some(node) = mine
-        .iter()
-        .find_map(|v| volume_nodes.get(&vm.metadata.key_of(v)))
-    {
-        return Some(node.clone());
+
+    /// What `vm`'s volumes ask: the pools they are in, and the node its node-local volumes
+    /// are on — the node a volume says it is on, else where another VM using one of them is
+    /// bound (a volume not made yet is made on its first VM's node). Volumes of a shared
+    /// pool pin nothing.
+    fn needs(&self, vm: &Vm, bound: &[Vm]) -> VolumeNeeds {
+        let mut needs = VolumeNeeds::default();
+        let mut local = Vec::new();
+        for name in vm.spec.volume_names() {
+            let (pool, node) = self
+                .volumes
+                .get(&vm.metadata.key_of(name))
+                .cloned()
+                .unwrap_or_default();
+            if let Some(pool) = &pool {
+                if !needs.pools.contains(pool) {
+                    needs.pools.push(pool.clone());
+                }
+                if self.shared_pools.contains(pool) {
+                    continue;
+                }
+            }
+            if needs.pinned.is_none() {
+                needs.pinned = node;
+            }
+            local.push(name);
+        }
+        if needs.pinned.is_none() && !local.is_empty() {
+            let project = vm.metadata.project();
+            needs.pinned = bound
+                .iter()
+                .filter(|other| other.metadata.project() == project)
+                .find(|other| other.spec.volume_names().any(|v| local.contains(&v)))
+                .and_then(|other| other.status.node.clone());
+        }
+        needs
     }
-    bound
-        .iter()
-        .filter(|other| other.metadata.project() == project)
-        .find(|other| other.spec.volume_names().any(|v| mine.contains(&v)))
-        .and_then(|other| other.status.node.clone())
 }
 
 fn now() -> String {
@@ -475,9 +528,80 @@ fn now() -> String {
 
 #[cfg(test)]
 mod tests {
-    use corral_contract::{Accel, Arch, ByteSize, NodeResources, NodeStatus};
+    use corral_contract::{
+        Accel, Arch, Boot, ByteSize, NodeResources, NodeStatus, VmSpec, VolumeAttachment,
+    };
 
     use super::*;
+
+    fn vm_with(name: &str, volumes: &[&str], node: Option<&str>) -> Vm {
+        let mut spec = VmSpec::builder(Boot::kernel("/k")).build().unwrap();
+        for v in volumes {
+            spec.volumes.push(VolumeAttachment {
+                volume: v.parse().unwrap(),
+                readonly: false,
+                serial: None,
+            });
+        }
+        let mut vm = Vm::new(name.parse().unwrap(), spec);
+        vm.status.node = node.map(Into::into);
+        vm
+    }
+
+    #[test]
+    fn volumes_of_a_shared_pool_pin_nothing_and_every_pool_is_asked_for() {
+        let places = VolumePlaces {
+            volumes: HashMap::from([
+                // Node-local and made on node a.
+                ("local".to_owned(), (None, Some("a".to_owned()))),
+                // In a shared pool; made on b, which manages it now.
+                ("nfs-data".to_owned(), (Some("nfs".to_owned()), None)),
+                // In a node-local pool, not made yet.
+                ("fast-data".to_owned(), (Some("fast".to_owned()), None)),
+            ]),
+            shared_pools: HashSet::from(["nfs".to_owned()]),
+        };
+        let needs = |vm: &Vm, bound: &[Vm]| places.needs(vm, bound);
+        assert_eq!(
+            needs(&vm_with("v", &["nfs-data"], None), &[]),
+            VolumeNeeds {
+                pinned: None,
+                pools: vec!["nfs".into()],
+            }
+        );
+        assert_eq!(
+            needs(&vm_with("v", &["nfs-data", "local"], None), &[]),
+            VolumeNeeds {
+                pinned: Some("a".into()),
+                pools: vec!["nfs".into()],
+            }
+        );
+        // A VM bound on c shares the unmade node-local volume: this one follows it there;
+        // one sharing only a shared volume does not.
+        let bound = [
+            vm_with("w", &["fast-data"], Some("c")),
+            vm_with("x", &["nfs-data"], Some("d")),
+        ];
+        assert_eq!(
+            needs(&vm_with("v", &["fast-data"], None), &bound),
+            VolumeNeeds {
+                pinned: Some("c".into()),
+                pools: vec!["fast".into()],
+            }
+        );
+        assert_eq!(
+            needs(&vm_with("v", &["nfs-data"], None), &bound),
+            VolumeNeeds {
+                pinned: None,
+                pools: vec!["nfs".into()],
+            }
+        );
+        // A volume not declared yet asks nothing.
+        assert_eq!(
+            needs(&vm_with("v", &["later"], None), &[]),
+            VolumeNeeds::NONE
+        );
+    }
 
     #[test]
     fn a_heartbeat_alone_does_not_change_what_placement_sees() {

@@ -56,7 +56,8 @@ pub struct StorageController {
     retries: std::sync::Mutex<std::collections::HashMap<String, Retry>>,
     // This node, when volumes are shared by several (see [`Ownership`]).
     node: Option<NodeRole>,
-    // Volumes no node holds yet, waiting for a VM that uses them to be bound.
+    // Volumes a VM's binding may make this node's: those no node holds yet, and those of a
+    // shared pool another node manages.
     unclaimed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -168,6 +169,19 @@ impl StorageController {
         };
         match volume.status.node.as_deref() {
             Some(node) if node == me.name => return Ownership::Mine,
+            // In a shared pool the file is on every node: it is managed by the node of the
+            // VM using it, and follows that VM when it moves or is restarted elsewhere.
+            // A deleted one no VM uses may be finalized by any node with the pool, so that
+            // it does not wait for a node that is gone.
+            Some(_) if volume.status.shared && me.cluster => {
+                return match self.attached_to(volume).await {
+                    Some((vm, _)) if vm.status.node.as_deref() == Some(me.name.as_str()) => {
+                        Ownership::Claim
+                    }
+                    None if volume.metadata.deleting && self.has_pool(volume) => Ownership::Claim,
+                    _ => Ownership::Elsewhere,
+                };
+            }
             Some(_) => return Ownership::Elsewhere,
             None => {}
         }
@@ -204,6 +218,15 @@ impl StorageController {
                  the first VM that uses it",
             ),
         }
+    }
+
+    /// Whether this node has the pool `volume` is in.
+    fn has_pool(&self, volume: &Volume) -> bool {
+        volume
+            .spec
+            .pool
+            .as_ref()
+            .is_some_and(|p| self.svc.config().pools.contains_key(p.as_str()))
     }
 
     /// Runs until `shutdown` turns true.
@@ -308,17 +331,40 @@ impl StorageController {
         }
     }
 
-    fn volume_path(&self, volume: &Volume) -> PathBuf {
-        // A weights volume keeps its image's format, whatever that is.
-        let ext = match (volume.spec.kind, volume.spec.format()) {
-            (VolumeKind::Weights, _) => "weights",
-            (_, DiskFormat::Qcow2) => "qcow2",
-            (_, DiskFormat::Raw) => "raw",
-        };
-        self.svc
-            .config()
-            .volumes_dir()
-            .join(format!("{}.{ext}", volume.metadata.uid))
+    /// A volume of this node in a pool this node does not have (`corrald --storage-pool`
+    /// missing or removed): one to make waits, saying so, until corrald runs with the pool;
+    /// one to delete is forgotten, its file left to whoever removed the pool.
+    async fn without_pool(&self, volume: &Volume, why: ServiceError) -> Result<(), ServiceError> {
+        let name = volume.metadata.key();
+        if volume.metadata.deleting {
+            tracing::warn!(volume = %name, error = %why, "deleting a volume whose pool is gone: its file stays");
+            return match self
+                .svc
+                .volumes
+                .remove(&name, volume.metadata.resource_version)
+                .await
+            {
+                Ok(()) | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if volume.status.phase == StoragePhase::Ready {
+            tracing::warn!(volume = %name, error = %why, "a made volume's pool is gone");
+            return Ok(());
+        }
+        let message = why.to_string();
+        if volume.status.message.as_deref() != Some(message.as_str()) {
+            self.svc
+                .volumes
+                .modify(&name, 0, |v| {
+                    v.status.message = Some(message.clone());
+                    Ok(true)
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     async fn reconcile_volume(&self, name: &str) -> Result<(), ServiceError> {
@@ -335,7 +381,8 @@ impl StorageController {
         let ownership = self.ownership(&volume).await;
         {
             let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!(ownership, Ownership::Unclaimed(_)) {
+            let follows_vm = ownership == Ownership::Elsewhere && volume.status.shared;
+            if follows_vm || matches!(ownership, Ownership::Unclaimed(_)) {
                 unclaimed.insert(name.to_owned());
             } else {
                 unclaimed.remove(name);
@@ -381,7 +428,10 @@ impl StorageController {
                 }
             }
         }
-        let path = self.volume_path(&volume);
+        let path = match self.svc.config().volume_file(&volume) {
+            Ok(path) => path,
+            Err(no_pool) => return self.without_pool(&volume, no_pool).await,
+        };
         if !volume.metadata.deleting && self.owner_is_gone(&volume).await? {
             // Made for a VM (`vm create --image`) that no longer exists: the VM controller
             // deletes it with the VM; this catches a crash in between.
@@ -428,6 +478,10 @@ impl StorageController {
                     }
                     return Ok(());
                 }
+                let shared = self
+                    .svc
+                    .config()
+                    .pool_shared(volume.spec.pool.as_ref().map(|p| p.as_str()));
                 let outcome = self.make_volume(&volume, &path).await;
                 let retry_in = match &outcome {
                     Ok(_) => {
@@ -448,6 +502,7 @@ impl StorageController {
                         match &outcome {
                             Ok(made) => {
                                 v.status.phase = StoragePhase::Ready;
+                                v.status.shared = shared;
                                 v.status.path = Some(path.display().to_string());
                                 v.status.format = Some(made.format);
                                 v.status.size = Some(made.size);

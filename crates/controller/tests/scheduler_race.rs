@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_contract::{
-    Accel, Arch, Boot, ByteSize, Node, NodeResources, RestartPolicy, Vm, VmSpec, VolumeAttachment,
+    Accel, Arch, Boot, ByteSize, Node, NodeResources, RestartPolicy, StoragePhase, Vm, VmSpec,
+    Volume, VolumeAttachment, VolumeSpec,
 };
 use corral_controller::{NODE_LOST, ScheduleConfig, Scheduler, SchedulerConfig};
-use corral_service::{NodeService, VmService};
+use corral_service::{NodeService, Resources, VmService, VolumeKind};
 use corral_store::{LocalCoordinator, SqliteStore, Store};
 
 async fn cluster(
@@ -32,7 +33,7 @@ async fn cluster(
         node.status.accelerators = vec![Accel::Tcg];
         nodes.register(node).await.unwrap();
         nodes
-            .heartbeat(name, nodes.get(name).await.unwrap().status)
+            .heartbeat(name, nodes.get(name).await.unwrap().status, None)
             .await
             .unwrap();
     }
@@ -106,7 +107,7 @@ async fn two_schedulers_racing_never_bind_one_vm_twice() {
 #[tokio::test]
 async fn a_lost_nodes_vms_move_after_the_fence_deadline_unless_they_cannot() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, vms, nodes) = cluster(dir.path(), &["n1"]).await;
+    let (store, vms, nodes) = cluster(dir.path(), &["n1"]).await;
     let vm = |name: &str, policy, volume: Option<&str>| {
         let mut b = VmSpec::builder(Boot::kernel("/boot/vmlinuz")).restart_policy(policy);
         if let Some(v) = volume {
@@ -127,6 +128,40 @@ async fn a_lost_nodes_vms_move_after_the_fence_deadline_unless_they_cannot() {
     vms.create(vm("pinned", RestartPolicy::Always, Some("data")))
         .await
         .unwrap();
+    vms.create(vm("pooled", RestartPolicy::Always, Some("nfs-data")))
+        .await
+        .unwrap();
+    // Made on n1: "data" on its disk, "nfs-data" in the pool every node mounts.
+    let volumes: Resources<VolumeKind> = Resources::new(store.clone());
+    for (name, pool) in [("data", None), ("nfs-data", Some("nfs"))] {
+        let spec = VolumeSpec {
+            kind: corral_contract::VolumeKind::Disk,
+            format: None,
+            size: Some(ByteSize::from_mib(8)),
+            image: None,
+            pool: pool.map(|p| p.parse().unwrap()),
+        };
+        volumes
+            .create(Volume::new(name.parse().unwrap(), spec))
+            .await
+            .unwrap();
+        volumes
+            .update_status(name, |_, s| {
+                s.phase = StoragePhase::Ready;
+                s.node = Some("n1".into());
+                s.shared = pool.is_some();
+                true
+            })
+            .await
+            .unwrap();
+    }
+    // Every node mounts the shared pool.
+    let mut with_pool = nodes.get("n1").await.unwrap().status;
+    with_pool.pools = vec![corral_contract::NodePool {
+        name: "nfs".into(),
+        shared: true,
+    }];
+    nodes.heartbeat("n1", with_pool, None).await.unwrap();
     let ttl = Duration::from_millis(300);
     let scheduler = Scheduler::new(
         vms.clone(),
@@ -139,7 +174,7 @@ async fn a_lost_nodes_vms_move_after_the_fence_deadline_unless_they_cannot() {
         },
     );
     scheduler.pass().await.unwrap();
-    for name in ["moves", "never", "pinned"] {
+    for name in ["moves", "never", "pinned", "pooled"] {
         assert_eq!(
             vms.get(name).await.unwrap().status.node.as_deref(),
             Some("n1")
@@ -153,7 +188,7 @@ async fn a_lost_nodes_vms_move_after_the_fence_deadline_unless_they_cannot() {
     let mut status = nodes.get("n1").await.unwrap().status;
     status.heartbeat = None;
     let beat = |nodes: NodeService, status: corral_contract::NodeStatus| async move {
-        nodes.heartbeat("n2", status).await.unwrap();
+        nodes.heartbeat("n2", status, None).await.unwrap();
     };
     beat(nodes.clone(), status.clone()).await;
     // Past the TTL: lost, but not yet past the fence margin — nothing moves.
@@ -165,15 +200,19 @@ async fn a_lost_nodes_vms_move_after_the_fence_deadline_unless_they_cannot() {
         vms.get("moves").await.unwrap().status.node.as_deref(),
         Some("n1")
     );
-    // Past TTL + margin: the restartable VM without volumes moves, the others say why not.
+    // Past TTL + margin: the restartable VMs without volumes on n1's disk move (to n2, which
+    // has the shared pool), the others say why not.
     tokio::time::sleep(ttl).await;
     beat(nodes.clone(), status.clone()).await;
     scheduler.pass().await.unwrap();
     scheduler.pass().await.unwrap();
-    assert_eq!(
-        vms.get("moves").await.unwrap().status.node.as_deref(),
-        Some("n2")
-    );
+    for name in ["moves", "pooled"] {
+        assert_eq!(
+            vms.get(name).await.unwrap().status.node.as_deref(),
+            Some("n2"),
+            "{name}"
+        );
+    }
     for (name, why) in [
         ("never", "restart policy is never"),
         ("pinned", "volume data"),

@@ -22,6 +22,11 @@ struct Fixture {
 }
 
 async fn fixture(qemu_img: &str) -> Fixture {
+    fixture_with_pools(qemu_img, &[]).await
+}
+
+/// A fixture whose node has storage pools `pools` (name, shared) under `<dir>/pools/`.
+async fn fixture_with_pools(qemu_img: &str, pools: &[(&str, bool)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(dir.path().join("state.db"))
@@ -30,6 +35,13 @@ async fn fixture(qemu_img: &str) -> Fixture {
     );
     let mut config = StorageConfig::new(dir.path());
     config.qemu_img = qemu_img.into();
+    for (name, shared) in pools {
+        let pool = corral_service::PoolConfig {
+            path: dir.path().join("pools").join(name),
+            shared: *shared,
+        };
+        config.pools.insert((*name).to_owned(), pool);
+    }
     let storage = StorageService::new(store, config).unwrap();
     let hv = Arc::new(FakeHypervisor::new());
     let ctl = StorageController::new(storage.clone(), hv.clone());
@@ -64,6 +76,7 @@ fn empty(size: ByteSize, format: Option<DiskFormat>) -> VolumeSpec {
         format,
         size: Some(size),
         image: None,
+        pool: None,
     }
 }
 
@@ -99,6 +112,85 @@ async fn volumes_are_made_grown_and_removed_leaving_no_file() {
     f.ctl.reconcile("Volume/a").await.unwrap();
     assert!(f.storage.volumes.get("a").await.is_err());
     assert!(files(&f.dir.path().join("volumes")).is_empty());
+}
+
+/// A volume in a pool is made in the pool's directory (marked shared when the pool is), and
+/// a VM's disk is that file; one in a pool this node lacks waits, saying how to add it, and
+/// leaves no file anywhere.
+#[tokio::test]
+async fn volumes_are_made_in_their_pool_and_one_of_a_missing_pool_waits() {
+    let f = fixture_with_pools("qemu-img", &[("nfs", true), ("fast", false)]).await;
+    let pooled = |pool: &str| VolumeSpec {
+        pool: Some(pool.parse().unwrap()),
+        ..empty(ByteSize::from_mib(8), None)
+    };
+    for (name, pool, shared) in [("n", "nfs", true), ("l", "fast", false)] {
+        f.storage
+            .create_volume(volume(name, pooled(pool)))
+            .await
+            .unwrap();
+        f.ctl.reconcile(&format!("Volume/{name}")).await.unwrap();
+        let v = f.storage.volumes.get(name).await.unwrap();
+        assert_eq!(v.status.phase, StoragePhase::Ready, "{:?}", v.status);
+        assert_eq!(v.status.shared, shared, "{name}");
+        let file = f
+            .dir
+            .path()
+            .join("pools")
+            .join(pool)
+            .join(format!("{}.qcow2", v.metadata.uid));
+        assert_eq!(v.status.path.as_deref(), file.to_str());
+        assert!(file.exists());
+    }
+    assert!(files(&f.dir.path().join("volumes")).is_empty());
+
+    // A VM's disk is the file in the pool, as this node names it.
+    let spec = VmSpec::builder(Boot::kernel("/k"))
+        .volume(VolumeAttachment {
+            volume: "n".parse().unwrap(),
+            readonly: false,
+            serial: None,
+        })
+        .build()
+        .unwrap();
+    let vm = f
+        .storage
+        .vms()
+        .create(Vm::new("vm".parse().unwrap(), spec))
+        .await
+        .unwrap();
+    f.vms.reconcile("vm").await.unwrap();
+    let config = f.fake.config(&vm.metadata.uid).unwrap();
+    assert!(
+        config.disks[0]
+            .path
+            .starts_with(f.dir.path().join("pools/nfs")),
+        "{:?}",
+        config.disks
+    );
+
+    // The spec's pool never changes.
+    let mut moved = f.storage.volumes.get("n").await.unwrap();
+    moved.spec.pool = Some("fast".parse().unwrap());
+    let err = f.storage.update_volume(moved).await.unwrap_err();
+    assert!(err.to_string().contains("spec.pool"), "{err}");
+
+    f.storage
+        .create_volume(volume("m", pooled("ceph")))
+        .await
+        .unwrap();
+    f.ctl.reconcile("Volume/m").await.unwrap();
+    let m = f.storage.volumes.get("m").await.unwrap();
+    assert_eq!(m.status.phase, StoragePhase::Pending);
+    let message = m.status.message.unwrap_or_default();
+    assert!(
+        message.contains("no storage pool \"ceph\"") && message.contains("--storage-pool ceph="),
+        "{message}"
+    );
+    assert!(m.status.path.is_none());
+    f.storage.delete_volume("m").await.unwrap();
+    f.ctl.reconcile("Volume/m").await.unwrap();
+    assert!(f.storage.volumes.get("m").await.is_err());
 }
 
 /// Volume files hold guest data: made 0600, and one left wider (by an older corrald, which
@@ -165,6 +257,7 @@ async fn a_vm_gets_its_volumes_and_a_stopped_vm_takes_a_disk_snapshot() {
         format: None,
         size: None,
         image: Some("w".parse().unwrap()),
+        pool: None,
     };
     f.storage.create_volume(volume("w", weights)).await.unwrap();
     let root = empty(ByteSize::from_mib(8), None);

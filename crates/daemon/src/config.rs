@@ -1,6 +1,7 @@
 //! corrald's settings: flags, `CORRAL_*` environment variables and a TOML file, in that order
 //! of precedence, over defaults that suit one user or root.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -161,6 +162,18 @@ pub struct Args {
     /// a copy [default: none; a build's files go once the image is stored]
     #[arg(long, env = "CORRAL_BUILD_CACHE", value_name = "DIR")]
     pub build_cache: Option<PathBuf>,
+    /// A storage pool volumes may be made in (`spec.pool`, `corral volume create --pool`):
+    /// NAME=DIR, absolute. Add `:shared` when DIR is one filesystem mounted at that path on
+    /// every node (NFS, CephFS …): the volumes in it then follow their VMs — placed, moved and
+    /// restarted on any node with the pool — where a volume in the data directory pins its
+    /// VMs to its node. Repeat for more.
+    #[arg(
+        long = "storage-pool",
+        env = "CORRAL_STORAGE_POOL",
+        value_name = "NAME=DIR[:shared]",
+        value_delimiter = ','
+    )]
+    pub storage_pool: Vec<String>,
     /// What this corrald does: `all` (API, scheduler and this host's VMs — one host),
     /// `server` (API and scheduler only, no VMs; needs --store etcd; run several — one
     /// schedules at a time, by election), or `agent` (this host as a node of a cluster: joins
@@ -488,6 +501,8 @@ pub struct FileConfig {
     upload_max_size: Option<String>,
     build_mirror: Option<String>,
     build_cache: Option<PathBuf>,
+    #[serde(default)]
+    storage_pool: Vec<String>,
 }
 
 /// TCP serving, all three pieces present.
@@ -539,6 +554,8 @@ pub struct Config {
     pub upload_max_size: ByteSize,
     /// How `corral image build` builds.
     pub build: corral_service::BuildConfig,
+    /// Storage pools besides the data directory, by name.
+    pub storage_pools: BTreeMap<String, corral_service::PoolConfig>,
     /// Local group whose members are admins.
     pub admin_group: Option<String>,
     /// When the audit log rotates.
@@ -597,6 +614,34 @@ pub struct QemuUser {
 
 /// The user QEMU runs as by default, created by `scripts/setup.sh`.
 pub const DEFAULT_QEMU_USER: &str = "corral-qemu";
+
+/// The pools of `--storage-pool NAME=DIR[:shared]` (or the file's `storage_pool` list).
+fn storage_pools(
+    specs: &[String],
+) -> Result<BTreeMap<String, corral_service::PoolConfig>, ConfigError> {
+    let mut pools = BTreeMap::new();
+    for spec in specs {
+        let bad = |why: String| ConfigError(format!("--storage-pool {spec:?}: {why}"));
+        let (name, dir) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("give NAME=DIR, with :shared after DIR for a shared pool".into()))?;
+        corral_contract::ResourceName::new(name.to_owned())
+            .map_err(|e| bad(format!("the pool's name: {e}")))?;
+        let (dir, shared) = match dir.strip_suffix(":shared") {
+            Some(dir) => (dir, true),
+            None => (dir, false),
+        };
+        let path = PathBuf::from(dir);
+        if !path.is_absolute() || dir.contains('\0') {
+            return Err(bad("give an absolute directory".into()));
+        }
+        let pool = corral_service::PoolConfig { path, shared };
+        if pools.insert(name.to_owned(), pool).is_some() {
+            return Err(bad(format!("pool {name} is given twice")));
+        }
+    }
+    Ok(pools)
+}
 
 /// A setting that makes no sense; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -844,6 +889,11 @@ impl Config {
                 "--build-cache: give an absolute directory".to_owned(),
             ));
         }
+        let storage_pools = storage_pools(if args.storage_pool.is_empty() {
+            &file.storage_pool
+        } else {
+            &args.storage_pool
+        })?;
         let role = args.role.unwrap_or(Role::All);
         if role == Role::Server && !matches!(store, StoreConfig::Etcd { .. }) {
             return Err(ConfigError(
@@ -907,6 +957,7 @@ impl Config {
             limits,
             upload_max_size,
             build,
+            storage_pools,
             admin_group: args.admin_group.clone().or(file.admin_group),
             audit,
             port_range,
@@ -1085,6 +1136,52 @@ mod tests {
         let err = Config::resolve(&args(&["--host-path-allow", "images"])).unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
         assert!(Args::try_parse_from(["corrald", "--import-allow-net", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn storage_pools_come_from_flags_or_the_file_and_bad_ones_say_what_to_give() {
+        let cfg = Config::resolve(&args(&[
+            "--storage-pool",
+            "fast=/srv/fast",
+            "--storage-pool",
+            "nfs=/mnt/nfs:shared",
+        ]))
+        .unwrap();
+        let pool = |path: &str, shared| corral_service::PoolConfig {
+            path: path.into(),
+            shared,
+        };
+        assert_eq!(
+            cfg.storage_pools,
+            BTreeMap::from([
+                ("fast".to_owned(), pool("/srv/fast", false)),
+                ("nfs".to_owned(), pool("/mnt/nfs", true)),
+            ])
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corrald.toml");
+        std::fs::write(&file, "storage_pool = [\"shared=/srv/pool:shared\"]\n").unwrap();
+        let cfg = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(cfg.storage_pools["shared"], pool("/srv/pool", true));
+        assert!(
+            Config::resolve(&args(&[]))
+                .unwrap()
+                .storage_pools
+                .is_empty()
+        );
+        for (bad, says) in [
+            ("fast", "NAME=DIR"),
+            ("Fast=/srv", "the pool's name"),
+            ("fast=srv/fast", "absolute"),
+            ("fast=/a,fast=/b", "given twice"),
+        ] {
+            let err = Config::resolve(&args(&["--storage-pool", bad])).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("--storage-pool") && msg.contains(says),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

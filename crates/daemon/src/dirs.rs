@@ -73,6 +73,8 @@ pub enum Which {
     /// The `/tmp/corral-<uid>` run directory used when there is no `$XDG_RUNTIME_DIR`: in a
     /// directory everyone can write, so it must be exactly private (0700).
     RunFallback,
+    /// A `--storage-pool` directory: volume files, as in the data directory's `volumes/`.
+    Pool,
 }
 
 impl Which {
@@ -80,6 +82,7 @@ impl Which {
         match self {
             Which::Data => "data directory",
             Which::Run | Which::RunFallback => "run directory",
+            Which::Pool => "storage pool directory",
         }
     }
 
@@ -87,6 +90,7 @@ impl Which {
         match self {
             Which::Data => "--data-dir",
             Which::Run | Which::RunFallback => "--run-dir",
+            Which::Pool => "--storage-pool",
         }
     }
 }
@@ -124,7 +128,7 @@ pub fn prepare(dir: &Path, which: Which, qemu: Option<FileOwner>) -> Result<(), 
     let mode = meta.mode() & 0o7777;
     let (forbidden, who) = match which {
         Which::RunFallback => (0o077, "group or others in"),
-        Which::Data | Which::Run => (0o022, "group or others write into it"),
+        Which::Data | Which::Run | Which::Pool => (0o022, "group or others write into it"),
     };
     if mode & forbidden != 0 {
         return Err(DirError::TooOpen {

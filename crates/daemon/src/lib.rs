@@ -166,9 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ensure_default()
         .await
         .context("creating the default network")?;
-    let mut storage_config = StorageConfig::new(&config.data_dir);
-    storage_config.qemu_img = config.qemu_img.clone();
-    storage_config.host_paths = host_paths.clone();
+    let mut storage_config = storage_config(&config, &host_paths, qemu)?;
     storage_config.import = config.import.clone();
     storage_config.max_upload = Some(config.upload_max_size.as_u64());
     storage_config.build = config.build.clone();
@@ -284,6 +282,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             daemon.nodes.clone(),
             node_name.clone(),
             config.data_dir.clone(),
+            config.storage_pools.clone(),
             fence,
             stop_rx.clone(),
         ));
@@ -521,6 +520,23 @@ async fn shutdown_signal() {
 
 /// The rules for host files specs name: below `--host-path-allow` for non-admins, never
 /// corrald's own state, TLS key or token file; the image store's blobs recognised as its own.
+/// Where this node keeps volumes and images, with its storage pools' directories prepared
+/// like the data directory (private to corrald, QEMU's group passing through).
+pub(crate) fn storage_config(
+    config: &Config,
+    host_paths: &corral_service::HostPaths,
+    qemu: Option<corral_hypervisor::FileOwner>,
+) -> anyhow::Result<StorageConfig> {
+    for pool in config.storage_pools.values() {
+        dirs::prepare(&pool.path, dirs::Which::Pool, qemu)?;
+    }
+    let mut storage = StorageConfig::new(&config.data_dir);
+    storage.qemu_img = config.qemu_img.clone();
+    storage.host_paths = host_paths.clone();
+    storage.pools = config.storage_pools.clone();
+    Ok(storage)
+}
+
 pub(crate) fn host_paths(config: &Config) -> anyhow::Result<corral_service::HostPaths> {
     // Canonical, so that the image store's blobs are recognised by the path the kernel reports.
     let data_dir = std::fs::canonicalize(&config.data_dir)

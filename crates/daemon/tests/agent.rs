@@ -25,6 +25,17 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, server: &str, node: &str, token: Option<&str>) -> Agent {
+        Agent::start_with(dir, server, node, token, &[])
+    }
+
+    /// [`start`](Self::start) with more flags.
+    fn start_with(
+        dir: &Path,
+        server: &str,
+        node: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Agent {
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::options()
             .create(true)
@@ -38,6 +49,7 @@ impl Agent {
             .arg(dir.join("d"))
             .arg("--run-dir")
             .arg(dir.join("r"))
+            .args(extra)
             .env("CORRAL_LOG", "info,corral=debug")
             .env_remove("CORRAL_JOIN_TOKEN")
             .stdin(Stdio::null())
@@ -953,6 +965,254 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
         get(&node_a, "agent-a").await["error"]["code"],
         "PermissionDenied"
     );
+    drop((agent_a, agent_b));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_a_shared_pool_moves_ram_only_and_restarts_elsewhere_when_its_node_dies()
+-> anyhow::Result<()> {
+    use corral_client::{Client, Endpoint};
+    use corral_contract::{MigrationPhase, Phase};
+    use corral_testkit::{qemu_pids_under, wait_phase};
+
+    let cluster = Cluster::start().await?;
+    let (dir_a, dir_b) = (cluster.tmp.path().join("a"), cluster.tmp.path().join("b"));
+    // One directory both agents mount at the same path: the tests' stand-in for NFS.
+    let pool = cluster.tmp.path().join("pool");
+    let pool_flag = format!("shared={}:shared", pool.display());
+    let start = |dir: &Path, node: &str, token: String| {
+        Agent::start_with(
+            dir,
+            &cluster.url,
+            node,
+            Some(&token),
+            &["--storage-pool", &pool_flag],
+        )
+    };
+    let mut agent_a = start(&dir_a, "agent-a", cluster.token().await);
+    let agent_b = start(&dir_b, "agent-b", cluster.token().await);
+    let logs = |a: &Agent, b: &Agent| {
+        format!(
+            "agent-a:\n{}\nagent-b:\n{}\nserver:\n{}",
+            a.log(),
+            b.log(),
+            cluster.server.log()
+        )
+    };
+    let has_shared_pool = |node: &Value| {
+        is_ready(node) && node["status"]["pools"] == json!([{"name": "shared", "shared": true}])
+    };
+    let node = wait_node(
+        &cluster.server,
+        "agent-a",
+        "reported its pool",
+        has_shared_pool,
+        &agent_a,
+    )
+    .await;
+    assert_eq!(node["status"]["pools"][0]["name"], "shared");
+    wait_node(
+        &cluster.server,
+        "agent-b",
+        "reported its pool",
+        has_shared_pool,
+        &agent_b,
+    )
+    .await;
+    let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
+
+    // Made on agent-a (agent-b cordoned meanwhile) in the shared pool. The guest writes a
+    // marker once — on the first boot only — then reads it back every two seconds past its
+    // page cache.
+    admin.cordon_node("agent-b", true).await?;
+    admin
+        .create_volume(&serde_json::from_value(json!({
+            "metadata": {"name": "pool-disk"},
+            "spec": {"size": 32 << 20, "pool": "shared"},
+        }))?)
+        .await?;
+    let mut vm = kit_vm_on_volume(
+        "pooled",
+        "pool-disk",
+        "if [ \"$(head -c 4 /dev/vda)\" != pool ]; then \
+         printf 'pool-marker-%s\\n' $((6*7)) > /dev/vda; sync; echo CORRAL_WROTE_MARKER; fi\n\
+         (while :; do echo 3 > /proc/sys/vm/drop_caches; \
+         echo \"CORRAL_DISKREAD $(head -c 14 /dev/vda)\"; sleep 2; done) &",
+    );
+    // Restarted elsewhere should its node be lost.
+    vm.spec.restart_policy = corral_contract::RestartPolicy::Always;
+    admin.create_vm(&vm).await?;
+    let vm = wait_phase(&admin, &cluster.server, "pooled", Phase::Running)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&agent_a, &agent_b)))?;
+    admin.cordon_node("agent-b", false).await?;
+    assert_eq!(vm.status.node.as_deref(), Some("agent-a"));
+    let uid = vm.metadata.uid.clone();
+    let volume = admin.get_volume("pool-disk").await?;
+    assert!(volume.status.shared, "{volume:?}");
+    assert_eq!(volume.status.node.as_deref(), Some("agent-a"));
+    let file = pool.join(format!("{}.qcow2", volume.metadata.uid));
+    assert_eq!(volume.status.path.as_deref(), file.to_str());
+    let serial = |dir: &Path| {
+        std::fs::read_to_string(dir.join("r/vms").join(&uid).join("serial.log")).unwrap_or_default()
+    };
+    let reads = |dir: &Path| {
+        serial(dir)
+            .matches("CORRAL_DISKREAD pool-marker-42")
+            .count()
+    };
+    let wait_reads = |dir: PathBuf, at_least: usize, what: &'static str| {
+        let reads = &reads;
+        let (a, b) = (&agent_a, &agent_b);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while reads(&dir) < at_least {
+                assert!(Instant::now() < deadline, "{what}\n{}", logs(a, b));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    wait_reads(dir_a.clone(), 1, "no disk read on agent-a").await;
+    assert!(serial(&dir_a).contains("CORRAL_WROTE_MARKER"));
+    let before = heartbeat_under(&dir_a, &uid).0.unwrap_or(0);
+
+    // Live to agent-b: RAM and devices only, no disk mirror; the file stays where it is.
+    admin.migrate_vm("pooled", Some("agent-b")).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let m = loop {
+        let vm = admin.get_vm("pooled").await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        assert!(
+            !matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
+            "{m:?}\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        if m.phase == MigrationPhase::Completed
+            && vm.status.node.as_deref() == Some("agent-b")
+            && vm.status.phase == Phase::Running
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not moved: {m:?}\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        m.disk_address.is_none(),
+        "a shared volume was mirrored: {m:?}"
+    );
+    println!(
+        "moved RAM-only agent-a → agent-b: downtime {:?} ms, total {:?} ms, {} bytes",
+        m.downtime_ms, m.total_time_ms, m.transferred_bytes
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (count, booted) = heartbeat_under(&dir_b, &uid);
+        assert!(!booted, "the guest booted again on agent-b");
+        if count.is_some_and(|n| n > before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on agent-b\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_reads(dir_b.clone(), 2, "no disk read on agent-b").await;
+    // The volume follows its VM: agent-b manages it now; the file never moved.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let volume = admin.get_volume("pool-disk").await?;
+        if volume.status.node.as_deref() == Some("agent-b") {
+            assert_eq!(volume.status.path.as_deref(), file.to_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{volume:?}\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(file.exists(), "the source removed the shared file");
+    assert!(
+        std::fs::read_dir(dir_a.join("d/volumes"))?.next().is_none()
+            && std::fs::read_dir(dir_b.join("d/volumes"))?.next().is_none(),
+        "a node-local copy was made"
+    );
+
+    // agent-b dies (kill -9; its fence guard stays and stops the guest at the deadline).
+    // The VM starts again on agent-a from the same disk: the marker is read, not written.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_b.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut samples = 0;
+    let vm = loop {
+        let running =
+            qemu_pids_under(&dir_a.join("r")).len() + qemu_pids_under(&dir_b.join("r")).len();
+        assert!(
+            running <= 1,
+            "two QEMUs for one VM\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        samples += 1;
+        let vm = admin.get_vm("pooled").await?;
+        if vm.status.node.as_deref() == Some("agent-a") && vm.status.phase == Phase::Running {
+            break vm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted on agent-a: {:?}\n{}",
+            vm.status,
+            logs(&agent_a, &agent_b)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "agent-b lost → running on agent-a after {:.1} s ({samples} samples, never two QEMUs)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(
+        vm.status.condition("NodeLost").is_none_or(|c| !c.status),
+        "{:?}",
+        vm.status
+    );
+    // A new boot on agent-a (its console log starts anew) that reads the marker the first
+    // boot wrote, and writes none.
+    wait_reads(
+        dir_a.clone(),
+        1,
+        "no disk read on agent-a after the failover",
+    )
+    .await;
+    assert!(
+        heartbeat_under(&dir_a, &uid).1,
+        "no boot on agent-a:\n{}",
+        serial(&dir_a)
+    );
+    assert!(
+        !serial(&dir_a).contains("CORRAL_WROTE_MARKER"),
+        "the restarted guest did not find its marker on the shared disk:\n{}",
+        serial(&dir_a)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.get_volume("pool-disk").await?.status.node.as_deref() != Some("agent-a") {
+        assert!(
+            Instant::now() < deadline,
+            "the volume stayed agent-b's\n{}",
+            logs(&agent_a, &agent_b)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    agent_a.stop();
     drop((agent_a, agent_b));
     Ok(())
 }

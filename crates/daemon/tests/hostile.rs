@@ -141,6 +141,7 @@ fn blank_volume(name: &str) -> Volume {
             size: Some(ByteSize::new(64 << 20)),
             format: None,
             image: None,
+            pool: None,
         },
     )
 }
@@ -718,6 +719,7 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
                     size: None,
                     format: None,
                     image: Some("private".parse().unwrap()),
+                    pool: None,
                 },
             ))
             .await,

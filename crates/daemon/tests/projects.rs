@@ -64,6 +64,7 @@ fn disk(name: &str, image: Option<&str>) -> Volume {
             size: image.is_none().then(|| ByteSize::new(64 << 20)),
             format: None,
             image: image.map(|i| i.parse().unwrap()),
+            pool: None,
         },
     )
 }

@@ -129,6 +129,15 @@ pub enum ServiceError {
         /// Why, as its status says.
         message: Option<String>,
     },
+    /// A volume names a storage pool this node does not have.
+    #[error(
+        "this node has no storage pool {pool:?}: start corrald with --storage-pool {pool}=DIR[:shared], \
+         or create the volume in another pool"
+    )]
+    NoPool {
+        /// The pool named.
+        pool: String,
+    },
     /// The object's state does not allow the operation now.
     #[error("{kind} {name:?} is {state}: {rule}")]
     WrongState {
@@ -345,6 +354,7 @@ impl ServiceError {
             | E::MassPrune { .. }
             | E::InUse { .. }
             | E::NotReady { .. }
+            | E::NoPool { .. }
             | E::WrongState { .. }
             | E::Busy { .. }
             | E::OverLimit { .. }

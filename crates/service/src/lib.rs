@@ -99,7 +99,7 @@ pub use resources::{
 };
 pub use source::{SourceKind, SourceService};
 pub use storage::{
-    BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, SnapshotKind,
-    StorageConfig, StorageService, VolumeKind,
+    BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, PoolConfig, SnapshotKind,
+    StorageConfig, StorageService, VolumeFormat, VolumeKind, volume_format,
 };
 pub use vm::{VmKind, VmService};

@@ -56,9 +56,14 @@ impl Resources<NodeKind> {
     }
 
     /// Records a heartbeat of the node's agent: `Ready`, the time, and what it has.
-    pub async fn heartbeat(&self, name: &str, status: NodeStatus) -> Result<Node, ServiceError> {
+    pub async fn heartbeat(
+        &self,
+        name: &str,
+        status: NodeStatus,
+        seen: Option<Node>,
+    ) -> Result<Node, ServiceError> {
         let at = now();
-        self.update_status(name, |_, s| {
+        let beat = |s: &mut NodeStatus| {
             let conditions = std::mem::take(&mut s.conditions);
             *s = NodeStatus {
                 conditions,
@@ -73,9 +78,25 @@ impl Resources<NodeKind> {
             );
             ready.last_transition = Some(at.clone());
             set_condition(&mut s.conditions, ready);
-            true
-        })
-        .await
+        };
+        match seen {
+            // One write, no read: a compare-and-swap on the node as last written (read
+            // again only if someone else wrote it since, e.g. a cordon).
+            Some(seen) => {
+                self.modify_seen(name, seen, |node| {
+                    beat(&mut node.status);
+                    Ok(true)
+                })
+                .await
+            }
+            None => {
+                self.update_status(name, |_, s| {
+                    beat(s);
+                    true
+                })
+                .await
+            }
+        }
     }
 
     /// Marks the node not `Ready` (its heartbeats stopped), saying why.
@@ -178,7 +199,7 @@ mod tests {
         let first = nodes.register(node.clone()).await.unwrap();
         assert!(!first.ready(), "a new node is not Ready before it reports");
         let reported = nodes
-            .heartbeat("host-a", NodeStatus::default())
+            .heartbeat("host-a", NodeStatus::default(), None)
             .await
             .unwrap();
         assert!(reported.ready());

@@ -405,19 +405,41 @@ impl NodeScope {
         if !self.bound_here(new) {
             return Ok(false);
         }
+        // Only a volume of a pool can be in a shared one: a node-local volume said to be
+        // shared would have other nodes start its VMs on a file they do not have.
+        let Ok(volume) = serde_json::from_str::<Value>(&new.body) else {
+            return Ok(false);
+        };
+        if volume["status"]["shared"] == true && volume["spec"]["pool"].is_null() {
+            return Ok(false);
+        }
         if self.bound_here(stored) {
             return Ok(true);
         }
         let (vms, _) = self.store.list("Vm", &Selector::default()).await?;
-        Ok(vms
+        let users: Vec<_> = vms
             .iter()
-            .filter(|vm| self.bound_here(vm))
-            .filter_map(|vm| serde_json::from_str::<corral_contract::Vm>(&vm.body).ok())
-            .any(|vm| {
+            .filter_map(|vm| {
+                Some((
+                    vm,
+                    serde_json::from_str::<corral_contract::Vm>(&vm.body).ok()?,
+                ))
+            })
+            .filter(|(_, vm)| {
                 vm.spec
                     .volume_names()
                     .any(|v| vm.metadata.key_of(v) == stored.name)
-            }))
+            })
+            .collect();
+        if users.iter().any(|(object, _)| self.bound_here(object)) {
+            return Ok(true);
+        }
+        // A deleted volume of a shared pool that no VM uses: any node may finalize it (its
+        // own node may be gone for good).
+        let old = serde_json::from_str::<Value>(&stored.body).unwrap_or_default();
+        Ok(users.is_empty()
+            && old["status"]["shared"] == true
+            && is_set(&old["metadata"]["deleting"]))
     }
 
     /// Whether the node may fetch the image blob `digest`: the bytes of an image that a
@@ -753,6 +775,39 @@ mod tests {
                 .is_err(),
             "b has no VM using it"
         );
+        // A deleted shared volume no VM uses: any node may take it to finalize it.
+        let shared = |node: &str, name: &str, deleting: bool| {
+            let body = serde_json::json!({
+                "kind": "Volume",
+                "metadata": {"name": name, "resource_version": 3, "deleting": deleting},
+                "spec": {"size": 1048576, "pool": "nfs"},
+                "status": {"node": node, "path": "/p/v", "phase": "Ready", "shared": true},
+            });
+            Object::new("Volume", name, "vs", body.to_string())
+        };
+        assert!(
+            b.may_update(&shared("c", "spare", true), &shared("b", "spare", true))
+                .await
+                .is_ok()
+        );
+        assert!(
+            b.may_update(&shared("c", "spare", false), &shared("b", "spare", false))
+                .await
+                .is_err(),
+            "not while it is kept"
+        );
+        assert!(
+            b.may_update(&shared("c", "data", true), &shared("b", "data", true))
+                .await
+                .is_err(),
+            "not while a VM uses it"
+        );
+        // A volume of no pool is never a shared one.
+        let mut shared = volume(Some("a"), "/a/v");
+        shared.body = shared
+            .body
+            .replace("\"phase\"", "\"shared\":true,\"phase\"");
+        assert!(a.may_update(&on_a, &shared).await.is_err(), "not shared");
         // Its spec is the user's.
         let mut bigger = volume(Some("a"), "/a/v");
         bigger.body = bigger.body.replace("1048576", "2097152");

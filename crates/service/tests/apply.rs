@@ -72,6 +72,7 @@ fn declared() -> Vec<Resource> {
         format: None,
         size: Some(ByteSize::from_gib(1)),
         image: None,
+        pool: None,
     };
     vec![
         vm("web-1", 256),

@@ -45,6 +45,7 @@ fn volume(name: &str, gib: u64) -> Volume {
         format: None,
         size: Some(ByteSize::from_gib(gib)),
         image: None,
+        pool: None,
     };
     Volume::new(name.parse().unwrap(), spec)
 }

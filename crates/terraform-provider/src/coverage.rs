@@ -125,6 +125,7 @@ const IMAGE: Coverage = &[
 const VOLUME: Coverage = &[
     ("spec.format", Ok("format")),
     ("spec.image", Ok("image")),
+    ("spec.pool", Ok("pool")),
     ("spec.kind", Ok("kind")),
     ("spec.size", Ok("size")),
 ];

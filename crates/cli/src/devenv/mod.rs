@@ -152,6 +152,7 @@ pub fn resources(project: &Project, key: &str) -> Result<Vec<Resource>, CliError
                 kind: Default::default(),
                 format: None,
                 image: Some(decl.image()),
+                pool: None,
                 size: decl.disk,
             },
             status: Default::default(),

@@ -91,6 +91,7 @@ fn vm(args: &TempArgs, key: &str) -> Result<(Vm, Volume), CliError> {
             kind: Default::default(),
             format: None,
             image: Some(args.image.clone()),
+            pool: None,
             size: None,
         },
         status: Default::default(),

@@ -3,7 +3,9 @@
 
 use super::convert::{decode_lenient, enum_value, required};
 use crate::pb;
-use crate::{ByteSize, Condition, Node, NodeResources, NodeSpec, NodeStatus, ValidationError};
+use crate::{
+    ByteSize, Condition, Node, NodePool, NodeResources, NodeSpec, NodeStatus, ValidationError,
+};
 
 fn resources(r: &NodeResources) -> pb::NodeResources {
     pb::NodeResources {
@@ -38,6 +40,14 @@ impl From<&Node> for pb::Node {
                 conditions: s.conditions.iter().map(pb::Condition::from).collect(),
                 heartbeat: s.heartbeat.clone(),
                 version: s.version.clone(),
+                pools: s
+                    .pools
+                    .iter()
+                    .map(|p| pb::NodePool {
+                        name: p.name.clone(),
+                        shared: p.shared,
+                    })
+                    .collect(),
             }),
         }
     }
@@ -65,6 +75,14 @@ impl TryFrom<pb::Node> for Node {
                 conditions: s.conditions.into_iter().map(Condition::from).collect(),
                 heartbeat: s.heartbeat,
                 version: s.version,
+                pools: s
+                    .pools
+                    .into_iter()
+                    .map(|p| NodePool {
+                        name: p.name,
+                        shared: p.shared,
+                    })
+                    .collect(),
             },
         })
     }

@@ -140,6 +140,7 @@ impl From<&Volume> for pb::Volume {
                 format: enum_or_unspecified(volume.spec.format),
                 size_bytes: volume.spec.size.map(ByteSize::as_u64),
                 image: volume.spec.image.as_ref().map(ToString::to_string),
+                pool: volume.spec.pool.as_ref().map(ToString::to_string),
             }),
             status: Some(pb::VolumeStatus {
                 phase: enum_value(st.phase),
@@ -151,6 +152,7 @@ impl From<&Volume> for pb::Volume {
                 observed_generation: st.observed_generation,
                 message: st.message.clone(),
                 node: st.node.clone(),
+                shared: st.shared,
             }),
         }
     }
@@ -169,6 +171,11 @@ impl TryFrom<pb::Volume> for Volume {
                 .image
                 .map(|i| ResourceName::new(i).map_err(|e| ValidationError::new("spec.image", e)))
                 .transpose()?,
+            pool: spec
+                .pool
+                .filter(|p| !p.is_empty())
+                .map(|p| ResourceName::new(p).map_err(|e| ValidationError::new("spec.pool", e)))
+                .transpose()?,
         };
         spec.validate()?;
         let st = volume.status.unwrap_or_default();
@@ -185,6 +192,7 @@ impl TryFrom<pb::Volume> for Volume {
                 observed_generation: st.observed_generation,
                 message: st.message,
                 node: st.node,
+                shared: st.shared,
             },
         })
     }

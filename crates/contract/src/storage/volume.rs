@@ -50,6 +50,12 @@ pub struct VolumeSpec {
     /// full copy for `weights`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ResourceName>,
+    /// The storage pool that holds the file, as the nodes declare it
+    /// (`corrald --storage-pool NAME=PATH[:shared]`). Default: the node's data directory,
+    /// which makes the volume node-local (its VMs run where it was made). A volume in a
+    /// `shared` pool can follow its VM to any node that mounts the pool. Set at creation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<ResourceName>,
 }
 
 fn size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -71,11 +77,13 @@ impl utoipa::PartialSchema for VolumeSpec {
                 .into()
         };
         let weights = string().enum_values(Some([VolumeKind::Weights.as_str()]));
+        let pool = || or_null(name());
         let empty = object([
             ("kind", disk(), false),
             ("format", or_null(DiskFormat::schema()), false),
             ("size", size_schema(), true),
             ("image", null(), false),
+            ("pool", pool(), false),
         ])
         .description(Some("An empty disk: a size, no image"));
         let clone = object([
@@ -87,6 +95,7 @@ impl utoipa::PartialSchema for VolumeSpec {
             ),
             ("size", or_null(size_schema()), false),
             ("image", name().into(), true),
+            ("pool", pool(), false),
         ])
         .description(Some("A disk cloned from an image: a qcow2 backed by it"));
         let copy = object([
@@ -94,6 +103,7 @@ impl utoipa::PartialSchema for VolumeSpec {
             ("format", or_null(DiskFormat::schema()), false),
             ("size", null(), false),
             ("image", name().into(), true),
+            ("pool", pool(), false),
         ])
         .description(Some("Weights: a read-only copy of an image, no size"));
         OneOfBuilder::new()
@@ -184,8 +194,14 @@ pub struct VolumeStatus {
     pub message: Option<String>,
     /// The node whose disk holds the volume: the node of the first VM that used it (made
     /// there), or where it moved with its VM. Only that node's corrald touches its file.
+    /// For a volume in a shared pool: the node that manages the file now, that of the VM
+    /// using it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Made in a pool every node mounts (`shared`): its VMs may run, move and be restarted
+    /// on any node that has the pool.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 storage_object!(Volume, VolumeSpec, VolumeStatus, Volume);

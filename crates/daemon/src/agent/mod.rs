@@ -135,9 +135,7 @@ async fn run_node(
         .with_host_paths(host_paths.clone())
         .with_port_range(config.port_range.clone());
     let networks = corral_service::NetworkService::new(store.clone());
-    let mut storage_config = corral_service::StorageConfig::new(&config.data_dir);
-    storage_config.qemu_img = config.qemu_img.clone();
-    storage_config.host_paths = host_paths.clone();
+    let storage_config = crate::storage_config(config, &host_paths, qemu)?;
     let storage = corral_service::StorageService::new(store.clone(), storage_config)
         .map_err(|e| anyhow::anyhow!("preparing the image store: {e}"))?;
     let node_name = config.cluster.node_name.clone();
@@ -170,6 +168,7 @@ async fn run_node(
         corral_service::NodeService::new(store.clone()),
         node_name.clone(),
         config.data_dir.clone(),
+        config.storage_pools.clone(),
         fence,
         stop_rx.clone(),
     ));

@@ -7,16 +7,21 @@ pub mod rest;
 use std::path::Path;
 use std::time::Duration;
 
-use corral_contract::{Accel, Arch, ByteSize, Node, NodeResources, NodeStatus, ResourceName};
+use corral_contract::{
+    Accel, Arch, ByteSize, Node, NodePool, NodeResources, NodeStatus, ResourceName,
+};
 use corral_service::NodeService;
 use tokio::sync::watch;
 
 /// How often the agent reports.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// The storage pools a node declares (`--storage-pool`), as its status shows them.
+pub type Pools = std::collections::BTreeMap<String, corral_service::PoolConfig>;
+
 /// What this host has: vCPUs, RAM, the data directory's disk, the guest architectures QEMU
-/// runs here (the host's own first) and the accelerators it can use.
-pub fn probe(data_dir: &Path) -> NodeStatus {
+/// runs here (the host's own first), the accelerators it can use and its storage pools.
+pub fn probe(data_dir: &Path, pools: &Pools) -> NodeStatus {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -59,6 +64,13 @@ pub fn probe(data_dir: &Path) -> NodeStatus {
         arches,
         accelerators,
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        pools: pools
+            .iter()
+            .map(|(name, pool)| NodePool {
+                name: name.clone(),
+                shared: pool.shared,
+            })
+            .collect(),
         ..NodeStatus::default()
     }
 }
@@ -87,27 +99,31 @@ pub async fn heartbeat(
     nodes: NodeService,
     name: ResourceName,
     data_dir: std::path::PathBuf,
+    pools: Pools,
     fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut registered = false;
+    // The node as the last report wrote it: the next report is one compare-and-swap on it.
+    let mut last: Option<Node> = None;
     let mut last_ok = std::time::Instant::now();
     loop {
         let sent = std::time::Instant::now();
         let sent_boottime = crate::fence_guard::boottime();
-        let status = probe(&data_dir);
+        let status = probe(&data_dir, &pools);
+        let registered = last.is_some();
         let result = if registered {
-            nodes.heartbeat(name.as_str(), status).await.map(drop)
+            nodes.heartbeat(name.as_str(), status, last.take()).await
         } else {
             let mut node = Node::new(name.clone());
             node.status = status.clone();
             match nodes.register(node).await {
-                Ok(_) => nodes.heartbeat(name.as_str(), status).await.map(drop),
+                Ok(_) => nodes.heartbeat(name.as_str(), status, None).await,
                 Err(e) => Err(e),
             }
         };
         match result {
-            Ok(()) => {
+            Ok(node) => {
+                last = Some(node);
                 if let Some(guard) = &fence.guard {
                     if let Err(e) = guard.renewed(sent_boottime) {
                         tracing::error!(node = %name, error = %e, "cannot hand the fence guard its new deadline");
@@ -116,7 +132,6 @@ pub async fn heartbeat(
                 if !registered {
                     tracing::info!(node = %name, "node registered");
                 }
-                registered = true;
                 last_ok = sent;
                 if fence.state.set(false) {
                     tracing::info!(node = %name, "reports reach the cluster again: unfenced");
@@ -124,7 +139,6 @@ pub async fn heartbeat(
             }
             Err(e) => {
                 tracing::warn!(node = %name, error = %e, "cannot report the node; retrying");
-                registered = false;
                 if last_ok.elapsed() >= fence.ttl {
                     fence.stop_all(&name).await;
                 }
@@ -209,7 +223,16 @@ mod tests {
             mem_total("MemTotal:       16318480 kB\nMemFree: 1 kB\n"),
             Some(16_710_123_520)
         );
-        let status = probe(Path::new("/"));
+        let pools = [(
+            "nfs".to_owned(),
+            corral_service::PoolConfig {
+                path: "/mnt/nfs".into(),
+                shared: true,
+            },
+        )]
+        .into();
+        let status = probe(Path::new("/"), &pools);
+        assert!(status.has_pool("nfs") && status.pools[0].shared);
         assert!(status.capacity.cpus >= 1);
         assert!(status.allocatable.memory < status.capacity.memory);
         assert_eq!(status.accelerators.last(), Some(&Accel::Tcg));

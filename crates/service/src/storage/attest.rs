@@ -53,7 +53,9 @@ impl StorageService {
                 (VolumeKind::Weights, Some(digest), _) => {
                     subjects.push(subject(format!("volume/{volume}"), digest));
                 }
-                (_, _, Some(path)) => files.push((format!("volume/{volume}"), path.into())),
+                (_, _, Some(_)) => {
+                    files.push((format!("volume/{volume}"), self.config.volume_file(&v)?))
+                }
                 _ => {
                     return Err(ServiceError::NotReady {
                         kind: Volume::NOUN,

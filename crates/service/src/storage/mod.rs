@@ -25,7 +25,7 @@ use std::sync::Arc;
 use corral_storage::{Cas, HostPaths, QemuImg};
 use corral_store::Store;
 
-use corral_contract::ValidationError;
+use corral_contract::{DiskFormat, ValidationError, Volume};
 
 use crate::resources::Resources;
 use crate::{ServiceError, VmService};
@@ -51,6 +51,17 @@ pub struct StorageConfig {
     pub max_upload: Option<u64>,
     /// How `corral image build` builds.
     pub build: BuildConfig,
+    /// Storage pools besides the data directory, by name (`corrald --storage-pool`).
+    pub pools: std::collections::BTreeMap<String, PoolConfig>,
+}
+
+/// A storage pool: a directory volumes may be made in instead of `<data_dir>/volumes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The directory, absolute. For a shared pool, the same path on every node.
+    pub path: PathBuf,
+    /// Mounted on every node (NFS, CephFS …): its volumes follow their VMs to any node.
+    pub shared: bool,
 }
 
 /// How images are built from distribution packages.
@@ -82,12 +93,76 @@ impl StorageConfig {
             import: ImportPolicy::default(),
             max_upload: None,
             build: BuildConfig::default(),
+            pools: Default::default(),
         }
     }
 
-    /// The volume files' directory.
+    /// The volume files' directory in the data directory (volumes of no pool).
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_dir.join("volumes")
+    }
+
+    /// The directory of pool `pool` on this node (`None`: the data directory's).
+    pub fn pool_dir(&self, pool: Option<&str>) -> Result<PathBuf, ServiceError> {
+        match pool {
+            None => Ok(self.volumes_dir()),
+            Some(name) => {
+                self.pools
+                    .get(name)
+                    .map(|p| p.path.clone())
+                    .ok_or_else(|| ServiceError::NoPool {
+                        pool: name.to_owned(),
+                    })
+            }
+        }
+    }
+
+    /// Whether pool `pool` is shared by every node.
+    pub fn pool_shared(&self, pool: Option<&str>) -> bool {
+        pool.and_then(|p| self.pools.get(p))
+            .is_some_and(|p| p.shared)
+    }
+
+    /// The file `volume` has on this node: `<pool dir>/<uid>.<qcow2|raw|weights>`. Made from
+    /// this node's own settings, never from the volume's status (which another node wrote).
+    pub fn volume_file(&self, volume: &Volume) -> Result<PathBuf, ServiceError> {
+        self.volume_file_as(volume, volume_format(volume))
+    }
+
+    /// [`volume_file`](Self::volume_file) in `format` (a volume that moved here by a
+    /// migration is a qcow2 whatever it was).
+    pub fn volume_file_as(
+        &self,
+        volume: &Volume,
+        format: VolumeFormat,
+    ) -> Result<PathBuf, ServiceError> {
+        let ext = match format {
+            VolumeFormat::Weights => "weights",
+            VolumeFormat::Disk(DiskFormat::Qcow2) => "qcow2",
+            VolumeFormat::Disk(DiskFormat::Raw) => "raw",
+        };
+        let dir = self.pool_dir(volume.spec.pool.as_ref().map(|p| p.as_str()))?;
+        Ok(dir.join(format!("{}.{ext}", volume.metadata.uid)))
+    }
+}
+
+/// What a volume's file holds, which names its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeFormat {
+    /// A weights volume: its image's bytes, whatever their format.
+    Weights,
+    /// A disk in this format.
+    Disk(DiskFormat),
+}
+
+/// The format of `volume`'s file: as made (a disk that moved with a migration became a
+/// qcow2), else as its spec asks.
+pub fn volume_format(volume: &Volume) -> VolumeFormat {
+    match volume.spec.kind {
+        corral_contract::VolumeKind::Weights => VolumeFormat::Weights,
+        corral_contract::VolumeKind::Disk => {
+            VolumeFormat::Disk(volume.status.format.unwrap_or(volume.spec.format()))
+        }
     }
 }
 
@@ -114,10 +189,14 @@ impl StorageService {
     /// Opens the image store under `config.data_dir` (creating it) over `store`.
     pub fn new(store: Arc<dyn Store>, config: StorageConfig) -> Result<Self, ServiceError> {
         let cas = Cas::open(config.data_dir.join("images"))?;
-        std::fs::create_dir_all(config.volumes_dir()).map_err(|source| ServiceError::Io {
-            context: format!("creating {}", config.volumes_dir().display()),
-            source,
-        })?;
+        for dir in std::iter::once(config.volumes_dir())
+            .chain(config.pools.values().map(|p| p.path.clone()))
+        {
+            std::fs::create_dir_all(&dir).map_err(|source| ServiceError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
         Ok(StorageService {
             images: Resources::with_strategy(store.clone(), ImageKind::new(cas.clone())),
             volumes: Resources::new(store.clone()),

@@ -59,12 +59,13 @@ impl StorageService {
             .await?;
         let volume = template_volume(&vm).map_err(field)?;
         let volume = self.volumes.get(&vm.metadata.key_of(&volume)).await?;
-        let Some(disk) = volume.status.path.clone().map(PathBuf::from) else {
+        if volume.status.path.is_none() {
             return Err(field(format!(
                 "the VM's volume {} has no file yet",
                 volume.metadata.name
             )));
-        };
+        }
+        let disk = self.config.volume_file(&volume)?;
         self.check_new_image(&image, access).await?;
 
         let work = self

@@ -72,6 +72,7 @@ impl Strategy for VolumeKind {
             ("spec.kind", old.kind == new.kind),
             ("spec.format", old.format() == new.format()),
             ("spec.image", old.image == new.image),
+            ("spec.pool", old.pool == new.pool),
         ] {
             if !same {
                 return Err(ServiceError::Immutable {

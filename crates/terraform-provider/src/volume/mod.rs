@@ -66,6 +66,12 @@ impl Kind for VolumeKind {
         ))
         .attr(Attr::string("image").replace().describe(
             "Name of the image (a disk image) to clone. Changing it replaces the volume.",
+        ))
+        .attr(Attr::string("pool").replace().describe(
+            "The storage pool to make it in (`corrald --storage-pool NAME=DIR[:shared]`); \
+             default: the node's data directory, which keeps its VMs on that node. A volume \
+             in a shared pool lets its VM run, move and restart on any node with the pool. \
+             Changing it replaces the volume.",
         ));
         let schema = stored::identity(schema, "When corrald created the volume (RFC 3339).")
             .attr(
@@ -88,6 +94,11 @@ impl Kind for VolumeKind {
                 Attr::string("node")
                     .computed()
                     .describe("The node whose disk holds the volume (it moves with its VM)."),
+            )
+            .attr(
+                Attr::bool("shared")
+                    .computed()
+                    .describe("Made in a shared pool: its VMs are not pinned to a node."),
             )
             .attr(
                 Attr::string("image_digest")
@@ -115,13 +126,14 @@ impl Kind for VolumeKind {
             "spec.format" => "format",
             "spec.size" => "size",
             "spec.image" => "image",
+            "spec.pool" => "pool",
             _ => return None,
         })
     }
 
     fn manifest(config: &Value) -> Result<serde_json::Value, Vec<Diagnostic>> {
         let mut spec = serde_json::Map::new();
-        for name in ["kind", "format", "size", "image"] {
+        for name in ["kind", "format", "size", "image", "pool"] {
             if let Some(v) = known(config, name) {
                 spec.insert(name.into(), v);
             }
@@ -149,11 +161,13 @@ impl Kind for VolumeKind {
             });
         state.set("size", opt(size.as_deref()));
         state.set("image", opt(spec.image.as_ref().map(|i| i.as_str())));
+        state.set("pool", opt(spec.pool.as_ref().map(|p| p.as_str())));
         let status = &volume.status;
         state.set("phase", Value::string(status.phase.as_str()));
         state.set("actual_size", num(status.size));
         state.set("path", opt(status.path.as_deref()));
         state.set("node", opt(status.node.as_deref()));
+        state.set("shared", Value::Bool(status.shared));
         state.set("image_digest", opt(status.image_digest.as_deref()));
         state.set("message", opt(status.message.as_deref()));
     }
