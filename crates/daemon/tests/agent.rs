@@ -419,6 +419,94 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// agent-a and agent-b (under `<tmp>/a` and `<tmp>/b`) joined with `extra` flags, once
+    /// the server sees each one `ready`.
+    async fn two_agents(
+        &self,
+        extra: &[&str],
+        what: &str,
+        ready: impl Fn(&Value) -> bool + Copy,
+    ) -> (Agent, Agent) {
+        let mut agents = Vec::new();
+        for (dir, node) in [("a", "agent-a"), ("b", "agent-b")] {
+            let dir = self.tmp.path().join(dir);
+            let token = self.token().await;
+            agents.push(Agent::start_with(
+                &dir,
+                &self.url,
+                node,
+                Some(&token),
+                extra,
+            ));
+        }
+        for (agent, node) in agents.iter().zip(["agent-a", "agent-b"]) {
+            wait_node(&self.server, node, what, ready, agent).await;
+        }
+        let b = agents.pop().unwrap();
+        (agents.pop().unwrap(), b)
+    }
+
+    /// Both agents' logs and the server's, for a failure message.
+    fn logs(&self, a: &Agent, b: &Agent) -> String {
+        format!(
+            "agent-a:\n{}\nagent-b:\n{}\nserver:\n{}",
+            a.log(),
+            b.log(),
+            self.server.log()
+        )
+    }
+}
+
+/// Waits until VM `name` has moved to node `target` and runs there; its migration's status.
+async fn wait_moved(
+    admin: &corral_client::Client,
+    name: &str,
+    target: &str,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<(corral_contract::Vm, corral_contract::MigrationStatus)> {
+    use corral_contract::{MigrationPhase, Phase};
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let vm = admin.get_vm(name).await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        assert!(
+            !matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
+            "{m:?}\n{}",
+            logs()
+        );
+        if m.phase == MigrationPhase::Completed
+            && vm.status.node.as_deref() == Some(target)
+            && vm.status.pid.is_some()
+            && vm.status.phase == Phase::Running
+        {
+            return Ok((vm, m));
+        }
+        assert!(Instant::now() < deadline, "not moved: {m:?}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the guest of VM `uid` on the agent under `dir` counts past `before` without
+/// having booted there: it moved live.
+async fn counts_on_without_boot(dir: &Path, uid: &str, before: u64, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (count, booted) = heartbeat_under(dir, uid);
+        assert!(!booted, "the guest booted again under {}", dir.display());
+        if count.is_some_and(|n| n > before) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat after {before} under {}\n{}",
+            dir.display(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The agent's store call as node `node`, answered by the server.
 async fn store_call(client: &reqwest::Client, url: &str, node: &str, call: Value) -> (u16, Value) {
     let reply = client
@@ -750,47 +838,13 @@ fn heartbeat_under(dir: &Path, uid: &str) -> (Option<u64>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
     use corral_client::{Client, Endpoint};
-    use corral_contract::{MigrationPhase, Phase};
+    use corral_contract::Phase;
     use corral_testkit::{qemu_pids_under, wait_phase};
 
     let cluster = Cluster::start().await?;
     let (dir_a, dir_b) = (cluster.tmp.path().join("a"), cluster.tmp.path().join("b"));
-    let agent_a = Agent::start(
-        &dir_a,
-        &cluster.url,
-        "agent-a",
-        Some(&cluster.token().await),
-    );
-    let agent_b = Agent::start(
-        &dir_b,
-        &cluster.url,
-        "agent-b",
-        Some(&cluster.token().await),
-    );
-    let logs = || {
-        format!(
-            "agent-a:\n{}\nagent-b:\n{}\nserver:\n{}",
-            agent_a.log(),
-            agent_b.log(),
-            cluster.server.log()
-        )
-    };
-    wait_node(
-        &cluster.server,
-        "agent-a",
-        "became Ready",
-        is_ready,
-        &agent_a,
-    )
-    .await;
-    wait_node(
-        &cluster.server,
-        "agent-b",
-        "became Ready",
-        is_ready,
-        &agent_b,
-    )
-    .await;
+    let (agent_a, agent_b) = cluster.two_agents(&[], "became Ready", is_ready).await;
+    let logs = || cluster.logs(&agent_a, &agent_b);
     let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
 
     // Placed on agent-a (agent-b cordoned meanwhile), booted, counting. Its volume is made
@@ -869,26 +923,7 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
 
     // Moved to agent-b while it runs.
     admin.migrate_vm("roamer", Some("agent-b")).await?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let vm = loop {
-        let vm = admin.get_vm("roamer").await?;
-        let m = vm.status.migration.clone().unwrap_or_default();
-        assert!(
-            !matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
-            "{m:?}\n{}",
-            logs()
-        );
-        if m.phase == MigrationPhase::Completed
-            && vm.status.node.as_deref() == Some("agent-b")
-            && vm.status.pid.is_some()
-            && vm.status.phase == Phase::Running
-        {
-            break vm;
-        }
-        assert!(Instant::now() < deadline, "not moved: {m:?}\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let m = vm.status.migration.clone().unwrap();
+    let (vm, m) = wait_moved(&admin, "roamer", "agent-b", logs).await?;
     assert_eq!(
         (m.source.as_str(), m.target.as_str()),
         ("agent-a", "agent-b")
@@ -914,20 +949,7 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
         [vm.status.pid.unwrap()],
         "the status names agent-b's QEMU"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (count, booted) = heartbeat_under(&dir_b, &uid);
-        assert!(!booted, "the guest booted again on agent-b");
-        if count.is_some_and(|n| n > before) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no heartbeat after {before} on agent-b\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    counts_on_without_boot(&dir_b, &uid, before, logs).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !qemu_pids_under(&dir_a.join("r")).is_empty() {
         assert!(
@@ -973,7 +995,7 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
 async fn a_vm_on_a_shared_pool_moves_ram_only_and_restarts_elsewhere_when_its_node_dies()
 -> anyhow::Result<()> {
     use corral_client::{Client, Endpoint};
-    use corral_contract::{MigrationPhase, Phase};
+    use corral_contract::Phase;
     use corral_testkit::{qemu_pids_under, wait_phase};
 
     let cluster = Cluster::start().await?;
@@ -981,45 +1003,17 @@ async fn a_vm_on_a_shared_pool_moves_ram_only_and_restarts_elsewhere_when_its_no
     // One directory both agents mount at the same path: the tests' stand-in for NFS.
     let pool = cluster.tmp.path().join("pool");
     let pool_flag = format!("shared={}:shared", pool.display());
-    let start = |dir: &Path, node: &str, token: String| {
-        Agent::start_with(
-            dir,
-            &cluster.url,
-            node,
-            Some(&token),
-            &["--storage-pool", &pool_flag],
-        )
-    };
-    let mut agent_a = start(&dir_a, "agent-a", cluster.token().await);
-    let agent_b = start(&dir_b, "agent-b", cluster.token().await);
-    let logs = |a: &Agent, b: &Agent| {
-        format!(
-            "agent-a:\n{}\nagent-b:\n{}\nserver:\n{}",
-            a.log(),
-            b.log(),
-            cluster.server.log()
-        )
-    };
     let has_shared_pool = |node: &Value| {
         is_ready(node) && node["status"]["pools"] == json!([{"name": "shared", "shared": true}])
     };
-    let node = wait_node(
-        &cluster.server,
-        "agent-a",
-        "reported its pool",
-        has_shared_pool,
-        &agent_a,
-    )
-    .await;
-    assert_eq!(node["status"]["pools"][0]["name"], "shared");
-    wait_node(
-        &cluster.server,
-        "agent-b",
-        "reported its pool",
-        has_shared_pool,
-        &agent_b,
-    )
-    .await;
+    let (mut agent_a, agent_b) = cluster
+        .two_agents(
+            &["--storage-pool", &pool_flag],
+            "reported its pool",
+            has_shared_pool,
+        )
+        .await;
+    let logs = |a: &Agent, b: &Agent| cluster.logs(a, b);
     let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
 
     // Made on agent-a (agent-b cordoned meanwhile) in the shared pool. The guest writes a
@@ -1079,28 +1073,7 @@ async fn a_vm_on_a_shared_pool_moves_ram_only_and_restarts_elsewhere_when_its_no
 
     // Live to agent-b: RAM and devices only, no disk mirror; the file stays where it is.
     admin.migrate_vm("pooled", Some("agent-b")).await?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let m = loop {
-        let vm = admin.get_vm("pooled").await?;
-        let m = vm.status.migration.clone().unwrap_or_default();
-        assert!(
-            !matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Cancelled),
-            "{m:?}\n{}",
-            logs(&agent_a, &agent_b)
-        );
-        if m.phase == MigrationPhase::Completed
-            && vm.status.node.as_deref() == Some("agent-b")
-            && vm.status.phase == Phase::Running
-        {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not moved: {m:?}\n{}",
-            logs(&agent_a, &agent_b)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (_, m) = wait_moved(&admin, "pooled", "agent-b", || logs(&agent_a, &agent_b)).await?;
     assert!(
         m.disk_address.is_none(),
         "a shared volume was mirrored: {m:?}"
@@ -1109,20 +1082,7 @@ async fn a_vm_on_a_shared_pool_moves_ram_only_and_restarts_elsewhere_when_its_no
         "moved RAM-only agent-a → agent-b: downtime {:?} ms, total {:?} ms, {} bytes",
         m.downtime_ms, m.total_time_ms, m.transferred_bytes
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (count, booted) = heartbeat_under(&dir_b, &uid);
-        assert!(!booted, "the guest booted again on agent-b");
-        if count.is_some_and(|n| n > before) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no heartbeat on agent-b\n{}",
-            logs(&agent_a, &agent_b)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    counts_on_without_boot(&dir_b, &uid, before, || logs(&agent_a, &agent_b)).await;
     wait_reads(dir_b.clone(), 2, "no disk read on agent-b").await;
     // The volume follows its VM: agent-b manages it now; the file never moved.
     let deadline = Instant::now() + Duration::from_secs(30);
