@@ -139,7 +139,7 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
         Format::Table => {}
     }
     let mut text = format!(
-        "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {:<16} {}\n",
+        "{:<20} {:<18} {:<5} {:<8} {:<15} {:<9} {:<4} {:<16} {}\n",
         "NAME", "STATUS", "CPUS", "MEMORY", "ARCH", "ACCEL", "VMS", "POOLS", "HEARTBEAT"
     );
     for n in nodes {
@@ -159,7 +159,7 @@ fn show(nodes: &[Node], vms: &[Vm], format: Format) -> Result<(), CliError> {
             .filter(|vm| vm.status.node.as_deref() == Some(n.metadata.name.as_str()))
             .count();
         text += &format!(
-            "{:<20} {:<10} {:<6} {:<8} {:<10} {:<16} {:<4} {:<16} {}\n",
+            "{:<20} {:<18} {:<5} {:<8} {:<15} {:<9} {:<4} {:<16} {}\n",
             n.metadata.name,
             status,
             n.status.allocatable.cpus,
