@@ -114,6 +114,27 @@ mod tests {
         let err =
             parse(r#"{"kind":"Volume","metadata":{"name":"v"},"spec":{"sise":"1G"}}"#).unwrap_err();
         assert!(err.contains("unknown field `sise`"), "{err}");
+        // A pool is a name the node declared, never a path.
+        for pool in ["../etc", "/srv/pool", "Fast"] {
+            let json = format!(
+                r#"{{"kind":"Volume","metadata":{{"name":"v"}},"spec":{{"size":"1G","pool":"{pool}"}}}}"#
+            );
+            assert!(parse(&json).is_err(), "{pool}");
+        }
+        let pb = crate::pb::Volume {
+            metadata: Some(crate::pb::ObjectMeta {
+                name: "v".into(),
+                ..Default::default()
+            }),
+            spec: Some(crate::pb::VolumeSpec {
+                size_bytes: Some(1 << 30),
+                pool: Some("../etc".into()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let err = crate::Volume::try_from(pb).unwrap_err().to_string();
+        assert!(err.starts_with("spec.pool"), "{err}");
     }
 
     #[test]
