@@ -56,9 +56,11 @@ pub struct StorageController {
     retries: std::sync::Mutex<std::collections::HashMap<String, Retry>>,
     // This node, when volumes are shared by several (see [`Ownership`]).
     node: Option<NodeRole>,
-    // Volumes a VM's binding may make this node's: those no node holds yet, and those of a
-    // shared pool another node manages.
+    // Volumes no node holds yet, waiting for a VM that uses them to be bound.
     unclaimed: std::sync::Mutex<std::collections::HashSet<String>>,
+    // Volumes of a shared pool another node manages: this node's once a VM using one is
+    // bound here.
+    shared_elsewhere: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whose a volume is, as this node sees it.
@@ -121,6 +123,7 @@ impl StorageController {
             retries: Default::default(),
             node: None,
             unclaimed: Default::default(),
+            shared_elsewhere: Default::default(),
             blobs: None,
         }
     }
@@ -220,6 +223,23 @@ impl StorageController {
         }
     }
 
+    /// The volumes of the VM whose stored body is `vm` that are in a shared pool another node
+    /// manages.
+    fn shared_volumes_of(&self, vm: &str) -> Vec<String> {
+        let Ok(vm) = serde_json::from_str::<Vm>(vm) else {
+            return Vec::new();
+        };
+        let elsewhere = self
+            .shared_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        vm.spec
+            .volume_names()
+            .map(|v| vm.metadata.key_of(v))
+            .filter(|key| elsewhere.contains(key))
+            .collect()
+    }
+
     /// Whether this node has the pool `volume` is in.
     fn has_pool(&self, volume: &Volume) -> bool {
         volume
@@ -309,6 +329,10 @@ impl StorageController {
                                 for volume in waiting {
                                     self.queue.add(&format!("{VOLUME}{volume}"));
                                 }
+                                // A VM bound here may make its shared volumes this node's.
+                                for volume in self.shared_volumes_of(&event.object.body) {
+                                    self.queue.add(&format!("{VOLUME}{volume}"));
+                                }
                             }
                             _ => {}
                         },
@@ -379,13 +403,21 @@ impl StorageController {
         };
         self.deps.set(name, deps::of_volume(&volume));
         let ownership = self.ownership(&volume).await;
-        {
-            let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
-            let follows_vm = ownership == Ownership::Elsewhere && volume.status.shared;
-            if follows_vm || matches!(ownership, Ownership::Unclaimed(_)) {
-                unclaimed.insert(name.to_owned());
+        for (set, member) in [
+            (
+                &self.unclaimed,
+                matches!(ownership, Ownership::Unclaimed(_)),
+            ),
+            (
+                &self.shared_elsewhere,
+                ownership == Ownership::Elsewhere && volume.status.shared,
+            ),
+        ] {
+            let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+            if member {
+                set.insert(name.to_owned());
             } else {
-                unclaimed.remove(name);
+                set.remove(name);
             }
         }
         match ownership {
