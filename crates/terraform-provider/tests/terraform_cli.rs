@@ -600,7 +600,16 @@ fn storage_and_network_mistakes_get_diagnostics_on_the_attribute() {
 
 #[test]
 fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
-    let mut daemon = start();
+    // The scratch volume goes to a storage pool of the node's.
+    let pool = tempfile::Builder::new()
+        .prefix("crl-pool")
+        .tempdir_in("/tmp")
+        .expect("pool dir");
+    let pool_flag = format!("scratch={}", pool.path().display());
+    let mut daemon = Corrald::builder(workspace_binary("corrald"))
+        .args(&["--storage-pool", &pool_flag])
+        .start()
+        .expect("corrald");
     let cli = Cli::new(workspace_binary("corral"), &daemon);
     let tf = Terraform::new(&daemon);
     let kit = kit();
@@ -608,7 +617,7 @@ fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
         tf.config(&format!(
             "resource \"corral_image\" \"root\" {{\n  name = \"rootfs\"\n  path = \"{}\"\n}}\n\n\
              resource \"corral_volume\" \"root\" {{\n  name  = \"root-2\"\n  image = corral_image.root.name\n}}\n\n\
-             resource \"corral_volume\" \"scratch\" {{\n  name = \"scratch\"\n  size = \"16M\"\n}}\n\n\
+             resource \"corral_volume\" \"scratch\" {{\n  name = \"scratch\"\n  size = \"16M\"\n  pool = \"scratch\"\n}}\n\n\
              resource \"corral_vm\" \"app\" {{\n  name    = \"app\"\n  kernel  = \"{}\"\n  \
              initrd  = \"{}\"\n  cmdline = \"console=ttyS0 quiet corral.root=/dev/vda\"\n{volumes}}}\n\n",
             kit.rootfs_qcow2().display(),
@@ -651,6 +660,13 @@ fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
     assert_eq!(vm["metadata"]["uid"], uid);
     assert_eq!(vm["status"]["phase"], "Running");
     assert_eq!(vm["spec"]["volumes"][1]["volume"], "scratch", "{vm}");
+    let scratch = cli.get("volume", "scratch");
+    assert_eq!(scratch["spec"]["pool"], "scratch", "{scratch}");
+    let file = scratch["status"]["path"].as_str().unwrap_or_default();
+    assert!(
+        Path::new(file).starts_with(pool.path()) && Path::new(file).exists(),
+        "{scratch}"
+    );
     let boot = cli.wait_console_line("app", "CORRAL_BOOT_OK", 1);
     assert!(boot.contains("root=disk"), "{boot}");
     tf.plan(0);
@@ -660,6 +676,8 @@ fn a_vm_boots_from_its_volume_blocks_and_gains_one_in_place() {
         assert!(listed(&cli, kind).is_empty(), "{kind}s left");
     }
     assert!(daemon.qemu_pids().is_empty(), "{:?}", daemon.qemu_pids());
+    let left: Vec<_> = std::fs::read_dir(pool.path()).expect("pool dir").collect();
+    assert!(left.is_empty(), "the pool keeps {left:?}");
 }
 
 /// `corral vm ssh` as `user` with the key at `key`, retried while the guest's sshd comes up.
