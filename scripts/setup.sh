@@ -55,6 +55,8 @@ need chromium chromium
 # Git sources' tests: a `git daemon` serving repositories the tests commit to (corrald itself
 # fetches with a library, not this binary).
 need git git
+# The shipped systemd unit is checked with systemd-analyze.
+need systemd-analyze systemd
 # Development environments' service tests reach PostgreSQL and Redis in a guest from the host.
 need psql postgresql-client
 need redis-cli redis-tools
