@@ -367,10 +367,8 @@ impl VmController {
                     .get(&vm.metadata.key_of(name))
                     .await
                     .map_err(|e| e.to_string())?;
-                if let Some(pool) = volume.spec.pool.map(|p| p.to_string()) {
-                    if !needs.pools.contains(&pool) {
-                        needs.pools.push(pool);
-                    }
+                if let Some(pool) = &volume.spec.pool {
+                    needs.add_pool(pool.as_str());
                 }
             }
         }

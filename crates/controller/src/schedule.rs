@@ -113,6 +113,13 @@ impl VolumeNeeds {
         pools: Vec::new(),
     };
 
+    /// Asks for pool `pool` too (once).
+    pub fn add_pool(&mut self, pool: &str) {
+        if !self.pools.iter().any(|p| p == pool) {
+            self.pools.push(pool.to_owned());
+        }
+    }
+
     /// Only a pin to `node`.
     pub fn pinned(node: &str) -> VolumeNeeds {
         VolumeNeeds {

@@ -498,9 +498,7 @@ impl VolumePlaces {
                 .cloned()
                 .unwrap_or_default();
             if let Some(pool) = &pool {
-                if !needs.pools.contains(pool) {
-                    needs.pools.push(pool.clone());
-                }
+                needs.add_pool(pool);
                 if self.shared_pools.contains(pool) {
                     continue;
                 }

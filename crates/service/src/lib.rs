@@ -100,6 +100,6 @@ pub use resources::{
 pub use source::{SourceKind, SourceService};
 pub use storage::{
     BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, PoolConfig, SnapshotKind,
-    StorageConfig, StorageService, VolumeFormat, VolumeKind, volume_format,
+    StorageConfig, StorageService, VolumeFormat, VolumeKind,
 };
 pub use vm::{VmKind, VmService};

@@ -157,7 +157,7 @@ pub enum VolumeFormat {
 
 /// The format of `volume`'s file: as made (a disk that moved with a migration became a
 /// qcow2), else as its spec asks.
-pub fn volume_format(volume: &Volume) -> VolumeFormat {
+fn volume_format(volume: &Volume) -> VolumeFormat {
     match volume.spec.kind {
         corral_contract::VolumeKind::Weights => VolumeFormat::Weights,
         corral_contract::VolumeKind::Disk => {
