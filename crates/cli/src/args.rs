@@ -179,7 +179,11 @@ pub enum VmCommand {
     #[command(subcommand)]
     Memory(crate::memory::MemoryCommand),
     /// Log in to a VM with ssh (or run a command after --), through its forwarded port 22
+    /// (through corrald when the VM runs on another host of a cluster)
     Ssh(crate::ssh::SshArgs),
+    /// Connect standard input and output to a TCP port the VM forwards, wherever it runs,
+    /// e.g. `ssh -o ProxyCommand='corral vm tunnel web 22' root@web`
+    Tunnel(crate::ssh::TunnelArgs),
 }
 
 // `vm create`: the flags that make a VM's spec.

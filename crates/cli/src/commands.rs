@@ -186,7 +186,10 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             }
             Ok(())
         }
-        VmCommand::Ssh(args) => crate::ssh::ssh(&connect(connection).await?, &args).await,
+        VmCommand::Ssh(args) => {
+            crate::ssh::ssh(&connect(connection).await?, connection, &args).await
+        }
+        VmCommand::Tunnel(args) => crate::ssh::tunnel(&connect(connection).await?, &args).await,
         VmCommand::List(args) => {
             let client = connect(connection).await?;
             let selector: Vec<String> = args

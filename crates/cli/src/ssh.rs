@@ -31,6 +31,16 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct TunnelArgs {
+    /// The VM's name
+    #[arg(value_parser = parse_name)]
+    pub name: ResourceName,
+    /// The guest TCP port (the VM must forward it)
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+}
+
 /// The directory of the key corral manages: `$CORRAL_SSH_DIR`, else
 /// `$XDG_DATA_HOME/corral/ssh` (`~/.local/share/corral/ssh`).
 fn key_dir() -> PathBuf {
@@ -117,13 +127,31 @@ pub async fn wait_ssh(client: &Client, name: &str, timeout: Duration) -> Result<
 
 /// `vm ssh`: runs the system's `ssh` on the forwarded port of guest port 22, replacing this
 /// process so the terminal and exit code are ssh's.
-pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
+///
+/// A VM another node of a cluster runs is reached through corrald (`corral vm tunnel` as
+/// ssh's ProxyCommand, with this command's connection), since its forward listens on that
+/// node.
+pub async fn ssh(
+    client: &Client,
+    connection: &crate::args::ConnectionArgs,
+    args: &SshArgs,
+) -> Result<(), CliError> {
     let vm = client.get_vm(args.name.as_str()).await?;
     let identity = match &args.identity {
         Some(path) => path.clone(),
         None => managed_key()?.0,
     };
     let mut cmd = command(&vm, &args.user, &identity)?;
+    if let Some(node) = &vm.status.node {
+        if *node != client.version().await?.node {
+            cmd.args(["-o", &proxy_command(connection, vm.metadata.name.as_str())?]);
+            // A token given with --token reaches the tunnel in its environment, never on a
+            // command line.
+            if let Some(token) = &connection.token {
+                cmd.env(corral_client::ENV_TOKEN, token);
+            }
+        }
+    }
     if !args.command.is_empty() {
         cmd.arg("--").args(&args.command);
     }
@@ -131,6 +159,62 @@ pub async fn ssh(client: &Client, args: &SshArgs) -> Result<(), CliError> {
     Err(CliError::Failed(format!(
         "running ssh: {err} (install it: apt-get install openssh-client)"
     )))
+}
+
+/// `ProxyCommand=corral vm tunnel NAME 22` with this command's connection flags, quoted for
+/// the shell ssh runs it with.
+fn proxy_command(connection: &crate::args::ConnectionArgs, vm: &str) -> Result<String, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Failed(format!("finding this program for ssh: {e}")))?;
+    let mut words = vec![exe.to_string_lossy().into_owned()];
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            words.push(name.to_owned());
+            words.push(value);
+        }
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    flag("--socket", path(&connection.socket));
+    flag("--server", connection.server.clone());
+    flag("--token-file", path(&connection.token_file));
+    flag("--ca-file", path(&connection.ca_file));
+    for project in &connection.project {
+        flag("--project", Some(project.to_string()));
+    }
+    words.extend(["vm", "tunnel", vm, "22"].map(str::to_owned));
+    let quoted = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|e| CliError::Failed(format!("quoting the tunnel command for ssh: {e}")))?;
+    Ok(format!("ProxyCommand={quoted}"))
+}
+
+/// `vm tunnel`: standard input to guest port `port` of the VM, its bytes to standard output,
+/// until the guest's side closes.
+pub async fn tunnel(client: &Client, args: &TunnelArgs) -> Result<(), CliError> {
+    use std::io::{Read, Write};
+    let mut tunnel = client.tunnel(args.name.as_str(), args.port).await?;
+    let input = tunnel.input.clone();
+    drop(tunnel.input);
+    // A thread of its own: a blocked read of stdin must not keep the process from ending.
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if input.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = std::io::stdout().lock();
+    while let Some(data) = tunnel.output.recv().await {
+        stdout.write_all(&data?)?;
+        stdout.flush()?;
+    }
+    Ok(())
 }
 
 /// The system's `ssh` to `user` on `vm`, through the forward of guest port 22; the caller

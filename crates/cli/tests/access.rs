@@ -140,6 +140,63 @@ fn a_new_vm_is_reachable_by_ssh_forwards_and_its_console() {
         .expect("the guest's web server answers through the forward");
     assert!(body.contains("served-by-web"), "{body}");
 
+    // The same service through a tunnel (corrald connects to the forward, as it does for a
+    // VM on another node of a cluster): a request on stdin, the guest's answer on stdout.
+    let mut tunnel = cli
+        .command()
+        .args(["vm", "tunnel", "web", "8080"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    tunnel
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let answer = tunnel.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(
+        answer.contains("served-by-web"),
+        "through the tunnel: {answer}"
+    );
+    // And ssh riding it, as `vm ssh` does for a VM on another host.
+    let proxy = format!(
+        "ProxyCommand={} --socket {} vm tunnel web 22",
+        env!("CARGO_BIN_EXE_corral"),
+        d.socket().display()
+    );
+    let out = Command::new("ssh")
+        .args([
+            "-i",
+            keys.path().join("managed/id_ed25519").to_str().unwrap(),
+        ])
+        .args(["-o", &proxy])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes"])
+        .args(["root@web", "uname", "-r"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        booted_kernel,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A port the VM does not forward is refused, naming what to do.
+    cli.fails(
+        &["vm", "tunnel", "web", "25"],
+        1,
+        "forwarding no TCP port 25",
+    );
+
     // The console, attached in pipe mode: a command typed, its output read.
     let mut attached = cli.attach("web");
     // The guest computes the answer, so the typed line itself cannot match it.

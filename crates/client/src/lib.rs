@@ -48,6 +48,7 @@ mod network;
 mod node;
 mod source;
 mod storage;
+mod tunnel;
 mod ui;
 mod watch;
 
@@ -59,6 +60,7 @@ pub use endpoint::{
 };
 pub use error::ClientError;
 pub use memory::{MemorySnapshot, SnapshotChunk, SnapshotMode, SnapshotReport};
+pub use tunnel::Tunnel;
 pub use ui::{ConsoleLink, console_link};
 pub use watch::{EventType, VmEvent, VmWatch, is_observed, reached};
 

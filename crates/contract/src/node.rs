@@ -114,6 +114,12 @@ pub struct NodeStatus {
     /// The storage pools this node mounts (`corrald --storage-pool`), by name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<NodePool>,
+    /// `IP:port` where servers reach this node's own streams (console, memory,
+    /// attestation): `corrald --node-listen`. Servers check there the node certificate of
+    /// this node's name, so an address pointing elsewhere reaches nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// A storage pool as a node has it.

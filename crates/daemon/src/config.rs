@@ -225,6 +225,12 @@ pub struct Args {
     /// a free port there) [default: 127.0.0.1, which only serves nodes on this host]
     #[arg(long, env = "CORRAL_MIGRATION_ADDRESS", value_name = "IP")]
     pub migration_address: Option<std::net::IpAddr>,
+    /// `--role agent`: where servers reach this node's own streams — the console, memory and
+    /// attestations of the VMs it runs — over TLS on the node certificate, taking only the
+    /// servers' certificate from the cluster CA. Reported in the node's status
+    /// [default: the migration address, a free port]
+    #[arg(long, env = "CORRAL_NODE_LISTEN", value_name = "IP:PORT")]
+    pub node_listen: Option<std::net::SocketAddr>,
     /// Most a live migration from this node may send a second, e.g. `100M` (bytes)
     /// [default: QEMU's]
     #[arg(long, env = "CORRAL_MIGRATION_BANDWIDTH", value_name = "BYTES")]
@@ -284,6 +290,8 @@ pub struct ClusterConfig {
     pub migration_address: std::net::IpAddr,
     /// Most bytes a second a migration from this node sends.
     pub migration_bandwidth: Option<u64>,
+    /// Where an agent serves its node-local streams to servers.
+    pub node_listen: std::net::SocketAddr,
 }
 
 /// Where an agent reports, and how it joins.
@@ -948,6 +956,13 @@ impl Config {
                 .migration_address
                 .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
             migration_bandwidth: args.migration_bandwidth.map(|b| b.as_u64()),
+            node_listen: args.node_listen.unwrap_or_else(|| {
+                std::net::SocketAddr::new(
+                    args.migration_address
+                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                    0,
+                )
+            }),
         };
         Ok(Config {
             cluster,

@@ -30,6 +30,7 @@ mod snapshots;
 mod sources;
 mod state;
 mod system;
+mod tunnels;
 pub mod ui;
 mod vms;
 mod volumes;
@@ -241,12 +242,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(sha256 = %ca.fingerprint(), "agents join with the cluster CA");
     }
     let joins = corral_service::JoinService::new(store.clone(), cluster_ca.clone());
+    // On a cluster's store, the consoles and attestations of VMs other nodes run are asked
+    // of those nodes' agents.
+    let route = match (&cluster_ca, &config.store) {
+        (Some(ca), config::StoreConfig::Etcd { .. }) => Some(corral_service::NodeRoute::new(
+            node_name.as_str(),
+            Arc::new(nodes::link::AgentLink::new(nodes.clone(), ca).context(
+                "issuing this server's client certificate for the agents' node listeners",
+            )?),
+        )),
+        _ => None,
+    };
+    let mut consoles = ConsoleService::new(vms.clone(), backend.clone());
+    let mut tunnels = corral_service::TunnelService::new(vms.clone());
+    if let Some(route) = &route {
+        consoles = consoles.with_route(route.clone());
+        tunnels = tunnels.with_route(route.clone());
+    }
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
         sources: SourceService::new(store.clone()),
         memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
-        consoles: ConsoleService::new(vms.clone(), backend.clone()),
+        consoles,
+        tunnels,
         vms,
         networks,
         storage,
@@ -263,6 +282,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit,
         ui: ui::Ui::default(),
         history: vms::history::History::default(),
+        route,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -283,6 +303,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_name.clone(),
             config.data_dir.clone(),
             config.storage_pools.clone(),
+            None,
             fence,
             stop_rx.clone(),
         ));
@@ -453,6 +474,11 @@ async fn grpc_routes(daemon: &Arc<Daemon>) -> anyhow::Result<tonic::service::Rou
         .add_service(grpc_limits!(ConsoleServiceServer::new(
             console::grpc::ConsoleGrpc(d.clone())
         )))
+        .add_service(grpc_limits!(
+            corral_contract::pb::tunnel_service_server::TunnelServiceServer::new(
+                tunnels::grpc::TunnelGrpc(d.clone())
+            )
+        ))
         .add_service(grpc_limits!(ImageServiceServer::new(
             images::grpc::ImageGrpc(d.clone())
         )))

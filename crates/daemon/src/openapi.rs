@@ -84,6 +84,7 @@ pub const OPERATIONS: &[Described] = {
             "/v1/vms/{name}/console/ws",
             console_ws,
         ),
+        ("openVmTunnel", Get, "/v1/vms/{name}/tunnel/ws", tunnel_ws),
         (
             "getVmAttestation",
             Get,
@@ -1174,6 +1175,36 @@ fn console_log() -> Operation {
         .response("400", error("The name or query string does not parse"))
         .response("404", error("No VM of that name"))
         .build()
+}
+
+fn tunnel_ws() -> Operation {
+    common(op(
+        "Open a byte stream over WebSocket to a TCP port the VM forwards, on whichever node runs \
+         it: binary messages carry the bytes both ways (what `corral vm ssh` rides)",
+    ))
+    .parameter(name_param())
+    .parameter(query(
+        "port",
+        integer(1, Some(65535)),
+        true,
+        "The guest TCP port; the VM must forward it (`spec.networks[].forwards`)",
+    ))
+    .response(
+        "101",
+        ResponseBuilder::new()
+            .description("Switched to WebSocket")
+            .build(),
+    )
+    .response(
+        "400",
+        error("Not a WebSocket upgrade, or the port is missing or out of range"),
+    )
+    .response("404", error("No VM of that name"))
+    .response(
+        "412",
+        error("The VM forwards no such port, is not running, or nothing answers there"),
+    )
+    .build()
 }
 
 fn console_ws() -> Operation {

@@ -145,9 +145,56 @@ impl TlsListener {
         } else {
             builder.with_client_cert_verifier(client_verifier(client_ca, cluster_ca, provider)?)
         };
-        let mut config = builder
+        let config = builder
             .with_single_cert(certs, key)
             .map_err(|e| format!("TLS certificate and key: {e}"))?;
+        TlsListener::listen(addr, config, limits).await
+    }
+
+    /// An agent's node listener at `addr`: its node certificate and key (PEM), and only
+    /// clients with a certificate the cluster CA (`ca`, PEM) signed — which of those may do
+    /// what is the router's to decide (servers only, see `agent/streams.rs`).
+    pub async fn bind_node(
+        addr: SocketAddr,
+        cert: &str,
+        key: &str,
+        ca: &str,
+        limits: &ConnLimits,
+    ) -> Result<TlsListener, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the node certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| format!("the node key: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            let cert = cert.map_err(|e| format!("the cluster CA: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("the cluster CA: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("the cluster CA: {e}"))?;
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("the node certificate and key: {e}"))?;
+        TlsListener::listen(addr, config, limits).await
+    }
+
+    /// Listens on `addr` with `config`.
+    async fn listen(
+        addr: SocketAddr,
+        mut config: ServerConfig,
+        limits: &ConnLimits,
+    ) -> Result<TlsListener, String> {
         // gRPC needs HTTP/2; REST clients may speak either.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tcp = TcpListener::bind(addr)

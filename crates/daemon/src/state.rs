@@ -6,7 +6,8 @@ use std::sync::Arc;
 use corral_qemu::QemuBackend;
 use corral_service::{
     ApplyService, AuditLog, ConsoleService, IdentityService, JoinService, MemoryService,
-    NetworkService, NodeService, ProjectService, SourceService, StorageService, VmService,
+    NetworkService, NodeRoute, NodeService, ProjectService, ServiceError, SourceService,
+    StorageService, VmService,
 };
 
 use crate::auth::Registry;
@@ -28,6 +29,8 @@ pub struct Daemon {
     pub memory: MemoryService,
     /// Serial consoles.
     pub consoles: ConsoleService,
+    /// Tunnels to VMs' forwarded ports.
+    pub tunnels: corral_service::TunnelService,
     /// Networks.
     pub networks: NetworkService,
     /// Images, volumes and snapshots.
@@ -58,6 +61,23 @@ pub struct Daemon {
     pub history: crate::vms::history::History,
     /// The web console's sessions and local listener.
     pub ui: crate::ui::Ui,
+    /// How a server reaches the agents that run VMs (none on a single host).
+    pub route: Option<NodeRoute>,
+}
+
+impl Daemon {
+    /// VM `key`'s attestation, signed by the node that runs it (asked of its agent when that
+    /// is another node): the DSSE envelope and the signing node's public key, PEM.
+    pub async fn attestation(&self, key: &str) -> Result<(Vec<u8>, String), ServiceError> {
+        if let Some(route) = &self.route {
+            let vm = self.vms.get(key).await?;
+            if let Some(node) = route.elsewhere(&vm) {
+                return route.link().attest(node, key).await;
+            }
+        }
+        let envelope = self.storage.attest(key, &self.node_key, &self.node).await?;
+        Ok((envelope, self.node_key.public_pem()))
+    }
 }
 
 /// A handle transports hold.

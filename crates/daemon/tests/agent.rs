@@ -588,6 +588,7 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     );
     // Evidence from inside the guest: its console, as the agent drains it.
     wait_serial(&dir, &vm.metadata.uid, "CORRAL_BOOT_OK", &agent).await;
+    node_local_streams_through_the_server(&cluster, &admin, &dir, &agent).await?;
 
     // Restarted, the agent reuses its certificate and adopts the running guest: one QEMU.
     agent.stop();
@@ -820,6 +821,117 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
 
 /// The highest heartbeat count in the serial log the agent under `dir` keeps of VM `uid`,
 /// and whether that log holds a boot.
+/// The console, console log and attestation of VM `on-agent`, which agent-a runs, asked of
+/// the server as a user would: the server reaches the agent's node listener. That listener
+/// takes the servers' certificate only: a node certificate of the same CA is refused.
+async fn node_local_streams_through_the_server(
+    cluster: &Cluster,
+    admin: &corral_client::Client,
+    dir: &Path,
+    agent: &Agent,
+) -> anyhow::Result<()> {
+    let logs = || format!("agent:\n{}\nserver:\n{}", agent.log(), cluster.server.log());
+    let log = admin.console_log("on-agent", 0).await?;
+    assert!(
+        String::from_utf8_lossy(&log).contains("CORRAL_BOOT_OK"),
+        "the log through the server: {}\n{}",
+        String::from_utf8_lossy(&log),
+        logs()
+    );
+    // A live console: typed through the server, answered by the guest's shell on agent-a.
+    let mut console = admin.attach_console("on-agent", true, true).await?;
+    console
+        .input
+        .send(b"echo CONSOLE-$((6*7))\n".to_vec())
+        .await?;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains("CONSOLE-42") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, console.output.recv()).await {
+            Ok(Some(Ok(data))) => seen.extend(data),
+            other => panic!(
+                "no answer on the console ({other:?}): {}\n{}",
+                String::from_utf8_lossy(&seen),
+                logs()
+            ),
+        }
+    }
+    // One writer per console, also through a server.
+    let second = admin.attach_console("on-agent", true, false).await;
+    let refused = match second {
+        Ok(mut s) => tokio::time::timeout(Duration::from_secs(10), s.output.recv())
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::err)
+            .map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("writer")),
+        "{refused:?}"
+    );
+    drop(console);
+
+    // The attestation is signed by agent-a's own key, for agent-a.
+    let (envelope, key_pem) = admin.attestation("on-agent").await?;
+    let agent_key = std::fs::read_to_string(dir.join("d/keys/node.pub"))?;
+    assert_eq!(
+        key_pem.trim(),
+        agent_key.trim(),
+        "signed by the agent's key"
+    );
+    let key_file = dir.join("agent-key.pub");
+    std::fs::write(&key_file, &key_pem)?;
+    let key = corral_storage::attest::read_public_key(&key_file)?;
+    let statement = corral_storage::attest::verify(&envelope, &key)?;
+    assert_eq!(statement.predicate.node_id, "agent-a");
+    assert!(
+        statement.predicate.vm.ends_with("on-agent"),
+        "{:?}",
+        statement.predicate
+    );
+
+    // The node listener, at the address the node reports, refuses a node certificate (the
+    // agent's own) and a client without one.
+    let node = api(&cluster.server)
+        .send("GET", "/v1/nodes/agent-a", None)
+        .await
+        .expect(200);
+    let address: std::net::SocketAddr = node["status"]["address"]
+        .as_str()
+        .expect("the node reports its address")
+        .parse()?;
+    let read = |f: &str| std::fs::read(dir.join("d/node").join(f)).unwrap();
+    let mut identity = read("node.crt");
+    identity.extend(read("node.key"));
+    let url = format!(
+        "https://agent-a:{}/v1/node/console/log?vm=default/on-agent",
+        address.port()
+    );
+    let as_node = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt"))?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .resolve("agent-a", address)
+        .build()?;
+    let reply = as_node.get(&url).send().await?;
+    assert_eq!(reply.status(), 403, "a node certificate reaches no node");
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt"))?)
+        .resolve("agent-a", address)
+        .build()?;
+    assert!(
+        anonymous.get(&url).send().await.is_err(),
+        "no client certificate, no connection"
+    );
+    Ok(())
+}
+
 fn heartbeat_under(dir: &Path, uid: &str) -> (Option<u64>, bool) {
     let log =
         std::fs::read_to_string(dir.join("r/vms").join(uid).join("serial.log")).unwrap_or_default();

@@ -13,7 +13,8 @@
 //! - a server killed: the agent that reported to it moves on to the other and keeps its VMs
 //!   (nothing fenced), and a new VM is still placed and boots.
 //!
-//! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and every
+//! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and the same
+//! through a server (which asks that node's agent across namespaces), and every
 //! QEMU process of the host, in every namespace, sampled every 100 ms from start to end:
 //! never two for one VM. The failover times (failure → VM running elsewhere) are printed.
 
@@ -408,6 +409,14 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
         };
         let vm = c.get_vm(name).await?;
         booted(&demo, &node, &vm).await;
+        // The same evidence through the server, which asks the agent in its namespace.
+        let log = c.console_log(name, 0).await?;
+        assert!(
+            String::from_utf8_lossy(&log).contains("CORRAL_BOOT_OK"),
+            "{name}'s console log through the server:\n{}\n{}",
+            String::from_utf8_lossy(&log),
+            demo.log(&node)
+        );
     }
     for agent in agents {
         assert_eq!(

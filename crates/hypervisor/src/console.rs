@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -43,19 +43,16 @@ impl Console {
         )
     }
 
+    /// A publisher that does not keep the console alive: once every [`Console`] handle is
+    /// dropped its [`ConsoleInput`] ends, so whoever feeds a console from afar (a server
+    /// relaying an agent's) learns that nobody watches any more.
+    pub fn publisher(&self) -> ConsolePublisher {
+        ConsolePublisher(Arc::downgrade(&self.inner))
+    }
+
     /// Records output from the guest and hands it to every subscriber.
     pub fn publish(&self, data: &[u8]) {
-        let mut scrollback = self
-            .inner
-            .scrollback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        scrollback.extend(data);
-        let excess = scrollback.len().saturating_sub(self.inner.capacity);
-        scrollback.drain(..excess);
-        // Sent under the lock so that a subscriber sees each byte exactly once: either in its
-        // scrollback copy or on its receiver. No subscriber is fine.
-        let _ = self.inner.output.send(Arc::from(data));
+        publish(&self.inner, data);
     }
 
     /// The scrollback so far and a receiver for everything printed after it.
@@ -80,9 +77,55 @@ impl Console {
     }
 }
 
+/// A [`Console::publisher`]: publishes while the console lives.
+#[derive(Debug, Clone)]
+pub struct ConsolePublisher(Weak<Inner>);
+
+impl ConsolePublisher {
+    /// Publishes `data` (see [`Console::publish`]); `false` once the console is gone.
+    pub fn publish(&self, data: &[u8]) -> bool {
+        match self.0.upgrade() {
+            Some(inner) => {
+                publish(&inner, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn publish(inner: &Inner, data: &[u8]) {
+    let mut scrollback = inner.scrollback.lock().unwrap_or_else(|e| e.into_inner());
+    scrollback.extend(data);
+    let excess = scrollback.len().saturating_sub(inner.capacity);
+    scrollback.drain(..excess);
+    // Sent under the lock so that a subscriber sees each byte exactly once: either in its
+    // scrollback copy or on its receiver. No subscriber is fine.
+    let _ = inner.output.send(Arc::from(data));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_publisher_keeps_nothing_alive_and_the_input_ends_with_the_last_handle() {
+        let (console, mut input) = Console::new(64);
+        let publisher = console.publisher();
+        let (_, mut rx) = console.subscribe();
+        assert!(publisher.publish(b"hi"));
+        assert_eq!(&*rx.recv().await.unwrap(), b"hi");
+        let other = console.clone();
+        drop(console);
+        other.write(b"k").await.unwrap();
+        assert_eq!(input.0.recv().await.unwrap(), b"k");
+        drop(other);
+        assert!(
+            input.0.recv().await.is_none(),
+            "no handle left: the input ends"
+        );
+        assert!(!publisher.publish(b"late"));
+    }
 
     #[tokio::test]
     async fn subscriber_sees_scrollback_then_live_output_once() {

@@ -37,7 +37,7 @@ mod types;
 pub use config::{
     BootSource, DiskConfig, PassedFiles, ShareConfig, VmConfig, format_from_extension,
 };
-pub use console::{Console, ConsoleInput};
+pub use console::{Console, ConsoleInput, ConsolePublisher};
 pub use corral_contract::DiskFormat;
 pub use error::Error;
 pub use fake::FakeHypervisor;

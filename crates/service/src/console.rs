@@ -8,7 +8,7 @@ use corral_contract::{Phase, Vm};
 use corral_hypervisor::{Console, Hypervisor};
 use tokio::sync::{broadcast, watch};
 
-use crate::{ServiceError, Stored, VmService};
+use crate::{NodeRoute, ServiceError, Stored, VmService};
 
 /// The most a console-log request returns at once.
 pub const MAX_CONSOLE_LOG: u64 = 4 << 20;
@@ -22,6 +22,8 @@ pub struct ConsoleService {
     vms: VmService,
     hypervisor: Arc<dyn Hypervisor>,
     writers: Writers,
+    /// VMs of other nodes are attached to on their node.
+    route: Option<NodeRoute>,
 }
 
 /// An attached console; the write side, when granted, is released on drop.
@@ -60,7 +62,15 @@ impl ConsoleService {
             vms,
             hypervisor,
             writers: Arc::default(),
+            route: None,
         }
+    }
+
+    /// Reaches the consoles of VMs that other nodes run over `route` (a server's).
+    #[must_use]
+    pub fn with_route(mut self, route: NodeRoute) -> Self {
+        self.route = Some(route);
+        self
     }
 
     /// Attaches to VM `name`'s console, with its write side when `write` (refused while
@@ -74,18 +84,30 @@ impl ConsoleService {
     ) -> Result<ConsoleSession, ServiceError> {
         let vm = self.vms.get(name).await?;
         let uid = vm.metadata.uid.clone();
-        let console = match (vm.status.phase, self.hypervisor.console(&uid)) {
-            (Phase::Running | Phase::Paused | Phase::Starting, Ok(console)) => console,
-            _ => {
-                return Err(ServiceError::WrongState {
-                    kind: Vm::NOUN,
-                    name: name.to_owned(),
-                    state: format!("not running (phase {})", vm.status.phase),
-                    rule: format!(
-                        "start it, or read its past output with `corral vm console {name} --log`"
-                    ),
-                });
-            }
+        let not_running = || ServiceError::WrongState {
+            kind: Vm::NOUN,
+            name: name.to_owned(),
+            state: format!("not running (phase {})", vm.status.phase),
+            rule: format!(
+                "start it, or read its past output with `corral vm console {name} --log`"
+            ),
+        };
+        let running = matches!(
+            vm.status.phase,
+            Phase::Running | Phase::Paused | Phase::Starting
+        );
+        let remote = self
+            .route
+            .as_ref()
+            .and_then(|r| r.elsewhere(&vm).map(|node| (r, node)));
+        let console = match remote {
+            Some(_) if !running => return Err(not_running()),
+            // The node that runs it keeps to one writer across every server.
+            Some((route, node)) => route.link().console(node, name, write, who).await?,
+            None => match (running, self.hypervisor.console(&uid)) {
+                (true, Ok(console)) => console,
+                _ => return Err(not_running()),
+            },
         };
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         // Consoles nobody is attached to any more (their last session was read-only).
@@ -128,6 +150,13 @@ impl ConsoleService {
         } else {
             tail.min(MAX_CONSOLE_LOG)
         };
+        if let Some((route, node)) = self
+            .route
+            .as_ref()
+            .and_then(|r| r.elsewhere(&vm).map(|node| (r, node)))
+        {
+            return route.link().console_log(node, name, max).await;
+        }
         self.hypervisor
             .console_log(&vm.metadata.uid, max)
             .await

@@ -306,6 +306,16 @@ pub enum ServiceError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] StoreError),
+    /// The node that runs the object answered with an error, or could not be reached.
+    #[error("node {node:?}: {message}")]
+    Node {
+        /// The node.
+        node: String,
+        /// The class of its answer, as the node gave it.
+        code: ErrorCode,
+        /// What it said, or why it could not be reached.
+        message: String,
+    },
     /// A client sent more bytes than the daemon accepts for one request.
     #[error(
         "{what} is larger than {} ({limit} bytes), the most this daemon accepts: {remedy}",
@@ -365,6 +375,7 @@ impl ServiceError {
             | E::Hypervisor { .. } => ErrorCode::FailedPrecondition,
             E::Store(_) | E::Host(_) => ErrorCode::Unavailable,
             E::TooLarge { .. } => ErrorCode::TooLarge,
+            E::Node { code, .. } => *code,
             E::Io { .. }
             | E::Corrupt { .. }
             | E::BadDigest(_)

@@ -30,6 +30,10 @@ const PREFIX: &str = "crj";
 /// The Organization every node certificate carries, so a node certificate cannot be taken for
 /// a user's.
 const NODE_ORG: &str = "corral:nodes";
+/// The Organization of the client certificate servers present to agents' node listeners
+/// (console, memory, attestation of the VMs an agent runs). Agents accept no other: a node
+/// certificate, signed by the same CA, must not reach another node's guests.
+pub const SERVER_ORG: &str = "corral:servers";
 /// How long node certificates are valid.
 const NODE_CERT_DAYS: i64 = 365;
 /// The longest a join token may live.
@@ -225,6 +229,28 @@ impl ClusterCa {
         ))
     }
 
+    /// A client certificate for this server with a new key (PEM certificate, PEM key): what it
+    /// presents to agents' node listeners to reach the VMs they run, on behalf of callers it
+    /// has authorized itself. Only a holder of the CA key can make one.
+    pub fn issue_server_client(&self) -> Result<(String, String), ServiceError> {
+        let failed = |e: rcgen::Error| {
+            ServiceError::Host(format!("issuing the servers' client certificate: {e}").into())
+        };
+        let key = KeyPair::generate().map_err(failed)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "corral server");
+        dn.push(DnType::OrganizationName, SERVER_ORG);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(NODE_CERT_DAYS);
+        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// The node a TLS client certificate (DER) names, if this CA signed it for a node; `None`
     /// for any other certificate, such as a user's from `--tls-client-ca`.
     pub fn node_of(&self, leaf: &[u8]) -> Option<ResourceName> {
@@ -245,6 +271,20 @@ impl ClusterCa {
             .parse()
             .ok()
     }
+}
+
+/// The Organization a certificate (DER) names first, if it parses: callers check the chain
+/// first (TLS did), then what it is for ([`SERVER_ORG`], the nodes').
+pub fn certificate_org(leaf: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let org = cert
+        .subject()
+        .iter_organization()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(org)
 }
 
 /// What a node certificate says: the node's name (also as its DNS name, which the source of
@@ -729,6 +769,19 @@ mod tests {
             joins.store.get(KIND, &id).await.is_err(),
             "long expired: dropped"
         );
+    }
+
+    #[test]
+    fn the_servers_client_certificate_is_no_node_and_names_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::init(&ClusterCa::dir(dir.path())).unwrap();
+        let (cert, _) = ca.issue_server_client().unwrap();
+        let der = pem_der(&cert).unwrap();
+        assert_eq!(certificate_org(&der).as_deref(), Some(SERVER_ORG));
+        assert_eq!(ca.node_of(&der), None);
+        let (node, _) = ca.issue_node(&"agent-a".parse().unwrap()).unwrap();
+        let node = pem_der(&node).unwrap();
+        assert_eq!(certificate_org(&node).as_deref(), Some(NODE_ORG));
     }
 
     #[test]

@@ -58,11 +58,13 @@ mod limits;
 mod memory;
 mod network;
 mod node;
+mod node_link;
 mod node_scope;
 mod project;
 mod resources;
 mod source;
 mod storage;
+mod tunnel;
 mod vm;
 
 pub use access::{RequireAdmin, check_share};
@@ -75,8 +77,8 @@ pub use corral_store::EventType;
 pub use error::{ErrorCode, ServiceError};
 pub use identity::{IdentityKind, IdentityService, new_token, token_hash};
 pub use join::{
-    CaError, ClusterCa, JoinService, JoinToken, Joined, MAX_TOKEN_TTL, TokenParts, pem_der,
-    sha256_hex, write_private,
+    CaError, ClusterCa, JoinService, JoinToken, Joined, MAX_TOKEN_TTL, SERVER_ORG, TokenParts,
+    certificate_org, pem_der, sha256_hex, write_private,
 };
 pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
@@ -89,6 +91,7 @@ pub use network::{
     NetworkService, bridge_name, host_conflict, link_alias, network_conflict,
 };
 pub use node::{EVICTING, NodeKind, NodeService};
+pub use node_link::{NodeLink, NodeRoute};
 pub use node_scope::{
     NodeScope, StoreAnswer, StoreCall, WireError, WireObject, event_name, event_of,
 };
@@ -102,4 +105,5 @@ pub use storage::{
     BlockedAddress, BuildConfig, ImageKind, ImportPolicy, ImportProgress, PoolConfig, SnapshotKind,
     StorageConfig, StorageService, VolumeFormat, VolumeKind,
 };
+pub use tunnel::TunnelService;
 pub use vm::{VmKind, VmService};

@@ -48,6 +48,7 @@ impl From<&Node> for pb::Node {
                         shared: p.shared,
                     })
                     .collect(),
+                address: s.address.map(|a| a.to_string()),
             }),
         }
     }
@@ -83,6 +84,17 @@ impl TryFrom<pb::Node> for Node {
                         shared: p.shared,
                     })
                     .collect(),
+                address: s
+                    .address
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            ValidationError::new(
+                                "status.address",
+                                "must be an IP:port, e.g. 10.0.0.5:7444",
+                            )
+                        })
+                    })
+                    .transpose()?,
             },
         })
     }

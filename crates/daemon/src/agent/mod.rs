@@ -8,6 +8,7 @@
 
 mod blobs;
 mod remote;
+pub(crate) mod streams;
 
 pub use blobs::ServerBlobs;
 pub use remote::RemoteStore;
@@ -145,7 +146,24 @@ async fn run_node(
             .await
             .context("starting the node's fence guard")?;
     let mut controller_config = crate::controller_config(config, host_paths);
-    controller_config.migration_tls = Some(migration_tls);
+    controller_config.migration_tls = Some(migration_tls.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let address = serve_streams(
+        config,
+        &migration_tls,
+        streams::NodeStreams {
+            consoles: corral_service::ConsoleService::new(vms.clone(), backend.clone()),
+            tunnels: corral_service::TunnelService::new(vms.clone()),
+            storage: storage.clone(),
+            node_key: corral_storage::attest::NodeKey::load_or_create(
+                &config.data_dir.join("keys"),
+            )
+            .context("preparing the node key")?,
+            node: node_name.to_string(),
+        },
+        stop_rx.clone(),
+    )
+    .await?;
     let controller = Arc::new(
         corral_controller::VmController::new(vms, backend.clone(), controller_config)
             .with_storage(storage.clone())
@@ -157,7 +175,6 @@ async fn run_node(
             .for_agent(node_name.as_str())
             .with_blob_source(blobs),
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let fence = crate::nodes::Fence {
         ttl: config.cluster.node_ttl,
         hypervisor: backend.clone(),
@@ -169,6 +186,7 @@ async fn run_node(
         node_name.clone(),
         config.data_dir.clone(),
         config.storage_pools.clone(),
+        Some(address),
         fence,
         stop_rx.clone(),
     ));
@@ -183,6 +201,35 @@ async fn run_node(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
     Ok(())
+}
+
+/// Serves this node's own streams to the servers on `--node-listen`, until `stop`; the
+/// address to report in the node's status (the migration address when bound to all).
+async fn serve_streams(
+    config: &Config,
+    tls: &corral_hypervisor::MigrationTls,
+    streams: streams::NodeStreams,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listen = config.cluster.node_listen;
+    let listener =
+        crate::serve::TlsListener::bind_node(listen, &tls.cert, &tls.key, &tls.ca, &config.limits)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("--node-listen")?;
+    let mut address = axum::serve::Listener::local_addr(&listener)?;
+    if address.ip().is_unspecified() {
+        address.set_ip(config.cluster.migration_address);
+    }
+    tracing::info!(%address, "serving this node's consoles and attestations to the servers");
+    tokio::spawn(crate::serve::serve(
+        listener,
+        streams::router(Arc::new(streams)),
+        config.limits.clone(),
+        |io: &_, _: &std::net::SocketAddr| crate::auth::TlsPeer::of(io),
+        stop,
+    ));
+    Ok(address)
 }
 
 /// The body of a successful answer, or the server's error.

@@ -111,6 +111,7 @@ fn table() -> Vec<Route> {
     [
         crate::vms::rest::routes(),
         crate::console::rest::routes(),
+        crate::tunnels::rest::routes(),
         crate::memory::rest::routes(),
         crate::attestations::rest::routes(),
         crate::images::rest::routes(),
@@ -141,6 +142,7 @@ pub fn grpc_methods() -> Vec<GrpcMethod> {
     [
         crate::vms::grpc::METHODS,
         crate::console::grpc::METHODS,
+        crate::tunnels::grpc::METHODS,
         crate::memory::grpc::METHODS,
         crate::attestations::grpc::METHODS,
         crate::images::grpc::METHODS,

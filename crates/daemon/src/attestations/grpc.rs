@@ -25,15 +25,14 @@ impl AttestationService for AttestationGrpc {
         req: Request<pb::GetAttestationRequest>,
     ) -> Result<Response<pb::Attestation>, Status> {
         let scope = Scope::of(req.extensions());
-        let d = &self.0;
-        let envelope = d
-            .storage
-            .attest(&scope.key(&req.into_inner().vm), &d.node_key, &d.node)
+        let (envelope, public_key_pem) = self
+            .0
+            .attestation(&scope.key(&req.into_inner().vm))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::Attestation {
             envelope,
-            public_key_pem: d.node_key.public_pem(),
+            public_key_pem,
         }))
     }
 }

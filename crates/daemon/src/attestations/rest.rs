@@ -20,10 +20,7 @@ pub(crate) fn routes() -> Vec<Route> {
 }
 
 async fn attestation(State(d): State<Shared>, scope: Scope, Path(name): Path<String>) -> ApiResult {
-    let envelope = d
-        .storage
-        .attest(&scope.key(&name), &d.node_key, &d.node)
-        .await?;
+    let (envelope, _) = d.attestation(&scope.key(&name)).await?;
     Ok((
         [(
             header::CONTENT_TYPE,

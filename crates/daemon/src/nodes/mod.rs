@@ -2,6 +2,7 @@
 //! drain them.
 
 pub mod grpc;
+pub(crate) mod link;
 pub mod rest;
 
 use std::path::Path;
@@ -100,6 +101,7 @@ pub async fn heartbeat(
     name: ResourceName,
     data_dir: std::path::PathBuf,
     pools: Pools,
+    address: Option<std::net::SocketAddr>,
     fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -109,7 +111,8 @@ pub async fn heartbeat(
     loop {
         let sent = std::time::Instant::now();
         let sent_boottime = crate::fence_guard::boottime();
-        let status = probe(&data_dir, &pools);
+        let mut status = probe(&data_dir, &pools);
+        status.address = address;
         let registered = last.is_some();
         let result = if registered {
             nodes.heartbeat(name.as_str(), status, last.take()).await

@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/snapshots/{name}"),
     ("POST", "/v1/snapshots/{name}/restore"),
     ("GET", "/v1/vms/{name}/console/ws"),
+    ("GET", "/v1/vms/{name}/tunnel/ws"),
     ("GET", "/v1/networks"),
     ("POST", "/v1/networks"),
     ("GET", "/v1/networks/{name}"),

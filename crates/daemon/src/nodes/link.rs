@@ -1,0 +1,356 @@
+//! A server's link to the agents: the console, console log and attestation of a VM another
+//! node runs are asked of that node's listener (`agent/streams.rs`) at the address its status
+//! reports, with the servers' client certificate from the cluster CA. The node must present
+//! the node certificate of the node's own name: an address that points anywhere else
+//! reaches nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corral_hypervisor::Console;
+use corral_service::{ClusterCa, ErrorCode, NodeLink, NodeService, ServiceError, pem_der};
+use futures_util::{SinkExt, StreamExt};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::agent::streams::NodeAttestation;
+
+/// How long a call to a node may take (a console stays open as long as it is used).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a relayed console's output the server keeps for late subscribers.
+const SCROLLBACK: usize = 256 << 10;
+/// How many bytes a relayed tunnel buffers each way.
+const TUNNEL_BUFFER: usize = 64 << 10;
+
+/// The servers' [`NodeLink`]: HTTPS and WebSocket to agents' node listeners.
+#[derive(Debug)]
+pub(crate) struct AgentLink {
+    nodes: NodeService,
+    /// The servers' client certificate; the cluster CA the only root.
+    tls: Arc<rustls::ClientConfig>,
+    /// One client per node and address (reqwest pins the node's name to its address).
+    clients: Mutex<HashMap<(String, SocketAddr), reqwest::Client>>,
+}
+
+impl AgentLink {
+    /// A link presenting a client certificate `ca` issues for this server now.
+    pub(crate) fn new(nodes: NodeService, ca: &ClusterCa) -> anyhow::Result<AgentLink> {
+        let (cert, key) = ca.issue_server_client()?;
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(
+            pem_der(ca.cert_pem()).ok_or_else(|| anyhow::anyhow!("the cluster CA is no PEM"))?,
+        ))?;
+        let chain =
+            CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+        Ok(AgentLink {
+            nodes,
+            tls: Arc::new(tls),
+            clients: Mutex::default(),
+        })
+    }
+
+    /// Where `node` serves its streams, as its status reports.
+    async fn address(&self, node: &str) -> Result<SocketAddr, ServiceError> {
+        let found = self
+            .nodes
+            .get(node)
+            .await
+            .map_err(|e| unreachable(node, e))?;
+        found.status.address.ok_or_else(|| ServiceError::Node {
+            node: node.to_owned(),
+            code: ErrorCode::Unavailable,
+            message: "reports no address for its consoles and attestations yet (its agent \
+                      is not up, or older than --node-listen)"
+                .into(),
+        })
+    }
+
+    fn client(&self, node: &str, addr: SocketAddr) -> Result<reqwest::Client, ServiceError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&(node.to_owned(), addr)) {
+            return Ok(client.clone());
+        }
+        // A node moved to another address: forget its old clients.
+        clients.retain(|(n, _), _| n != node);
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*self.tls).clone())
+            .resolve(node, addr)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| unreachable(node, e))?;
+        clients.insert((node.to_owned(), addr), client.clone());
+        Ok(client)
+    }
+
+    /// `https://<node>:<port><path>?<query>` at `node`'s address.
+    async fn url(
+        &self,
+        node: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(SocketAddr, reqwest::Url), ServiceError> {
+        let addr = self.address(node).await?;
+        let mut url = reqwest::Url::parse(&format!("https://{node}:{}{path}", addr.port()))
+            .map_err(|e| unreachable(node, e))?;
+        url.query_pairs_mut().extend_pairs(query);
+        Ok((addr, url))
+    }
+
+    /// GETs `path` from `node`: the body of a success, or the node's error.
+    async fn get(
+        &self,
+        node: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<axum::body::Bytes, ServiceError> {
+        let (addr, url) = self.url(node, path, query).await?;
+        let response = self
+            .client(node, addr)?
+            .get(url)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(answered(node, status.as_u16(), &body))
+        }
+    }
+}
+
+/// A WebSocket to `node`'s `path`.
+type NodeSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl AgentLink {
+    /// Opens a WebSocket to `path` on `node` (the node's errors before the upgrade kept).
+    async fn websocket(
+        &self,
+        node: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(NodeSocket, SocketAddr), ServiceError> {
+        let (addr, mut url) = self.url(node, path, query).await?;
+        url.set_scheme("wss")
+            .map_err(|()| unreachable(node, "no wss URL"))?;
+        let name = ServerName::try_from(node.to_owned()).map_err(|e| unreachable(node, e))?;
+        // HTTP/1.1 for the upgrade.
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
+                .await
+                .map_err(|e| match e {
+                    tungstenite::Error::Http(response) => answered(
+                        node,
+                        response.status().as_u16(),
+                        response.body().as_deref().unwrap_or_default(),
+                    ),
+                    e => unreachable(node, format!("{addr}: {e}")),
+                })?;
+            Ok::<_, ServiceError>(ws)
+        };
+        let ws = tokio::time::timeout(CALL_TIMEOUT, connect)
+            .await
+            .map_err(|_| unreachable(node, format!("{addr}: no answer in {CALL_TIMEOUT:?}")))??;
+        Ok((ws, addr))
+    }
+}
+
+/// `node` could not be reached.
+fn unreachable(node: &str, why: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Node {
+        node: node.to_owned(),
+        code: ErrorCode::Unavailable,
+        message: format!("cannot reach its agent: {why}"),
+    }
+}
+
+/// The error `node` answered (`{"error": {"code", "message"}}`), with its class kept.
+fn answered(node: &str, status: u16, body: &[u8]) -> ServiceError {
+    let error = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let field = |f: &str| {
+        error
+            .as_ref()
+            .and_then(|e| e["error"][f].as_str().map(str::to_owned))
+    };
+    let code = match field("code").as_deref() {
+        Some("InvalidArgument") => ErrorCode::InvalidArgument,
+        Some("NotFound") => ErrorCode::NotFound,
+        Some("PermissionDenied") => ErrorCode::PermissionDenied,
+        Some("AlreadyExists") => ErrorCode::AlreadyExists,
+        Some("Conflict") => ErrorCode::Aborted,
+        Some("FailedPrecondition") => ErrorCode::FailedPrecondition,
+        Some("PayloadTooLarge") => ErrorCode::TooLarge,
+        Some("Unavailable") => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    ServiceError::Node {
+        node: node.to_owned(),
+        code,
+        message: field("message")
+            .unwrap_or_else(|| format!("answered {status}: {}", String::from_utf8_lossy(body))),
+    }
+}
+
+#[async_trait]
+impl NodeLink for AgentLink {
+    async fn console(
+        &self,
+        node: &str,
+        vm: &str,
+        write: bool,
+        who: &str,
+    ) -> Result<Console, ServiceError> {
+        let write = if write { "true" } else { "false" };
+        let (mut ws, addr) = self
+            .websocket(
+                node,
+                "/v1/node/console",
+                &[("vm", vm), ("write", write), ("who", who)],
+            )
+            .await?;
+        // The first message is the scrollback: in place before anyone subscribes.
+        let first = async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) => return Ok(data),
+                    Some(Ok(Message::Close(_))) | None => {
+                        return Err(unreachable(node, "the console closed at once"));
+                    }
+                    Some(Err(e)) => return Err(unreachable(node, e)),
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        let scrollback = tokio::time::timeout(CALL_TIMEOUT, first)
+            .await
+            .map_err(|_| unreachable(node, format!("{addr}: no answer in {CALL_TIMEOUT:?}")))??;
+        let (console, mut input) = Console::new(SCROLLBACK);
+        console.publish(&scrollback);
+        let publisher = console.publisher();
+        tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            loop {
+                tokio::select! {
+                    msg = rx.next() => match msg {
+                        Some(Ok(Message::Binary(data))) => {
+                            if !publisher.publish(&data) {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    },
+                    // Ends once every handle on the console is dropped.
+                    keys = input.0.recv() => match keys {
+                        Some(data) => {
+                            if tx.send(Message::Binary(data.into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            let _ = tx.send(Message::Close(None)).await;
+        });
+        Ok(console)
+    }
+
+    async fn console_log(&self, node: &str, vm: &str, tail: u64) -> Result<Vec<u8>, ServiceError> {
+        let tail = tail.to_string();
+        let body = self
+            .get(node, "/v1/node/console/log", &[("vm", vm), ("tail", &tail)])
+            .await?;
+        Ok(body.to_vec())
+    }
+
+    async fn attest(&self, node: &str, vm: &str) -> Result<(Vec<u8>, String), ServiceError> {
+        let body = self
+            .get(node, "/v1/node/attestation", &[("vm", vm)])
+            .await?;
+        let answer: NodeAttestation =
+            serde_json::from_slice(&body).map_err(|e| ServiceError::Node {
+                node: node.to_owned(),
+                code: ErrorCode::Internal,
+                message: format!("answered an attestation that does not parse: {e}"),
+            })?;
+        Ok((answer.envelope.into_bytes(), answer.public_key_pem))
+    }
+
+    async fn tunnel(
+        &self,
+        node: &str,
+        vm: &str,
+        port: u16,
+    ) -> Result<tokio::io::DuplexStream, ServiceError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = port.to_string();
+        let (ws, _) = self
+            .websocket(node, "/v1/node/tunnel", &[("vm", vm), ("port", &port)])
+            .await?;
+        let (near, far) = tokio::io::duplex(TUNNEL_BUFFER);
+        tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let (mut from, mut to) = tokio::io::split(near);
+            let inbound = async {
+                while let Some(Ok(msg)) = rx.next().await {
+                    match msg {
+                        Message::Binary(data) if to.write_all(&data).await.is_err() => break,
+                        Message::Binary(_) => {}
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                let _ = to.shutdown().await;
+            };
+            let outbound = async {
+                let mut buf = vec![0u8; 32 << 10];
+                loop {
+                    match from.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx
+                                .send(Message::Binary(buf[..n].to_vec().into()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(Message::Close(None)).await;
+            };
+            tokio::join!(inbound, outbound);
+        });
+        Ok(far)
+    }
+}
