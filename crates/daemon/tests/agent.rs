@@ -571,7 +571,14 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     wait_node(&cluster.server, "agent-a", "became Ready", is_ready, &agent).await;
 
     let admin = Client::connect(Endpoint::Unix(cluster.server.socket())).await?;
-    admin.create_vm(&kit_vm("on-agent", |b| b)).await?;
+    // A forward of guest port 8080, which a tunnel through the server reaches.
+    admin
+        .create_vm(&kit_vm("on-agent", |b| {
+            b.network(
+                corral_contract::NetworkAttachment::new("default".parse().unwrap()).forward(8080),
+            )
+        }))
+        .await?;
     let vm = wait_phase(&admin, &cluster.server, "on-agent", Phase::Running)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nagent:\n{}", agent.log()))?;
@@ -872,6 +879,49 @@ async fn node_local_streams_through_the_server(
         refused.as_deref().is_some_and(|e| e.contains("writer")),
         "{refused:?}"
     );
+
+    // A tunnel through the server to the guest's port 8080, which agent-a forwards on its
+    // host: a web server started on the console answers a request sent through it.
+    console
+        .input
+        .send(
+            b"mkdir -p /srv && echo tunnel-$((6*7)) > /srv/index.html && httpd -p 8080 -h /srv\n"
+                .to_vec(),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut answer = Vec::new();
+        if let Ok(mut tunnel) = admin.tunnel("on-agent", 8080).await {
+            tunnel
+                .input
+                .send(b"GET /index.html HTTP/1.0\r\n\r\n".to_vec())
+                .await?;
+            drop(tunnel.input);
+            while let Ok(Some(Ok(data))) =
+                tokio::time::timeout(Duration::from_secs(10), tunnel.output.recv()).await
+            {
+                answer.extend(data);
+            }
+        }
+        if String::from_utf8_lossy(&answer).contains("tunnel-42") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the tunnel: {}\n{}",
+            String::from_utf8_lossy(&answer),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Only ports the VM forwards.
+    let refused = admin.tunnel("on-agent", 22).await.map(drop);
+    let refused = match refused {
+        Err(e) => e.to_string(),
+        Ok(()) => String::new(),
+    };
+    assert!(refused.contains("forwarding no TCP port 22"), "{refused}");
     drop(console);
 
     // The attestation is signed by agent-a's own key, for agent-a.

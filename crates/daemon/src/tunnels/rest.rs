@@ -48,13 +48,13 @@ async fn open(
             ServiceError::Invalid(ValidationError::new("port", "must be 1 to 65535")).into(),
         );
     }
+    let stream = d.tunnels.open(&scope.key(&name), q.port).await?;
     let ws = ws.map_err(|e| {
         ServiceError::Invalid(ValidationError::new(
             "upgrade",
             format!("this endpoint speaks WebSocket only: {e}"),
         ))
     })?;
-    let stream = d.tunnels.open(&scope.key(&name), q.port).await?;
     let revoked = d.registry.revoked(&caller);
     Ok(
         crate::api::limits::websocket(ws).on_upgrade(move |socket| async move {
