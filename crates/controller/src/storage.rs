@@ -277,9 +277,6 @@ impl StorageController {
                 self.queue.add(&format!("{VOLUME}{}", v.metadata.key()));
             }
         }
-        if self.agent() {
-            return revision;
-        }
         if let Ok((snaps, rev)) = self.svc.snapshots.list("").await {
             revision = revision.min(rev).max(1);
             for s in snaps {
@@ -313,7 +310,7 @@ impl StorageController {
                                     self.queue.add(&format!("{VOLUME}{volume}"));
                                 }
                             }
-                            "Snapshot" if !self.agent() => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
+                            "Snapshot" => self.queue.add(&format!("{SNAPSHOT}{}", event.object.name)),
                             "Vm" => {
                                 for snap in self.snapshot_deps.dependents(Kind::Vm, &event.object.name) {
                                     self.queue.add(&format!("{SNAPSHOT}{snap}"));
@@ -805,10 +802,13 @@ impl StorageController {
         for a in attached_volumes(&vm.spec) {
             let volume = self.svc.volumes.get(&vm.metadata.key_of(&a.volume)).await?;
             let writable = !a.readonly && volume.spec.kind == VolumeKind::Disk;
-            if writable && volume.status.format == Some(DiskFormat::Qcow2) {
-                if let Some(path) = &volume.status.path {
-                    out.push((a.index, a.volume.to_string(), PathBuf::from(path)));
-                }
+            if writable
+                && volume.status.format == Some(DiskFormat::Qcow2)
+                && volume.status.path.is_some()
+            {
+                // This node's own name for the file, never the path another node wrote.
+                let path = self.svc.config().volume_file(&volume)?;
+                out.push((a.index, a.volume.to_string(), path));
             }
         }
         if out.is_empty() {
@@ -834,8 +834,13 @@ impl StorageController {
         let vm = match self.svc.vms().get(&vm_key).await {
             Ok(vm) => Some(vm),
             Err(ServiceError::NotFound { .. }) => None,
+            // An agent sees only the VMs bound to it: one it may not read is another node's.
+            Err(_) if self.agent() => None,
             Err(e) => return Err(e),
         };
+        if !self.snapshot_mine(vm.as_ref()) {
+            return Ok(());
+        }
         if snap.metadata.deleting {
             if let (Some(vm), Some(tag)) = (&vm, &snap.status.tag) {
                 if let Err(e) = self.apply(vm, &snap, tag, Action::Delete).await {
@@ -906,6 +911,19 @@ impl StorageController {
                 .await
             }
             StoragePhase::Failed => Ok(()),
+        }
+    }
+
+    /// Whether this node acts on a snapshot of `vm`: the node that runs the VM takes,
+    /// restores and removes it, since the VM's volumes are on its disk; a snapshot whose VM is
+    /// bound to no node (or is gone) is the servers' to keep waiting or to finalize.
+    fn snapshot_mine(&self, vm: Option<&Vm>) -> bool {
+        let Some(me) = &self.node else {
+            return true;
+        };
+        match vm.and_then(|vm| vm.status.node.as_deref()) {
+            Some(node) => node == me.name || !me.cluster,
+            None => !me.agent,
         }
     }
 

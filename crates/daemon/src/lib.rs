@@ -255,7 +255,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut consoles = ConsoleService::new(vms.clone(), backend.clone());
     let mut tunnels = corral_service::TunnelService::new(vms.clone());
+    let mut memory = MemoryService::new(vms.clone(), backend.clone(), audit.clone());
     if let Some(route) = &route {
+        memory = memory.with_route(route.clone());
         consoles = consoles.with_route(route.clone());
         tunnels = tunnels.with_route(route.clone());
     }
@@ -263,7 +265,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         apply: ApplyService::new(vms.clone(), networks.clone(), storage.clone()),
         sources: SourceService::new(store.clone()),
-        memory: MemoryService::new(vms.clone(), backend.clone(), audit.clone()),
+        memory,
         consoles,
         tunnels,
         vms,

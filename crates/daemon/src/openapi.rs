@@ -1180,7 +1180,8 @@ fn console_log() -> Operation {
 fn tunnel_ws() -> Operation {
     common(op(
         "Open a byte stream over WebSocket to a TCP port the VM forwards, on whichever node runs \
-         it: binary messages carry the bytes both ways (what `corral vm ssh` rides)",
+         it: binary messages carry the bytes both ways (what `corral vm ssh` rides); an empty \
+         binary message says the sender has no more to send (a half-close)",
     ))
     .parameter(name_param())
     .parameter(query(

@@ -574,7 +574,7 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     // A forward of guest port 8080, which a tunnel through the server reaches.
     admin
         .create_vm(&kit_vm("on-agent", |b| {
-            b.network(
+            b.introspection(true).network(
                 corral_contract::NetworkAttachment::new("default".parse().unwrap()).forward(8080),
             )
         }))
@@ -822,12 +822,56 @@ async fn a_vm_made_through_the_server_boots_on_the_agent_which_readopts_it() -> 
     assert_eq!(fetch("agent-a", &secret).await, 403);
     assert_eq!(fetch("agent-b", &digest).await, 403);
     assert_eq!(fetch("agent-a", &digest).await, 200);
+
+    // A disk+memory snapshot of a VM on agent-a, asked of the server: the agent takes it in
+    // the volume on its disk (qemu-img lists the tag there), and removes it when deleted.
+    let snapshot: corral_contract::Snapshot = serde_json::from_value(json!({
+        "metadata": {"name": "snap"}, "spec": {"vm": "cloner", "memory": true},
+    }))?;
+    admin.create_snapshot(&snapshot).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let taken = loop {
+        let s = admin.get_snapshot("snap").await?;
+        match s.status.phase {
+            corral_contract::StoragePhase::Ready => break s,
+            corral_contract::StoragePhase::Failed => {
+                anyhow::bail!("snapshot failed: {:?}\n{}", s.status, agent.log())
+            }
+            _ if Instant::now() > deadline => {
+                anyhow::bail!("snapshot not taken: {:?}\n{}", s.status, agent.log())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    let tag = taken.status.tag.clone().expect("a tag");
+    let volume = admin.get_volume("cloned").await?;
+    let file = dir
+        .join("d/volumes")
+        .join(format!("{}.qcow2", volume.metadata.uid));
+    let listed = |file: &Path| {
+        let out = Command::new("qemu-img")
+            .args(["snapshot", "-l", "-U"])
+            .arg(file)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(listed(&file).contains(&tag), "{}", listed(&file));
+    admin.delete_snapshot("snap").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.get_snapshot("snap").await.is_ok() || listed(&file).contains(&tag) {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot not removed: {}\n{}",
+            listed(&file),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     drop(agent);
     Ok(())
 }
 
-/// The highest heartbeat count in the serial log the agent under `dir` keeps of VM `uid`,
-/// and whether that log holds a boot.
 /// The console, console log and attestation of VM `on-agent`, which agent-a runs, asked of
 /// the server as a user would: the server reaches the agent's node listener. That listener
 /// takes the servers' certificate only: a node certificate of the same CA is refused.
@@ -864,6 +908,63 @@ async fn node_local_streams_through_the_server(
             ),
         }
     }
+    // Guest RAM, read on agent-a through the server: a line the guest's shell computed is
+    // found, read back, and in a full snapshot; a map renders. Audited on both sides.
+    let marker = format!("MEM-{}-", std::process::id());
+    console
+        .input
+        .send(format!("echo {marker}$((6*7))XY\n").into_bytes())
+        .await?;
+    let wanted = format!("{marker}42XY");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let (found, _) = admin
+            .find_in_memory("on-agent", wanted.as_bytes(), 4)
+            .await?;
+        if let Some(addr) = found.first() {
+            break *addr;
+        }
+        assert!(Instant::now() < deadline, "{wanted} not in RAM\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let read = admin
+        .read_memory("on-agent", addr, wanted.len() as u64)
+        .await?;
+    assert_eq!(read, wanted.as_bytes(), "read back at {addr:#x}");
+    let png = admin.map_memory("on-agent", 64).await?;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let mut snap = admin
+        .snapshot_memory("on-agent", corral_client::SnapshotMode::Consistent)
+        .await?;
+    let regions: u64 = snap.regions.iter().map(|r| r.1).sum();
+    assert_eq!(snap.total_bytes, regions);
+    assert!(
+        snap.total_bytes >= 256 << 20,
+        "all RAM: {}",
+        snap.total_bytes
+    );
+    let mut got = 0u64;
+    while let corral_client::SnapshotChunk::Data(data) = snap.next().await? {
+        got += data.len() as u64;
+    }
+    assert_eq!(got, snap.total_bytes, "every byte came through the server");
+    // Out of range: the node's refusal reads as the server's own.
+    let bad = admin
+        .read_memory("on-agent", u64::MAX - 8, 4)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("addr/len"), "{bad}");
+    let server_audit = std::fs::read_to_string(cluster.server.data_dir().join("audit.log"))?;
+    assert!(
+        server_audit.contains("memory.find") && server_audit.contains("read on node agent-a"),
+        "{server_audit}"
+    );
+    let agent_audit = std::fs::read_to_string(dir.join("d/audit.log"))?;
+    assert!(
+        agent_audit.contains("memory.read") && agent_audit.contains("through a server"),
+        "{agent_audit}"
+    );
+
     // One writer per console, also through a server.
     let second = admin.attach_console("on-agent", true, false).await;
     let refused = match second {
@@ -892,27 +993,37 @@ async fn node_local_streams_through_the_server(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut answer = Vec::new();
-        if let Ok(mut tunnel) = admin.tunnel("on-agent", 8080).await {
+        let opened = admin.tunnel("on-agent", 8080).await;
+        if let Err(e) = &opened {
+            answer.extend(format!("(tunnel: {e})").into_bytes());
+        }
+        if let Ok(mut tunnel) = opened {
             tunnel
                 .input
                 .send(b"GET /index.html HTTP/1.0\r\n\r\n".to_vec())
                 .await?;
             drop(tunnel.input);
-            while let Ok(Some(Ok(data))) =
+            while let Ok(Some(data)) =
                 tokio::time::timeout(Duration::from_secs(10), tunnel.output.recv()).await
             {
-                answer.extend(data);
+                match data {
+                    Ok(data) => answer.extend(data),
+                    Err(e) => answer.extend(format!("(tunnel: {e})").into_bytes()),
+                }
             }
         }
         if String::from_utf8_lossy(&answer).contains("tunnel-42") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no answer through the tunnel: {}\n{}",
-            String::from_utf8_lossy(&answer),
-            logs()
-        );
+        if Instant::now() >= deadline {
+            let console = admin.console_log("on-agent", 0).await.unwrap_or_default();
+            panic!(
+                "no answer through the tunnel: {}\nconsole:\n{}\n{}",
+                String::from_utf8_lossy(&answer),
+                String::from_utf8_lossy(&console),
+                logs()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Only ports the VM forwards.
@@ -982,6 +1093,8 @@ async fn node_local_streams_through_the_server(
     Ok(())
 }
 
+/// The highest heartbeat count in the serial log the agent under `dir` keeps of VM `uid`,
+/// and whether that log holds a boot.
 fn heartbeat_under(dir: &Path, uid: &str) -> (Option<u64>, bool) {
     let log =
         std::fs::read_to_string(dir.join("r/vms").join(uid).join("serial.log")).unwrap_or_default();

@@ -84,7 +84,8 @@ pub use limits::Usage;
 pub use memory::CHUNK as MEMORY_CHUNK;
 pub use memory::{
     ChunkReader, DEFAULT_SNAPSHOT_LIMIT, FrameStream, MAX_FIND_LIMIT, MemoryAccess, MemoryError,
-    MemoryOp, MemoryService, SnapshotMode, SnapshotPiece, SnapshotReport, SnapshotStream,
+    MemoryOp, MemoryService, RemoteChunks, SnapshotMode, SnapshotPiece, SnapshotReport,
+    SnapshotStream,
 };
 pub use network::{
     DEFAULT_NETWORK, HostAddr, HostLink, HostNet, HostNetError, HostRoute, NetworkKind,

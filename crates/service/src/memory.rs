@@ -12,7 +12,7 @@ use corral_hypervisor::Hypervisor;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::audit::{AuditEntry, AuditLog};
-use crate::{ServiceError, VmService};
+use crate::{NodeRoute, ServiceError, VmService};
 
 /// Bytes per chunk of a streamed read or snapshot.
 pub const CHUNK: usize = 1 << 20;
@@ -161,6 +161,22 @@ pub struct SnapshotStream {
 }
 
 impl SnapshotStream {
+    /// A snapshot whose pieces come from `pieces` (one relayed from the node that runs the
+    /// VM).
+    pub fn new(
+        mode: SnapshotMode,
+        regions: Vec<(u64, u64)>,
+        total_bytes: u64,
+        pieces: mpsc::Receiver<SnapshotPiece>,
+    ) -> Self {
+        SnapshotStream {
+            mode,
+            regions,
+            total_bytes,
+            pieces,
+        }
+    }
+
     /// The next piece; `None` after [`SnapshotPiece::Done`], or early if the copy failed.
     pub async fn next(&mut self) -> Option<SnapshotPiece> {
         self.pieces.recv().await
@@ -190,6 +206,12 @@ struct Opened {
     ram: Arc<GuestRam>,
 }
 
+/// Where a request's VM is read: here, or on the node that runs it.
+enum Target {
+    Here(Opened),
+    Node(NodeRoute, String),
+}
+
 /// Reads the RAM of running VMs that were created with `spec.introspection: true`, on the
 /// node whose [`Hypervisor`] runs them.
 #[derive(Debug)]
@@ -199,6 +221,8 @@ pub struct MemoryService {
     audit: Arc<AuditLog>,
     snapshots: Arc<Semaphore>,
     snapshot_limit: usize,
+    /// VMs of other nodes are read on their node.
+    route: Option<NodeRoute>,
 }
 
 impl MemoryService {
@@ -210,7 +234,16 @@ impl MemoryService {
             audit,
             snapshots: Arc::new(Semaphore::new(DEFAULT_SNAPSHOT_LIMIT)),
             snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
+            route: None,
         }
+    }
+
+    /// Reads the RAM of VMs that other nodes run over `route` (a server's): this service
+    /// audits the request, the node reads.
+    #[must_use]
+    pub fn with_route(mut self, route: NodeRoute) -> Self {
+        self.route = Some(route);
+        self
     }
 
     /// Streams at most `limit` snapshots at once (at least 1); more are refused with
@@ -270,7 +303,7 @@ impl MemoryService {
         name: &str,
         op: MemoryOp,
         range: Option<(u64, u64)>,
-    ) -> Result<Opened, MemoryError> {
+    ) -> Result<Target, MemoryError> {
         let entry = |uid: Option<&str>, outcome, reason: Option<String>| {
             self.audit.record(&AuditEntry {
                 identity: who,
@@ -293,12 +326,26 @@ impl MemoryService {
             }
         };
         let uid = vm.metadata.uid.clone();
+        if let Some((route, node)) = self
+            .route
+            .as_ref()
+            .and_then(|r| r.elsewhere(&vm).map(|node| (r, node)))
+        {
+            // Read there; the node checks the range against the RAM it maps.
+            let readable = readable(name, &vm);
+            match &readable {
+                Ok(()) => entry(Some(&uid), "ok", Some(format!("read on node {node}"))),
+                Err(e) => entry(Some(&uid), "error", Some(e.to_string())),
+            }
+            readable?;
+            return Ok(Target::Node(route.clone(), node.to_owned()));
+        }
         let opened = self.open_vm(name, &vm, range).await;
         match &opened {
             Ok(_) => entry(Some(&uid), "ok", None),
             Err(e) => entry(Some(&uid), "error", Some(e.to_string())),
         }
-        opened
+        opened.map(Target::Here)
     }
 
     async fn open_vm(
@@ -307,18 +354,7 @@ impl MemoryService {
         vm: &corral_contract::Vm,
         range: Option<(u64, u64)>,
     ) -> Result<Opened, MemoryError> {
-        if !vm.spec.introspection {
-            return Err(MemoryError::Unavailable(format!(
-                "vm {name} was not created with spec.introspection: true; guest memory cannot \
-                 be read"
-            )));
-        }
-        let phase = vm.status.phase;
-        if !matches!(phase, Phase::Running | Phase::Paused) {
-            return Err(MemoryError::Unavailable(format!(
-                "vm {name} is {phase}; guest memory can be read only while it runs or is paused"
-            )));
-        }
+        readable(name, vm)?;
         let uid = vm.metadata.uid.clone();
         let map = self.hypervisor.guest_ram(&uid).await.map_err(|e| {
             MemoryError::Unavailable(format!(
@@ -369,14 +405,23 @@ impl MemoryService {
             None => Ok(()),
         };
         self.checked(who, MemoryOp::Read, name, Some((addr, len)), too_long)?;
-        let opened = self
+        match self
             .open(who, name, MemoryOp::Read, Some((addr, len)))
-            .await?;
-        Ok(ChunkReader {
-            ram: opened.ram,
-            next: addr,
-            end: addr + len,
-        })
+            .await?
+        {
+            Target::Here(opened) => Ok(ChunkReader(Chunks::Here {
+                ram: opened.ram,
+                next: addr,
+                end: addr + len,
+            })),
+            Target::Node(route, node) => {
+                let chunks = route
+                    .link()
+                    .memory_read(&node, name, who, addr, len)
+                    .await?;
+                Ok(ChunkReader(Chunks::Node(chunks)))
+            }
+        }
     }
 
     /// Guest-physical addresses of `pattern` in VM `name`'s RAM (at most `limit`, 0 for
@@ -391,7 +436,15 @@ impl MemoryService {
         limit: u32,
     ) -> Result<(Vec<u64>, bool), MemoryError> {
         let limit = self.checked(who, MemoryOp::Find, name, None, find_limit(&pattern, limit))?;
-        let opened = self.open(who, name, MemoryOp::Find, None).await?;
+        let opened = match self.open(who, name, MemoryOp::Find, None).await? {
+            Target::Here(opened) => opened,
+            Target::Node(route, node) => {
+                return route
+                    .link()
+                    .memory_find(&node, name, who, &pattern, limit as u32)
+                    .await;
+            }
+        };
         blocking(move || {
             // One match past the limit tells whether there were more.
             let mut hits: Vec<u64> = opened.ram.find_iter(&pattern).take(limit + 1).collect();
@@ -424,7 +477,24 @@ impl MemoryService {
             self.refused(who, &access, &reason);
             return Err(MemoryError::Exhausted(reason));
         };
-        let opened = self.open(who, name, MemoryOp::Snapshot, None).await?;
+        let opened = match self.open(who, name, MemoryOp::Snapshot, None).await? {
+            Target::Here(opened) => opened,
+            Target::Node(route, node) => {
+                let relayed = route.link().memory_snapshot(&node, name, who, mode).await?;
+                // This daemon's place is held while the node's copy streams through it.
+                let (tx, pieces) = mpsc::channel(SNAPSHOT_AHEAD);
+                let mut from = relayed.pieces;
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    while let Some(piece) = from.recv().await {
+                        if !hand_over(&tx, piece).await {
+                            return;
+                        }
+                    }
+                });
+                return Ok(SnapshotStream { pieces, ..relayed });
+            }
+        };
         let ram = opened.ram.clone();
         let regions = ram
             .layout()
@@ -499,7 +569,12 @@ impl MemoryService {
     /// A Hilbert map of VM `name`'s RAM as PNG, `side` pixels square (0 for 512).
     pub async fn map(&self, who: &str, name: &str, side: u32) -> Result<Vec<u8>, MemoryError> {
         let side = self.checked(who, MemoryOp::Map, name, None, check_side(side, 512))?;
-        let opened = self.open(who, name, MemoryOp::Map, None).await?;
+        let opened = match self.open(who, name, MemoryOp::Map, None).await? {
+            Target::Here(opened) => opened,
+            Target::Node(route, node) => {
+                return route.link().memory_map(&node, name, who, side).await;
+            }
+        };
         blocking(move || {
             let frame = corral_guestmem::hilbert_frame(&opened.ram, side, MAP_SAMPLES);
             corral_guestmem::to_png(&frame, side)
@@ -528,7 +603,15 @@ impl MemoryService {
             }
         });
         let side = self.checked(who, MemoryOp::Stream, name, None, args)?;
-        let opened = self.open(who, name, MemoryOp::Stream, None).await?;
+        let opened = match self.open(who, name, MemoryOp::Stream, None).await? {
+            Target::Here(opened) => opened,
+            Target::Node(route, node) => {
+                return route
+                    .link()
+                    .memory_stream(&node, name, who, side, fps)
+                    .await;
+            }
+        };
         let (tx, frames) = mpsc::channel(1);
         let hypervisor = self.hypervisor.clone();
         let stripes = (side * side / STREAM_CELLS_PER_FRAME).max(1);
@@ -575,6 +658,24 @@ impl MemoryService {
     }
 }
 
+/// Whether VM `name`'s RAM may be read now: made with `spec.introspection`, and running or
+/// paused.
+fn readable(name: &str, vm: &corral_contract::Vm) -> Result<(), MemoryError> {
+    if !vm.spec.introspection {
+        return Err(MemoryError::Unavailable(format!(
+            "vm {name} was not created with spec.introspection: true; guest memory cannot be \
+             read"
+        )));
+    }
+    let phase = vm.status.phase;
+    if !matches!(phase, Phase::Running | Phase::Paused) {
+        return Err(MemoryError::Unavailable(format!(
+            "vm {name} is {phase}; guest memory can be read only while it runs or is paused"
+        )));
+    }
+    Ok(())
+}
+
 /// Passes `piece` to the client's side of a snapshot; `false` when the client went away or
 /// read nothing for [`SNAPSHOT_STALL`] (the snapshot then ends without its report, and frees
 /// its place).
@@ -585,28 +686,51 @@ async fn hand_over(tx: &mpsc::Sender<SnapshotPiece>, piece: SnapshotPiece) -> bo
     )
 }
 
-/// A range of guest RAM handed out chunk by chunk, each copied when asked for.
+/// A range of guest RAM handed out chunk by chunk: each copied when asked for, or relayed
+/// as the node that runs the VM sends it. A relay that breaks off ends with an error.
 #[derive(Debug)]
-pub struct ChunkReader {
-    ram: Arc<GuestRam>,
-    next: u64,
-    end: u64,
+pub struct ChunkReader(Chunks);
+
+/// A node's answer to a read, as guest-physical address and bytes, in order.
+pub type RemoteChunks = mpsc::Receiver<Result<(u64, Vec<u8>), MemoryError>>;
+
+#[derive(Debug)]
+enum Chunks {
+    Here {
+        ram: Arc<GuestRam>,
+        next: u64,
+        end: u64,
+    },
+    Node(RemoteChunks),
 }
 
-impl Iterator for ChunkReader {
+impl futures_util::Stream for ChunkReader {
     /// Guest-physical address and bytes.
-    type Item = (u64, Vec<u8>);
+    type Item = Result<(u64, Vec<u8>), MemoryError>;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.end {
-            return None;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match &mut self.0 {
+            Chunks::Here { ram, next, end } => {
+                if *next >= *end {
+                    return std::task::Poll::Ready(None);
+                }
+                let len = (*end - *next).min(CHUNK as u64);
+                let addr = *next;
+                *next += len;
+                // The whole range was checked when the reader was made.
+                let bytes = ram
+                    .read_physical(addr, len)
+                    .map(<[u8]>::to_vec)
+                    .map_err(|e| {
+                        MemoryError::Internal(format!("reading {len} bytes at {addr:#x}: {e}"))
+                    });
+                std::task::Poll::Ready(Some(bytes.map(|b| (addr, b))))
+            }
+            Chunks::Node(rx) => rx.poll_recv(cx),
         }
-        let len = (self.end - self.next).min(CHUNK as u64);
-        let addr = self.next;
-        self.next += len;
-        // The whole range was checked when the reader was made.
-        let bytes = self.ram.read_physical(addr, len).ok()?.to_vec();
-        Some((addr, bytes))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Node-local operations through any server: the console, console log, attestation and
-//! tunnels to forwarded ports of a VM run where its QEMU runs. A server asked for one of a VM
+//! Node-local operations through any server: the console, console log, memory, attestation
+//! and tunnels to forwarded ports of a VM run where its QEMU runs. A server asked for one of a VM
 //! bound to another node (an agent) authorizes the caller itself, then asks that node over a
 //! [`NodeLink`].
 
@@ -10,6 +10,7 @@ use corral_contract::Vm;
 use corral_hypervisor::Console;
 
 use crate::ServiceError;
+use crate::memory::{FrameStream, MemoryError, RemoteChunks, SnapshotMode, SnapshotStream};
 
 /// How a server reaches the nodes that run VMs. Every call names the VM by its store key
 /// (`project/name`); the node checks that it runs it.
@@ -40,6 +41,56 @@ pub trait NodeLink: Send + Sync + std::fmt::Debug {
         vm: &str,
         port: u16,
     ) -> Result<tokio::io::DuplexStream, ServiceError>;
+
+    /// `len` bytes of VM `vm`'s RAM at guest-physical `addr`, read on `node` for `who` (the
+    /// caller this server authorized and audited; the node audits the read too).
+    async fn memory_read(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        addr: u64,
+        len: u64,
+    ) -> Result<RemoteChunks, MemoryError>;
+
+    /// Where `pattern` is in VM `vm`'s RAM (at most `limit` places), and whether there were
+    /// more.
+    async fn memory_find(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        pattern: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<u64>, bool), MemoryError>;
+
+    /// A copy of all of VM `vm`'s RAM, taken on `node`.
+    async fn memory_snapshot(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotStream, MemoryError>;
+
+    /// A Hilbert map of VM `vm`'s RAM as PNG, `side` pixels square.
+    async fn memory_map(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        side: u32,
+    ) -> Result<Vec<u8>, MemoryError>;
+
+    /// Live Hilbert frames of VM `vm`'s RAM.
+    async fn memory_stream(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        side: u32,
+        fps: u32,
+    ) -> Result<FrameStream, MemoryError>;
 }
 
 /// This node's name and the link to the others: which VMs are served here and which through

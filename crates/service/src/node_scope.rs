@@ -8,8 +8,9 @@
 //! of a VM migrating to it, networks' status, and the status of the volumes on its disk
 //! (`status.node` its own) or that a VM bound to it uses (a new volume is made on its first
 //! VM's node; a volume moves with its VM's live migration), deleting its own volumes once
-//! marked for deletion. Nothing else: identities, projects, sources, join tokens, other
-//! nodes, other nodes' VMs and volumes are refused.
+//! marked for deletion, and the status of the snapshots of its VMs (deleting them once marked).
+//! Nothing else: identities, projects, sources, join tokens, other nodes, other nodes' VMs,
+//! volumes and snapshots are refused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -360,11 +361,15 @@ impl NodeScope {
                 let deleting = serde_json::from_str::<Value>(&stored.body)
                     .ok()
                     .is_some_and(|v| is_set(&v["metadata"]["deleting"]));
-                let own = matches!(kind.as_str(), "Vm" | "Volume") && self.bound_here(&stored);
+                let own = match kind.as_str() {
+                    "Vm" | "Volume" => self.bound_here(&stored),
+                    "Snapshot" => self.snapshot_of_vm_here(&stored).await?,
+                    _ => false,
+                };
                 if !own || !deleting {
                     return Err(denied(format!(
-                        "node {:?} may delete only its own VMs and volumes marked for \
-                         deletion, not {kind} {name:?}",
+                        "node {:?} may delete only its own VMs and volumes, and snapshots of \
+                         its VMs, marked for deletion, not {kind} {name:?}",
                         self.node
                     )));
                 }
@@ -385,6 +390,8 @@ impl NodeScope {
                     || (self.migrating_here(stored) && only_migration(stored, new))
             }
             "Network" => only_status(stored, new),
+            // Snapshots are taken, restored and removed by the node that runs their VM.
+            "Snapshot" => only_status(stored, new) && self.snapshot_of_vm_here(stored).await?,
             _ => false,
         };
         if allowed {
@@ -395,6 +402,26 @@ impl NodeScope {
                  networks and of its volumes, and the migration status of VMs migrating to it)",
                 self.node, stored.kind, stored.name
             )))
+        }
+    }
+
+    /// Whether snapshot `snap`'s VM is bound to this node.
+    async fn snapshot_of_vm_here(&self, snap: &Object) -> Result<bool, WireError> {
+        let Some(vm) = serde_json::from_str::<Value>(&snap.body)
+            .ok()
+            .and_then(|v| v["spec"]["vm"].as_str().map(str::to_owned))
+        else {
+            return Ok(false);
+        };
+        let (project, _) = corral_contract::split_key(&snap.name);
+        match self
+            .store
+            .get("Vm", &corral_contract::object_key(project, &vm))
+            .await
+        {
+            Ok(vm) => Ok(self.bound_here(&vm)),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -812,6 +839,52 @@ mod tests {
         let mut bigger = volume(Some("a"), "/a/v");
         bigger.body = bigger.body.replace("1048576", "2097152");
         assert!(a.may_update(&on_a, &bigger).await.is_err(), "nor its spec");
+    }
+
+    #[tokio::test]
+    async fn a_node_takes_and_removes_only_the_snapshots_of_its_own_vms() {
+        let (_dir, store) = sqlite().await;
+        store.create(vm("a", 1, false, "default")).await.unwrap();
+        let snap = |phase: &str, deleting: bool| {
+            let body = serde_json::json!({
+                "kind": "Snapshot",
+                "metadata": {"name": "s", "deleting": deleting, "resource_version": 3},
+                "spec": {"vm": "v", "memory": true},
+                "status": {"phase": phase},
+            });
+            Object::new("Snapshot", "s", "su", body.to_string())
+        };
+        let (a, b) = (
+            NodeScope::new(store.clone(), "a"),
+            NodeScope::new(store.clone(), "b"),
+        );
+        let (pending, ready) = (snap("Pending", false), snap("Ready", false));
+        assert!(a.may_update(&pending, &ready).await.is_ok(), "its VM's");
+        assert!(
+            b.may_update(&pending, &ready).await.is_err(),
+            "another's VM"
+        );
+        let mut respec = ready.clone();
+        respec.body = respec.body.replace("\"memory\":true", "\"memory\":false");
+        assert!(a.may_update(&pending, &respec).await.is_err(), "the spec");
+        store.create(snap("Ready", true)).await.unwrap();
+        let delete = |scope: &NodeScope| {
+            let scope = scope.clone();
+            async move {
+                scope
+                    .call(StoreCall::Delete {
+                        kind: "Snapshot".into(),
+                        name: "s".into(),
+                        expected_version: None,
+                    })
+                    .await
+            }
+        };
+        assert!(matches!(
+            delete(&b).await,
+            StoreAnswer::Error(WireError::PermissionDenied { .. })
+        ));
+        assert!(matches!(delete(&a).await, StoreAnswer::Object(_)));
     }
 
     #[tokio::test]

@@ -154,6 +154,17 @@ async fn run_node(
         streams::NodeStreams {
             consoles: corral_service::ConsoleService::new(vms.clone(), backend.clone()),
             tunnels: corral_service::TunnelService::new(vms.clone()),
+            memory: corral_service::MemoryService::new(
+                vms.clone(),
+                backend.clone(),
+                Arc::new(
+                    corral_service::AuditLog::open(
+                        &config.data_dir.join("audit.log"),
+                        config.audit,
+                    )
+                    .with_context(|| format!("opening {}/audit.log", config.data_dir.display()))?,
+                ),
+            ),
             storage: storage.clone(),
             node_key: corral_storage::attest::NodeKey::load_or_create(
                 &config.data_dir.join("keys"),

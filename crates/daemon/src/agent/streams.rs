@@ -1,6 +1,6 @@
 //! An agent's node listener (`--node-listen`): what only the node that runs a VM can serve —
-//! its console, its console log, its attestation (signed by this node's key) and tunnels to
-//! the ports it forwards — for the
+//! its console, its console log, its RAM (audited here too), its attestation (signed by this
+//! node's key) and tunnels to the ports it forwards — for the
 //! servers, which have authorized their caller before asking.
 //!
 //! TLS on the node certificate; a client must present a certificate the cluster CA signed
@@ -18,7 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use corral_service::{ConsoleService, ConsoleSession, SERVER_ORG, StorageService, TunnelService};
+use corral_service::{
+    ConsoleService, ConsoleSession, MemoryService, SERVER_ORG, SnapshotMode, SnapshotPiece,
+    StorageService, TunnelService,
+};
 use corral_storage::attest::NodeKey;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -31,6 +34,7 @@ use crate::auth::TlsPeer;
 pub(crate) struct NodeStreams {
     pub consoles: ConsoleService,
     pub tunnels: TunnelService,
+    pub memory: MemoryService,
     pub storage: StorageService,
     pub node_key: NodeKey,
     pub node: String,
@@ -43,6 +47,11 @@ pub(crate) fn router(streams: Arc<NodeStreams>) -> Router {
         .route("/v1/node/console/log", get(console_log))
         .route("/v1/node/attestation", get(attestation))
         .route("/v1/node/tunnel", get(tunnel))
+        .route("/v1/node/memory/read", get(memory_read))
+        .route("/v1/node/memory/find", get(memory_find))
+        .route("/v1/node/memory/map", get(memory_map))
+        .route("/v1/node/memory/snapshot", get(memory_snapshot))
+        .route("/v1/node/memory/stream", get(memory_stream))
         .layer(axum::middleware::from_fn(only_servers))
         .with_state(streams)
 }
@@ -180,4 +189,155 @@ async fn tunnel(
 ) -> ApiResult {
     let stream = s.tunnels.open(&q.vm, q.port).await?;
     Ok(ws.on_upgrade(move |socket| crate::tunnels::rest::pipe(socket, stream)))
+}
+
+/// Which VM's memory, for whom (the caller the server authorized and audited).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryQuery {
+    vm: String,
+    who: String,
+    #[serde(default)]
+    addr: u64,
+    #[serde(default)]
+    len: u64,
+    #[serde(default)]
+    pattern_hex: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    side: u32,
+    #[serde(default)]
+    fps: u32,
+    #[serde(default)]
+    mode: String,
+}
+
+/// The caller as this node's audit log names it.
+fn via_server(q: &MemoryQuery) -> String {
+    format!("{} (through a server)", q.who)
+}
+
+/// `len` bytes at `addr`, the body streamed as it is copied.
+async fn memory_read(State(s): State<Arc<NodeStreams>>, Query(q): Query<MemoryQuery>) -> ApiResult {
+    let chunks = s
+        .memory
+        .read(&via_server(&q), &q.vm, q.addr, q.len, None)
+        .await?;
+    let body = axum::body::Body::from_stream(chunks.map(|chunk| {
+        chunk
+            .map(|(_, bytes)| bytes)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Where a pattern is: what the server's find answers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct NodeFound {
+    pub addresses: Vec<u64>,
+    pub truncated: bool,
+}
+
+async fn memory_find(State(s): State<Arc<NodeStreams>>, Query(q): Query<MemoryQuery>) -> ApiResult {
+    let pattern = crate::memory::rest::decode_hex(&q.pattern_hex)?;
+    let (addresses, truncated) = s
+        .memory
+        .find(&via_server(&q), &q.vm, pattern, q.limit)
+        .await?;
+    Ok(axum::Json(NodeFound {
+        addresses,
+        truncated,
+    })
+    .into_response())
+}
+
+async fn memory_map(State(s): State<Arc<NodeStreams>>, Query(q): Query<MemoryQuery>) -> ApiResult {
+    let png = s.memory.map(&via_server(&q), &q.vm, q.side).await?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// What comes first on a relayed snapshot: how it is taken and what it holds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct NodeSnapshotInfo {
+    pub mode: String,
+    pub regions: Vec<(u64, u64)>,
+    pub total_bytes: u64,
+}
+
+/// What comes last on a relayed snapshot, once every byte was sent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct NodeSnapshotReport {
+    pub torn_pages: Vec<u64>,
+    pub reread_pages: u64,
+    pub paused_micros: u64,
+    pub copy_micros: u64,
+}
+
+/// A WebSocket: a text message with [`NodeSnapshotInfo`], binary messages of RAM in layout
+/// order, a text message with [`NodeSnapshotReport`] once all is sent. A copy that fails
+/// ends the socket without the report.
+async fn memory_snapshot(
+    State(s): State<Arc<NodeStreams>>,
+    Query(q): Query<MemoryQuery>,
+    ws: WebSocketUpgrade,
+) -> ApiResult {
+    let mode = match q.mode.as_str() {
+        "atomic" => SnapshotMode::Atomic,
+        _ => SnapshotMode::Consistent,
+    };
+    let mut snap = s.memory.snapshot(&via_server(&q), &q.vm, mode).await?;
+    let info = NodeSnapshotInfo {
+        mode: snap.mode.as_str().to_owned(),
+        regions: snap.regions.clone(),
+        total_bytes: snap.total_bytes,
+    };
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        if socket.send(text(&info)).await.is_err() {
+            return;
+        }
+        while let Some(piece) = snap.next().await {
+            let msg = match piece {
+                SnapshotPiece::Data(data) => Message::Binary(data.into()),
+                SnapshotPiece::Done(report) => text(&NodeSnapshotReport {
+                    torn_pages: report.torn_pages,
+                    reread_pages: report.reread_pages,
+                    paused_micros: report.paused.as_micros() as u64,
+                    copy_micros: report.copy.as_micros() as u64,
+                }),
+            };
+            if socket.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }))
+}
+
+/// A WebSocket of live Hilbert frames, binary, as the node renders them.
+async fn memory_stream(
+    State(s): State<Arc<NodeStreams>>,
+    Query(q): Query<MemoryQuery>,
+    ws: WebSocketUpgrade,
+) -> ApiResult {
+    let mut stream = s
+        .memory
+        .stream(&via_server(&q), &q.vm, q.side, q.fps)
+        .await?;
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        while let Some(frame) = stream.frames.recv().await {
+            if socket.send(Message::Binary(frame.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }))
+}
+
+/// A text message of `value` as JSON.
+fn text<T: Serialize>(value: &T) -> Message {
+    Message::Text(serde_json::to_string(value).unwrap_or_default().into())
 }

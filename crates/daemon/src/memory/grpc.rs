@@ -71,8 +71,11 @@ impl MemoryService for MemoryGrpc {
             .read(&who, &scope.key(&r.name), r.addr, r.len, None)
             .await
             .map_err(status)?;
-        let stream =
-            tokio_stream::iter(chunks.map(|(addr, data)| Ok(pb::MemoryChunk { addr, data })));
+        let stream = chunks.map(|chunk| {
+            chunk
+                .map(|(addr, data)| pb::MemoryChunk { addr, data })
+                .map_err(status)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -93,9 +93,12 @@ async fn read(
         .memory
         .read(&who(&c), &scope.key(&name), addr, len, Some(MAX_REST_READ))
         .await?;
-    let body = Body::from_stream(tokio_stream::iter(
-        chunks.map(|(_, bytes)| Ok::<_, std::convert::Infallible>(bytes)),
-    ));
+    // A relay that breaks off ends the body short of its length: the client sees the cut.
+    let body = Body::from_stream(tokio_stream::StreamExt::map(chunks, |chunk| {
+        chunk
+            .map(|(_, bytes)| bytes)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }));
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -142,7 +145,7 @@ fn invalid(message: String) -> ApiError {
     MemoryError::Invalid(message).into()
 }
 
-fn decode_hex(hex: &str) -> Result<Vec<u8>> {
+pub(crate) fn decode_hex(hex: &str) -> Result<Vec<u8>> {
     let bad = || {
         invalid(format!(
             "patternHex: {hex:?} is not an even run of hex digits"

@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corral_hypervisor::Console;
-use corral_service::{ClusterCa, ErrorCode, NodeLink, NodeService, ServiceError, pem_der};
+use corral_service::{
+    ClusterCa, ErrorCode, FrameStream, MemoryError, NodeLink, NodeService, RemoteChunks,
+    ServiceError, SnapshotMode, SnapshotPiece, SnapshotReport, SnapshotStream, pem_der,
+};
 use futures_util::{SinkExt, StreamExt};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::agent::streams::NodeAttestation;
+use crate::agent::streams::{NodeAttestation, NodeFound, NodeSnapshotInfo, NodeSnapshotReport};
 
 /// How long a call to a node may take (a console stays open as long as it is used).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,31 +111,47 @@ impl AgentLink {
         Ok((addr, url))
     }
 
-    /// GETs `path` from `node`: the body of a success, or the node's error.
+    /// GETs `path` from `node`: a successful response (its body still to read), or why not.
+    /// `timeout` bounds the whole call, body included; a long read sets none.
+    async fn fetch(
+        &self,
+        node: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, Failed> {
+        let (addr, url) = self.url(node, path, query).await?;
+        let mut request = self.client(node, addr)?.get(url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
+        Err(Failed::Answered {
+            status: status.as_u16(),
+            body: body.to_vec(),
+        })
+    }
+
+    /// GETs `path` from `node`: the body of a success, or why not.
     async fn get(
         &self,
         node: &str,
         path: &str,
         query: &[(&str, &str)],
-    ) -> Result<axum::body::Bytes, ServiceError> {
-        let (addr, url) = self.url(node, path, query).await?;
-        let response = self
-            .client(node, addr)?
-            .get(url)
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(node, format!("{addr}: {e}")))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(answered(node, status.as_u16(), &body))
-        }
+    ) -> Result<axum::body::Bytes, Failed> {
+        let response = self.fetch(node, path, query, Some(CALL_TIMEOUT)).await?;
+        Ok(response.bytes().await.map_err(|e| unreachable(node, e))?)
     }
 }
 
@@ -147,7 +166,7 @@ impl AgentLink {
         node: &str,
         path: &str,
         query: &[(&str, &str)],
-    ) -> Result<(NodeSocket, SocketAddr), ServiceError> {
+    ) -> Result<(NodeSocket, SocketAddr), Failed> {
         let (addr, mut url) = self.url(node, path, query).await?;
         url.set_scheme("wss")
             .map_err(|()| unreachable(node, "no wss URL"))?;
@@ -167,19 +186,61 @@ impl AgentLink {
             let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
                 .await
                 .map_err(|e| match e {
-                    tungstenite::Error::Http(response) => answered(
-                        node,
-                        response.status().as_u16(),
-                        response.body().as_deref().unwrap_or_default(),
-                    ),
-                    e => unreachable(node, format!("{addr}: {e}")),
+                    tungstenite::Error::Http(response) => Failed::Answered {
+                        status: response.status().as_u16(),
+                        body: response.body().clone().unwrap_or_default(),
+                    },
+                    e => Failed::Unreachable(unreachable(node, format!("{addr}: {e}"))),
                 })?;
-            Ok::<_, ServiceError>(ws)
+            Ok::<_, Failed>(ws)
         };
         let ws = tokio::time::timeout(CALL_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable(node, format!("{addr}: no answer in {CALL_TIMEOUT:?}")))??;
         Ok((ws, addr))
+    }
+}
+
+/// Why a call to a node failed.
+#[derive(Debug)]
+enum Failed {
+    /// It could not be reached (or its answer not read).
+    Unreachable(ServiceError),
+    /// It answered an error (`{"error": {"code", "message"}}`).
+    Answered { status: u16, body: Vec<u8> },
+}
+
+impl From<ServiceError> for Failed {
+    fn from(e: ServiceError) -> Self {
+        Failed::Unreachable(e)
+    }
+}
+
+impl Failed {
+    /// As a service error, the node's class kept.
+    fn service(self, node: &str) -> ServiceError {
+        match self {
+            Failed::Unreachable(e) => e,
+            Failed::Answered { status, body } => answered(node, status, &body),
+        }
+    }
+
+    /// As a guest-memory error: the node's refusal of the arguments or of the VM's state
+    /// reads as this server's would.
+    fn memory(self, node: &str) -> MemoryError {
+        let Failed::Answered { status, body } = &self else {
+            return MemoryError::Service(self.service(node));
+        };
+        let error = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+        let message = error["error"]["message"].as_str().map(str::to_owned);
+        match (error["error"]["code"].as_str(), message) {
+            (Some("InvalidArgument"), Some(m)) => MemoryError::Invalid(m),
+            (Some("FailedPrecondition"), Some(m)) => MemoryError::Unavailable(m),
+            (Some("ResourceExhausted"), Some(m)) => {
+                MemoryError::Exhausted(format!("node {node}: {m}"))
+            }
+            _ => MemoryError::Service(answered(node, *status, body)),
+        }
     }
 }
 
@@ -235,7 +296,8 @@ impl NodeLink for AgentLink {
                 "/v1/node/console",
                 &[("vm", vm), ("write", write), ("who", who)],
             )
-            .await?;
+            .await
+            .map_err(|e| e.service(node))?;
         // The first message is the scrollback: in place before anyone subscribes.
         let first = async {
             loop {
@@ -288,14 +350,16 @@ impl NodeLink for AgentLink {
         let tail = tail.to_string();
         let body = self
             .get(node, "/v1/node/console/log", &[("vm", vm), ("tail", &tail)])
-            .await?;
+            .await
+            .map_err(|e| e.service(node))?;
         Ok(body.to_vec())
     }
 
     async fn attest(&self, node: &str, vm: &str) -> Result<(Vec<u8>, String), ServiceError> {
         let body = self
             .get(node, "/v1/node/attestation", &[("vm", vm)])
-            .await?;
+            .await
+            .map_err(|e| e.service(node))?;
         let answer: NodeAttestation =
             serde_json::from_slice(&body).map_err(|e| ServiceError::Node {
                 node: node.to_owned(),
@@ -315,16 +379,18 @@ impl NodeLink for AgentLink {
         let port = port.to_string();
         let (ws, _) = self
             .websocket(node, "/v1/node/tunnel", &[("vm", vm), ("port", &port)])
-            .await?;
+            .await
+            .map_err(|e| e.service(node))?;
         let (near, far) = tokio::io::duplex(TUNNEL_BUFFER);
+        // As `tunnels::rest::pipe` on the node's side: an empty message is a half-close.
         tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let (mut from, mut to) = tokio::io::split(near);
             let inbound = async {
                 while let Some(Ok(msg)) = rx.next().await {
                     match msg {
+                        Message::Binary(data) if data.is_empty() => break,
                         Message::Binary(data) if to.write_all(&data).await.is_err() => break,
-                        Message::Binary(_) => {}
                         Message::Close(_) => break,
                         _ => {}
                     }
@@ -337,20 +403,193 @@ impl NodeLink for AgentLink {
                     match from.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if tx
-                                .send(Message::Binary(buf[..n].to_vec().into()))
-                                .await
-                                .is_err()
-                            {
-                                return;
+                            let data = buf[..n].to_vec().into();
+                            if tx.send(Message::Binary(data)).await.is_err() {
+                                return tx;
                             }
                         }
                     }
                 }
-                let _ = tx.send(Message::Close(None)).await;
+                let _ = tx.send(Message::Binary(Default::default())).await;
+                tx
             };
-            tokio::join!(inbound, outbound);
+            let ((), mut tx) = tokio::join!(inbound, outbound);
+            let _ = tx.send(Message::Close(None)).await;
         });
         Ok(far)
+    }
+
+    async fn memory_read(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        addr: u64,
+        len: u64,
+    ) -> Result<RemoteChunks, MemoryError> {
+        let (a, l) = (addr.to_string(), len.to_string());
+        let query = [("vm", vm), ("who", who), ("addr", &a), ("len", &l)];
+        // No overall timeout: a large read streams for as long as it takes.
+        let response = self
+            .fetch(node, "/v1/node/memory/read", &query, None)
+            .await
+            .map_err(|e| e.memory(node))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node = node.to_owned();
+        tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            let mut next = addr;
+            while let Some(chunk) = body.next().await {
+                let item = match chunk {
+                    Ok(bytes) => {
+                        let at = next;
+                        next += bytes.len() as u64;
+                        Ok((at, bytes.to_vec()))
+                    }
+                    Err(e) => Err(MemoryError::Internal(format!(
+                        "node {node}: the read broke off at {next:#x}: {e}"
+                    ))),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+            if next != addr + len {
+                let _ = tx
+                    .send(Err(MemoryError::Internal(format!(
+                        "node {node}: the read ended at {next:#x}, short of {:#x}",
+                        addr + len
+                    ))))
+                    .await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn memory_find(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        pattern: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<u64>, bool), MemoryError> {
+        let hex: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
+        let limit = limit.to_string();
+        let query = [
+            ("vm", vm),
+            ("who", who),
+            ("pattern_hex", &hex),
+            ("limit", &limit),
+        ];
+        let body = self
+            .get(node, "/v1/node/memory/find", &query)
+            .await
+            .map_err(|e| e.memory(node))?;
+        let found: NodeFound = serde_json::from_slice(&body).map_err(|e| {
+            MemoryError::Internal(format!(
+                "node {node}: a find answer that does not parse: {e}"
+            ))
+        })?;
+        Ok((found.addresses, found.truncated))
+    }
+
+    async fn memory_snapshot(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotStream, MemoryError> {
+        let query = [("vm", vm), ("who", who), ("mode", mode.as_str())];
+        let (mut ws, _) = self
+            .websocket(node, "/v1/node/memory/snapshot", &query)
+            .await
+            .map_err(|e| e.memory(node))?;
+        let broke = |why: String| MemoryError::Internal(format!("node {node}: {why}"));
+        let info: NodeSnapshotInfo = match ws.next().await {
+            Some(Ok(Message::Text(text))) => serde_json::from_str(&text)
+                .map_err(|e| broke(format!("a snapshot header that does not parse: {e}")))?,
+            other => return Err(broke(format!("no snapshot header: {other:?}"))),
+        };
+        let mode = if info.mode == "atomic" {
+            SnapshotMode::Atomic
+        } else {
+            SnapshotMode::Consistent
+        };
+        let (tx, pieces) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let piece = match msg {
+                    Message::Binary(data) => SnapshotPiece::Data(data.to_vec()),
+                    Message::Text(text) => {
+                        match serde_json::from_str::<NodeSnapshotReport>(&text) {
+                            Ok(r) => SnapshotPiece::Done(SnapshotReport {
+                                torn_pages: r.torn_pages,
+                                reread_pages: r.reread_pages,
+                                paused: Duration::from_micros(r.paused_micros),
+                                copy: Duration::from_micros(r.copy_micros),
+                            }),
+                            Err(_) => return,
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => continue,
+                };
+                if tx.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(SnapshotStream::new(
+            mode,
+            info.regions,
+            info.total_bytes,
+            pieces,
+        ))
+    }
+
+    async fn memory_map(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        side: u32,
+    ) -> Result<Vec<u8>, MemoryError> {
+        let side = side.to_string();
+        let query = [("vm", vm), ("who", who), ("side", &side)];
+        let png = self
+            .get(node, "/v1/node/memory/map", &query)
+            .await
+            .map_err(|e| e.memory(node))?;
+        Ok(png.to_vec())
+    }
+
+    async fn memory_stream(
+        &self,
+        node: &str,
+        vm: &str,
+        who: &str,
+        side: u32,
+        fps: u32,
+    ) -> Result<FrameStream, MemoryError> {
+        let (s, f) = (side.to_string(), fps.to_string());
+        let query = [("vm", vm), ("who", who), ("side", &s), ("fps", &f)];
+        let (mut ws, _) = self
+            .websocket(node, "/v1/node/memory/stream", &query)
+            .await
+            .map_err(|e| e.memory(node))?;
+        let (tx, frames) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    Message::Binary(frame) if tx.send(frame.to_vec()).await.is_err() => return,
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(FrameStream { side, fps, frames })
     }
 }

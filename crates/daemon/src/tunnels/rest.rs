@@ -66,15 +66,18 @@ async fn open(
     )
 }
 
-/// Carries `stream`'s bytes over `socket` both ways (binary messages) until either side ends.
+/// Carries `stream`'s bytes over `socket` both ways (binary messages) until both sides are
+/// done. WebSocket has no half-close, so an empty binary message says "no more from me" (a
+/// client that sent its request and awaits the answer, as HTTP/1.0 does); the socket closes
+/// once both sides said so, or either went away.
 pub(crate) async fn pipe(socket: WebSocket, stream: DuplexStream) {
     let (mut tx, mut rx) = socket.split();
     let (mut from, mut to) = tokio::io::split(stream);
     let inbound = async {
         while let Some(Ok(msg)) = rx.next().await {
             match msg {
+                Message::Binary(data) if data.is_empty() => break,
                 Message::Binary(data) if to.write_all(&data).await.is_err() => break,
-                Message::Binary(_) => {}
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -87,18 +90,16 @@ pub(crate) async fn pipe(socket: WebSocket, stream: DuplexStream) {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx
-                        .send(Message::Binary(buf[..n].to_vec().into()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    let data = buf[..n].to_vec().into();
+                    if tx.send(Message::Binary(data)).await.is_err() {
+                        return tx;
                     }
                 }
             }
         }
-        let _ = tx.send(Message::Close(None)).await;
+        let _ = tx.send(Message::Binary(Default::default())).await;
+        tx
     };
-    // Both halves run until the guest's side closes; the client's end alone only half-closes.
-    tokio::join!(inbound, outbound);
+    let ((), mut tx) = tokio::join!(inbound, outbound);
+    let _ = tx.send(Message::Close(None)).await;
 }
