@@ -183,7 +183,7 @@ pub fn invariants(seen: &Seen, dirs: &Dirs<'_>, max_qemus_per_vm: usize) -> Vec<
                 vm.status.message.as_deref().unwrap_or("no message")
             ));
         }
-        let ram = Path::new("/dev/shm").join(format!("corral-{uid}"));
+        let ram = corral_testkit::guest_ram_file(vm);
         if ram.exists() && pids.is_empty() {
             bad.push(format!(
                 "vm/{name}: guest RAM file {} without a QEMU",

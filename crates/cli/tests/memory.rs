@@ -2,7 +2,7 @@
 //! guest keeps a random marker in a live process, and the CLI must find it, read it back, dump
 //! RAM byte for byte, map it, stream it, refuse what it must, and audit every act.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use corral_contract::Arch;
@@ -76,7 +76,8 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
     let cli = Cli::new(CORRAL, &d);
     let marker = random_marker();
     let uid = boot(&cli, "g", &marker, true);
-    let ram_file = PathBuf::from(format!("/dev/shm/corral-{uid}"));
+    let got = cli.json(&["vm", "get", "g", "-o", "json"]);
+    let ram_file = corral_testkit::guest_ram_path(&uid, got["status"]["node"].as_str());
 
     // find → read: some hit reads back the marker (the guest may move transient copies).
     let hits = find(&cli, "g", &marker);

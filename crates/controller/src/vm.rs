@@ -804,11 +804,10 @@ impl VmController {
         let key = vm.metadata.key();
         let mut config = VmConfig::from_spec(&vm.metadata.uid, &key, &vm.spec);
         if vm.spec.introspection {
-            config.memory_file = Some(
-                self.config
-                    .shm_dir
-                    .join(format!("corral-{}", vm.metadata.uid)),
-            );
+            config.memory_file = Some(self.config.shm_dir.join(corral_hypervisor::guest_ram_name(
+                &vm.metadata.uid,
+                self.config.node.as_deref(),
+            )));
         }
         if let Some(rules) = &self.config.host_paths {
             crate::host_files::open(rules, &vm.spec, &mut config).map_err(|e| e.to_string())?;

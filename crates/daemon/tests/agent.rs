@@ -944,8 +944,16 @@ async fn node_local_streams_through_the_server(
         snap.total_bytes
     );
     let mut got = 0u64;
-    while let corral_client::SnapshotChunk::Data(data) = snap.next().await? {
-        got += data.len() as u64;
+    let copied = tokio::time::timeout(Duration::from_secs(180), async {
+        while let corral_client::SnapshotChunk::Data(data) = snap.next().await? {
+            got += data.len() as u64;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match copied {
+        Ok(done) => done?,
+        Err(_) => panic!("the snapshot stalled after {got} bytes\n{}", logs()),
     }
     assert_eq!(got, snap.total_bytes, "every byte came through the server");
     // Out of range: the node's refusal reads as the server's own.
@@ -1131,13 +1139,17 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
             "metadata": {"name": "roam-disk"}, "spec": {"size": 32 << 20},
         }))?)
         .await?;
-    let roamer = kit_vm_on_volume(
+    // A second marker stays in guest RAM (a file on the initramfs root), read through the
+    // memory bridge of whichever node runs the guest.
+    let mut roamer = kit_vm_on_volume(
         "roamer",
         "roam-disk",
         "printf 'roam-marker-%s\\n' $((6*7)) > /dev/vda; sync\n\
+         printf 'ram-kept-%s-here\\n' $((6*7)) > /ram-marker\n\
          (while :; do echo 3 > /proc/sys/vm/drop_caches; \
          echo \"CORRAL_DISKREAD $(head -c 15 /dev/vda)\"; sleep 2; done) &",
     );
+    roamer.spec.introspection = true;
     admin.create_vm(&roamer).await?;
     let vm = wait_phase(&admin, &cluster.server, "roamer", Phase::Running)
         .await
@@ -1168,6 +1180,21 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
         assert!(
             Instant::now() < deadline,
             "no disk read on agent-a\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let in_ram = || async {
+        admin
+            .find_in_memory("roamer", b"ram-kept-42-here", 4)
+            .await
+            .map(|(found, _)| found.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_ram().await? == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no RAM marker on agent-a\n{}",
             logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1225,6 +1252,12 @@ async fn a_running_guest_moves_live_between_two_agents() -> anyhow::Result<()> {
         "the status names agent-b's QEMU"
     );
     counts_on_without_boot(&dir_b, &uid, before, logs).await;
+    // The RAM marker, now read on agent-b (the server asks the node that runs the guest).
+    assert!(
+        in_ram().await? > 0,
+        "the RAM marker did not move\n{}",
+        logs()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !qemu_pids_under(&dir_a.join("r")).is_empty() {
         assert!(

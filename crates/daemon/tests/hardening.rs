@@ -119,7 +119,7 @@ async fn qemu_runs_as_corral_qemu_in_a_sandbox_and_every_vm_file_is_private() ->
     assert_eq!(mode_owner(&volume_path)?, (0o600, quid, qgid));
     let seed = d.data_dir().join("seeds").join(format!("{uid}.iso"));
     assert_eq!(mode_owner(&seed)?, (0o600, quid, qgid));
-    let ram = PathBuf::from(format!("/dev/shm/corral-{uid}"));
+    let ram = corral_testkit::guest_ram_file(&running);
     assert_eq!(mode_owner(&ram)?, (0o600, quid, qgid));
     let vm_dir = d.run_dir().join("vms").join(uid);
     assert_eq!(mode_owner(&vm_dir.join("qemu.pid"))?, (0o600, quid, qgid));

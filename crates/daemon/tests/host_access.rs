@@ -149,8 +149,9 @@ async fn a_tenant_names_only_regular_files_below_allowed_dirs_and_they_boot() ->
     tenant.create_vm(&good).await?;
     wait_phase(&tenant, &d, "good", Phase::Running).await?;
     wait_console(&tenant, &d, "good", "CORRAL_BOOT_OK", 0).await?;
-    let uid = tenant.get_vm("good").await?.metadata.uid;
-    let ram = PathBuf::from(format!("/dev/shm/corral-{uid}"));
+    let good = tenant.get_vm("good").await?;
+    let uid = good.metadata.uid.clone();
+    let ram = corral_testkit::guest_ram_file(&good);
     assert!(ram.exists(), "{} is the guest's RAM", ram.display());
 
     // Every other host file is refused to the tenant, naming the field and why.

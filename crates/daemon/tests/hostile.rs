@@ -366,8 +366,8 @@ async fn a_hostile_tenant_is_refused_everything_only_root_may_do() {
     corral_testkit::wait_console(&admin_in_red, &d, "victim", "CORRAL_BOOT_OK", 0)
         .await
         .unwrap();
-    let uid = admin_in_red.get_vm("victim").await.unwrap().metadata.uid;
-    let ram = PathBuf::from(format!("/dev/shm/corral-{uid}"));
+    let victim = admin_in_red.get_vm("victim").await.unwrap();
+    let ram = corral_testkit::guest_ram_file(&victim);
     assert!(ram.exists());
     bob.create_volume(&blank_volume("blue-disk")).await.unwrap();
     bob.create_vm(&stopped_vm("blue-vm", "blue-disk"))

@@ -29,7 +29,8 @@ pub struct VmConfig {
     pub boot: BootSource,
     /// Block devices, in order (`/dev/vda`, `/dev/vdb` …).
     pub disks: Vec<DiskConfig>,
-    /// Back guest RAM with a shared file at this path (guest memory introspection).
+    /// Back guest RAM with a shared file at this path (guest memory introspection); see
+    /// [`guest_ram_name`].
     pub memory_file: Option<PathBuf>,
     /// Leave the vCPUs paused after start.
     pub start_paused: bool,
@@ -194,5 +195,16 @@ impl VmConfig {
             files: PassedFiles::default(),
             shares: Vec::new(),
         }
+    }
+}
+
+/// The name of VM `uid`'s guest RAM file (in `/dev/shm`) on node `node`: `corral-<uid>.<node>`.
+/// The node is in the name because two nodes may share a host (and its `/dev/shm`) — in tests,
+/// a demo, or a migration between two agents on one machine — and the VM's RAM file on the
+/// target must not be the source's, nor be removed when the source's QEMU is cleaned up.
+pub fn guest_ram_name(uid: &str, node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!("corral-{uid}.{node}"),
+        None => format!("corral-{uid}"),
     }
 }

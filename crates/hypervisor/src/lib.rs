@@ -36,6 +36,7 @@ mod types;
 
 pub use config::{
     BootSource, DiskConfig, PassedFiles, ShareConfig, VmConfig, format_from_extension,
+    guest_ram_name,
 };
 pub use console::{Console, ConsoleInput, ConsolePublisher};
 pub use corral_contract::DiskFormat;

@@ -51,4 +51,7 @@ pub use kit::{GuestKit, workspace_root};
 pub use netns::{Netns, ip};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
-pub use vms::{VM_PATIENCE, boots, kit_vm, last_heartbeat, wait_console, wait_phase};
+pub use vms::{
+    VM_PATIENCE, boots, guest_ram_file, guest_ram_path, kit_vm, last_heartbeat, wait_console,
+    wait_phase,
+};

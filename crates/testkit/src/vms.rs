@@ -9,6 +9,17 @@ use crate::{Corrald, Error, GuestKit, tail};
 /// a timing claim).
 pub const VM_PATIENCE: Duration = Duration::from_secs(120);
 
+/// Where a running introspectable VM's guest RAM is: `/dev/shm`, named for its uid and the
+/// node that runs it ([`corral_hypervisor::guest_ram_name`]).
+pub fn guest_ram_file(vm: &Vm) -> std::path::PathBuf {
+    guest_ram_path(&vm.metadata.uid, vm.status.node.as_deref())
+}
+
+/// [`guest_ram_file`] of VM `uid` on node `node`.
+pub fn guest_ram_path(uid: &str, node: Option<&str>) -> std::path::PathBuf {
+    std::path::Path::new("/dev/shm").join(corral_hypervisor::guest_ram_name(uid, node))
+}
+
 /// A VM that boots the x86_64 guest kit's kernel and initramfs with 256 MiB, the kit's console
 /// and `quiet panic=-1`; `f` sets what else the test needs (`|b| b` for nothing).
 pub fn kit_vm(name: &str, f: impl FnOnce(VmSpecBuilder) -> VmSpecBuilder) -> Vm {
