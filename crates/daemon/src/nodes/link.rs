@@ -22,6 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::agent::streams::{NodeAttestation, NodeFound, NodeSnapshotInfo, NodeSnapshotReport};
+use crate::tunnels::bridge::Frame;
 
 /// How long a call to a node may take (a console stays open as long as it is used).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,47 +376,25 @@ impl NodeLink for AgentLink {
         vm: &str,
         port: u16,
     ) -> Result<tokio::io::DuplexStream, ServiceError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let port = port.to_string();
         let (ws, _) = self
             .websocket(node, "/v1/node/tunnel", &[("vm", vm), ("port", &port)])
             .await
             .map_err(|e| e.service(node))?;
         let (near, far) = tokio::io::duplex(TUNNEL_BUFFER);
-        // As `tunnels::rest::pipe` on the node's side: an empty message is a half-close.
-        tokio::spawn(async move {
-            let (mut tx, mut rx) = ws.split();
-            let (mut from, mut to) = tokio::io::split(near);
-            let inbound = async {
-                while let Some(Ok(msg)) = rx.next().await {
-                    match msg {
-                        Message::Binary(data) if data.is_empty() => break,
-                        Message::Binary(data) if to.write_all(&data).await.is_err() => break,
-                        Message::Close(_) => break,
-                        _ => {}
-                    }
-                }
-                let _ = to.shutdown().await;
-            };
-            let outbound = async {
-                let mut buf = vec![0u8; 32 << 10];
-                loop {
-                    match from.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let data = buf[..n].to_vec().into();
-                            if tx.send(Message::Binary(data)).await.is_err() {
-                                return tx;
-                            }
-                        }
-                    }
-                }
-                let _ = tx.send(Message::Binary(Default::default())).await;
-                tx
-            };
-            let ((), mut tx) = tokio::join!(inbound, outbound);
-            let _ = tx.send(Message::Close(None)).await;
-        });
+        // The node's side runs the same relay (`tunnels::rest::pipe`).
+        tokio::spawn(crate::tunnels::bridge::bridge(
+            ws,
+            near,
+            |data| Message::Binary(data.into()),
+            Message::Close(None),
+            |msg| match msg {
+                Message::Binary(data) if data.is_empty() => Frame::Done,
+                Message::Binary(data) => Frame::Data(data.to_vec()),
+                Message::Close(_) => Frame::Done,
+                _ => Frame::Skip,
+            },
+        ));
         Ok(far)
     }
 

@@ -5,9 +5,10 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::Method;
 use corral_contract::ValidationError;
 use corral_service::ServiceError;
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::DuplexStream;
+
+use super::bridge::Frame;
 
 use crate::api::Scope;
 use crate::api::error::ApiResult;
@@ -66,40 +67,19 @@ async fn open(
     )
 }
 
-/// Carries `stream`'s bytes over `socket` both ways (binary messages) until both sides are
-/// done. WebSocket has no half-close, so an empty binary message says "no more from me" (a
-/// client that sent its request and awaits the answer, as HTTP/1.0 does); the socket closes
-/// once both sides said so, or either went away.
+/// Carries `stream`'s bytes over `socket` both ways (see [`bridge`](super::bridge)).
 pub(crate) async fn pipe(socket: WebSocket, stream: DuplexStream) {
-    let (mut tx, mut rx) = socket.split();
-    let (mut from, mut to) = tokio::io::split(stream);
-    let inbound = async {
-        while let Some(Ok(msg)) = rx.next().await {
-            match msg {
-                Message::Binary(data) if data.is_empty() => break,
-                Message::Binary(data) if to.write_all(&data).await.is_err() => break,
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        let _ = to.shutdown().await;
-    };
-    let outbound = async {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let data = buf[..n].to_vec().into();
-                    if tx.send(Message::Binary(data)).await.is_err() {
-                        return tx;
-                    }
-                }
-            }
-        }
-        let _ = tx.send(Message::Binary(Default::default())).await;
-        tx
-    };
-    let ((), mut tx) = tokio::join!(inbound, outbound);
-    let _ = tx.send(Message::Close(None)).await;
+    super::bridge::bridge(
+        socket,
+        stream,
+        |data| Message::Binary(data.into()),
+        Message::Close(None),
+        |msg| match msg {
+            Message::Binary(data) if data.is_empty() => Frame::Done,
+            Message::Binary(data) => Frame::Data(data.to_vec()),
+            Message::Close(_) => Frame::Done,
+            _ => Frame::Skip,
+        },
+    )
+    .await;
 }
