@@ -82,8 +82,10 @@ fn find_read_dump_map_and_stream_a_live_guest_through_the_cli() {
     // find → read: some hit reads back the marker (the guest may move transient copies).
     let hits = find(&cli, "g", &marker);
     assert!(!hits.is_empty(), "marker {marker} not found");
+    // The table lists the same kind of hits; their number may differ from the first find's,
+    // as the running guest copies and frees the marker between the two.
     let table = cli.ok(&["vm", "memory", "find", "g", "--pattern", &marker]);
-    assert_eq!(table.lines().count(), hits.len());
+    assert!(table.lines().count() > 0, "{table}");
     assert!(table.lines().all(|l| l.starts_with("0x")), "{table}");
     let len = marker.len().to_string();
     let read_back = hits.iter().any(|hit| {
