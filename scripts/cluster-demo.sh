@@ -267,7 +267,7 @@ down() {
     for f in "$dir/$a/run/vms"/*; do
       [ -d "$f" ] || continue
       uid=$(basename "$f")
-      rm -f "/dev/shm/corral-$uid"
+      rm -f "/dev/shm/corral-$uid".*
     done
   done
   ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"

@@ -103,12 +103,7 @@ impl Drop for Agent {
             );
         }
         // QEMU outlives corrald: end the guests this agent started, as `Corrald` does.
-        for pid in corral_testkit::qemu_pids_under(&self.dir.join("r")) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        corral_testkit::end_guests_under(&self.dir.join("r"));
     }
 }
 

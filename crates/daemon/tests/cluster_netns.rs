@@ -13,6 +13,11 @@
 //! - a server killed: the agent that reported to it moves on to the other and keeps its VMs
 //!   (nothing fenced), and a new VM is still placed and boots.
 //!
+//! - then live moves between agents (the failure samples have ended: during a move the
+//!   target's QEMU waits, paused, beside the source's): a guest on a node-local volume moves
+//!   with its disk to another agent's namespace, and a drain of that agent moves every VM it
+//!   runs live.
+//!
 //! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and the same
 //! through a server (which asks that node's agent across namespaces), and every
 //! QEMU process of the host, in every namespace, sampled every 100 ms from start to end:
@@ -26,9 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_client::{Client, Endpoint};
-use corral_contract::{Phase, RestartPolicy, Vm};
+use corral_contract::{MigrationPhase, Phase, RestartPolicy, Vm, VolumeAttachment};
 use corral_daemon::fence_guard::{GuardPaths, Stamp, boottime};
-use corral_testkit::{BOOT_MARKER, kit_vm, workspace_binary};
+use corral_testkit::{
+    BOOT_MARKER, HEARTBEAT, kit_vm, last_heartbeat, type_on_console, workspace_binary,
+};
 use nix::sys::signal::Signal;
 
 const PATIENCE: Duration = Duration::from_secs(300);
@@ -613,5 +620,189 @@ async fn a_cluster_in_namespaces_moves_vms_off_killed_and_cut_off_agents_and_nev
     );
     assert!(twice.is_empty(), "{twice:#?}");
     assert!(samples > 0);
+
+    live_moves(&demo, &c, &agents).await
+}
+
+/// The QEMU pids in `agent`'s network namespace.
+fn pids_in_namespace(demo: &Demo, agent: &str) -> Vec<u32> {
+    let ns = format!("{}-{agent}", demo.env[1].1);
+    let out = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Waits until VM `name` has moved live to a node other than `from` (its migration completed
+/// there and that node's QEMU runs it); the node.
+async fn moved_live(demo: &Demo, c: &Client, name: &str, from: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let vm = c.get_vm(name).await.expect("the VM");
+        let target = vm
+            .status
+            .migration
+            .as_ref()
+            .filter(|m| m.phase == MigrationPhase::Completed && m.target != from)
+            .map(|m| m.target.clone());
+        if let Some(target) = target {
+            if vm.status.node.as_deref() == Some(target.as_str())
+                && vm.status.phase == Phase::Running
+                && vm.status.pid.is_some()
+            {
+                return target;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not move off {from}: {:?}\n{}\nserver-a:\n{}",
+            vm.status,
+            demo.log(from),
+            demo.log("server-a")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A live move leaves the guest's boot behind: on its new node (its console log read through
+/// the server, from the end it has now: an earlier stay there may have left lines) it counts
+/// its heartbeats on past `before`, where a new boot would start again at 1, and prints no
+/// boot marker.
+async fn counts_on(demo: &Demo, c: &Client, name: &str, node: &str, before: u64) {
+    let mark = c.console_log(name, 0).await.unwrap_or_default().len();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = c.console_log(name, 0).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&log[mark.min(log.len())..]).into_owned();
+        assert!(
+            !text.contains(BOOT_MARKER),
+            "{name} booted again on {node}:\n{text}"
+        );
+        let last = text
+            .lines()
+            .filter_map(|l| l.split(HEARTBEAT).nth(1))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .next_back();
+        if last.is_some_and(|n| n > before) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat past {before} from {name} on {node}:\n{text}\n{}",
+            demo.log(node)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Live moves between agents, each in its own namespace, over the bridge between them and
+/// TLS from the cluster CA: a guest on a node-local volume moves with its disk (mirrored to
+/// the target's own file), then a drain of the agent it moved to moves every VM there live
+/// and leaves the agent with no QEMU.
+async fn live_moves(demo: &Demo, c: &Client, agents: &[&'static str]) -> anyhow::Result<()> {
+    c.create_volume(&serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "disky-data"},
+        "spec": {"size": 32 << 20},
+    }))?)
+    .await?;
+    let data = VolumeAttachment {
+        volume: "disky-data".parse()?,
+        readonly: false,
+        serial: None,
+    };
+    c.create_vm(&kit_vm("disky", |s| s.volume(data))).await?;
+    let deadline = Instant::now() + PATIENCE;
+    let from = loop {
+        if let Some((node, _)) = running_on(c, "disky").await {
+            break node;
+        }
+        assert!(Instant::now() < deadline, "disky not running");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    booted(demo, &from, &c.get_vm("disky").await?).await;
+    type_on_console(
+        c,
+        "disky",
+        "printf 'disk-marker-%s\\n' $((6*7)) > /dev/vda; sync; echo wrote-$((1+1))",
+        "wrote-2",
+    )
+    .await?;
+
+    // To a named agent, with its disk.
+    let to = *agents.iter().find(|a| **a != from).expect("another agent");
+    let before = last_heartbeat(c, "disky").await?.unwrap_or_default();
+    c.migrate_vm("disky", Some(to)).await?;
+    assert_eq!(moved_live(demo, c, "disky", &from).await, to);
+    let vm = c.get_vm("disky").await?;
+    let m = vm.status.migration.clone().expect("status.migration");
+    assert!(
+        m.tls && m.disk_total_bytes > 0,
+        "moved with its disk: {m:?}"
+    );
+    let pid = vm.status.pid.expect("a pid");
+    assert!(
+        pids_in_namespace(demo, to).contains(&pid),
+        "disky's QEMU {pid} runs in {to}'s namespace"
+    );
+    let volume = c.get_volume("disky-data").await?;
+    let path = volume.status.path.clone().unwrap_or_default();
+    let home = demo.dir.join(to).join("data");
+    assert!(
+        path.starts_with(home.to_str().unwrap_or("?")),
+        "the volume's file is {to}'s: {path}"
+    );
+    counts_on(demo, c, "disky", to, before).await;
+    type_on_console(
+        c,
+        "disky",
+        "echo 3 > /proc/sys/vm/drop_caches; head -c 15 /dev/vda",
+        "disk-marker-42",
+    )
+    .await?;
+
+    // A drain of that agent moves each of its VMs live to the others.
+    let names: Vec<String> = c
+        .list_vms("")
+        .await?
+        .into_iter()
+        .map(|vm| vm.metadata.name.to_string())
+        .collect();
+    let mut on = Vec::new();
+    for vm in vms_on(c, &names, to).await {
+        let heartbeat = last_heartbeat(c, vm.metadata.name.as_str())
+            .await?
+            .unwrap_or_default();
+        on.push((vm.metadata.name.to_string(), heartbeat));
+    }
+    assert!(on.len() >= 2, "{to} runs several VMs: {on:?}");
+    c.drain_node(to).await?;
+    for (name, before) in &on {
+        let node = moved_live(demo, c, name, to).await;
+        counts_on(demo, c, name, &node, *before).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while !corral_testkit::qemu_pids_under(&demo.run_dir(to)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{to} still runs QEMUs after its drain"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    type_on_console(
+        c,
+        "disky",
+        "echo 3 > /proc/sys/vm/drop_caches; head -c 15 /dev/vda",
+        "disk-marker-42",
+    )
+    .await?;
+    println!(
+        "live moves across namespaces: disky {from} -> {to} with its disk; drain of {to} moved {} VMs live",
+        on.len()
+    );
+    c.cordon_node(to, false).await?;
     Ok(())
 }

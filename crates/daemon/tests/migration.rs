@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use corral_client::{Client, Endpoint};
 use corral_contract::names::annotations;
 use corral_contract::{MigrationPhase, Phase, Vm};
-use corral_testkit::{Corrald, EtcdCluster, HEARTBEAT, kit_vm, wait_console, wait_phase};
+use corral_testkit::{
+    Corrald, EtcdCluster, HEARTBEAT, kit_vm, type_on_console, wait_console, wait_phase,
+};
 
 /// `corrald cluster init` in a new directory: the cluster CA both nodes take with
 /// `--cluster-dir`, so that each migrates over TLS on a node certificate of its own from it.
@@ -274,7 +276,8 @@ async fn migration_reaches(
 
 /// With the migration slowed down (`--migration-bandwidth`): a cancel half-way leaves the
 /// guest running on the source; a source corrald killed half-way (`kill -9`) and started
-/// again finishes the move, and the guest runs in exactly one QEMU.
+/// again finishes the move, and the guest runs in exactly one QEMU; so does a target corrald
+/// killed half-way and started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_or_interrupted_migration_leaves_one_running_guest() -> anyhow::Result<()> {
     let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
@@ -366,24 +369,69 @@ async fn a_cancelled_or_interrupted_migration_leaves_one_running_guest() -> anyh
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    drop(etcd);
-    Ok(())
-}
 
-/// Types `line` on `name`'s console and waits for `needle` in what comes back.
-async fn type_and_see(c: &Client, name: &str, line: &str, needle: &str) -> anyhow::Result<()> {
-    let mut console = c.attach_console(name, true, false).await?;
-    console.input.send(format!("{line}\n").into_bytes()).await?;
+    // The target killed half-way and started again: the move completes or is given up, and
+    // either way one QEMU runs the guest, which counts on.
+    let before = last_heartbeat(&cb.console_log("slow", 0).await?).unwrap_or_default();
+    cb.migrate_vm("slow", Some("node-a")).await?;
+    migration_reaches(&cb, "slow", &[MigrationPhase::Migrating], || logs(&a)).await;
+    a.kill_9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.restart()?;
+    let vm = migration_ended(&cb, "slow", || logs(&a)).await;
+    let m = vm.status.migration.clone().expect("status.migration");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = String::new();
-    while !seen.contains(needle) {
-        anyhow::ensure!(Instant::now() < deadline, "no {needle} from {name}: {seen}");
-        if let Ok(Some(Ok(bytes))) =
-            tokio::time::timeout(Duration::from_secs(1), console.output.recv()).await
+    let (home, pid) = loop {
+        let vm = cb.get_vm("slow").await?;
+        let (on_a, on_b) = (a.qemu_pids(), b.qemu_pids());
+        let home = match vm.status.node.as_deref() {
+            Some("node-a") => Some((&a, &on_a)),
+            Some("node-b") => Some((&b, &on_b)),
+            _ => None,
+        };
+        if let (Some((home, pids)), Some(pid), Phase::Running) =
+            (home, vm.status.pid, vm.status.phase)
         {
-            seen.push_str(&String::from_utf8_lossy(&bytes));
+            if on_a.len() + on_b.len() == 1 && pids.contains(&pid) {
+                break (home, pid);
+            }
         }
+        assert!(
+            Instant::now() < deadline,
+            "not one running QEMU after the target's restart ({m:?}): node-a {on_a:?}, \
+             node-b {on_b:?}, status {:?}\n{}",
+            vm.status,
+            logs(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "target restarted half-way: migration {:?}, the guest runs in QEMU {pid}",
+        m.phase
+    );
+    let client = Client::connect(Endpoint::Unix(home.socket())).await?;
+    // It runs now (a heartbeat newer than any yet), and it is the same boot (never reset).
+    let seen = last_heartbeat(&client.console_log("slow", 0).await?).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = client.console_log("slow", 0).await?;
+        let text = String::from_utf8_lossy(&log);
+        let last = text
+            .lines()
+            .filter_map(|l| l.split_once(HEARTBEAT))
+            .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
+            .next_back();
+        if last.is_some_and(|n| n > seen && n > before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest does not count on past {seen} (before the move {before}), last {last:?}\n{}",
+            logs(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    drop(etcd);
     Ok(())
 }
 
@@ -449,7 +497,7 @@ async fn guests_move_with_their_disks_and_a_drain_moves_all_three() -> anyhow::R
     wait_console(&ca, &a, "disky", &format!("{HEARTBEAT} 2"), 0).await?;
     let on_a = volume_files(&a);
     assert_eq!(on_a.len(), 1, "node-a holds the volume: {on_a:?}");
-    type_and_see(
+    type_on_console(
         &ca,
         "disky",
         "printf 'disk-marker-%s\\n' $((6*7)) > /dev/vda; sync; echo wrote-$((1+1))",
@@ -552,7 +600,7 @@ async fn guests_move_with_their_disks_and_a_drain_moves_all_three() -> anyhow::R
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    type_and_see(
+    type_on_console(
         &cb,
         "disky",
         "echo 3 > /proc/sys/vm/drop_caches; head -c 15 /dev/vda",

@@ -302,6 +302,30 @@ pub fn qemu_pids_under(run_dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// Kills the QEMUs whose pid files are under `run_dir/vms` and removes their guest RAM files
+/// (`/dev/shm/corral-<uid>.<node>`): what a test's daemon, killed, leaves behind.
+pub fn end_guests_under(run_dir: &Path) {
+    for pid in qemu_pids_under(run_dir) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let Ok(vms) = std::fs::read_dir(run_dir.join("vms")) else {
+        return;
+    };
+    let prefixes: Vec<String> = vms
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .map(|uid| format!("corral-{uid}."))
+        .collect();
+    let Ok(shm) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in shm.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Drop for Corrald {
     fn drop(&mut self) {
         self.kill_9();
@@ -309,24 +333,7 @@ impl Drop for Corrald {
         if let Some(pid) = self.fence_guard_pid() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        for pid in qemu_pids_under(&self.run_dir()) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
-            // RAM files of introspectable VMs are named by uid; ours have a runtime dir here.
-            let uids: Vec<String> = std::fs::read_dir(self.run_dir().join("vms"))
-                .map(|it| {
-                    it.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            for entry in entries.filter_map(|e| e.ok()) {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if uids.iter().any(|uid| name == format!("corral-{uid}")) {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        end_guests_under(&self.run_dir());
         if self.tmpfs {
             let _ = Command::new("umount")
                 .arg("--lazy")

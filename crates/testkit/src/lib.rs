@@ -43,7 +43,10 @@ mod vm;
 mod vms;
 
 pub use cli::{Cli, Console, PATIENCE, kit_vm_args, tail, workspace_binary};
-pub use daemon::{Corrald, CorraldBuilder, fence_guard_pid_under, qemu_pids_under, release_build};
+pub use daemon::{
+    Corrald, CorraldBuilder, end_guests_under, fence_guard_pid_under, qemu_pids_under,
+    release_build,
+};
 pub use error::Error;
 pub use etcd::{EtcdCluster, EtcdTlsFiles};
 pub use git::{GitServer, git};
@@ -52,6 +55,6 @@ pub use netns::{Netns, ip};
 pub use output::Output;
 pub use vm::{BOOT_MARKER, HEARTBEAT, TestVm, TestVmBuilder};
 pub use vms::{
-    VM_PATIENCE, boots, guest_ram_file, guest_ram_path, kit_vm, last_heartbeat, wait_console,
-    wait_phase,
+    VM_PATIENCE, boots, guest_ram_file, guest_ram_path, kit_vm, last_heartbeat, type_on_console,
+    wait_console, wait_phase,
 };

@@ -98,6 +98,43 @@ pub async fn last_heartbeat(client: &Client, name: &str) -> Result<Option<u64>, 
         .find_map(|n| n.trim().parse().ok()))
 }
 
+/// Types `line` on VM `name`'s console (a live session, as `corral vm console` opens it) and
+/// waits (within a minute) for `needle` in what comes back.
+pub async fn type_on_console(
+    client: &Client,
+    name: &str,
+    line: &str,
+    needle: &str,
+) -> Result<(), Error> {
+    const PATIENCE: Duration = Duration::from_secs(60);
+    let mut console = client
+        .attach_console(name, true, false)
+        .await
+        .map_err(|e| Error::Wait(format!("{name}'s console: {e}")))?;
+    console
+        .input
+        .send(format!("{line}\n").into_bytes())
+        .await
+        .map_err(|e| Error::Wait(format!("typing on {name}'s console: {e}")))?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Wait(format!(
+                "{needle:?} on {name}'s console within {PATIENCE:?} after typing {line:?}; it \
+                 shows:\n{}",
+                tail(&seen)
+            )));
+        }
+        if let Ok(Some(Ok(bytes))) =
+            tokio::time::timeout(Duration::from_secs(1), console.output.recv()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    Ok(())
+}
+
 /// How many times VM `name` printed its boot marker since its console log began.
 pub async fn boots(client: &Client, name: &str) -> Result<usize, Error> {
     let log = client
