@@ -35,7 +35,9 @@ pub use fence::FenceState;
 pub use git::{Checkout, GitError, fetch as git_fetch};
 pub use migrate::DOWNTIME_LIMIT_MS;
 pub use queue::WorkQueue;
-pub use schedule::{Loads, Misfit, ScheduleConfig, Unschedulable, VolumeNeeds, place, place_with};
+pub use schedule::{
+    Fleet, Loads, Misfit, ScheduleConfig, Unschedulable, VolumeNeeds, place, place_with,
+};
 pub use scheduler::{NODE_LOST, SCHEDULED, Scheduler, SchedulerConfig, stale};
 pub use source::{RunOptions, SourceController, SourceReconciler};
 pub use ssh::ssh_banner;

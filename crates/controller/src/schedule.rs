@@ -161,16 +161,115 @@ impl Loads {
 
     /// Counts `vm` on `node`.
     pub fn add(&mut self, vm: &Vm, node: &str) {
-        let load = self.by_node.entry(node.to_owned()).or_default();
+        self.by_node.entry(node.to_owned()).or_default().add(vm);
+    }
+}
+
+impl Load {
+    fn add(&mut self, vm: &Vm) {
         // A stopped VM keeps its place but holds nothing.
         if vm.spec.power != Power::Stopped {
-            load.cpus += u64::from(vm.spec.cpus);
-            load.memory += vm.spec.memory.as_u64();
+            self.cpus += u64::from(vm.spec.cpus);
+            self.memory += vm.spec.memory.as_u64();
         }
-        load.vms += 1;
+        self.vms += 1;
         if let Some(group) = vm.spec.placement.anti_affinity.as_deref() {
-            *load.groups.entry(group.to_owned()).or_default() += 1;
+            *self.groups.entry(group.to_owned()).or_default() += 1;
         }
+    }
+}
+
+/// The nodes one scheduling pass places VMs on, with what their VMs hold: built once per
+/// pass and kept up to date with [`Fleet::add`] as the pass binds more. Placing a VM looks at
+/// each node once, by position: what rules a node out for every VM (not ready, cordoned) is
+/// judged once, and its load is beside it, not looked up by name.
+#[derive(Debug)]
+pub struct Fleet<'a> {
+    nodes: &'a [Node],
+    /// Per node, in `nodes`' order: why it takes no VM at all, if so.
+    closed: Vec<Option<Misfit>>,
+    loads: Vec<Load>,
+}
+
+impl<'a> Fleet<'a> {
+    /// `nodes` with `loads`, the loads of the VMs bound to them.
+    pub fn new(nodes: &'a [Node], mut loads: Loads) -> Fleet<'a> {
+        let closed = nodes
+            .iter()
+            .map(|node| {
+                if !node.ready() {
+                    Some(Misfit::NotReady)
+                } else if node.spec.unschedulable {
+                    Some(Misfit::Cordoned)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let loads = nodes
+            .iter()
+            .map(|node| {
+                loads
+                    .by_node
+                    .remove(node.metadata.name.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Fleet {
+            nodes,
+            closed,
+            loads,
+        }
+    }
+
+    /// The node `vm` should go to (its position in the fleet), given what its volumes ask of
+    /// a node. The same inputs always give the same answer.
+    pub fn place(
+        &self,
+        vm: &Vm,
+        needs: &VolumeNeeds,
+        config: &ScheduleConfig,
+    ) -> Result<usize, Unschedulable> {
+        let group = vm.spec.placement.anti_affinity.as_deref();
+        let mut misfits = BTreeMap::new();
+        let mut best: Option<((usize, i64), &str, usize)> = None;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let load = &self.loads[i];
+            let fits = match self.closed[i] {
+                Some(misfit) => Err(misfit),
+                None => fit(vm, node, load, needs, config),
+            };
+            match fits {
+                Err(misfit) => *misfits.entry(misfit).or_insert(0) += 1,
+                Ok(used) => {
+                    // Lower is better: fewer VMs of the group, then the least (spread) or
+                    // most (pack) used, then the name.
+                    let name = node.metadata.name.as_str();
+                    let in_group = group.map_or(0, |g| load.groups.get(g).copied().unwrap_or(0));
+                    let key = (in_group, if config.spread { used } else { -used });
+                    if best.is_none_or(|(k, n, _)| (key, name) < (k, n)) {
+                        best = Some((key, name, i));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, _, i)) => Ok(i),
+            None => Err(Unschedulable {
+                nodes: self.nodes.len(),
+                misfits,
+            }),
+        }
+    }
+
+    /// The name of the node at `index`.
+    pub fn name(&self, index: usize) -> &'a str {
+        self.nodes[index].metadata.name.as_str()
+    }
+
+    /// Counts `vm` on the node at `index`.
+    pub fn add(&mut self, vm: &Vm, index: usize) {
+        self.loads[index].add(vm);
     }
 }
 
@@ -198,37 +297,15 @@ pub fn place_with(
     needs: &VolumeNeeds,
     config: &ScheduleConfig,
 ) -> Result<String, Unschedulable> {
-    let group = vm.spec.placement.anti_affinity.as_deref();
-    let empty = Load::default();
-    let mut misfits = BTreeMap::new();
-    let mut best: Option<((usize, i64), &str)> = None;
-    for node in nodes {
-        let name = node.metadata.name.as_str();
-        let load = loads.by_node.get(name).unwrap_or(&empty);
-        match fit(vm, node, load, needs, config) {
-            Err(misfit) => *misfits.entry(misfit).or_insert(0) += 1,
-            Ok(used) => {
-                // Lower is better: fewer VMs of the group, then the least (spread) or most
-                // (pack) used, then the name.
-                let in_group = group.map_or(0, |g| load.groups.get(g).copied().unwrap_or(0));
-                let key = (in_group, if config.spread { used } else { -used });
-                if best.is_none_or(|(k, n)| (key, name) < (k, n)) {
-                    best = Some((key, name));
-                }
-            }
-        }
-    }
-    match best {
-        Some((_, name)) => Ok(name.to_owned()),
-        None => Err(Unschedulable {
-            nodes: nodes.len(),
-            misfits,
-        }),
-    }
+    let fleet = Fleet::new(nodes, loads.clone());
+    fleet
+        .place(vm, needs, config)
+        .map(|i| fleet.name(i).to_owned())
 }
 
-/// Whether `node` with `load` can take `vm`; if so, how used it would be after, in
-/// thousandths of its (overcommitted) capacity, CPU and memory averaged.
+/// Whether `node` (ready and not cordoned: [`Fleet`] judges that once) with `load` can take
+/// `vm`; if so, how used it would be after, in thousandths of its (overcommitted) capacity,
+/// CPU and memory averaged.
 fn fit(
     vm: &Vm,
     node: &Node,
@@ -237,12 +314,6 @@ fn fit(
     config: &ScheduleConfig,
 ) -> Result<i64, Misfit> {
     let name = node.metadata.name.as_str();
-    if !node.ready() {
-        return Err(Misfit::NotReady);
-    }
-    if node.spec.unschedulable {
-        return Err(Misfit::Cordoned);
-    }
     let selector = &vm.spec.placement.node_selector;
     if selector
         .iter()

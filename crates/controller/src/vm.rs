@@ -234,7 +234,10 @@ impl VmController {
 
     async fn follow_store(&self, mut revision: u64) {
         loop {
-            let mut watch = match self.svc.watch(None, revision).await {
+            // From the revision before the last event seen: the events of one transaction
+            // share its revision (the scheduler binds many VMs in one), and a stream that
+            // broke among them must not lose the rest. Seeing an event twice only requeues.
+            let mut watch = match self.svc.watch(None, revision.saturating_sub(1)).await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch VMs; retrying");
@@ -268,7 +271,9 @@ impl VmController {
     async fn follow_dependencies(&self, mut revision: u64) {
         let store = self.svc.store().clone();
         loop {
-            let mut watch = match store.watch(None, revision).await {
+            // As in `follow_store`: from the revision before, so no event of a transaction is
+            // lost.
+            let mut watch = match store.watch(None, revision.saturating_sub(1)).await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch VM dependencies; retrying");

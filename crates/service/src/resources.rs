@@ -747,6 +747,32 @@ impl<S: Strategy> Resources<S> {
         })
     }
 
+    /// [`modify_seen`](Resources::modify_seen) of several objects in one store write: `f`
+    /// changes each as the caller last read it (`false` leaves it out), and the changed ones
+    /// are written together, all or none ([`Store::update_all`](corral_store::Store::update_all),
+    /// at most [`MAX_TXN_OBJECTS`](corral_store::MAX_TXN_OBJECTS)). No retry: on a conflict
+    /// nothing is written and the caller goes on one object at a time. Returns what was
+    /// written.
+    pub async fn modify_all_seen(
+        &self,
+        seen: Vec<S::Object>,
+        mut f: impl FnMut(&mut S::Object) -> bool,
+    ) -> Result<Vec<S::Object>, ServiceError> {
+        let mut changed = Vec::with_capacity(seen.len());
+        for mut obj in seen {
+            if f(&mut obj) {
+                changed.push(encode(&obj)?);
+            }
+        }
+        self.store
+            .update_all(changed)
+            .await
+            .map_err(Self::store_error)?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
     /// Like [`modify`](Resources::modify) with retries, refusing objects marked for deletion:
     /// for verbs that express a new intent (start, restart, restore …).
     pub async fn modify_live(

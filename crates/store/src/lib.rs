@@ -56,14 +56,16 @@
 //! | [`Object::resource_version`] | the key's `mod_revision` |
 //! | `create` | `Txn(If create_revision(key) = 0, Then Put)`, else [`StoreError::AlreadyExists`] |
 //! | `update` | `Txn(If mod_revision(key) = v, Then Put, Else Range)` → [`StoreError::Conflict`] with the `Else` branch's `mod_revision` |
+//! | `update_all` | `Txn(Then Range…)` for the stored uids, then one `Txn(If mod_revision(k) = v…, Then Put…, Else Range…)` of up to [`MAX_TXN_OBJECTS`] keys |
 //! | `delete` | `Txn(If mod_revision(key) = v, Then DeleteRange(prev_kv))`, or a plain delete when `expected_version` is `None` |
 //! | `list` | `Range` over the prefix `/corral/<kind>/` (sorted by key, hence by name); the snapshot revision is `header.revision`; selectors filter client-side |
 //! | `watch(kind, after)` | `Watch` of the kind's prefix, or of `/corral/`, from `start_revision = after + 1` with `prev_kv` (a delete event carries the last state) |
 //! | [`StoreError::Compacted`] | the watch response's `compact_revision` |
 //! | `compact(keep_after)` | `Compact(keep_after + 1)` (etcd keeps revisions at or above the compaction point) |
 //!
-//! Each of our writes touches one key, so revisions along a watch are strictly
-//! increasing in both backends. A name may contain `/` (`project/name`): kinds never do,
+//! Every write but `update_all` touches one key. In SQLite revisions along a watch are
+//! strictly increasing; in etcd the keys of one `update_all` share its revision, and a watch
+//! delivers them together (etcd never splits a revision across watch responses). A name may contain `/` (`project/name`): kinds never do,
 //! so one kind's range never holds another kind's keys.
 //!
 //! Liveness and leader election are separate traits, [`Leases`] and [`Elections`]:
@@ -87,5 +89,5 @@ pub use etcd::{DEFAULT_PREFIX, EtcdConfig, EtcdCoordinator, EtcdStore, EtcdTls};
 pub use object::{EventType, Object, WatchEvent};
 pub use selector::{Requirement, Selector, SelectorError};
 pub use sqlite::{SqliteConfig, SqliteStore};
-pub use store::Store;
+pub use store::{MAX_TXN_OBJECTS, Store};
 pub use watch::WatchStream;

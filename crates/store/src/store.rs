@@ -6,6 +6,9 @@ use async_trait::async_trait;
 
 use crate::{Object, Selector, StoreError, WatchStream};
 
+/// The most objects [`Store::update_all`] writes together: etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OBJECTS: usize = 128;
+
 /// A transactional key-value store of [`Object`]s keyed by `(kind, name)`, with one global
 /// revision counter, compare-and-swap writes, and an ordered, resumable change feed.
 ///
@@ -35,6 +38,20 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// must equal the stored one, else [`StoreError::Conflict`]. `uid` is kept from the
     /// stored object. Fails with [`StoreError::NotFound`] if the object does not exist.
     async fn update(&self, obj: Object) -> Result<Object, StoreError>;
+
+    /// [`update`](Store::update) of several objects as one write: every one is replaced, or
+    /// none is. Fails as `update` does for the first object that is not at its expected
+    /// version (or is gone), and then writes nothing. The objects must be distinct, and at most
+    /// [`MAX_TXN_OBJECTS`]. For
+    /// writes that many callers make at once (the scheduler's bindings): one transaction
+    /// costs a fraction of as many.
+    ///
+    /// SQLite gives each object a revision of its own, in order; etcd gives them all the
+    /// transaction's one revision, and a watch delivers its events together. A watcher that
+    /// follows from the revision of the last event it saw may therefore miss the rest of
+    /// that revision's events if its stream broke among them: one that can take an event
+    /// twice resumes from the revision before.
+    async fn update_all(&self, objs: Vec<Object>) -> Result<Vec<Object>, StoreError>;
 
     /// Deletes an object and returns its last state. With `Some(version)`, only if the
     /// stored `resource_version` equals `version`, else [`StoreError::Conflict`].

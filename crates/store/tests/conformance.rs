@@ -118,6 +118,7 @@ conformance!(
     bodies_come_back_verbatim,
     missing_and_duplicate_objects,
     update_is_compare_and_swap,
+    updates_together_are_all_or_nothing,
     delete_with_expected_version,
     list_selects_by_label_and_sorts_by_name,
     names_with_slashes_stay_in_their_kind,
@@ -255,6 +256,82 @@ async fn update_is_compare_and_swap(backend: Backend) -> Result<()> {
         }
     }
     assert_eq!(won, 1, "exactly one compare-and-swap wins");
+    Ok(())
+}
+
+async fn updates_together_are_all_or_nothing(backend: Backend) -> Result<()> {
+    let store = backend.store();
+    let mut created = Vec::new();
+    for name in ["a", "b", "c"] {
+        created.push(store.create(vm(name)).await?);
+    }
+    let from = store.revision().await?;
+    let mut watch = store.watch(Some("Vm"), from).await?;
+
+    // All three in one write; the uids stay the stored ones.
+    let mut changed = Vec::new();
+    for obj in &created {
+        let mut obj = with_power(obj, "stopped")?;
+        obj.uid = "ignored".into();
+        changed.push(obj);
+    }
+    let written = store.update_all(changed).await?;
+    assert_eq!(written.len(), 3);
+    for (obj, before) in written.iter().zip(&created) {
+        assert_eq!(obj.name, before.name, "in the order given");
+        assert_eq!(obj.uid, before.uid, "update_all keeps the stored uid");
+        assert!(obj.resource_version > from);
+        assert_eq!(&store.get("Vm", &obj.name).await?, obj);
+    }
+    // Every event arrives, each once, even where etcd gives them one revision.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = next(&mut watch).await;
+        assert_eq!(event.event, EventType::Modified);
+        seen.push(event.object.name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "c"]);
+    assert_quiet(&mut watch).await;
+
+    // One of them written meanwhile: nothing is written, and the error names it.
+    let b = store.update(with_power(&written[1], "paused")?).await?;
+    let stale: Vec<Object> = written
+        .iter()
+        .map(|o| with_power(o, "running"))
+        .collect::<Result<_>>()?;
+    match store.update_all(stale).await.unwrap_err() {
+        StoreError::Conflict {
+            name,
+            expected,
+            actual,
+            ..
+        } => {
+            assert_eq!(name, "b");
+            assert_eq!(expected, written[1].resource_version);
+            assert_eq!(actual, b.resource_version);
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert_eq!(store.get("Vm", "a").await?, written[0], "a is untouched");
+    assert_eq!(store.get("Vm", "c").await?, written[2], "c is untouched");
+    assert_eq!(next(&mut watch).await.object, b);
+    assert_quiet(&mut watch).await;
+
+    // One that is gone: not found, nothing written.
+    store.delete("Vm", "c", None).await?;
+    let _ = next(&mut watch).await;
+    let gone = vec![
+        with_power(&written[0], "running")?,
+        with_power(&written[2], "running")?,
+    ];
+    assert!(matches!(
+        store.update_all(gone).await,
+        Err(StoreError::NotFound { name, .. }) if name == "c"
+    ));
+    assert_eq!(store.get("Vm", "a").await?, written[0]);
+    assert_quiet(&mut watch).await;
+    assert!(store.update_all(Vec::new()).await?.is_empty());
     Ok(())
 }
 

@@ -151,6 +151,14 @@ impl Store for RemoteStore {
         .await
     }
 
+    /// Agents write their own objects one at a time; the node scope has no batch.
+    async fn update_all(&self, _objs: Vec<Object>) -> Result<Vec<Object>, StoreError> {
+        Err(StoreError::backend(
+            "update objects together",
+            "a node writes through its server one object at a time",
+        ))
+    }
+
     async fn get(&self, kind: &str, name: &str) -> Result<Object, StoreError> {
         let call = StoreCall::Get {
             kind: kind.into(),

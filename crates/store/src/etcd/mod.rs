@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::MAX_TXN_OBJECTS;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
     KeyValue, KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse,
@@ -423,6 +425,18 @@ pub(crate) fn decode(prefix: &str, kv: &KeyValue) -> Result<Object, StoreError> 
     })
 }
 
+/// The key-value pair of each `Range` in a transaction's responses, in order (`None` where
+/// the key does not exist).
+fn ranges(responses: Vec<TxnOpResponse>) -> Vec<Option<KeyValue>> {
+    responses
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(mut get) => Some(get.take_kvs().into_iter().next()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The key-value pair of the first `Range` in a transaction's responses.
 fn first_range(responses: Vec<TxnOpResponse>) -> Option<KeyValue> {
     responses.into_iter().find_map(|r| match r {
@@ -561,6 +575,86 @@ impl Store for EtcdStore {
         }
         obj.resource_version = revision_of(response.header());
         Ok(obj)
+    }
+
+    async fn update_all(&self, mut objs: Vec<Object>) -> Result<Vec<Object>, StoreError> {
+        const OP: &str = "update objects together";
+        if objs.is_empty() {
+            return Ok(objs);
+        }
+        if objs.len() > MAX_TXN_OBJECTS {
+            return Err(StoreError::backend(
+                OP,
+                format!(
+                    "{} objects in one transaction; at most {MAX_TXN_OBJECTS} may go together",
+                    objs.len()
+                ),
+            ));
+        }
+        let keys: Vec<String> = objs.iter().map(|o| self.key(&o.kind, &o.name)).collect();
+        let gets = || {
+            keys.iter()
+                .map(|k| TxnOp::get(k.clone(), None))
+                .collect::<Vec<_>>()
+        };
+        // As `update`: the stored uids are kept, read first (all in one request); the write
+        // is conditional on the versions read, so no uid can change in between.
+        let read = self
+            .txn(Txn::new().and_then(gets()))
+            .await
+            .map_err(etcd_err(OP))?;
+        let mismatch = |obj: Object, kv: Option<&KeyValue>| match kv {
+            Some(kv) => StoreError::Conflict {
+                expected: obj.resource_version,
+                actual: unsigned(kv.mod_revision()),
+                kind: obj.kind,
+                name: obj.name,
+            },
+            None => StoreError::NotFound {
+                kind: obj.kind,
+                name: obj.name,
+            },
+        };
+        let current = ranges(read.op_responses());
+        for (i, kv) in current.iter().enumerate() {
+            match kv {
+                Some(kv) if unsigned(kv.mod_revision()) == objs[i].resource_version => {
+                    objs[i].uid = self.decode(kv)?.uid;
+                }
+                _ => return Err(mismatch(objs.swap_remove(i), kv.as_ref())),
+            }
+        }
+        let compares: Vec<Compare> = keys
+            .iter()
+            .zip(&objs)
+            .map(|(k, o)| {
+                Compare::mod_revision(k.clone(), CompareOp::Equal, signed(o.resource_version))
+            })
+            .collect();
+        let puts = keys
+            .iter()
+            .zip(&objs)
+            .map(|(k, o)| Ok(TxnOp::put(k.clone(), Self::encode(o)?, None)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let txn = Txn::new().when(compares).and_then(puts).or_else(gets());
+        let response = self.txn(txn).await.map_err(etcd_err(OP))?;
+        if !response.succeeded() {
+            // Written in between: name the first object that moved on.
+            let now = ranges(response.op_responses());
+            let i = objs
+                .iter()
+                .zip(&now)
+                .position(|(o, kv)| {
+                    kv.as_ref().map(|kv| unsigned(kv.mod_revision())) != Some(o.resource_version)
+                })
+                .unwrap_or(0);
+            return Err(mismatch(objs.swap_remove(i), now[i].as_ref()));
+        }
+        let revision = revision_of(response.header());
+        for obj in &mut objs {
+            obj.resource_version = revision;
+        }
+        Ok(objs)
     }
 
     async fn delete(

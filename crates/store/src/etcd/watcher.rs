@@ -182,12 +182,16 @@ impl Task {
                     response.cancel_reason()
                 ));
             }
+            // One transaction's events share its revision and come in one response (etcd
+            // never splits a revision): what was sent is judged per response, so that every
+            // event of a multi-key transaction is sent, and none twice after a re-watch.
+            let sent = self.last;
             for event in response.events() {
                 let converted = match self.convert(event) {
                     Ok(converted) => converted,
                     Err(e) => return Stop::Fail(e),
                 };
-                if converted.revision <= self.last {
+                if converted.revision <= sent {
                     continue;
                 }
                 self.last = converted.revision;

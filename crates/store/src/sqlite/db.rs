@@ -220,58 +220,69 @@ impl Db {
         Ok((objects, self.revision))
     }
 
-    pub(crate) fn update(&mut self, mut obj: Object) -> Result<Object, StoreError> {
+    pub(crate) fn update(&mut self, obj: Object) -> Result<Object, StoreError> {
+        Ok(self.update_all(vec![obj])?.remove(0))
+    }
+
+    /// Replaces every object of `objs` in one transaction, each at a revision of its own (in
+    /// order), or none when one is not at its expected version.
+    pub(crate) fn update_all(&mut self, objs: Vec<Object>) -> Result<Vec<Object>, StoreError> {
         const OP: &str = "update an object";
-        let labels = encode(&obj.labels, &obj.kind, &obj.name)?;
-        let revision = self.revision + 1;
-        let expected = obj.resource_version;
+        let first = self.revision + 1;
         let tx = self.begin(OP)?;
-        let uid: Option<String> = tx
-            .prepare_cached(
-                "UPDATE objects SET labels = ?1, resource_version = ?2, body = ?3
-                 WHERE kind = ?4 AND name = ?5 AND resource_version = ?6 RETURNING uid",
-            )
-            .and_then(|mut s| {
-                s.query_row(
-                    params![labels, revision, obj.body, obj.kind, obj.name, expected],
-                    |row| row.get(0),
+        let mut stored = Vec::with_capacity(objs.len());
+        for (mut obj, revision) in objs.into_iter().zip(first..) {
+            let labels = encode(&obj.labels, &obj.kind, &obj.name)?;
+            let expected = obj.resource_version;
+            let uid: Option<String> = tx
+                .prepare_cached(
+                    "UPDATE objects SET labels = ?1, resource_version = ?2, body = ?3
+                     WHERE kind = ?4 AND name = ?5 AND resource_version = ?6 RETURNING uid",
                 )
-                .optional()
-            })
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![labels, revision, obj.body, obj.kind, obj.name, expected],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(db_err(OP))?;
+            // Dropping `tx` on the way out rolls back what this call wrote so far.
+            let Some(uid) = uid else {
+                return Err(
+                    match current_version(&tx, &obj.kind, &obj.name).map_err(db_err(OP))? {
+                        Some(actual) => StoreError::Conflict {
+                            kind: obj.kind,
+                            name: obj.name,
+                            expected,
+                            actual,
+                        },
+                        None => StoreError::NotFound {
+                            kind: obj.kind,
+                            name: obj.name,
+                        },
+                    },
+                );
+            };
+            log_event(
+                &tx,
+                revision,
+                EventType::Modified,
+                &obj.kind,
+                &obj.name,
+                &uid,
+                &labels,
+                revision,
+                &obj.body,
+            )
             .map_err(db_err(OP))?;
-        let Some(uid) = uid else {
-            return Err(
-                match current_version(&tx, &obj.kind, &obj.name).map_err(db_err(OP))? {
-                    Some(actual) => StoreError::Conflict {
-                        kind: obj.kind,
-                        name: obj.name,
-                        expected,
-                        actual,
-                    },
-                    None => StoreError::NotFound {
-                        kind: obj.kind,
-                        name: obj.name,
-                    },
-                },
-            );
-        };
-        log_event(
-            &tx,
-            revision,
-            EventType::Modified,
-            &obj.kind,
-            &obj.name,
-            &uid,
-            &labels,
-            revision,
-            &obj.body,
-        )
-        .and_then(|()| tx.commit())
-        .map_err(db_err(OP))?;
-        self.revision = revision;
-        obj.uid = uid;
-        obj.resource_version = revision;
-        Ok(obj)
+            obj.uid = uid;
+            obj.resource_version = revision;
+            stored.push(obj);
+        }
+        tx.commit().map_err(db_err(OP))?;
+        self.revision += stored.len() as u64;
+        Ok(stored)
     }
 
     /// Returns the deleted object's last state and the revision of the deletion.

@@ -82,20 +82,40 @@ impl Inner {
         event: EventType,
         op: impl FnOnce(&mut Db) -> Result<(Object, u64), StoreError>,
     ) -> Result<Object, StoreError> {
+        let mut object = self.write_all(event, |db| op(db).map(|(o, r)| vec![(o, r)]))?;
+        Ok(object.remove(0))
+    }
+
+    /// [`write`](Self::write) of an operation that changes several objects, each at its own
+    /// revision (ascending): the watchers get their events in that order.
+    fn write_all(
+        &self,
+        event: EventType,
+        op: impl FnOnce(&mut Db) -> Result<Vec<(Object, u64)>, StoreError>,
+    ) -> Result<Vec<Object>, StoreError> {
         let mut db = self.lock();
-        let (object, revision) = op(&mut db)?;
-        self.revision.store(revision, Ordering::Release);
-        if self.events.receiver_count() > 0 {
-            let event = WatchEvent {
-                revision,
-                event,
-                object: object.clone(),
-            };
-            // Fails only when every receiver is gone, which is fine.
-            let _ = self.events.send(Arc::new(event));
+        let written = op(&mut db)?;
+        if let Some((_, last)) = written.last() {
+            self.revision.store(*last, Ordering::Release);
         }
+        let watched = self.events.receiver_count() > 0;
+        let objects = written
+            .into_iter()
+            .map(|(object, revision)| {
+                if watched {
+                    let event = WatchEvent {
+                        revision,
+                        event,
+                        object: object.clone(),
+                    };
+                    // Fails only when every receiver is gone, which is fine.
+                    let _ = self.events.send(Arc::new(event));
+                }
+                object
+            })
+            .collect();
         drop(db);
-        Ok(object)
+        Ok(objects)
     }
 }
 
@@ -202,6 +222,35 @@ impl Store for SqliteStore {
                 let obj = db.update(obj)?;
                 let revision = obj.resource_version;
                 Ok((obj, revision))
+            })
+        })
+        .await
+    }
+
+    async fn update_all(&self, objs: Vec<Object>) -> Result<Vec<Object>, StoreError> {
+        if objs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if objs.len() > crate::MAX_TXN_OBJECTS {
+            return Err(StoreError::backend(
+                "update objects together",
+                format!(
+                    "{} objects in one transaction; at most {} may go together",
+                    objs.len(),
+                    crate::MAX_TXN_OBJECTS
+                ),
+            ));
+        }
+        self.blocking(move |inner| {
+            inner.write_all(EventType::Modified, |db| {
+                let objs = db.update_all(objs)?;
+                Ok(objs
+                    .into_iter()
+                    .map(|o| {
+                        let revision = o.resource_version;
+                        (o, revision)
+                    })
+                    .collect())
             })
         })
         .await
