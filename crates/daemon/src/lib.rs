@@ -159,9 +159,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let backend =
         Arc::new(QemuBackend::new(backend_config).context("preparing the run directory")?);
     let host_paths = host_paths(&config)?;
-    let vms = VmService::new(store.clone())
+    let mut vms = VmService::new(store.clone())
         .with_host_paths(host_paths.clone())
         .with_port_range(config.port_range.clone());
+    if config.store != config::StoreConfig::Sqlite {
+        // On etcd the VMs run on the cluster's nodes, and move between them: what listens
+        // on this host says nothing of the node whose forward it will be.
+        vms = vms.with_ports_elsewhere();
+    }
     let networks = NetworkService::new(store.clone());
     networks
         .ensure_default()

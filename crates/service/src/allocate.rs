@@ -90,11 +90,13 @@ fn bindable(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bool {
 
 /// Checks what can be checked of the networks `spec` joins (those that exist), keeps the MACs and host ports `current`
 /// (the stored spec, on update) already has, and fills in the missing ones: MACs derived from
-/// the VM's uid, ports from `range`. An explicit port another VM holds, or that something on
-/// the host already listens on, is an error naming the field and the holder.
+/// the VM's uid, ports from `range`. An explicit port another VM holds, or (when
+/// `check_this_host`: the VM runs here) that something on this host already listens on, is
+/// an error naming the field and the holder.
 pub(crate) async fn allocate(
     store: &dyn Store,
     range: &PortRange,
+    check_this_host: bool,
     project: &str,
     uid: &str,
     spec: &mut VmSpec,
@@ -178,7 +180,10 @@ pub(crate) async fn allocate(
                 )
                 .into());
             }
-            if !held(fwd.protocol, port) && !bindable(fwd.protocol, fwd.host_address(), port) {
+            if check_this_host
+                && !held(fwd.protocol, port)
+                && !bindable(fwd.protocol, fwd.host_address(), port)
+            {
                 return Err(ValidationError::new(
                     field,
                     format!(
@@ -202,7 +207,7 @@ pub(crate) async fn allocate(
                 .clone()
                 .find(|p| {
                     !taken.ports.contains_key(&(fwd.protocol, *p))
-                        && bindable(fwd.protocol, fwd.host_address(), *p)
+                        && (!check_this_host || bindable(fwd.protocol, fwd.host_address(), *p))
                 })
                 .ok_or_else(|| {
                     ValidationError::new(

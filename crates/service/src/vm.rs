@@ -21,6 +21,9 @@ pub type VmService = Resources<VmKind>;
 pub struct VmKind {
     host_paths: Option<HostPaths>,
     ports: PortRange,
+    /// The VMs' forwards listen on other hosts (a cluster's nodes): a port is not checked
+    /// against what listens on this one.
+    ports_elsewhere: bool,
     // Held from reading who holds which port or MAC until the write that claims one, so two
     // writers never pick the same.
     allocating: tokio::sync::Mutex<()>,
@@ -120,6 +123,7 @@ impl Strategy for VmKind {
         allocate::allocate(
             store,
             &self.ports,
+            !self.ports_elsewhere,
             vm.metadata.project(),
             &uid,
             &mut vm.spec,
@@ -227,6 +231,20 @@ impl Resources<VmKind> {
         let kind = VmKind {
             host_paths: self.strategy().host_paths.clone(),
             ports: range,
+            ports_elsewhere: self.strategy().ports_elsewhere,
+            allocating: Default::default(),
+        };
+        Resources::with_strategy(self.store().clone(), kind)
+    }
+
+    /// The VMs run on other hosts (the nodes of a cluster), so their forwards listen there:
+    /// a host port is checked only against the ports other VMs hold (the registry), not
+    /// against what listens on this host, which says nothing of the node that will run it.
+    pub fn with_ports_elsewhere(self) -> Self {
+        let kind = VmKind {
+            host_paths: self.strategy().host_paths.clone(),
+            ports: self.strategy().ports.clone(),
+            ports_elsewhere: true,
             allocating: Default::default(),
         };
         Resources::with_strategy(self.store().clone(), kind)
@@ -239,6 +257,7 @@ impl Resources<VmKind> {
         let kind = VmKind {
             host_paths: Some(rules),
             ports: self.strategy().ports.clone(),
+            ports_elsewhere: self.strategy().ports_elsewhere,
             allocating: Default::default(),
         };
         Resources::with_strategy(self.store().clone(), kind)

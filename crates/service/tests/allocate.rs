@@ -130,6 +130,35 @@ async fn a_port_something_else_listens_on_is_refused_or_skipped() {
     );
 }
 
+/// A cluster's server: the VMs' forwards listen on the nodes, so what listens on the server's
+/// own host neither refuses a port nor is skipped; other VMs' ports still are.
+#[tokio::test]
+async fn a_cluster_server_does_not_judge_ports_by_its_own_host() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let (vms, _nets, _dir) = services(&format!("{port}-{}", port + 3)).await;
+    let vms = vms.with_ports_elsewhere();
+    let mut fwd = PortForward::tcp(22);
+    fwd.host_port = Some(port);
+    let a = vms.create(vm("a", vec![fwd.clone()])).await.unwrap();
+    assert_eq!(a.spec.networks[0].host_port_of(22), Some(port));
+    let b = vms
+        .create(vm("b", vec![PortForward::tcp(22)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.spec.networks[0].host_port_of(22),
+        Some(port + 1),
+        "the first port no VM holds"
+    );
+    let err = vms
+        .create(vm("c", vec![fwd]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already forwarded to VM \"a\""), "{err}");
+}
+
 #[tokio::test]
 async fn a_full_range_is_a_clear_error() {
     let (vms, _nets, _dir) = services(&free_range(1)).await;
