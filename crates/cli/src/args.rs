@@ -362,6 +362,10 @@ pub struct MigrateArgs {
     /// is on the target, and a failure then loses it: use it for guests that never converge
     #[arg(long, conflicts_with = "cancel")]
     pub postcopy: bool,
+    /// At most SIZE a second for this move (e.g. 100M), RAM and disks alike; the source
+    /// node's own --migration-bandwidth still applies when lower
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "cancel")]
+    pub bandwidth: Option<ByteSize>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -239,6 +239,7 @@ async fn vm(connection: &ConnectionArgs, command: VmCommand) -> Result<(), CliEr
             let options = corral_contract::MigrationOptions {
                 auto_converge: args.auto_converge,
                 postcopy: args.postcopy,
+                bandwidth: args.bandwidth.map(|b| b.as_u64()).filter(|b| *b > 0),
             };
             let vm = client
                 .migrate_vm_with(name, args.to.as_ref().map(ResourceName::as_str), options)

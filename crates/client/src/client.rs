@@ -311,7 +311,7 @@ impl Client {
             .await
     }
 
-    /// [`Client::migrate_vm`] with `options` (auto-converge, post-copy).
+    /// [`Client::migrate_vm`] with `options` (auto-converge, post-copy, bandwidth).
     pub async fn migrate_vm_with(
         &self,
         name: &str,
@@ -323,6 +323,7 @@ impl Client {
             to: to.unwrap_or_default().into(),
             auto_converge: options.auto_converge,
             postcopy: options.postcopy,
+            bandwidth: options.bandwidth.unwrap_or_default(),
         };
         self.vm_reply(self.vms.clone().migrate(request).await)
     }

@@ -174,7 +174,7 @@ impl VmController {
                     };
                     let limits = MigrationLimits {
                         downtime_ms: DOWNTIME_LIMIT_MS,
-                        bandwidth: self.config.migration_bandwidth,
+                        bandwidth: self.bandwidth(&st),
                     };
                     // With disks, the setup was made before the mirrors, whose NBD clients hold
                     // its TLS credentials.
@@ -311,6 +311,7 @@ impl VmController {
                 phase: MigrationPhase::Pending,
                 auto_converge: options.auto_converge,
                 postcopy: options.postcopy,
+                bandwidth: options.bandwidth,
                 ..MigrationStatus::default()
             },
             Err(why) => {
@@ -537,6 +538,15 @@ impl VmController {
     /// How this node's side of migration `st` is set up: TLS if this node has a certificate
     /// (and then only TLS: a source with one never sends in the clear, nor does a target
     /// listen in the clear), with the migration's options.
+    /// The bandwidth of the move `st`: what it asked for, and this node's own limit, the
+    /// lower of the two.
+    pub(crate) fn bandwidth(&self, st: &MigrationStatus) -> Option<u64> {
+        match (st.bandwidth, self.config.migration_bandwidth) {
+            (Some(asked), Some(node)) => Some(asked.min(node)),
+            (asked, node) => asked.or(node),
+        }
+    }
+
     fn setup(&self, st: &MigrationStatus, incoming: bool) -> Result<MigrationSetup, String> {
         let tls = self.config.migration_tls.clone();
         if !incoming && st.tls != tls.is_some() {
@@ -637,7 +647,8 @@ impl VmController {
                 (Ok(setup), Ok(disks)) => match self.hv.prepare_migration(uid, &setup).await {
                     Ok(()) => {
                         let peer = setup.tls.is_some().then(|| st.target.clone());
-                        self.start_mirrors(uid, &disks, &address, peer).await
+                        self.start_mirrors(uid, &disks, &address, peer, self.bandwidth(st))
+                            .await
                     }
                     Err(e) => Err(e.to_string()),
                 },

@@ -247,14 +247,16 @@ impl VmController {
         })
     }
 
-    /// Source: starts mirroring the disks to `address` (`HOST:PORT`), checking the target's
-    /// certificate for `peer` when the migration is TLS.
+    /// Source: starts mirroring the disks to `address` (`HOST:PORT`) at up to `bandwidth`
+    /// bytes a second, checking the target's certificate for `peer` when the migration is
+    /// TLS.
     pub(crate) async fn start_mirrors(
         &self,
         uid: &str,
         disks: &[LocalDisk],
         address: &str,
         tls_peer: Option<String>,
+        bandwidth: Option<u64>,
     ) -> Result<(), String> {
         let (host, port) = address
             .rsplit_once(':')
@@ -270,7 +272,7 @@ impl VmController {
             port,
             disks: disks.iter().map(|d| (d.index, MirrorSync::Full)).collect(),
             tls_hostname: tls_peer,
-            bandwidth: self.config.migration_bandwidth,
+            bandwidth,
         };
         self.hv
             .mirror_disks(uid, &mirror)

@@ -1143,6 +1143,13 @@ fn migrate_vm() -> Operation {
         "QEMU slows the guest's vCPUs down when the migration does not converge",
     ));
     op.parameters.get_or_insert_with(Vec::new).push(query(
+        "bandwidth",
+        <corral_contract::ByteSize as utoipa::PartialSchema>::schema(),
+        false,
+        "At most this many bytes a second for this move (`8M`, `100MiB`, or bytes); the \
+         source node's own --migration-bandwidth applies too, when lower",
+    ));
+    op.parameters.get_or_insert_with(Vec::new).push(query(
         "postcopy",
         boolean(),
         false,

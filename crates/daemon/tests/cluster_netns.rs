@@ -14,9 +14,9 @@
 //!   (nothing fenced), and a new VM is still placed and boots.
 //!
 //! - then live moves between agents (the failure samples have ended: during a move the
-//!   target's QEMU waits, paused, beside the source's): a guest on a node-local volume moves
-//!   with its disk to another agent's namespace, and a drain of that agent moves every VM it
-//!   runs live.
+//!   target's QEMU waits, paused, beside the source's): a guest on a node-local volume whose
+//!   move is cancelled half-way runs on where it was; then it moves with its disk to another
+//!   agent's namespace, and a drain of that agent moves every VM it runs live.
 //!
 //! Evidence: each guest's serial log on the node that runs it (`CORRAL_BOOT_OK`), and the same
 //! through a server (which asks that node's agent across namespaces), and every
@@ -31,7 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_client::{Client, Endpoint};
-use corral_contract::{MigrationPhase, Phase, RestartPolicy, Vm, VolumeAttachment};
+use corral_contract::{
+    MigrationOptions, MigrationPhase, Phase, RestartPolicy, Vm, VolumeAttachment,
+};
 use corral_daemon::fence_guard::{GuardPaths, Stamp, boottime};
 use corral_testkit::{
     BOOT_MARKER, HEARTBEAT, kit_vm, last_heartbeat, type_on_console, workspace_binary,
@@ -714,7 +716,10 @@ async fn live_moves(demo: &Demo, c: &Client, agents: &[&'static str]) -> anyhow:
         readonly: false,
         serial: None,
     };
-    c.create_vm(&kit_vm("disky", |s| s.volume(data))).await?;
+    let mut disky = kit_vm("disky", |s| s.volume(data));
+    // Its RAM can be read (through the server, on the node that runs it).
+    disky.spec.introspection = true;
+    c.create_vm(&disky).await?;
     let deadline = Instant::now() + PATIENCE;
     let from = loop {
         if let Some((node, _)) = running_on(c, "disky").await {
@@ -727,13 +732,70 @@ async fn live_moves(demo: &Demo, c: &Client, agents: &[&'static str]) -> anyhow:
     type_on_console(
         c,
         "disky",
-        "printf 'disk-marker-%s\\n' $((6*7)) > /dev/vda; sync; echo wrote-$((1+1))",
+        "printf 'disk-marker-%s\\n' $((6*7)) > /dev/vda; sync; \
+         printf 'ram-kept-%s-here\\n' $((6*7)) > /ram-marker; echo wrote-$((1+1))",
         "wrote-2",
     )
     .await?;
+    // A marker in guest RAM (a file on the initramfs root), found where the guest runs.
+    let in_ram = || async {
+        c.find_in_memory("disky", b"ram-kept-42-here", 4)
+            .await
+            .map(|(found, _)| found.len())
+    };
+    assert!(in_ram().await? > 0, "the RAM marker on {from}");
+
+    // Cancelled half-way (this move held to 8 MB/s: its disk mirrored, its RAM on the way):
+    // it runs on where it was, in its one QEMU, and counts on.
+    let to = *agents.iter().find(|a| **a != from).expect("another agent");
+    let uid = c.get_vm("disky").await?.metadata.uid.clone();
+    let slow = MigrationOptions {
+        bandwidth: Some(8 << 20),
+        ..MigrationOptions::default()
+    };
+    c.migrate_vm_with("disky", Some(to), slow).await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let vm = c.get_vm("disky").await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        if m.phase == MigrationPhase::Migrating && m.disks_ready && m.transferred_bytes > 0 {
+            assert_eq!(m.bandwidth, Some(8 << 20), "{m:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && !m.phase.ended(),
+            "not half-way: {m:?}\n{}",
+            demo.log(&from)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.cancel_vm_migration("disky").await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let vm = c.get_vm("disky").await?;
+        let m = vm.status.migration.clone().unwrap_or_default();
+        let running: Vec<u32> = qemus(demo.dir.as_os_str().as_encoded_bytes())
+            .into_iter()
+            .filter(|(_, u)| *u == uid)
+            .map(|(pid, _)| pid)
+            .collect();
+        if m.phase == MigrationPhase::Cancelled && running.len() == 1 {
+            assert_eq!(vm.status.node.as_deref(), Some(from.as_str()));
+            assert_eq!(vm.status.phase, Phase::Running);
+            assert!(pids_in_namespace(demo, &from).contains(&running[0]));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cancelled cleanly: {m:?}, QEMUs {running:?}\n{}",
+            demo.log(&from)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = last_heartbeat(c, "disky").await?.unwrap_or_default();
+    counts_on(demo, c, "disky", &from, before).await;
 
     // To a named agent, with its disk.
-    let to = *agents.iter().find(|a| **a != from).expect("another agent");
     let before = last_heartbeat(c, "disky").await?.unwrap_or_default();
     c.migrate_vm("disky", Some(to)).await?;
     assert_eq!(moved_live(demo, c, "disky", &from).await, to);
@@ -756,6 +818,7 @@ async fn live_moves(demo: &Demo, c: &Client, agents: &[&'static str]) -> anyhow:
         "the volume's file is {to}'s: {path}"
     );
     counts_on(demo, c, "disky", to, before).await;
+    assert!(in_ram().await? > 0, "the RAM marker moved to {to}");
     type_on_console(
         c,
         "disky",

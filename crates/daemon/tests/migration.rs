@@ -172,8 +172,8 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     // Post-copy needs userfaultfd, which QEMU (unprivileged, 7.2) has only where the host
     // allows it to all users: elsewhere the move is refused, saying why, and the VM stays.
     let postcopy = corral_contract::MigrationOptions {
-        auto_converge: false,
         postcopy: true,
+        ..corral_contract::MigrationOptions::default()
     };
     let userfaultfd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
         .is_ok_and(|v| v.trim() == "1");
@@ -197,6 +197,7 @@ async fn a_running_guest_moves_to_another_node_and_carries_on() -> anyhow::Resul
     let options = corral_contract::MigrationOptions {
         auto_converge: true,
         postcopy: userfaultfd,
+        bandwidth: None,
     };
     cb.migrate_vm_with("mover", None, options).await?;
     let vm = migration_ended(&cb, "mover", logs).await;

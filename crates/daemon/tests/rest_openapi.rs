@@ -250,6 +250,7 @@ fn full_vm(boot: Boot) -> Vm {
             tls: true,
             auto_converge: true,
             postcopy: false,
+            bandwidth: Some(100 << 20),
             disk_address: Some("10.0.0.2:49153".into()),
             disk_copied_bytes: 33_554_432,
             disk_total_bytes: 33_554_432,

@@ -63,21 +63,30 @@ pub struct MigrationOptions {
     /// Post-copy: after the first pass of RAM the rest follows on demand, so the migration
     /// ends whatever the guest dirties.
     pub postcopy: bool,
+    /// At most this many bytes a second for this move (RAM, and disks first if any); the
+    /// source node's own limit (`--migration-bandwidth`) still applies when lower.
+    pub bandwidth: Option<u64>,
 }
 
 impl MigrationOptions {
     const AUTO_CONVERGE: &'static str = "auto-converge";
     const POSTCOPY: &'static str = "postcopy";
+    const BANDWIDTH: &'static str = "bandwidth=";
 
-    /// The options as the `corral.dev/migrate-options` annotation holds them; `None` for none.
+    /// The options as the `corral.dev/migrate-options` annotation holds them
+    /// (`auto-converge,postcopy,bandwidth=BYTES`); `None` for none.
     pub fn to_annotation(self) -> Option<String> {
-        let names: Vec<&str> = [
+        let mut names: Vec<String> = [
             (self.auto_converge, Self::AUTO_CONVERGE),
             (self.postcopy, Self::POSTCOPY),
         ]
         .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
         .collect();
+        if let Some(bytes) = self.bandwidth {
+            names.push(format!("{}{bytes}", Self::BANDWIDTH));
+        }
         (!names.is_empty()).then(|| names.join(","))
     }
 
@@ -88,6 +97,10 @@ impl MigrationOptions {
         MigrationOptions {
             auto_converge: has(Self::AUTO_CONVERGE),
             postcopy: has(Self::POSTCOPY),
+            bandwidth: value
+                .split(',')
+                .find_map(|v| v.trim().strip_prefix(Self::BANDWIDTH)?.parse().ok())
+                .filter(|b| *b > 0),
         }
     }
 }
@@ -135,6 +148,10 @@ pub struct MigrationStatus {
     /// Post-copy: once the first pass of RAM is sent, the guest moves to the target and the
     /// rest of its RAM follows on demand, so that a migration ends whatever the guest dirties.
     pub postcopy: bool,
+    /// The bandwidth asked for this move, in bytes a second (the source node's own
+    /// `--migration-bandwidth` applies too, when lower).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
     /// Where the target exports the files it made for the VM's node-local volumes (NBD,
     /// `HOST:PORT`), for the source to mirror the disks into before the RAM moves.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,6 +260,7 @@ mod tests {
         let both = MigrationOptions {
             auto_converge: true,
             postcopy: true,
+            bandwidth: None,
         };
         assert_eq!(
             both.to_annotation().as_deref(),
@@ -251,6 +269,17 @@ mod tests {
         assert_eq!(
             MigrationOptions::from_annotation("auto-converge,postcopy"),
             both
+        );
+        let slow = MigrationOptions {
+            bandwidth: Some(4 << 20),
+            ..MigrationOptions::default()
+        };
+        assert_eq!(slow.to_annotation().as_deref(), Some("bandwidth=4194304"));
+        assert_eq!(MigrationOptions::from_annotation("bandwidth=4194304"), slow);
+        assert_eq!(
+            MigrationOptions::from_annotation("bandwidth=0,bandwidth=x"),
+            MigrationOptions::default(),
+            "no bandwidth of its own"
         );
         assert_eq!(MigrationOptions::default().to_annotation(), None);
         assert_eq!(

@@ -201,6 +201,7 @@ impl VmService for VmGrpc {
         let options = corral_contract::MigrationOptions {
             auto_converge: req.auto_converge,
             postcopy: req.postcopy,
+            bandwidth: Some(req.bandwidth).filter(|b| *b > 0),
         };
         vm_out(
             self.0

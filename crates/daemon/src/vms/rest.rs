@@ -206,6 +206,8 @@ struct MigrateQuery {
     /// Post-copy after the first pass of RAM.
     #[serde(default)]
     postcopy: bool,
+    /// At most this many bytes a second for this move (`8M`, `100MiB`, or bytes).
+    bandwidth: Option<corral_contract::ByteSize>,
 }
 
 async fn migrate(
@@ -218,6 +220,7 @@ async fn migrate(
     let options = corral_contract::MigrationOptions {
         auto_converge: q.auto_converge,
         postcopy: q.postcopy,
+        bandwidth: q.bandwidth.map(|b| b.as_u64()).filter(|b| *b > 0),
     };
     Ok(one(
         d.vms
