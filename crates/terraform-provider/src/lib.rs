@@ -35,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod attestation;
 mod config;
 #[cfg(test)]
 mod coverage;
@@ -67,4 +68,5 @@ pub fn provider() -> ProviderService {
         .resource(snapshot::SnapshotResource::default())
         .data_source(vm::data_source())
         .data_source(image::data_source())
+        .data_source(attestation::data_source())
 }

@@ -451,6 +451,43 @@ fn image_volume_network_and_snapshot_with_two_vms_from_apply_to_destroy() {
     assert_eq!(volume_json("root-1")["status"]["phase"], "Ready");
     tf.plan(0);
 
+    // The firmware VM's attestation, verified by the provider and pinned to this node's key:
+    // it names the image the volume came from by the image's own digest.
+    let node_key = daemon.data_dir().join("keys/node.pub");
+    let attestation = |key: &Path| {
+        format!(
+            "data \"corral_vm_attestation\" \"fw\" {{\n  vm = corral_vm.fw.name\n  \
+             trusted_public_key_pem = file(\"{}\")\n}}\n\n\
+             output \"fw_image\" {{\n  value = \
+             data.corral_vm_attestation.fw.subjects[\"image/bootdisk\"]\n}}\n\n\
+             output \"fw_attested_vm\" {{\n  value = \
+             jsondecode(data.corral_vm_attestation.fw.statement).predicate.vm\n}}\n\n",
+            key.display()
+        )
+    };
+    config("", "10.5.0.0/24", &attestation(&node_key));
+    tf.apply();
+    assert_eq!(
+        tf.output("fw_image"),
+        digest,
+        "the image's digest, attested"
+    );
+    assert_eq!(tf.output("fw_attested_vm"), "fw");
+    // Pinned to another key, the plan fails on that attribute.
+    let other = tempfile::tempdir().expect("a temporary directory");
+    corral_storage::attest::NodeKey::load_or_create(other.path()).expect("a second key");
+    config(
+        "",
+        "10.5.0.0/24",
+        &attestation(&other.path().join("node.pub")),
+    );
+    let refused = tf.plan(1);
+    assert!(
+        refused.contains("signed by another key") && refused.contains("trusted_public_key_pem"),
+        "{refused}"
+    );
+    config("", "10.5.0.0/24", "");
+
     // Growing the volume is an in-place update: same uid, a bigger disk.
     let bytes: u64 = tf.output("volume_bytes").parse().expect("a size");
     let bigger = (bytes >> 20) + 64;
