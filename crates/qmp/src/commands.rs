@@ -5,6 +5,10 @@ use serde_json::{Value, json};
 
 use crate::{Error, Memdev, ObjectProperty, Qmp, StatusInfo};
 
+/// QEMU's default `max-bandwidth` for a migration, 128 MiB/s: what a migration without a
+/// limit of its own runs at.
+pub const QEMU_MAX_BANDWIDTH: u64 = 128 << 20;
+
 impl Qmp {
     /// `query-status`: whether the vCPUs run, and QEMU's run state.
     pub async fn query_status(&self) -> Result<StatusInfo, Error> {
@@ -29,18 +33,20 @@ impl Qmp {
     }
 
     /// `migrate-set-parameters` then `migrate`: sends the VM to `uri` with at most
-    /// `downtime_ms` of downtime at the switch and, if given, at most `bandwidth` bytes a
-    /// second.
+    /// `downtime_ms` of downtime at the switch and at most `bandwidth` bytes a second
+    /// (`None`: QEMU's own default, [`QEMU_MAX_BANDWIDTH`]).
     pub async fn migrate(
         &self,
         uri: &str,
         downtime_ms: u64,
         bandwidth: Option<u64>,
     ) -> Result<(), Error> {
-        let mut parameters = json!({ "downtime-limit": downtime_ms });
-        if let Some(bandwidth) = bandwidth {
-            parameters["max-bandwidth"] = json!(bandwidth);
-        }
+        // Both every time: QEMU keeps parameters from one migration to the next, and a move
+        // without a limit must not inherit the limit of an earlier (cancelled) one.
+        let parameters = json!({
+            "downtime-limit": downtime_ms,
+            "max-bandwidth": bandwidth.unwrap_or(QEMU_MAX_BANDWIDTH),
+        });
         self.execute("migrate-set-parameters", Some(parameters))
             .await?;
         self.execute("migrate", Some(json!({ "uri": uri })))

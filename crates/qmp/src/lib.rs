@@ -42,7 +42,7 @@ mod types;
 
 pub use block::BlockJobInfo;
 pub use client::Qmp;
-pub use commands::SnapshotJob;
+pub use commands::{QEMU_MAX_BANDWIDTH, SnapshotJob};
 pub use config::QmpConfig;
 pub use error::{CloseReason, Error};
 pub use event::{Event, EventKind, Timestamp};

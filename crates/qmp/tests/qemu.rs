@@ -134,6 +134,40 @@ async fn real_qemu_session() {
     qmp.system_powerdown().await.expect("system_powerdown");
     assert_eq!(next_event(&mut events).await.kind, EventKind::Powerdown);
 
+    // QEMU keeps migration parameters from one migration to the next: a migration without a
+    // limit of its own runs at QEMU's default, not at the limit of the one before.
+    let max_bandwidth = || async {
+        qmp.query_migrate_parameters()
+            .await
+            .expect("query-migrate-parameters")["max-bandwidth"]
+            .as_u64()
+    };
+    let ended = || async {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = qmp.query_migrate().await.expect("query-migrate")["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if ["completed", "cancelled", "failed"].contains(&status.as_str()) {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "migration {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    qmp.migrate("exec:cat > /dev/null", 300, Some(1 << 20))
+        .await
+        .expect("migrate");
+    assert_eq!(max_bandwidth().await, Some(1 << 20));
+    let _ = qmp.migrate_cancel().await;
+    ended().await;
+    qmp.migrate("exec:cat > /dev/null", 300, None)
+        .await
+        .expect("migrate");
+    assert_eq!(max_bandwidth().await, Some(corral_qmp::QEMU_MAX_BANDWIDTH));
+    assert_eq!(ended().await, "completed");
+
     qmp.quit().await.expect("quit");
     let shutdown = EventKind::Shutdown {
         guest: false,
