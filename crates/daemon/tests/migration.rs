@@ -415,13 +415,7 @@ async fn a_cancelled_or_interrupted_migration_leaves_one_running_guest() -> anyh
     let seen = last_heartbeat(&client.console_log("slow", 0).await?).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let log = client.console_log("slow", 0).await?;
-        let text = String::from_utf8_lossy(&log);
-        let last = text
-            .lines()
-            .filter_map(|l| l.split_once(HEARTBEAT))
-            .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
-            .next_back();
+        let last = last_heartbeat(&client.console_log("slow", 0).await?);
         if last.is_some_and(|n| n > seen && n > before) {
             break;
         }
